@@ -1,0 +1,95 @@
+"""Shared fixtures: real checkpoints written by real `torch.save` calls into tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_TAG = {"location": None}
+
+
+def _tagger(obj):  # pragma: no cover - called by torch.save
+    return _TAG["location"]
+
+
+def _deserializer(obj, location):  # pragma: no cover - never loaded with this tag here
+    return None
+
+
+torch.serialization.register_package(0, _tagger, _deserializer)
+
+
+def save_with_location(obj, path: Path, location: str) -> None:
+    """torch.save `obj` recording `location` (e.g. cuda:0) as every storage's device."""
+    _TAG["location"] = location
+    try:
+        torch.save(obj, path)
+    finally:
+        _TAG["location"] = None
+
+
+class TinyNet(torch.nn.Module):
+    """conv + bn + linear: parameters and buffers, like a real model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.bn1(self.conv1(x)).mean((2, 3)))
+
+
+def training_checkpoint(optim: str = "adam", parallel: bool = False) -> dict:
+    """{'model', 'optimizer', 'scheduler', 'epoch', 'iteration'} after one real step."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    model = torch.nn.DataParallel(net) if parallel else net
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=1e-3)
+        if optim == "adam"
+        else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    )
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3, 6])
+    loss = model(torch.randn(2, 3, 8, 8)).sum()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": 3,
+        "iteration": 99999,
+    }
+
+
+@pytest.fixture
+def train_ckpt(tmp_path: Path) -> Path:
+    p = tmp_path / "ckpt_0099999.pth"
+    torch.save(training_checkpoint(), p)
+    return p
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m ckptui ARGS` in a subprocess, as a user would."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "tui") + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "ckptui", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )

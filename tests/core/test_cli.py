@@ -1,0 +1,211 @@
+"""`ckptui inspect` as a user runs it: the JSON contract, the rich tree, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_cli, save_with_location
+
+
+def test_json_contract(train_ckpt: Path) -> None:
+    r = run_cli("inspect", str(train_ckpt), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["path"] == str(train_ckpt)
+    assert doc["format"] == "torch-zip"
+    assert doc["file_bytes"] == train_ckpt.stat().st_size
+    tree = doc["tree"]
+    assert tree["key"] is None and tree["kind"] == "mapping" and tree["type"] == "dict"
+    assert [c["key"] for c in tree["children"]] == [
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "iteration",
+    ]
+    loaded = torch.load(train_ckpt, weights_only=True)
+    by_path = {tuple(t["path"]): t for t in doc["tensors"]}
+    w = by_path[("model", "conv1.weight")]
+    ref = loaded["model"]["conv1.weight"]
+    assert w == {
+        **w,
+        "shape": [8, 3, 3, 3],
+        "dtype": "float32",
+        "device": "cpu",
+        "nbytes": ref.numel() * 4,
+        "storage_nbytes": ref.untyped_storage().nbytes(),
+        "storage_offset": 0,
+        "stride": list(ref.stride()),
+    }
+    assert isinstance(w["storage_key"], str)
+    # optimizer state keys are ints in paths, as in Python
+    assert ("optimizer", "state", 0, "exp_avg") in by_path
+    assert all(set(f) >= {"kind", "severity", "path", "message"} for f in doc["findings"])
+
+
+def test_json_lists_a_tensor_under_each_path(tmp_path: Path) -> None:
+    t = torch.ones(3)
+    p = tmp_path / "tied.pt"
+    torch.save({"a": t, "b": t, "c": t[1:]}, p)
+    doc = json.loads(run_cli("inspect", str(p), "--json").stdout)
+    paths = [t["path"] for t in doc["tensors"]]
+    assert paths == [["a"], ["b"], ["c"]]
+    assert len({t["storage_key"] for t in doc["tensors"]}) == 1
+    assert doc["tree"]["children"][1] == {
+        "key": "b",
+        "kind": "ref",
+        "type": "torch.Tensor",
+        "target": ["a"],
+    }
+
+
+def test_human_tree_and_total(tmp_path: Path) -> None:
+    p = tmp_path / "gpu.pt"
+    save_with_location({"conv.weight": torch.zeros(64, 3, 7, 7)}, p, "cuda:1")
+    r = run_cli("inspect", str(p))
+    assert r.returncode == 0, r.stderr
+    assert "conv.weight" in r.stdout
+    assert "[64, 3, 7, 7] float32" in r.stdout and "cuda:1" in r.stdout
+    assert "36.8 KiB" in r.stdout
+    assert "1 tensors in 1 storages" in r.stdout
+
+
+def test_large_mapping_is_elided_by_default(tmp_path: Path) -> None:
+    p = tmp_path / "many.pt"
+    torch.save({f"k{i}": i for i in range(500)}, p)
+    r = run_cli("inspect", str(p))
+    assert "450 more (use --all)" in r.stdout
+    assert "k499" in run_cli("inspect", str(p), "--all").stdout
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = tmp_path / "good.pt"
+    torch.save({"a": torch.ones(100), "b": torch.zeros(5)}, good)
+    raw = good.read_bytes()
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def add(name: str, data: bytes, expect: str) -> None:
+        p = tmp_path / name
+        p.write_bytes(data)
+        cases[name] = (p, expect)
+
+    cases["missing"] = (tmp_path / "nope.pt", "no such file")
+    d = tmp_path / "somedir"
+    d.mkdir()
+    cases["directory"] = (d, "directory")
+    add("empty.pt", b"", "empty file")
+    add("random.bin", os.urandom(4096), "not a checkpoint")
+    add("notes.txt", b"epoch 3: loss 0.12\nthis is just a text file\n", "text file")
+    add("truncated.pt", raw[: len(raw) // 2], "corrupt zip")
+    # corrupt data.pkl: garbage in the middle of the stored pickle
+    with zipfile.ZipFile(good) as z:
+        info = z.getinfo("good/data.pkl")
+    start = info.header_offset + 30 + len(info.filename)
+    local_extra = struct.unpack_from("<H", raw, info.header_offset + 28)[0]
+    start += local_extra
+    bad = bytearray(raw)
+    bad[start + 2 : start + 40] = b"\xff" * 38
+    add("badpickle.pt", bytes(bad), "corrupt pickle")
+    # safetensors with a bogus header length
+    add(
+        "bogus.safetensors",
+        struct.pack("<Q", 10**12) + b'{"a": 1}' + b"\0" * 64,
+        "larger than the file",
+    )
+    add("bogus2.safetensors", struct.pack("<Q", 200) + b"{" + b" " * 20, "larger than the file")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "empty.pt",
+        "random.bin",
+        "notes.txt",
+        "truncated.pt",
+        "badpickle.pt",
+        "bogus.safetensors",
+        "bogus2.safetensors",
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    path, expect = _bad_inputs(tmp_path)[case]
+    r = run_cli("inspect", str(path))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"ckptui: {path}: ")
+    assert expect in lines[0].lower(), lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "empty.pt"
+    p.write_bytes(b"")
+    r = run_cli("inspect", str(p), "--debug")
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_permission_denied(tmp_path: Path) -> None:
+    p = tmp_path / "locked.pt"
+    torch.save({"a": 1}, p)
+    p.chmod(0)
+    r = run_cli("inspect", str(p))
+    assert r.returncode == 2 and "permission denied" in r.stderr
+
+
+def test_permission_denied_in_core(tmp_path: Path, monkeypatch) -> None:
+    """Root ignores file modes, so also prove the mapping directly."""
+    from ckptui.errors import NotReadable
+    from ckptui.formats import open_checkpoint
+
+    p = tmp_path / "x.pt"
+    p.write_bytes(b"\x80\x02K\x01.")
+
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("ckptui.formats._common.open", deny, raising=False)
+    with pytest.raises(NotReadable, match="permission denied"):
+        open_checkpoint(p)
+
+
+def test_usage_error_exits_2() -> None:
+    r = run_cli()
+    assert r.returncode == 2 and "PATH" in r.stderr
+
+
+def test_core_imports_no_ui_or_torch() -> None:
+    """The core never imports textual, rich or torch (STYLE.md: prove it in a subprocess)."""
+    import subprocess
+
+    core = [
+        "ckptui.model",
+        "ckptui.errors",
+        "ckptui.unpickle",
+        "ckptui.safety",
+        "ckptui.recorders",
+        "ckptui.treebuild",
+        "ckptui.formats",
+        "ckptui.jsonview",
+        "ckptui.dtypes",
+    ]
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in core)
+        + "bad = [m for m in ('textual', 'rich', 'torch', 'numpy') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

@@ -1,0 +1,135 @@
+"""Provides the `ckptui` command: `ckptui PATH`, `ckptui inspect PATH [--json]`, `ckptui --demo`.
+
+Exit codes (DESIGN.md): 0 success, 1 the command ran and found a problem it reports
+(`--fail-on-unsafe`), 2 bad input or usage, always as one line `ckptui: <path>: <what is wrong>`
+(`--debug` shows the traceback). rich is imported only to render human output; `--json` needs
+neither rich nor Textual, so scripts pay only for reading the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import CkptError
+
+SUBCOMMANDS = ("inspect",)
+
+
+def _parser_main() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckptui",
+        description="Look inside a PyTorch checkpoint without running it. "
+        "Subcommands: inspect PATH [--json].",
+    )
+    p.add_argument("path", nargs="?", help="checkpoint file to open")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="write a sample training checkpoint to a temporary folder and open it",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"ckptui {_version()}")
+    return p
+
+
+def _parser_inspect() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckptui inspect", description="Print a checkpoint's tree, tensors and findings."
+    )
+    p.add_argument("path", help="checkpoint file")
+    p.add_argument("--json", action="store_true", help="print the JSON contract")
+    p.add_argument(
+        "--max-children",
+        type=int,
+        default=50,
+        metavar="N",
+        help="children shown per node before eliding (default 50)",
+    )
+    p.add_argument("--all", action="store_true", help="show every child")
+    p.add_argument("--depth", type=int, default=None, metavar="N", help="levels to show")
+    p.add_argument(
+        "--fail-on-unsafe",
+        action="store_true",
+        help="exit 1 when the file would run code under torch.load",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    try:
+        if args_list and args_list[0] in SUBCOMMANDS:
+            return _inspect(_parser_inspect().parse_args(args_list[1:]))
+        return _main(_parser_main().parse_args(args_list))
+    except CkptError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"ckptui: {e.path}: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ckptui: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.demo:
+        from .demo import write_demo
+
+        path = write_demo()
+        print(f"ckptui: wrote the demo checkpoint to {path}", file=sys.stderr)
+        args.path = str(path)
+    if not args.path:
+        _parser_main().print_usage(sys.stderr)
+        print("ckptui: error: give a checkpoint PATH (or --demo)", file=sys.stderr)
+        return 2
+    from .formats import open_checkpoint
+
+    ckpt = open_checkpoint(args.path)
+    # The interactive browser lands with its own issue; until then show the same tree as text.
+    _render(ckpt, max_children=50, depth=None)
+    print("(the interactive browser is not built yet: this is `ckptui inspect`)", file=sys.stderr)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .formats import open_checkpoint
+
+    ckpt = open_checkpoint(args.path)
+    if args.json:
+        from .jsonview import checkpoint_json
+
+        json.dump(checkpoint_json(ckpt), sys.stdout, ensure_ascii=True)
+        sys.stdout.write("\n")
+    else:
+        _render(
+            ckpt, max_children=None if args.all else max(1, args.max_children), depth=args.depth
+        )
+    if args.fail_on_unsafe and any(f.severity.value == "danger" for f in ckpt.findings):
+        return 1
+    return 0
+
+
+def _render(ckpt: Any, max_children: int | None, depth: int | None) -> None:
+    from .render import render_checkpoint
+
+    render_checkpoint(ckpt, max_children=max_children, depth=depth)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Provides the one error hierarchy; every message names the file and what is wrong.
+
+The CLI prints `ckptui: <path>: <message>` and exits 2 for any `CkptError`; anything else escaping
+the core is a bug.
+"""
+
+from __future__ import annotations
+
+
+class CkptError(Exception):
+    """Base of every error ckptui reports to the user."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class NotFound(CkptError):
+    """The path does not exist."""
+
+
+class NotReadable(CkptError):
+    """The path exists but cannot be read (permissions, a directory that is not a checkpoint)."""
+
+
+class NotACheckpoint(CkptError):
+    """The file is readable but is no checkpoint format ckptui knows."""
+
+
+class CorruptFile(CkptError):
+    """The file looks like a known format but is damaged or inconsistent."""
+
+
+class Unsupported(CkptError):
+    """A known format or feature that ckptui does not read yet."""

@@ -1,0 +1,134 @@
+"""Provides `open_checkpoint`: detect a file's format by its first bytes and read its metadata.
+
+Detection follows `torch.load`: a file starting with a zip local header is a zip (TorchScript when
+it has `constants.pkl`); anything else is read as pickles, where a first pickle holding the legacy
+magic number makes a legacy checkpoint and any other first pickle is a plain pickle file (which
+`torch.load` would run before failing). A pickle with a zip appended is therefore a pickle.
+safetensors, which torch.load does not read, is recognised by its header first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from ..errors import CkptError, CorruptFile, NotACheckpoint, NotFound, NotReadable
+from ..model import Checkpoint
+from ._common import MAGIC_NUMBER, Source, assemble
+from .legacy import read_legacy
+from .safetensors import looks_like_safetensors, read_safetensors
+from .torchzip import read_zip
+
+__all__ = ["open_checkpoint"]
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Open a checkpoint file as metadata, never executing its pickle or reading tensor data.
+
+    Args:
+        path: the file to open.
+
+    Returns:
+        The checkpoint's tree, storage table and findings.
+
+    Raises:
+        CkptError: with a one-line message naming the file, for anything that is not a readable
+            checkpoint.
+    """
+    path = os.fspath(path)
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        raise NotFound(path, "no such file or directory") from None
+    except PermissionError:
+        raise NotReadable(path, "permission denied") from None
+    except OSError as e:
+        raise NotReadable(path, e.strerror or str(e)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise NotReadable(path, "is a directory, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotReadable(path, "is not a regular file")
+    try:
+        src = Source.open(path)
+    except PermissionError:
+        raise NotReadable(path, "permission denied") from None
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise NotReadable(path, "is a directory, not a checkpoint file") from None
+        raise NotReadable(path, e.strerror or str(e)) from None
+    try:
+        return _read(src)
+    except CkptError:
+        raise
+    except (RecursionError, MemoryError) as e:
+        raise CorruptFile(
+            path, f"too deeply nested or too large to read ({type(e).__name__})"
+        ) from None
+    finally:
+        src.close()
+
+
+def _read(src: Source) -> Checkpoint:
+    if src.size == 0:
+        raise NotACheckpoint(src.path, "empty file")
+    head = bytes(src.buf[:16])
+    if head.startswith(b"PK\x03\x04"):
+        return read_zip(src)
+    if looks_like_safetensors(src.buf, src.size):
+        return read_safetensors(src)
+    if head[:1] == b"\x80" or _maybe_text_pickle(head):
+        try:
+            first, end = src.unpickler(src.buf, src.path, None).load(0, src.size)
+        except CorruptFile:
+            if head[:1] != b"\x80":
+                raise _not_a_checkpoint(src, head) from None
+            raise
+        if first == MAGIC_NUMBER:
+            return read_legacy(src, end)
+        return assemble(src, "pickle", first, {"pickle_bytes": end})
+    raise _not_a_checkpoint(src, head)
+
+
+def _maybe_text_pickle(head: bytes) -> bool:
+    """Protocol 0/1 pickles start with one of these opcodes."""
+    return head[:1] in (
+        b"(",
+        b"}",
+        b"]",
+        b")",
+        b"c",
+        b"I",
+        b"L",
+        b"S",
+        b"V",
+        b"N",
+        b"K",
+        b"J",
+        b"X",
+        b"F",
+        b"G",
+        b"U",
+        b"T",
+        b"q",
+        b"\x88",
+        b"\x89",
+    )
+
+
+def _not_a_checkpoint(src: Source, head: bytes) -> NotACheckpoint:
+    sample = bytes(src.buf[: min(src.size, 4096)])
+    if head.startswith(b"\x1f\x8b"):
+        return NotACheckpoint(src.path, "gzip-compressed file: decompress it first")
+    if len(sample) > 262 and sample[257:262] == b"ustar":
+        return NotACheckpoint(src.path, "tar archive (PyTorch < 0.4 checkpoints): not supported")
+    try:
+        text = sample.decode("utf-8")
+        if all(c.isprintable() or c in "\n\r\t" for c in text[:4000]):
+            return NotACheckpoint(src.path, "a text file, not a checkpoint")
+    except UnicodeDecodeError:
+        pass
+    return NotACheckpoint(
+        src.path, f"not a checkpoint format ckptui knows (starts with {head[:8].hex(' ')})"
+    )

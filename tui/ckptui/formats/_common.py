@@ -1,0 +1,207 @@
+"""Provides what every pickle-based reader shares: the open file, the storage table, nested
+checkpoints, and assembling findings and the tree into a `Checkpoint`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CorruptFile
+from ..model import Checkpoint, Finding, Node, Path, Severity, Storage
+from ..recorders import CONSTANTS, RECORDERS, StorageRef
+from ..treebuild import MAX_DEPTH, TreeBuilder
+from ..unpickle import Blob, Global, InertUnpickler, Limits, _Malformed, classify_global
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+"""First pickle of the legacy format (torch/serialization.py)."""
+
+
+@dataclass
+class Source:
+    """An open file, memory-mapped read-only, plus what the readers learn about it."""
+
+    path: str
+    buf: Any
+    size: int
+    storages: dict[str, Storage] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    globals: dict[str, Global] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    nested: int = 0
+
+    @classmethod
+    def open(cls, path: str) -> Source:
+        """Map `path` read-only (an empty file maps to b"")."""
+        with open(path, "rb") as f:  # noqa: PTH123  # fileno for mmap
+            size = os.fstat(f.fileno()).st_size
+            buf: Any = b"" if size == 0 else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return cls(path, buf, size)
+
+    def close(self) -> None:
+        """Release the mapping."""
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+
+    def warn(
+        self,
+        kind: str,
+        message: str,
+        path: Path | None = None,
+        severity: Severity = Severity.WARNING,
+    ) -> None:
+        """Add a finding."""
+        self.findings.append(Finding(kind, severity, message, path))
+
+    def unpickler(
+        self, buf: Any, part: str, persistent_load: Any, nest: int = 0, base: int | None = 0
+    ) -> InertUnpickler:
+        """An inert unpickler over `buf` whose globals are collected into this source.
+
+        Args:
+            part: where in the file the pickle lies (`archive/data.pkl`), for messages.
+            base: absolute file offset of `buf[0]`, or None when `buf` is not the file's bytes
+                (a decompressed record), so blobs inside cannot be located in the file.
+        """
+        u = InertUnpickler(
+            buf, self.path, persistent_load, RECORDERS, CONSTANTS, self.limits, nest, part
+        )
+        u.globals = self.globals
+        u.extra["base"] = base
+        u.extra["load_nested"] = self._load_nested
+        return u
+
+    def _load_nested(self, u: InertUnpickler, blob: Blob | bytes) -> Any:
+        """Read the checkpoint embedded by `torch.storage._load_from_bytes(blob)`."""
+        from .nested import read_nested  # local: nested imports the readers, which import us
+
+        if u.nest + 1 > self.limits.max_nesting:
+            raise _Malformed("embedded checkpoints nest too deep")
+        self.nested += 1
+        if self.nested > self.limits.max_nested_checkpoints:
+            raise _Malformed("too many embedded checkpoints")
+        return read_nested(self, u, blob)
+
+
+def storage_ref(
+    src: Source, key: str, dtype: str, nbytes: int, location: str, cache: dict[str, StorageRef]
+) -> StorageRef:
+    """One StorageRef per key: a storage reached twice is the same storage."""
+    ref = cache.get(key)
+    if ref is None:
+        ref = StorageRef(key, dtype, nbytes, location)
+        cache[key] = ref
+    elif ref.nbytes != nbytes:
+        raise _Malformed(f"storage {key} declared with two sizes")
+    return ref
+
+
+def parse_pid_location(value: Any) -> str:
+    """The location string of a persistent id."""
+    if not isinstance(value, str) or len(value) > 100:
+        raise _Malformed("storage location is not a short string")
+    return value
+
+
+def assemble(
+    src: Source, fmt: str, root_obj: Any, info: dict[str, Any], root_type: str | None = None
+) -> Checkpoint:
+    """Build the tree and findings for an unpickled root object.
+
+    Findings come from the globals the pickle named (dangerous callables, unknown classes),
+    whole-module pickles, tensors that do not fit their storage, and missing storages.
+    """
+    builder = TreeBuilder()
+    root = builder.build(root_obj)
+    if root_type is not None:
+        root = _retype(root, root_type)
+    findings: list[Finding] = []
+    for g in src.globals.values():
+        verdict = classify_global(g)
+        if verdict is None:
+            continue
+        kind, severity = verdict
+        where = builder.global_paths.get(g.full)
+        called = f" with {g.call_args}" if g.call_args else ""
+        if kind == "dangerous_call":
+            msg = (
+                f"{g.full}{called}: torch.load(weights_only=False) would run this "
+                f"({g.verdict.reason}); ckptui did not"
+            )
+        elif kind == "unknown_class":
+            msg = f"{g.full}: class not known to ckptui, shown as a placeholder (not imported)"
+        else:
+            msg = f"{g.full}{called}: unknown function that torch.load would call; not run here"
+        findings.append(Finding(kind, Severity(severity), msg, where))
+    for path, name in builder.modules:
+        findings.append(
+            Finding(
+                "whole_module",
+                Severity.INFO,
+                f"whole-module pickle of {name}: loading it needs that class's source code; "
+                "its weights are shown under their state_dict names",
+                path,
+            )
+        )
+    if builder.too_deep is not None:
+        findings.append(
+            Finding(
+                "too_deep",
+                Severity.WARNING,
+                f"objects nested deeper than {MAX_DEPTH} levels are not shown",
+                builder.too_deep,
+            )
+        )
+    ckpt = Checkpoint(src.path, fmt, src.size, root, dict(src.storages), (), info)
+    findings.extend(src.findings)
+    findings.extend(_tensor_findings(ckpt))
+    order = {"danger": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.severity.value])
+    return Checkpoint(src.path, fmt, src.size, root, dict(src.storages), tuple(findings), info)
+
+
+def _retype(node: Node, type_name: str) -> Node:
+    from dataclasses import replace
+
+    return replace(node, type=type_name)
+
+
+def _tensor_findings(ckpt: Checkpoint) -> list[Finding]:
+    out: list[Finding] = []
+    missing_reported: set[str] = set()
+    for path, t in ckpt.tensors():
+        if t.storage_key is None:
+            continue
+        st = ckpt.storages.get(t.storage_key)
+        if st is None:
+            continue
+        if st.missing and st.key not in missing_reported:
+            missing_reported.add(st.key)
+            out.append(
+                Finding(
+                    "missing_storage",
+                    Severity.WARNING,
+                    f"storage {st.key} ({st.record or 'data'}) is missing from the "
+                    "file: this tensor cannot be loaded",
+                    path,
+                )
+            )
+        span = t.span_elements() * t.itemsize
+        if any(s < 0 for s in t.stride) or span > st.nbytes:
+            out.append(
+                Finding(
+                    "out_of_bounds",
+                    Severity.WARNING,
+                    f"tensor view reaches byte {span:,} of a {st.nbytes:,}-byte "
+                    "storage: torch.load would refuse it",
+                    path,
+                )
+            )
+    return out
+
+
+def corrupt(path: str, what: str) -> CorruptFile:
+    """A CorruptFile error for `path`."""
+    return CorruptFile(path, what)

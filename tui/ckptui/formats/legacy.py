@@ -1,0 +1,135 @@
+"""Provides the reader for the legacy format (`_use_new_zipfile_serialization=False`, PyTorch < 1.6).
+
+The file is a run of pickles (magic number, protocol version, sys_info, the object, the sorted
+list of storage keys) followed by each storage as an 8-byte element count and its raw bytes. The
+storages are indexed by reading each 8-byte count and seeking over the bytes, never reading them.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from ..dtypes import STORAGE_DTYPES, itemsize_of
+from ..model import Checkpoint, Storage
+from ..recorders import StorageRef
+from ..unpickle import Global, PDict, _Malformed
+from ._common import MAGIC_NUMBER, Source, assemble, corrupt, parse_pid_location, storage_ref
+
+
+def read_legacy_at(
+    src: Source,
+    start: int,
+    end: int,
+    key_prefix: str = "",
+    where: str | None = None,
+    nest: int = 0,
+    magic_end: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Read a legacy-format checkpoint lying in `src.buf[start:end]`.
+
+    Args:
+        magic_end: where the magic-number pickle ends, when the caller already read it.
+
+    Returns:
+        (root object, format facts).
+    """
+    where = where or "legacy pickles"
+    pos = magic_end
+    if pos is None:
+        magic, pos = src.unpickler(src.buf, where, None, nest).load(start, end)
+        if magic != MAGIC_NUMBER:
+            raise corrupt(src.path, f"invalid magic number in {where}")
+    version, pos = src.unpickler(src.buf, where, None, nest).load(pos, end)
+    if version != 1001:
+        raise corrupt(src.path, f"unsupported legacy protocol version {version!r} in {where}")
+    sys_info, pos = src.unpickler(src.buf, where, None, nest).load(pos, end)
+    refs: dict[str, StorageRef] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise _Malformed("unexpected persistent id (only storages are allowed)")
+        if len(pid) != 6:
+            raise _Malformed("legacy storage persistent id must have 6 fields")
+        _, cls, key, location, count, view = pid
+        if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
+            raise _Malformed(f"unknown storage class {cls!r}")
+        if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
+            raise _Malformed("malformed storage persistent id")
+        dtype = STORAGE_DTYPES[cls.full]
+        ref = storage_ref(
+            src,
+            key_prefix + key,
+            dtype,
+            count * itemsize_of(dtype),
+            parse_pid_location(location),
+            refs,
+        )
+        if view is not None:
+            # Storage views (PyTorch < 1.0): (root key, offset, size). The bytes are the root's.
+            if not isinstance(view, tuple) or len(view) != 3 or not isinstance(view[0], str):
+                raise _Malformed("malformed storage view")
+            return storage_ref(
+                src,
+                key_prefix + view[0],
+                dtype,
+                count * itemsize_of(dtype),
+                parse_pid_location(location),
+                refs,
+            )
+        return ref
+
+    root, pos = src.unpickler(src.buf, where, persistent_load, nest).load(pos, end)
+    keys, pos = src.unpickler(src.buf, where, None, nest).load(pos, end)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise corrupt(src.path, f"storage key list is not a list of strings in {where}")
+    truncated = False
+    for key in keys:
+        ref = refs.get(key_prefix + key)
+        if ref is None:
+            raise corrupt(src.path, f"storage {key} is listed but no tensor uses it ({where})")
+        if truncated or pos + 8 > end:
+            truncated = True
+            src.storages[ref.key] = Storage(ref.key, ref.dtype, ref.nbytes, ref.location)
+            continue
+        (count,) = struct.unpack_from("<q", src.buf, pos)
+        declared = ref.nbytes // itemsize_of(ref.dtype)
+        if count != declared:
+            raise corrupt(
+                src.path,
+                f"storage {key} holds {count} elements, the pickle says {declared} ({where})",
+            )
+        data = pos + 8
+        have = max(0, min(ref.nbytes, end - data))
+        if have < ref.nbytes:
+            truncated = True
+            src.storages[ref.key] = Storage(ref.key, ref.dtype, ref.nbytes, ref.location)
+        else:
+            src.storages[ref.key] = Storage(
+                ref.key,
+                ref.dtype,
+                ref.nbytes,
+                ref.location,
+                data_offset=data,
+                record_nbytes=ref.nbytes,
+            )
+        pos = data + ref.nbytes
+    for key, ref in refs.items():
+        src.storages.setdefault(key, Storage(ref.key, ref.dtype, ref.nbytes, ref.location))
+    if truncated:
+        src.warn("truncated", "the file ends before all storages: it was cut short")
+    facts: dict[str, Any] = {"storages": len(keys), "data_end": pos}
+    if isinstance(sys_info, PDict):
+        for k in ("protocol_version", "little_endian", "type_sizes"):
+            v = sys_info.get(k)
+            if isinstance(v, int | bool):
+                facts[k] = v
+        if sys_info.get("little_endian") is False:
+            src.warn("big_endian", "saved on a big-endian machine")
+    return root, facts
+
+
+def read_legacy(src: Source, magic_end: int) -> Checkpoint:
+    """Read a whole legacy-format file whose magic pickle ends at `magic_end`."""
+    root, facts = read_legacy_at(src, 0, src.size, magic_end=magic_end)
+    return assemble(src, "torch-legacy", root, facts)

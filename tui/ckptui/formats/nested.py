@@ -1,0 +1,55 @@
+"""Provides reading of checkpoints embedded in a pickle by `torch.storage._load_from_bytes(b)`.
+
+`pickle.dump(state_dict)` stores each tensor's storage this way, and `torch.load` runs `torch.load`
+on those bytes. ckptui reads them as the checkpoints they are (legacy or zip), with storage keys
+made unique per embedded checkpoint and offsets absolute in the outer file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..unpickle import Blob, InertUnpickler, _Malformed
+from ._common import MAGIC_NUMBER, Source
+
+
+def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
+    """Return the root object of the checkpoint in `blob` (usually a storage)."""
+    from .legacy import read_legacy_at
+    from .torchzip import ZipCheckpoint
+
+    base = u.extra.get("base")
+    if isinstance(blob, bytes) or base is None or u.buf is not src.buf:
+        # Small or not locatable in the file: parse from its own buffer.
+        data = (
+            blob
+            if isinstance(blob, bytes)
+            else bytes(u.buf[blob.offset : blob.offset + blob.length])
+        )
+        inner = Source(src.path, data, len(data), limits=src.limits)
+        inner.globals = src.globals
+        inner.nested = src.nested
+        start, end, prefix = 0, len(data), f"@{src.nested}/"
+    else:
+        inner = src
+        start, end = blob.offset, blob.offset + blob.length
+        prefix = f"@{start}/"
+    where = f"embedded checkpoint at byte {start}"
+    if inner.buf[start : start + 4] == b"PK\x03\x04":
+        z = ZipCheckpoint(inner, start, end, key_prefix=prefix, where=where)
+        obj = z.load("data.pkl")
+    else:
+        magic, pos = inner.unpickler(inner.buf, where, None, u.nest + 1).load(start, end)
+        if magic != MAGIC_NUMBER:
+            raise _Malformed("embedded bytes are not a torch checkpoint")
+        obj, _ = read_legacy_at(
+            inner, start, end, key_prefix=prefix, where=where, nest=u.nest + 1, magic_end=pos
+        )
+    if inner is not src:
+        # Offsets are inside a copy, not the file: keep the metadata, drop the locations.
+        from dataclasses import replace
+
+        for key, st in inner.storages.items():
+            src.storages[key] = replace(st, data_offset=None)
+        src.findings.extend(inner.findings)
+    return obj

@@ -1,0 +1,252 @@
+"""Provides the reader for zip checkpoints: `torch.save` since 1.6, and TorchScript archives.
+
+Only the central directory, `data.pkl` and each storage's 30-byte local header are read: the
+local header is where torch's 64-byte alignment padding lives, so it alone gives the true data
+offset (FORMATS.md). Records are looked up exactly as torch's miniz does: case-insensitively, by a
+binary search over a heap-sorted index, so where a crafted zip holds two records of one name,
+ckptui shows the one `torch.load` would read and reports the other.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from typing import Any
+
+from ..dtypes import STORAGE_DTYPES, itemsize_of
+from ..model import Checkpoint, Storage
+from ..recorders import StorageRef
+from ..unpickle import Global, _Malformed
+from ._common import Source, assemble, corrupt, parse_pid_location, storage_ref
+from .ziplookup import ZipLookup
+
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+MAX_PICKLE_BYTES = 1 << 32
+"""A data.pkl larger than this is refused; no real checkpoint comes close."""
+
+
+class _SliceFile:
+    """A read-only, seekable file over `buf[start:end]` (for zips embedded in another file)."""
+
+    def __init__(self, buf: Any, start: int, end: int) -> None:
+        self.buf, self.start, self.end, self.pos = buf, start, end, start
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: self.start, 1: self.pos, 2: self.end}[whence]
+        self.pos = min(max(base + offset, self.start), self.end)
+        return self.pos - self.start
+
+    def tell(self) -> int:
+        return self.pos - self.start
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.end if n is None or n < 0 else min(self.end, self.pos + n)
+        data = bytes(self.buf[self.pos : stop])
+        self.pos = stop
+        return data
+
+    def seekable(self) -> bool:
+        return True
+
+
+class ZipCheckpoint:
+    """One zip archive inside `src.buf[start:end]`, opened for metadata."""
+
+    def __init__(
+        self,
+        src: Source,
+        start: int = 0,
+        end: int | None = None,
+        key_prefix: str = "",
+        where: str | None = None,
+    ) -> None:
+        self.src = src
+        self.start = start
+        self.end = src.size if end is None else end
+        self.key_prefix = key_prefix
+        self._in = f"{where}: " if where else ""
+        self.where = where or src.path
+        """Where the archive lies, for messages: the file, or an embedded checkpoint in it."""
+        try:
+            self.zf = zipfile.ZipFile(_SliceFile(src.buf, self.start, self.end))  # type: ignore[arg-type]
+            infos = self.zf.infolist()
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            struct.error,
+            ValueError,
+            OSError,
+            EOFError,
+            IndexError,
+        ) as e:
+            raise corrupt(
+                self.src.path, f"{self._in}truncated or corrupt zip archive ({e})"
+            ) from None
+        if not infos:
+            raise corrupt(self.src.path, f"{self._in}zip archive holds no records")
+        first = infos[0].filename
+        if "/" not in first:
+            raise corrupt(
+                self.src.path,
+                f"{self._in}zip record {first!r} is not inside a folder, as torch "
+                "checkpoints' records are",
+            )
+        self.archive = first.split("/", 1)[0]
+        self.lookup = ZipLookup([i.filename for i in infos])
+        self.infos = infos
+        for name, chosen, count in self.lookup.duplicates():
+            src.warn(
+                "duplicate_record",
+                f"zip holds {count} records named {name!r}; torch.load reads record "
+                f"#{chosen + 1} in directory order, and so does ckptui",
+            )
+
+    def info(self, name: str) -> zipfile.ZipInfo | None:
+        """The record torch would read for archive-relative `name`, or None."""
+        idx = self.lookup.locate(f"{self.archive}/{name}")
+        return None if idx is None else self.infos[idx]
+
+    def data_offset(self, zi: zipfile.ZipInfo) -> int:
+        """Absolute file offset of a record's first data byte, from its local header."""
+        at = self.start + zi.header_offset
+        if at + 30 > self.end:
+            raise corrupt(
+                self.src.path, f"{self._in}record {zi.filename} starts past the end of the file"
+            )
+        fields = _LOCAL_HEADER.unpack_from(self.src.buf, at)
+        if fields[0] != 0x04034B50:
+            raise corrupt(self.src.path, f"{self._in}record {zi.filename} has no local header")
+        return at + 30 + fields[9] + fields[10]
+
+    def read_pickle(self, name: str) -> tuple[Any, int | None, int]:
+        """Return (buffer, base offset or None, length) of a pickle record without copying it
+        when it is stored uncompressed."""
+        zi = self.info(name)
+        if zi is None:
+            raise corrupt(self.src.path, f"{self._in}zip archive has no {self.archive}/{name}")
+        if zi.compress_type == zipfile.ZIP_STORED:
+            off = self.data_offset(zi)
+            if zi.file_size != zi.compress_size or off + zi.file_size > self.end:
+                raise corrupt(
+                    self.src.path, f"{self._in}record {zi.filename} runs past the end of the file"
+                )
+            return self.src.buf, off, off + zi.file_size
+        if zi.file_size > min(MAX_PICKLE_BYTES, zi.compress_size * 1100 + 1024):
+            raise corrupt(
+                self.src.path, f"{self._in}record {zi.filename} claims an impossible size"
+            )
+        try:
+            data = self.zf.read(zi)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as e:
+            raise corrupt(
+                self.src.path, f"{self._in}cannot decompress {zi.filename} ({e})"
+            ) from None
+        return data, None, len(data)
+
+    def load(self, name: str, tensor_dir: str = "data/") -> Any:
+        """Unpickle archive record `name` inertly; storages go to the source's table."""
+        buf, base, end = self.read_pickle(name)
+        refs: dict[str, StorageRef] = {}
+        start = 0 if base is None else base
+
+        def persistent_load(pid: Any) -> Any:
+            if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+                raise _Malformed(f"unexpected persistent id {type(pid).__name__}")
+            _, cls, key, location, count = pid
+            if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
+                raise _Malformed(f"unknown storage class {cls!r}")
+            if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
+                raise _Malformed("malformed storage persistent id")
+            dtype = STORAGE_DTYPES[cls.full]
+            nbytes = count * itemsize_of(dtype)
+            full_key = self.key_prefix + key
+            ref = storage_ref(self.src, full_key, dtype, nbytes, parse_pid_location(location), refs)
+            if full_key not in self.src.storages:
+                self.src.storages[full_key] = self._storage(ref, f"{tensor_dir}{key}")
+            return ref
+
+        part = f"{self.archive}/{name}" + (
+            f" ({self.where})" if self.where != self.src.path else ""
+        )
+        u = self.src.unpickler(buf, part, persistent_load, base=base)
+        obj, _ = u.load(start, end)
+        return obj
+
+    def _storage(self, ref: StorageRef, name: str) -> Storage:
+        zi = self.info(name)
+        record = f"{self.archive}/{name}"
+        if zi is None:
+            return Storage(ref.key, ref.dtype, ref.nbytes, ref.location, record=record)
+        if zi.compress_type != zipfile.ZIP_STORED:
+            self.src.warn(
+                "compressed_storage",
+                f"storage record {record} is compressed; its bytes cannot be memory-mapped",
+            )
+            return Storage(
+                ref.key,
+                ref.dtype,
+                ref.nbytes,
+                ref.location,
+                record=record,
+                record_nbytes=zi.file_size,
+            )
+        off = self.data_offset(zi)
+        have = max(0, min(zi.file_size, self.end - off))
+        if have < ref.nbytes:
+            self.src.warn(
+                "short_storage",
+                f"storage record {record} holds {have:,} bytes but "
+                f"the pickle declares {ref.nbytes:,}: torch.load would fail",
+            )
+        return Storage(
+            ref.key,
+            ref.dtype,
+            ref.nbytes,
+            ref.location,
+            record=record,
+            data_offset=off,
+            record_nbytes=have,
+        )
+
+    def facts(self) -> dict[str, Any]:
+        """Format facts for `Checkpoint.info`."""
+        facts: dict[str, Any] = {"archive_name": self.archive, "records": len(self.infos)}
+        for name in ("byteorder", ".format_version", ".storage_alignment", "version"):
+            zi = self.info(name)
+            if zi is not None and zi.file_size <= 64:
+                try:
+                    facts[name.lstrip(".")] = self.zf.read(zi).decode("ascii").strip()
+                except (
+                    UnicodeDecodeError,
+                    zipfile.BadZipFile,
+                    OSError,
+                    ValueError,
+                    EOFError,
+                    struct.error,
+                ):
+                    facts[name.lstrip(".")] = "?"
+        return facts
+
+
+def is_torchscript(z: ZipCheckpoint) -> bool:
+    """torch.load's test: a `constants.pkl` record makes it a TorchScript archive."""
+    return z.info("constants.pkl") is not None
+
+
+def read_zip(src: Source) -> Checkpoint:
+    """Read a torch zip or TorchScript file."""
+    z = ZipCheckpoint(src)
+    facts = z.facts()
+    if facts.get("byteorder", "little") not in ("little", "?"):
+        src.warn("big_endian", "storages are big-endian (byteorder record)")
+    if is_torchscript(z):
+        data = z.load("data.pkl")
+        constants = z.load("constants.pkl", tensor_dir="constants/")
+        from ..unpickle import PDict
+
+        root = PDict("torchscript")
+        root.set("data", data)
+        root.set("constants", constants)
+        return assemble(src, "torchscript", root, facts)
+    root_obj = z.load("data.pkl")
+    return assemble(src, "torch-zip", root_obj, facts)

@@ -1,0 +1,209 @@
+"""Provides the one tree model that every checkpoint reader produces.
+
+A checkpoint is a tree of `Node`s (mappings, sequences, tensors, plain values, placeholder objects
+and references to objects already shown) plus a storage table describing where each storage's
+bytes lie. The UI, the size analysis and the exporter only ever see this model, whatever the
+format was (DESIGN.md point 4). Everything here is plain, frozen data: no I/O, no torch.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Key = str | int | None
+"""A key in a parent: str for mapping keys, int for sequence indexes (and int mapping keys)."""
+
+Path = tuple[Key, ...]
+
+
+class NodeKind(str, enum.Enum):
+    """What a node is."""
+
+    MAPPING = "mapping"
+    SEQUENCE = "sequence"
+    TENSOR = "tensor"
+    VALUE = "value"
+    OBJECT = "object"
+    REF = "ref"
+
+
+class Severity(str, enum.Enum):
+    """How much a finding matters."""
+
+    INFO = "info"
+    WARNING = "warning"
+    DANGER = "danger"
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """One storage: a contiguous run of bytes that tensors view."""
+
+    key: str
+    """The storage key from the pickle's persistent id (or the tensor name for safetensors)."""
+    dtype: str
+    """The element dtype the storage was saved with (`uint8` for untyped storages)."""
+    nbytes: int
+    """Byte size the pickle declares for the storage."""
+    location: str
+    """Device string recorded at save time: `cpu`, `cuda:1`, `mps`, ..."""
+    file: str | None = None
+    """File holding the bytes (relative to a folder checkpoint; None means the opened file)."""
+    record: str | None = None
+    """Zip record name (torch zip formats), or None."""
+    data_offset: int | None = None
+    """Absolute offset of the first byte in `file`; None when the bytes are missing."""
+    record_nbytes: int | None = None
+    """How many bytes the file actually holds for this storage (None when missing)."""
+
+    @property
+    def missing(self) -> bool:
+        """True when the file holds no bytes for this storage."""
+        return self.data_offset is None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """Metadata of one tensor, as recorded in the file; values are never read to make it."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    stride: tuple[int, ...]
+    storage_key: str | None
+    """None for tensors without storage (meta tensors, sparse/nested wrappers)."""
+    storage_offset: int = 0
+    """Offset of the first element in the storage, in elements (as torch counts)."""
+    itemsize: int = 4
+    device: str = "cpu"
+    requires_grad: bool = False
+    type: str = "torch.Tensor"
+    """`torch.Tensor`, `torch.nn.parameter.Parameter`, or a subclass's qualified name."""
+    layout: str = "strided"
+    """`strided`, `sparse_coo`, `sparse_csr`, `quantized`, `meta`, `nested`, ..."""
+    state_dict_key: str | None = None
+    """The name `model.state_dict()` would use, for tensors of a whole-module pickle."""
+
+    @property
+    def numel(self) -> int:
+        """Element count of the view."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        """The view's own size: elements x item size."""
+        return self.numel * self.itemsize
+
+    @property
+    def is_contiguous(self) -> bool:
+        """True when the strides are the row-major ones for the shape."""
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=False):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def span_elements(self) -> int:
+        """Elements of the storage the view reaches, from offset 0 (0 for an empty view)."""
+        if any(d == 0 for d in self.shape):
+            return 0
+        last = self.storage_offset + sum(
+            (d - 1) * s for d, s in zip(self.shape, self.stride, strict=False)
+        )
+        return last + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of the checkpoint tree."""
+
+    kind: NodeKind
+    type: str
+    """Python-level type: `dict`, `collections.OrderedDict`, `torch.Tensor`, `int`, `mymod.Net`."""
+    key: Key = None
+    children: tuple[Node, ...] = ()
+    value: Any = None
+    """For VALUE nodes: the value (None, bool, int, float, str); bytes are summarised in `text`."""
+    text: str | None = None
+    """Short human text for values that are not shown whole (bytes, huge ints, numpy arrays)."""
+    tensor: TensorInfo | None = None
+    target: Path | None = None
+    """For REF nodes: the path of the first occurrence of the object."""
+    nbytes: int = 0
+    """Bytes a non-tensor value occupies inline in the pickle (numpy arrays, bytes), else 0."""
+    safety: str | None = None
+    """For OBJECT nodes: `safe` (known data class), `unknown` (info) or `danger`."""
+    attrs: tuple[tuple[str, Any], ...] = ()
+    """Extra facts a reader wants shown (e.g. a numpy array's shape/dtype)."""
+
+    def child(self, key: Key) -> Node | None:
+        """Return the first child with `key`, or None."""
+        for c in self.children:
+            if c.key == key:
+                return c
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something the reader noticed that a person should know."""
+
+    kind: str
+    """Stable identifier: `dangerous_call`, `unknown_class`, `missing_storage`, ..."""
+    severity: Severity
+    message: str
+    path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A checkpoint opened as metadata."""
+
+    path: str
+    format: str
+    """`torch-zip`, `torch-legacy`, `torchscript`, `safetensors`, `pickle`."""
+    file_bytes: int
+    root: Node
+    storages: dict[str, Storage] = field(default_factory=dict)
+    findings: tuple[Finding, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    """Format facts: archive name, byteorder, pickle size, safetensors `__metadata__`, ..."""
+
+    def tensors(self) -> Iterator[tuple[Path, TensorInfo]]:
+        """Yield (path, tensor) for every tensor, once per path that reaches it.
+
+        A REF node pointing straight at a tensor yields that tensor under the ref's path too (the
+        same object saved twice); refs to containers are not expanded, so a crafted pickle with
+        deeply shared containers cannot make this walk explode.
+        """
+        by_path: dict[Path, Node] = {}
+        stack: list[tuple[Node, Path]] = [(self.root, ())]
+        out: list[tuple[Path, Node]] = []
+        while stack:
+            node, path = stack.pop()
+            if node.kind is NodeKind.TENSOR:
+                by_path[path] = node
+            out.append((path, node))
+            stack.extend((c, (*path, c.key)) for c in reversed(node.children))
+        for path, node in out:
+            if node.kind is NodeKind.TENSOR and node.tensor is not None:
+                yield path, node.tensor
+            elif node.kind is NodeKind.REF and node.target is not None:
+                target = by_path.get(node.target)
+                if target is not None and target.tensor is not None:
+                    yield path, target.tensor
+
+    def find(self, path: Path) -> Node | None:
+        """Return the node at `path`, or None."""
+        node: Node | None = self.root
+        for key in path:
+            if node is None:
+                return None
+            node = node.child(key)
+        return node

@@ -1,0 +1,76 @@
+"""Provides the rich rendering of `ckptui inspect`: the tree, the findings and a one-line total.
+
+This is the CLI's presentation layer (it imports rich); the core modules never import it.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
+
+from . import units
+from .model import Checkpoint, Node, NodeKind
+
+_SEVERITY_STYLE = {"danger": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _label(node: Node, key_text: str) -> str:
+    style = "bold red" if node.safety == "danger" else "bold"
+    return f"[{style}]{escape(key_text)}[/]  [dim]{escape(units.summary(node))}[/]"
+
+
+def _key_text(node: Node) -> str:
+    if node.key is None:
+        return "<root>"
+    return f"[{node.key}]" if isinstance(node.key, int) else str(node.key)
+
+
+def build_tree(ckpt: Checkpoint, max_children: int | None, depth: int | None) -> Tree:
+    """A rich Tree of the checkpoint, eliding past `max_children` per node and below `depth`."""
+    root = Tree(_label(ckpt.root, ckpt.path), guide_style="dim")
+    stack: list[tuple[Node, Tree, int]] = [(ckpt.root, root, 0)]
+    while stack:
+        node, branch, level = stack.pop()
+        if depth is not None and level >= depth:
+            if node.children:
+                branch.add(f"[dim]… {len(node.children):,} children[/]")
+            continue
+        shown = node.children if max_children is None else node.children[:max_children]
+        pending = []
+        for child in shown:
+            sub = branch.add(_label(child, _key_text(child)))
+            if child.kind is not NodeKind.REF:
+                pending.append((child, sub, level + 1))
+        stack.extend(reversed(pending))
+        hidden = len(node.children) - len(shown)
+        if hidden > 0:
+            branch.add(f"[dim]… {hidden:,} more (use --all)[/]")
+    return root
+
+
+def render_checkpoint(
+    ckpt: Checkpoint,
+    max_children: int | None = 50,
+    depth: int | None = None,
+    console: Console | None = None,
+) -> None:
+    """Print the tree, findings and total."""
+    console = console or Console(highlight=False)
+    console.print(build_tree(ckpt, max_children, depth))
+    for f in ckpt.findings:
+        where = ".".join(str(k) for k in f.path) if f.path else "-"
+        style = _SEVERITY_STYLE[f.severity.value]
+        console.print(
+            f"[{style}]{f.severity.value:>7}[/] {escape(f.kind)} [dim]{escape(where)}[/]"
+            f": {escape(f.message)}"
+        )
+    tensors = list(ckpt.tensors())
+    unique = {t.storage_key for _, t in tensors if t.storage_key is not None}
+    data = sum(ckpt.storages[k].nbytes for k in unique if k in ckpt.storages)
+    dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
+    console.print(
+        f"[bold]{escape(ckpt.format)}[/] · {units.size(ckpt.file_bytes)} file · "
+        f"{len(tensors):,} tensors in {len(unique):,} storages · {units.size(data)} tensor data"
+        + (f" · [bold red]{dangers} dangerous call(s)[/]" if dangers else "")
+    )

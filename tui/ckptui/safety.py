@@ -1,0 +1,204 @@
+"""Provides the judgement of every GLOBAL a pickle names: data, known, unknown or dangerous.
+
+`pickle.load` and `torch.load(weights_only=False)` import every GLOBAL and call whatever REDUCE,
+NEWOBJ, INST or OBJ apply them to. ckptui never does either; it only needs to tell the user what
+*would* run. Whether a global is dangerous depends on what calling it does, not on whether it is
+known: a user's model class is merely unknown (info), `os.system` is dangerous wherever it
+appears, also behind a dotted path such as `torch.serialization.os.system`. Harmless globals that
+ordinary checkpoints contain (FORMATS.md) must not be flagged, or the warning cries wolf.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+# Python 2 module names, mapped as pickle's fix_imports does.
+_PY2_MODULES = {
+    "__builtin__": "builtins",
+    "copy_reg": "copyreg",
+    "exceptions": "builtins",
+    "cPickle": "pickle",
+    "Queue": "queue",
+    "UserDict": "collections",
+}
+
+
+class Safety(str, enum.Enum):
+    """The verdict on one global."""
+
+    DATA = "data"
+    """Allow-listed pure data constructor; ckptui records it with its own code."""
+    KNOWN = "known"
+    """Known harmless class or function seen in ordinary checkpoints; shown as a placeholder."""
+    UNKNOWN = "unknown"
+    """Not known either way: a user's class or function. Would be imported and run by torch.load."""
+    DANGER = "danger"
+    """Runs code, touches files/processes/network, or loads another pickle."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A global's verdict and the reason shown to the user."""
+
+    safety: Safety
+    reason: str = ""
+
+
+# Builtins that only construct data. Every other builtin (eval, exec, getattr, open,
+# __import__, compile, setattr, print, ...) is a capability, hence dangerous.
+_DATA_BUILTINS = frozenset(
+    {
+        "set", "frozenset", "list", "dict", "tuple", "int", "float", "complex", "bool", "str",
+        "bytes", "bytearray", "slice", "range", "object", "long", "unicode", "xrange",
+        "NotImplemented", "Ellipsis",
+    }
+)  # fmt: skip
+
+# Modules whose members execute code, spawn processes, touch the file system or network, or
+# load further pickles. Any member, reached directly or through a dotted path, is dangerous.
+_DANGER_MODULES = frozenset(
+    {
+        "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "shutil", "socket",
+        "importlib", "runpy", "code", "codeop", "pty", "ctypes", "pickle", "_pickle", "marshal",
+        "types", "webbrowser", "multiprocessing", "asyncio", "pdb", "bdb", "timeit", "cProfile",
+        "profile", "trace", "tempfile", "glob", "io", "_io", "fileinput", "signal", "threading",
+        "_thread", "thread", "commands", "popen2", "platform", "urllib", "urllib2", "http",
+        "ftplib", "smtplib", "telnetlib", "requests", "pip", "setuptools", "distutils", "site",
+        "zipimport", "pydoc", "dill", "cloudpickle", "joblib", "shelve", "dbm", "sqlite3",
+        "ensurepip", "venv", "imp", "gc", "inspect", "ast", "linecache", "zipfile", "tarfile",
+        "_posixsubprocess", "_winapi", "msvcrt", "winreg", "_ctypes", "nturl2path", "mmap",
+        "select", "selectors", "ssl", "xmlrpc", "socketserver", "wsgiref", "logging",
+    }
+)  # fmt: skip
+
+# Single callables that are dangerous although their module is not.
+_DANGER_NAMES = frozenset(
+    {
+        "operator.attrgetter", "operator.methodcaller", "functools.reduce",
+        "torch.load", "torch.serialization.load", "torch.serialization._load",
+        "torch.serialization._legacy_load", "torch.jit.load", "torch.jit._serialization.load",
+        "torch.hub.load", "torch.hub.load_state_dict_from_url", "torch.hub.download_url_to_file",
+        "torch.ops.load_library", "torch.classes.load_library", "torch._ops.load_library",
+        "torch.utils.cpp_extension.load", "torch.utils.cpp_extension.load_inline",
+        "torch.package.PackageImporter", "torch.compile",
+        "numpy.load", "numpy.lib.npyio.load", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt",
+        "numpy.save", "numpy.tofile", "numpy.ctypeslib.load_library",
+        "collections.namedtuple", "string.Template",
+    }
+)  # fmt: skip
+
+# Prefixes inside otherwise trusted packages that load code or pickles.
+_DANGER_PREFIXES = (
+    "torch.utils.cpp_extension.",
+    "torch.hub.",
+    "torch.package.",
+    "numpy.f2py.",
+    "numpy.distutils.",
+    "numpy.testing.",
+    "torch._dynamo.",
+    "torch._inductor.",
+)
+
+# Attribute names whose presence in a dotted path means introspection escapes.
+_DANGER_ATTRS = frozenset(
+    {
+        "__globals__",
+        "__builtins__",
+        "__subclasses__",
+        "__getattribute__",
+        "__import__",
+        "__code__",
+        "__class__",
+        "__bases__",
+        "__mro__",
+        "__dict__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__init__",
+        "__call__",
+        "__getattr__",
+        "__setattr__",
+        "__loader__",
+        "__spec__",
+    }
+)
+
+# Harmless classes and functions seen in ordinary checkpoints (FORMATS.md); shown as
+# placeholders without a finding.
+_KNOWN = frozenset(
+    {
+        "argparse.Namespace", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path",
+        "pathlib.PurePosixPath", "pathlib.PureWindowsPath", "datetime.datetime", "datetime.date",
+        "datetime.time", "datetime.timedelta", "datetime.timezone", "decimal.Decimal",
+        "fractions.Fraction", "uuid.UUID", "re._compile", "re.compile", "enum.Enum",
+        "collections.deque", "collections.ChainMap", "functools.partial", "copyreg._reconstructor",
+        "copyreg.__newobj__", "copyreg.__newobj_ex__", "builtins.object", "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__bit_generator_ctor", "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random.mtrand.RandomState", "numpy.random._generator.Generator",
+        "numpy.random.bit_generator.SeedSequence", "numpy.random._pcg64.PCG64",
+        "numpy.random._mt19937.MT19937", "random.Random", "omegaconf.dictconfig.DictConfig",
+        "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata",
+        "omegaconf.base.Metadata", "omegaconf.nodes.AnyNode", "typing.Any",
+    }
+)  # fmt: skip
+
+_KNOWN_PREFIXES = (
+    "torch.",
+    "numpy.",
+    "__torch__.",
+    "torch.distributed.checkpoint.",
+    "deepspeed.",
+    "lightning.",
+    "pytorch_lightning.",
+    "transformers.",
+    "timm.",
+    "omegaconf.",
+)
+
+
+def normalize(module: str, name: str) -> str:
+    """Return the dotted full name pickle would resolve, with Python 2 names mapped."""
+    module = _PY2_MODULES.get(module, module)
+    return f"{module}.{name}" if module else name
+
+
+def judge(full_name: str) -> Verdict:
+    """Judge a global by what calling (or merely importing) it would do.
+
+    Args:
+        full_name: `module.qualname` as `normalize` returns it.
+
+    Returns:
+        The verdict; `reason` names what would run for dangerous ones.
+    """
+    parts = full_name.split(".")
+    if any(p in _DANGER_ATTRS for p in parts[1:]):
+        return Verdict(Safety.DANGER, f"{full_name} reaches interpreter internals")
+    # Any suffix of the dotted path that starts at a dangerous module is what really runs:
+    # `torch.serialization.os.system` is `os.system`.
+    for i, part in enumerate(parts):
+        if part in _DANGER_MODULES and (i < len(parts) - 1 or i > 0):
+            target = ".".join(parts[i:])
+            return Verdict(Safety.DANGER, f"{target} would be called by torch.load")
+    for i in range(len(parts)):
+        tail = ".".join(parts[i:])
+        if tail in _DANGER_NAMES or tail.startswith(_DANGER_PREFIXES):
+            return Verdict(Safety.DANGER, f"{tail} would be called by torch.load")
+        if i == 0 and parts[0] == "builtins" and len(parts) >= 2:
+            if len(parts) == 2 and parts[1] in _DATA_BUILTINS:
+                return Verdict(Safety.KNOWN)
+            return Verdict(Safety.DANGER, f"builtins.{'.'.join(parts[1:])} would be called")
+    if parts[0] in _DANGER_MODULES:
+        return Verdict(Safety.DANGER, f"{full_name} would be called by torch.load")
+    if full_name in _KNOWN or full_name.startswith(_KNOWN_PREFIXES):
+        # A dotted qualname inside a known package is still an attribute walk; only plain
+        # module-level names are trusted as known.
+        return Verdict(Safety.KNOWN)
+    return Verdict(Safety.UNKNOWN)
+
+
+def looks_like_class(full_name: str) -> bool:
+    """True when the last name is CapWords, as classes are by convention."""
+    last = full_name.rsplit(".", 1)[-1]
+    return bool(last) and last[0].isupper()

@@ -1,0 +1,69 @@
+"""Provides human text for sizes (binary units), shapes, counts and node summaries."""
+
+from __future__ import annotations
+
+import humanize
+
+from .model import Node, NodeKind
+
+
+def size(nbytes: int) -> str:
+    """`2.3 GiB`, binary units as DESIGN.md asks."""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    return humanize.naturalsize(nbytes, binary=True, format="%.1f")
+
+
+def shape(dims: tuple[int, ...]) -> str:
+    """`[64, 3, 7, 7]`."""
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def short_type(type_name: str) -> str:
+    """`collections.OrderedDict` -> `OrderedDict`; other qualified names stay whole."""
+    return {
+        "collections.OrderedDict": "OrderedDict",
+        "collections.defaultdict": "defaultdict",
+        "torch.nn.parameter.Parameter": "Parameter",
+    }.get(type_name, type_name)
+
+
+def tensor_bytes(node: Node) -> int:
+    """Bytes of the tensors below a node (each view's own size; refs not counted twice)."""
+    total = 0
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.kind is NodeKind.TENSOR and n.tensor is not None and n.tensor.layout != "meta":
+            total += n.tensor.nbytes
+        stack.extend(n.children)
+    return total
+
+
+def summary(node: Node) -> str:
+    """The dim one-line summary after a key: `OrderedDict · 320 keys · 812.0 MiB`."""
+    t = node.tensor
+    if node.kind is NodeKind.TENSOR and t is not None:
+        kind = short_type(t.type)
+        parts = [f"{kind} {shape(t.shape)} {t.dtype}"]
+        if t.device != "cpu":
+            parts.append(t.device)
+        if t.layout not in ("strided", "storage"):
+            parts.append(t.layout)
+        parts.append(size(t.nbytes))
+        return " · ".join(parts)
+    if node.kind is NodeKind.VALUE:
+        if node.text is not None:
+            return f"{node.type} {node.text}"
+        text = repr(node.value)
+        return f"{node.type} {text if len(text) <= 60 else text[:59] + '…'}"
+    if node.kind is NodeKind.REF:
+        target = ".".join(str(k) for k in node.target or ()) or "<root>"
+        return f"→ same object as {target}"
+    count = len(node.children)
+    noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items", NodeKind.OBJECT: "fields"}
+    parts = [short_type(node.type), f"{count:,} {noun.get(node.kind, 'children')}"]
+    nbytes = tensor_bytes(node)
+    if nbytes:
+        parts.append(size(nbytes))
+    return " · ".join(parts)
