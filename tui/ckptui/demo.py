@@ -24,8 +24,9 @@ def write_demo(folder: str | None = None) -> Path:
     try:
         import torch
     except ImportError:
-        raise CkptError("--demo", "writing the demo needs torch: pip install 'ckptui[torch]'") \
-            from None
+        raise CkptError(
+            "--demo", "writing the demo needs torch: pip install 'ckptui[torch]'"
+        ) from None
     from torch import nn
 
     torch.manual_seed(0)

@@ -20,10 +20,11 @@ def _label(node: Node, key_text: str) -> str:
     return f"[{style}]{escape(key_text)}[/]  [dim]{escape(units.summary(node))}[/]"
 
 
-def _key_text(node: Node) -> str:
+def _key_text(node: Node, parent: Node) -> str:
+    """Sequence indexes as `[3]`; mapping keys (also int ones, like optimizer state) as is."""
     if node.key is None:
         return "<root>"
-    return f"[{node.key}]" if isinstance(node.key, int) else str(node.key)
+    return f"[{node.key}]" if parent.kind is NodeKind.SEQUENCE else str(node.key)
 
 
 def build_tree(ckpt: Checkpoint, max_children: int | None, depth: int | None) -> Tree:
@@ -39,7 +40,7 @@ def build_tree(ckpt: Checkpoint, max_children: int | None, depth: int | None) ->
         shown = node.children if max_children is None else node.children[:max_children]
         pending = []
         for child in shown:
-            sub = branch.add(_label(child, _key_text(child)))
+            sub = branch.add(_label(child, _key_text(child, node)))
             if child.kind is not NodeKind.REF:
                 pending.append((child, sub, level + 1))
         stack.extend(reversed(pending))

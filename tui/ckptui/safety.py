@@ -157,45 +157,48 @@ _KNOWN_PREFIXES = (
 )
 
 
-def normalize(module: str, name: str) -> str:
-    """Return the dotted full name pickle would resolve, with Python 2 names mapped."""
-    module = _PY2_MODULES.get(module, module)
-    return f"{module}.{name}" if module else name
+def normalize_module(module: str) -> str:
+    """The module pickle would import, with Python 2 names mapped as fix_imports does."""
+    return _PY2_MODULES.get(module, module)
 
 
-def judge(full_name: str) -> Verdict:
+def judge(module: str, name: str) -> Verdict:
     """Judge a global by what calling (or merely importing) it would do.
 
     Args:
-        full_name: `module.qualname` as `normalize` returns it.
+        module: the module pickle imports, Python 2 names already mapped (`normalize`). A dotted
+            module is a real import path: `numpy.random._pickle` is numpy's own submodule.
+        name: the qualified name looked up in it; dots here are attribute walks, so
+            `torch` + `serialization.os.system` really is `os.system`.
 
     Returns:
-        The verdict; `reason` names what would run for dangerous ones.
+        The verdict; `reason` says what it resolves to when that differs from its name.
     """
+    full_name = f"{module}.{name}" if module else name
+    names = name.split(".")
+    if any(p in _DANGER_ATTRS for p in names):
+        return Verdict(Safety.DANGER, "reaches interpreter internals")
+    if module.split(".")[0] in _DANGER_MODULES:
+        return Verdict(Safety.DANGER)
+    for i, part in enumerate(names[:-1]):  # an attribute walk *through* a dangerous module
+        if part in _DANGER_MODULES:
+            return Verdict(Safety.DANGER, _resolves(full_name, ".".join(names[i:])))
     parts = full_name.split(".")
-    if any(p in _DANGER_ATTRS for p in parts[1:]):
-        return Verdict(Safety.DANGER, f"{full_name} reaches interpreter internals")
-    # Any suffix of the dotted path that starts at a dangerous module is what really runs:
-    # `torch.serialization.os.system` is `os.system`.
-    for i, part in enumerate(parts):
-        if part in _DANGER_MODULES and (i < len(parts) - 1 or i > 0):
-            target = ".".join(parts[i:])
-            return Verdict(Safety.DANGER, f"{target} would be called by torch.load")
     for i in range(len(parts)):
         tail = ".".join(parts[i:])
         if tail in _DANGER_NAMES or tail.startswith(_DANGER_PREFIXES):
-            return Verdict(Safety.DANGER, f"{tail} would be called by torch.load")
-        if i == 0 and parts[0] == "builtins" and len(parts) >= 2:
-            if len(parts) == 2 and parts[1] in _DATA_BUILTINS:
-                return Verdict(Safety.KNOWN)
-            return Verdict(Safety.DANGER, f"builtins.{'.'.join(parts[1:])} would be called")
-    if parts[0] in _DANGER_MODULES:
-        return Verdict(Safety.DANGER, f"{full_name} would be called by torch.load")
+            return Verdict(Safety.DANGER, _resolves(full_name, tail))
+    if module == "builtins":
+        if name in _DATA_BUILTINS:
+            return Verdict(Safety.KNOWN)
+        return Verdict(Safety.DANGER, "a builtin that is not a data constructor")
     if full_name in _KNOWN or full_name.startswith(_KNOWN_PREFIXES):
-        # A dotted qualname inside a known package is still an attribute walk; only plain
-        # module-level names are trusted as known.
         return Verdict(Safety.KNOWN)
     return Verdict(Safety.UNKNOWN)
+
+
+def _resolves(full_name: str, target: str) -> str:
+    return "" if target == full_name else f"resolves to {target}"
 
 
 def looks_like_class(full_name: str) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFile
-from .safety import Safety, Verdict, judge, looks_like_class, normalize
+from .safety import Safety, Verdict, judge, looks_like_class, normalize_module
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +181,14 @@ class InertUnpickler:
     def _global(self, module: Any, name: Any) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise _Malformed("STACK_GLOBAL needs two strings")
-        full = normalize(module, name)
+        module = normalize_module(module)
+        full = f"{module}.{name}" if module else name
         g = self.globals.get(full)
         if g is None:
             if len(full) > 1000:
                 raise _Malformed("global name longer than 1000 characters")
             data = full in self.recorders or full in self.constants
-            g = Global(full, Verdict(Safety.DATA) if data else judge(full))
+            g = Global(full, Verdict(Safety.DATA) if data else judge(module, name))
             self.globals[full] = g
         c = self.constants.get(full)
         return g if c is None else c

@@ -126,10 +126,8 @@ def assemble(
         where = builder.global_paths.get(g.full)
         called = f" with {g.call_args}" if g.call_args else ""
         if kind == "dangerous_call":
-            msg = (
-                f"{g.full}{called}: torch.load(weights_only=False) would run this "
-                f"({g.verdict.reason}); ckptui did not"
-            )
+            why = f" ({g.verdict.reason})" if g.verdict.reason else ""
+            msg = f"{g.full}{why}{called}: torch.load would call this; ckptui did not"
         elif kind == "unknown_class":
             msg = f"{g.full}: class not known to ckptui, shown as a placeholder (not imported)"
         else:
