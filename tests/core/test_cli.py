@@ -173,10 +173,14 @@ def test_permission_denied_in_core(tmp_path: Path, monkeypatch) -> None:
     p = tmp_path / "x.pt"
     p.write_bytes(b"\x80\x02K\x01.")
 
-    def deny(*a, **k):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr("ckptui.formats._common.open", deny, raising=False)
+    def deny(path, *a, **k):
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("ckptui.formats._common.os.open", deny)
     with pytest.raises(NotReadable, match="permission denied"):
         open_checkpoint(p)
 

@@ -73,14 +73,14 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 def _read(src: Source) -> Checkpoint:
     if src.size == 0:
         raise NotACheckpoint(src.path, "empty file")
-    head = bytes(src.buf[:16])
+    head = src.read_at(0, 16)
     if head.startswith(b"PK\x03\x04"):
         return read_zip(src)
-    if looks_like_safetensors(src.buf, src.size):
+    if looks_like_safetensors(head):
         return read_safetensors(src)
     if head[:1] == b"\x80" or _maybe_text_pickle(head):
         try:
-            first, end = src.unpickler(src.buf, src.path, None).load(0, src.size)
+            first, end = src.unpickler(src.buf, "", None).load(0, src.size)
         except CorruptFile:
             if head[:1] != b"\x80":
                 raise _not_a_checkpoint(src, head) from None
@@ -118,7 +118,7 @@ def _maybe_text_pickle(head: bytes) -> bool:
 
 
 def _not_a_checkpoint(src: Source, head: bytes) -> NotACheckpoint:
-    sample = bytes(src.buf[: min(src.size, 4096)])
+    sample = src.read_at(0, 4096)
     if head.startswith(b"\x1f\x8b"):
         return NotACheckpoint(src.path, "gzip-compressed file: decompress it first")
     if len(sample) > 262 and sample[257:262] == b"ustar":

@@ -21,11 +21,22 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 @dataclass
 class Source:
-    """An open file, memory-mapped read-only, plus what the readers learn about it."""
+    """An open file plus what the readers learn about it.
+
+    Small scattered reads (zip local headers, legacy storage counts, the data.pkl record) use
+    `read_at` (pread). Only pickles that may embed large payloads (legacy and plain pickle files)
+    are parsed through `buf`, a read-only memory map advised MADV_RANDOM: touching a mapped page
+    makes the kernel map its whole page-cache folio, which counted in peak RSS and grew with the
+    file's size when every storage's header was read through the map (measured: 411 MiB for a
+    6 GB checkpoint, against 65 MiB for 0.6 GB).
+    """
 
     path: str
-    buf: Any
+    data: Any
+    """The bytes themselves, for a source that is not a file (an embedded copy)."""
     size: int
+    fd: int | None = None
+    _map: Any = None
     storages: dict[str, Storage] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     globals: dict[str, Global] = field(default_factory=dict)
@@ -34,16 +45,44 @@ class Source:
 
     @classmethod
     def open(cls, path: str) -> Source:
-        """Map `path` read-only (an empty file maps to b"")."""
-        with open(path, "rb") as f:  # noqa: PTH123  # fileno for mmap
-            size = os.fstat(f.fileno()).st_size
-            buf: Any = b"" if size == 0 else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(path, buf, size)
+        """Open `path` for reading."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(path, None, size, fd)
+
+    @property
+    def buf(self) -> Any:
+        """The whole file as a buffer (mapped on first use; bytes for an in-memory source)."""
+        if self.fd is None:
+            return self.data
+        if self._map is None:
+            if self.size == 0:
+                return b""
+            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+            if hasattr(self._map, "madvise"):
+                self._map.madvise(mmap.MADV_RANDOM)
+        return self._map
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes at `offset` (fewer at the end of the file)."""
+        if offset < 0 or n <= 0 or offset >= self.size:
+            return b""
+        if self.fd is None:
+            return bytes(self.data[offset : offset + n])
+        return os.pread(self.fd, min(n, self.size - offset), offset)
 
     def close(self) -> None:
-        """Release the mapping."""
-        if isinstance(self.buf, mmap.mmap):
-            self.buf.close()
+        """Release the mapping and the file."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def warn(
         self,

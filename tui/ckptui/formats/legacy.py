@@ -26,7 +26,7 @@ def read_legacy_at(
     nest: int = 0,
     magic_end: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Read a legacy-format checkpoint lying in `src.buf[start:end]`.
+    """Read a legacy-format checkpoint lying in bytes `start:end` of `src`.
 
     Args:
         magic_end: where the magic-number pickle ends, when the caller already read it.
@@ -92,7 +92,7 @@ def read_legacy_at(
             truncated = True
             src.storages[ref.key] = Storage(ref.key, ref.dtype, ref.nbytes, ref.location)
             continue
-        (count,) = struct.unpack_from("<q", src.buf, pos)
+        (count,) = struct.unpack("<q", src.read_at(pos, 8))
         declared = ref.nbytes // itemsize_of(ref.dtype)
         if count != declared:
             raise corrupt(

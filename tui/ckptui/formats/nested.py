@@ -19,8 +19,8 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
     from .torchzip import ZipCheckpoint
 
     base = u.extra.get("base")
-    if isinstance(blob, bytes) or base is None or u.buf is not src.buf:
-        # Small or not locatable in the file: parse from its own buffer.
+    if base is None:
+        # Inside a decompressed record: the bytes are not the file's, so parse a copy.
         data = (
             blob
             if isinstance(blob, bytes)
@@ -31,11 +31,14 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
         inner.nested = src.nested
         start, end, prefix = 0, len(data), f"@{src.nested}/"
     else:
+        if isinstance(blob, bytes):  # below the inline threshold: too small to be a checkpoint
+            raise _Malformed("_load_from_bytes of a few bytes cannot be a checkpoint")
         inner = src
-        start, end = blob.offset, blob.offset + blob.length
+        start = base + blob.offset
+        end = start + blob.length
         prefix = f"@{start}/"
     where = f"embedded checkpoint at byte {start}"
-    if inner.buf[start : start + 4] == b"PK\x03\x04":
+    if inner.read_at(start, 4) == b"PK\x03\x04":
         z = ZipCheckpoint(inner, start, end, key_prefix=prefix, where=where)
         obj = z.load("data.pkl")
     else:

@@ -19,22 +19,22 @@ MAX_HEADER = 100_000_000
 """safetensors' own limit on the header size."""
 
 
-def looks_like_safetensors(buf: Any, size: int) -> bool:
+def looks_like_safetensors(head: bytes) -> bool:
     """An 8-byte length followed by a JSON object (the length is checked when reading)."""
-    if size < 10:
+    if len(head) < 10:
         return False
-    (n,) = struct.unpack_from("<Q", buf, 0)
-    return n >= 2 and buf[8:9] == b"{"
+    (n,) = struct.unpack_from("<Q", head, 0)
+    return n >= 2 and head[8:9] == b"{"
 
 
 def read_safetensors(src: Source) -> Checkpoint:
     """Read a safetensors file's header into a flat mapping of tensors."""
     path = src.path
-    (n,) = struct.unpack_from("<Q", src.buf, 0)
+    (n,) = struct.unpack("<Q", src.read_at(0, 8))
     if n > MAX_HEADER or n > src.size - 8:
         raise corrupt(path, f"safetensors header length {n:,} is larger than the file allows")
     try:
-        header = json.loads(bytes(src.buf[8 : 8 + n]))
+        header = json.loads(src.read_at(8, n))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise corrupt(path, f"safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):

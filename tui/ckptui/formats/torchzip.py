@@ -26,10 +26,10 @@ MAX_PICKLE_BYTES = 1 << 32
 
 
 class _SliceFile:
-    """A read-only, seekable file over `buf[start:end]` (for zips embedded in another file)."""
+    """A read-only, seekable file over bytes `start:end` of a source (a zip may be embedded)."""
 
-    def __init__(self, buf: Any, start: int, end: int) -> None:
-        self.buf, self.start, self.end, self.pos = buf, start, end, start
+    def __init__(self, src: Source, start: int, end: int) -> None:
+        self.src, self.start, self.end, self.pos = src, start, end, start
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: self.start, 1: self.pos, 2: self.end}[whence]
@@ -41,8 +41,8 @@ class _SliceFile:
 
     def read(self, n: int = -1) -> bytes:
         stop = self.end if n is None or n < 0 else min(self.end, self.pos + n)
-        data = bytes(self.buf[self.pos : stop])
-        self.pos = stop
+        data = self.src.read_at(self.pos, stop - self.pos)
+        self.pos += len(data)
         return data
 
     def seekable(self) -> bool:
@@ -50,7 +50,7 @@ class _SliceFile:
 
 
 class ZipCheckpoint:
-    """One zip archive inside `src.buf[start:end]`, opened for metadata."""
+    """One zip archive in bytes `start:end` of a source, opened for metadata."""
 
     def __init__(
         self,
@@ -68,7 +68,7 @@ class ZipCheckpoint:
         self.where = where or src.path
         """Where the archive lies, for messages: the file, or an embedded checkpoint in it."""
         try:
-            self.zf = zipfile.ZipFile(_SliceFile(src.buf, self.start, self.end))  # type: ignore[arg-type]
+            self.zf = zipfile.ZipFile(_SliceFile(src, self.start, self.end))  # type: ignore[arg-type]
             infos = self.zf.infolist()
         except (
             zipfile.BadZipFile,
@@ -113,14 +113,18 @@ class ZipCheckpoint:
             raise corrupt(
                 self.src.path, f"{self._in}record {zi.filename} starts past the end of the file"
             )
-        fields = _LOCAL_HEADER.unpack_from(self.src.buf, at)
+        header = self.src.read_at(at, 30)
+        if len(header) < 30:
+            raise corrupt(self.src.path, f"{self._in}record {zi.filename} is cut short")
+        fields = _LOCAL_HEADER.unpack(header)
         if fields[0] != 0x04034B50:
             raise corrupt(self.src.path, f"{self._in}record {zi.filename} has no local header")
         return at + 30 + fields[9] + fields[10]
 
     def read_pickle(self, name: str) -> tuple[Any, int | None, int]:
-        """Return (buffer, base offset or None, length) of a pickle record without copying it
-        when it is stored uncompressed."""
+        """Return (bytes, absolute offset of its first byte or None, length) of a pickle record.
+
+        The offset is None for a compressed record, whose bytes are not the file's."""
         zi = self.info(name)
         if zi is None:
             raise corrupt(self.src.path, f"{self._in}zip archive has no {self.archive}/{name}")
@@ -130,7 +134,7 @@ class ZipCheckpoint:
                 raise corrupt(
                     self.src.path, f"{self._in}record {zi.filename} runs past the end of the file"
                 )
-            return self.src.buf, off, off + zi.file_size
+            return self.src.read_at(off, zi.file_size), off, zi.file_size
         if zi.file_size > min(MAX_PICKLE_BYTES, zi.compress_size * 1100 + 1024):
             raise corrupt(
                 self.src.path, f"{self._in}record {zi.filename} claims an impossible size"
@@ -147,7 +151,6 @@ class ZipCheckpoint:
         """Unpickle archive record `name` inertly; storages go to the source's table."""
         buf, base, end = self.read_pickle(name)
         refs: dict[str, StorageRef] = {}
-        start = 0 if base is None else base
 
         def persistent_load(pid: Any) -> Any:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
@@ -169,7 +172,7 @@ class ZipCheckpoint:
             f" ({self.where})" if self.where != self.src.path else ""
         )
         u = self.src.unpickler(buf, part, persistent_load, base=base)
-        obj, _ = u.load(start, end)
+        obj, _ = u.load(0, end)
         return obj
 
     def _storage(self, ref: StorageRef, name: str) -> Storage:
