@@ -12,6 +12,7 @@ import struct
 from typing import Any
 
 from .dtypes import DTYPES, NUMPY_KINDS, itemsize_of
+from .model import Storage
 from .unpickle import Blob, Global, InertUnpickler, PDict, PObject, PSet, Recorder, _Malformed
 
 MAX_DIMS = 64
@@ -29,6 +30,24 @@ class StorageRef:
         self.itemsize = itemsize_of(dtype)
         self.nbytes = nbytes
         self.location = location
+
+    def entry(
+        self,
+        record: str | None = None,
+        data_offset: int | None = None,
+        record_nbytes: int | None = None,
+    ) -> Storage:
+        """The storage-table entry for this storage, located where the reader found its bytes
+        (no `data_offset`: the bytes are missing)."""
+        return Storage(
+            self.key,
+            self.dtype,
+            self.nbytes,
+            self.location,
+            record=record,
+            data_offset=data_offset,
+            record_nbytes=record_nbytes,
+        )
 
 
 class TensorRec:

@@ -11,7 +11,7 @@ import struct
 from typing import Any
 
 from ..dtypes import STORAGE_DTYPES, itemsize_of
-from ..model import Checkpoint, Storage
+from ..model import Checkpoint
 from ..recorders import StorageRef
 from ..unpickle import Global, PDict, _Malformed
 from ._common import MAGIC_NUMBER, Source, assemble, corrupt, parse_pid_location, storage_ref
@@ -90,7 +90,7 @@ def read_legacy_at(
             raise corrupt(src.path, f"storage {key} is listed but no tensor uses it ({where})")
         if truncated or pos + 8 > end:
             truncated = True
-            src.storages[ref.key] = Storage(ref.key, ref.dtype, ref.nbytes, ref.location)
+            src.storages[ref.key] = ref.entry()
             continue
         (count,) = struct.unpack("<q", src.read_at(pos, 8))
         declared = ref.nbytes // itemsize_of(ref.dtype)
@@ -103,19 +103,12 @@ def read_legacy_at(
         have = max(0, min(ref.nbytes, end - data))
         if have < ref.nbytes:
             truncated = True
-            src.storages[ref.key] = Storage(ref.key, ref.dtype, ref.nbytes, ref.location)
+            src.storages[ref.key] = ref.entry()
         else:
-            src.storages[ref.key] = Storage(
-                ref.key,
-                ref.dtype,
-                ref.nbytes,
-                ref.location,
-                data_offset=data,
-                record_nbytes=ref.nbytes,
-            )
+            src.storages[ref.key] = ref.entry(data_offset=data, record_nbytes=ref.nbytes)
         pos = data + ref.nbytes
     for key, ref in refs.items():
-        src.storages.setdefault(key, Storage(ref.key, ref.dtype, ref.nbytes, ref.location))
+        src.storages.setdefault(key, ref.entry())
     if truncated:
         src.warn("truncated", "the file ends before all storages: it was cut short")
     facts: dict[str, Any] = {"storages": len(keys), "data_end": pos}

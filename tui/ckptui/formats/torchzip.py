@@ -179,20 +179,13 @@ class ZipCheckpoint:
         zi = self.info(name)
         record = f"{self.archive}/{name}"
         if zi is None:
-            return Storage(ref.key, ref.dtype, ref.nbytes, ref.location, record=record)
+            return ref.entry(record)
         if zi.compress_type != zipfile.ZIP_STORED:
             self.src.warn(
                 "compressed_storage",
                 f"storage record {record} is compressed; its bytes cannot be memory-mapped",
             )
-            return Storage(
-                ref.key,
-                ref.dtype,
-                ref.nbytes,
-                ref.location,
-                record=record,
-                record_nbytes=zi.file_size,
-            )
+            return ref.entry(record, record_nbytes=zi.file_size)
         off = self.data_offset(zi)
         have = max(0, min(zi.file_size, self.end - off))
         if have < ref.nbytes:
@@ -201,15 +194,7 @@ class ZipCheckpoint:
                 f"storage record {record} holds {have:,} bytes but "
                 f"the pickle declares {ref.nbytes:,}: torch.load would fail",
             )
-        return Storage(
-            ref.key,
-            ref.dtype,
-            ref.nbytes,
-            ref.location,
-            record=record,
-            data_offset=off,
-            record_nbytes=have,
-        )
+        return ref.entry(record, data_offset=off, record_nbytes=have)
 
     def facts(self) -> dict[str, Any]:
         """Format facts for `Checkpoint.info`."""
