@@ -11,9 +11,15 @@ class CkptError(Exception):
     """Base of every error ckptui reports to the user."""
 
     def __init__(self, path: str, message: str) -> None:
+        # Names inside a hostile file may hold newlines; the CLI promises one line.
+        path, message = _one_line(path), _one_line(message)
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class NotFound(CkptError):

@@ -61,8 +61,12 @@ class Storage:
 
     @property
     def missing(self) -> bool:
-        """True when the file holds no bytes for this storage."""
-        return self.data_offset is None
+        """True when the file holds no bytes for this storage.
+
+        A storage whose bytes exist but not as a plain run in the file (a compressed record, a
+        protocol-2 pickle's latin-1 text) has `record_nbytes` but no `data_offset`.
+        """
+        return self.data_offset is None and self.record_nbytes is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +124,18 @@ class TensorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeExtra:
+    """The fields few nodes need, kept apart so that a million-node tree stays small."""
+
+    text: str | None = None
+    nbytes: int = 0
+    safety: str | None = None
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
-    """One node of the checkpoint tree."""
+    """One node of the checkpoint tree. Build nodes with `Node.make`."""
 
     kind: NodeKind
     type: str
@@ -129,18 +143,66 @@ class Node:
     key: Key = None
     children: tuple[Node, ...] = ()
     value: Any = None
-    """For VALUE nodes: the value (None, bool, int, float, str); bytes are summarised in `text`."""
-    text: str | None = None
-    """Short human text for values that are not shown whole (bytes, huge ints, numpy arrays)."""
-    tensor: TensorInfo | None = None
-    target: Path | None = None
-    """For REF nodes: the path of the first occurrence of the object."""
-    nbytes: int = 0
-    """Bytes a non-tensor value occupies inline in the pickle (numpy arrays, bytes), else 0."""
-    safety: str | None = None
-    """For OBJECT nodes: `safe` (known data class), `unknown` (info) or `danger`."""
-    attrs: tuple[tuple[str, Any], ...] = ()
-    """Extra facts a reader wants shown (e.g. a numpy array's shape/dtype)."""
+    """For VALUE nodes: the value (None, bool, int, float, str); bytes are summarised in `text`.
+    For REF nodes the target path, for TENSOR nodes the TensorInfo: neither has a value of its
+    own, and a pickle can hold a million of them, so one slot serves (read `target`/`tensor`)."""
+    extra: NodeExtra | None = None
+
+    @classmethod
+    def make(
+        cls,
+        kind: NodeKind,
+        type: str,  # the field's name
+        key: Key = None,
+        children: tuple[Node, ...] = (),
+        *,
+        value: Any = None,
+        tensor: TensorInfo | None = None,
+        text: str | None = None,
+        target: Path | None = None,
+        nbytes: int = 0,
+        safety: str | None = None,
+        attrs: tuple[tuple[str, Any], ...] = (),
+    ) -> Node:
+        """A node; the rare fields go into an `extra` only when one is set."""
+        extra = None
+        if text is not None or nbytes or safety is not None or attrs:
+            extra = NodeExtra(text, nbytes, safety, attrs)
+        if kind is NodeKind.REF:
+            value = target
+        elif kind is NodeKind.TENSOR:
+            value = tensor
+        return cls(kind, type, key, children, value, extra)
+
+    @property
+    def tensor(self) -> TensorInfo | None:
+        """For TENSOR nodes: the tensor's metadata."""
+        return self.value if self.kind is NodeKind.TENSOR else None
+
+    @property
+    def text(self) -> str | None:
+        """Short human text for values not shown whole (bytes, huge ints, numpy arrays)."""
+        return self.extra.text if self.extra else None
+
+    @property
+    def target(self) -> Path | None:
+        """For REF nodes: the path of the object's first occurrence."""
+        return self.value if self.kind is NodeKind.REF else None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a non-tensor value occupies inline in the pickle (numpy arrays, bytes)."""
+        return self.extra.nbytes if self.extra else 0
+
+    @property
+    def safety(self) -> str | None:
+        """For OBJECT nodes: `safe` (known data class), `unknown` (info) or `danger`."""
+        return self.extra.safety if self.extra else None
+
+    @property
+    def attrs(self) -> tuple[tuple[str, Any], ...]:
+        """Extra facts a reader wants shown (e.g. a numpy array's shape and dtype)."""
+        return self.extra.attrs if self.extra else ()
 
     def child(self, key: Key) -> Node | None:
         """Return the first child with `key`, or None."""
@@ -176,28 +238,34 @@ class Checkpoint:
     """Format facts: archive name, byteorder, pickle size, safetensors `__metadata__`, ..."""
 
     def tensors(self) -> Iterator[tuple[Path, TensorInfo]]:
-        """Yield (path, tensor) for every tensor, once per path that reaches it.
+        """Yield (path, tensor) for every tensor, once per path that reaches it, in tree order.
 
         A REF node pointing straight at a tensor yields that tensor under the ref's path too (the
         same object saved twice); refs to containers are not expanded, so a crafted pickle with
-        deeply shared containers cannot make this walk explode.
+        deeply shared containers cannot make this walk explode. A ref's target always comes
+        earlier in this order (the pickle's memo only refers back), so one pass suffices, and
+        the walk holds one iterator per level, not a list of every node.
         """
-        by_path: dict[Path, Node] = {}
-        stack: list[tuple[Node, Path]] = [(self.root, ())]
-        out: list[tuple[Path, Node]] = []
+        tensor_at: dict[Path, TensorInfo] = {}
+        if self.root.kind is NodeKind.TENSOR and self.root.tensor is not None:
+            yield (), self.root.tensor
+        stack: list[tuple[Path, Iterator[Node]]] = [((), iter(self.root.children))]
         while stack:
-            node, path = stack.pop()
-            if node.kind is NodeKind.TENSOR:
-                by_path[path] = node
-            out.append((path, node))
-            stack.extend((c, (*path, c.key)) for c in reversed(node.children))
-        for path, node in out:
-            if node.kind is NodeKind.TENSOR and node.tensor is not None:
+            parent, it = stack[-1]
+            node = next(it, None)
+            if node is None:
+                stack.pop()
+                continue
+            path = (*parent, node.key)
+            if node.tensor is not None and node.kind is NodeKind.TENSOR:
+                tensor_at[path] = node.tensor
                 yield path, node.tensor
             elif node.kind is NodeKind.REF and node.target is not None:
-                target = by_path.get(node.target)
-                if target is not None and target.tensor is not None:
-                    yield path, target.tensor
+                target = tensor_at.get(node.target)
+                if target is not None:
+                    yield path, target
+            if node.children:
+                stack.append((path, iter(node.children)))
 
     def find(self, path: Path) -> Node | None:
         """Return the node at `path`, or None."""

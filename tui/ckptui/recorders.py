@@ -434,10 +434,13 @@ def _plain(kind: type) -> Recorder:
         for a in args:
             if not isinstance(a, int | float | str | bytes | bool) or isinstance(a, Blob):
                 return PObject(u._global("builtins", kind.__name__), args, "reduce")
+        if kind is bytes and args and not isinstance(args[0], str | bytes):
+            # bytes(n) would allocate n bytes: a number the file merely claims
+            return PObject(u._global("builtins", "bytes"), args, "reduce")
         try:
             return kind(*args)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise _Malformed(f"builtins.{kind.__name__}{args!r:.60}: {e}") from None
+        except (TypeError, ValueError, OverflowError, LookupError) as e:
+            raise _Malformed(f"builtins.{kind.__name__}: {e}") from None
 
     return make
 
@@ -448,7 +451,10 @@ def codecs_encode(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
         raise _Malformed("_codecs.encode takes (obj[, encoding])")
     text = args[0]
     if isinstance(text, Blob):
-        return Blob(text.offset, text.length, "bytes")
+        # A long latin-1 string (protocol-2 storages over 1 MB): its UTF-8 bytes on disk are not
+        # the payload, so decode it now; it is one storage's worth, read once.
+        raw = bytes(u.buf[text.offset : text.offset + text.length])
+        text = raw.decode("utf-8", "surrogatepass")
     if not isinstance(text, str):
         raise _Malformed("_codecs.encode of a non-string")
     enc = args[1] if len(args) == 2 and isinstance(args[1], str) else "utf-8"

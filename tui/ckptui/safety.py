@@ -10,18 +10,13 @@ ordinary checkpoints contain (FORMATS.md) must not be flagged, or the warning cr
 
 from __future__ import annotations
 
+import _compat_pickle
 import enum
 from dataclasses import dataclass
 
-# Python 2 module names, mapped as pickle's fix_imports does.
-_PY2_MODULES = {
-    "__builtin__": "builtins",
-    "copy_reg": "copyreg",
-    "exceptions": "builtins",
-    "cPickle": "pickle",
-    "Queue": "queue",
-    "UserDict": "collections",
-}
+# Python 2 names are mapped with the table pickle's own fix_imports uses (cStringIO -> io, ...).
+_PY2_NAMES: dict[tuple[str, str], tuple[str, str]] = _compat_pickle.NAME_MAPPING
+_PY2_MODULES: dict[str, str] = _compat_pickle.IMPORT_MAPPING
 
 
 class Safety(str, enum.Enum):
@@ -75,7 +70,12 @@ _DANGER_MODULES = frozenset(
 # Single callables that are dangerous although their module is not.
 _DANGER_NAMES = frozenset(
     {
-        "operator.attrgetter", "operator.methodcaller", "functools.reduce",
+        "operator.attrgetter", "operator.methodcaller", "functools.reduce", "codecs.open",
+        "torch.save", "torch.serialization.save", "torch._utils._import_dotted_name",
+        "torch.fx.graph_module._forward_from_src", "torch.fx.graph_module._exec_with_source",
+        "torch.fx.graph_module.reduce_graph_module", "torch.fx.graph_module.reduce_package_graph_module",
+        "torch.fx.graph_module.reduce_deploy_graph_module", "numpy.savez", "numpy.savez_compressed",
+        "numpy.savetxt", "numpy.memmap",
         "torch.load", "torch.serialization.load", "torch.serialization._load",
         "torch.serialization._legacy_load", "torch.jit.load", "torch.jit._serialization.load",
         "torch.hub.load", "torch.hub.load_state_dict_from_url", "torch.hub.download_url_to_file",
@@ -90,15 +90,11 @@ _DANGER_NAMES = frozenset(
 
 # Prefixes inside otherwise trusted packages that load code or pickles.
 _DANGER_PREFIXES = (
-    "torch.utils.cpp_extension.",
-    "torch.hub.",
-    "torch.package.",
-    "numpy.f2py.",
-    "numpy.distutils.",
-    "numpy.testing.",
-    "torch._dynamo.",
-    "torch._inductor.",
-)
+    "torch.utils.cpp_extension.", "torch.hub.", "torch.package.", "numpy.f2py.",
+    "numpy.distutils.", "numpy.testing.", "torch._dynamo.", "torch._inductor.",
+    "torch.utils.collect_env.", "torch.multiprocessing.", "torch.distributed.rpc.",
+    "numpy.lib.npyio.", "torch.jit._",
+)  # fmt: skip
 
 # Attribute names whose presence in a dotted path means introspection escapes.
 _DANGER_ATTRS = frozenset(
@@ -143,23 +139,35 @@ _KNOWN = frozenset(
     }
 )  # fmt: skip
 
-_KNOWN_PREFIXES = (
-    "torch.",
-    "numpy.",
-    "__torch__.",
-    "torch.distributed.checkpoint.",
-    "deepspeed.",
-    "lightning.",
-    "pytorch_lightning.",
-    "transformers.",
-    "timm.",
-    "omegaconf.",
-)
+# Packages whose *classes* are harmless to name (their instances are data); their functions
+# are judged one by one, since a function is what runs.
+_KNOWN_CLASS_PREFIXES = ("torch.", "numpy.", "__torch__.", "deepspeed.", "lightning.",
+                         "pytorch_lightning.", "transformers.", "timm.", "omegaconf.")  # fmt: skip
+# Functions that ordinary checkpoints pickle as values (activations) or that only rebuild data.
+_KNOWN_FUNCTION_PREFIXES = (
+    "torch.nn.functional.", "torch._C._nn.", "torch.nn.init.", "numpy.random._pickle.",
+    "numpy.random.bit_generator.__pyx_unpickle", "numpy.random._generator.__pyx_unpickle",
+    "numpy.random._mt19937.", "numpy.random._pcg64.", "numpy.random._philox.",
+    "numpy.random._sfc64.",
+)  # fmt: skip
+# torch constants pickled as globals: qschemes, layouts, memory formats.
+_KNOWN_FUNCTIONS = frozenset(
+    {
+        "torch.per_tensor_affine", "torch.per_channel_affine", "torch.per_tensor_symmetric",
+        "torch.per_channel_symmetric", "torch.per_channel_affine_float_qparams",
+        "torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
+        "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn", "torch.jagged",
+        "torch.contiguous_format", "torch.channels_last", "torch.preserve_format",
+        "torch.relu", "torch.tanh", "torch.sigmoid",
+    }
+)  # fmt: skip
 
 
-def normalize_module(module: str) -> str:
-    """The module pickle would import, with Python 2 names mapped as fix_imports does."""
-    return _PY2_MODULES.get(module, module)
+def normalize(module: str, name: str) -> tuple[str, str]:
+    """The (module, name) pickle would import, with Python 2 names mapped as fix_imports does."""
+    if (module, name) in _PY2_NAMES:
+        return _PY2_NAMES[(module, name)]
+    return _PY2_MODULES.get(module, module), name
 
 
 def judge(module: str, name: str) -> Verdict:
@@ -192,7 +200,15 @@ def judge(module: str, name: str) -> Verdict:
         if name in _DATA_BUILTINS:
             return Verdict(Safety.KNOWN)
         return Verdict(Safety.DANGER, "a builtin that is not a data constructor")
-    if full_name in _KNOWN or full_name.startswith(_KNOWN_PREFIXES):
+    if len(names) > 1 and not all(p[:1].isupper() for p in names):
+        # Nested classes (`Outer.Inner`) are CapWords all the way; anything else is a walk to a
+        # method (`PosixPath.touch`, `OrderedDict.fromkeys`), which is a call of code.
+        return Verdict(Safety.DANGER, f"attribute walk to the method {name}")
+    if full_name in _KNOWN or full_name in _KNOWN_FUNCTIONS:
+        return Verdict(Safety.KNOWN)
+    if full_name.startswith(_KNOWN_FUNCTION_PREFIXES):
+        return Verdict(Safety.KNOWN)
+    if full_name.startswith(_KNOWN_CLASS_PREFIXES) and looks_like_class(full_name):
         return Verdict(Safety.KNOWN)
     return Verdict(Safety.UNKNOWN)
 

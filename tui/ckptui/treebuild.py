@@ -39,31 +39,31 @@ class TreeBuilder:
 
     def _node(self, obj: Any, key: Key, path: Path, depth: int) -> Node:
         if obj is None or isinstance(obj, bool | str):
-            return Node(NodeKind.VALUE, type(obj).__name__, key, value=obj)
+            return Node.make(NodeKind.VALUE, type(obj).__name__, key, value=obj)
         if isinstance(obj, int):
             if obj.bit_length() <= 64:
-                return Node(NodeKind.VALUE, "int", key, value=obj)
-            return Node(NodeKind.VALUE, "int", key, text=f"int of {obj.bit_length()} bits")
+                return Node.make(NodeKind.VALUE, "int", key, value=obj)
+            return Node.make(NodeKind.VALUE, "int", key, text=f"int of {obj.bit_length()} bits")
         if isinstance(obj, float):
             if math.isfinite(obj):
-                return Node(NodeKind.VALUE, "float", key, value=obj)
-            return Node(NodeKind.VALUE, "float", key, text=repr(obj))
+                return Node.make(NodeKind.VALUE, "float", key, value=obj)
+            return Node.make(NodeKind.VALUE, "float", key, text=repr(obj))
         if isinstance(obj, complex):
-            return Node(NodeKind.VALUE, "complex", key, text=repr(obj))
+            return Node.make(NodeKind.VALUE, "complex", key, text=repr(obj))
         if isinstance(obj, bytes):
-            return Node(NodeKind.VALUE, "bytes", key, text=_bytes_text(obj), nbytes=len(obj))
+            return Node.make(NodeKind.VALUE, "bytes", key, text=_bytes_text(obj), nbytes=len(obj))
         if isinstance(obj, Global):
             self._note_global(obj, path)
-            return Node(NodeKind.VALUE, "global", key, text=obj.full, safety=_safety(obj))
+            return Node.make(NodeKind.VALUE, "global", key, text=obj.full, safety=_safety(obj))
         if isinstance(obj, TorchDtype):
-            return Node(NodeKind.VALUE, "torch.dtype", key, text=f"torch.{obj.name}")
+            return Node.make(NodeKind.VALUE, "torch.dtype", key, text=f"torch.{obj.name}")
         if isinstance(obj, NumpyDtype):
-            return Node(NodeKind.VALUE, "numpy.dtype", key, text=obj.name)
+            return Node.make(NodeKind.VALUE, "numpy.dtype", key, text=obj.name)
         if isinstance(obj, NumpyScalar):
             value = obj.value
             if isinstance(value, float) and not math.isfinite(value):
-                return Node(NodeKind.VALUE, f"numpy.{obj.dtype}", key, text=repr(value))
-            return Node(
+                return Node.make(NodeKind.VALUE, f"numpy.{obj.dtype}", key, text=repr(value))
+            return Node.make(
                 NodeKind.VALUE,
                 f"numpy.{obj.dtype}",
                 key,
@@ -74,12 +74,12 @@ class TreeBuilder:
         # Compound objects: shown once, then referenced.
         first = self._seen.get(id(obj))
         if first is not None:
-            return Node(NodeKind.REF, _type_name(obj), key, target=first)
+            return Node.make(NodeKind.REF, _type_name(obj), key, target=first)
         self._seen[id(obj)] = path
         self._keep.append(obj)
         if depth >= MAX_DEPTH:
             self.too_deep = self.too_deep or path
-            return Node(
+            return Node.make(
                 NodeKind.VALUE,
                 _type_name(obj),
                 key,
@@ -87,7 +87,7 @@ class TreeBuilder:
             )
 
         if isinstance(obj, Blob):
-            return Node(
+            return Node.make(
                 NodeKind.VALUE,
                 obj.kind,
                 key,
@@ -108,10 +108,10 @@ class TreeBuilder:
                 type="torch.storage.TypedStorage",
                 layout="storage",
             )
-            return Node(NodeKind.TENSOR, info.type, key, tensor=info)
+            return Node.make(NodeKind.TENSOR, info.type, key, tensor=info)
         if isinstance(obj, NumpyArray):
             shape = ", ".join(str(d) for d in obj.shape)
-            return Node(
+            return Node.make(
                 NodeKind.VALUE,
                 "numpy.ndarray",
                 key,
@@ -121,14 +121,14 @@ class TreeBuilder:
             )
         if isinstance(obj, list | tuple):
             children = tuple(self._node(v, i, (*path, i), depth + 1) for i, v in enumerate(obj))
-            return Node(NodeKind.SEQUENCE, type(obj).__name__, key, children)
+            return Node.make(NodeKind.SEQUENCE, type(obj).__name__, key, children)
         if isinstance(obj, PSet):
             children = tuple(
                 self._node(v, i, (*path, i), depth + 1) for i, v in enumerate(obj.items)
             )
-            return Node(NodeKind.SEQUENCE, obj.type.removeprefix("builtins."), key, children)
+            return Node.make(NodeKind.SEQUENCE, obj.type.removeprefix("builtins."), key, children)
         if isinstance(obj, PDict):
-            return Node(
+            return Node.make(
                 NodeKind.MAPPING,
                 obj.type,
                 key,
@@ -137,7 +137,7 @@ class TreeBuilder:
             )
         if isinstance(obj, PObject):
             return self._object(obj, key, path, depth)
-        return Node(NodeKind.VALUE, type(obj).__name__, key, text=f"<{type(obj).__name__}>")
+        return Node.make(NodeKind.VALUE, type(obj).__name__, key, text=f"<{type(obj).__name__}>")
 
     def _items(self, items: list[list[Any]], path: Path, depth: int) -> tuple[Node, ...]:
         out = []
@@ -162,7 +162,7 @@ class TreeBuilder:
             state_dict_key=self._names.get(id(t)),
         )
         children = tuple(self._node(v, name, (*path, name), depth + 1) for name, v in t.parts)
-        return Node(NodeKind.TENSOR, t.type, key, children, tensor=info)
+        return Node.make(NodeKind.TENSOR, t.type, key, children, tensor=info)
 
     def _object(self, obj: PObject, key: Key, path: Path, depth: int) -> Node:
         if isinstance(obj.cls, Global):
@@ -190,7 +190,7 @@ class TreeBuilder:
             children.append(self._node(obj.items, "__items__", (*path, "__items__"), depth + 1))
         if obj.dictitems:
             children.extend(self._items(obj.dictitems, path, depth))
-        return Node(
+        return Node.make(
             NodeKind.OBJECT,
             obj.name,
             key,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFile
-from .safety import Safety, Verdict, judge, looks_like_class, normalize_module
+from .safety import Safety, Verdict, judge, looks_like_class, normalize
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,8 @@ class PDict:
 
     def set(self, key: Any, value: Any) -> None:
         """Set `key`, overwriting an earlier value as dict assignment does."""
+        if isinstance(key, tuple):
+            _check_key_depth(key)
         try:
             pos = self.index.get(key)
         except TypeError as e:  # unhashable key: pickle.load fails the same way
@@ -81,6 +83,19 @@ class PDict:
         """Return the value for a (hashable) key, or `default`."""
         pos = self.index.get(key)
         return default if pos is None else self.items[pos][1]
+
+
+MAX_KEY_DEPTH = 64
+
+
+def _check_key_depth(key: tuple[Any, ...]) -> None:
+    """Hashing a tuple recurses in C without a guard: a million-deep key would crash Python."""
+    level: list[Any] = [key]
+    for _ in range(MAX_KEY_DEPTH):
+        level = [x for t in level for x in t if isinstance(x, tuple)]
+        if not level:
+            return
+    raise _Malformed(f"dict key nested deeper than {MAX_KEY_DEPTH} levels")
 
 
 class PSet:
@@ -181,7 +196,7 @@ class InertUnpickler:
     def _global(self, module: Any, name: Any) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise _Malformed("STACK_GLOBAL needs two strings")
-        module = normalize_module(module)
+        module, name = normalize(module, name)
         full = f"{module}.{name}" if module else name
         g = self.globals.get(full)
         if g is None:
@@ -202,6 +217,17 @@ class InertUnpickler:
                 return rec(self, args)
             if func.call_args is None and func.verdict.safety is not Safety.KNOWN:
                 func.call_args = _short_repr(args)
+        elif isinstance(func, PObject):
+            # Calling what another call returned (`_import_dotted_name('os.system')('x')`):
+            # whatever that is would run.
+            name = f"{func.name}(…)(…)"
+            if name not in self.globals:
+                g = Global(name, Verdict(Safety.DANGER, "calls the object another call returned"))
+                g.call_args = _short_repr(args)
+                self.globals[name] = g
+            return PObject(self.globals[name], args, how)
+        else:
+            raise _Malformed(f"{_kind(func)} is not callable")
         return PObject(func, args, how)
 
     def _build(self, inst: Any, state: Any) -> None:
@@ -240,7 +266,7 @@ class InertUnpickler:
         try:
             return self._load(pos, end)
         except _Malformed as e:
-            raise CorruptFile(self.where, f"corrupt pickle{self.part}: {e}") from None
+            raise CorruptFile(self.where, f"corrupt pickle{self.part}: {e}{self._ran()}") from None
         except CorruptFile:
             raise
         except (
@@ -254,10 +280,19 @@ class InertUnpickler:
             RecursionError,
             MemoryError,
             AttributeError,
+            LookupError,
         ) as e:
             raise CorruptFile(
-                self.where, f"corrupt pickle{self.part}: {type(e).__name__}: {e}"
+                self.where, f"corrupt pickle{self.part}: {type(e).__name__}: {e}{self._ran()}"
             ) from None
+
+    def _ran(self) -> str:
+        """What torch.load would already have run before failing on this corruption."""
+        ran = [g.full for g in self.globals.values() if g.verdict.safety is Safety.DANGER]
+        if not ran:
+            return ""
+        more = f" and {len(ran) - 3} more" if len(ran) > 3 else ""
+        return f"; before failing, torch.load would already have run {', '.join(ran[:3])}{more}"
 
     def _load(self, pos: int, end: int) -> tuple[Any, int]:
         buf = self.buf

@@ -19,8 +19,15 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
     from .torchzip import ZipCheckpoint
 
     base = u.extra.get("base")
-    if base is None:
-        # Inside a decompressed record: the bytes are not the file's, so parse a copy.
+    if isinstance(blob, Blob) and base is not None:
+        inner = src
+        start = base + blob.offset
+        end = start + blob.length
+        prefix = f"@{start}/"
+    else:
+        # Not the file's bytes as they lie: protocol <= 2 pickles carry the embedded checkpoint
+        # as latin-1 text (decoded by `_codecs.encode`), and a compressed record is a copy.
+        # Parse a copy; its storages cannot be memory-mapped from the file.
         data = (
             blob
             if isinstance(blob, bytes)
@@ -29,14 +36,7 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
         inner = Source(src.path, data, len(data), limits=src.limits)
         inner.globals = src.globals
         inner.nested = src.nested
-        start, end, prefix = 0, len(data), f"@{src.nested}/"
-    else:
-        if isinstance(blob, bytes):  # below the inline threshold: too small to be a checkpoint
-            raise _Malformed("_load_from_bytes of a few bytes cannot be a checkpoint")
-        inner = src
-        start = base + blob.offset
-        end = start + blob.length
-        prefix = f"@{start}/"
+        start, end, prefix = 0, len(data), f"@copy{src.nested}/"
     where = f"embedded checkpoint at byte {start}"
     if inner.read_at(start, 4) == b"PK\x03\x04":
         z = ZipCheckpoint(inner, start, end, key_prefix=prefix, where=where)
@@ -49,10 +49,9 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
             inner, start, end, key_prefix=prefix, where=where, nest=u.nest + 1, magic_end=pos
         )
     if inner is not src:
-        # Offsets are inside a copy, not the file: keep the metadata, drop the locations.
         from dataclasses import replace
 
         for key, st in inner.storages.items():
-            src.storages[key] = replace(st, data_offset=None)
+            src.storages[key] = replace(st, data_offset=None, record="embedded copy")
         src.findings.extend(inner.findings)
     return obj

@@ -35,7 +35,7 @@ def read_safetensors(src: Source) -> Checkpoint:
         raise corrupt(path, f"safetensors header length {n:,} is larger than the file allows")
     try:
         header = json.loads(src.read_at(8, n))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge ints
         raise corrupt(path, f"safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise corrupt(path, "safetensors header is not a JSON object")
@@ -60,7 +60,7 @@ def read_safetensors(src: Source) -> Checkpoint:
             data_offset=data_start + begin,
             record_nbytes=end - begin,
         )
-        children.append(Node(NodeKind.TENSOR, "torch.Tensor", name, tensor=info))
+        children.append(Node.make(NodeKind.TENSOR, "torch.Tensor", name, tensor=info))
     spans.sort()
     expected = 0
     for begin, end, name in spans:
@@ -78,9 +78,11 @@ def read_safetensors(src: Source) -> Checkpoint:
             "bytes after the header",
         )
     if metadata:
-        meta_nodes = tuple(Node(NodeKind.VALUE, "str", k, value=v) for k, v in metadata.items())
-        children.append(Node(NodeKind.MAPPING, "__metadata__", "__metadata__", meta_nodes))
-    root = Node(NodeKind.MAPPING, "safetensors", None, tuple(children))
+        meta_nodes = tuple(
+            Node.make(NodeKind.VALUE, "str", k, value=v) for k, v in metadata.items()
+        )
+        children.append(Node.make(NodeKind.MAPPING, "__metadata__", "__metadata__", meta_nodes))
+    root = Node.make(NodeKind.MAPPING, "safetensors", None, tuple(children))
     info = {"header_bytes": n, "metadata": dict(metadata or {})}
     return Checkpoint(path, "safetensors", src.size, root, dict(src.storages), (), info)
 
@@ -89,7 +91,7 @@ def _tensor(path: str, name: str, entry: Any, data_len: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise corrupt(path, f"tensor {name!r}: header entry is not an object")
     code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if code not in SAFETENSORS_DTYPES:
+    if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
         raise corrupt(path, f"tensor {name!r}: unknown dtype {code!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise corrupt(path, f"tensor {name!r}: shape must be a list of non-negative ints")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 from ..dtypes import STORAGE_DTYPES, itemsize_of
@@ -22,6 +23,19 @@ from .ziplookup import ZipLookup
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 MAX_PICKLE_BYTES = 1 << 32
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    struct.error,
+    ValueError,
+    OSError,
+    EOFError,
+    IndexError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+)
+"""What zipfile raises on damaged, encrypted or exotic archives (method 99, version 6.4, ...)."""
 """A data.pkl larger than this is refused; no real checkpoint comes close."""
 
 
@@ -70,15 +84,7 @@ class ZipCheckpoint:
         try:
             self.zf = zipfile.ZipFile(_SliceFile(src, self.start, self.end))  # type: ignore[arg-type]
             infos = self.zf.infolist()
-        except (
-            zipfile.BadZipFile,
-            zipfile.LargeZipFile,
-            struct.error,
-            ValueError,
-            OSError,
-            EOFError,
-            IndexError,
-        ) as e:
+        except _ZIP_ERRORS as e:
             raise corrupt(
                 self.src.path, f"{self._in}truncated or corrupt zip archive ({e})"
             ) from None
@@ -141,7 +147,7 @@ class ZipCheckpoint:
             )
         try:
             data = self.zf.read(zi)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as e:
+        except _ZIP_ERRORS as e:
             raise corrupt(
                 self.src.path, f"{self._in}cannot decompress {zi.filename} ({e})"
             ) from None
@@ -204,14 +210,7 @@ class ZipCheckpoint:
             if zi is not None and zi.file_size <= 64:
                 try:
                     facts[name.lstrip(".")] = self.zf.read(zi).decode("ascii").strip()
-                except (
-                    UnicodeDecodeError,
-                    zipfile.BadZipFile,
-                    OSError,
-                    ValueError,
-                    EOFError,
-                    struct.error,
-                ):
+                except (UnicodeDecodeError, *_ZIP_ERRORS):
                     facts[name.lstrip(".")] = "?"
         return facts
 
