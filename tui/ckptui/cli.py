@@ -9,7 +9,6 @@ neither rich nor Textual, so scripts pay only for reading the file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -112,9 +111,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
     ckpt = open_checkpoint(args.path)
     if args.json:
-        from .jsonview import checkpoint_json
+        from .jsonview import iter_json
 
-        json.dump(checkpoint_json(ckpt), sys.stdout, ensure_ascii=True)
+        sys.stdout.writelines(iter_json(ckpt))
         sys.stdout.write("\n")
     else:
         _render(

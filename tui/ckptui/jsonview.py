@@ -1,25 +1,39 @@
 """Provides the stable JSON contract of `ckptui inspect --json` (see issue 3).
 
-Plain dicts only; the CLI dumps them. Paths are lists of keys from the root (ints for sequence
-indexes), so keys containing dots stay unambiguous.
+The document is written as a stream of text pieces (`iter_json`), so a checkpoint with a million
+nodes never exists twice in memory (once as nodes, once as dicts); `checkpoint_json` parses the
+same stream for callers that want dicts, so there is one definition of the contract. Paths are
+lists of keys from the root (ints for sequence indexes), so keys containing dots stay
+unambiguous.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 from .model import Checkpoint, Node, NodeKind, Path, TensorInfo
 
+_enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
 
 def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
-    """The whole contract: path, format, file_bytes, tree, tensors, findings (+ storages, info)."""
-    return {
-        "path": ckpt.path,
-        "format": ckpt.format,
-        "file_bytes": ckpt.file_bytes,
-        "tree": node_json(ckpt.root),
-        "tensors": [tensor_json(ckpt, p, t) for p, t in ckpt.tensors()],
-        "findings": [
+    """The whole contract as dicts: path, format, file_bytes, tree, tensors, findings, ..."""
+    return json.loads("".join(iter_json(ckpt)))
+
+
+def iter_json(ckpt: Checkpoint) -> Iterator[str]:
+    """The contract as JSON text, in pieces."""
+    yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
+    yield f'"file_bytes": {ckpt.file_bytes}, "tree": '
+    yield from _node(ckpt.root)
+    yield ', "tensors": ['
+    for i, (path, t) in enumerate(ckpt.tensors()):
+        yield (", " if i else "") + _enc(tensor_json(ckpt, path, t))
+    yield '], "findings": '
+    yield _enc(
+        [
             {
                 "kind": f.kind,
                 "severity": f.severity.value,
@@ -27,21 +41,22 @@ def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
                 "message": f.message,
             }
             for f in ckpt.findings
-        ],
-        "storages": [
-            {
-                "key": s.key,
-                "dtype": s.dtype,
-                "nbytes": s.nbytes,
-                "location": s.location,
-                "record": s.record,
-                "data_offset": s.data_offset,
-                "missing": s.missing,
-            }
-            for s in ckpt.storages.values()
-        ],
-        "info": {k: v for k, v in ckpt.info.items() if _jsonable(v)},
-    }
+        ]
+    )
+    yield ', "storages": ['
+    for i, s in enumerate(ckpt.storages.values()):
+        entry = {
+            "key": s.key,
+            "dtype": s.dtype,
+            "nbytes": s.nbytes,
+            "location": s.location,
+            "record": s.record,
+            "data_offset": s.data_offset,
+            "missing": s.missing,
+        }
+        yield (", " if i else "") + _enc(entry)
+    info = {k: v for k, v in ckpt.info.items() if _jsonable(v)}
+    yield f'], "info": {_enc(info)}}}'
 
 
 def tensor_json(ckpt: Checkpoint, path: Path, t: TensorInfo) -> dict[str, Any]:
@@ -67,29 +82,40 @@ def tensor_json(ckpt: Checkpoint, path: Path, t: TensorInfo) -> dict[str, Any]:
     return out
 
 
-def node_json(node: Node) -> dict[str, Any]:
-    """One node and its children (iterative enough: nesting is bounded by the reader)."""
-    out: dict[str, Any] = {"key": node.key, "kind": node.kind.value, "type": node.type}
-    if node.kind is NodeKind.VALUE:
-        out["value"] = node.value
+def _node(node: Node) -> Iterator[str]:
+    """One node and its children (nesting is bounded by the tree builder)."""
+    head = f'{{"key": {_enc(node.key)}, "kind": "{node.kind.value}", "type": {_enc(node.type)}'
+    kind = node.kind
+    if kind is NodeKind.REF:
+        yield f'{head}, "target": {_enc(list(node.value or ()))}}}'
+        return
+    fields: dict[str, Any] = {}
+    if kind is NodeKind.VALUE:
+        fields["value"] = node.value
         if node.text is not None:
-            out["text"] = node.text
+            fields["text"] = node.text
         if node.nbytes:
-            out["nbytes"] = node.nbytes
-    elif node.kind is NodeKind.TENSOR and node.tensor is not None:
-        t = node.tensor
-        out.update(shape=list(t.shape), dtype=t.dtype, device=t.device, nbytes=t.nbytes)
+            fields["nbytes"] = node.nbytes
+        if node.safety == "danger":
+            fields["safety"] = "danger"
+    elif kind is NodeKind.TENSOR:
+        t = node.value
+        fields.update(shape=list(t.shape), dtype=t.dtype, device=t.device, nbytes=t.nbytes)
         if t.state_dict_key is not None:
-            out["state_dict_key"] = t.state_dict_key
-    elif node.kind is NodeKind.REF:
-        out["target"] = list(node.target or ())
-    elif node.kind is NodeKind.OBJECT:
-        out["safety"] = node.safety
-    if node.safety == "danger" and node.kind is NodeKind.VALUE:
-        out["safety"] = "danger"
-    if node.children or node.kind in (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT):
-        out["children"] = [node_json(c) for c in node.children]
-    return out
+            fields["state_dict_key"] = t.state_dict_key
+    elif kind is NodeKind.OBJECT:
+        fields["safety"] = node.safety
+    for name, value in fields.items():
+        head += f', "{name}": {_enc(value)}'
+    if not node.children and kind not in (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT):
+        yield head + "}"
+        return
+    yield head + ', "children": ['
+    for i, child in enumerate(node.children):
+        if i:
+            yield ", "
+        yield from _node(child)
+    yield "]}"
 
 
 def _jsonable(v: Any) -> bool:

@@ -247,25 +247,27 @@ class Checkpoint:
         the walk holds one iterator per level, not a list of every node.
         """
         tensor_at: dict[Path, TensorInfo] = {}
-        if self.root.kind is NodeKind.TENSOR and self.root.tensor is not None:
-            yield (), self.root.tensor
+        if self.root.kind is NodeKind.TENSOR:
+            yield (), self.root.value
         stack: list[tuple[Path, Iterator[Node]]] = [((), iter(self.root.children))]
+        tensor, ref = NodeKind.TENSOR, NodeKind.REF
         while stack:
             parent, it = stack[-1]
             node = next(it, None)
             if node is None:
                 stack.pop()
                 continue
-            path = (*parent, node.key)
-            if node.tensor is not None and node.kind is NodeKind.TENSOR:
-                tensor_at[path] = node.tensor
-                yield path, node.tensor
-            elif node.kind is NodeKind.REF and node.target is not None:
-                target = tensor_at.get(node.target)
+            kind = node.kind
+            if kind is tensor:
+                path = (*parent, node.key)
+                tensor_at[path] = node.value
+                yield path, node.value
+            elif kind is ref:
+                target = tensor_at.get(node.value) if tensor_at else None
                 if target is not None:
-                    yield path, target
+                    yield (*parent, node.key), target
             if node.children:
-                stack.append((path, iter(node.children)))
+                stack.append(((*parent, node.key), iter(node.children)))
 
     def find(self, path: Path) -> Node | None:
         """Return the node at `path`, or None."""

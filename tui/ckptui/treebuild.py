@@ -24,7 +24,8 @@ class TreeBuilder:
     """Builds nodes from unpickled objects; remembers where globals and modules were seen."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, Path] = {}
+        self._seen: dict[int, tuple[Path, str]] = {}
+        """id of each compound object shown -> (its first path, its type name)."""
         self._keep: list[Any] = []  # keeps ids stable while building
         self.global_paths: dict[str, Path] = {}
         """First path at which each global appears (called or as a value)."""
@@ -38,6 +39,11 @@ class TreeBuilder:
         return self._node(obj, key, path, 0)
 
     def _node(self, obj: Any, key: Key, path: Path, depth: int) -> Node:
+        # Refs first: a pickle may hold a million of them, and ids of the objects in `_seen`
+        # (kept alive by `_keep`) cannot be reused by any other live object.
+        first = self._seen.get(id(obj))
+        if first is not None:
+            return Node(NodeKind.REF, first[1], key, (), first[0])
         if obj is None or isinstance(obj, bool | str):
             return Node.make(NodeKind.VALUE, type(obj).__name__, key, value=obj)
         if isinstance(obj, int):
@@ -71,11 +77,8 @@ class TreeBuilder:
                 text=None if value is not None else "numpy scalar",
             )
 
-        # Compound objects: shown once, then referenced.
-        first = self._seen.get(id(obj))
-        if first is not None:
-            return Node.make(NodeKind.REF, _type_name(obj), key, target=first)
-        self._seen[id(obj)] = path
+        # Compound objects: shown once, then referenced (see the fast path above).
+        self._seen[id(obj)] = (path, _type_name(obj))
         self._keep.append(obj)
         if depth >= MAX_DEPTH:
             self.too_deep = self.too_deep or path
