@@ -256,6 +256,33 @@ def test_torchscript_archive(tmp_path: Path) -> None:
     assert not [f for f in ckpt.findings if f.severity.value == "danger"]
 
 
+def test_torchscript_constants_and_data_do_not_collide(tmp_path: Path) -> None:
+    """Freezing turns weights into constants (constants/0, ...) while a preserved buffer stays
+    in data.pkl (data/0): both pickles number storages from 0."""
+
+    class Frozen(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            self.register_buffer("kept", torch.arange(5, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.lin(x).sum() + self.kept.sum()
+
+    module = torch.jit.freeze(torch.jit.script(Frozen()).eval(), preserved_attrs=["kept"])
+    p = tmp_path / "frozen.pt"
+    torch.jit.save(module, p)
+    ckpt = open_checkpoint(p)
+    ts = tensors_by_path(ckpt)
+    kept = ts[("data", "kept")]
+    assert kept.dtype == "float64" and kept.shape == (5,)
+    assert file_bytes_of(ckpt, ("data", "kept")) == raw(torch.arange(5, dtype=torch.float64))
+    consts = {p: t for p, t in ts.items() if p[0] == "constants"}
+    assert {t.shape for t in consts.values()} >= {(2, 3), (2,)}
+    assert all(t.dtype == "float32" for t in consts.values())
+    assert kept.storage_key not in {t.storage_key for t in consts.values()}
+
+
 def test_safetensors_header_and_metadata(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

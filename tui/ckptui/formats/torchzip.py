@@ -153,7 +153,7 @@ class ZipCheckpoint:
             ) from None
         return data, None, len(data)
 
-    def load(self, name: str, tensor_dir: str = "data/") -> Any:
+    def load(self, name: str, tensor_dir: str = "data/", key_prefix: str = "") -> Any:
         """Unpickle archive record `name` inertly; storages go to the source's table."""
         buf, base, end = self.read_pickle(name)
         refs: dict[str, StorageRef] = {}
@@ -168,7 +168,7 @@ class ZipCheckpoint:
                 raise _Malformed("malformed storage persistent id")
             dtype = STORAGE_DTYPES[cls.full]
             nbytes = count * itemsize_of(dtype)
-            full_key = self.key_prefix + key
+            full_key = self.key_prefix + key_prefix + key
             ref = storage_ref(self.src, full_key, dtype, nbytes, parse_pid_location(location), refs)
             if full_key not in self.src.storages:
                 self.src.storages[full_key] = self._storage(ref, f"{tensor_dir}{key}")
@@ -228,7 +228,8 @@ def read_zip(src: Source) -> Checkpoint:
         src.warn("big_endian", "storages are big-endian (byteorder record)")
     if is_torchscript(z):
         data = z.load("data.pkl")
-        constants = z.load("constants.pkl", tensor_dir="constants/")
+        # constants.pkl numbers its storages from 0 too, in its own folder
+        constants = z.load("constants.pkl", tensor_dir="constants/", key_prefix="constants/")
         from ..unpickle import PDict
 
         root = PDict("torchscript")
