@@ -97,13 +97,13 @@ def _main(args: argparse.Namespace) -> int:
         _parser_main().print_usage(sys.stderr)
         print("ckptui: error: give a checkpoint PATH (or --demo)", file=sys.stderr)
         return 2
-    from .formats import open_checkpoint
+    from .app.app import CkptApp
 
-    ckpt = open_checkpoint(args.path)
-    # The interactive browser lands with its own issue; until then show the same tree as text.
-    _render(ckpt, max_children=50, depth=None)
-    print("(the interactive browser is not built yet: this is `ckptui inspect`)", file=sys.stderr)
-    return 0
+    app = CkptApp(args.path)
+    app.run()
+    if app.error_message:
+        print(app.error_message, file=sys.stderr)
+    return app.return_code or 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -1,0 +1,49 @@
+"""Provides CkptApp: the Textual application behind `ckptui PATH`.
+
+The app never opens a file itself: BrowseScreen calls the core in a worker and shows the model.
+"""
+
+from __future__ import annotations
+
+from textual.app import App
+from textual.binding import Binding
+
+from .commands import CkptCommands
+from .screens.browse import BrowseScreen
+from .screens.help import HelpScreen
+from .widgets.ckpt_tree import CkptTree
+
+
+class CkptApp(App[None]):
+    """ckptui's browser."""
+
+    CSS_PATH = "ckptui.tcss"
+    TITLE = "ckptui"
+    COMMANDS = App.COMMANDS | {CkptCommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.error_message: str | None = None
+        """The one-line reason the file could not be opened, for the CLI to print."""
+
+    def on_mount(self) -> None:
+        self.push_screen(BrowseScreen(self.path))
+
+    def action_help(self) -> None:
+        """?: the key list."""
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_tree_expand_below(self) -> None:
+        """Palette: expand all below the cursor."""
+        self.screen.query_one(CkptTree).action_expand_below()
+
+    def action_tree_collapse_below(self) -> None:
+        """Palette: collapse all below the cursor."""
+        self.screen.query_one(CkptTree).action_collapse_below()

@@ -1,0 +1,168 @@
+"""Provides BrowseScreen: header line, checkpoint tree, details panel, filter bar, footer.
+
+The file is opened in a thread worker (the window appears at once, with a loading indicator);
+a file that cannot be opened ends the app with exit code 2 and the one-line reason.
+"""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static, Tree
+from textual.worker import Worker, WorkerState
+
+from ... import units
+from ...errors import CkptError
+from ...facts import Index, path_expr, search
+from ...formats import open_checkpoint
+from ...model import Checkpoint
+from ..widgets.ckpt_tree import CkptTree, Entry
+from ..widgets.detail import DetailPanel
+
+
+class BrowseScreen(Screen[None]):
+    """The main screen."""
+
+    BINDINGS = [
+        Binding("slash", "filter", "Filter"),
+        Binding("n", "next_match", "Next match"),
+        Binding("N", "previous_match", "Prev match", show=False),
+        Binding("y", "copy_path", "Copy path"),
+        Binding("v", "values", "Values"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.ckpt: Checkpoint | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"ckptui · opening {self.path} …", id="header")
+        with Horizontal(id="main"):
+            yield CkptTree(id="tree")
+            yield DetailPanel(id="detail")
+        yield Input(
+            placeholder="filter keys: substring or regex · enter to apply · esc to clear",
+            id="filter",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter").display = False
+        self.query_one("#main").loading = True
+        self.open_file()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="open")
+    def open_file(self) -> tuple[Checkpoint, Index]:
+        """Read the checkpoint's metadata off the UI thread."""
+        ckpt = open_checkpoint(self.path)
+        return ckpt, Index.build(ckpt)
+
+    @on(Worker.StateChanged)
+    def _opened(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "open":
+            return
+        if event.state is WorkerState.ERROR:
+            error = event.worker.error
+            if isinstance(error, CkptError):
+                message = f"ckptui: {error.path}: {error.message}"
+            else:
+                message = f"ckptui: {self.path}: unexpected error: {error!r}"
+            # Printed plainly by the CLI after the terminal is restored (rich would wrap it and
+            # read brackets in file names as markup).
+            self.app.error_message = message  # type: ignore[attr-defined]
+            self.app.exit(return_code=2)
+        elif event.state is WorkerState.SUCCESS:
+            ckpt, index = event.worker.result
+            self._show(ckpt, index)
+
+    def _show(self, ckpt: Checkpoint, index: Index) -> None:
+        self.ckpt = ckpt
+        self.query_one("#main").loading = False
+        dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
+        header = (
+            f"{ckpt.path} · {ckpt.format} · {units.size(ckpt.file_bytes)} · "
+            f"{index.tensor_count:,} tensors"
+        )
+        if dangers:
+            header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
+        head = self.query_one("#header", Static)
+        head.update(header)
+        head.set_class(bool(dangers), "danger")
+        panel = self.query_one(DetailPanel)
+        panel.ckpt, panel.index = ckpt, index
+        tree = self.query_one(CkptTree)
+        tree.show_checkpoint(ckpt)
+        tree.focus()
+
+    @on(Tree.NodeHighlighted)
+    def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
+        self.query_one(DetailPanel).show(event.node.data)
+
+    # -- filter ----------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        """/: open the filter bar."""
+        bar = self.query_one("#filter", Input)
+        bar.display = True
+        bar.focus()
+
+    @on(Input.Submitted, "#filter")
+    def _apply_filter(self, event: Input.Submitted) -> None:
+        query = event.value.strip()
+        tree = self.query_one(CkptTree)
+        if not query or self.ckpt is None:
+            self.action_clear_filter()
+            return
+        try:
+            matches = search(self.ckpt.root, query)
+        except ValueError as e:
+            self.notify(str(e), severity="error")
+            return
+        if not matches:
+            self.notify(f"no key matches {query!r}", severity="warning")
+            return
+        tree.show_matches(matches)
+        tree.focus()
+        more = " (first 10,000 shown)" if len(matches) >= 10_000 else ""
+        self.notify(
+            f"{len(matches):,} match(es) for {query!r}{more} · n/N to step · esc clears", timeout=4
+        )
+
+    def action_clear_filter(self) -> None:
+        """esc: show the whole tree again (n/N still step through the matches); esc again
+        forgets the matches."""
+        bar = self.query_one("#filter", Input)
+        bar.value = ""
+        bar.display = False
+        tree = self.query_one(CkptTree)
+        if tree.filtered:
+            tree.clear_filter()
+        else:
+            tree.matches = []
+        tree.focus()
+
+    def action_next_match(self) -> None:
+        """n: next match."""
+        self.query_one(CkptTree).jump_match(1)
+
+    def action_previous_match(self) -> None:
+        """N: previous match."""
+        self.query_one(CkptTree).jump_match(-1)
+
+    # -- other actions ---------------------------------------------------------------------
+    def action_copy_path(self) -> None:
+        """y: copy the key path as Python indexing (OSC 52 works over SSH)."""
+        node = self.query_one(CkptTree).cursor_node
+        if node is None or node.data is None:
+            return
+        text = path_expr(node.data.path) or "<root>"
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {text}", timeout=3)
+
+    def action_values(self) -> None:
+        """v: compute the selected tensor's values."""
+        self.query_one(DetailPanel).compute_values()

@@ -1,0 +1,299 @@
+"""Provides CkptTree: the checkpoint as a lazy, keyboard-first Textual Tree.
+
+Children are created when a node is first expanded (as Textual's DirectoryTree loads folders).
+Textual's Tree makes a Python node per child (50 000 leaves took 1.2 s to add), so a container
+with more than `GROUP` children shows them in groups of `GROUP` (`[0 … 999]`), each loaded on
+expand: a 100 000-key state dict opens as 100 rows. `reveal(path)` expands whatever lies on the
+way to a key, groups included, so jumping to a match or to the last key always works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path as FilePath
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from ...facts import path_text
+from ...model import Checkpoint, Node, NodeKind, Path
+from ...units import summary
+
+GROUP = 1000
+"""Children shown per group row in large containers."""
+EXPAND_BUDGET = 5000
+"""Tree rows `e` (expand all below) may create at once."""
+
+
+@dataclass
+class Entry:
+    """What a tree row stands for: a checkpoint node, or a group of a node's children."""
+
+    node: Node
+    path: Path
+    group: tuple[int, int] | None = None
+    """For a group row: the child index range [start, end) of `node`."""
+    loaded: bool = False
+
+
+class CkptTree(Tree[Entry]):
+    """The checkpoint tree. Posts Textual's NodeHighlighted as the cursor moves."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("h,left", "collapse_or_parent", "Collapse", show=False),
+        Binding("l,right", "expand_or_child", "Expand", show=False),
+        Binding("g,home", "scroll_home", "Top", show=False),
+        Binding("G,end", "last_key", "Bottom", show=False),
+        Binding("e", "expand_below", "Expand all"),
+        Binding("E", "collapse_below", "Collapse all"),
+        Binding("enter", "toggle_node", "Toggle", show=False),
+    ]
+
+    COMPONENT_CLASSES = {
+        "ckpt-tree--summary",
+        "ckpt-tree--danger",
+        "ckpt-tree--match",
+        "ckpt-tree--group",
+    }
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("checkpoint", id=id)
+        self.show_root = True
+        self.guide_depth = 2
+        self.auto_expand = False
+        self.ckpt: Checkpoint | None = None
+        self.matches: list[Path] = []
+        """Paths matching the active filter, in display order."""
+        self.filtered = False
+
+    # -- building ---------------------------------------------------------------------------
+    def show_checkpoint(self, ckpt: Checkpoint) -> None:
+        """Show a freshly opened checkpoint, root expanded."""
+        self.ckpt = ckpt
+        self.filtered = False
+        self.matches = []
+        self._reset()
+        self._load(self.root)
+        self.root.expand()
+        self.move_cursor(self.root)
+
+    def _reset(self) -> None:
+        assert self.ckpt is not None
+        self.clear()
+        self.root.set_label(self._label(self.ckpt.root, FilePath(self.ckpt.path).name))
+        self.root.data = Entry(self.ckpt.root, ())
+
+    def _label(self, node: Node, key_text: str, match: bool = False) -> Text:
+        key_style = self.get_component_rich_style(
+            "ckpt-tree--danger" if node.safety == "danger" else
+            "ckpt-tree--match" if match else "tree--label", partial=True,
+        )  # fmt: skip
+        summary_style = self.get_component_rich_style("ckpt-tree--summary", partial=True)
+        return Text.assemble((key_text, key_style), "  ", (summary(node), summary_style))
+
+    @staticmethod
+    def _key_text(child: Node, parent: Node) -> str:
+        return f"[{child.key}]" if parent.kind is NodeKind.SEQUENCE else str(child.key)
+
+    def _add(self, parent: TreeNode[Entry], node: Node, path: Path, owner: Node) -> TreeNode:
+        label = self._label(node, self._key_text(node, owner), match=path in self._match_set)
+        if node.children and node.kind is not NodeKind.REF:
+            return parent.add(label, Entry(node, path))
+        return parent.add_leaf(label, Entry(node, path, loaded=True))
+
+    @property
+    def _match_set(self) -> set[Path]:
+        if not hasattr(self, "_matches_cache") or self._matches_cache[0] is not self.matches:
+            self._matches_cache = (self.matches, set(self.matches))
+        return self._matches_cache[1]
+
+    def _load(self, tree_node: TreeNode[Entry]) -> None:
+        """Create a row's children (once)."""
+        entry = tree_node.data
+        if entry is None or entry.loaded:
+            return
+        entry.loaded = True
+        node = entry.node
+        start, end = entry.group or (0, len(node.children))
+        if end - start > GROUP:
+            style = self.get_component_rich_style("ckpt-tree--group", partial=True)
+            for lo in range(start, end, GROUP):
+                hi = min(lo + GROUP, end)
+                first, last = node.children[lo].key, node.children[hi - 1].key
+                label = Text(f"[{lo:,} … {hi - 1:,}]  {first} … {last}", style=style)
+                tree_node.add(label, Entry(node, entry.path, (lo, hi)))
+            return
+        for child in node.children[start:end]:
+            self._add(tree_node, child, (*entry.path, child.key), node)
+
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[Entry]) -> None:
+        """Load children on first expand."""
+        self._load(event.node)
+
+    # -- navigation --------------------------------------------------------------------------
+    def reveal(self, path: Path) -> TreeNode[Entry] | None:
+        """Expand the way to `path` and return its row (None if it is not in the tree)."""
+        current = self.root
+        for depth in range(len(path)):
+            self._load(current)
+            current.expand()
+            entry = current.data
+            assert entry is not None
+            target = path[: depth + 1]
+            nxt = None
+            for child in current.children:
+                ce = child.data
+                if ce is None:
+                    continue
+                if ce.group is not None:
+                    lo, hi = ce.group
+                    keys = [c.key for c in ce.node.children[lo:hi]]
+                    if target[-1] in keys:
+                        self._load(child)
+                        child.expand()
+                        nxt = next(
+                            (g for g in child.children if g.data and g.data.path == target), None
+                        )
+                        break
+                elif ce.path == target:
+                    nxt = child
+                    break
+            if nxt is None:
+                return None
+            current = nxt
+        return current
+
+    def select_path(self, path: Path) -> bool:
+        """Reveal `path` and put the cursor on it."""
+        row = self.reveal(path)
+        if row is None:
+            return False
+        self._move_later(row)
+        return True
+
+    def _move_later(self, row: TreeNode[Entry]) -> None:
+        # Rows just added or opened get their line numbers at the next refresh.
+        self.call_after_refresh(self.move_cursor, row)
+
+    def action_collapse_or_parent(self) -> None:
+        """h: collapse an open row, else go to its parent."""
+        node = self.cursor_node
+        if node is None:
+            return
+        if node.is_expanded:
+            node.collapse()
+        elif node.parent is not None:
+            self.move_cursor(node.parent)
+
+    def action_expand_or_child(self) -> None:
+        """l: expand a closed row, else go to its first child."""
+        node = self.cursor_node
+        if node is None or not node.allow_expand:
+            return
+        if not node.is_expanded:
+            node.expand()
+        elif node.children:
+            self.move_cursor(node.children[0])
+
+    def action_last_key(self) -> None:
+        """G: the last row, opening a trailing group so the cursor lands on a real key."""
+        self.action_scroll_end()
+        node = self.cursor_node
+        moved = False
+        while node is not None and node.data is not None and node.data.group is not None:
+            self._load(node)
+            node.expand()
+            node = node.children[-1] if node.children else None
+            moved = True
+        if moved and node is not None:
+            self._move_later(node)
+
+    def action_expand_below(self) -> None:
+        """e: expand everything below the cursor, up to EXPAND_BUDGET new rows."""
+        start = self.cursor_node or self.root
+        budget = EXPAND_BUDGET
+        queue = [start]
+        while queue and budget > 0:
+            node = queue.pop(0)
+            if not node.allow_expand:
+                continue
+            before = len(node.children)
+            self._load(node)
+            node.expand()
+            budget -= len(node.children) - before
+            queue.extend(node.children)
+        if queue:
+            self.notify(
+                f"expanded the first {EXPAND_BUDGET:,} rows; expand further by hand", timeout=4
+            )
+
+    def action_collapse_below(self) -> None:
+        """E: collapse everything below the cursor."""
+        node = self.cursor_node or self.root
+        node.collapse_all()
+        if node is self.root:
+            node.expand()  # keep the top-level keys in view
+        self.move_cursor(node)
+
+    # -- filtering ---------------------------------------------------------------------------
+    def show_matches(self, matches: list[Path]) -> None:
+        """Show only `matches` and their ancestors, all opened."""
+        assert self.ckpt is not None
+        self.matches = matches
+        self.filtered = True
+        self._reset()
+        self.root.data.loaded = True  # type: ignore[union-attr]
+        rows: dict[Path, TreeNode[Entry]] = {(): self.root}
+        for path in matches:
+            for depth in range(1, len(path) + 1):
+                sub = path[:depth]
+                if sub in rows:
+                    continue
+                parent_row = rows[path[: depth - 1]]
+                parent_entry = parent_row.data
+                assert parent_entry is not None
+                node = parent_entry.node.child(sub[-1])
+                if node is None:
+                    break
+                row = self._add(parent_row, node, sub, parent_entry.node)
+                if depth < len(path) and row.data is not None:
+                    row.data.loaded = True  # shows only the matching branch
+                rows[sub] = row
+                parent_row.expand()
+        self.root.expand()
+        if matches and matches[0] in rows:
+            self._move_later(rows[matches[0]])
+
+    def clear_filter(self) -> None:
+        """Back to the whole tree, keeping the cursor's key, and the matches for n/N."""
+        entry = self.cursor_node.data if self.cursor_node else None
+        keep = entry.path if entry is not None else ()
+        assert self.ckpt is not None
+        matches = self.matches
+        self.show_checkpoint(self.ckpt)
+        self.matches = matches
+        if keep:
+            self.select_path(keep)
+
+    def jump_match(self, step: int) -> Path | None:
+        """n/N: move to the next (step 1) or previous (-1) match after the cursor."""
+        if not self.matches:
+            return None
+        entry = self.cursor_node.data if self.cursor_node else None
+        here = entry.path if entry is not None else ()
+        try:
+            i = self.matches.index(here) + step
+        except ValueError:
+            i = 0 if step > 0 else -1
+        target = self.matches[i % len(self.matches)]
+        self.select_path(target)
+        return target
+
+    def current_path_text(self) -> str:
+        """The cursor row's dotted path."""
+        entry = self.cursor_node.data if self.cursor_node else None
+        return path_text(entry.path) if entry else ""

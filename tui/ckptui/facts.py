@@ -1,0 +1,113 @@
+"""Provides the per-node facts the browser shows, computed from the model (no Textual here).
+
+Which tensors share a storage, how many bytes lie below a node and in its largest children, where
+findings point, key paths as Python expressions, and searching key paths by substring or regex.
+The browser calls these; keeping them here lets them be tested without a UI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .model import Checkpoint, Finding, Node, NodeKind, Path, TensorInfo
+
+
+def path_expr(path: Path) -> str:
+    """`["model"]["conv1.weight"]`: the path as Python indexing, unambiguous with dotted keys."""
+    return "".join(f"[{k!r}]" if isinstance(k, str) else f"[{k}]" for k in path)
+
+
+def path_text(path: Path) -> str:
+    """`model.conv1.weight`-style text for searching and display."""
+    return ".".join(str(k) for k in path)
+
+
+def bytes_below(node: Node) -> int:
+    """Bytes of the tensors below a node: each view's own size, refs not counted again."""
+    total = 0
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.kind is NodeKind.TENSOR and n.tensor is not None and n.tensor.layout != "meta":
+            total += n.tensor.nbytes
+        stack.extend(n.children)
+    return total
+
+
+def largest_children(node: Node, n: int = 5) -> list[tuple[Node, int]]:
+    """The `n` children holding the most tensor bytes, largest first (ties keep order)."""
+    sized = [(c, bytes_below(c)) for c in node.children if c.kind is not NodeKind.REF]
+    sized = [(c, b) for c, b in sized if b]
+    sized.sort(key=lambda cb: -cb[1])
+    return sized[:n]
+
+
+@dataclass
+class Index:
+    """Lookups over a whole checkpoint, built once after opening."""
+
+    tensors_by_storage: dict[str, list[Path]] = field(default_factory=dict)
+    findings_by_path: dict[Path, list[Finding]] = field(default_factory=dict)
+    tensor_count: int = 0
+
+    @classmethod
+    def build(cls, ckpt: Checkpoint) -> Index:
+        """Index tensors by storage and findings by path."""
+        idx = cls()
+        for path, t in ckpt.tensors():
+            idx.tensor_count += 1
+            if t.storage_key is not None:
+                idx.tensors_by_storage.setdefault(t.storage_key, []).append(path)
+        for f in ckpt.findings:
+            if f.path is not None:
+                idx.findings_by_path.setdefault(f.path, []).append(f)
+        return idx
+
+    def sharing(self, path: Path, tensor: TensorInfo) -> list[Path]:
+        """Other paths whose tensors view the same storage."""
+        if tensor.storage_key is None:
+            return []
+        return [p for p in self.tensors_by_storage.get(tensor.storage_key, []) if p != path]
+
+
+def walk(root: Node) -> Iterator[tuple[Path, Node]]:
+    """Every (path, node) below `root` in display order, holding one iterator per level."""
+    stack: list[tuple[Path, Iterator[Node]]] = [((), iter(root.children))]
+    while stack:
+        parent, it = stack[-1]
+        node = next(it, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = (*parent, node.key)
+        yield path, node
+        if node.children:
+            stack.append((path, iter(node.children)))
+
+
+def compile_query(query: str) -> re.Pattern[str]:
+    """A case-insensitive pattern: a regex when it parses and looks like one, else a substring.
+
+    Raises:
+        ValueError: for a regex that does not compile (the message says why).
+    """
+    if any(c in query for c in "^$*+?[](){}|\\"):
+        try:
+            return re.compile(query, re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(f"not a valid regex: {e}") from None
+    return re.compile(re.escape(query), re.IGNORECASE)
+
+
+def search(root: Node, query: str, limit: int = 10_000) -> list[Path]:
+    """Paths whose dotted text matches `query`, in display order, at most `limit`."""
+    pattern = compile_query(query)
+    out: list[Path] = []
+    for path, _ in walk(root):
+        if pattern.search(path_text(path)):
+            out.append(path)
+            if len(out) >= limit:
+                break
+    return out
