@@ -150,11 +150,8 @@ def _element_type(where: str, tensor: TensorInfo, big: bool) -> tuple[Any, str, 
     if name in _NUMPY.split() or name in _COMPLEX:
         dt = np.dtype(_COMPLEX.get(name, name)).newbyteorder(">" if big else "<")
         kind = "c" if name in _COMPLEX else "f" if dt.kind == "f" else "i"
-        return (
-            dt,
-            kind,
-            "min/max/mean/std/histogram are of the magnitude |z|" if kind == "c" else "",
-        )
+        note = "min/max/mean/std/histogram are of the magnitude |z|" if kind == "c" else ""
+        return dt, kind, note
     if name in _ML_DTYPES.split() and not (big and name == "bfloat16"):
         import ml_dtypes
 

@@ -97,6 +97,7 @@ class BrowseScreen(Screen[None]):
         panel.ckpt, panel.index = ckpt, index
         tree = self.query_one(CkptTree)
         tree.show_checkpoint(ckpt)
+        panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
 
     @on(Tree.NodeHighlighted)

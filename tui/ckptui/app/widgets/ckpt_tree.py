@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import Tree
@@ -48,8 +49,8 @@ class CkptTree(Tree[Entry]):
         Binding("l,right", "expand_or_child", "Expand", show=False),
         Binding("g,home", "scroll_home", "Top", show=False),
         Binding("G,end", "last_key", "Bottom", show=False),
-        Binding("e", "expand_below", "Expand all"),
-        Binding("E", "collapse_below", "Collapse all"),
+        Binding("e", "expand_below", "Expand all", show=False),
+        Binding("E", "collapse_below", "Collapse all", show=False),
         Binding("enter", "toggle_node", "Toggle", show=False),
     ]
 
@@ -87,12 +88,20 @@ class CkptTree(Tree[Entry]):
         self.root.set_label(self._label(self.ckpt.root, FilePath(self.ckpt.path).name))
         self.root.data = Entry(self.ckpt.root, ())
 
+    def _fg(self, component: str) -> Style:
+        """A component class's foreground only: `partial=True` would drop the blending of
+        translucent theme colours ($text-muted), and a background would hide the cursor."""
+        s = self.get_component_rich_style(component)
+        return Style(color=s.color, bold=s.bold, italic=s.italic)
+
     def _label(self, node: Node, key_text: str, match: bool = False) -> Text:
-        key_style = self.get_component_rich_style(
-            "ckpt-tree--danger" if node.safety == "danger" else
-            "ckpt-tree--match" if match else "tree--label", partial=True,
-        )  # fmt: skip
-        summary_style = self.get_component_rich_style("ckpt-tree--summary", partial=True)
+        if node.safety == "danger":
+            key_style = self._fg("ckpt-tree--danger")
+        elif match:
+            key_style = self._fg("ckpt-tree--match")
+        else:
+            key_style = Style()
+        summary_style = self._fg("ckpt-tree--summary")
         return Text.assemble((key_text, key_style), "  ", (summary(node), summary_style))
 
     @staticmethod
@@ -120,7 +129,7 @@ class CkptTree(Tree[Entry]):
         node = entry.node
         start, end = entry.group or (0, len(node.children))
         if end - start > GROUP:
-            style = self.get_component_rich_style("ckpt-tree--group", partial=True)
+            style = self._fg("ckpt-tree--group")
             for lo in range(start, end, GROUP):
                 hi = min(lo + GROUP, end)
                 first, last = node.children[lo].key, node.children[hi - 1].key

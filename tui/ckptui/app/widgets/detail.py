@@ -226,6 +226,8 @@ class DetailPanel(VerticalScroll):
         t.add_row("zeros", f"{stats.zeros:,} of {stats.count:,}")
         head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in stats.head)
         t.add_row("first", head + (" …" if stats.count > len(stats.head) else ""))
+        if stats.note:
+            t.add_row("note", stats.note)
         out.update(Group(Text("values", style="bold"), t))
         if stats.histogram and any(stats.histogram):
             spark = self.query_one("#histogram", Sparkline)

@@ -1,0 +1,41 @@
+"""Regenerates `screenshots/*.svg` for the README from the demo checkpoint.
+
+    python tests/make_screenshots.py
+
+Uses the same scenes (keys, sizes) as the snapshot tests in tests/app/test_snapshots.py, so the
+README shows what the tests check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tui")]
+
+from ckptui.app.app import CkptApp
+from tests.app.test_snapshots import DEMO, DEMO_DIR, SCENES, keys_then_settle
+
+
+async def shoot(name: str, keys: list[str], size: tuple[int, int], out: Path) -> Path:
+    """Run one scene and save its SVG."""
+    app = CkptApp(DEMO)
+    async with app.run_test(size=size) as pilot:
+        await keys_then_settle(keys)(pilot)
+        app.save_screenshot(filename=f"{name}.svg", path=str(out))
+    return out / f"{name}.svg"
+
+
+def main() -> None:
+    out = ROOT / "screenshots"
+    out.mkdir(exist_ok=True)
+    os.chdir(DEMO_DIR)  # the header then shows the demo's bare file name
+    for name, (keys, size) in SCENES.items():
+        print(asyncio.run(shoot(name, keys, size, out)))
+
+
+if __name__ == "__main__":
+    main()
