@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import humanize
 
+from .facts import bytes_below
 from .model import Node, NodeKind
 
 
@@ -26,18 +27,6 @@ def short_type(type_name: str) -> str:
         "collections.defaultdict": "defaultdict",
         "torch.nn.parameter.Parameter": "Parameter",
     }.get(type_name, type_name)
-
-
-def tensor_bytes(node: Node) -> int:
-    """Bytes of the tensors below a node (each view's own size; refs not counted twice)."""
-    total = 0
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if n.kind is NodeKind.TENSOR and n.tensor is not None and n.tensor.layout != "meta":
-            total += n.tensor.nbytes
-        stack.extend(n.children)
-    return total
 
 
 def summary(node: Node) -> str:
@@ -63,7 +52,7 @@ def summary(node: Node) -> str:
     count = len(node.children)
     noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items", NodeKind.OBJECT: "fields"}
     parts = [short_type(node.type), f"{count:,} {noun.get(node.kind, 'children')}"]
-    nbytes = tensor_bytes(node)
+    nbytes = bytes_below(node)
     if nbytes:
         parts.append(size(nbytes))
     return " · ".join(parts)

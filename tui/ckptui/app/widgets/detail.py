@@ -117,15 +117,22 @@ class DetailPanel(VerticalScroll):
                         "danger": "DANGEROUS",
                     }.get(node.safety or "unknown", node.safety or ""),
                 )
-            largest = largest_children(node)
-            if largest:
-                t.add_row("largest", "")
-            for child, nbytes in largest:
-                share = f"{100 * nbytes / total:.0f} %" if total else ""
-                t.add_row(f"  {child.key}", f"{units.size(nbytes)}  {share}")
         for f in self.index.findings_by_path.get(path, []) if self.index else []:
             t.add_row(f.severity.value, f.message)
-        return Group(title, t)
+        parts: list[Any] = [title, t]
+        largest = largest_children(node) if node.kind is not NodeKind.TENSOR else []
+        if largest:
+            # Size first, name last: long keys (transformer.h.0.mlp.c_fc.weight) then wrap
+            # instead of squeezing the numbers out of a two-column table.
+            total = bytes_below(node)
+            big = Table.grid(padding=(0, 1))
+            big.add_column(justify="right", no_wrap=True)
+            big.add_column(justify="right", no_wrap=True)
+            big.add_column(overflow="fold")
+            for child, nbytes in largest:
+                big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", str(child.key))
+            parts += [Text("largest", style="bold"), big]
+        return Group(*parts)
 
     def _tensor_rows(self, t: Table, info: TensorInfo, path: Path) -> None:
         assert self.ckpt is not None
