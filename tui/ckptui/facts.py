@@ -8,10 +8,9 @@ The browser calls these; keeping them here lets them be tested without a UI.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .model import Checkpoint, Finding, Node, NodeKind, Path, TensorInfo
+from .model import Checkpoint, Finding, Node, NodeKind, Path, TensorInfo, walk
 
 
 def path_expr(path: Path) -> str:
@@ -70,21 +69,6 @@ class Index:
         if tensor.storage_key is None:
             return []
         return [p for p in self.tensors_by_storage.get(tensor.storage_key, []) if p != path]
-
-
-def walk(root: Node) -> Iterator[tuple[Path, Node]]:
-    """Every (path, node) below `root` in display order, holding one iterator per level."""
-    stack: list[tuple[Path, Iterator[Node]]] = [((), iter(root.children))]
-    while stack:
-        parent, it = stack[-1]
-        node = next(it, None)
-        if node is None:
-            stack.pop()
-            continue
-        path = (*parent, node.key)
-        yield path, node
-        if node.children:
-            stack.append((path, iter(node.children)))
 
 
 def compile_query(query: str) -> re.Pattern[str]:

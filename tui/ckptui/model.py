@@ -249,25 +249,16 @@ class Checkpoint:
         tensor_at: dict[Path, TensorInfo] = {}
         if self.root.kind is NodeKind.TENSOR:
             yield (), self.root.value
-        stack: list[tuple[Path, Iterator[Node]]] = [((), iter(self.root.children))]
         tensor, ref = NodeKind.TENSOR, NodeKind.REF
-        while stack:
-            parent, it = stack[-1]
-            node = next(it, None)
-            if node is None:
-                stack.pop()
-                continue
+        for path, node in walk(self.root):
             kind = node.kind
             if kind is tensor:
-                path = (*parent, node.key)
                 tensor_at[path] = node.value
                 yield path, node.value
-            elif kind is ref:
-                target = tensor_at.get(node.value) if tensor_at else None
+            elif kind is ref and tensor_at:
+                target = tensor_at.get(node.value)
                 if target is not None:
-                    yield (*parent, node.key), target
-            if node.children:
-                stack.append(((*parent, node.key), iter(node.children)))
+                    yield path, target
 
     def find(self, path: Path) -> Node | None:
         """Return the node at `path`, or None."""
@@ -277,3 +268,18 @@ class Checkpoint:
                 return None
             node = node.child(key)
         return node
+
+
+def walk(root: Node) -> Iterator[tuple[Path, Node]]:
+    """Every (path, node) below `root` in display order, holding one iterator per level."""
+    stack: list[tuple[Path, Iterator[Node]]] = [((), iter(root.children))]
+    while stack:
+        parent, it = stack[-1]
+        node = next(it, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = (*parent, node.key)
+        yield path, node
+        if node.children:
+            stack.append((path, iter(node.children)))
