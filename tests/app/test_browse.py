@@ -175,3 +175,23 @@ async def test_danger_is_shown_in_header_and_panel(tmp_path: Path) -> None:
         assert "dangerous call" in text_of(app, "#header")
         await pilot.press("j")
         assert "would call os.system" in text_of(app, "#warning")
+
+
+async def test_missing_storage_is_shown_in_the_panel(tmp_path: Path) -> None:
+    import zipfile
+
+    src = tmp_path / "full.pt"
+    torch.save({"a": torch.ones(4), "b": torch.zeros(8)}, src)
+    p = tmp_path / "holed.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(p, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("data/1"):
+                zout.writestr(info, zin.read(info))
+    app = CkptApp(str(p))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await opened(pilot)
+        await pilot.press("j", "j")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "storage 1 is missing from the file" in text_of(app, "#warning")
+        assert "values:" in text_of(app, "#stats")  # says why there are no values

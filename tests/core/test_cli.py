@@ -213,3 +213,13 @@ def test_core_imports_no_ui_or_torch() -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory"])
+def test_browser_with_bad_path_exits_2_before_starting(tmp_path: Path, case: str) -> None:
+    path, expect = _bad_inputs(tmp_path)[case]
+    r = run_cli(str(path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"ckptui: {path}: {expect}" or expect in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "\x1b[" not in r.stdout  # the full-screen app never started

@@ -97,6 +97,9 @@ def _main(args: argparse.Namespace) -> int:
         _parser_main().print_usage(sys.stderr)
         print("ckptui: error: give a checkpoint PATH (or --demo)", file=sys.stderr)
         return 2
+    from .formats import check_openable
+
+    check_openable(args.path)  # before the terminal is taken over: a typo gets one line, at once
     from .app.app import CkptApp
 
     app = CkptApp(args.path)

@@ -21,7 +21,35 @@ from .legacy import read_legacy
 from .safetensors import looks_like_safetensors, read_safetensors
 from .torchzip import read_zip
 
-__all__ = ["open_checkpoint"]
+__all__ = ["check_openable", "open_checkpoint"]
+
+
+def check_openable(path: str | os.PathLike[str]) -> str:
+    """Fail fast, with the one-line reason, for a path that is not a regular file.
+
+    The browser calls this before taking over the terminal, so a mistyped path never flashes a
+    full-screen app.
+
+    Returns:
+        The path as a string.
+
+    Raises:
+        NotFound, NotReadable: naming the path.
+    """
+    path = os.fspath(path)
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        raise NotFound(path, "no such file or directory") from None
+    except PermissionError:
+        raise NotReadable(path, "permission denied") from None
+    except OSError as e:
+        raise NotReadable(path, e.strerror or str(e)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise NotReadable(path, "is a directory, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotReadable(path, "is not a regular file")
+    return path
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -37,19 +65,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         CkptError: with a one-line message naming the file, for anything that is not a readable
             checkpoint.
     """
-    path = os.fspath(path)
-    try:
-        st = Path(path).stat()
-    except FileNotFoundError:
-        raise NotFound(path, "no such file or directory") from None
-    except PermissionError:
-        raise NotReadable(path, "permission denied") from None
-    except OSError as e:
-        raise NotReadable(path, e.strerror or str(e)) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise NotReadable(path, "is a directory, not a checkpoint file")
-    if not stat.S_ISREG(st.st_mode):
-        raise NotReadable(path, "is not a regular file")
+    path = check_openable(path)
     try:
         src = Source.open(path)
     except PermissionError:
