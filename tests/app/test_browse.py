@@ -29,6 +29,13 @@ async def opened(pilot) -> CkptTree:
     return tree
 
 
+async def settle(pilot) -> None:
+    """Let the throttled panel catch up and its values worker finish."""
+    await pilot.pause(0.25)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 def cursor_path(tree: CkptTree) -> tuple:
     assert tree.cursor_node is not None and tree.cursor_node.data is not None
     return tree.cursor_node.data.path
@@ -50,6 +57,7 @@ async def test_navigate_to_nested_tensor_shows_its_facts(gpu_ckpt: Path) -> None
         await pilot.press("j")  # model
         assert cursor_path(tree) == ("model",)
         await pilot.press("l", "j")  # expand model, first key
+        await settle(pilot)
         assert cursor_path(tree) == ("model", "conv1.weight")
         facts = text_of(app, "#facts")
         assert "['model']['conv1.weight']" in facts
@@ -124,8 +132,7 @@ async def test_values_show_correct_min_max(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await opened(pilot)
         await pilot.press("j")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         stats = text_of(app, "#stats")
         assert "-3.5 / 7.25" in stats
         assert "1 NaN" in stats
@@ -174,6 +181,7 @@ async def test_danger_is_shown_in_header_and_panel(tmp_path: Path) -> None:
         await opened(pilot)
         assert "dangerous call" in text_of(app, "#header")
         await pilot.press("j")
+        await settle(pilot)
         assert "would call os.system" in text_of(app, "#warning")
 
 
@@ -191,7 +199,6 @@ async def test_missing_storage_is_shown_in_the_panel(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await opened(pilot)
         await pilot.press("j", "j")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "storage 1 is missing from the file" in text_of(app, "#warning")
         assert "values:" in text_of(app, "#stats")  # says why there are no values

@@ -32,6 +32,7 @@ def keys_then_settle(keys: Iterable[str]):
         for key in keys:
             await pilot.press(key)
             await pilot.pause()
+        await pilot.pause(0.25)  # the panel is throttled while keys come fast
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
 

@@ -6,12 +6,15 @@ a file that cannot be opened ends the app with exit code 2 and the one-line reas
 
 from __future__ import annotations
 
+import time
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, Tree
+from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from ... import units
@@ -21,6 +24,10 @@ from ...formats import open_checkpoint
 from ...model import Checkpoint
 from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
+
+
+PANEL_INTERVAL = 0.1
+"""Seconds between panel updates while the cursor moves (the tree itself never waits)."""
 
 
 class BrowseScreen(Screen[None]):
@@ -39,6 +46,9 @@ class BrowseScreen(Screen[None]):
         super().__init__()
         self.path = path
         self.ckpt: Checkpoint | None = None
+        self._pending: Entry | None = None
+        self._panel_timer: Timer | None = None
+        self._panel_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(f"ckptui · opening {self.path} …", id="header")
@@ -102,7 +112,20 @@ class BrowseScreen(Screen[None]):
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
-        self.query_one(DetailPanel).show(event.node.data)
+        # Throttled: a single move updates the panel at once; while a key is held, the tree
+        # moves every time and the panel (and its values worker) catches up on the last row.
+        self._pending = event.node.data
+        if self._panel_timer is not None:
+            return
+        if time.monotonic() - self._panel_at >= PANEL_INTERVAL:
+            self._flush_panel()
+        else:
+            self._panel_timer = self.set_timer(PANEL_INTERVAL, self._flush_panel)
+
+    def _flush_panel(self) -> None:
+        self._panel_timer = None
+        self._panel_at = time.monotonic()
+        self.query_one(DetailPanel).show(self._pending)
 
     # -- filter ----------------------------------------------------------------------------
     def action_filter(self) -> None:

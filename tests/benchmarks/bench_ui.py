@@ -1,0 +1,488 @@
+"""Benchmark how the browser feels: first paint, expanding a huge mapping, moving the cursor.
+
+Usage: python tests/benchmarks/bench_ui.py [--repeat N] [--workdir DIR] [--moves N]
+
+Benchmarks run on demand, not under pytest: their figures go into issue notes and are never
+asserted in tests, because wall time depends on the machine. One run measures, --repeat times
+each, and prints min / median against the targets:
+
+1. First paint (target <= 0.8 s): `python -m ckptui PATH` is spawned in a real pseudo-terminal
+   (100x30, set with TIOCSWINSZ) on the ~600 MB checkpoint that bench_open.py writes (built
+   with its code if missing); the time is from spawn until the output stream shows the root
+   row's summary (`dict · 6 keys`), which only exists once the tree is shown. Then `q` is sent
+   and the child reaped. The same is measured in-process with `App.run_test()`: from creating
+   the app until the first frame composed while `tree.ckpt is not None`.
+2. Expanding a 50 000-key mapping (target <= 0.3 s): `{"model": {f"layer.{i}.weight":
+   torch.zeros(1)}}` opened with run_test (100x30), cursor on `model`, then `l`. Timed as
+   `await pilot.press("l"); await pilot.pause()`, and also directly: from posting the key
+   event until the first frame in which the row is open with its children (what a terminal
+   would be sent). Expanding one 1000-key group row inside it is reported the same way.
+3. Cursor moves (target <= 20 ms per move): --moves presses of `j` down the open group, with the
+   details panel updating on every highlight as shipped, and with it stubbed out (tree only).
+   Timed as `await pilot.press("j")` in a loop (total / moves, plus process CPU per move), and
+   directly (key event posted -> first frame showing the cursor on the next row, and for the
+   shipped variant the panel describing it).
+
+Read the pilot figures with their floor: `Pilot.press` itself sleeps in two
+`textual._wait.wait_for_idle(0)` calls per key, each at least 20 ms, so no app can press
+faster than ~40 ms that way. The floor is measured by pressing an unbound key, and the
+"direct" figures, which post the key event and wait on the app's own frame, carry no floor.
+run_test is headless: the frame is composed but not written to a terminal, so direct figures
+leave out the escape-sequence output that the pty first-paint measurement includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codecs
+import fcntl
+import importlib.util
+import os
+import re
+import select
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SIZE = (100, 30)  # columns, rows
+WIDE_KEYS = 50_000
+GROUP_ROWS = WIDE_KEYS // 1000
+PAINT_TARGET_S, EXPAND_TARGET_S, MOVE_TARGET_MS = 0.8, 0.3, 20.0
+FLOOR_PRESSES = 100
+PTY_TIMEOUT_S = 60.0
+FRAME_TIMEOUT_S = 30.0
+ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC
+    r"|\x1bP[^\x1b]*\x1b\\"  # DCS
+    r"|\x1b[()][0-9A-Za-z]"  # charset
+    r"|\x1b[@-Z\\-_=>78]"  # other two-byte escapes
+)
+WIDE_CODE = (
+    "import sys, torch\n"
+    f"sd = {{f'layer.{{i}}.weight': torch.zeros(1) for i in range({WIDE_KEYS})}}\n"
+    "torch.save({'model': sd}, sys.argv[1])\n"
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_bench_open() -> ModuleType:
+    """bench_open.py (a sibling script, not a package module) for its checkpoint builder."""
+    spec = importlib.util.spec_from_file_location("bench_open", HERE / "bench_open.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_wide(workdir: Path) -> Path:
+    """The 50 000-key checkpoint, written by torch in a child process (the parent never imports
+    torch, so forking the pty child stays cheap)."""
+    path = workdir / f"bench_ui_model_{WIDE_KEYS}.pt"
+    if path.exists() and path.stat().st_size > 0:
+        log(f"reusing {path}")
+        return path
+    log(f"writing {path} ({WIDE_KEYS:,} one-element tensors) ...")
+    tmp = path.with_name(path.name + ".partial")
+    subprocess.run([sys.executable, "-c", WIDE_CODE, str(tmp)], check=True)
+    tmp.replace(path)
+    return path
+
+
+# -- 1. first paint in a pseudo-terminal --------------------------------------------------------
+def root_marker(path: Path) -> str:
+    """What the root row shows only once the tree is there: `dict · 6 keys`."""
+    from ckptui.formats import open_checkpoint
+    from ckptui.units import summary
+
+    return " · ".join(summary(open_checkpoint(str(path)).root).split(" · ")[:2])
+
+
+def pty_env(bench_open: ModuleType) -> dict[str, str]:
+    env = bench_open.child_env()
+    env["TERM"] = "xterm-256color"
+    env["COLORTERM"] = "truecolor"
+    for name in ("COLUMNS", "LINES"):
+        env.pop(name, None)
+    for name in [k for k in env if k.startswith("TEXTUAL")]:
+        env.pop(name)
+    return env
+
+
+def pty_first_paint(path: Path, marker: str, env: dict[str, str]) -> float:
+    """Spawn `python -m ckptui PATH` in a pty; seconds until `marker` is on screen."""
+    import pty
+
+    argv = [sys.executable, "-m", "ckptui", str(path)]
+    winsize = struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0)
+    t0 = time.perf_counter()
+    pid, fd = pty.fork()
+    if pid == 0:  # child: size the terminal before Textual asks for it, then exec
+        try:
+            fcntl.ioctl(sys.stdout.fileno(), termios.TIOCSWINSZ, winsize)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    raw = ""
+    elapsed: float | None = None
+    try:
+        deadline = t0 + PTY_TIMEOUT_S
+        while elapsed is None and time.perf_counter() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            now = time.perf_counter()
+            raw += decoder.decode(chunk)
+            if marker in ANSI.sub("", raw):
+                elapsed = now - t0
+        if elapsed is None:
+            tail = ANSI.sub("", raw)[-1500:]
+            raise RuntimeError(f"{marker!r} never appeared on the pty; screen text:\n{tail}")
+        os.write(fd, b"q")
+        quit_by = time.perf_counter() + 10
+        while pid and time.perf_counter() < quit_by:  # drain the terminal until the child exits
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                try:
+                    os.read(fd, 1 << 16)
+                except OSError:  # EIO: the terminal is closed; the child is exiting
+                    time.sleep(0.01)
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            log("  (child did not quit on q within 10 s; killed)")
+        os.close(fd)
+    return elapsed
+
+
+def import_time(env: dict[str, str]) -> float:
+    """Wall seconds for a fresh interpreter to import the app (the part of first paint that is
+    not opening the file)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import ckptui.app.app"], env=env, check=True)
+    return time.perf_counter() - t0
+
+
+# -- in-process helpers ----------------------------------------------------------------------
+class Frames:
+    """Wraps `app._display` (called with each composed frame, headless or not) so a benchmark
+    can await the first frame after which a condition holds."""
+
+    def __init__(self, app: Any) -> None:
+        self._display = app._display
+        app._display = self._hook
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[float]]] = []
+
+    def _hook(self, screen: Any, renderable: Any) -> None:
+        self._display(screen, renderable)
+        if renderable is None or not self._waiters:
+            return
+        now = time.perf_counter()
+        for item in list(self._waiters):
+            check, fut = item
+            if fut.done():
+                self._waiters.remove(item)
+            elif check():
+                fut.set_result(now)
+                self._waiters.remove(item)
+
+    def watch(self, check: Callable[[], bool]) -> asyncio.Future[float]:
+        """A future set to the time of the first frame composed while check() is true."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((check, fut))
+        return fut
+
+
+async def within(fut: Awaitable[float], what: str) -> float:
+    try:
+        return await asyncio.wait_for(fut, FRAME_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise RuntimeError(f"no frame within {FRAME_TIMEOUT_S} s: {what}") from None
+
+
+def post_key(app: Any, key: str) -> None:
+    """What Pilot.press does for one key, without its idle waits."""
+    from textual import events
+
+    event = events.Key(key, key if len(key) == 1 else None)
+    event.set_sender(app)
+    app._driver.send_message(event)
+
+
+async def press_direct(app: Any, frames: Frames, key: str, check: Callable[[], bool]) -> float:
+    """Seconds from posting `key` until the first frame after which check() holds."""
+    fut = frames.watch(check)
+    t0 = time.perf_counter()
+    post_key(app, key)
+    return await within(fut, f"key {key!r}") - t0
+
+
+async def run_first_paint_in_process(path: Path) -> float:
+    from ckptui.app.app import CkptApp
+    from ckptui.app.screens.browse import BrowseScreen
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+
+    t0 = time.perf_counter()
+    app = CkptApp(str(path))
+    frames = Frames(app)
+
+    def shown() -> bool:
+        screen = app.screen
+        return isinstance(screen, BrowseScreen) and screen.query_one(CkptTree).ckpt is not None
+
+    painted = frames.watch(shown)
+    async with app.run_test(size=SIZE):
+        t = await within(painted, "first paint")
+    return t - t0
+
+
+@dataclass
+class WideRun:
+    """One app on the 50 000-key checkpoint: expand model, expand a group, move the cursor."""
+
+    expand_model: float = 0.0
+    expand_group: float = 0.0
+    move_wall_ms: float = 0.0
+    move_cpu_ms: float = 0.0
+    floor_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+async def run_wide(path: Path, moves: int, direct: bool, details: bool) -> WideRun:
+    """Open the wide checkpoint and time expand + cursor moves, via pilot or direct events."""
+    from ckptui.app.app import CkptApp
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+    from ckptui.app.widgets.detail import DetailPanel
+
+    app = CkptApp(str(path))
+    frames = Frames(app)
+    out = WideRun()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        tree = app.screen.query_one(CkptTree)
+        panel = app.screen.query_one(DetailPanel)
+        assert tree.ckpt is not None
+        await pilot.press("j")
+        model = tree.cursor_node
+        assert model is not None and model.data is not None and model.data.path == ("model",)
+
+        def model_open() -> bool:
+            return model.is_expanded and len(model.children) == GROUP_ROWS
+
+        if direct:
+            out.expand_model = await press_direct(app, frames, "l", model_open)
+        else:
+            t0 = time.perf_counter()
+            await pilot.press("l")
+            await pilot.pause()
+            out.expand_model = time.perf_counter() - t0
+        await pilot.pause()
+        assert model_open(), "model did not open"
+
+        await pilot.press("j")
+        group = tree.cursor_node
+        assert group is not None and group.data is not None and group.data.group == (0, 1000)
+
+        def group_open() -> bool:
+            return group.is_expanded and len(group.children) == 1000
+
+        if direct:
+            out.expand_group = await press_direct(app, frames, "l", group_open)
+        else:
+            t0 = time.perf_counter()
+            await pilot.press("l")
+            await pilot.pause()
+            out.expand_group = time.perf_counter() - t0
+        await pilot.pause()
+        assert group_open(), "group did not open"
+        await app.workers.wait_for_complete()
+
+        if not details:
+
+            def no_details(entry: Any) -> None:
+                return None
+
+            panel.show = no_details  # tree only: the screen's highlight handler calls this
+        if not direct:  # the floor: pilot.press of a key nothing is bound to
+            before = tree.cursor_line
+            t0 = time.perf_counter()
+            for _ in range(FLOOR_PRESSES):
+                await pilot.press("f19")
+            out.floor_ms = 1000 * (time.perf_counter() - t0) / FLOOR_PRESSES
+            assert tree.cursor_line == before
+        start = tree.cursor_line
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        if direct:
+            latencies = []
+            for i in range(1, moves + 1):
+                target = start + i
+
+                def moved(target: int = target) -> bool:
+                    if tree.cursor_line != target:
+                        return False
+                    node = tree.cursor_node
+                    return not details or (node is not None and panel.entry is node.data)
+
+                latencies.append(await press_direct(app, frames, "j", moved))
+            out.extra["move_p95_ms"] = 1000 * statistics.quantiles(latencies, n=20)[-1]
+            out.extra["move_max_ms"] = 1000 * max(latencies)
+        else:
+            for _ in range(moves):
+                await pilot.press("j")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        await pilot.pause()
+        assert tree.cursor_line == start + moves, (tree.cursor_line, start, moves)
+        out.move_wall_ms = 1000 * wall / moves
+        out.move_cpu_ms = 1000 * cpu / moves
+        await app.workers.wait_for_complete()
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    unit: str  # "s" or "ms"
+    samples: list[float]
+    target: float | None = None
+
+    def cells(self) -> tuple[str, str, str, str]:
+        fmt = "{:.3f}" if self.unit == "s" else "{:.1f}"
+        lo, med = min(self.samples), statistics.median(self.samples)
+        if self.target is None:
+            return fmt.format(lo), fmt.format(med), "", ""
+        verdict = "OK" if med <= self.target else "MISS"
+        return fmt.format(lo), fmt.format(med), f"<= {fmt.format(self.target)}", verdict
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max(len(r.label) for r in rows)
+    print(f"{'measurement':<{width}}  {'unit':<4} {'min':>8} {'median':>8} {'target':>10}")
+    for r in rows:
+        lo, med, target, verdict = r.cells()
+        print(f"{r.label:<{width}}  {r.unit:<4} {lo:>8} {med:>8} {target:>10} {verdict}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_dir = Path(tempfile.gettempdir()) / "ckptui-bench"
+    ap.add_argument("--workdir", type=Path, default=default_dir, help="(default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
+    ap.add_argument("--moves", type=int, default=1000, help="cursor moves per run (default 1000)")
+    a = ap.parse_args()
+    if a.repeat < 1 or a.moves < 20:
+        ap.error("--repeat must be >= 1 and --moves >= 20")
+    a.workdir.mkdir(parents=True, exist_ok=True)
+
+    bench_open = load_bench_open()
+    small = bench_open.ensure_checkpoint(a.workdir, "small", bench_open.SIZES["small"], 2**30)
+    if small is None:
+        sys.exit("no room for the ~600 MB benchmark checkpoint")
+    wide = ensure_wide(a.workdir)
+    bench_open.warm(small)
+    bench_open.warm(wide)
+    marker = root_marker(small)
+    env = pty_env(bench_open)
+
+    # Pty runs first, while this process has no threads (it forks).
+    log(f"first paint in a {SIZE[0]}x{SIZE[1]} pty, waiting for {marker!r} (1 warm-up) ...")
+    pty_first_paint(small, marker, env)
+    paint_pty = [pty_first_paint(small, marker, env) for _ in range(a.repeat)]
+    imports = [import_time(env) for _ in range(a.repeat)]
+
+    log("first paint in-process (run_test) ...")
+    asyncio.run(run_first_paint_in_process(small))  # warm-up: imports, CSS parse
+    paint_inproc = [asyncio.run(run_first_paint_in_process(small)) for _ in range(a.repeat)]
+
+    runs: dict[tuple[bool, bool], list[WideRun]] = {}
+    for direct in (True, False):
+        for details in (True, False):
+            how = "direct" if direct else "pilot"
+            what = "with details panel" if details else "tree only"
+            log(f"{WIDE_KEYS:,}-key mapping, {how}, {what}: {a.repeat} x {a.moves} moves ...")
+            runs[direct, details] = [
+                asyncio.run(run_wide(wide, a.moves, direct, details)) for _ in range(a.repeat)
+            ]
+
+    def col(direct: bool, details: bool, name: str, scale: float = 1.0) -> list[float]:
+        return [scale * getattr(r, name) for r in runs[direct, details]]
+
+    def both(direct: bool, name: str) -> list[float]:
+        return col(direct, True, name) + col(direct, False, name)
+
+    ms = 1000.0
+    rows = [
+        Row("first paint: pty, `python -m ckptui` spawn -> tree", "s", paint_pty, PAINT_TARGET_S),
+        Row("  of which: fresh python importing the app", "s", imports),
+        Row("first paint: run_test, App() -> frame with tree", "s", paint_inproc),
+        Row(
+            "expand 50k-key model: direct key -> frame",
+            "s",
+            both(True, "expand_model"),
+            EXPAND_TARGET_S,
+        ),
+        Row(
+            "expand 50k-key model: pilot press(l) + pause()",
+            "s",
+            both(False, "expand_model"),
+            EXPAND_TARGET_S,
+        ),
+        Row("expand 1000-key group: direct key -> frame", "ms", both(True, "expand_group"), None),
+        Row("expand 1000-key group: pilot press(l) + pause()", "ms", both(False, "expand_group")),
+    ]
+    for row in rows[-2:]:
+        row.samples = [ms * s for s in row.samples]
+    for details, what in ((True, "with details"), (False, "tree only")):
+        rows += [
+            Row(f"move j, {what}: direct key -> frame, mean", "ms",
+                col(True, details, "move_wall_ms"), MOVE_TARGET_MS),
+            Row(f"move j, {what}: direct, p95", "ms",
+                [r.extra["move_p95_ms"] for r in runs[True, details]]),
+            Row(f"move j, {what}: direct, CPU per move", "ms", col(True, details, "move_cpu_ms")),
+            Row(f"move j, {what}: pilot.press wall per move", "ms",
+                col(False, details, "move_wall_ms"), MOVE_TARGET_MS),
+            Row(f"move j, {what}: pilot, CPU per move", "ms", col(False, details, "move_cpu_ms")),
+        ]  # fmt: skip
+    rows.append(Row("pilot.press floor (unbound key f19)", "ms", both(False, "floor_ms")))
+    print(
+        f"{a.repeat} run(s) each; {a.moves} cursor moves per run; terminal {SIZE[0]}x{SIZE[1]};"
+        f" python {sys.version.split()[0]}; first paint on {small.name}"
+        f" ({small.stat().st_size / 1e6:.0f} MB, warm page cache)"
+    )
+    print_table(rows)
+    print(
+        f"targets: first paint (pty) <= {PAINT_TARGET_S} s; expand 50k-key mapping <="
+        f" {EXPAND_TARGET_S} s; cursor move <= {MOVE_TARGET_MS:.0f} ms. pilot rows include"
+        " Pilot.press's own idle waits (see the floor row); direct rows do not. run_test is"
+        " headless: frames are composed but not written to a terminal."
+    )
+
+
+if __name__ == "__main__":
+    main()
