@@ -13,8 +13,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, Tree
 from textual.timer import Timer
+from textual.widgets import Footer, Input, Static, Tree
 from textual.worker import Worker, WorkerState
 
 from ... import units
@@ -24,7 +24,6 @@ from ...formats import open_checkpoint
 from ...model import Checkpoint
 from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
-
 
 PANEL_INTERVAL = 0.1
 """Seconds between panel updates while the cursor moves (the tree itself never waits)."""
