@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,15 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         cwd=cwd,
         env=env,
     )
+
+
+def holed_checkpoint(folder: Path) -> Path:
+    """{'a': ones(4), 'b': zeros(8)} saved by torch, then rewritten without b's record (data/1)."""
+    src = folder / "full.pt"
+    torch.save({"a": torch.ones(4), "b": torch.zeros(8)}, src)
+    out = folder / "holed.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("data/1"):
+                zout.writestr(info, zin.read(info))
+    return out

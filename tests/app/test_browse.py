@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 from ckptui.app.app import CkptApp
 from ckptui.app.widgets.ckpt_tree import CkptTree
-from tests.conftest import save_with_location, training_checkpoint
+from tests.conftest import holed_checkpoint, save_with_location, training_checkpoint
 
 
 def text_of(app: CkptApp, selector: str) -> str:
@@ -186,15 +186,7 @@ async def test_danger_is_shown_in_header_and_panel(tmp_path: Path) -> None:
 
 
 async def test_missing_storage_is_shown_in_the_panel(tmp_path: Path) -> None:
-    import zipfile
-
-    src = tmp_path / "full.pt"
-    torch.save({"a": torch.ones(4), "b": torch.zeros(8)}, src)
-    p = tmp_path / "holed.pt"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(p, "w") as zout:
-        for info in zin.infolist():
-            if not info.filename.endswith("data/1"):
-                zout.writestr(info, zin.read(info))
+    p = holed_checkpoint(tmp_path)
     app = CkptApp(str(p))
     async with app.run_test(size=(100, 30)) as pilot:
         await opened(pilot)

@@ -16,7 +16,7 @@ import torch
 
 from ckptui.formats import open_checkpoint
 from ckptui.model import Checkpoint, NodeKind
-from tests.conftest import TinyNet, save_with_location, training_checkpoint
+from tests.conftest import TinyNet, holed_checkpoint, save_with_location, training_checkpoint
 
 ALL_DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
@@ -377,13 +377,7 @@ def test_whole_module_pickle_without_its_class(tmp_path: Path, monkeypatch) -> N
 
 
 def test_missing_storage_record_still_opens(tmp_path: Path) -> None:
-    src = tmp_path / "full.pt"
-    torch.save({"a": torch.ones(4), "b": torch.zeros(8)}, src)
-    p = tmp_path / "holed.pt"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(p, "w") as zout:
-        for info in zin.infolist():
-            if not info.filename.endswith("data/1"):
-                zout.writestr(info, zin.read(info))
+    p = holed_checkpoint(tmp_path)
     ckpt = open_checkpoint(p)
     ts = tensors_by_path(ckpt)
     assert ckpt.storages[ts[("b",)].storage_key].missing
