@@ -16,14 +16,14 @@ from typing import Any
 
 from .errors import CkptError
 
-SUBCOMMANDS = ("inspect",)
+SUBCOMMANDS = ("inspect", "why")
 
 
 def _parser_main() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckptui",
         description="Look inside a PyTorch checkpoint without running it. "
-        "Subcommands: inspect PATH [--json].",
+        "Subcommands: inspect PATH [--json]; why PATH [--json] (where the bytes went).",
     )
     p.add_argument("path", nargs="?", help="checkpoint file to open")
     p.add_argument(
@@ -60,6 +60,25 @@ def _parser_inspect() -> argparse.ArgumentParser:
     return p
 
 
+def _parser_why() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckptui why",
+        description="Explain a checkpoint's size: every byte attributed, and what could be "
+        "dropped, with the bytes each remedy would save.",
+    )
+    p.add_argument("path", help="checkpoint file")
+    p.add_argument("--json", action="store_true", help="print the JSON contract")
+    p.add_argument(
+        "--no-duplicates",
+        action="store_true",
+        help="skip looking for identical tensors (the one step that reads tensor data)",
+    )
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows per grouping")
+    p.add_argument("--depth", type=int, default=2, metavar="N", help="module-prefix levels to show")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
 def _version() -> str:
     from . import __version__
 
@@ -71,8 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
     try:
-        if args_list and args_list[0] in SUBCOMMANDS:
+        if args_list and args_list[0] == "inspect":
             return _inspect(_parser_inspect().parse_args(args_list[1:]))
+        if args_list and args_list[0] == "why":
+            return _why(_parser_why().parse_args(args_list[1:]))
         return _main(_parser_main().parse_args(args_list))
     except CkptError as e:
         if debug:
@@ -125,6 +146,47 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.fail_on_unsafe and any(f.severity.value == "danger" for f in ckpt.findings):
         return 1
     return 0
+
+
+def _why(args: argparse.Namespace) -> int:
+    from .formats import open_checkpoint
+    from .formats.layout import read_layout
+    from .sizes import breakdown
+
+    ckpt = open_checkpoint(args.path)
+    b = breakdown(ckpt, read_layout(ckpt))
+    if not args.no_duplicates:
+        b.add_findings(_duplicates(ckpt, b, show_progress=not args.json and sys.stderr.isatty()))
+    if args.json:
+        import json
+
+        from .why import breakdown_json
+
+        json.dump(breakdown_json(b), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        from .why import render_breakdown
+
+        render_breakdown(ckpt, b, top=max(1, args.top), depth=max(1, args.depth))
+    return 0
+
+
+def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:
+    """Look for identical tensors, with a progress bar on a terminal."""
+    from .duplicates import find_duplicates
+
+    try:
+        if not show_progress:
+            return find_duplicates(ckpt, b)
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("comparing same-shaped tensors", total=None)
+            return find_duplicates(
+                ckpt, b, lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    except OSError as e:
+        raise CkptError(ckpt.path, f"cannot read tensor data ({e.strerror or e})") from None
 
 
 def _render(ckpt: Any, max_children: int | None, depth: int | None) -> None:

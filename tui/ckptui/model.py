@@ -228,6 +228,34 @@ class Finding:
     path: Path | None = None
 
 
+class Part(str, enum.Enum):
+    """What a run of file bytes is, for the size breakdown."""
+
+    STORAGE = "tensor_data"
+    """A storage's bytes (`Region.name` is the storage key)."""
+    PICKLE = "pickle"
+    """Pickled objects: the tree's structure, its plain values, inline arrays."""
+    METADATA = "metadata"
+    """Small format records: zip `version`/`byteorder`, the safetensors JSON header, code."""
+    OVERHEAD = "overhead"
+    """Framing: zip headers, alignment padding, central directory, length prefixes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A run of bytes of the file and what it holds, as the reader found it.
+
+    Regions nest (a storage lies inside an embedded checkpoint inside a pickle); each byte
+    belongs to the innermost region that covers it. `formats.layout.read_layout` lists them.
+    """
+
+    offset: int
+    nbytes: int
+    part: Part
+    name: str
+    """Storage key for STORAGE; otherwise what it is (`archive/data.pkl`, `zip local headers`)."""
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Checkpoint:
     """A checkpoint opened as metadata."""

@@ -1,0 +1,134 @@
+"""Provides `read_layout`: where an opened checkpoint's bytes lie and what each run holds.
+
+Opening a checkpoint records only what browsing needs (each storage's offset); the size breakdown
+also needs the framing: zip local headers and their alignment padding, the central directory,
+pickle records, legacy storage headers, the safetensors header. That is read here, on demand, by
+reopening the file: for a torch zip it is the central directory plus one small read per record,
+so opening stays as fast as before for everyone who never asks where the bytes went.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from collections.abc import Iterator
+
+from ..errors import CkptError, CorruptFile
+from ..model import Checkpoint, Part, Region
+from ._common import Source
+from .torchzip import _LOCAL_HEADER, _ZIP_ERRORS, _SliceFile
+
+_PADDING_ID = 0x4246
+"""Extra-field id ("FB") that torch's zip writer uses for its 64-byte alignment padding."""
+
+_PICKLE_RECORDS = ("data.pkl", "constants.pkl")
+
+
+def read_layout(ckpt: Checkpoint) -> list[Region]:
+    """The regions of `ckpt`'s file: storages, pickles, metadata and overhead.
+
+    Regions may nest (a storage inside an embedded checkpoint inside a pickle) but never
+    partly overlap in a file a real writer made; `sizes.account` gives each byte to the
+    innermost region covering it, and bytes no region covers are reported as unaccounted.
+
+    Raises:
+        CorruptFile: when the file changed since it was opened.
+    """
+    src = Source.open(ckpt.path)
+    try:
+        if src.size != ckpt.file_bytes:
+            raise CorruptFile(ckpt.path, "the file changed size since it was opened")
+        regions = list(_storage_regions(ckpt))
+        if ckpt.format in ("torch-zip", "torchscript"):
+            regions.extend(_zip_regions(src, ckpt))
+        elif ckpt.format == "torch-legacy":
+            regions.extend(_legacy_regions(ckpt))
+        elif ckpt.format == "safetensors":
+            n = int(ckpt.info.get("header_bytes", 0))
+            regions.append(Region(0, 8, Part.OVERHEAD, "header length"))
+            regions.append(Region(8, n, Part.METADATA, "JSON header"))
+        elif ckpt.format == "pickle":
+            regions.append(Region(0, int(ckpt.info.get("pickle_bytes", 0)), Part.PICKLE, "pickle"))
+        return regions
+    except CkptError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise CorruptFile(ckpt.path, f"cannot read the zip layout ({e})") from None
+    finally:
+        src.close()
+
+
+def _storage_regions(ckpt: Checkpoint) -> Iterator[Region]:
+    for st in ckpt.storages.values():
+        if st.file is None and st.data_offset is not None and st.record_nbytes:
+            yield Region(st.data_offset, st.record_nbytes, Part.STORAGE, st.key)
+
+
+def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
+    """Every record's local header, padding and data, and the central directory."""
+    zf = zipfile.ZipFile(_SliceFile(src, 0, src.size))  # type: ignore[arg-type]
+    archive = ckpt.info.get("archive_name", "")
+    storage_records = {st.record for st in ckpt.storages.values() if st.data_offset is not None}
+    for zi in zf.infolist():
+        at = zi.header_offset
+        head = src.read_at(at, 30)
+        if len(head) < 30:
+            continue
+        fields = _LOCAL_HEADER.unpack(head)
+        if fields[0] != 0x04034B50:
+            continue
+        name_len, extra_len = fields[9], fields[10]
+        padding = _padding_bytes(src.read_at(at + 30 + name_len, extra_len)) if extra_len else 0
+        yield Region(at, 30 + name_len + extra_len - padding, Part.OVERHEAD, "zip local headers")
+        if padding:
+            yield Region(
+                at + 30 + name_len + extra_len - padding,
+                padding,
+                Part.OVERHEAD,
+                "alignment padding",
+            )
+        data = at + 30 + name_len + extra_len
+        if zi.flag_bits & 0x08:  # a data descriptor follows the data (torch's writer sets it)
+            sig = src.read_at(data + zi.compress_size, 4) == b"PK\x07\x08"
+            size = (4 if sig else 0) + (20 if zi.file_size >= 0xFFFFFFFF else 12)
+            yield Region(data + zi.compress_size, size, Part.OVERHEAD, "zip local headers")
+        if zi.filename in storage_records:
+            continue  # its bytes are the storage's region
+        rel = zi.filename[len(archive) + 1 :] if zi.filename.startswith(archive + "/") else ""
+        part = Part.PICKLE if rel in _PICKLE_RECORDS else Part.METADATA
+        if rel.startswith(("data/", "constants/")):
+            name = "storage records no tensor uses"
+        elif part is Part.PICKLE:
+            name = zi.filename
+        elif rel.startswith("code/"):
+            name = "TorchScript code"
+        else:
+            name = "format records"
+        yield Region(data, zi.compress_size, part, name)
+    yield Region(zf.start_dir, src.size - zf.start_dir, Part.OVERHEAD, "zip central directory")
+
+
+def _padding_bytes(extra: bytes) -> int:
+    """Bytes of the alignment-padding field(s) in a local header's extra data."""
+    pos, total = 0, 0
+    while pos + 4 <= len(extra):
+        field_id, size = struct.unpack_from("<HH", extra, pos)
+        if field_id == _PADDING_ID:
+            total += 4 + size
+        pos += 4 + size
+    return min(total, len(extra))
+
+
+def _legacy_regions(ckpt: Checkpoint) -> Iterator[Region]:
+    """The leading pickles, then each storage's 8-byte element count before its bytes."""
+    # Storages of checkpoints embedded in the pickle (keys `@offset/...`) lie inside it and
+    # nest there; the file's own storages follow the pickles.
+    outer = sorted(
+        st.data_offset - 8
+        for st in ckpt.storages.values()
+        if st.file is None and st.data_offset is not None and not st.key.startswith("@")
+    )
+    pickles_end = outer[0] if outer else int(ckpt.info.get("data_end", ckpt.file_bytes))
+    yield Region(0, pickles_end, Part.PICKLE, "pickles")
+    for s in outer:
+        yield Region(s, 8, Part.OVERHEAD, "storage headers")

@@ -1,0 +1,141 @@
+"""Provides the `ckptui why` output: the size breakdown as rich text, or as the JSON contract.
+
+The core (`sizes`, `duplicates`) computes; this module only presents, so it is the one place of
+the `why` command that imports rich.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .model import Checkpoint, Path
+from .roles import ROLE_LABELS
+from .sizes import Breakdown, Prefix
+from .units import size
+
+BAR = 24
+
+
+def breakdown_json(b: Breakdown) -> dict[str, Any]:
+    """The `ckptui why --json` contract (issue 5)."""
+    return {
+        "file_bytes": b.file_bytes,
+        "categories": dict(b.categories),
+        "overhead_detail": dict(b.overhead_detail),
+        "groups": [
+            {"path": list(g.path), "role": g.role.value, "bytes": g.bytes} for g in b.groups
+        ],
+        "findings": [
+            {
+                "kind": f.kind,
+                "bytes": f.bytes,
+                "saving_bytes": f.saving_bytes,
+                "paths": [list(p) for p in f.paths],
+                "message": f.message,
+            }
+            for f in b.findings
+        ],
+        "weights_path": list(b.weights_path) if b.weights_path is not None else None,
+        "weights_only_bytes": b.weights_only_bytes,
+    }
+
+
+def bar(fraction: float, width: int = BAR) -> str:
+    """A horizontal bar of eighth blocks, `width` cells long at fraction 1."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, rest = divmod(eighths, 8)
+    return "█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest else "")
+
+
+def show_path(path: Path) -> str:
+    """`model.layer1.0.weight`, or `(root)`."""
+    return ".".join(str(k) for k in path) if path else "(root)"
+
+
+def prefix_rows(root: Prefix, depth: int) -> Iterator[tuple[int, Prefix]]:
+    """(level, prefix) down to `depth` levels, largest first at each level."""
+    stack = [(0, c) for c in reversed(root.sorted_children())]
+    while stack:
+        level, p = stack.pop()
+        yield level, p
+        if level + 1 < depth:
+            stack.extend((level + 1, c) for c in reversed(p.sorted_children()))
+
+
+def render_breakdown(
+    ckpt: Checkpoint, b: Breakdown, console: Any = None, top: int = 10, depth: int = 2
+) -> None:
+    """Print the headline, the groupings as bars and the findings."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console(highlight=False)
+    total = max(1, b.file_bytes)
+    console.print(f"[bold]{escape(ckpt.path)}[/]  [dim]{escape(ckpt.format)}[/]")
+    console.print(f"[bold]{escape(b.headline)}[/]")
+
+    def table(title: str, rows: list[tuple[str, int]], of: int = total) -> None:
+        t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+        t.add_column("what", overflow="fold", max_width=48)
+        t.add_column("bytes", justify="right", no_wrap=True)
+        t.add_column("%", justify="right", no_wrap=True)
+        t.add_column("bar", no_wrap=True, style="cyan")
+        for label, n in rows:
+            t.add_row(escape(label), size(n), f"{100 * n / max(1, of):.1f}", bar(n / max(1, of)))
+        console.print()
+        console.print(t)
+
+    table("By category (sums to the file size)", [(k, v) for k, v in b.categories.items() if v])
+    table("By role", [(ROLE_LABELS[r], v) for r, v in b.roles.items()] + _rest_rows(b))
+    keys = [(show_path(p), v) for p, v in b.top_level[:top]]
+    if len(b.top_level) > top:
+        rest = sum(v for _, v in b.top_level[top:])
+        keys.append((f"… {len(b.top_level) - top:,} more keys", rest))
+    table("By top-level key", keys + _rest_rows(b))
+    if b.modules.children:
+        weights = max(1, b.modules.bytes)
+        rows = [("  " * lvl + p.name, p.bytes) for lvl, p in prefix_rows(b.modules, depth)]
+        table(
+            f"Weights by module prefix (of {size(b.modules.bytes)}, {depth} levels)",
+            rows[: top * 3],
+            weights,
+        )
+    table("By dtype", list(b.dtypes.items()))
+    if b.largest:
+        t = Table(title=f"Largest {len(b.largest)} tensors", title_justify="left", box=None)
+        t.add_column("path", overflow="fold")
+        t.add_column("shape")
+        t.add_column("dtype")
+        t.add_column("bytes", justify="right")
+        for item in b.largest:
+            shape = "[" + ", ".join(str(d) for d in item.tensor.shape) + "]"
+            t.add_row(escape(show_path(item.path)), shape, item.tensor.dtype, size(item.bytes))
+        console.print()
+        console.print(t)
+    console.print()
+    if not b.findings:
+        console.print("[bold]Findings:[/] none")
+        return
+    t = Table(title="Findings", title_justify="left", box=None, show_header=True)
+    t.add_column("saves", justify="right", no_wrap=True, style="bold")
+    t.add_column("kind", no_wrap=True, style="yellow")
+    t.add_column("what to do", overflow="fold")
+    for f in b.findings:
+        t.add_row(size(f.saving_bytes) if f.saving_bytes else "-", f.kind, escape(f.message))
+    console.print(t)
+
+
+def _rest_rows(b: Breakdown) -> list[tuple[str, int]]:
+    """What the tensor-owning groups leave: pickle structure, metadata, overhead."""
+    owned = sum(b.storage_bytes.get(k, 0) for k in b.owner)
+    inline = sum(b.path_bytes.values()) - owned
+    rows = [
+        ("(storages no tensor uses)", b.categories["tensor_data"] - owned),
+        ("(pickle structure)", b.categories["pickle"] - inline),
+        ("(format metadata and overhead)", b.categories["metadata"] + b.categories["overhead"]),
+        ("(unaccounted)", b.categories["unaccounted"]),
+    ]
+    return [(k, v) for k, v in rows if v]
