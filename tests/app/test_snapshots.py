@@ -46,6 +46,8 @@ SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     "filter": (["slash", *"layer2.0.downsample", "enter"], (110, 32)),
     "help": (["question_mark"], (110, 32)),
     "narrow_80x24": (["j", "l", "j"], (80, 24)),
+    # the size breakdown (w), after its duplicate search
+    "why": (["w"], (110, 32)),
 }
 """Named scenes: keys pressed after the file opens, and the terminal size. The README's
 screenshots are made from the same scenes (tests/make_screenshots.py)."""

@@ -69,6 +69,8 @@ class Prefix:
     bytes: int = 0
     tensors: int = 0
     children: dict[str, Prefix] = field(default_factory=dict)
+    first: Path | None = None
+    """Path of the first tensor below, in file order (where a jump to this prefix lands)."""
 
     def sorted_children(self) -> list[Prefix]:
         """Children, largest first."""
@@ -92,7 +94,9 @@ class Breakdown:
     categories: dict[str, int]
     """tensor_data + pickle + metadata + overhead + unaccounted == file_bytes."""
     overhead_detail: dict[str, int]
-    """Overhead and metadata bytes by what they are (zip local headers, alignment padding...)."""
+    """Overhead bytes by what they are (zip local headers, alignment padding, ...)."""
+    metadata_detail: dict[str, int]
+    """Metadata bytes by what they are (format records, JSON header, TorchScript code)."""
     storage_bytes: dict[str, int]
     """File bytes each storage holds."""
     owner: dict[str, Path]
@@ -142,7 +146,7 @@ class Breakdown:
 def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
     """The size breakdown of `ckpt` given its file layout (`formats.layout.read_layout`)."""
     categories = {p.value: 0 for p in Part} | {"unaccounted": 0}
-    detail: dict[str, int] = {}
+    detail: dict[Part, dict[str, int]] = {Part.OVERHEAD: {}, Part.METADATA: {}}
     storage_bytes: dict[str, int] = {}
     for region, n in attribute(regions, ckpt.file_bytes):
         if region is None:
@@ -151,8 +155,10 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
         categories[region.part.value] += n
         if region.part is Part.STORAGE:
             storage_bytes[region.name] = storage_bytes.get(region.name, 0) + n
-        elif region.part in (Part.OVERHEAD, Part.METADATA):
-            detail[region.name] = detail.get(region.name, 0) + n
+        else:
+            d = detail.get(region.part)
+            if d is not None:
+                d[region.name] = d.get(region.name, 0) + n
 
     owner: dict[str, Path] = {}
     path_bytes: dict[Path, int] = {}
@@ -209,7 +215,7 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + b
         if weights is not None and path[: len(weights)] == weights:
             name = t.state_dict_key or ".".join(str(k) for k in path[len(weights) :])
-            _add_prefix(modules, name, b)
+            _add_prefix(modules, name, b, path)
     owned = [(p, t, storage_bytes.get(t.storage_key or "", 0)) for p, t in tensors]
     owned = [x for x in owned if x[2] and owner.get(x[1].storage_key or "") == x[0]]
     owned.sort(key=lambda x: -x[2])
@@ -220,7 +226,8 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
     result = Breakdown(
         file_bytes=ckpt.file_bytes,
         categories=categories,
-        overhead_detail=dict(sorted(detail.items(), key=lambda kv: -kv[1])),
+        overhead_detail=_largest_first(detail[Part.OVERHEAD]),
+        metadata_detail=_largest_first(detail[Part.METADATA]),
         storage_bytes=storage_bytes,
         owner=owner,
         path_bytes=path_bytes,
@@ -275,6 +282,10 @@ def attribute(regions: list[Region], total: int) -> Iterator[tuple[Region | None
         yield (regions[active[0][2]] if active else None), b - a
 
 
+def _largest_first(d: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(d.items(), key=lambda kv: -kv[1]))
+
+
 def _group_for(path: Path, group_of: dict[Path, Role]) -> Path | None:
     for n in range(len(path), -1, -1):
         if path[:n] in group_of:
@@ -282,15 +293,16 @@ def _group_for(path: Path, group_of: dict[Path, Role]) -> Path | None:
     return None
 
 
-def _add_prefix(root: Prefix, name: str, nbytes: int) -> None:
+def _add_prefix(root: Prefix, name: str, nbytes: int, path: Path) -> None:
     node = root
     node.bytes += nbytes
     node.tensors += 1
-    parts = name.split(".")
-    for part in parts[:-1]:
+    if node.first is None:
+        node.first = path
+    for part in name.split(".")[:-1]:
         child = node.children.get(part)
         if child is None:
-            child = node.children[part] = Prefix(part)
+            child = node.children[part] = Prefix(part, first=path)
         child.bytes += nbytes
         child.tensors += 1
         node = child
@@ -354,19 +366,21 @@ def _role_findings(b: Breakdown, optimizers: list) -> list[SizeFinding]:
                 "training; a weights-only export drops it",
             )
         )
-    for role, kind, remedy in (
-        (Role.WEIGHTS_COPY, "weights_copy", "keep one copy (export the one you ship)"),
-        (Role.SCHEDULER, "scheduler", "only needed to resume training"),
-        (Role.OTHER_TENSORS, "other_tensors", "not part of the detected weights"),
+    for role, kind, text in (
+        (
+            Role.WEIGHTS_COPY,
+            "weights_copy",
+            "{} is a copy of the weights (EMA, SWA, teacher...): keep only the one you ship",
+        ),
+        (Role.SCHEDULER, "scheduler", "scheduler state at {}: only needed to resume training"),
+        (
+            Role.OTHER_TENSORS,
+            "other_tensors",
+            "{} holds tensors outside the weights: a weights-only export drops them",
+        ),
     ):
         out.extend(
-            SizeFinding(
-                kind,
-                g.bytes,
-                g.bytes,
-                (g.path,),
-                f"{ROLE_LABELS[role]} at {_show(g.path)}: {remedy}",
-            )
+            SizeFinding(kind, g.bytes, g.bytes, (g.path,), text.format(_show(g.path)))
             for g in b.groups
             if g.role is role and g.bytes >= 4096
         )

@@ -23,6 +23,7 @@ def breakdown_json(b: Breakdown) -> dict[str, Any]:
         "file_bytes": b.file_bytes,
         "categories": dict(b.categories),
         "overhead_detail": dict(b.overhead_detail),
+        "metadata_detail": dict(b.metadata_detail),
         "groups": [
             {"path": list(g.path), "role": g.role.value, "bytes": g.bytes} for g in b.groups
         ],
@@ -89,12 +90,12 @@ def render_breakdown(
         console.print(t)
 
     table("By category (sums to the file size)", [(k, v) for k, v in b.categories.items() if v])
-    table("By role", [(ROLE_LABELS[r], v) for r, v in b.roles.items()] + _rest_rows(b))
+    table("By role", [(ROLE_LABELS[r], v) for r, v in b.roles.items()] + rest_rows(b))
     keys = [(show_path(p), v) for p, v in b.top_level[:top]]
     if len(b.top_level) > top:
         rest = sum(v for _, v in b.top_level[top:])
         keys.append((f"… {len(b.top_level) - top:,} more keys", rest))
-    table("By top-level key", keys + _rest_rows(b))
+    table("By top-level key", keys + rest_rows(b))
     if b.modules.children:
         weights = max(1, b.modules.bytes)
         rows = [("  " * lvl + p.name, p.bytes) for lvl, p in prefix_rows(b.modules, depth)]
@@ -128,8 +129,9 @@ def render_breakdown(
     console.print(t)
 
 
-def _rest_rows(b: Breakdown) -> list[tuple[str, int]]:
-    """What the tensor-owning groups leave: pickle structure, metadata, overhead."""
+def rest_rows(b: Breakdown) -> list[tuple[str, int]]:
+    """What the tensor-owning groups leave: pickle structure, metadata, overhead (so that a
+    grouping plus these rows adds up to the file size)."""
     owned = sum(b.storage_bytes.get(k, 0) for k in b.owner)
     inline = sum(b.path_bytes.values()) - owned
     rows = [

@@ -11,6 +11,7 @@ COMMANDS = [
     ("Clear filter", "screen.clear_filter", "show the whole tree again"),
     ("Copy key path", "screen.copy_path", "copy the selected key path to the clipboard"),
     ("Compute values", "screen.values", "min/max/mean/std and a histogram of the tensor"),
+    ("Why so big? (size breakdown)", "screen.why", "where the bytes went and what to drop"),
     ("Expand all below", "tree_expand_below", "open every row below the cursor"),
     ("Collapse all below", "tree_collapse_below", "close every row below the cursor"),
     ("Help", "help", "list every key"),

@@ -21,9 +21,10 @@ from ... import units
 from ...errors import CkptError
 from ...facts import Index, path_expr, search
 from ...formats import open_checkpoint
-from ...model import Checkpoint
+from ...model import Checkpoint, Path
 from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
+from .why import WhyCache, WhyScreen
 
 PANEL_INTERVAL = 0.1
 """Seconds between panel updates while the cursor moves (the tree itself never waits)."""
@@ -34,10 +35,11 @@ class BrowseScreen(Screen[None]):
 
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
-        Binding("n", "next_match", "Next match"),
+        Binding("n", "next_match", "Next"),
         Binding("N", "previous_match", "Prev match", show=False),
-        Binding("y", "copy_path", "Copy path"),
+        Binding("y", "copy_path", "Copy"),
         Binding("v", "values", "Values"),
+        Binding("w", "why", "Sizes"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -48,6 +50,7 @@ class BrowseScreen(Screen[None]):
         self._pending: Entry | None = None
         self._panel_timer: Timer | None = None
         self._panel_at = 0.0
+        self._why = WhyCache()
 
     def compose(self) -> ComposeResult:
         yield Static(f"ckptui · opening {self.path} …", id="header")
@@ -189,3 +192,19 @@ class BrowseScreen(Screen[None]):
     def action_values(self) -> None:
         """v: compute the selected tensor's values."""
         self.query_one(DetailPanel).compute_values()
+
+    def action_why(self) -> None:
+        """w: the size breakdown; enter there comes back with the cursor on that subtree."""
+        if self.ckpt is None:
+            return
+        self.app.push_screen(WhyScreen(self.ckpt, self._why), self._jump_to)
+
+    def _jump_to(self, path: Path | None) -> None:
+        if path is None:
+            return
+        tree = self.query_one(CkptTree)
+        if tree.filtered:
+            self.action_clear_filter()
+        if not tree.select_path(path):
+            self.notify(f"{path_expr(path)} is not in the tree", severity="warning")
+        tree.focus()

@@ -20,6 +20,7 @@ KEYS = [
     ("esc", "clear the filter"),
     ("y", "copy the key path, e.g. ['model']['conv1.weight'] (OSC 52: works over SSH)"),
     ("v", "compute the selected tensor's values (automatic up to 64 MiB)"),
+    ("w", "why is the file this big: size breakdown and what to drop (enter jumps back here)"),
     ("ctrl+p", "command palette"),
     ("?", "this help"),
     ("q", "quit"),

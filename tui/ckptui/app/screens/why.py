@@ -1,0 +1,373 @@
+"""Provides WhyScreen (`w`): where the file's bytes went, as bars, and what could be dropped.
+
+The breakdown (`sizes.breakdown`, metadata only) is computed in a worker and shown at once; the
+search for identical tensors (`duplicates.find_duplicates`, which reads tensor data) follows in
+a second worker with a progress bar, and adds its findings when done. Enter on a row or finding
+that names a subtree closes the screen with that path, and the browser puts its cursor there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, ProgressBar, Static, Tree
+from textual.widgets.option_list import Option
+from textual.widgets.tree import TreeNode
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from ...duplicates import find_duplicates
+from ...formats.layout import read_layout
+from ...model import Checkpoint, Path
+from ...roles import ROLE_LABELS
+from ...sizes import Breakdown, Prefix, SizeFinding, breakdown
+from ...units import size
+from ...values import Cancelled
+from ...why import bar, rest_rows, show_path
+
+BAR = 24
+"""Cells of a full bar, at most (a quarter of the tree's width)."""
+TOP_KEYS = 50
+"""Top-level keys listed before `… N more`."""
+MAX_PREFIX_CHILDREN = 200
+PROGRESS_INTERVAL = 0.1
+
+
+class BarTree(Tree[Path | None]):
+    """The groupings: a tree of bar rows, with the browser's vim keys."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("h,left", "collapse", "Collapse", show=False),
+        Binding("l,right", "expand", "Expand", show=False),
+        Binding("g,home", "scroll_home", "Top", show=False),
+        Binding("G,end", "scroll_end", "Bottom", show=False),
+    ]
+
+    def action_collapse(self) -> None:
+        """h: close the row, or go to its parent."""
+        node = self.cursor_node
+        if node is None:
+            return
+        if node.is_expanded:
+            node.collapse()
+        elif node.parent is not None and node.parent is not self.root:
+            self.move_cursor(node.parent)
+
+    def action_expand(self) -> None:
+        """l: open the row."""
+        node = self.cursor_node
+        if node is not None and node.allow_expand:
+            node.expand()
+
+
+class FindingList(OptionList):
+    """The findings, with vim keys."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "first", "First", show=False),
+        Binding("G", "last", "Last", show=False),
+    ]
+
+
+class WhyCache:
+    """The breakdown of one opened checkpoint, kept while the browser stays open."""
+
+    def __init__(self) -> None:
+        self.breakdown: Breakdown | None = None
+        self.duplicates_done = False
+
+
+class WhyScreen(Screen[Path | None]):
+    """The size breakdown: headline, groupings as bars, findings."""
+
+    BINDINGS = [
+        Binding("escape,w", "close", "Back to tree"),
+        Binding("enter", "jump", "Show in tree", show=True),
+        Binding("tab", "app.focus_next", "Groups/findings", show=True),
+    ]
+
+    def __init__(self, ckpt: Checkpoint, cache: WhyCache) -> None:
+        super().__init__()
+        self.ckpt = ckpt
+        self.cache = cache
+        self._findings: list[SizeFinding] = []
+        self._progress_at = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"{self.ckpt.path} · where the bytes went …", id="why-headline")
+        with Horizontal(id="why-main"):
+            tree = BarTree("sizes", id="why-groups")
+            tree.show_root = False
+            tree.auto_expand = False
+            yield tree
+            with Vertical(id="why-side"):
+                yield Static("Findings · what would save space", id="why-findings-title")
+                yield FindingList(id="why-findings")
+                yield Static("", id="why-dup-label")
+                yield ProgressBar(id="why-progress", show_eta=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#why-progress").display = False
+        if self.cache.breakdown is not None:
+            self._show(self.cache.breakdown)
+        else:
+            self.query_one("#why-main").loading = True
+            self.compute()
+
+    # -- workers ---------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False, group="why")
+    def compute(self) -> Breakdown:
+        """Read the file's framing and attribute every byte (no tensor data is read)."""
+        return breakdown(self.ckpt, read_layout(self.ckpt))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="duplicates")
+    def compare(self, b: Breakdown) -> list[SizeFinding]:
+        """Hash same-shaped tensors to find values stored twice."""
+        worker = get_current_worker()
+        return find_duplicates(
+            self.ckpt,
+            b,
+            lambda done, total: self.app.call_from_thread(self._progress, done, total),
+            lambda: worker.is_cancelled,
+        )
+
+    @on(Worker.StateChanged)
+    def _worker_done(self, event: Worker.StateChanged) -> None:
+        group = event.worker.group
+        if group == "why":
+            if event.state is WorkerState.SUCCESS:
+                self.cache.breakdown = event.worker.result
+                self._show(event.worker.result)
+            elif event.state is WorkerState.ERROR:
+                self.query_one("#why-main").loading = False
+                self._headline(f"cannot break down the file: {_reason(event.worker.error)}")
+        elif group == "duplicates":
+            label = self.query_one("#why-dup-label", Static)
+            if event.state is WorkerState.SUCCESS:
+                found = event.worker.result
+                b = self.cache.breakdown
+                if b is not None and not self.cache.duplicates_done:
+                    b.add_findings(found)
+                    self.cache.duplicates_done = True
+                    self._fill_findings(b)
+                self.query_one("#why-progress").display = False
+                label.update(_dup_summary(found))
+            elif event.state is WorkerState.ERROR and not isinstance(event.worker.error, Cancelled):
+                self.query_one("#why-progress").display = False
+                label.update(f"could not compare tensors: {_reason(event.worker.error)}")
+
+    def _progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done and done < total and now - self._progress_at < PROGRESS_INTERVAL:
+            return
+        self._progress_at = now
+        bar_widget = self.query_one("#why-progress", ProgressBar)
+        if total:
+            bar_widget.display = True
+            bar_widget.update(total=total, progress=done)
+            self.query_one("#why-dup-label", Static).update(
+                f"comparing same-shaped tensors: {size(done)} of {size(total)}"
+            )
+
+    # -- showing ---------------------------------------------------------------------------
+    def _headline(self, text: str) -> None:
+        self.query_one("#why-headline", Static).update(text)
+
+    def _show(self, b: Breakdown) -> None:
+        self.query_one("#why-main").loading = False
+        self._headline(b.headline)
+        self._fill_findings(b)
+        # Bars are sized to the tree's width, known once the loading indicator is gone.
+        self.call_after_refresh(self._fill_groups, b)
+        if self.cache.duplicates_done:
+            self.query_one("#why-dup-label", Static).update(
+                _dup_summary([f for f in b.findings if f.kind == "duplicate"])
+            )
+        else:
+            self.query_one("#why-dup-label", Static).update("comparing same-shaped tensors …")
+            self.compare(b)
+        self.query_one("#why-groups", Tree).focus()
+
+    def _fill_groups(self, b: Breakdown) -> None:
+        tree: Tree[Path | None] = self.query_one("#why-groups", Tree)
+        tree.clear()
+        width = max(50, tree.scrollable_content_region.width or 80)
+        rows = _Rows(width, b.file_bytes)
+
+        roles = rows.section(tree.root, "By role", b.file_bytes)
+        for role, nbytes in b.roles.items():
+            groups = [g for g in b.groups if g.role is role]
+            one = len(groups) == 1
+            node = rows.add(roles, ROLE_LABELS[role], nbytes, groups[0].path if one else None, one)
+            if not one:
+                for g in groups:
+                    rows.add(node, show_path(g.path), g.bytes, g.path, leaf=True)
+        for label, nbytes in rest_rows(b):
+            rows.add(roles, label, nbytes, None, leaf=True)
+
+        keys = rows.section(tree.root, "By top-level key", b.file_bytes)
+        for path, nbytes in b.top_level[:TOP_KEYS]:
+            rows.add(keys, show_path(path), nbytes, path, leaf=True)
+        if len(b.top_level) > TOP_KEYS:
+            rest = b.top_level[TOP_KEYS:]
+            rows.add(keys, f"… {len(rest):,} more keys", sum(n for _, n in rest), None, True)
+
+        if b.modules.children:
+            title = f"Weights by module prefix ({show_path(b.weights_path or ())})"
+            mods = rows.section(tree.root, title, b.modules.bytes, of=b.modules.bytes)
+            rows.of = b.modules.bytes
+            self._add_prefixes(rows, mods, b.modules, depth=0)
+            rows.of = b.file_bytes
+
+        dtypes = rows.section(tree.root, "By dtype", b.categories["tensor_data"], expand=False)
+        for dtype, nbytes in b.dtypes.items():
+            rows.add(dtypes, dtype, nbytes, None, leaf=True)
+
+        largest = rows.section(tree.root, f"Largest {len(b.largest)} tensors", None, expand=False)
+        for item in b.largest:
+            rows.add(largest, show_path(item.path), item.bytes, item.path, leaf=True)
+
+        cats = rows.section(tree.root, "By category (sums to the file size)", b.file_bytes)
+        for name, nbytes in b.categories.items():
+            if not nbytes:
+                continue
+            details = {"overhead": b.overhead_detail, "metadata": b.metadata_detail}.get(name, {})
+            node = rows.add(cats, name, nbytes, None, leaf=not details)
+            for k, v in details.items():
+                rows.add(node, k, v, None, leaf=True)
+        tree.cursor_line = 0
+
+    def _add_prefixes(self, rows: _Rows, parent: TreeNode, prefix: Prefix, depth: int) -> None:
+        children = prefix.sorted_children()
+        for p in children[:MAX_PREFIX_CHILDREN]:
+            node = rows.add(parent, f"{p.name} ({p.tensors:,})", p.bytes, p.first, not p.children)
+            if p.children:
+                self._add_prefixes(rows, node, p, depth + 1)
+                if depth == 0 and len(children) <= 8:
+                    node.expand()
+        if len(children) > MAX_PREFIX_CHILDREN:
+            rest = children[MAX_PREFIX_CHILDREN:]
+            rows.add(parent, f"… {len(rest):,} more", sum(p.bytes for p in rest), None, True)
+
+    def _fill_findings(self, b: Breakdown) -> None:
+        lst = self.query_one("#why-findings", OptionList)
+        lst.clear_options()
+        self._findings = list(b.findings)
+        if not self._findings:
+            lst.add_option(Option(Text("nothing to slim: no findings", style="dim"), disabled=True))
+            return
+        for i, f in enumerate(self._findings):
+            text = Text()
+            saving = f"saves {size(f.saving_bytes)}" if f.saving_bytes else "no size saving"
+            text.append(saving, style="bold")
+            text.append(f"  {f.kind}\n", style="dim")
+            text.append(f.message)
+            if i < len(self._findings) - 1:
+                text.append("\n")  # a blank line between findings
+            lst.add_option(Option(text, id=str(i)))
+        lst.highlighted = 0
+
+    # -- actions ---------------------------------------------------------------------------
+    def action_close(self) -> None:
+        """esc / w: back to the browser, where it was."""
+        self.dismiss(None)
+
+    def action_jump(self) -> None:
+        """enter: show the selected group or finding in the browser."""
+        focused = self.focused
+        if isinstance(focused, OptionList):
+            index = focused.highlighted
+            if index is not None and index < len(self._findings):
+                paths = self._findings[index].paths
+                if paths:
+                    self.dismiss(paths[0])
+                    return
+                self.notify("this finding is about the whole file", timeout=3)
+            return
+        tree = self.query_one("#why-groups", Tree)
+        node = tree.cursor_node
+        if node is None:
+            return
+        if node.data is not None:
+            self.dismiss(node.data)
+        elif node.allow_expand:
+            node.toggle()
+
+    @on(Tree.NodeSelected, "#why-groups")
+    def _group_selected(self, event: Tree.NodeSelected) -> None:
+        event.stop()
+        self.action_jump()
+
+    @on(OptionList.OptionSelected, "#why-findings")
+    def _finding_selected(self, event: OptionList.OptionSelected) -> None:
+        self.action_jump()
+
+
+class _Rows:
+    """Builds bar rows whose size and bar columns line up at every tree depth."""
+
+    GUIDE = 4  # cells each tree level indents by (Tree.guide_depth)
+    ARROW = 2  # the expand/collapse arrow before a branch's label
+
+    def __init__(self, width: int, of: int) -> None:
+        # A row: guides, arrow, name, size (10), percent (8), bar.
+        self.bar = max(8, min(BAR, width // 4))
+        self.name_width = max(12, width - self.GUIDE - self.ARROW - 10 - 8 - self.bar - 1)
+        self.of = of
+
+    def section(
+        self,
+        root: TreeNode,
+        title: str,
+        nbytes: int | None,
+        of: int | None = None,
+        expand: bool = True,
+    ) -> TreeNode:
+        label = Text(title, style="bold")
+        if nbytes is not None:
+            label.append(f"  {size(nbytes)}", style="dim")
+        node = root.add(label, data=None, expand=expand)
+        return node
+
+    def add(
+        self, parent: TreeNode, name: str, nbytes: int, path: Path | None, leaf: bool = False
+    ) -> TreeNode:
+        depth = 0
+        p = parent
+        while p.parent is not None:
+            depth += 1
+            p = p.parent
+        width = self.name_width - self.GUIDE * (depth - 1) + (self.ARROW if leaf else 0)
+        width = max(6, width)
+        shown = name if len(name) <= width else name[: width - 1] + "…"
+        label = Text(shown.ljust(width), style="bold" if path is not None else "")
+        label.append(f"{size(nbytes):>10}", style="")
+        pct = 100 * nbytes / self.of if self.of else 0.0
+        label.append(f"{pct:6.1f}% ", style="dim")
+        label.append(bar(nbytes / self.of if self.of else 0.0, self.bar), style="cyan")
+        if leaf:
+            return parent.add_leaf(label, data=path)
+        return parent.add(label, data=path)
+
+
+def _dup_summary(found: list[SizeFinding]) -> str:
+    if not found:
+        return "no identical tensors stored twice"
+    saving = sum(f.saving_bytes for f in found)
+    return f"{len(found)} group(s) of identical tensors: {size(saving)} stored twice"
+
+
+def _reason(error: Any) -> str:
+    message = getattr(error, "message", None)
+    return str(message or error)
