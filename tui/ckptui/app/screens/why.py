@@ -190,13 +190,13 @@ class WhyScreen(Screen[Path | None]):
         self._fill_findings(b)
         # Bars are sized to the tree's width, known once the loading indicator is gone.
         self.call_after_refresh(self._fill_groups, b)
+        label = self.query_one("#why-dup-label", Static)
         if self.cache.duplicates_done:
-            self.query_one("#why-dup-label", Static).update(
-                _dup_summary([f for f in b.findings if f.kind == "duplicate"])
-            )
+            label.update(_dup_summary([f for f in b.findings if f.kind == "duplicate"]))
         else:
-            self.query_one("#why-dup-label", Static).update("comparing same-shaped tensors …")
-            self.compare(b)
+            label.update("comparing same-shaped tensors …")
+            # After the rows are on screen: the hashing thread would compete for the GIL.
+            self.call_after_refresh(self.call_after_refresh, self.compare, b)
         self.query_one("#why-groups", Tree).focus()
 
     def _fill_groups(self, b: Breakdown) -> None:
