@@ -358,3 +358,60 @@ def test_why_renders_and_fails_cleanly(tmp_path: Path) -> None:
     r = run_cli("why", str(bad))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "bad.pt" in r.stderr
+
+
+# -- folders ---------------------------------------------------------------------------------
+
+
+def sharded_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face-style sharded folder: two safetensors shards, one .bin, index, config."""
+    torch.manual_seed(0)
+    sd = {f"encoder.layer.{i}.weight": torch.randn(64, 64) for i in range(4)}
+    sd["lm_head.weight"] = torch.randn(100, 64)
+    names = list(sd)
+    save_file({k: sd[k] for k in names[:2]}, folder / "model-00001-of-00002.safetensors")
+    save_file({k: sd[k] for k in names[2:4]}, folder / "model-00002-of-00002.safetensors")
+    (folder / "extra").mkdir()
+    torch.save({"lm_head.weight": sd["lm_head.weight"]}, folder / "extra" / "head.bin")
+    index = {"weight_map": {k: "model-00001-of-00002.safetensors" for k in names[:2]}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "config.json").write_text('{"hidden_size": 64}\n')
+    return sd
+
+
+def test_folder_categories_sum_to_the_files(tmp_path: Path) -> None:
+    from ckptui.folder_sizes import breakdown_folder
+
+    sd = sharded_folder(tmp_path)
+    b = breakdown_folder(str(tmp_path))
+    total = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert b.file_bytes == total == sum(b.categories.values())
+    jsons = sum(p.stat().st_size for p in tmp_path.glob("*.json"))
+    assert b.categories["other_files"] == jsons
+    assert b.categories["tensor_data"] == sum(t.nbytes for t in sd.values())
+    shard_bytes = {g.path: g.bytes for g in b.groups if g.role is Role.WEIGHTS}
+    assert shard_bytes == {
+        ("model-00001-of-00002.safetensors",): 2 * 64 * 64 * 4,
+        ("model-00002-of-00002.safetensors",): 2 * 64 * 64 * 4,
+        ("extra/head.bin",): 100 * 64 * 4,
+    }
+    assert b.weights_path == ()
+    # one .pth holding all shards' weights: their bytes plus a little framing
+    assert 0 < b.weights_only_bytes - b.categories["tensor_data"] < 3000
+    # module prefixes merge across shards
+    assert b.modules.children["encoder"].children["layer"].tensors == 4
+
+
+def test_why_on_a_folder(tmp_path: Path) -> None:
+    sharded_folder(tmp_path)
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    r = run_cli("why", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    total = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert data["file_bytes"] == total == sum(data["categories"].values())
+    assert data["categories"]["unaccounted"] == 104
+    (bad,) = [f for f in data["findings"] if f["kind"] == "unreadable"]
+    assert bad["paths"] == [["broken.pt"]]
+    r = run_cli("why", str(tmp_path))
+    assert r.returncode == 0 and "(other files)" in r.stdout

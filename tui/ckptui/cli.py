@@ -149,14 +149,31 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _why(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .formats import open_checkpoint
     from .formats.layout import read_layout
     from .sizes import breakdown
 
-    ckpt = open_checkpoint(args.path)
-    b = breakdown(ckpt, read_layout(ckpt))
-    if not args.no_duplicates:
-        b.add_findings(_duplicates(ckpt, b, show_progress=not args.json and sys.stderr.isatty()))
+    show_progress = not args.json and sys.stderr.isatty()
+    if Path(args.path).is_dir():
+        from .folder_sizes import breakdown_folder
+
+        files: list[tuple[str, Any, Any]] = []
+        b = breakdown_folder(args.path, lambda name, c, fb: files.append((name, c, fb)))
+        if not args.no_duplicates:
+            found = []
+            for name, c, fb in files:
+                found += [
+                    _prefixed(f, name) for f in _duplicates(c, fb, show_progress=show_progress)
+                ]
+            b.add_findings(found)
+        ckpt: Any = _FolderLabel(args.path)
+    else:
+        ckpt = open_checkpoint(args.path)
+        b = breakdown(ckpt, read_layout(ckpt))
+        if not args.no_duplicates:
+            b.add_findings(_duplicates(ckpt, b, show_progress=show_progress))
     if args.json:
         import json
 
@@ -169,6 +186,21 @@ def _why(args: argparse.Namespace) -> int:
 
         render_breakdown(ckpt, b, top=max(1, args.top), depth=max(1, args.depth))
     return 0
+
+
+class _FolderLabel:
+    """What `render_breakdown` shows as the name and format of a folder."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.format = "folder"
+
+
+def _prefixed(f: Any, name: str) -> Any:
+    from .sizes import SizeFinding
+
+    paths = tuple((name, *p) for p in f.paths)
+    return SizeFinding(f.kind, f.bytes, f.saving_bytes, paths, f"{name}: {f.message}")
 
 
 def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:

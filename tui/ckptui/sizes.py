@@ -114,6 +114,9 @@ class Breakdown:
     weights_path: Path | None
     weights_only_bytes: int
     optimizer_kind: str | None = None
+    weights_parts: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """What `weights_only_bytes` is estimated from: (data bytes, storages, tensors, name
+    bytes); kept so that shards' estimates can be merged into one file's."""
 
     def bytes_below(self, path: Path) -> int:
         """File bytes owned at `path` or below it."""
@@ -221,7 +224,7 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
     owned.sort(key=lambda x: -x[2])
     largest = [Largest(p, t, b) for p, t, b in owned[:20]]
 
-    weights_only = _weights_only_bytes(ckpt, weights, tensors, storage_bytes)
+    weights_parts = _weights_parts(ckpt, weights, tensors)
     optimizers = find_optimizers(root)
     result = Breakdown(
         file_bytes=ckpt.file_bytes,
@@ -239,7 +242,8 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
         largest=largest,
         findings=[],
         weights_path=weights,
-        weights_only_bytes=weights_only,
+        weights_only_bytes=torch_zip_size(*weights_parts) if weights is not None else 0,
+        weights_parts=weights_parts,
         optimizer_kind=optimizers[0].kind if optimizers else None,
     )
     found: list[SizeFinding] = []
@@ -308,15 +312,12 @@ def _add_prefix(root: Prefix, name: str, nbytes: int, path: Path) -> None:
         node = child
 
 
-def _weights_only_bytes(
-    ckpt: Checkpoint,
-    weights: Path | None,
-    tensors: list[tuple[Path, TensorInfo]],
-    storage_bytes: dict[str, int],
-) -> int:
-    """Estimated size of a torch zip holding only the weights, storages as they are."""
+def _weights_parts(
+    ckpt: Checkpoint, weights: Path | None, tensors: list[tuple[Path, TensorInfo]]
+) -> tuple[int, int, int, int]:
+    """(data bytes, storages, tensors, name bytes) of the weights, storages as they are."""
     if weights is None:
-        return 0
+        return (0, 0, 0, 0)
     keys: set[str] = set()
     names = 0
     count = 0
@@ -329,7 +330,7 @@ def _weights_only_bytes(
         if t.storage_key is not None:
             keys.add(t.storage_key)
     data = sum(ckpt.storages[k].nbytes for k in keys if k in ckpt.storages)
-    return torch_zip_size(data, len(keys), count, names)
+    return (data, len(keys), count, names)
 
 
 def torch_zip_size(data_bytes: int, storages: int, tensors: int, name_bytes: int) -> int:

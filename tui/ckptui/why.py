@@ -139,5 +139,6 @@ def rest_rows(b: Breakdown) -> list[tuple[str, int]]:
         ("(pickle structure)", b.categories["pickle"] - inline),
         ("(format metadata and overhead)", b.categories["metadata"] + b.categories["overhead"]),
         ("(unaccounted)", b.categories["unaccounted"]),
+        ("(other files)", b.categories.get("other_files", 0)),
     ]
     return [(k, v) for k, v in rows if v]

@@ -1,0 +1,178 @@
+"""Provides `breakdown_folder`: the size breakdown of a folder of checkpoint files.
+
+Sharded checkpoints (Hugging Face `model-00001-of-00003.safetensors`, `pytorch_model-*.bin`,
+DeepSpeed `global_step*/`) are folders. Each checkpoint file in the folder (and its subfolders)
+is broken down on its own and the results are merged under the file's relative name as the
+first key, so the categories add up to the sum of the files. Files that are not checkpoints
+(`config.json`, the shard index, tokenizer files) count as `other_files`; files that look like
+checkpoints but cannot be read count as `unaccounted` and get a finding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path as FsPath
+
+from .errors import CkptError, NotACheckpoint, NotReadable
+from .formats import open_checkpoint
+from .formats.layout import read_layout
+from .model import Path
+from .roles import Role
+from .sizes import Breakdown, Group, Largest, Prefix, SizeFinding, breakdown, torch_zip_size
+
+MAX_FILES = 10_000
+
+FileHook = Callable[[str, object, Breakdown], None]
+"""Called with (relative name, checkpoint, its breakdown) for each checkpoint file read."""
+
+
+def folder_files(folder: str) -> list[tuple[str, int]]:
+    """(relative name, size) of every regular file below `folder`, sorted, hidden ones too.
+
+    Raises:
+        NotReadable: when the folder cannot be listed or holds more than MAX_FILES files.
+    """
+    out: list[tuple[str, int]] = []
+    try:
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = FsPath(dirpath) / name
+                if full.is_symlink() or not full.is_file():
+                    continue
+                out.append((str(full.relative_to(folder)), full.stat().st_size))
+                if len(out) > MAX_FILES:
+                    raise NotReadable(folder, f"holds more than {MAX_FILES:,} files")
+    except OSError as e:
+        raise NotReadable(folder, e.strerror or str(e)) from None
+    return out
+
+
+def _raise(e: OSError) -> None:
+    raise e
+
+
+def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
+    """The merged breakdown of every checkpoint file below `folder`."""
+    parts: list[tuple[str, Breakdown]] = []
+    other: dict[str, int] = {}
+    unreadable: list[SizeFinding] = []
+    for name, nbytes in folder_files(folder):
+        path = str(FsPath(folder) / name)
+        try:
+            ckpt = open_checkpoint(path)
+        except NotACheckpoint:
+            other[name] = nbytes
+            continue
+        except CkptError as e:
+            unreadable.append(
+                SizeFinding("unreadable", nbytes, 0, ((name,),), f"{name}: {e.message}")
+            )
+            continue
+        b = breakdown(ckpt, read_layout(ckpt))
+        if each is not None:
+            each(name, ckpt, b)
+        parts.append((name, b))
+    merged = merge(parts, other)
+    merged.categories["unaccounted"] += sum(f.bytes for f in unreadable)
+    merged.file_bytes += sum(f.bytes for f in unreadable)
+    merged.add_findings(unreadable)
+    return merged
+
+
+def merge(parts: list[tuple[str, Breakdown]], other_files: dict[str, int]) -> Breakdown:
+    """One breakdown for several files; every path gets the file's name as its first key."""
+    categories: dict[str, int] = {}
+    overhead: dict[str, int] = {}
+    metadata: dict[str, int] = {}
+    roles: dict[Role, int] = {}
+    dtypes: dict[str, int] = {}
+    out = Breakdown(
+        file_bytes=0,
+        categories=categories,
+        overhead_detail=overhead,
+        metadata_detail=metadata,
+        storage_bytes={},
+        owner={},
+        path_bytes={},
+        groups=[],
+        top_level=[],
+        roles=roles,
+        modules=Prefix(""),
+        dtypes=dtypes,
+        largest=[],
+        findings=[],
+        weights_path=None,
+        weights_only_bytes=0,
+    )
+    weights: list[Path] = []
+    for name, b in parts:
+        out.file_bytes += b.file_bytes
+        _add(categories, b.categories)
+        _add(overhead, b.overhead_detail)
+        _add(metadata, b.metadata_detail)
+        _add(roles, b.roles)
+        _add(dtypes, b.dtypes)
+        for key, n in b.storage_bytes.items():
+            out.storage_bytes[f"{name}:{key}"] = n
+        for key, p in b.owner.items():
+            out.owner[f"{name}:{key}"] = (name, *p)
+        for p, n in b.path_bytes.items():
+            out.path_bytes[(name, *p)] = n
+        out.groups += [Group((name, *g.path), g.role, g.bytes) for g in b.groups]
+        out.top_level.append(((name,), sum(b.path_bytes.values())))
+        _merge_prefix(out.modules, b.modules, name)
+        out.largest += [Largest((name, *x.path), x.tensor, x.bytes) for x in b.largest]
+        out.findings += [
+            SizeFinding(
+                f.kind,
+                f.bytes,
+                f.saving_bytes,
+                tuple((name, *p) for p in f.paths),
+                f"{name}: {f.message}",
+            )
+            for f in b.findings
+        ]
+        if b.weights_path is not None:
+            weights.append((name, *b.weights_path))
+            out.weights_parts = tuple(  # type: ignore[assignment]
+                a + c for a, c in zip(out.weights_parts, b.weights_parts, strict=True)
+            )
+        out.optimizer_kind = out.optimizer_kind or b.optimizer_kind
+    categories.setdefault("unaccounted", 0)
+    categories["other_files"] = sum(other_files.values())
+    out.file_bytes += categories["other_files"]
+    for name in other_files:
+        out.top_level.append(((name,), 0))
+        out.groups.append(Group((name,), Role.METADATA, 0))
+    if weights:  # one file holding every shard's weights
+        out.weights_only_bytes = torch_zip_size(*out.weights_parts)
+    # Shards that are each a flat state dict make the folder itself the weights.
+    if weights and all(len(w) == 1 for w in weights):
+        out.weights_path = () if len(weights) > 1 else weights[0]
+    elif weights:
+        out.weights_path = weights[0]
+    out.top_level.sort(key=lambda kv: -kv[1])
+    out.largest = sorted(out.largest, key=lambda x: -x.bytes)[:20]
+    out.roles = dict(sorted(roles.items(), key=lambda kv: -kv[1]))
+    out.dtypes = dict(sorted(dtypes.items(), key=lambda kv: -kv[1]))
+    out.findings.sort(key=lambda f: -f.saving_bytes)
+    return out
+
+
+def _add(into: dict, more: dict) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _merge_prefix(into: Prefix, more: Prefix, name: str) -> None:
+    into.bytes += more.bytes
+    into.tensors += more.tensors
+    if into.first is None and more.first is not None:
+        into.first = (name, *more.first)
+    for key, child in more.children.items():
+        target = into.children.get(key)
+        if target is None:
+            target = into.children[key] = Prefix(key)
+        _merge_prefix(target, child, name)
