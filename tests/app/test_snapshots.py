@@ -48,6 +48,7 @@ SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     "narrow_80x24": (["j", "l", "j"], (80, 24)),
     # the size breakdown (w), after its duplicate search
     "why": (["w"], (110, 32)),
+    "why_80x24": (["w", "tab"], (80, 24)),
 }
 """Named scenes: keys pressed after the file opens, and the terminal size. The README's
 screenshots are made from the same scenes (tests/make_screenshots.py)."""

@@ -252,7 +252,14 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
     found += _float_findings(result, tensors)
     found += _inline_findings(inline, long_seqs)
     found += [
-        SizeFinding("whole_module", 0, 0, (f.path,) if f.path is not None else (), f.message)
+        SizeFinding(
+            "whole_module",
+            0,
+            0,
+            (f.path,) if f.path is not None else (),
+            f"{f.message.split(':')[0]}: torch.load needs that class's source code to open it; "
+            "ship a state dict instead (a portability hazard, not a size one)",
+        )
         for f in ckpt.findings
         if f.kind == "whole_module"
     ]
