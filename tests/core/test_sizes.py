@@ -129,6 +129,7 @@ def test_shared_storage_is_counted_once_and_owned_by_the_first_tensor(tmp_path: 
     b = analyse(p)
     assert b.categories["tensor_data"] == 4000
     assert b.owner == {"0": ("a",)}
+    assert b.shared == [(("b",), ("a",)), (("c",), ("a",))]
     assert b.path_bytes == {("a",): 4000}
     assert sum(g.bytes for g in b.groups) == 4000
     assert "view_waste" not in kinds(b)  # the storage is wholly viewed

@@ -121,6 +121,7 @@ def merge(parts: list[tuple[str, Breakdown]], other_files: dict[str, int]) -> Br
         for p, n in b.path_bytes.items():
             out.path_bytes[(name, *p)] = n
         out.groups += [Group((name, *g.path), g.role, g.bytes) for g in b.groups]
+        out.shared += [((name, *a), (name, *o)) for a, o in b.shared]
         out.top_level.append(((name,), sum(b.path_bytes.values())))
         _merge_prefix(out.modules, b.modules, name)
         out.largest += [Largest((name, *x.path), x.tensor, x.bytes) for x in b.largest]

@@ -114,6 +114,8 @@ class Breakdown:
     weights_path: Path | None
     weights_only_bytes: int
     optimizer_kind: str | None = None
+    shared: list[tuple[Path, Path]] = field(default_factory=list)
+    """(tensor, owner) for tensors whose storage's bytes are counted at an earlier tensor."""
     weights_parts: tuple[int, int, int, int] = (0, 0, 0, 0)
     """What `weights_only_bytes` is estimated from: (data bytes, storages, tensors, name
     bytes); kept so that shards' estimates can be merged into one file's."""
@@ -167,6 +169,7 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
     path_bytes: dict[Path, int] = {}
     tensors: list[tuple[Path, TensorInfo]] = []
     long_seqs: list[tuple[Path, Node]] = []
+    shared: list[tuple[Path, Path]] = []
     inline: list[tuple[Path, Node]] = []
     root = ckpt.root
     for path, node in itertools.chain([((), root)], walk(root)):
@@ -175,11 +178,16 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
             t = node.value
             tensors.append((path, t))
             key = t.storage_key
-            if key is not None and key not in owner:
+            if key is None:
+                continue
+            first = owner.get(key)
+            if first is None:
                 owner[key] = path
                 b = storage_bytes.get(key, 0)
                 if b:
                     path_bytes[path] = path_bytes.get(path, 0) + b
+            else:
+                shared.append((path, first))
         elif node.extra is not None and node.nbytes:
             inline.append((path, node))
             path_bytes[path] = path_bytes.get(path, 0) + node.nbytes
@@ -244,6 +252,7 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
         weights_path=weights,
         weights_only_bytes=torch_zip_size(*weights_parts) if weights is not None else 0,
         weights_parts=weights_parts,
+        shared=shared,
         optimizer_kind=optimizers[0].kind if optimizers else None,
     )
     found: list[SizeFinding] = []

@@ -37,6 +37,7 @@ def breakdown_json(b: Breakdown) -> dict[str, Any]:
             }
             for f in b.findings
         ],
+        "shared": [{"path": list(a), "owner": list(o)} for a, o in b.shared],
         "weights_path": list(b.weights_path) if b.weights_path is not None else None,
         "weights_only_bytes": b.weights_only_bytes,
     }
@@ -116,6 +117,16 @@ def render_breakdown(
             t.add_row(escape(show_path(item.path)), shape, item.tensor.dtype, size(item.bytes))
         console.print()
         console.print(t)
+    if b.shared:
+        console.print()
+        console.print(
+            f"[bold]Shared storages[/] ({len(b.shared):,} tensors view a storage counted at an "
+            "earlier tensor, so their bytes are not counted again)"
+        )
+        for a, o in b.shared[:top]:
+            console.print(f"  {escape(show_path(a))} [dim]→ counted at[/] {escape(show_path(o))}")
+        if len(b.shared) > top:
+            console.print(f"  [dim]… {len(b.shared) - top:,} more[/]")
     console.print()
     if not b.findings:
         console.print("[bold]Findings:[/] none")

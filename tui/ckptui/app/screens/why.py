@@ -238,6 +238,16 @@ class WhyScreen(Screen[Path | None]):
         for item in b.largest:
             rows.add(largest, show_path(item.path), item.bytes, item.path, leaf=True)
 
+        if b.shared:
+            shared = rows.section(
+                tree.root,
+                f"Shared storages ({len(b.shared):,} tensors, counted once)",
+                None,
+                expand=False,
+            )
+            for a, o in b.shared[:TOP_KEYS]:
+                rows.add(shared, f"{show_path(a)} → {show_path(o)}", 0, a, leaf=True)
+
         cats = rows.section(tree.root, "By category (sums to the file size)", b.file_bytes)
         for name, nbytes in b.categories.items():
             if not nbytes:
