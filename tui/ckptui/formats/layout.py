@@ -69,7 +69,9 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
     zf = zipfile.ZipFile(_SliceFile(src, 0, src.size))  # type: ignore[arg-type]
     archive = ckpt.info.get("archive_name", "")
     storage_records = {st.record for st in ckpt.storages.values() if st.data_offset is not None}
-    for zi in zf.infolist():
+    infos = sorted(zf.infolist(), key=lambda zi: zi.header_offset)
+    starts = [zi.header_offset for zi in infos[1:]] + [zf.start_dir]
+    for zi, next_start in zip(infos, starts, strict=True):
         at = zi.header_offset
         head = src.read_at(at, 30)
         if len(head) < 30:
@@ -88,10 +90,11 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
                 "alignment padding",
             )
         data = at + 30 + name_len + extra_len
-        if zi.flag_bits & 0x08:  # a data descriptor follows the data (torch's writer sets it)
-            sig = src.read_at(data + zi.compress_size, 4) == b"PK\x07\x08"
-            size = (4 if sig else 0) + (20 if zi.file_size >= 0xFFFFFFFF else 12)
-            yield Region(data + zi.compress_size, size, Part.OVERHEAD, "zip local headers")
+        end = data + zi.compress_size
+        if zi.flag_bits & 0x08 and 0 < next_start - end <= 24:
+            # A data descriptor follows the data (torch's writer sets the flag); 12 to 24
+            # bytes depending on its signature and zip64 sizes, so measured to the next record.
+            yield Region(end, next_start - end, Part.OVERHEAD, "zip local headers")
         if zi.filename in storage_records:
             continue  # its bytes are the storage's region
         rel = zi.filename[len(archive) + 1 :] if zi.filename.startswith(archive + "/") else ""
