@@ -16,14 +16,15 @@ from typing import Any
 
 from .errors import CkptError
 
-SUBCOMMANDS = ("inspect", "why")
+SUBCOMMANDS = ("inspect", "why", "export")
 
 
 def _parser_main() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckptui",
         description="Look inside a PyTorch checkpoint without running it. "
-        "Subcommands: inspect PATH [--json]; why PATH [--json] (where the bytes went).",
+        "Subcommands: inspect PATH [--json]; why PATH [--json] (where the bytes went); "
+        "export PATH -o OUT (a slimmed, verified weights-only copy).",
     )
     p.add_argument("path", nargs="?", help="checkpoint file to open")
     p.add_argument(
@@ -79,6 +80,40 @@ def _parser_why() -> argparse.ArgumentParser:
     return p
 
 
+def _parser_export() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckptui export",
+        description="Write a slimmed copy (by default the detected weights) that loads with "
+        "torch.load(weights_only=True) or safetensors; verified before it is named.",
+    )
+    p.add_argument("path", help="checkpoint file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
+    p.add_argument(
+        "--keep",
+        action="append",
+        metavar="PATH.IN.TREE",
+        help="subtree to keep (repeatable; default: the detected weights), e.g. model or "
+        "\"['model']['encoder']\"",
+    )
+    p.add_argument(
+        "--strip-prefix",
+        default="auto",
+        metavar="auto|PREFIX|none",
+        help="remove a key prefix (auto: module. / _orig_mod. when every key has it)",
+    )
+    p.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp16"])
+    p.add_argument(
+        "--format",
+        choices=["pth", "safetensors"],
+        default=None,
+        help="output format (default: from OUT's extension, else pth)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
 def _version() -> str:
     from . import __version__
 
@@ -94,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inspect(_parser_inspect().parse_args(args_list[1:]))
         if args_list and args_list[0] == "why":
             return _why(_parser_why().parse_args(args_list[1:]))
+        if args_list and args_list[0] == "export":
+            return _export(_parser_export().parse_args(args_list[1:]))
         return _main(_parser_main().parse_args(args_list))
     except CkptError as e:
         if debug:
@@ -201,6 +238,61 @@ def _prefixed(f: Any, name: str) -> Any:
 
     paths = tuple((name, *p) for p in f.paths)
     return SizeFinding(f.kind, f.bytes, f.saving_bytes, paths, f"{name}: {f.message}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export, make_plan, resolve_path
+    from .formats import open_checkpoint
+    from .units import size
+
+    ckpt = open_checkpoint(args.path)
+    fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "pth")
+    keep = [resolve_path(ckpt, k) for k in args.keep] if args.keep else None
+    plan = make_plan(ckpt, keep, args.strip_prefix, args.dtype, fmt)
+    for path, why in plan.skipped[:20]:
+        print(f"ckptui: skipped {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+    if args.json or not sys.stderr.isatty():
+        result = export(plan, args.output, force=args.force)
+    else:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        columns = ("{task.description}", BarColumn(), DownloadColumn(binary_units=True))
+        with Progress(*columns, TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task("writing", total=plan.data_bytes)
+            check = bar.add_task("verifying", total=plan.data_bytes, visible=False)
+            result = export(
+                plan,
+                args.output,
+                force=args.force,
+                progress=lambda done, _t, _n: bar.update(task, completed=done),
+                verify_progress=lambda done, _t, _n: bar.update(
+                    check, completed=done, visible=True
+                ),
+            )
+    if args.json:
+        import json
+
+        json.dump(
+            {
+                "output": result.output,
+                "bytes": result.bytes,
+                "tensors": result.tensors,
+                "predicted_bytes": result.predicted_bytes,
+                "verified": result.verified,
+                "kept_paths": [list(p) for p in result.kept_paths],
+            },
+            sys.stdout,
+        )
+        sys.stdout.write("\n")
+    else:
+        change = 100 * (result.bytes - ckpt.file_bytes) / max(1, ckpt.file_bytes)
+        stripped = f", stripped {plan.strip_prefix!r}" if plan.strip_prefix else ""
+        print(
+            f"wrote {result.output}: {result.tensors:,} tensors, {size(result.bytes)} "
+            f"({size(ckpt.file_bytes)} -> {size(result.bytes)}, {change:+.0f} %){stripped}; "
+            "verified against the source"
+        )
+    return 0
 
 
 def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:

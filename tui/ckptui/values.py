@@ -95,7 +95,7 @@ def tensor_stats(
             readable values, or a view outside its storage. Cancelled: `cancelled()` said so.
     """
     where = ckpt.path
-    dtype, kind, note = _element_type(where, tensor, ckpt.info.get("byteorder") == "big")
+    dtype, kind, note = element_type(where, tensor, ckpt.info.get("byteorder") == "big")
     st = ckpt.storages.get(tensor.storage_key or "")
     if st is None or st.missing:
         raise ValuesUnavailable(where, f"storage {tensor.storage_key} is missing from the file")
@@ -128,13 +128,13 @@ def tensor_stats(
         raise ValuesUnavailable(where, f"cannot map the file: {e.strerror or e}") from None
     try:  # no local holds the view, so the map can close once _compute returns
         args = (tensor, kind, note, chunk_elements, cancelled, progress)
-        return _compute(_view(mm, start - pos, dtype, kind, tensor), *args)
+        return _compute(strided_view(mm, start - pos, dtype, kind, tensor), *args)
     finally:
         with contextlib.suppress(BufferError):  # a traceback may still hold an array over it
             mm.close()
 
 
-def _element_type(where: str, tensor: TensorInfo, big: bool) -> tuple[Any, str, str]:
+def element_type(where: str, tensor: TensorInfo, big: bool) -> tuple[Any, str, str]:
     """(numpy dtype of one element or complex component, kind f/i/c, note)."""
     import numpy as np
 
@@ -160,7 +160,7 @@ def _element_type(where: str, tensor: TensorInfo, big: bool) -> tuple[Any, str, 
     raise ValuesUnavailable(where, f"reading {name} values is not supported")
 
 
-def _view(buf: mmap.mmap, start: int, dtype: Any, kind: str, tensor: TensorInfo) -> Any:
+def strided_view(buf: mmap.mmap, start: int, dtype: Any, kind: str, tensor: TensorInfo) -> Any:
     """The tensor's view over `buf` (a trailing (re, im) axis for complex); bounds checked."""
     import numpy as np
 

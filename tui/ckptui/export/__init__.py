@@ -1,0 +1,10 @@
+"""Provides exporting a slimmed copy of a checkpoint: plan it, write it, verify it.
+
+`make_plan` decides what to keep and how (no I/O); `export` writes the plan's output through a
+verified temporary file. No torch: the `.pth` is written in torch's own zip layout directly.
+"""
+
+from .plan import ExportError, Item, Plan, make_plan, resolve_path
+from .run import Result, export
+
+__all__ = ["ExportError", "Item", "Plan", "Result", "export", "make_plan", "resolve_path"]

@@ -1,0 +1,272 @@
+"""Provides `make_plan`: what an export keeps, how it transforms it, and how big the output is.
+
+A plan names, before anything is written, every output tensor (its name after prefix
+stripping, its source tensor, its dtype after the cast) and which output tensors share bytes.
+Tensors that are the same view of the same storage (tied weights) stay one storage in `.pth`;
+every other tensor gets a compact storage of its own, so no view drags a larger storage along.
+safetensors cannot share bytes, so there a tied tensor is written once per name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..dtypes import DTYPES, SAFETENSORS_DTYPES
+from ..errors import CkptError
+from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
+from ..roles import weights_path
+
+CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
+CASTABLE = {"float32", "float64", "float16", "bfloat16"}
+"""Floating dtypes a cast applies to; integer and bool buffers (and float8) are left alone."""
+KNOWN_PREFIXES = ("module.", "_orig_mod.")
+"""Prefixes DataParallel/DDP and torch.compile add to every key, offered for stripping."""
+_SAFETENSORS_CODE = {
+    dtype: code for code, (dtype, bits, _) in SAFETENSORS_DTYPES.items() if bits >= 8
+}
+
+
+class ExportError(CkptError):
+    """The export cannot be planned or written as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One output tensor."""
+
+    name: str
+    source: Path
+    tensor: TensorInfo
+    dtype: str
+    """The output dtype (the source's unless cast)."""
+    group: int
+    """Output storage number: items with the same group share one storage (tied weights)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Output bytes of this tensor."""
+        return self.tensor.numel * DTYPES[self.dtype].itemsize
+
+
+@dataclass
+class Plan:
+    """A complete description of one export."""
+
+    ckpt: Checkpoint
+    keep: list[Path]
+    items: list[Item]
+    strip_prefix: str
+    """The prefix removed from every name ('' for none)."""
+    dtype: str
+    """`keep`, `bf16` or `fp16`."""
+    format: str
+    """`pth` or `safetensors`."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Plain values from the checkpoint's top level (epoch, iteration), as strings."""
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    """Tensors under the kept paths that cannot be exported, and why."""
+    detected_prefix: str = ""
+    """A prefix every name shares (`module.`), offered even when not stripped."""
+
+    @property
+    def storages(self) -> list[Item]:
+        """The first item of each output storage, in order."""
+        seen: set[int] = set()
+        out = []
+        for it in self.items:
+            if self.format == "safetensors" or it.group not in seen:
+                seen.add(it.group)
+                out.append(it)
+        return out
+
+    @property
+    def data_bytes(self) -> int:
+        """Tensor bytes the output holds."""
+        return sum(it.nbytes for it in self.storages)
+
+    @property
+    def predicted_bytes(self) -> int:
+        """The exact size of the output file."""
+        from .writers import predicted_size
+
+        return predicted_size(self)
+
+
+def make_plan(
+    ckpt: Checkpoint,
+    keep: list[Path] | None = None,
+    strip_prefix: str = "auto",
+    dtype: str = "keep",
+    fmt: str = "pth",
+) -> Plan:
+    """Plan an export of `keep` (default: the detected weights) from `ckpt`.
+
+    Args:
+        strip_prefix: `auto` (strip `module.`/`_orig_mod.` when every name has it), `none`,
+            or a literal prefix to strip from the names that have it.
+        dtype: `keep`, `bf16` or `fp16` (floating tensors only).
+        fmt: `pth` or `safetensors`.
+
+    Raises:
+        ExportError: nothing to keep, an unknown path, option or duplicate output name.
+    """
+    if dtype not in CAST_TARGETS:
+        raise ExportError(ckpt.path, f"unknown --dtype {dtype!r} (keep, bf16 or fp16)")
+    if fmt not in ("pth", "safetensors"):
+        raise ExportError(ckpt.path, f"unknown --format {fmt!r} (pth or safetensors)")
+    if keep is None:
+        detected = weights_path(ckpt)
+        if detected is None:
+            raise ExportError(ckpt.path, "no model weights found to export (use --keep)")
+        keep = [detected]
+    if not keep:
+        raise ExportError(ckpt.path, "nothing to keep")
+    found: list[tuple[str, Path, TensorInfo]] = []
+    skipped: list[tuple[Path, str]] = []
+    for base in keep:
+        node = ckpt.find(base)
+        if node is None:
+            raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
+        prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
+        for path, t in _tensors(node, base):
+            name = prefix + (t.state_dict_key or _name(path[len(base) :]))
+            reason = _unexportable(ckpt, t, fmt)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                found.append((name, path, t))
+    if not found:
+        raise ExportError(ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}")
+    detected_prefix = _common_prefix([n for n, _, _ in found])
+    strip = {"auto": detected_prefix, "none": ""}.get(strip_prefix, strip_prefix)
+    target = CAST_TARGETS[dtype]
+    groups: dict[tuple, int] = {}
+    items: list[Item] = []
+    names: set[str] = set()
+    for name, path, t in found:
+        if strip and name.startswith(strip):
+            name = name[len(strip) :]
+        if name in names:
+            raise ExportError(ckpt.path, f"two tensors would both be named {name!r}")
+        names.add(name)
+        out_dtype = target if target and t.dtype in CASTABLE else t.dtype
+        if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
+            skipped.append((path, f"{out_dtype} has no safetensors code"))
+            continue
+        view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+        group = groups.setdefault(view, len(groups))
+        items.append(Item(name, path, t, out_dtype, group))
+    return Plan(
+        ckpt,
+        list(keep),
+        items,
+        strip,
+        dtype,
+        fmt,
+        _metadata(ckpt),
+        skipped,
+        detected_prefix,
+    )
+
+
+def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
+    if node.kind is NodeKind.TENSOR:
+        return [(base, node.value)]
+    out = []
+    tensor_at: dict[Path, TensorInfo] = {}
+    for rel, n in walk(node):
+        path = (*base, *rel)
+        if n.kind is NodeKind.TENSOR:
+            tensor_at[path] = n.value
+            out.append((path, n.value))
+        elif n.kind is NodeKind.REF and n.value in tensor_at:  # the same tensor saved twice
+            out.append((path, tensor_at[n.value]))
+    # A whole-module pickle names its weights as state_dict() would; tensors it would not
+    # save (non-persistent buffers, grads) have no such name.
+    if any(t.state_dict_key for _, t in out):
+        out = [(p, t) for p, t in out if t.state_dict_key]
+    return out
+
+
+def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
+    if t.layout != "strided":
+        return f"a {t.layout} tensor (only dense tensors are exported)"
+    st = ckpt.storages.get(t.storage_key or "")
+    if st is None or st.missing:
+        return "its storage is missing from the file"
+    if st.data_offset is None or st.file is not None:
+        return "its bytes are not stored as a plain run in the file"
+    if t.dtype not in DTYPES or t.dtype.startswith(("quint", "qint", "bits", "complex32")):
+        return f"{t.dtype} tensors are not exported"
+    if ckpt.info.get("byteorder") == "big":
+        return "big-endian storages are not exported"
+    span = t.span_elements() * t.itemsize
+    if any(s < 0 for s in t.stride) or span > min(st.nbytes, st.record_nbytes or 0):
+        return "the view runs past its storage"
+    return None
+
+
+def _common_prefix(names: list[str]) -> str:
+    """`module.` / `_orig_mod.` (possibly nested) when every name starts with it."""
+    prefix = ""
+    while True:
+        for p in KNOWN_PREFIXES:
+            if names and all(n.startswith(prefix + p) and len(n) > len(prefix + p) for n in names):
+                prefix += p
+                break
+        else:
+            return prefix
+
+
+def _metadata(ckpt: Checkpoint) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for c in ckpt.root.children:
+        plain = isinstance(c.value, bool | int | float | str) and len(str(c.value)) <= 1000
+        if c.kind is NodeKind.VALUE and isinstance(c.key, str) and plain:
+            out[c.key] = str(c.value)
+    return out
+
+
+def _name(rel: Path) -> str:
+    return ".".join(str(k) for k in rel)
+
+
+def _show(path: Path) -> str:
+    return ".".join(str(k) for k in path) if path else "the root"
+
+
+def resolve_path(ckpt: Checkpoint, text: str) -> Path:
+    """A `--keep` argument as a tree path: `model`, `model.encoder`, or `['model']['a.b']`.
+
+    Dotted text is matched greedily against the real keys, so `model.conv1.weight` finds the
+    key `conv1.weight` inside `model` in a flat state dict.
+
+    Raises:
+        ExportError: when no such path exists.
+    """
+    if text in ("", ".", "/"):
+        return ()
+    if text.startswith("["):
+        keys = re.findall(r"\[\s*(?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|(-?\d+))\s*\]", text)
+        path: Path = tuple(a or b if (a or b) else int(c) for a, b, c in keys)
+        if ckpt.find(path) is None:
+            raise ExportError(ckpt.path, f"no {text} in the checkpoint")
+        return path
+    node = ckpt.root
+    parts = text.split(".")
+    path = ()
+    i = 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            child = node.child(key)
+            if child is None and key.lstrip("-").isdigit():
+                child = node.child(int(key))
+                key = int(key) if child is not None else key  # type: ignore[assignment]
+            if child is not None:
+                node, path, i = child, (*path, key), j
+                break
+        else:
+            raise ExportError(ckpt.path, f"no {text!r} in the checkpoint")
+    return path

@@ -1,0 +1,137 @@
+"""Provides `export`: write a plan's output safely, verify it, and only then name it.
+
+DESIGN.md point 6: the output goes to a temporary file beside the target, is fsynced, reopened
+with ckptui's own reader and compared tensor by tensor, bit for bit, with the source's bytes
+(after the requested cast), and only then renamed into place. Anything that goes wrong, an
+interrupt included, removes the temporary file; the target name never holds a partial file and
+the source is only ever opened read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+
+from ..formats import open_checkpoint
+from ..model import Path
+from .plan import ExportError, Plan
+from .source import SourceBytes
+from .writers import Progress, predicted_size, write
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an export wrote."""
+
+    output: str
+    bytes: int
+    tensors: int
+    predicted_bytes: int
+    verified: bool
+    kept_paths: tuple[Path, ...]
+
+
+def export(
+    plan: Plan,
+    out: str | os.PathLike[str],
+    force: bool = False,
+    progress: Progress | None = None,
+    verify_progress: Progress | None = None,
+) -> Result:
+    """Write `plan` to `out` via a verified temporary file.
+
+    Raises:
+        ExportError: the target is the source, exists without `force`, is a folder, the disk is
+            full or verification failed. The temporary file is gone in every case.
+    """
+    target = FsPath(out)
+    source = FsPath(plan.ckpt.path)
+    if target.exists() or target.is_symlink():
+        if _same_file(target, source):
+            raise ExportError(str(target), "is the source checkpoint: refusing to overwrite it")
+        if target.is_dir():
+            raise ExportError(str(target), "is a folder")
+        if not force:
+            raise ExportError(str(target), "already exists (use --force to replace it)")
+    folder = target.parent if str(target.parent) else FsPath()
+    if not folder.is_dir():
+        raise ExportError(str(target), f"no folder {folder}")
+    predicted = predicted_size(plan)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            write(plan, f, progress)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        _verify(plan, tmp, verify_progress)
+        FsPath(tmp).replace(target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            FsPath(tmp).unlink()
+        if e.errno == errno.ENOSPC:
+            raise ExportError(
+                str(target), "no space left on the device; nothing was written"
+            ) from None
+        raise ExportError(str(target), f"cannot write: {e.strerror or e}") from None
+    except BaseException:  # an interrupt or a failed verification: no partial file remains
+        with contextlib.suppress(OSError):
+            FsPath(tmp).unlink()
+        raise
+    _fsync_dir(folder)
+    return Result(
+        str(target),
+        size,
+        len(plan.items),
+        predicted,
+        True,
+        tuple(plan.keep),
+    )
+
+
+def _verify(plan: Plan, written: str, progress: Progress | None) -> None:
+    """Reopen the output and compare every tensor with the source's bytes, bit for bit."""
+    out = open_checkpoint(written)
+    tensors = {".".join(str(k) for k in p): t for p, t in out.tensors()}
+    total = plan.data_bytes
+    done = 0
+    with SourceBytes(plan.ckpt) as src, open(written, "rb") as f:  # noqa: PTH123
+        for it in plan.items:
+            t = tensors.get(it.name)
+            if t is None or t.shape != it.tensor.shape or t.dtype != it.dtype:
+                raise ExportError(
+                    plan.ckpt.path, f"verification failed: {it.name} was not written as planned"
+                )
+            st = out.storages[t.storage_key or ""]
+            assert st.data_offset is not None
+            pos = st.data_offset + t.storage_offset * t.itemsize
+            for chunk in src.chunks(it):
+                n = len(chunk)
+                if f.seek(pos) != pos or f.read(n) != bytes(chunk):
+                    raise ExportError(
+                        plan.ckpt.path, f"verification failed: {it.name} differs from the source"
+                    )
+                pos += n
+                done += n
+                if progress:
+                    progress(done, total, it.name)
+
+
+def _same_file(a: FsPath, b: FsPath) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _fsync_dir(folder: FsPath) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
