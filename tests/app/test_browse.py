@@ -11,6 +11,7 @@ from textual.widgets import Static
 
 from ckptui.app.app import CkptApp
 from ckptui.app.widgets.ckpt_tree import CkptTree
+from ckptui.facts import path_expr
 from tests.conftest import holed_checkpoint, save_with_location, training_checkpoint
 
 
@@ -68,6 +69,25 @@ async def test_navigate_to_nested_tensor_shows_its_facts(gpu_ckpt: Path) -> None
         await pilot.press("h", "h")  # back to the parent, collapse it
         assert cursor_path(tree) == ("model",)
         assert not tree.cursor_node.is_expanded
+
+
+async def test_panel_catches_up_with_the_cursor_and_keeps_values_with_their_tensor(
+    gpu_ckpt: Path,
+) -> None:
+    app = CkptApp(str(gpu_ckpt))
+    async with app.run_test(size=(100, 30)) as pilot:
+        tree = await opened(pilot)
+        await pilot.press("j", "l", "j", "j", "j", "j")  # model, expand, fourth tensor
+        await settle(pilot)
+        assert path_expr(cursor_path(tree)) in text_of(app, "#facts")
+        assert "min / max" in text_of(app, "#stats")
+        assert app.screen.query_one("#histogram").display
+        await pilot.press("h")  # back to model: a container has no values
+        await settle(pilot)
+        assert cursor_path(tree) == ("model",)
+        assert "tensor bytes" in text_of(app, "#facts")
+        assert text_of(app, "#stats").strip() == ""
+        assert not app.screen.query_one("#histogram").display
 
 
 async def test_filter_finds_deep_key_and_hides_the_rest(gpu_ckpt: Path) -> None:

@@ -26,8 +26,10 @@ from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
 from .why import WhyCache, WhyScreen
 
-PANEL_INTERVAL = 0.1
-"""Seconds between panel updates while the cursor moves (the tree itself never waits)."""
+PANEL_REST = 0.05
+"""Seconds without a cursor move after which the panel describes the cursor's row."""
+PANEL_INTERVAL = 0.25
+"""While the cursor keeps moving (a held key), the panel still catches up this often."""
 
 
 class BrowseScreen(Screen[None]):
@@ -50,6 +52,7 @@ class BrowseScreen(Screen[None]):
         self._pending: Entry | None = None
         self._panel_timer: Timer | None = None
         self._panel_at = 0.0
+        self._moved_at = 0.0
         self._why = WhyCache()
 
     def compose(self) -> ComposeResult:
@@ -114,20 +117,31 @@ class BrowseScreen(Screen[None]):
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
-        # Throttled: a single move updates the panel at once; while a key is held, the tree
-        # moves every time and the panel (and its values worker) catches up on the last row.
+        # The tree moves at once and the panel follows after the frame showing the cursor: at
+        # once for a single move; while a key is held, every PANEL_INTERVAL and when the cursor
+        # rests. A panel update (~10 ms) in every move's frame (~15 ms) would double its time.
+        now = time.monotonic()
         self._pending = event.node.data
-        if self._panel_timer is not None:
-            return
-        if time.monotonic() - self._panel_at >= PANEL_INTERVAL:
-            self._flush_panel()
+        resting, self._moved_at = now - self._moved_at >= PANEL_REST, now
+        if resting or now - self._panel_at >= PANEL_INTERVAL:
+            self._panel_at = now
+            self.call_after_refresh(self._flush_panel)
+        elif self._panel_timer is None:
+            self._panel_timer = self.set_timer(PANEL_REST, self._rested)
+
+    def _rested(self) -> None:
+        wait = self._moved_at + PANEL_REST - time.monotonic()
+        if wait > 0:
+            self._panel_timer = self.set_timer(wait, self._rested)
         else:
-            self._panel_timer = self.set_timer(PANEL_INTERVAL, self._flush_panel)
+            self._panel_timer = None
+            self._flush_panel()
 
     def _flush_panel(self) -> None:
-        self._panel_timer = None
         self._panel_at = time.monotonic()
-        self.query_one(DetailPanel).show(self._pending)
+        panel = self.query_one(DetailPanel)
+        if panel.entry is not self._pending:
+            panel.show(self._pending)
 
     # -- filter ----------------------------------------------------------------------------
     def action_filter(self) -> None:

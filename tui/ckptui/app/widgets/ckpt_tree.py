@@ -70,6 +70,7 @@ class CkptTree(Tree[Entry]):
         self.matches: list[Path] = []
         """Paths matching the active filter, in display order."""
         self.filtered = False
+        self._fg_styles: dict[str, Style] = {}
 
     # -- building ---------------------------------------------------------------------------
     def show_checkpoint(self, ckpt: Checkpoint) -> None:
@@ -90,9 +91,19 @@ class CkptTree(Tree[Entry]):
 
     def _fg(self, component: str) -> Style:
         """A component class's foreground only: `partial=True` would drop the blending of
-        translucent theme colours ($text-muted), and a background would hide the cursor."""
-        s = self.get_component_rich_style(component)
-        return Style(color=s.color, bold=s.bold, italic=s.italic)
+        translucent theme colours ($text-muted), and a background would hide the cursor.
+
+        Kept until the styles change (theme, focus): Textual's own cache is cleared by every
+        refresh, so a 1000-row group would compute each style 1000 times (60% of its expand)."""
+        style = self._fg_styles.get(component)
+        if style is None:
+            s = self.get_component_rich_style(component)
+            style = self._fg_styles[component] = Style(color=s.color, bold=s.bold, italic=s.italic)
+        return style
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._fg_styles = {}
 
     def _label(self, node: Node, key_text: str, match: bool = False) -> Text:
         if node.safety == "danger":
