@@ -78,12 +78,7 @@ def main() -> None:
         "cp of the kept size": ["cp", str(floor_src), str(out / "floor-copy.bin")],
     }  # fmt: skip
     bench_open.warm(src)
-    for cmd in cmds.values():
-        bench_open.measure(cmd, env)  # warm-up
-    runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
-    for i in range(a.repeat):
-        for name in list(cmds)[:: 1 if i % 2 == 0 else -1]:
-            runs[name].append(bench_open.measure(cmds[name], env))
+    runs = bench_open.interleaved(cmds, env, a.repeat)
     print(
         f"{src.name} ({src.stat().st_size / 1e6:.0f} MB) -> weights "
         f"{script_out.stat().st_size / 1e6:.0f} MB, {a.repeat} runs, warm page cache"

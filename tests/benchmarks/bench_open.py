@@ -152,6 +152,20 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     return wall, usage.ru_maxrss
 
 
+def interleaved(
+    cmds: dict[str, list[str]], env: dict[str, str], repeat: int
+) -> dict[str, list[tuple[float, int]]]:
+    """(wall, peak RSS KiB) samples per command: one untimed warm-up each, then `repeat`
+    rounds, alternating which command goes first."""
+    for cmd in cmds.values():
+        measure(cmd, env)
+    runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
+    for i in range(repeat):
+        for name in list(cmds)[:: 1 if i % 2 == 0 else -1]:
+            runs[name].append(measure(cmds[name], env))
+    return runs
+
+
 def bench_file(path: Path, ours_code: str | None, repeat: int, warm_up: bool) -> dict[str, dict]:
     env = child_env()
     ours = ["-m", "ckptui"] if ours_code is None else ["-c", ours_code]

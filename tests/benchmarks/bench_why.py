@@ -142,12 +142,7 @@ def main() -> None:
         "why --json": [sys.executable, "-m", "ckptui", "why", str(path), "--json"],
         "torch.load(mmap) + sum nbytes": [sys.executable, "-c", BASELINE, str(path)],
     }
-    for cmd in cmds.values():
-        bench_open.measure(cmd, env)  # warm-up
-    runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
-    for i in range(a.repeat):
-        for name in list(cmds)[:: 1 if i % 2 == 0 else -1]:
-            runs[name].append(bench_open.measure(cmds[name], env))
+    runs = bench_open.interleaved(cmds, env, a.repeat)
     for name, samples in runs.items():
         rows.append((f"cmd: {name} wall", "s", [w for w, _ in samples], ""))
         rows.append((f"cmd: {name} peak RSS", "MiB", [r / 1024 for _, r in samples], ""))
