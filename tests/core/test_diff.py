@@ -1,0 +1,367 @@
+"""`ckptui diff`: real torch.save / safetensors pairs, compared against truth computed with torch."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import save_file
+
+from ckptui import diff as diff_mod
+from ckptui.diff import diff_checkpoints, diff_json, render_diff
+from ckptui.export import source as source_mod
+from ckptui.formats import open_checkpoint
+
+from ..conftest import TinyNet, holed_checkpoint, training_checkpoint
+
+
+def _strict(name: str) -> None:
+    raise AssertionError(f"invalid JSON constant {name}")
+
+
+def core(a: Path, b: Path, **options: Any) -> tuple[int, dict]:
+    """Compare with the core: (the exit code the command gives, the JSON as a strict parser reads it)."""
+    d = diff_checkpoints(open_checkpoint(a), open_checkpoint(b), **options)
+    return int(d.differs), json.loads(json.dumps(diff_json(d)), parse_constant=_strict)
+
+
+def rendered(a: Path, b: Path, **options: Any) -> str:
+    """The human output, as an 80-column terminal shows it."""
+    out, top = io.StringIO(), options.pop("top", 20)
+    d = diff_checkpoints(open_checkpoint(a), open_checkpoint(b), **options)
+    render_diff(d, Console(file=out, width=80), top=top)
+    return out.getvalue()
+
+
+def save(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return TinyNet().state_dict()
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The truth, by torch: max |a - b| in float64."""
+    return (a.double() - b.double()).abs().max().item()
+
+
+def by_path(entries: list[dict]) -> dict[tuple, dict]:
+    return {tuple(e["path"]): e for e in entries}
+
+
+# --- prefixes -------------------------------------------------------------------------------
+
+
+def test_module_prefix_is_normalised_and_reported(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dp = torch.nn.DataParallel(TinyNet()).state_dict()
+    assert all(k.startswith("module.") for k in dp)
+    plain = {k.removeprefix("module."): v.clone() for k, v in dp.items()}
+    a, b = save(dp, tmp_path / "ddp.pth"), save(plain, tmp_path / "plain.pth")
+    code, doc = core(a, b, values=True)
+    assert code == 0
+    assert doc["prefix"] == {"a": "module.", "b": ""}
+    assert doc["only_a"] == doc["only_b"] == [] == doc["shape_mismatch"] == doc["dtype_mismatch"]
+    assert doc["equal"] == len(plain)
+    assert [e["path"] for e in doc["value_diff"]] == [[k] for k in plain]
+    assert all(e["max_abs"] == 0 for e in doc["value_diff"])
+    # the other way round, and torch.compile's prefix
+    code, doc = core(b, a)
+    assert (code, doc["prefix"]) == (0, {"a": "", "b": "module."})
+    compiled = torch.compile(TinyNet()).state_dict()
+    assert all(k.startswith("_orig_mod.") for k in compiled)
+    c = save(compiled, tmp_path / "compiled.pth")
+    code, doc = core(a, c)
+    assert doc["prefix"] == {"a": "module.", "b": "_orig_mod."}
+    assert doc["only_a"] == [] and doc["equal"] == len(plain)
+
+
+def test_keep_prefix_shows_what_load_state_dict_sees(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dp = torch.nn.DataParallel(TinyNet()).state_dict()
+    plain = {k.removeprefix("module."): v for k, v in dp.items()}
+    a, b = save(dp, tmp_path / "ddp.pth"), save(plain, tmp_path / "plain.pth")
+    code, doc = core(a, b, strip_prefix=False)
+    assert code == 1
+    assert doc["prefix"] == {"a": "", "b": ""}
+    assert doc["only_a"] == [[k] for k in dp] and doc["only_b"] == [[k] for k in plain]
+    # the real loader agrees (BatchNorm fills a missing num_batches_tracked itself)
+    result = TinyNet().load_state_dict(dp, strict=False)
+    assert sorted(result.missing_keys) == sorted(
+        k for [k] in doc["only_b"] if k != "bn1.num_batches_tracked"
+    )
+    assert sorted(result.unexpected_keys) == sorted(k for [k] in doc["only_a"])
+
+
+def test_a_prefix_both_sides_share_is_kept(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dp = torch.nn.DataParallel(TinyNet()).state_dict()
+    a, b = save(dp, tmp_path / "a.pth"), save(dp, tmp_path / "b.pth")
+    code, doc = core(a, b)
+    assert code == 0 and doc["prefix"] == {"a": "", "b": ""}
+    assert doc["equal"] == len(dp)
+
+
+# --- keys, shapes, dtypes, values -----------------------------------------------------------
+
+
+def test_missing_and_extra_keys(tmp_path: Path) -> None:
+    sd = state_dict()
+    other = dict(sd)
+    del other["fc.bias"]
+    other["head.weight"] = torch.zeros(2, 8)
+    a, b = save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth")
+    code, doc = core(a, b)
+    assert code == 1
+    assert doc["only_a"] == [["fc.bias"]]
+    assert doc["only_b"] == [["head.weight"]]
+    assert doc["equal"] == len(sd) - 1
+    result = TinyNet().load_state_dict(other, strict=False)
+    assert result.missing_keys == ["fc.bias"] and result.unexpected_keys == ["head.weight"]
+
+
+def test_shape_mismatch(tmp_path: Path) -> None:
+    sd = state_dict()
+    other = dict(sd)
+    bigger = torch.nn.Linear(8, 5).state_dict()
+    other["fc.weight"], other["fc.bias"] = bigger["weight"], bigger["bias"]
+    a, b = save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth")
+    code, doc = core(a, b, values=True)
+    assert code == 1
+    assert doc["shape_mismatch"] == [
+        {"path": ["fc.weight"], "a": list(sd["fc.weight"].shape), "b": [5, 8]},
+        {"path": ["fc.bias"], "a": list(sd["fc.bias"].shape), "b": [5]},
+    ]
+    assert doc["dtype_mismatch"] == []
+    assert doc["equal"] == len(sd) - 2
+    # shapes that differ have no values to compare
+    assert {tuple(e["path"]) for e in doc["value_diff"]} == {
+        (k,) for k in sd if not k.startswith("fc.")
+    }
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        TinyNet().load_state_dict(other)
+
+
+def test_dtype_mismatch_and_the_cast_error(tmp_path: Path) -> None:
+    sd = state_dict()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    a, b = save(sd, tmp_path / "a.pth"), save(half, tmp_path / "b.pth")
+    code, doc = core(a, b)
+    assert code == 1
+    floats = [k for k, v in sd.items() if v.is_floating_point()]
+    assert doc["dtype_mismatch"] == [{"path": [k], "a": "float32", "b": "float16"} for k in floats]
+    assert doc["value_diff"] == []
+    assert doc["equal"] == len(sd) - len(floats) == 1  # num_batches_tracked
+    code, doc = core(a, b, values=True)
+    got = by_path(doc["value_diff"])
+    for k in floats:
+        assert got[(k,)]["max_abs"] == max_abs(sd[k], half[k])
+    assert any(got[(k,)]["max_abs"] > 0 for k in floats)  # fp16 rounding is seen
+    assert doc["equal"] == 1
+
+
+def test_a_value_change_is_reported_only_with_values(tmp_path: Path) -> None:
+    sd = state_dict()
+    other = {k: v.clone() for k, v in sd.items()}
+    other["conv1.weight"] += 1e-3 * torch.randn_like(other["conv1.weight"])
+    other["bn1.running_var"][3] = 7.5
+    other["bn1.num_batches_tracked"] += 5
+    a, b = save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth")
+    code, doc = core(a, b)
+    assert (code, doc["equal"], doc["value_diff"]) == (0, len(sd), [])
+    code, doc = core(a, b, values=True)
+    assert code == 1
+    got = {p: e["max_abs"] for p, e in by_path(doc["value_diff"]).items()}
+    assert got == {(k,): max_abs(sd[k], other[k]) for k in sd}
+    assert got[("conv1.weight",)] > 0 and got[("bn1.running_var",)] == pytest.approx(6.5)
+    assert got[("bn1.num_batches_tracked",)] == 5
+    assert doc["equal"] == len(sd) - 3
+
+
+# --- what is compared -----------------------------------------------------------------------
+
+
+def test_training_checkpoint_against_bare_state_dict(tmp_path: Path) -> None:
+    ck = training_checkpoint()
+    a = save(ck, tmp_path / "train.pth")
+    b = save(ck["model"], tmp_path / "weights.pth")
+    code, doc = core(a, b, values=True)
+    assert code == 0
+    assert doc["mode"] == "weights" and doc["a_root"] == ["model"] and doc["b_root"] == []
+    assert doc["equal"] == len(ck["model"]) and doc["only_a"] == []
+    assert {tuple(e["path"]) for e in doc["value_diff"]} == {(k,) for k in ck["model"]}
+    # a DataParallel training checkpoint against the bare weights: root and prefix at once
+    dp = save(training_checkpoint(parallel=True), tmp_path / "dp.pth")
+    code, doc = core(dp, b, values=True)
+    assert code == 0 and doc["prefix"] == {"a": "module.", "b": ""}
+    assert doc["a_root"] == ["model"] and doc["equal"] == len(ck["model"])
+    out = rendered(a, b)
+    assert "weights: model" in out and "weights: the root" in out
+
+
+def test_two_training_checkpoints_compare_whole_trees(tmp_path: Path) -> None:
+    ck = training_checkpoint()
+    later = training_checkpoint()
+    later["epoch"] = 4
+    later["optimizer"]["state"][0]["exp_avg"] += 0.25
+    a, b = save(ck, tmp_path / "a.pth"), save(later, tmp_path / "b.pth")
+    code, doc = core(a, b)
+    assert code == 0  # plain values are informative only
+    assert doc["mode"] == "whole" and doc["a_root"] == doc["b_root"] == []
+    assert doc["other_diff"] == [{"path": ["epoch"], "a": "3", "b": "4"}]
+    n_tensors = len(ck["model"]) + sum(len(s) for s in ck["optimizer"]["state"].values())
+    assert doc["equal"] == n_tensors
+    code, doc = core(a, b, values=True)
+    assert code == 1
+    changed = [(e["path"], e["max_abs"]) for e in doc["value_diff"] if e["max_abs"]]
+    truth = max_abs(
+        ck["optimizer"]["state"][0]["exp_avg"], later["optimizer"]["state"][0]["exp_avg"]
+    )
+    assert changed == [(["optimizer", "state", 0, "exp_avg"], truth)]
+    code, doc = core(a, b, values=True, compare="weights")
+    assert code == 0 and doc["a_root"] == ["model"] and doc["equal"] == len(ck["model"])
+
+
+def test_safetensors_against_pth_of_the_same_weights(tmp_path: Path) -> None:
+    sd = state_dict()
+    a = save(sd, tmp_path / "w.pth")
+    b = tmp_path / "w.safetensors"
+    save_file(sd, b, metadata={"format": "pt"})
+    code, doc = core(a, b, values=True)
+    assert code == 0 and doc["equal"] == len(sd) and doc["other_diff"] == []
+    bf = {k: v.bfloat16() if v.is_floating_point() else v for k, v in sd.items()}
+    c = tmp_path / "bf16.safetensors"
+    save_file(bf, c)
+    code, doc = core(a, c, values=True)
+    assert code == 1
+    assert {tuple(e["path"]) for e in doc["dtype_mismatch"]} == {
+        (k,) for k, v in sd.items() if v.is_floating_point()
+    }
+    got = by_path(doc["value_diff"])
+    assert all(got[(k,)]["max_abs"] == max_abs(sd[k], bf[k]) for k in sd)
+
+
+def test_whole_module_pickle_against_its_state_dict(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = TinyNet()
+    a = save(net, tmp_path / "module.pt")
+    b = save(net.state_dict(), tmp_path / "sd.pt")
+    code, doc = core(a, b, values=True)
+    assert code == 0
+    assert doc["equal"] == len(net.state_dict())
+    assert [e["path"] for e in doc["value_diff"]] == [[k] for k in net.state_dict()]
+
+
+# --- value rules ----------------------------------------------------------------------------
+
+
+def test_nan_and_inf_rules_and_strict_json(tmp_path: Path) -> None:
+    nan, inf = math.nan, math.inf
+    neg_nan = -torch.tensor([nan])  # another NaN bit pattern: bytes differ, both NaN
+    a = {
+        "same_nan": torch.tensor([nan, 1.0, nan]),
+        "signed_nan": torch.tensor([nan]),
+        "same_inf": torch.tensor([inf, -inf, 2.0]),
+        "neg_zero": torch.tensor([-0.0, 1.0]),
+        "nan_vs_number": torch.tensor([nan, 1.0, inf]),
+        "inf_vs_number": torch.tensor([inf, 1.0]),
+        "inf_vs_neg_inf": torch.tensor([inf]),
+    }
+    b = {
+        "same_nan": torch.tensor([nan, 1.0, nan]),
+        "signed_nan": neg_nan,
+        "same_inf": torch.tensor([inf, -inf, 2.0]),
+        "neg_zero": torch.tensor([0.0, 1.0]),
+        "nan_vs_number": torch.tensor([0.0, 1.0, 5.0]),  # NaN wins over the inf difference
+        "inf_vs_number": torch.tensor([5.0, 1.0]),
+        "inf_vs_neg_inf": torch.tensor([-inf]),
+    }
+    assert a["signed_nan"].numpy().tobytes() != b["signed_nan"].numpy().tobytes()
+    pa, pb = save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth")
+    code, doc = core(pa, pb, values=True)
+    assert code == 1
+    got = {p[0]: e["max_abs"] for p, e in by_path(doc["value_diff"]).items()}
+    assert got == {
+        "same_nan": 0,
+        "signed_nan": 0,
+        "same_inf": 0,
+        "neg_zero": 0,
+        "nan_vs_number": "nan",
+        "inf_vs_number": "inf",
+        "inf_vs_neg_inf": "inf",
+    }
+    assert doc["equal"] == 4
+
+
+def test_integer_and_bool_values_are_exact(tmp_path: Path) -> None:
+    big = 2**62
+    a = {
+        "ids": torch.tensor([big, -big, 5]),
+        "extremes": torch.tensor([2**63 - 1, 0]),
+        "mask": torch.tensor([True, False, True]),
+        "small": torch.tensor([1, 2, 3], dtype=torch.int32),
+        "widened": torch.tensor([1, 2, 3], dtype=torch.int32),
+    }
+    b = {
+        "ids": torch.tensor([big + 1, -big, 5]),  # float64 would see no difference
+        "extremes": torch.tensor([-(2**63), 0]),
+        "mask": torch.tensor([False, False, True]),
+        "small": torch.tensor([1, -2, 3], dtype=torch.int32),
+        "widened": torch.tensor([1, 2, 3], dtype=torch.int64),
+    }
+    assert float(big) == float(big + 1)
+    pa, pb = save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth")
+    code, doc = core(pa, pb, values=True)
+    got = {p[0]: e["max_abs"] for p, e in by_path(doc["value_diff"]).items()}
+    truth = {
+        k: float(max(abs(x - y) for x, y in zip(a[k].tolist(), b[k].tolist(), strict=True)))
+        for k in a
+    }
+    assert got == truth
+    assert got["ids"] == 1 and got["extremes"] == float(2**64 - 1) and got["widened"] == 0
+    assert doc["dtype_mismatch"] == [{"path": ["widened"], "a": "int32", "b": "int64"}]
+    assert (code, doc["equal"]) == (1, 0)
+
+
+def test_values_stream_in_chunks_across_layouts(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(source_mod, "CHUNK", 4096)  # bytes per read: many chunks per tensor
+    monkeypatch.setattr(diff_mod, "PIECE", 100)  # elements per float64 piece
+    torch.manual_seed(1)
+    base = torch.randn(200, 300)
+    a = {"w": base.t(), "v": base[::2, 5:], "h": torch.randn(5000).bfloat16()}
+    b = {"w": base.t().contiguous(), "v": base[::2, 5:].contiguous(), "h": a["h"].float()}
+    b["w"][250, 7] += 0.125
+    b["v"][99, 10] = -3.0
+    assert not a["w"].is_contiguous() and not a["v"].is_contiguous()
+    pa, pb = save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth")
+    calls: list[tuple[int, int]] = []
+    d = diff_checkpoints(
+        open_checkpoint(pa), open_checkpoint(pb), values=True, progress=lambda *c: calls.append(c)
+    )
+    assert dict(d.value_diff) == {(k,): max_abs(a[k], b[k]) for k in a}
+    assert dict(d.value_diff)[("h",)] == 0  # bf16 -> f32 is exact
+    total = sum(a[k].nbytes + b[k].nbytes for k in a)
+    assert calls[-1] == (total, total) and len(calls) > 3 * len(a)
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and all(c[1] == total for c in calls)
+
+
+def test_values_that_cannot_be_read_are_not_counted_equal(tmp_path: Path) -> None:
+    holed = holed_checkpoint(tmp_path)  # b's storage record removed
+    full = tmp_path / "full.pt"
+    code, doc = core(holed, full)
+    assert (code, doc["equal"]) == (0, 2)  # metadata alone cannot tell
+    code, doc = core(holed, full, values=True)
+    assert code == 1
+    assert [e["path"] for e in doc["not_compared"]] == [["b"]]
+    assert doc["not_compared"][0]["reason"].startswith("A: ")
+    assert doc["value_diff"] == [{"path": ["a"], "max_abs": 0}] and doc["equal"] == 1
