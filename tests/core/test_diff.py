@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,24 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from ckptui import diff as diff_mod
+from ckptui.cli import main
 from ckptui.diff import diff_checkpoints, diff_json, render_diff
 from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
 
-from ..conftest import TinyNet, holed_checkpoint, training_checkpoint
+from ..conftest import ROOT, TinyNet, holed_checkpoint, run_cli, training_checkpoint
+
+REQUIRED = {
+    "a",
+    "b",
+    "prefix",
+    "only_a",
+    "only_b",
+    "shape_mismatch",
+    "dtype_mismatch",
+    "value_diff",
+    "equal",
+}
 
 
 def _strict(name: str) -> None:
@@ -37,6 +53,13 @@ def rendered(a: Path, b: Path, **options: Any) -> str:
     d = diff_checkpoints(open_checkpoint(a), open_checkpoint(b), **options)
     render_diff(d, Console(file=out, width=80), top=top)
     return out.getvalue()
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, dict]:
+    """Run `ckptui diff ARGS --json` in-process: (exit code, parsed strict JSON)."""
+    code = main(["diff", *map(str, args), "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out, parse_constant=_strict)
 
 
 def save(obj: object, path: Path) -> Path:
@@ -365,3 +388,97 @@ def test_values_that_cannot_be_read_are_not_counted_equal(tmp_path: Path) -> Non
     assert [e["path"] for e in doc["not_compared"]] == [["b"]]
     assert doc["not_compared"][0]["reason"].startswith("A: ")
     assert doc["value_diff"] == [{"path": ["a"], "max_abs": 0}] and doc["equal"] == 1
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_json_has_exactly_the_contract_keys(tmp_path: Path, capsys) -> None:
+    sd = state_dict()
+    a, b = save(sd, tmp_path / "a.pth"), save(sd, tmp_path / "b.pth")
+    code, doc = cli_json(capsys, a, b)
+    assert code == 0
+    assert set(doc) >= REQUIRED
+    assert set(doc) - REQUIRED == {
+        "mode",
+        "a_root",
+        "b_root",
+        "values_compared",
+        "not_compared",
+        "other_diff",
+    }
+    assert doc["a"] == str(a) and doc["b"] == str(b)
+    assert set(doc["prefix"]) == {"a", "b"} and isinstance(doc["equal"], int)
+    assert diff_json(diff_checkpoints(open_checkpoint(a), open_checkpoint(b))) == doc
+
+
+def test_options_reach_the_core(tmp_path: Path, capsys) -> None:
+    ck = training_checkpoint(parallel=True)
+    later = training_checkpoint(parallel=True)
+    later["optimizer"]["state"][1]["exp_avg_sq"] *= 3
+    a, b = save(ck, tmp_path / "a.pth"), save(later, tmp_path / "b.pth")
+    w = save({k.removeprefix("module."): v for k, v in ck["model"].items()}, tmp_path / "w.pth")
+    assert cli_json(capsys, a, b) == core(a, b)
+    assert cli_json(capsys, a, b, "--values") == core(a, b, values=True)
+    code, doc = cli_json(capsys, a, b, "--values", "--compare", "weights")
+    assert (code, doc) == core(a, b, values=True, compare="weights") and code == 0
+    assert cli_json(capsys, a, w, "--keep-prefix") == core(a, w, strip_prefix=False)
+    code, doc = cli_json(capsys, a, w, "--compare", "whole")
+    assert code == 1 and ["optimizer", "state", 0, "step"] in doc["only_a"]
+
+
+def test_exit_codes_as_a_user_sees_them(tmp_path: Path) -> None:
+    sd, other = state_dict(), state_dict(seed=1)
+    a, b = save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth")
+    same = run_cli("diff", str(a), str(a), "--values")
+    assert same.returncode == 0, same.stderr
+    assert same.stderr == ""  # no progress bar when stderr is not a terminal
+    assert "match" in same.stdout
+    assert run_cli("diff", str(a), str(b)).returncode == 0
+    differ = run_cli("diff", str(a), str(b), "--values", "--json")
+    unchanged = sum(torch.equal(sd[k], other[k]) for k in sd)  # BatchNorm's initial buffers
+    assert differ.returncode == 1 and json.loads(differ.stdout)["equal"] == unchanged < len(sd)
+    missing = tmp_path / "nope.pth"
+    r = run_cli("diff", str(a), str(missing))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"ckptui: {missing}: no such file or directory"
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    r = run_cli("diff", str(text), str(a), "--json")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"ckptui: {text}: ")
+    assert run_cli("diff", str(a)).returncode == 2  # usage
+
+
+def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys) -> None:
+    sd = state_dict()
+    many = {f"encoder.layers.{i}.attention.output.dense.weight": torch.zeros(2) for i in range(30)}
+    a = save({**sd, **many}, tmp_path / "a.pth")
+    other = {k: v.clone() for k, v in sd.items()}
+    other["fc.weight"] = torch.zeros(5, 8)
+    other["conv1.bias"] += 1
+    b = save(other, tmp_path / "b.pth")
+    code = main(["diff", str(a), str(b), "--values", "--top", "5"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert f"differ: {len(sd) - 2} equal · 30 only in A · 1 shape · 1 values differ" in out
+    assert "… and 25 more" in out
+    assert "[4, 8]" in out and "[5, 8]" in out
+    assert f"{max_abs(sd['conv1.bias'], other['conv1.bias']):.4g}" in out
+
+
+def test_the_core_imports_neither_torch_nor_rich(tmp_path: Path) -> None:
+    sd = state_dict()
+    a, b = save(sd, tmp_path / "a.pth"), save(sd, tmp_path / "b.pth")
+    code = (
+        "import sys\n"
+        "from ckptui.diff import diff_checkpoints\n"
+        "from ckptui.formats import open_checkpoint\n"
+        f"d = diff_checkpoints(open_checkpoint({str(a)!r}), open_checkpoint({str(b)!r}))\n"
+        "assert not d.differs\n"
+        "bad = [m for m in ('torch', 'numpy', 'textual', 'rich') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

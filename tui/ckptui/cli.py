@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import CkptError
 
-SUBCOMMANDS = ("inspect", "why", "export")
+SUBCOMMANDS = ("inspect", "why", "export", "diff")
 
 
 def _parser_main() -> argparse.ArgumentParser:
@@ -24,7 +24,8 @@ def _parser_main() -> argparse.ArgumentParser:
         prog="ckptui",
         description="Look inside a PyTorch checkpoint without running it. "
         "Subcommands: inspect PATH [--json]; why PATH [--json] (where the bytes went); "
-        "export PATH -o OUT (a slimmed, verified weights-only copy).",
+        "export PATH -o OUT (a slimmed, verified weights-only copy); "
+        "diff A B [--values] [--json] (what load_state_dict would trip on).",
     )
     p.add_argument("path", nargs="?", help="checkpoint file to open")
     p.add_argument(
@@ -114,6 +115,35 @@ def _parser_export() -> argparse.ArgumentParser:
     return p
 
 
+def _parser_diff() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckptui diff",
+        description="Compare two checkpoints: keys only in A or B, shape and dtype mismatches, "
+        "and with --values the max absolute difference per tensor. Exit 1 when they differ.",
+    )
+    p.add_argument("a", metavar="A", help="first checkpoint file")
+    p.add_argument("b", metavar="B", help="second checkpoint file")
+    p.add_argument("--json", action="store_true", help="print the JSON contract")
+    p.add_argument(
+        "--values", action="store_true", help="also compare tensor values (reads tensor data)"
+    )
+    p.add_argument(
+        "--compare",
+        choices=["auto", "whole", "weights"],
+        default="auto",
+        help="what to compare (auto: whole trees when both keep their weights at the same "
+        "place, else the detected weights subtrees)",
+    )
+    p.add_argument(
+        "--keep-prefix",
+        action="store_true",
+        help="do not strip a module. / _orig_mod. prefix that only one side has",
+    )
+    p.add_argument("--top", type=int, default=20, metavar="N", help="rows per list")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
 def _version() -> str:
     from . import __version__
 
@@ -131,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _why(_parser_why().parse_args(args_list[1:]))
         if args_list and args_list[0] == "export":
             return _export(_parser_export().parse_args(args_list[1:]))
+        if args_list and args_list[0] == "diff":
+            return _diff(_parser_diff().parse_args(args_list[1:]))
         return _main(_parser_main().parse_args(args_list))
     except CkptError as e:
         if debug:
@@ -293,6 +325,43 @@ def _export(args: argparse.Namespace) -> int:
             "verified against the source"
         )
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .diff import diff_checkpoints
+    from .formats import open_checkpoint
+
+    a, b = open_checkpoint(args.a), open_checkpoint(args.b)
+    options: dict[str, Any] = {"compare": args.compare, "strip_prefix": not args.keep_prefix}
+    if not args.values or not sys.stderr.isatty():
+        d = diff_checkpoints(a, b, values=args.values, **options)
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        columns = ("{task.description}", BarColumn(), DownloadColumn(binary_units=True))
+        console = Console(stderr=True)
+        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("comparing values", total=None)
+            d = diff_checkpoints(
+                a,
+                b,
+                values=True,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **options,
+            )
+    if args.json:
+        import json
+
+        from .diff import diff_json
+
+        json.dump(diff_json(d), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        from .diff import render_diff
+
+        render_diff(d, top=max(1, args.top))
+    return 1 if d.differs else 0
 
 
 def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:
