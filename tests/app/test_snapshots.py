@@ -49,6 +49,9 @@ SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     # the size breakdown (w), after its duplicate search
     "why": (["w"], (110, 32)),
     "why_80x24": (["w", "tab"], (80, 24)),
+    # model marked with space, then the export dialog (x)
+    "export": (["j", "space", "x"], (110, 32)),
+    "export_80x24": (["j", "space", "x"], (80, 24)),
 }
 """Named scenes: keys pressed after the file opens, and the terminal size. The README's
 screenshots are made from the same scenes (tests/make_screenshots.py)."""

@@ -235,3 +235,13 @@ def test_export_cli_json(dp_ckpt, tmp_path: Path) -> None:
     assert data["kept_paths"] == [["model"]] and data["tensors"] == len(load_file(out))
     r = run_cli("export", str(src), "-o", str(out))
     assert r.returncode == 2 and "already exists" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_default_target_and_size_change_text() -> None:
+    from ckptui.export import default_target
+    from ckptui.units import size_change
+
+    assert default_target("/runs/a/ckpt_0099.pth", "pth") == "/runs/a/ckpt_0099.slim.pth"
+    assert default_target("model.safetensors", "safetensors") == "model.slim.safetensors"
+    assert size_change(2 << 30, 406 << 20) == "2.0 GiB → 406.0 MiB, −80 %"  # noqa: RUF001
+    assert size_change(100, 100).endswith("±0 %") and size_change(100, 150).endswith("+50 %")

@@ -275,7 +275,7 @@ def _prefixed(f: Any, name: str) -> Any:
 def _export(args: argparse.Namespace) -> int:
     from .export import export, make_plan, resolve_path
     from .formats import open_checkpoint
-    from .units import size
+    from .units import size, size_change
 
     ckpt = open_checkpoint(args.path)
     fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "pth")
@@ -317,11 +317,10 @@ def _export(args: argparse.Namespace) -> int:
         )
         sys.stdout.write("\n")
     else:
-        change = 100 * (result.bytes - ckpt.file_bytes) / max(1, ckpt.file_bytes)
         stripped = f", stripped {plan.strip_prefix!r}" if plan.strip_prefix else ""
         print(
             f"wrote {result.output}: {result.tensors:,} tensors, {size(result.bytes)} "
-            f"({size(ckpt.file_bytes)} -> {size(result.bytes)}, {change:+.0f} %){stripped}; "
+            f"({size_change(ckpt.file_bytes, result.bytes)}){stripped}; "
             "verified against the source"
         )
     return 0

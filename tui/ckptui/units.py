@@ -15,6 +15,14 @@ def size(nbytes: int) -> str:
     return humanize.naturalsize(nbytes, binary=True, format="%.1f")
 
 
+def size_change(before: int, after: int) -> str:
+    """`2.4 GiB → 406.0 MiB, −83 %`: how an export changes a file's size (a true minus sign,
+    as the issue's example writes it)."""  # noqa: RUF002
+    pct = 100 * (after - before) / max(1, before)
+    sign = "+" if pct > 0 else "−" if round(pct) < 0 else "±"  # noqa: RUF001
+    return f"{size(before)} → {size(after)}, {sign}{abs(pct):.0f} %"
+
+
 def shape(dims: tuple[int, ...]) -> str:
     """`[64, 3, 7, 7]`."""
     return "[" + ", ".join(str(d) for d in dims) + "]"

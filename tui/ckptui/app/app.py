@@ -47,3 +47,11 @@ class CkptApp(App[None]):
     def action_tree_collapse_below(self) -> None:
         """Palette: collapse all below the cursor."""
         self.screen.query_one(CkptTree).action_collapse_below()
+
+    def action_tree_toggle_mark(self) -> None:
+        """Palette: mark or unmark the subtree at the cursor."""
+        self.screen.query_one(CkptTree).action_toggle_mark()
+
+    def action_tree_clear_marks(self) -> None:
+        """Palette: forget every mark."""
+        self.screen.query_one(CkptTree).clear_marks()

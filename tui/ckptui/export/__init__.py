@@ -4,7 +4,17 @@
 verified temporary file. No torch: the `.pth` is written in torch's own zip layout directly.
 """
 
-from .plan import ExportError, Item, Plan, make_plan, resolve_path
-from .run import Result, export
+from .plan import ExportError, Item, Plan, default_target, make_plan, resolve_path
+from .run import Result, check_target, export
 
-__all__ = ["ExportError", "Item", "Plan", "Result", "export", "make_plan", "resolve_path"]
+__all__ = [
+    "ExportError",
+    "Item",
+    "Plan",
+    "Result",
+    "check_target",
+    "default_target",
+    "export",
+    "make_plan",
+    "resolve_path",
+]

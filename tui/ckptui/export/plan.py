@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from ..dtypes import DTYPES, SAFETENSORS_DTYPES
 from ..errors import CkptError
@@ -168,6 +169,12 @@ def make_plan(
         skipped,
         detected_prefix,
     )
+
+
+def default_target(source: str, fmt: str) -> str:
+    """The output beside the source: `ckpt.pth` -> `ckpt.slim.pth` (or `.slim.safetensors`)."""
+    base = PurePath(source)
+    return str(base.with_name(f"{base.stem or 'checkpoint'}.slim.{fmt}"))
 
 
 def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:

@@ -49,17 +49,10 @@ def export(
             full or verification failed. The temporary file is gone in every case.
     """
     target = FsPath(out)
-    source = FsPath(plan.ckpt.path)
-    if target.exists() or target.is_symlink():
-        if _same_file(target, source):
-            raise ExportError(str(target), "is the source checkpoint: refusing to overwrite it")
-        if target.is_dir():
-            raise ExportError(str(target), "is a folder")
-        if not force:
-            raise ExportError(str(target), "already exists (use --force to replace it)")
+    problem = check_target(target, plan.ckpt.path)
+    if problem is not None and (problem[0] != "exists" or not force):
+        raise ExportError(str(target), problem[1])
     folder = target.parent if str(target.parent) else FsPath()
-    if not folder.is_dir():
-        raise ExportError(str(target), f"no folder {folder}")
     predicted = predicted_size(plan)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
     try:
@@ -91,6 +84,22 @@ def export(
         True,
         tuple(plan.keep),
     )
+
+
+def check_target(out: str | os.PathLike[str], source: str) -> tuple[str, str] | None:
+    """Why `out` cannot be written: (`error`, reason), or (`exists`, ...) when only `--force`
+    would replace it; None when it is free."""
+    target = FsPath(out)
+    if target.exists() or target.is_symlink():
+        if _same_file(target, FsPath(source)):
+            return "error", "is the source checkpoint: refusing to overwrite it"
+        if target.is_dir():
+            return "error", "is a folder"
+        return "exists", "already exists (use --force to replace it)"
+    folder = target.parent if str(target.parent) else FsPath()
+    if not folder.is_dir():
+        return "error", f"no folder {folder}"
+    return None
 
 
 def _verify(plan: Plan, written: str, progress: Progress | None) -> None:

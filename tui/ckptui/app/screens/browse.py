@@ -38,11 +38,12 @@ class BrowseScreen(Screen[None]):
 
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
-        Binding("n", "next_match", "Next"),
+        Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
         Binding("y", "copy_path", "Copy"),
         Binding("v", "values", "Values"),
         Binding("w", "why", "Sizes"),
+        Binding("x", "export", "Export"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -54,6 +55,7 @@ class BrowseScreen(Screen[None]):
         self._panel_timer: Timer | None = None
         self._panel_at = 0.0
         self._moved_at = 0.0
+        self._header = ""
         self._why: Any = None
         """The size breakdown's WhyCache, made on the first `w` (its module loads then)."""
 
@@ -111,6 +113,7 @@ class BrowseScreen(Screen[None]):
         )
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
+        self._header = header
         head = self.query_one("#header", Static)
         head.update(header)
         head.set_class(bool(dangers), "danger")
@@ -222,6 +225,23 @@ class BrowseScreen(Screen[None]):
         if self._why is None:
             self._why = WhyCache()
         self.app.push_screen(WhyScreen(self.ckpt, self._why), self._jump_to)
+
+    def action_export(self) -> None:
+        """x: the export dialog, keeping the marked subtrees (or else the detected weights)."""
+        if self.ckpt is None:
+            return
+        from .export import ExportScreen  # not needed to browse: kept off the start-up path
+
+        marks = list(self.query_one(CkptTree).marks)
+        self.app.push_screen(ExportScreen(self.ckpt, marks))
+
+    @on(CkptTree.MarksChanged)
+    def _marks_changed(self, event: CkptTree.MarksChanged) -> None:
+        n = len(event.marks)
+        text = self._header
+        if n:
+            text += f" · {n} marked for export (x)"
+        self.query_one("#header", Static).update(text)
 
     def _jump_to(self, path: Path | None) -> None:
         if path is None:

@@ -12,7 +12,7 @@ from textual.widgets import Static
 KEYS = [
     ("↑ ↓  j k", "move the cursor"),
     ("← →  h l", "collapse / go to parent · expand / go to first child"),
-    ("enter  space", "expand or collapse the row"),
+    ("enter", "expand or collapse the row"),
     ("g  G", "first row · last key (opens the last group)"),
     ("e  E", "expand all below the cursor (first 5,000 rows) · collapse all below"),
     ("/", "filter keys by substring or regex (matches and their parents stay)"),
@@ -21,6 +21,8 @@ KEYS = [
     ("y", "copy the key path, e.g. ['model']['conv1.weight'] (OSC 52: works over SSH)"),
     ("v", "compute the selected tensor's values (automatic up to 64 MiB)"),
     ("w", "why is the file this big: size breakdown and what to drop (enter jumps back here)"),
+    ("space", "mark / unmark the subtree for export (marked rows: ● and the mark colour)"),
+    ("x", "export a slimmed, verified copy: the marks, or else the detected weights"),
     ("ctrl+p", "command palette"),
     ("?", "this help"),
     ("q", "quit"),

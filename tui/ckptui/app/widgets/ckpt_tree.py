@@ -5,6 +5,9 @@ Textual's Tree makes a Python node per child (50 000 leaves took 1.2 s to add), 
 with more than `GROUP` children shows them in groups of `GROUP` (`[0 … 999]`), each loaded on
 expand: a 100 000-key state dict opens as 100 rows. `reveal(path)` expands whatever lies on the
 way to a key, groups included, so jumping to a match or to the last key always works.
+
+`space` marks a subtree for export: the row gets a bullet and the mark colour, and the rows below
+it take the colour too, so what an export keeps is visible at every depth.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from pathlib import Path as FilePath
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from ...facts import path_text
-from ...model import Checkpoint, Node, NodeKind, Path
+from ...model import Checkpoint, Node, NodeKind, Path, walk
 from ...units import summary
 
 GROUP = 1000
@@ -52,6 +56,7 @@ class CkptTree(Tree[Entry]):
         Binding("e", "expand_below", "Expand all", show=False),
         Binding("E", "collapse_below", "Collapse all", show=False),
         Binding("enter", "toggle_node", "Toggle", show=False),
+        Binding("space", "toggle_mark", "Mark", show=False),
     ]
 
     COMPONENT_CLASSES = {
@@ -59,7 +64,15 @@ class CkptTree(Tree[Entry]):
         "ckpt-tree--danger",
         "ckpt-tree--match",
         "ckpt-tree--group",
+        "ckpt-tree--marked",
     }
+
+    class MarksChanged(Message):
+        """The set of subtrees marked for export changed."""
+
+        def __init__(self, marks: list[Path]) -> None:
+            super().__init__()
+            self.marks = marks
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__("checkpoint", id=id)
@@ -70,11 +83,15 @@ class CkptTree(Tree[Entry]):
         self.matches: list[Path] = []
         """Paths matching the active filter, in display order."""
         self.filtered = False
+        self.marks: dict[Path, None] = {}
+        """Subtrees marked for export, in the order they were marked (a dict as ordered set)."""
         self._fg_styles: dict[str, Style] = {}
 
     # -- building ---------------------------------------------------------------------------
     def show_checkpoint(self, ckpt: Checkpoint) -> None:
         """Show a freshly opened checkpoint, root expanded."""
+        if ckpt is not self.ckpt:
+            self.marks = {}
         self.ckpt = ckpt
         self.filtered = False
         self.matches = []
@@ -86,7 +103,7 @@ class CkptTree(Tree[Entry]):
     def _reset(self) -> None:
         assert self.ckpt is not None
         self.clear()
-        self.root.set_label(self._label(self.ckpt.root, FilePath(self.ckpt.path).name))
+        self.root.set_label(self._row_label(self.ckpt.root, (), None))
         self.root.data = Entry(self.ckpt.root, ())
 
     def _fg(self, component: str) -> Style:
@@ -105,22 +122,41 @@ class CkptTree(Tree[Entry]):
         super().notify_style_update()
         self._fg_styles = {}
 
-    def _label(self, node: Node, key_text: str, match: bool = False) -> Text:
+    def _label(self, node: Node, key_text: str, match: bool = False, mark: str = "") -> Text:
+        """A row's text; `mark` is `self` for a marked row, `below` for a row under one."""
         if node.safety == "danger":
             key_style = self._fg("ckpt-tree--danger")
         elif match:
             key_style = self._fg("ckpt-tree--match")
+        elif mark:
+            key_style = self._fg("ckpt-tree--marked")
         else:
             key_style = Style()
         summary_style = self._fg("ckpt-tree--summary")
-        return Text.assemble((key_text, key_style), "  ", (summary(node), summary_style))
+        bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
+        return Text.assemble(bullet, (key_text, key_style), "  ", (summary(node), summary_style))
+
+    def _mark_of(self, path: Path) -> str:
+        if not self.marks:
+            return ""
+        if path in self.marks:
+            return "self"
+        return "below" if any(path[:i] in self.marks for i in range(len(path))) else ""
 
     @staticmethod
     def _key_text(child: Node, parent: Node) -> str:
         return f"[{child.key}]" if parent.kind is NodeKind.SEQUENCE else str(child.key)
 
+    def _row_label(self, node: Node, path: Path, owner: Node | None) -> Text:
+        if owner is None:  # the root row is named after the file
+            assert self.ckpt is not None
+            key_text = FilePath(self.ckpt.path).name
+        else:
+            key_text = self._key_text(node, owner)
+        return self._label(node, key_text, path in self._match_set, self._mark_of(path))
+
     def _add(self, parent: TreeNode[Entry], node: Node, path: Path, owner: Node) -> TreeNode:
-        label = self._label(node, self._key_text(node, owner), match=path in self._match_set)
+        label = self._row_label(node, path, owner)
         if node.children and node.kind is not NodeKind.REF:
             return parent.add(label, Entry(node, path))
         return parent.add_leaf(label, Entry(node, path, loaded=True))
@@ -259,6 +295,66 @@ class CkptTree(Tree[Entry]):
             node.expand()  # keep the top-level keys in view
         self.move_cursor(node)
 
+    # -- marks -------------------------------------------------------------------------------
+    def action_toggle_mark(self) -> None:
+        """space: mark the cursor's subtree for export, or unmark it."""
+        row = self.cursor_node
+        entry = row.data if row else None
+        if row is None or entry is None:
+            return
+        if entry.group is not None:  # a group row stands for its children
+            lo, hi = entry.group
+            paths = [(*entry.path, c.key) for c in entry.node.children[lo:hi]]
+        else:
+            paths = [entry.path]
+        covering = next((p[:i] for p in paths for i in range(len(p)) if p[:i] in self.marks), None)
+        if covering is not None:
+            where = path_text(covering) or "the whole file"
+            self.notify(f"already kept with {where}: unmark it there", severity="warning")
+            return
+        if all(p in self.marks for p in paths):
+            for p in paths:
+                del self.marks[p]
+        else:
+            with_tensors = [p for p in paths if _has_tensors(self._node_at(p, entry))]
+            if not with_tensors:
+                what = path_text(entry.path) or "the file"
+                self.notify(f"no tensors below {what}: nothing to export", severity="warning")
+                return
+            for p in with_tensors:
+                # a mark covers its subtree: marks below it are folded into it
+                for old in [m for m in self.marks if m[: len(p)] == p]:
+                    del self.marks[old]
+                self.marks[p] = None
+        self._relabel(row)
+        self.post_message(self.MarksChanged(list(self.marks)))
+
+    def clear_marks(self) -> None:
+        """Forget every mark."""
+        self.marks = {}
+        self._relabel(self.root)
+        self.post_message(self.MarksChanged([]))
+
+    @staticmethod
+    def _node_at(path: Path, entry: Entry) -> Node:
+        if path == entry.path:
+            return entry.node
+        child = entry.node.child(path[-1])
+        assert child is not None
+        return child
+
+    def _relabel(self, row: TreeNode[Entry]) -> None:
+        """Redraw the labels of `row` and every loaded row below it."""
+        stack = [row]
+        while stack:
+            r = stack.pop()
+            stack.extend(r.children)
+            e = r.data
+            if e is None or e.group is not None:
+                continue
+            owner = r.parent.data.node if r.parent is not None and r.parent.data else None
+            r.set_label(self._row_label(e.node, e.path, owner))
+
     # -- filtering ---------------------------------------------------------------------------
     def show_matches(self, matches: list[Path]) -> None:
         """Show only `matches` and their ancestors, all opened."""
@@ -317,3 +413,7 @@ class CkptTree(Tree[Entry]):
         """The cursor row's dotted path."""
         entry = self.cursor_node.data if self.cursor_node else None
         return path_text(entry.path) if entry else ""
+
+
+def _has_tensors(node: Node) -> bool:
+    return node.kind is NodeKind.TENSOR or any(n.kind is NodeKind.TENSOR for _, n in walk(node))

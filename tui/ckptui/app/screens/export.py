@@ -1,0 +1,378 @@
+"""Provides ExportScreen (`x`): choose what to keep and how, see the output's size, write it.
+
+The dialog only gathers choices and shows the core's answers: `make_plan` says what the output
+holds and exactly how big it is (recomputed on every change), and `export` writes it through a
+verified temporary file in a thread worker, reporting progress here. Esc while writing stops
+the export at the next block; `export` then removes its temporary file, so nothing is left.
+ExportDoneScreen then says where the file is, how big, and that it was verified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path as FsPath
+
+from rich.markup import escape
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Input,
+    Label,
+    ProgressBar,
+    RadioButton,
+    RadioSet,
+    Static,
+)
+from textual.worker import Worker, WorkerState
+
+from ... import units
+from ...errors import CkptError
+from ...export import (
+    ExportError,
+    Plan,
+    Result,
+    check_target,
+    default_target,
+    export,
+    make_plan,
+)
+from ...facts import path_text
+from ...model import Checkpoint, Path
+
+DTYPES = ("keep", "bf16", "fp16")
+FORMATS = ("pth", "safetensors")
+PROGRESS_EVERY = 0.05
+"""Seconds between progress updates sent from the writing thread to the screen."""
+
+
+class Cancelled(Exception):
+    """Raised inside the writer when the user presses esc; `export` cleans up after it."""
+
+
+class ExportScreen(ModalScreen[None]):
+    """The export dialog, prefilled with the marks or else the detected weights."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, ckpt: Checkpoint, marks: list[Path]) -> None:
+        super().__init__()
+        self.ckpt = ckpt
+        self.marks = marks
+        self.plan: Plan | None = None
+        self._prefix = ""
+        """The prefix every kept name shares (`module.`): offered for stripping."""
+        self._replace: str | None = None
+        """The existing target the user agreed to replace (by pressing Export twice)."""
+        self._cancel = threading.Event()
+        self._writing = False
+
+    # -- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Vertical(id="export") as box:
+            box.border_title = "Export a slimmed copy"
+            with Horizontal(classes="export-row", id="export-first"):
+                yield Label("Keep", classes="export-label")
+                yield Static(id="export-keep")
+            with Horizontal(classes="export-row"):
+                yield Label("Names", classes="export-label")
+                yield Checkbox("strip the prefix", id="export-strip")
+            with Horizontal(classes="export-row"):
+                yield Label("Floats", classes="export-label")
+                with RadioSet(id="export-dtype"):
+                    yield RadioButton("keep dtype", value=True)
+                    yield RadioButton("bf16")
+                    yield RadioButton("fp16")
+            with Horizontal(classes="export-row"):
+                yield Label("Format", classes="export-label")
+                with RadioSet(id="export-format"):
+                    yield RadioButton(".pth", value=True)
+                    yield RadioButton(".safetensors")
+            with Horizontal(classes="export-row"):
+                yield Label("Write to", classes="export-label")
+                yield Input(default_target(self.ckpt.path, "pth"), id="export-target")
+            with Horizontal(classes="export-row", id="export-size-row"):
+                yield Label("Size", classes="export-label")
+                yield Static(id="export-size")
+            yield Static(id="export-note")
+            yield ProgressBar(id="export-progress", show_eta=True)
+            with Horizontal(id="export-buttons"):
+                yield Button("Export", id="export-go", variant="primary")
+                yield Button("Cancel", id="export-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one(ProgressBar).display = False
+        self._replan(first=True)
+        self._check_target()
+
+    # -- choices -> plan ---------------------------------------------------------------------
+    def _choices(self) -> tuple[str, str, str]:
+        strip = "auto" if self.query_one("#export-strip", Checkbox).value else "none"
+        dtype = DTYPES[self.query_one("#export-dtype", RadioSet).pressed_index]
+        fmt = FORMATS[self.query_one("#export-format", RadioSet).pressed_index]
+        return strip, dtype, fmt
+
+    def _replan(self, first: bool = False) -> None:
+        # Planning a 50,000-tensor export takes about a second (data.pkl is built to know its
+        # exact size): a worker keeps the dialog responsive, and Export waits for the answer.
+        strip, dtype, fmt = self._choices()
+        self.plan = None
+        self._update_button()
+        self._show_size("[dim]computing …[/]")
+        self._plan(self.marks or None, "auto" if first else strip, dtype, fmt, first)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
+    def _plan(
+        self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
+    ) -> tuple[Plan, int, bool]:
+        plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
+        return plan, plan.predicted_bytes, first
+
+    @on(Worker.StateChanged)
+    def _planned(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "plan":
+            return
+        if event.state is WorkerState.ERROR:
+            error = event.worker.error
+            reason = error.message if isinstance(error, CkptError) else repr(error)
+            self._show_size(f"[b $error]{escape(reason)}[/]")
+            self.query_one("#export-keep", Static).update(self._keep_text(None))
+            if isinstance(error, CkptError):
+                self.query_one("#export-strip", Checkbox).label = "strip a prefix (nothing to keep)"
+            return
+        if event.state is not WorkerState.SUCCESS:
+            return
+        plan, predicted, first = event.worker.result
+        if first:
+            self._prefix = plan.detected_prefix
+            box = self.query_one("#export-strip", Checkbox)
+            with box.prevent(Checkbox.Changed):  # the plan already strips it
+                box.value = bool(self._prefix)
+            box.label = (
+                f"strip the prefix {self._prefix!r} from every name"
+                if self._prefix
+                else "strip a prefix (none found: no module./_orig_mod.)"
+            )
+            box.disabled = not self._prefix
+        self.plan = plan
+        self.query_one("#export-keep", Static).update(self._keep_text(plan))
+        text = (
+            f"[b]{units.size_change(self.ckpt.file_bytes, predicted)}[/] · "
+            f"{len(plan.items):,} tensors"
+        )
+        if plan.skipped:
+            more = ", …" if len(plan.skipped) > 1 else ""
+            text += (
+                f"\n[$warning]{len(plan.skipped):,} skipped ({escape(plan.skipped[0][1])}{more})[/]"
+            )
+        self._show_size(text)
+        self._update_button()
+        if first:  # x, then enter, exports the defaults
+            self.query_one("#export-go", Button).focus()
+
+    def _keep_text(self, plan: Plan | None) -> str:
+        if self.marks:
+            names = ", ".join(path_text(p) or "the whole file" for p in self.marks[:3])
+            more = f" and {len(self.marks) - 3} more" if len(self.marks) > 3 else ""
+            return f"{len(self.marks)} marked: [b]{escape(names)}[/]{more}"
+        if plan is None:
+            return "the detected weights (none found: mark subtrees with space)"
+        where = path_text(plan.keep[0]) or "the whole file"
+        return f"the detected weights: [b]{escape(where)}[/]  [dim](space marks others)[/]"
+
+    def _show_size(self, text: str) -> None:
+        self.query_one("#export-size", Static).update(text)
+
+    @on(Checkbox.Changed, "#export-strip")
+    @on(RadioSet.Changed, "#export-dtype")
+    def _transform_changed(self) -> None:
+        self._replan()
+
+    @on(RadioSet.Changed, "#export-format")
+    def _format_changed(self) -> None:
+        _, _, fmt = self._choices()
+        target = self.query_one("#export-target", Input)
+        other = "safetensors" if fmt == "pth" else "pth"
+        if target.value.endswith(f".{other}"):  # follow the format unless the user named it
+            target.value = target.value[: -len(other)] + fmt
+        self._replan()
+
+    @on(Input.Changed, "#export-target")
+    def _target_changed(self) -> None:
+        self._replace = None
+        self._check_target()
+
+    def _check_target(self) -> None:
+        self.query_one("#export-note", Static).update(self._target_problem() or "")
+        self._update_button()
+
+    def _target_problem(self) -> str | None:
+        """Why the target cannot be written (markup), or a warning that it exists."""
+        value = self.query_one("#export-target", Input).value.strip()
+        if not value:
+            return "[$error]name the file to write[/]"
+        target = str(FsPath(value).expanduser())
+        problem = check_target(target, self.ckpt.path)
+        if problem is None:
+            return None
+        level, reason = problem
+        if level == "error":
+            return f"[b $error]{escape(value)} {escape(reason)}[/]"
+        if self._replace == target:
+            return f"[$warning]{escape(value)} exists: press Replace to overwrite it[/]"
+        return f"[$warning]{escape(value)} exists: Export will ask before replacing it[/]"
+
+    def _update_button(self) -> None:
+        button = self.query_one("#export-go", Button)
+        problem = self._target_problem() or ""
+        button.disabled = self._writing or self.plan is None or "$error" in problem
+        button.label = "Replace" if self._replace else "Export"
+
+    # -- writing -----------------------------------------------------------------------------
+    @on(Button.Pressed, "#export-cancel")
+    def action_cancel(self) -> None:
+        """esc: close the dialog, or stop a running export (nothing is left behind)."""
+        if self._writing:
+            self._cancel.set()
+            self.query_one("#export-note", Static).update("stopping …")
+        else:
+            self.dismiss(None)
+
+    @on(Button.Pressed, "#export-go")
+    @on(Input.Submitted, "#export-target")
+    def _go(self) -> None:
+        if self._writing or self.plan is None or self.query_one("#export-go", Button).disabled:
+            return
+        target = str(FsPath(self.query_one("#export-target", Input).value.strip()).expanduser())
+        exists = FsPath(target).exists()
+        if exists and self._replace != target:
+            self._replace = target  # ask first: the second press replaces
+            self._check_target()
+            self.query_one("#export-go", Button).focus()
+            return
+        self._writing = True
+        self._cancel.clear()
+        for widget in self.query("Checkbox, RadioSet, Input"):
+            widget.disabled = True
+        self._update_button()
+        self.query_one("#export-cancel", Button).focus()
+        bar = self.query_one(ProgressBar)
+        bar.display = True
+        bar.update(total=max(1, 2 * self.plan.data_bytes), progress=0)
+        self._write(self.plan, target, exists)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export")
+    def _write(self, plan: Plan, target: str, force: bool) -> Result:
+        total = plan.data_bytes
+        return export(
+            plan,
+            target,
+            force=force,
+            progress=self._reporter("writing", 0),
+            verify_progress=self._reporter("verifying", total),
+        )
+
+    def _reporter(self, phase: str, base: int):
+        """A progress callback for the writing thread: checks for esc, posts throttled updates."""
+        last = 0.0
+
+        def report(done: int, total: int, name: str) -> None:
+            nonlocal last
+            if self._cancel.is_set():
+                raise Cancelled
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY or done >= total:
+                last = now
+                self.app.call_from_thread(self._progress, phase, base + done, name)
+
+        return report
+
+    def _progress(self, phase: str, done: int, name: str) -> None:
+        self.query_one(ProgressBar).update(progress=done)
+        if not self._cancel.is_set():
+            self.query_one("#export-note", Static).update(f"{phase} [b]{escape(name)}[/]")
+
+    @on(Worker.StateChanged)
+    def _finished(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "export" or event.state not in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+        ):
+            return
+        self._writing = False
+        if event.state is WorkerState.SUCCESS:
+            result: Result = event.worker.result
+            self.app.pop_screen()
+            self.app.push_screen(ExportDoneScreen(result, self.ckpt.file_bytes, self.plan))
+            return
+        error = event.worker.error
+        if isinstance(error, Cancelled):
+            message = "[$warning]stopped: nothing was written[/]"
+        elif isinstance(error, ExportError | CkptError):
+            message = f"[b $error]{escape(error.message)}: nothing was written[/]"
+        else:
+            message = f"[b $error]unexpected error: {escape(repr(error))}; nothing was written[/]"
+        self.query_one(ProgressBar).display = False
+        for widget in self.query("Checkbox, RadioSet, Input"):
+            widget.disabled = False
+        self.query_one("#export-strip", Checkbox).disabled = not self._prefix
+        self._replace = None
+        self._update_button()
+        self.query_one("#export-note", Static).update(message)
+        self.query_one("#export-go", Button).focus()
+
+
+class ExportDoneScreen(ModalScreen[None]):
+    """What was written: path, size, tensor count, and that it was verified."""
+
+    BINDINGS = [
+        Binding("escape,enter,q", "dismiss", "Close"),
+        Binding("y", "copy_path", "Copy path"),
+    ]
+
+    def __init__(self, result: Result, source_bytes: int, plan: Plan | None) -> None:
+        super().__init__()
+        self.result = result
+        self.source_bytes = source_bytes
+        self.plan = plan
+
+    def compose(self) -> ComposeResult:
+        r = self.result
+        path = str(FsPath(r.output).absolute())
+        name = FsPath(r.output).name
+        if r.output.endswith(".safetensors"):
+            load = f"safetensors.torch.load_file({name!r})"
+        else:
+            load = f"torch.load({name!r}, weights_only=True)"
+        change = units.size_change(self.source_bytes, r.bytes)
+        rows = [
+            ("Wrote", f"[b]{escape(path)}[/]"),
+            ("Size", f"{units.size(r.bytes)} · {r.tensors:,} tensors ({change})"),
+            (
+                "Verified",
+                "every tensor was read back from the new file and matched the source bit for bit"
+                if r.verified
+                else "[$error]not verified[/]",
+            ),
+            ("Load it", escape(load)),
+        ]
+        if self.plan is not None and self.plan.strip_prefix:
+            rows.insert(2, ("Names", f"stripped {escape(repr(self.plan.strip_prefix))}"))
+        with Vertical(id="export-done") as box:
+            box.border_title = "✓ Exported"
+            for i, (label, text) in enumerate(rows):
+                with Horizontal(classes="export-row", id="export-first" if i == 0 else None):
+                    yield Label(label, classes="export-label")
+                    yield Static(text)
+            yield Static("enter closes · y copies the path", id="export-done-keys")
+
+    def action_copy_path(self) -> None:
+        """y: copy the written file's path."""
+        path = str(FsPath(self.result.output).absolute())
+        self.app.copy_to_clipboard(path)
+        self.notify(f"copied {path}", timeout=3)
