@@ -1,0 +1,788 @@
+"""Provides the reader for `torch.distributed.checkpoint` (DCP) folders: `.metadata` + `*.distcp`.
+
+`.metadata` is a pickle of torch's `Metadata` dataclass (FORMATS.md). It is read with ckptui's
+inert unpickler like any other pickle: torch's classes come out as placeholders whose state is
+walked as data, never called. It names, for every flattened key (FQN), either a tensor (dtype,
+global size and the chunks that tile it) or a pickled object, and for every chunk or object the
+`.distcp` file, offset and length of its item (`storage_data`).
+
+In torch 2.13 (and every earlier release) `FileSystemWriter` writes each item as a complete
+`torch.save` zip archive (`_write_item`: `torch.save(tensor, stream)`; objects are `torch.save`d
+into a BytesIO first). So a chunk's raw bytes lie inside its item at the zip's `data/<key>`
+record, and its view (stride, storage offset) is in the item's own `data.pkl`: ckptui reads the
+item's central directory and its `data.pkl` (a few hundred bytes each, never the tensor data)
+and points `Storage.data_offset` at the raw bytes, so values and export read them in place.
+
+The tree is the global state dict: `planner_data` (written by DefaultSavePlanner, FQN -> the
+original key path) nests `model.0.weight` back into `{"model": {"0.weight": ...}}`, keeping
+state-dict keys whole as the rest of ckptui does. Without planner data (custom planners,
+`flatten_state_dict=False`) DCP itself loads every FQN as a top-level key of the state dict, so
+the tree is flat: one key per FQN, not split at dots (splitting would invent a nesting the
+checkpoint does not have).
+
+A tensor saved as one chunk covering it gets `storage_key` = that chunk's storage. A tensor
+split into several chunks (FSDP/DTensor across ranks) has `layout="chunked"`, no storage key,
+and node attrs `chunks` ((offsets, sizes, file) per chunk) and `chunk_storages` (their keys),
+each chunk being a Storage of its own. Problems with the data files (missing, shorter than the
+metadata says, an item that is not a readable archive) become findings, one per file; the
+rest still opens. A `.metadata` that cannot be read is a one-line `CorruptFile`.
+
+No torch here: opening must not pay torch's start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+from ..dtypes import DTYPES, STORAGE_DTYPES, itemsize_of
+from ..errors import CkptError, CorruptFile, NotReadable
+from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, TensorInfo
+from ..recorders import StorageRef, TensorRec, TorchDtype
+from ..treebuild import TreeBuilder
+from ..unpickle import Global, PDict, PObject, _Malformed, classify_global
+from ._common import Source, parse_pid_location
+
+METADATA = ".metadata"
+SUFFIX = ".distcp"
+_MD = "torch.distributed.checkpoint.metadata."
+_DCP_GLOBALS = frozenset(
+    {
+        f"{_MD}Metadata", f"{_MD}TensorStorageMetadata", f"{_MD}BytesStorageMetadata",
+        f"{_MD}ChunkStorageMetadata", f"{_MD}TensorProperties", f"{_MD}MetadataIndex",
+        f"{_MD}StorageMeta", f"{_MD}_MEM_FORMAT_ENCODING",
+        "torch.distributed.checkpoint.filesystem._StorageInfo",
+        "torch.distributed.checkpoint.filesystem._StoragePrefix",
+    }
+)  # fmt: skip
+"""torch's own metadata classes: interpreted here as data, so not reported as unknown."""
+MAX_OBJECT_ITEMS = 20_000
+"""Pickled-object items read for their content; beyond this they are shown by size only."""
+MAX_OBJECT_BYTES = 16 << 20
+"""An object item larger than this is shown by size only."""
+_TAIL = 4096
+_HEAD = 2048
+_CD = struct.Struct("<IHHHHHHIIIHHHHHII")
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+
+
+def looks_like_dcp(folder: str) -> bool:
+    """A `.metadata` pickle beside at least one `*.distcp` file (one listdir, one 2-byte read)."""
+    try:
+        names = [p.name for p in FsPath(folder).iterdir()]
+        if METADATA not in names or not any(n.endswith(SUFFIX) for n in names):
+            return False
+        with (FsPath(folder) / METADATA).open("rb") as f:
+            return f.read(2)[:1] == b"\x80"
+    except OSError:
+        return False
+
+
+@dataclass
+class _Chunk:
+    fqn: str
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    key: str
+    file: str | None = None
+    offset: int = 0
+    length: int = 0
+    rec: TensorRec | None = None
+    """The chunk's tensor as its item's data.pkl describes it, when its bytes are readable."""
+    linkable: bool = False
+    """A whole-tensor chunk whose storage may be the tensor's (readable, or plainly missing)."""
+
+
+@dataclass
+class _Problems:
+    """Per-file trouble, reported as one finding per file and kind."""
+
+    by_file: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def add(self, file: str, kind: str, fqn: str) -> None:
+        self.by_file.setdefault((file, kind), []).append(fqn)
+
+
+def read_dcp(folder: str) -> Checkpoint:
+    """Read a DCP folder's `.metadata` (inertly) and its items' headers into one checkpoint.
+
+    Args:
+        folder: the checkpoint folder.
+
+    Returns:
+        The global state dict as a tree; one storage per tensor chunk, `file` naming its
+        `.distcp` file relative to the folder.
+
+    Raises:
+        CorruptFile: `.metadata` is not a readable DCP Metadata pickle.
+        NotReadable: the folder or `.metadata` cannot be read.
+    """
+    folder = os.fspath(folder)
+    files = _list_files(folder)
+    meta_path = str(FsPath(folder) / METADATA)
+    try:
+        msrc = Source.open(meta_path)
+    except OSError as e:
+        raise NotReadable(meta_path, e.strerror or str(e)) from None
+    try:
+        md = _load_metadata(msrc)
+    finally:
+        msrc.close()
+    reader = _Reader(folder, files, md, msrc)
+    try:
+        return reader.read()
+    except (RecursionError, MemoryError) as e:
+        raise CorruptFile(
+            meta_path, f"too deeply nested or too large ({type(e).__name__})"
+        ) from None
+    finally:
+        reader.close()
+
+
+def _list_files(folder: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_file():
+                    out[e.name] = e.stat().st_size
+    except OSError as e:
+        raise NotReadable(folder, e.strerror or str(e)) from None
+    return dict(sorted(out.items()))
+
+
+# -- .metadata --------------------------------------------------------------------------------
+@dataclass
+class _Metadata:
+    tensors: dict[str, tuple[TensorInfo, list[_Chunk]]]
+    objects: dict[str, None]
+    order: list[str]
+    planner: dict[str, tuple[Any, ...]] | None
+    storage: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, bool]]
+    info: dict[str, Any]
+    globals: dict[str, Global]
+
+
+def _load_metadata(src: Source) -> _Metadata:
+    path = src.path
+    if src.size == 0:
+        raise CorruptFile(path, "empty .metadata file")
+    root, _ = src.unpickler(src.buf, METADATA, None).load(0, src.size)
+    if not (isinstance(root, PObject) and root.name == f"{_MD}Metadata"):
+        found = root.name if isinstance(root, PObject) else type(root).__name__
+        raise CorruptFile(path, f"not a DCP Metadata pickle (it holds {found}){_danger(src)}")
+    try:
+        return _interpret(src, root)
+    except _Malformed as e:
+        raise CorruptFile(path, f"malformed DCP metadata: {e}{_danger(src)}") from None
+
+
+def _danger(src: Source) -> str:
+    ran = [
+        g.full for g in src.globals.values() if classify_global(g) == ("dangerous_call", "danger")
+    ]
+    if not ran:
+        return ""
+    return f"; pickle.load (and torch's reader) would run {', '.join(ran[:3])}: ckptui did not"
+
+
+def _state(obj: Any, what: str) -> PDict:
+    if not isinstance(obj, PObject) or not isinstance(obj.state, PDict):
+        raise _Malformed(f"{what} is not a dataclass instance")
+    return obj.state
+
+
+def _ints(v: Any, what: str) -> tuple[int, ...]:
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, tuple) or not all(type(x) is int and 0 <= x < 1 << 62 for x in v):
+        raise _Malformed(f"{what} is not a tuple of non-negative ints")
+    return v
+
+
+def _interpret(src: Source, root: PObject) -> _Metadata:
+    st = _state(root, "Metadata")
+    sdm = st.get("state_dict_metadata")
+    if not isinstance(sdm, PDict):
+        raise _Malformed("state_dict_metadata is not a dict")
+    tensors: dict[str, tuple[TensorInfo, list[_Chunk]]] = {}
+    objects: dict[str, None] = {}
+    order: list[str] = []
+    for fqn, entry in sdm.items:
+        if not isinstance(fqn, str):
+            raise _Malformed(f"state_dict_metadata key {fqn!r} is not a string")
+        order.append(fqn)
+        name = entry.name if isinstance(entry, PObject) else type(entry).__name__
+        if name == f"{_MD}BytesStorageMetadata":
+            objects[fqn] = None
+        elif name == f"{_MD}TensorStorageMetadata":
+            tensors[fqn] = _tensor_entry(fqn, _state(entry, f"{fqn}: TensorStorageMetadata"))
+        else:
+            raise _Malformed(f"{fqn}: unknown storage metadata {name}")
+    planner = _planner(st.get("planner_data"))
+    storage = _storage_data(st.get("storage_data"))
+    info: dict[str, Any] = {}
+    version = st.get("version")
+    if isinstance(version, str):
+        info["dcp_version"] = version
+    meta = st.get("storage_meta")
+    if isinstance(meta, PObject) and isinstance(meta.state, PDict):
+        for k in ("save_id", "modules"):
+            v = meta.state.get(k)
+            if isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                info[k] = v
+        cid = meta.state.get("checkpoint_id")
+        if isinstance(cid, str):
+            info["checkpoint_id"] = cid
+        elif isinstance(cid, PObject) and cid.args and all(isinstance(a, str) for a in cid.args):
+            info["checkpoint_id"] = "/".join(cid.args).replace("//", "/")  # PosixPath(parts)
+    return _Metadata(tensors, objects, order, planner, storage, info, src.globals)
+
+
+def _tensor_entry(fqn: str, st: PDict) -> tuple[TensorInfo, list[_Chunk]]:
+    props = st.get("properties")
+    pstate = props.state if isinstance(props, PObject) else None
+    dtype: Any = None
+    requires_grad = False
+    if isinstance(pstate, tuple) and pstate:  # TensorProperties.__getstate__: (dtype, layout, ...)
+        dtype = pstate[0]
+        requires_grad = len(pstate) > 2 and pstate[2] is True
+    elif isinstance(pstate, PDict):  # older torch: the plain __dict__
+        dtype = pstate.get("dtype")
+        requires_grad = pstate.get("requires_grad") is True
+    if not isinstance(dtype, TorchDtype):
+        raise _Malformed(f"{fqn}: tensor properties carry no dtype")
+    shape = _ints(st.get("size"), f"{fqn}: size")
+    chunks_in = st.get("chunks")
+    if not isinstance(chunks_in, list):
+        raise _Malformed(f"{fqn}: chunks is not a list")
+    chunks: list[_Chunk] = []
+    for c in chunks_in:
+        cs = _state(c, f"{fqn}: chunk")
+        offsets = _ints(cs.get("offsets"), f"{fqn}: chunk offsets")
+        sizes = _ints(cs.get("sizes"), f"{fqn}: chunk sizes")
+        if len(offsets) != len(shape) or len(sizes) != len(shape):
+            raise _Malformed(f"{fqn}: a chunk's rank differs from the tensor's")
+        if any(o + s > d for o, s, d in zip(offsets, sizes, shape, strict=True)):
+            raise _Malformed(f"{fqn}: a chunk reaches outside the tensor")
+        chunks.append(_Chunk(fqn, offsets, sizes, f"{fqn}@[{','.join(map(str, offsets))}]"))
+    stride = _contiguous(shape)
+    info = TensorInfo(
+        shape, dtype.name, stride, None, 0, itemsize_of(dtype.name), "cpu", requires_grad
+    )
+    return info, chunks
+
+
+def _planner(pd: Any) -> dict[str, tuple[Any, ...]] | None:
+    if not isinstance(pd, PDict):
+        return None
+    out: dict[str, tuple[Any, ...]] = {}
+    for k, v in pd.items:
+        if isinstance(v, list):
+            v = tuple(v)
+        ok = (
+            isinstance(v, tuple)
+            and v
+            and all(isinstance(x, str) or (type(x) is int and 0 <= x < 1 << 31) for x in v)
+        )
+        if isinstance(k, str) and ok:
+            out[k] = v
+    return out
+
+
+def _storage_data(sd: Any) -> dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, bool]]:
+    if not isinstance(sd, PDict):
+        raise _Malformed("storage_data is not a dict (not written by FileSystemWriter?)")
+    out: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, bool]] = {}
+    for k, v in sd.items:
+        ks = _state(k, "storage_data key")
+        fqn = ks.get("fqn")
+        off = ks.get("offset")
+        if not isinstance(fqn, str):
+            raise _Malformed("storage_data key without an fqn")
+        offsets = None if off is None else _ints(off, f"{fqn}: storage offset")
+        vs = _state(v, f"{fqn}: storage info")
+        rel, at, n = vs.get("relative_path"), vs.get("offset"), vs.get("length")
+        if not isinstance(rel, str) or type(at) is not int or type(n) is not int or at < 0 or n < 0:
+            raise _Malformed(f"{fqn}: storage info is not (relative_path, offset, length)")
+        if FsPath(rel).is_absolute() or ".." in FsPath(rel).parts or "/" in rel or "\\" in rel:
+            raise _Malformed(f"{fqn}: data file {rel!r} lies outside the folder")
+        out[(fqn, offsets)] = (rel, at, n, bool(vs.get("transform_descriptors")))
+    return out
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride: list[int] = []
+    acc = 1
+    for d in reversed(shape):
+        stride.append(acc)
+        acc *= max(d, 1)
+    return tuple(reversed(stride))
+
+
+# -- the items ------------------------------------------------------------------------------
+class _Reader:
+    def __init__(self, folder: str, files: dict[str, int], md: _Metadata, msrc: Source) -> None:
+        self.folder = folder
+        self.files = files
+        self.md = md
+        self.meta_bytes = msrc.size
+        self.sources: dict[str, Source | None] = {}
+        self.item_globals: dict[str, Global] = {}
+        self.storages: dict[str, Storage] = {}
+        self.problems = _Problems()
+        self.findings: list[Finding] = []
+        self.builder = TreeBuilder()
+        self.objects_read = 0
+        self.per_file: dict[str, dict[str, int]] = {}
+
+    def close(self) -> None:
+        for s in self.sources.values():
+            if s is not None:
+                s.close()
+
+    def source(self, rel: str) -> Source | None:
+        if rel not in self.sources:
+            src = None
+            if rel in self.files:
+                try:
+                    src = Source.open(str(FsPath(self.folder) / rel))
+                except OSError:
+                    src = None
+                else:
+                    src.globals = self.item_globals
+            self.sources[rel] = src
+        return self.sources[rel]
+
+    def read(self) -> Checkpoint:
+        md = self.md
+        leaves: dict[str, Node] = {}
+        for fqn, (info, chunks) in md.tensors.items():
+            leaves[fqn] = self.tensor(fqn, info, chunks)
+        for fqn in md.objects:
+            leaves[fqn] = self.object(fqn)
+        root = self.nest(leaves)
+        self.report()
+        findings = self.findings
+        for g in md.globals.values():
+            if g.full not in _DCP_GLOBALS:
+                self.global_finding(g, (METADATA,), in_metadata=True)
+        for g in self.item_globals.values():
+            self.global_finding(g, self.builder.global_paths.get(g.full), in_metadata=False)
+        order = {"danger": 0, "warning": 1, "info": 2}
+        findings.sort(key=lambda f: order[f.severity.value])
+        info: dict[str, Any] = {
+            "folder": str(FsPath(self.folder).absolute()),
+            "files": dict(self.files),
+            **md.info,
+            "metadata_bytes": self.meta_bytes,
+            "planner_data": md.planner is not None,
+            "tensors": len(md.tensors),
+            "objects": len(md.objects),
+            "chunks": sum(len(c) for _, c in md.tensors.values()),
+            "per_file": self.per_file,
+        }
+        return Checkpoint(
+            self.folder,
+            "dcp",
+            sum(self.files.values()),
+            root,
+            self.storages,
+            tuple(findings),
+            info,
+        )
+
+    def global_finding(self, g: Global, where: Path | None, in_metadata: bool) -> None:
+        verdict = classify_global(g)
+        if verdict is None:
+            return
+        kind, severity = verdict
+        called = f" with {g.call_args}" if g.call_args else ""
+        place = " in .metadata" if in_metadata else " in a .distcp item"
+        if kind == "dangerous_call":
+            why = f" ({g.verdict.reason})" if g.verdict.reason else ""
+            msg = (
+                f"{g.full}{why}{called}{place}: torch's DCP reader would call this; ckptui did not"
+            )
+        elif kind == "unknown_class":
+            msg = f"{g.full}{place}: class not known to ckptui, shown as a placeholder"
+        else:
+            msg = f"{g.full}{called}{place}: unknown function that loading would call; not run"
+        self.findings.append(Finding(kind, Severity(severity), msg, None if in_metadata else where))
+
+    # -- tensors -------------------------------------------------------------------------------
+    def tensor(self, fqn: str, info: TensorInfo, chunks: list[_Chunk]) -> Node:
+        for c in chunks:
+            self.chunk(c, info)
+        if len(chunks) == 1 and chunks[0].sizes == info.shape:
+            # One chunk is the whole tensor: its storage is the tensor's, read in place. A chunk
+            # whose bytes are missing keeps its key, so the panel says they are missing.
+            c = chunks[0]
+            stride, offset = (c.rec.stride, c.rec.offset) if c.rec else (info.stride, 0)
+            t = TensorInfo(
+                info.shape, info.dtype, stride, c.key if c.linkable else None, offset,
+                info.itemsize, "cpu", info.requires_grad,
+            )  # fmt: skip
+            return Node.make(NodeKind.TENSOR, "torch.Tensor", fqn, tensor=t)
+        if sum(_numel(c.sizes) for c in chunks) < info.numel:
+            self.problems.add("", "uncovered", fqn)
+        t = TensorInfo(
+            info.shape, info.dtype, info.stride, None, 0, info.itemsize, "cpu",
+            info.requires_grad, layout="chunked",
+        )  # fmt: skip
+        attrs = (
+            ("chunks", tuple((c.offsets, c.sizes, c.file) for c in chunks)),
+            ("chunk_storages", tuple(c.key for c in chunks)),
+        )
+        return Node.make(NodeKind.TENSOR, "torch.Tensor", fqn, tensor=t, attrs=attrs)
+
+    def file_stats(self, rel: str) -> dict[str, int]:
+        return self.per_file.setdefault(
+            rel, {"tensor_items": 0, "tensor_bytes": 0, "object_items": 0, "object_bytes": 0}
+        )
+
+    def chunk(self, c: _Chunk, info: TensorInfo) -> None:
+        """Locate a chunk's raw bytes; sets `c.rec` when they can be read in place."""
+        nbytes = _numel(c.sizes) * info.itemsize
+        loc = self.md.storage.get((c.fqn, c.offsets))
+        if loc is None:
+            self.problems.add("", "no_storage_data", c.fqn)
+            self.storages[c.key] = Storage(c.key, info.dtype, nbytes, "cpu")
+            c.linkable = True
+            return
+        rel, at, length, transformed = loc
+        c.file, c.offset, c.length = rel, at, length
+        self.file_stats(rel)["tensor_items"] += 1
+        src = self.source(rel)
+        problem = None
+        if src is None:
+            problem = "missing"
+        elif at + length > src.size:
+            problem = "short"
+        elif transformed:
+            problem = "transformed"
+        if problem is not None or src is None:
+            self.problems.add(rel, problem or "missing", c.fqn)
+            have = length if problem == "transformed" else None
+            self.storages[c.key] = Storage(
+                c.key, info.dtype, nbytes, "cpu", file=rel, record_nbytes=have
+            )
+            c.linkable = True
+            return
+        try:
+            rec, st = _read_tensor_item(src, at, length, c.key, rel)
+        except (CkptError, _Malformed):
+            self.problems.add(rel, "unreadable", c.fqn)
+            self.storages[c.key] = Storage(
+                c.key, info.dtype, nbytes, "cpu", file=rel, record_nbytes=length
+            )
+            return
+        self.storages[c.key] = st
+        self.file_stats(rel)["tensor_bytes"] += st.record_nbytes or 0
+        if (
+            rec.shape != c.sizes
+            or rec.dtype != info.dtype
+            or rec.layout != "strided"
+            or any(s < 0 for s in rec.stride)
+            or _span(rec) * itemsize_of(rec.dtype) > min(st.nbytes, st.record_nbytes or 0)
+        ):
+            self.problems.add(rel, "mismatch", c.fqn)
+            return
+        c.rec = rec
+        c.linkable = True
+
+    # -- pickled objects ----------------------------------------------------------------------
+    def object(self, fqn: str) -> Node:
+        loc = self.md.storage.get((fqn, None))
+        path = self.path_of(fqn)
+        if loc is None:
+            self.problems.add("", "no_storage_data", fqn)
+            return Node.make(NodeKind.VALUE, "missing", fqn, text="pickled object with no data")
+        rel, at, length, transformed = loc
+        stats = self.file_stats(rel)
+        stats["object_items"] += 1
+        stats["object_bytes"] += length
+        text = f"pickled object of {length:,} bytes in {rel}"
+        src = self.source(rel)
+        if src is None:
+            self.problems.add(rel, "missing", fqn)
+            return Node.make(NodeKind.VALUE, "missing", fqn, text=f"{text} (file missing)")
+        if at + length > src.size:
+            self.problems.add(rel, "short", fqn)
+            return Node.make(NodeKind.VALUE, "missing", fqn, text=f"{text} (file cut short)")
+        summary = Node.make(NodeKind.VALUE, "pickled object", fqn, text=text, nbytes=length)
+        if transformed or length > MAX_OBJECT_BYTES or self.objects_read >= MAX_OBJECT_ITEMS:
+            return summary
+        self.objects_read += 1
+        try:
+            obj = _read_object_item(src, at, length, f"{fqn}@obj/", rel, self.storages)
+        except (CkptError, _Malformed):
+            self.problems.add(rel, "unreadable", fqn)
+            return summary
+        return self.builder.build(obj, fqn, path)
+
+    # -- the tree -------------------------------------------------------------------------------
+    def path_of(self, fqn: str) -> Path:
+        planner = self.md.planner
+        if planner is not None and fqn in planner:
+            return planner[fqn]
+        return (fqn,)
+
+    def nest(self, leaves: dict[str, Node]) -> Node:
+        from dataclasses import replace
+
+        tree: dict[Any, Any] = {}
+        for fqn in self.md.order:
+            node = leaves[fqn]
+            path = self.path_of(fqn)
+            d = tree
+            ok = True
+            for k in path[:-1]:
+                nxt = d.setdefault(k, {})
+                if isinstance(nxt, Node):
+                    ok = False
+                    break
+                d = nxt
+            if not ok or path[-1] in d:
+                self.problems.add("", "clash", fqn)
+                path = (fqn,)
+                d = tree
+                if fqn in d:
+                    continue
+            d[path[-1]] = node if node.key == path[-1] else replace(node, key=path[-1])
+
+        def build(key: Any, d: dict[Any, Any]) -> Node:
+            children = tuple(v if isinstance(v, Node) else build(k, v) for k, v in d.items())
+            if d and all(type(k) is int for k in d):
+                return Node.make(NodeKind.SEQUENCE, "list", key, children)
+            return Node.make(NodeKind.MAPPING, "dict", key, children)
+
+        return build(None, tree)
+
+    def report(self) -> None:
+        what = {
+            "missing": ("missing_file", Severity.WARNING, "is missing: {n} items are unavailable"),
+            "short": (
+                "short_file",
+                Severity.WARNING,
+                "is shorter than .metadata says: {n} items are cut off",
+            ),
+            "unreadable": (
+                "corrupt_item",
+                Severity.WARNING,
+                "holds {n} items that are not readable torch.save archives",
+            ),
+            "mismatch": (
+                "chunk_mismatch",
+                Severity.WARNING,
+                "holds {n} chunks whose shape or dtype differ from .metadata",
+            ),
+            "transformed": (
+                "transformed_items",
+                Severity.INFO,
+                (
+                    "holds {n} items written through stream transforms (e.g. compression): "
+                    "values cannot be read in place"
+                ),
+            ),
+            "no_storage_data": (
+                "no_storage_data",
+                Severity.WARNING,
+                ".metadata names no data for {n} items",
+            ),
+            "uncovered": (
+                "uncovered_tensor",
+                Severity.WARNING,
+                "{n} tensors are not fully covered by their chunks",
+            ),
+            "clash": (
+                "key_clash",
+                Severity.WARNING,
+                "{n} keys clash in planner_data; shown under their flat names",
+            ),
+        }
+        for (file, kind), fqns in self.problems.by_file.items():
+            fkind, sev, msg = what[kind]
+            head = f"{file} " if file else ""
+            example = f" (first: {fqns[0]})"
+            path = self.path_of(fqns[0])
+            self.findings.append(
+                Finding(fkind, sev, head + msg.format(n=f"{len(fqns):,}") + example, path)
+            )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _span(rec: TensorRec) -> int:
+    if any(d == 0 for d in rec.shape):
+        return 0
+    return rec.offset + sum((d - 1) * s for d, s in zip(rec.shape, rec.stride, strict=False)) + 1
+
+
+# -- one item: a torch.save zip at (offset, length) of a .distcp file -------------------------
+@dataclass
+class _Zip:
+    """The records of a small zip archive, found through its central directory."""
+
+    archive: str
+    records: dict[str, tuple[int, int, int]]
+    """archive-relative name -> (local header offset, compressed size, method)."""
+
+
+def _parse_zip(src: Source, start: int, length: int) -> _Zip:
+    """Read the central directory at the end of bytes `start:start+length` (one or two preads)."""
+    end = start + length
+    n = min(length, _TAIL)
+    tail = src.read_at(end - n, n)
+    if len(tail) != n:
+        raise _Malformed("item cut short")
+    eocd = tail.rfind(b"PK\x05\x06", max(0, n - 22 - 65535))
+    if eocd < 0 or eocd + 22 > n:
+        raise _Malformed("item is not a zip archive")
+    _, _, _, _, count, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", tail, eocd)
+    if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_off == 0xFFFFFFFF:
+        loc = eocd - 20
+        if loc < 0 or tail[loc : loc + 4] != b"PK\x06\x07":
+            raise _Malformed("zip64 locator missing")
+        (z64,) = struct.unpack_from("<Q", tail, loc + 8)
+        rec = src.read_at(start + z64, 56)
+        if len(rec) < 56 or rec[:4] != b"PK\x06\x06":
+            raise _Malformed("zip64 end record missing")
+        count, cd_size, cd_off = struct.unpack_from("<QQQ", rec, 32)
+    if cd_off + cd_size > length or count > 1 << 20:
+        raise _Malformed("central directory outside the item")
+    cd_abs = start + cd_off
+    if cd_abs >= end - n:
+        cd = tail[cd_abs - (end - n) : cd_abs - (end - n) + cd_size]
+    else:
+        cd = src.read_at(cd_abs, cd_size)
+    records: dict[str, tuple[int, int, int]] = {}
+    archive = ""
+    pos = 0
+    for _ in range(count):
+        f = _CD.unpack_from(cd, pos)
+        if f[0] != 0x02014B50:
+            raise _Malformed("bad central directory entry")
+        method, csize, usize, nlen, elen, clen, local = f[4], f[8], f[9], f[10], f[11], f[12], f[16]
+        name = cd[pos + 46 : pos + 46 + nlen].decode("utf-8", "replace")
+        if 0xFFFFFFFF in (csize, usize, local):
+            csize, usize, local = _zip64_extra(cd[pos + 46 + nlen : pos + 46 + nlen + elen],
+                                               csize, usize, local)  # fmt: skip
+        pos += 46 + nlen + elen + clen
+        top, _, rest = name.partition("/")
+        if not rest:
+            raise _Malformed("zip record outside a folder")
+        archive = archive or top
+        if top != archive or rest in records:
+            raise _Malformed("unexpected zip layout")
+        if local + 30 > length:
+            raise _Malformed("zip record outside the item")
+        records[rest] = (local, csize, method)
+    return _Zip(archive, records)
+
+
+def _zip64_extra(extra: bytes, csize: int, usize: int, local: int) -> tuple[int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        hid, size = struct.unpack_from("<HH", extra, pos)
+        if hid == 1:
+            vals = list(struct.unpack_from(f"<{size // 8}Q", extra, pos + 4))
+            if usize == 0xFFFFFFFF:
+                usize = vals.pop(0)
+            if csize == 0xFFFFFFFF:
+                csize = vals.pop(0)
+            if local == 0xFFFFFFFF:
+                local = vals.pop(0)
+            return csize, usize, local
+        pos += 4 + size
+    raise _Malformed("zip64 sizes missing")
+
+
+def _record(src: Source, start: int, length: int, z: _Zip, name: str) -> tuple[int, int]:
+    """(absolute data offset, size) of a stored record, from its local header."""
+    entry = z.records.get(name)
+    if entry is None:
+        raise _Malformed(f"item has no {z.archive}/{name}")
+    local, csize, method = entry
+    if method != 0:
+        raise _Malformed(f"{name} is compressed")
+    h = src.read_at(start + local, 30)
+    if len(h) < 30:
+        raise _Malformed("item cut short")
+    f = _LOCAL.unpack(h)
+    if f[0] != 0x04034B50:
+        raise _Malformed("bad local header")
+    data = start + local + 30 + f[9] + f[10]
+    if data + csize > start + length:
+        raise _Malformed(f"{name} runs past the item")
+    return data, csize
+
+
+def _load_pickle(
+    src: Source, start: int, length: int, key_prefix: str, rel: str, storages: dict[str, Storage]
+) -> tuple[Any, _Zip]:
+    z = _parse_zip(src, start, length)
+    off, size = _record(src, start, length, z, "data.pkl")
+    buf = src.read_at(off, size)
+    refs: dict[str, StorageRef] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+            raise _Malformed("unexpected persistent id")
+        _, cls, key, location, count = pid
+        if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
+            raise _Malformed(f"unknown storage class {cls!r}")
+        if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
+            raise _Malformed("malformed storage persistent id")
+        ref = refs.get(key)
+        if ref is None:
+            dtype = STORAGE_DTYPES[cls.full]
+            full = key_prefix + key
+            ref = refs[key] = StorageRef(
+                full, dtype, count * itemsize_of(dtype), parse_pid_location(location)
+            )
+            data, have = _record(src, start, length, z, f"data/{key}")
+            storages[full] = ref.entry(f"{z.archive}/data/{key}", data, min(have, ref.nbytes))
+            storages[full] = _with_file(storages[full], rel)
+        return ref
+
+    u = src.unpickler(buf, f"{rel} item at byte {start}", persistent_load, base=off)
+    obj, _ = u.load(0, len(buf))
+    return obj, z
+
+
+def _with_file(st: Storage, rel: str) -> Storage:
+    from dataclasses import replace
+
+    return replace(st, file=rel)
+
+
+def _read_tensor_item(
+    src: Source, start: int, length: int, key: str, rel: str
+) -> tuple[TensorRec, Storage]:
+    """The chunk tensor saved at `start`, and its storage under the chunk's own `key`."""
+    found: dict[str, Storage] = {}
+    obj, _ = _load_pickle(src, start, length, "", rel, found)
+    if not isinstance(obj, TensorRec) or obj.storage is None or len(found) != 1:
+        raise _Malformed("item is not one tensor")
+    from dataclasses import replace
+
+    st = replace(next(iter(found.values())), key=key)
+    if obj.dtype not in DTYPES:
+        raise _Malformed("unknown dtype")
+    return obj, st
+
+
+def _read_object_item(
+    src: Source, start: int, length: int, prefix: str, rel: str, storages: dict[str, Storage]
+) -> Any:
+    obj, _ = _load_pickle(src, start, length, prefix, rel, storages)
+    return obj
