@@ -171,7 +171,9 @@ def _plan(
         prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
         for path, t in _tensors(node, base):
             _check_available(ckpt, path, t)
-            found.append((prefix + _name(path[len(base) :]), path, t))
+            # a kept tensor itself is named by its own key (make_plan would name it '')
+            rel = path[len(base) :] or path[-1:]
+            found.append((prefix + _name(rel), path, t))
     if not found:
         raise ExportError(ckpt.path, f"no tensors under {', '.join(map(_show, keep))}")
     strip = {"auto": _common_prefix([n for n, _, _ in found]), "none": ""}.get(

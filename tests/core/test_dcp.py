@@ -1,0 +1,434 @@
+"""DCP folders written by the real `torch.distributed.checkpoint.save`, read by ckptui without torch.
+
+Producers: a single-process gloo group on 127.0.0.1 saving a real training state (model + Adam
+via `get_state_dict`, plus `step`), a `no_dist=True` save through `FileSystemWriter` with four
+threads (four `.distcp` files), and two gloo ranks (torch.multiprocessing) saving DTensors sharded
+across them (tensors in chunks across files). torch itself is the oracle: its own metadata
+reader for the chunk placement, its own loader for the values.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict
+
+from ckptui.errors import CorruptFile
+from ckptui.export.dcp import export_dcp
+from ckptui.export.plan import ExportError
+from ckptui.formats.dcp import looks_like_dcp, read_dcp
+from ckptui.model import Checkpoint, NodeKind, Severity
+from ckptui.values import tensor_stats
+from tests.conftest import ROOT
+from tests.core.test_values import expect
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 6)
+        self.norm = torch.nn.LayerNorm(6)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.emb(x)))
+
+
+def training_state() -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.tensor([1, 2, 3])).sum().backward()
+    opt.step()
+    msd, osd = get_state_dict(model, opt)
+    return {"model": msd, "optim": osd, "step": 7}
+
+
+def sharded_truth() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {"w": torch.randn(6, 4), "b": torch.randn(5), "r": torch.arange(10.0)}
+
+
+def _sharded_worker(rank: int, port: int, out: str) -> None:  # pragma: no cover - in a child
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        t = sharded_truth()
+        sd = {
+            "model": {
+                "w": distribute_tensor(t["w"], mesh, [Shard(0)]),
+                "b": distribute_tensor(t["b"], mesh, [Shard(0)]),
+                "r": distribute_tensor(t["r"], mesh, [Replicate()]),
+            },
+            "step": 3,
+        }
+        dcp.save(sd, checkpoint_id=out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def gloo_dcp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A training state saved by dcp.save under a one-rank gloo group."""
+    folder = tmp_path_factory.mktemp("dcp") / "gloo"
+    sd = training_state()
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    try:
+        dcp.save(sd, checkpoint_id=folder)
+    finally:
+        dist.destroy_process_group()
+    return folder, sd
+
+
+@pytest.fixture(scope="module")
+def threaded_dcp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A no_dist save through four writer threads: four .distcp files; odd dtypes and a
+    non-contiguous (transposed) tensor, which torch saves with its strides."""
+    folder = tmp_path_factory.mktemp("dcp") / "threads"
+    sd = training_state()
+    torch.manual_seed(2)
+    sd["extra"] = {
+        "transposed": torch.randn(5, 7).t(),
+        "half": torch.randn(4, 4).to(torch.bfloat16),
+        "ids": torch.arange(-3, 9, dtype=torch.int64),
+        "scalar": torch.tensor(2.5),
+        "big": torch.randn(64, 33),
+    }
+    dcp.save(sd, storage_writer=FileSystemWriter(folder, thread_count=4), no_dist=True)
+    return folder, sd
+
+
+@pytest.fixture(scope="module")
+def sharded_dcp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DTensors sharded across two gloo ranks: tensors split in chunks across two files."""
+    import torch.multiprocessing as mp
+
+    folder = tmp_path_factory.mktemp("dcp") / "sharded"
+    mp.spawn(_sharded_worker, args=(free_port(), str(folder)), nprocs=2)
+    return folder
+
+
+def tensors_of(sd: Any) -> dict[tuple[Any, ...], torch.Tensor]:
+    """Every tensor of a nested state dict by its key path (as DCP's flatten_state_dict)."""
+    _, mapping = flatten_state_dict(sd)
+    out = {}
+    for path in mapping.values():
+        v: Any = sd
+        for k in path:
+            v = v[k]
+        if isinstance(v, torch.Tensor):
+            out[tuple(path)] = v
+    return out
+
+
+def torch_dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def check_tree(ckpt: Checkpoint, sd: dict[str, Any]) -> None:
+    _, mapping = flatten_state_dict(sd)
+    for path in mapping.values():  # every leaf of the state dict, objects included
+        assert ckpt.find(tuple(path)) is not None, path
+    truth = tensors_of(sd)
+    got = dict(ckpt.tensors())
+    assert set(got) == set(truth)
+    for path, t in truth.items():
+        assert got[path].shape == tuple(t.shape), path
+        assert got[path].dtype == torch_dtype(t), path
+
+
+def check_files(ckpt: Checkpoint, folder: Path) -> None:
+    """Storage bytes per file = what torch's metadata places in that file for tensor chunks."""
+    md = FileSystemReader(folder).read_metadata()
+    expected: dict[str, int] = {}
+    for index, info in md.storage_data.items():
+        entry = md.state_dict_metadata[index.fqn]
+        if isinstance(entry, TensorStorageMetadata):
+            chunk = next(c for c in entry.chunks if c.offsets == index.offset)
+            n = chunk.sizes.numel() * entry.properties.dtype.itemsize
+            expected[info.relative_path] = expected.get(info.relative_path, 0) + n
+    got: dict[str, int] = {}
+    for st in ckpt.storages.values():
+        assert st.file is not None and st.data_offset is not None
+        got[st.file] = got.get(st.file, 0) + st.nbytes
+        assert st.data_offset + st.nbytes <= (folder / st.file).stat().st_size
+    assert got == expected
+    for f, n in got.items():
+        assert n <= ckpt.info["files"][f]
+
+
+def check_values(ckpt: Checkpoint, sd: dict[str, Any]) -> int:
+    truth = tensors_of(sd)
+    n = 0
+    for path, t in ckpt.tensors():
+        if t.storage_key is not None:
+            expect(truth[path], tensor_stats(ckpt, t))
+            n += 1
+    return n
+
+
+# -- reading ---------------------------------------------------------------------------------
+def test_looks_like_dcp(gloo_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, _ = gloo_dcp
+    assert looks_like_dcp(str(folder))
+    (tmp_path / ".metadata").write_bytes(b"\x80\x04N.")
+    assert not looks_like_dcp(str(tmp_path))  # no .distcp beside it
+    (tmp_path / "__0_0.distcp").write_bytes(b"")
+    assert looks_like_dcp(str(tmp_path))
+    (tmp_path / ".metadata").write_bytes(b"{}")
+    assert not looks_like_dcp(str(tmp_path))  # not a pickle
+    assert not looks_like_dcp(str(tmp_path / "nowhere"))
+
+
+def test_gloo_training_state(gloo_dcp: tuple[Path, dict]) -> None:
+    folder, sd = gloo_dcp
+    ckpt = read_dcp(str(folder))
+    assert ckpt.format == "dcp" and not ckpt.findings
+    check_tree(ckpt, sd)
+    # state-dict keys stay whole, as in a torch.save'd state dict
+    assert [c.key for c in ckpt.find(("model",)).children] == list(sd["model"])
+    assert ckpt.find(("optim", "state", "fc.weight", "exp_avg")).kind is NodeKind.TENSOR
+    # pickled objects are read inertly: ints, floats, lists of names
+    assert ckpt.find(("step",)).value == 7
+    assert ckpt.find(("optim", "param_groups", 0, "lr")).value == 1e-3
+    params = ckpt.find(("optim", "param_groups", 0, "params"))
+    assert [c.value for c in params.children] == sd["optim"]["param_groups"][0]["params"]
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert ckpt.info["files"] == files and ckpt.file_bytes == sum(files.values())
+    assert ckpt.info["dcp_version"] == "1.0.0" and ckpt.info["planner_data"] is True
+    assert ckpt.info["folder"] == str(folder.absolute())
+    check_files(ckpt, folder)
+    assert check_values(ckpt, sd) == len(tensors_of(sd))
+
+
+def test_threaded_no_dist_save(threaded_dcp: tuple[Path, dict]) -> None:
+    folder, sd = threaded_dcp
+    ckpt = read_dcp(str(folder))
+    assert not ckpt.findings
+    assert len([f for f in ckpt.info["files"] if f.endswith(".distcp")]) == 4
+    check_tree(ckpt, sd)
+    check_files(ckpt, folder)
+    assert len({st.file for st in ckpt.storages.values()}) == 4
+    assert check_values(ckpt, sd) == len(tensors_of(sd))
+    t = ckpt.find(("extra", "transposed")).tensor
+    assert t.shape == (7, 5) and t.stride == (1, 7)  # the saved view, read as saved
+
+
+def test_sharded_dtensors(sharded_dcp: Path) -> None:
+    ckpt = read_dcp(str(sharded_dcp))
+    assert not ckpt.findings
+    truth = sharded_truth()
+    w = ckpt.find(("model", "w"))
+    assert w.tensor.shape == (6, 4) and w.tensor.storage_key is None
+    assert w.tensor.layout == "chunked"
+    chunks = dict(w.attrs)["chunks"]
+    assert [(o, s) for o, s, _ in chunks] == [((0, 0), (3, 4)), ((3, 0), (3, 4))]
+    assert {f for _, _, f in chunks} == {"__0_0.distcp", "__1_0.distcp"}
+    for key in dict(w.attrs)["chunk_storages"]:
+        assert ckpt.storages[key].nbytes == 3 * 4 * 4
+    b = ckpt.find(("model", "b")).tensor
+    assert b.shape == (5,) and b.layout == "chunked"
+    r = ckpt.find(("model", "r"))  # replicated: saved once, whole
+    assert r.tensor.storage_key is not None
+    expect(truth["r"], tensor_stats(ckpt, r.tensor))
+    assert ckpt.find(("step",)).value == 3
+    check_files(ckpt, sharded_dcp)
+
+
+def test_read_dcp_never_imports_torch(gloo_dcp: tuple[Path, dict]) -> None:
+    folder, _ = gloo_dcp
+    code = (
+        "import sys; from ckptui.formats.dcp import read_dcp; "
+        f"c = read_dcp({str(folder)!r}); assert len(c.storages) > 10; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tui")}
+    r = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+
+
+# -- export ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_export_consolidates(gloo_dcp: tuple[Path, dict], tmp_path: Path, fmt: str) -> None:
+    folder, sd = gloo_dcp
+    ckpt = read_dcp(str(folder))
+    out = tmp_path / f"weights.{fmt}"
+    seen: list[int] = []
+    res = export_dcp(ckpt, out, fmt=fmt, progress=lambda done, total, name: seen.append(done))
+    assert res.verified and res.kept_paths == (("model",),) and res.tensors == len(sd["model"])
+    if fmt == "pth":
+        back = torch.load(out, weights_only=True)
+    else:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        back = load_file(out)
+        with safe_open(out, "pt") as f:
+            assert f.metadata() == {"format": "pt", "step": "7"}
+    assert set(back) == set(sd["model"])  # safetensors sorts its names
+    for k, v in sd["model"].items():
+        assert torch.equal(back[k], v), k
+    assert seen and seen[-1] == res.predicted_bytes
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_export_sharded_cast_and_keep(sharded_dcp: Path, tmp_path: Path) -> None:
+    ckpt = read_dcp(str(sharded_dcp))
+    out = tmp_path / "w.pth"
+    export_dcp(ckpt, out, dtype="bf16")
+    back = torch.load(out, weights_only=True)
+    truth = sharded_truth()
+    assert set(back) == set(truth)
+    for k, v in truth.items():
+        assert back[k].dtype == torch.bfloat16 and torch.equal(back[k], v.to(torch.bfloat16))
+    with pytest.raises(ExportError, match="already exists"):
+        export_dcp(ckpt, out)
+    export_dcp(ckpt, out, keep=[("model", "w")], force=True)
+    assert list(torch.load(out, weights_only=True)) == ["w"]
+    with pytest.raises(ExportError, match="source"):
+        export_dcp(ckpt, sharded_dcp)
+    with pytest.raises(ExportError, match="source"):
+        export_dcp(ckpt, sharded_dcp / "__0_0.distcp", force=True)
+
+
+def test_export_optimizer_subtree(threaded_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, sd = threaded_dcp
+    ckpt = read_dcp(str(folder))
+    out = tmp_path / "opt.safetensors"
+    export_dcp(ckpt, out, keep=[("optim", "state"), ("extra",)], fmt="safetensors")
+    from safetensors.torch import load_file
+
+    back = load_file(out)
+    assert torch.equal(
+        back["state.fc.weight.exp_avg"], sd["optim"]["state"]["fc.weight"]["exp_avg"]
+    )
+    assert torch.equal(back["extra.transposed"], sd["extra"]["transposed"])
+    assert back["extra.half"].dtype == torch.bfloat16
+
+
+# -- damage and hostility ------------------------------------------------------------------------
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / folder.name
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def test_missing_distcp_file(threaded_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, sd = threaded_dcp
+    dst = copy_of(folder, tmp_path)
+    (dst / "__0_2.distcp").unlink()
+    ckpt = read_dcp(str(dst))
+    missing = [f for f in ckpt.findings if f.kind == "missing_file"]
+    assert len(missing) == 1 and missing[0].message.startswith("__0_2.distcp is missing")
+    check_tree(ckpt, sd)  # the whole tree still opens
+    gone = [p for p, t in ckpt.tensors() if ckpt.storages[t.storage_key].missing]
+    here = [p for p, t in ckpt.tensors() if not ckpt.storages[t.storage_key].missing]
+    assert gone and here
+    assert all(ckpt.storages[ckpt.find(p).tensor.storage_key].file == "__0_2.distcp" for p in gone)
+    truth = tensors_of(sd)
+    for p in here:
+        expect(truth[p], tensor_stats(ckpt, ckpt.find(p).tensor))
+    with pytest.raises(ExportError, match="missing"):
+        export_dcp(ckpt, tmp_path / "out.pth", keep=[()])
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_short_distcp_file(gloo_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, sd = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    data = dst / "__0_0.distcp"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    ckpt = read_dcp(str(dst))
+    (short,) = [f for f in ckpt.findings if f.kind == "short_file"]
+    assert "__0_0.distcp is shorter than .metadata says" in short.message
+    check_tree(ckpt, sd)
+
+
+def test_corrupt_item(gloo_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, _ = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    data = dst / "__0_0.distcp"
+    data.write_bytes(b"\0" * data.stat().st_size)
+    ckpt = read_dcp(str(dst))
+    assert {f.kind for f in ckpt.findings} == {"corrupt_item"}
+    assert all(t.storage_key is None for _, t in ckpt.tensors())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_metadata"])
+def test_corrupt_metadata(gloo_dcp: tuple[Path, dict], tmp_path: Path, damage: str) -> None:
+    folder, _ = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    meta = dst / ".metadata"
+    body = meta.read_bytes()
+    meta.write_bytes(
+        {
+            "truncate": body[: len(body) // 2],
+            "garbage": b"\x80\x04" + os.urandom(64),
+            "empty": b"",
+            "not_metadata": pickle.dumps({"a": 1}),
+        }[damage]
+    )
+    with pytest.raises(CorruptFile) as e:
+        read_dcp(str(dst))
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(meta))
+
+
+class _Evil:
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.cmd,))
+
+
+def test_metadata_calling_os_system(tmp_path: Path, gloo_dcp: tuple[Path, dict]) -> None:
+    marker = tmp_path / "pwned"
+    folder, _ = gloo_dcp
+    # 1. .metadata is nothing but a call of os.system
+    dst = copy_of(folder, tmp_path)
+    (dst / ".metadata").write_bytes(pickle.dumps(_Evil(f"touch {marker}")))
+    with pytest.raises(CorruptFile, match=r"os\.system|posix\.system"):
+        read_dcp(str(dst))
+    # 2. a real Metadata carrying the call inside: opens, with a danger finding
+    md = FileSystemReader(folder).read_metadata()
+    md.storage_meta.save_id = _Evil(f"touch {marker}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (dst / ".metadata").write_bytes(pickle.dumps(md))
+    ckpt = read_dcp(str(dst))
+    danger = [f for f in ckpt.findings if f.severity is Severity.DANGER]
+    assert danger and danger[0].kind == "dangerous_call" and "system" in danger[0].message
+    assert len(ckpt.storages) > 10
+    with pytest.raises(ExportError, match="refusing"):
+        export_dcp(ckpt, tmp_path / "w.pth")
+    assert not marker.exists()
