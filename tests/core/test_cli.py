@@ -100,7 +100,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases["missing"] = (tmp_path / "nope.pt", "no such file")
     d = tmp_path / "somedir"
     d.mkdir()
-    cases["directory"] = (d, "directory")
+    (d / "config.json").write_text("{}")  # a folder, but nothing in it is a checkpoint
+    cases["directory"] = (d, "no checkpoint files in this folder")
     add("empty.pt", b"", "empty file")
     add("random.bin", os.urandom(4096), "not a checkpoint")
     add("notes.txt", b"epoch 3: loss 0.12\nthis is just a text file\n", "text file")

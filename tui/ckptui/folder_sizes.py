@@ -11,13 +11,14 @@ checkpoints but cannot be read count as `unaccounted` and get a finding.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path as FsPath
 
 from .errors import CkptError, NotACheckpoint, NotReadable
 from .formats import open_checkpoint
+from .formats.folder import is_index_file
 from .formats.layout import read_layout
-from .model import Path
+from .model import Checkpoint, Path
 from .roles import Role
 from .sizes import Breakdown, Group, Largest, Prefix, SizeFinding, breakdown, torch_zip_size
 
@@ -53,12 +54,18 @@ def _raise(e: OSError) -> None:
     raise e
 
 
-def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
-    """The merged breakdown of every checkpoint file below `folder`."""
+def breakdown_folder(
+    folder: str, each: FileHook | None = None, only: Collection[str] | None = None
+) -> Breakdown:
+    """The merged breakdown of every checkpoint file below `folder` (of the files in `only`,
+    when given: the others count as `other_files`)."""
     parts: list[tuple[str, Breakdown]] = []
     other: dict[str, int] = {}
     unreadable: list[SizeFinding] = []
     for name, nbytes in folder_files(folder):
+        if (only is not None and name not in only) or is_index_file(name):
+            other[name] = nbytes  # an index opens as the whole sharded model: not a part
+            continue
         path = str(FsPath(folder) / name)
         try:
             ckpt = open_checkpoint(path)
@@ -79,6 +86,23 @@ def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
     merged.file_bytes += sum(f.bytes for f in unreadable)
     merged.add_findings(unreadable)
     return merged
+
+
+def breakdown_of(ckpt: Checkpoint) -> Breakdown:
+    """The size breakdown of an opened checkpoint: its file's, or for a checkpoint of many
+    files (shards, a folder of checkpoints) its folder's, each file broken down on its own."""
+    folder = ckpt.info.get("folder")
+    if folder is None:
+        return breakdown(ckpt, read_layout(ckpt))
+    return breakdown_folder(folder, only=set(ckpt.info.get("files", {})))
+
+
+def tree_path(ckpt: Checkpoint, path: Path) -> Path:
+    """A breakdown path as a path of `ckpt`'s tree: a sharded model's breakdown is keyed by
+    shard first, while its tree is one state dict (the shard's own row maps to the root)."""
+    if ckpt.format == "hf-sharded" and path and path[0] in ckpt.info.get("files", {}):
+        return path[1:]
+    return path
 
 
 def merge(parts: list[tuple[str, Breakdown]], other_files: dict[str, int]) -> Breakdown:

@@ -296,6 +296,16 @@ class Checkpoint:
                 if target is not None:
                     yield path, target
 
+    def file_of(self, storage: Storage) -> str:
+        """The file holding `storage`'s bytes: the checkpoint's own, or for a checkpoint of
+        many files (`Storage.file` set) that file inside `info["folder"]`."""
+        if storage.file is None:
+            return self.path
+        folder = self.info.get("folder")
+        if folder is None:  # a single file naming a neighbour: relative to the file's folder
+            folder = self.path.rsplit("/", 1)[0] if "/" in self.path else "."
+        return f"{folder}/{storage.file}"
+
     def find(self, path: Path) -> Node | None:
         """Return the node at `path`, or None."""
         node: Node | None = self.root

@@ -113,9 +113,7 @@ def tensor_stats(
         raise ValuesUnavailable(where, f"view runs past storage {st.key} ({need:,} > {have:,} B)")
     if tensor.numel == 0:
         return _Acc(kind).stats(tensor, note, [0] * BINS)
-    file = Path(where)
-    if st.file is not None:
-        file = (file if file.is_dir() else file.parent) / st.file
+    file = Path(ckpt.file_of(st))
     start = st.data_offset + offset * isz
     pos = start - start % mmap.ALLOCATIONGRANULARITY
     try:

@@ -202,7 +202,7 @@ def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
     st = ckpt.storages.get(t.storage_key or "")
     if st is None or st.missing:
         return "its storage is missing from the file"
-    if st.data_offset is None or st.file is not None:
+    if st.data_offset is None:
         return "its bytes are not stored as a plain run in the file"
     if t.dtype not in DTYPES or t.dtype.startswith(("quint", "qint", "bits", "complex32")):
         return f"{t.dtype} tensors are not exported"

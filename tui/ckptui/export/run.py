@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from ..formats import open_checkpoint
-from ..model import Path
+from ..model import Checkpoint, Path
 from .plan import ExportError, Plan
 from .source import SourceBytes
 from .writers import Progress, predicted_size, write
@@ -49,7 +49,7 @@ def export(
             full or verification failed. The temporary file is gone in every case.
     """
     target = FsPath(out)
-    problem = check_target(target, plan.ckpt.path)
+    problem = check_target(target, plan.ckpt)
     if problem is not None and (problem[0] != "exists" or not force):
         raise ExportError(str(target), problem[1])
     folder = target.parent if str(target.parent) else FsPath()
@@ -86,12 +86,17 @@ def export(
     )
 
 
-def check_target(out: str | os.PathLike[str], source: str) -> tuple[str, str] | None:
+def check_target(out: str | os.PathLike[str], ckpt: Checkpoint) -> tuple[str, str] | None:
     """Why `out` cannot be written: (`error`, reason), or (`exists`, ...) when only `--force`
-    would replace it; None when it is free."""
+    would replace it; None when it is free. Every file of a many-file source counts as the
+    source."""
     target = FsPath(out)
     if target.exists() or target.is_symlink():
-        if _same_file(target, FsPath(source)):
+        sources = [ckpt.path]
+        folder = ckpt.info.get("folder")
+        if folder is not None:
+            sources += [str(FsPath(folder) / f) for f in ckpt.info.get("files", {})]
+        if any(_same_file(target, FsPath(s)) for s in sources):
             return "error", "is the source checkpoint: refusing to overwrite it"
         if target.is_dir():
             return "error", "is a folder"

@@ -23,49 +23,72 @@ CHUNK = 16 << 20
 
 
 class SourceBytes:
-    """The source file mapped read-only for the duration of an export."""
+    """The source's files, opened read-only for the duration of an export.
+
+    A checkpoint of many files (shards) opens each file on first use, so memory and descriptors
+    stay bounded by the files actually read; each is checked against the size it had when the
+    checkpoint was opened.
+    """
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
-        self._fd: int | None = None
-        self._map: mmap.mmap | None = None
+        self._open: dict[str, tuple[int, mmap.mmap | None]] = {}
 
     def __enter__(self) -> Self:
-        self._fd = os.open(self.ckpt.path, os.O_RDONLY)
-        size = os.fstat(self._fd).st_size
-        if size != self.ckpt.file_bytes:
-            os.close(self._fd)
-            from .plan import ExportError
-
-            raise ExportError(self.ckpt.path, "the file changed size since it was opened")
-        self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if size else None
-        if self._map is not None and hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
+        if self.ckpt.info.get("folder") is None:
+            self._file(self.ckpt.path, self.ckpt.file_bytes)  # fail early, before any writing
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._map is not None:
-            with contextlib.suppress(BufferError):  # a traceback may hold a slice
-                self._map.close()
-        if self._fd is not None:
-            os.close(self._fd)
+        for fd, mm in self._open.values():
+            if mm is not None:
+                with contextlib.suppress(BufferError):  # a traceback may hold a slice
+                    mm.close()
+            os.close(fd)
+        self._open = {}
+
+    def _file(self, path: str, expected: int | None) -> tuple[int, mmap.mmap | None]:
+        got = self._open.get(path)
+        if got is not None:
+            return got
+        fd = os.open(path, os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        if expected is not None and size != expected:
+            os.close(fd)
+            from .plan import ExportError
+
+            raise ExportError(path, "the file changed size since it was opened")
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else None
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+        self._open[path] = (fd, mm)
+        return fd, mm
+
+    def _source(self, item: Item) -> tuple[int, mmap.mmap | None, int]:
+        """(fd, map, byte offset of the view's first element) for `item`."""
+        t = item.tensor
+        st = self.ckpt.storages[t.storage_key or ""]
+        assert st.data_offset is not None
+        if st.file is None:
+            expected: int | None = self.ckpt.file_bytes
+        else:
+            expected = self.ckpt.info.get("files", {}).get(st.file)
+        fd, mm = self._file(self.ckpt.file_of(st), expected)
+        return fd, mm, st.data_offset + t.storage_offset * t.itemsize
 
     def chunks(self, item: Item) -> Iterator[Any]:
         """The output bytes of `item`, in order, in blocks of at most about CHUNK bytes."""
-        t = item.tensor
-        st = self.ckpt.storages[t.storage_key or ""]
-        assert self._map is not None and st.data_offset is not None
-        start = st.data_offset + t.storage_offset * t.itemsize
-        if t.is_contiguous:
+        fd, mm, start = self._source(item)
+        if item.tensor.is_contiguous:
             # pread, not the map: pages touched through a map count in the process's RSS
             # until unmapped (a 200 MB export peaked at 225 MiB that way).
-            yield from self._contiguous(item, start)
+            yield from self._contiguous(item, fd, start)
             return
-        yield from self._strided(item, start)
+        assert mm is not None
+        yield from self._strided(item, mm, start)
 
-    def _contiguous(self, item: Item, start: int) -> Iterator[Any]:
+    def _contiguous(self, item: Item, fd: int, start: int) -> Iterator[Any]:
         t = item.tensor
-        assert self._fd is not None
         target = None
         if item.dtype != t.dtype:
             dtype, _, _ = element_type(self.ckpt.path, t, False)
@@ -73,7 +96,7 @@ class SourceBytes:
         step = CHUNK - CHUNK % max(1, t.itemsize)
         end = start + t.nbytes
         for a in range(start, end, step):
-            data = os.pread(self._fd, min(step, end - a), a)
+            data = os.pread(fd, min(step, end - a), a)
             if len(data) != min(step, end - a):
                 raise OSError(f"{self.ckpt.path}: file ended while reading {item.name}")
             if target is None:
@@ -83,12 +106,12 @@ class SourceBytes:
 
                 yield np.frombuffer(data, target[0]).astype(target[1]).tobytes()
 
-    def _strided(self, item: Item, start: int) -> Iterator[bytes]:
+    def _strided(self, item: Item, mm: mmap.mmap, start: int) -> Iterator[bytes]:
         import numpy as np
 
         t = item.tensor
         dtype, kind, _ = element_type(self.ckpt.path, t, False)
-        view = strided_view(self._map, start, dtype, kind, t)  # type: ignore[arg-type]
+        view = strided_view(mm, start, dtype, kind, t)
         target = _numpy_dtype(item.dtype) if item.dtype != t.dtype else None
         per = max(1, CHUNK // max(1, t.itemsize))
         for block in _chunks(view, len(t.shape), per):
@@ -98,13 +121,12 @@ class SourceBytes:
             yield out.tobytes()
         del view
         # Give the pages this view touched back, so they stop counting in the RSS.
-        assert self._map is not None
         page = mmap.PAGESIZE
         lo = start - start % page
-        hi = min(len(self._map), start + t.span_elements() * t.itemsize)
-        if hasattr(self._map, "madvise") and hi > lo:
+        hi = min(len(mm), start + t.span_elements() * t.itemsize)
+        if hasattr(mm, "madvise") and hi > lo:
             with contextlib.suppress(OSError, ValueError):
-                self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _numpy_dtype(name: str) -> Any:

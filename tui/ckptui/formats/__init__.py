@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import CkptError, CorruptFile, NotACheckpoint, NotFound, NotReadable
 from ..model import Checkpoint
 from ._common import MAGIC_NUMBER, Source, assemble
+from .folder import check_folder, is_index_file, open_folder
 from .legacy import read_legacy
 from .safetensors import looks_like_safetensors, read_safetensors
 from .torchzip import read_zip
@@ -25,7 +26,8 @@ __all__ = ["check_openable", "open_checkpoint"]
 
 
 def check_openable(path: str | os.PathLike[str]) -> str:
-    """Fail fast, with the one-line reason, for a path that is not a regular file.
+    """Fail fast, with the one-line reason, for a path that is neither a regular file nor a
+    folder.
 
     The browser calls this before taking over the terminal, so a mistyped path never flashes a
     full-screen app.
@@ -46,17 +48,21 @@ def check_openable(path: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise NotReadable(path, e.strerror or str(e)) from None
     if stat.S_ISDIR(st.st_mode):
-        raise NotReadable(path, "is a directory, not a checkpoint file")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise NotReadable(path, "permission denied")
+        check_folder(path)
+        return path
     if not stat.S_ISREG(st.st_mode):
         raise NotReadable(path, "is not a regular file")
     return path
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a checkpoint file as metadata, never executing its pickle or reading tensor data.
+    """Open a checkpoint as metadata, never executing its pickle or reading tensor data.
 
     Args:
-        path: the file to open.
+        path: the file to open; or a folder (sharded Hugging Face model, DCP checkpoint, a
+            folder of checkpoint files) or a shard index (`*.index.json`), opened as one tree.
 
     Returns:
         The checkpoint's tree, storage table and findings.
@@ -66,6 +72,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             checkpoint.
     """
     path = check_openable(path)
+    if Path(path).is_dir() or is_index_file(path):
+        return open_folder(path, open_checkpoint)
     try:
         src = Source.open(path)
     except PermissionError:

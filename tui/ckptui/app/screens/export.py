@@ -95,7 +95,7 @@ class ExportScreen(ModalScreen[None]):
                     yield RadioButton(".safetensors")
             with Horizontal(classes="export-row"):
                 yield Label("Write to", classes="export-label")
-                yield Input(default_target(self.ckpt.path, "pth"), id="export-target")
+                yield Input(default_target(_source_name(self.ckpt), "pth"), id="export-target")
             with Horizontal(classes="export-row", id="export-size-row"):
                 yield Label("Size", classes="export-label")
                 yield Static(id="export-size")
@@ -217,7 +217,7 @@ class ExportScreen(ModalScreen[None]):
         if not value:
             return "[$error]name the file to write[/]"
         target = str(FsPath(value).expanduser())
-        problem = check_target(target, self.ckpt.path)
+        problem = check_target(target, self.ckpt)
         if problem is None:
             return None
         level, reason = problem
@@ -376,3 +376,8 @@ class ExportDoneScreen(ModalScreen[None]):
         path = str(FsPath(self.result.output).absolute())
         self.app.copy_to_clipboard(path)
         self.notify(f"copied {path}", timeout=3)
+
+
+def _source_name(ckpt: Checkpoint) -> str:
+    """What the default target is named after: the file, or the folder of a many-file one."""
+    return ckpt.info.get("folder") or ckpt.path

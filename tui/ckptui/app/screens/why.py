@@ -23,10 +23,10 @@ from textual.widgets.tree import TreeNode
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ...duplicates import find_duplicates
-from ...formats.layout import read_layout
+from ...folder_sizes import breakdown_of, tree_path
 from ...model import Checkpoint, Path
 from ...roles import ROLE_LABELS
-from ...sizes import Breakdown, Prefix, SizeFinding, breakdown
+from ...sizes import Breakdown, Prefix, SizeFinding
 from ...units import size
 from ...values import Cancelled
 from ...why import bar, rest_rows, show_path
@@ -129,7 +129,7 @@ class WhyScreen(Screen[Path | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="why")
     def compute(self) -> Breakdown:
         """Read the file's framing and attribute every byte (no tensor data is read)."""
-        return breakdown(self.ckpt, read_layout(self.ckpt))
+        return breakdown_of(self.ckpt)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="duplicates")
     def compare(self, b: Breakdown) -> list[SizeFinding]:
@@ -301,7 +301,7 @@ class WhyScreen(Screen[Path | None]):
             if index is not None and index < len(self._findings):
                 paths = self._findings[index].paths
                 if paths:
-                    self.dismiss(paths[0])
+                    self.dismiss(tree_path(self.ckpt, paths[0]))
                     return
                 self.notify("this finding is about the whole file", timeout=3)
             return
@@ -310,7 +310,7 @@ class WhyScreen(Screen[Path | None]):
         if node is None:
             return
         if node.data is not None:
-            self.dismiss(node.data)
+            self.dismiss(tree_path(self.ckpt, node.data))
         elif node.allow_expand:
             node.toggle()
 

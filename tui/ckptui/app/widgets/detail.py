@@ -273,9 +273,13 @@ class DetailPanel(VerticalScroll):
             t.add_row("stride", f"{units.shape(info.stride)}  {contiguity}")
         st = self.ckpt.storages.get(info.storage_key) if info.storage_key else None
         if st is not None:
+            key = st.key
+            if st.file is not None:  # a checkpoint of many files: name the one holding it
+                t.add_row("file", st.file)
+                key = key.removeprefix(f"{st.file}:")
             t.add_row(
                 "storage",
-                f"{st.key}  {units.size(st.nbytes)}  {st.dtype}"
+                f"{key}  {units.size(st.nbytes)}  {st.dtype}"
                 + (f"  offset {info.storage_offset:,}" if info.storage_offset else ""),
             )
             if st.nbytes > info.nbytes * 2 and st.nbytes > 4096:

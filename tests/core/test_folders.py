@@ -1,0 +1,200 @@
+"""Checkpoints of many files: sharded Hugging Face models and folders of checkpoint files.
+
+Sharded folders come from the real `transformers` `save_pretrained(max_shard_size=...)` on a tiny
+random-init GPT-2 (no download); the tests check the merged tree against the model's own
+`state_dict()`, each tensor's shard against the index, and values and exports against torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ckptui.export import export, make_plan
+from ckptui.folder_sizes import breakdown_of, tree_path
+from ckptui.formats import open_checkpoint
+from ckptui.values import tensor_stats
+
+from ..conftest import run_cli
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_embd=64, n_layer=2, n_head=2, vocab_size=1000, n_positions=64, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    folder = tmp_path_factory.mktemp("hf") / "gpt2"
+    model = tiny_gpt2()
+    model.save_pretrained(folder, max_shard_size="100KB")
+    truth = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        truth.update(load_file(f))
+    return folder, truth
+
+
+def test_sharded_folder_opens_as_one_state_dict(sharded) -> None:
+    folder, truth = sharded
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 3  # really sharded
+    ckpt = open_checkpoint(folder)
+    assert ckpt.format == "hf-sharded" and not ckpt.findings
+    tensors = {p[0]: t for p, t in ckpt.tensors()}
+    assert set(tensors) == set(truth) == set(index["weight_map"])
+    for name, t in tensors.items():
+        assert t.shape == tuple(truth[name].shape) and t.dtype == "float32"
+        st = ckpt.storages[t.storage_key]
+        assert st.file == index["weight_map"][name]  # the shard that holds it
+    assert ckpt.file_bytes == sum(
+        (folder / f).stat().st_size for f in set(index["weight_map"].values())
+    )
+    # values are read from the right shard
+    name = "transformer.h.1.mlp.c_fc.weight"
+    stats = tensor_stats(ckpt, tensors[name])
+    assert stats.mean == pytest.approx(truth[name].double().mean().item(), rel=1e-9)
+    # the index file opens the same tree
+    via_index = open_checkpoint(folder / "model.safetensors.index.json")
+    assert [p for p, _ in via_index.tensors()] == [p for p, _ in ckpt.tensors()]
+
+
+def test_sharded_export_writes_one_loadable_file(sharded, tmp_path: Path) -> None:
+    folder, truth = sharded
+    ckpt = open_checkpoint(folder)
+    out = tmp_path / "one.safetensors"
+    result = export(make_plan(ckpt, fmt="safetensors"), out)
+    assert result.bytes == out.stat().st_size == result.predicted_bytes
+    back = load_file(out)
+    assert set(back) == set(truth)
+    assert all(torch.equal(back[k], v) for k, v in truth.items())
+    # .pth in bf16: the real model takes it (lm_head is tied to wte, so it is not saved)
+    pth = tmp_path / "one.pth"
+    export(make_plan(ckpt, dtype="bf16"), pth)
+    model = tiny_gpt2()
+    result = model.load_state_dict(torch.load(pth, weights_only=True), strict=False)
+    assert result.unexpected_keys == [] and result.missing_keys == ["lm_head.weight"]
+    wte = truth["transformer.wte.weight"].to(torch.bfloat16).float()
+    assert torch.equal(model.transformer.wte.weight, wte)
+
+
+def test_the_export_never_overwrites_a_shard(sharded) -> None:
+    folder, _ = sharded
+    shard = min(folder.glob("model-*.safetensors"))
+    before = shard.read_bytes()
+    r = run_cli("export", str(folder), "-o", str(shard), "--force")
+    assert r.returncode == 2 and "is the source checkpoint" in r.stderr
+    assert shard.read_bytes() == before
+
+
+def test_a_missing_shard_is_reported_and_the_rest_opens(sharded, tmp_path: Path) -> None:
+    src, truth = sharded
+    folder = tmp_path / "gpt2"
+    shutil.copytree(src, folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    gone = sorted(set(index["weight_map"].values()))[1]
+    (folder / gone).unlink()
+    ckpt = open_checkpoint(folder)
+    [finding] = [f for f in ckpt.findings if f.kind == "missing_shard"]
+    lost = {k for k, v in index["weight_map"].items() if v == gone}
+    assert gone in finding.message and f"{len(lost)} tensors" in finding.message
+    present = {p[0] for p, _ in ckpt.tensors()}
+    assert present == set(truth) - lost
+    missing_rows = {c.key for c in ckpt.root.children if c.type == "missing"}
+    assert missing_rows == lost
+    r = run_cli("inspect", str(folder))
+    assert r.returncode == 0 and gone in r.stdout + r.stderr
+
+
+def test_the_breakdown_groups_by_shard(sharded) -> None:
+    folder, truth = sharded
+    ckpt = open_checkpoint(folder)
+    b = breakdown_of(ckpt)
+    shards = set(ckpt.info["files"])
+    rows = {p[0]: n for p, n in b.top_level}
+    assert shards <= set(rows)  # one row per shard, besides config.json and the index
+    assert all(rows[s] > 0 for s in shards)
+    assert b.categories["tensor_data"] == sum(v.numel() * 4 for v in truth.values())
+    assert sum(b.categories.values()) == b.file_bytes
+    assert b.file_bytes == sum(p.stat().st_size for p in folder.iterdir())
+    largest = b.largest[0].path
+    assert largest[0] in shards and tree_path(ckpt, largest) == largest[1:]
+    assert ckpt.find(tree_path(ckpt, largest)) is not None
+
+
+def test_bin_shards_keep_their_storages_apart(tmp_path: Path) -> None:
+    """Hand-made `pytorch_model-*.bin` shards (transformers 5 writes safetensors only): each
+    shard numbers its storages from 0, so the merged table must tell them apart."""
+    torch.manual_seed(0)
+    a = {"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}
+    b = {"b.weight": torch.randn(3, 8), "b.bias": torch.randn(3)}
+    torch.save(a, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save(b, tmp_path / "pytorch_model-00002-of-00002.bin")
+    weight_map = {k: "pytorch_model-00001-of-00002.bin" for k in a}
+    weight_map |= {k: "pytorch_model-00002-of-00002.bin" for k in b}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+    )
+    (tmp_path / "config.json").write_text("{}")
+    ckpt = open_checkpoint(tmp_path)
+    keys = [t.storage_key for _, t in ckpt.tensors()]
+    assert len(set(keys)) == 4
+    out = tmp_path / "out" / "merged.pth"
+    out.parent.mkdir()
+    export(make_plan(ckpt), out)
+    back = torch.load(out, weights_only=True)
+    for k, v in (a | b).items():
+        assert torch.equal(back[k], v)
+
+
+def test_a_deepspeed_style_folder_has_one_node_per_file(tmp_path: Path) -> None:
+    """A folder laid out as DeepSpeed's (`latest`, `global_step10/`, model and optimizer state
+    files, `zero_to_fp32.py`); the files are made with torch.save, not by DeepSpeed."""
+    torch.manual_seed(0)
+    flat = torch.randn(100)
+    module = {"fc.weight": flat[:80].view(10, 8), "fc.bias": flat[80:90]}
+    step = tmp_path / "global_step10"
+    step.mkdir()
+    torch.save(
+        {"module": module, "ds_version": "0.19.0", "global_steps": 10},
+        step / "mp_rank_00_model_states.pt",
+    )
+    torch.save(
+        {"optimizer_state_dict": {"fp32_flat_groups": [flat.clone()]}, "ds_version": "0.19.0"},
+        step / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    )
+    (tmp_path / "latest").write_text("global_step10")
+    (tmp_path / "zero_to_fp32.py").write_text("# converts ZeRO shards\n" * 10)
+    ckpt = open_checkpoint(tmp_path)
+    assert ckpt.format == "folder" and ckpt.info.get("producer") == "deepspeed"
+    assert [c.key for c in ckpt.root.children] == [
+        "global_step10/mp_rank_00_model_states.pt",
+        "global_step10/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    ]
+    assert set(ckpt.info["other_files"]) == {"latest", "zero_to_fp32.py"}
+    path = ("global_step10/mp_rank_00_model_states.pt", "module", "fc.weight")
+    t = ckpt.find(path).tensor
+    assert ckpt.storages[t.storage_key].file == "global_step10/mp_rank_00_model_states.pt"
+    stats = tensor_stats(ckpt, t)
+    assert stats.mean == pytest.approx(module["fc.weight"].double().mean().item(), rel=1e-9)
+    out = tmp_path.parent / "ds_module.pth"
+    export(make_plan(ckpt, [path[:2]]), out)
+    back = torch.load(out, weights_only=True)
+    assert torch.equal(back["fc.weight"], module["fc.weight"])
+
+
+def test_a_folder_without_checkpoints_is_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    r = run_cli("inspect", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "no checkpoint files" in r.stderr

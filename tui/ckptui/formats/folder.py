@@ -1,0 +1,293 @@
+"""Provides `open_folder`: checkpoints kept in many files, opened as one tree.
+
+- A Hugging Face sharded model (`model.safetensors.index.json` or `pytorch_model.bin.index.json`
+  with `model-0000i-of-0000n.*` shards, given as the folder or as the index file) becomes one
+  flat state dict, every tensor's storage naming its shard. Shards are listed by the index's
+  `weight_map`; a shard missing from the folder is reported (its tensors appear as `missing`
+  rows) and the rest still opens.
+- A DCP folder (`.metadata` + `*.distcp`) is read by `formats.dcp`.
+- Any other folder of checkpoints (DeepSpeed `global_step*/` with `mp_rank_00_model_states.pt`
+  and `*_optim_states.pt`, a folder of epochs) gets one top-level node per checkpoint file, keyed
+  by its path relative to the folder; files that are not checkpoints (`config.json`,
+  `zero_to_fp32.py`, `latest`) are left out and listed in `info["other_files"]`.
+
+Storages are renamed `<file>:<key>` (shards of `torch.save` number their storages from 0 each)
+and keep `Storage.file`, the file relative to the folder; readers of tensor bytes open that
+file. No tensor data is read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path as FsPath
+from typing import Any
+
+from ..errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
+from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage
+
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+"""Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
+MAX_FILES = 10_000
+MAX_INDEX = 64 << 20
+"""Bytes an index file may have (real ones are well under 1 MiB even for 1,000 shards)."""
+
+
+def is_index_file(path: str) -> bool:
+    """A sharded model's index (`*.index.json`)."""
+    return path.endswith(".index.json")
+
+
+def check_folder(folder: str) -> None:
+    """Fail fast, before a full-screen app starts, for a folder that holds nothing to open:
+    only its top level is listed (a subfolder may hold DeepSpeed's files, so it counts).
+
+    Raises:
+        NotReadable, NotACheckpoint.
+    """
+    try:
+        entries = list(FsPath(folder).iterdir())
+    except OSError as e:
+        raise NotReadable(folder, e.strerror or str(e)) from None
+    for entry in entries:
+        name = entry.name
+        if name == ".metadata" or is_index_file(name) or entry.is_dir():
+            return
+        if entry.is_file() and _worth_trying(name, entry.stat().st_size):
+            return
+    raise NotACheckpoint(folder, "no checkpoint files in this folder")
+
+
+def open_folder(path: str, open_file: Any) -> Checkpoint:
+    """Open a folder, or a shard index file, as one checkpoint.
+
+    Args:
+        path: the folder or the `*.index.json` file.
+        open_file: `formats.open_checkpoint` for one file (passed in to avoid an import cycle).
+
+    Raises:
+        CkptError: an unreadable folder or index, or a folder holding no checkpoint.
+    """
+    if is_index_file(path) and not FsPath(path).is_dir():
+        return _sharded(str(FsPath(path).parent), FsPath(path).name, path, open_file)
+    names = _listdir(path)
+    if ".metadata" in names and any(n.endswith(".distcp") for n in names):
+        from .dcp import looks_like_dcp, read_dcp
+
+        if looks_like_dcp(path):
+            return read_dcp(path)
+    for index in INDEX_NAMES:
+        if index in names:
+            return _sharded(path, index, path, open_file)
+    indexes = sorted(n for n in names if is_index_file(n))
+    if len(indexes) == 1:
+        return _sharded(path, indexes[0], path, open_file)
+    return _files(path, open_file)
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return sorted(p.name for p in FsPath(folder).iterdir())
+    except OSError as e:
+        raise NotReadable(folder, e.strerror or str(e)) from None
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+    from ..folder_sizes import folder_files
+
+    return dict(folder_files(folder))
+
+
+# -- Hugging Face shards ----------------------------------------------------------------------
+def _sharded(folder: str, index_name: str, shown_path: str, open_file: Any) -> Checkpoint:
+    index_path = FsPath(folder) / index_name
+    try:
+        if index_path.stat().st_size > MAX_INDEX:
+            raise CorruptFile(str(index_path), "index file is implausibly large")
+        index = json.loads(index_path.read_bytes())
+    except OSError as e:
+        raise NotReadable(str(index_path), e.strerror or str(e)) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CorruptFile(str(index_path), f"not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CorruptFile(str(index_path), "no weight_map of tensor name -> shard file")
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        if FsPath(shard).is_absolute() or ".." in FsPath(shard).parts:
+            raise CorruptFile(str(index_path), f"shard {shard!r} lies outside the folder")
+        shards.setdefault(shard, []).append(name)
+    children: list[Node] = []
+    storages: dict[str, Storage] = {}
+    findings: list[Finding] = []
+    files: dict[str, int] = {}
+    formats: set[str] = set()
+    seen: set[str] = set()
+    metadata: Node | None = None
+    for shard in sorted(shards):
+        full = FsPath(folder) / shard
+        try:
+            ckpt = open_file(str(full))
+        except CkptError as e:
+            missing = not full.exists()
+            what = "is missing" if missing else f"cannot be read ({e.message})"
+            findings.append(
+                Finding(
+                    "missing_shard",
+                    Severity.WARNING,
+                    f"shard {shard} {what}: its {len(shards[shard]):,} tensors are unavailable",
+                    None,
+                )
+            )
+            text = f"in {'missing' if missing else 'unreadable'} shard {shard}"
+            children += [
+                Node.make(NodeKind.VALUE, "missing", name, text=text)
+                for name in shards[shard]
+                if name not in seen
+            ]
+            seen.update(shards[shard])
+            continue
+        files[shard] = ckpt.file_bytes
+        formats.add(ckpt.format)
+        root = _rebased(ckpt, shard, (), storages)
+        listed = set(shards[shard])
+        for child in root.children:
+            if child.key == "__metadata__":  # safetensors' strings: shards repeat them; keep one
+                metadata = metadata or child
+                continue
+            if child.key in seen:
+                findings.append(
+                    Finding(
+                        "duplicate_key",
+                        Severity.WARNING,
+                        f"{child.key} is in more than one shard; {shard}'s copy is hidden",
+                        (child.key,),
+                    )
+                )
+                continue
+            seen.add(child.key)  # type: ignore[arg-type]
+            children.append(child)
+            if child.key not in listed:
+                findings.append(
+                    Finding(
+                        "unlisted_tensor",
+                        Severity.INFO,
+                        f"{child.key} is in {shard} but the index does not list it",
+                        (child.key,),
+                    )
+                )
+        findings += [_in_file(f, shard, ()) for f in ckpt.findings]
+    if not files and not children:
+        raise NotACheckpoint(str(index_path), "the index lists no shards")
+    if metadata is not None:
+        children.append(metadata)
+    total = index.get("metadata", {}).get("total_size") if isinstance(index, dict) else None
+    info: dict[str, Any] = {
+        "folder": str(FsPath(folder).absolute()),
+        "index": index_name,
+        "files": files,
+        "shards": len(shards),
+        "shard_formats": sorted(formats),
+    }
+    if isinstance(total, int):
+        info["index_total_size"] = total
+    root = Node.make(NodeKind.MAPPING, "dict", None, tuple(children))
+    return Checkpoint(
+        shown_path,
+        "hf-sharded",
+        sum(files.values()),
+        root,
+        storages,
+        tuple(findings),
+        info,
+    )
+
+
+# -- any folder of checkpoint files ----------------------------------------------------------
+def _files(folder: str, open_file: Any) -> Checkpoint:
+    sizes = _file_sizes(folder)
+    if len(sizes) > MAX_FILES:
+        raise NotReadable(folder, f"holds more than {MAX_FILES:,} files")
+    children: list[Node] = []
+    storages: dict[str, Storage] = {}
+    findings: list[Finding] = []
+    files: dict[str, int] = {}
+    other: dict[str, int] = {}
+    formats: set[str] = set()
+    for rel, size in sizes.items():
+        if not _worth_trying(rel, size):
+            other[rel] = size
+            continue
+        try:
+            ckpt = open_file(str(FsPath(folder) / rel))
+        except NotACheckpoint:
+            other[rel] = size
+            continue
+        except CkptError as e:
+            findings.append(
+                Finding("unreadable_file", Severity.WARNING, f"{rel}: {e.message}", None)
+            )
+            other[rel] = size
+            continue
+        files[rel] = ckpt.file_bytes
+        formats.add(ckpt.format)
+        root = _rebased(ckpt, rel, (rel,), storages)
+        children.append(dataclasses.replace(root, key=rel))
+        findings += [_in_file(f, rel, (rel,)) for f in ckpt.findings]
+    if not children:
+        raise NotACheckpoint(folder, "no checkpoint files in this folder")
+    kind = "deepspeed" if any("mp_rank_" in r and r.endswith("_states.pt") for r in files) else ""
+    info = {
+        "folder": str(FsPath(folder).absolute()),
+        "files": files,
+        "other_files": other,
+        "file_formats": sorted(formats),
+    }
+    if kind:
+        info["producer"] = kind
+    root = Node.make(NodeKind.MAPPING, "folder", None, tuple(children))
+    return Checkpoint(folder, "folder", sum(files.values()), root, storages, tuple(findings), info)
+
+
+SKIP_SUFFIXES = (".json", ".py", ".txt", ".md", ".yaml", ".yml", ".log", ".model", ".csv", ".png")
+
+
+def _worth_trying(rel: str, size: int) -> bool:
+    """Files that cannot be checkpoints (configs, code, tokenizers, `latest`) are not opened."""
+    name = FsPath(rel).name
+    return size >= 16 and not name.startswith(".") and not name.endswith(SKIP_SUFFIXES)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _rebased(ckpt: Checkpoint, file: str, prefix: Path, storages: dict[str, Storage]) -> Node:
+    """`ckpt`'s tree with storage keys made unique (`file:key`) and refs moved under `prefix`,
+    adding its storages (with `file` set) to `storages`."""
+    for key, st in ckpt.storages.items():
+        storages[f"{file}:{key}"] = dataclasses.replace(st, key=f"{file}:{key}", file=file)
+    cache: dict[int, Any] = {}
+
+    def tensor(t: Any) -> Any:
+        if t.storage_key is None:
+            return t
+        new = cache.get(id(t))
+        if new is None:
+            new = cache[id(t)] = dataclasses.replace(t, storage_key=f"{file}:{t.storage_key}")
+        return new
+
+    def rebuild(node: Node) -> Node:
+        if node.kind is NodeKind.TENSOR:
+            return dataclasses.replace(node, value=tensor(node.value))
+        if node.kind is NodeKind.REF:
+            return dataclasses.replace(node, value=(*prefix, *node.value))
+        if not node.children:
+            return node
+        return dataclasses.replace(node, children=tuple(rebuild(c) for c in node.children))
+
+    return rebuild(ckpt.root)
+
+
+def _in_file(f: Finding, file: str, prefix: Path) -> Finding:
+    path = None if f.path is None else (*prefix, *f.path)
+    return dataclasses.replace(f, message=f"{file}: {f.message}", path=path)
