@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ckptui.export import export, make_plan
+from ckptui.export import ExportError, export, make_plan
 from ckptui.folder_sizes import breakdown_of, tree_path
 from ckptui.formats import open_checkpoint
 from ckptui.values import tensor_stats
@@ -198,3 +198,39 @@ def test_a_folder_without_checkpoints_is_one_line_error(tmp_path: Path) -> None:
     r = run_cli("inspect", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no checkpoint files" in r.stderr
+
+
+def test_reshard_writes_shards_and_an_index_transformers_loads(sharded, tmp_path: Path) -> None:
+    from transformers import GPT2LMHeadModel
+
+    from ckptui.export.shards import export_sharded, parse_size
+
+    folder, truth = sharded
+    assert parse_size("200KB") == 200_000 and parse_size("2GiB") == 2 << 30
+    out = tmp_path / "resharded"
+    out.mkdir()
+    shutil.copy(folder / "config.json", out)
+    plan = make_plan(open_checkpoint(folder), fmt="safetensors")
+    results, index = export_sharded(plan, str(out / "model.safetensors"), parse_size("200KB"))
+    assert len(results) >= 3 and all(r.verified for r in results)
+    body = json.loads(Path(index).read_text())
+    assert set(body["weight_map"]) == set(truth)
+    assert body["metadata"]["total_size"] == sum(v.numel() * 4 for v in truth.values())
+    for r in results:  # no shard over the limit unless one tensor alone is larger
+        assert r.bytes < 200_000 + 256_000 + 4096
+    model = GPT2LMHeadModel.from_pretrained(out)
+    for k, v in truth.items():
+        assert torch.equal(model.state_dict()[k], v)
+    # a failure after the shards (the index cannot be written) leaves none of them behind
+    from ckptui.export import shards as shards_mod
+
+    def full_disk(path: str, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    again = tmp_path / "failing"
+    again.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shards_mod, "_write_atomic", full_disk)
+        with pytest.raises(ExportError, match="No space left"):
+            export_sharded(plan, str(again / "model.safetensors"), parse_size("200KB"))
+    assert list(again.iterdir()) == []
