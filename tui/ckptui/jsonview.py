@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from .frameworks import detect
 from .model import Checkpoint, Node, NodeKind, Path, TensorInfo
 
 _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
@@ -56,7 +57,25 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
         }
         yield (", " if i else "") + _enc(entry)
     info = {k: v for k, v in ckpt.info.items() if _jsonable(v)}
-    yield f'], "info": {_enc(info)}}}'
+    yield f'], "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}}}'
+
+
+def framework_json(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """`framework`: who wrote the file, or null. `{"name": "lightning", "version": "2.6.6",
+    "parts": [{"path": ["state_dict"], "label": "model weights", "kind": "weights"}, ...],
+    "optimizers": [["optimizer_states", 0], ...], "progress": {"epoch": 3, "step": 1200}}`."""
+    framework = detect(ckpt)
+    if framework is None:
+        return None
+    return {
+        "name": framework.name,
+        "version": framework.version,
+        "parts": [
+            {"path": list(p.path), "label": p.label, "kind": p.kind} for p in framework.parts
+        ],
+        "optimizers": [list(p) for p in framework.optimizers],
+        "progress": dict(framework.progress),
+    }
 
 
 def tensor_json(ckpt: Checkpoint, path: Path, t: TensorInfo) -> dict[str, Any]:

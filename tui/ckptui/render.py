@@ -10,14 +10,16 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from . import units
-from .model import Checkpoint, Node, NodeKind
+from .frameworks import detect
+from .model import Checkpoint, Node, NodeKind, Path
 
 _SEVERITY_STYLE = {"danger": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def _label(node: Node, key_text: str) -> str:
+def _label(node: Node, key_text: str, part: str | None = None) -> str:
     style = "bold red" if node.safety == "danger" else "bold"
-    return f"[{style}]{escape(key_text)}[/]  [dim]{escape(units.summary(node))}[/]"
+    text = f"[{style}]{escape(key_text)}[/]  [dim]{escape(units.summary(node))}[/]"
+    return text + (f" [dim italic]— {escape(part)}[/]" if part else "")
 
 
 def _key_text(node: Node, parent: Node) -> str:
@@ -28,11 +30,16 @@ def _key_text(node: Node, parent: Node) -> str:
 
 
 def build_tree(ckpt: Checkpoint, max_children: int | None, depth: int | None) -> Tree:
-    """A rich Tree of the checkpoint, eliding past `max_children` per node and below `depth`."""
+    """A rich Tree of the checkpoint, eliding past `max_children` per node and below `depth`.
+
+    A recognised framework's parts (Lightning's `state_dict`, `optimizer_states`, ...) carry
+    their label after the summary."""
+    framework = detect(ckpt)
+    parts = {p.path: p.label for p in framework.parts} if framework else {}
     root = Tree(_label(ckpt.root, ckpt.path), guide_style="dim")
-    stack: list[tuple[Node, Tree, int]] = [(ckpt.root, root, 0)]
+    stack: list[tuple[Node, Tree, int, Path]] = [(ckpt.root, root, 0, ())]
     while stack:
-        node, branch, level = stack.pop()
+        node, branch, level, path = stack.pop()
         if depth is not None and level >= depth:
             if node.children:
                 branch.add(f"[dim]… {len(node.children):,} children[/]")
@@ -40,9 +47,10 @@ def build_tree(ckpt: Checkpoint, max_children: int | None, depth: int | None) ->
         shown = node.children if max_children is None else node.children[:max_children]
         pending = []
         for child in shown:
-            sub = branch.add(_label(child, _key_text(child, node)))
+            child_path = (*path, child.key)
+            sub = branch.add(_label(child, _key_text(child, node), parts.get(child_path)))
             if child.kind is not NodeKind.REF:
-                pending.append((child, sub, level + 1))
+                pending.append((child, sub, level + 1, child_path))
         stack.extend(reversed(pending))
         hidden = len(node.children) - len(shown)
         if hidden > 0:
@@ -70,8 +78,11 @@ def render_checkpoint(
     unique = {t.storage_key for _, t in tensors if t.storage_key is not None}
     data = sum(ckpt.storages[k].nbytes for k in unique if k in ckpt.storages)
     dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
+    framework = detect(ckpt)
     console.print(
-        f"[bold]{escape(ckpt.format)}[/] · {units.size(ckpt.file_bytes)} file · "
+        f"[bold]{escape(ckpt.format)}[/] · "
+        + (f"[bold]{escape(framework.heading())}[/] · " if framework else "")
+        + f"{units.size(ckpt.file_bytes)} file · "
         f"{len(tensors):,} tensors in {len(unique):,} storages · {units.size(data)} tensor data"
         + (f" · [bold red]{dangers} dangerous call(s)[/]" if dangers else "")
     )

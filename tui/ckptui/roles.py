@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .facts import bytes_below
+from .frameworks import Framework, detect_root
 from .model import Checkpoint, Node, NodeKind, Path
 
 
@@ -173,11 +174,26 @@ def optimizer_info(path: Path, node: Node) -> OptimizerInfo:
 
 
 def find_optimizers(root: Node, limit: int = 64) -> list[OptimizerInfo]:
-    """Every optimizer state dict in the tree (Lightning keeps a list of them)."""
+    """Every optimizer state dict in the tree, in tree order.
+
+    A framework's own list comes first and whole (each entry of Lightning's `optimizer_states`,
+    even one without the usual `state`/`param_groups`); the rest of the tree is searched by
+    structure, skipping the framework's weights and optimizer parts.
+    """
     out: list[OptimizerInfo] = []
+    skip: set[Path] = set()
+    framework = detect_root(root)
+    if framework is not None:
+        for path in framework.optimizers[:limit]:
+            node = _at(root, path)
+            if node is not None:
+                out.append(_framework_optimizer(path, node))
+        skip = {p.path for p in framework.parts if p.kind in ("weights", "optimizers")}
     stack: list[tuple[Path, Node]] = [((), root)]
     while stack and len(out) < limit:
         path, node = stack.pop()
+        if path in skip:
+            continue
         if is_optimizer(node):
             out.append(optimizer_info(path, node))
             continue
@@ -189,14 +205,19 @@ def find_optimizers(root: Node, limit: int = 64) -> list[OptimizerInfo]:
 def weights_path(ckpt: Checkpoint) -> Path | None:
     """The subtree holding the model's weights, or None when the checkpoint has no tensors.
 
-    In order: the root when it is a module placeholder; a top-level key from `WEIGHT_KEYS`
-    holding a state dict or a module (Lightning's `state_dict` included); the root when it is
-    a state dict itself; a whole-module pickle found deeper; else the largest state-dict-shaped
-    subtree.
+    In order: the root when it is a module placeholder; the weights part of a recognised
+    framework (Lightning's `state_dict`, even with plain values among its tensors); a top-level
+    key from `WEIGHT_KEYS` holding a state dict or a module; the root when it is a state dict
+    itself; a whole-module pickle found deeper; else the largest state-dict-shaped subtree.
     """
     root = ckpt.root
     if root.kind is NodeKind.TENSOR or is_module(root):
         return ()
+    framework = detect_root(root)
+    if framework is not None and framework.weights is not None:
+        node = _at(root, framework.weights)
+        if node is not None and _has_tensors(node):
+            return framework.weights
     by_name = {c.key.lower(): c for c in root.children if isinstance(c.key, str)}
     for name in WEIGHT_KEYS:
         c = by_name.get(name)
@@ -252,13 +273,15 @@ def role_groups(
     if weights == () or root.kind is NodeKind.TENSOR:
         return [((), Role.WEIGHTS)]
     out: list[tuple[Path, Role]] = []
+    framework = detect_root(root)
+    known = _framework_roles(framework, root, weights) if framework is not None else {}
 
     def visit(path: Path, node: Node) -> None:
         for c in node.children:
             p = (*path, c.key)
             if c.kind is NodeKind.REF:
                 continue
-            role = role_of(p, c, weights)
+            role = known.get(p) or role_of(p, c, weights)
             if weights is not None and weights[: len(p)] == p and p != weights:
                 role = None  # the weights lie below: look inside
             if role is None and len(p) >= max_depth:
@@ -270,6 +293,36 @@ def role_groups(
 
     visit((), root)
     return out
+
+
+def _framework_roles(framework: Framework, root: Node, weights: Path | None) -> dict[Path, Role]:
+    """The role of each part a framework names: its callbacks or loops are one group each,
+    not split into their entries as an unknown container would be."""
+    out: dict[Path, Role] = {}
+    for part in framework.parts:
+        node = _at(root, part.path)
+        if node is None or part.path == weights:
+            continue
+        if part.kind == "optimizers":
+            out[part.path] = Role.OPTIMIZER
+        elif part.kind == "schedulers":
+            out[part.path] = Role.SCHEDULER
+        else:
+            out[part.path] = Role.OTHER_TENSORS if _has_tensors(node) else Role.METADATA
+    return out
+
+
+def _framework_optimizer(path: Path, node: Node) -> OptimizerInfo:
+    if is_optimizer(node):
+        return optimizer_info(path, node)
+    return OptimizerInfo(path, "unknown optimizer", ())
+
+
+def _at(root: Node, path: Path) -> Node | None:
+    node: Node | None = root
+    for key in path:
+        node = node.child(key) if node is not None else None
+    return node
 
 
 def _has_tensors(node: Node) -> bool:
