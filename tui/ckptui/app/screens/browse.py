@@ -23,6 +23,7 @@ from ... import units
 from ...errors import CkptError
 from ...facts import Index, path_expr, search
 from ...formats import open_checkpoint
+from ...frameworks import detect
 from ...model import Checkpoint, Path
 from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
@@ -107,10 +108,11 @@ class BrowseScreen(Screen[None]):
         gc.freeze()
         self.query_one("#main").loading = False
         dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
-        header = (
-            f"{ckpt.path} · {ckpt.format} · {units.size(ckpt.file_bytes)} · "
-            f"{index.tensor_count:,} tensors"
-        )
+        framework = detect(ckpt)
+        # The framework comes right after the name: the rest of the line is cut first at 80
+        # columns, and "Lightning 2.6.6 · epoch 3" says more than the container format.
+        header = f"{ckpt.path} · " + (f"{framework.heading()} · " if framework else "")
+        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
         self._header = header

@@ -23,6 +23,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from ...facts import path_text
+from ...frameworks import detect
 from ...model import Checkpoint, Node, NodeKind, Path, walk
 from ...units import summary
 
@@ -86,12 +87,16 @@ class CkptTree(Tree[Entry]):
         self.marks: dict[Path, None] = {}
         """Subtrees marked for export, in the order they were marked (a dict as ordered set)."""
         self._fg_styles: dict[str, Style] = {}
+        self.parts: dict[Path, str] = {}
+        """Labels of the parts of a recognised framework's file (`state_dict`: model weights)."""
 
     # -- building ---------------------------------------------------------------------------
     def show_checkpoint(self, ckpt: Checkpoint) -> None:
         """Show a freshly opened checkpoint, root expanded."""
         if ckpt is not self.ckpt:
             self.marks = {}
+            framework = detect(ckpt)
+            self.parts = {p.path: p.label for p in framework.parts} if framework else {}
         self.ckpt = ckpt
         self.filtered = False
         self.matches = []
@@ -122,8 +127,11 @@ class CkptTree(Tree[Entry]):
         super().notify_style_update()
         self._fg_styles = {}
 
-    def _label(self, node: Node, key_text: str, match: bool = False, mark: str = "") -> Text:
-        """A row's text; `mark` is `self` for a marked row, `below` for a row under one."""
+    def _label(
+        self, node: Node, key_text: str, match: bool = False, mark: str = "", part: str = ""
+    ) -> Text:
+        """A row's text; `mark` is `self` for a marked row, `below` for a row under one; `part`
+        is what a framework's part is for, shown dim and slanted after the summary."""
         if node.safety == "danger":
             key_style = self._fg("ckpt-tree--danger")
         elif match:
@@ -134,7 +142,10 @@ class CkptTree(Tree[Entry]):
             key_style = Style()
         summary_style = self._fg("ckpt-tree--summary")
         bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
-        return Text.assemble(bullet, (key_text, key_style), "  ", (summary(node), summary_style))
+        text = Text.assemble(bullet, (key_text, key_style), "  ", (summary(node), summary_style))
+        if part:
+            text.append(f" — {part}", summary_style + Style(italic=True))
+        return text
 
     def _mark_of(self, path: Path) -> str:
         if not self.marks:
@@ -153,7 +164,8 @@ class CkptTree(Tree[Entry]):
             key_text = FilePath(self.ckpt.path).name
         else:
             key_text = self._key_text(node, owner)
-        return self._label(node, key_text, path in self._match_set, self._mark_of(path))
+        part = self.parts.get(path, "") if self.parts else ""
+        return self._label(node, key_text, path in self._match_set, self._mark_of(path), part)
 
     def _add(self, parent: TreeNode[Entry], node: Node, path: Path, owner: Node) -> TreeNode:
         label = self._row_label(node, path, owner)
