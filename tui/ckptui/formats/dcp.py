@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-from ..dtypes import DTYPES, STORAGE_DTYPES, itemsize_of
+from ..dtypes import STORAGE_DTYPES, itemsize_of
 from ..errors import CkptError, CorruptFile, NotReadable
 from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, TensorInfo
 from ..recorders import StorageRef, TensorRec, TorchDtype
@@ -65,6 +65,8 @@ MAX_OBJECT_BYTES = 16 << 20
 """An object item larger than this is shown by size only."""
 _TAIL = 4096
 _HEAD = 2048
+_WHOLE = 16384
+"""Items up to this size are read with one pread; larger ones by a head and a tail window."""
 _CD = struct.Struct("<IHHHHHHIIIHHHHHII")
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 
@@ -337,6 +339,7 @@ class _Reader:
         self.findings: list[Finding] = []
         self.builder = TreeBuilder()
         self.objects_read = 0
+        self.item_cache: dict[bytes, tuple[Any, list[_Ref]]] = {}
         self.per_file: dict[str, dict[str, int]] = {}
 
     def close(self) -> None:
@@ -473,13 +476,17 @@ class _Reader:
             c.linkable = True
             return
         try:
-            rec, st = _read_tensor_item(src, at, length, c.key, rel)
+            rec, located = _read_item(src, at, length, rel, self.item_cache)
+            if not isinstance(rec, TensorRec) or rec.storage is None or len(located) != 1:
+                raise _Malformed("item is not one tensor")
         except (CkptError, _Malformed):
             self.problems.add(rel, "unreadable", c.fqn)
             self.storages[c.key] = Storage(
                 c.key, info.dtype, nbytes, "cpu", file=rel, record_nbytes=length
             )
             return
+        (_, _, dtype, declared, location), record, off, have = located[0]
+        st = Storage(c.key, dtype, declared, location, rel, record, off, have)
         self.storages[c.key] = st
         self.file_stats(rel)["tensor_bytes"] += st.record_nbytes or 0
         if (
@@ -518,10 +525,12 @@ class _Reader:
             return summary
         self.objects_read += 1
         try:
-            obj = _read_object_item(src, at, length, f"{fqn}@obj/", rel, self.storages)
+            obj, located = _read_item(src, at, length, rel, None, f"{fqn}@obj/")
         except (CkptError, _Malformed):
             self.problems.add(rel, "unreadable", fqn)
             return summary
+        for (_, key, dtype, declared, location), record, off, have in located:
+            self.storages[key] = Storage(key, dtype, declared, location, rel, record, off, have)
         return self.builder.build(obj, fqn, path)
 
     # -- the tree -------------------------------------------------------------------------------
@@ -628,24 +637,45 @@ def _span(rec: TensorRec) -> int:
 
 
 # -- one item: a torch.save zip at (offset, length) of a .distcp file -------------------------
-@dataclass
-class _Zip:
-    """The records of a small zip archive, found through its central directory."""
+class _Item:
+    """Bytes `start:start+length` of a source, read through at most three small windows.
 
-    archive: str
-    records: dict[str, tuple[int, int, int]]
-    """archive-relative name -> (local header offset, compressed size, method)."""
+    A small item is read whole with one pread; a large one by its tail (the central directory)
+    and its head (data.pkl's local header and the pickle); anything else by a pread of its own.
+    """
+
+    __slots__ = ("head", "length", "src", "start", "tail", "tail_at")
+
+    def __init__(self, src: Source, start: int, length: int) -> None:
+        self.src, self.start, self.length = src, start, length
+        if length <= _WHOLE:
+            self.head = self.tail = src.read_at(start, length)
+            self.tail_at = 0
+        else:
+            self.head = b""
+            self.tail_at = length - _TAIL
+            self.tail = src.read_at(start + self.tail_at, _TAIL)
+        if len(self.tail) != length - self.tail_at:
+            raise _Malformed("item cut short")
+
+    def read(self, at: int, n: int) -> bytes:
+        """`n` bytes at item offset `at` (fewer only past the item's end)."""
+        n = max(0, min(n, self.length - at))
+        if at >= self.tail_at:
+            return self.tail[at - self.tail_at : at - self.tail_at + n]
+        if not self.head:
+            self.head = self.src.read_at(self.start, min(self.length, _HEAD))
+        if at + n <= len(self.head):
+            return self.head[at : at + n]
+        return self.src.read_at(self.start + at, n)
 
 
-def _parse_zip(src: Source, start: int, length: int) -> _Zip:
-    """Read the central directory at the end of bytes `start:start+length` (one or two preads)."""
-    end = start + length
-    n = min(length, _TAIL)
-    tail = src.read_at(end - n, n)
-    if len(tail) != n:
-        raise _Malformed("item cut short")
-    eocd = tail.rfind(b"PK\x05\x06", max(0, n - 22 - 65535))
-    if eocd < 0 or eocd + 22 > n:
+def _parse_zip(item: _Item) -> tuple[str, dict[str, tuple[int, int, int]]]:
+    """(archive name, archive-relative name -> (local header offset, size, method)), from the
+    central directory at the item's end."""
+    length, tail = item.length, item.tail
+    eocd = tail.rfind(b"PK\x05\x06", max(0, len(tail) - 22 - 65535))
+    if eocd < 0 or eocd + 22 > len(tail):
         raise _Malformed("item is not a zip archive")
     _, _, _, _, count, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", tail, eocd)
     if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_off == 0xFFFFFFFF:
@@ -653,17 +683,13 @@ def _parse_zip(src: Source, start: int, length: int) -> _Zip:
         if loc < 0 or tail[loc : loc + 4] != b"PK\x06\x07":
             raise _Malformed("zip64 locator missing")
         (z64,) = struct.unpack_from("<Q", tail, loc + 8)
-        rec = src.read_at(start + z64, 56)
+        rec = item.read(z64, 56)
         if len(rec) < 56 or rec[:4] != b"PK\x06\x06":
             raise _Malformed("zip64 end record missing")
         count, cd_size, cd_off = struct.unpack_from("<QQQ", rec, 32)
     if cd_off + cd_size > length or count > 1 << 20:
         raise _Malformed("central directory outside the item")
-    cd_abs = start + cd_off
-    if cd_abs >= end - n:
-        cd = tail[cd_abs - (end - n) : cd_abs - (end - n) + cd_size]
-    else:
-        cd = src.read_at(cd_abs, cd_size)
+    cd = item.read(cd_off, cd_size)
     records: dict[str, tuple[int, int, int]] = {}
     archive = ""
     pos = 0
@@ -674,19 +700,17 @@ def _parse_zip(src: Source, start: int, length: int) -> _Zip:
         method, csize, usize, nlen, elen, clen, local = f[4], f[8], f[9], f[10], f[11], f[12], f[16]
         name = cd[pos + 46 : pos + 46 + nlen].decode("utf-8", "replace")
         if 0xFFFFFFFF in (csize, usize, local):
-            csize, usize, local = _zip64_extra(cd[pos + 46 + nlen : pos + 46 + nlen + elen],
-                                               csize, usize, local)  # fmt: skip
+            extra = cd[pos + 46 + nlen : pos + 46 + nlen + elen]
+            csize, usize, local = _zip64_extra(extra, csize, usize, local)
         pos += 46 + nlen + elen + clen
         top, _, rest = name.partition("/")
-        if not rest:
-            raise _Malformed("zip record outside a folder")
         archive = archive or top
-        if top != archive or rest in records:
-            raise _Malformed("unexpected zip layout")
+        if not rest or top != archive or rest in records:
+            raise _Malformed("not a torch.save archive (records outside one folder, or twice)")
         if local + 30 > length:
             raise _Malformed("zip record outside the item")
         records[rest] = (local, csize, method)
-    return _Zip(archive, records)
+    return archive, records
 
 
 def _zip64_extra(extra: bytes, csize: int, usize: int, local: int) -> tuple[int, int, int]:
@@ -706,33 +730,36 @@ def _zip64_extra(extra: bytes, csize: int, usize: int, local: int) -> tuple[int,
     raise _Malformed("zip64 sizes missing")
 
 
-def _record(src: Source, start: int, length: int, z: _Zip, name: str) -> tuple[int, int]:
-    """(absolute data offset, size) of a stored record, from its local header."""
-    entry = z.records.get(name)
+def _record(item: _Item, records: dict[str, tuple[int, int, int]], name: str) -> tuple[int, int]:
+    """(item offset of the data, size) of a stored record, from its local header."""
+    entry = records.get(name)
     if entry is None:
-        raise _Malformed(f"item has no {z.archive}/{name}")
+        raise _Malformed(f"item has no {name} record")
     local, csize, method = entry
     if method != 0:
         raise _Malformed(f"{name} is compressed")
-    h = src.read_at(start + local, 30)
+    h = item.read(local, 30)
     if len(h) < 30:
         raise _Malformed("item cut short")
     f = _LOCAL.unpack(h)
     if f[0] != 0x04034B50:
         raise _Malformed("bad local header")
-    data = start + local + 30 + f[9] + f[10]
-    if data + csize > start + length:
+    data = local + 30 + f[9] + f[10]
+    if data + csize > item.length:
         raise _Malformed(f"{name} runs past the item")
     return data, csize
 
 
-def _load_pickle(
-    src: Source, start: int, length: int, key_prefix: str, rel: str, storages: dict[str, Storage]
-) -> tuple[Any, _Zip]:
-    z = _parse_zip(src, start, length)
-    off, size = _record(src, start, length, z, "data.pkl")
-    buf = src.read_at(off, size)
-    refs: dict[str, StorageRef] = {}
+_Ref = tuple[str, str, str, int, str]
+"""A storage the item's pickle names: (its key, key shown, dtype, declared bytes, location)."""
+
+
+def _unpickle_item(
+    src: Source, item: _Item, data: bytes, at: int, where: str, prefix: str
+) -> tuple[Any, list[_Ref]]:
+    """The item's data.pkl, unpickled inertly; storages are only noted (located later)."""
+    refs: dict[str, _Ref] = {}
+    storage_refs: dict[str, StorageRef] = {}
 
     def persistent_load(pid: Any) -> Any:
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
@@ -742,47 +769,47 @@ def _load_pickle(
             raise _Malformed(f"unknown storage class {cls!r}")
         if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
             raise _Malformed("malformed storage persistent id")
-        ref = refs.get(key)
+        ref = storage_refs.get(key)
         if ref is None:
             dtype = STORAGE_DTYPES[cls.full]
-            full = key_prefix + key
-            ref = refs[key] = StorageRef(
-                full, dtype, count * itemsize_of(dtype), parse_pid_location(location)
-            )
-            data, have = _record(src, start, length, z, f"data/{key}")
-            storages[full] = ref.entry(f"{z.archive}/data/{key}", data, min(have, ref.nbytes))
-            storages[full] = _with_file(storages[full], rel)
+            nbytes = count * itemsize_of(dtype)
+            loc = parse_pid_location(location)
+            ref = storage_refs[key] = StorageRef(prefix + key, dtype, nbytes, loc)
+            refs[key] = (key, prefix + key, dtype, nbytes, loc)
         return ref
 
-    u = src.unpickler(buf, f"{rel} item at byte {start}", persistent_load, base=off)
-    obj, _ = u.load(0, len(buf))
-    return obj, z
+    u = src.unpickler(data, where, persistent_load, base=item.start + at)
+    obj, _ = u.load(0, len(data))
+    return obj, list(refs.values())
 
 
-def _with_file(st: Storage, rel: str) -> Storage:
-    from dataclasses import replace
+def _read_item(
+    src: Source,
+    start: int,
+    length: int,
+    rel: str,
+    cache: dict[bytes, tuple[Any, list[_Ref]]] | None,
+    prefix: str = "",
+) -> tuple[Any, list[tuple[_Ref, str, int, int]]]:
+    """Unpickle the torch.save archive at `start` of `src` and locate its storages.
 
-    return replace(st, file=rel)
-
-
-def _read_tensor_item(
-    src: Source, start: int, length: int, key: str, rel: str
-) -> tuple[TensorRec, Storage]:
-    """The chunk tensor saved at `start`, and its storage under the chunk's own `key`."""
-    found: dict[str, Storage] = {}
-    obj, _ = _load_pickle(src, start, length, "", rel, found)
-    if not isinstance(obj, TensorRec) or obj.storage is None or len(found) != 1:
-        raise _Malformed("item is not one tensor")
-    from dataclasses import replace
-
-    st = replace(next(iter(found.values())), key=key)
-    if obj.dtype not in DTYPES:
-        raise _Malformed("unknown dtype")
-    return obj, st
-
-
-def _read_object_item(
-    src: Source, start: int, length: int, prefix: str, rel: str, storages: dict[str, Storage]
-) -> Any:
-    obj, _ = _load_pickle(src, start, length, prefix, rel, storages)
-    return obj
+    Returns:
+        (the root object, [(storage ref, record name, absolute data offset, bytes held)]).
+        With a `cache`, identical data.pkl bytes (every chunk of one shape and dtype) are
+        unpickled once: the inert result depends on the bytes alone.
+    """
+    item = _Item(src, start, length)
+    archive, records = _parse_zip(item)
+    at, size = _record(item, records, "data.pkl")
+    data = item.read(at, size)
+    hit = cache.get(data) if cache is not None else None
+    if hit is None:
+        hit = _unpickle_item(src, item, data, at, f"{rel} item at byte {start}", prefix)
+        if cache is not None:
+            cache[data] = hit
+    obj, refs = hit
+    located = []
+    for ref in refs:
+        off, have = _record(item, records, f"data/{ref[0]}")
+        located.append((ref, f"{archive}/data/{ref[0]}", start + off, min(have, ref[3])))
+    return obj, located
