@@ -66,8 +66,10 @@ MAX_OBJECT_BYTES = 16 << 20
 _TAIL = 4096
 _HEAD = 2048
 _WHOLE = 16384
+_BIG = 1 << 62
 """Items up to this size are read with one pread; larger ones by a head and a tail window."""
-_CD = struct.Struct("<IHHHHHHIIIHHHHHII")
+_CD = struct.Struct("<I6xH8xIIHHH8xI")
+"""A central directory entry: signature, method, sizes, name/extra/comment lengths, offset."""
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 
 
@@ -197,11 +199,11 @@ def _state(obj: Any, what: str) -> PDict:
     return obj.state
 
 
-def _ints(v: Any, what: str) -> tuple[int, ...]:
-    if isinstance(v, list):
-        v = tuple(v)
-    if not isinstance(v, tuple) or not all(type(x) is int and 0 <= x < 1 << 62 for x in v):
-        raise _Malformed(f"{what} is not a tuple of non-negative ints")
+def _ints(v: Any, fqn: str, what: str) -> tuple[int, ...]:
+    if type(v) is not tuple:
+        v = tuple(v) if isinstance(v, list) else None
+    if v is None or not all(type(x) is int for x in v) or (v and not 0 <= min(v) <= max(v) < _BIG):
+        raise _Malformed(f"{fqn}: {what} is not a tuple of non-negative ints")
     return v
 
 
@@ -257,15 +259,15 @@ def _tensor_entry(fqn: str, st: PDict) -> tuple[TensorInfo, list[_Chunk]]:
         requires_grad = pstate.get("requires_grad") is True
     if not isinstance(dtype, TorchDtype):
         raise _Malformed(f"{fqn}: tensor properties carry no dtype")
-    shape = _ints(st.get("size"), f"{fqn}: size")
+    shape = _ints(st.get("size"), fqn, "size")
     chunks_in = st.get("chunks")
     if not isinstance(chunks_in, list):
         raise _Malformed(f"{fqn}: chunks is not a list")
     chunks: list[_Chunk] = []
     for c in chunks_in:
         cs = _state(c, f"{fqn}: chunk")
-        offsets = _ints(cs.get("offsets"), f"{fqn}: chunk offsets")
-        sizes = _ints(cs.get("sizes"), f"{fqn}: chunk sizes")
+        offsets = _ints(cs.get("offsets"), fqn, "chunk offsets")
+        sizes = _ints(cs.get("sizes"), fqn, "chunk sizes")
         if len(offsets) != len(shape) or len(sizes) != len(shape):
             raise _Malformed(f"{fqn}: a chunk's rank differs from the tensor's")
         if any(o + s > d for o, s, d in zip(offsets, sizes, shape, strict=True)):
@@ -299,19 +301,22 @@ def _storage_data(sd: Any) -> dict[tuple[str, tuple[int, ...] | None], tuple[str
     if not isinstance(sd, PDict):
         raise _Malformed("storage_data is not a dict (not written by FileSystemWriter?)")
     out: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, bool]] = {}
+    inside: set[str] = set()
     for k, v in sd.items:
         ks = _state(k, "storage_data key")
         fqn = ks.get("fqn")
         off = ks.get("offset")
         if not isinstance(fqn, str):
             raise _Malformed("storage_data key without an fqn")
-        offsets = None if off is None else _ints(off, f"{fqn}: storage offset")
+        offsets = None if off is None else _ints(off, fqn, "storage offset")
         vs = _state(v, f"{fqn}: storage info")
         rel, at, n = vs.get("relative_path"), vs.get("offset"), vs.get("length")
         if not isinstance(rel, str) or type(at) is not int or type(n) is not int or at < 0 or n < 0:
             raise _Malformed(f"{fqn}: storage info is not (relative_path, offset, length)")
-        if FsPath(rel).is_absolute() or ".." in FsPath(rel).parts or "/" in rel or "\\" in rel:
-            raise _Malformed(f"{fqn}: data file {rel!r} lies outside the folder")
+        if rel not in inside:
+            if not rel or rel in (".", "..") or "/" in rel or "\\" in rel or "\0" in rel:
+                raise _Malformed(f"{fqn}: data file {rel!r} lies outside the folder")
+            inside.add(rel)
         out[(fqn, offsets)] = (rel, at, n, bool(vs.get("transform_descriptors")))
     return out
 
@@ -364,7 +369,7 @@ class _Reader:
         md = self.md
         leaves: dict[str, Node] = {}
         for fqn, (info, chunks) in md.tensors.items():
-            leaves[fqn] = self.tensor(fqn, info, chunks)
+            leaves[fqn] = self.tensor(fqn, info, chunks, self.path_of(fqn)[-1])
         for fqn in md.objects:
             leaves[fqn] = self.object(fqn)
         root = self.nest(leaves)
@@ -417,7 +422,7 @@ class _Reader:
         self.findings.append(Finding(kind, Severity(severity), msg, None if in_metadata else where))
 
     # -- tensors -------------------------------------------------------------------------------
-    def tensor(self, fqn: str, info: TensorInfo, chunks: list[_Chunk]) -> Node:
+    def tensor(self, fqn: str, info: TensorInfo, chunks: list[_Chunk], key: Any) -> Node:
         for c in chunks:
             self.chunk(c, info)
         if len(chunks) == 1 and chunks[0].sizes == info.shape:
@@ -429,7 +434,7 @@ class _Reader:
                 info.shape, info.dtype, stride, c.key if c.linkable else None, offset,
                 info.itemsize, "cpu", info.requires_grad,
             )  # fmt: skip
-            return Node.make(NodeKind.TENSOR, "torch.Tensor", fqn, tensor=t)
+            return Node.make(NodeKind.TENSOR, "torch.Tensor", key, tensor=t)
         if sum(_numel(c.sizes) for c in chunks) < info.numel:
             self.problems.add("", "uncovered", fqn)
         t = TensorInfo(
@@ -440,7 +445,7 @@ class _Reader:
             ("chunks", tuple((c.offsets, c.sizes, c.file) for c in chunks)),
             ("chunk_storages", tuple(c.key for c in chunks)),
         )
-        return Node.make(NodeKind.TENSOR, "torch.Tensor", fqn, tensor=t, attrs=attrs)
+        return Node.make(NodeKind.TENSOR, "torch.Tensor", key, tensor=t, attrs=attrs)
 
     def file_stats(self, rel: str) -> dict[str, int]:
         return self.per_file.setdefault(
@@ -505,9 +510,10 @@ class _Reader:
     def object(self, fqn: str) -> Node:
         loc = self.md.storage.get((fqn, None))
         path = self.path_of(fqn)
+        key = path[-1]
         if loc is None:
             self.problems.add("", "no_storage_data", fqn)
-            return Node.make(NodeKind.VALUE, "missing", fqn, text="pickled object with no data")
+            return Node.make(NodeKind.VALUE, "missing", key, text="pickled object with no data")
         rel, at, length, transformed = loc
         stats = self.file_stats(rel)
         stats["object_items"] += 1
@@ -516,11 +522,11 @@ class _Reader:
         src = self.source(rel)
         if src is None:
             self.problems.add(rel, "missing", fqn)
-            return Node.make(NodeKind.VALUE, "missing", fqn, text=f"{text} (file missing)")
+            return Node.make(NodeKind.VALUE, "missing", key, text=f"{text} (file missing)")
         if at + length > src.size:
             self.problems.add(rel, "short", fqn)
-            return Node.make(NodeKind.VALUE, "missing", fqn, text=f"{text} (file cut short)")
-        summary = Node.make(NodeKind.VALUE, "pickled object", fqn, text=text, nbytes=length)
+            return Node.make(NodeKind.VALUE, "missing", key, text=f"{text} (file cut short)")
+        summary = Node.make(NodeKind.VALUE, "pickled object", key, text=text, nbytes=length)
         if transformed or length > MAX_OBJECT_BYTES or self.objects_read >= MAX_OBJECT_ITEMS:
             return summary
         self.objects_read += 1
@@ -531,7 +537,7 @@ class _Reader:
             return summary
         for (_, key, dtype, declared, location), record, off, have in located:
             self.storages[key] = Storage(key, dtype, declared, location, rel, record, off, have)
-        return self.builder.build(obj, fqn, path)
+        return self.builder.build(obj, key, path)
 
     # -- the tree -------------------------------------------------------------------------------
     def path_of(self, fqn: str) -> Path:
@@ -670,7 +676,7 @@ class _Item:
         return self.src.read_at(self.start + at, n)
 
 
-def _parse_zip(item: _Item) -> tuple[str, dict[str, tuple[int, int, int]]]:
+def _parse_zip(item: _Item) -> tuple[bytes, dict[bytes, tuple[int, int, int]]]:
     """(archive name, archive-relative name -> (local header offset, size, method)), from the
     central directory at the item's end."""
     length, tail = item.length, item.tail
@@ -690,26 +696,25 @@ def _parse_zip(item: _Item) -> tuple[str, dict[str, tuple[int, int, int]]]:
     if cd_off + cd_size > length or count > 1 << 20:
         raise _Malformed("central directory outside the item")
     cd = item.read(cd_off, cd_size)
-    records: dict[str, tuple[int, int, int]] = {}
-    archive = ""
+    records: dict[bytes, tuple[int, int, int]] = {}
+    archive = b""
     pos = 0
     for _ in range(count):
-        f = _CD.unpack_from(cd, pos)
-        if f[0] != 0x02014B50:
+        sig, method, csize, usize, nlen, elen, clen, local = _CD.unpack_from(cd, pos)
+        if sig != 0x02014B50:
             raise _Malformed("bad central directory entry")
-        method, csize, usize, nlen, elen, clen, local = f[4], f[8], f[9], f[10], f[11], f[12], f[16]
-        name = cd[pos + 46 : pos + 46 + nlen].decode("utf-8", "replace")
+        name = cd[pos + 46 : pos + 46 + nlen]
         if 0xFFFFFFFF in (csize, usize, local):
             extra = cd[pos + 46 + nlen : pos + 46 + nlen + elen]
             csize, usize, local = _zip64_extra(extra, csize, usize, local)
         pos += 46 + nlen + elen + clen
-        top, _, rest = name.partition("/")
-        archive = archive or top
-        if not rest or top != archive or rest in records:
+        slash = name.find(b"/")
+        archive = archive or name[:slash]
+        if slash <= 0 or name[:slash] != archive or name[slash + 1 :] in records:
             raise _Malformed("not a torch.save archive (records outside one folder, or twice)")
         if local + 30 > length:
             raise _Malformed("zip record outside the item")
-        records[rest] = (local, csize, method)
+        records[name[slash + 1 :]] = (local, csize, method)
     return archive, records
 
 
@@ -730,14 +735,16 @@ def _zip64_extra(extra: bytes, csize: int, usize: int, local: int) -> tuple[int,
     raise _Malformed("zip64 sizes missing")
 
 
-def _record(item: _Item, records: dict[str, tuple[int, int, int]], name: str) -> tuple[int, int]:
+def _record(
+    item: _Item, records: dict[bytes, tuple[int, int, int]], name: bytes
+) -> tuple[int, int]:
     """(item offset of the data, size) of a stored record, from its local header."""
     entry = records.get(name)
     if entry is None:
-        raise _Malformed(f"item has no {name} record")
+        raise _Malformed(f"item has no {name!r} record")
     local, csize, method = entry
     if method != 0:
-        raise _Malformed(f"{name} is compressed")
+        raise _Malformed(f"{name!r} is compressed")
     h = item.read(local, 30)
     if len(h) < 30:
         raise _Malformed("item cut short")
@@ -746,7 +753,7 @@ def _record(item: _Item, records: dict[str, tuple[int, int, int]], name: str) ->
         raise _Malformed("bad local header")
     data = local + 30 + f[9] + f[10]
     if data + csize > item.length:
-        raise _Malformed(f"{name} runs past the item")
+        raise _Malformed(f"{name!r} runs past the item")
     return data, csize
 
 
@@ -800,7 +807,7 @@ def _read_item(
     """
     item = _Item(src, start, length)
     archive, records = _parse_zip(item)
-    at, size = _record(item, records, "data.pkl")
+    at, size = _record(item, records, b"data.pkl")
     data = item.read(at, size)
     hit = cache.get(data) if cache is not None else None
     if hit is None:
@@ -810,6 +817,8 @@ def _read_item(
     obj, refs = hit
     located = []
     for ref in refs:
-        off, have = _record(item, records, f"data/{ref[0]}")
-        located.append((ref, f"{archive}/data/{ref[0]}", start + off, min(have, ref[3])))
+        name = b"data/" + ref[0].encode("utf-8", "surrogateescape")
+        off, have = _record(item, records, name)
+        record = (archive + b"/" + name).decode("utf-8", "replace")
+        located.append((ref, record, start + off, min(have, ref[3])))
     return obj, located
