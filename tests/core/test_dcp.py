@@ -432,3 +432,29 @@ def test_metadata_calling_os_system(tmp_path: Path, gloo_dcp: tuple[Path, dict])
     with pytest.raises(ExportError, match="refusing"):
         export_dcp(ckpt, tmp_path / "w.pth")
     assert not marker.exists()
+
+
+def test_without_planner_data_keys_stay_flat(tmp_path: Path) -> None:
+    """flatten_state_dict=False records no planner data: DCP loads every FQN as a top-level
+    key, so ckptui shows them flat and whole (not split at dots)."""
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    torch.manual_seed(3)
+    sd = {"layer.weight": torch.randn(3, 2), "layer.bias": torch.randn(3), "epoch": 4}
+    folder = tmp_path / "flat"
+    dcp.save(
+        sd,
+        storage_writer=FileSystemWriter(folder),
+        planner=DefaultSavePlanner(flatten_state_dict=False),
+        no_dist=True,
+    )
+    assert FileSystemReader(folder).read_metadata().planner_data is None
+    ckpt = read_dcp(str(folder))
+    assert ckpt.info["planner_data"] is False and not ckpt.findings
+    assert [c.key for c in ckpt.root.children] == list(sd)
+    assert ckpt.find(("epoch",)).value == 4
+    assert check_values(ckpt, sd) == 2
+    export_dcp(ckpt, tmp_path / "w.pth", keep=[()])
+    back = torch.load(tmp_path / "w.pth", weights_only=True)
+    assert set(back) == {"layer.weight", "layer.bias"}
+    assert all(torch.equal(back[k], sd[k]) for k in back)
