@@ -1,4 +1,5 @@
-"""Provides the `ckptui` command: `ckptui PATH`, `ckptui inspect PATH [--json]`, `ckptui --demo`.
+"""Provides the `ckptui` command: `ckptui PATH`, `ckptui A B` (compare), `ckptui inspect PATH
+[--json]`, `ckptui --demo`.
 
 Exit codes (DESIGN.md): 0 success, 1 the command ran and found a problem it reports
 (`--fail-on-unsafe`), 2 bad input or usage, always as one line `ckptui: <path>: <what is wrong>`
@@ -28,6 +29,12 @@ def _parser_main() -> argparse.ArgumentParser:
         "diff A B [--values] [--json] (what load_state_dict would trip on).",
     )
     p.add_argument("path", nargs="?", help="checkpoint file to open")
+    p.add_argument(
+        "other",
+        nargs="?",
+        metavar="OTHER",
+        help="a second checkpoint: compare the two (keys, shapes, dtypes; values on demand)",
+    )
     p.add_argument(
         "--demo",
         action="store_true",
@@ -190,9 +197,11 @@ def _main(args: argparse.Namespace) -> int:
     from .formats import check_openable
 
     check_openable(args.path)  # before the terminal is taken over: a typo gets one line, at once
+    if args.other:
+        check_openable(args.other)
     from .app.app import CkptApp
 
-    app = CkptApp(args.path)
+    app = CkptApp(args.path, args.other)
     app.run()
     if app.error_message:
         print(app.error_message, file=sys.stderr)

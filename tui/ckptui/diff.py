@@ -37,7 +37,7 @@ from .roles import weights_path
 from .units import shape as show_shape
 from .values import Cancelled, ValuesUnavailable
 
-__all__ = ["Diff", "diff_checkpoints", "diff_json", "render_diff"]
+__all__ = ["Diff", "ValueResult", "diff_checkpoints", "diff_json", "iter_values", "render_diff"]
 
 Progress = Callable[[int, int], None]
 """Called with (tensor bytes read so far, bytes to read in all), both files together."""
@@ -79,6 +79,25 @@ class Diff:
     values: bool = False
     """True when values were compared."""
     formats: tuple[str, str] = ("", "")
+    tensors_a: dict[Path, TensorInfo] = field(default_factory=dict, repr=False)
+    """Every compared tensor of A by its normalised path: what a merged tree shows."""
+    tensors_b: dict[Path, TensorInfo] = field(default_factory=dict, repr=False)
+    origin_a: dict[Path, Path] = field(default_factory=dict, repr=False)
+    """Each normalised tensor path of A -> where that tensor lies in A's own tree."""
+    origin_b: dict[Path, Path] = field(default_factory=dict, repr=False)
+    plain_a: dict[Path, str] = field(default_factory=dict, repr=False)
+    """Plain values outside the weights (whole mode), as short text, by path."""
+    plain_b: dict[Path, str] = field(default_factory=dict, repr=False)
+
+    def comparable(self) -> list[tuple[Path, TensorInfo, TensorInfo]]:
+        """(path, A's tensor, B's tensor) for every tensor on both sides with the same shape:
+        those whose values can be compared, in A's order."""
+        out = []
+        for p, ta in self.tensors_a.items():
+            tb = self.tensors_b.get(p)
+            if tb is not None and ta.shape == tb.shape:
+                out.append((p, ta, tb))
+        return out
 
     @property
     def changed_values(self) -> list[tuple[Path, float]]:
@@ -98,12 +117,17 @@ class Diff:
         )
 
 
+ValueResult = tuple[Path, float | None, str | None]
+"""(path, max |a - b|, None) for a compared tensor, (path, None, why) for one that could not be."""
+
+
 @dataclass
 class _Side:
     root: Path
     prefix: str
     tensors: dict[Path, TensorInfo]
     plain: dict[Path, str]
+    origin: dict[Path, Path]
 
 
 def diff_checkpoints(
@@ -142,6 +166,8 @@ def diff_checkpoints(
         sa.prefix = sb.prefix = ""
     d = Diff(a.path, b.path, mode, sa.root, sb.root, sa.prefix, sb.prefix, values=values)
     d.formats = (a.format, b.format)
+    d.tensors_a, d.tensors_b, d.origin_a, d.origin_b = sa.tensors, sb.tensors, sa.origin, sb.origin
+    d.plain_a, d.plain_b = sa.plain, sb.plain
     d.only_a = [p for p in sa.tensors if p not in sb.tensors]
     d.only_b = [p for p in sb.tensors if p not in sa.tensors]
     pairs: list[tuple[Path, TensorInfo, TensorInfo]] = []
@@ -172,19 +198,23 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
     """
     root: Path = weights if mode == "weights" and weights is not None else ()
     tensors: dict[Path, TensorInfo] = {}
+    origin: dict[Path, Path] = {}
     node = ckpt.find(weights) if weights is not None else None
     if weights is not None and node is not None:
         for path, t in _tensors(node, weights):
             key = (*weights, t.state_dict_key) if t.state_dict_key else path
-            tensors.setdefault(key[len(root) :], t)
+            if key[len(root) :] not in tensors:
+                tensors[key[len(root) :]] = t
+                origin[key[len(root) :]] = path
 
     def outside(p: Path) -> bool:
         return weights is None or p[: len(weights)] != weights
 
     if mode == "whole" or weights is None:
         for path, t in ckpt.tensors():
-            if outside(path):
-                tensors.setdefault(path, t)
+            if outside(path) and path not in tensors:
+                tensors[path] = t
+                origin[path] = path
     plain: dict[Path, str] = {}
     if mode == "whole":
         for path, n in walk(ckpt.root):
@@ -193,7 +223,7 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
                 plain[path] = text if len(text) <= 60 else text[:59] + "…"
     at = len(weights) - len(root) if weights is not None else -1
     names = [str(p[at]) for p in tensors if 0 <= at < len(p) and _under(p, weights, root)]
-    return _Side(root, _common_prefix(names) if names else "", tensors, plain)
+    return _Side(root, _common_prefix(names) if names else "", tensors, plain, origin)
 
 
 def _under(rel: Path, weights: Path | None, root: Path) -> bool:
@@ -206,11 +236,14 @@ def _strip(side: _Side, weights: Path | None) -> None:
         return
     at, n = len(weights) - len(side.root), len(side.prefix)
     out: dict[Path, TensorInfo] = {}
+    origin: dict[Path, Path] = {}
     for p, t in side.tensors.items():
+        was = side.origin[p]
         if _under(p, weights, side.root) and len(p) > at:
             p = (*p[:at], str(p[at])[n:], *p[at + 1 :])
-        out.setdefault(p, t)
-    side.tensors = out
+        if p not in out:
+            out[p], origin[p] = t, was
+    side.tensors, side.origin = out, origin
 
 
 def _compare_values(
@@ -221,6 +254,35 @@ def _compare_values(
     progress: Progress | None,
     cancelled: Callable[[], bool] | None,
 ) -> None:
+    same_dtype = {p: ta.dtype == tb.dtype for p, ta, tb in pairs}
+    for p, worst, why in iter_values(a, b, pairs, progress, cancelled):
+        if why is not None:
+            d.not_compared.append((p, why))
+            d.equal -= same_dtype[p]
+            continue
+        assert worst is not None
+        d.value_diff.append((p, worst))
+        if worst != 0 and same_dtype[p]:
+            d.equal -= 1
+
+
+def iter_values(
+    a: Checkpoint,
+    b: Checkpoint,
+    pairs: list[tuple[Path, TensorInfo, TensorInfo]],
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[ValueResult]:
+    """Compare the values of same-shaped pairs (`Diff.comparable()`), one result per tensor as
+    soon as it is known: first the pairs that cannot be read (with why), then the others.
+
+    Args:
+        progress: called with (bytes read, bytes to read) after every chunk.
+        cancelled: polled before every chunk.
+
+    Raises:
+        CkptError: a file that cannot be read. Cancelled: on request.
+    """
     readable = []
     for p, ta, tb in pairs:
         why = _unreadable("A", a, ta) or _unreadable("B", b, tb)
@@ -229,8 +291,7 @@ def _compare_values(
         if why is None:
             readable.append((p, ta, tb))
         else:
-            d.not_compared.append((p, why))
-            d.equal -= ta.dtype == tb.dtype
+            yield p, None, why
     total = sum(ta.nbytes + tb.nbytes for _, ta, tb in readable)
     done = 0
     if progress:
@@ -245,9 +306,7 @@ def _compare_values(
                 done += xa.nbytes + xb.nbytes
                 if progress:
                     progress(done, total)
-            d.value_diff.append((p, worst))
-            if worst != 0 and ta.dtype == tb.dtype:
-                d.equal -= 1
+            yield p, worst, None
     if progress:
         progress(total, total)
 

@@ -1,6 +1,7 @@
-"""Provides CkptApp: the Textual application behind `ckptui PATH`.
+"""Provides CkptApp: the Textual application behind `ckptui PATH` and `ckptui A B`.
 
-The app never opens a file itself: BrowseScreen calls the core in a worker and shows the model.
+The app never opens a file itself: BrowseScreen (one path) or CompareScreen (two) calls the
+core in a worker and shows the model.
 """
 
 from __future__ import annotations
@@ -26,19 +27,26 @@ class CkptApp(App[None]):
         Binding("question_mark", "help", "Help"),
     ]
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, other: str | None = None) -> None:
         super().__init__()
         self.path = path
+        self.other = other
+        """With a second path, the app compares the two (CompareScreen)."""
         self.error_message: str | None = None
         """The one-line reason the file could not be opened, for the CLI to print."""
 
     def on_mount(self) -> None:
-        self.push_screen(BrowseScreen(self.path))
+        if self.other is not None:
+            from .screens.compare import CompareScreen
+
+            self.push_screen(CompareScreen(self.path, self.other))
+        else:
+            self.push_screen(BrowseScreen(self.path))
 
     def action_help(self) -> None:
-        """?: the key list."""
+        """?: the key list (of the compare screen when comparing)."""
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(getattr(self.screen, "HELP", "browse")))
 
     def action_tree_expand_below(self) -> None:
         """Palette: expand all below the cursor."""

@@ -17,17 +17,36 @@ COMMANDS = [
     ("Export a slimmed copy", "screen.export", "weights only, prefix stripped, bf16: verified"),
     ("Expand all below", "tree_expand_below", "open every row below the cursor"),
     ("Collapse all below", "tree_collapse_below", "close every row below the cursor"),
+    ("Only differences", "screen.only_changes", "compare: hide equal rows, or show them again"),
+    ("Compare values", "screen.compare_one", "compare: max |a-b| of the selected tensor"),
+    ("Compare all values", "screen.compare_all", "compare: max |a-b| of every common tensor"),
+    ("Cancel value comparison", "screen.cancel", "compare: stop; results so far stay"),
     ("Help", "help", "list every key"),
     ("Quit", "quit", "leave ckptui"),
 ]
 
 
+MARK_ACTIONS = ("tree_toggle_mark", "tree_clear_marks")
+"""App actions that only mean something on a screen that exports."""
+
+
+def applies(screen: object, action: str) -> bool:
+    """True when `action` does something on `screen` (the palette offers nothing else)."""
+    if action.startswith("screen."):
+        return hasattr(screen, f"action_{action.removeprefix('screen.')}")
+    if action in MARK_ACTIONS:
+        return hasattr(screen, "action_export")
+    return True
+
+
 class CkptCommands(Provider):
-    """ckptui's actions, searchable by name."""
+    """ckptui's actions, searchable by name; only those of the screen the palette opened on."""
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for name, action, help_text in COMMANDS:
+            if not applies(self.screen, action):
+                continue
             score = matcher.match(name)
             if score > 0:
                 yield Hit(

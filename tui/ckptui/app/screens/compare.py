@@ -1,0 +1,537 @@
+"""Provides CompareScreen: `ckptui A B`, two checkpoints' merged tree with every difference marked.
+
+Both files are opened and compared (keys, shapes, dtypes: metadata only) by the core's
+`diff_checkpoints` in a thread worker, as the browser opens one file; a file that cannot be
+opened ends the app with exit code 2 and the one-line reason. Values are compared only on
+request, in thread workers that stream results back in batches: `v` for the selected tensor,
+`a` for every tensor on both sides, each with a progress bar and cancelled by `esc`. Rows and
+the header's counts change as results arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input, ProgressBar, Static, Tree
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from ... import units
+from ...diff import Diff, ValueResult, diff_checkpoints, iter_values
+from ...errors import CkptError
+from ...facts import compile_query, path_expr, path_text
+from ...formats import open_checkpoint
+from ...model import Checkpoint, TensorInfo
+from ..widgets.diff_tree import (
+    MARK,
+    NAME,
+    DiffTree,
+    Kind,
+    Row,
+    file_name,
+    leaves,
+    merge,
+    number,
+)
+
+SHORT = {
+    Kind.ONLY_A: "only A",
+    Kind.ONLY_B: "only B",
+    Kind.SHAPE: "shape",
+    Kind.DTYPE: "dtype",
+    Kind.VALUES: "values",
+    Kind.UNREAD: "unread",
+    Kind.OTHER: "other",
+}
+"""Kinds as the header counts them (its line must fit 80 columns)."""
+FLUSH_EVERY = 0.1
+"""Seconds between batches of value results (and progress) sent to the UI."""
+REFILTER_EVERY = 1.0
+"""While values stream in with 'only differences' on, the tree is re-filtered this often."""
+
+
+class ValuesArrived(Message):
+    """A batch of value results (and progress) from a comparing worker."""
+
+    def __init__(
+        self,
+        group: str,
+        results: list[tuple[Row, float | None, str | None]],
+        done: int,
+        total: int,
+        finished: bool = False,
+        error: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.group = group
+        """`one` (v) or `all` (a)."""
+        self.results = results
+        self.done = done
+        """Bytes read so far, both files together."""
+        self.total = total
+        self.finished = finished
+        """The last message of the worker (done, cancelled or failed)."""
+        self.error = error
+
+
+def _grid(*headers: str) -> Table:
+    t = Table(box=None, padding=(0, 1), show_header=bool(headers), pad_edge=False)
+    t.add_column(style="bold", no_wrap=True)
+    for h in headers:
+        t.add_column(h, overflow="fold", header_style="bold")
+    return t
+
+
+class ComparePanel(VerticalScroll):
+    """A's and B's facts side by side for the selected row, and its value comparison."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.row: Row | None = None
+        self.a: Checkpoint | None = None
+        self.b: Checkpoint | None = None
+        self.diff: Diff | None = None
+        self.busy: Row | None = None
+        """The row whose values `v` is comparing."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="cmp-facts")
+        yield Static(id="cmp-values")
+        yield ProgressBar(id="cmp-one-progress", show_eta=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#cmp-one-progress").display = False
+
+    def show(self, row: Row | None) -> None:
+        """Describe `row`."""
+        self.row = row
+        facts = self.query_one("#cmp-facts", Static)
+        values = self.query_one("#cmp-values", Static)
+        bar = self.query_one("#cmp-one-progress", ProgressBar)
+        bar.display = row is not None and row is self.busy
+        if row is None or self.diff is None:
+            facts.update("")
+            values.update("")
+            return
+        facts.update(self._leaf(row) if row.leaf else self._container(row))
+        values.update(self._values(row))
+
+    def progress(self, done: int, total: int) -> None:
+        """Move the `v` progress bar."""
+        bar = self.query_one("#cmp-one-progress", ProgressBar)
+        bar.update(total=max(total, 1), progress=done)
+
+    def _title(self, row: Row) -> Text:
+        if row.parent is None:
+            return Text("both files", style="bold")
+        if row.leaf:
+            return Text(path_text(row.path or ()), style="bold")
+        names = [r.key for r in [*row.ancestors()[1:], row]]
+        return Text(".".join(names), style="bold")
+
+    def _leaf(self, row: Row) -> Group:
+        assert self.diff is not None and self.a is not None and self.b is not None
+        d = self.diff
+        t = _grid("A", "B")
+        path = row.path or ()
+        origin = (d.origin_a.get(path), d.origin_b.get(path))
+        where = [path_expr(o) or "<root>" if o is not None else "-" for o in origin]
+        if row.a is None or row.b is None or origin[0] != origin[1]:
+            t.add_row("in file", *where)
+        a, b = row.a, row.b
+        if isinstance(a, TensorInfo) or isinstance(b, TensorInfo):
+            sides = [(a, self.a), (b, self.b)]
+
+            def each(fn: Any) -> list[str]:
+                return [fn(x, c) if isinstance(x, TensorInfo) else "-" for x, c in sides]
+
+            t.add_row("shape", *each(lambda x, c: units.shape(x.shape)))
+            t.add_row("dtype", *each(lambda x, c: x.dtype))
+            t.add_row("bytes", *each(lambda x, c: units.size(x.nbytes)))
+            t.add_row("device", *each(lambda x, c: x.device))
+            t.add_row("file", *each(_file_of))
+        else:
+            t.add_row("value", a if a is not None else "-", b if b is not None else "-")
+        status = Text(f"{MARK[row.kind]} {NAME[row.kind]}", style="bold")
+        return Group(self._title(row), status, t)
+
+    def _container(self, row: Row) -> Group:
+        t = _grid("A", "B")
+        t.add_row("entries", f"{row.in_a:,}", f"{row.in_b:,}")
+        t.add_row("tensor bytes", units.size(row.bytes_a), units.size(row.bytes_b))
+        kinds = _grid()
+        for kind in Kind:
+            n = row.counts[kind]
+            if n:
+                kinds.add_row(f"{MARK[kind]} {n:,}", NAME[kind])
+        verdict = (
+            f"{row.changed:,} of {row.leaves:,} entries differ"
+            if row.changed
+            else (f"all {row.leaves:,} entries equal")
+        )
+        return Group(self._title(row), Text(verdict, style="bold"), t, Text(""), kinds)
+
+    def _values(self, row: Row) -> Text:
+        if not row.leaf:
+            return Text("")
+        if not row.comparable:
+            if isinstance(row.a, TensorInfo) and isinstance(row.b, TensorInfo):
+                return Text("values: shapes differ, nothing to compare", style="italic")
+            return Text("")
+        assert isinstance(row.a, TensorInfo) and isinstance(row.b, TensorInfo)
+        cast = " (both cast to float64)" if row.a.dtype != row.b.dtype else ""
+        if row is self.busy:
+            return Text("comparing values… (esc cancels)")
+        if row.why is not None:
+            return Text(f"values not compared: {row.why}")
+        if row.max_abs is not None:
+            if row.max_abs == 0:
+                return Text(f"values identical: max |a-b| = 0{cast}")
+            return Text.assemble(("max |a-b| ", "bold"), number(row.max_abs), cast)
+        n = units.size(row.a.nbytes + row.b.nbytes)
+        return Text(f"values: press v to compare ({n} to read) · a compares all")
+
+
+def _file_of(t: TensorInfo, ckpt: Checkpoint) -> str:
+    st = ckpt.storages.get(t.storage_key) if t.storage_key else None
+    if st is not None and st.file:
+        return st.file
+    return file_name(ckpt.path)
+
+
+class CompareScreen(Screen[None]):
+    """The compare screen."""
+
+    HELP = "compare"
+
+    BINDINGS = [
+        Binding("d", "only_changes", "Only diffs"),
+        Binding("v", "compare_one", "Values"),
+        Binding("a", "compare_all", "All values"),
+        Binding("slash", "filter", "Filter"),
+        Binding("y", "copy_path", "Copy", show=False),
+        Binding("escape", "cancel", "Cancel", show=False),
+    ]
+
+    def __init__(self, path_a: str, path_b: str) -> None:
+        super().__init__()
+        self.path_a, self.path_b = path_a, path_b
+        self.a: Checkpoint | None = None
+        self.b: Checkpoint | None = None
+        self.diff: Diff | None = None
+        self.merged: Row | None = None
+        self._refiltered_at = 0.0
+        self._comparable_rows: list[Row] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"ckptui · comparing {self.path_a} with {self.path_b} …", id="header")
+        with Horizontal(id="main"):
+            yield DiffTree(id="tree")
+            yield ComparePanel(id="detail")
+        with Horizontal(id="cmp-progress"):
+            yield Static("comparing values", id="cmp-progress-label")
+            yield ProgressBar(id="cmp-all-progress", show_eta=False)
+        yield Input(
+            placeholder="filter keys: substring or regex · enter to apply · esc to clear",
+            id="filter",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter").display = False
+        self.query_one("#cmp-progress").display = False
+        self.query_one("#main").loading = True
+        self.open_files()
+
+    # -- opening -----------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False, group="open")
+    def open_files(self) -> tuple[Checkpoint, Checkpoint, Diff, Row]:
+        """Open both files and compare their metadata, off the UI thread."""
+        a = open_checkpoint(self.path_a)
+        b = open_checkpoint(self.path_b)
+        d = diff_checkpoints(a, b)
+        return a, b, d, merge(d, file_name(a.path), file_name(b.path))
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        group = event.worker.group
+        if event.state is not WorkerState.ERROR and not (
+            group == "open" and event.state is WorkerState.SUCCESS
+        ):
+            return
+        if group == "open" and event.state is WorkerState.SUCCESS:
+            self._show(*event.worker.result)
+            return
+        error = event.worker.error
+        if isinstance(error, CkptError):
+            message = f"ckptui: {error.path}: {error.message}"
+        else:
+            message = f"ckptui: unexpected error: {error!r}"
+        if group == "open":
+            self.app.error_message = message  # type: ignore[attr-defined]
+            self.app.exit(return_code=2)
+        else:
+            self._finished(group)
+            self.notify(message, severity="error")
+
+    def _show(self, a: Checkpoint, b: Checkpoint, d: Diff, root: Row) -> None:
+        self.a, self.b, self.diff, self.merged = a, b, d, root
+        self.query_one("#main").loading = False
+        panel = self.query_one(ComparePanel)
+        panel.a, panel.b, panel.diff = a, b, d
+        tree = self.query_one(DiffTree)
+        tree.show_merged(root)
+        self._update_header()
+        panel.show(root)
+        tree.focus()
+
+    def _update_header(self) -> None:
+        d, root = self.diff, self.merged
+        if d is None or root is None or self.a is None or self.b is None:
+            return
+        if d.mode == "whole":
+            what = "whole files"
+        else:
+            what = (
+                f"weights: A {path_text(d.a_root) or '(root)'}, B {path_text(d.b_root) or '(root)'}"
+            )
+        first = Text.assemble(("A ", "bold"), d.a, "  ", ("B ", "bold"), d.b, f" · {what}")
+        for side, prefix in (("A", d.prefix_a), ("B", d.prefix_b)):
+            if prefix:
+                first.append(f" · {side} has {prefix!r}; stripped")
+        kinds = [k for k in Kind if k is not Kind.EQUAL and root.counts[k]]
+        parts = ["differ" if root.changed else "match"]
+        parts += [f"{MARK[k]} {root.counts[k]:,} {SHORT[k]}" for k in kinds]
+        parts.append(f"{root.counts[Kind.EQUAL]:,} equal")
+        total, compared = self._value_counts()
+        if not total:
+            parts.append("no values to compare")
+        elif compared < total:
+            parts.append(f"values {compared:,}/{total:,} compared (v, a)")
+        else:
+            parts.append(f"values all {total:,} compared")
+        if self.query_one(DiffTree).only_changes:
+            parts.append("only differences shown (d)")
+        second = Text(" · ".join(parts))
+        lines = [first, second]
+        head = self.query_one("#header", Static)
+        head.update(Text("\n").join(lines))
+        head.set_class(bool(root.changed), "differ")
+
+    def _value_counts(self) -> tuple[int, int]:
+        rows = self._comparable()
+        return len(rows), sum(1 for r in rows if r.max_abs is not None or r.why is not None)
+
+    def _comparable(self) -> list[Row]:
+        """Leaves whose values can be compared, in display order."""
+        if self.merged is None:
+            return []
+        if self._comparable_rows is None:
+            self._comparable_rows = [r for r in leaves(self.merged) if r.comparable]
+        return self._comparable_rows
+
+    @on(Tree.NodeHighlighted)
+    def _highlighted(self, event: Tree.NodeHighlighted) -> None:
+        data = event.node.data
+        self.query_one(ComparePanel).show(data.row if data is not None else None)
+
+    # -- values ------------------------------------------------------------------------------
+    def action_compare_one(self) -> None:
+        """v: compare the selected tensor's values."""
+        row = self.query_one(DiffTree).current_row()
+        if row is None or self.a is None:
+            return
+        if not row.leaf or not row.comparable:
+            why = "not a tensor" if not row.leaf else NAME[row.kind]
+            self.notify(
+                f"{why}: v compares a tensor both files have with the same shape (a: all)",
+                severity="warning",
+            )
+            return
+        panel = self.query_one(ComparePanel)
+        panel.busy = row
+        panel.progress(0, 1)
+        panel.show(row)
+        self.compare_one(row)
+
+    def action_compare_all(self) -> None:
+        """a: compare the values of every tensor both files have with the same shape."""
+        rows = [r for r in self._comparable() if r.max_abs is None and r.why is None]
+        if self.a is None:
+            return
+        if not rows:
+            self.notify("every comparable tensor's values are already compared", timeout=3)
+            return
+        self.query_one("#cmp-progress").display = True
+        bar = self.query_one("#cmp-all-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        self.query_one("#cmp-progress-label", Static).update(
+            f"comparing the values of {len(rows):,} tensors · esc cancels"
+        )
+        self.compare_all(rows)
+
+    def action_cancel(self) -> None:
+        """esc: cancel value comparisons, else clear the key filter."""
+        running = [w for w in self.workers if w.group in ("one", "all") and w.is_running]
+        if running:
+            for w in running:
+                w.cancel()
+            self.notify("value comparison cancelled; results so far are kept", timeout=3)
+            return
+        self._clear_filter()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="one")
+    def compare_one(self, row: Row) -> None:
+        """Compare one tensor's values."""
+        self._stream([row], "one")
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="all")
+    def compare_all(self, rows: list[Row]) -> None:
+        """Compare the values of `rows`, sending results as they come."""
+        self._stream(rows, "all")
+
+    def _stream(self, rows: list[Row], group: str) -> None:
+        """Run in a worker thread: results go back in batches every FLUSH_EVERY seconds."""
+        from ...values import Cancelled
+
+        assert self.a is not None and self.b is not None
+        worker = get_current_worker()
+        by_path = {r.path: r for r in rows}
+        pairs = [(r.path, r.a, r.b) for r in rows]
+        pending: list[tuple[Row, float | None, str | None]] = []
+        state = {"done": 0, "total": 0, "at": 0.0}
+
+        def flush(force: bool = False, **extra: Any) -> None:
+            now = time.monotonic()
+            if not force and now - state["at"] < FLUSH_EVERY:
+                return
+            state["at"] = now
+            batch = pending[:]
+            pending.clear()
+            self.post_message(ValuesArrived(group, batch, state["done"], state["total"], **extra))
+
+        def progress(done: int, total: int) -> None:
+            state["done"], state["total"] = done, total
+            flush()
+
+        try:
+            result: ValueResult
+            for result in iter_values(
+                self.a,
+                self.b,
+                pairs,
+                progress,
+                lambda: worker.is_cancelled,  # type: ignore[arg-type]
+            ):
+                p, m, why = result
+                pending.append((by_path[p], m, why))
+                flush()
+        except Cancelled:
+            flush(True, finished=True)
+            return
+        except CkptError as e:
+            flush(True, finished=True, error=f"ckptui: {e.path}: {e.message}")
+            return
+        flush(True, finished=True)
+
+    def on_values_arrived(self, message: ValuesArrived) -> None:
+        changed = False
+        rows = []
+        for row, m, why in message.results:
+            changed |= row.set_values(m, why)
+            rows.append(row)
+        tree = self.query_one(DiffTree)
+        tree.relabel(rows)
+        panel = self.query_one(ComparePanel)
+        if message.group == "all":
+            bar = self.query_one("#cmp-all-progress", ProgressBar)
+            bar.update(total=max(message.total, 1), progress=message.done)
+        elif panel.busy is not None:
+            panel.progress(message.done, message.total)
+        if message.finished:
+            self._finished(message.group)
+            if message.error:
+                self.notify(message.error, severity="error")
+        if tree.only_changes and changed:
+            now = time.monotonic()
+            if message.finished or now - self._refiltered_at >= REFILTER_EVERY:
+                self._refiltered_at = now
+                tree.refilter()
+        if rows or message.finished:
+            self._update_header()
+            panel.show(tree.current_row())
+
+    def _finished(self, group: str) -> None:
+        if group == "all":
+            self.query_one("#cmp-progress").display = False
+        else:
+            panel = self.query_one(ComparePanel)
+            panel.busy = None
+            panel.show(panel.row)
+
+    # -- filters -----------------------------------------------------------------------------
+    def action_only_changes(self) -> None:
+        """d: show only rows that differ (and the containers above them), or everything."""
+        tree = self.query_one(DiffTree)
+        if tree.merged is None:
+            return
+        tree.only_changes = not tree.only_changes
+        tree.refilter()
+        self._update_header()
+        if tree.only_changes and not tree.merged.changed:
+            self.notify("no differences (so far): every row is hidden; d shows them", timeout=4)
+        tree.focus()
+
+    def action_filter(self) -> None:
+        """/: filter keys by substring or regex."""
+        bar = self.query_one("#filter", Input)
+        bar.display = True
+        bar.focus()
+
+    @on(Input.Submitted, "#filter")
+    def _apply_filter(self, event: Input.Submitted) -> None:
+        query = event.value.strip()
+        tree = self.query_one(DiffTree)
+        if not query:
+            self._clear_filter()
+            return
+        try:
+            tree.query = compile_query(query)
+        except ValueError as e:
+            self.notify(str(e), severity="error")
+            return
+        tree.refilter()
+        tree.focus()
+
+    def action_clear_filter(self) -> None:
+        """Palette: show every key again."""
+        self._clear_filter()
+
+    def _clear_filter(self) -> None:
+        bar = self.query_one("#filter", Input)
+        bar.value = ""
+        bar.display = False
+        tree = self.query_one(DiffTree)
+        if tree.query is not None:
+            tree.query = None
+            tree.refilter()
+        tree.focus()
+
+    def action_copy_path(self) -> None:
+        """y: copy the selected entry's key path in A (else B) as Python indexing."""
+        row = self.query_one(DiffTree).current_row()
+        if row is None or row.path is None or self.diff is None:
+            return
+        origin = self.diff.origin_a.get(row.path) or self.diff.origin_b.get(row.path) or row.path
+        text = path_expr(origin) or "<root>"
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {text}", timeout=3)
