@@ -61,3 +61,37 @@ screenshots are made from the same scenes (tests/make_screenshots.py)."""
 def test_scene(snap_compare, scene: str) -> None:
     keys, size = SCENES[scene]
     assert snap_compare(CkptApp(DEMO), terminal_size=size, run_before=keys_then_settle(keys))
+
+
+COMPARE_SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
+    # `ckptui demo weights.pth`: every value compared (a), then only the differences (d)
+    "compare_80x24": (["a", "d"], (80, 24)),
+}
+"""Scenes of the compare screen: the demo against `demo_pair`'s exported, edited weights."""
+
+
+@pytest.fixture
+def demo_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """The demo and its model's weights as a bare state dict (the `module.` prefix dropped),
+    with one of each difference; both opened by name from the same folder."""
+    import torch
+
+    # ckptui's own shipped file, loaded only to derive the variant
+    model = torch.load(DEMO_DIR / DEMO, weights_only=False)["model"]
+    sd = {k.removeprefix("module."): v.clone() for k, v in model.items()}
+    del sd["fc.bias"]  # only in A
+    sd["fc.weight"] = torch.zeros(12, 32)  # shape
+    sd["layer3.1.conv2.weight"] = sd["layer3.1.conv2.weight"].half()  # dtype
+    sd["layer1.0.conv1.weight"][0, 0, 0, 0] += 0.25  # values
+    sd["head.weight"] = torch.ones(4)  # only in B
+    (tmp_path / DEMO).symlink_to(DEMO_DIR / DEMO)
+    torch.save(sd, tmp_path / "weights.pth")
+    monkeypatch.chdir(tmp_path)
+    return DEMO, "weights.pth"
+
+
+@pytest.mark.parametrize("scene", list(COMPARE_SCENES))
+def test_compare_scene(snap_compare, demo_pair: tuple[str, str], scene: str) -> None:
+    keys, size = COMPARE_SCENES[scene]
+    app = CkptApp(*demo_pair)
+    assert snap_compare(app, terminal_size=size, run_before=keys_then_settle(keys))
