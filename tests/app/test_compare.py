@@ -230,7 +230,7 @@ async def test_esc_cancels_compare_all_and_keeps_the_results_so_far(
 
     def slow(*args, **kwargs):
         for result in real(*args, **kwargs):
-            time.sleep(0.02)
+            time.sleep(0.05)
             yield result
 
     monkeypatch.setattr(compare_mod, "iter_values", slow)
@@ -311,21 +311,27 @@ async def test_keys_walk_the_tree_and_the_panel_sits_below_it_at_80x24(tmp_path:
 # --- bad input ----------------------------------------------------------------------------------
 
 
+async def exited(pilot) -> None:
+    """Wait for the app to exit (waiting on a failed worker would raise its error here)."""
+    for _ in range(200):
+        if pilot.app.return_code is not None:
+            return
+        await pilot.pause(0.05)
+
+
 async def test_a_bad_second_path_exits_2_with_one_line(tmp_path: Path) -> None:
     a = save(state_dict(), tmp_path / "a.pth")
     nope = tmp_path / "nope.pth"
     app = CkptApp(a, str(nope))
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+        await exited(pilot)
     assert app.return_code == 2
     assert app.error_message == f"ckptui: {nope}: no such file or directory"
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint\n")
     app = CkptApp(a, str(text))
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+        await exited(pilot)
     assert app.return_code == 2
     assert app.error_message is not None and "\n" not in app.error_message
     assert app.error_message.startswith(f"ckptui: {text}: ")
@@ -339,3 +345,33 @@ def test_cli_fails_fast_on_a_missing_second_path(
     assert main([a, str(nope)]) == 2  # before any terminal is taken over
     err = capsys.readouterr().err
     assert err == f"ckptui: {nope}: no such file or directory\n"
+
+
+async def test_slash_filters_keys_and_esc_brings_them_back(tmp_path: Path) -> None:
+    sd = state_dict()
+    other = {k: v.clone() for k, v in sd.items()}
+    other["fc.bias"] = torch.zeros(5)
+    app = CkptApp(save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth"))
+    async with app.run_test(size=SIZE) as pilot:
+        _, tree = await opened(pilot)
+        await pilot.press("slash", *"bn1.run", "enter")
+        await pilot.pause()
+        kept = {r.path for r in shown_rows(tree) if r.leaf}
+        assert kept == {("bn1.running_mean",), ("bn1.running_var",)}
+        await pilot.press("d")  # both filters at once: nothing differs among those
+        await pilot.pause()
+        assert not [r for r in shown_rows(tree) if r.leaf]
+        await pilot.press("d", "escape")
+        await pilot.pause()
+        assert {r.path for r in shown_rows(tree) if r.leaf} == {(k,) for k in sd}
+
+
+def test_the_palette_offers_only_what_the_screen_can_do() -> None:
+    from ckptui.app.commands import applies
+    from ckptui.app.screens.browse import BrowseScreen
+
+    compare = CompareScreen("a", "b")
+    assert applies(compare, "screen.compare_all") and applies(compare, "screen.only_changes")
+    assert not applies(compare, "screen.why") and not applies(compare, "tree_toggle_mark")
+    browse = BrowseScreen("a")
+    assert applies(browse, "screen.why") and not applies(browse, "screen.compare_all")

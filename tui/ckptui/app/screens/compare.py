@@ -10,6 +10,7 @@ the header's counts change as results arrive.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -285,6 +286,9 @@ class CompareScreen(Screen[None]):
 
     def _show(self, a: Checkpoint, b: Checkpoint, d: Diff, root: Row) -> None:
         self.a, self.b, self.diff, self.merged = a, b, d, root
+        # Both trees and the merged rows live as long as the app: out of the collector's
+        # generations, full collections stop stalling cursor moves (as BrowseScreen does).
+        gc.freeze()
         self.query_one("#main").loading = False
         panel = self.query_one(ComparePanel)
         panel.a, panel.b, panel.diff = a, b, d
