@@ -94,7 +94,7 @@ def _parser_export() -> argparse.ArgumentParser:
         description="Write a slimmed copy (by default the detected weights) that loads with "
         "torch.load(weights_only=True) or safetensors; verified before it is named.",
     )
-    p.add_argument("path", help="checkpoint file")
+    p.add_argument("path", help="checkpoint file, folder or shard index")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
     p.add_argument(
         "--keep",
@@ -115,6 +115,12 @@ def _parser_export() -> argparse.ArgumentParser:
         choices=["pth", "safetensors"],
         default=None,
         help="output format (default: from OUT's extension, else pth)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="write Hugging Face-style shards of at most SIZE (e.g. 5GB, 500MB) of tensor data "
+        "plus OUT.index.json, instead of one file",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -227,18 +233,20 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _why(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from .folder_sizes import breakdown_folder, breakdown_of
     from .formats import open_checkpoint
-    from .formats.layout import read_layout
-    from .sizes import breakdown
 
     show_progress = not args.json and sys.stderr.isatty()
-    if Path(args.path).is_dir():
-        from .folder_sizes import breakdown_folder
-
+    ckpt = open_checkpoint(args.path)
+    folder = ckpt.info.get("folder")
+    if folder is not None and ckpt.format != "dcp":
+        # each checkpoint file broken down on its own, and searched for duplicates on its own
         files: list[tuple[str, Any, Any]] = []
-        b = breakdown_folder(args.path, lambda name, c, fb: files.append((name, c, fb)))
+        b = breakdown_folder(
+            folder,
+            lambda name, c, fb: files.append((name, c, fb)),
+            only=set(ckpt.info.get("files", {})),
+        )
         if not args.no_duplicates:
             found = []
             for name, c, fb in files:
@@ -246,11 +254,9 @@ def _why(args: argparse.Namespace) -> int:
                     _prefixed(f, name) for f in _duplicates(c, fb, show_progress=show_progress)
                 ]
             b.add_findings(found)
-        ckpt: Any = _FolderLabel(args.path)
     else:
-        ckpt = open_checkpoint(args.path)
-        b = breakdown(ckpt, read_layout(ckpt))
-        if not args.no_duplicates:
+        b = breakdown_of(ckpt)
+        if not args.no_duplicates and folder is None:
             b.add_findings(_duplicates(ckpt, b, show_progress=show_progress))
     if args.json:
         import json
@@ -264,14 +270,6 @@ def _why(args: argparse.Namespace) -> int:
 
         render_breakdown(ckpt, b, top=max(1, args.top), depth=max(1, args.depth))
     return 0
-
-
-class _FolderLabel:
-    """What `render_breakdown` shows as the name and format of a folder."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.format = "folder"
 
 
 def _prefixed(f: Any, name: str) -> Any:
@@ -290,8 +288,15 @@ def _export(args: argparse.Namespace) -> int:
     fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "pth")
     keep = [resolve_path(ckpt, k) for k in args.keep] if args.keep else None
     plan = make_plan(ckpt, keep, args.strip_prefix, args.dtype, fmt)
-    for path, why in plan.skipped[:20]:
+    stitched = False
+    if ckpt.format == "dcp":  # chunks saved by several ranks: torch's DCP reader stitches them
+        from .export.dcp import chunked_kept
+
+        stitched = bool(chunked_kept(plan))
+    for path, why in [] if stitched else plan.skipped[:20]:
         print(f"ckptui: skipped {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+    if args.max_shard_size:
+        return _export_shards(args, ckpt, plan)
     if args.json or not sys.stderr.isatty():
         result = export(plan, args.output, force=args.force)
     else:
@@ -370,6 +375,58 @@ def _diff(args: argparse.Namespace) -> int:
 
         render_diff(d, top=max(1, args.top))
     return 1 if d.differs else 0
+
+
+def _export_shards(args: argparse.Namespace, ckpt: Any, plan: Any) -> int:
+    """`export --max-shard-size`: shards of at most SIZE plus an index beside them."""
+    from .export.shards import export_sharded, parse_size
+    from .units import size, size_change
+
+    try:
+        limit = parse_size(args.max_shard_size)
+    except ValueError as e:
+        raise CkptError(args.output, str(e)) from None
+    if limit <= 0:
+        raise CkptError(args.output, "--max-shard-size must be positive")
+    if args.json or not sys.stderr.isatty():
+        results, index = export_sharded(plan, args.output, limit, force=args.force)
+    else:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        columns = ("{task.description}", BarColumn(), DownloadColumn(binary_units=True))
+        with Progress(*columns, TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task("writing shards", total=plan.data_bytes)
+            results, index = export_sharded(
+                plan,
+                args.output,
+                limit,
+                force=args.force,
+                progress=lambda done, _t, _n: bar.update(task, completed=done),
+            )
+    written = sum(r.bytes for r in results)
+    if args.json:
+        import json
+
+        json.dump(
+            {
+                "output": index,
+                "bytes": written,
+                "tensors": sum(r.tensors for r in results),
+                "predicted_bytes": sum(r.predicted_bytes for r in results),
+                "verified": all(r.verified for r in results),
+                "kept_paths": [list(p) for p in plan.keep],
+                "shards": [r.output for r in results],
+            },
+            sys.stdout,
+        )
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"wrote {len(results)} shards and {index}: {sum(r.tensors for r in results):,} "
+            f"tensors, {size(written)} ({size_change(ckpt.file_bytes, written)}); "
+            "each verified against the source"
+        )
+    return 0
 
 
 def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:

@@ -37,6 +37,7 @@ from .plan import (
     CAST_TARGETS,
     CASTABLE,
     ExportError,
+    Plan,
     _common_prefix,
     _metadata,
     _name,
@@ -57,6 +58,38 @@ class _Item:
     path: Path
     tensor: TensorInfo
     dtype: str
+
+
+def chunked_kept(plan: Plan) -> list[TensorInfo]:
+    """The kept tensors of a DCP checkpoint saved in chunks by several ranks: only torch's DCP
+    reader stitches those, so an export holding any goes through `export_dcp`."""
+    if plan.ckpt.format != "dcp":
+        return []
+    out = []
+    for path, _ in plan.skipped:
+        node = plan.ckpt.find(path)
+        if node is not None and node.tensor is not None and node.tensor.layout == "chunked":
+            out.append(node.tensor)
+    return out
+
+
+def export_dcp_plan(
+    plan: Plan,
+    out: str | os.PathLike[str],
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Result:
+    """`export_dcp` with the choices of a plan made by `make_plan` on the same checkpoint."""
+    return export_dcp(
+        plan.ckpt,
+        out,
+        plan.keep,
+        plan.strip_prefix or "none",
+        plan.dtype,
+        plan.format,
+        force,
+        progress,
+    )
 
 
 def export_dcp(

@@ -44,10 +44,18 @@ def export(
 ) -> Result:
     """Write `plan` to `out` via a verified temporary file.
 
+    A DCP checkpoint whose kept tensors were saved in chunks by several ranks is handed to
+    `export_dcp`, which stitches them with torch's own DCP reader (and needs torch).
+
     Raises:
         ExportError: the target is the source, exists without `force`, is a folder, the disk is
             full or verification failed. The temporary file is gone in every case.
     """
+    if plan.ckpt.format == "dcp":
+        from .dcp import chunked_kept, export_dcp_plan
+
+        if chunked_kept(plan):
+            return export_dcp_plan(plan, out, force, progress)
     target = FsPath(out)
     problem = check_target(target, plan.ckpt)
     if problem is not None and (problem[0] != "exists" or not force):
