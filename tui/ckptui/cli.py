@@ -242,11 +242,7 @@ def _why(args: argparse.Namespace) -> int:
     if folder is not None and ckpt.format != "dcp":
         # each checkpoint file broken down on its own, and searched for duplicates on its own
         files: list[tuple[str, Any, Any]] = []
-        b = breakdown_folder(
-            folder,
-            lambda name, c, fb: files.append((name, c, fb)),
-            only=set(ckpt.info.get("files", {})),
-        )
+        b = breakdown_folder(folder, lambda name, c, fb: files.append((name, c, fb)))
         if not args.no_duplicates:
             found = []
             for name, c, fb in files:

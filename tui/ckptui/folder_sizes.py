@@ -11,7 +11,7 @@ checkpoints but cannot be read count as `unaccounted` and get a finding.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path as FsPath
 
 from .errors import CkptError, NotACheckpoint, NotReadable
@@ -54,16 +54,13 @@ def _raise(e: OSError) -> None:
     raise e
 
 
-def breakdown_folder(
-    folder: str, each: FileHook | None = None, only: Collection[str] | None = None
-) -> Breakdown:
-    """The merged breakdown of every checkpoint file below `folder` (of the files in `only`,
-    when given: the others count as `other_files`)."""
+def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
+    """The merged breakdown of every checkpoint file below `folder`."""
     parts: list[tuple[str, Breakdown]] = []
     other: dict[str, int] = {}
     unreadable: list[SizeFinding] = []
     for name, nbytes in folder_files(folder):
-        if (only is not None and name not in only) or is_index_file(name):
+        if is_index_file(name):
             other[name] = nbytes  # an index opens as the whole sharded model: not a part
             continue
         path = str(FsPath(folder) / name)
@@ -90,11 +87,12 @@ def breakdown_folder(
 
 def breakdown_of(ckpt: Checkpoint) -> Breakdown:
     """The size breakdown of an opened checkpoint: its file's, or for a checkpoint of many
-    files (shards, a folder of checkpoints) its folder's, each file broken down on its own."""
+    files (shards, a folder of checkpoints) its whole folder's, each checkpoint file broken down
+    on its own (a stray copy beside the shards is part of why the folder is big)."""
     folder = ckpt.info.get("folder")
     if folder is None:
         return breakdown(ckpt, read_layout(ckpt))
-    return breakdown_folder(folder, only=set(ckpt.info.get("files", {})))
+    return breakdown_folder(folder)
 
 
 def tree_path(ckpt: Checkpoint, path: Path) -> Path:
