@@ -27,6 +27,7 @@ from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
 from tests.app.test_browse import cursor_path, opened, text_of
 from tests.conftest import TinyNet, training_checkpoint
+from tests.core.test_dcp import sharded_dcp, sharded_truth  # noqa: F401  (2-rank DTensors)
 
 
 def digest(p: Path) -> str:
@@ -263,3 +264,24 @@ async def test_marks_fold_toggle_and_refuse_empty_subtrees(dp_ckpt) -> None:
         screen = await open_dialog(pilot)
         assert screen.plan is not None
         assert screen.plan.items[0].name == "conv1.weight"  # the marked model, prefix stripped
+
+
+async def test_a_dcp_folder_with_chunked_tensors_exports_from_the_dialog(
+    sharded_dcp,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    app = CkptApp(str(sharded_dcp))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await opened(pilot)
+        screen = await open_dialog(pilot)
+        size_text = shown(app, "#export-size")
+        assert "saved in chunks" in size_text and "≈" in size_text
+        target = screen.query_one("#export-target", Input)
+        target.value = str(tmp_path / "w.pth")
+        await pilot.pause(0.3)
+        await pilot.click("#export-go")
+        await finish(pilot)
+        assert isinstance(app.screen, ExportDoneScreen), shown(app, "#export-note")
+    back = torch.load(tmp_path / "w.pth", weights_only=True)
+    for k, v in sharded_truth().items():
+        assert torch.equal(back[k], v)

@@ -73,6 +73,16 @@ def chunked_kept(plan: Plan) -> list[TensorInfo]:
     return out
 
 
+def stitched_bytes(plan: Plan) -> int:
+    """Output bytes of the chunked tensors `export_dcp` would add to `plan`'s (0 for none)."""
+    return sum(t.numel * _itemsize(_out_dtype(t.dtype, plan.dtype)) for t in chunked_kept(plan))
+
+
+def _out_dtype(dtype: str, cast: str) -> str:
+    target = CAST_TARGETS[cast]
+    return target if target and dtype in CASTABLE else dtype
+
+
 def export_dcp_plan(
     plan: Plan,
     out: str | os.PathLike[str],

@@ -42,6 +42,7 @@ from ...export import (
     export,
     make_plan,
 )
+from ...export.dcp import stitched_bytes
 from ...facts import path_text
 from ...model import Checkpoint, Path
 
@@ -129,9 +130,9 @@ class ExportScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
     def _plan(
         self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
-    ) -> tuple[Plan, int, bool]:
+    ) -> tuple[Plan, int, bool, int]:
         plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
-        return plan, plan.predicted_bytes, first
+        return plan, plan.predicted_bytes, first, stitched_bytes(plan)
 
     @on(Worker.StateChanged)
     def _planned(self, event: Worker.StateChanged) -> None:
@@ -147,7 +148,7 @@ class ExportScreen(ModalScreen[None]):
             return
         if event.state is not WorkerState.SUCCESS:
             return
-        plan, predicted, first = event.worker.result
+        plan, predicted, first, stitched = event.worker.result
         if first:
             self._prefix = plan.detected_prefix
             box = self.query_one("#export-strip", Checkbox)
@@ -165,7 +166,14 @@ class ExportScreen(ModalScreen[None]):
             f"[b]{units.size_change(self.ckpt.file_bytes, predicted)}[/] · "
             f"{len(plan.items):,} tensors"
         )
-        if plan.skipped:
+        if stitched:  # chunks saved by several ranks: torch's DCP reader joins them
+            n = len(plan.skipped)
+            approx = units.size_change(self.ckpt.file_bytes, predicted + stitched)
+            text = (
+                f"[b]≈ {approx}[/] · {len(plan.items) + n:,} tensors\n"
+                f"[dim]{n:,} saved in chunks: torch's DCP reader joins them (needs torch)[/]"
+            )
+        elif plan.skipped:
             more = ", …" if len(plan.skipped) > 1 else ""
             text += (
                 f"\n[$warning]{len(plan.skipped):,} skipped ({escape(plan.skipped[0][1])}{more})[/]"
