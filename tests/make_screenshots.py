@@ -11,18 +11,28 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tui")]
 
 from ckptui.app.app import CkptApp
-from tests.app.test_snapshots import DEMO, DEMO_DIR, SCENES, keys_then_settle
+from tests.app.test_snapshots import (
+    COMPARE_SCENES,
+    DEMO,
+    DEMO_DIR,
+    SCENES,
+    keys_then_settle,
+    make_demo_pair,
+)
 
 
-async def shoot(name: str, keys: list[str], size: tuple[int, int], out: Path) -> Path:
+async def shoot(
+    name: str, keys: list[str], size: tuple[int, int], out: Path, paths: tuple[str, ...] = (DEMO,)
+) -> Path:
     """Run one scene and save its SVG."""
-    app = CkptApp(DEMO)
+    app = CkptApp(*paths)
     async with app.run_test(size=size) as pilot:
         await keys_then_settle(keys)(pilot)
         app.save_screenshot(filename=f"{name}.svg", path=str(out))
@@ -35,6 +45,11 @@ def main() -> None:
     os.chdir(DEMO_DIR)  # the header then shows the demo's bare file name
     for name, (keys, size) in SCENES.items():
         print(asyncio.run(shoot(name, keys, size, out)))
+    with tempfile.TemporaryDirectory() as tmp:  # the compare screen: the demo and a variant
+        pair = make_demo_pair(Path(tmp))
+        os.chdir(tmp)
+        for name, (keys, size) in COMPARE_SCENES.items():
+            print(asyncio.run(shoot(name, keys, size, out, pair)))
 
 
 if __name__ == "__main__":

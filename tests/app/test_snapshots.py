@@ -65,15 +65,15 @@ def test_scene(snap_compare, scene: str) -> None:
 
 COMPARE_SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     # `ckptui demo weights.pth`: every value compared (a), then only the differences (d)
+    "compare": (["a", "d"], (110, 32)),
     "compare_80x24": (["a", "d"], (80, 24)),
 }
 """Scenes of the compare screen: the demo against `demo_pair`'s exported, edited weights."""
 
 
-@pytest.fixture
-def demo_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+def make_demo_pair(folder: Path) -> tuple[str, str]:
     """The demo and its model's weights as a bare state dict (the `module.` prefix dropped),
-    with one of each difference; both opened by name from the same folder."""
+    with one of each difference, side by side in `folder`; returns their names there."""
     import torch
 
     # ckptui's own shipped file, loaded only to derive the variant
@@ -84,10 +84,17 @@ def demo_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str
     sd["layer3.1.conv2.weight"] = sd["layer3.1.conv2.weight"].half()  # dtype
     sd["layer1.0.conv1.weight"][0, 0, 0, 0] += 0.25  # values
     sd["head.weight"] = torch.ones(4)  # only in B
-    (tmp_path / DEMO).symlink_to(DEMO_DIR / DEMO)
-    torch.save(sd, tmp_path / "weights.pth")
-    monkeypatch.chdir(tmp_path)
+    (folder / DEMO).symlink_to(DEMO_DIR / DEMO)
+    torch.save(sd, folder / "weights.pth")
     return DEMO, "weights.pth"
+
+
+@pytest.fixture
+def demo_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """`make_demo_pair` in a temporary folder, opened by name from there."""
+    pair = make_demo_pair(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return pair
 
 
 @pytest.mark.parametrize("scene", list(COMPARE_SCENES))
