@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,14 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 from ckptui.errors import CorruptFile
 from ckptui.export.dcp import export_dcp
 from ckptui.export.plan import ExportError
+from ckptui.formats import dcp_metadata
+from ckptui.formats._common import Source
 from ckptui.formats.dcp import looks_like_dcp, read_dcp
+from ckptui.formats.dcp_metadata import FAST_GLOBALS, DcpMetadata, load_fast, load_inert
 from ckptui.model import Checkpoint, NodeKind, Severity
+from ckptui.recorders import CONSTANTS, RECORDERS
+from ckptui.safety import judge
+from ckptui.unpickle import Global, classify_global
 from ckptui.values import tensor_stats
 from tests.conftest import ROOT
 from tests.core.test_values import expect
@@ -458,3 +466,160 @@ def test_without_planner_data_keys_stay_flat(tmp_path: Path) -> None:
     back = torch.load(tmp_path / "w.pth", weights_only=True)
     assert set(back) == {"layer.weight", "layer.bias"}
     assert all(torch.equal(back[k], sd[k]) for k in back)
+
+
+# -- the .metadata fast path (dcp_metadata) ------------------------------------------------------
+def _metadata_of(folder: Path) -> tuple[DcpMetadata | None, DcpMetadata]:
+    """(fast path's result or None, inert loop's result) for a folder's .metadata."""
+    src = Source.open(str(folder / ".metadata"))
+    try:
+        return load_fast(src.read_at(0, src.size)), load_inert(src)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("fixture", ["gloo_dcp", "threaded_dcp", "sharded_dcp"])
+def test_fast_and_inert_metadata_agree(
+    fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = request.getfixturevalue(fixture)
+    folder = got if isinstance(got, Path) else got[0]
+    fast, inert = _metadata_of(folder)
+    assert fast is not None and fast.fast and not inert.fast
+    for f in ("tensors", "objects", "order", "planner", "storage", "info"):
+        assert getattr(fast, f) == getattr(inert, f), f
+    assert fast.globals == {} and all(g.full in FAST_GLOBALS for g in inert.globals.values())
+    ckpt = read_dcp(str(folder))
+    monkeypatch.setattr(dcp_metadata, "load_fast", lambda data: None)
+    assert read_dcp(str(folder)) == ckpt  # the same tree, storages, findings and facts
+
+
+def test_fast_globals_are_harmless() -> None:
+    """Everything the fast path accepts is judged harmless by the inert loop too, so taking the
+    fast path can never hide a finding."""
+    for full in FAST_GLOBALS:
+        module, name = full.rsplit(".", 1)
+        data = full in RECORDERS or full in CONSTANTS or full in dcp_metadata.DCP_GLOBALS
+        assert data or classify_global(Global(full, judge(module, name))) is None, full
+
+
+def _evil_target(*args: Any) -> None:  # pragma: no cover - only ever named, never called
+    raise AssertionError("called")
+
+
+class _CallOf:
+    """Pickles as a call of `_evil_target(*args)`, renamed afterwards to any global."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_evil_target, self.args)
+
+
+def _unframed(data: bytes) -> bytes:
+    """The pickle without FRAME opcodes (optional), so strings can change length."""
+    out, last = bytearray(), 0
+    for op, _, pos in pickletools.genops(data):
+        if op.name == "FRAME":
+            out += data[last:pos]
+            last = pos + 9
+    return bytes(out + data[last:])
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+def hostile_metadata(folder: Path, module: str, name: str, *args: Any) -> bytes:
+    """The folder's real Metadata, pickled by protocol 4 with `module.name(*args)` inside."""
+    md = FileSystemReader(folder).read_metadata()
+    md.storage_meta.save_id = _CallOf(*args)
+    data = _unframed(pickle.dumps(md, protocol=4))
+    target = _s(_evil_target.__module__) + b"\x94" + _s(_evil_target.__name__)
+    assert data.count(target) == 1
+    return data.replace(target, _s(module) + b"\x94" + _s(name))
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "shown"),
+    [
+        ("os", "system", "os.system"),
+        ("posix", "system", "posix.system"),
+        ("builtins", "exec", "builtins.exec"),
+        ("torch", "load", "torch.load"),
+        # an allow-listed module, a name that is not: a dotted walk to os.system
+        ("torch.distributed.checkpoint.metadata", "os.system", "metadata.os.system"),
+        ("torch.serialization", "os.system", "serialization.os.system"),
+    ],
+)
+def test_fast_path_refuses_other_globals(
+    gloo_dcp: tuple[Path, dict], tmp_path: Path, module: str, name: str, shown: str
+) -> None:
+    folder, _ = gloo_dcp
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').close()"
+    arg = code if name == "exec" else f"touch {marker}"
+    data = hostile_metadata(folder, module, name, arg)
+    assert load_fast(data) is None  # declined: find_class raised before anything ran
+    dst = copy_of(folder, tmp_path)
+    (dst / ".metadata").write_bytes(data)
+    ckpt = read_dcp(str(dst))  # the inert loop reads it and says what it would have run
+    danger = [f for f in ckpt.findings if f.severity is Severity.DANGER]
+    assert danger and shown in danger[0].message and danger[0].kind == "dangerous_call"
+    assert len(ckpt.storages) > 10
+    assert not marker.exists()
+
+
+def test_fast_path_refuses_extension_codes(gloo_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    """EXT1 fetches a global from copyreg's process-wide cache without asking find_class: the
+    opcode walk refuses it before the C unpickler runs."""
+    import copyreg
+
+    folder, _ = gloo_dcp
+    marker = tmp_path / "pwned"
+    data = hostile_metadata(folder, "os", "system", f"touch {marker}")
+    ext = data.replace(_s("os") + b"\x94" + _s("system") + b"\x94\x93", b"\x82\xf0" + b"\x94")
+    assert ext != data
+    copyreg.add_extension("os", "system", 0xF0)
+    copyreg._extension_cache[0xF0] = os.system  # type: ignore[attr-defined]
+    try:
+        assert load_fast(ext) is None
+        dst = copy_of(folder, tmp_path)
+        (dst / ".metadata").write_bytes(ext)
+        with pytest.raises(CorruptFile, match="extension codes"):
+            read_dcp(str(dst))
+    finally:
+        copyreg.remove_extension("os", "system", 0xF0)
+    assert not marker.exists()
+
+
+def test_fast_path_refuses_persistent_ids(gloo_dcp: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, _ = gloo_dcp
+    data = _unframed(pickle.dumps(FileSystemReader(folder).read_metadata(), protocol=4))
+    pid = data.replace(_s("1.0.0"), _s("1.0.0") + b"\x94" + _s("x") + b"Q", 1)  # BINPERSID
+    assert pid != data and load_fast(pid) is None
+    dst = copy_of(folder, tmp_path)
+    (dst / ".metadata").write_bytes(pid)
+    with pytest.raises(CorruptFile, match="persistent id"):
+        read_dcp(str(dst))
+
+
+def test_fast_path_bounds_memory_and_depth() -> None:
+    """Two pickles that make the C unpickler itself misbehave are refused: a LONG_BINPUT of a
+    huge memo index (4 GiB allocated and zeroed), and a million-deep tuple used as a dict key
+    (hashing it overflows the C stack: the interpreter dies). The second runs in a child."""
+    t0 = time.perf_counter()
+    assert load_fast(b"\x80\x04Nr\x00\x00\x00\x10.") is None
+    assert time.perf_counter() - t0 < 0.5
+    code = (
+        "import sys; from ckptui.formats.dcp_metadata import load_fast; "
+        "deep = b'\\x80\\x04}' + b'K\\x01' + b'\\x85' * 1_000_000 + b'K\\x02s.'; "
+        "assert load_fast(deep) is None; print('declined')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tui")}
+    r = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "declined", (r.returncode, r.stderr)
