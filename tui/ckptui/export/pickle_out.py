@@ -47,14 +47,29 @@ def _tuple(items: list[bytes]) -> bytes:
     return b"(" + b"".join(items) + b"t"
 
 
+class _Memo:
+    """Pickle's memo, as torch's pickler uses it: a repeated global or string is written once
+    and then fetched (BINGET), which keeps a 50,000-tensor `data.pkl` as small as torch's."""
+
+    def __init__(self) -> None:
+        self.slots: dict[bytes, int] = {}
+
+    def __call__(self, blob: bytes) -> bytes:
+        i = self.slots.get(blob)
+        if i is not None:
+            return b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)
+        i = self.slots[blob] = len(self.slots)
+        return blob + (b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i))
+
+
 def state_dict_pickle(entries: list[tuple[str, str, str, int, tuple[int, ...]]]) -> bytes:
     """Pickle `{name: tensor}` for entries (name, dtype, storage key, storage elements, shape).
 
     Every tensor is contiguous at offset 0 of its storage; entries naming one storage key
     share it (torch.load caches storages by key), as tied weights do.
     """
+    memo = _Memo()
     out = [b"\x80\x02}("]  # PROTO 2, EMPTY_DICT, MARK
-    hooks = _global("collections", "OrderedDict") + b")R"
     for name, dtype, key, elements, shape in entries:
         stride: list[int] = []
         acc = 1
@@ -62,13 +77,15 @@ def state_dict_pickle(entries: list[tuple[str, str, str, int, tuple[int, ...]]])
             stride.insert(0, acc)
             acc *= d
         classic = dtype in _CLASSIC
-        storage_cls = (
+        storage_cls = memo(
             _global("torch", _CLASSIC[dtype]) if classic else _global("torch", "UntypedStorage")
         )
         count = elements if classic else elements * _itemsize(dtype)
-        pid = _tuple([_str("storage"), storage_cls, _str(key), _str("cpu"), _int(count)]) + b"Q"
+        pid = [memo(_str("storage")), storage_cls, _str(key), memo(_str("cpu")), _int(count)]
+        # a new, empty OrderedDict per tensor (its backward hooks): only the class is shared
+        hooks = memo(_global("collections", "OrderedDict")) + b")R"
         args = [
-            pid,
+            _tuple(pid) + b"Q",
             _int(0),
             _tuple([_int(d) for d in shape]),
             _tuple([_int(s) for s in stride]),
@@ -76,10 +93,10 @@ def state_dict_pickle(entries: list[tuple[str, str, str, int, tuple[int, ...]]])
             hooks,
         ]
         if classic:
-            rebuild = _global("torch._utils", "_rebuild_tensor_v2")
+            rebuild = memo(_global("torch._utils", "_rebuild_tensor_v2"))
         else:
-            rebuild = _global("torch._utils", "_rebuild_tensor_v3")
-            args.append(_global("torch", dtype))
+            rebuild = memo(_global("torch._utils", "_rebuild_tensor_v3"))
+            args.append(memo(_global("torch", dtype)))
         out.append(_str(name) + rebuild + _tuple(args) + b"R")
     out.append(b"u.")  # SETITEMS, STOP
     return b"".join(out)
