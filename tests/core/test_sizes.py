@@ -416,3 +416,32 @@ def test_why_on_a_folder(tmp_path: Path) -> None:
     assert bad["paths"] == [["broken.pt"]]
     r = run_cli("why", str(tmp_path))
     assert r.returncode == 0 and "(other files)" in r.stdout
+
+
+def test_bytes_below_counts_tied_weights_once() -> None:
+    """The browser's sizes: a view saved under two names (lm_head tied to the embedding) is one
+    set of bytes, at the root and in every subtree holding both names."""
+    from ckptui.facts import bytes_below, bytes_below_all
+    from ckptui.formats import open_checkpoint
+
+    emb = torch.randn(100, 8)
+    sd = {"enc": {"embed.weight": emb, "x": torch.zeros(3)}, "head": {"w": emb.view(100, 8)}}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "tied.pth"
+        torch.save({"model": sd}, p)
+        ckpt = open_checkpoint(p)
+    model = ckpt.find(("model",))
+    assert bytes_below(model) == 100 * 8 * 4 + 3 * 4
+    every = bytes_below_all(ckpt.root)
+    assert every[id(model)] == every[id(ckpt.root)] == 100 * 8 * 4 + 3 * 4
+    assert every[id(ckpt.find(("model", "head")))] == 100 * 8 * 4  # its own copy, alone
+    assert all(every[id(n)] == bytes_below(n) for _, n in walk_all(ckpt.root))
+
+
+def walk_all(root):
+    from ckptui.model import walk
+
+    yield (), root
+    yield from walk(root)

@@ -23,16 +23,73 @@ def path_text(path: Path) -> str:
     return ".".join(str(k) for k in path)
 
 
+def _view(t: TensorInfo) -> tuple | None:
+    """What makes two tensor nodes the same bytes: tied weights are one view saved twice."""
+    if t.storage_key is None:
+        return None
+    return (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+
+
+def _own(n: Node) -> int:
+    t = n.tensor
+    return t.nbytes if n.kind is NodeKind.TENSOR and t is not None and t.layout != "meta" else 0
+
+
 def bytes_below(node: Node) -> int:
-    """Bytes of the tensors below a node: each view's own size, refs not counted again."""
+    """Bytes of the tensors below a node: each view's own size, refs not counted again, and a
+    view saved under two names (tied weights) counted once."""
     total = 0
+    seen: set[tuple] = set()
     stack = [node]
     while stack:
         n = stack.pop()
-        if n.kind is NodeKind.TENSOR and n.tensor is not None and n.tensor.layout != "meta":
-            total += n.tensor.nbytes
+        own = _own(n)
+        if own:
+            view = _view(n.tensor)  # type: ignore[arg-type]
+            if view is None or view not in seen:
+                total += own
+                if view is not None:
+                    seen.add(view)
         stack.extend(n.children)
     return total
+
+
+def bytes_below_all(root: Node) -> dict[int, int]:
+    """`bytes_below` of every node under `root` (by `id`), in one pass.
+
+    Sums bottom-up, then takes back, from every node above two or more names of one tied view,
+    the copies counted twice (ties are rare: only they are tracked)."""
+    order: list[Node] = []
+    parent: dict[int, Node] = {}
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        order.append(n)
+        for c in n.children:
+            parent[id(c)] = n
+        stack.extend(n.children)
+    below: dict[int, int] = {}
+    names: dict[tuple, list[Node]] = {}
+    for n in reversed(order):  # children before their parents
+        own = _own(n)
+        if own:
+            view = _view(n.tensor)  # type: ignore[arg-type]
+            if view is not None:
+                names.setdefault(view, []).append(n)
+        below[id(n)] = own + sum(below[id(c)] for c in n.children)
+    for nodes in names.values():
+        if len(nodes) < 2:
+            continue
+        count: dict[int, int] = {}
+        for n in nodes:
+            a = parent.get(id(n))
+            while a is not None:
+                count[id(a)] = count.get(id(a), 0) + 1
+                a = parent.get(id(a))
+        size = _own(nodes[0])
+        for key, m in count.items():
+            below[key] -= (m - 1) * size
+    return below
 
 
 def largest_children(node: Node, n: int = 5) -> list[tuple[Node, int]]:

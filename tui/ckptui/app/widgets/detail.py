@@ -30,7 +30,7 @@ from textual.worker import get_current_worker
 
 from ... import units
 from ...errors import CkptError
-from ...facts import Index, path_expr, path_text
+from ...facts import Index, bytes_below_all, path_expr, path_text
 from ...model import Checkpoint, Node, NodeKind, Path, TensorInfo
 from .ckpt_tree import Entry
 
@@ -104,22 +104,7 @@ class _Sizes:
 
     @staticmethod
     def _sum(root: Node) -> dict[int, int]:
-        order: list[Node] = []
-        stack = [root]
-        while stack:
-            n = stack.pop()
-            order.append(n)
-            stack.extend(n.children)
-        below: dict[int, int] = {}
-        for n in reversed(order):  # children before their parents
-            t = n.tensor
-            own = (
-                t.nbytes
-                if n.kind is NodeKind.TENSOR and t is not None and t.layout != "meta"
-                else 0
-            )
-            below[id(n)] = own + sum(below[id(c)] for c in n.children)
-        return below
+        return bytes_below_all(root)
 
 
 def _put(static: Static, content: RenderableType) -> None:
