@@ -30,6 +30,7 @@ from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
+from ckptui.dcp_sizes import breakdown_dcp
 from ckptui.errors import CorruptFile
 from ckptui.export.dcp import export_dcp
 from ckptui.export.plan import ExportError
@@ -39,6 +40,7 @@ from ckptui.formats.dcp import looks_like_dcp, read_dcp
 from ckptui.formats.dcp_metadata import FAST_GLOBALS, DcpMetadata, load_fast, load_inert
 from ckptui.model import Checkpoint, NodeKind, Severity
 from ckptui.recorders import CONSTANTS, RECORDERS
+from ckptui.roles import Role
 from ckptui.safety import judge
 from ckptui.unpickle import Global, classify_global
 from ckptui.values import tensor_stats
@@ -173,8 +175,8 @@ def check_tree(ckpt: Checkpoint, sd: dict[str, Any]) -> None:
         assert got[path].dtype == torch_dtype(t), path
 
 
-def check_files(ckpt: Checkpoint, folder: Path) -> None:
-    """Storage bytes per file = what torch's metadata places in that file for tensor chunks."""
+def chunk_bytes_per_file(folder: Path) -> dict[str, int]:
+    """Raw tensor bytes per data file, from the chunks torch's own metadata reader places there."""
     md = FileSystemReader(folder).read_metadata()
     expected: dict[str, int] = {}
     for index, info in md.storage_data.items():
@@ -183,6 +185,12 @@ def check_files(ckpt: Checkpoint, folder: Path) -> None:
             chunk = next(c for c in entry.chunks if c.offsets == index.offset)
             n = chunk.sizes.numel() * entry.properties.dtype.itemsize
             expected[info.relative_path] = expected.get(info.relative_path, 0) + n
+    return expected
+
+
+def check_files(ckpt: Checkpoint, folder: Path) -> None:
+    """Storage bytes per file = what torch's metadata places in that file for tensor chunks."""
+    expected = chunk_bytes_per_file(folder)
     got: dict[str, int] = {}
     for st in ckpt.storages.values():
         assert st.file is not None and st.data_offset is not None
@@ -623,3 +631,58 @@ def test_fast_path_bounds_memory_and_depth() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
     )
     assert r.returncode == 0 and r.stdout.strip() == "declined", (r.returncode, r.stderr)
+
+
+# -- size breakdown (dcp_sizes) ------------------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["gloo_dcp", "threaded_dcp", "sharded_dcp"])
+def test_breakdown_attributes_bytes_to_files(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    got = request.getfixturevalue(fixture)
+    folder = copy_of(got if isinstance(got, Path) else got[0], tmp_path)
+    (folder / "notes.txt").write_text("not part of the checkpoint\n")
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
+    ckpt = read_dcp(str(folder))
+    b = breakdown_dcp(ckpt)
+    # every byte of the folder, exactly once
+    assert sum(b.categories.values()) == b.file_bytes == sum(files.values())
+    assert b.categories["unaccounted"] == 0
+    assert b.categories["other_files"] == files["notes.txt"]
+    assert b.metadata_detail[".metadata"] == files[".metadata"]
+    # per file: the chunks' raw bytes torch's metadata places there, and nothing else
+    expected = chunk_bytes_per_file(folder)
+    assert b.categories["tensor_data"] == sum(expected.values())
+    assert dict(b.top_level) == {(name,): expected.get(name, 0) for name in files}
+    assert [n for _, n in b.top_level] == sorted((n for _, n in b.top_level), reverse=True)
+    # every other path is a path of the tree (the app jumps there)
+    paths = [g.path for g in b.groups] + [x.path for x in b.largest]
+    paths += [p for f in b.findings for p in f.paths] + list(b.path_bytes)
+    assert paths and all(ckpt.find(p) is not None for p in paths)
+
+
+def test_breakdown_roles_are_whole_tensors(gloo_dcp: tuple[Path, dict], sharded_dcp: Path) -> None:
+    folder, sd = gloo_dcp
+    ckpt = read_dcp(str(folder))
+    b = breakdown_dcp(ckpt)
+    tensors = tensors_of(sd)
+
+    def nbytes(top: str) -> int:
+        return sum(t.numel() * t.element_size() for p, t in tensors.items() if p[0] == top)
+
+    assert b.roles[Role.WEIGHTS] == nbytes("model")
+    assert b.roles[Role.OPTIMIZER] == nbytes("optim")
+    groups = {g.path: (g.role, g.bytes) for g in b.groups}
+    assert groups[("model",)] == (Role.WEIGHTS, nbytes("model"))
+    assert groups[("optim",)] == (Role.OPTIMIZER, nbytes("optim"))
+    assert b.weights_path == ("model",)
+    assert any(f.kind == "optimizer_state" for f in b.findings)
+    # chunks of DTensors sharded across ranks count as their tensor's, at its tree path
+    ckpt = read_dcp(str(sharded_dcp))
+    b = breakdown_dcp(ckpt)
+    truth = sharded_truth()
+    assert b.roles[Role.WEIGHTS] == sum(t.numel() * 4 for t in truth.values())
+    largest = {x.path: x.bytes for x in b.largest}
+    assert largest[("model", "w")] == 6 * 4 * 4 and largest[("model", "b")] == 5 * 4
+    assert b.dtypes == {"float32": b.roles[Role.WEIGHTS]}
+    per_file = dict(b.top_level)
+    assert per_file[("__0_0.distcp",)] > 0 and per_file[("__1_0.distcp",)] > 0

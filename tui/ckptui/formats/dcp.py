@@ -484,13 +484,13 @@ class _Item:
         return self.src.read_at(self.start + at, n)
 
 
-_Zip = tuple[bytes, dict[bytes, tuple[int, int, int]]]
+_Zip = tuple[bytes, dict[bytes, tuple[int, int, int]], int]
 _ZipCache = dict[tuple[int, int, int, int], list[tuple[bytearray, tuple[int, ...], _Zip]]]
 
 
 def _parse_zip(item: _Item, cache: _ZipCache | None = None) -> _Zip:
-    """(archive name, archive-relative name -> (local header offset, size, method)), from the
-    central directory at the item's end.
+    """(archive name, archive-relative name -> (local header offset, size, method), offset of the
+    central directory), from the central directory at the item's end.
 
     Items of one shape and dtype have central directories that differ only in their CRC-32
     fields (which the parse ignores), so with a `cache` a directory equal to an earlier one but
@@ -548,8 +548,8 @@ def _parse_zip(item: _Item, cache: _ZipCache | None = None) -> _Zip:
             masked[p : p + 4] = b"\0\0\0\0"
         entries = cache.setdefault(shape, [])
         if len(entries) < 4:
-            entries.append((masked, tuple(crcs), (archive, records)))
-    return archive, records
+            entries.append((masked, tuple(crcs), (archive, records, cd_off)))
+    return archive, records, cd_off
 
 
 def _zip64_extra(extra: bytes, csize: int, usize: int, local: int) -> tuple[int, int, int]:
@@ -642,7 +642,7 @@ def _read_item(
         directory parses (`_parse_zip`).
     """
     item = _Item(src, start, length)
-    archive, records = _parse_zip(item, zips)
+    archive, records, _ = _parse_zip(item, zips)
     at, size = _record(item, records, b"data.pkl")
     data = item.read(at, size)
     hit = cache.get(data) if cache is not None else None
