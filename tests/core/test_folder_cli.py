@@ -57,3 +57,22 @@ def test_export_of_a_dcp_folder_with_chunked_tensors_uses_torchs_reader(
     back = torch.load(out, weights_only=True)
     for k, v in sharded_truth().items():
         assert torch.equal(back[k], v)
+
+
+def test_why_on_a_dcp_folder_attributes_bytes_to_its_files(sharded_dcp) -> None:  # noqa: F811
+    from ckptui.folder_sizes import breakdown_of, tree_path
+    from ckptui.formats import open_checkpoint
+
+    r = run_cli("why", str(sharded_dcp), "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)
+    assert sum(b["categories"].values()) == b["file_bytes"]
+    assert b["file_bytes"] == sum(p.stat().st_size for p in sharded_dcp.iterdir())
+    ckpt = open_checkpoint(sharded_dcp)
+    rows = breakdown_of(ckpt).top_level
+    distcp = {p.name for p in sharded_dcp.glob("*.distcp")}
+    assert {p[0] for p, _ in rows if p[0] in distcp} == distcp  # a row per data file
+    assert all(tree_path(ckpt, p) == () for p, _ in rows if p[0] in distcp)
+    assert b["categories"]["tensor_data"] == sum(
+        v.numel() * v.element_size() for v in sharded_truth().values()
+    )

@@ -92,13 +92,18 @@ def breakdown_of(ckpt: Checkpoint) -> Breakdown:
     folder = ckpt.info.get("folder")
     if folder is None:
         return breakdown(ckpt, read_layout(ckpt))
+    if ckpt.format == "dcp":  # .distcp files are items, not checkpoints: laid end to end
+        from .dcp_sizes import breakdown_dcp
+
+        return breakdown_dcp(ckpt)
     return breakdown_folder(folder)
 
 
 def tree_path(ckpt: Checkpoint, path: Path) -> Path:
     """A breakdown path as a path of `ckpt`'s tree: a sharded model's breakdown is keyed by
-    shard first, while its tree is one state dict (the shard's own row maps to the root)."""
-    if ckpt.format == "hf-sharded" and path and path[0] in ckpt.info.get("files", {}):
+    shard first, while its tree is one state dict (the shard's own row maps to the root); a
+    DCP folder's per-file rows map to the root too."""
+    if ckpt.format in ("hf-sharded", "dcp") and path and path[0] in ckpt.info.get("files", {}):
         return path[1:]
     return path
 
