@@ -346,3 +346,41 @@ def test_json_forms(tmp_path: Path) -> None:
     (g,) = param_groups_json(ms)
     assert g["kind"] == "Adam-style" and g["step"] == 1 and g["weights_path"] == ["model"]
     assert isinstance(ms[0].entries[0], Entry)
+
+
+class GAN(torch.nn.Module):
+    def __init__(self, same: bool) -> None:
+        super().__init__()
+        self.generator = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 4))
+        shape = (4, 6, 4) if same else (4, 5, 1)
+        self.discriminator = torch.nn.Sequential(
+            torch.nn.Linear(shape[0], shape[1]), torch.nn.Linear(shape[1], shape[2])
+        )
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_gan_optimizers_over_generator_and_discriminator(tmp_path: Path, same: bool) -> None:
+    """Two optimizers, each over one half of the weights. Halves of different shapes place
+    each optimizer by shape; identical halves cannot be told apart and must not be guessed."""
+    torch.manual_seed(0)
+    model = GAN(same)
+    opt_g = torch.optim.Adam(model.generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    x = torch.randn(3, 4)
+    model.discriminator(model.generator(x)).sum().backward()
+    opt_g.step()
+    opt_d.step()
+    state = {"model": model.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
+    torch.save(state, p := tmp_path / "gan.pth")
+    found = map_optimizers(open_checkpoint(str(p)))
+    assert [m.optimizer_path for m in found] == [("opt_g",), ("opt_d",)]
+    if not same:
+        for m, opt in zip(found, (opt_g, opt_d), strict=True):
+            assert_named(m, truth(model, opt))
+        return
+    for m, opt in zip(found, (opt_g, opt_d), strict=True):
+        assert {e.confidence for e in m.entries} == {"ambiguous"}
+        assert {e.param for e in m.entries} == {None}
+        first = truth(model, opt)[0].split(".", 1)[1]  # "0.weight"
+        assert m.entries[0].why is not None
+        assert f"fits generator.{first} or discriminator.{first}" in m.entries[0].why

@@ -244,3 +244,26 @@ def test_lightning_checkpoint(tmp_path: Path) -> None:
             "value": loaded["pytorch-lightning_version"],
         }
     ]
+
+
+def test_lightning_mixed_precision_scaler_state(tmp_path: Path) -> None:
+    """Lightning 2 keeps the GradScaler's state under the precision plugin's class name."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    state = {
+        "epoch": 1,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": model.state_dict(),
+        "optimizer_states": [opt.state_dict()],
+        "lr_schedulers": [],
+        "MixedPrecision": scaler.state_dict(),
+    }
+    torch.save(state, p := tmp_path / "amp.ckpt")
+    card = card_json(p)
+    assert card["scaler"] == {"path": ["MixedPrecision"], "scale": 2.0**14, "empty": False}
+    assert card["optimizers"][0]["path"] == ["optimizer_states", 0]
+    assert card["optimizers"][0]["kind"] == "optimizer without state"
+    assert card["schedulers"] == [] and card["resumable"] is True

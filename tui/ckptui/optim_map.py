@@ -27,6 +27,7 @@ JSON shapes (for `inspect --json`), from `optimizer_params_json` and `param_grou
       ["state", key]); entries in `state` but in no group come last with `group` null.
     "param_groups": [{"optimizer_path": [...], "kind": str, "step": int|float|null,
         "weights_path": [...]|null, "params_from": "module"|"names"|"convention"|"none",
+        "notes": [str],
         "lines": [{"groups": [int, ...], "hyper": {name: value}, "params": [str|null, ...]}]}]
       Each line is one set of hyper-parameters (everything but `params`); `groups` lists the
       param-group indexes sharing it (len > 1 when groups differ only in their parameters) and
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .dtypes import DTYPES
@@ -59,9 +60,9 @@ PER_PARAM_KEYS = (
 are scalars whatever the parameter)."""
 _SCALAR_KEYS = frozenset({"step", "eta", "mu"})
 
-ALIGN_BUDGET = 2_000_000
-"""Cells of the alignment table past which a subset is not aligned (about a second of Python);
-entries then say so rather than keep the UI waiting."""
+ALIGN_BUDGET = 1_000_000
+"""Cells of the alignment table past which a subset is not aligned (a second of Python, measured:
+1,000 of 2,000 parameters); entries then say so rather than keep the UI waiting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,8 @@ class OptimizerMapping:
     keys, naming/dtype convention, or no weights to name them at all."""
     entries: tuple[Entry, ...] = ()
     groups: tuple[GroupLine, ...] = ()
-    notes: tuple[str, ...] = field(default=())
-    """Facts about the whole mapping (tied weights merged, subset aligned, ...)."""
+    notes: tuple[str, ...] = ()
+    """Facts about the whole mapping (tied weights counted once)."""
 
     def to_json(self) -> dict[str, Any]:
         """The `param_groups` item for this optimizer (see the module docstring)."""
@@ -127,16 +128,9 @@ class OptimizerMapping:
 
 def optimizer_params_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
     """The `optimizer_params` list: every entry of every optimizer, flat."""
+    fields = Entry.__slots__  # index, key, group, param, confidence, why
     return [
-        {
-            "optimizer_path": list(m.optimizer_path),
-            "index": e.index,
-            "key": e.key,
-            "group": e.group,
-            "param": e.param,
-            "confidence": e.confidence,
-            "why": e.why,
-        }
+        {"optimizer_path": list(m.optimizer_path), **{f: getattr(e, f) for f in fields}}
         for m in mappings
         for e in m.entries
     ]
