@@ -221,7 +221,6 @@ def _map_one(
     listed = [(gi, k) for gi, keys in enumerate(group_keys) for k in keys]
     in_groups = {k for _, k in listed}
     orphans = [k for k in state_of if k not in in_groups and isinstance(k, int | str)]
-    names: list[str | None]
     if listed and all(isinstance(k, str) for _, k in listed):
         # get_state_dict / DCP: the keys are the parameters' fully qualified names.
         source = "names"  # type: ignore[assignment]
@@ -268,25 +267,21 @@ def _align_entries(
     """Entries placed on `params` by order, checked by shape (see the module docstring)."""
     m, n = len(listed), len(params)
     if not params:
-        why = "no model weights found in this file to name the parameters"
-        return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
+        return _unknown(listed, "no model weights found in this file to name the parameters")
     pshapes = [s for _, s in params]
     where = "parameters" if source == "module" else "candidate parameters (weights minus buffers)"
     if m > n:
-        why = f"count mismatch: {m} params in groups vs {n} {where}"
-        return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
+        return _unknown(listed, f"count mismatch: {m} params in groups vs {n} {where}")
     placed = _align(shapes, pshapes)
     if placed is None:
-        why = f"too many ways to place {m} entries on {n} {where} to check them all"
-        return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
+        return _unknown(listed, f"too many ways to place {m} entries on {n} {where} to check")
     total, options = placed
     if total == 0 and len({g for g, _ in listed}) > 1:
         per_group = _align_groups(listed, shapes, pshapes)
         if per_group is not None:
             options, total = per_group, 1
     if total == 0:
-        why = _broke(shapes, params, listed, where)
-        return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
+        return _unknown(listed, _broke(shapes, params, listed, where))
     out = []
     for i, (g, k) in enumerate(listed):
         opts = options[i]
@@ -299,10 +294,14 @@ def _align_entries(
                 " or ..." if len(opts) > 2 else ""
             )
             what = "no state to check" if shapes[i] is None else f"state shape {list(shapes[i])}"
-            why = (f"index {k}: {what}, fits {fits}; {'several' if total > 1 else 'no single'} "
-                   f"order-preserving placements of {m} entries on {n} {where}")  # fmt: skip
+            why = (f"index {k}: {what}, fits {fits}; several order-preserving placements of "
+                   f"{m} entries on {n} {where}")  # fmt: skip
             out.append(Entry(i, k, g, None, "ambiguous", why))
     return out
+
+
+def _unknown(listed: list[tuple[int, int | str]], why: str) -> list[Entry]:
+    return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
 
 
 def _align(seq: list[Shape | None], cands: list[Shape]) -> tuple[int, list[list[int]]] | None:
