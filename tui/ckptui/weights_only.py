@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .data import weights_only_allowlist as wo
+from .errors import CkptError
 from .model import Checkpoint, NodeKind, walk
 from .safety import Safety, judge, looks_like_class
 
@@ -139,7 +140,10 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
     if ckpt.format == "torchscript":
         return WeightsOnlyReport(False, blockers=(_TORCHSCRIPT,), export_command=export)
     sim = _Replay()
-    buf, count = _pickles(ckpt)
+    try:
+        buf, count = _pickles(ckpt)
+    except (OSError, CkptError) as e:  # changed or removed since it was opened
+        return WeightsOnlyReport(False, blockers=(f"cannot read the file again: {e}",))
     pos = 0
     for _ in range(count):
         pos = sim.run(buf, pos, len(buf))
