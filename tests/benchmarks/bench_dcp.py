@@ -76,9 +76,11 @@ def generate(folder: Path, tensors: int) -> None:
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
-    layers = []
-    for i in range(tensors // 2):  # a weight and a bias each: Linear 32x32 and LayerNorm(32)
-        layers.append(torch.nn.Linear(32, 32) if i % 2 == 0 else torch.nn.LayerNorm(32))
+    # a weight and a bias each: Linear 32x32 and LayerNorm(32)
+    layers = [
+        torch.nn.Linear(32, 32) if i % 2 == 0 else torch.nn.LayerNorm(32)
+        for i in range(tensors // 2)
+    ]
     model = torch.nn.Sequential(*layers)
     sd = {"model": model.state_dict()}
     assert len(sd["model"]) == tensors

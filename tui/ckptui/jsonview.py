@@ -57,7 +57,12 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
         }
         yield (", " if i else "") + _enc(entry)
     info = {k: v for k, v in ckpt.info.items() if _jsonable(v)}
-    yield f'], "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}}}'
+    yield f'], "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
+    from .training import training_facts, training_json
+
+    for key, value in training_json(training_facts(ckpt)).items():
+        yield f", {_enc(key)}: {_enc(value)}"
+    yield "}"
 
 
 def framework_json(ckpt: Checkpoint) -> dict[str, Any] | None:

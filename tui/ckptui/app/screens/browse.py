@@ -82,6 +82,24 @@ class BrowseScreen(Screen[None]):
         ckpt = open_checkpoint(self.path)
         return ckpt, Index.build(ckpt)
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="training")
+    def find_training_facts(self, ckpt: Checkpoint) -> Any:
+        """Name optimizer entries' parameters, make the resume card and the weights_only
+        report, after the tree is shown (aligning a huge optimizer can take a second)."""
+        from ...training import training_facts
+
+        return training_facts(ckpt)
+
+    @on(Worker.StateChanged)
+    def _training_found(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "training" or event.state is not WorkerState.SUCCESS:
+            return
+        facts = event.worker.result
+        self.query_one(CkptTree).add_parts(facts.labels())
+        panel = self.query_one(DetailPanel)
+        panel.training = facts
+        panel.show(panel.entry)
+
     @on(Worker.StateChanged)
     def _opened(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "open":
@@ -125,6 +143,7 @@ class BrowseScreen(Screen[None]):
         tree.show_checkpoint(ckpt)
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
+        self.find_training_facts(ckpt)
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:

@@ -307,6 +307,13 @@ class CkptTree(Tree[Entry]):
             node.expand()  # keep the top-level keys in view
         self.move_cursor(node)
 
+    def add_parts(self, labels: dict[Path, str]) -> None:
+        """Label more rows (optimizer entries naming their parameter) and redraw loaded ones."""
+        if not labels:
+            return
+        self.parts = {**self.parts, **labels}
+        self._relabel(self.root)
+
     # -- marks -------------------------------------------------------------------------------
     def action_toggle_mark(self) -> None:
         """space: mark the cursor's subtree for export, or unmark it."""

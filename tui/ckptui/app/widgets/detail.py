@@ -33,6 +33,7 @@ from ...errors import CkptError
 from ...facts import Index, bytes_below_all, path_expr, path_text
 from ...model import Checkpoint, Node, NodeKind, Path, TensorInfo
 from .ckpt_tree import Entry
+from .training_card import parameter_line, resume_card, weights_only_verdict
 
 AUTO_STATS_BYTES = 64 << 20
 """Tensors up to this size get their values computed as soon as they are selected."""
@@ -132,6 +133,8 @@ class DetailPanel(VerticalScroll):
         self.index: Index | None = None
         self.entry: Entry | None = None
         self._sizes: _Sizes | None = None
+        self.training: Any = None
+        """`training.TrainingFacts`, once the screen's worker has found them."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="facts")
@@ -222,9 +225,17 @@ class DetailPanel(VerticalScroll):
                         "danger": "DANGEROUS",
                     }.get(node.safety or "unknown", node.safety or ""),
                 )
+        entry = self.training.param_of(path) if self.training is not None and path else None
+        if entry is not None:
+            t.add_row(*parameter_line(entry))
         for f in self.index.findings_by_path.get(path, []) if self.index else []:
             t.add_row(f.severity.value, f.message)
         parts: list[Any] = [title, t]
+        if not path and self.training is not None:
+            if self.training.resume is not None:
+                parts.append(resume_card(self.training.resume))
+            if self.training.weights_only is not None:
+                parts.append(weights_only_verdict(self.training.weights_only))
         largest = self._bytes.largest(node) if node.kind is not NodeKind.TENSOR else []
         if largest:
             # Size first, name last: long keys (transformer.h.0.mlp.c_fc.weight) then wrap
@@ -236,7 +247,7 @@ class DetailPanel(VerticalScroll):
             big.add_column(overflow="fold")
             for child, nbytes in largest:
                 big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", str(child.key))
-            parts += [Text("largest", style="bold"), big]
+            parts += [Text(""), Text("largest", style="bold"), big]
         return Group(*parts)
 
     def _tensor_rows(self, t: Table, info: TensorInfo, path: Path) -> None:
