@@ -205,6 +205,21 @@ def test_core_imports_no_ui_or_torch() -> None:
         "ckptui.formats",
         "ckptui.jsonview",
         "ckptui.dtypes",
+        # issues 5-8: sizes, export, folders, compare, training state
+        "ckptui.sizes",
+        "ckptui.folder_sizes",
+        "ckptui.formats.folder",
+        "ckptui.formats.dcp",
+        "ckptui.dcp_sizes",
+        "ckptui.export",
+        "ckptui.export.shards",
+        "ckptui.export.dcp",
+        "ckptui.diff",
+        "ckptui.frameworks",
+        "ckptui.optim_map",
+        "ckptui.resume",
+        "ckptui.weights_only",
+        "ckptui.training",
     ]
     code = (
         "import sys\n"
