@@ -20,14 +20,14 @@ _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 
 
 def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
-    """The whole contract as dicts: path, format, file_bytes, tree, tensors, findings, ..."""
+    """The whole contract as dicts: path, format, file_bytes, bytes_read, tree, tensors, ..."""
     return json.loads("".join(iter_json(ckpt)))
 
 
 def iter_json(ckpt: Checkpoint) -> Iterator[str]:
     """The contract as JSON text, in pieces."""
     yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
-    yield f'"file_bytes": {ckpt.file_bytes}, "tree": '
+    yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
     yield from _node(ckpt.root)
     yield ', "tensors": ['
     for i, (path, t) in enumerate(ckpt.tensors()):
@@ -56,13 +56,21 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
             "missing": s.missing,
         }
         yield (", " if i else "") + _enc(entry)
-    info = {k: v for k, v in ckpt.info.items() if _jsonable(v)}
+    info = {k: v for k, v in ckpt.info.items() if _jsonable(v) and k != "bytes_read"}
     yield f'], "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
     from .training import training_facts, training_json
 
     for key, value in training_json(training_facts(ckpt)).items():
         yield f", {_enc(key)}: {_enc(value)}"
     yield "}"
+
+
+def bytes_read(ckpt: Checkpoint) -> int | None:
+    """`bytes_read`: bytes fetched from the server to open a remote checkpoint (a URL), or null
+    for a local file, whose reads are memory-mapped page-cache hits that cost no transfer and that
+    ckptui does not count."""
+    value = ckpt.info.get("bytes_read")
+    return value if isinstance(value, int) else None
 
 
 def framework_json(ckpt: Checkpoint) -> dict[str, Any] | None:

@@ -5,6 +5,10 @@ it has `constants.pkl`); anything else is read as pickles, where a first pickle 
 magic number makes a legacy checkpoint and any other first pickle is a plain pickle file (which
 `torch.load` would run before failing). A pickle with a zip appended is therefore a pickle.
 safetensors, which torch.load does not read, is recognised by its header first.
+
+A URL (`https://`, `s3://`, any fsspec URL) is opened by range requests (`remote`); so far torch
+zip and safetensors files, which need only their directory, pickle and header. A local path takes
+the same code path as before and never imports fsspec.
 """
 
 from __future__ import annotations
@@ -14,9 +18,16 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import CkptError, CorruptFile, NotACheckpoint, NotFound, NotReadable
+from ..errors import (
+    CkptError,
+    CorruptFile,
+    NotACheckpoint,
+    NotFound,
+    NotReadable,
+    Unsupported,
+)
 from ..model import Checkpoint
-from ._common import MAGIC_NUMBER, Source, assemble
+from ._common import MAGIC_NUMBER, Source, assemble, is_url
 from .folder import check_folder, is_index_file, open_folder
 from .legacy import read_legacy
 from .safetensors import looks_like_safetensors, read_safetensors
@@ -39,6 +50,8 @@ def check_openable(path: str | os.PathLike[str]) -> str:
         NotFound, NotReadable: naming the path.
     """
     path = os.fspath(path)
+    if is_url(path):
+        return path  # checked by opening it, in the worker: no network before the app starts
     try:
         st = Path(path).stat()
     except FileNotFoundError:
@@ -71,6 +84,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         CkptError: with a one-line message naming the file, for anything that is not a readable
             checkpoint.
     """
+    if is_url(path):
+        return _open_remote(os.fspath(path))
     path = check_openable(path)
     if Path(path).is_dir() or is_index_file(path):
         return open_folder(path, open_checkpoint)
@@ -92,6 +107,40 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         ) from None
     finally:
         src.close()
+
+
+def _open_remote(url: str) -> Checkpoint:
+    """Open a checkpoint at a URL, fetching only its metadata; `info["bytes_read"]` says how many
+    bytes that took."""
+    from dataclasses import replace
+
+    from .remote import RemoteSource, translate
+
+    src = RemoteSource.open(url)
+    try:
+        head = src.read_at(0, 16)
+        if head.startswith(b"PK\x03\x04"):
+            src.prefetch_zip()
+            ckpt = read_zip(src)
+        elif looks_like_safetensors(head):
+            ckpt = read_safetensors(src)
+        else:
+            raise Unsupported(
+                url,
+                "remote legacy and plain-pickle checkpoints are not supported yet "
+                "(torch zip and safetensors are)",
+            )
+    except CkptError:
+        raise
+    except (RecursionError, MemoryError) as e:
+        raise CorruptFile(
+            url, f"too deeply nested or too large to read ({type(e).__name__})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the network layer's own errors, raised mid-read
+        raise translate(url, e) from None
+    finally:
+        src.close()
+    return replace(ckpt, info={**ckpt.info, "bytes_read": src.bytes_read})
 
 
 def _read(src: Source) -> Checkpoint:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,20 @@ from ..unpickle import Blob, Global, InertUnpickler, Limits, _Malformed, classif
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 """First pickle of the legacy format (torch/serialization.py)."""
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """A `scheme://` path (`https://`, `s3://`, any fsspec URL), read by `formats.remote`."""
+    return isinstance(path, str) and _URL.match(path) is not None
+
 
 @dataclass
 class Source:
     """An open file plus what the readers learn about it.
+
+    A URL opens a `remote.RemoteSource` instead, which answers `read_at` with range requests
+    (and has no `buf`); a local path never imports it.
 
     Small scattered reads (zip local headers, legacy storage counts, the data.pkl record) use
     `read_at` (pread). Only pickles that may embed large payloads (legacy and plain pickle files)
@@ -45,7 +56,11 @@ class Source:
 
     @classmethod
     def open(cls, path: str) -> Source:
-        """Open `path` for reading."""
+        """Open `path` for reading (a URL: by range requests, see `remote`)."""
+        if is_url(path):
+            from .remote import RemoteSource
+
+            return RemoteSource.open(path)
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size

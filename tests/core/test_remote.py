@@ -1,0 +1,242 @@
+"""Remote checkpoints over real HTTP on 127.0.0.1 (issue 9, first slice).
+
+pytest-httpserver runs a real werkzeug server inside the test process and logs every request and
+response, so the ranges the *server* served are asserted, not only ckptui's own count. It does not
+serve ranges by itself; `_serve` answers `Range: bytes=a-b` with 206 through werkzeug's
+`make_conditional`, which is what werkzeug's own file serving uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fsspec")
+pytest.importorskip("aiohttp")
+pytest_httpserver = pytest.importorskip("pytest_httpserver")
+
+from safetensors.torch import save_file
+from werkzeug import Request, Response
+
+from ckptui.cli import main
+from ckptui.errors import CorruptFile
+from ckptui.formats import open_checkpoint
+from ckptui.formats.remote import RemoteSource
+from ckptui.formats.torchzip import read_zip
+
+MB = 1 << 20
+
+
+def _serve(httpserver, name: str, data: bytes, ranges: bool = True) -> str:
+    """Serve `data` at /name, honouring Range (206) unless `ranges` is False (then every GET
+    gets the whole file with 200, as a server without range support does)."""
+
+    def handler(request: Request) -> Response:
+        resp = Response(data, content_type="application/octet-stream")
+        if ranges:
+            resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        return resp
+
+    httpserver.expect_request(f"/{name}").respond_with_handler(handler)
+    return httpserver.url_for(f"/{name}")
+
+
+def _served_ranges(httpserver) -> list[tuple[str, int]]:
+    """(Range header, bytes sent) of every 206 response in the server's own log."""
+    return [
+        (req.headers.get("Range", ""), int(resp.headers["Content-Length"]))
+        for req, resp in httpserver.log
+        if resp.status_code == 206
+    ]
+
+
+def _inspect_json(capsys, target: str) -> dict:
+    capsys.readouterr()
+    assert main(["inspect", "--json", target]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _without(doc: dict, *keys: str) -> dict:
+    return {k: v for k, v in doc.items() if k not in keys}
+
+
+@pytest.fixture
+def big_zip(tmp_path: Path) -> Path:
+    """A training-like checkpoint whose bytes are almost all in two 8 MB tensors."""
+    torch.manual_seed(0)
+    path = tmp_path / "ckpt.pth"
+    torch.save(
+        {
+            "model": {"w1": torch.randn(2 * MB), "w2": torch.randn(2 * MB)},  # 8 MB each
+            "bias": torch.arange(7, dtype=torch.int64),
+            "step": 12,
+            "args": {"lr": 0.1, "name": "run42"},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture
+def big_safetensors(tmp_path: Path) -> Path:
+    path = tmp_path / "model.safetensors"
+    save_file(
+        {"a": torch.randn(2 * MB), "b": torch.zeros(3, 5, dtype=torch.bfloat16)},
+        str(path),
+        metadata={"format": "pt"},
+    )
+    return path
+
+
+def test_remote_zip_json_equals_local(httpserver, capsys, big_zip: Path) -> None:
+    url = _serve(httpserver, "ckpt.pth", big_zip.read_bytes())
+    remote = _inspect_json(capsys, url)
+    local = _inspect_json(capsys, str(big_zip))
+    assert remote["path"] == url
+    assert local["bytes_read"] is None
+    assert _without(remote, "path", "bytes_read") == _without(local, "path", "bytes_read")
+    assert {tuple(t["path"]) for t in remote["tensors"]} == {
+        ("model", "w1"),
+        ("model", "w2"),
+        ("bias",),
+    }
+
+
+def test_remote_zip_reads_a_small_fraction_by_the_servers_log(httpserver, big_zip: Path) -> None:
+    data = big_zip.read_bytes()
+    url = _serve(httpserver, "ckpt.pth", data)
+    ckpt = open_checkpoint(url)
+    served = _served_ranges(httpserver)
+    sent = sum(n for _, n in served)
+    assert len(data) > 16 * MB
+    assert sent == ckpt.info["bytes_read"]
+    assert sent < 64 * 1024, served  # metadata only: the tensors are 16 MB
+    # one request per storage would be 3 more; the directory, pickle and end are few requests
+    assert len(served) <= 5, served
+    # no served range reaches into any storage's data
+    for st in ckpt.storages.values():
+        for rng, _ in served:
+            a, b = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+            assert b < st.data_offset or a >= st.data_offset + st.nbytes, (rng, st)
+
+
+def test_remote_safetensors_reads_the_header_only(
+    httpserver, capsys, big_safetensors: Path
+) -> None:
+    data = big_safetensors.read_bytes()
+    url = _serve(httpserver, "model.safetensors", data)
+    remote = _inspect_json(capsys, url)
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    sent = sum(n for _, n in _served_ranges(httpserver))
+    assert sent == remote["bytes_read"]
+    assert sent == header_end < len(data) // 100  # the sniffed 16 bytes are not fetched twice
+    assert all(int(r.split("-")[1]) < header_end for r, _ in _served_ranges(httpserver))
+    local = _inspect_json(capsys, str(big_safetensors))
+    assert _without(remote, "path", "bytes_read") == _without(local, "path", "bytes_read")
+
+
+def test_predicted_header_is_checked_when_data_is_first_read(httpserver, big_zip: Path) -> None:
+    data = big_zip.read_bytes()
+    url = _serve(httpserver, "ckpt.pth", data)
+    src = RemoteSource.open(url)
+    try:
+        src.prefetch_zip()
+        ckpt = read_zip(src)
+        before = len(httpserver.log)
+        st = ckpt.storages[next(k for k, s in ckpt.storages.items() if s.nbytes == 8 * MB)]
+        assert src.read_at(st.data_offset, 64) == data[st.data_offset : st.data_offset + 64]
+        # the real local header was fetched (once) before the data
+        ranges = [req.headers.get("Range") for req, _ in httpserver.log[before:]]
+        assert len(ranges) == 2, ranges
+    finally:
+        src.close()
+
+
+def test_wrong_local_header_is_caught_on_first_data_read(httpserver, big_zip: Path) -> None:
+    data = bytearray(big_zip.read_bytes())
+    local = open_checkpoint(str(big_zip))
+    st = max(local.storages.values(), key=lambda s: s.nbytes)
+    # find that record's local header and change its extra length: the central directory
+    # (and so the prediction) still says otherwise
+    name = st.record.encode()
+    at = data.rfind(b"PK\x03\x04" + b"", 0, st.data_offset)
+    assert data[at + 30 : at + 30 + len(name)] == name
+    xlen = int.from_bytes(data[at + 28 : at + 30], "little")
+    data[at + 28 : at + 30] = (xlen + 1).to_bytes(2, "little")
+    url = _serve(httpserver, "ckpt.pth", bytes(data))
+    src = RemoteSource.open(url)
+    try:
+        src.prefetch_zip()
+        ckpt = read_zip(src)
+        assert ckpt.storages[st.key].data_offset == st.data_offset  # predicted, unchecked
+        with pytest.raises(CorruptFile, match="local header does not match"):
+            src.read_at(st.data_offset, 16)
+    finally:
+        src.close()
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_server_without_range_support(httpserver, capsys, big_zip: Path) -> None:
+    url = _serve(httpserver, "ckpt.pth", big_zip.read_bytes(), ranges=False)
+    err = _one_line_error(capsys, ["inspect", url])
+    assert url in err
+    assert "range requests" in err and "full download" in err
+
+
+def test_not_found(httpserver, capsys) -> None:
+    httpserver.expect_request("/missing.pth").respond_with_data("nope", status=404)
+    url = httpserver.url_for("/missing.pth")
+    err = _one_line_error(capsys, ["inspect", "--json", url])
+    assert "404" in err and url in err
+
+
+def test_unreachable_host(capsys) -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = _one_line_error(capsys, ["inspect", f"http://127.0.0.1:{port}/ckpt.pth"])
+    assert "cannot reach the server" in err
+
+
+def test_remote_pickle_is_not_supported_yet(httpserver, capsys, tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    url = _serve(httpserver, "legacy.pth", path.read_bytes())
+    err = _one_line_error(capsys, ["inspect", url])
+    assert "not supported yet" in err
+
+
+def test_local_path_does_not_import_fsspec(big_zip: Path) -> None:
+    code = (
+        "import sys\n"
+        "from ckptui.cli import main\n"
+        f"assert main(['inspect', '--json', {str(big_zip)!r}]) == 0\n"
+        "bad = [m for m in ('fsspec', 'aiohttp', 'ckptui.formats.remote') if m in sys.modules]\n"
+        "print('IMPORTED', bad, file=sys.stderr)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "tui")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "IMPORTED []" in done.stderr
