@@ -35,14 +35,14 @@ from ..roles import weights_path
 from .plan import (
     _SAFETENSORS_CODE,
     CAST_TARGETS,
-    CASTABLE,
     ExportError,
     Plan,
-    _common_prefix,
     _metadata,
     _name,
     _show,
     _tensors,
+    cast_dtype,
+    output_names,
 )
 from .run import Result, _fsync_dir, check_target
 from .writers import Progress
@@ -75,12 +75,7 @@ def chunked_kept(plan: Plan) -> list[TensorInfo]:
 
 def stitched_bytes(plan: Plan) -> int:
     """Output bytes of the chunked tensors `export_dcp` would add to `plan`'s (0 for none)."""
-    return sum(t.numel * _itemsize(_out_dtype(t.dtype, plan.dtype)) for t in chunked_kept(plan))
-
-
-def _out_dtype(dtype: str, cast: str) -> str:
-    target = CAST_TARGETS[cast]
-    return target if target and dtype in CASTABLE else dtype
+    return sum(t.numel * _itemsize(cast_dtype(t.dtype, plan.dtype)) for t in chunked_kept(plan))
 
 
 def export_dcp_plan(
@@ -219,19 +214,10 @@ def _plan(
             found.append((prefix + _name(rel), path, t))
     if not found:
         raise ExportError(ckpt.path, f"no tensors under {', '.join(map(_show, keep))}")
-    strip = {"auto": _common_prefix([n for n, _, _ in found]), "none": ""}.get(
-        strip_prefix, strip_prefix
-    )
-    cast = CAST_TARGETS[dtype]
+    _, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
     items: list[_Item] = []
-    names: set[str] = set()
-    for name, path, t in found:
-        if strip and name.startswith(strip):
-            name = name[len(strip) :]
-        if name in names:
-            raise ExportError(ckpt.path, f"two tensors would both be named {name!r}")
-        names.add(name)
-        out_dtype = cast if cast and t.dtype in CASTABLE else t.dtype
+    for name, (_, path, t) in zip(names, found, strict=True):
+        out_dtype = cast_dtype(t.dtype, dtype)
         if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
             raise ExportError(ckpt.path, f"{_show(path)}: {out_dtype} has no safetensors code")
         # DCP flattens a state dict by joining the key path with dots (flatten_state_dict);

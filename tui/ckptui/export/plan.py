@@ -140,18 +140,11 @@ def make_plan(
     if not found:
         raise ExportError(ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}")
     detected_prefix = _common_prefix([n for n, _, _ in found])
-    strip = {"auto": detected_prefix, "none": ""}.get(strip_prefix, strip_prefix)
-    target = CAST_TARGETS[dtype]
+    strip, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
     groups: dict[tuple, int] = {}
     items: list[Item] = []
-    names: set[str] = set()
-    for name, path, t in found:
-        if strip and name.startswith(strip):
-            name = name[len(strip) :]
-        if name in names:
-            raise ExportError(ckpt.path, f"two tensors would both be named {name!r}")
-        names.add(name)
-        out_dtype = target if target and t.dtype in CASTABLE else t.dtype
+    for name, (_, path, t) in zip(names, found, strict=True):
+        out_dtype = cast_dtype(t.dtype, dtype)
         if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
             continue
@@ -169,6 +162,32 @@ def make_plan(
         skipped,
         detected_prefix,
     )
+
+
+def output_names(ckpt: Checkpoint, names: list[str], strip_prefix: str) -> tuple[str, list[str]]:
+    """(the prefix stripped, the output names): `auto` strips a `module.`/`_orig_mod.` prefix
+    every name has, `none` nothing, anything else that literal prefix where present.
+
+    Raises:
+        ExportError: when two tensors would end up with one name.
+    """
+    strip = {"auto": _common_prefix(names), "none": ""}.get(strip_prefix, strip_prefix)
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        if strip and name.startswith(strip):
+            name = name[len(strip) :]
+        if name in seen:
+            raise ExportError(ckpt.path, f"two tensors would both be named {name!r}")
+        seen.add(name)
+        out.append(name)
+    return strip, out
+
+
+def cast_dtype(dtype: str, cast: str) -> str:
+    """The output dtype of a `dtype` tensor under `--dtype cast` (floating tensors only)."""
+    target = CAST_TARGETS[cast]
+    return target if target and dtype in CASTABLE else dtype
 
 
 def default_target(source: str, fmt: str) -> str:
