@@ -240,3 +240,18 @@ def test_local_path_does_not_import_fsspec(big_zip: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "IMPORTED []" in done.stderr
+
+
+async def test_the_browser_opens_a_url_and_shows_what_it_read(httpserver, big_zip: Path) -> None:
+    from ckptui import units
+    from ckptui.app.app import CkptApp
+    from tests.app.test_browse import opened, text_of
+
+    url = _serve(httpserver, "big.pth", big_zip.read_bytes())
+    app = CkptApp(url)
+    async with app.run_test(size=(160, 30)) as pilot:
+        tree = await opened(pilot)
+        header = text_of(app, "#header")
+        served = sum(n for _, n in _served_ranges(httpserver))
+        assert f"{units.size(tree.ckpt.info['bytes_read'])} read" in header
+        assert tree.ckpt.info["bytes_read"] <= served < big_zip.stat().st_size // 100

@@ -131,6 +131,9 @@ class BrowseScreen(Screen[None]):
         # columns, and "Lightning 2.6.6 · epoch 3" says more than the container format.
         header = f"{ckpt.path} · " + (f"{framework.heading()} · " if framework else "")
         header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
+        fetched = ckpt.info.get("bytes_read")
+        if fetched is not None:  # a URL: what opening it cost on the network
+            header += f" · {units.size(fetched)} read"
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
         self._header = header
