@@ -255,3 +255,163 @@ async def test_the_browser_opens_a_url_and_shows_what_it_read(httpserver, big_zi
         served = sum(n for _, n in _served_ranges(httpserver))
         assert f"{units.size(tree.ckpt.info['bytes_read'])} read" in header
         assert tree.ckpt.info["bytes_read"] <= served < big_zip.stat().st_size // 100
+
+
+# --- second slice: export (and values) from a remote checkpoint, reading only the kept bytes ---
+
+
+@pytest.fixture
+def training_zip(tmp_path: Path) -> Path:
+    """A training checkpoint: a 2 MB model (one tensor a transposed view) and an 8 MB optimizer
+    state, so a weights-only export keeps a fifth of the file."""
+    torch.manual_seed(1)
+    model = {
+        "enc.weight": torch.randn(512, 512),  # 1 MB
+        "dec.weight": torch.randn(256, 512).t(),  # 0.5 MB, strided
+        "dec.bias": torch.randn(128 * 1024),  # 0.5 MB
+        "steps": torch.tensor(7),
+    }
+    state = {
+        i: {"exp_avg": torch.randn(MB // 4), "exp_avg_sq": torch.rand(MB // 4)}  # 2 MB each
+        for i in range(4)
+    }
+    optim = {"state": state, "param_groups": [{"lr": 1e-3, "params": [0, 1, 2, 3]}]}
+    path = tmp_path / "train.pth"
+    torch.save({"model": model, "optimizer": optim, "epoch": 3}, path)
+    return path
+
+
+def _serve_counting(
+    httpserver, name: str, data: bytes, cut_after: int | None = None, cut_times: int = 10**9
+) -> tuple[str, dict]:
+    """Like `_serve`, but from the `cut_after`-th range request on, the next `cut_times` answers
+    promise the whole range and send half of it, then close: a connection dropped midway."""
+    state = {"requests": 0, "cut": 0}
+
+    def handler(request: Request) -> Response:
+        state["requests"] += 1
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        body = resp.get_data()
+        cutting = cut_after is not None and state["requests"] > cut_after
+        # only tensor-data ranges (a HEAD sends no body, metadata ranges are small)
+        if cutting and state["cut"] < cut_times and request.method == "GET" and len(body) > 4096:
+            state["cut"] += 1
+            resp.response = [body[: len(body) // 2]]  # Content-Length still says all
+        return resp
+
+    httpserver.expect_request(f"/{name}").respond_with_handler(handler)
+    return httpserver.url_for(f"/{name}"), state
+
+
+def _sent(log: list) -> list[tuple[str, int]]:
+    """(Range header, body bytes) of every GET in a slice of the server's log (a HEAD sends
+    none, whatever its Content-Length says)."""
+    return [
+        (req.headers.get("Range", ""), int(resp.headers["Content-Length"]))
+        for req, resp in log
+        if req.method == "GET"
+    ]
+
+
+def _ranges_overlap(rng: str, a: int, b: int) -> bool:
+    lo, hi = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+    return lo < b and hi >= a
+
+
+def test_remote_weights_export_transfers_only_the_kept_bytes(
+    httpserver, tmp_path: Path, training_zip: Path
+) -> None:
+    from ckptui.export import export, make_plan
+
+    url = _serve(httpserver, "train.pth", training_zip.read_bytes())
+    ckpt = open_checkpoint(url)
+    plan = make_plan(ckpt, fmt="safetensors")
+    assert [p for p in plan.keep] == [("model",)]
+    kept = plan.data_bytes
+    assert kept == 2 * MB + 8, kept
+    before = len(httpserver.log)
+    result = export(plan, tmp_path / "remote.safetensors")
+    served = _sent(httpserver.log[before:])
+    sent = sum(n for _, n in served)
+    assert all(rng for rng, _ in served), served  # every GET was a range request
+    assert kept <= sent <= kept * 1.05, (sent, kept, served)
+    print(
+        f"export transferred {sent:,} B for {kept:,} kept B of {len(training_zip.read_bytes()):,}"
+    )
+    # no byte of the optimizer's storages was asked for
+    optimizer = {t.storage_key for p, t in ckpt.tensors() if p[0] == "optimizer"}
+    assert len(optimizer) == 8
+    for key in optimizer:
+        st = ckpt.storages[key]
+        assert st.data_offset is not None
+        for rng, _ in served:
+            assert not _ranges_overlap(rng, st.data_offset, st.data_offset + st.nbytes), rng
+    assert result.verified
+
+    local = make_plan(open_checkpoint(str(training_zip)), fmt="safetensors")
+    export(local, tmp_path / "local.safetensors")
+    remote_bytes = (tmp_path / "remote.safetensors").read_bytes()
+    assert remote_bytes == (tmp_path / "local.safetensors").read_bytes()
+    from safetensors.torch import load_file
+
+    want = torch.load(training_zip, weights_only=True)["model"]
+    got = load_file(str(tmp_path / "remote.safetensors"))
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_remote_export_through_the_cli_equals_the_local_export(
+    httpserver, capsys, tmp_path: Path, training_zip: Path, fmt: str
+) -> None:
+    url = _serve(httpserver, "train.pth", training_zip.read_bytes())
+    remote_out, local_out = tmp_path / f"remote.{fmt}", tmp_path / f"local.{fmt}"
+    assert main(["export", url, "-o", str(remote_out), "--dtype", "bf16"]) == 0
+    assert main(["export", str(training_zip), "-o", str(local_out), "--dtype", "bf16"]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert remote_out.read_bytes() == local_out.read_bytes()
+    sent = sum(n for _, n in _sent(httpserver.log))
+    assert sent < training_zip.stat().st_size * 0.3  # open + export: model and metadata only
+
+
+def test_remote_export_retries_a_dropped_connection(
+    httpserver, tmp_path: Path, training_zip: Path
+) -> None:
+    from ckptui.export import export, make_plan
+
+    data = training_zip.read_bytes()
+    url, state = _serve_counting(httpserver, "train.pth", data, cut_after=0, cut_times=2)
+    plan = make_plan(open_checkpoint(url), fmt="safetensors")
+    export(plan, tmp_path / "out.safetensors")
+    assert state["cut"] == 2  # two answers were cut, and the third try of that range worked
+    local = make_plan(open_checkpoint(str(training_zip)), fmt="safetensors")
+    export(local, tmp_path / "local.safetensors")
+    assert (tmp_path / "out.safetensors").read_bytes() == (
+        tmp_path / "local.safetensors"
+    ).read_bytes()
+
+
+def test_connection_cut_mid_export_fails_cleanly(
+    httpserver, capsys, tmp_path: Path, training_zip: Path
+) -> None:
+    from ckptui.export import ExportError, export, make_plan
+
+    data = training_zip.read_bytes()
+    # The open: HEAD + 5 ranges; the export: HEAD + 3 metadata ranges + a header check; so
+    # from the 12th request on, every tensor-data answer is cut short.
+    url, state = _serve_counting(httpserver, "train.pth", data, cut_after=11)
+    out = tmp_path / "out.safetensors"
+    err = _one_line_error(capsys, ["export", url, "-o", str(out)])
+    assert "connection dropped" in err and "gave up after 3 attempts" in err and url in err, err
+    assert state["cut"] == 3, state  # bounded: three tries of one range, then the error
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [training_zip]  # no temporary file either
+
+    ckpt = open_checkpoint(url)
+    plan = make_plan(ckpt, fmt="safetensors")
+    state["cut"] = 0
+    with pytest.raises(ExportError, match="gave up after 3 attempts"):
+        export(plan, out)
+    assert state["cut"] == 3
+    assert list(tmp_path.iterdir()) == [training_zip]

@@ -5,12 +5,18 @@ with ckptui's own reader and compared tensor by tensor, bit for bit, with the so
 (after the requested cast), and only then renamed into place. Anything that goes wrong, an
 interrupt included, removes the temporary file; the target name never holds a partial file and
 the source is only ever opened read-only.
+
+A remote source (a URL) is not re-read for verification, which would transfer every kept byte a
+second time: its tensors are hashed as they stream into the output (`recorded_digests`), and the
+reopened output is compared with those digests. The source's bytes travel once; what is checked is
+that the file on disk holds exactly what was received, under the planned names, shapes and dtypes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +25,7 @@ from pathlib import Path as FsPath
 from ..formats import open_checkpoint
 from ..model import Checkpoint, Path
 from .plan import ExportError, Plan
-from .source import SourceBytes
+from .source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
 from .writers import Progress, predicted_size, write
 
 
@@ -64,12 +70,12 @@ def export(
     predicted = predicted_size(plan)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w+b") as f:
+        with os.fdopen(fd, "w+b") as f, recorded_digests() as digests:
             write(plan, f, progress)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
-        _verify(plan, tmp, verify_progress)
+        _verify(plan, tmp, verify_progress, digests)
         FsPath(tmp).replace(target)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -115,13 +121,20 @@ def check_target(out: str | os.PathLike[str], ckpt: Checkpoint) -> tuple[str, st
     return None
 
 
-def _verify(plan: Plan, written: str, progress: Progress | None) -> None:
-    """Reopen the output and compare every tensor with the source's bytes, bit for bit."""
+def _verify(
+    plan: Plan, written: str, progress: Progress | None, digests: Digests | None = None
+) -> None:
+    """Reopen the output and compare every tensor with the source's bytes, bit for bit; or, for
+    a tensor in `digests` (remote sources), with the digest taken while it was written."""
     out = open_checkpoint(written)
     tensors = {".".join(str(k) for k in p): t for p, t in out.tensors()}
     total = plan.data_bytes
     done = 0
-    with SourceBytes(plan.ckpt) as src, open(written, "rb") as f:  # noqa: PTH123
+    digests = digests or {}
+    # A remote source is opened again only for a tensor without a digest (none, normally).
+    reread = any(digest_key(it) not in digests for it in plan.items)
+    source = SourceBytes(plan.ckpt) if reread else contextlib.nullcontext()
+    with source as src, open(written, "rb") as f:  # noqa: PTH123
         for it in plan.items:
             t = tensors.get(it.name)
             if t is None or t.shape != it.tensor.shape or t.dtype != it.dtype:
@@ -131,6 +144,22 @@ def _verify(plan: Plan, written: str, progress: Progress | None) -> None:
             st = out.storages[t.storage_key or ""]
             assert st.data_offset is not None
             pos = st.data_offset + t.storage_offset * t.itemsize
+            want = digests.get(digest_key(it))
+            if want is not None:
+                h = hashlib.blake2b(digest_size=32)
+                f.seek(pos)
+                for a in range(0, it.nbytes, CHUNK):
+                    block = f.read(min(CHUNK, it.nbytes - a))
+                    h.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total, it.name)
+                if h.digest() != want:
+                    raise ExportError(
+                        plan.ckpt.path, f"verification failed: {it.name} differs from the source"
+                    )
+                continue
+            assert src is not None
             for chunk in src.chunks(it):
                 n = len(chunk)
                 if f.seek(pos) != pos or f.read(n) != bytes(chunk):

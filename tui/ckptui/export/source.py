@@ -4,22 +4,56 @@ A contiguous tensor is read with pread in blocks of CHUNK bytes (cast with numpy
 a non-contiguous view goes through numpy over the memory map in bounded blocks, and its pages
 are released afterwards. bfloat16 comes from ml_dtypes (round to nearest even, as torch's
 `.to(torch.bfloat16)`).
+
+A remote checkpoint (a URL) is read through `formats.remote.RemoteSource` instead: one range
+request per CHUNK of a kept tensor, so only the kept storages' bytes travel (never the
+optimizer's), each range retried on a dropped connection. While `recorded_digests` is active,
+every remote tensor's output bytes are hashed as they stream past, so that verification can check
+the local output against those digests instead of fetching the source a second time: a remote
+export transfers the kept bytes once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, Self
 
+from ..errors import CkptError
+from ..formats._common import is_url
 from ..model import Checkpoint
 from ..values import _chunks, element_type, strided_view
 from .plan import Item
 
 CHUNK = 16 << 20
-"""Bytes per block handed to the writer."""
+"""Bytes per block handed to the writer (and per range request from a remote source)."""
+
+Digests = dict[tuple[Any, ...], bytes]
+"""`digest_key(item)` -> blake2b of that item's output bytes."""
+_DIGESTS: ContextVar[Digests | None] = ContextVar("ckptui_export_digests", default=None)
+
+
+@contextlib.contextmanager
+def recorded_digests() -> Iterator[Digests]:
+    """While active (in this thread), every remote item that `SourceBytes.chunks` streams in full
+    leaves the digest of its output bytes in the yielded dict."""
+    digests: Digests = {}
+    token = _DIGESTS.set(digests)
+    try:
+        yield digests
+    finally:
+        _DIGESTS.reset(token)
+
+
+def digest_key(item: Item) -> tuple[Any, ...]:
+    """What fixes an item's output bytes: its view of its storage and its output dtype (tied
+    items share it, so a `.pth` storage written once covers every name on it)."""
+    t = item.tensor
+    return (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype, item.dtype)
 
 
 class SourceBytes:
@@ -33,13 +67,44 @@ class SourceBytes:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self._open: dict[str, tuple[int, mmap.mmap | None]] = {}
+        self.remote: Any = None
+        """The `RemoteSource` of a URL checkpoint, while open."""
 
     def __enter__(self) -> Self:
-        if self.ckpt.info.get("folder") is None:
+        if is_url(self.ckpt.path):
+            self._open_remote()
+        elif self.ckpt.info.get("folder") is None:
             self._file(self.ckpt.path, self.ckpt.file_bytes)  # fail early, before any writing
         return self
 
+    def _open_remote(self) -> None:
+        from ..formats.remote import RemoteSource
+        from .plan import ExportError
+
+        try:
+            src = RemoteSource.open(self.ckpt.path)
+            if src.size != self.ckpt.file_bytes:
+                src.close()
+                raise ExportError(self.ckpt.path, "the file changed size since it was opened")
+            if self.ckpt.format == "torch-zip":
+                # The directory and pickle again (metadata, a few requests): it re-predicts
+                # each storage's local header, checked on the first read of its data.
+                src.prefetch_zip()
+        except ExportError:
+            raise
+        except CkptError as e:
+            raise ExportError(e.path, e.message) from None
+        self.remote = src
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes fetched from a remote source so far (0 for a local one)."""
+        return 0 if self.remote is None else self.remote.bytes_read
+
     def __exit__(self, *exc: object) -> None:
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
         for fd, mm in self._open.values():
             if mm is not None:
                 with contextlib.suppress(BufferError):  # a traceback may hold a slice
@@ -78,6 +143,9 @@ class SourceBytes:
 
     def chunks(self, item: Item) -> Iterator[Any]:
         """The output bytes of `item`, in order, in blocks of at most about CHUNK bytes."""
+        if self.remote is not None:
+            yield from self._remote_chunks(item)
+            return
         fd, mm, start = self._source(item)
         if item.tensor.is_contiguous:
             # pread, not the map: pages touched through a map count in the process's RSS
@@ -86,6 +154,37 @@ class SourceBytes:
             return
         assert mm is not None
         yield from self._strided(item, mm, start)
+
+    def _remote_chunks(self, item: Item) -> Iterator[Any]:
+        """`chunks` from a URL, hashing the output when `recorded_digests` is active."""
+        t = item.tensor
+        st = self.ckpt.storages[t.storage_key or ""]
+        assert st.data_offset is not None
+        start = st.data_offset + t.storage_offset * t.itemsize
+        digests = _DIGESTS.get()
+        h = hashlib.blake2b(digest_size=32) if digests is not None else None
+        if t.is_contiguous:
+            blocks = self._contiguous(item, -1, start)
+        else:  # a view: fetch the span it covers (one block's worth at most per request)
+            span = t.span_elements() * t.itemsize - t.storage_offset * t.itemsize
+            buf = bytearray()
+            for a in range(start, start + span, CHUNK):
+                buf += self._read_remote(a, min(CHUNK, start + span - a))
+            blocks = self._strided(item, buf, 0)
+        for block in blocks:
+            if h is not None:
+                h.update(block)
+            yield block
+        if h is not None and digests is not None:
+            digests[digest_key(item)] = h.digest()
+
+    def _read_remote(self, offset: int, n: int) -> bytes:
+        from .plan import ExportError
+
+        try:
+            return self.remote.read_range(offset, n)
+        except CkptError as e:
+            raise ExportError(e.path, f"reading the source failed: {e.message}") from None
 
     def _contiguous(self, item: Item, fd: int, start: int) -> Iterator[Any]:
         t = item.tensor
@@ -96,7 +195,10 @@ class SourceBytes:
         step = CHUNK - CHUNK % max(1, t.itemsize)
         end = start + t.nbytes
         for a in range(start, end, step):
-            data = os.pread(fd, min(step, end - a), a)
+            if self.remote is not None:
+                data = self._read_remote(a, min(step, end - a))
+            else:
+                data = os.pread(fd, min(step, end - a), a)
             if len(data) != min(step, end - a):
                 raise OSError(f"{self.ckpt.path}: file ended while reading {item.name}")
             if target is None:
@@ -106,7 +208,7 @@ class SourceBytes:
 
                 yield np.frombuffer(data, target[0]).astype(target[1]).tobytes()
 
-    def _strided(self, item: Item, mm: mmap.mmap, start: int) -> Iterator[bytes]:
+    def _strided(self, item: Item, mm: mmap.mmap | bytearray, start: int) -> Iterator[bytes]:
         import numpy as np
 
         t = item.tensor
@@ -124,7 +226,7 @@ class SourceBytes:
         page = mmap.PAGESIZE
         lo = start - start % page
         hi = min(len(mm), start + t.span_elements() * t.itemsize)
-        if hasattr(mm, "madvise") and hi > lo:
+        if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise") and hi > lo:
             with contextlib.suppress(OSError, ValueError):
                 mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,10 @@ READ_TIMEOUT = 60.0
 """Seconds a read may wait for the next bytes from the server (HTTP)."""
 MAX_CACHED_READ = 64 << 20
 """Reads up to this size are kept for re-reads (metadata); larger ones (tensor data) are not."""
+ATTEMPTS = 3
+"""Tries per tensor-data range (`read_range`) before a dropped connection is an error."""
+RETRY_WAIT = 0.25
+"""Seconds before the second try; doubled before each later one."""
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
@@ -120,6 +125,29 @@ class RemoteSource(Source):
         if n <= MAX_CACHED_READ:
             self._add_span(offset, data)
         return data
+
+    def read_range(self, offset: int, n: int) -> bytes:
+        """Exactly `n` bytes at `offset` for tensor data (values, export): one request, never
+        cached, so memory stays at one block; a dropped connection or short answer is retried
+        up to `ATTEMPTS` times in all, then raised as one `NotReadable` line.
+
+        Any predicted local header the range touches is checked first (`prefetch_zip`).
+        """
+        if self._predicted:
+            self._check_predictions(offset, offset + n)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._fetch(offset, n)
+            except (NotFound, Unsupported):  # noqa: PERF203 - one try per request, not per byte
+                raise  # the file is gone or the server changed: trying again will not help
+            except CkptError as e:
+                if attempt == ATTEMPTS:
+                    why = " ".join(e.message.split())
+                    raise NotReadable(
+                        self.path, f"{why} (gave up after {ATTEMPTS} attempts)"
+                    ) from None
+                time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close the remote file."""
@@ -373,6 +401,8 @@ def translate(url: str, e: BaseException) -> CkptError:
         return NotReadable(url, "access denied (401/403, or credentials missing)")
     if isinstance(status, int):
         return NotReadable(url, f"the server answered HTTP {status} {getattr(e, 'message', '')}")
+    if type(e).__name__ in ("ClientPayloadError", "ServerDisconnectedError"):  # aiohttp
+        return NotReadable(url, f"the connection dropped mid-transfer ({type(e).__name__})")
     if isinstance(e, ValueError) and "range" in str(e).lower():
         return Unsupported(url, _RANGE_HELP)
     if isinstance(e, TimeoutError):
