@@ -415,3 +415,48 @@ def test_connection_cut_mid_export_fails_cleanly(
         export(plan, out)
     assert state["cut"] == 3
     assert list(tmp_path.iterdir()) == [training_zip]
+
+
+@pytest.mark.parametrize("name", ["enc.weight", "dec.weight", "steps"])
+def test_remote_tensor_stats_read_only_that_tensor(
+    httpserver, training_zip: Path, name: str
+) -> None:
+    from ckptui.values import tensor_stats
+
+    url = _serve(httpserver, "train.pth", training_zip.read_bytes())
+    ckpt = open_checkpoint(url)
+    tensors = dict(ckpt.tensors())
+    t = tensors["model", name]
+    st = ckpt.storages[t.storage_key or ""]
+    assert st.data_offset is not None
+    before = len(httpserver.log)
+    seen: list[float] = []
+    got = tensor_stats(ckpt, t, chunk_elements=1 << 16, progress=seen.append)
+    served = _sent(httpserver.log[before:])
+    view = (t.span_elements() - t.storage_offset) * t.itemsize
+    header_window = 30 + len(st.record or "") + 96
+    assert sum(n for _, n in served) <= view + header_window, served
+    lo = st.data_offset - header_window
+    for rng, _ in served:  # nothing outside this storage and its local header
+        a, b = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+        assert lo <= a and b < st.data_offset + st.nbytes, (rng, st)
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    local = open_checkpoint(str(training_zip))
+    assert got == tensor_stats(local, dict(local.tensors())["model", name], chunk_elements=1 << 16)
+
+
+def test_remote_tensor_stats_check_the_local_header(httpserver, training_zip: Path) -> None:
+    from ckptui.values import ValuesUnavailable, tensor_stats
+
+    data = bytearray(training_zip.read_bytes())
+    local = open_checkpoint(str(training_zip))
+    t = dict(local.tensors())["model", "enc.weight"]
+    st = local.storages[t.storage_key or ""]
+    name = (st.record or "").encode()
+    at = data.rfind(b"PK\x03\x04", 0, st.data_offset)
+    assert data[at + 30 : at + 30 + len(name)] == name
+    data[at + 30 : at + 30 + len(name)] = name[:-1] + b"X"  # another record's header
+    url = _serve(httpserver, "train.pth", bytes(data))
+    ckpt = open_checkpoint(url)
+    with pytest.raises(ValuesUnavailable, match="local header does not match"):
+        tensor_stats(ckpt, dict(ckpt.tensors())["model", "enc.weight"])

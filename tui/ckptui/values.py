@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from .errors import CkptError
-from .model import Checkpoint, TensorInfo
+from .formats._common import is_url
+from .model import Checkpoint, Storage, TensorInfo
 
 __all__ = ["BINS", "Cancelled", "TensorStats", "ValuesUnavailable", "tensor_stats"]
 
 BINS, HEAD = 24, 8  # histogram bins; leading values kept in `TensorStats.head`
+REMOTE_BLOCK = 16 << 20
+"""Bytes per range request when a remote tensor's bytes are fetched."""
 
 _NUMPY = "float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool"
 _ML_DTYPES = "bfloat16 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz float8_e8m0fnu"
@@ -113,8 +116,13 @@ def tensor_stats(
         raise ValuesUnavailable(where, f"view runs past storage {st.key} ({need:,} > {have:,} B)")
     if tensor.numel == 0:
         return _Acc(kind).stats(tensor, note, [0] * BINS)
-    file = Path(ckpt.file_of(st))
     start = st.data_offset + offset * isz
+    if is_url(ckpt.file_of(st)):
+        buf = _remote_bytes(ckpt, st, start, st.data_offset + need, have, cancelled, progress)
+        scaled = None if progress is None else (lambda f: progress(0.5 + f / 2))
+        args = (tensor, kind, note, chunk_elements, cancelled, scaled)
+        return _compute(strided_view(buf, 0, dtype, kind, tensor), *args)
+    file = Path(ckpt.file_of(st))
     pos = start - start % mmap.ALLOCATIONGRANULARITY
     try:
         with file.open("rb") as f:
@@ -130,6 +138,46 @@ def tensor_stats(
     finally:
         with contextlib.suppress(BufferError):  # a traceback may still hold an array over it
             mm.close()
+
+
+def _remote_bytes(
+    ckpt: Checkpoint,
+    st: Storage,
+    start: int,
+    stop: int,
+    have: int,
+    cancelled: Callable[[], bool] | None,
+    progress: Callable[[float], None] | None,
+) -> bytearray:
+    """The bytes [start, stop) of a checkpoint at a URL: only the tensor's view, fetched in
+    blocks (progress 0 to 0.5, cancellable between blocks), after one small request that checks
+    a zip record's local header. The whole view is held in memory while its stats are taken."""
+    from .formats.remote import RemoteSource
+
+    where = ckpt.path
+    try:
+        src = RemoteSource.open(ckpt.file_of(st))
+    except CkptError as e:
+        raise ValuesUnavailable(where, e.message) from None
+    try:
+        if st.data_offset is None or st.data_offset + have > src.size:
+            raise ValuesUnavailable(where, f"storage {st.key} runs past the end of the file")
+        if st.record is not None:
+            src.check_local_header(st.record, st.data_offset)
+        buf = bytearray()
+        for a in range(start, stop, REMOTE_BLOCK):
+            if cancelled is not None and cancelled():
+                raise Cancelled("cancelled")
+            buf += src.read_range(a, min(REMOTE_BLOCK, stop - a))
+            if progress is not None:
+                progress(min(1.0, (a + REMOTE_BLOCK - start) / max(1, stop - start)) / 2)
+        return buf
+    except (ValuesUnavailable, Cancelled):
+        raise
+    except CkptError as e:
+        raise ValuesUnavailable(where, e.message) from None
+    finally:
+        src.close()
 
 
 def element_type(where: str, tensor: TensorInfo, big: bool) -> tuple[Any, str, str]:

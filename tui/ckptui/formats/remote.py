@@ -149,6 +149,35 @@ class RemoteSource(Source):
                 time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
+    def check_local_header(self, record: str, data_offset: int) -> None:
+        """Check that the zip record `record`'s local header really puts its data at
+        `data_offset` (a remote open predicts it from the central directory), from one small
+        range just before the data; a larger one only for an unusually long extra field.
+
+        Raises:
+            CorruptFile: no such local header ends at `data_offset`.
+        """
+        name = record.encode()
+        for extra in (4 + 28 + 64, 0xFFFF):  # torch's FB field, zip64 fields, 64-byte alignment
+            lo = max(0, data_offset - _LOCAL.size - len(name) - extra)
+            window = self.read_range(lo, data_offset - lo)
+            at = window.rfind(b"PK\x03\x04")
+            while at >= 0:
+                fields = _LOCAL.unpack_from(window, at) if at + _LOCAL.size <= len(window) else None
+                if fields is not None and (
+                    at + _LOCAL.size + fields[9] + fields[10] == len(window)
+                    and window[at + _LOCAL.size : at + _LOCAL.size + fields[9]] == name
+                ):
+                    return
+                at = window.rfind(b"PK\x03\x04", 0, at)
+            if lo == 0:
+                break
+        raise CorruptFile(
+            self.path,
+            f"record {record}: its local header does not match the central directory, so its "
+            "data offset is not where torch's layout puts it",
+        )
+
     def close(self) -> None:
         """Close the remote file."""
         if self.file is not None:
