@@ -10,9 +10,9 @@ Run on demand, not under pytest. This script:
 3. times, each in a fresh child process, interleaved, --repeat times: `ckptui inspect --json URL`
    (what opening a remote checkpoint costs) and a whole download with fsspec's `get_file` (and
    `curl -o` when curl is installed);
+   and a weights-only export straight from the URL against the usual way, downloading the file
+   whole and then exporting the local copy;
 4. prints wall times and the bytes the server sent for each, and the bytes ratio.
-
-Remote export (weights-only transfer) is the next slice of issue 9; its comparison is not here yet.
 """
 
 from __future__ import annotations
@@ -80,8 +80,15 @@ def main() -> None:
         "ckptui inspect --json URL": [sys.executable, "-c", INSPECT, url],
         "fsspec get_file (whole file)": [sys.executable, "-c", FSSPEC_GET, url, str(target)],
     }
+    out = a.workdir / "remote-export.safetensors"
+    export = [sys.executable, "-m", "ckptui", "export"]
+    tools["ckptui export URL (weights)"] = [*export, url, "-o", str(out), "--force", "--json"]
     if shutil.which("curl"):
         tools["curl -o (whole file)"] = ["curl", "-sSf", "-o", str(target), url]
+        local = " ".join([*export, str(target), "-o", str(out), "--force", "--json"])
+        tools["curl, then export the copy"] = [
+            "bash", "-c", f"curl -sSf -o {target} {url} && {local} > /dev/null",
+        ]  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     try:
         for name, cmd in tools.items():
@@ -100,6 +107,7 @@ def main() -> None:
     finally:
         server.stop()
         target.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
     report = {"file": str(src), "file_bytes": size, "results": results}
     if a.json:
         print(json.dumps(report, indent=2))
