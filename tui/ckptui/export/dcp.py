@@ -31,7 +31,6 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from ..model import Checkpoint, Path, TensorInfo
-from ..roles import weights_path
 from .plan import (
     _SAFETENSORS_CODE,
     CAST_TARGETS,
@@ -40,8 +39,8 @@ from .plan import (
     _metadata,
     _name,
     _show,
-    _tensors,
     cast_dtype,
+    kept_tensors,
     output_names,
 )
 from .run import Result, _fsync_dir, check_target
@@ -129,9 +128,7 @@ def export_dcp(
         ExportError: not a DCP checkpoint, nothing to keep, a tensor whose data is missing,
             a dangerous `.metadata`, a bad target, a full disk or failed verification.
     """
-    items = _plan(ckpt, keep, strip_prefix, dtype, fmt)
-    if keep is None:
-        keep = [weights_path(ckpt) or ()]
+    keep, items = _plan(ckpt, keep, strip_prefix, dtype, fmt)
     target = FsPath(out)
     problem = check_target(target, ckpt)
     if problem is not None and (problem[0] != "exists" or not force):
@@ -181,7 +178,8 @@ def _itemsize(dtype: str) -> int:
 
 def _plan(
     ckpt: Checkpoint, keep: list[Path] | None, strip_prefix: str, dtype: str, fmt: str
-) -> list[_Item]:
+) -> tuple[list[Path], list[_Item]]:
+    """The kept paths (default: the detected weights) and the tensors to load and write."""
     if ckpt.format != "dcp":
         raise ExportError(ckpt.path, "not a torch.distributed.checkpoint folder")
     if dtype not in CAST_TARGETS:
@@ -194,24 +192,12 @@ def _plan(
             ckpt.path,
             f"refusing to hand this folder to torch's DCP reader: {danger[0].message}",
         )
-    if keep is None:
-        detected = weights_path(ckpt)
-        if detected is None:
-            raise ExportError(ckpt.path, "no model weights found to export (use --keep)")
-        keep = [detected]
-    if not keep:
-        raise ExportError(ckpt.path, "nothing to keep")
+    keep, kept = kept_tensors(ckpt, keep)
     found: list[tuple[str, Path, TensorInfo]] = []
-    for base in keep:
-        node = ckpt.find(base)
-        if node is None:
-            raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
-        prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
-        for path, t in _tensors(node, base):
-            _check_available(ckpt, path, t)
-            # a kept tensor itself is named by its own key (make_plan would name it '')
-            rel = path[len(base) :] or path[-1:]
-            found.append((prefix + _name(rel), path, t))
+    for name, path, t in kept:
+        _check_available(ckpt, path, t)
+        # a kept tensor itself is named by its own key (its name below itself is '')
+        found.append((name + _name(path[-1:]) if path in keep else name, path, t))
     if not found:
         raise ExportError(ckpt.path, f"no tensors under {', '.join(map(_show, keep))}")
     _, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
@@ -223,7 +209,7 @@ def _plan(
         # DCP flattens a state dict by joining the key path with dots (flatten_state_dict);
         # without planner data the path is the FQN itself.
         items.append(_Item(name, ".".join(map(str, path)), path, t, out_dtype))
-    return items
+    return keep, items
 
 
 def _check_available(ckpt: Checkpoint, path: Path, t: TensorInfo) -> None:

@@ -116,27 +116,15 @@ def make_plan(
         raise ExportError(ckpt.path, f"unknown --dtype {dtype!r} (keep, bf16 or fp16)")
     if fmt not in ("pth", "safetensors"):
         raise ExportError(ckpt.path, f"unknown --format {fmt!r} (pth or safetensors)")
-    if keep is None:
-        detected = weights_path(ckpt)
-        if detected is None:
-            raise ExportError(ckpt.path, "no model weights found to export (use --keep)")
-        keep = [detected]
-    if not keep:
-        raise ExportError(ckpt.path, "nothing to keep")
+    keep, kept = kept_tensors(ckpt, keep)
     found: list[tuple[str, Path, TensorInfo]] = []
     skipped: list[tuple[Path, str]] = []
-    for base in keep:
-        node = ckpt.find(base)
-        if node is None:
-            raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
-        prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
-        for path, t in _tensors(node, base):
-            name = prefix + (t.state_dict_key or _name(path[len(base) :]))
-            reason = _unexportable(ckpt, t, fmt)
-            if reason:
-                skipped.append((path, reason))
-            else:
-                found.append((name, path, t))
+    for name, path, t in kept:
+        reason = _unexportable(ckpt, t, fmt)
+        if reason:
+            skipped.append((path, reason))
+        else:
+            found.append((name, path, t))
     if not found:
         raise ExportError(ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}")
     detected_prefix = _common_prefix([n for n, _, _ in found])
@@ -194,6 +182,34 @@ def default_target(source: str, fmt: str) -> str:
     """The output beside the source: `ckpt.pth` -> `ckpt.slim.pth` (or `.slim.safetensors`)."""
     base = PurePath(source)
     return str(base.with_name(f"{base.stem or 'checkpoint'}.slim.{fmt}"))
+
+
+def kept_tensors(
+    ckpt: Checkpoint, keep: list[Path] | None
+) -> tuple[list[Path], list[tuple[str, Path, TensorInfo]]]:
+    """The paths kept (default: the detected weights) and every tensor under them, with its
+    output name before prefix stripping: its key below the kept path (a whole-module pickle's
+    `state_dict()` name), prefixed by the kept path's last key when several paths are kept.
+
+    Raises:
+        ExportError: no weights found, nothing to keep, or a kept path not in the checkpoint.
+    """
+    if keep is None:
+        detected = weights_path(ckpt)
+        if detected is None:
+            raise ExportError(ckpt.path, "no model weights found to export (use --keep)")
+        keep = [detected]
+    if not keep:
+        raise ExportError(ckpt.path, "nothing to keep")
+    out: list[tuple[str, Path, TensorInfo]] = []
+    for base in keep:
+        node = ckpt.find(base)
+        if node is None:
+            raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
+        prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
+        for path, t in _tensors(node, base):
+            out.append((prefix + (t.state_dict_key or _name(path[len(base) :])), path, t))
+    return list(keep), out
 
 
 def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
