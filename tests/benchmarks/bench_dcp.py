@@ -23,7 +23,6 @@ The parent never imports torch (a child's ru_maxrss starts at the parent's high-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 TARGET_S = 1.0
@@ -55,15 +53,6 @@ TORCH_LOAD = (
     "planner=_EmptyStateDictLoadPlanner(), no_dist=True); "
     "assert len(sd['model']) == int(sys.argv[2])"
 )
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def generate(folder: Path, tensors: int) -> None:
@@ -117,7 +106,8 @@ def main() -> None:
     if a._generate:
         generate(Path(a._generate[0]), int(a._generate[1]))
         return
-    bench_open = load("bench_open")
+    import bench_open  # a sibling script: its folder is on sys.path
+
     folder = ensure_folder(a.workdir, a.tensors, None)
     files = sorted(p for p in folder.iterdir() if p.is_file())
     distcp = [p for p in files if p.suffix == ".distcp"]

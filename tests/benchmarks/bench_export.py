@@ -16,13 +16,11 @@ Targets (issue 6): ckptui <= 0.3x the script's wall time and <= 0.2x its peak RS
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,21 +30,13 @@ SCRIPT = (
 )
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ckptui-bench")
     a = ap.parse_args()
-    bench_open = load("bench_open")
+    import bench_open  # a sibling script: its folder is on sys.path
+
     a.workdir.mkdir(parents=True, exist_ok=True)
     src = bench_open.ensure_checkpoint(a.workdir, "small", bench_open.SIZES["small"], 2 << 30)
     assert src is not None

@@ -18,14 +18,12 @@ Run on demand, not under pytest. This script:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,26 +35,17 @@ INSPECT = (
 FSSPEC_GET = "import sys, fsspec; fsspec.filesystem('http').get_file(sys.argv[1], sys.argv[2])"
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ckptui-bench")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    import bench_open  # a sibling script: its folder is on sys.path
     from pytest_httpserver import HTTPServer
     from werkzeug import Request, Response
     from werkzeug.utils import send_file
 
-    bench_open = load("bench_open")
     a.workdir.mkdir(parents=True, exist_ok=True)
     src = bench_open.ensure_checkpoint(a.workdir, "small", bench_open.SIZES["small"], 2 << 30)
     assert src is not None

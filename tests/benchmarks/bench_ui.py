@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import codecs
 import fcntl
-import importlib.util
 import os
 import re
 import select
@@ -84,15 +83,6 @@ WIDE_CODE = (
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def load_bench_open() -> ModuleType:
-    """bench_open.py (a sibling script, not a package module) for its checkpoint builder."""
-    spec = importlib.util.spec_from_file_location("bench_open", HERE / "bench_open.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ensure_wide(workdir: Path) -> Path:
@@ -429,7 +419,8 @@ def main() -> None:
         ap.error("--repeat must be >= 1 and --moves >= 20")
     a.workdir.mkdir(parents=True, exist_ok=True)
 
-    bench_open = load_bench_open()
+    import bench_open  # a sibling script: its folder is on sys.path
+
     small = bench_open.ensure_checkpoint(a.workdir, "small", bench_open.SIZES["small"], 2**30)
     if small is None:
         sys.exit("no room for the ~600 MB benchmark checkpoint")

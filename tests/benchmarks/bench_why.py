@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -43,15 +42,6 @@ def total(o):
     return 0
 print({k: total(v) for k, v in ck.items()})
 """
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 async def app_times(path: Path, bench_ui: ModuleType) -> tuple[float, float]:
@@ -109,8 +99,9 @@ def main() -> None:
     default_dir = Path(tempfile.gettempdir()) / "ckptui-bench"
     ap.add_argument("--workdir", type=Path, default=default_dir)
     a = ap.parse_args()
-    bench_open = load("bench_open")
-    bench_ui = load("bench_ui")
+    import bench_open  # a sibling script: its folder is on sys.path
+    import bench_ui
+
     a.workdir.mkdir(parents=True, exist_ok=True)
     path = bench_open.ensure_checkpoint(a.workdir, "small", bench_open.SIZES["small"], 2 << 30)
     assert path is not None
