@@ -89,9 +89,9 @@ class _Sizes:
     def below(self, node: Node) -> int:
         """Bytes of the tensors below `node` (itself included)."""
         if self._below is None:
-            self._below = self._sum(self.root)
+            self._below = bytes_below_all(self.root)
         if id(node) not in self._below:  # not from this checkpoint
-            return self._sum(node)[id(node)]
+            return bytes_below_all(node)[id(node)]
         return self._below[id(node)]
 
     def largest(self, node: Node, n: int = 5) -> list[tuple[Node, int]]:
@@ -102,10 +102,6 @@ class _Sizes:
             sized.sort(key=lambda cb: -cb[1])
             self._largest[id(node)] = sized[:n]
         return self._largest[id(node)]
-
-    @staticmethod
-    def _sum(root: Node) -> dict[int, int]:
-        return bytes_below_all(root)
 
 
 def _put(static: Static, content: RenderableType) -> None:
