@@ -32,6 +32,7 @@ from typing import Any
 from .errors import CkptError
 from .export.plan import _common_prefix, _tensors, _unexportable
 from .facts import path_text
+from .jsonview import json_number
 from .model import Checkpoint, NodeKind, Path, TensorInfo, walk
 from .roles import weights_path
 from .units import shape as show_shape
@@ -417,11 +418,6 @@ def _worse(m: float, n: float) -> float:
     return max(m, n)
 
 
-def _number(x: float) -> float | str:
-    """JSON has no NaN or inf: those become the strings "nan" and "inf"."""
-    return x if math.isfinite(x) else ("nan" if math.isnan(x) else "inf")
-
-
 def diff_json(d: Diff) -> dict[str, Any]:
     """The `ckptui diff --json` contract (issue 7), plus `mode`, roots and extras."""
     return {
@@ -434,7 +430,7 @@ def diff_json(d: Diff) -> dict[str, Any]:
             {"path": list(p), "a": list(sa), "b": list(sb)} for p, sa, sb in d.shape_mismatch
         ],
         "dtype_mismatch": [{"path": list(p), "a": x, "b": y} for p, x, y in d.dtype_mismatch],
-        "value_diff": [{"path": list(p), "max_abs": _number(m)} for p, m in d.value_diff],
+        "value_diff": [{"path": list(p), "max_abs": json_number(m)} for p, m in d.value_diff],
         "equal": d.equal,
         "mode": d.mode,
         "a_root": list(d.a_root),

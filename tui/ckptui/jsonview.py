@@ -10,6 +10,7 @@ unambiguous.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,12 @@ from .frameworks import detect
 from .model import Checkpoint, Node, NodeKind, Path, TensorInfo
 
 _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
+def json_number(x: float) -> float | str:
+    """A float as JSON can hold it: JSON has no NaN or infinity, so those become the strings
+    `"nan"`, `"inf"` and `"-inf"` (what `str` gives)."""
+    return x if math.isfinite(x) else str(x)
 
 
 def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:

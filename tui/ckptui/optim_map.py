@@ -37,12 +37,12 @@ JSON shapes (for `inspect --json`), from `optimizer_params_json` and `param_grou
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .dtypes import DTYPES
 from .errors import CkptError
+from .jsonview import json_number
 from .model import Checkpoint, Node, NodeKind, Path
 from .roles import find_optimizers, is_module, weights_path
 
@@ -411,8 +411,8 @@ def _plain(node: Node, depth: int = 0) -> Any:
     """A hyper-parameter as a JSON-able value: numbers, strings, lists; else a short text."""
     if node.kind is NodeKind.VALUE:
         v = node.value
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
+        if isinstance(v, float):
+            return json_number(v)
         return v if v is None or isinstance(v, bool | int | float | str) else node.text
     if node.kind is NodeKind.TENSOR:  # `lr` is a tensor for capturable/fused optimizers
         t = node.value

@@ -10,10 +10,10 @@ file says so in `errors` instead of taking the others down.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jsonview import json_number
 from .model import Checkpoint, Path
 
 
@@ -108,8 +108,8 @@ def training_json(facts: TrainingFacts) -> dict[str, Any]:
 
 
 def _finite(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, float):
+        return json_number(v)
     if isinstance(v, dict):
         return {k: _finite(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
