@@ -6,9 +6,10 @@ magic number makes a legacy checkpoint and any other first pickle is a plain pic
 `torch.load` would run before failing). A pickle with a zip appended is therefore a pickle.
 safetensors, which torch.load does not read, is recognised by its header first.
 
-A URL (`https://`, `s3://`, any fsspec URL) is opened by range requests (`remote`); so far torch
-zip and safetensors files, which need only their directory, pickle and header. A local path takes
-the same code path as before and never imports fsspec.
+A URL (`https://`, `s3://`, any fsspec URL) is opened by range requests (`remote`): torch
+zip (directory and pickle), safetensors (header), legacy and plain pickles (the pickles, read
+through a block cache, never the storages). A local path takes the same code path as before and
+never imports fsspec.
 """
 
 from __future__ import annotations
@@ -118,18 +119,9 @@ def _open_remote(url: str) -> Checkpoint:
 
     src = RemoteSource.open(url)
     try:
-        head = src.read_at(0, 16)
-        if head.startswith(b"PK\x03\x04"):
+        if src.read_at(0, 16).startswith(b"PK\x03\x04"):
             src.prefetch_zip()
-            ckpt = read_zip(src)
-        elif looks_like_safetensors(head):
-            ckpt = read_safetensors(src)
-        else:
-            raise Unsupported(
-                url,
-                "remote legacy and plain-pickle checkpoints are not supported yet "
-                "(torch zip and safetensors are)",
-            )
+        ckpt = _read(src)
     except CkptError:
         raise
     except (RecursionError, MemoryError) as e:
