@@ -25,7 +25,6 @@ from ..errors import (
     NotACheckpoint,
     NotFound,
     NotReadable,
-    Unsupported,
 )
 from ..model import Checkpoint
 from ._common import MAGIC_NUMBER, Source, assemble, is_url
