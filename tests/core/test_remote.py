@@ -8,6 +8,7 @@ serve ranges by itself; `_serve` answers `Range: bytes=a-b` with 206 through wer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 from werkzeug import Request, Response
 
 from ckptui.cli import main
-from ckptui.errors import CorruptFile
+from ckptui.errors import CkptError, CorruptFile
 from ckptui.formats import open_checkpoint
 from ckptui.formats.remote import RemoteSource
 from ckptui.formats.torchzip import read_zip
@@ -40,9 +41,12 @@ def _serve(httpserver, name: str, data: bytes, ranges: bool = True) -> str:
 
     def handler(request: Request) -> Response:
         resp = Response(data, content_type="application/octet-stream")
-        if ranges:
+        if ranges:  # a server with ranges names the file's version, as nginx and S3 do
+            resp.headers["ETag"] = etag
             resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
         return resp
+
+    etag = f'"{hashlib.md5(data).hexdigest()}"'
 
     httpserver.expect_request(f"/{name}").respond_with_handler(handler)
     return httpserver.url_for(f"/{name}")
@@ -212,12 +216,82 @@ def test_unreachable_host(capsys) -> None:
     assert "cannot reach the server" in err
 
 
-def test_remote_pickle_is_not_supported_yet(httpserver, capsys, tmp_path: Path) -> None:
+@pytest.fixture
+def big_legacy(tmp_path: Path) -> Path:
+    """The legacy format (PyTorch < 1.6): pickles first, then each storage behind its 8-byte
+    element count; a view shares its base's storage."""
+    torch.manual_seed(2)
+    w = torch.randn(2 * MB)
     path = tmp_path / "legacy.pth"
-    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
-    url = _serve(httpserver, "legacy.pth", path.read_bytes())
-    err = _one_line_error(capsys, ["inspect", url])
-    assert "not supported yet" in err
+    torch.save(
+        {
+            "model": {"w1": w, "w1_view": w[10:20], "w2": torch.randn(MB), "n": torch.tensor(3)},
+            "epoch": 4,
+            "names": [f"layer{i}" for i in range(50)],
+        },
+        path,
+        _use_new_zipfile_serialization=False,
+    )
+    return path
+
+
+def test_remote_legacy_equals_local_and_reads_only_the_pickles(
+    httpserver, capsys, big_legacy: Path
+) -> None:
+    url = _serve(httpserver, "legacy.pth", big_legacy.read_bytes())
+    remote = _inspect_json(capsys, url)
+    local = _inspect_json(capsys, str(big_legacy))
+    assert remote["format"] == "torch-legacy"
+    assert _without(remote, "path", "bytes_read") == _without(local, "path", "bytes_read")
+    served = _served_ranges(httpserver)
+    sent = sum(n for _, n in served)
+    assert remote["bytes_read"] == sent  # the server's log agrees with ckptui's own count
+    assert sent < 70_000 < big_legacy.stat().st_size // 100  # one 64 KiB block, not a request
+    assert len(served) <= 2  # per storage: the counts are predicted, not fetched
+
+
+def test_remote_legacy_values_check_the_storage_count(httpserver, big_legacy: Path) -> None:
+    from ckptui.values import tensor_stats
+
+    data = bytearray(big_legacy.read_bytes())
+    url = _serve(httpserver, "legacy.pth", bytes(data))
+    ckpt = open_checkpoint(url)
+    local = open_checkpoint(str(big_legacy))
+    for path in (("model", "w1_view"), ("model", "w2")):
+        t, lt = ckpt.find(path).tensor, local.find(path).tensor
+        assert tensor_stats(ckpt, t) == tensor_stats(local, lt)
+    # a count that disagrees with the pickle is caught on the first read of that storage
+    st = ckpt.storages[ckpt.find(("model", "w2")).tensor.storage_key]
+    data[st.data_offset - 8 : st.data_offset] = (12345).to_bytes(8, "little")
+    httpserver.clear()
+    url = _serve(httpserver, "legacy2.pth", bytes(data))
+    bad = open_checkpoint(url)
+    with pytest.raises(CkptError, match="storage count at byte .* is 12345"):
+        tensor_stats(bad, bad.find(("model", "w2")).tensor)
+
+
+def test_remote_legacy_export_equals_the_local_one(
+    httpserver, capsys, tmp_path: Path, big_legacy: Path
+) -> None:
+    url = _serve(httpserver, "legacy.pth", big_legacy.read_bytes())
+    out_r, out_l = tmp_path / "r.safetensors", tmp_path / "l.safetensors"
+    assert main(["export", url, "-o", str(out_r), "--keep", "model"]) == 0
+    assert main(["export", str(big_legacy), "-o", str(out_l), "--keep", "model"]) == 0
+    assert out_r.read_bytes() == out_l.read_bytes()
+
+
+def test_remote_plain_pickle_skips_large_payloads(httpserver, capsys, tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    blob = os.urandom(4 * MB)
+    path.write_bytes(pickle.dumps({"meta": {"a": 1, "b": [1.5, "x"]}, "blob": blob, "z": 3}, 4))
+    url = _serve(httpserver, "plain.pkl", path.read_bytes())
+    remote = _inspect_json(capsys, url)
+    local = _inspect_json(capsys, str(path))
+    assert remote["format"] == "pickle"
+    assert _without(remote, "path", "bytes_read") == _without(local, "path", "bytes_read")
+    assert remote["bytes_read"] < 200_000  # the 4 MB payload in the middle is skipped
 
 
 def test_local_path_does_not_import_fsspec(big_zip: Path) -> None:

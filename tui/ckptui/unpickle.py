@@ -300,7 +300,8 @@ class InertUnpickler:
         memo: dict[int, Any] = {}
         stack: list[Any] = []
         metastack: list[list[Any]] = []
-        unpack_from = struct.unpack_from
+        # A buffer that is not one (a remote file's block cache) brings its own unpack_from.
+        unpack_from = getattr(buf, "unpack_from", struct.unpack_from)
         append = stack.append
 
         def need(n: int) -> None:

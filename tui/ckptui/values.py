@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from .dtypes import itemsize_of
 from .errors import CkptError
 from .formats._common import is_url
 from .model import Checkpoint, Storage, TensorInfo
@@ -164,6 +165,9 @@ def _remote_bytes(
             raise ValuesUnavailable(where, f"storage {st.key} runs past the end of the file")
         if st.record is not None:
             src.check_local_header(st.record, st.data_offset)
+        elif ckpt.format == "torch-legacy":  # its count, fetched with the first block
+            count = st.nbytes // itemsize_of(st.dtype)
+            src.expect_count(st.data_offset - 8, count, st.data_offset + st.nbytes)
         buf = bytearray()
         for a in range(start, stop, REMOTE_BLOCK):
             if cancelled is not None and cancelled():

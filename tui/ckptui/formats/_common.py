@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,13 @@ class Source:
         if self.fd is None:
             return bytes(self.data[offset : offset + n])
         return os.pread(self.fd, min(n, self.size - offset), offset)
+
+    def expect_count(self, pos: int, count: int, end: int) -> int:
+        """The 8-byte element count of a legacy storage at `pos`, or -1 past the file's end.
+        (`count`, what the pickle declares, and `end`, where the storage ends, let a remote
+        source predict it instead of asking: see `RemoteSource.expect_count`.)"""
+        raw = self.read_at(pos, 8)
+        return struct.unpack("<q", raw)[0] if len(raw) == 8 else -1
 
     def close(self) -> None:
         """Release the mapping and the file."""

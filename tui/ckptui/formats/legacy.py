@@ -7,7 +7,6 @@ storages are indexed by reading each 8-byte count and seeking over the bytes, ne
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from ..dtypes import STORAGE_DTYPES, itemsize_of
@@ -92,8 +91,8 @@ def read_legacy_at(
             truncated = True
             src.storages[ref.key] = ref.entry()
             continue
-        (count,) = struct.unpack("<q", src.read_at(pos, 8))
         declared = ref.nbytes // itemsize_of(ref.dtype)
+        count = src.expect_count(pos, declared, pos + 8 + ref.nbytes)
         if count != declared:
             raise corrupt(
                 src.path,

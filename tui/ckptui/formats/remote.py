@@ -23,9 +23,12 @@ import bisect
 import re
 import struct
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..dtypes import itemsize_of
 from ..errors import CkptError, CorruptFile, NotFound, NotReadable, Unsupported
 from ._common import Source
 
@@ -39,6 +42,16 @@ ATTEMPTS = 3
 """Tries per tensor-data range (`read_range`) before a dropped connection is an error."""
 RETRY_WAIT = 0.25
 """Seconds before the second try; doubled before each later one."""
+WINDOW = 16 << 20
+"""Bytes one request may read on through a planned run of tensor data (`plan_reads`)."""
+MAX_GAP = 4096
+"""Planned ranges at most this far apart are read in one request: the zip local header between
+two neighbouring storages is about a hundred bytes."""
+MERGE_BACK = 64 << 10
+"""A prediction at most this far before a data range is fetched in the same request."""
+BLOCK = 64 << 10
+"""First read-ahead of the pickle buffer; doubled while reads stay sequential, up to MAX_AHEAD."""
+MAX_AHEAD = 8 << 20
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
@@ -70,6 +83,19 @@ class _Record:
 
 
 @dataclass
+class _Expect:
+    """Bytes predicted at `at` without a request, to be checked on the first read of the
+    record they describe, which ends at `end`."""
+
+    at: int
+    want: bytes
+    end: int
+    what: str
+    record: _Record | None
+    """The zip record whose local header this is; None for a legacy storage count."""
+
+
+@dataclass
 class RemoteSource(Source):
     """A `Source` whose bytes come from range requests; counts what it fetched."""
 
@@ -79,33 +105,56 @@ class RemoteSource(Source):
     """Bytes received from the server (cache hits and predicted headers cost nothing)."""
     requests: int = 0
     _spans: list[tuple[int, bytes]] = field(default_factory=list)
-    _predicted: dict[int, tuple[bytes, _Record]] = field(default_factory=dict)
-    """Local header offset -> (predicted 30-byte header, record), until checked."""
+    _predicted: dict[int, _Expect] = field(default_factory=dict)
+    """Offset -> bytes predicted there (a zip local header, a legacy storage count), until
+    checked against the real bytes."""
     _pred_starts: list[int] = field(default_factory=list)
+    _buffer: _Buffer | None = None
+    _version: tuple[Any, ...] | None = None
+    _runs: list[tuple[int, int]] = field(default_factory=list)
+    """Planned runs of tensor data (`plan_reads`)."""
+    _run_starts: list[int] = field(default_factory=list)
+    _window: tuple[int, bytes] = (0, b"")
+    """The last read-ahead through a planned run: (offset, bytes)."""
 
     @classmethod
     def open(cls, path: str) -> RemoteSource:  # type: ignore[override]
         """Open the URL `path`: learn its size; no bytes of the file are read yet."""
         fs, fpath = _filesystem(path)
         try:
-            f = fs.open(fpath, "rb", block_size=1 << 20, cache_type="none")
+            # One HEAD (or the back-end's stat) for the size and the version tag (ETag), which
+            # fsspec's HTTP file would otherwise drop.
+            info = fs.info(fpath)
+            if info.get("partial") is False:  # HTTP "Accept-Ranges: none"
+                raise Unsupported(path, _RANGE_HELP)
+            kw = {"size": info["size"]} if isinstance(info.get("size"), int) else {}
+            f = fs.open(fpath, "rb", block_size=1 << 20, cache_type="none", **kw)
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
             raise translate(path, e) from None
         size = getattr(f, "size", None)
         if type(f).__name__ == "HTTPStreamFile" or not isinstance(size, int):
             f.close()
             raise Unsupported(path, _RANGE_HELP)
-        return cls(path, None, size, file=f)
+        src = cls(path, None, size, file=f)
+        src._version = _version(path, size, {**info, **(getattr(f, "details", None) or {})})
+        src._spans = _remembered(src._version)
+        return src
 
     @property
-    def buf(self) -> Any:
-        """Pickle streams (legacy and plain-pickle files) are parsed from a buffer of the whole
-        file, which a remote source does not offer yet."""
-        raise Unsupported(
-            self.path,
-            "remote legacy and plain-pickle checkpoints are not supported yet "
-            "(torch zip and safetensors are)",
-        )
+    def buf(self) -> _Buffer:
+        """The file as a buffer for the pickle parser (legacy and plain-pickle files): blocks
+        fetched on first touch, with read-ahead that doubles while reads stay sequential, so a
+        run of pickles costs a few requests and a skipped large payload costs none."""
+        if self._buffer is None:
+            self._buffer = _Buffer(self)
+        return self._buffer
+
+    def expect_count(self, pos: int, count: int, end: int) -> int:
+        """A legacy storage's 8-byte element count at `pos`, taken to be `count` (what the
+        pickle declares) without a request; checked when bytes up to `end` (the storage's end)
+        are first read. Returns `count`."""
+        self._expect(_Expect(pos, struct.pack("<q", count), end, "storage count", None))
+        return count
 
     def read_at(self, offset: int, n: int) -> bytes:
         """Up to `n` bytes at `offset`: from the cache, a predicted header, or one request."""
@@ -113,8 +162,8 @@ class RemoteSource(Source):
             return b""
         n = min(n, self.size - offset)
         pred = self._predicted.get(offset)
-        if pred is not None and n <= _LOCAL.size:
-            return pred[0][:n]
+        if pred is not None and pred.record is not None and n <= _LOCAL.size:
+            return pred.want[:n]  # a zip reader reading the header it predicted: no request
         if self._predicted:
             self._check_predictions(offset, offset + n)
         hit = self._cached(offset, n)
@@ -128,17 +177,65 @@ class RemoteSource(Source):
 
     def read_range(self, offset: int, n: int) -> bytes:
         """Exactly `n` bytes at `offset` for tensor data (values, export): one request, never
-        cached, so memory stays at one block; a dropped connection or short answer is retried
-        up to `ATTEMPTS` times in all, then raised as one `NotReadable` line.
+        cached, so memory stays at one block (inside a run declared by `plan_reads`, the
+        request reads on, up to `WINDOW`, and the next reads are served from it); a dropped
+        connection or short answer is retried up to `ATTEMPTS` times in all, then raised as one
+        `NotReadable` line.
 
-        Any predicted local header the range touches is checked first (`prefetch_zip`).
+        A predicted header or count just before the range (`prefetch_zip`, `expect_count`) is
+        fetched in the same request and checked, so checking costs no extra round trip.
         """
-        if self._predicted:
-            self._check_predictions(offset, offset + n)
+        w_at, window = self._window
+        if w_at <= offset and offset + n <= w_at + len(window):
+            return window[offset - w_at : offset - w_at + n]
+        stop = offset + n
+        k = bisect.bisect_right(self._run_starts, offset) - 1
+        if k >= 0 and stop <= self._runs[k][1]:  # read on through the planned run
+            stop = max(stop, min(self._runs[k][1], offset + WINDOW))
+        data = self._fetch_checked(offset, stop)
+        if stop > offset + n:
+            self._window = (offset, data)
+            return data[:n]
+        return data
+
+    def expect_layout(self, ckpt: Any) -> None:
+        """Predict what lies just before each storage's bytes of `ckpt` (this file, as opened)
+        so that the first read of each checks it in the same request: a torch zip's local
+        headers (`prefetch_zip`, its directory usually still cached from the opening) or a
+        legacy file's element counts."""
+        if ckpt.format == "torch-zip":
+            self.prefetch_zip()
+        elif ckpt.format == "torch-legacy":
+            for st in ckpt.storages.values():
+                if st.data_offset is not None and st.file is None and st.nbytes:
+                    count = st.nbytes // itemsize_of(st.dtype)
+                    self.expect_count(st.data_offset - 8, count, st.data_offset + st.nbytes)
+
+    def plan_reads(self, spans: Iterable[tuple[int, int]]) -> None:
+        """Declare the byte ranges [start, stop) that `read_range` will be asked for (an
+        export's kept storages). Ranges less than `MAX_GAP` apart form a run, and a read inside
+        a run fetches up to `WINDOW` bytes of it in the same request: neighbouring small tensors
+        cost one request instead of one each, for the few bytes of zip headers between them."""
+        runs: list[list[int]] = []
+        for a, b in sorted(spans):
+            if runs and a - runs[-1][1] <= MAX_GAP:
+                runs[-1][1] = max(runs[-1][1], b)
+            else:
+                runs.append([a, b])
+        self._runs = [(a, b) for a, b in runs]
+        self._run_starts = [a for a, _ in runs]
+        self._window = (0, b"")
+
+    def _fetch_checked(self, offset: int, stop: int) -> bytes:
+        """[offset, stop) in one request (retried), checking the predictions it touches."""
+        checks = self._touching(offset, stop)
+        lo = min([offset, *(e.at for e in checks if offset - e.at <= MERGE_BACK)])
+        n = stop - offset
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._fetch(offset, n)
-            except (NotFound, Unsupported):  # noqa: PERF203 - one try per request, not per byte
+                data = self._fetch(lo, offset + n - lo)
+                break
+            except (NotFound, Unsupported):
                 raise  # the file is gone or the server changed: trying again will not help
             except CkptError as e:
                 if attempt == ATTEMPTS:
@@ -147,7 +244,10 @@ class RemoteSource(Source):
                         self.path, f"{why} (gave up after {ATTEMPTS} attempts)"
                     ) from None
                 time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
+        for e in checks:
+            inside = lo <= e.at and e.at + len(e.want) <= offset + n
+            self._check(e, data[e.at - lo : e.at - lo + len(e.want)] if inside else None)
+        return data[offset - lo :] if lo < offset else data
 
     def check_local_header(self, record: str, data_offset: int) -> None:
         """Check that the zip record `record`'s local header really puts its data at
@@ -179,13 +279,18 @@ class RemoteSource(Source):
         )
 
     def close(self) -> None:
-        """Close the remote file."""
+        """Close the remote file, keeping what it fetched for the next opening of the same
+        version of the file (`_METADATA`)."""
+        if self._spans and self._version is not None:
+            _remember(self._version, self._spans)
         if self.file is not None:
             try:
                 self.file.close()
             finally:
                 self.file = None
         self._spans.clear()
+        self._buffer = None
+        self._window = (0, b"")
 
     def prefetch_zip(self) -> None:
         """Fetch a zip's directory and non-storage records in a few requests, and predict every
@@ -218,7 +323,6 @@ class RemoteSource(Source):
         for rec in records:
             if _STORAGE_RECORD.match(rec.name):
                 self._predict(rec, alignment)
-        self._pred_starts = sorted(self._predicted)
 
     def _predict(self, rec: _Record, alignment: int) -> None:
         if rec.method != 0 or rec.header >= self.size:
@@ -245,27 +349,50 @@ class RemoteSource(Source):
             rec.name_len,
             extra,
         )
-        self._predicted[rec.header] = (header, rec)
+        self._expect(_Expect(rec.header, header, rec.end, "local header", rec))
+
+    def _expect(self, e: _Expect) -> None:
+        if e.at not in self._predicted:
+            bisect.insort(self._pred_starts, e.at)
+        self._predicted[e.at] = e
+
+    def _touching(self, start: int, stop: int) -> list[_Expect]:
+        """The unchecked predictions whose record overlaps [start, stop)."""
+        if not self._predicted:
+            return []
+        out = []
+        i = max(0, bisect.bisect_right(self._pred_starts, start) - 1)
+        while i < len(self._pred_starts) and self._pred_starts[i] < stop:
+            e = self._predicted.get(self._pred_starts[i])
+            if e is not None and e.end > start:
+                out.append(e)
+            i += 1
+        return out
 
     def _check_predictions(self, start: int, stop: int) -> None:
-        """Check the real local header of every predicted record that [start, stop) touches."""
-        i = bisect.bisect_right(self._pred_starts, start) - 1
-        i = max(i, 0)
-        while i < len(self._pred_starts) and self._pred_starts[i] < stop:
-            at = self._pred_starts[i]
-            pred = self._predicted.get(at)
-            if pred is not None and pred[1].end > start:
-                header, rec = pred
-                del self._predicted[at]
-                real = _LOCAL.unpack(self._fetch(at, _LOCAL.size))
-                want = _LOCAL.unpack(header)
-                if (real[0], real[9], real[10]) != (want[0], want[9], want[10]):
-                    raise CorruptFile(
-                        self.path,
-                        f"record {rec.name}: its local header does not match the central "
-                        "directory, so its data offset is not where torch's layout puts it",
-                    )
-            i += 1
+        """Check every prediction whose record [start, stop) touches, one request each."""
+        for e in self._touching(start, stop):
+            self._check(e, None)
+
+    def _check(self, e: _Expect, real: bytes | None) -> None:
+        """Compare a prediction with the real bytes (fetched now when not given), once."""
+        if self._predicted.pop(e.at, None) is None:
+            return
+        if real is None:
+            real = self._fetch(e.at, len(e.want))
+        if e.record is not None:  # a zip local header: signature, name and extra lengths
+            got, want = _LOCAL.unpack(real), _LOCAL.unpack(e.want)
+            ok = (got[0], got[9], got[10]) == (want[0], want[9], want[10])
+            what = (
+                f"record {e.record.name}: its local header does not match the central "
+                "directory, so its data offset is not where torch's layout puts it"
+            )
+        else:
+            ok = real == e.want
+            (got_n,), (want_n,) = struct.unpack("<q", real), struct.unpack("<q", e.want)
+            what = f"the {e.what} at byte {e.at:,} is {got_n}, the pickle says {want_n}"
+        if not ok:
+            raise CorruptFile(self.path, what)
 
     def _alignment(self, records: list[_Record]) -> int:
         """`.storage_alignment` when present (torch >= 2.5 lets it be configured), else 64."""
@@ -359,6 +486,40 @@ class RemoteSource(Source):
         return data
 
 
+_METADATA: OrderedDict[tuple[Any, ...], tuple[float, list[tuple[int, bytes]]]] = OrderedDict()
+"""What each recently closed remote file fetched (its directory, pickles, headers), by URL, size
+and ETag or modification time: the reports computed after opening (`weights_only` re-reads the
+pickle, an export re-reads the directory) then cost no transfer. Bounded by METADATA_BUDGET
+bytes and METADATA_TTL seconds."""
+METADATA_BUDGET = 64 << 20
+METADATA_TTL = 300.0
+
+
+def _version(url: str, size: int, details: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What identifies one version of a remote file (URL, size, ETag or modification time), or
+    None when the server names no version: then nothing is cached, as a changed file could not
+    be told from the one cached."""
+    keys = ("ETag", "etag", "LastModified", "last_modified", "Last-Modified", "mtime")
+    tag = next((details[k] for k in keys if details.get(k) is not None), None)
+    return None if tag is None else (url, size, str(tag))
+
+
+def _remembered(version: tuple[Any, ...] | None) -> list[tuple[int, bytes]]:
+    entry = _METADATA.get(version) if version is not None else None
+    if entry is None or time.monotonic() - entry[0] > METADATA_TTL:
+        return []
+    return list(entry[1])
+
+
+def _remember(version: tuple[Any, ...], spans: list[tuple[int, bytes]]) -> None:
+    _METADATA.pop(version, None)
+    _METADATA[version] = (time.monotonic(), list(spans))
+    total = sum(len(d) for _, entry in _METADATA.values() for _, d in entry)
+    while total > METADATA_BUDGET and len(_METADATA) > 1:
+        _, (_, old) = _METADATA.popitem(last=False)
+        total -= sum(len(d) for _, d in old)
+
+
 def _parse_directory(cd: bytes, cd_size: int) -> list[_Record] | None:
     """The central directory's records, or None when it is not laid out as expected."""
     out: list[_Record] = []
@@ -441,3 +602,93 @@ def translate(url: str, e: BaseException) -> CkptError:
     if isinstance(e, OSError):
         return NotReadable(url, f"cannot reach the server ({e})")
     return NotReadable(url, f"remote read failed ({type(e).__name__}: {e})")
+
+
+class _Buffer:
+    """A remote file seen as a read-only buffer by the pickle parser (`InertUnpickler`): the
+    bytes of `RemoteSource`'s span cache, fetched on first touch.
+
+    A miss fetches `BLOCK` bytes, or as many as the cached span ending there when the parser
+    reads on sequentially, so a pickle of n bytes costs about log2(n / BLOCK) requests and the
+    read-ahead past its end is at most what it read; a large payload the parser skips (`Blob`)
+    is never fetched. The parser indexes byte by byte, so the current span is kept at hand.
+    """
+
+    def __init__(self, src: RemoteSource) -> None:
+        self._src = src
+        self._lo = 0
+        self._data = b""
+
+    def __len__(self) -> int:
+        return self._src.size
+
+    def __getitem__(self, key: Any) -> Any:
+        if key.__class__ is int:
+            j = key - self._lo
+            if 0 <= j < len(self._data):
+                return self._data[j]
+            if not 0 <= key < self._src.size:
+                raise IndexError("read past the end of the file")
+            self._span(key)
+            return self._data[key - self._lo]
+        start, stop, step = key.indices(self._src.size)
+        if step != 1:
+            raise ValueError("strided slices are not supported")
+        if stop <= start:
+            return b""
+        if not (self._lo <= start and stop <= self._lo + len(self._data)):
+            self._cover(start, stop)
+        return self._data[start - self._lo : stop - self._lo]
+
+    def find(self, sub: bytes, start: int, end: int) -> int:
+        """Like `bytes.find`, fetching on as far as the search needs."""
+        end = min(end, self._src.size)
+        while start < end:
+            if not self._lo <= start < self._lo + len(self._data):
+                self._span(start)
+            hi = min(end, self._lo + len(self._data))
+            k = self._data.find(sub, start - self._lo, hi - self._lo)
+            if k >= 0:
+                return k + self._lo
+            if hi >= end:
+                return -1
+            self._span(hi)  # fetches on from hi, merged with the span holding start
+        return -1
+
+    def unpack_from(self, fmt: str, _buf: Any, pos: int) -> tuple[Any, ...]:
+        """`struct.unpack_from(fmt, self, pos)`, which needs a real buffer."""
+        st = _STRUCTS.get(fmt)
+        if st is None:
+            st = _STRUCTS[fmt] = struct.Struct(fmt)
+        return st.unpack(self[pos : pos + st.size])
+
+    def _span(self, i: int) -> None:
+        """Make the cached span holding byte `i` current, fetching from `i` on a miss."""
+        src = self._src
+        spans = src._spans
+        k = bisect.bisect_right(spans, i, key=lambda s: s[0]) - 1
+        if k >= 0 and i < spans[k][0] + len(spans[k][1]):
+            self._lo, self._data = spans[k]
+            return
+        ahead = BLOCK
+        if k >= 0 and spans[k][0] + len(spans[k][1]) == i:  # reading on: double the read-ahead
+            ahead = min(MAX_AHEAD, max(BLOCK, len(spans[k][1])))
+        n = min(ahead, src.size - i)
+        if k + 1 < len(spans):
+            n = min(n, spans[k + 1][0] - i)  # up to the next cached span, which it then joins
+        src._add_span(i, src._fetch(i, n))
+        self._span(i)
+
+    def _cover(self, start: int, stop: int) -> None:
+        """Make one cached span hold [start, stop): a long slice fetches exactly what lacks."""
+        self._span(start)
+        while self._lo + len(self._data) < stop:
+            at = self._lo + len(self._data)
+            src = self._src
+            k = bisect.bisect_right(src._spans, at, key=lambda s: s[0])
+            upto = stop if k >= len(src._spans) else min(stop, src._spans[k][0])
+            src._add_span(at, src._fetch(at, max(1, upto - at)))
+            self._span(start)
+
+
+_STRUCTS: dict[str, struct.Struct] = {}
