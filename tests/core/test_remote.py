@@ -266,7 +266,7 @@ def test_remote_legacy_values_check_the_storage_count(httpserver, big_legacy: Pa
     httpserver.clear()
     url = _serve(httpserver, "legacy2.pth", bytes(data))
     bad = open_checkpoint(url)
-    with pytest.raises(CkptError, match="storage count at byte .* is 12345"):
+    with pytest.raises(CkptError, match=r"storage count at byte .* is 12345"):
         tensor_stats(bad, bad.find(("model", "w2")).tensor)
 
 
@@ -534,3 +534,79 @@ def test_remote_tensor_stats_check_the_local_header(httpserver, training_zip: Pa
     ckpt = open_checkpoint(url)
     with pytest.raises(ValuesUnavailable, match="local header does not match"):
         tensor_stats(ckpt, dict(ckpt.tensors())["model", "enc.weight"])
+
+
+async def test_the_browser_fetches_remote_values_in_a_worker_with_progress(
+    httpserver, big_zip: Path
+) -> None:
+    """Values of a remote tensor come from a worker (the UI never waits on the network), say
+    how much they fetch and how far they got, and moving on cancels the rest of the read."""
+    import threading
+
+    from ckptui.app.app import CkptApp
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+    from tests.app.test_browse import opened, settle, text_of
+
+    data = big_zip.read_bytes()
+    gate = threading.Event()
+
+    def handler(request: Request) -> Response:
+        resp = Response(data, content_type="application/octet-stream")
+        resp.headers["ETag"] = '"v1"'
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
+            gate.wait(10)  # tensor data waits until the test lets it through
+        return resp
+
+    httpserver.expect_request("/slow.pth").respond_with_handler(handler)
+    app = CkptApp(httpserver.url_for("/slow.pth"))
+    async with app.run_test(size=(160, 30)) as pilot:
+        tree = await opened(pilot)
+        assert tree.select_path(("model", "w1"))
+        await pilot.pause(0.3)
+        assert "fetching 8.0 MiB from the server" in text_of(app, "#stats")
+        assert app.screen.query_one(CkptTree).has_focus  # the UI answers meanwhile
+        assert tree.select_path(("model", "w2"))  # moving on cancels w1's read
+        await pilot.pause(0.3)
+        gate.set()
+        await settle(pilot)
+        stats = text_of(app, "#stats")
+        w2 = torch.load(big_zip, mmap=True)["model"]["w2"]
+        assert f"{w2.min().item():.6g} / {w2.max().item():.6g}" in stats
+        data_gets = [n for _, n in _served_ranges(httpserver) if n > MB]
+        # w1: its first 4 MiB block only (cancelled before the second); w2: both blocks
+        assert data_gets.count(4 * MB) == 3
+        assert sum(data_gets) == 12 * MB
+
+
+def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Path) -> None:
+    """A server that stops sending must not hold a worker (and so the app's exit) for the
+    whole read timeout: cancelling returns at once."""
+    import threading
+    import time
+
+    from ckptui.values import Cancelled, tensor_stats
+
+    data = big_zip.read_bytes()
+    gate = threading.Event()
+
+    def handler(request: Request) -> Response:
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
+            gate.wait(20)  # stalls far longer than the test waits
+        return resp
+
+    httpserver.expect_request("/stall.pth").respond_with_handler(handler)
+    ckpt = open_checkpoint(httpserver.url_for("/stall.pth"))
+    start = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            tensor_stats(
+                ckpt,
+                ckpt.find(("model", "w1")).tensor,
+                cancelled=lambda: time.monotonic() - start > 0.3,
+            )
+        assert time.monotonic() - start < 5
+    finally:
+        gate.set()

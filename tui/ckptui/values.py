@@ -15,21 +15,32 @@ import math
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from .dtypes import itemsize_of
 from .errors import CkptError
 from .formats._common import is_url
 from .model import Checkpoint, Storage, TensorInfo
 
-__all__ = ["BINS", "Cancelled", "TensorStats", "ValuesUnavailable", "tensor_stats"]
+__all__ = [
+    "BINS",
+    "Cancelled",
+    "TensorStats",
+    "ValuesUnavailable",
+    "fetched_bytes",
+    "interruptible",
+    "tensor_stats",
+]
 
+T = TypeVar("T")
 BINS, HEAD = 24, 8  # histogram bins; leading values kept in `TensorStats.head`
-REMOTE_BLOCK = 16 << 20
-"""Bytes per range request when a remote tensor's bytes are fetched."""
+REMOTE_BLOCK = 4 << 20
+"""Bytes per range request when a remote tensor's bytes are fetched: small enough that a
+cancelled read (the cursor moved on) stops within a fraction of a second on a real link."""
 
 _NUMPY = "float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool"
 _ML_DTYPES = "bfloat16 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz float8_e8m0fnu"
@@ -141,6 +152,44 @@ def tensor_stats(
             mm.close()
 
 
+def interruptible(fn: Callable[[], T], cancelled: Callable[[], bool] | None) -> T:
+    """`fn()`, run on a daemon thread while this one polls `cancelled()` every 0.1 s.
+
+    A network read can stall for up to the back-end's timeout, and a worker blocked in one
+    would hold the app open after `q` (the executor joins its threads at exit). Cancelled, this
+    returns at once by raising `Cancelled`; the abandoned read finishes, or dies with the
+    process, on its own thread, whose result is dropped.
+    """
+    if cancelled is None:
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the waiting thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="ckptui-read", daemon=True).start()
+    while not done.wait(0.1):
+        if cancelled():
+            raise Cancelled("cancelled")
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["value"])
+
+
+def fetched_bytes(ckpt: Checkpoint, tensor: TensorInfo) -> int:
+    """Bytes `tensor_stats` would fetch over the network for `tensor` (0 for a local file)."""
+    st = ckpt.storages.get(tensor.storage_key or "")
+    if st is None or not is_url(ckpt.file_of(st)):
+        return 0
+    return tensor.span_elements() * tensor.itemsize - tensor.storage_offset * tensor.itemsize
+
+
 def _remote_bytes(
     ckpt: Checkpoint,
     st: Storage,
@@ -172,7 +221,8 @@ def _remote_bytes(
         for a in range(start, stop, REMOTE_BLOCK):
             if cancelled is not None and cancelled():
                 raise Cancelled("cancelled")
-            buf += src.read_range(a, min(REMOTE_BLOCK, stop - a))
+            n = min(REMOTE_BLOCK, stop - a)
+            buf += interruptible(lambda a=a, n=n: src.read_range(a, n), cancelled)
             if progress is not None:
                 progress(min(1.0, (a + REMOTE_BLOCK - start) / max(1, stop - start)) / 2)
         return buf

@@ -17,7 +17,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, Tree
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from ... import units
 from ...errors import CkptError
@@ -25,6 +25,7 @@ from ...facts import Index, path_expr, search
 from ...formats import open_checkpoint
 from ...frameworks import detect
 from ...model import Checkpoint, Path
+from ...values import Cancelled
 from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
 
@@ -78,8 +79,12 @@ class BrowseScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
     def open_file(self) -> tuple[Checkpoint, Index]:
-        """Read the checkpoint's metadata off the UI thread."""
-        ckpt = open_checkpoint(self.path)
+        """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
+        app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
+        from ...values import interruptible
+
+        worker = get_current_worker()
+        ckpt = interruptible(lambda: open_checkpoint(self.path), lambda: worker.is_cancelled)
         return ckpt, Index.build(ckpt)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
@@ -106,6 +111,8 @@ class BrowseScreen(Screen[None]):
             return
         if event.state is WorkerState.ERROR:
             error = event.worker.error
+            if isinstance(error, Cancelled):
+                return  # the app is quitting
             if isinstance(error, CkptError):
                 message = f"ckptui: {error.path}: {error.message}"
             else:

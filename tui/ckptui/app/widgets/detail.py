@@ -14,6 +14,7 @@ below a node are summed once for the whole checkpoint (`_Sizes`), not walked per
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -315,11 +316,17 @@ class DetailPanel(VerticalScroll):
             _show(spark, False)
             _show(rng, False)
 
-    def _reading(self) -> None:
+    def _reading(self, fetching: int = 0, fraction: float | None = None) -> None:
         """'values: reading…' while a worker reads, keeping the height of the last values (blank
-        below it): the next ones, usually as tall, then need no layout."""
+        below it): the next ones, usually as tall, then need no layout. A remote tensor says
+        how much it fetches, and how far it got."""
         stats = self.query_one("#stats", Static)
-        _put(stats, Text("values: reading…" + "\n" * max(0, stats.size.height - 1)))
+        line = "values: reading…"
+        if fetching:
+            line = f"values: fetching {units.size(fetching)} from the server…"
+        if fraction is not None:
+            line += f" {fraction:.0%}"
+        _put(stats, Text(line + "\n" * max(0, stats.size.height - 1)))
         spark = self.query_one("#histogram", Sparkline)
         if spark.display:
             spark.data = []
@@ -331,8 +338,12 @@ class DetailPanel(VerticalScroll):
         if entry is None or entry.node.tensor is None or self.ckpt is None:
             return
         info = entry.node.tensor
-        # A worker's first read imports numpy (~0.1 s): that stays off the UI thread.
-        if info.nbytes <= INLINE_STATS_BYTES and "numpy" in sys.modules:
+        from ...values import fetched_bytes
+
+        fetching = fetched_bytes(self.ckpt, info)
+        # A worker's first read imports numpy (~0.1 s), and any network read may stall: both
+        # stay off the UI thread.
+        if info.nbytes <= INLINE_STATS_BYTES and "numpy" in sys.modules and not fetching:
             from ...values import tensor_stats
 
             try:
@@ -344,22 +355,37 @@ class DetailPanel(VerticalScroll):
             else:
                 self._show_values(entry.path, stats, None)
             return
-        self._reading()
-        self._values(self.ckpt, info, entry.path)
+        self._reading(fetching)
+        self._values(self.ckpt, info, entry.path, fetching)
 
     @work(thread=True, exclusive=True, group="values", exit_on_error=False)
-    def _values(self, ckpt: Checkpoint, info: TensorInfo, path: Path) -> None:
+    def _values(self, ckpt: Checkpoint, info: TensorInfo, path: Path, fetching: int) -> None:
+        """Stats off the UI thread; moving on cancels it (between blocks of a remote read)."""
         from ...values import Cancelled, tensor_stats
 
         worker = get_current_worker()
+        shown = [0.0]
+
+        def progress(fraction: float) -> None:  # at most ten repaints a second
+            now = time.monotonic()
+            if now - shown[0] >= 0.1 and not worker.is_cancelled:
+                shown[0] = now
+                self.app.call_from_thread(self._progress, path, fetching, fraction)
+
         try:
-            stats = tensor_stats(ckpt, info, cancelled=lambda: worker.is_cancelled)
+            stats = tensor_stats(
+                ckpt, info, cancelled=lambda: worker.is_cancelled, progress=progress
+            )
         except Cancelled:
             return
         except CkptError as e:
             self.app.call_from_thread(self._show_values, path, None, e.message)
             return
         self.app.call_from_thread(self._show_values, path, stats, None)
+
+    def _progress(self, path: Path, fetching: int, fraction: float) -> None:
+        if self.entry is not None and self.entry.path == path:
+            self._reading(fetching, fraction)
 
     def _show_values(self, path: Path, stats: Any, error: str | None) -> None:
         if self.entry is None or self.entry.path != path:
