@@ -610,3 +610,23 @@ def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Pat
         assert time.monotonic() - start < 5
     finally:
         gate.set()
+
+
+@pytest.mark.parametrize("fixture", ["big_zip", "big_legacy"])
+def test_remote_why_equals_local_and_reads_no_tensor_data(
+    httpserver, capsys, request, fixture: str
+) -> None:
+    """`why URL` breaks the file down from its metadata alone: the zip's local headers and
+    padding are predicted from the directory, and the duplicate search (which would fetch
+    tensor data) is skipped."""
+    path: Path = request.getfixturevalue(fixture)
+    url = _serve(httpserver, path.name, path.read_bytes())
+    capsys.readouterr()
+    assert main(["why", "--json", url]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert main(["why", "--json", str(path)]) == 0
+    local = json.loads(capsys.readouterr().out)
+    local["findings"] = [f for f in local["findings"] if f["kind"] != "duplicate"]
+    assert remote == local
+    served = sum(n for _, n in _served_ranges(httpserver))
+    assert served < 70_000 < path.stat().st_size // 100

@@ -427,8 +427,13 @@ def _export_shards(args: argparse.Namespace, ckpt: Any, plan: Any) -> int:
 
 def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:
     """Look for identical tensors, with a progress bar on a terminal."""
-    from .duplicates import find_duplicates
+    from .duplicates import find_duplicates, skip_reason
 
+    skipped = skip_reason(ckpt)
+    if skipped is not None:
+        if show_progress:  # a human at a terminal: say why no duplicates are listed
+            print(f"duplicates {skipped}", file=sys.stderr)
+        return []
     try:
         if not show_progress:
             return find_duplicates(ckpt, b)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path as FsPath
 
+from .formats._common import is_url
 from .model import Checkpoint, Path, TensorInfo
 from .roles import Role
 from .sizes import Breakdown, SizeFinding, _show
@@ -27,6 +28,14 @@ _CHUNK = 4 << 20
 
 Progress = Callable[[int, int], None]
 """Called with (bytes hashed so far, bytes to hash in all)."""
+
+
+def skip_reason(ckpt: Checkpoint) -> str | None:
+    """Why the search does not run on `ckpt`, or None: at a URL it would fetch tensor data,
+    which `why` otherwise never does (the breakdown itself reads metadata only)."""
+    if is_url(ckpt.path):
+        return "not compared: comparing tensors would fetch their data from the server"
+    return None
 
 
 def find_duplicates(

@@ -109,6 +109,9 @@ class RemoteSource(Source):
     """Offset -> bytes predicted there (a zip local header, a legacy storage count), until
     checked against the real bytes."""
     _pred_starts: list[int] = field(default_factory=list)
+    _extras: dict[int, bytes] = field(default_factory=dict)
+    """Offset -> a storage record's predicted extra field: torch's padding field ('FB', then
+    'Z's), whose length the gap between records fixes (zip64 records are not predicted)."""
     _buffer: _Buffer | None = None
     _version: tuple[Any, ...] | None = None
     _runs: list[tuple[int, int]] = field(default_factory=list)
@@ -164,6 +167,9 @@ class RemoteSource(Source):
         pred = self._predicted.get(offset)
         if pred is not None and pred.record is not None and n <= _LOCAL.size:
             return pred.want[:n]  # a zip reader reading the header it predicted: no request
+        extra = self._extras.get(offset)
+        if extra is not None and n <= len(extra):
+            return extra[:n]  # the size breakdown measuring a record's padding
         if self._predicted:
             self._check_predictions(offset, offset + n)
         hit = self._cached(offset, n)
@@ -350,6 +356,9 @@ class RemoteSource(Source):
             extra,
         )
         self._expect(_Expect(rec.header, header, rec.end, "local header", rec))
+        if not big and rec.header < _U32:  # the extra field is torch's padding field alone
+            field = struct.pack("<HH", 0x4246, extra - 4) + b"Z" * (extra - 4)
+            self._extras[rec.header + _LOCAL.size + rec.name_len] = field
 
     def _expect(self, e: _Expect) -> None:
         if e.at not in self._predicted:

@@ -22,7 +22,7 @@ from textual.widgets.option_list import Option
 from textual.widgets.tree import TreeNode
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...duplicates import find_duplicates
+from ...duplicates import find_duplicates, skip_reason
 from ...folder_sizes import breakdown_of, tree_path
 from ...model import Checkpoint, Path
 from ...roles import ROLE_LABELS
@@ -191,8 +191,11 @@ class WhyScreen(Screen[Path | None]):
         # Bars are sized to the tree's width, known once the loading indicator is gone.
         self.call_after_refresh(self._fill_groups, b)
         label = self.query_one("#why-dup-label", Static)
+        skipped = skip_reason(self.ckpt)
         if self.cache.duplicates_done:
             label.update(_dup_summary([f for f in b.findings if f.kind == "duplicate"]))
+        elif skipped is not None:
+            label.update(f"duplicates {skipped}")
         else:
             label.update("comparing same-shaped tensors …")
             # After the rows are on screen: the hashing thread would compete for the GIL.
