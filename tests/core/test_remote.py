@@ -630,3 +630,24 @@ def test_remote_why_equals_local_and_reads_no_tensor_data(
     assert remote == local
     served = sum(n for _, n in _served_ranges(httpserver))
     assert served < 70_000 < path.stat().st_size // 100
+
+
+def test_remote_diff_values_reads_each_tensor_once(
+    httpserver, capsys, tmp_path: Path, training_zip: Path
+) -> None:
+    """`diff --values URL local`: equal files exit 0; one changed element exits 1 and names
+    its tensor. Each compared tensor's bytes cross the network once per comparison."""
+    url = _serve(httpserver, "train.pth", training_zip.read_bytes())
+    capsys.readouterr()
+    assert main(["diff", "--values", "--json", url, str(training_zip)]) == 0
+    ck = torch.load(training_zip, weights_only=True)
+    ck["model"]["enc.weight"][3, 4] += 0.5
+    changed = tmp_path / "changed.pth"
+    torch.save(ck, changed)
+    capsys.readouterr()
+    assert main(["diff", "--values", "--json", url, str(changed)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert "enc.weight" in json.dumps(doc)
+    served = sum(n for _, n in _served_ranges(httpserver))
+    tensor_bytes = sum(st.nbytes for st in open_checkpoint(str(training_zip)).storages.values())
+    assert 2 * tensor_bytes <= served < 2 * tensor_bytes * 1.02
