@@ -8,8 +8,9 @@ safetensors, which torch.load does not read, is recognised by its header first.
 
 A URL (`https://`, `s3://`, any fsspec URL) is opened by range requests (`remote`): torch
 zip (directory and pickle), safetensors (header), legacy and plain pickles (the pickles, read
-through a block cache, never the storages). A local path takes the same code path as before and
-never imports fsspec.
+through a block cache, never the storages). A shard index or a folder at a URL is opened by
+`remote_folder`: the index plus each shard as one remote file. A local path takes the same code
+path as before and never imports fsspec.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             checkpoint.
     """
     if is_url(path):
-        return _open_remote(os.fspath(path))
+        from .remote_folder import open_url
+
+        return open_url(os.fspath(path), _open_remote)
     path = check_openable(path)
     if Path(path).is_dir() or is_index_file(path):
         return open_folder(path, open_checkpoint)

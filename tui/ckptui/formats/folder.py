@@ -14,6 +14,10 @@
 Storages are renamed `<file>:<key>` (shards of `torch.save` number their storages from 0 each)
 and keep `Storage.file`, the file relative to the folder; readers of tensor bytes open that
 file. No tensor data is read here.
+
+File access (list, read the index, tell a missing file) goes through a `Files` object, so that
+a folder at a URL (`remote_folder.RemoteFiles`) is opened by this same code; `LOCAL` is the
+file system, and a local path never imports anything remote.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage
+from ._common import is_url
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
@@ -58,80 +63,174 @@ def check_folder(folder: str) -> None:
     raise NotACheckpoint(folder, "no checkpoint files in this folder")
 
 
-def open_folder(path: str, open_file: Any) -> Checkpoint:
+class Files(Protocol):
+    """Where a folder's files live: the local file system (`LOCAL`) or a URL."""
+
+    def is_dir(self, path: str) -> bool:
+        """`path` is a folder."""
+        ...
+
+    def split(self, path: str) -> tuple[str, str]:
+        """(folder, name) of a file."""
+        ...
+
+    def join(self, folder: str, rel: str) -> str:
+        """The path of `rel` inside `folder`, as `open_file` takes it."""
+        ...
+
+    def names(self, folder: str) -> list[str]:
+        """The folder's top-level entries (files and subfolders), sorted."""
+        ...
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """(path relative to the folder) -> size of every file below it, sorted."""
+        ...
+
+    def read(self, path: str, limit: int) -> bytes:
+        """A small file's bytes (an index); CorruptFile past `limit` bytes."""
+        ...
+
+    def missing(self, path: str, error: CkptError) -> bool:
+        """Whether opening `path` failed with `error` because the file is not there."""
+        ...
+
+    def absolute(self, folder: str) -> str:
+        """`info["folder"]`: what `Checkpoint.file_of` joins a storage's file to."""
+        ...
+
+    def dcp(self, folder: str) -> Checkpoint | None:
+        """The folder opened as a DCP checkpoint, or None when it is not one."""
+        ...
+
+
+class LocalFiles:
+    """`Files` on the local file system."""
+
+    def is_dir(self, path: str) -> bool:
+        """`path` is a folder."""
+        return FsPath(path).is_dir()
+
+    def split(self, path: str) -> tuple[str, str]:
+        """(folder, name) of a file."""
+        return str(FsPath(path).parent), FsPath(path).name
+
+    def join(self, folder: str, rel: str) -> str:
+        """The path of `rel` inside `folder`."""
+        return str(FsPath(folder) / rel)
+
+    def names(self, folder: str) -> list[str]:
+        """The folder's top-level entries, sorted."""
+        try:
+            return sorted(p.name for p in FsPath(folder).iterdir())
+        except OSError as e:
+            raise NotReadable(folder, e.strerror or str(e)) from None
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """Every regular file below `folder` (`folder_sizes.folder_files`)."""
+        from ..folder_sizes import folder_files
+
+        return dict(folder_files(folder))
+
+    def read(self, path: str, limit: int) -> bytes:
+        """A small file's bytes."""
+        try:
+            if FsPath(path).stat().st_size > limit:
+                raise CorruptFile(path, "index file is implausibly large")
+            return FsPath(path).read_bytes()
+        except OSError as e:
+            raise NotReadable(path, e.strerror or str(e)) from None
+
+    def missing(self, path: str, error: CkptError) -> bool:
+        """The file is not there (whatever the error said)."""
+        return not FsPath(path).exists()
+
+    def absolute(self, folder: str) -> str:
+        """The folder's absolute path."""
+        return str(FsPath(folder).absolute())
+
+    def dcp(self, folder: str) -> Checkpoint | None:
+        """`formats.dcp`'s reading of the folder, when it is one."""
+        from .dcp import looks_like_dcp, read_dcp
+
+        return read_dcp(folder) if looks_like_dcp(folder) else None
+
+
+LOCAL = LocalFiles()
+
+
+def open_folder(path: str, open_file: Any, files: Files = LOCAL) -> Checkpoint:
     """Open a folder, or a shard index file, as one checkpoint.
 
     Args:
         path: the folder or the `*.index.json` file.
         open_file: `formats.open_checkpoint` for one file (passed in to avoid an import cycle).
+        files: where the folder lives (a URL's folder: `remote_folder.RemoteFiles`).
 
     Raises:
         CkptError: an unreadable folder or index, or a folder holding no checkpoint.
     """
-    if is_index_file(path) and not FsPath(path).is_dir():
-        return _sharded(str(FsPath(path).parent), FsPath(path).name, path, open_file)
-    names = _listdir(path)
+    if is_index_file(path) and not files.is_dir(path):
+        folder, name = files.split(path)
+        return open_sharded(folder, name, path, open_file, files)
+    names = files.names(path)
     if ".metadata" in names and any(n.endswith(".distcp") for n in names):
-        from .dcp import looks_like_dcp, read_dcp
-
-        if looks_like_dcp(path):
-            return read_dcp(path)
+        ckpt = files.dcp(path)
+        if ckpt is not None:
+            return ckpt
     for index in INDEX_NAMES:
         if index in names:
-            return _sharded(path, index, path, open_file)
+            return open_sharded(path, index, path, open_file, files)
     indexes = sorted(n for n in names if is_index_file(n))
     if len(indexes) == 1:
-        return _sharded(path, indexes[0], path, open_file)
-    return _files(path, open_file)
-
-
-def _listdir(folder: str) -> list[str]:
-    try:
-        return sorted(p.name for p in FsPath(folder).iterdir())
-    except OSError as e:
-        raise NotReadable(folder, e.strerror or str(e)) from None
-
-
-def _file_sizes(folder: str) -> dict[str, int]:
-    from ..folder_sizes import folder_files
-
-    return dict(folder_files(folder))
+        return open_sharded(path, indexes[0], path, open_file, files)
+    return _files(path, open_file, files)
 
 
 # -- Hugging Face shards ----------------------------------------------------------------------
-def _sharded(folder: str, index_name: str, shown_path: str, open_file: Any) -> Checkpoint:
-    index_path = FsPath(folder) / index_name
+def open_sharded(
+    folder: str, index_name: str, shown_path: str, open_file: Any, files: Files = LOCAL
+) -> Checkpoint:
+    """Open a Hugging Face sharded model from its index: the index and each shard's metadata.
+
+    Args:
+        folder: the folder holding the index and the shards.
+        index_name: the index file's name in it.
+        shown_path: `Checkpoint.path` (what the user gave: the folder or the index).
+        open_file: opens one shard.
+        files: where the folder lives.
+
+    Raises:
+        CkptError: an unreadable or malformed index, or shard names outside the folder.
+    """
+    index_path = files.join(folder, index_name)
+    raw = files.read(index_path, MAX_INDEX)
     try:
-        if index_path.stat().st_size > MAX_INDEX:
-            raise CorruptFile(str(index_path), "index file is implausibly large")
-        index = json.loads(index_path.read_bytes())
-    except OSError as e:
-        raise NotReadable(str(index_path), e.strerror or str(e)) from None
+        index = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CorruptFile(str(index_path), f"not valid JSON ({e})") from None
+        raise CorruptFile(index_path, f"not valid JSON ({e})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
-        raise CorruptFile(str(index_path), "no weight_map of tensor name -> shard file")
+        raise CorruptFile(index_path, "no weight_map of tensor name -> shard file")
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
-        if FsPath(shard).is_absolute() or ".." in FsPath(shard).parts:
-            raise CorruptFile(str(index_path), f"shard {shard!r} lies outside the folder")
+        if FsPath(shard).is_absolute() or ".." in FsPath(shard).parts or is_url(shard):
+            raise CorruptFile(index_path, f"shard {shard!r} lies outside the folder")
         shards.setdefault(shard, []).append(name)
     children: list[Node] = []
     storages: dict[str, Storage] = {}
     findings: list[Finding] = []
-    files: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     formats: set[str] = set()
     seen: set[str] = set()
     metadata: Node | None = None
     for shard in sorted(shards):
-        full = FsPath(folder) / shard
+        full = files.join(folder, shard)
         try:
-            ckpt = open_file(str(full))
+            ckpt = open_file(full)
         except CkptError as e:
-            missing = not full.exists()
+            missing = files.missing(full, e)
             what = "is missing" if missing else f"cannot be read ({e.message})"
             findings.append(
                 Finding(
@@ -149,7 +248,7 @@ def _sharded(folder: str, index_name: str, shown_path: str, open_file: Any) -> C
             ]
             seen.update(shards[shard])
             continue
-        files[shard] = ckpt.file_bytes
+        sizes[shard] = ckpt.file_bytes
         formats.add(ckpt.format)
         root = _rebased(ckpt, shard, (), storages)
         listed = set(shards[shard])
@@ -179,15 +278,16 @@ def _sharded(folder: str, index_name: str, shown_path: str, open_file: Any) -> C
                     )
                 )
         findings += [_in_file(f, shard, ()) for f in ckpt.findings]
-    if not files and not children:
-        raise NotACheckpoint(str(index_path), "the index lists no shards")
+    if not sizes and not children:
+        raise NotACheckpoint(index_path, "the index lists no shards")
     if metadata is not None:
         children.append(metadata)
     total = index.get("metadata", {}).get("total_size") if isinstance(index, dict) else None
     info: dict[str, Any] = {
-        "folder": str(FsPath(folder).absolute()),
+        "folder": files.absolute(folder),
         "index": index_name,
-        "files": files,
+        "index_bytes": len(raw),
+        "files": sizes,
         "shards": len(shards),
         "shard_formats": sorted(formats),
     }
@@ -197,7 +297,7 @@ def _sharded(folder: str, index_name: str, shown_path: str, open_file: Any) -> C
     return Checkpoint(
         shown_path,
         "hf-sharded",
-        sum(files.values()),
+        sum(sizes.values()),
         root,
         storages,
         tuple(findings),
@@ -206,8 +306,8 @@ def _sharded(folder: str, index_name: str, shown_path: str, open_file: Any) -> C
 
 
 # -- any folder of checkpoint files ----------------------------------------------------------
-def _files(folder: str, open_file: Any) -> Checkpoint:
-    sizes = _file_sizes(folder)
+def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
+    sizes = access.sizes(folder)
     if len(sizes) > MAX_FILES:
         raise NotReadable(folder, f"holds more than {MAX_FILES:,} files")
     children: list[Node] = []
@@ -221,7 +321,7 @@ def _files(folder: str, open_file: Any) -> Checkpoint:
             other[rel] = size
             continue
         try:
-            ckpt = open_file(str(FsPath(folder) / rel))
+            ckpt = open_file(access.join(folder, rel))
         except NotACheckpoint:
             other[rel] = size
             continue
@@ -240,7 +340,7 @@ def _files(folder: str, open_file: Any) -> Checkpoint:
         raise NotACheckpoint(folder, "no checkpoint files in this folder")
     kind = "deepspeed" if any("mp_rank_" in r and r.endswith("_states.pt") for r in files) else ""
     info = {
-        "folder": str(FsPath(folder).absolute()),
+        "folder": access.absolute(folder),
         "files": files,
         "other_files": other,
         "file_formats": sorted(formats),

@@ -1,0 +1,290 @@
+"""Sharded models at a URL: the index plus each shard's header (issue 9).
+
+A real `save_pretrained(max_shard_size="100KB")` folder (and `.bin` shards made from it with
+torch.save) is served by pytest-httpserver with werkzeug's Range handling; what the *server*
+sent is asserted, not only ckptui's own count. One case lists a folder on S3 (moto's server).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fsspec")
+pytest.importorskip("aiohttp")
+pytest.importorskip("pytest_httpserver")
+
+from safetensors.torch import load_file
+from werkzeug import Request, Response
+
+from ckptui.cli import main
+from ckptui.errors import CorruptFile, NotFound
+from ckptui.formats import open_checkpoint
+
+from .test_folders import sharded  # noqa: F401  (a fixture: a real save_pretrained folder)
+
+
+def _forget_remote_metadata() -> None:
+    """Empty `remote`'s cache of recently fetched metadata, so that every open below is a
+    first open and the server's log shows what one costs."""
+    from ckptui.formats import remote
+
+    cache = getattr(remote, "_METADATA", None)
+    if cache is not None:
+        cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_opens():
+    _forget_remote_metadata()
+    yield
+    _forget_remote_metadata()
+
+
+@pytest.fixture(scope="module")
+def bin_sharded(sharded, tmp_path_factory) -> Path:  # noqa: F811
+    """The same model as `pytorch_model-*.bin` torch-zip shards (transformers 5 writes
+    safetensors only), with `pytorch_model.bin.index.json`."""
+    src, _ = sharded
+    folder = tmp_path_factory.mktemp("hfbin") / "gpt2"
+    folder.mkdir()
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    names = sorted(set(index["weight_map"].values()))
+    renamed = {n: f"pytorch_model-{i:05d}-of-{len(names):05d}.bin" for i, n in enumerate(names, 1)}
+    for name, new in renamed.items():
+        torch.save(load_file(src / name), folder / new)
+    weight_map = {k: renamed[v] for k, v in index["weight_map"].items()}
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": index["metadata"], "weight_map": weight_map})
+    )
+    (folder / "config.json").write_bytes((src / "config.json").read_bytes())
+    return folder
+
+
+def _serve_folder(httpserver, folder: Path, missing: tuple[str, ...] = ()) -> str:
+    """Serve every file of `folder` under /m/ with Range support (206); anything else, and the
+    names in `missing`, is a 404. Returns the folder's URL (no trailing slash)."""
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.name not in missing}
+
+    def handler(request: Request) -> Response:
+        data = files.get(request.path.removeprefix("/m/"))
+        if data is None:
+            return Response("not found", status=404)
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        return resp
+
+    httpserver.expect_request(re.compile(r"^/m/.*")).respond_with_handler(handler)
+    return httpserver.url_for("/m")
+
+
+def _gets(log: list) -> list[tuple[str, str, int]]:
+    """(file, Range header, body bytes) of every GET the server answered."""
+    return [
+        (req.path.removeprefix("/m/"), req.headers.get("Range", ""), _length(resp))
+        for req, resp in log
+        if req.method == "GET"
+    ]
+
+
+def _length(resp: Response) -> int:
+    return int(resp.headers.get("Content-Length", 0))
+
+
+def _span(rng: str) -> tuple[int, int]:
+    lo, hi = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+    return lo, hi + 1
+
+
+def _inspect_json(capsys, target: str) -> dict:
+    capsys.readouterr()
+    assert main(["inspect", "--json", target]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _comparable(doc: dict) -> dict:
+    """`inspect --json` without what names the source (its path and folder, also inside
+    messages) or counts its transfer."""
+    text = json.dumps({k: v for k, v in doc.items() if k not in ("path", "bytes_read")})
+    text = text.replace(doc["path"], "PATH").replace(doc["info"]["folder"], "DIR")
+    return json.loads(text)
+
+
+FOLDERS = ["safetensors", "bin"]
+
+
+@pytest.fixture(params=FOLDERS)
+def folder(request, sharded, bin_sharded) -> tuple[Path, str]:  # noqa: F811
+    """(local folder, its index's name)."""
+    if request.param == "safetensors":
+        return sharded[0], "model.safetensors.index.json"
+    return bin_sharded, "pytorch_model.bin.index.json"
+
+
+def test_index_url_inspects_as_the_local_folder(httpserver, capsys, folder) -> None:
+    local, index = folder
+    base = _serve_folder(httpserver, local)
+    remote = _inspect_json(capsys, f"{base}/{index}")
+    here = _inspect_json(capsys, str(local / index))
+    assert remote["format"] == "hf-sharded" and remote["info"]["folder"] == base
+    assert remote["path"] == f"{base}/{index}"
+    assert here["bytes_read"] is None and remote["bytes_read"] > 0
+    assert _comparable(remote) == _comparable(here)
+    assert len(remote["tensors"]) == len(json.loads((local / index).read_text())["weight_map"])
+    # the folder URL (HTTP: found by the index's standard name) opens the same model
+    via_folder = _inspect_json(capsys, f"{base}/")
+    assert via_folder["path"] == f"{base}/"
+    for key in ("tree", "tensors", "findings", "file_bytes"):
+        assert via_folder[key] == here[key], key
+
+
+def test_opening_reads_the_index_and_each_shards_metadata_only(httpserver, folder) -> None:
+    local, index = folder
+    base = _serve_folder(httpserver, local)
+    ckpt = open_checkpoint(f"{base}/{index}")
+    gets = _gets(httpserver.log)
+    sent = sum(n for _, _, n in gets)
+    total = sum((local / f).stat().st_size for f in ckpt.info["files"])
+    assert sent == ckpt.info["bytes_read"]
+    assert sent < total * 0.06, (sent, total)
+    print(f"{index}: opening read {sent:,} B of {total:,} B ({len(gets)} GETs)")
+    assert {f for f, _, _ in gets} == {index, *ckpt.info["files"]}
+    data = {}  # shard -> [start, stop) of every storage's bytes
+    for st in ckpt.storages.values():
+        assert st.data_offset is not None and st.file is not None
+        data.setdefault(st.file, []).append((st.data_offset, st.data_offset + st.nbytes))
+    for file, rng, _ in gets:
+        if file == index:
+            continue
+        lo, hi = _span(rng)
+        if file.endswith(".safetensors"):  # the 8-byte length and the JSON header, no more
+            head = int.from_bytes((local / file).read_bytes()[:8], "little")
+            assert hi <= 8 + head, (file, rng)
+        assert not any(lo < b and hi > a for a, b in data[file]), (file, rng)
+
+
+def test_a_missing_shard_is_reported(httpserver, capsys, sharded) -> None:  # noqa: F811
+    local, truth = sharded
+    index = json.loads((local / "model.safetensors.index.json").read_text())
+    gone = sorted(set(index["weight_map"].values()))[1]
+    base = _serve_folder(httpserver, local, missing=(gone,))
+    ckpt = open_checkpoint(f"{base}/model.safetensors.index.json")
+    [finding] = [f for f in ckpt.findings if f.kind == "missing_shard"]
+    lost = {k for k, v in index["weight_map"].items() if v == gone}
+    assert finding.message == f"shard {gone} is missing: its {len(lost):,} tensors are unavailable"
+    assert {p[0] for p, _ in ckpt.tensors()} == set(truth) - lost
+    assert {c.key for c in ckpt.root.children if c.type == "missing"} == lost
+
+
+def test_shard_names_outside_the_folder_are_refused(httpserver, tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../secret.safetensors"}})
+    )
+    base = _serve_folder(httpserver, tmp_path)
+    with pytest.raises(CorruptFile, match="lies outside the folder"):
+        open_checkpoint(f"{base}/model.safetensors.index.json")
+
+
+def test_an_http_folder_without_a_standard_index_is_one_line(httpserver, capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    base = _serve_folder(httpserver, tmp_path)
+    with pytest.raises(NotFound, match="pass the index file's URL"):
+        open_checkpoint(f"{base}/")
+    capsys.readouterr()
+    assert main(["inspect", f"{base}/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass the index file's URL" in err
+
+
+# --- S3: a folder is listed (moto's server on 127.0.0.1) ---
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(k, v)
+    import boto3
+    import fsspec
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="ckpts")
+    try:
+        yield client
+    finally:
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def test_an_s3_folder_is_listed_and_opens_as_the_local_one(
+    s3_bucket,
+    capsys,
+    sharded,  # noqa: F811
+) -> None:
+    local, _ = sharded
+    for p in local.iterdir():
+        s3_bucket.put_object(Bucket="ckpts", Key=f"model/{p.name}", Body=p.read_bytes())
+    here = _inspect_json(capsys, str(local))
+    for url in ("s3://ckpts/model/", "s3://ckpts/model"):
+        _forget_remote_metadata()
+        remote = _inspect_json(capsys, url)
+        assert remote["info"]["folder"] == "s3://ckpts/model"
+        assert _comparable(remote) == _comparable(here), url
+        total = sum(p.stat().st_size for p in local.iterdir())
+        assert 0 < remote["bytes_read"] < total * 0.06
+    _forget_remote_metadata()
+    index = _inspect_json(capsys, "s3://ckpts/model/model.safetensors.index.json")
+    assert _comparable(index) == _comparable(
+        _inspect_json(capsys, str(local / "model.safetensors.index.json"))
+    )
+
+
+def test_an_s3_folder_of_checkpoint_files_has_one_node_per_file(s3_bucket, capsys) -> None:
+    """Not a sharded model: every checkpoint file in the listing is a node, as locally."""
+    import io
+
+    torch.manual_seed(0)
+    files = {
+        "global_step10/mp_rank_00_model_states.pt": {"module": {"w": torch.randn(4, 4)}},
+        "global_step10/zero_pp_rank_0_mp_rank_00_optim_states.pt": {"o": [torch.randn(16)]},
+    }
+    for key, obj in files.items():
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        s3_bucket.put_object(Bucket="ckpts", Key=f"ds/{key}", Body=buf.getvalue())
+    s3_bucket.put_object(Bucket="ckpts", Key="ds/latest", Body=b"global_step10")
+    ckpt = open_checkpoint("s3://ckpts/ds/")
+    assert ckpt.format == "folder" and ckpt.info["producer"] == "deepspeed"
+    assert [c.key for c in ckpt.root.children] == sorted(files)
+    assert set(ckpt.info["other_files"]) == {"latest"}
+    assert ckpt.info["bytes_read"] > 0
+
+
+def test_a_dcp_folder_on_s3_is_one_line(s3_bucket, capsys) -> None:
+    s3_bucket.put_object(Bucket="ckpts", Key="dcp/.metadata", Body=b"\x80\x04N.")
+    s3_bucket.put_object(Bucket="ckpts", Key="dcp/__0_0.distcp", Body=b"\0" * 64)
+    capsys.readouterr()
+    assert main(["inspect", "s3://ckpts/dcp/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not supported yet" in err
