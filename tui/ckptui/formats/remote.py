@@ -581,10 +581,32 @@ def _filesystem(url: str) -> tuple[Any, str]:
                 total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
             )
         }
+    elif url.split("://", 1)[0].lower() in ("s3", "s3a"):
+        # botocore's defaults: 60 s to connect and 5 tries, so a dead endpoint took minutes
+        options["config_kwargs"] = {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "read_timeout": READ_TIMEOUT,
+            "retries": {"max_attempts": ATTEMPTS},
+        }
     try:
         return fsspec.core.url_to_fs(url, **options)
     except Exception as e:  # noqa: BLE001 - unknown protocols, bad options: one CkptError line
         raise translate(url, e) from None
+
+
+_NO_CREDENTIALS = (
+    "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+)
+
+
+def _status(e: BaseException) -> tuple[int | None, str]:
+    """The HTTP status and the server's error code (S3's `NoSuchBucket`, ...), if any."""
+    status = getattr(e, "status", None)
+    response = getattr(e, "response", None)  # botocore's ClientError (s3fs)
+    if isinstance(response, dict):
+        status = status or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status, str(response.get("Error", {}).get("Code", ""))
+    return status, ""
 
 
 def translate(url: str, e: BaseException) -> CkptError:
@@ -592,16 +614,23 @@ def translate(url: str, e: BaseException) -> CkptError:
     if isinstance(e, CkptError):
         return e
     if isinstance(e, FileNotFoundError) and e.__cause__ is not None:
-        return translate(url, e.__cause__)  # fsspec's HTTP info() hides every failure this way
-    status = getattr(e, "status", None)
+        return translate(url, e.__cause__)  # fsspec's HTTP info() and s3fs hide the cause here
+    status, code = _status(e)
+    name = type(e).__name__
+    if code == "NoSuchBucket":
+        return NotFound(url, "the bucket does not exist (404)")
     if isinstance(e, FileNotFoundError) or status == 404:
         return NotFound(url, "not found on the server (404)")
     if isinstance(e, PermissionError) or status in (401, 403):
         return NotReadable(url, "access denied (401/403, or credentials missing)")
+    if name in ("NoCredentialsError", "PartialCredentialsError"):  # botocore
+        return NotReadable(url, _NO_CREDENTIALS)
     if isinstance(status, int):
         return NotReadable(url, f"the server answered HTTP {status} {getattr(e, 'message', '')}")
-    if type(e).__name__ in ("ClientPayloadError", "ServerDisconnectedError"):  # aiohttp
-        return NotReadable(url, f"the connection dropped mid-transfer ({type(e).__name__})")
+    if name in ("ClientPayloadError", "ServerDisconnectedError"):  # aiohttp
+        return NotReadable(url, f"the connection dropped mid-transfer ({name})")
+    if name in ("EndpointConnectionError", "ConnectTimeoutError"):  # botocore
+        return NotReadable(url, f"cannot reach the server ({e})")
     if isinstance(e, ValueError) and "range" in str(e).lower():
         return Unsupported(url, _RANGE_HELP)
     if isinstance(e, TimeoutError):
@@ -610,7 +639,7 @@ def translate(url: str, e: BaseException) -> CkptError:
         return Unsupported(url, f"this kind of URL needs a package that is not installed ({e})")
     if isinstance(e, OSError):
         return NotReadable(url, f"cannot reach the server ({e})")
-    return NotReadable(url, f"remote read failed ({type(e).__name__}: {e})")
+    return NotReadable(url, f"remote read failed ({name}: {e})")
 
 
 class _Buffer:
