@@ -4,7 +4,8 @@ Usage: python tests/benchmarks/bench_remote.py [--workdir DIR] [--repeat N] [--j
 
 Run on demand, not under pytest. This script:
 
-1. writes (bench_open's generator, reused when present) the ~600 MB training checkpoint;
+1. writes (bench_open's generator, reused when present) the ~600 MB training checkpoint, and
+   a copy of it in the legacy format (`_use_new_zipfile_serialization=False`);
 2. serves it on 127.0.0.1 with pytest-httpserver and werkzeug's `send_file` (Range -> 206),
    logging every response the server sends;
 3. times, each in a fresh child process, interleaved, --repeat times: `ckptui inspect --json URL`
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,16 +53,24 @@ def main() -> None:
     assert src is not None
     bench_open.warm(src)
     size = src.stat().st_size
+    legacy = _legacy_copy(src, a.workdir / "legacy.pt")
     sent: list[int] = []
 
-    def handler(request: Request) -> Response:
-        resp = send_file(src, request.environ, conditional=True, max_age=None)
-        if request.method == "GET":
-            sent.append(int(resp.headers.get("Content-Length", 0)))
-        return resp
+    def serving(path: Path) -> Any:
+        def handler(request: Request) -> Response:
+            resp = send_file(path, request.environ, conditional=True, max_age=None)
+            if request.method == "GET":
+                sent.append(int(resp.headers.get("Content-Length", 0)))
+            return resp
 
+        return handler
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = HTTPServer(threaded=True)
-    server.expect_request(f"/{src.name}").respond_with_handler(handler)
+    server.expect_request(f"/{src.name}").respond_with_handler(serving(src))
+    server.expect_request(f"/{legacy.name}").respond_with_handler(serving(legacy))
     server.start()
     url = server.url_for(f"/{src.name}")
     env = bench_open.child_env()
@@ -68,7 +78,10 @@ def main() -> None:
     tools: dict[str, list[str]] = {
         "ckptui inspect --json URL": [sys.executable, "-c", INSPECT, url],
         "fsspec get_file (whole file)": [sys.executable, "-c", FSSPEC_GET, url, str(target)],
-    }
+        "ckptui inspect --json URL (legacy)": [
+            sys.executable, "-c", INSPECT, server.url_for(f"/{legacy.name}"),
+        ],
+    }  # fmt: skip
     out = a.workdir / "remote-export.safetensors"
     export = [sys.executable, "-m", "ckptui", "export"]
     tools["ckptui export URL (weights)"] = [*export, url, "-o", str(out), "--force", "--json"]
@@ -107,6 +120,17 @@ def main() -> None:
             f"  {name:32} {r['wall_s_median']:7.2f} s  {r['bytes_sent']:>13,.0f} B sent "
             f"({r['bytes_sent'] / size:.5%} of the file, {r['requests']:.0f} GET)"
         )
+
+
+def _legacy_copy(src: Path, dest: Path) -> Path:
+    """The benchmark checkpoint re-saved in the legacy format (once; reused after)."""
+    if not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime:
+        import torch
+
+        tmp = dest.with_suffix(".tmp")
+        torch.save(torch.load(src, weights_only=False), tmp, _use_new_zipfile_serialization=False)
+        tmp.replace(dest)
+    return dest
 
 
 if __name__ == "__main__":
