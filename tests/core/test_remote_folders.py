@@ -201,6 +201,41 @@ def test_an_http_folder_without_a_standard_index_is_one_line(httpserver, capsys,
     assert err.count("\n") == 1 and "pass the index file's URL" in err
 
 
+def test_export_equals_the_local_export_and_moves_the_kept_bytes(
+    httpserver, capsys, tmp_path: Path, folder
+) -> None:
+    local, index = folder
+    base = _serve_folder(httpserver, local)
+    url = f"{base}/{index}"
+    opened = open_checkpoint(url).info["bytes_read"]  # what one open costs
+    assert opened == sum(n for _, _, n in _gets(httpserver.log))
+    _forget_remote_metadata()
+    httpserver.clear_log()
+    remote_out, local_out = tmp_path / "remote.safetensors", tmp_path / "local.safetensors"
+    assert main(["export", url, "-o", str(remote_out), "--json"]) == 0
+    sent = sum(n for _, _, n in _gets(httpserver.log)) - opened  # the CLI opens it first
+    assert main(["export", str(local / index), "-o", str(local_out), "--json"]) == 0
+    assert remote_out.read_bytes() == local_out.read_bytes()
+    kept = sum(v.numel() * v.element_size() for v in load_file(local_out).values())
+    assert kept <= sent <= kept * 1.05, (sent, kept)
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["verified"]
+    with capsys.disabled():
+        print(f"{index}: export moved {sent:,} B for {kept:,} kept B (opening: {opened:,} B)")
+
+
+def test_diff_values_between_the_url_and_the_local_folder(
+    httpserver,
+    capsys,
+    sharded,  # noqa: F811
+) -> None:
+    local, _ = sharded
+    base = _serve_folder(httpserver, local)
+    capsys.readouterr()
+    code = main(["diff", "--values", "--json", f"{base}/model.safetensors.index.json", str(local)])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0, doc
+
+
 # --- S3: a folder is listed (moto's server on 127.0.0.1) ---
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from ..formats import open_checkpoint
+from ..formats._common import is_url
 from ..model import Checkpoint, Path
 from .plan import ExportError, Plan
 from .source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
@@ -109,8 +110,9 @@ def check_target(out: str | os.PathLike[str], ckpt: Checkpoint) -> tuple[str, st
         sources = [ckpt.path]
         folder = ckpt.info.get("folder")
         if folder is not None:
-            sources += [str(FsPath(folder) / f) for f in ckpt.info.get("files", {})]
-        if any(_same_file(target, FsPath(s)) for s in sources):
+            sources += [f"{folder}/{f}" for f in ckpt.info.get("files", {})]
+        # a URL is never a local file: FsPath would fold its `//` into a bogus local path
+        if any(_same_file(target, FsPath(s)) for s in sources if not is_url(s)):
             return "error", "is the source checkpoint: refusing to overwrite it"
         if target.is_dir():
             return "error", "is a folder"

@@ -7,7 +7,9 @@ are released afterwards. bfloat16 comes from ml_dtypes (round to nearest even, a
 
 A remote checkpoint (a URL) is read through `formats.remote.RemoteSource` instead: one range
 request per CHUNK of a kept tensor, so only the kept storages' bytes travel (never the
-optimizer's), each range retried on a dropped connection. While `recorded_digests` is active,
+optimizer's), each range retried on a dropped connection. A sharded model at a URL gets one
+`RemoteSource` per shard, opened when its first tensor is read and checked against the size the
+shard had when the checkpoint was opened. While `recorded_digests` is active,
 every remote tensor's output bytes are hashed as they stream past, so that verification can check
 the local output against those digests instead of fetching the source a second time: a remote
 export transfers the kept bytes once.
@@ -68,25 +70,37 @@ class SourceBytes:
         self.ckpt = ckpt
         self._open: dict[str, tuple[int, mmap.mmap | None]] = {}
         self.remote: Any = None
-        """The `RemoteSource` of a URL checkpoint, while open."""
+        """The `RemoteSource` of a one-file URL checkpoint, while open."""
+        self._remotes: dict[str, Any] = {}
+        """URL -> `RemoteSource` of each file of a many-file URL checkpoint read so far."""
+        self._closed_bytes = 0
+        folder = ckpt.info.get("folder")
+        self._url_folder = folder is not None and is_url(str(folder))
+        """A sharded model or folder at a URL: each file is opened on first use."""
 
     def __enter__(self) -> Self:
+        if self._url_folder:
+            return self  # each shard on first use, like the local per-file descriptors
         if is_url(self.ckpt.path):
-            self._open_remote()
+            self.remote = self._open_remote(self.ckpt.path, self.ckpt.file_bytes, self._is_zip())
         elif self.ckpt.info.get("folder") is None:
             self._file(self.ckpt.path, self.ckpt.file_bytes)  # fail early, before any writing
         return self
 
-    def _open_remote(self) -> None:
+    def _is_zip(self) -> bool:
+        return self.ckpt.format == "torch-zip"
+
+    def _open_remote(self, url: str, expected: int | None, is_zip: bool) -> Any:
+        """A `RemoteSource` on `url`, checked against the size it had when it was opened."""
         from ..formats.remote import RemoteSource
         from .plan import ExportError
 
         try:
-            src = RemoteSource.open(self.ckpt.path)
-            if src.size != self.ckpt.file_bytes:
+            src = RemoteSource.open(url)
+            if expected is not None and src.size != expected:
                 src.close()
-                raise ExportError(self.ckpt.path, "the file changed size since it was opened")
-            if self.ckpt.format == "torch-zip":
+                raise ExportError(url, "the file changed size since it was opened")
+            if is_zip:
                 # The directory and pickle again (metadata, a few requests): it re-predicts
                 # each storage's local header, checked on the first read of its data.
                 src.prefetch_zip()
@@ -94,17 +108,36 @@ class SourceBytes:
             raise
         except CkptError as e:
             raise ExportError(e.path, e.message) from None
-        self.remote = src
+        return src
+
+    def _remote_of(self, item: Item) -> Any:
+        """The `RemoteSource` holding `item`'s bytes (a shard's opened on first use)."""
+        if self.remote is not None:
+            return self.remote
+        st = self.ckpt.storages[item.tensor.storage_key or ""]
+        url = self.ckpt.file_of(st)
+        src = self._remotes.get(url)
+        if src is None:
+            expected = self.ckpt.info.get("files", {}).get(st.file)
+            # a zip record name marks a torch-zip shard (safetensors storages have none)
+            src = self._remotes[url] = self._open_remote(url, expected, st.record is not None)
+        return src
 
     @property
     def bytes_read(self) -> int:
         """Bytes fetched from a remote source so far (0 for a local one)."""
-        return 0 if self.remote is None else self.remote.bytes_read
+        live = [self.remote] if self.remote is not None else []
+        live += self._remotes.values()
+        return self._closed_bytes + sum(src.bytes_read for src in live)
 
     def __exit__(self, *exc: object) -> None:
-        if self.remote is not None:
-            self.remote.close()
-            self.remote = None
+        remotes = [self.remote] if self.remote is not None else []
+        remotes += self._remotes.values()
+        self.remote, self._remotes = None, {}
+        for src in remotes:
+            self._closed_bytes += src.bytes_read
+            with contextlib.suppress(Exception):  # closing must not hide the export's own error
+                src.close()
         for fd, mm in self._open.values():
             if mm is not None:
                 with contextlib.suppress(BufferError):  # a traceback may hold a slice
@@ -143,7 +176,7 @@ class SourceBytes:
 
     def chunks(self, item: Item) -> Iterator[Any]:
         """The output bytes of `item`, in order, in blocks of at most about CHUNK bytes."""
-        if self.remote is not None:
+        if self.remote is not None or self._url_folder:
             yield from self._remote_chunks(item)
             return
         fd, mm, start = self._source(item)
@@ -161,15 +194,16 @@ class SourceBytes:
         st = self.ckpt.storages[t.storage_key or ""]
         assert st.data_offset is not None
         start = st.data_offset + t.storage_offset * t.itemsize
+        src = self._remote_of(item)
         digests = _DIGESTS.get()
         h = hashlib.blake2b(digest_size=32) if digests is not None else None
         if t.is_contiguous:
-            blocks = self._contiguous(item, -1, start)
+            blocks = self._contiguous(item, -1, start, src)
         else:  # a view: fetch the span it covers (one block's worth at most per request)
             span = t.span_elements() * t.itemsize - t.storage_offset * t.itemsize
             buf = bytearray()
             for a in range(start, start + span, CHUNK):
-                buf += self._read_remote(a, min(CHUNK, start + span - a))
+                buf += self._read_remote(src, a, min(CHUNK, start + span - a))
             blocks = self._strided(item, buf, 0)
         for block in blocks:
             if h is not None:
@@ -178,15 +212,15 @@ class SourceBytes:
         if h is not None and digests is not None:
             digests[digest_key(item)] = h.digest()
 
-    def _read_remote(self, offset: int, n: int) -> bytes:
+    def _read_remote(self, src: Any, offset: int, n: int) -> bytes:
         from .plan import ExportError
 
         try:
-            return self.remote.read_range(offset, n)
+            return src.read_range(offset, n)
         except CkptError as e:
             raise ExportError(e.path, f"reading the source failed: {e.message}") from None
 
-    def _contiguous(self, item: Item, fd: int, start: int) -> Iterator[Any]:
+    def _contiguous(self, item: Item, fd: int, start: int, remote: Any = None) -> Iterator[Any]:
         t = item.tensor
         target = None
         if item.dtype != t.dtype:
@@ -195,8 +229,8 @@ class SourceBytes:
         step = CHUNK - CHUNK % max(1, t.itemsize)
         end = start + t.nbytes
         for a in range(start, end, step):
-            if self.remote is not None:
-                data = self._read_remote(a, min(step, end - a))
+            if remote is not None:
+                data = self._read_remote(remote, a, min(step, end - a))
             else:
                 data = os.pread(fd, min(step, end - a), a)
             if len(data) != min(step, end - a):
