@@ -236,6 +236,27 @@ def test_diff_values_between_the_url_and_the_local_folder(
     assert code == 0, doc
 
 
+def test_why_json_attributes_bytes_per_shard(httpserver, capsys, folder) -> None:
+    local, index = folder
+    base = _serve_folder(httpserver, local)
+    capsys.readouterr()
+    assert main(["why", f"{base}/{index}", "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert main(["why", str(local / index), "--json"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    shards = set(open_checkpoint(str(local / index)).info["files"])
+    rows = {g["path"][0]: g["bytes"] for g in b["groups"] if len(g["path"]) == 1}
+    assert shards <= set(rows) and all(rows[s] > 0 for s in shards)
+    here_rows = {g["path"][0]: g["bytes"] for g in here["groups"] if len(g["path"]) == 1}
+    assert {s: rows[s] for s in shards} == {s: here_rows[s] for s in shards}
+    assert set(rows) == {*shards, index}
+    assert sum(b["categories"].values()) == b["file_bytes"]
+    # HTTP lists no folder: the shards and the index count, config.json and the like do not
+    unseen = sum(p.stat().st_size for p in local.iterdir() if p.name not in {*shards, index})
+    assert b["file_bytes"] == here["file_bytes"] - unseen
+    assert b["categories"]["tensor_data"] == here["categories"]["tensor_data"]
+
+
 # --- S3: a folder is listed (moto's server on 127.0.0.1) ---
 
 

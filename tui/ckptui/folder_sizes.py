@@ -11,11 +11,12 @@ checkpoints but cannot be read count as `unaccounted` and get a finding.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path as FsPath
 
 from .errors import CkptError, NotACheckpoint, NotReadable
 from .formats import open_checkpoint
+from .formats._common import is_url
 from .formats.folder import is_index_file
 from .formats.layout import read_layout
 from .model import Checkpoint, Path
@@ -55,15 +56,32 @@ def _raise(e: OSError) -> None:
 
 
 def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
-    """The merged breakdown of every checkpoint file below `folder`."""
+    """The merged breakdown of every checkpoint file below `folder`.
+
+    A folder at a URL cannot be walked (HTTP does not list): it is opened again as a checkpoint
+    (its index and headers, metadata only) and broken down from the files that names.
+    """
+    if is_url(folder):
+        return breakdown_of(open_checkpoint(folder.rstrip("/") + "/"), each)
+    return _breakdown_files(folder, folder_files(folder), {}, each)
+
+
+def _breakdown_files(
+    folder: str,
+    listing: Iterable[tuple[str, int]],
+    other: dict[str, int],
+    each: FileHook | None,
+) -> Breakdown:
+    """`listing`'s checkpoint files broken down and merged; `other` (and any file that is no
+    checkpoint) counts as `other_files`."""
     parts: list[tuple[str, Breakdown]] = []
-    other: dict[str, int] = {}
+    other = dict(other)
     unreadable: list[SizeFinding] = []
-    for name, nbytes in folder_files(folder):
+    for name, nbytes in listing:
         if is_index_file(name):
             other[name] = nbytes  # an index opens as the whole sharded model: not a part
             continue
-        path = str(FsPath(folder) / name)
+        path = f"{folder}/{name}" if is_url(folder) else str(FsPath(folder) / name)
         try:
             ckpt = open_checkpoint(path)
         except NotACheckpoint:
@@ -85,10 +103,14 @@ def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
     return merged
 
 
-def breakdown_of(ckpt: Checkpoint) -> Breakdown:
+def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
     """The size breakdown of an opened checkpoint: its file's, or for a checkpoint of many
     files (shards, a folder of checkpoints) its whole folder's, each checkpoint file broken down
-    on its own (a stray copy beside the shards is part of why the folder is big)."""
+    on its own (a stray copy beside the shards is part of why the folder is big).
+
+    A folder at a URL is not listed again: its files are the ones the open recorded
+    (`info["files"]`, their sizes as opened), plus the index and any other files it saw.
+    """
     folder = ckpt.info.get("folder")
     if folder is None:
         return breakdown(ckpt, read_layout(ckpt))
@@ -96,7 +118,12 @@ def breakdown_of(ckpt: Checkpoint) -> Breakdown:
         from .dcp_sizes import breakdown_dcp
 
         return breakdown_dcp(ckpt)
-    return breakdown_folder(folder)
+    if is_url(str(folder)):
+        other = dict(ckpt.info.get("other_files", {}))
+        if "index" in ckpt.info:
+            other[ckpt.info["index"]] = int(ckpt.info.get("index_bytes", 0))
+        return _breakdown_files(str(folder), ckpt.info.get("files", {}).items(), other, each)
+    return breakdown_folder(folder, each)
 
 
 def tree_path(ckpt: Checkpoint, path: Path) -> Path:
