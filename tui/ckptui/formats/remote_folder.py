@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import (
     CkptError,
@@ -171,7 +170,7 @@ class RemoteFiles:
         """The folder's URL, as given."""
         return folder
 
-    def dcp(self, folder: str) -> Any:
+    def dcp(self, folder: str) -> Checkpoint | None:
         """Not yet: DCP's reader wants local files."""
         raise Unsupported(
             folder, "DCP checkpoints at a URL are not supported yet: download the folder first"
