@@ -233,7 +233,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _why(args: argparse.Namespace) -> int:
-    from .folder_sizes import breakdown_folder, breakdown_of
+    from .folder_sizes import breakdown_of
     from .formats import open_checkpoint
 
     show_progress = not args.json and sys.stderr.isatty()
@@ -242,7 +242,7 @@ def _why(args: argparse.Namespace) -> int:
     if folder is not None and ckpt.format != "dcp":
         # each checkpoint file broken down on its own, and searched for duplicates on its own
         files: list[tuple[str, Any, Any]] = []
-        b = breakdown_folder(folder, lambda name, c, fb: files.append((name, c, fb)))
+        b = breakdown_of(ckpt, lambda name, c, fb: files.append((name, c, fb)))
         if not args.no_duplicates:
             found = []
             for name, c, fb in files:

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, Self
 
@@ -74,6 +74,8 @@ class SourceBytes:
         self._remotes: dict[str, Any] = {}
         """URL -> `RemoteSource` of each file of a many-file URL checkpoint read so far."""
         self._closed_bytes = 0
+        self._plans: dict[str, list[tuple[int, int]]] = {}
+        """URL -> the byte ranges `plan` announced for that file."""
         folder = ckpt.info.get("folder")
         self._url_folder = folder is not None and is_url(str(folder))
         """A sharded model or folder at a URL: each file is opened on first use."""
@@ -83,6 +85,8 @@ class SourceBytes:
             return self  # each shard on first use, like the local per-file descriptors
         if is_url(self.ckpt.path):
             self.remote = self._open_remote(self.ckpt.path, self.ckpt.file_bytes, self._is_zip())
+            if self.ckpt.format == "torch-legacy":
+                self.remote.expect_layout(self.ckpt)  # each storage's count, checked on read
         elif self.ckpt.info.get("folder") is None:
             self._file(self.ckpt.path, self.ckpt.file_bytes)  # fail early, before any writing
         return self
@@ -110,6 +114,27 @@ class SourceBytes:
             raise ExportError(e.path, e.message) from None
         return src
 
+    def plan(self, items: Iterable[Item]) -> None:
+        """Tell a remote source which byte ranges are coming (each item's span of its storage),
+        so that neighbouring kept storages are fetched in one request instead of one each
+        (`RemoteSource.plan_reads`). Nothing to do for a local source."""
+        if self.remote is None and not self._url_folder:
+            return
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for it in items:
+            t = it.tensor
+            st = self.ckpt.storages.get(t.storage_key or "")
+            if st is None or st.data_offset is None:
+                continue
+            start = st.data_offset + t.storage_offset * t.itemsize
+            n = t.nbytes if t.is_contiguous else (t.span_elements() - t.storage_offset) * t.itemsize
+            spans.setdefault(self.ckpt.file_of(st), []).append((start, start + n))
+        self._plans = spans
+        if self.remote is not None:
+            self.remote.plan_reads(spans.get(self.ckpt.path, []))
+        for url, src in self._remotes.items():
+            src.plan_reads(spans.get(url, []))
+
     def _remote_of(self, item: Item) -> Any:
         """The `RemoteSource` holding `item`'s bytes (a shard's opened on first use)."""
         if self.remote is not None:
@@ -121,6 +146,7 @@ class SourceBytes:
             expected = self.ckpt.info.get("files", {}).get(st.file)
             # a zip record name marks a torch-zip shard (safetensors storages have none)
             src = self._remotes[url] = self._open_remote(url, expected, st.record is not None)
+            src.plan_reads(self._plans.get(url, []))
         return src
 
     @property

@@ -76,6 +76,7 @@ def write(plan: Plan, f: BinaryIO, progress: Progress | None = None) -> None:
     total = plan.data_bytes
     done = 0
     with SourceBytes(plan.ckpt) as src:
+        src.plan(plan.items)
 
         def stream(item):
             nonlocal done

@@ -123,7 +123,7 @@ class RemoteSource(Source):
     @classmethod
     def open(cls, path: str) -> RemoteSource:  # type: ignore[override]
         """Open the URL `path`: learn its size; no bytes of the file are read yet."""
-        fs, fpath = _filesystem(path)
+        fs, fpath = filesystem(path)
         try:
             # One HEAD (or the back-end's stat) for the size and the version tag (ETag), which
             # fsspec's HTTP file would otherwise drop.
@@ -560,7 +560,7 @@ def _parse_directory(cd: bytes, cd_size: int) -> list[_Record] | None:
     return out
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
+def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for `url`, with bounded timeouts where the back-end takes them."""
     try:
         import fsspec

@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..model import Checkpoint
 from .folder import INDEX_NAMES, MAX_FILES, MAX_INDEX, is_index_file, open_folder, open_sharded
-from .remote import RemoteSource, _filesystem, translate
+from .remote import RemoteSource, filesystem, translate
 
 OpenOne = Callable[[str], Checkpoint]
 
@@ -104,7 +104,7 @@ class RemoteFiles:
     def is_listable_dir(self, url: str) -> bool:
         """Whether `url` is a folder (prefix) on a back-end that lists (S3, GCS, ...)."""
         try:
-            fs, fpath = _filesystem(url)
+            fs, fpath = filesystem(url)
             return bool(fs.isdir(fpath))
         except Exception:  # noqa: BLE001 - not listable: the caller re-raises its NotFound
             return False
@@ -130,7 +130,7 @@ class RemoteFiles:
         if _is_http(folder):
             raise Unsupported(folder, "a folder cannot be listed over HTTP: pass the index's URL")
         try:
-            fs, fpath = _filesystem(folder)
+            fs, fpath = filesystem(folder)
             found = fs.find(fpath.rstrip("/"), detail=True)
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
             raise translate(folder, e) from None
