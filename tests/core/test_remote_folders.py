@@ -110,8 +110,12 @@ def _inspect_json(capsys, target: str) -> dict:
 def _comparable(doc: dict) -> dict:
     """`inspect --json` without what names the source (its path and folder, also inside
     messages) or counts its transfer."""
-    text = json.dumps({k: v for k, v in doc.items() if k not in ("path", "bytes_read")})
-    text = text.replace(doc["path"], "PATH").replace(doc["info"]["folder"], "DIR")
+    path = doc["path"]
+    doc = {k: v for k, v in doc.items() if k not in ("path", "bytes_read")}
+    # the suggested export writes beside the folder, or for a URL into the current directory
+    doc["weights_only"] = {k: v for k, v in doc["weights_only"].items() if k != "export_command"}
+    text = json.dumps(doc)
+    text = text.replace(path, "PATH").replace(doc["info"]["folder"], "DIR")
     return json.loads(text)
 
 
@@ -135,6 +139,9 @@ def test_index_url_inspects_as_the_local_folder(httpserver, capsys, folder) -> N
     assert remote["path"] == f"{base}/{index}"
     assert here["bytes_read"] is None and remote["bytes_read"] > 0
     assert _comparable(remote) == _comparable(here)
+    assert here["weights_only"]["export_command"].endswith(f" -o {local}.weights.pth")
+    name = base.rsplit("/", 1)[-1]
+    assert remote["weights_only"]["export_command"].endswith(f" -o {name}.weights.pth")
     assert len(remote["tensors"]) == len(json.loads((local / index).read_text())["weight_map"])
     # the folder URL (HTTP: found by the index's standard name) opens the same model
     via_folder = _inspect_json(capsys, f"{base}/")

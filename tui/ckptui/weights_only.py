@@ -192,6 +192,8 @@ def _export_command(ckpt: Checkpoint) -> str | None:
     if is_url(base):  # written here, named after the remote file (a shard index: its folder)
         parts = base.split("://", 1)[1].split("/")
         base = parts[-2] if base.endswith(".index.json") and len(parts) > 1 else parts[-1]
+    elif base.endswith(".index.json") and "/" in base:  # a shard index: named after its folder
+        base = base.rsplit("/", 1)[0]
     stem = base.rsplit(".", 1)[0] if "." in base.rsplit("/", 1)[-1] else base
     return f"ckptui export {shlex.quote(ckpt.path)} -o {shlex.quote(stem + '.weights.pth')}"
 
