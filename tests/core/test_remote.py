@@ -672,3 +672,16 @@ def test_the_weights_only_fix_for_a_url_writes_a_local_file(httpserver, tmp_path
 
     report = weights_only_report(open_checkpoint(url))
     assert report.export_command == f"ckptui export {url} -o run.weights.pth"
+
+
+def test_exports_of_a_url_are_written_locally(httpserver, capsys, big_zip: Path) -> None:
+    """The default output of a remote source lands in the current folder, named after it; a
+    URL as the output is refused in one line (the writer is local and atomic)."""
+    from ckptui.export.plan import default_target
+
+    url = _serve(httpserver, "runs/ckpt.pth", big_zip.read_bytes())
+    assert default_target(url, "pth") == "ckpt.slim.pth"
+    assert default_target("s3://bucket/models/gpt2/", "safetensors") == "gpt2.slim.safetensors"
+    err = _one_line_error(capsys, ["export", url, "-o", "s3://bucket/out.safetensors"])
+    assert "is a URL: the output is written to a local file" in err
+    assert not Path("s3:").exists()

@@ -15,6 +15,7 @@ from pathlib import PurePath
 
 from ..dtypes import DTYPES, SAFETENSORS_DTYPES
 from ..errors import CkptError
+from ..formats._common import is_url
 from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
 from ..roles import weights_path
 
@@ -179,7 +180,10 @@ def cast_dtype(dtype: str, cast: str) -> str:
 
 
 def default_target(source: str, fmt: str) -> str:
-    """The output beside the source: `ckpt.pth` -> `ckpt.slim.pth` (or `.slim.safetensors`)."""
+    """The output beside the source: `ckpt.pth` -> `ckpt.slim.pth` (or `.slim.safetensors`);
+    for a URL, in the current folder, named after the remote file."""
+    if is_url(source):
+        source = source.rstrip("/").split("://", 1)[1].rsplit("/", 1)[-1] or "checkpoint"
     base = PurePath(source)
     return str(base.with_name(f"{base.stem or 'checkpoint'}.slim.{fmt}"))
 

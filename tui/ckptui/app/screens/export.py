@@ -44,6 +44,7 @@ from ...export import (
 )
 from ...export.dcp import stitched_bytes
 from ...facts import path_text
+from ...formats._common import is_url
 from ...model import Checkpoint, Path
 
 DTYPES = ("keep", "bf16", "fp16")
@@ -224,7 +225,7 @@ class ExportScreen(ModalScreen[None]):
         value = self.query_one("#export-target", Input).value.strip()
         if not value:
             return "[$error]name the file to write[/]"
-        target = str(FsPath(value).expanduser())
+        target = value if is_url(value) else str(FsPath(value).expanduser())
         problem = check_target(target, self.ckpt)
         if problem is None:
             return None
