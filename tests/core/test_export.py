@@ -245,3 +245,19 @@ def test_default_target_and_size_change_text() -> None:
     assert default_target("model.safetensors", "safetensors") == "model.slim.safetensors"
     assert size_change(2 << 30, 406 << 20) == "2.0 GiB → 406.0 MiB, −80 %"  # noqa: RUF001
     assert size_change(100, 100).endswith("±0 %") and size_change(100, 150).endswith("+50 %")
+
+
+def test_the_export_gets_the_mode_of_a_plainly_created_file(tmp_path: Path) -> None:
+    """The temp file renamed into place must not keep mkstemp's 0600: under the usual umask
+    the output is readable by the group and others, as `torch.save`'s would be."""
+    import os
+
+    src = tmp_path / "src.pth"
+    torch.save({"w": torch.ones(4)}, src)
+    out = tmp_path / "out.safetensors"
+    old = os.umask(0o022)
+    try:
+        export(make_plan(open_checkpoint(str(src)), keep=[()], fmt="safetensors"), out)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
@@ -43,7 +42,7 @@ from .plan import (
     kept_tensors,
     output_names,
 )
-from .run import Result, _fsync_dir, check_target
+from .run import Result, _fsync_dir, check_target, temp_beside
 from .writers import Progress
 
 BATCH_BYTES = 1 << 30
@@ -135,7 +134,7 @@ def export_dcp(
         raise ExportError(str(target), problem[1])
     folder = target.parent if str(target.parent) else FsPath()
     total = sum(it.tensor.numel * _itemsize(it.dtype) for it in items)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
+    fd, tmp = temp_beside(target, folder)
     try:
         tensors = _load(ckpt, items, progress, total)
         meta = {"format": "pt", **_metadata(ckpt)} if fmt == "safetensors" else None

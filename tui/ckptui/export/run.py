@@ -63,13 +63,13 @@ def export(
 
         if chunked_kept(plan):
             return export_dcp_plan(plan, out, force, progress)
+    problem = check_target(out, plan.ckpt)  # before FsPath, which folds a URL's `//`
     target = FsPath(out)
-    problem = check_target(target, plan.ckpt)
     if problem is not None and (problem[0] != "exists" or not force):
-        raise ExportError(str(target), problem[1])
+        raise ExportError(os.fspath(out), problem[1])
     folder = target.parent if str(target.parent) else FsPath()
     predicted = predicted_size(plan)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
+    fd, tmp = temp_beside(target, folder)
     try:
         with os.fdopen(fd, "w+b") as f, recorded_digests() as digests:
             write(plan, f, progress)
@@ -101,10 +101,35 @@ def export(
     )
 
 
+def temp_beside(target: FsPath, folder: FsPath) -> tuple[int, str]:
+    """A new hidden temp file in `folder` for `target`, with the mode a plainly created file
+    would get (mkstemp's 0600 would leave the export unreadable to the user's group, or to a
+    container running as another user, once renamed into place)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
+    with contextlib.suppress(OSError):  # a file system without modes: mkstemp's mode stays
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for a moment for
+    every thread, the app's included)."""
+    try:
+        with FsPath("/proc/self/status").open(encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def check_target(out: str | os.PathLike[str], ckpt: Checkpoint) -> tuple[str, str] | None:
     """Why `out` cannot be written: (`error`, reason), or (`exists`, ...) when only `--force`
     would replace it; None when it is free. Every file of a many-file source counts as the
     source."""
+    if is_url(os.fspath(out)):
+        return "error", "is a URL: the output is written to a local file (upload it after)"
     target = FsPath(out)
     if target.exists() or target.is_symlink():
         sources = [ckpt.path]

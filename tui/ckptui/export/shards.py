@@ -15,11 +15,10 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from pathlib import Path as FsPath
 
 from .plan import ExportError, Item, Plan
-from .run import Result, check_target, export
+from .run import Result, check_target, export, temp_beside
 from .writers import Progress
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
@@ -124,7 +123,7 @@ def export_sharded(
 
 def _write_atomic(path: str, data: bytes) -> None:
     folder = FsPath(path).parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{FsPath(path).name}.", suffix=".ckptui-tmp", dir=folder)
+    fd, tmp = temp_beside(FsPath(path), folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
