@@ -220,6 +220,14 @@ def test_core_imports_no_ui_or_torch() -> None:
         "ckptui.resume",
         "ckptui.weights_only",
         "ckptui.training",
+        # issue 9: remote checkpoints
+        "ckptui.formats.remote",
+        "ckptui.formats.remote_io",
+        "ckptui.formats.remote_zip",
+        "ckptui.formats.remote_buffer",
+        "ckptui.formats.remote_folder",
+        "ckptui.values",
+        "ckptui.duplicates",
     ]
     code = (
         "import sys\n"

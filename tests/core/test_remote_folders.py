@@ -30,13 +30,11 @@ from .test_folders import sharded  # noqa: F401  (a fixture: a real save_pretrai
 
 
 def _forget_remote_metadata() -> None:
-    """Empty `remote`'s cache of recently fetched metadata, so that every open below is a
-    first open and the server's log shows what one costs."""
-    from ckptui.formats import remote
+    """Empty the cache of recently fetched metadata, so that every open below is a first open
+    and the server's log shows what one costs."""
+    from ckptui.formats import remote_io
 
-    cache = getattr(remote, "_METADATA", None)
-    if cache is not None:
-        cache.clear()
+    remote_io._METADATA.clear()
 
 
 @pytest.fixture(autouse=True)

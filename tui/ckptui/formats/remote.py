@@ -1,29 +1,25 @@
 """Provides `RemoteSource`: a checkpoint at a URL (`http(s)://`, `s3://`, any fsspec URL), read
 by range requests so that opening fetches metadata only, never tensor data.
 
-fsspec is the one I/O layer (HTTP through its aiohttp-based HTTPFileSystem), imported only here and
+fsspec is the one I/O layer (HTTP through its aiohttp-based HTTPFileSystem), imported (`remote_io`)
 only when a URL is opened, so local files never pay for it. Each `read_at` that misses the cache is
 one exact range request; nothing is read ahead, because any read-ahead past a record would pull
 tensor bytes.
 
-Zip checkpoints would otherwise cost one request per storage: the zip reader reads each storage's
-30-byte local header to learn its data offset (torch's 64-byte alignment padding lives only there,
-FORMATS.md). Instead, the central directory is fetched once and each storage's local header is
-*predicted* from it: the gap to the next record gives the extra field's length, and that must agree
-with torch's padding rule (the data starts on the next `.storage_alignment` boundary after a 4-byte
-`FB` field). A prediction that agrees is served without a request; the real header is checked the
-first time any byte of that record is read (values, export), and a mismatch is a `CorruptFile`.
-Records that are not storages (`data.pkl`, `byteorder`, `version`, ...) are fetched in a few
-coalesced requests, since they lie next to each other.
+Zip checkpoints would otherwise cost one request per storage, to read its local header: each is
+predicted from the central directory instead (`remote_zip`) and checked against the real bytes
+when that record's data is first read, in the same request (values, export); a mismatch is a
+`CorruptFile`. Legacy storage counts are predicted from the pickle the same way. Records that are
+not storages (`data.pkl`, `byteorder`, `version`, ...) are fetched in a few coalesced requests,
+since they lie next to each other. Pickle streams are parsed through `remote_buffer`; timeouts,
+errors and the metadata cache are in `remote_io`.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,15 +27,32 @@ from typing import Any
 from ..dtypes import itemsize_of
 from ..errors import CkptError, CorruptFile, NotFound, NotReadable, Unsupported
 from ._common import Source
+from .remote_buffer import PickleBuffer
+from .remote_io import (
+    ATTEMPTS,
+    CONNECT_TIMEOUT,
+    RANGE_HELP,
+    READ_TIMEOUT,
+    filesystem,
+    remember,
+    remembered,
+    translate,
+    version_of,
+)
+from .remote_zip import (
+    LOCAL,
+    STORAGE_RECORD,
+    TAIL,
+    Record,
+    find_directory,
+    parse_directory,
+    predicted_header,
+)
 
-CONNECT_TIMEOUT = 10.0
-"""Seconds to connect to a server (HTTP)."""
-READ_TIMEOUT = 60.0
-"""Seconds a read may wait for the next bytes from the server (HTTP)."""
+__all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "RemoteSource", "filesystem", "translate"]
+
 MAX_CACHED_READ = 64 << 20
 """Reads up to this size are kept for re-reads (metadata); larger ones (tensor data) are not."""
-ATTEMPTS = 3
-"""Tries per tensor-data range (`read_range`) before a dropped connection is an error."""
 RETRY_WAIT = 0.25
 """Seconds before the second try; doubled before each later one."""
 WINDOW = 16 << 20
@@ -49,37 +62,6 @@ MAX_GAP = 4096
 two neighbouring storages is about a hundred bytes."""
 MERGE_BACK = 64 << 10
 """A prediction at most this far before a data range is fetched in the same request."""
-BLOCK = 64 << 10
-"""First read-ahead of the pickle buffer; doubled while reads stay sequential, up to MAX_AHEAD."""
-MAX_AHEAD = 8 << 20
-
-_LOCAL = struct.Struct("<IHHHHHIIIHH")
-_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
-_EOCD = struct.Struct("<IHHHHIIH")
-_EOCD64 = struct.Struct("<IQHHIIQQQQ")
-_LOCATOR = struct.Struct("<IIQI")
-_TAIL = _EOCD.size + _LOCATOR.size + _EOCD64.size
-_STORAGE_RECORD = re.compile(r"^[^/]*/(data|constants)/")
-_U32 = 0xFFFFFFFF
-_RANGE_HELP = (
-    "the server does not support HTTP range requests; reading this checkpoint would need a "
-    "full download"
-)
-
-
-@dataclass
-class _Record:
-    name: str
-    header: int
-    """Absolute offset of the local header."""
-    name_len: int
-    method: int
-    flags: int
-    crc: int
-    csize: int
-    usize: int
-    end: int = 0
-    """Where the record's data (and data descriptor) end: the next record or the directory."""
 
 
 @dataclass
@@ -91,7 +73,7 @@ class _Expect:
     want: bytes
     end: int
     what: str
-    record: _Record | None
+    record: Record | None
     """The zip record whose local header this is; None for a legacy storage count."""
 
 
@@ -112,7 +94,7 @@ class RemoteSource(Source):
     _extras: dict[int, bytes] = field(default_factory=dict)
     """Offset -> a storage record's predicted extra field: torch's padding field ('FB', then
     'Z's), whose length the gap between records fixes (zip64 records are not predicted)."""
-    _buffer: _Buffer | None = None
+    _buffer: PickleBuffer | None = None
     _version: tuple[Any, ...] | None = None
     _runs: list[tuple[int, int]] = field(default_factory=list)
     """Planned runs of tensor data (`plan_reads`)."""
@@ -129,7 +111,7 @@ class RemoteSource(Source):
             # fsspec's HTTP file would otherwise drop.
             info = fs.info(fpath)
             if info.get("partial") is False:  # HTTP "Accept-Ranges: none"
-                raise Unsupported(path, _RANGE_HELP)
+                raise Unsupported(path, RANGE_HELP)
             kw = {"size": info["size"]} if isinstance(info.get("size"), int) else {}
             f = fs.open(fpath, "rb", block_size=1 << 20, cache_type="none", **kw)
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
@@ -137,19 +119,19 @@ class RemoteSource(Source):
         size = getattr(f, "size", None)
         if type(f).__name__ == "HTTPStreamFile" or not isinstance(size, int):
             f.close()
-            raise Unsupported(path, _RANGE_HELP)
+            raise Unsupported(path, RANGE_HELP)
         src = cls(path, None, size, file=f)
-        src._version = _version(path, size, {**info, **(getattr(f, "details", None) or {})})
-        src._spans = _remembered(src._version)
+        src._version = version_of(path, size, {**info, **(getattr(f, "details", None) or {})})
+        src._spans = remembered(src._version)
         return src
 
     @property
-    def buf(self) -> _Buffer:
+    def buf(self) -> PickleBuffer:
         """The file as a buffer for the pickle parser (legacy and plain-pickle files): blocks
         fetched on first touch, with read-ahead that doubles while reads stay sequential, so a
         run of pickles costs a few requests and a skipped large payload costs none."""
         if self._buffer is None:
-            self._buffer = _Buffer(self)
+            self._buffer = PickleBuffer(self)
         return self._buffer
 
     def expect_count(self, pos: int, count: int, end: int) -> int:
@@ -165,7 +147,7 @@ class RemoteSource(Source):
             return b""
         n = min(n, self.size - offset)
         pred = self._predicted.get(offset)
-        if pred is not None and pred.record is not None and n <= _LOCAL.size:
+        if pred is not None and pred.record is not None and n <= LOCAL.size:
             return pred.want[:n]  # a zip reader reading the header it predicted: no request
         extra = self._extras.get(offset)
         if extra is not None and n <= len(extra):
@@ -265,14 +247,14 @@ class RemoteSource(Source):
         """
         name = record.encode()
         for extra in (4 + 28 + 64, 0xFFFF):  # torch's FB field, zip64 fields, 64-byte alignment
-            lo = max(0, data_offset - _LOCAL.size - len(name) - extra)
+            lo = max(0, data_offset - LOCAL.size - len(name) - extra)
             window = self.read_range(lo, data_offset - lo)
             at = window.rfind(b"PK\x03\x04")
             while at >= 0:
-                fields = _LOCAL.unpack_from(window, at) if at + _LOCAL.size <= len(window) else None
+                fields = LOCAL.unpack_from(window, at) if at + LOCAL.size <= len(window) else None
                 if fields is not None and (
-                    at + _LOCAL.size + fields[9] + fields[10] == len(window)
-                    and window[at + _LOCAL.size : at + _LOCAL.size + fields[9]] == name
+                    at + LOCAL.size + fields[9] + fields[10] == len(window)
+                    and window[at + LOCAL.size : at + LOCAL.size + fields[9]] == name
                 ):
                     return
                 at = window.rfind(b"PK\x03\x04", 0, at)
@@ -288,7 +270,7 @@ class RemoteSource(Source):
         """Close the remote file, keeping what it fetched for the next opening of the same
         version of the file (`_METADATA`)."""
         if self._spans and self._version is not None:
-            _remember(self._version, self._spans)
+            remember(self._version, self._spans)
         if self.file is not None:
             try:
                 self.file.close()
@@ -301,23 +283,23 @@ class RemoteSource(Source):
     def prefetch_zip(self) -> None:
         """Fetch a zip's directory and non-storage records in a few requests, and predict every
         storage's local header so that no request per storage is needed."""
-        tail_at = max(0, self.size - _TAIL)
+        tail_at = max(0, self.size - TAIL)
         self._fetch_span(tail_at, self.size)
-        located = self._directory(self._cached(tail_at, self.size - tail_at) or b"", tail_at)
+        located = find_directory(self._cached(tail_at, self.size - tail_at) or b"", tail_at)
         if located is None:
             return  # not a plain torch zip end: let zipfile find its way with exact reads
         cd_at, cd_size = located
         if not 0 <= cd_at <= tail_at or cd_at + cd_size > self.size:
             return
         self._fetch_span(cd_at, tail_at)
-        records = _parse_directory(self._cached(cd_at, cd_size) or b"", cd_size)
+        records = parse_directory(self._cached(cd_at, cd_size) or b"", cd_size)
         if records is None:
             return
         records.sort(key=lambda r: r.header)
         for rec, nxt in zip(records, [*records[1:], None], strict=True):
             rec.end = nxt.header if nxt is not None else cd_at
-        plain = [r for r in records if not _STORAGE_RECORD.match(r.name)]
-        run: list[_Record] = []
+        plain = [r for r in records if not STORAGE_RECORD.match(r.name)]
+        run: list[Record] = []
         for rec in plain:  # coalesce records that touch into one request
             if run and rec.header != run[-1].end:
                 self._fetch_span(run[0].header, run[-1].end)
@@ -327,38 +309,17 @@ class RemoteSource(Source):
             self._fetch_span(run[0].header, run[-1].end)
         alignment = self._alignment(records)
         for rec in records:
-            if _STORAGE_RECORD.match(rec.name):
+            if STORAGE_RECORD.match(rec.name):
                 self._predict(rec, alignment)
 
-    def _predict(self, rec: _Record, alignment: int) -> None:
-        if rec.method != 0 or rec.header >= self.size:
-            return
-        big = rec.csize >= _U32 or rec.usize >= _U32
-        desc = (24 if big else 16) if rec.flags & 8 else 0
-        extra = rec.end - rec.header - _LOCAL.size - rec.name_len - rec.csize - desc
-        start = rec.header + _LOCAL.size + rec.name_len + 4  # the 4-byte FB field's header
-        if big or rec.header >= _U32:  # torch's getPadding: zip64 extra fields come first
-            start += 4 + (16 if big else 0) + (8 if rec.header >= _U32 else 0)
-        rule = start + (-start) % alignment - (rec.header + _LOCAL.size + rec.name_len)
-        if extra != rule or not 4 <= extra <= 0xFFFF:
+    def _predict(self, rec: Record, alignment: int) -> None:
+        got = predicted_header(rec, alignment) if rec.header < self.size else None
+        if got is None:
             return  # not torch's layout: the reader fetches the real header
-        header = _LOCAL.pack(
-            0x04034B50,
-            45 if big else 20,
-            rec.flags,
-            0,
-            0,
-            0,
-            rec.crc,
-            min(rec.csize, _U32),
-            min(rec.usize, _U32),
-            rec.name_len,
-            extra,
-        )
+        header, extra = got
         self._expect(_Expect(rec.header, header, rec.end, "local header", rec))
-        if not big and rec.header < _U32:  # the extra field is torch's padding field alone
-            field = struct.pack("<HH", 0x4246, extra - 4) + b"Z" * (extra - 4)
-            self._extras[rec.header + _LOCAL.size + rec.name_len] = field
+        if extra is not None:
+            self._extras[rec.header + LOCAL.size + rec.name_len] = extra
 
     def _expect(self, e: _Expect) -> None:
         if e.at not in self._predicted:
@@ -390,7 +351,7 @@ class RemoteSource(Source):
         if real is None:
             real = self._fetch(e.at, len(e.want))
         if e.record is not None:  # a zip local header: signature, name and extra lengths
-            got, want = _LOCAL.unpack(real), _LOCAL.unpack(e.want)
+            got, want = LOCAL.unpack(real), LOCAL.unpack(e.want)
             ok = (got[0], got[9], got[10]) == (want[0], want[9], want[10])
             what = (
                 f"record {e.record.name}: its local header does not match the central "
@@ -403,41 +364,18 @@ class RemoteSource(Source):
         if not ok:
             raise CorruptFile(self.path, what)
 
-    def _alignment(self, records: list[_Record]) -> int:
+    def _alignment(self, records: list[Record]) -> int:
         """`.storage_alignment` when present (torch >= 2.5 lets it be configured), else 64."""
         for rec in records:
             if rec.name.endswith("/.storage_alignment") and rec.method == 0:
-                head = self._cached(rec.header, _LOCAL.size)
+                head = self._cached(rec.header, LOCAL.size)
                 if head is None:
                     break
-                fields = _LOCAL.unpack(head)
-                data = self._cached(rec.header + _LOCAL.size + fields[9] + fields[10], rec.csize)
+                fields = LOCAL.unpack(head)
+                data = self._cached(rec.header + LOCAL.size + fields[9] + fields[10], rec.csize)
                 if data is not None and data.strip().isdigit() and 0 < int(data) <= 1 << 20:
                     return int(data)
         return 64
-
-    def _directory(self, tail: bytes, tail_at: int) -> tuple[int, int] | None:
-        """(offset, size) of the central directory, from the end records; None if unusual."""
-        if len(tail) < _EOCD.size:
-            return None
-        sig, _, _, _, _, cd_size, cd_at, comment = _EOCD.unpack(tail[-_EOCD.size :])
-        if sig != 0x06054B50 or comment:
-            return None
-        if cd_at != _U32 and cd_size != _U32:
-            return cd_at, cd_size
-        loc = tail[-_EOCD.size - _LOCATOR.size : -_EOCD.size]
-        if len(loc) < _LOCATOR.size:
-            return None
-        lsig, _, eocd64_at, _ = _LOCATOR.unpack(loc)
-        if lsig != 0x07064B50 or eocd64_at < tail_at:
-            return None
-        rec = tail[eocd64_at - tail_at : eocd64_at - tail_at + _EOCD64.size]
-        if len(rec) < _EOCD64.size:
-            return None
-        fields = _EOCD64.unpack(rec)
-        if fields[0] != 0x06064B50:
-            return None
-        return fields[9], fields[8]
 
     def _fetch_span(self, start: int, stop: int) -> None:
         if stop > start and self._cached(start, stop - start) is None:
@@ -493,240 +431,3 @@ class RemoteSource(Source):
                 f"the server returned {len(data):,} bytes for a {n:,}-byte range at {offset:,}",
             )
         return data
-
-
-_METADATA: OrderedDict[tuple[Any, ...], tuple[float, list[tuple[int, bytes]]]] = OrderedDict()
-"""What each recently closed remote file fetched (its directory, pickles, headers), by URL, size
-and ETag or modification time: the reports computed after opening (`weights_only` re-reads the
-pickle, an export re-reads the directory) then cost no transfer. Bounded by METADATA_BUDGET
-bytes and METADATA_TTL seconds."""
-METADATA_BUDGET = 64 << 20
-METADATA_TTL = 300.0
-
-
-def _version(url: str, size: int, details: dict[str, Any]) -> tuple[Any, ...] | None:
-    """What identifies one version of a remote file (URL, size, ETag or modification time), or
-    None when the server names no version: then nothing is cached, as a changed file could not
-    be told from the one cached."""
-    keys = ("ETag", "etag", "LastModified", "last_modified", "Last-Modified", "mtime")
-    tag = next((details[k] for k in keys if details.get(k) is not None), None)
-    return None if tag is None else (url, size, str(tag))
-
-
-def _remembered(version: tuple[Any, ...] | None) -> list[tuple[int, bytes]]:
-    entry = _METADATA.get(version) if version is not None else None
-    if entry is None or time.monotonic() - entry[0] > METADATA_TTL:
-        return []
-    return list(entry[1])
-
-
-def _remember(version: tuple[Any, ...], spans: list[tuple[int, bytes]]) -> None:
-    _METADATA.pop(version, None)
-    _METADATA[version] = (time.monotonic(), list(spans))
-    total = sum(len(d) for _, entry in _METADATA.values() for _, d in entry)
-    while total > METADATA_BUDGET and len(_METADATA) > 1:
-        _, (_, old) = _METADATA.popitem(last=False)
-        total -= sum(len(d) for _, d in old)
-
-
-def _parse_directory(cd: bytes, cd_size: int) -> list[_Record] | None:
-    """The central directory's records, or None when it is not laid out as expected."""
-    out: list[_Record] = []
-    pos = 0
-    while pos + _CENTRAL.size <= cd_size:
-        f = _CENTRAL.unpack_from(cd, pos)
-        if f[0] != 0x02014B50:
-            return None
-        flags, method, crc, csize, usize = f[3], f[4], f[7], f[8], f[9]
-        nlen, xlen, clen, header = f[10], f[11], f[12], f[16]
-        name_bytes = cd[pos + _CENTRAL.size : pos + _CENTRAL.size + nlen]
-        extra = cd[pos + _CENTRAL.size + nlen : pos + _CENTRAL.size + nlen + xlen]
-        xpos = 0
-        while xpos + 4 <= len(extra):  # zip64: 8-byte values for the fields that hold 0xFFFFFFFF
-            tag, size = struct.unpack_from("<HH", extra, xpos)
-            if tag == 1:
-                vals = extra[xpos + 4 : xpos + 4 + size]
-                k = 0
-                if usize == _U32 and k + 8 <= len(vals):
-                    usize, k = struct.unpack_from("<Q", vals, k)[0], k + 8
-                if csize == _U32 and k + 8 <= len(vals):
-                    csize, k = struct.unpack_from("<Q", vals, k)[0], k + 8
-                if header == _U32 and k + 8 <= len(vals):
-                    header = struct.unpack_from("<Q", vals, k)[0]
-            xpos += 4 + size
-        name = name_bytes.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        out.append(_Record(name, header, nlen, method, flags, crc, csize, usize))
-        pos += _CENTRAL.size + nlen + xlen + clen
-    return out
-
-
-def filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec filesystem for `url`, with bounded timeouts where the back-end takes them."""
-    try:
-        import fsspec
-    except ImportError:
-        raise Unsupported(
-            url, "reading URLs needs the remote extra: pip install 'ckptui[remote]'"
-        ) from None
-    options: dict[str, Any] = {}
-    if url.split("://", 1)[0].lower() in ("http", "https"):
-        try:
-            import aiohttp
-        except ImportError:
-            raise Unsupported(
-                url, "reading http(s) URLs needs aiohttp: pip install 'ckptui[remote]'"
-            ) from None
-        options["client_kwargs"] = {
-            "timeout": aiohttp.ClientTimeout(
-                total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
-            )
-        }
-    elif url.split("://", 1)[0].lower() in ("s3", "s3a"):
-        # botocore's defaults: 60 s to connect and 5 tries, so a dead endpoint took minutes
-        options["config_kwargs"] = {
-            "connect_timeout": CONNECT_TIMEOUT,
-            "read_timeout": READ_TIMEOUT,
-            "retries": {"max_attempts": ATTEMPTS},
-        }
-    try:
-        return fsspec.core.url_to_fs(url, **options)
-    except Exception as e:  # noqa: BLE001 - unknown protocols, bad options: one CkptError line
-        raise translate(url, e) from None
-
-
-_NO_CREDENTIALS = (
-    "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
-)
-
-
-def _status(e: BaseException) -> tuple[int | None, str]:
-    """The HTTP status and the server's error code (S3's `NoSuchBucket`, ...), if any."""
-    status = getattr(e, "status", None)
-    response = getattr(e, "response", None)  # botocore's ClientError (s3fs)
-    if isinstance(response, dict):
-        status = status or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return status, str(response.get("Error", {}).get("Code", ""))
-    return status, ""
-
-
-def translate(url: str, e: BaseException) -> CkptError:
-    """One-line `CkptError` for whatever fsspec or its back-end raised."""
-    if isinstance(e, CkptError):
-        return e
-    if isinstance(e, FileNotFoundError) and e.__cause__ is not None:
-        return translate(url, e.__cause__)  # fsspec's HTTP info() and s3fs hide the cause here
-    status, code = _status(e)
-    name = type(e).__name__
-    if code == "NoSuchBucket":
-        return NotFound(url, "the bucket does not exist (404)")
-    if isinstance(e, FileNotFoundError) or status == 404:
-        return NotFound(url, "not found on the server (404)")
-    if isinstance(e, PermissionError) or status in (401, 403):
-        return NotReadable(url, "access denied (401/403, or credentials missing)")
-    if name in ("NoCredentialsError", "PartialCredentialsError"):  # botocore
-        return NotReadable(url, _NO_CREDENTIALS)
-    if isinstance(status, int):
-        return NotReadable(url, f"the server answered HTTP {status} {getattr(e, 'message', '')}")
-    if name in ("ClientPayloadError", "ServerDisconnectedError"):  # aiohttp
-        return NotReadable(url, f"the connection dropped mid-transfer ({name})")
-    if name in ("EndpointConnectionError", "ConnectTimeoutError"):  # botocore
-        return NotReadable(url, f"cannot reach the server ({e})")
-    if isinstance(e, ValueError) and "range" in str(e).lower():
-        return Unsupported(url, _RANGE_HELP)
-    if isinstance(e, TimeoutError):
-        return NotReadable(url, f"the server did not answer within {READ_TIMEOUT:g} s")
-    if isinstance(e, ImportError):
-        return Unsupported(url, f"this kind of URL needs a package that is not installed ({e})")
-    if isinstance(e, OSError):
-        return NotReadable(url, f"cannot reach the server ({e})")
-    return NotReadable(url, f"remote read failed ({name}: {e})")
-
-
-class _Buffer:
-    """A remote file seen as a read-only buffer by the pickle parser (`InertUnpickler`): the
-    bytes of `RemoteSource`'s span cache, fetched on first touch.
-
-    A miss fetches `BLOCK` bytes, or as many as the cached span ending there when the parser
-    reads on sequentially, so a pickle of n bytes costs about log2(n / BLOCK) requests and the
-    read-ahead past its end is at most what it read; a large payload the parser skips (`Blob`)
-    is never fetched. The parser indexes byte by byte, so the current span is kept at hand.
-    """
-
-    def __init__(self, src: RemoteSource) -> None:
-        self._src = src
-        self._lo = 0
-        self._data = b""
-
-    def __len__(self) -> int:
-        return self._src.size
-
-    def __getitem__(self, key: Any) -> Any:
-        if key.__class__ is int:
-            j = key - self._lo
-            if 0 <= j < len(self._data):
-                return self._data[j]
-            if not 0 <= key < self._src.size:
-                raise IndexError("read past the end of the file")
-            self._span(key)
-            return self._data[key - self._lo]
-        start, stop, step = key.indices(self._src.size)
-        if step != 1:
-            raise ValueError("strided slices are not supported")
-        if stop <= start:
-            return b""
-        if not (self._lo <= start and stop <= self._lo + len(self._data)):
-            self._cover(start, stop)
-        return self._data[start - self._lo : stop - self._lo]
-
-    def find(self, sub: bytes, start: int, end: int) -> int:
-        """Like `bytes.find`, fetching on as far as the search needs."""
-        end = min(end, self._src.size)
-        while start < end:
-            if not self._lo <= start < self._lo + len(self._data):
-                self._span(start)
-            hi = min(end, self._lo + len(self._data))
-            k = self._data.find(sub, start - self._lo, hi - self._lo)
-            if k >= 0:
-                return k + self._lo
-            if hi >= end:
-                return -1
-            self._span(hi)  # fetches on from hi, merged with the span holding start
-        return -1
-
-    def unpack_from(self, fmt: str, _buf: Any, pos: int) -> tuple[Any, ...]:
-        """`struct.unpack_from(fmt, self, pos)`, which needs a real buffer."""
-        st = _STRUCTS.get(fmt)
-        if st is None:
-            st = _STRUCTS[fmt] = struct.Struct(fmt)
-        return st.unpack(self[pos : pos + st.size])
-
-    def _span(self, i: int) -> None:
-        """Make the cached span holding byte `i` current, fetching from `i` on a miss."""
-        src = self._src
-        spans = src._spans
-        k = bisect.bisect_right(spans, i, key=lambda s: s[0]) - 1
-        if k >= 0 and i < spans[k][0] + len(spans[k][1]):
-            self._lo, self._data = spans[k]
-            return
-        ahead = BLOCK
-        if k >= 0 and spans[k][0] + len(spans[k][1]) == i:  # reading on: double the read-ahead
-            ahead = min(MAX_AHEAD, max(BLOCK, len(spans[k][1])))
-        n = min(ahead, src.size - i)
-        if k + 1 < len(spans):
-            n = min(n, spans[k + 1][0] - i)  # up to the next cached span, which it then joins
-        src._add_span(i, src._fetch(i, n))
-        self._span(i)
-
-    def _cover(self, start: int, stop: int) -> None:
-        """Make one cached span hold [start, stop): a long slice fetches exactly what lacks."""
-        self._span(start)
-        while self._lo + len(self._data) < stop:
-            at = self._lo + len(self._data)
-            src = self._src
-            k = bisect.bisect_right(src._spans, at, key=lambda s: s[0])
-            upto = stop if k >= len(src._spans) else min(stop, src._spans[k][0])
-            src._add_span(at, src._fetch(at, max(1, upto - at)))
-            self._span(start)
-
-
-_STRUCTS: dict[str, struct.Struct] = {}
