@@ -685,3 +685,22 @@ def test_exports_of_a_url_are_written_locally(httpserver, capsys, big_zip: Path)
     err = _one_line_error(capsys, ["export", url, "-o", "s3://bucket/out.safetensors"])
     assert "is a URL: the output is written to a local file" in err
     assert not Path("s3:").exists()
+
+
+def test_planned_reads_never_fetch_a_byte_twice(httpserver) -> None:
+    """Reads through a planned run come from one read-ahead window; a read that starts inside
+    the window and runs past it fetches only the part that follows."""
+    data = os.urandom(40 * MB)
+    url = _serve(httpserver, "blob.bin", data)
+    src = RemoteSource.open(url)
+    try:
+        src.plan_reads([(0, 1 * MB), (1 * MB + 100, 12 * MB), (12 * MB + 50, 30 * MB)])
+        reads = [(0, 1 * MB), (1 * MB + 100, 11 * MB - 100), (12 * MB + 50, 16 * MB)]
+        reads.append((28 * MB + 50, 2 * MB - 50))
+        for at, n in reads:
+            assert src.read_range(at, n) == data[at : at + n]
+    finally:
+        src.close()
+    served = _served_ranges(httpserver)
+    assert sum(n for _, n in served) == 30 * MB  # the run once, gaps included, nothing twice
+    assert len(served) == 2  # 16 MiB of read-ahead, then the rest of the run

@@ -174,8 +174,13 @@ class RemoteSource(Source):
         fetched in the same request and checked, so checking costs no extra round trip.
         """
         w_at, window = self._window
-        if w_at <= offset and offset + n <= w_at + len(window):
+        w_end = w_at + len(window)
+        if w_at <= offset and offset + n <= w_end:
             return window[offset - w_at : offset - w_at + n]
+        head = b""
+        if w_at <= offset < w_end:  # starts in the read-ahead: fetch only what follows it
+            head = window[offset - w_at :]
+            offset, n = w_end, n - len(head)
         stop = offset + n
         k = bisect.bisect_right(self._run_starts, offset) - 1
         if k >= 0 and stop <= self._runs[k][1]:  # read on through the planned run
@@ -183,8 +188,8 @@ class RemoteSource(Source):
         data = self._fetch_checked(offset, stop)
         if stop > offset + n:
             self._window = (offset, data)
-            return data[:n]
-        return data
+            data = data[:n]
+        return head + data if head else data
 
     def expect_layout(self, ckpt: Any) -> None:
         """Predict what lies just before each storage's bytes of `ckpt` (this file, as opened)
