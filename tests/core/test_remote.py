@@ -513,6 +513,7 @@ def test_remote_tensor_stats_read_only_that_tensor(
     view = (t.span_elements() - t.storage_offset) * t.itemsize
     header_window = 30 + len(st.record or "") + 96
     assert sum(n for _, n in served) <= view + header_window, served
+    assert len(served) == 1, served  # the header check rides along with the data
     lo = st.data_offset - header_window
     for rng, _ in served:  # nothing outside this storage and its local header
         a, b = (int(x) for x in rng.removeprefix("bytes=").split("-"))
@@ -577,9 +578,10 @@ async def test_the_browser_fetches_remote_values_in_a_worker_with_progress(
         w2 = torch.load(big_zip, mmap=True)["model"]["w2"]
         assert f"{w2.min().item():.6g} / {w2.max().item():.6g}" in stats
         data_gets = [n for _, n in _served_ranges(httpserver) if n > MB]
-        # w1: its first 4 MiB block only (cancelled before the second); w2: both blocks
-        assert data_gets.count(4 * MB) == 3
-        assert sum(data_gets) == 12 * MB
+        # w1: its first 4 MiB block only (cancelled before the second); w2: both blocks. A
+        # first block brings the zip local header before the data along (under 200 B).
+        assert len(data_gets) == 3, data_gets
+        assert all(4 * MB <= n < 4 * MB + 200 for n in data_gets), data_gets
 
 
 def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Path) -> None:

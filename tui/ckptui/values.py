@@ -200,8 +200,8 @@ def _remote_bytes(
     progress: Callable[[float], None] | None,
 ) -> bytearray:
     """The bytes [start, stop) of a checkpoint at a URL: only the tensor's view, fetched in
-    blocks (progress 0 to 0.5, cancellable between blocks), after one small request that checks
-    a zip record's local header. The whole view is held in memory while its stats are taken."""
+    blocks (progress 0 to 0.5, cancellable between blocks); the first also brings the zip
+    record's local header (or legacy storage count) just before the data, which it checks. The whole view is held in memory while its stats are taken."""
     from .formats.remote import RemoteSource
 
     where = ckpt.path
@@ -212,9 +212,7 @@ def _remote_bytes(
     try:
         if st.data_offset is None or st.data_offset + have > src.size:
             raise ValuesUnavailable(where, f"storage {st.key} runs past the end of the file")
-        if st.record is not None:
-            src.check_local_header(st.record, st.data_offset)
-        elif ckpt.format == "torch-legacy":  # its count, fetched with the first block
+        if ckpt.format == "torch-legacy":  # its count, fetched with the first block
             count = st.nbytes // itemsize_of(st.dtype)
             src.expect_count(st.data_offset - 8, count, st.data_offset + st.nbytes)
         buf = bytearray()
@@ -222,7 +220,11 @@ def _remote_bytes(
             if cancelled is not None and cancelled():
                 raise Cancelled("cancelled")
             n = min(REMOTE_BLOCK, stop - a)
-            buf += interruptible(lambda a=a, n=n: src.read_range(a, n), cancelled)
+            if a == start and st.record is not None:  # a zip record: its header comes along
+                first = (st.record, st.data_offset, a, n)
+                buf += interruptible(lambda first=first: src.read_checked(*first), cancelled)
+            else:
+                buf += interruptible(lambda a=a, n=n: src.read_range(a, n), cancelled)
             if progress is not None:
                 progress(min(1.0, (a + REMOTE_BLOCK - start) / max(1, stop - start)) / 2)
         return buf

@@ -61,6 +61,8 @@ MAX_GAP = 4096
 """Planned ranges at most this far apart are read in one request: the zip local header between
 two neighbouring storages is about a hundred bytes."""
 MERGE_BACK = 64 << 10
+HEADER_SLACK = 4 + 28 + 64
+"""Extra-field bytes a torch local header may have: the FB field, zip64 fields, alignment."""
 """A prediction at most this far before a data range is fetched in the same request."""
 
 
@@ -251,18 +253,10 @@ class RemoteSource(Source):
             CorruptFile: no such local header ends at `data_offset`.
         """
         name = record.encode()
-        for extra in (4 + 28 + 64, 0xFFFF):  # torch's FB field, zip64 fields, 64-byte alignment
+        for extra in (HEADER_SLACK, 0xFFFF):
             lo = max(0, data_offset - LOCAL.size - len(name) - extra)
-            window = self.read_range(lo, data_offset - lo)
-            at = window.rfind(b"PK\x03\x04")
-            while at >= 0:
-                fields = LOCAL.unpack_from(window, at) if at + LOCAL.size <= len(window) else None
-                if fields is not None and (
-                    at + LOCAL.size + fields[9] + fields[10] == len(window)
-                    and window[at + LOCAL.size : at + LOCAL.size + fields[9]] == name
-                ):
-                    return
-                at = window.rfind(b"PK\x03\x04", 0, at)
+            if _header_ends(self.read_range(lo, data_offset - lo), name):
+                return
             if lo == 0:
                 break
         raise CorruptFile(
@@ -270,6 +264,20 @@ class RemoteSource(Source):
             f"record {record}: its local header does not match the central directory, so its "
             "data offset is not where torch's layout puts it",
         )
+
+    def read_checked(self, record: str, data_offset: int, start: int, n: int) -> bytes:
+        """`read_range(start, n)` of zip record `record`'s data, fetching the local header just
+        before it in the same request and checking it (`check_local_header`, which costs a
+        request of its own, only when the header is unusual or the read starts far in)."""
+        name = record.encode()
+        lo = max(0, data_offset - LOCAL.size - len(name) - HEADER_SLACK)
+        if not lo <= data_offset <= start <= data_offset + MERGE_BACK:
+            self.check_local_header(record, data_offset)
+            return self.read_range(start, n)
+        data = self.read_range(lo, start + n - lo)
+        if not _header_ends(data[: data_offset - lo], name):
+            self.check_local_header(record, data_offset)
+        return data[start - lo :]
 
     def close(self) -> None:
         """Close the remote file, keeping what it fetched for the next opening of the same
@@ -436,3 +444,17 @@ class RemoteSource(Source):
                 f"the server returned {len(data):,} bytes for a {n:,}-byte range at {offset:,}",
             )
         return data
+
+
+def _header_ends(window: bytes, name: bytes) -> bool:
+    """Whether `window` ends exactly where a local header for record `name` puts its data."""
+    at = window.rfind(b"PK\x03\x04")
+    while at >= 0:
+        fields = LOCAL.unpack_from(window, at) if at + LOCAL.size <= len(window) else None
+        if fields is not None and (
+            at + LOCAL.size + fields[9] + fields[10] == len(window)
+            and window[at + LOCAL.size : at + LOCAL.size + fields[9]] == name
+        ):
+            return True
+        at = window.rfind(b"PK\x03\x04", 0, at)
+    return False
