@@ -706,3 +706,16 @@ def test_planned_reads_never_fetch_a_byte_twice(httpserver) -> None:
     served = _served_ranges(httpserver)
     assert sum(n for _, n in served) == 30 * MB  # the run once, gaps included, nothing twice
     assert len(served) == 2  # 16 MiB of read-ahead, then the rest of the run
+
+
+def test_inspect_says_what_opening_a_url_read(httpserver, capsys, big_zip: Path) -> None:
+    from ckptui import units
+
+    url = _serve(httpserver, "ckpt.pth", big_zip.read_bytes())
+    capsys.readouterr()
+    assert main(["inspect", url]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    sent = sum(n for _, n in _served_ranges(httpserver))
+    assert f"· {units.size(sent)} read from the server" in out
+    assert main(["inspect", str(big_zip)]) == 0
+    assert "read from the server" not in capsys.readouterr().out

@@ -79,10 +79,12 @@ def render_checkpoint(
     data = sum(ckpt.storages[k].nbytes for k in unique if k in ckpt.storages)
     dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
     framework = detect(ckpt)
+    fetched = ckpt.info.get("bytes_read")  # a URL: what opening it cost
     console.print(
         f"[bold]{escape(ckpt.format)}[/] · "
         + (f"[bold]{escape(framework.heading())}[/] · " if framework else "")
         + f"{units.size(ckpt.file_bytes)} file · "
         f"{len(tensors):,} tensors in {len(unique):,} storages · {units.size(data)} tensor data"
+        + (f" · {units.size(fetched)} read from the server" if fetched is not None else "")
         + (f" · [bold red]{dangers} dangerous call(s)[/]" if dangers else "")
     )
