@@ -719,3 +719,24 @@ def test_inspect_says_what_opening_a_url_read(httpserver, capsys, big_zip: Path)
     assert f"· {units.size(sent)} read from the server" in out
     assert main(["inspect", str(big_zip)]) == 0
     assert "read from the server" not in capsys.readouterr().out
+
+
+def test_any_fsspec_url_works_the_same_way(capsys, tmp_path: Path, training_zip: Path) -> None:
+    """Nothing is HTTP- or S3-specific: fsspec's in-memory file system stands in for the
+    others (gs://, hf://, ...), for opening and for a weights-only export."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/ckptui-test/train.pth", training_zip.read_bytes())
+    try:
+        url = "memory://ckptui-test/train.pth"
+        remote = _inspect_json(capsys, url)
+        local = _inspect_json(capsys, str(training_zip))
+        assert _without(remote, "path", "bytes_read") == _without(local, "path", "bytes_read")
+        assert 0 < remote["bytes_read"] < training_zip.stat().st_size // 100
+        out_r, out_l = tmp_path / "r.safetensors", tmp_path / "l.safetensors"
+        assert main(["export", url, "-o", str(out_r)]) == 0
+        assert main(["export", str(training_zip), "-o", str(out_l)]) == 0
+        assert out_r.read_bytes() == out_l.read_bytes()
+    finally:
+        fs.rm("/ckptui-test", recursive=True)
