@@ -444,12 +444,18 @@ def test_remote_export_through_the_cli_equals_the_local_export(
 ) -> None:
     url = _serve(httpserver, "train.pth", training_zip.read_bytes())
     remote_out, local_out = tmp_path / f"remote.{fmt}", tmp_path / f"local.{fmt}"
-    assert main(["export", url, "-o", str(remote_out), "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    assert main(["export", url, "-o", str(remote_out), "--dtype", "bf16", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    opened = len(httpserver.log)
     assert main(["export", str(training_zip), "-o", str(local_out), "--dtype", "bf16"]) == 0
     assert "verified" in capsys.readouterr().out
     assert remote_out.read_bytes() == local_out.read_bytes()
     sent = sum(n for _, n in _sent(httpserver.log))
     assert sent < training_zip.stat().st_size * 0.3  # open + export: model and metadata only
+    assert opened == len(httpserver.log)  # the local export asked the server nothing
+    # --json says what the export itself fetched: the kept storages, a little over 2 MiB
+    assert 2 * MB <= doc["bytes_read"] <= sent
 
 
 def test_remote_export_retries_a_dropped_connection(
@@ -740,3 +746,37 @@ def test_any_fsspec_url_works_the_same_way(capsys, tmp_path: Path, training_zip:
         assert out_r.read_bytes() == out_l.read_bytes()
     finally:
         fs.rm("/ckptui-test", recursive=True)
+
+
+async def test_the_export_dialog_writes_a_remote_checkpoint_locally(
+    httpserver, tmp_path: Path, training_zip: Path, monkeypatch
+) -> None:
+    """x on a URL: the target is a local file named after the remote one, and the result says
+    how much was fetched (the weights, not the optimizer state)."""
+    from textual.content import Content
+    from textual.widgets import Input, Static
+
+    from ckptui import units
+    from ckptui.app.app import CkptApp
+    from ckptui.app.screens.export import ExportDoneScreen
+    from tests.app.test_browse import opened
+    from tests.app.test_export import finish, open_dialog
+
+    monkeypatch.chdir(tmp_path)
+    url = _serve(httpserver, "runs/train.pth", training_zip.read_bytes())
+    app = CkptApp(url)
+    async with app.run_test(size=(110, 32)) as pilot:
+        await opened(pilot)
+        screen = await open_dialog(pilot)
+        assert screen.query_one("#export-target", Input).value == "train.slim.pth"
+        await pilot.press("enter")
+        await finish(pilot)
+        done = app.screen
+        assert isinstance(done, ExportDoneScreen)
+        assert done.result.verified and 2 * MB <= done.result.bytes_read < 3 * MB
+        said = " ".join(Content.from_markup(str(w.content)).plain for w in done.query(Static))
+        fetched = units.size(done.result.bytes_read)
+        assert f"Fetched {fetched} of the {units.size(training_zip.stat().st_size)}" in said
+    local = tmp_path / "local.pth"
+    assert main(["export", str(training_zip), "-o", str(local)]) == 0
+    assert (tmp_path / "train.slim.pth").read_bytes() == local.read_bytes()

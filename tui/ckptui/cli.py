@@ -278,6 +278,7 @@ def _prefixed(f: Any, name: str) -> Any:
 def _export(args: argparse.Namespace) -> int:
     from .export import export, make_plan, resolve_path
     from .formats import open_checkpoint
+    from .formats._common import is_url
     from .units import size, size_change
 
     ckpt = open_checkpoint(args.path)
@@ -300,7 +301,8 @@ def _export(args: argparse.Namespace) -> int:
 
         columns = ("{task.description}", BarColumn(), DownloadColumn(binary_units=True))
         with Progress(*columns, TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task("writing", total=plan.data_bytes)
+            doing = "fetching and writing" if is_url(ckpt.path) else "writing"
+            task = bar.add_task(doing, total=plan.data_bytes)
             check = bar.add_task("verifying", total=plan.data_bytes, visible=False)
             result = export(
                 plan,
@@ -322,6 +324,7 @@ def _export(args: argparse.Namespace) -> int:
                 "predicted_bytes": result.predicted_bytes,
                 "verified": result.verified,
                 "kept_paths": [list(p) for p in result.kept_paths],
+                "bytes_read": result.bytes_read,
             },
             sys.stdout,
         )
@@ -331,7 +334,12 @@ def _export(args: argparse.Namespace) -> int:
         print(
             f"wrote {result.output}: {result.tensors:,} tensors, {size(result.bytes)} "
             f"({size_change(ckpt.file_bytes, result.bytes)}){stripped}; "
-            "verified against the source"
+            + (
+                f"fetched {size(result.bytes_read)} from the server; "
+                if result.bytes_read is not None
+                else ""
+            )
+            + "verified against the source"
         )
     return 0
 

@@ -40,6 +40,8 @@ class Result:
     predicted_bytes: int
     verified: bool
     kept_paths: tuple[Path, ...]
+    bytes_read: int | None = None
+    """Bytes fetched from the server to write it, for a source at a URL (None: local)."""
 
 
 def export(
@@ -72,7 +74,7 @@ def export(
     fd, tmp = temp_beside(target, folder)
     try:
         with os.fdopen(fd, "w+b") as f, recorded_digests() as digests:
-            write(plan, f, progress)
+            fetched = write(plan, f, progress)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
@@ -98,6 +100,7 @@ def export(
         predicted,
         True,
         tuple(plan.keep),
+        fetched,
     )
 
 

@@ -150,6 +150,11 @@ class SourceBytes:
         return src
 
     @property
+    def is_remote(self) -> bool:
+        """The source is at a URL (one file, or a folder of them)."""
+        return self.remote is not None or self._url_folder
+
+    @property
     def bytes_read(self) -> int:
         """Bytes fetched from a remote source so far (0 for a local one)."""
         live = [self.remote] if self.remote is not None else []

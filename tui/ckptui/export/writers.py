@@ -71,38 +71,47 @@ def predicted_size(plan: Plan) -> int:
     return size_of(records)
 
 
-def write(plan: Plan, f: BinaryIO, progress: Progress | None = None) -> None:
-    """Write the output of `plan` to `f` (a seekable binary file at offset 0)."""
+def write(plan: Plan, f: BinaryIO, progress: Progress | None = None) -> int | None:
+    """Write the output of `plan` to `f` (a seekable binary file at offset 0).
+
+    Returns:
+        Bytes fetched from the server for a source at a URL; None for a local one.
+    """
+    with SourceBytes(plan.ckpt) as src:
+        _write(plan, f, progress, src)
+        return src.bytes_read if src.is_remote else None
+
+
+def _write(plan: Plan, f: BinaryIO, progress: Progress | None, src: SourceBytes) -> None:
     total = plan.data_bytes
     done = 0
-    with SourceBytes(plan.ckpt) as src:
-        src.plan(plan.items)
+    src.plan(plan.items)
 
-        def stream(item):
-            nonlocal done
-            for chunk in src.chunks(item):
-                done += len(chunk)
-                yield chunk
-                if progress:
-                    progress(done, total, item.name)
+    def stream(item):
+        nonlocal done
+        for chunk in src.chunks(item):
+            done += len(chunk)
+            yield chunk
+            if progress:
+                progress(done, total, item.name)
 
-        if plan.format == "safetensors":
-            header = _safetensors_header(plan)
-            f.write(struct.pack("<Q", len(header)) + header)
-            for it in plan.items:
-                f.writelines(stream(it))
-            return
-        pkl, records = _pth_records(plan)
-        z = ZipWriter(f)
-        z.write_record(records[0][0], [pkl], len(pkl))
-        for (name, _), (_, data) in zip(records[1:4], _SMALL_RECORDS, strict=True):
-            z.write_record(name, [data], len(data))
-        for (name, size), it in zip(records[4:-2], plan.storages, strict=True):
-            z.write_record(name, stream(it), size)
-        z.write_record(records[-2][0], [b"3\n"], 2)
-        # torch writes random digits; these are derived from the pickle, so exports repeat
-        digest = int.from_bytes(hashlib.blake2b(pkl, digest_size=16).digest(), "big")
-        z.write_record(records[-1][0], [str(digest).zfill(40)[:40].encode()], 40)
-        z.close()
+    if plan.format == "safetensors":
+        header = _safetensors_header(plan)
+        f.write(struct.pack("<Q", len(header)) + header)
+        for it in plan.items:
+            f.writelines(stream(it))
+        return
+    pkl, records = _pth_records(plan)
+    z = ZipWriter(f)
+    z.write_record(records[0][0], [pkl], len(pkl))
+    for (name, _), (_, data) in zip(records[1:4], _SMALL_RECORDS, strict=True):
+        z.write_record(name, [data], len(data))
+    for (name, size), it in zip(records[4:-2], plan.storages, strict=True):
+        z.write_record(name, stream(it), size)
+    z.write_record(records[-2][0], [b"3\n"], 2)
+    # torch writes random digits; these are derived from the pickle, so exports repeat
+    digest = int.from_bytes(hashlib.blake2b(pkl, digest_size=16).digest(), "big")
+    z.write_record(records[-1][0], [str(digest).zfill(40)[:40].encode()], 40)
+    z.close()
     if progress:
         progress(total, total, "")

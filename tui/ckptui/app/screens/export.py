@@ -372,6 +372,9 @@ class ExportDoneScreen(ModalScreen[None]):
         ]
         if self.plan is not None and self.plan.strip_prefix:
             rows.insert(2, ("Names", f"stripped {escape(repr(self.plan.strip_prefix))}"))
+        if r.bytes_read is not None:  # a source at a URL: what crossed the network
+            fetched = f"{units.size(r.bytes_read)} of the {units.size(self.source_bytes)} source"
+            rows.insert(2, ("Fetched", fetched))
         with Vertical(id="export-done") as box:
             box.border_title = "✓ Exported"
             for i, (label, text) in enumerate(rows):
