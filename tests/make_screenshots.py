@@ -22,9 +22,11 @@ from tests.app.test_snapshots import (
     COMPARE_SCENES,
     DEMO,
     DEMO_DIR,
+    REMOTE_SCENES,
     SCENES,
     keys_then_settle,
     make_demo_pair,
+    put_remote_demo,
 )
 
 
@@ -50,6 +52,9 @@ def main() -> None:
         os.chdir(tmp)
         for name, (keys, size) in COMPARE_SCENES.items():
             print(asyncio.run(shoot(name, keys, size, out, pair)))
+    url = put_remote_demo()  # the demo at a URL (fsspec's in-memory file system)
+    for name, (keys, size) in REMOTE_SCENES.items():
+        print(asyncio.run(shoot(name, keys, size, out, (url,))))
 
 
 if __name__ == "__main__":

@@ -102,3 +102,38 @@ def test_compare_scene(snap_compare, demo_pair: tuple[str, str], scene: str) -> 
     keys, size = COMPARE_SCENES[scene]
     app = CkptApp(*demo_pair)
     assert snap_compare(app, terminal_size=size, run_before=keys_then_settle(keys))
+
+
+REMOTE_SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
+    # the demo at a URL: the header says what opening it read; the tensor's values are fetched
+    "remote_80x24": (["j", "l", "j"], (80, 24)),
+}
+REMOTE_DEMO = f"memory://runs/{DEMO}"
+"""The demo in fsspec's in-memory file system: a URL read by range requests like any other,
+with no server whose port would change the header."""
+
+
+def put_remote_demo() -> str:
+    """Copy the demo to `REMOTE_DEMO`; returns that URL."""
+    import fsspec
+
+    fsspec.filesystem("memory").pipe(
+        REMOTE_DEMO.removeprefix("memory:/"), (DEMO_DIR / DEMO).read_bytes()
+    )
+    return REMOTE_DEMO
+
+
+@pytest.fixture
+def remote_demo():
+    url = put_remote_demo()
+    yield url
+    import fsspec
+
+    fsspec.filesystem("memory").rm(url.removeprefix("memory:/"))
+
+
+@pytest.mark.parametrize("scene", list(REMOTE_SCENES))
+def test_remote_scene(snap_compare, remote_demo: str, scene: str) -> None:
+    keys, size = REMOTE_SCENES[scene]
+    app = CkptApp(remote_demo)
+    assert snap_compare(app, terminal_size=size, run_before=keys_then_settle(keys))

@@ -137,10 +137,10 @@ class BrowseScreen(Screen[None]):
         # The framework comes right after the name: the rest of the line is cut first at 80
         # columns, and "Lightning 2.6.6 · epoch 3" says more than the container format.
         header = f"{ckpt.path} · " + (f"{framework.heading()} · " if framework else "")
-        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
         fetched = ckpt.info.get("bytes_read")
-        if fetched is not None:  # a URL: what opening it cost on the network
-            header += f" · {units.size(fetched)} read"
+        if fetched is not None:  # a URL: what opening it cost, before the line is cut at 80
+            header += f"{units.size(fetched)} read · "
+        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
         self._header = header
