@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from ckptui.cli import main
 
 from .s3_server import S3Server, clear_s3fs_cache, use_endpoint
+from .test_remote import big_legacy  # noqa: F401 - the same legacy file as over HTTP
 
 MB = 1 << 20
 
@@ -312,25 +313,10 @@ def test_s3_unreachable_endpoint(s3: S3, capsys, monkeypatch, tmp_path: Path) ->
 # --- legacy files and sharded folders ---
 
 
-@pytest.fixture
-def big_legacy(tmp_path: Path) -> Path:
-    torch.manual_seed(2)
-    w = torch.randn(2 * MB)
-    path = tmp_path / "legacy.pth"
-    torch.save(
-        {
-            "model": {"w1": w, "w1_view": w[10:20], "w2": torch.randn(MB), "n": torch.tensor(3)},
-            "epoch": 4,
-            "names": [f"layer{i}" for i in range(50)],
-        },
-        path,
-        _use_new_zipfile_serialization=False,
-    )
-    return path
-
-
 def test_s3_legacy_equals_local_and_reads_a_small_fraction(
-    s3: S3, capsys, big_legacy: Path
+    s3: S3,
+    capsys,
+    big_legacy: Path,  # noqa: F811 - the fixture imported above
 ) -> None:
     url = s3.put(big_legacy)
     remote = _inspect_json(capsys, url)
