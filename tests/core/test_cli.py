@@ -217,8 +217,10 @@ def test_core_imports_no_ui_or_torch() -> None:
         "ckptui.diff",
         "ckptui.frameworks",
         "ckptui.optim_map",
+        "ckptui.optim_align",
         "ckptui.resume",
         "ckptui.weights_only",
+        "ckptui.weights_only_replay",
         "ckptui.training",
         # issue 9: remote checkpoints
         "ckptui.formats.remote",

@@ -12,11 +12,12 @@ the optimizer. Nothing in the file names them, so the names come from the detect
   `model.parameters()` and module-by-module groups give). That assumption is CHECKED against the
   shapes of the per-parameter state (`exp_avg`, `momentum_buffer`, ...): the entries must line up
   with an order-preserving subsequence of the parameters (a subset when a backbone is frozen). All
-  such alignments are counted by a banded dynamic programme; an entry whose parameter is the same
-  in every alignment is `by-shape`, one with several possible parameters is `ambiguous`, and when
-  no alignment fits, every entry is `ambiguous` with `why` naming where it broke. Nothing is guessed
-  silently. If the groups together do not fit in order (groups given out of registration order,
-  decay/no-decay splits), each group is aligned on its own and must not claim another's parameter.
+  such alignments are counted by a banded dynamic programme (`optim_align`); an entry whose
+  parameter is the same in every alignment is `by-shape`, one with several possible parameters is
+  `ambiguous`, and when no alignment fits, every entry is `ambiguous` with `why` naming where it
+  broke. Nothing is guessed silently. If the groups together do not fit in order (groups given
+  out of registration order, decay/no-decay splits), each group is aligned on its own and must
+  not claim another's parameter.
 - FQN-keyed state (`get_state_dict`, DCP) names its parameters itself: `exact`.
 
 JSON shapes (for `inspect --json`), from `optimizer_params_json` and `param_groups_json`:
@@ -44,10 +45,10 @@ from .dtypes import DTYPES
 from .errors import CkptError
 from .jsonview import json_number
 from .model import Checkpoint, Node, NodeKind, Path
+from .optim_align import Shape, align_groups, align_shapes, describe_break
 from .roles import find_optimizers, is_module, weights_path
 
 Confidence = Literal["exact", "by-shape", "ambiguous"]
-Shape = tuple[int, ...]
 
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 """Last name components that are buffers by convention (BatchNorm's running statistics)."""
@@ -59,10 +60,6 @@ PER_PARAM_KEYS = (
 """State entries shaped like their parameter, most common first (`step`, ASGD's `eta`/`mu`
 are scalars whatever the parameter)."""
 _SCALAR_KEYS = frozenset({"step", "eta", "mu"})
-
-ALIGN_BUDGET = 1_000_000
-"""Cells of the alignment table past which a subset is not aligned (a second of Python, measured:
-1,000 of 2,000 parameters); entries then say so rather than keep the UI waiting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +269,16 @@ def _align_entries(
     where = "parameters" if source == "module" else "candidate parameters (weights minus buffers)"
     if m > n:
         return _unknown(listed, f"count mismatch: {m} params in groups vs {n} {where}")
-    placed = _align(shapes, pshapes)
+    placed = align_shapes(shapes, pshapes)
     if placed is None:
         return _unknown(listed, f"too many ways to place {m} entries on {n} {where} to check")
     total, options = placed
     if total == 0 and len({g for g, _ in listed}) > 1:
-        per_group = _align_groups(listed, shapes, pshapes)
+        per_group = align_groups(listed, shapes, pshapes)
         if per_group is not None:
             options, total = per_group, 1
     if total == 0:
-        return _unknown(listed, _broke(shapes, params, listed, where))
+        return _unknown(listed, describe_break(shapes, params, listed, where))
     out = []
     for i, (g, k) in enumerate(listed):
         opts = options[i]
@@ -302,90 +299,6 @@ def _align_entries(
 
 def _unknown(listed: list[tuple[int, int | str]], why: str) -> list[Entry]:
     return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
-
-
-def _align(seq: list[Shape | None], cands: list[Shape]) -> tuple[int, list[list[int]]] | None:
-    """Count order-preserving placements of `seq` on `cands` (capped at 2) and, per entry, the
-    candidate positions used by at least one placement (up to 3). None past `ALIGN_BUDGET`.
-
-    Entry i can only sit at positions i .. i + (n - m), so the tables are a band of that width:
-    when the counts match (the usual case) the band is one wide and this is a plain zip.
-    """
-    m, n = len(seq), len(cands)
-    width = n - m + 1
-    if m == 0:
-        return 1, []
-    if m * width > ALIGN_BUDGET:
-        return None
-
-    def fits(i: int, j: int) -> bool:
-        return seq[i] is None or seq[i] == cands[j]
-
-    # fwd[i][d]: placements of seq[:i+1] with entry i at position i+d; bwd likewise for seq[i:].
-    fwd = [[0] * width for _ in range(m)]
-    for i in range(m):
-        run = 1 if i == 0 else 0  # placements of seq[:i] ending strictly before position i+d
-        for d in range(width):
-            if i > 0:
-                run = min(2, run + fwd[i - 1][d])
-            fwd[i][d] = run if fits(i, i + d) else 0
-    bwd = [[0] * width for _ in range(m)]
-    for i in range(m - 1, -1, -1):
-        run = 1 if i == m - 1 else 0
-        for d in range(width - 1, -1, -1):
-            if i < m - 1:
-                run = min(2, run + bwd[i + 1][d])
-            bwd[i][d] = run if fits(i, i + d) else 0
-    total = min(2, sum(fwd[m - 1]))
-    options = [[i + d for d in range(width) if fwd[i][d] and bwd[i][d]][:3] for i in range(m)]
-    return total, options
-
-
-def _align_groups(
-    listed: list[tuple[int, int | str]], shapes: list[Shape | None], cands: list[Shape]
-) -> list[list[int]] | None:
-    """Each group aligned on its own; None unless every group fits and no two claim one
-    parameter. Entries keep all their options, so ambiguity inside a group still shows."""
-    options: list[list[int]] = [[] for _ in listed]
-    claimed: dict[int, int] = {}
-    for g in dict.fromkeys(gi for gi, _ in listed):
-        idx = [i for i, (gi, _) in enumerate(listed) if gi == g]
-        placed = _align([shapes[i] for i in idx], cands)
-        if placed is None or placed[0] == 0:
-            return None
-        for i, opts in zip(idx, placed[1], strict=True):
-            options[i] = opts
-            if len(opts) == 1 and claimed.setdefault(opts[0], g) != g:
-                return None
-    return options
-
-
-def _broke(
-    shapes: list[Shape | None],
-    params: list[tuple[str, Shape]],
-    listed: list[tuple[int, int | str]],
-    where: str,
-) -> str:
-    """Where the order-and-shape check failed, in words."""
-    m, n = len(shapes), len(params)
-    if m == n:
-        for i, s in enumerate(shapes):
-            if s is not None and s != params[i][1]:
-                name, ps = params[i]
-                return (f"index {listed[i][1]}: state shape {list(s)} vs parameter {name} "
-                        f"{list(ps)}")  # fmt: skip
-    # Greedy earliest placement goes as far as any placement can: where it stops is the break.
-    j = 0
-    for i, s in enumerate(shapes):
-        while j < n and s is not None and params[j][1] != s:
-            j += 1
-        if j >= n:
-            after = f" after {params[-1][0]}" if params else ""
-            return (f"count mismatch: {m} params in groups vs {n} {where}; index "
-                    f"{listed[i][1]} (state shape {list(s or ())}) fits no parameter{after} "
-                    "in order")  # fmt: skip
-        j += 1
-    return f"{m} params in groups do not line up with {n} {where}"
 
 
 # -- groups and step --------------------------------------------------------------------------
