@@ -37,7 +37,9 @@ from ckptui.export.plan import ExportError
 from ckptui.formats import dcp_metadata
 from ckptui.formats._common import Source
 from ckptui.formats.dcp import looks_like_dcp, read_dcp
-from ckptui.formats.dcp_metadata import FAST_GLOBALS, DcpMetadata, load_fast, load_inert
+from ckptui.formats.dcp_fast_unpickler import FAST_GLOBALS
+from ckptui.formats.dcp_interpretation import DcpMetadata
+from ckptui.formats.dcp_metadata import load_fast, load_inert
 from ckptui.model import Checkpoint, NodeKind, Severity
 from ckptui.recorders import CONSTANTS, RECORDERS
 from ckptui.roles import Role

@@ -36,8 +36,10 @@ from typing import Any
 
 from .errors import CkptError, CorruptFile
 from .formats._common import Source
-from .formats.dcp import SUFFIX, _Item, _parse_zip, _ZipCache
-from .formats.dcp_metadata import METADATA, DcpMetadata, gc_paused, load_metadata
+from .formats.dcp import SUFFIX
+from .formats.dcp_interpretation import DcpMetadata
+from .formats.dcp_items import _Item, _parse_zip, _ZipCache
+from .formats.dcp_metadata import METADATA, gc_paused, load_metadata
 from .model import Checkpoint, Node, Part, Path, Region, Storage, walk
 from .sizes import Breakdown, breakdown
 from .unpickle import _Malformed
