@@ -220,6 +220,8 @@ def test_core_imports_no_ui_or_torch() -> None:
         "ckptui.export.shards",
         "ckptui.export.dcp",
         "ckptui.diff",
+        "ckptui.diff_values",
+        "ckptui.diff_render",
         "ckptui.frameworks",
         "ckptui.optim_map",
         "ckptui.optim_align",

@@ -16,9 +16,10 @@ import torch
 from rich.console import Console
 from safetensors.torch import save_file
 
-from ckptui import diff as diff_mod
+from ckptui import diff_values
 from ckptui.cli import main
-from ckptui.diff import diff_checkpoints, diff_json, render_diff
+from ckptui.diff import diff_checkpoints
+from ckptui.diff_render import diff_json, render_diff
 from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
 
@@ -357,7 +358,7 @@ def test_integer_and_bool_values_are_exact(tmp_path: Path) -> None:
 
 def test_values_stream_in_chunks_across_layouts(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(source_mod, "CHUNK", 4096)  # bytes per read: many chunks per tensor
-    monkeypatch.setattr(diff_mod, "PIECE", 100)  # elements per float64 piece
+    monkeypatch.setattr(diff_values, "PIECE", 100)  # elements per float64 piece
     torch.manual_seed(1)
     base = torch.randn(200, 300)
     a = {"w": base.t(), "v": base[::2, 5:], "h": torch.randn(5000).bfloat16()}

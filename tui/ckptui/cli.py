@@ -370,12 +370,12 @@ def _diff(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        from .diff import diff_json
+        from .diff_render import diff_json
 
         json.dump(diff_json(d), sys.stdout)
         sys.stdout.write("\n")
     else:
-        from .diff import render_diff
+        from .diff_render import render_diff
 
         render_diff(d, top=max(1, args.top))
     return 1 if d.differs else 0
