@@ -207,6 +207,7 @@ def test_core_imports_no_ui_or_torch() -> None:
         "ckptui.dtypes",
         # issues 5-8: sizes, export, folders, compare, training state
         "ckptui.sizes",
+        "ckptui.sizes_findings",
         "ckptui.folder_sizes",
         "ckptui.formats.folder",
         "ckptui.formats.dcp",

@@ -269,7 +269,7 @@ def _why(args: argparse.Namespace) -> int:
 
 
 def _prefixed(f: Any, name: str) -> Any:
-    from .sizes import SizeFinding
+    from .sizes_findings import SizeFinding
 
     paths = tuple((name, *p) for p in f.paths)
     return SizeFinding(f.kind, f.bytes, f.saving_bytes, paths, f"{name}: {f.message}")

@@ -16,7 +16,8 @@ from pathlib import Path as FsPath
 from .formats._common import is_url
 from .model import Checkpoint, Path, TensorInfo
 from .roles import Role
-from .sizes import Breakdown, SizeFinding, _show
+from .sizes import Breakdown
+from .sizes_findings import SizeFinding, _show
 from .units import size
 from .values import Cancelled
 

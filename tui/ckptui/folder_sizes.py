@@ -21,7 +21,8 @@ from .formats.folder import is_index_file
 from .formats.layout import read_layout
 from .model import Checkpoint, Path
 from .roles import Role
-from .sizes import Breakdown, Group, Largest, Prefix, SizeFinding, breakdown, torch_zip_size
+from .sizes import Breakdown, Group, Largest, Prefix, breakdown, torch_zip_size
+from .sizes_findings import SizeFinding
 
 MAX_FILES = 10_000
 

@@ -26,7 +26,8 @@ from ...duplicates import find_duplicates, skip_reason
 from ...folder_sizes import breakdown_of, tree_path
 from ...model import Checkpoint, Path
 from ...roles import ROLE_LABELS
-from ...sizes import Breakdown, Prefix, SizeFinding
+from ...sizes import Breakdown, Prefix
+from ...sizes_findings import SizeFinding
 from ...units import size
 from ...values import Cancelled
 from ...why import bar, rest_rows, show_path
