@@ -12,11 +12,12 @@ import pytest
 import torch
 from textual.widgets import ProgressBar
 
+from ckptui.app import compare_values as compare_mod
 from ckptui.app.app import CkptApp
-from ckptui.app.screens import compare as compare_mod
 from ckptui.app.screens.compare import CompareScreen
 from ckptui.app.screens.help import HelpScreen
-from ckptui.app.widgets.diff_tree import DiffTree, Kind, Row, find, leaves, number
+from ckptui.app.widgets.diff_rows import Kind, Row, find, leaves, number
+from ckptui.app.widgets.diff_tree import DiffTree
 from ckptui.cli import main
 from tests.app.test_browse import text_of
 from tests.conftest import TinyNet

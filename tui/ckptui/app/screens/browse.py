@@ -28,6 +28,7 @@ from ...model import Checkpoint, Path
 from ...values import Cancelled
 from ..widgets.ckpt_tree import CkptTree, Entry
 from ..widgets.detail import DetailPanel
+from ..widgets.filter_bar import FilterBar
 
 PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""
@@ -66,14 +67,10 @@ class BrowseScreen(Screen[None]):
         with Horizontal(id="main"):
             yield CkptTree(id="tree")
             yield DetailPanel(id="detail")
-        yield Input(
-            placeholder="filter keys: substring or regex · enter to apply · esc to clear",
-            id="filter",
-        )
+        yield FilterBar()
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#filter").display = False
         self.query_one("#main").loading = True
         self.open_file()
 
@@ -186,25 +183,22 @@ class BrowseScreen(Screen[None]):
     # -- filter ----------------------------------------------------------------------------
     def action_filter(self) -> None:
         """/: open the filter bar."""
-        bar = self.query_one("#filter", Input)
-        bar.display = True
-        bar.focus()
+        self.query_one(FilterBar).open()
 
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
         query = event.value.strip()
-        tree = self.query_one(CkptTree)
         if not query or self.ckpt is None:
             self.action_clear_filter()
             return
-        try:
-            matches = search(self.ckpt.root, query)
-        except ValueError as e:
-            self.notify(str(e), severity="error")
+        root = self.ckpt.root
+        matches = self.query_one(FilterBar).parse(query, lambda q: search(root, q))
+        if matches is None:
             return
         if not matches:
             self.notify(f"no key matches {query!r}", severity="warning")
             return
+        tree = self.query_one(CkptTree)
         tree.show_matches(matches)
         tree.focus()
         more = " (first 10,000 shown)" if len(matches) >= 10_000 else ""
@@ -215,9 +209,7 @@ class BrowseScreen(Screen[None]):
     def action_clear_filter(self) -> None:
         """esc: show the whole tree again (n/N still step through the matches); esc again
         forgets the matches."""
-        bar = self.query_one("#filter", Input)
-        bar.value = ""
-        bar.display = False
+        self.query_one(FilterBar).close()
         tree = self.query_one(CkptTree)
         if tree.filtered:
             tree.clear_filter()

@@ -12,37 +12,26 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
-from textual.message import Message
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ... import units
-from ...diff import Diff, ValueResult, diff_checkpoints, iter_values
+from ...diff import Diff, diff_checkpoints
 from ...errors import CkptError
 from ...facts import compile_query, path_expr, path_text
 from ...formats import open_checkpoint
-from ...model import Checkpoint, TensorInfo
-from ..widgets.diff_tree import (
-    MARK,
-    NAME,
-    DiffTree,
-    Kind,
-    Row,
-    file_name,
-    leaves,
-    merge,
-    number,
-)
+from ...model import Checkpoint
+from ..compare_values import ValuesArrived, stream_values
+from ..widgets.compare_panel import ComparePanel
+from ..widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
+from ..widgets.diff_tree import DiffTree
+from ..widgets.filter_bar import FilterBar
 
 SHORT = {
     Kind.ONLY_A: "only A",
@@ -54,159 +43,8 @@ SHORT = {
     Kind.OTHER: "other",
 }
 """Kinds as the header counts them (its line must fit 80 columns)."""
-FLUSH_EVERY = 0.1
-"""Seconds between batches of value results (and progress) sent to the UI."""
 REFILTER_EVERY = 1.0
 """While values stream in with 'only differences' on, the tree is re-filtered this often."""
-
-
-class ValuesArrived(Message):
-    """A batch of value results (and progress) from a comparing worker."""
-
-    def __init__(
-        self,
-        group: str,
-        results: list[tuple[Row, float | None, str | None]],
-        done: int,
-        total: int,
-        finished: bool = False,
-        error: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.group = group
-        """`one` (v) or `all` (a)."""
-        self.results = results
-        self.done = done
-        """Bytes read so far, both files together."""
-        self.total = total
-        self.finished = finished
-        """The last message of the worker (done, cancelled or failed)."""
-        self.error = error
-
-
-def _grid(*headers: str) -> Table:
-    t = Table(box=None, padding=(0, 1), show_header=bool(headers), pad_edge=False)
-    t.add_column(style="bold", no_wrap=True)
-    for h in headers:
-        t.add_column(h, overflow="fold", header_style="bold")
-    return t
-
-
-class ComparePanel(VerticalScroll):
-    """A's and B's facts side by side for the selected row, and its value comparison."""
-
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self.row: Row | None = None
-        self.a: Checkpoint | None = None
-        self.b: Checkpoint | None = None
-        self.diff: Diff | None = None
-        self.busy: Row | None = None
-        """The row whose values `v` is comparing."""
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="cmp-facts")
-        yield Static(id="cmp-values")
-        yield ProgressBar(id="cmp-one-progress", show_eta=False)
-
-    def on_mount(self) -> None:
-        self.query_one("#cmp-one-progress").display = False
-
-    def show(self, row: Row | None) -> None:
-        """Describe `row`."""
-        self.row = row
-        facts = self.query_one("#cmp-facts", Static)
-        values = self.query_one("#cmp-values", Static)
-        bar = self.query_one("#cmp-one-progress", ProgressBar)
-        bar.display = row is not None and row is self.busy
-        if row is None or self.diff is None:
-            facts.update("")
-            values.update("")
-            return
-        facts.update(self._leaf(row) if row.leaf else self._container(row))
-        values.update(self._values(row))
-
-    def progress(self, done: int, total: int) -> None:
-        """Move the `v` progress bar."""
-        bar = self.query_one("#cmp-one-progress", ProgressBar)
-        bar.update(total=max(total, 1), progress=done)
-
-    def _title(self, row: Row) -> Text:
-        if row.parent is None:
-            return Text("both files", style="bold")
-        if row.leaf:
-            return Text(path_text(row.path or ()), style="bold")
-        names = [r.key for r in [*row.ancestors()[1:], row]]
-        return Text(".".join(names), style="bold")
-
-    def _leaf(self, row: Row) -> Group:
-        assert self.diff is not None and self.a is not None and self.b is not None
-        d = self.diff
-        t = _grid("A", "B")
-        path = row.path or ()
-        origin = (d.origin_a.get(path), d.origin_b.get(path))
-        where = [path_expr(o) or "<root>" if o is not None else "-" for o in origin]
-        if row.a is None or row.b is None or origin[0] != origin[1]:
-            t.add_row("in file", *where)
-        a, b = row.a, row.b
-        if isinstance(a, TensorInfo) or isinstance(b, TensorInfo):
-            sides = [(a, self.a), (b, self.b)]
-
-            def each(fn: Any) -> list[str]:
-                return [fn(x, c) if isinstance(x, TensorInfo) else "-" for x, c in sides]
-
-            t.add_row("shape", *each(lambda x, c: units.shape(x.shape)))
-            t.add_row("dtype", *each(lambda x, c: x.dtype))
-            t.add_row("bytes", *each(lambda x, c: units.size(x.nbytes)))
-            t.add_row("device", *each(lambda x, c: x.device))
-            t.add_row("file", *each(_file_of))
-        else:
-            t.add_row("value", a if a is not None else "-", b if b is not None else "-")
-        status = Text(f"{MARK[row.kind]} {NAME[row.kind]}", style="bold")
-        return Group(self._title(row), status, t)
-
-    def _container(self, row: Row) -> Group:
-        t = _grid("A", "B")
-        t.add_row("entries", f"{row.in_a:,}", f"{row.in_b:,}")
-        t.add_row("tensor bytes", units.size(row.bytes_a), units.size(row.bytes_b))
-        kinds = _grid()
-        for kind in Kind:
-            n = row.counts[kind]
-            if n:
-                kinds.add_row(f"{MARK[kind]} {n:,}", NAME[kind])
-        verdict = (
-            f"{row.changed:,} of {row.leaves:,} entries differ"
-            if row.changed
-            else (f"all {row.leaves:,} entries equal")
-        )
-        return Group(self._title(row), Text(verdict, style="bold"), t, Text(""), kinds)
-
-    def _values(self, row: Row) -> Text:
-        if not row.leaf:
-            return Text("")
-        if not row.comparable:
-            if isinstance(row.a, TensorInfo) and isinstance(row.b, TensorInfo):
-                return Text("values: shapes differ, nothing to compare", style="italic")
-            return Text("")
-        assert isinstance(row.a, TensorInfo) and isinstance(row.b, TensorInfo)
-        cast = " (both cast to float64)" if row.a.dtype != row.b.dtype else ""
-        if row is self.busy:
-            return Text("comparing values… (esc cancels)")
-        if row.why is not None:
-            return Text(f"values not compared: {row.why}")
-        if row.max_abs is not None:
-            if row.max_abs == 0:
-                return Text(f"values identical: max |a-b| = 0{cast}")
-            return Text.assemble(("max |a-b| ", "bold"), number(row.max_abs), cast)
-        n = units.size(row.a.nbytes + row.b.nbytes)
-        return Text(f"values: press v to compare ({n} to read) · a compares all")
-
-
-def _file_of(t: TensorInfo, ckpt: Checkpoint) -> str:
-    st = ckpt.storages.get(t.storage_key) if t.storage_key else None
-    if st is not None and st.file:
-        return st.file
-    return file_name(ckpt.path)
 
 
 class CompareScreen(Screen[None]):
@@ -241,14 +79,10 @@ class CompareScreen(Screen[None]):
         with Horizontal(id="cmp-progress"):
             yield Static("comparing values", id="cmp-progress-label")
             yield ProgressBar(id="cmp-all-progress", show_eta=False)
-        yield Input(
-            placeholder="filter keys: substring or regex · enter to apply · esc to clear",
-            id="filter",
-        )
+        yield FilterBar()
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#filter").display = False
         self.query_one("#cmp-progress").display = False
         self.query_one("#main").loading = True
         self.open_files()
@@ -404,48 +238,10 @@ class CompareScreen(Screen[None]):
         self._stream(rows, "all")
 
     def _stream(self, rows: list[Row], group: str) -> None:
-        """Run in a worker thread: results go back in batches every FLUSH_EVERY seconds."""
-        from ...values import Cancelled
-
+        """Run in a worker thread: `stream_values` posts the results back in batches."""
         assert self.a is not None and self.b is not None
         worker = get_current_worker()
-        by_path = {r.path: r for r in rows}
-        pairs = [(r.path, r.a, r.b) for r in rows]
-        pending: list[tuple[Row, float | None, str | None]] = []
-        state = {"done": 0, "total": 0, "at": 0.0}
-
-        def flush(force: bool = False, **extra: Any) -> None:
-            now = time.monotonic()
-            if not force and now - state["at"] < FLUSH_EVERY:
-                return
-            state["at"] = now
-            batch = pending[:]
-            pending.clear()
-            self.post_message(ValuesArrived(group, batch, state["done"], state["total"], **extra))
-
-        def progress(done: int, total: int) -> None:
-            state["done"], state["total"] = done, total
-            flush()
-
-        try:
-            result: ValueResult
-            for result in iter_values(
-                self.a,
-                self.b,
-                pairs,
-                progress,
-                lambda: worker.is_cancelled,  # type: ignore[arg-type]
-            ):
-                p, m, why = result
-                pending.append((by_path[p], m, why))
-                flush()
-        except Cancelled:
-            flush(True, finished=True)
-            return
-        except CkptError as e:
-            flush(True, finished=True, error=f"ckptui: {e.path}: {e.message}")
-            return
-        flush(True, finished=True)
+        stream_values(self.a, self.b, rows, group, self.post_message, lambda: worker.is_cancelled)
 
     def on_values_arrived(self, message: ValuesArrived) -> None:
         changed = False
@@ -497,22 +293,19 @@ class CompareScreen(Screen[None]):
 
     def action_filter(self) -> None:
         """/: filter keys by substring or regex."""
-        bar = self.query_one("#filter", Input)
-        bar.display = True
-        bar.focus()
+        self.query_one(FilterBar).open()
 
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
         query = event.value.strip()
-        tree = self.query_one(DiffTree)
         if not query:
             self._clear_filter()
             return
-        try:
-            tree.query = compile_query(query)
-        except ValueError as e:
-            self.notify(str(e), severity="error")
+        pattern = self.query_one(FilterBar).parse(query, compile_query)
+        if pattern is None:
             return
+        tree = self.query_one(DiffTree)
+        tree.query = pattern
         tree.refilter()
         tree.focus()
 
@@ -521,9 +314,7 @@ class CompareScreen(Screen[None]):
         self._clear_filter()
 
     def _clear_filter(self) -> None:
-        bar = self.query_one("#filter", Input)
-        bar.value = ""
-        bar.display = False
+        self.query_one(FilterBar).close()
         tree = self.query_one(DiffTree)
         if tree.query is not None:
             tree.query = None
