@@ -13,7 +13,7 @@ from typing import Any
 
 from .dtypes import itemsize_of
 from .model import Key, Node, NodeKind, Path, TensorInfo
-from .recorders import NumpyArray, NumpyDtype, NumpyScalar, StorageRef, TensorRec, TorchDtype
+from .recorded_types import NumpyArray, NumpyDtype, NumpyScalar, StorageRef, TensorRec, TorchDtype
 from .safety import Safety
 from .unpickle import Blob, Global, PDict, PObject, PSet
 

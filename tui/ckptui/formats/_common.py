@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import CorruptFile
 from ..model import Checkpoint, Finding, Node, Path, Severity, Storage
-from ..recorders import CONSTANTS, RECORDERS, StorageRef
+from ..recorded_types import StorageRef
+from ..recorders import CONSTANTS, RECORDERS
 from ..treebuild import MAX_DEPTH, TreeBuilder
 from ..unpickle import Blob, Global, InertUnpickler, Limits, _Malformed, classify_global
 

@@ -37,7 +37,7 @@ from typing import Any
 from ..dtypes import itemsize_of
 from ..errors import CkptError, CorruptFile, NotReadable
 from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, TensorInfo
-from ..recorders import TensorRec
+from ..recorded_types import TensorRec
 from ..treebuild import TreeBuilder
 from ..unpickle import Global, _Malformed, classify_global
 from ._common import Source

@@ -67,7 +67,7 @@ import re
 from typing import Any, ClassVar, Self
 
 from ..dtypes import DTYPES
-from ..recorders import TorchDtype
+from ..recorded_types import TorchDtype
 
 _MD = "torch.distributed.checkpoint.metadata."
 """The module of torch's metadata classes, the prefix of most names on the allow-list."""

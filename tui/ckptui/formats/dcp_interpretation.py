@@ -17,7 +17,7 @@ from typing import Any
 
 from ..dtypes import itemsize_of
 from ..model import TensorInfo
-from ..recorders import TensorRec, TorchDtype
+from ..recorded_types import TensorRec, TorchDtype
 from ..unpickle import Global, PDict, PObject, _Malformed
 from .dcp_fast_unpickler import _MD, _Call, _Dict, _Record, _Size
 

@@ -19,7 +19,7 @@ import struct
 from typing import Any
 
 from ..dtypes import STORAGE_DTYPES, itemsize_of
-from ..recorders import StorageRef
+from ..recorded_types import StorageRef
 from ..unpickle import Global, _Malformed
 from ._common import Source, parse_pid_location
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..dtypes import STORAGE_DTYPES, itemsize_of
 from ..model import Checkpoint
-from ..recorders import StorageRef
+from ..recorded_types import StorageRef
 from ..unpickle import Global, PDict, _Malformed
 from ._common import MAGIC_NUMBER, Source, assemble, corrupt, parse_pid_location, storage_ref
 

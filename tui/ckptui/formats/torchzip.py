@@ -16,7 +16,7 @@ from typing import Any
 
 from ..dtypes import STORAGE_DTYPES, itemsize_of
 from ..model import Checkpoint, Storage
-from ..recorders import StorageRef
+from ..recorded_types import StorageRef
 from ..unpickle import Global, _Malformed
 from ._common import Source, assemble, corrupt, parse_pid_location, storage_ref
 from .ziplookup import ZipLookup
