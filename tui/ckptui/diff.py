@@ -23,14 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .diff_values import Progress, ValueResult, iter_values
+from .diff_values import Progress, iter_values
 from .errors import CkptError
 from .export.plan import _common_prefix, _tensors
 from .model import Checkpoint, NodeKind, Path, TensorInfo, walk
 from .roles import weights_path
 
-# ValueResult and iter_values are re-exported: the compare screen imports them from here.
-__all__ = ["Diff", "ValueResult", "diff_checkpoints", "iter_values"]
+__all__ = ["Diff", "diff_checkpoints"]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 from textual.message import Message
 
-from ..diff import ValueResult, iter_values
+from ..diff_values import ValueResult, iter_values
 from ..errors import CkptError
 from ..model import Checkpoint
 from .widgets.diff_rows import Row
