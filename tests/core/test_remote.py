@@ -780,3 +780,41 @@ async def test_the_export_dialog_writes_a_remote_checkpoint_locally(
     local = tmp_path / "local.pth"
     assert main(["export", str(training_zip), "-o", str(local)]) == 0
     assert (tmp_path / "train.slim.pth").read_bytes() == local.read_bytes()
+
+
+def test_a_remote_export_stops_at_once_while_the_server_stalls(
+    httpserver, tmp_path: Path, training_zip: Path
+) -> None:
+    """The app's esc (`cancelled`) stops an export whose read is waiting on a stalled server,
+    without waiting for the read timeout, and nothing is left behind."""
+    import threading
+    import time
+
+    from ckptui.export import export, make_plan
+    from ckptui.values import Cancelled
+
+    data = training_zip.read_bytes()
+    gate = threading.Event()
+
+    def handler(request: Request) -> Response:
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
+            gate.wait(20)
+        return resp
+
+    httpserver.expect_request("/stall.pth").respond_with_handler(handler)
+    plan = make_plan(open_checkpoint(httpserver.url_for("/stall.pth")))
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "model.pth"
+    start = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            export(plan, out, cancelled=lambda: time.monotonic() - start > 0.3)
+        assert time.monotonic() - start < 5
+        assert list(out.parent.iterdir()) == []  # no output, no temp file
+    finally:
+        gate.set()
+        until = time.monotonic() + 10  # let the abandoned response land in this test's log
+        while time.monotonic() < until and not any(n > MB for _, n in _served_ranges(httpserver)):
+            time.sleep(0.05)

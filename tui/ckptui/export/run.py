@@ -19,6 +19,7 @@ import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
@@ -50,6 +51,7 @@ def export(
     force: bool = False,
     progress: Progress | None = None,
     verify_progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Result:
     """Write `plan` to `out` via a verified temporary file.
 
@@ -74,7 +76,7 @@ def export(
     fd, tmp = temp_beside(target, folder)
     try:
         with os.fdopen(fd, "w+b") as f, recorded_digests() as digests:
-            fetched = write(plan, f, progress)
+            fetched = write(plan, f, progress, cancelled)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()

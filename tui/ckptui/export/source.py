@@ -21,14 +21,14 @@ import contextlib
 import hashlib
 import mmap
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, Self
 
 from ..errors import CkptError
 from ..formats._common import is_url
 from ..model import Checkpoint
-from ..values import _chunks, element_type, strided_view
+from ..values import _chunks, element_type, interruptible, strided_view
 from .plan import Item
 
 CHUNK = 16 << 20
@@ -66,8 +66,10 @@ class SourceBytes:
     checkpoint was opened.
     """
 
-    def __init__(self, ckpt: Checkpoint) -> None:
+    def __init__(self, ckpt: Checkpoint, cancelled: Callable[[], bool] | None = None) -> None:
         self.ckpt = ckpt
+        self.cancelled = cancelled
+        """Polled while a remote read waits, so that stopping never waits on the network."""
         self._open: dict[str, tuple[int, mmap.mmap | None]] = {}
         self.remote: Any = None
         """The `RemoteSource` of a one-file URL checkpoint, while open."""
@@ -247,7 +249,7 @@ class SourceBytes:
         from .plan import ExportError
 
         try:
-            return src.read_range(offset, n)
+            return interruptible(lambda: src.read_range(offset, n), self.cancelled)
         except CkptError as e:
             raise ExportError(e.path, f"reading the source failed: {e.message}") from None
 

@@ -71,13 +71,19 @@ def predicted_size(plan: Plan) -> int:
     return size_of(records)
 
 
-def write(plan: Plan, f: BinaryIO, progress: Progress | None = None) -> int | None:
-    """Write the output of `plan` to `f` (a seekable binary file at offset 0).
+def write(
+    plan: Plan,
+    f: BinaryIO,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> int | None:
+    """Write the output of `plan` to `f` (a seekable binary file at offset 0). `cancelled` is
+    polled while a read from a URL waits (`values.Cancelled` is raised when it says so).
 
     Returns:
         Bytes fetched from the server for a source at a URL; None for a local one.
     """
-    with SourceBytes(plan.ckpt) as src:
+    with SourceBytes(plan.ckpt, cancelled) as src:
         _write(plan, f, progress, src)
         return src.bytes_read if src.is_remote else None
 

@@ -46,6 +46,7 @@ from ...export.dcp import stitched_bytes
 from ...facts import path_text
 from ...formats._common import is_url
 from ...model import Checkpoint, Path
+from ...values import Cancelled as ReadCancelled
 
 DTYPES = ("keep", "bf16", "fp16")
 FORMATS = ("pth", "safetensors")
@@ -284,6 +285,7 @@ class ExportScreen(ModalScreen[None]):
             force=force,
             progress=self._reporter("writing", 0),
             verify_progress=self._reporter("verifying", total),
+            cancelled=self._cancel.is_set,  # esc stops a read from a URL that is still waiting
         )
 
     def _reporter(self, phase: str, base: int):
@@ -320,7 +322,7 @@ class ExportScreen(ModalScreen[None]):
             self.app.push_screen(ExportDoneScreen(result, self.ckpt.file_bytes, self.plan))
             return
         error = event.worker.error
-        if isinstance(error, Cancelled):
+        if isinstance(error, Cancelled | ReadCancelled):
             message = "[$warning]stopped: nothing was written[/]"
         elif isinstance(error, ExportError | CkptError):
             message = f"[b $error]{escape(error.message)}: nothing was written[/]"
