@@ -818,3 +818,47 @@ def test_a_remote_export_stops_at_once_while_the_server_stalls(
         until = time.monotonic() + 10  # let the abandoned response land in this test's log
         while time.monotonic() < until and not any(n > MB for _, n in _served_ranges(httpserver)):
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_export_leaves_no_temp_file(
+    httpserver, tmp_path: Path, training_zip: Path, sig: str
+) -> None:
+    """`ckptui export` killed by SIGTERM/SIGHUP (a scheduler's timeout, a closed SSH session)
+    mid-transfer removes its temp file, as on Ctrl-C."""
+    import signal
+    import threading
+    import time
+
+    data = training_zip.read_bytes()
+    gate = threading.Event()
+
+    def handler(request: Request) -> Response:
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
+            gate.wait(20)
+        return resp
+
+    httpserver.expect_request("/stall.pth").respond_with_handler(handler)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "tui")}
+    argv = [sys.executable, "-m", "ckptui", "export", httpserver.url_for("/stall.pth")]
+    proc = subprocess.Popen(
+        [*argv, "-o", str(out_dir / "model.pth")], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        until = time.monotonic() + 60
+        while not list(out_dir.iterdir()) and time.monotonic() < until:
+            time.sleep(0.05)  # the temp file appears once writing starts
+        assert list(out_dir.iterdir()), "the export never started writing"
+        time.sleep(0.3)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=10)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert list(out_dir.iterdir()) == []

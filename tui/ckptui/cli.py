@@ -10,9 +10,10 @@ neither rich nor Textual, so scripts pay only for reading the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import CkptError
@@ -173,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list and args_list[0] == "why":
             return _why(_parser_why().parse_args(args_list[1:]))
         if args_list and args_list[0] == "export":
-            return _export(_parser_export().parse_args(args_list[1:]))
+            with _terminated_as_interrupt():
+                return _export(_parser_export().parse_args(args_list[1:]))
         if args_list and args_list[0] == "diff":
             return _diff(_parser_diff().parse_args(args_list[1:]))
         return _main(_parser_main().parse_args(args_list))
@@ -187,6 +189,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a job scheduler's timeout, a closed SSH session) raise
+    KeyboardInterrupt while an export runs, so its temp file is removed as on Ctrl-C instead of
+    being left beside the target."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        wanted = []  # only the main thread may set handlers (an embedding caller's thread)
+    old = {sig: signal.signal(sig, interrupt) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _main(args: argparse.Namespace) -> int:

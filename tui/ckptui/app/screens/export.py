@@ -29,7 +29,7 @@ from textual.widgets import (
     RadioSet,
     Static,
 )
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from ... import units
 from ...errors import CkptError
@@ -279,13 +279,15 @@ class ExportScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="export")
     def _write(self, plan: Plan, target: str, force: bool) -> Result:
         total = plan.data_bytes
+        worker = get_current_worker()
         return export(
             plan,
             target,
             force=force,
             progress=self._reporter("writing", 0),
             verify_progress=self._reporter("verifying", total),
-            cancelled=self._cancel.is_set,  # esc stops a read from a URL that is still waiting
+            # esc, or quitting (the worker is cancelled), stops a read from a URL mid-wait
+            cancelled=lambda: self._cancel.is_set() or worker.is_cancelled,
         )
 
     def _reporter(self, phase: str, base: int):
