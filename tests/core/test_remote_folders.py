@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,17 @@ def bin_sharded(sharded, tmp_path_factory) -> Path:  # noqa: F811
     return folder
 
 
-def _serve_folder(httpserver, folder: Path, missing: tuple[str, ...] = ()) -> str:
+def _serve_folder(
+    httpserver, folder: Path, missing: tuple[str, ...] = (), latency: float = 0.0
+) -> str:
     """Serve every file of `folder` under /m/ with Range support (206); anything else, and the
-    names in `missing`, is a 404. Returns the folder's URL (no trailing slash)."""
+    names in `missing`, is a 404. `latency` seconds pass before each answer, as on a real link.
+    Returns the folder's URL (no trailing slash)."""
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.name not in missing}
 
     def handler(request: Request) -> Response:
+        if latency:
+            time.sleep(latency)
         data = files.get(request.path.removeprefix("/m/"))
         if data is None:
             return Response("not found", status=404)
@@ -349,3 +355,26 @@ def test_a_dcp_folder_on_s3_is_one_line(s3_bucket, capsys) -> None:
     assert main(["inspect", "s3://ckpts/dcp/"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not supported yet" in err
+
+
+def test_shards_are_opened_concurrently(folder) -> None:
+    """Each shard's open is a few round trips that wait on the network: shards are opened
+    several at a time, so a model of many shards does not cost them all in a row."""
+    from pytest_httpserver import HTTPServer
+
+    local, index = folder
+    server = HTTPServer(threaded=True)  # the fixture's server answers one request at a time
+    server.start()
+    try:
+        base = _serve_folder(server, local, latency=0.05)
+        start = time.monotonic()
+        ckpt = open_checkpoint(f"{base}/{index}")
+        took = time.monotonic() - start
+        requests = len(server.log)
+    finally:
+        server.stop()
+    here = open_checkpoint(str(local / index))
+    assert {p for p, _ in ckpt.tensors()} == {p for p, _ in here.tensors()}
+    assert requests >= 3 * ckpt.info["shards"]
+    # in a row, the requests alone would take requests x 50 ms
+    assert took < requests * 0.05 * 0.6, (took, requests)

@@ -102,6 +102,10 @@ class Files(Protocol):
         """The folder opened as a DCP checkpoint, or None when it is not one."""
         ...
 
+    def open_each(self, paths: list[str], open_file: Any) -> dict[str, Checkpoint | CkptError]:
+        """`open_file` of every path: its checkpoint, or the CkptError it raised."""
+        ...
+
 
 class LocalFiles:
     """`Files` on the local file system."""
@@ -153,6 +157,16 @@ class LocalFiles:
         from .dcp import looks_like_dcp, read_dcp
 
         return read_dcp(folder) if looks_like_dcp(folder) else None
+
+    def open_each(self, paths: list[str], open_file: Any) -> dict[str, Checkpoint | CkptError]:
+        """One after another: local metadata reads take microseconds, threads would not help."""
+        out: dict[str, Checkpoint | CkptError] = {}
+        for path in paths:
+            try:
+                out[path] = open_file(path)
+            except CkptError as e:  # noqa: PERF203 - one try per file
+                out[path] = e
+        return out
 
 
 LOCAL = LocalFiles()
@@ -225,11 +239,12 @@ def open_sharded(
     formats: set[str] = set()
     seen: set[str] = set()
     metadata: Node | None = None
+    opened = files.open_each([files.join(folder, shard) for shard in sorted(shards)], open_file)
     for shard in sorted(shards):
         full = files.join(folder, shard)
-        try:
-            ckpt = open_file(full)
-        except CkptError as e:
+        ckpt = opened[full]
+        if isinstance(ckpt, CkptError):
+            e = ckpt
             missing = files.missing(full, e)
             what = "is missing" if missing else f"cannot be read ({e.message})"
             findings.append(
@@ -316,18 +331,19 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     files: dict[str, int] = {}
     other: dict[str, int] = {}
     formats: set[str] = set()
+    tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size)]
+    opened = access.open_each([access.join(folder, rel) for rel in tried], open_file)
     for rel, size in sizes.items():
         if not _worth_trying(rel, size):
             other[rel] = size
             continue
-        try:
-            ckpt = open_file(access.join(folder, rel))
-        except NotACheckpoint:
+        ckpt = opened[access.join(folder, rel)]
+        if isinstance(ckpt, NotACheckpoint):
             other[rel] = size
             continue
-        except CkptError as e:
+        if isinstance(ckpt, CkptError):
             findings.append(
-                Finding("unreadable_file", Severity.WARNING, f"{rel}: {e.message}", None)
+                Finding("unreadable_file", Severity.WARNING, f"{rel}: {ckpt.message}", None)
             )
             other[rel] = size
             continue

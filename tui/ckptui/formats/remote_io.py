@@ -7,6 +7,7 @@ fsspec and its back-ends are imported here only when a URL is opened: local file
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -31,6 +32,7 @@ and ETag or modification time: the reports computed after opening (`weights_only
 pickle, an export re-reads the directory) then cost no transfer. Bounded by METADATA_BUDGET
 bytes and METADATA_TTL seconds."""
 METADATA_BUDGET = 64 << 20
+_METADATA_LOCK = threading.Lock()
 METADATA_TTL = 300.0
 
 
@@ -44,19 +46,21 @@ def version_of(url: str, size: int, details: dict[str, Any]) -> tuple[Any, ...] 
 
 
 def remembered(version: tuple[Any, ...] | None) -> list[tuple[int, bytes]]:
-    entry = _METADATA.get(version) if version is not None else None
+    with _METADATA_LOCK:
+        entry = _METADATA.get(version) if version is not None else None
     if entry is None or time.monotonic() - entry[0] > METADATA_TTL:
         return []
     return list(entry[1])
 
 
 def remember(version: tuple[Any, ...], spans: list[tuple[int, bytes]]) -> None:
-    _METADATA.pop(version, None)
-    _METADATA[version] = (time.monotonic(), list(spans))
-    total = sum(len(d) for _, entry in _METADATA.values() for _, d in entry)
-    while total > METADATA_BUDGET and len(_METADATA) > 1:
-        _, (_, old) = _METADATA.popitem(last=False)
-        total -= sum(len(d) for _, d in old)
+    with _METADATA_LOCK:  # shards of one model are opened on several threads
+        _METADATA.pop(version, None)
+        _METADATA[version] = (time.monotonic(), list(spans))
+        total = sum(len(d) for _, entry in _METADATA.values() for _, d in entry)
+        while total > METADATA_BUDGET and len(_METADATA) > 1:
+            _, (_, old) = _METADATA.popitem(last=False)
+            total -= sum(len(d) for _, d in old)
 
 
 def filesystem(url: str) -> tuple[Any, str]:
