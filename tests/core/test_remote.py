@@ -862,3 +862,23 @@ def test_a_terminated_export_leaves_no_temp_file(
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err, err
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_url_signed_for_get_only_opens(httpserver, capsys, big_zip: Path) -> None:
+    """A presigned S3 URL (or any server) that refuses HEAD: the size comes from a GET's
+    headers, the body is not read, and range requests do the rest."""
+    data = big_zip.read_bytes()
+
+    def handler(request: Request) -> Response:
+        if request.method == "HEAD":
+            return Response("signature does not match", status=403)
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        return resp
+
+    httpserver.expect_request("/signed.pth").respond_with_handler(handler)
+    url = httpserver.url_for("/signed.pth") + "?X-Amz-Signature=abc&X-Amz-Expires=600"
+    remote = _inspect_json(capsys, url)
+    local = _inspect_json(capsys, str(big_zip))
+    assert _without(remote, "path", "bytes_read") == _without(local, "path", "bytes_read")
+    assert remote["bytes_read"] < 4096
