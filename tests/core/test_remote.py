@@ -8,12 +8,16 @@ serve ranges by itself; `_serve` answers `Range: bytes=a-b` with 206 through wer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +73,30 @@ def _inspect_json(capsys, target: str) -> dict:
 
 def _without(doc: dict, *keys: str) -> dict:
     return {k: v for k, v in doc.items() if k not in keys}
+
+
+@contextlib.contextmanager
+def _stalling(httpserver, name: str, data: bytes) -> Iterator[str]:
+    """Serve `data` at /name, holding every tensor-data answer (a GET of over 1 MiB) until
+    the block ends, as a server that stops sending does; yields the URL. On the way out the
+    held answers are released and awaited, so they land in this test's server log."""
+    gate = threading.Event()
+
+    def handler(request: Request) -> Response:
+        resp = Response(data, content_type="application/octet-stream")
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
+            gate.wait(20)  # far longer than any test waits
+        return resp
+
+    httpserver.expect_request(f"/{name}").respond_with_handler(handler)
+    try:
+        yield httpserver.url_for(f"/{name}")
+    finally:
+        gate.set()
+        until = time.monotonic() + 10
+        while time.monotonic() < until and not any(n > MB for _, n in _served_ranges(httpserver)):
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -593,25 +621,11 @@ async def test_the_browser_fetches_remote_values_in_a_worker_with_progress(
 def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Path) -> None:
     """A server that stops sending must not hold a worker (and so the app's exit) for the
     whole read timeout: cancelling returns at once."""
-    import threading
-    import time
-
     from ckptui.values import Cancelled, tensor_stats
 
-    data = big_zip.read_bytes()
-    gate = threading.Event()
-
-    def handler(request: Request) -> Response:
-        resp = Response(data, content_type="application/octet-stream")
-        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
-        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
-            gate.wait(20)  # stalls far longer than the test waits
-        return resp
-
-    httpserver.expect_request("/stall.pth").respond_with_handler(handler)
-    ckpt = open_checkpoint(httpserver.url_for("/stall.pth"))
-    start = time.monotonic()
-    try:
+    with _stalling(httpserver, "stall.pth", big_zip.read_bytes()) as url:
+        ckpt = open_checkpoint(url)
+        start = time.monotonic()
         with pytest.raises(Cancelled):
             tensor_stats(
                 ckpt,
@@ -619,12 +633,6 @@ def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Pat
                 cancelled=lambda: time.monotonic() - start > 0.3,
             )
         assert time.monotonic() - start < 5
-    finally:
-        gate.set()
-        # the abandoned read completes now: let it land in this test's server log, not the next
-        until = time.monotonic() + 10
-        while time.monotonic() < until and not any(n > MB for _, n in _served_ranges(httpserver)):
-            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("fixture", ["big_zip", "big_legacy"])
@@ -787,37 +795,18 @@ def test_a_remote_export_stops_at_once_while_the_server_stalls(
 ) -> None:
     """The app's esc (`cancelled`) stops an export whose read is waiting on a stalled server,
     without waiting for the read timeout, and nothing is left behind."""
-    import threading
-    import time
-
     from ckptui.export import export, make_plan
     from ckptui.values import Cancelled
 
-    data = training_zip.read_bytes()
-    gate = threading.Event()
-
-    def handler(request: Request) -> Response:
-        resp = Response(data, content_type="application/octet-stream")
-        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
-        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
-            gate.wait(20)
-        return resp
-
-    httpserver.expect_request("/stall.pth").respond_with_handler(handler)
-    plan = make_plan(open_checkpoint(httpserver.url_for("/stall.pth")))
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "model.pth"
-    start = time.monotonic()
-    try:
+    with _stalling(httpserver, "stall.pth", training_zip.read_bytes()) as url:
+        plan = make_plan(open_checkpoint(url))
+        start = time.monotonic()
         with pytest.raises(Cancelled):
             export(plan, out, cancelled=lambda: time.monotonic() - start > 0.3)
         assert time.monotonic() - start < 5
         assert list(out.parent.iterdir()) == []  # no output, no temp file
-    finally:
-        gate.set()
-        until = time.monotonic() + 10  # let the abandoned response land in this test's log
-        while time.monotonic() < until and not any(n > MB for _, n in _served_ranges(httpserver)):
-            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
@@ -827,39 +816,24 @@ def test_a_terminated_export_leaves_no_temp_file(
     """`ckptui export` killed by SIGTERM/SIGHUP (a scheduler's timeout, a closed SSH session)
     mid-transfer removes its temp file, as on Ctrl-C."""
     import signal
-    import threading
-    import time
 
-    data = training_zip.read_bytes()
-    gate = threading.Event()
-
-    def handler(request: Request) -> Response:
-        resp = Response(data, content_type="application/octet-stream")
-        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
-        if request.method == "GET" and int(resp.headers["Content-Length"]) > MB:
-            gate.wait(20)
-        return resp
-
-    httpserver.expect_request("/stall.pth").respond_with_handler(handler)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "tui")}
-    argv = [sys.executable, "-m", "ckptui", "export", httpserver.url_for("/stall.pth")]
-    proc = subprocess.Popen(
-        [*argv, "-o", str(out_dir / "model.pth")], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        until = time.monotonic() + 60
-        while not list(out_dir.iterdir()) and time.monotonic() < until:
-            time.sleep(0.05)  # the temp file appears once writing starts
-        assert list(out_dir.iterdir()), "the export never started writing"
-        time.sleep(0.3)
-        proc.send_signal(getattr(signal, sig))
-        _, err = proc.communicate(timeout=10)
-    finally:
-        gate.set()
-        if proc.poll() is None:
-            proc.kill()
+    with _stalling(httpserver, "stall.pth", training_zip.read_bytes()) as url:
+        argv = [sys.executable, "-m", "ckptui", "export", url, "-o", str(out_dir / "model.pth")]
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            until = time.monotonic() + 60
+            while not list(out_dir.iterdir()) and time.monotonic() < until:
+                time.sleep(0.05)  # the temp file appears once writing starts
+            assert list(out_dir.iterdir()), "the export never started writing"
+            time.sleep(0.3)
+            proc.send_signal(getattr(signal, sig))
+            _, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 130 and "interrupted" in err, err
     assert list(out_dir.iterdir()) == []
 
