@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from .dtypes import itemsize_of
 from .errors import CkptError
 from .formats._common import is_url
 from .model import Checkpoint, Storage, TensorInfo
@@ -201,7 +200,8 @@ def _remote_bytes(
 ) -> bytearray:
     """The bytes [start, stop) of a checkpoint at a URL: only the tensor's view, fetched in
     blocks (progress 0 to 0.5, cancellable between blocks); the first also brings the zip
-    record's local header (or legacy storage count) just before the data, which it checks. The whole view is held in memory while its stats are taken."""
+    record's local header (or legacy storage count) just before the data, which it checks.
+    The whole view is held in memory while its stats are taken."""
     from .formats.remote import RemoteSource
 
     where = ckpt.path
@@ -213,8 +213,7 @@ def _remote_bytes(
         if st.data_offset is None or st.data_offset + have > src.size:
             raise ValuesUnavailable(where, f"storage {st.key} runs past the end of the file")
         if ckpt.format == "torch-legacy":  # its count, fetched with the first block
-            count = st.nbytes // itemsize_of(st.dtype)
-            src.expect_count(st.data_offset - 8, count, st.data_offset + st.nbytes)
+            src.expect_legacy_count(st)
         buf = bytearray()
         for a in range(start, stop, REMOTE_BLOCK):
             if cancelled is not None and cancelled():

@@ -87,8 +87,9 @@ class SourceBytes:
             return self  # each shard on first use, like the local per-file descriptors
         if is_url(self.ckpt.path):
             self.remote = self._open_remote(self.ckpt.path, self.ckpt.file_bytes, self._is_zip())
-            if self.ckpt.format == "torch-legacy":
-                self.remote.expect_layout(self.ckpt)  # each storage's count, checked on read
+            if self.ckpt.format == "torch-legacy":  # each storage's count, checked on read
+                for st in self.ckpt.storages.values():
+                    self.remote.expect_legacy_count(st)
         elif self.ckpt.info.get("folder") is None:
             self._file(self.ckpt.path, self.ckpt.file_bytes)  # fail early, before any writing
         return self

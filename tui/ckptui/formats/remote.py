@@ -26,6 +26,7 @@ from typing import Any
 
 from ..dtypes import itemsize_of
 from ..errors import CkptError, CorruptFile, NotFound, NotReadable, Unsupported
+from ..model import Storage
 from ._common import Source
 from .remote_buffer import PickleBuffer
 from .remote_io import (
@@ -61,9 +62,9 @@ MAX_GAP = 4096
 """Planned ranges at most this far apart are read in one request: the zip local header between
 two neighbouring storages is about a hundred bytes."""
 MERGE_BACK = 64 << 10
+"""A prediction at most this far before a data range is fetched in the same request."""
 HEADER_SLACK = 4 + 28 + 64
 """Extra-field bytes a torch local header may have: the FB field, zip64 fields, alignment."""
-"""A prediction at most this far before a data range is fetched in the same request."""
 
 
 @dataclass
@@ -87,7 +88,6 @@ class RemoteSource(Source):
     """The open fsspec file (no cache: every miss is one exact range request)."""
     bytes_read: int = 0
     """Bytes received from the server (cache hits and predicted headers cost nothing)."""
-    requests: int = 0
     _spans: list[tuple[int, bytes]] = field(default_factory=list)
     _predicted: dict[int, _Expect] = field(default_factory=dict)
     """Offset -> bytes predicted there (a zip local header, a legacy storage count), until
@@ -196,18 +196,13 @@ class RemoteSource(Source):
             data = data[:n]
         return head + data if head else data
 
-    def expect_layout(self, ckpt: Any) -> None:
-        """Predict what lies just before each storage's bytes of `ckpt` (this file, as opened)
-        so that the first read of each checks it in the same request: a torch zip's local
-        headers (`prefetch_zip`, its directory usually still cached from the opening) or a
-        legacy file's element counts."""
-        if ckpt.format == "torch-zip":
-            self.prefetch_zip()
-        elif ckpt.format == "torch-legacy":
-            for st in ckpt.storages.values():
-                if st.data_offset is not None and st.file is None and st.nbytes:
-                    count = st.nbytes // itemsize_of(st.dtype)
-                    self.expect_count(st.data_offset - 8, count, st.data_offset + st.nbytes)
+    def expect_legacy_count(self, st: Storage) -> None:
+        """Predict the element count a legacy file keeps in the 8 bytes before storage `st`'s
+        data (`expect_count`), so that the first read of the data checks it in the same
+        request."""
+        if st.data_offset is not None and st.nbytes:
+            count = st.nbytes // itemsize_of(st.dtype)
+            self.expect_count(st.data_offset - 8, count, st.data_offset + st.nbytes)
 
     def plan_reads(self, spans: Iterable[tuple[int, int]]) -> None:
         """Declare the byte ranges [start, stop) that `read_range` will be asked for (an
@@ -262,11 +257,7 @@ class RemoteSource(Source):
                 return
             if lo == 0:
                 break
-        raise CorruptFile(
-            self.path,
-            f"record {record}: its local header does not match the central directory, so its "
-            "data offset is not where torch's layout puts it",
-        )
+        raise self._misplaced(record)
 
     def read_checked(self, record: str, data_offset: int, start: int, n: int) -> bytes:
         """`read_range(start, n)` of zip record `record`'s data, fetching the local header just
@@ -368,17 +359,20 @@ class RemoteSource(Source):
             real = self._fetch(e.at, len(e.want))
         if e.record is not None:  # a zip local header: signature, name and extra lengths
             got, want = LOCAL.unpack(real), LOCAL.unpack(e.want)
-            ok = (got[0], got[9], got[10]) == (want[0], want[9], want[10])
-            what = (
-                f"record {e.record.name}: its local header does not match the central "
-                "directory, so its data offset is not where torch's layout puts it"
-            )
-        else:
-            ok = real == e.want
+            if (got[0], got[9], got[10]) != (want[0], want[9], want[10]):
+                raise self._misplaced(e.record.name)
+        elif real != e.want:
             (got_n,), (want_n,) = struct.unpack("<q", real), struct.unpack("<q", e.want)
-            what = f"the {e.what} at byte {e.at:,} is {got_n}, the pickle says {want_n}"
-        if not ok:
-            raise CorruptFile(self.path, what)
+            raise CorruptFile(
+                self.path, f"the {e.what} at byte {e.at:,} is {got_n}, the pickle says {want_n}"
+            )
+
+    def _misplaced(self, record: str) -> CorruptFile:
+        return CorruptFile(
+            self.path,
+            f"record {record}: its local header does not match the central directory, so its "
+            "data offset is not where torch's layout puts it",
+        )
 
     def _alignment(self, records: list[Record]) -> int:
         """`.storage_alignment` when present (torch >= 2.5 lets it be configured), else 64."""
@@ -439,7 +433,6 @@ class RemoteSource(Source):
             data = self.file.read(n)
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
             raise translate(self.path, e) from None
-        self.requests += 1
         self.bytes_read += len(data)
         if len(data) != n:
             raise NotReadable(
