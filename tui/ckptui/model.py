@@ -113,6 +113,11 @@ class TensorInfo:
             expected *= size
         return True
 
+    def span_bytes(self) -> int:
+        """Bytes of the storage the view reaches from its first element on: what must be read
+        to rebuild it (its own size when contiguous; 0 for an empty view)."""
+        return max(0, self.span_elements() - self.storage_offset) * self.itemsize
+
     def span_elements(self) -> int:
         """Elements of the storage the view reaches, from offset 0 (0 for an empty view)."""
         if any(d == 0 for d in self.shape):

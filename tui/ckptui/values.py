@@ -186,7 +186,7 @@ def fetched_bytes(ckpt: Checkpoint, tensor: TensorInfo) -> int:
     st = ckpt.storages.get(tensor.storage_key or "")
     if st is None or not is_url(ckpt.file_of(st)):
         return 0
-    return tensor.span_elements() * tensor.itemsize - tensor.storage_offset * tensor.itemsize
+    return tensor.span_bytes()
 
 
 def _remote_bytes(

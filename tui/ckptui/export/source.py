@@ -130,8 +130,7 @@ class SourceBytes:
             if st is None or st.data_offset is None:
                 continue
             start = st.data_offset + t.storage_offset * t.itemsize
-            n = t.nbytes if t.is_contiguous else (t.span_elements() - t.storage_offset) * t.itemsize
-            spans.setdefault(self.ckpt.file_of(st), []).append((start, start + n))
+            spans.setdefault(self.ckpt.file_of(st), []).append((start, start + t.span_bytes()))
         self._plans = spans
         if self.remote is not None:
             self.remote.plan_reads(spans.get(self.ckpt.path, []))
@@ -234,7 +233,7 @@ class SourceBytes:
         if t.is_contiguous:
             blocks = self._contiguous(item, -1, start, src)
         else:  # a view: fetch the span it covers (one block's worth at most per request)
-            span = t.span_elements() * t.itemsize - t.storage_offset * t.itemsize
+            span = t.span_bytes()
             buf = bytearray()
             for a in range(start, start + span, CHUNK):
                 buf += self._read_remote(src, a, min(CHUNK, start + span - a))
