@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import (
@@ -100,16 +101,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if e.errno == errno.EISDIR:
             raise NotReadable(path, "is a directory, not a checkpoint file") from None
         raise NotReadable(path, e.strerror or str(e)) from None
-    try:
-        return _read(src)
-    except CkptError:
-        raise
-    except (RecursionError, MemoryError) as e:
-        raise CorruptFile(
-            path, f"too deeply nested or too large to read ({type(e).__name__})"
-        ) from None
-    finally:
-        src.close()
+    return _read_closing(src)
 
 
 def _open_remote(url: str) -> Checkpoint:
@@ -120,21 +112,29 @@ def _open_remote(url: str) -> Checkpoint:
     from .remote import RemoteSource, translate
 
     src = RemoteSource.open(url)
+    ckpt = _read_closing(src, translate)
+    return replace(ckpt, info={**ckpt.info, "bytes_read": src.bytes_read})
+
+
+def _read_closing(
+    src: Source, translate: Callable[[str, BaseException], CkptError] | None = None
+) -> Checkpoint:
+    """`_read(src)`, closing it after; a pickle too deep or too large is one CorruptFile line,
+    and so, through `translate`, is a URL's network error raised mid-read."""
     try:
-        if src.read_at(0, 16).startswith(b"PK\x03\x04"):
-            src.prefetch_zip()
-        ckpt = _read(src)
+        return _read(src)
     except CkptError:
         raise
     except (RecursionError, MemoryError) as e:
         raise CorruptFile(
-            url, f"too deeply nested or too large to read ({type(e).__name__})"
+            src.path, f"too deeply nested or too large to read ({type(e).__name__})"
         ) from None
-    except Exception as e:  # noqa: BLE001 - the network layer's own errors, raised mid-read
-        raise translate(url, e) from None
+    except Exception as e:
+        if translate is None:
+            raise
+        raise translate(src.path, e) from None
     finally:
         src.close()
-    return replace(ckpt, info={**ckpt.info, "bytes_read": src.bytes_read})
 
 
 def _read(src: Source) -> Checkpoint:
@@ -142,6 +142,7 @@ def _read(src: Source) -> Checkpoint:
         raise NotACheckpoint(src.path, "empty file")
     head = src.read_at(0, 16)
     if head.startswith(b"PK\x03\x04"):
+        src.prefetch_zip()
         return read_zip(src)
     if looks_like_safetensors(head):
         return read_safetensors(src)

@@ -99,6 +99,10 @@ class Source:
         raw = self.read_at(pos, 8)
         return struct.unpack("<q", raw)[0] if len(raw) == 8 else -1
 
+    def prefetch_zip(self) -> None:
+        """Get ready to read the file as a zip. A local file reads its directory and headers
+        as they are needed; a remote one (`RemoteSource.prefetch_zip`) fetches them up front."""
+
     def close(self) -> None:
         """Release the mapping and the file."""
         if self._map is not None:

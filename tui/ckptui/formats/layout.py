@@ -40,8 +40,7 @@ def read_layout(ckpt: Checkpoint) -> list[Region]:
             raise CorruptFile(ckpt.path, "the file changed size since it was opened")
         regions = list(_storage_regions(ckpt))
         if ckpt.format in ("torch-zip", "torchscript"):
-            if hasattr(src, "prefetch_zip"):  # a URL: headers predicted, not one request each
-                src.prefetch_zip()
+            src.prefetch_zip()  # a URL: headers predicted, not one request each
             regions.extend(_zip_regions(src, ckpt))
         elif ckpt.format == "torch-legacy":
             regions.extend(_legacy_regions(ckpt))
