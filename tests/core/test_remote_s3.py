@@ -19,12 +19,13 @@ pytest.importorskip("fsspec")
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-from safetensors.torch import save_file
 
 from ckptui.cli import main
 
 from .s3_server import S3Server, clear_s3fs_cache, use_endpoint
-from .test_remote import big_legacy  # noqa: F401 - the same legacy file as over HTTP
+
+# the same files as over HTTP
+from .test_remote import big_legacy, big_safetensors  # noqa: F401
 
 MB = 1 << 20
 
@@ -106,17 +107,6 @@ def big_zip(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def big_safetensors(tmp_path: Path) -> Path:
-    path = tmp_path / "model.safetensors"
-    save_file(
-        {"a": torch.randn(MB // 2), "b": torch.zeros(3, 5, dtype=torch.bfloat16)},
-        str(path),
-        metadata={"format": "pt"},
-    )
-    return path
-
-
 def _training(seed: int = 1) -> dict:
     """{'model', 'optimizer' (a real Adam state_dict after one step), 'epoch': 3}: the model is
     about 1.3 MB and the optimizer twice that."""
@@ -166,7 +156,11 @@ def test_s3_zip_json_equals_local_and_reads_metadata_only(s3: S3, capsys, big_zi
 # --- safetensors ---
 
 
-def test_s3_safetensors_reads_the_header_only(s3: S3, capsys, big_safetensors: Path) -> None:
+def test_s3_safetensors_reads_the_header_only(
+    s3: S3,
+    capsys,
+    big_safetensors: Path,  # noqa: F811 - the fixture imported above
+) -> None:
     data = big_safetensors.read_bytes()
     url = s3.put(big_safetensors)
     remote = _inspect_json(capsys, url)
