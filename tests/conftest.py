@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -79,6 +80,21 @@ def train_ckpt(tmp_path: Path) -> Path:
     p = tmp_path / "ckpt_0099999.pth"
     torch.save(training_checkpoint(), p)
     return p
+
+
+@pytest.fixture
+def dp_ckpt(tmp_path: Path) -> tuple[Path, dict]:
+    """A DataParallel training checkpoint (model keys `module.`-prefixed, optimizer, epoch)
+    saved as train.pth, and the dict that was saved."""
+    ck = training_checkpoint(parallel=True)
+    p = tmp_path / "train.pth"
+    torch.save(ck, p)
+    return p, ck
+
+
+def digest(p: Path) -> str:
+    """sha256 of a file, to show it was not written to."""
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

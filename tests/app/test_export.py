@@ -7,11 +7,9 @@ the real loaders (`torch.load(weights_only=True)`, `safetensors`, `load_state_di
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from textual.content import Content
@@ -26,25 +24,12 @@ from ckptui.export import make_plan
 from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
 from tests.app.test_browse import cursor_path, opened, text_of
-from tests.conftest import TinyNet, training_checkpoint
+from tests.conftest import TinyNet, digest
 from tests.core.test_dcp import sharded_dcp, sharded_truth  # noqa: F401  (2-rank DTensors)
-
-
-def digest(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
-
-
-@pytest.fixture
-def dp_ckpt(tmp_path: Path) -> tuple[Path, dict]:
-    """A DataParallel training checkpoint: model (module.-prefixed), optimizer, epoch."""
-    ck = training_checkpoint(parallel=True)
-    p = tmp_path / "train.pth"
-    torch.save(ck, p)
-    return p, ck
 
 
 async def open_dialog(pilot) -> ExportScreen:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -17,23 +16,11 @@ from ckptui.export import writers as writers_mod
 from ckptui.export.zipwriter import ZipWriter, size_of
 from ckptui.formats import open_checkpoint
 
-from ..conftest import TinyNet, run_cli, training_checkpoint
-
-
-def digest(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+from ..conftest import TinyNet, digest, run_cli
 
 
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if "ckptui-tmp" in p.name]
-
-
-@pytest.fixture
-def dp_ckpt(tmp_path: Path) -> tuple[Path, dict]:
-    ck = training_checkpoint(parallel=True)
-    p = tmp_path / "train.pth"
-    torch.save(ck, p)
-    return p, ck
 
 
 def test_pth_of_a_dataparallel_checkpoint_loads_strictly(dp_ckpt, tmp_path: Path) -> None:
