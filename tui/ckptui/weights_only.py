@@ -31,7 +31,6 @@ from typing import Any
 
 from .data import weights_only_allowlist as wo
 from .errors import CkptError
-from .formats._common import is_url
 from .model import Checkpoint, NodeKind, walk
 from .safety import Safety, judge, looks_like_class
 from .weights_only_replay import Replay
@@ -187,14 +186,10 @@ def _export_command(ckpt: Checkpoint) -> str | None:
     """`ckptui export` writes the detected weights to a file torch.load accepts as it is."""
     if not ckpt.storages:
         return None
-    base = ckpt.path.rstrip("/")
-    if is_url(base):  # written here, named after the remote file (a shard index: its folder)
-        parts = base.split("://", 1)[1].split("/")
-        base = parts[-2] if base.endswith(".index.json") and len(parts) > 1 else parts[-1]
-    elif base.endswith(".index.json") and "/" in base:  # a shard index: named after its folder
-        base = base.rsplit("/", 1)[0]
-    stem = base.rsplit(".", 1)[0] if "." in base.rsplit("/", 1)[-1] else base
-    return f"ckptui export {shlex.quote(ckpt.path)} -o {shlex.quote(stem + '.weights.pth')}"
+    from .export.plan import output_stem
+
+    out = output_stem(ckpt.path) + ".weights.pth"
+    return f"ckptui export {shlex.quote(ckpt.path)} -o {shlex.quote(out)}"
 
 
 def _pickles(ckpt: Checkpoint) -> tuple[bytes, int]:

@@ -182,10 +182,22 @@ def cast_dtype(dtype: str, cast: str) -> str:
 def default_target(source: str, fmt: str) -> str:
     """The output beside the source: `ckpt.pth` -> `ckpt.slim.pth` (or `.slim.safetensors`);
     for a URL, in the current folder, named after the remote file."""
-    if is_url(source):
-        source = source.rstrip("/").split("://", 1)[1].rsplit("/", 1)[-1] or "checkpoint"
-    base = PurePath(source)
-    return str(base.with_name(f"{base.stem or 'checkpoint'}.slim.{fmt}"))
+    return f"{output_stem(source)}.slim.{fmt}"
+
+
+def output_stem(source: str) -> str:
+    """What a file written from `source` is named after, without a suffix: the source beside
+    itself (`/runs/ckpt.pth` -> `/runs/ckpt`), a shard index by its folder, and a URL by the
+    remote file's name, in the current folder (the output is always local)."""
+    base = source.rstrip("/")
+    if is_url(base):
+        parts = base.split("://", 1)[1].split("/")
+        base = parts[-2] if base.endswith(".index.json") and len(parts) > 1 else parts[-1]
+    elif base.endswith(".index.json") and "/" in base:
+        base = base.rsplit("/", 1)[0]
+    folder, _, name = base.rpartition("/")
+    stem = PurePath(name).stem or "checkpoint"
+    return f"{folder}/{stem}" if folder else stem
 
 
 def kept_tensors(
