@@ -31,6 +31,7 @@ from ..errors import (
 from ..model import Checkpoint
 from .folder import INDEX_NAMES, MAX_FILES, MAX_INDEX, is_index_file, open_folder, open_sharded
 from .remote import RemoteSource, filesystem, translate
+from .remote_io import is_http
 
 OpenOne = Callable[[str], Checkpoint]
 OPEN_THREADS = 8
@@ -63,14 +64,14 @@ def open_url(url: str, open_one: OpenOne) -> Checkpoint:
         try:
             return open_one(url)
         except (NotFound, NotACheckpoint):  # s3fs opens a prefix as an empty file
-            if _is_http(url) or not files.is_listable_dir(url):
+            if is_http(url) or not files.is_listable_dir(url):
                 raise
         ckpt = _open_dir(url, url, counted, files)
     return dataclasses.replace(ckpt, info={**ckpt.info, "bytes_read": files.bytes_read})
 
 
 def _open_dir(shown: str, folder: str, open_one: OpenOne, files: RemoteFiles) -> Checkpoint:
-    if not _is_http(folder):
+    if not is_http(folder):
         files.dirs.add(folder)
         return open_folder(folder, open_one, files)
     for name in INDEX_NAMES:  # HTTP cannot list: the two names save_pretrained writes
@@ -84,10 +85,6 @@ def _open_dir(shown: str, folder: str, open_one: OpenOne, files: RemoteFiles) ->
         f"no {' or '.join(INDEX_NAMES)} here, and a folder cannot be listed over HTTP: "
         "pass the index file's URL",
     )
-
-
-def _is_http(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in ("http", "https")
 
 
 class RemoteFiles:
@@ -152,7 +149,7 @@ class RemoteFiles:
         got = self._listed.get(folder)
         if got is not None:
             return got
-        if _is_http(folder):
+        if is_http(folder):
             raise Unsupported(folder, "a folder cannot be listed over HTTP: pass the index's URL")
         try:
             fs, fpath = filesystem(folder)

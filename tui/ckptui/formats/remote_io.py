@@ -63,6 +63,11 @@ def remember(version: tuple[Any, ...], spans: list[tuple[int, bytes]]) -> None:
             total -= sum(len(d) for _, d in old)
 
 
+def is_http(url: str) -> bool:
+    """An `http(s)://` URL: no listing, range support to be found out."""
+    return url.split("://", 1)[0].lower() in ("http", "https")
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for `url`, with bounded timeouts where the back-end takes them."""
     try:
@@ -72,7 +77,7 @@ def filesystem(url: str) -> tuple[Any, str]:
             url, "reading URLs needs the remote extra: pip install 'ckptui[remote]'"
         ) from None
     options: dict[str, Any] = {}
-    if url.split("://", 1)[0].lower() in ("http", "https"):
+    if is_http(url):
         try:
             import aiohttp
         except ImportError:
