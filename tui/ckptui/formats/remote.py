@@ -391,8 +391,12 @@ class RemoteSource(Source):
         if stop > start and self._cached(start, stop - start) is None:
             self._add_span(start, self._fetch(start, stop - start))
 
+    def span_index(self, offset: int) -> int:
+        """Index in `_spans` of the last cached span starting at or before `offset`, or -1."""
+        return bisect.bisect_right(self._spans, offset, key=lambda s: s[0]) - 1
+
     def _cached(self, offset: int, n: int) -> bytes | None:
-        i = bisect.bisect_right(self._spans, offset, key=lambda s: s[0]) - 1
+        i = self.span_index(offset)
         if i >= 0:
             at, data = self._spans[i]
             if offset + n <= at + len(data):
@@ -401,7 +405,7 @@ class RemoteSource(Source):
 
     def _cached_prefix(self, offset: int) -> bytes:
         """The cached bytes from `offset` up to the end of the span holding it (maybe none)."""
-        i = bisect.bisect_right(self._spans, offset, key=lambda s: s[0]) - 1
+        i = self.span_index(offset)
         if i < 0:
             return b""
         at, data = self._spans[i]

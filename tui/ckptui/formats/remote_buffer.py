@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import bisect
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +77,7 @@ class PickleBuffer:
         """Make the cached span holding byte `i` current, fetching from `i` on a miss."""
         src = self._src
         spans = src._spans
-        k = bisect.bisect_right(spans, i, key=lambda s: s[0]) - 1
+        k = src.span_index(i)
         if k >= 0 and i < spans[k][0] + len(spans[k][1]):
             self._lo, self._data = spans[k]
             return
@@ -97,7 +96,7 @@ class PickleBuffer:
         while self._lo + len(self._data) < stop:
             at = self._lo + len(self._data)
             src = self._src
-            k = bisect.bisect_right(src._spans, at, key=lambda s: s[0])
+            k = src.span_index(at) + 1  # the next span after `at`, if any
             upto = stop if k >= len(src._spans) else min(stop, src._spans[k][0])
             src._add_span(at, src._fetch(at, max(1, upto - at)))
             self._span(start)
