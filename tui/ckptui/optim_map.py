@@ -163,7 +163,7 @@ def _parameters(
     module = node is not None and is_module(node)
     n = len(wpath)
     out: list[tuple[str, Shape]] = []
-    seen_obj: set[int] = set()
+    seen_obj: set[object] = set()
     seen_view: dict[tuple, str] = {}
     tied: list[str] = []
     for path, t in ckpt.tensors():
@@ -171,9 +171,12 @@ def _parameters(
             continue
         if module:
             # The module says it: a Parameter lives in some `_parameters`, a buffer in `_buffers`.
-            if path[-2] != "_parameters" or id(t) in seen_obj:
-                continue  # a REF to an already-seen Parameter is a tied one: listed once
-            seen_obj.add(id(t))
+            # A REF to an already-seen Parameter is a tied one: listed once (its TensorInfo
+            # differs only by the state-dict name, so the view tells it).
+            view = (t.storage_key, t.storage_offset, t.shape, t.stride) if t.storage_key else id(t)
+            if path[-2] != "_parameters" or view in seen_obj:
+                continue
+            seen_obj.add(view)
             out.append((t.state_dict_key or ".".join(map(str, path[n:])), t.shape))
             continue
         name = ".".join(map(str, path[n:]))

@@ -16,7 +16,7 @@ from pathlib import PurePath
 from ..dtypes import DTYPES, SAFETENSORS_DTYPES
 from ..errors import CkptError
 from ..formats._common import is_url
-from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
+from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
 from ..roles import weights_path
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -239,7 +239,7 @@ def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
             tensor_at[path] = n.value
             out.append((path, n.value))
         elif n.kind is NodeKind.REF and n.value in tensor_at:  # the same tensor saved twice
-            out.append((path, tensor_at[n.value]))
+            out.append((path, ref_tensor(n, tensor_at[n.value])))
     # A whole-module pickle names its weights as state_dict() would; tensors it would not
     # save (non-persistent buffers, grads) have no such name.
     if any(t.state_dict_key for _, t in out):
