@@ -451,7 +451,11 @@ def test_exit_codes_as_a_user_sees_them(tmp_path: Path) -> None:
     assert run_cli("diff", str(a)).returncode == 2  # usage
 
 
-def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys) -> None:
+def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys, monkeypatch) -> None:
+    from rich.console import Console
+
+    # On an 80-column terminal (piped output is never wrapped: see test_plain_cli.py).
+    monkeypatch.setattr("ckptui.render.stdout_console", lambda: Console(highlight=False, width=80))
     sd = state_dict()
     many = {f"encoder.layers.{i}.attention.output.dense.weight": torch.zeros(2) for i in range(30)}
     a = save({**sd, **many}, tmp_path / "a.pth")

@@ -46,12 +46,13 @@ def _show(path: Path) -> str:
 
 def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
     """Print the comparison with rich: where, a summary line, then each kind of difference."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.padding import Padding
     from rich.table import Table
 
-    console = console or Console(highlight=False)
+    from .render import stdout_console
+
+    console = console or stdout_console()
     sides = (("A", d.a, d.formats[0], d.a_root), ("B", d.b, d.formats[1], d.b_root))
     for name, path, fmt, root in sides:
         where = "whole file" if d.mode == "whole" else f"weights: {path_text(root) or 'the root'}"
@@ -94,7 +95,7 @@ def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
             t.add_row(f"[dim]… and {len(rows) - top:,} more[/]")
         console.print()
         console.print(f"[bold]{escape(title)}[/]")
-        console.print(Padding(t, (0, 0, 0, 2)))
+        console.print(Padding(t, (0, 0, 0, 2), expand=False))
 
     section(f"Only in A ({len(d.only_a):,})", [(_show(p),) for p in d.only_a])
     section(f"Only in B ({len(d.only_b):,})", [(_show(p),) for p in d.only_b])

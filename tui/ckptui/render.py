@@ -5,6 +5,8 @@ This is the CLI's presentation layer (it imports rich); the core modules never i
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
@@ -14,6 +16,17 @@ from .frameworks import detect
 from .model import Checkpoint, Node, NodeKind, Path
 
 _SEVERITY_STYLE = {"danger": "bold red", "warning": "yellow", "info": "cyan"}
+_NO_WRAP_WIDTH = 100_000
+"""The width given to output that is not a terminal: wide enough that no row is ever wrapped."""
+
+
+def stdout_console() -> Console:
+    """A Console for stdout. On a terminal it wraps at the terminal's width; piped or
+    redirected it never wraps a row (rich would cut at 80 columns, so `grep` would miss the
+    rest of the row on the next line)."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=_NO_WRAP_WIDTH)
 
 
 def _label(node: Node, key_text: str, part: str | None = None) -> str:
@@ -65,7 +78,7 @@ def render_checkpoint(
     console: Console | None = None,
 ) -> None:
     """Print the tree, findings and total."""
-    console = console or Console(highlight=False)
+    console = console or stdout_console()
     console.print(build_tree(ckpt, max_children, depth))
     for f in ckpt.findings:
         where = ".".join(str(k) for k in f.path) if f.path else "-"

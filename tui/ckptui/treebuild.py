@@ -51,6 +51,10 @@ class TreeBuilder:
                 return Node.make(
                     NodeKind.REF, first[1], key, target=first[0], attrs=(("state_dict_key", name),)
                 )
+            if type(obj) is tuple and len(obj) <= 8 and all(map(_is_scalar, obj)):
+                # A small tuple shared through the memo (two param groups given one `betas`):
+                # the row shows its value, not only where it was first seen.
+                return Node.make(NodeKind.REF, first[1], key, target=first[0], text=_short(obj))
             return Node(NodeKind.REF, first[1], key, (), first[0])
         if obj is None or isinstance(obj, bool | str):
             return Node.make(NodeKind.VALUE, type(obj).__name__, key, value=obj)
@@ -253,6 +257,10 @@ class TreeBuilder:
             for k, sub in modules.items:
                 if isinstance(sub, PObject):
                     self._name_module(sub, f"{prefix}{k}.", visiting, (*path, "_modules", k))
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
 
 
 def _is_module(state: PDict) -> bool:
