@@ -124,6 +124,11 @@ def _parser_export() -> argparse.ArgumentParser:
         "plus OUT.index.json, instead of one file",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="export the tensors present when some are in missing files (a deleted shard)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -316,6 +321,7 @@ def _export(args: argparse.Namespace) -> int:
         stitched = bool(chunked_kept(plan))
     for path, why in [] if stitched else plan.skipped[:20]:
         print(f"ckptui: skipped {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+    _check_missing(args, plan)
     if args.max_shard_size:
         return _export_shards(args, ckpt, plan)
     if args.json or not sys.stderr.isatty():
@@ -349,6 +355,7 @@ def _export(args: argparse.Namespace) -> int:
                 "verified": result.verified,
                 "kept_paths": [list(p) for p in result.kept_paths],
                 "bytes_read": result.bytes_read,
+                "missing": [list(p) for p, _ in plan.missing],
             },
             sys.stdout,
         )
@@ -364,6 +371,7 @@ def _export(args: argparse.Namespace) -> int:
                 else ""
             )
             + "verified against the source"
+            + (f"; {len(plan.missing):,} missing tensors not exported" if plan.missing else "")
         )
     return 0
 
@@ -403,6 +411,29 @@ def _diff(args: argparse.Namespace) -> int:
 
         render_diff(d, top=max(1, args.top))
     return 1 if d.differs else 0
+
+
+def _check_missing(args: argparse.Namespace, plan: Any) -> None:
+    """Tensors whose file is gone (a deleted shard) are not exported silently: without
+    --allow-missing the export stops and says what it would leave out; with it, each is listed.
+
+    Raises:
+        CkptError: tensors are missing and --allow-missing was not given.
+    """
+    if not plan.missing:
+        return
+    where = sorted({why for _, why in plan.missing})
+    n, present = len(plan.missing), len(plan.items)
+    if not args.allow_missing:
+        raise CkptError(
+            plan.ckpt.path,
+            f"{n:,} tensors are {'; '.join(where)}; pass --allow-missing to export the "
+            f"{present:,} present without them",
+        )
+    for path, why in plan.missing[:20]:
+        print(f"ckptui: not exported {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+    if n > 20:
+        print(f"ckptui: … and {n - 20:,} more not exported", file=sys.stderr)
 
 
 def _export_shards(args: argparse.Namespace, ckpt: Any, plan: Any) -> int:

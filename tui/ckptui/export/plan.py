@@ -70,6 +70,9 @@ class Plan:
     """Tensors under the kept paths that cannot be exported, and why."""
     detected_prefix: str = ""
     """A prefix every name shares (`module.`), offered even when not stripped."""
+    missing: list[tuple[Path, str]] = field(default_factory=list)
+    """Entries under the kept paths whose file is gone (a deleted shard), and where they were:
+    not written; the CLI asks for `--allow-missing` before exporting without them."""
 
     @property
     def storages(self) -> list[Item]:
@@ -150,7 +153,22 @@ def make_plan(
         _metadata(ckpt),
         skipped,
         detected_prefix,
+        missing_entries(ckpt, keep),
     )
+
+
+def missing_entries(ckpt: Checkpoint, keep: list[Path]) -> list[tuple[Path, str]]:
+    """(path, what the reader says of it) of each entry under `keep` that a missing file held:
+    a folder opens with a deleted shard's tensors as `missing` rows (their shapes went with it)."""
+    out = []
+    for base in keep:
+        node = ckpt.find(base)
+        if node is None or node.kind is NodeKind.TENSOR:
+            continue
+        for rel, n in walk(node):
+            if n.kind is NodeKind.VALUE and n.type == "missing":
+                out.append(((*base, *rel), n.text or "missing"))
+    return out
 
 
 def output_names(ckpt: Checkpoint, names: list[str], strip_prefix: str) -> tuple[str, list[str]]:
