@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .dtypes import SUB_BYTE_BITS
+
 Key = str | int | None
 """A key in a parent: str for mapping keys, int for sequence indexes (and int mapping keys)."""
 
@@ -100,7 +102,11 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        """The view's own size: elements x item size."""
+        """The view's own size: elements x item size (x bits / 8 for sub-byte values that no
+        torch dtype packs, such as safetensors' F6)."""
+        bits = SUB_BYTE_BITS.get(self.dtype) if self.itemsize == 1 else None
+        if bits is not None:
+            return (self.numel * bits + 7) // 8
         return self.numel * self.itemsize
 
     @property

@@ -26,7 +26,7 @@ KNOWN_PREFIXES = ("module.", "_orig_mod.")
 """Prefixes DataParallel/DDP and torch.compile add to every key, offered for stripping."""
 _SAFETENSORS_CODE = {
     dtype: code for code, (dtype, bits, _) in SAFETENSORS_DTYPES.items() if bits >= 8
-}
+} | {"float4_e2m1fn_x2": "F4"}  # F4 counts the pair's two values: the writer doubles a dim
 
 
 class ExportError(CkptError):
@@ -139,6 +139,9 @@ def make_plan(
         out_dtype = cast_dtype(t.dtype, dtype)
         if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
+            continue
+        if fmt == "safetensors" and out_dtype == "float4_e2m1fn_x2" and not t.shape:
+            skipped.append((path, "a 0-d float4_e2m1fn_x2 has no safetensors F4 shape"))
             continue
         view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
         group = groups.setdefault(view, len(groups))
