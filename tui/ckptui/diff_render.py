@@ -29,7 +29,9 @@ def diff_json(d: Diff) -> dict[str, Any]:
             {"path": list(p), "a": list(sa), "b": list(sb)} for p, sa, sb in d.shape_mismatch
         ],
         "dtype_mismatch": [{"path": list(p), "a": x, "b": y} for p, x, y in d.dtype_mismatch],
-        "value_diff": [{"path": list(p), "max_abs": json_number(m)} for p, m in d.value_diff],
+        # Only the tensors whose values differ; the equal ones are counted (issue 17).
+        "value_diff": [{"path": list(p), "max_abs": json_number(m)} for p, m in d.changed_values],
+        "values_equal": len(d.value_diff) - len(d.changed_values),
         "equal": d.equal,
         "mode": d.mode,
         "a_root": list(d.a_root),
