@@ -223,7 +223,7 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
         largest=largest,
         findings=[],
         weights_path=weights,
-        weights_only_bytes=torch_zip_size(*weights_parts) if weights is not None else 0,
+        weights_only_bytes=_weights_only_bytes(ckpt, weights_parts) if weights is not None else 0,
         weights_parts=weights_parts,
         shared=shared,
         optimizer_kind=optimizers[0].kind if optimizers else None,
@@ -303,6 +303,24 @@ def _weights_parts(
             keys.add(t.storage_key)
     data = sum(ckpt.storages[k].nbytes for k in keys if k in ckpt.storages)
     return (data, len(keys), count, names)
+
+
+def exported_size(ckpt: Checkpoint) -> int | None:
+    """The exact size of the file `ckptui export` writes with its default options (the detected
+    weights, `module.` stripped when every name has it, dtypes kept, `.pth`): what "weights
+    alone would be" promises. None when that export has nothing to write."""
+    from .errors import CkptError
+    from .export.plan import make_plan  # export imports the formats; sizes is imported by them
+
+    try:
+        return make_plan(ckpt).predicted_bytes
+    except CkptError:
+        return None
+
+
+def _weights_only_bytes(ckpt: Checkpoint, parts: tuple[int, int, int, int]) -> int:
+    exact = exported_size(ckpt)
+    return exact if exact is not None else torch_zip_size(*parts)
 
 
 def torch_zip_size(data_bytes: int, storages: int, tensors: int, name_bytes: int) -> int:
