@@ -29,3 +29,33 @@ def test_piped_rows_are_never_wrapped(tmp_path: Path) -> None:
             assert any("[3, 5]" in r and "float32" in r for r in rows), rows
         heads = [line for line in result.stdout.splitlines() if str(a) in line]
         assert heads, args  # the file's long path is not cut either
+
+
+def test_plain_inspect_shows_the_resume_card_and_the_weights_only_verdict(tmp_path: Path) -> None:
+    import argparse
+    import pickle
+
+    from ..conftest import training_checkpoint
+
+    ck = training_checkpoint()
+    ck["args"] = argparse.Namespace(lr=1e-3, epochs=10)
+    p = tmp_path / "train.pth"
+    torch.save(ck, p)
+    try:  # torch is the oracle: weights_only refuses the Namespace
+        torch.load(p, weights_only=True)
+        raise AssertionError("expected torch.load(weights_only=True) to refuse the file")
+    except pickle.UnpicklingError as e:
+        assert "argparse.Namespace" in str(e)
+    out = run_cli("inspect", str(p))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "resume" in lines and "torch.load(weights_only=True)" in lines
+    assert any(line.startswith("resumable") and "yes" in line for line in lines)
+    assert any("benign" in line and "argparse.Namespace" in line for line in lines)
+    assert any("safe_globals" in line for line in lines)
+    assert lines[-1].startswith("torch-zip · ")  # the one-line total stays last
+    plain = tmp_path / "weights.pth"
+    torch.save(ck["model"], plain)
+    torch.load(plain, weights_only=True)
+    out = run_cli("inspect", str(plain)).stdout
+    assert "loads: nothing it would refuse" in out and "resumable no" in out

@@ -87,6 +87,7 @@ def render_checkpoint(
             f"[{style}]{f.severity.value:>7}[/] {escape(f.kind)} [dim]{escape(where)}[/]"
             f": {escape(f.message)}"
         )
+    _training_sections(ckpt, console)
     tensors = list(ckpt.tensors())
     unique = {t.storage_key for _, t in tensors if t.storage_key is not None}
     data = sum(ckpt.storages[k].nbytes for k in unique if k in ckpt.storages)
@@ -101,3 +102,20 @@ def render_checkpoint(
         + (f" · {units.size(fetched)} read from the server" if fetched is not None else "")
         + (f" · [bold red]{dangers} dangerous call(s)[/]" if dangers else "")
     )
+
+
+def _training_sections(ckpt: Checkpoint, console: Console) -> None:
+    """The root panel's answers, as the browser shows them: can training resume from the file,
+    and what `torch.load(weights_only=True)` would refuse (README: inspect shows what torch.load
+    would run)."""
+    from .app.widgets.training_card import resume_card, weights_only_verdict  # rich only
+    from .training import training_facts
+
+    facts = training_facts(ckpt)
+    if facts.resume is not None:
+        console.print(resume_card(facts.resume))
+    if facts.weights_only is not None:
+        console.print(weights_only_verdict(facts.weights_only))
+    for error in facts.errors:
+        console.print(f"[yellow]{escape(error)}[/]")
+    console.print()
