@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from ..conftest import run_cli
@@ -59,3 +60,46 @@ def test_plain_inspect_shows_the_resume_card_and_the_weights_only_verdict(tmp_pa
     torch.load(plain, weights_only=True)
     out = run_cli("inspect", str(plain)).stdout
     assert "loads: nothing it would refuse" in out and "resumable no" in out
+
+
+def test_a_typo_of_a_subcommand_is_named(tmp_path: Path) -> None:
+    ckpt = tmp_path / "f.pth"
+    torch.save({"w": torch.ones(2)}, ckpt)
+    for typo, meant in (("inpsect", "inspect"), ("expotr", "export"), ("dif", "diff")):
+        r = run_cli(typo, str(ckpt), cwd=tmp_path)
+        assert r.returncode == 2
+        assert r.stderr.strip() == (
+            f"ckptui: {typo}: no such file or directory; did you mean 'ckptui {meant}'?"
+        )
+    r = run_cli("nosuch.pth", cwd=tmp_path)  # not close to any: the plain message
+    assert r.returncode == 2 and r.stderr.strip() == "ckptui: nosuch.pth: no such file or directory"
+    (tmp_path / "inpsect").write_bytes(ckpt.read_bytes())  # a real path wins over the guess
+    r = run_cli("inspect", "inpsect", cwd=tmp_path)
+    assert r.returncode == 0 and "float32" in r.stdout
+
+
+def test_help_lists_subcommands_and_what_a_path_is() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    sub = r.stdout.split("subcommands", 1)[1]
+    for name in ("inspect", "why", "export", "diff"):
+        assert any(line.strip().startswith(name) for line in sub.splitlines()), name
+    for args in (("--help",), ("inspect", "--help"), ("why", "--help"), ("export", "--help")):
+        text = " ".join(run_cli(*args).stdout.split())
+        assert "file, folder" in text and "URL" in text, args
+    export_help = " ".join(run_cli("export", "--help").stdout.split())
+    assert "--dtype {keep,bf16,fp16} cast floating-point tensors to bf16 or fp16" in export_help
+    assert "--allow-missing" in export_help
+
+
+def test_the_license_pyproject_names_is_shipped() -> None:
+    from ..conftest import ROOT
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+    # hatchling puts LICEN[CS]E* into the wheel's .dist-info/licenses (checked by hand with
+    # `pip wheel . --no-deps`: ckptui-0.1.0.dist-info/licenses/LICENSE, License-File: LICENSE).
