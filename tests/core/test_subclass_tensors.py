@@ -1,0 +1,130 @@
+"""Tensor subclasses and non-dense tensors (issue 19): a DTensor's `__slots__` state (its
+`_local_tensor` and `_spec`) is shown with its placement and mesh and exported as the plain
+tensor it stands for when the file holds all of it; sparse, nested and quantized tensors are
+refused by name, never written as invented keys (`coo.indices`, `nt.buffer`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ckptui.export import make_plan
+from ckptui.formats import open_checkpoint
+
+from ..conftest import run_cli
+
+_DTENSOR_SAVE = """
+import sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1] + ".pg", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+torch.manual_seed(0)
+model = torch.nn.Linear(6, 4)
+sd = {"weight": distribute_tensor(model.weight.detach(), mesh, [Shard(0)]),
+      "bias": distribute_tensor(model.bias.detach(), mesh, [Replicate()])}
+torch.save(sd, sys.argv[1])
+half = model.weight.detach()[:2].clone()  # one rank's half of an [4, 6] weight sharded in two
+torch.save({"weight": DTensor.from_local(half, mesh, [Shard(0)], shape=(4, 6),
+                                         stride=(6, 1), run_check=False)}, sys.argv[1] + ".shard")
+torch.save(model.state_dict(), sys.argv[1] + ".truth")
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture(scope="module")
+def dtensor_file(tmp_path_factory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """(a DTensor state dict of nn.Linear(6, 4) saved by a gloo world of one, a file with one
+    rank's shard only, the plain state dict)."""
+    p = tmp_path_factory.mktemp("dtensor") / "dt.pt"
+    subprocess.run([sys.executable, "-c", _DTENSOR_SAVE, str(p)], check=True, timeout=120)
+    return p, Path(f"{p}.shard"), torch.load(f"{p}.truth", weights_only=True)
+
+
+def test_dtensor_shows_its_local_tensor_placement_and_mesh(dtensor_file) -> None:
+    path, *_ = dtensor_file
+    r = run_cli("inspect", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    w = next(c for c in doc["tree"]["children"] if c["key"] == "weight")
+    assert w["type"] == "torch.distributed.tensor.DTensor" and w["shape"] == [4, 6]
+    fields = {c["key"]: c for c in w["children"]}
+    assert fields["placements"]["value"] == "Shard(0)"
+    assert fields["mesh"]["value"] == "cpu · 1 rank"
+    assert fields["_local_tensor"]["kind"] == "tensor" and fields["_local_tensor"]["shape"] == [
+        4,
+        6,
+    ]
+    b = next(c for c in doc["tree"]["children"] if c["key"] == "bias")
+    assert {c["key"]: c.get("value") for c in b["children"]}["placements"] == "Replicate()"
+    local = [t for t in doc["tensors"] if t["path"][-1] == "_local_tensor"]
+    assert {tuple(t["path"]) for t in local} == {
+        ("weight", "_local_tensor"),
+        ("bias", "_local_tensor"),
+    }
+    assert all(t["storage_key"] is not None for t in local)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_dtensor_exports_the_plain_tensor(dtensor_file, tmp_path: Path, fmt: str) -> None:
+    path, _, truth = dtensor_file
+    out = tmp_path / f"w.{fmt}"
+    r = run_cli("export", str(path), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    got = torch.load(out, weights_only=True) if fmt == "pth" else load_file(out)
+    assert sorted(got) == sorted(truth)  # no weight._local_tensor, no _spec._rank_map
+    torch.nn.Linear(6, 4).load_state_dict(got, strict=True)
+    for k, v in truth.items():
+        assert torch.equal(got[k], v)
+
+
+def test_a_dtensor_shard_is_refused_by_name(dtensor_file) -> None:
+    _, shard, _ = dtensor_file
+    plan_error = run_cli("export", str(shard), "-o", str(shard) + ".out.pth")
+    assert plan_error.returncode == 2 and not Path(str(shard) + ".out.pth").exists()
+    assert "weight" in plan_error.stderr and "DTensor" in plan_error.stderr
+    assert "shard" in plan_error.stderr
+
+
+def test_non_dense_tensors_are_refused_not_split_into_parts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR and nested tensors are "beta"
+        sd = {
+            "coo": torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.ones(2), (2, 2)),
+            "csr": torch.eye(3).to_sparse_csr(),
+            "nt": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+            "q": torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8),
+            "qc": torch.quantize_per_channel(
+                torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.tensor([0, 0]), 0, torch.qint8
+            ),
+            "w": torch.randn(3),
+        }
+    src = tmp_path / "nd.pt"
+    torch.save(sd, src)
+    plan = make_plan(open_checkpoint(src), keep=[()])
+    assert [it.name for it in plan.items] == ["w"]
+    assert {p[0] for p, _ in plan.skipped} == {"coo", "csr", "nt", "q", "qc"}
+    out = tmp_path / "o.pth"
+    r = run_cli("export", str(src), "-o", str(out), "--keep", ".")
+    assert r.returncode == 0, r.stderr
+    for name in ("coo", "csr", "nt", "q", "qc"):
+        assert f"skipped {name}: a " in r.stderr and "only dense tensors" in r.stderr
+    got = torch.load(out, weights_only=True)
+    assert list(got) == ["w"] and torch.equal(got["w"], sd["w"])
+
+
+def test_a_kept_tensor_is_named_by_its_key(tmp_path: Path) -> None:
+    """`--keep coo --keep w`: each kept tensor under its own key (it was `w.`)."""
+    src = tmp_path / "two.pt"
+    torch.save({"a": torch.ones(2), "w": torch.zeros(3), "m": {"x": torch.ones(1)}}, src)
+    plan = make_plan(open_checkpoint(src), keep=[("w",), ("m",)])
+    assert [it.name for it in plan.items] == ["w", "m.x"]
+    assert [it.name for it in make_plan(open_checkpoint(src), keep=[("w",)]).items] == ["w"]
