@@ -93,7 +93,7 @@ def test_a_dtensor_shard_is_refused_by_name(dtensor_file) -> None:
     assert "shard" in plan_error.stderr
 
 
-def test_non_dense_tensors_are_refused_not_split_into_parts(tmp_path: Path) -> None:
+def _non_dense() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sparse CSR and nested tensors are "beta"
@@ -107,6 +107,11 @@ def test_non_dense_tensors_are_refused_not_split_into_parts(tmp_path: Path) -> N
             ),
             "w": torch.randn(3),
         }
+    return sd
+
+
+def test_non_dense_tensors_are_refused_not_split_into_parts(tmp_path: Path) -> None:
+    sd = _non_dense()
     src = tmp_path / "nd.pt"
     torch.save(sd, src)
     plan = make_plan(open_checkpoint(src), keep=[()])
@@ -128,3 +133,28 @@ def test_a_kept_tensor_is_named_by_its_key(tmp_path: Path) -> None:
     plan = make_plan(open_checkpoint(src), keep=[("w",), ("m",)])
     assert [it.name for it in plan.items] == ["w", "m.x"]
     assert [it.name for it in make_plan(open_checkpoint(src), keep=[("w",)]).items] == ["w"]
+
+
+def test_diff_of_non_dense_tensors_compares_their_parts(dtensor_file, tmp_path: Path) -> None:
+    """Same file, same bytes: equal (it exited 1); parts that differ: not compared, differs."""
+    sd = _non_dense()
+    a = tmp_path / "a.pt"
+    torch.save(sd, a)
+    same = run_cli("diff", str(a), str(a), "--values", "--json")
+    assert same.returncode == 0, same.stdout + same.stderr
+    doc = json.loads(same.stdout)
+    assert doc["not_compared"] == [] and doc["values_equal"] == len(sd)
+    _, shard, _ = dtensor_file
+    assert run_cli("diff", str(shard), str(shard), "--values").returncode == 0
+    other = dict(sd)
+    other["coo"] = torch.sparse_coo_tensor(
+        torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 5.0]), (2, 2)
+    )
+    other["q"] = torch.quantize_per_tensor(sd["q"].dequantize() + 1, 0.1, 0, torch.qint8)
+    b = tmp_path / "b.pt"
+    torch.save(other, b)
+    r = run_cli("diff", str(a), str(b), "--values", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert {e["path"][0] for e in doc["not_compared"]} == {"coo", "q"}
+    assert doc["values_equal"] == len(sd) - 2
