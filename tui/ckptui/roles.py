@@ -215,6 +215,10 @@ def weights_path(ckpt: Checkpoint) -> Path | None:
     root = ckpt.root
     if root.kind is NodeKind.TENSOR or is_module(root):
         return ()
+    if ckpt.format == "torchscript":  # the scripted module: its tensor attributes, by name
+        data = root.child("data")
+        if data is not None and _has_tensors(data):
+            return ("data",)
     framework = detect_root(root)
     if framework is not None and framework.weights is not None:
         node = _at(root, framework.weights)
