@@ -158,3 +158,15 @@ def test_diff_of_non_dense_tensors_compares_their_parts(dtensor_file, tmp_path: 
     doc = json.loads(r.stdout)
     assert {e["path"][0] for e in doc["not_compared"]} == {"coo", "q"}
     assert doc["values_equal"] == len(sd) - 2
+
+
+def test_wrapper_bytes_are_counted_once_by_their_parts(dtensor_file, tmp_path: Path) -> None:
+    """A wrapper's logical size and its parts were both counted (13.1 KiB for a 6.5 KiB file)."""
+    from ckptui.facts import bytes_below
+
+    nd = tmp_path / "nd.pt"
+    torch.save(_non_dense(), nd)
+    for path in (nd, dtensor_file[0]):
+        ckpt = open_checkpoint(path)
+        stored = sum(t.nbytes for _, t in ckpt.tensors() if t.storage_key is not None)
+        assert bytes_below(ckpt.root) == stored, path  # the views with bytes of their own
