@@ -96,8 +96,8 @@ def test_module_prefix_is_normalised_and_reported(tmp_path: Path) -> None:
     assert doc["prefix"] == {"a": "module.", "b": ""}
     assert doc["only_a"] == doc["only_b"] == [] == doc["shape_mismatch"] == doc["dtype_mismatch"]
     assert doc["equal"] == len(plain)
-    assert [e["path"] for e in doc["value_diff"]] == [[k] for k in plain]
-    assert all(e["max_abs"] == 0 for e in doc["value_diff"])
+    # value_diff lists differing tensors only; the equal ones are counted
+    assert doc["value_diff"] == [] and doc["values_equal"] == len(plain)
     # the other way round, and torch.compile's prefix
     code, doc = core(b, a)
     assert (code, doc["prefix"]) == (0, {"a": "", "b": "module."})
@@ -167,10 +167,8 @@ def test_shape_mismatch(tmp_path: Path) -> None:
     ]
     assert doc["dtype_mismatch"] == []
     assert doc["equal"] == len(sd) - 2
-    # shapes that differ have no values to compare
-    assert {tuple(e["path"]) for e in doc["value_diff"]} == {
-        (k,) for k in sd if not k.startswith("fc.")
-    }
+    # shapes that differ have no values to compare; the others are equal
+    assert doc["value_diff"] == [] and doc["values_equal"] == len(sd) - 2
     with pytest.raises(RuntimeError, match="size mismatch"):
         TinyNet().load_state_dict(other)
 
@@ -187,9 +185,10 @@ def test_dtype_mismatch_and_the_cast_error(tmp_path: Path) -> None:
     assert doc["equal"] == len(sd) - len(floats) == 1  # num_batches_tracked
     code, doc = core(a, b, values=True)
     got = by_path(doc["value_diff"])
-    for k in floats:
-        assert got[(k,)]["max_abs"] == max_abs(sd[k], half[k])
-    assert any(got[(k,)]["max_abs"] > 0 for k in floats)  # fp16 rounding is seen
+    truth = {(k,): max_abs(sd[k], half[k]) for k in floats}
+    assert {p: e["max_abs"] for p, e in got.items()} == {p: m for p, m in truth.items() if m}
+    assert got  # fp16 rounding is seen
+    assert doc["values_equal"] == len(sd) - len(got)
     assert doc["equal"] == 1
 
 
@@ -205,7 +204,8 @@ def test_a_value_change_is_reported_only_with_values(tmp_path: Path) -> None:
     code, doc = core(a, b, values=True)
     assert code == 1
     got = {p: e["max_abs"] for p, e in by_path(doc["value_diff"]).items()}
-    assert got == {(k,): max_abs(sd[k], other[k]) for k in sd}
+    assert got == {(k,): m for k in sd if (m := max_abs(sd[k], other[k]))}
+    assert len(got) == 3 and doc["values_equal"] == len(sd) - 3
     assert got[("conv1.weight",)] > 0 and got[("bn1.running_var",)] == pytest.approx(6.5)
     assert got[("bn1.num_batches_tracked",)] == 5
     assert doc["equal"] == len(sd) - 3
@@ -222,7 +222,7 @@ def test_training_checkpoint_against_bare_state_dict(tmp_path: Path) -> None:
     assert code == 0
     assert doc["mode"] == "weights" and doc["a_root"] == ["model"] and doc["b_root"] == []
     assert doc["equal"] == len(ck["model"]) and doc["only_a"] == []
-    assert {tuple(e["path"]) for e in doc["value_diff"]} == {(k,) for k in ck["model"]}
+    assert doc["value_diff"] == [] and doc["values_equal"] == len(ck["model"])
     # a DataParallel training checkpoint against the bare weights: root and prefix at once
     dp = save(training_checkpoint(parallel=True), tmp_path / "dp.pth")
     code, doc = core(dp, b, values=True)
@@ -270,8 +270,9 @@ def test_safetensors_against_pth_of_the_same_weights(tmp_path: Path) -> None:
     assert {tuple(e["path"]) for e in doc["dtype_mismatch"]} == {
         (k,) for k, v in sd.items() if v.is_floating_point()
     }
-    got = by_path(doc["value_diff"])
-    assert all(got[(k,)]["max_abs"] == max_abs(sd[k], bf[k]) for k in sd)
+    got = {p: e["max_abs"] for p, e in by_path(doc["value_diff"]).items()}
+    assert got == {(k,): m for k in sd if (m := max_abs(sd[k], bf[k]))}
+    assert doc["values_equal"] == len(sd) - len(got)
 
 
 def test_whole_module_pickle_against_its_state_dict(tmp_path: Path) -> None:
@@ -282,7 +283,7 @@ def test_whole_module_pickle_against_its_state_dict(tmp_path: Path) -> None:
     code, doc = core(a, b, values=True)
     assert code == 0
     assert doc["equal"] == len(net.state_dict())
-    assert [e["path"] for e in doc["value_diff"]] == [[k] for k in net.state_dict()]
+    assert doc["value_diff"] == [] and doc["values_equal"] == len(net.state_dict())
 
 
 # --- value rules ----------------------------------------------------------------------------
@@ -314,16 +315,12 @@ def test_nan_and_inf_rules_and_strict_json(tmp_path: Path) -> None:
     code, doc = core(pa, pb, values=True)
     assert code == 1
     got = {p[0]: e["max_abs"] for p, e in by_path(doc["value_diff"]).items()}
-    assert got == {
-        "same_nan": 0,
-        "signed_nan": 0,
-        "same_inf": 0,
-        "neg_zero": 0,
+    assert got == {  # same_nan, signed_nan, same_inf, neg_zero are equal: counted, not listed
         "nan_vs_number": "nan",
         "inf_vs_number": "inf",
         "inf_vs_neg_inf": "inf",
     }
-    assert doc["equal"] == 4
+    assert doc["equal"] == 4 == doc["values_equal"]
 
 
 def test_integer_and_bool_values_are_exact(tmp_path: Path) -> None:
@@ -350,8 +347,9 @@ def test_integer_and_bool_values_are_exact(tmp_path: Path) -> None:
         k: float(max(abs(x - y) for x, y in zip(a[k].tolist(), b[k].tolist(), strict=True)))
         for k in a
     }
-    assert got == truth
-    assert got["ids"] == 1 and got["extremes"] == float(2**64 - 1) and got["widened"] == 0
+    assert got == {k: m for k, m in truth.items() if m}
+    assert got["ids"] == 1 and got["extremes"] == float(2**64 - 1) and truth["widened"] == 0
+    assert doc["values_equal"] == 1  # widened
     assert doc["dtype_mismatch"] == [{"path": ["widened"], "a": "int32", "b": "int64"}]
     assert (code, doc["equal"]) == (1, 0)
 
@@ -388,7 +386,7 @@ def test_values_that_cannot_be_read_are_not_counted_equal(tmp_path: Path) -> Non
     assert code == 1
     assert [e["path"] for e in doc["not_compared"]] == [["b"]]
     assert doc["not_compared"][0]["reason"].startswith("A: ")
-    assert doc["value_diff"] == [{"path": ["a"], "max_abs": 0}] and doc["equal"] == 1
+    assert doc["value_diff"] == [] and doc["values_equal"] == 1 and doc["equal"] == 1
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -405,6 +403,7 @@ def test_json_has_exactly_the_contract_keys(tmp_path: Path, capsys) -> None:
         "a_root",
         "b_root",
         "values_compared",
+        "values_equal",
         "not_compared",
         "other_diff",
     }
@@ -451,7 +450,11 @@ def test_exit_codes_as_a_user_sees_them(tmp_path: Path) -> None:
     assert run_cli("diff", str(a)).returncode == 2  # usage
 
 
-def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys) -> None:
+def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys, monkeypatch) -> None:
+    from rich.console import Console
+
+    # On an 80-column terminal (piped output is never wrapped: see test_plain_cli.py).
+    monkeypatch.setattr("ckptui.render.stdout_console", lambda: Console(highlight=False, width=80))
     sd = state_dict()
     many = {f"encoder.layers.{i}.attention.output.dense.weight": torch.zeros(2) for i in range(30)}
     a = save({**sd, **many}, tmp_path / "a.pth")
@@ -483,3 +486,22 @@ def test_the_core_imports_neither_torch_nor_rich(tmp_path: Path) -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_value_diff_lists_only_the_differing_tensors(tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    a = {f"layer{i}.weight": torch.randn(4, 4) for i in range(90)}
+    b = {k: v.clone() for k, v in a.items()}
+    changed = sorted(a)[::6]  # 15 of 90
+    for k in changed:
+        b[k][0, 0] += 0.5
+    pa, pb = save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth")
+    code, doc = cli_json(capsys, pa, pb, "--values")
+    assert code == 1
+    truth = {k: max_abs(a[k], b[k]) for k in a}
+    assert {e["path"][0]: e["max_abs"] for e in doc["value_diff"]} == {
+        k: m for k, m in truth.items() if m
+    }
+    assert len(doc["value_diff"]) == len(changed) == 15 and doc["values_equal"] == 75
+    assert main(["diff", str(pa), str(pb), "--values"]) == 1
+    assert "15 values differ" in capsys.readouterr().out

@@ -21,15 +21,26 @@ from .errors import CkptError
 SUBCOMMANDS = ("inspect", "why", "export", "diff")
 
 
+PATH_HELP = "checkpoint file, folder (shards, DCP, checkpoints) or URL (https://, s3://, ...)"
+
+_SUBCOMMAND_HELP = """subcommands (ckptui SUBCOMMAND --help for each):
+  inspect PATH [--json]        print the tree, findings, resume card and weights_only verdict
+  why PATH [--json]            where the bytes went, and what each remedy would save
+  export PATH -o OUT           write a slimmed, verified weights-only copy
+  diff A B [--values] [--json] what differs (what load_state_dict would trip on)"""
+
+
 def _parser_main() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckptui",
-        description="Look inside a PyTorch checkpoint without running it. "
-        "Subcommands: inspect PATH [--json]; why PATH [--json] (where the bytes went); "
-        "export PATH -o OUT (a slimmed, verified weights-only copy); "
-        "diff A B [--values] [--json] (what load_state_dict would trip on).",
+        usage="ckptui [-h] [--demo] [--debug] [--version] [PATH [OTHER]]\n"
+        "       ckptui {inspect,why,export,diff} ...",
+        description="Look inside a PyTorch checkpoint without running it: the browser for\n"
+        "PATH (or compare PATH with OTHER), or one of the subcommands below.",
+        epilog=_SUBCOMMAND_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path", nargs="?", help="checkpoint file to open")
+    p.add_argument("path", nargs="?", metavar="PATH", help=PATH_HELP + ", to browse")
     p.add_argument(
         "other",
         nargs="?",
@@ -50,7 +61,7 @@ def _parser_inspect() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ckptui inspect", description="Print a checkpoint's tree, tensors and findings."
     )
-    p.add_argument("path", help="checkpoint file")
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
     p.add_argument("--json", action="store_true", help="print the JSON contract")
     p.add_argument(
         "--max-children",
@@ -76,7 +87,7 @@ def _parser_why() -> argparse.ArgumentParser:
         description="Explain a checkpoint's size: every byte attributed, and what could be "
         "dropped, with the bytes each remedy would save.",
     )
-    p.add_argument("path", help="checkpoint file")
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
     p.add_argument("--json", action="store_true", help="print the JSON contract")
     p.add_argument(
         "--no-duplicates",
@@ -95,7 +106,7 @@ def _parser_export() -> argparse.ArgumentParser:
         description="Write a slimmed copy (by default the detected weights) that loads with "
         "torch.load(weights_only=True) or safetensors; verified before it is named.",
     )
-    p.add_argument("path", help="checkpoint file, folder or shard index")
+    p.add_argument("path", metavar="PATH", help=PATH_HELP + ", or a shard index")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
     p.add_argument(
         "--keep",
@@ -110,7 +121,13 @@ def _parser_export() -> argparse.ArgumentParser:
         metavar="auto|PREFIX|none",
         help="remove a key prefix (auto: module. / _orig_mod. when every key has it)",
     )
-    p.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp16"])
+    p.add_argument(
+        "--dtype",
+        default="keep",
+        choices=["keep", "bf16", "fp16"],
+        help="cast floating-point tensors to bf16 or fp16 (integer and bool buffers stay as "
+        "they are; default keep)",
+    )
     p.add_argument(
         "--format",
         choices=["pth", "safetensors"],
@@ -124,6 +141,11 @@ def _parser_export() -> argparse.ArgumentParser:
         "plus OUT.index.json, instead of one file",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="export the tensors present when some are in missing files (a deleted shard)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -135,8 +157,8 @@ def _parser_diff() -> argparse.ArgumentParser:
         description="Compare two checkpoints: keys only in A or B, shape and dtype mismatches, "
         "and with --values the max absolute difference per tensor. Exit 1 when they differ.",
     )
-    p.add_argument("a", metavar="A", help="first checkpoint file")
-    p.add_argument("b", metavar="B", help="second checkpoint file")
+    p.add_argument("a", metavar="A", help="first " + PATH_HELP)
+    p.add_argument("b", metavar="B", help="second checkpoint, likewise")
     p.add_argument("--json", action="store_true", help="print the JSON contract")
     p.add_argument(
         "--values", action="store_true", help="also compare tensor values (reads tensor data)"
@@ -226,6 +248,7 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     from .formats import check_openable
 
+    _suggest_subcommand(args.path)
     check_openable(args.path)  # before the terminal is taken over: a typo gets one line, at once
     if args.other:
         check_openable(args.other)
@@ -236,6 +259,24 @@ def _main(args: argparse.Namespace) -> int:
     if app.error_message:
         print(app.error_message, file=sys.stderr)
     return app.return_code or 0
+
+
+def _suggest_subcommand(word: str) -> None:
+    """`ckptui inpsect f.pth`: a word close to a subcommand that is no path is a typo of it.
+
+    Raises:
+        CkptError: with the one-line message naming the subcommand.
+    """
+    import difflib
+    from pathlib import Path
+
+    from .formats._common import is_url
+
+    if is_url(word) or Path(word).exists():
+        return
+    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.6)
+    if close:
+        raise CkptError(word, f"no such file or directory; did you mean 'ckptui {close[0]}'?")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -316,6 +357,7 @@ def _export(args: argparse.Namespace) -> int:
         stitched = bool(chunked_kept(plan))
     for path, why in [] if stitched else plan.skipped[:20]:
         print(f"ckptui: skipped {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+    _check_missing(args, plan)
     if args.max_shard_size:
         return _export_shards(args, ckpt, plan)
     if args.json or not sys.stderr.isatty():
@@ -349,6 +391,7 @@ def _export(args: argparse.Namespace) -> int:
                 "verified": result.verified,
                 "kept_paths": [list(p) for p in result.kept_paths],
                 "bytes_read": result.bytes_read,
+                "missing": [list(p) for p, _ in plan.missing],
             },
             sys.stdout,
         )
@@ -364,6 +407,7 @@ def _export(args: argparse.Namespace) -> int:
                 else ""
             )
             + "verified against the source"
+            + (f"; {len(plan.missing):,} missing tensors not exported" if plan.missing else "")
         )
     return 0
 
@@ -403,6 +447,29 @@ def _diff(args: argparse.Namespace) -> int:
 
         render_diff(d, top=max(1, args.top))
     return 1 if d.differs else 0
+
+
+def _check_missing(args: argparse.Namespace, plan: Any) -> None:
+    """Tensors whose file is gone (a deleted shard) are not exported silently: without
+    --allow-missing the export stops and says what it would leave out; with it, each is listed.
+
+    Raises:
+        CkptError: tensors are missing and --allow-missing was not given.
+    """
+    if not plan.missing:
+        return
+    where = sorted({why for _, why in plan.missing})
+    n, present = len(plan.missing), len(plan.items)
+    if not args.allow_missing:
+        raise CkptError(
+            plan.ckpt.path,
+            f"{n:,} tensors are {'; '.join(where)}; pass --allow-missing to export the "
+            f"{present:,} present without them",
+        )
+    for path, why in plan.missing[:20]:
+        print(f"ckptui: not exported {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+    if n > 20:
+        print(f"ckptui: … and {n - 20:,} more not exported", file=sys.stderr)
 
 
 def _export_shards(args: argparse.Namespace, ckpt: Any, plan: Any) -> int:

@@ -20,13 +20,15 @@ module reads no tensor data itself and imports neither numpy, rich, torch nor Te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .diff_values import Progress, iter_values
 from .errors import CkptError
 from .export.plan import _common_prefix, _tensors
-from .model import Checkpoint, NodeKind, Path, TensorInfo, walk
+from .model import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
 from .roles import weights_path
 
 __all__ = ["Diff", "diff_checkpoints"]
@@ -237,7 +239,25 @@ def _compare_values(
     cancelled: Callable[[], bool] | None,
 ) -> None:
     same_dtype = {p: ta.dtype == tb.dtype for p, ta, tb in pairs}
-    for p, worst, why in iter_values(a, b, pairs, progress, cancelled):
+    dense = []
+    for p, ta, tb in pairs:
+        parts = _parts(a, b, d.origin_a.get(p), d.origin_b.get(p), ta, tb)
+        if parts is None:
+            dense.append((p, ta, tb))
+            continue
+        # A sparse/nested/quantized/wrapper tensor: its parts are plain tensors. The same
+        # parts are the same tensor; parts that differ say it differs, not by how much.
+        results = list(iter_values(a, b, parts, None, cancelled))
+        why = next((f"{sub[-1]}: {w}" for sub, _, w in results if w is not None), None)
+        worst = max((m for _, m, _ in results if m is not None), default=0.0, key=_order)
+        if why is None and worst == 0:
+            d.value_diff.append((p, 0.0))
+            continue
+        d.not_compared.append(
+            (p, why or f"a {ta.layout} tensor whose parts differ; its values are not compared")
+        )
+        d.equal -= same_dtype[p]
+    for p, worst, why in iter_values(a, b, dense, progress, cancelled):
         if why is not None:
             d.not_compared.append((p, why))
             d.equal -= same_dtype[p]
@@ -246,3 +266,50 @@ def _compare_values(
         d.value_diff.append((p, worst))
         if worst != 0 and same_dtype[p]:
             d.equal -= 1
+
+
+def _order(m: float) -> float:
+    return math.inf if math.isnan(m) else m
+
+
+def _parts(
+    a: Checkpoint,
+    b: Checkpoint,
+    pa: Path | None,
+    pb: Path | None,
+    ta: TensorInfo,
+    tb: TensorInfo,
+) -> list[tuple[Path, TensorInfo, TensorInfo]] | None:
+    """Pairs of the dense tensors inside a non-dense pair (a sparse tensor's indices and
+    values, a quantized one's scales), matched by path; None for a dense pair, or when the
+    two are not made of the same parts."""
+    if "strided" in (ta.layout, tb.layout) or pa is None or pb is None:
+        return None
+    na, nb = a.find(pa), b.find(pb)
+    if na is None or nb is None or not na.children:
+        return None
+
+    def dense_below(node: Node) -> dict[Path, TensorInfo]:
+        out = {
+            rel: n.value
+            for rel, n in walk(node)
+            if n.kind is NodeKind.TENSOR and n.value.layout == "strided"
+        }
+        t = node.value
+        if t.storage_key is not None and t.dtype in _QUANTIZED:  # its own integer bytes
+            out[()] = replace(t, layout="strided", dtype=_QUANTIZED[t.dtype])
+        return out
+
+    def values_below(node: Node) -> dict[Path, Any]:
+        return {rel: (n.value, n.text) for rel, n in walk(node) if n.kind is NodeKind.VALUE}
+
+    xa, xb = dense_below(na), dense_below(nb)
+    if not xa or set(xa) != set(xb) or any(xa[k].shape != xb[k].shape for k in xa):
+        return None
+    if values_below(na) != values_below(nb):  # a scale or zero point differs
+        return None
+    return [((*pa, *k), xa[k], xb[k]) for k in xa]
+
+
+_QUANTIZED = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
+"""A quantized tensor's storage holds plain integers of these dtypes."""

@@ -29,7 +29,9 @@ def diff_json(d: Diff) -> dict[str, Any]:
             {"path": list(p), "a": list(sa), "b": list(sb)} for p, sa, sb in d.shape_mismatch
         ],
         "dtype_mismatch": [{"path": list(p), "a": x, "b": y} for p, x, y in d.dtype_mismatch],
-        "value_diff": [{"path": list(p), "max_abs": json_number(m)} for p, m in d.value_diff],
+        # Only the tensors whose values differ; the equal ones are counted (issue 17).
+        "value_diff": [{"path": list(p), "max_abs": json_number(m)} for p, m in d.changed_values],
+        "values_equal": len(d.value_diff) - len(d.changed_values),
         "equal": d.equal,
         "mode": d.mode,
         "a_root": list(d.a_root),
@@ -46,12 +48,13 @@ def _show(path: Path) -> str:
 
 def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
     """Print the comparison with rich: where, a summary line, then each kind of difference."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.padding import Padding
     from rich.table import Table
 
-    console = console or Console(highlight=False)
+    from .render import stdout_console
+
+    console = console or stdout_console()
     sides = (("A", d.a, d.formats[0], d.a_root), ("B", d.b, d.formats[1], d.b_root))
     for name, path, fmt, root in sides:
         where = "whole file" if d.mode == "whole" else f"weights: {path_text(root) or 'the root'}"
@@ -94,7 +97,7 @@ def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
             t.add_row(f"[dim]… and {len(rows) - top:,} more[/]")
         console.print()
         console.print(f"[bold]{escape(title)}[/]")
-        console.print(Padding(t, (0, 0, 0, 2)))
+        console.print(Padding(t, (0, 0, 0, 2), expand=False))
 
     section(f"Only in A ({len(d.only_a):,})", [(_show(p),) for p in d.only_a])
     section(f"Only in B ({len(d.only_b):,})", [(_show(p),) for p in d.only_b])

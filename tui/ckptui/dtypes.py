@@ -74,6 +74,15 @@ SAFETENSORS_DTYPES: dict[str, tuple[str, int, int]] = {
 }  # fmt: skip
 """safetensors dtype code -> (torch-style name, bits per element, itemsize shown)."""
 
+SUB_BYTE_NAMES: dict[str, str] = {
+    "F4": "float4_e2m1fn", "F6_E2M3": "float6_e2m3fn", "F6_E3M2": "float6_e3m2fn",
+}  # fmt: skip
+"""safetensors codes of values smaller than a byte, by the name used when no torch dtype can
+hold them as stored (F6 always; F4 when its last dimension cannot be paired)."""
+
+SUB_BYTE_BITS: dict[str, int] = {"float4_e2m1fn": 4, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
+"""Bits per element of those names: their tensors' bytes are elements x bits / 8."""
+
 NUMPY_KINDS = frozenset("fiucbBSUVmMe")
 
 

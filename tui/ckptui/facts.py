@@ -32,7 +32,11 @@ def _view(t: TensorInfo) -> tuple | None:
 
 def _own(n: Node) -> int:
     t = n.tensor
-    return t.nbytes if n.kind is NodeKind.TENSOR and t is not None and t.layout != "meta" else 0
+    if n.kind is not NodeKind.TENSOR or t is None or t.layout == "meta":
+        return 0
+    if t.storage_key is None and n.children:
+        return 0  # a sparse/nested/wrapper tensor: its parts below hold the bytes, counted there
+    return t.nbytes
 
 
 def bytes_below(node: Node) -> int:

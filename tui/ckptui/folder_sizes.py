@@ -21,7 +21,7 @@ from .formats.folder import is_index_file
 from .formats.layout import read_layout
 from .model import Checkpoint, Path
 from .roles import Role
-from .sizes import Breakdown, Group, Largest, Prefix, breakdown, torch_zip_size
+from .sizes import Breakdown, Group, Largest, Prefix, breakdown, exported_size, torch_zip_size
 from .sizes_findings import SizeFinding
 
 MAX_FILES = 10_000
@@ -93,7 +93,7 @@ def _breakdown_files(
                 SizeFinding("unreadable", nbytes, 0, ((name,),), f"{name}: {e.message}")
             )
             continue
-        b = breakdown(ckpt, read_layout(ckpt))
+        b = breakdown(ckpt, read_layout(ckpt), exact_weights=False)  # planned once, merged
         if each is not None:
             each(name, ckpt, b)
         parts.append((name, b))
@@ -123,8 +123,12 @@ def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
         other = dict(ckpt.info.get("other_files", {}))
         if "index" in ckpt.info:
             other[ckpt.info["index"]] = int(ckpt.info.get("index_bytes", 0))
-        return _breakdown_files(str(folder), ckpt.info.get("files", {}).items(), other, each)
-    return breakdown_folder(folder, each)
+        b = _breakdown_files(str(folder), ckpt.info.get("files", {}).items(), other, each)
+    else:
+        b = breakdown_folder(folder, each)
+    if b.weights_path is not None:  # the merged export's exact size, not a sum of estimates
+        b.weights_only_bytes = exported_size(ckpt) or b.weights_only_bytes
+    return b
 
 
 def tree_path(ckpt: Checkpoint, path: Path) -> Path:

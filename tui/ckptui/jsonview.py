@@ -61,6 +61,7 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
             "record": s.record,
             "data_offset": s.data_offset,
             "missing": s.missing,
+            "file": s.file,
         }
         yield (", " if i else "") + _enc(entry)
     info = {k: v for k, v in ckpt.info.items() if _jsonable(v) and k != "bytes_read"}
@@ -115,6 +116,7 @@ def tensor_json(ckpt: Checkpoint, path: Path, t: TensorInfo) -> dict[str, Any]:
         "layout": t.layout,
         "requires_grad": t.requires_grad,
         "missing": bool(st and st.missing),
+        "file": st.file if st else None,  # the shard holding it, relative to the folder
     }
     if t.state_dict_key is not None:
         out["state_dict_key"] = t.state_dict_key

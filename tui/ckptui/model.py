@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .dtypes import SUB_BYTE_BITS
 
 Key = str | int | None
 """A key in a parent: str for mapping keys, int for sequence indexes (and int mapping keys)."""
@@ -100,7 +102,11 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        """The view's own size: elements x item size."""
+        """The view's own size: elements x item size (x bits / 8 for sub-byte values that no
+        torch dtype packs, such as safetensors' F6)."""
+        bits = SUB_BYTE_BITS.get(self.dtype) if self.itemsize == 1 else None
+        if bits is not None:
+            return (self.numel * bits + 7) // 8
         return self.numel * self.itemsize
 
     @property
@@ -299,7 +305,7 @@ class Checkpoint:
             elif kind is ref and tensor_at:
                 target = tensor_at.get(node.value)
                 if target is not None:
-                    yield path, target
+                    yield path, ref_tensor(node, target)
 
     def file_of(self, storage: Storage) -> str:
         """The file holding `storage`'s bytes: the checkpoint's own, or for a checkpoint of
@@ -319,6 +325,18 @@ class Checkpoint:
                 return None
             node = node.child(key)
         return node
+
+
+def ref_tensor(ref: Node, target: TensorInfo) -> TensorInfo:
+    """The tensor a REF node reaches, as seen from the ref's path: in a whole-module pickle a
+    tied weight's second path is a state-dict key of its own (`head.weight` beside
+    `emb.weight`), and a path outside the modules' `_parameters`/`_buffers` is none."""
+    name = None
+    if ref.extra is not None:
+        name = dict(ref.extra.attrs).get("state_dict_key")
+    if name == target.state_dict_key:
+        return target
+    return replace(target, state_dict_key=name)
 
 
 def walk(root: Node) -> Iterator[tuple[Path, Node]]:

@@ -163,7 +163,7 @@ def _parameters(
     module = node is not None and is_module(node)
     n = len(wpath)
     out: list[tuple[str, Shape]] = []
-    seen_obj: set[int] = set()
+    seen_obj: set[object] = set()
     seen_view: dict[tuple, str] = {}
     tied: list[str] = []
     for path, t in ckpt.tensors():
@@ -171,9 +171,12 @@ def _parameters(
             continue
         if module:
             # The module says it: a Parameter lives in some `_parameters`, a buffer in `_buffers`.
-            if path[-2] != "_parameters" or id(t) in seen_obj:
-                continue  # a REF to an already-seen Parameter is a tied one: listed once
-            seen_obj.add(id(t))
+            # A REF to an already-seen Parameter is a tied one: listed once (its TensorInfo
+            # differs only by the state-dict name, so the view tells it).
+            view = (t.storage_key, t.storage_offset, t.shape, t.stride) if t.storage_key else id(t)
+            if path[-2] != "_parameters" or view in seen_obj:
+                continue
+            seen_obj.add(view)
             out.append((t.state_dict_key or ".".join(map(str, path[n:])), t.shape))
             continue
         name = ".".join(map(str, path[n:]))
@@ -235,7 +238,7 @@ def _map_one(
         why = "in `state` but in no param group's `params`"
         entries.append(Entry(base + j, k, None, None, "ambiguous", why))
     names = [e.param for e in entries]
-    lines = _group_lines(groups_node, [len(k) for k in group_keys], names)
+    lines = _group_lines(ckpt, groups_node, [len(k) for k in group_keys], names)
     step = _first_step(ckpt, state)
     return OptimizerMapping(opath, wpath, kind, step, source, tuple(entries), lines, notes)
 
@@ -305,13 +308,13 @@ def _unknown(listed: list[tuple[int, int | str]], why: str) -> list[Entry]:
 
 
 def _group_lines(
-    groups_node: Node | None, counts: list[int], names: list[str | None]
+    ckpt: Checkpoint, groups_node: Node | None, counts: list[int], names: list[str | None]
 ) -> tuple[GroupLine, ...]:
     """One line per distinct set of hyper-parameters, in order of first appearance."""
     lines: dict[str, tuple[list[int], dict[str, Any], list[str | None]]] = {}
     start = 0
     for gi, g in enumerate(groups_node.children if groups_node is not None else ()):
-        hyper = {str(c.key): _plain(c) for c in g.children if c.key != "params"}
+        hyper = {str(c.key): _plain(ckpt, c) for c in g.children if c.key != "params"}
         key = json.dumps(hyper, sort_keys=True, default=str)
         line = lines.setdefault(key, ([], hyper, []))
         line[0].append(gi)
@@ -320,8 +323,13 @@ def _group_lines(
     return tuple(GroupLine(tuple(g), h, tuple(p)) for g, h, p in lines.values())
 
 
-def _plain(node: Node, depth: int = 0) -> Any:
+def _plain(ckpt: Checkpoint, node: Node, depth: int = 0) -> Any:
     """A hyper-parameter as a JSON-able value: numbers, strings, lists; else a short text."""
+    if node.kind is NodeKind.REF and node.target is not None:
+        # The pickle memo: groups given one `betas` tuple store it once; each shows its value.
+        target = ckpt.find(node.target)
+        if target is not None and target.kind is not NodeKind.REF:
+            node = target
     if node.kind is NodeKind.VALUE:
         v = node.value
         if isinstance(v, float):
@@ -331,9 +339,9 @@ def _plain(node: Node, depth: int = 0) -> Any:
         t = node.value
         return f"tensor {list(t.shape)} {t.dtype}"
     if node.kind is NodeKind.SEQUENCE and depth < 2 and len(node.children) <= 16:
-        return [_plain(c, depth + 1) for c in node.children]
+        return [_plain(ckpt, c, depth + 1) for c in node.children]
     if node.kind is NodeKind.MAPPING and depth < 2 and len(node.children) <= 16:
-        return {str(c.key): _plain(c, depth + 1) for c in node.children}
+        return {str(c.key): _plain(ckpt, c, depth + 1) for c in node.children}
     return node.text or node.type
 
 

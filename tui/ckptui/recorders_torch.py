@@ -84,10 +84,51 @@ def rebuild_from_type_v2(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
             name = "torch.Tensor"
         if name != inner.type:
             inner = inner.copy_as(name)
-        inner.pickle_build(state)
+        # A subclass with __slots__ pickles `(dict_state | None, slots_state)`: DTensor keeps
+        # `_local_tensor` and `_spec` in slots, so both parts are the tensor's state.
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+        for part in parts:
+            inner.pickle_build(part)
+        if name.endswith(".DTensor"):
+            inner.parts[:0] = _dtensor_facts(dict(inner.parts).get("_spec"))
         return inner
     obj = PObject(u._global("torch._tensor", "_rebuild_from_type_v2"), args, "reduce")
     return obj
+
+
+def _dtensor_facts(spec: Any) -> list[tuple[str, str]]:
+    """`placements` and `mesh` of a DTensor's `_spec` (a DTensorSpec placeholder), as text:
+    `Shard(0)`, `Replicate()`; `cpu · 2 ranks`. What is not recognised is left out."""
+    from .unpickle import PDict
+
+    state = spec.state if isinstance(spec, PObject) else None
+    if not isinstance(state, PDict):
+        return []
+    out: list[tuple[str, str]] = []
+    placements = state.get("placements")
+    if isinstance(placements, tuple):
+        shown = []
+        for p in placements:
+            kind = p.name.rsplit(".", 1)[-1] if isinstance(p, PObject) else type(p).__name__
+            fields = p.state if isinstance(p, PObject) else None
+            dim = fields.get("dim") if isinstance(fields, PDict) else None
+            op = fields.get("reduce_op") if isinstance(fields, PDict) else None
+            arg = dim if isinstance(dim, int) else op if isinstance(op, str) else ""
+            shown.append(f"{kind}({arg})")
+        out.append(("placements", ", ".join(shown)))
+    mesh = state.get("mesh")
+    fields = mesh.state if isinstance(mesh, PObject) else None
+    if isinstance(fields, PDict):
+        device = fields.get("device_type", fields.get("_device_type"))
+        ranks = fields.get("_rank_map", fields.get("mesh"))  # torch 2.10+ / before: a tensor
+        text = device if isinstance(device, str) else "?"
+        if isinstance(ranks, TensorRec):
+            n = 1
+            for d in ranks.shape:
+                n *= d
+            text += f" · {n} rank{'s' if n != 1 else ''}"
+        out.append(("mesh", text))
+    return out
 
 
 def rebuild_qtensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:

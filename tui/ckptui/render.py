@@ -5,6 +5,8 @@ This is the CLI's presentation layer (it imports rich); the core modules never i
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
@@ -14,6 +16,17 @@ from .frameworks import detect
 from .model import Checkpoint, Node, NodeKind, Path
 
 _SEVERITY_STYLE = {"danger": "bold red", "warning": "yellow", "info": "cyan"}
+_NO_WRAP_WIDTH = 100_000
+"""The width given to output that is not a terminal: wide enough that no row is ever wrapped."""
+
+
+def stdout_console() -> Console:
+    """A Console for stdout. On a terminal it wraps at the terminal's width; piped or
+    redirected it never wraps a row (rich would cut at 80 columns, so `grep` would miss the
+    rest of the row on the next line)."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=_NO_WRAP_WIDTH)
 
 
 def _label(node: Node, key_text: str, part: str | None = None) -> str:
@@ -65,7 +78,7 @@ def render_checkpoint(
     console: Console | None = None,
 ) -> None:
     """Print the tree, findings and total."""
-    console = console or Console(highlight=False)
+    console = console or stdout_console()
     console.print(build_tree(ckpt, max_children, depth))
     for f in ckpt.findings:
         where = ".".join(str(k) for k in f.path) if f.path else "-"
@@ -74,6 +87,7 @@ def render_checkpoint(
             f"[{style}]{f.severity.value:>7}[/] {escape(f.kind)} [dim]{escape(where)}[/]"
             f": {escape(f.message)}"
         )
+    _training_sections(ckpt, console)
     tensors = list(ckpt.tensors())
     unique = {t.storage_key for _, t in tensors if t.storage_key is not None}
     data = sum(ckpt.storages[k].nbytes for k in unique if k in ckpt.storages)
@@ -88,3 +102,20 @@ def render_checkpoint(
         + (f" · {units.size(fetched)} read from the server" if fetched is not None else "")
         + (f" · [bold red]{dangers} dangerous call(s)[/]" if dangers else "")
     )
+
+
+def _training_sections(ckpt: Checkpoint, console: Console) -> None:
+    """The root panel's answers, as the browser shows them: can training resume from the file,
+    and what `torch.load(weights_only=True)` would refuse (README: inspect shows what torch.load
+    would run)."""
+    from .app.widgets.training_card import resume_card, weights_only_verdict  # rich only
+    from .training import training_facts
+
+    facts = training_facts(ckpt)
+    if facts.resume is not None:
+        console.print(resume_card(facts.resume))
+    if facts.weights_only is not None:
+        console.print(weights_only_verdict(facts.weights_only))
+    for error in facts.errors:
+        console.print(f"[yellow]{escape(error)}[/]")
+    console.print()

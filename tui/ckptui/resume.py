@@ -31,7 +31,7 @@ from typing import Any
 
 from .facts import bytes_below, path_text
 from .frameworks import detect_root
-from .model import Checkpoint, Node, NodeKind, Path
+from .model import Checkpoint, Node, NodeKind, Path, walk
 from .optim_map import scalar_value
 from .roles import find_optimizers, is_module, is_optimizer, is_scheduler, weights_path
 
@@ -196,7 +196,11 @@ def _weights(ckpt: Checkpoint, wpath: Path | None) -> dict[str, Any] | None:
     kind = (
         "module" if is_module(node) else "tensor" if node.kind is NodeKind.TENSOR else "state_dict"
     )
-    return {"path": list(wpath), "kind": kind, "tensors": count, "bytes": bytes_below(node)}
+    out = {"path": list(wpath), "kind": kind, "tensors": count, "bytes": bytes_below(node)}
+    gone = sum(1 for _, c in walk(node) if c.kind is NodeKind.VALUE and c.type == "missing")
+    if gone:  # a deleted shard's tensors: the weights are still the weights, less these
+        out["missing"] = gone
+    return out
 
 
 def _version(node: Node) -> str | int | None:

@@ -114,19 +114,21 @@ def is_state_dict(node: Node) -> bool:
         return False
     if is_optimizer(node) or is_scheduler(node):
         return False
-    tensors = others = 0
+    tensors = others = missing = 0
     for c in node.children:
         if c.kind is NodeKind.TENSOR or c.kind is NodeKind.REF:
             tensors += c.kind is NodeKind.TENSOR
         elif c.key == "__metadata__":  # safetensors' string metadata
             continue
+        elif c.kind is NodeKind.VALUE and c.type == "missing":
+            missing += 1  # a tensor in a deleted shard: still one of the weights
         elif c.kind is NodeKind.VALUE:
             others += 1
         elif is_state_dict(c):
             tensors += 1
         else:
             return False
-    return tensors > 0 and others * 9 <= tensors
+    return tensors > 0 and others * 9 <= tensors + missing
 
 
 def is_module(node: Node) -> bool:
@@ -213,6 +215,10 @@ def weights_path(ckpt: Checkpoint) -> Path | None:
     root = ckpt.root
     if root.kind is NodeKind.TENSOR or is_module(root):
         return ()
+    if ckpt.format == "torchscript":  # the scripted module: its tensor attributes, by name
+        data = root.child("data")
+        if data is not None and _has_tensors(data):
+            return ("data",)
     framework = detect_root(root)
     if framework is not None and framework.weights is not None:
         node = _at(root, framework.weights)

@@ -121,8 +121,11 @@ class Breakdown:
         self.findings.sort(key=lambda f: -f.saving_bytes)
 
 
-def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
-    """The size breakdown of `ckpt` given its file layout (`formats.layout.read_layout`)."""
+def breakdown(ckpt: Checkpoint, regions: list[Region], exact_weights: bool = True) -> Breakdown:
+    """The size breakdown of `ckpt` given its file layout (`formats.layout.read_layout`).
+
+    `exact_weights=False` estimates `weights_only_bytes` instead of planning the export (a
+    folder's shards, whose merged export the folder's breakdown plans once)."""
     categories = {p.value: 0 for p in Part} | {"unaccounted": 0}
     detail: dict[Part, dict[str, int]] = {Part.OVERHEAD: {}, Part.METADATA: {}}
     storage_bytes: dict[str, int] = {}
@@ -223,7 +226,13 @@ def breakdown(ckpt: Checkpoint, regions: list[Region]) -> Breakdown:
         largest=largest,
         findings=[],
         weights_path=weights,
-        weights_only_bytes=torch_zip_size(*weights_parts) if weights is not None else 0,
+        weights_only_bytes=(
+            0
+            if weights is None
+            else _weights_only_bytes(ckpt, weights_parts)
+            if exact_weights
+            else torch_zip_size(*weights_parts)
+        ),
         weights_parts=weights_parts,
         shared=shared,
         optimizer_kind=optimizers[0].kind if optimizers else None,
@@ -303,6 +312,24 @@ def _weights_parts(
             keys.add(t.storage_key)
     data = sum(ckpt.storages[k].nbytes for k in keys if k in ckpt.storages)
     return (data, len(keys), count, names)
+
+
+def exported_size(ckpt: Checkpoint) -> int | None:
+    """The exact size of the file `ckptui export` writes with its default options (the detected
+    weights, `module.` stripped when every name has it, dtypes kept, `.pth`): what "weights
+    alone would be" promises. None when that export has nothing to write."""
+    from .errors import CkptError
+    from .export.plan import make_plan  # export imports the formats; sizes is imported by them
+
+    try:
+        return make_plan(ckpt).predicted_bytes
+    except CkptError:
+        return None
+
+
+def _weights_only_bytes(ckpt: Checkpoint, parts: tuple[int, int, int, int]) -> int:
+    exact = exported_size(ckpt)
+    return exact if exact is not None else torch_zip_size(*parts)
 
 
 def torch_zip_size(data_bytes: int, storages: int, tensors: int, name_bytes: int) -> int:

@@ -127,42 +127,83 @@ def _role_findings(b: Breakdown, optimizers: list) -> list[SizeFinding]:
 def _view_findings(
     ckpt: Checkpoint, tensors: list[tuple[Path, TensorInfo]], storage_bytes: dict[str, int]
 ) -> list[SizeFinding]:
-    spans: dict[str, list[tuple[int, int]]] = {}
+    """Storages whose views use much less than the storage holds.
+
+    A view's use is the bytes of the elements it touches, not its span: `t.view(2000, 2000)[::2]`
+    spans all of a 16 MB storage and touches half of it. The touched elements are listed as
+    contiguous runs (`RUNS_MAX` per checkpoint at most); past that, a view counts as its
+    compact size, which may count an overlap twice and so never overstates the waste.
+    """
+    runs: dict[str, list[tuple[int, int]]] = {}
+    rough: dict[str, int] = {}
     paths: dict[str, list[Path]] = {}
+    budget = RUNS_MAX
     for path, t in tensors:
         key = t.storage_key
         if key is None or t.layout != "strided":
             continue
-        start = t.storage_offset * t.itemsize
-        end = t.span_elements() * t.itemsize
-        spans.setdefault(key, []).append((start, max(start, end)))
         paths.setdefault(key, []).append(path)
+        found = _runs(t, budget)
+        if found is None:
+            rough[key] = rough.get(key, 0) + t.nbytes
+        else:
+            budget -= len(found)
+            runs.setdefault(key, []).extend(found)
     out: list[SizeFinding] = []
-    for key, ranges in spans.items():
+    for key, ps in paths.items():
         have = storage_bytes.get(key, 0)
         if not have:
             continue
         covered = 0
         last = 0
-        for s, e in sorted(ranges):
+        for s, e in sorted(runs.get(key, ())):
             s, e = max(s, last), min(e, have)
             if e > s:
                 covered += e - s
                 last = e
+        covered = min(have, covered + rough.get(key, 0))
         waste = have - covered
         if waste >= VIEW_WASTE_MIN:
-            ps = tuple(paths[key])
             out.append(
                 SizeFinding(
                     "view_waste",
                     have,
                     waste,
-                    ps,
+                    tuple(ps),
                     f"{_show(ps[0])} views {size(covered)} of a {size(have)} storage: the "
                     "whole storage is saved; save a compact copy (.clone()) or export",
                 )
             )
     return out
+
+
+RUNS_MAX = 1 << 20
+"""Contiguous runs listed for the view-waste finding, per checkpoint (a transposed 4M-element
+view is 4M runs of one element; past this a view counts as its compact size)."""
+
+
+def _runs(t: TensorInfo, budget: int) -> list[tuple[int, int]] | None:
+    """The byte ranges of the storage that view `t` touches, as sorted contiguous runs; None
+    when there would be more than `budget` of them (or a stride is negative)."""
+    dims = [(d, st) for d, st in zip(t.shape, t.stride, strict=False) if d != 1 and st != 0]
+    if any(d == 0 for d in t.shape):
+        return []
+    if any(st < 0 for _, st in dims):
+        return None
+    dims.sort(key=lambda x: x[1])  # innermost first: a permuted view touches what it touches
+    run = 1  # elements per run: the inner dims that are contiguous
+    while dims and dims[0][1] == run:
+        run *= dims.pop(0)[0]
+    count = 1
+    for d, _ in dims:
+        count *= d
+    if count > budget:
+        return None
+    starts = [t.storage_offset]
+    for d, st in dims:
+        starts = [s + i * st for s in starts for i in range(d)]
+    size_ = t.itemsize
+    return sorted((s * size_, (s + run) * size_) for s in starts)
 
 
 def _float_findings(b: Breakdown, tensors: list[tuple[Path, TensorInfo]]) -> list[SizeFinding]:

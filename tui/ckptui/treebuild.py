@@ -33,6 +33,9 @@ class TreeBuilder:
         """Top-most placeholder nn.Modules: (path, class name)."""
         self.too_deep: Path | None = None
         self._names: dict[int, str] = {}
+        """id of each tensor of a whole-module pickle -> its first state-dict name."""
+        self._path_names: dict[Path, str] = {}
+        """Tree path of each such tensor -> its state-dict name: a tied weight has several."""
 
     def build(self, obj: Any, key: Key = None, path: Path = ()) -> Node:
         """Convert `obj` found at `path` (its key in the parent is `key`)."""
@@ -43,6 +46,15 @@ class TreeBuilder:
         # (kept alive by `_keep`) cannot be reused by any other live object.
         first = self._seen.get(id(obj))
         if first is not None:
+            name = self._path_names.get(path) if self._path_names else None
+            if name is not None:  # a tied weight: this path is a state-dict key of its own
+                return Node.make(
+                    NodeKind.REF, first[1], key, target=first[0], attrs=(("state_dict_key", name),)
+                )
+            if type(obj) is tuple and len(obj) <= 8 and all(map(_is_scalar, obj)):
+                # A small tuple shared through the memo (two param groups given one `betas`):
+                # the row shows its value, not only where it was first seen.
+                return Node.make(NodeKind.REF, first[1], key, target=first[0], text=_short(obj))
             return Node(NodeKind.REF, first[1], key, (), first[0])
         if obj is None or isinstance(obj, bool | str):
             return Node.make(NodeKind.VALUE, type(obj).__name__, key, value=obj)
@@ -181,7 +193,7 @@ class TreeBuilder:
             state = merged
         if isinstance(state, PDict) and _is_module(state) and not self._names_covers(obj):
             self.modules.append((path, obj.name))
-            self._name_module(obj, "", set())
+            self._name_module(obj, "", set(), path)
         children: list[Node] = []
         if obj.args and (obj.how == "reduce" or state is None):
             children.append(self._node(obj.args, "__args__", (*path, "__args__"), depth + 1))
@@ -208,8 +220,13 @@ class TreeBuilder:
     def _names_covers(self, module: PObject) -> bool:
         return id(module) in self._module_ids if hasattr(self, "_module_ids") else False
 
-    def _name_module(self, module: PObject, prefix: str, visiting: set[int]) -> None:
-        """Name parameters and persistent buffers as `module.state_dict()` would."""
+    def _name_module(self, module: PObject, prefix: str, visiting: set[int], path: Path) -> None:
+        """Name parameters and persistent buffers as `module.state_dict()` would.
+
+        `path` is where the module's node will be: its state's keys become its children, so a
+        parameter `k` sits at `(*path, "_parameters", k)`. Every such path is a state-dict key,
+        also the second one reaching a tied weight (which the tree shows as a REF).
+        """
         if id(module) in visiting:
             return
         visiting.add(id(module))
@@ -224,6 +241,7 @@ class TreeBuilder:
             for k, v in params.items:
                 if isinstance(v, TensorRec):
                     self._names.setdefault(id(v), f"{prefix}{k}")
+                    self._path_names[(*path, "_parameters", k)] = f"{prefix}{k}"
         buffers = state.get("_buffers")
         skip = state.get("_non_persistent_buffers_set")
         skip_names = (
@@ -233,11 +251,16 @@ class TreeBuilder:
             for k, v in buffers.items:
                 if isinstance(v, TensorRec) and k not in skip_names:
                     self._names.setdefault(id(v), f"{prefix}{k}")
+                    self._path_names[(*path, "_buffers", k)] = f"{prefix}{k}"
         modules = state.get("_modules")
         if isinstance(modules, PDict):
             for k, sub in modules.items:
                 if isinstance(sub, PObject):
-                    self._name_module(sub, f"{prefix}{k}.", visiting)
+                    self._name_module(sub, f"{prefix}{k}.", visiting, (*path, "_modules", k))
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
 
 
 def _is_module(state: PDict) -> bool:

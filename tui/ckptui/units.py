@@ -56,6 +56,8 @@ def summary(node: Node) -> str:
         return f"{node.type} {text if len(text) <= 60 else text[:59] + '…'}"
     if node.kind is NodeKind.REF:
         target = ".".join(str(k) for k in node.target or ()) or "<root>"
+        if node.text is not None:  # a small value: shown, as at its first path
+            return f"{short_type(node.type)} {node.text} · same object as {target}"
         return f"→ same object as {target}"
     count = len(node.children)
     noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items", NodeKind.OBJECT: "fields"}

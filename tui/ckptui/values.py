@@ -265,7 +265,8 @@ def strided_view(buf: mmap.mmap, start: int, dtype: Any, kind: str, tensor: Tens
     """The tensor's view over `buf` (a trailing (re, im) axis for complex); bounds checked."""
     import numpy as np
 
-    count = tensor.span_elements() - tensor.storage_offset
+    # An empty view (a zero-size dimension) reaches nothing, wherever its offset points.
+    count = max(0, tensor.span_elements() - tensor.storage_offset)
     parts = 2 if kind == "c" else 1
     isz = dtype.itemsize * parts
     # as_strided cannot carry ml_dtypes types: stride over same-size uints, then reinterpret
@@ -283,6 +284,8 @@ def _chunks(view: Any, ndim: int, chunk: int) -> Iterator[Any]:
     if ndim == 0:
         view, ndim = view[None], 1
     shape, k, inner = view.shape[:ndim], ndim, 1
+    if 0 in shape:  # no elements (a zero-size dimension anywhere): no blocks
+        return
     while k > 1 and inner * shape[k - 1] <= chunk:  # axes k.. fit whole in a block
         k -= 1
         inner *= shape[k]

@@ -70,24 +70,27 @@ def render_breakdown(
     ckpt: Checkpoint, b: Breakdown, console: Any = None, top: int = 10, depth: int = 2
 ) -> None:
     """Print the headline, the groupings as bars and the findings."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console(highlight=False)
+    from .render import stdout_console
+
+    console = console or stdout_console()
+    label_width = 48 if console.is_terminal else None  # piped: one row per line, for grep
     total = max(1, b.file_bytes)
     console.print(f"[bold]{escape(ckpt.path)}[/]  [dim]{escape(ckpt.format)}[/]")
     console.print(f"[bold]{escape(b.headline)}[/]")
 
     def table(title: str, rows: list[tuple[str, int]], of: int = total) -> None:
-        t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
-        t.add_column("what", overflow="fold", max_width=48)
+        t = Table(show_header=False, box=None, pad_edge=False)
+        t.add_column("what", overflow="fold", max_width=label_width)
         t.add_column("bytes", justify="right", no_wrap=True)
         t.add_column("%", justify="right", no_wrap=True)
         t.add_column("bar", no_wrap=True, style="cyan")
         for label, n in rows:
             t.add_row(escape(label), size(n), f"{100 * n / max(1, of):.1f}", bar(n / max(1, of)))
         console.print()
+        console.print(f"[italic]{escape(title)}[/]")  # not a table title: those wrap
         console.print(t)
 
     table("By category (sums to the file size)", [(k, v) for k, v in b.categories.items() if v])
@@ -107,7 +110,7 @@ def render_breakdown(
         )
     table("By dtype", list(b.dtypes.items()))
     if b.largest:
-        t = Table(title=f"Largest {len(b.largest)} tensors", title_justify="left", box=None)
+        t = Table(box=None)
         t.add_column("path", overflow="fold")
         t.add_column("shape")
         t.add_column("dtype")
@@ -116,6 +119,7 @@ def render_breakdown(
             shape = "[" + ", ".join(str(d) for d in item.tensor.shape) + "]"
             t.add_row(escape(show_path(item.path)), shape, item.tensor.dtype, size(item.bytes))
         console.print()
+        console.print(f"[italic]Largest {len(b.largest)} tensors[/]")
         console.print(t)
     if b.shared:
         console.print()
@@ -131,7 +135,8 @@ def render_breakdown(
     if not b.findings:
         console.print("[bold]Findings:[/] none")
         return
-    t = Table(title="Findings", title_justify="left", box=None, show_header=True)
+    console.print("[italic]Findings[/]")
+    t = Table(box=None, show_header=True)
     t.add_column("saves", justify="right", no_wrap=True, style="bold")
     t.add_column("kind", no_wrap=True, style="yellow")
     t.add_column("what to do", overflow="fold")

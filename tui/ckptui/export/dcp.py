@@ -36,7 +36,6 @@ from .plan import (
     ExportError,
     Plan,
     _metadata,
-    _name,
     _show,
     cast_dtype,
     kept_tensors,
@@ -195,8 +194,7 @@ def _plan(
     found: list[tuple[str, Path, TensorInfo]] = []
     for name, path, t in kept:
         _check_available(ckpt, path, t)
-        # a kept tensor itself is named by its own key (its name below itself is '')
-        found.append((name + _name(path[-1:]) if path in keep else name, path, t))
+        found.append((name, path, t))  # a kept tensor itself is named by its key (kept_tensors)
     if not found:
         raise ExportError(ckpt.path, f"no tensors under {', '.join(map(_show, keep))}")
     _, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)

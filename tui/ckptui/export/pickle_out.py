@@ -77,8 +77,12 @@ def state_dict_pickle(entries: list[tuple[str, str, str, int, tuple[int, ...]]])
             stride.insert(0, acc)
             acc *= d
         classic = dtype in _CLASSIC
+        # Newer dtypes (float8, float4, uint16...) are counted in bytes of an untyped storage,
+        # named as torch.save names it: weights_only refuses the `torch.UntypedStorage` alias.
         storage_cls = memo(
-            _global("torch", _CLASSIC[dtype]) if classic else _global("torch", "UntypedStorage")
+            _global("torch", _CLASSIC[dtype])
+            if classic
+            else _global("torch.storage", "UntypedStorage")
         )
         count = elements if classic else elements * _itemsize(dtype)
         pid = [memo(_str("storage")), storage_cls, _str(key), memo(_str("cpu")), _int(count)]

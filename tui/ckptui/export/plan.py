@@ -10,13 +10,13 @@ safetensors cannot share bytes, so there a tied tensor is written once per name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from ..dtypes import DTYPES, SAFETENSORS_DTYPES
 from ..errors import CkptError
 from ..formats._common import is_url
-from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
+from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
 from ..roles import weights_path
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -26,7 +26,7 @@ KNOWN_PREFIXES = ("module.", "_orig_mod.")
 """Prefixes DataParallel/DDP and torch.compile add to every key, offered for stripping."""
 _SAFETENSORS_CODE = {
     dtype: code for code, (dtype, bits, _) in SAFETENSORS_DTYPES.items() if bits >= 8
-}
+} | {"float4_e2m1fn_x2": "F4"}  # F4 counts the pair's two values: the writer doubles a dim
 
 
 class ExportError(CkptError):
@@ -70,6 +70,9 @@ class Plan:
     """Tensors under the kept paths that cannot be exported, and why."""
     detected_prefix: str = ""
     """A prefix every name shares (`module.`), offered even when not stripped."""
+    missing: list[tuple[Path, str]] = field(default_factory=list)
+    """Entries under the kept paths whose file is gone (a deleted shard), and where they were:
+    not written; the CLI asks for `--allow-missing` before exporting without them."""
 
     @property
     def storages(self) -> list[Item]:
@@ -127,7 +130,11 @@ def make_plan(
         else:
             found.append((name, path, t))
     if not found:
-        raise ExportError(ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}")
+        why = f" ({_show(skipped[0][0])} is {skipped[0][1]})" if skipped else ""
+        more = f" and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
+        raise ExportError(
+            ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}{why}{more}"
+        )
     detected_prefix = _common_prefix([n for n, _, _ in found])
     strip, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
     groups: dict[tuple, int] = {}
@@ -136,6 +143,9 @@ def make_plan(
         out_dtype = cast_dtype(t.dtype, dtype)
         if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
+            continue
+        if fmt == "safetensors" and out_dtype == "float4_e2m1fn_x2" and not t.shape:
+            skipped.append((path, "a 0-d float4_e2m1fn_x2 has no safetensors F4 shape"))
             continue
         view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
         group = groups.setdefault(view, len(groups))
@@ -150,7 +160,22 @@ def make_plan(
         _metadata(ckpt),
         skipped,
         detected_prefix,
+        missing_entries(ckpt, keep),
     )
+
+
+def missing_entries(ckpt: Checkpoint, keep: list[Path]) -> list[tuple[Path, str]]:
+    """(path, what the reader says of it) of each entry under `keep` that a missing file held:
+    a folder opens with a deleted shard's tensors as `missing` rows (their shapes went with it)."""
+    out = []
+    for base in keep:
+        node = ckpt.find(base)
+        if node is None or node.kind is NodeKind.TENSOR:
+            continue
+        for rel, n in walk(node):
+            if n.kind is NodeKind.VALUE and n.type == "missing":
+                out.append(((*base, *rel), n.text or "missing"))
+    return out
 
 
 def output_names(ckpt: Checkpoint, names: list[str], strip_prefix: str) -> tuple[str, list[str]]:
@@ -224,7 +249,9 @@ def kept_tensors(
             raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
         prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
         for path, t in _tensors(node, base):
-            out.append((prefix + (t.state_dict_key or _name(path[len(base) :])), path, t))
+            rel = t.state_dict_key or _name(path[len(base) :])
+            # a kept path that is itself a tensor is named by its own key (not `key.`)
+            out.append((prefix + rel if rel else _name(base[-1:]) or "tensor", path, t))
     return list(keep), out
 
 
@@ -233,13 +260,21 @@ def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
         return [(base, node.value)]
     out = []
     tensor_at: dict[Path, TensorInfo] = {}
+    inside: Path | None = None
     for rel, n in walk(node):
         path = (*base, *rel)
+        if inside is not None and path[: len(inside)] == inside:
+            continue  # a part of a sparse/nested/quantized/wrapper tensor: not a tensor of its own
+        inside = None
         if n.kind is NodeKind.TENSOR:
-            tensor_at[path] = n.value
-            out.append((path, n.value))
+            t = n.value
+            if t.layout not in ("strided", "storage") and n.children:
+                inside = path
+                t = _dense_of(n) or t
+            tensor_at[path] = t
+            out.append((path, t))
         elif n.kind is NodeKind.REF and n.value in tensor_at:  # the same tensor saved twice
-            out.append((path, tensor_at[n.value]))
+            out.append((path, ref_tensor(n, tensor_at[n.value])))
     # A whole-module pickle names its weights as state_dict() would; tensors it would not
     # save (non-persistent buffers, grads) have no such name.
     if any(t.state_dict_key for _, t in out):
@@ -247,9 +282,34 @@ def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
     return out
 
 
+def _dense_of(node: Node) -> TensorInfo | None:
+    """The plain tensor a tensor subclass stands for, when the file holds all of it: a DTensor
+    whose `_local_tensor` has the global shape (one rank, or replicated)."""
+    local = node.child("_local_tensor")
+    t = node.value
+    if local is None or local.kind is not NodeKind.TENSOR or local.value.layout != "strided":
+        return None
+    if local.value.shape != t.shape:
+        return None
+    return replace(
+        local.value,
+        type="torch.Tensor",
+        requires_grad=t.requires_grad,
+        state_dict_key=t.state_dict_key,
+    )
+
+
 def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
+    if t.type.endswith(".DTensor") and t.layout != "strided":
+        return (
+            "a DTensor of which this file holds one rank's shard only (see its _local_tensor "
+            "and placements); the whole tensor needs every rank's file"
+        )
     if t.layout != "strided":
-        return f"a {t.layout} tensor (only dense tensors are exported)"
+        return (
+            f"a {t.layout} tensor: only dense tensors are exported (its parts are not "
+            "written as tensors of their own, which load_state_dict would not take)"
+        )
     st = ckpt.storages.get(t.storage_key or "")
     if st is None or st.missing:
         return "its storage is missing from the file"

@@ -279,6 +279,8 @@ class SourceBytes:
         import numpy as np
 
         t = item.tensor
+        if t.numel == 0:  # a zero-size dimension anywhere: no bytes to write
+            return
         dtype, kind, _ = element_type(self.ckpt.path, t, False)
         view = strided_view(mm, start, dtype, kind, t)
         target = _numpy_dtype(item.dtype) if item.dtype != t.dtype else None

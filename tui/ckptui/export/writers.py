@@ -53,9 +53,12 @@ def _safetensors_header(plan: Plan) -> bytes:
         header["__metadata__"] = {"format": "pt", **plan.metadata}
     offset = 0
     for it in plan.items:
+        shape = list(it.tensor.shape)
+        if it.dtype == "float4_e2m1fn_x2":  # safetensors' F4 counts 4-bit values, not pairs
+            shape[-1] *= 2
         header[it.name] = {
             "dtype": _SAFETENSORS_CODE[it.dtype],
-            "shape": list(it.tensor.shape),
+            "shape": shape,
             "data_offsets": [offset, offset + it.nbytes],
         }
         offset += it.nbytes

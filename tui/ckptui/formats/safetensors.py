@@ -11,7 +11,7 @@ import json
 import struct
 from typing import Any
 
-from ..dtypes import SAFETENSORS_DTYPES
+from ..dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES
 from ..model import Checkpoint, Node, NodeKind, Storage, TensorInfo
 from ._common import Source, corrupt
 
@@ -112,13 +112,17 @@ def _tensor(path: str, name: str, entry: Any, data_len: int) -> TensorInfo:
             path,
             f"tensor {name!r}: {offsets[1] - offsets[0]} bytes do not hold shape {shape} of {code}",
         )
+    if code == "F4" and shape and shape[-1] % 2 == 0:
+        # The header counts 4-bit values; torch's float4_e2m1fn_x2 element is the packed pair
+        # (one byte), and safetensors loads `[2, 6]` of F4 as `[2, 3]` of it: show that.
+        shape = [*shape[:-1], shape[-1] // 2]
+    elif bits < 8:
+        # No torch dtype holds these as they are stored (F6; F4 with an odd last dimension):
+        # the header's shape, and a name whose bytes count by bits (see dtypes.SUB_BYTE_BITS).
+        dtype = SUB_BYTE_NAMES[code]
     stride: list[int] = []
     acc = 1
     for d in reversed(shape):
         stride.insert(0, acc)
         acc *= d
-    if bits < 8:  # packed values: show the shape as stored, bytes as stored
-        itemsize = 1
-    return TensorInfo(
-        tuple(shape), dtype, tuple(stride), name, 0, itemsize if bits >= 8 else 1, "cpu"
-    )
+    return TensorInfo(tuple(shape), dtype, tuple(stride), name, 0, itemsize, "cpu")
