@@ -18,6 +18,9 @@ Key = str | int | None
 
 Path = tuple[Key, ...]
 
+_SCAN_MAX = 16
+"""Children up to which `Node.child` scans rather than building an index (cheaper when small)."""
+
 
 class NodeKind(str, enum.Enum):
     """What a node is."""
@@ -152,6 +155,10 @@ class Node:
     For REF nodes the target path, for TENSOR nodes the TensorInfo: neither has a value of its
     own, and a pickle can hold a million of them, so one slot serves (read `target`/`tensor`)."""
     extra: NodeExtra | None = None
+    _index: dict[Key, Node] | None = field(default=None, init=False, compare=False, repr=False)
+    """Key -> first child with that key, built on the first `child` lookup of a large mapping:
+    a scan per lookup made a 100,000-key state dict's duplicate search quadratic (issue 16).
+    Not an init field, so `dataclasses.replace` never carries a stale one over."""
 
     @classmethod
     def make(
@@ -215,11 +222,19 @@ class Node:
         return f"Node({self.kind.value}, {self.type!r}, key={self.key!r}, {len(self.children)} children)"
 
     def child(self, key: Key) -> Node | None:
-        """Return the first child with `key`, or None."""
-        for c in self.children:
-            if c.key == key:
-                return c
-        return None
+        """Return the first child with `key`, or None (O(1) after the first lookup)."""
+        children = self.children
+        if len(children) <= _SCAN_MAX:
+            for c in children:
+                if c.key == key:
+                    return c
+            return None
+        index = self._index
+        if index is None:
+            # reversed: for a repeated key the first child is written last and wins
+            index = {c.key: c for c in reversed(children)}
+            object.__setattr__(self, "_index", index)  # frozen: a cache, not a field change
+        return index.get(key)
 
 
 @dataclass(frozen=True, slots=True)
