@@ -17,6 +17,7 @@ from ..errors import CkptError, CorruptFile
 from ..model import Checkpoint, Part, Region
 from ._common import Source
 from .torchzip import _LOCAL_HEADER, _ZIP_ERRORS, _SliceFile
+from .zipdir import CentralDirectory, read_central_directory
 
 _PADDING_ID = 0x4246
 """Extra-field id ("FB") that torch's zip writer uses for its 64-byte alignment padding."""
@@ -67,11 +68,14 @@ def _storage_regions(ckpt: Checkpoint) -> Iterator[Region]:
 
 def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
     """Every record's local header, padding and data, and the central directory."""
-    zf = zipfile.ZipFile(_SliceFile(src, 0, src.size))  # type: ignore[arg-type]
+    cd = read_central_directory(src.read_at, src.size)
+    if cd is None:  # not the plain case: zipfile's checks apply
+        zf = zipfile.ZipFile(_SliceFile(src, 0, src.size))  # type: ignore[arg-type]
+        cd = CentralDirectory.of_zipfile(zf.infolist(), zf.start_dir)
     archive = ckpt.info.get("archive_name", "")
     storage_records = {st.record for st in ckpt.storages.values() if st.data_offset is not None}
-    infos = sorted(zf.infolist(), key=lambda zi: zi.header_offset)
-    starts = [zi.header_offset for zi in infos[1:]] + [zf.start_dir]
+    infos = sorted((cd[i] for i in range(len(cd))), key=lambda zi: zi.header_offset)
+    starts = [zi.header_offset for zi in infos[1:]] + [cd.start_dir]
     for zi, next_start in zip(infos, starts, strict=True):
         at = zi.header_offset
         head = src.read_at(at, 30)
@@ -109,7 +113,7 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
         else:
             name = "format records"
         yield Region(data, zi.compress_size, part, name)
-    yield Region(zf.start_dir, src.size - zf.start_dir, Part.OVERHEAD, "zip central directory")
+    yield Region(cd.start_dir, src.size - cd.start_dir, Part.OVERHEAD, "zip central directory")
 
 
 def _padding_bytes(extra: bytes) -> int:
