@@ -105,3 +105,49 @@ def test_central_directory_leaves_unusual_archives_to_zipfile(tmp_path: Path) ->
     p.write_bytes(commented)
     c = open_checkpoint(p)  # zipfile's path still reads it
     assert [path for path, _ in c.tensors()] == [("w",)]
+
+
+def test_resume_counts_the_weights_tensors_as_the_tree_walk_does(tmp_path: Path) -> None:
+    from ckptui.resume import resume_card
+    from ckptui.roles import weights_path
+
+    emb = torch.randn(4, 3)
+    model = {"embed.weight": emb, "head.weight": emb, "bias": torch.zeros(3)}  # a tied pair
+    p = tmp_path / "train.pt"
+    torch.save({"model": model, "extra": {"again": emb}, "epoch": 1}, p)
+    c = open_checkpoint(p)
+    wpath = weights_path(c)
+    assert wpath == ("model",)
+    walked = sum(1 for path, _ in c.tensors() if path[: len(wpath)] == wpath)
+    assert walked == 3
+    assert resume_card(c).weights["tensors"] == walked
+
+
+def test_checkpoint_memo_is_computed_once_and_not_copied_by_replace(tmp_path: Path) -> None:
+    p = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(2)}, p)
+    c = open_checkpoint(p)
+    calls: list[int] = []
+    assert c.memo("x", lambda: calls.append(1) or 7) == 7
+    assert c.memo("x", lambda: calls.append(1) or 8) == 7
+    assert calls == [1]
+    assert dataclasses.replace(c).memo("x", lambda: 9) == 9
+
+
+def test_inspect_json_is_the_same_document_with_or_without_orjson(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from ckptui import jsonview
+
+    p = tmp_path / "sd.pt"
+    sd = {f"layer{i}.weight": torch.zeros(i + 1) for i in range(2500)}  # more than one batch
+    sd["big"] = torch.zeros(1)
+    torch.save(sd, p)
+    c = open_checkpoint(p)
+    fast = json.loads("".join(jsonview.iter_json(c)))
+    monkeypatch.setattr(jsonview, "_orjson_dumps", None)
+    slow = json.loads("".join(jsonview.iter_json(c)))
+    assert fast == slow
+    assert len(fast["tensors"]) == 2501 and len(fast["storages"]) == 2501

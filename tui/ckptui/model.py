@@ -9,7 +9,8 @@ format was (DESIGN.md point 4). Everything here is plain, frozen data: no I/O, n
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +97,7 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         """Element count of the view."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)  # in C: read per tensor by every size and JSON pass
 
     @property
     def nbytes(self) -> int:
@@ -289,6 +287,18 @@ class Checkpoint:
     findings: tuple[Finding, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     """Format facts: archive name, byteorder, pickle size, safetensors `__metadata__`, ..."""
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Answers several analyses need (the weights path, the optimizers), computed once: on a
+    100,000-tensor file each costs a walk of the tree (issue 16). Not an init field, so a
+    `dataclasses.replace`d checkpoint starts with none."""
+
+    def memo(self, name: str, make: Callable[[], Any]) -> Any:
+        """`make()`'s result, computed on the first call with `name` and kept. The tree is
+        frozen, so the answer cannot go stale; two threads racing compute it twice, harmlessly."""
+        memo = self._memo
+        if name not in memo:
+            memo[name] = make()
+        return memo[name]
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.storages)} storages)"
