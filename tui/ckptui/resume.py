@@ -31,9 +31,9 @@ from typing import Any
 
 from .facts import bytes_below, path_text
 from .frameworks import detect_root
-from .model import Checkpoint, Node, NodeKind, Path
+from .model import Checkpoint, Node, NodeKind, Path, walk
 from .optim_map import scalar_value
-from .roles import find_optimizers, is_module, is_optimizer, is_scheduler, weights_path
+from .roles import is_module, is_optimizer, is_scheduler, optimizers_of, weights_path
 
 COUNTER_NAMES = {
     "epoch": "epoch", "epochs": "epoch", "cur_epoch": "epoch", "current_epoch": "epoch",
@@ -141,7 +141,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     weights = _weights(ckpt, wpath)
     optimizers = []
     opt_paths: list[Path] = []
-    for info in find_optimizers(root):
+    for info in optimizers_of(ckpt):
         node = ckpt.find(info.path)
         groups = node.child("param_groups") if node is not None else None
         state = node.child("state") if node is not None else None
@@ -191,12 +191,27 @@ def _weights(ckpt: Checkpoint, wpath: Path | None) -> dict[str, Any] | None:
     node = ckpt.find(wpath)
     if node is None:
         return None
-    n = len(wpath)
-    count = sum(1 for p, _ in ckpt.tensors() if p[:n] == wpath)
+    count = _tensors_below(ckpt, node)
     kind = (
         "module" if is_module(node) else "tensor" if node.kind is NodeKind.TENSOR else "state_dict"
     )
     return {"path": list(wpath), "kind": kind, "tensors": count, "bytes": bytes_below(node)}
+
+
+def _tensors_below(ckpt: Checkpoint, node: Node) -> int:
+    """How many (path, tensor) pairs `ckpt.tensors()` yields at or below `node`, without
+    walking the rest of the tree: a REF counts when its target is a tensor node (the walk
+    yields exactly those, refs only pointing back), a tensor root counts once."""
+    if node.kind is NodeKind.TENSOR:
+        return 1
+    count = 0
+    for _, n in walk(node):
+        if n.kind is NodeKind.TENSOR:
+            count += 1
+        elif n.kind is NodeKind.REF and n.value:
+            target = ckpt.find(n.value)
+            count += target is not None and target.kind is NodeKind.TENSOR
+    return count
 
 
 def _version(node: Node) -> str | int | None:
