@@ -154,9 +154,13 @@ def ensure(workdir: Path, name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- timing
+SRC = ROOT / "tui"
+"""The ckptui source tree the children import (--src: e.g. an older commit's, for before/after)."""
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(ROOT / "tui")
+    src = str(SRC)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env
 
@@ -278,15 +282,24 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per command (default: 3)")
     ap.add_argument("--only", default=",".join(GENERATORS), help="comma-separated file names")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
+    ap.add_argument("--src", type=Path, help="ckptui source tree to time (default: this one)")
+    ap.add_argument(
+        "--cases", help="only cases whose label contains one of these (comma-separated)"
+    )
     ap.add_argument("--_generate", nargs=2, metavar=("NAME", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._generate:
         GENERATORS[a._generate[0]][1](Path(a._generate[1]))
         return
     a.workdir.mkdir(parents=True, exist_ok=True)
+    if a.src:
+        global SRC
+        SRC = a.src.resolve()
     only = set(a.only.split(","))
     results: dict[str, dict] = {}
     for label, ours, base, target, before in cases(a.workdir, only):
+        if a.cases and not any(c in label for c in a.cases.split(",")):
+            continue
         log(f"timing {label} ({a.repeat}x each) ...")
         r = pair(ours, base, a.repeat, before)
         r["target"] = target
