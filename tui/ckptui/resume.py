@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,8 +161,8 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     counters = _counters(root)
     versions = tuple(
         Found(p, p[-1], v)
-        for p, n in _shallow(root, 2, skip)
-        if isinstance(p[-1], str) and _VERSION.search(p[-1]) and (v := _version(n)) is not None
+        for p, n in _shallow(root, 2, skip, lambda k: isinstance(k, str) and _VERSION.search(k))
+        if (v := _version(n)) is not None
     )
     warnings = _warnings(ckpt, schedulers, counters, optimizers, opt_paths)
     if weights is None:
@@ -224,8 +225,10 @@ def _version(node: Node) -> str | int | None:
     return v if isinstance(v, str | int) and not isinstance(v, bool) else None
 
 
-def _shallow(root: Node, depth: int, skip: set[Path]) -> list[tuple[Path, Node]]:
-    """(path, node) down to `depth`, not entering `skip`ped subtrees."""
+def _shallow(
+    root: Node, depth: int, skip: set[Path], want: Callable[[Any], Any]
+) -> list[tuple[Path, Node]]:
+    """(path, node) down to `depth` whose key is `want`ed, not entering `skip`ped subtrees."""
     out: list[tuple[Path, Node]] = []
     stack: list[tuple[Path, Node]] = [((), root)]
     while stack:
@@ -234,7 +237,8 @@ def _shallow(root: Node, depth: int, skip: set[Path]) -> list[tuple[Path, Node]]
             p = (*path, c.key)
             if p in skip:
                 continue
-            out.append((p, c))
+            if want(c.key):  # asked before keeping: a 100,000-key root keeps only a few
+                out.append((p, c))
             if len(p) < depth and c.kind in (NodeKind.MAPPING, NodeKind.OBJECT):
                 stack.append((p, c))
     out.sort(key=lambda pn: len(pn[0]))  # top-level facts first
@@ -314,6 +318,9 @@ def _is_scaler(name: str, node: Node) -> bool:
 
 def _rng_kind(path: Path, node: Node) -> str | None:
     """python / numpy / torch / cuda, from the RNG state's own shape (names only break ties)."""
+    kind = node.kind
+    if kind is NodeKind.VALUE or (kind is NodeKind.TENSOR and not _byte_tensor(node)):
+        return None  # the common leaves, decided before the path is joined into a name
     name = " ".join(str(k) for k in path).lower()
     ch = node.children
     if node.kind is NodeKind.SEQUENCE:
