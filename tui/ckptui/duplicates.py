@@ -2,14 +2,18 @@
 
 This is the one part of the size breakdown that reads tensor data, so it runs on demand (a worker
 in the app, after the breakdown is shown) and streams: candidates are tensors of equal dtype,
-shape and size in different storages; a hash of their first and last 64 KiB drops most of them
-cheaply, and only what still matches is hashed whole, 4 MiB at a time, reporting progress.
+shape and size in different storages (found from the storage table by (dtype, nbytes) first, so
+a file of 100,000 small tensors costs one pass over its metadata); a hash of their first and last
+64 KiB, read in file order, drops most of them cheaply (and is the whole hash of a tensor that
+small), and only what still matches is hashed whole, 4 MiB at a time, reporting progress at most
+every 50 ms and checking for cancellation between reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path as FsPath
 
@@ -28,7 +32,31 @@ _EDGE = 64 << 10
 _CHUNK = 4 << 20
 
 Progress = Callable[[int, int], None]
-"""Called with (bytes hashed so far, bytes to hash in all)."""
+"""Called with (bytes hashed so far, bytes to hash in all): first for the edges of every
+candidate, then again from 0 for the whole tensors that still match (the last call's total)."""
+
+_Member = tuple[Path, TensorInfo, int]
+"""A candidate: its path, its tensor, and where its bytes start in the file."""
+
+_REPORT_EVERY = 0.05
+"""Seconds between progress calls: the app's callback waits for the UI thread, so calling it
+per small tensor would cost more than the hashing."""
+
+
+class _Reporter:
+    """Calls `progress` at most every `_REPORT_EVERY` seconds, always for the last figure."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._at = -1.0
+
+    def __call__(self, done: int, total: int, force: bool = False) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if force or done >= total or now - self._at >= _REPORT_EVERY:
+            self._at = now
+            self._progress(done, total)
 
 
 def skip_reason(ckpt: Checkpoint) -> str | None:
@@ -55,14 +83,18 @@ def find_duplicates(
         OSError: when the file cannot be read.
     """
     skip = [g.path for g in b.groups if g.role is Role.OPTIMIZER]
-    groups: dict[tuple[str, tuple[int, ...], int], list[tuple[Path, TensorInfo, int]]] = {}
+    groups: dict[tuple[str, tuple[int, ...], int], list[_Member]] = {}
     for key, path in b.owner.items():
         st = ckpt.storages.get(key)
-        node = ckpt.find(path)
-        t = node.tensor if node is not None else None
-        if st is None or t is None or st.file is not None or st.data_offset is None:
+        # A tensor must fit in its storage's record (checked below), so a small record rules it
+        # out before any node is looked up: on 100,000 small tensors this loop is all there is.
+        if st is None or st.file is not None or st.data_offset is None:
             continue
-        if t.nbytes < DUPLICATE_MIN or not t.is_contiguous or t.layout != "strided":
+        if (st.record_nbytes or 0) < DUPLICATE_MIN:
+            continue
+        node = ckpt.find(path)  # O(1) per level: Node.child indexes large mappings
+        t = node.tensor if node is not None else None
+        if t is None or t.nbytes < DUPLICATE_MIN or not t.is_contiguous or t.layout != "strided":
             continue
         if any(path[: len(s)] == s for s in skip):
             continue
@@ -77,20 +109,29 @@ def find_duplicates(
         if progress:
             progress(0, 0)
         return []
+    report = _Reporter(progress)
     fd = os.open(FsPath(ckpt.path), os.O_RDONLY)
     try:
-        # Stage 1: the edges. Stage 2: whole tensors that still match.
-        narrowed: list[list[tuple[Path, TensorInfo, int]]] = []
+        # Stage 1: the edges, in file order. A tensor of at most two edges is read whole here,
+        # and that digest is final: it is never read a second time.
+        edge_total = sum(min(m[1].nbytes, 2 * _EDGE) for g in candidates for m in g)
+        edge_done = 0
+        report(0, edge_total)
+        narrowed: list[list[_Member]] = []
         for group in candidates:
-            narrowed += _split(group, lambda m: _edge_hash(fd, m[2], m[1].nbytes))
+            group.sort(key=lambda m: m[2])
             if cancelled and cancelled():
                 raise Cancelled
-        total = sum(m[1].nbytes for g in narrowed if len(g) > 1 for m in g)
+            narrowed += _split(group, lambda m: _edge_hash(fd, m[2], m[1].nbytes))
+            edge_done += sum(min(m[1].nbytes, 2 * _EDGE) for m in group)
+            report(edge_done, edge_total)
+        same = [g for g in narrowed if g[0][1].nbytes <= 2 * _EDGE]
+        narrowed = [g for g in narrowed if g[0][1].nbytes > 2 * _EDGE]
+        total = sum(m[1].nbytes for g in narrowed for m in g)
         done = 0
-        if progress:
-            progress(0, total)
+        report(0, total, force=True)
 
-        def full(m: tuple[Path, TensorInfo, int]) -> bytes:
+        def full(m: _Member) -> bytes:
             nonlocal done
             h = hashlib.blake2b(digest_size=16)
             pos, end = m[2], m[2] + m[1].nbytes
@@ -103,14 +144,12 @@ def find_duplicates(
                 h.update(data)
                 pos += len(data)
                 done += len(data)
-                if progress:
-                    progress(done, total)
+                report(done, total)
             return h.digest()
 
-        same: list[list[tuple[Path, TensorInfo, int]]] = []
         for group in narrowed:
-            if len(group) > 1:
-                same += _split(group, full)
+            same += _split(group, full)
+        report(done, total, force=True)
     finally:
         os.close(fd)
     out = []
@@ -144,7 +183,10 @@ def _split(group: list, key: Callable) -> list[list]:
 
 def _edge_hash(fd: int, offset: int, nbytes: int) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    h.update(os.pread(fd, min(_EDGE, nbytes), offset))
+    if nbytes <= 2 * _EDGE:  # the whole tensor: this digest is final (see find_duplicates)
+        h.update(os.pread(fd, nbytes, offset))
+        return h.digest()
+    h.update(os.pread(fd, _EDGE, offset))
     if nbytes > 2 * _EDGE:
         h.update(os.pread(fd, _EDGE, offset + nbytes - _EDGE))
     return h.digest()

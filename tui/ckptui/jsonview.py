@@ -19,6 +19,44 @@ from .model import Checkpoint, Node, NodeKind, Path, TensorInfo
 
 _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 
+try:  # a C encoder ten times faster on lists of dicts; optional, json gives the same document
+    import orjson
+
+    _orjson_dumps: Any = orjson.dumps
+except ImportError:  # pragma: no cover - orjson is installed with ckptui
+    _orjson_dumps = None
+
+_BATCH = 2000
+"""Tensors (or storages) encoded per call: one call per entry cost more than the encoding on a
+100,000-tensor file, one call for all would hold every entry's dict at once."""
+
+
+def _dumps(value: Any) -> str:
+    """`value` as JSON text: orjson when it can (it refuses ints beyond 64 bits and lone
+    surrogates, which the stdlib encoder writes), else the stdlib encoder."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value).decode()
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+    return _enc(value)
+
+
+def _array(items: Iterator[Any]) -> Iterator[str]:
+    """A JSON array of `items`, encoded `_BATCH` at a time."""
+    yield "["
+    batch: list[Any] = []
+    first = True
+    for item in items:
+        batch.append(item)
+        if len(batch) == _BATCH:
+            yield ("" if first else ", ") + _dumps(batch)[1:-1]
+            first = False
+            batch = []
+    if batch:
+        yield ("" if first else ", ") + _dumps(batch)[1:-1]
+    yield "]"
+
 
 def json_number(x: float) -> float | str:
     """A float as JSON can hold it: JSON has no NaN or infinity, so those become the strings
@@ -36,10 +74,9 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
     yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
     yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
     yield from _node(ckpt.root)
-    yield ', "tensors": ['
-    for i, (path, t) in enumerate(ckpt.tensors()):
-        yield (", " if i else "") + _enc(tensor_json(ckpt, path, t))
-    yield '], "findings": '
+    yield ', "tensors": '
+    yield from _array(tensor_json(ckpt, path, t) for path, t in ckpt.tensors())
+    yield ', "findings": '
     yield _enc(
         [
             {
@@ -51,9 +88,9 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
             for f in ckpt.findings
         ]
     )
-    yield ', "storages": ['
-    for i, s in enumerate(ckpt.storages.values()):
-        entry = {
+    yield ', "storages": '
+    yield from _array(
+        {
             "key": s.key,
             "dtype": s.dtype,
             "nbytes": s.nbytes,
@@ -63,9 +100,10 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
             "missing": s.missing,
             "file": s.file,
         }
-        yield (", " if i else "") + _enc(entry)
+        for s in ckpt.storages.values()
+    )
     info = {k: v for k, v in ckpt.info.items() if _jsonable(v) and k != "bytes_read"}
-    yield f'], "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
+    yield f', "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
     from .training import training_facts, training_json
 
     for key, value in training_json(training_facts(ckpt)).items():

@@ -9,8 +9,9 @@ format was (DESIGN.md point 4). Everything here is plain, frozen data: no I/O, n
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .dtypes import SUB_BYTE_BITS
@@ -19,6 +20,9 @@ Key = str | int | None
 """A key in a parent: str for mapping keys, int for sequence indexes (and int mapping keys)."""
 
 Path = tuple[Key, ...]
+
+_SCAN_MAX = 16
+"""Children up to which `Node.child` scans rather than building an index (cheaper when small)."""
 
 
 class NodeKind(str, enum.Enum):
@@ -95,10 +99,7 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         """Element count of the view."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)  # in C: read per tensor by every size and JSON pass
 
     @property
     def nbytes(self) -> int:
@@ -158,6 +159,10 @@ class Node:
     For REF nodes the target path, for TENSOR nodes the TensorInfo: neither has a value of its
     own, and a pickle can hold a million of them, so one slot serves (read `target`/`tensor`)."""
     extra: NodeExtra | None = None
+    _index: dict[Key, Node] | None = field(default=None, init=False, compare=False, repr=False)
+    """Key -> first child with that key, built on the first `child` lookup of a large mapping:
+    a scan per lookup made a 100,000-key state dict's duplicate search quadratic (issue 16).
+    Not an init field, so `dataclasses.replace` never carries a stale one over."""
 
     @classmethod
     def make(
@@ -221,11 +226,19 @@ class Node:
         return f"Node({self.kind.value}, {self.type!r}, key={self.key!r}, {len(self.children)} children)"
 
     def child(self, key: Key) -> Node | None:
-        """Return the first child with `key`, or None."""
-        for c in self.children:
-            if c.key == key:
-                return c
-        return None
+        """Return the first child with `key`, or None (O(1) after the first lookup)."""
+        children = self.children
+        if len(children) <= _SCAN_MAX:
+            for c in children:
+                if c.key == key:
+                    return c
+            return None
+        index = self._index
+        if index is None:
+            # reversed: for a repeated key the first child is written last and wins
+            index = {c.key: c for c in reversed(children)}
+            object.__setattr__(self, "_index", index)  # frozen: a cache, not a field change
+        return index.get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +293,18 @@ class Checkpoint:
     findings: tuple[Finding, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     """Format facts: archive name, byteorder, pickle size, safetensors `__metadata__`, ..."""
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Answers several analyses need (the weights path, the optimizers), computed once: on a
+    100,000-tensor file each costs a walk of the tree (issue 16). Not an init field, so a
+    `dataclasses.replace`d checkpoint starts with none."""
+
+    def memo(self, name: str, make: Callable[[], Any]) -> Any:
+        """`make()`'s result, computed on the first call with `name` and kept. The tree is
+        frozen, so the answer cannot go stale; two threads racing compute it twice, harmlessly."""
+        memo = self._memo
+        if name not in memo:
+            memo[name] = make()
+        return memo[name]
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.storages)} storages)"
@@ -337,6 +362,22 @@ def ref_tensor(ref: Node, target: TensorInfo) -> TensorInfo:
     if name == target.state_dict_key:
         return target
     return replace(target, state_dict_key=name)
+
+
+_INIT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def evolve(obj: Any, **changes: Any) -> Any:
+    """`dataclasses.replace(obj, **changes)` for the model's frozen dataclasses, without its
+    per-call field introspection (3x faster; readers of many-file checkpoints call it per
+    tensor and per storage)."""
+    cls = type(obj)
+    names = _INIT_FIELDS.get(cls)
+    if names is None:
+        names = _INIT_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.init)
+    kwargs = {n: getattr(obj, n) for n in names}
+    kwargs.update(changes)
+    return cls(**kwargs)
 
 
 def walk(root: Node) -> Iterator[tuple[Path, Node]]:

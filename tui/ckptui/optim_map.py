@@ -46,7 +46,7 @@ from .errors import CkptError
 from .jsonview import json_number
 from .model import Checkpoint, Node, NodeKind, Path
 from .optim_align import Shape, align_groups, align_shapes, describe_break
-from .roles import find_optimizers, is_module, weights_path
+from .roles import is_module, optimizers_of, weights_path
 
 Confidence = Literal["exact", "by-shape", "ambiguous"]
 
@@ -147,7 +147,7 @@ def map_optimizers(ckpt: Checkpoint) -> list[OptimizerMapping]:
     wpath = weights_path(ckpt)
     params, source, notes = _parameters(ckpt, wpath)
     return [_map_one(ckpt, info.path, info.kind, wpath, params, source, notes)
-            for info in find_optimizers(ckpt.root)]  # fmt: skip
+            for info in optimizers_of(ckpt)]  # fmt: skip
 
 
 # -- parameters of the weights ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from .facts import bytes_below, path_text
 from .frameworks import detect_root
 from .model import Checkpoint, Node, NodeKind, Path, walk
 from .optim_map import scalar_value
-from .roles import find_optimizers, is_module, is_optimizer, is_scheduler, weights_path
+from .roles import is_module, is_optimizer, is_scheduler, optimizers_of, weights_path
 
 COUNTER_NAMES = {
     "epoch": "epoch", "epochs": "epoch", "cur_epoch": "epoch", "current_epoch": "epoch",
@@ -141,7 +142,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     weights = _weights(ckpt, wpath)
     optimizers = []
     opt_paths: list[Path] = []
-    for info in find_optimizers(root):
+    for info in optimizers_of(ckpt):
         node = ckpt.find(info.path)
         groups = node.child("param_groups") if node is not None else None
         state = node.child("state") if node is not None else None
@@ -160,8 +161,8 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     counters = _counters(root)
     versions = tuple(
         Found(p, p[-1], v)
-        for p, n in _shallow(root, 2, skip)
-        if isinstance(p[-1], str) and _VERSION.search(p[-1]) and (v := _version(n)) is not None
+        for p, n in _shallow(root, 2, skip, lambda k: isinstance(k, str) and _VERSION.search(k))
+        if (v := _version(n)) is not None
     )
     warnings = _warnings(ckpt, schedulers, counters, optimizers, opt_paths)
     if weights is None:
@@ -191,8 +192,7 @@ def _weights(ckpt: Checkpoint, wpath: Path | None) -> dict[str, Any] | None:
     node = ckpt.find(wpath)
     if node is None:
         return None
-    n = len(wpath)
-    count = sum(1 for p, _ in ckpt.tensors() if p[:n] == wpath)
+    count = _tensors_below(ckpt, node)
     kind = (
         "module" if is_module(node) else "tensor" if node.kind is NodeKind.TENSOR else "state_dict"
     )
@@ -201,6 +201,22 @@ def _weights(ckpt: Checkpoint, wpath: Path | None) -> dict[str, Any] | None:
     if gone:  # a deleted shard's tensors: the weights are still the weights, less these
         out["missing"] = gone
     return out
+
+
+def _tensors_below(ckpt: Checkpoint, node: Node) -> int:
+    """How many (path, tensor) pairs `ckpt.tensors()` yields at or below `node`, without
+    walking the rest of the tree: a REF counts when its target is a tensor node (the walk
+    yields exactly those, refs only pointing back), a tensor root counts once."""
+    if node.kind is NodeKind.TENSOR:
+        return 1
+    count = 0
+    for _, n in walk(node):
+        if n.kind is NodeKind.TENSOR:
+            count += 1
+        elif n.kind is NodeKind.REF and n.value:
+            target = ckpt.find(n.value)
+            count += target is not None and target.kind is NodeKind.TENSOR
+    return count
 
 
 def _version(node: Node) -> str | int | None:
@@ -213,8 +229,10 @@ def _version(node: Node) -> str | int | None:
     return v if isinstance(v, str | int) and not isinstance(v, bool) else None
 
 
-def _shallow(root: Node, depth: int, skip: set[Path]) -> list[tuple[Path, Node]]:
-    """(path, node) down to `depth`, not entering `skip`ped subtrees."""
+def _shallow(
+    root: Node, depth: int, skip: set[Path], want: Callable[[Any], Any]
+) -> list[tuple[Path, Node]]:
+    """(path, node) down to `depth` whose key is `want`ed, not entering `skip`ped subtrees."""
     out: list[tuple[Path, Node]] = []
     stack: list[tuple[Path, Node]] = [((), root)]
     while stack:
@@ -223,7 +241,8 @@ def _shallow(root: Node, depth: int, skip: set[Path]) -> list[tuple[Path, Node]]
             p = (*path, c.key)
             if p in skip:
                 continue
-            out.append((p, c))
+            if want(c.key):  # asked before keeping: a 100,000-key root keeps only a few
+                out.append((p, c))
             if len(p) < depth and c.kind in (NodeKind.MAPPING, NodeKind.OBJECT):
                 stack.append((p, c))
     out.sort(key=lambda pn: len(pn[0]))  # top-level facts first
@@ -303,6 +322,9 @@ def _is_scaler(name: str, node: Node) -> bool:
 
 def _rng_kind(path: Path, node: Node) -> str | None:
     """python / numpy / torch / cuda, from the RNG state's own shape (names only break ties)."""
+    kind = node.kind
+    if kind is NodeKind.VALUE or (kind is NodeKind.TENSOR and not _byte_tensor(node)):
+        return None  # the common leaves, decided before the path is joined into a name
     name = " ".join(str(k) for k in path).lower()
     ch = node.children
     if node.kind is NodeKind.SEQUENCE:

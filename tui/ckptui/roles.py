@@ -204,14 +204,25 @@ def find_optimizers(root: Node, limit: int = 64) -> list[OptimizerInfo]:
     return out
 
 
+def optimizers_of(ckpt: Checkpoint) -> list[OptimizerInfo]:
+    """`find_optimizers(ckpt.root)`, computed once per checkpoint (sizes, the resume card and
+    the optimizer map all ask)."""
+    return list(ckpt.memo("optimizers", lambda: tuple(find_optimizers(ckpt.root))))
+
+
 def weights_path(ckpt: Checkpoint) -> Path | None:
     """The subtree holding the model's weights, or None when the checkpoint has no tensors.
+    Computed once per checkpoint (`Checkpoint.memo`).
 
     In order: the root when it is a module placeholder; the weights part of a recognised
     framework (Lightning's `state_dict`, even with plain values among its tensors); a top-level
     key from `WEIGHT_KEYS` holding a state dict or a module; the root when it is a state dict
     itself; a whole-module pickle found deeper; else the largest state-dict-shaped subtree.
     """
+    return ckpt.memo("weights_path", lambda: _weights_path(ckpt))
+
+
+def _weights_path(ckpt: Checkpoint) -> Path | None:
     root = ckpt.root
     if root.kind is NodeKind.TENSOR or is_module(root):
         return ()

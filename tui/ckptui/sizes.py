@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .model import Checkpoint, Node, NodeKind, Part, Path, Region, TensorInfo, walk
-from .roles import ROLE_LABELS, Role, find_optimizers, role_groups, weights_path
+from .roles import ROLE_LABELS, Role, optimizers_of, role_groups, weights_path
 from .sizes_findings import LONG_SEQUENCE, SizeFinding, size_findings
 from .units import size
 
@@ -209,7 +209,7 @@ def breakdown(ckpt: Checkpoint, regions: list[Region], exact_weights: bool = Tru
     largest = [Largest(p, t, b) for p, t, b in owned[:20]]
 
     weights_parts = _weights_parts(ckpt, weights, tensors)
-    optimizers = find_optimizers(root)
+    optimizers = optimizers_of(ckpt)
     result = Breakdown(
         file_bytes=ckpt.file_bytes,
         categories=categories,

@@ -200,6 +200,9 @@ def _pickles(ckpt: Checkpoint) -> tuple[bytes, int]:
     src = Source.open(ckpt.path)
     try:
         if ckpt.format == "torch-zip":
+            off, n = ckpt.memo("data_pkl_span", lambda: (None, 0))
+            if off is not None and src.size == ckpt.file_bytes:  # as found when opened
+                return src.read_at(off, n), 1
             return bytes(ZipCheckpoint(src).read_pickle("data.pkl")[0]), 1
         if ckpt.format == "torch-legacy":
             # magic, protocol, sys_info, the object, storage keys; then each storage's bytes

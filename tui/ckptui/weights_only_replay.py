@@ -56,6 +56,15 @@ _UNKNOWN, _DICT, _LIST, _SET = (
 )
 
 
+_BY_ARGS = {"numpy.dtype", "torch._tensor._rebuild_from_type_v2"}
+_RECONSTRUCTORS = (
+    "multiarray._reconstruct",
+    "copyreg._reconstructor",
+    "_pickle.__bit_generator_ctor",
+)
+"""Functions whose REDUCE result `_result` derives from the arguments: never cached."""
+
+
 def _allowed(name: str) -> bool:
     return name in wo.ALLOWED or name in wo.ALLOWED_AFTER_IMPORT_TORCH
 
@@ -145,6 +154,7 @@ class Replay:
         memo: dict[int, Any] = {}
         u = struct.unpack_from
         fixed = _FIXED
+        known: dict[str, _Obj] = {}
         while True:
             op = buf[pos]
             pos += 1
@@ -154,6 +164,12 @@ class Replay:
             elif op == 0x68:  # BINGET
                 stack.append(memo[buf[pos]])
                 pos += 1
+            elif op == 0x72:  # LONG_BINPUT: past 256 memo entries, i.e. most of a large file
+                memo[u("<I", buf, pos)[0]] = stack[-1]
+                pos += 4
+            elif op == 0x6A:  # LONG_BINGET
+                stack.append(memo[u("<I", buf, pos)[0]])
+                pos += 4
             elif op == 0x28:  # MARK
                 meta.append(stack)
                 stack = []
@@ -176,19 +192,21 @@ class Replay:
                     self._block("REDUCE of something that is not a global")
                     stack[-1] = _UNKNOWN
                 else:
-                    stack[-1] = fixed.get(func.name) or self._result(func.name, args)
+                    name = func.name
+                    result = fixed.get(name) or known.get(name)
+                    if result is None:
+                        result = self._result(name, args)
+                        if name not in _BY_ARGS and not name.endswith(_RECONSTRUCTORS):
+                            # the result's type is the function's alone: every torch.save'd
+                            # tensor calls OrderedDict() for its hooks, 100,000 times on a
+                            # large state dict (results are never mutated, so one is shared)
+                            known[name] = result
+                    stack[-1] = result
             elif op in (0x85, 0x86, 0x87):  # TUPLE1-3
                 n = op - 0x84
                 if n > len(stack):
                     raise IndexError("tuple of missing items")
                 stack[-n:] = [tuple(stack[-n:])]
-            elif op in (0x72, 0x6A):  # LONG_BINPUT, LONG_BINGET
-                i = u("<I", buf, pos)[0]
-                pos += 4
-                if op == 0x72:
-                    memo[i] = stack[-1]
-                else:
-                    stack.append(memo[i])
             elif op == 0x63:  # GLOBAL
                 nl = buf.index(b"\n", pos, end)
                 nl2 = buf.index(b"\n", nl + 1, end)

@@ -28,7 +28,7 @@ from pathlib import Path as FsPath
 from typing import Any, Protocol
 
 from ..errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
-from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage
+from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
 from ._common import is_url
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -229,9 +229,10 @@ def open_sharded(
         raise CorruptFile(index_path, "no weight_map of tensor name -> shard file")
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
+        shards.setdefault(shard, []).append(name)
+    for shard in shards:  # each name once (90,000 entries name ~160 shards), in index order
         if FsPath(shard).is_absolute() or ".." in FsPath(shard).parts or is_url(shard):
             raise CorruptFile(index_path, f"shard {shard!r} lies outside the folder")
-        shards.setdefault(shard, []).append(name)
     children: list[Node] = []
     storages: dict[str, Storage] = {}
     findings: list[Finding] = []
@@ -381,7 +382,7 @@ def _rebased(ckpt: Checkpoint, file: str, prefix: Path, storages: dict[str, Stor
     """`ckpt`'s tree with storage keys made unique (`file:key`) and refs moved under `prefix`,
     adding its storages (with `file` set) to `storages`."""
     for key, st in ckpt.storages.items():
-        storages[f"{file}:{key}"] = dataclasses.replace(st, key=f"{file}:{key}", file=file)
+        storages[f"{file}:{key}"] = evolve(st, key=f"{file}:{key}", file=file)
     cache: dict[int, Any] = {}
 
     def tensor(t: Any) -> Any:
@@ -389,17 +390,23 @@ def _rebased(ckpt: Checkpoint, file: str, prefix: Path, storages: dict[str, Stor
             return t
         new = cache.get(id(t))
         if new is None:
-            new = cache[id(t)] = dataclasses.replace(t, storage_key=f"{file}:{t.storage_key}")
+            new = cache[id(t)] = evolve(t, storage_key=f"{file}:{t.storage_key}")
         return new
 
     def rebuild(node: Node) -> Node:
+        # Node's constructor, not dataclasses.replace: 3x faster, and a 160-shard folder
+        # rebuilds 90,000 nodes here (issue 16)
         if node.kind is NodeKind.TENSOR:
-            return dataclasses.replace(node, value=tensor(node.value))
+            return Node(
+                node.kind, node.type, node.key, node.children, tensor(node.value), node.extra
+            )
         if node.kind is NodeKind.REF:
-            return dataclasses.replace(node, value=(*prefix, *node.value))
+            target = (*prefix, *node.value)
+            return Node(node.kind, node.type, node.key, node.children, target, node.extra)
         if not node.children:
             return node
-        return dataclasses.replace(node, children=tuple(rebuild(c) for c in node.children))
+        children = tuple(rebuild(c) for c in node.children)
+        return Node(node.kind, node.type, node.key, children, node.value, node.extra)
 
     return rebuild(ckpt.root)
 

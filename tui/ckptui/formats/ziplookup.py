@@ -37,8 +37,11 @@ def _compare(a: bytes, b: bytes) -> int:
 class ZipLookup:
     """Name -> central-directory index, as torch's reader resolves it."""
 
-    def __init__(self, names: list[str]) -> None:
-        self._names = [_lower(n.encode("utf-8", "surrogateescape")) for n in names]
+    def __init__(self, names: list[str], raw: list[bytes] | None = None) -> None:
+        """`raw`: the same names as bytes when the caller has them (saves encoding each)."""
+        if raw is None:
+            raw = [n.encode("utf-8", "surrogateescape") for n in names]
+        self._names = [_lower(n) for n in raw]
         counts = Counter(self._names)
         self._dups = {n: c for n, c in counts.items() if c > 1}
         self._unique = {n: i for i, n in enumerate(self._names)} if not self._dups else None

@@ -1,0 +1,153 @@
+"""Behaviour that large checkpoints depend on (issue 16): O(1) key lookups, a duplicate search
+that reads each candidate once and can be cancelled, and results identical to the slow paths."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckptui.duplicates import find_duplicates
+from ckptui.formats import open_checkpoint
+from ckptui.formats.layout import read_layout
+from ckptui.model import Node, NodeKind
+from ckptui.sizes import breakdown
+from ckptui.values import Cancelled
+
+
+def _mapping(keys: list) -> Node:
+    children = tuple(Node.make(NodeKind.VALUE, "int", k, value=i) for i, k in enumerate(keys))
+    return Node.make(NodeKind.MAPPING, "dict", None, children)
+
+
+def test_child_of_a_large_mapping_finds_the_first_child_with_the_key() -> None:
+    node = _mapping([f"k{i % 50}" for i in range(200)])  # every key four times
+    assert node.child("k7").value == 7
+    assert node.child("k49").value == 49
+    assert node.child("nope") is None
+    small = _mapping(["a", "b", "a"])
+    assert small.child("a").value == 0
+
+
+def test_child_index_is_not_carried_into_a_replaced_node() -> None:
+    node = _mapping([f"k{i}" for i in range(100)])
+    assert node.child("k3").value == 3  # builds the index
+    other = dataclasses.replace(node, children=_mapping(["k3"] * 40).children)
+    assert other.child("k3").value == 0
+    assert other.child("k4") is None
+    assert node == dataclasses.replace(node)  # the cache takes no part in equality
+
+
+def _dup_file(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    a = torch.randn(25_000)  # 100 kB: between one and two 64 KiB edges
+    near = a.clone()
+    near[-1] += 1  # differs only past the first 64 KiB
+    big = torch.randn(300_000)
+    sd = {f"small.{i}": torch.randn(10) for i in range(500)}  # many keys: the index path
+    sd.update({"a": a, "a_copy": a.clone(), "near": near, "big": big, "big_copy": big.clone()})
+    p = tmp_path / "dups.pt"
+    torch.save(sd, p)
+    return p
+
+
+def test_duplicates_in_a_large_state_dict_and_not_a_near_copy(tmp_path: Path) -> None:
+    c = open_checkpoint(_dup_file(tmp_path))
+    b = breakdown(c, read_layout(c))
+    seen: list[tuple[int, int]] = []
+    found = find_duplicates(c, b, lambda done, total: seen.append((done, total)))
+    assert sorted(sorted(f.paths) for f in found) == [
+        [("a",), ("a_copy",)],
+        [("big",), ("big_copy",)],
+    ]
+    # the last report is the whole-tensor stage: only the two 1.2 MB tensors are read again
+    assert seen[-1] == (2 * 300_000 * 4, 2 * 300_000 * 4)
+
+
+def test_duplicate_search_stops_when_cancelled(tmp_path: Path) -> None:
+    c = open_checkpoint(_dup_file(tmp_path))
+    b = breakdown(c, read_layout(c))
+    with pytest.raises(Cancelled):
+        find_duplicates(c, b, cancelled=lambda: True)
+
+
+def test_central_directory_walk_matches_zipfile(tmp_path: Path) -> None:
+    import zipfile
+
+    from ckptui.formats.zipdir import read_central_directory
+
+    p = tmp_path / "sd.pt"
+    torch.save({f"w{i}": torch.zeros(3) for i in range(300)}, p)
+    data = p.read_bytes()
+    cd = read_central_directory(lambda at, n: data[at : at + n], len(data))
+    assert cd is not None
+    with zipfile.ZipFile(p) as zf:
+        infos = zf.infolist()
+        assert cd.names == [i.filename for i in infos]
+        assert cd.start_dir == zf.start_dir
+    fields = ("filename", "header_offset", "compress_size", "file_size", "compress_type", "CRC")
+    for i, zi in enumerate(infos):
+        assert [getattr(cd[i], f) for f in fields] == [getattr(zi, f) for f in fields]
+
+
+def test_central_directory_leaves_unusual_archives_to_zipfile(tmp_path: Path) -> None:
+    from ckptui.formats.zipdir import read_central_directory
+
+    p = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(3)}, p)
+    plain = p.read_bytes()
+    commented = plain[:-2] + b"\x03\x00abc"  # an archive comment
+    prepended = b"junk" + plain  # data before the archive: zipfile's offset fix-up
+    for data in (commented, prepended, plain[:-1]):
+        assert read_central_directory(lambda at, n, d=data: d[at : at + n], len(data)) is None
+    p.write_bytes(commented)
+    c = open_checkpoint(p)  # zipfile's path still reads it
+    assert [path for path, _ in c.tensors()] == [("w",)]
+
+
+def test_resume_counts_the_weights_tensors_as_the_tree_walk_does(tmp_path: Path) -> None:
+    from ckptui.resume import resume_card
+    from ckptui.roles import weights_path
+
+    emb = torch.randn(4, 3)
+    model = {"embed.weight": emb, "head.weight": emb, "bias": torch.zeros(3)}  # a tied pair
+    p = tmp_path / "train.pt"
+    torch.save({"model": model, "extra": {"again": emb}, "epoch": 1}, p)
+    c = open_checkpoint(p)
+    wpath = weights_path(c)
+    assert wpath == ("model",)
+    walked = sum(1 for path, _ in c.tensors() if path[: len(wpath)] == wpath)
+    assert walked == 3
+    assert resume_card(c).weights["tensors"] == walked
+
+
+def test_checkpoint_memo_is_computed_once_and_not_copied_by_replace(tmp_path: Path) -> None:
+    p = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(2)}, p)
+    c = open_checkpoint(p)
+    calls: list[int] = []
+    assert c.memo("x", lambda: calls.append(1) or 7) == 7
+    assert c.memo("x", lambda: calls.append(1) or 8) == 7
+    assert calls == [1]
+    assert dataclasses.replace(c).memo("x", lambda: 9) == 9
+
+
+def test_inspect_json_is_the_same_document_with_or_without_orjson(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from ckptui import jsonview
+
+    p = tmp_path / "sd.pt"
+    sd = {f"layer{i}.weight": torch.zeros(i + 1) for i in range(2500)}  # more than one batch
+    sd["big"] = torch.zeros(1)
+    torch.save(sd, p)
+    c = open_checkpoint(p)
+    fast = json.loads("".join(jsonview.iter_json(c)))
+    monkeypatch.setattr(jsonview, "_orjson_dumps", None)
+    slow = json.loads("".join(jsonview.iter_json(c)))
+    assert fast == slow
+    assert len(fast["tensors"]) == 2501 and len(fast["storages"]) == 2501
