@@ -29,6 +29,7 @@ from ..errors import (
     NotReadable,
 )
 from ..model import Checkpoint
+from ..safety import Safety
 from ._common import MAGIC_NUMBER, Source, assemble, is_url
 from .folder import check_folder, is_index_file, open_folder
 from .legacy import read_legacy
@@ -123,6 +124,9 @@ def _read_closing(
     and so, through `translate`, is a URL's network error raised mid-read."""
     try:
         return _read(src)
+    except CorruptFile as e:
+        _attach_partial(src, e)
+        raise
     except CkptError:
         raise
     except (RecursionError, MemoryError) as e:
@@ -137,11 +141,26 @@ def _read_closing(
         src.close()
 
 
+def _attach_partial(src: Source, e: CorruptFile) -> None:
+    """A file that breaks only after torch.load has already run something dangerous is a
+    danger first: keep what was read, with its findings and the damage as one more, on the
+    error (`e.partial`), so `inspect` can report it (issue: a scanner treating exit 2 as "not a
+    checkpoint, skip it" would wave the file through)."""
+    if not any(g.called and g.verdict.safety is Safety.DANGER for g in src.globals.values()):
+        return
+    src.warn("corrupt", f"the file is damaged after what is shown ({e.message})")
+    try:
+        e.partial = assemble(src, src.kind, e.partial_root, {"corrupt": e.message})
+    except CkptError:  # the partial tree itself is unusable: the message still names the call
+        e.partial = None
+
+
 def _read(src: Source) -> Checkpoint:
     if src.size == 0:
         raise NotACheckpoint(src.path, "empty file")
     head = src.read_at(0, 16)
     if head.startswith(b"PK\x03\x04"):
+        src.kind = "torch-zip"
         src.prefetch_zip()
         return read_zip(src)
     if looks_like_safetensors(head):
@@ -154,6 +173,7 @@ def _read(src: Source) -> Checkpoint:
                 raise _not_a_checkpoint(src, head) from None
             raise
         if first == MAGIC_NUMBER:
+            src.kind = "torch-legacy"
             return read_legacy(src, end)
         return assemble(src, "pickle", first, {"pickle_bytes": end})
     raise _not_a_checkpoint(src, head)

@@ -55,6 +55,8 @@ class Source:
     globals: dict[str, Global] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     nested: int = 0
+    kind: str = "pickle"
+    """The format the file is being read as (`Checkpoint.format`), once the reader knows it."""
 
     @classmethod
     def open(cls, path: str) -> Source:
@@ -138,6 +140,7 @@ class Source:
         u.globals = self.globals
         u.extra["base"] = base
         u.extra["load_nested"] = self._load_nested
+        u.extra["warn"] = self.warn
         return u
 
     def _load_nested(self, u: InertUnpickler, blob: Blob | bytes) -> Any:
