@@ -424,8 +424,10 @@ class InertUnpickler:
 
         self._snapshot = snapshot  # type: ignore[method-assign]
 
-        def need(n: int) -> None:
-            if pos < frame_end < pos + n:
+        def need(n: int, framed: bool = True) -> None:
+            # `framed`: CPython reads it with _Unpickler_Read, which drops the rest of a frame
+            # read whole; bytes payloads go through _Unpickler_ReadInto, which does not.
+            if framed and pos < frame_end < pos + n:
                 crossing(n)
             if n < 0 or pos + n > end:
                 raise _Malformed(f"truncated: {n} bytes declared at byte {pos}, file ends first")
@@ -451,9 +453,9 @@ class InertUnpickler:
             append = stack.append
             return items
 
-        def take_bytes(n: int) -> Any:
+        def take_bytes(n: int, framed: bool = False) -> Any:
             nonlocal pos
-            need(n)
+            need(n, framed)
             if n > limits.inline_bytes:
                 blob = Blob(pos, n, "bytes")
                 pos += n
@@ -688,13 +690,13 @@ class InertUnpickler:
                 need(4)
                 (n,) = unpack_from("<i", buf, pos)
                 pos += 4
-                data = take_bytes(n)
+                data = take_bytes(n, True)
                 append(_decode_py2(data) if isinstance(data, bytes) else data)
             elif op == 0x55:  # SHORT_BINSTRING
                 need(1)
                 n = buf[pos]
                 pos += 1
-                append(_decode_py2(take_bytes(n)))
+                append(_decode_py2(take_bytes(n, True)))
             elif op == 0x56:  # UNICODE
                 append(readline().decode("raw-unicode-escape"))
             elif op == 0x70:  # PUT

@@ -138,6 +138,9 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
         return WeightsOnlyReport(ok, blockers=block, notes=(note,))
     if ckpt.format == "torchscript":
         return WeightsOnlyReport(False, blockers=(_TORCHSCRIPT,), export_command=export)
+    if ckpt.format == "torch-legacy-tar":
+        why = "a legacy .tar checkpoint: torch.load refuses weights_only=True on that format"
+        return WeightsOnlyReport(False, blockers=(why,), export_command=export)
     sim = Replay()
     try:
         buf, count = _pickles(ckpt)
