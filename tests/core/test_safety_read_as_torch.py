@@ -252,3 +252,46 @@ def test_build_on_a_module_object_monkey_patches_it(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True)
     assert marker.exists(), "BUILD did not patch the module (test bug)"
+
+
+# -- TorchScript __setstate__ --------------------------------------------------------------------
+
+_SCRIPTED = """
+import sys, torch
+
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.ones(2)
+
+    def forward(self, x):
+        return x + self.w
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        self.training = state[1]
+        self.w = state[0] + torch.from_file(MARKER, True, 2)
+
+torch.jit.save(torch.jit.script(M()), sys.argv[1])
+"""
+
+
+def test_torchscript_setstate_that_creates_a_file(tmp_path: Path) -> None:
+    """CVE-2025-32434's shape: torch.load hands a TorchScript archive to torch.jit.load, which
+    runs each class's `__setstate__`; this one maps (creates) a file with torch.from_file."""
+    marker = tmp_path / "PWNED"
+    script = tmp_path / "make.py"
+    script.write_text(_SCRIPTED.replace("MARKER", repr(str(marker))))
+    path = tmp_path / "scripted.pt"
+    subprocess.run([sys.executable, str(script), str(path)], check=True, capture_output=True)
+    assert not marker.exists()
+    ckpt = open_inert(path, marker)
+    assert ckpt.format == "torchscript"
+    assert_flags(ckpt, "__setstate__")
+    assert any("from_file" in m for m in dangers(ckpt))
+    assert_live(path, marker, "torch")
+    assert_unsafe_cli(path)
