@@ -28,6 +28,7 @@ from .test_safety import (
     Build,
     Call,
     G,
+    NewObj,
     assert_flags,
     assert_live,
     dangers,
@@ -348,3 +349,56 @@ def test_reach_table_is_read_from_the_installed_sources() -> None:
         check=True,
     )
     assert out.stdout.strip().rsplit(".", 1)[0] == ".".join(map(str, sys.version_info[:2]))
+
+
+def test_datapipe_wrapper_state_is_a_pickle_of_os_system(tmp_path: Path) -> None:
+    """`_DataPipeSerializationWrapper.__setstate__((b, False))` runs pickle.loads(b)."""
+    marker = tmp_path / "PWNED"
+    inner = make_pickle(Call(G("os", "system"), (sh(marker),)))
+    cls = G("torch.utils.data.datapipes.datapipe", "_DataPipeSerializationWrapper")
+    obj = Build(NewObj(cls), (Bin(inner), False))
+    path = write(tmp_path, make_pickle(obj))
+    ckpt = open_inert(path, marker)
+    assert_flags(ckpt, "os.system")
+    assert_live(path, marker, "torch")
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        pytest.param(b"h\x63", id="memo_keyerror"),
+        pytest.param(b"X\x01\x00\x00\x00sK\x01a", id="append_to_str_type_confusion"),
+    ],
+)
+def test_danger_then_breakage_is_a_danger(tmp_path: Path, breakage: bytes) -> None:
+    """The payload runs, then the pickle breaks (a missing memo key, APPEND on an int): exit 1
+    with --fail-on-unsafe, never only "corrupt"."""
+    marker = tmp_path / "PWNED"
+    path = write(
+        tmp_path, b"\x80\x02" + opcodes(Call(G("posix", "system"), (sh(marker),))) + breakage + b"."
+    )
+    r = run_cli("inspect", str(path), "--json", "--fail-on-unsafe")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert any(f["kind"] == "corrupt" for f in json.loads(r.stdout)["findings"])
+    assert_live(path, marker)
+
+
+def test_dcp_metadata_that_is_an_os_system_pickle(tmp_path: Path) -> None:
+    """torch's DCP reader unpickles `.metadata`: a payload there is a danger, not "not DCP"."""
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(make_pickle(Call(G("os", "system"), (sh(marker),))))
+    (folder / "__0_0.distcp").write_bytes(b"")
+    r = run_cli("inspect", str(folder), "--json", "--fail-on-unsafe")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    doc = json.loads(r.stdout)
+    assert any("os.system" in f["message"] for f in doc["findings"] if f["severity"] == "danger")
+    assert run_cli("inspect", str(folder)).returncode == 2
+    assert not marker.exists()
+    code = (
+        "import sys\nfrom torch.distributed.checkpoint import FileSystemReader\n"
+        "try:\n    FileSystemReader(sys.argv[1]).read_metadata()\nexcept Exception:\n    pass"
+    )
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=False, capture_output=True)
+    assert marker.exists(), "torch's DCP reader did not run the payload (test bug)"

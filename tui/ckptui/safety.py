@@ -317,6 +317,14 @@ def judge(module: str, name: str) -> Verdict:
     return Verdict(Safety.UNKNOWN)
 
 
+PICKLED_STATE = frozenset(
+    f"torch.utils.data.datapipes.datapipe.{c}"
+    for c in ("_DataPipeSerializationWrapper", "_IterDataPipeSerializationWrapper",
+              "_MapDataPipeSerializationWrapper")
+)  # fmt: skip
+"""Classes whose `__setstate__((bytes, use_dill))` runs `pickle.loads(bytes)`: an unpickler must
+judge that inner pickle too."""
+
 _GETATTR_CALLED = Verdict(Safety.DANGER, "getattr on an object built at load time reaches anything")
 
 

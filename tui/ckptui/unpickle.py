@@ -15,6 +15,7 @@ metadata only.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 import struct
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFile
-from .safety import Safety, Verdict, finding_of, judge, judge_call, normalize
+from .safety import PICKLED_STATE, Safety, Verdict, finding_of, judge, judge_call, normalize
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,8 @@ class InertUnpickler:
             self._call(setstate, (state,), "reduce")
             return
         if isinstance(inst, PObject):
+            if _class_name(inst) in PICKLED_STATE:
+                self._inner_pickle(inst, state)
             if isinstance(inst.state, PDict) and isinstance(state, PDict):
                 for k, v in state.items:
                     inst.state.set(k, v)
@@ -301,6 +304,29 @@ class InertUnpickler:
                 inst.call_args = _short_repr((state,))
             return
         raise _Malformed(f"BUILD on {_kind(inst)}")
+
+    def _inner_pickle(self, inst: PObject, state: Any) -> None:
+        """Judge the pickle that `inst.__setstate__` hands to `pickle.loads` (its globals join
+        this pickle's; damage inside it is its own affair, as pickle.loads would raise there)."""
+        data = state[0] if isinstance(state, tuple) and state else state
+        if isinstance(data, Blob):
+            data = bytes(self.buf[data.offset : data.offset + data.length])
+        if not isinstance(data, bytes) or self.nest >= self.limits.max_nesting:
+            return
+        inner = InertUnpickler(
+            data,
+            self.where,
+            None,
+            self.recorders,
+            self.constants,
+            self.limits,
+            self.nest + 1,
+            f"the pickle inside {inst.name}'s state",
+        )
+        inner.globals = self.globals
+        inner.extra = {k: v for k, v in self.extra.items() if k != "base"}
+        with contextlib.suppress(CorruptFile):
+            inner.load(0, len(data))
 
     def danger_ran(self) -> list[str]:
         """The dangerous globals the pickle has called so far (what torch.load already ran)."""
@@ -813,6 +839,15 @@ def _global_name(obj: Any) -> tuple[str, str] | None:
     if isinstance(obj, Global) and obj.module:
         return obj.module, obj.name
     return None
+
+
+def _class_name(obj: PObject) -> str:
+    """The class an instance is of (`copyreg.__newobj__(cls)` makes a `cls`)."""
+    if obj.name in ("copyreg.__newobj__", "copyreg.__newobj_ex__") and obj.args:
+        cls = obj.args[0]
+        if isinstance(cls, Global):
+            return cls.full
+    return obj.name
 
 
 def _setstate_of(inst: Any) -> Any:

@@ -15,7 +15,8 @@ references are listed on their own, since protocol 2 pickles method references a
 load_url`) reach what they name.
 
 Run it by hand after a torch, numpy or Python upgrade:
-`python -m ckptui.data.make_reach > tui/ckptui/data/reach.py`; a test checks a sample of names
+`python -m ckptui.data.make_reach > tui/ckptui/data/reach.py && ruff format
+tui/ckptui/data/reach.py`; a test checks a sample of names
 against the installed libraries.
 """
 

@@ -2,4063 +2,4980 @@
 and numpy whose call can reach code execution, processes, files or the network, by
 module, each as `qualname=what it reaches`. Do not edit by hand (see make_reach.py)."""
 
-PYTHON = '3.11.7'
+PYTHON = "3.11.7"
 
 BY_MODULE: dict[str, str] = {
-    '_aix_support': '_aix_bgt=__import__ _aix_bos_rte=open aix_buildtag=__import__ aix_platform=open',
-    '_bootsubprocess': 'Popen.wait=os check_output=open',
-    '_osx_support': ('_default_sysroot=open _find_appropriate_compiler=open _find_build_tool=open _rea'
-        'd_output=open _remove_unsupported_archs=os customize_compiler=os tempfile=tempfi'
-        'le'),
-    '_pydecimal': '_namedtuple=eval',
-    '_pyio': 'FileIO=open FileIO.__init__=os FileIO.truncate=os FileIO.write=os open=open',
-    '_sitebuiltins': '_Printer.__call__=open _Printer.__repr__=open _Printer.__setup=open',
-    '_threading_local': '_localimpl.create_dict=thread _localimpl.get_dict=thread current_thread=thread',
-    'aifc': 'Aifc_read.__init__=open Aifc_write.__init__=open namedtuple=eval',
-    'antigravity': 'webbrowser=webbrowser',
-    'argparse': ('Action.__call__=open ArgumentDefaultsHelpFormatter.__init__=shutil ArgumentDefau'
-        'ltsHelpFormatter._format_usage=open ArgumentError.__str__=open ArgumentParser.__'
-        'init__=open ArgumentParser._add_container_actions=open ArgumentParser._check_con'
-        'flict=open ArgumentParser._check_value=open ArgumentParser._get_handler=open Arg'
-        'umentParser._get_option_tuples=open ArgumentParser._get_optional_kwargs=open Arg'
-        'umentParser._get_positional_kwargs=open ArgumentParser._get_value=open ArgumentP'
-        'arser._get_values=open ArgumentParser._handle_conflict_error=open ArgumentParser'
-        '._match_argument=open ArgumentParser._parse_known_args=open ArgumentParser._pars'
-        'e_optional=open ArgumentParser._read_args_from_files=open ArgumentParser.add_arg'
-        'ument=open ArgumentParser.add_subparsers=open ArgumentParser.error=open Argument'
-        'Parser.parse_args=open ArgumentParser.parse_intermixed_args=open ArgumentParser.'
-        'parse_known_args=open ArgumentParser.parse_known_intermixed_args=open FileType._'
-        '_call__=open HelpFormatter.__init__=shutil HelpFormatter._format_usage=open Meta'
-        'varTypeHelpFormatter.__init__=shutil MetavarTypeHelpFormatter._format_usage=open'
-        ' RawDescriptionHelpFormatter.__init__=shutil RawDescriptionHelpFormatter._format'
-        '_usage=open RawTextHelpFormatter.__init__=shutil RawTextHelpFormatter._format_us'
-        'age=open _=open _ActionsContainer.__init__=open _ActionsContainer._add_action=op'
-        'en _ActionsContainer._add_container_actions=open _ActionsContainer._check_confli'
-        'ct=open _ActionsContainer._get_handler=open _ActionsContainer._get_optional_kwar'
-        'gs=open _ActionsContainer._get_positional_kwargs=open _ActionsContainer._handle_'
-        'conflict_error=open _ActionsContainer.add_argument=open _ArgumentGroup._add_cont'
-        'ainer_actions=open _ArgumentGroup._check_conflict=open _ArgumentGroup._get_handl'
-        'er=open _ArgumentGroup._get_optional_kwargs=open _ArgumentGroup._get_positional_'
-        'kwargs=open _ArgumentGroup._handle_conflict_error=open _ArgumentGroup.add_argume'
-        'nt=open _MutuallyExclusiveGroup._add_action=open _MutuallyExclusiveGroup._add_co'
-        'ntainer_actions=open _MutuallyExclusiveGroup._check_conflict=open _MutuallyExclu'
-        'siveGroup._get_handler=open _MutuallyExclusiveGroup._get_optional_kwargs=open _M'
-        'utuallyExclusiveGroup._get_positional_kwargs=open _MutuallyExclusiveGroup._handl'
-        'e_conflict_error=open _MutuallyExclusiveGroup.add_argument=open _StoreFalseActio'
-        'n.__call__=open _StoreTrueAction.__call__=open _SubParsersAction._ChoicesPseudoA'
-        'ction.__call__=open _SubParsersAction.__call__=open _SubParsersAction.add_parser'
-        '=open ngettext=open shutil=shutil'),
-    'asynchat': 'async_chat.create_socket=socket',
-    'asyncore': ('dispatcher.create_socket=socket dispatcher_with_send.create_socket=socket file_d'
-        'ispatcher.create_socket=socket file_wrapper.send=os socket=socket'),
-    'base64': 'main=open',
-    'bz2': 'BZ2File.__init__=open _builtin_open=open',
-    'cgi': ('FieldStorage.__init__=tempfile FieldStorage.__write=tempfile FieldStorage.make_f'
-        'ile=tempfile FieldStorage.read_binary=tempfile FieldStorage.read_lines=tempfile '
-        'FieldStorage.read_lines_to_eof=tempfile FieldStorage.read_lines_to_outerboundary'
-        '=tempfile FieldStorage.read_single=tempfile initlog=open log=open tempfile=tempf'
-        'ile'),
-    'cgitb': ('Hook.__call__=tempfile Hook.handle=tempfile html=open tempfile=tempfile text=ope'
-        'n'),
-    'codecs': 'open=open',
-    'collections': 'namedtuple=eval',
-    'compileall': ('_walk_dir=os compile_dir=os compile_file=open compile_path=os importlib=importli'
-        'b main=open'),
-    'concurrent.futures.process': ('ProcessPoolExecutor.__init__=multiprocessing ProcessPoolExecutor._start_executor'
-        '_manager_thread=thread ProcessPoolExecutor.submit=thread Queue=multiprocessing _'
-        'ExecutorManagerThread=thread _ExecutorManagerThread.__init__=multiprocessing _Ex'
-        'ecutorManagerThread._bootstrap=exec _ExecutorManagerThread._bootstrap_inner=exec'
-        ' _ExecutorManagerThread.join=thread _ExecutorManagerThread.run=multiprocessing _'
-        'ExecutorManagerThread.start=thread _ExecutorManagerThread.wait_result_broken_or_'
-        'wakeup=multiprocessing _SafeQueue=multiprocessing _SafeQueue.__getstate__=multip'
-        'rocessing _SafeQueue.__setstate__=multiprocessing _SafeQueue._after_fork=multipr'
-        'ocessing _SafeQueue._feed=multiprocessing _SafeQueue._finalize_close=multiproces'
-        'sing _SafeQueue._finalize_join=multiprocessing _SafeQueue._reset=multiprocessing'
-        ' _SafeQueue._start_thread=multiprocessing _SafeQueue.cancel_join_thread=multipro'
-        'cessing _SafeQueue.empty=multiprocessing _SafeQueue.get=multiprocessing _SafeQue'
-        'ue.get_nowait=multiprocessing _SafeQueue.join_thread=multiprocessing _SafeQueue.'
-        'put=multiprocessing _SafeQueue.put_nowait=multiprocessing _ThreadWakeup.__init__'
-        '=multiprocessing mp=multiprocessing multiprocessing=multiprocessing'),
-    'concurrent.futures.thread': 'ThreadPoolExecutor._adjust_thread_count=thread ThreadPoolExecutor.submit=thread',
-    'configparser': 'ConfigParser.read=open RawConfigParser.read=open SafeConfigParser.read=open',
-    'contextlib': 'chdir.__enter__=os chdir.__exit__=os',
-    'crypt': '_namedtuple=eval',
-    'dataclasses': ('FunctionType=exec _cmp_fn=exec _create_fn=exec _frozen_get_del_attr=exec _hash_a'
-        'dd=exec _hash_fn=exec _init_fn=exec _process_class=eval _repr_fn=exec dataclass='
-        'eval make_dataclass=eval'),
-    'difflib': '_namedtuple=eval',
-    'dis': ('Bytecode.__init__=compile _disassemble_str=compile _get_code_object=compile _try'
-        '_compile=compile code_info=compile dis=compile get_instructions=compile main=com'
-        'pile show_code=compile'),
-    'doctest': ('DebugRunner.__run=exec DebugRunner.run=pdb DocFileSuite=open DocFileTest=open Do'
-        'cTestFinder.find=open DocTestRunner.__run=exec DocTestRunner.run=pdb DocTestSuit'
-        'e=__import__ _OutputRedirectingPdb=pdb _OutputRedirectingPdb.__init__=open _Outp'
-        'utRedirectingPdb._cmdloop=pdb _OutputRedirectingPdb._complete_expression=pdb _Ou'
-        'tputRedirectingPdb._complete_location=pdb _OutputRedirectingPdb._error_exc=pdb _'
-        'OutputRedirectingPdb._format_exc=pdb _OutputRedirectingPdb._getsourcelines=pdb _'
-        'OutputRedirectingPdb._getval=eval _OutputRedirectingPdb._getval_except=eval _Out'
-        'putRedirectingPdb._msg_val_func=pdb _OutputRedirectingPdb._print_lines=pdb _Outp'
-        'utRedirectingPdb._run=pdb _OutputRedirectingPdb._safe_repr=pdb _OutputRedirectin'
-        'gPdb._select_frame=pdb _OutputRedirectingPdb.bp_commands=pdb _OutputRedirectingP'
-        'db.break_here=eval _OutputRedirectingPdb.checkline=pdb _OutputRedirectingPdb.def'
-        'ault=compile _OutputRedirectingPdb.defaultFile=pdb _OutputRedirectingPdb.dispatc'
-        'h_line=eval _OutputRedirectingPdb.displayhook=pdb _OutputRedirectingPdb.do_EOF=p'
-        'db _OutputRedirectingPdb.do_alias=pdb _OutputRedirectingPdb.do_args=pdb _OutputR'
-        'edirectingPdb.do_break=eval _OutputRedirectingPdb.do_clear=pdb _OutputRedirectin'
-        'gPdb.do_commands=pdb _OutputRedirectingPdb.do_condition=pdb _OutputRedirectingPd'
-        'b.do_continue=pdb _OutputRedirectingPdb.do_debug=pdb _OutputRedirectingPdb.do_di'
-        'sable=pdb _OutputRedirectingPdb.do_display=pdb _OutputRedirectingPdb.do_down=pdb'
-        ' _OutputRedirectingPdb.do_enable=pdb _OutputRedirectingPdb.do_help=pdb _OutputRe'
-        'directingPdb.do_ignore=pdb _OutputRedirectingPdb.do_interact=code _OutputRedirec'
-        'tingPdb.do_jump=pdb _OutputRedirectingPdb.do_list=pdb _OutputRedirectingPdb.do_l'
-        'onglist=pdb _OutputRedirectingPdb.do_next=pdb _OutputRedirectingPdb.do_p=pdb _Ou'
-        'tputRedirectingPdb.do_pp=pdb _OutputRedirectingPdb.do_quit=pdb _OutputRedirectin'
-        'gPdb.do_return=pdb _OutputRedirectingPdb.do_retval=pdb _OutputRedirectingPdb.do_'
-        'run=pdb _OutputRedirectingPdb.do_source=pdb _OutputRedirectingPdb.do_step=pdb _O'
-        'utputRedirectingPdb.do_tbreak=eval _OutputRedirectingPdb.do_undisplay=pdb _Outpu'
-        'tRedirectingPdb.do_until=pdb _OutputRedirectingPdb.do_up=pdb _OutputRedirectingP'
-        'db.do_whatis=pdb _OutputRedirectingPdb.do_where=pdb _OutputRedirectingPdb.error='
-        'pdb _OutputRedirectingPdb.execRcLines=pdb _OutputRedirectingPdb.forget=pdb _Outp'
-        'utRedirectingPdb.format_stack_entry=open _OutputRedirectingPdb.handle_command_de'
-        'f=pdb _OutputRedirectingPdb.help_exec=pdb _OutputRedirectingPdb.help_pdb=pdb _Ou'
-        'tputRedirectingPdb.interaction=pdb _OutputRedirectingPdb.lineinfo=pdb _OutputRed'
-        'irectingPdb.lookupmodule=pdb _OutputRedirectingPdb.message=pdb _OutputRedirectin'
-        'gPdb.onecmd=pdb _OutputRedirectingPdb.preloop=pdb _OutputRedirectingPdb.print_st'
-        'ack_entry=pdb _OutputRedirectingPdb.print_stack_trace=pdb _OutputRedirectingPdb.'
-        'reset=pdb _OutputRedirectingPdb.run=compile _OutputRedirectingPdb.runcall=exec _'
-        'OutputRedirectingPdb.runctx=compile _OutputRedirectingPdb.runeval=eval _OutputRe'
-        'directingPdb.set_break=open _OutputRedirectingPdb.set_continue=pdb _OutputRedire'
-        'ctingPdb.set_quit=exec _OutputRedirectingPdb.set_trace=pdb _OutputRedirectingPdb'
-        '.setup=pdb _OutputRedirectingPdb.sigint_handler=pdb _OutputRedirectingPdb.trace_'
-        'dispatch=pdb _OutputRedirectingPdb.user_call=pdb _OutputRedirectingPdb.user_exce'
-        'ption=pdb _OutputRedirectingPdb.user_line=pdb _OutputRedirectingPdb.user_return='
-        'pdb _load_testfile=open _normalize_module=__import__ _test=__import__ debug=exec'
-        ' debug_script=exec debug_src=exec namedtuple=eval pdb=pdb testfile=open testsour'
-        'ce=__import__'),
-    'email.utils': 'make_msgid=socket socket=socket',
-    'encodings': '_alias_mbcs=_winapi _winapi=_winapi search_function=__import__',
-    'filecmp': ('_cmp=open _do_cmp=open cmp=open cmpfiles=open demo=open dircmp.phase0=os dircmp.'
-        'phase3=open'),
-    'functools': 'namedtuple=eval',
-    'getopt': ('_=open do_longs=open do_shorts=open getopt=open gnu_getopt=open long_has_args=op'
-        'en short_has_arg=open'),
-    'getpass': 'unix_getpass=open',
-    'gettext': ('Catalog=open GNUTranslations._parse=exec c2py=exec dgettext=open dngettext=open '
-        'dnpgettext=open dpgettext=open gettext=open install=open ngettext=open npgettext'
-        '=open pgettext=open translation=open'),
-    'gzip': 'GzipFile.__init__=open main=open',
-    'idlelib.autocomplete': ('AutoComplete._delayed_open_completions=eval AutoComplete.autocomplete_event=eval'
-        ' AutoComplete.fetch_completions=eval AutoComplete.force_open_completions_event=e'
-        'val AutoComplete.get_entity=eval AutoComplete.open_completions=eval'),
-    'idlelib.autocomplete_w': 'AutoCompleteWindow.winconfig_event=socket',
-    'idlelib.browser': ('ModuleBrowserTreeItem.GetSubList=importlib ModuleBrowserTreeItem.listchildren=im'
-        'portlib run=importlib'),
-    'idlelib.calltip': ('Calltip.fetch_tip=eval Calltip.force_open_calltip_event=eval Calltip.open_callti'
-        'p=eval Calltip.refresh_calltip_event=eval Calltip.try_open_calltip_event=eval ge'
-        't_argspec=eval get_entity=eval'),
-    'idlelib.calltip_w': 'run=importlib',
-    'idlelib.colorizer': 'run=importlib',
-    'idlelib.config': ('IdleConf.CreateConfigHandlers=os IdleConf.GetUserCfgDir=os IdleConf.__init__=os '
-        'IdleConfParser.read=open IdleUserConfParser.Save=open IdleUserConfParser.read=op'
-        'en'),
-    'idlelib.config_key': 'run=importlib',
-    'idlelib.configdialog': ('ConfigDialog.__init__=ctypes ConfigDialog.create_action_buttons=ctypes ConfigDia'
-        'log.create_widgets=ctypes run=importlib'),
-    'idlelib.debugger': ('Idb.break_here=eval Idb.dispatch_line=eval Idb.format_stack_entry=open Idb.run=c'
-        'ompile Idb.runcall=exec Idb.runctx=compile Idb.runeval=eval Idb.set_break=open I'
-        'db.set_continue=exec Idb.set_quit=exec Idb.set_trace=exec Idb.trace_dispatch=eva'
-        'l StackViewer.__init__=ctypes StackViewer.goto_source_line=open StackViewer.load'
-        '_stack=open StackViewer.on_double=open StackViewer.show_source=open'),
-    'idlelib.debugobj': ('AtomicObjectTreeItem.SetText=eval ClassTreeItem.SetText=eval DictTreeItem.SetTex'
-        't=eval ObjectTreeItem.SetText=eval SequenceTreeItem.SetText=eval run=importlib'),
-    'idlelib.dynoption': 'run=importlib',
-    'idlelib.editor': ('EditorWindow.ApplyKeybindings=ctypes EditorWindow.__init__=ctypes EditorWindow._'
-        '_recent_file_callback=open EditorWindow._close=open EditorWindow._extra_help_cal'
-        'lback=os EditorWindow.close=open EditorWindow.close_event=open EditorWindow.crea'
-        'temenubar=ctypes EditorWindow.fill_menus=ctypes EditorWindow.find_event=open Edi'
-        'torWindow.find_in_files_event=open EditorWindow.load_extension=ctypes EditorWind'
-        'ow.load_extensions=ctypes EditorWindow.load_standard_extensions=ctypes EditorWin'
-        'dow.open_module=open EditorWindow.open_module_browser=open EditorWindow.open_mod'
-        'ule_event=open EditorWindow.open_turtle_demo=subprocess EditorWindow.python_docs'
-        '=os EditorWindow.replace_event=open EditorWindow.reset_help_menu_entries=os Edit'
-        'orWindow.update_recent_files_list=open _editor_window=ctypes get_accelerator=cty'
-        'pes importlib=importlib run=importlib subprocess=subprocess webbrowser=webbrowse'
-        'r'),
-    'idlelib.grep': ('GrepDialog.default_command=open GrepDialog.grep_it=open _grep_dialog=open findfi'
-        'les=os grep=open run=importlib'),
-    'idlelib.help': 'HelpText.__init__=open copy_strip=open run=importlib',
-    'idlelib.help_about': ('AboutDialog.__init__=open AboutDialog.create_widgets=open AboutDialog.display_fi'
-        'le_text=open AboutDialog.show_idle_credits=open AboutDialog.show_idle_news=open '
-        'AboutDialog.show_readme=open architecture=subprocess run=importlib webbrowser=we'
-        'bbrowser'),
-    'idlelib.idle': 'main=open',
-    'idlelib.idle_test.htest': 'import_module=importlib run=importlib',
-    'idlelib.idle_test.template': 'Test.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_autocomplete': 'AutoCompleteTest.setUpClass=ctypes Mock=exec requires=ctypes',
-    'idlelib.idle_test.test_autocomplete_w': 'AutoCompleteWindowTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_autoexpand': 'AutoExpandTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_browser': 'ModuleBrowserTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_calltip': ('Mock=exec WrappedCalltip.force_open_calltip_event=eval WrappedCalltip.open_callt'
-        'ip=eval WrappedCalltip.refresh_calltip_event=eval WrappedCalltip.try_open_callti'
-        'p_event=eval get_spec=eval mock_Shell.__init__=exec'),
-    'idlelib.idle_test.test_calltip_w': 'CallTipWindowTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_codecontext': 'CodeContextTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_colorizer': ('ColorConfigTest.setUpClass=ctypes ColorDelegatorInstantiationTest.setUpClass=cty'
-        'pes ColorDelegatorTest.setUpClass=ctypes requires=ctypes'),
-    'idlelib.idle_test.test_config': 'IdleConfTest.setUpClass=open requires=ctypes tempfile=tempfile',
-    'idlelib.idle_test.test_config_key': ('CancelWindowTest.setUpClass=ctypes KeySelectionTest.setUpClass=ctypes OKWindowTe'
-        'st.setUpClass=ctypes ToggleLevelTest.setUpClass=ctypes ValidationTest.setUpClass'
-        '=ctypes WindowResultTest.setUpClass=ctypes requires=ctypes'),
-    'idlelib.idle_test.test_configdialog': 'requires=ctypes',
-    'idlelib.idle_test.test_debugger': ('DebuggerGuiTest.setUpClass=ctypes DebuggerTest.setUpClass=exec IdbTest.setUpClas'
-        's=compile Mock=exec NameSpaceTest.setUpClass=ctypes StackViewerTest.setUp=compil'
-        'e StackViewerTest.setUpClass=ctypes namedtuple=eval requires=ctypes'),
-    'idlelib.idle_test.test_editmenu': 'requires=ctypes',
-    'idlelib.idle_test.test_editor': ('EditorWindowTest.setUpClass=ctypes IndentAndNewlineTest.setUpClass=ctypes Indent'
-        'SearcherTest.setUpClass=ctypes RMenuTest.setUpClass=ctypes namedtuple=eval requi'
-        'res=ctypes'),
-    'idlelib.idle_test.test_filelist': 'FileListTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_format': ('FormatEventTest.setUpClass=ctypes FormatRegionTest.setUpClass=ctypes RstripTest.'
-        'setUpClass=ctypes requires=ctypes'),
-    'idlelib.idle_test.test_help': 'requires=ctypes',
-    'idlelib.idle_test.test_help_about': ('CloseTest.setUpClass=ctypes DefaultTitleTest.setUpClass=ctypes LiveDialogTest.se'
-        'tUpClass=ctypes requires=ctypes'),
-    'idlelib.idle_test.test_history': 'FetchTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_hyperparser': 'HyperParserTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_iomenu': 'IOBindingTest.setUpClass=ctypes open=open requires=ctypes',
-    'idlelib.idle_test.test_macosx': 'InitTktypeTest.setUpClass=ctypes SetupTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_multicall': 'MultiCallTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_outwin': 'OutputWindowTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_parenmatch': 'Mock=exec ParenMatchTest.setUpClass=exec requires=ctypes',
-    'idlelib.idle_test.test_pathbrowser': 'PathBrowserTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_percolator': 'requires=ctypes',
-    'idlelib.idle_test.test_pyparse': 'namedtuple=eval',
-    'idlelib.idle_test.test_pyshell': 'PyShellFileListTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_query': ('CustomRunGuiTest.setUpClass=ctypes GotoGuiTest.setUpClass=ctypes HelpsourceGuiTe'
-        'st.setUpClass=ctypes ModulenameGuiTest.setUpClass=ctypes QueryGuiTest.setUpClass'
-        '=ctypes SectionnameGuiTest.setUpClass=ctypes requires=ctypes'),
-    'idlelib.idle_test.test_redirector': ('InitCloseTest.setUpClass=ctypes WidgetRedirectorTest.setUpClass=ctypes requires='
-        'ctypes'),
-    'idlelib.idle_test.test_replace': 'Mock=exec ReplaceDialogTest.setUpClass=exec requires=ctypes',
-    'idlelib.idle_test.test_run': 'ExecRuncodeTest.setUpClass=exec',
-    'idlelib.idle_test.test_runscript': 'ScriptBindingTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_scrolledlist': 'requires=ctypes',
-    'idlelib.idle_test.test_search': 'requires=ctypes',
-    'idlelib.idle_test.test_searchbase': 'SearchDialogBaseTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_sidebar': ('LineNumbersTest.setUpClass=ctypes ShellSidebarTest.setUpClass=ctypes requires=ct'
-        'ypes'),
-    'idlelib.idle_test.test_squeezer': ('ExpandingButtonTest.make_mock_squeezer=ctypes Mock=exec NonCallableMagicMock=exe'
-        'c SqueezerTest.make_mock_editor_window=ctypes SqueezerTest.make_squeezer_instanc'
-        'e=ctypes SqueezerTest.make_text_widget=ctypes get_test_tk_root=ctypes requires=c'
-        'types'),
-    'idlelib.idle_test.test_stackviewer': 'StackBrowserTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_statusbar': 'Test.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_text': 'TkTextTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_textview': 'requires=ctypes',
-    'idlelib.idle_test.test_tooltip': 'requires=ctypes',
-    'idlelib.idle_test.test_tree': 'requires=ctypes',
-    'idlelib.idle_test.test_undo': 'Mock=exec UndoDelegatorTest.setUp=exec requires=ctypes',
-    'idlelib.idle_test.test_warning': 'showwarning=open',
-    'idlelib.idle_test.test_window': 'ListedToplevelTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_zoomheight': 'Test.setUpClass=ctypes requires=ctypes',
-    'idlelib.idle_test.test_zzdummy': 'DummyEditwin.__init__=exec ZZDummyTest.setUpClass=ctypes requires=ctypes',
-    'idlelib.iomenu': ('IOBinding.loadfile=open IOBinding.maybesave=open IOBinding.open=open IOBinding.p'
-        'rint_window=tempfile IOBinding.save=open IOBinding.save_a_copy=open IOBinding.sa'
-        've_as=open IOBinding.writefile=open run=importlib tempfile=tempfile'),
-    'idlelib.macosx': ('_init_tk_type=ctypes addOpenEventSupport=open isAquaTk=ctypes isCarbonTk=ctypes '
-        'isCocoaTk=ctypes isXQuartz=ctypes overrideRootMenu=ctypes preferTabsPreferenceWa'
-        'rning=open readSystemPreferences=open requires=ctypes setupApp=ctypes'),
-    'idlelib.mainmenu': 'find_spec=__import__',
-    'idlelib.multicall': 'run=importlib',
-    'idlelib.outwin': ('OutputWindow.ApplyKeybindings=ctypes OutputWindow.__init__=ctypes OutputWindow._'
-        '_recent_file_callback=open OutputWindow._close=open OutputWindow._extra_help_cal'
-        'lback=os OutputWindow.close=open OutputWindow.close_event=open OutputWindow.crea'
-        'temenubar=ctypes OutputWindow.fill_menus=ctypes OutputWindow.find_event=open Out'
-        'putWindow.find_in_files_event=open OutputWindow.goto_file_line=open OutputWindow'
-        '.load_extension=ctypes OutputWindow.load_extensions=ctypes OutputWindow.load_sta'
-        'ndard_extensions=ctypes OutputWindow.open_module=open OutputWindow.open_module_b'
-        'rowser=open OutputWindow.open_module_event=open OutputWindow.open_turtle_demo=su'
-        'bprocess OutputWindow.python_docs=os OutputWindow.replace_event=open OutputWindo'
-        'w.reset_help_menu_entries=os OutputWindow.update_recent_files_list=open file_lin'
-        'e_helper=open'),
-    'idlelib.pathbrowser': 'DirBrowserTreeItem.GetSubList=os importlib=importlib run=importlib',
-    'idlelib.percolator': 'run=importlib',
-    'idlelib.pyshell': ('InteractiveInterpreter=code ModifiedInterpreter=code ModifiedInterpreter.__init_'
-        '_=code ModifiedInterpreter.execfile=compile ModifiedInterpreter.execsource=compi'
-        'le ModifiedInterpreter.interrupt_subprocess=thread ModifiedInterpreter.poll_subp'
-        'rocess=subprocess ModifiedInterpreter.prepend_syspath=exec ModifiedInterpreter.r'
-        'estart_subprocess=subprocess ModifiedInterpreter.runcode=exec ModifiedInterprete'
-        'r.runcommand=exec ModifiedInterpreter.runsource=code ModifiedInterpreter.showtra'
-        'ceback=code ModifiedInterpreter.spawn_subprocess=subprocess ModifiedInterpreter.'
-        'start_subprocess=subprocess ModifiedInterpreter.transfer_path=exec MyRPCClient._'
-        '_init__=socket MyRPCClient._getresponse=thread MyRPCClient.accept=thread MyRPCCl'
-        'ient.asynccall=thread MyRPCClient.asyncqueue=thread MyRPCClient.asyncreturn=thre'
-        'ad MyRPCClient.debug=thread MyRPCClient.decoderesponse=thread MyRPCClient.getres'
-        'ponse=thread MyRPCClient.localcall=thread MyRPCClient.mainloop=thread MyRPCClien'
-        't.pollmessage=pickle MyRPCClient.pollresponse=thread MyRPCClient.putmessage=thre'
-        'ad MyRPCClient.remotecall=thread MyRPCClient.remotequeue=thread PyShell.ApplyKey'
-        'bindings=ctypes PyShell.__init__=ctypes PyShell.__recent_file_callback=open PySh'
-        'ell._close=open PyShell._extra_help_callback=os PyShell.begin=open PyShell.close'
-        '=open PyShell.close_event=open PyShell.createmenubar=ctypes PyShell.eof_callback'
-        '=open PyShell.fill_menus=ctypes PyShell.find_event=open PyShell.find_in_files_ev'
-        'ent=open PyShell.goto_file_line=open PyShell.load_extension=ctypes PyShell.load_'
-        'extensions=ctypes PyShell.load_standard_extensions=ctypes PyShell.open_module=op'
-        'en PyShell.open_module_browser=open PyShell.open_module_event=open PyShell.open_'
-        'turtle_demo=subprocess PyShell.python_docs=os PyShell.replace_event=open PyShell'
-        '.reset_help_menu_entries=os PyShell.update_recent_files_list=open PyShellEditorW'
-        'indow.ApplyKeybindings=ctypes PyShellEditorWindow.__init__=ctypes PyShellEditorW'
-        'indow.__recent_file_callback=open PyShellEditorWindow._close=open PyShellEditorW'
-        'indow._extra_help_callback=os PyShellEditorWindow.close=open PyShellEditorWindow'
-        '.close_event=open PyShellEditorWindow.createmenubar=ctypes PyShellEditorWindow.f'
-        'ill_menus=ctypes PyShellEditorWindow.find_event=open PyShellEditorWindow.find_in'
-        '_files_event=open PyShellEditorWindow.load_extension=ctypes PyShellEditorWindow.'
-        'load_extensions=ctypes PyShellEditorWindow.load_standard_extensions=ctypes PyShe'
-        'llEditorWindow.open_module=open PyShellEditorWindow.open_module_browser=open PyS'
-        'hellEditorWindow.open_module_event=open PyShellEditorWindow.open_turtle_demo=sub'
-        'process PyShellEditorWindow.python_docs=os PyShellEditorWindow.replace_event=ope'
-        'n PyShellEditorWindow.reset_help_menu_entries=os PyShellEditorWindow.restore_fil'
-        'e_breaks=open PyShellEditorWindow.store_file_breaks=open PyShellEditorWindow.upd'
-        'ate_recent_files_list=open ctypes=ctypes idle_formatwarning=open idle_showwarnin'
-        'g=open main=open socket=socket subprocess=subprocess system=socket'),
-    'idlelib.query': 'ModuleName.entry_ok=__import__ importlib=importlib run=importlib',
-    'idlelib.redirector': 'run=importlib',
-    'idlelib.replace': '_replace_dialog=open replace=open run=importlib',
-    'idlelib.rpc': ('RPCClient.__init__=socket RPCClient._getresponse=thread RPCClient.accept=thread '
-        'RPCClient.asynccall=thread RPCClient.asyncqueue=thread RPCClient.asyncreturn=thr'
-        'ead RPCClient.debug=thread RPCClient.decoderesponse=thread RPCClient.getresponse'
-        '=thread RPCClient.handle_EOF=thread RPCClient.localcall=thread RPCClient.mainloo'
-        'p=thread RPCClient.pollmessage=pickle RPCClient.pollresponse=thread RPCClient.pu'
-        'tmessage=thread RPCClient.remotecall=thread RPCClient.remotequeue=thread RPCHand'
-        'ler.__init__=thread RPCHandler._getresponse=thread RPCHandler.asynccall=thread R'
-        'PCHandler.asyncqueue=thread RPCHandler.asyncreturn=thread RPCHandler.debug=threa'
-        'd RPCHandler.decoderesponse=thread RPCHandler.getresponse=thread RPCHandler.hand'
-        'le_EOF=thread RPCHandler.localcall=thread RPCHandler.mainloop=thread RPCHandler.'
-        'pollmessage=pickle RPCHandler.pollresponse=thread RPCHandler.putmessage=thread R'
-        'PCHandler.remotecall=thread RPCHandler.remotequeue=thread RPCServer.__init__=soc'
-        'ket RPCServer.handle_error=thread SocketIO.__init__=thread SocketIO._getresponse'
-        '=thread SocketIO.asynccall=thread SocketIO.asyncqueue=thread SocketIO.asyncretur'
-        'n=thread SocketIO.debug=thread SocketIO.decoderesponse=thread SocketIO.getrespon'
-        'se=thread SocketIO.handle_EOF=thread SocketIO.localcall=thread SocketIO.mainloop'
-        '=thread SocketIO.pollmessage=pickle SocketIO.pollresponse=thread SocketIO.putmes'
-        'sage=thread SocketIO.remotecall=thread SocketIO.remotequeue=thread marshal=marsh'
-        'al pickle_code=marshal socket=socket unpickle_code=marshal'),
-    'idlelib.run': ('Executive.runcode=exec MyHandler.__init__=thread MyHandler._getresponse=thread M'
-        'yHandler.asynccall=thread MyHandler.asyncqueue=thread MyHandler.asyncreturn=thre'
-        'ad MyHandler.debug=thread MyHandler.decoderesponse=thread MyHandler.getresponse='
-        'thread MyHandler.handle_EOF=thread MyHandler.localcall=thread MyHandler.mainloop'
-        '=thread MyHandler.pollmessage=pickle MyHandler.pollresponse=thread MyHandler.put'
-        'message=thread MyHandler.remotecall=thread MyHandler.remotequeue=thread MyRPCSer'
-        'ver.__init__=socket MyRPCServer.handle_error=thread idle_formatwarning=open idle'
-        '_showwarning_subproc=open main=thread'),
-    'idlelib.runscript': ('ScriptBinding.check_module_event=open ScriptBinding.checksyntax=open ScriptBindi'
-        'ng.run_custom_event=ctypes ScriptBinding.run_module_event=ctypes ScriptBinding.t'
-        'abnanny=open'),
-    'idlelib.scrolledlist': 'ScrolledList.__init__=ctypes run=importlib',
-    'idlelib.search': '_search_dialog=open find=open run=importlib',
-    'idlelib.searchbase': 'run=importlib',
-    'idlelib.sidebar': 'ShellSidebar.bind_events=ctypes run=importlib',
-    'idlelib.squeezer': 'ExpandingButton.__init__=ctypes',
-    'idlelib.stackviewer': 'FrameTreeItem.GetText=open VariablesTreeItem.SetText=eval run=importlib',
-    'idlelib.statusbar': 'run=importlib',
-    'idlelib.textview': 'run=importlib view_file=open',
-    'idlelib.tooltip': 'run=importlib',
-    'idlelib.tree': 'FileTreeItem.GetSubList=os FileTreeItem.SetText=os listicons=os run=importlib',
-    'idlelib.undo': 'run=importlib',
-    'imaplib': ('IMAP4=imaplib IMAP4.__exit__=imaplib IMAP4.__getattr__=imaplib IMAP4.__init__=im'
-        'aplib IMAP4._append_untagged=imaplib IMAP4._check_bye=imaplib IMAP4._command=ima'
-        'plib IMAP4._command_complete=imaplib IMAP4._connect=imaplib IMAP4._create_socket'
-        '=imaplib IMAP4._dump_ur=imaplib IMAP4._get_capabilities=imaplib IMAP4._get_line='
-        'imaplib IMAP4._get_response=imaplib IMAP4._get_tagged_response=imaplib IMAP4._lo'
-        'g=imaplib IMAP4._match=imaplib IMAP4._mesg=imaplib IMAP4._mode_ascii=imaplib IMA'
-        'P4._mode_utf8=imaplib IMAP4._new_tag=imaplib IMAP4._quote=imaplib IMAP4._simple_'
-        'command=imaplib IMAP4._untagged_response=imaplib IMAP4.abort=imaplib IMAP4.appen'
-        'd=imaplib IMAP4.authenticate=imaplib IMAP4.capability=imaplib IMAP4.check=imapli'
-        'b IMAP4.close=imaplib IMAP4.copy=imaplib IMAP4.create=imaplib IMAP4.delete=imapl'
-        'ib IMAP4.deleteacl=imaplib IMAP4.enable=imaplib IMAP4.error=imaplib IMAP4.expung'
-        'e=imaplib IMAP4.fetch=imaplib IMAP4.getacl=imaplib IMAP4.getannotation=imaplib I'
-        'MAP4.getquota=imaplib IMAP4.getquotaroot=imaplib IMAP4.list=imaplib IMAP4.login='
-        'imaplib IMAP4.login_cram_md5=imaplib IMAP4.logout=imaplib IMAP4.lsub=imaplib IMA'
-        'P4.myrights=imaplib IMAP4.namespace=imaplib IMAP4.noop=imaplib IMAP4.open=imapli'
-        'b IMAP4.partial=imaplib IMAP4.print_log=imaplib IMAP4.proxyauth=imaplib IMAP4.re'
-        'ad=imaplib IMAP4.readline=imaplib IMAP4.readonly=imaplib IMAP4.recent=imaplib IM'
-        'AP4.rename=imaplib IMAP4.response=imaplib IMAP4.search=imaplib IMAP4.select=imap'
-        'lib IMAP4.send=imaplib IMAP4.setacl=imaplib IMAP4.setannotation=imaplib IMAP4.se'
-        'tquota=imaplib IMAP4.shutdown=imaplib IMAP4.sort=imaplib IMAP4.starttls=imaplib '
-        'IMAP4.status=imaplib IMAP4.store=imaplib IMAP4.subscribe=imaplib IMAP4.thread=im'
-        'aplib IMAP4.uid=imaplib IMAP4.unselect=imaplib IMAP4.unsubscribe=imaplib IMAP4.x'
-        'atom=imaplib IMAP4_SSL=imaplib IMAP4_SSL.__exit__=imaplib IMAP4_SSL.__getattr__='
-        'imaplib IMAP4_SSL.__init__=imaplib IMAP4_SSL._append_untagged=imaplib IMAP4_SSL.'
-        '_check_bye=imaplib IMAP4_SSL._command=imaplib IMAP4_SSL._command_complete=imapli'
-        'b IMAP4_SSL._connect=imaplib IMAP4_SSL._create_socket=imaplib IMAP4_SSL._dump_ur'
-        '=imaplib IMAP4_SSL._get_capabilities=imaplib IMAP4_SSL._get_line=imaplib IMAP4_S'
-        'SL._get_response=imaplib IMAP4_SSL._get_tagged_response=imaplib IMAP4_SSL._log=i'
-        'maplib IMAP4_SSL._match=imaplib IMAP4_SSL._mesg=imaplib IMAP4_SSL._mode_ascii=im'
-        'aplib IMAP4_SSL._mode_utf8=imaplib IMAP4_SSL._new_tag=imaplib IMAP4_SSL._quote=i'
-        'maplib IMAP4_SSL._simple_command=imaplib IMAP4_SSL._untagged_response=imaplib IM'
-        'AP4_SSL.abort=imaplib IMAP4_SSL.append=imaplib IMAP4_SSL.authenticate=imaplib IM'
-        'AP4_SSL.capability=imaplib IMAP4_SSL.check=imaplib IMAP4_SSL.close=imaplib IMAP4'
-        '_SSL.copy=imaplib IMAP4_SSL.create=imaplib IMAP4_SSL.delete=imaplib IMAP4_SSL.de'
-        'leteacl=imaplib IMAP4_SSL.enable=imaplib IMAP4_SSL.error=imaplib IMAP4_SSL.expun'
-        'ge=imaplib IMAP4_SSL.fetch=imaplib IMAP4_SSL.getacl=imaplib IMAP4_SSL.getannotat'
-        'ion=imaplib IMAP4_SSL.getquota=imaplib IMAP4_SSL.getquotaroot=imaplib IMAP4_SSL.'
-        'list=imaplib IMAP4_SSL.login=imaplib IMAP4_SSL.login_cram_md5=imaplib IMAP4_SSL.'
-        'logout=imaplib IMAP4_SSL.lsub=imaplib IMAP4_SSL.myrights=imaplib IMAP4_SSL.names'
-        'pace=imaplib IMAP4_SSL.noop=imaplib IMAP4_SSL.open=imaplib IMAP4_SSL.partial=ima'
-        'plib IMAP4_SSL.print_log=imaplib IMAP4_SSL.proxyauth=imaplib IMAP4_SSL.read=imap'
-        'lib IMAP4_SSL.readline=imaplib IMAP4_SSL.readonly=imaplib IMAP4_SSL.recent=imapl'
-        'ib IMAP4_SSL.rename=imaplib IMAP4_SSL.response=imaplib IMAP4_SSL.search=imaplib '
-        'IMAP4_SSL.select=imaplib IMAP4_SSL.send=imaplib IMAP4_SSL.setacl=imaplib IMAP4_S'
-        'SL.setannotation=imaplib IMAP4_SSL.setquota=imaplib IMAP4_SSL.shutdown=imaplib I'
-        'MAP4_SSL.sort=imaplib IMAP4_SSL.starttls=imaplib IMAP4_SSL.status=imaplib IMAP4_'
-        'SSL.store=imaplib IMAP4_SSL.subscribe=imaplib IMAP4_SSL.thread=imaplib IMAP4_SSL'
-        '.uid=imaplib IMAP4_SSL.unselect=imaplib IMAP4_SSL.unsubscribe=imaplib IMAP4_SSL.'
-        'xatom=imaplib IMAP4_stream=imaplib IMAP4_stream.__exit__=imaplib IMAP4_stream.__'
-        'getattr__=imaplib IMAP4_stream.__init__=imaplib IMAP4_stream._append_untagged=im'
-        'aplib IMAP4_stream._check_bye=imaplib IMAP4_stream._command=imaplib IMAP4_stream'
-        '._command_complete=imaplib IMAP4_stream._connect=imaplib IMAP4_stream._create_so'
-        'cket=imaplib IMAP4_stream._dump_ur=imaplib IMAP4_stream._get_capabilities=imapli'
-        'b IMAP4_stream._get_line=imaplib IMAP4_stream._get_response=imaplib IMAP4_stream'
-        '._get_tagged_response=imaplib IMAP4_stream._log=imaplib IMAP4_stream._match=imap'
-        'lib IMAP4_stream._mesg=imaplib IMAP4_stream._mode_ascii=imaplib IMAP4_stream._mo'
-        'de_utf8=imaplib IMAP4_stream._new_tag=imaplib IMAP4_stream._quote=imaplib IMAP4_'
-        'stream._simple_command=imaplib IMAP4_stream._untagged_response=imaplib IMAP4_str'
-        'eam.abort=imaplib IMAP4_stream.append=imaplib IMAP4_stream.authenticate=imaplib '
-        'IMAP4_stream.capability=imaplib IMAP4_stream.check=imaplib IMAP4_stream.close=im'
-        'aplib IMAP4_stream.copy=imaplib IMAP4_stream.create=imaplib IMAP4_stream.delete='
-        'imaplib IMAP4_stream.deleteacl=imaplib IMAP4_stream.enable=imaplib IMAP4_stream.'
-        'error=imaplib IMAP4_stream.expunge=imaplib IMAP4_stream.fetch=imaplib IMAP4_stre'
-        'am.getacl=imaplib IMAP4_stream.getannotation=imaplib IMAP4_stream.getquota=imapl'
-        'ib IMAP4_stream.getquotaroot=imaplib IMAP4_stream.list=imaplib IMAP4_stream.logi'
-        'n=imaplib IMAP4_stream.login_cram_md5=imaplib IMAP4_stream.logout=imaplib IMAP4_'
-        'stream.lsub=imaplib IMAP4_stream.myrights=imaplib IMAP4_stream.namespace=imaplib'
-        ' IMAP4_stream.noop=imaplib IMAP4_stream.open=subprocess IMAP4_stream.partial=ima'
-        'plib IMAP4_stream.print_log=imaplib IMAP4_stream.proxyauth=imaplib IMAP4_stream.'
-        'readonly=imaplib IMAP4_stream.recent=imaplib IMAP4_stream.rename=imaplib IMAP4_s'
-        'tream.response=imaplib IMAP4_stream.search=imaplib IMAP4_stream.select=imaplib I'
-        'MAP4_stream.setacl=imaplib IMAP4_stream.setannotation=imaplib IMAP4_stream.setqu'
-        'ota=imaplib IMAP4_stream.sort=imaplib IMAP4_stream.starttls=imaplib IMAP4_stream'
-        '.status=imaplib IMAP4_stream.store=imaplib IMAP4_stream.subscribe=imaplib IMAP4_'
-        'stream.thread=imaplib IMAP4_stream.uid=imaplib IMAP4_stream.unselect=imaplib IMA'
-        'P4_stream.unsubscribe=imaplib IMAP4_stream.xatom=imaplib Int2AP=imaplib Internal'
-        'date2tuple=imaplib Time2Internaldate=imaplib _Authenticator=imaplib _Authenticat'
-        'or.decode=imaplib _Authenticator.encode=imaplib _Authenticator.mech=imaplib _Aut'
-        'henticator.process=imaplib socket=socket ssl=ssl subprocess=subprocess'),
-    'imghdr': 'test=os testall=os what=open',
-    'json.tool': 'main=open',
-    'lzma': 'LZMAFile.__init__=open',
-    'mailbox': ('Babyl.__init__=open Babyl.close=os Babyl.flush=open Babyl.lock=socket Babyl.unlo'
-        'ck=os MH=open MH.__init__=os MH.__len__=os MH.__setitem__=open MH._dump_sequence'
-        's=open MH.add=socket MH.add_folder=open MH.close=os MH.get_bytes=open MH.get_fil'
-        'e=open MH.get_folder=open MH.get_message=open MH.get_sequences=open MH.iterkeys='
-        'os MH.list_folders=os MH.lock=open MH.pack=os MH.remove=open MH.remove_folder=os'
-        ' MH.set_sequences=open MH.unlock=os MMDF.close=os MMDF.flush=open MMDF.lock=sock'
-        'et MMDF.unlock=os Maildir=socket Maildir.__contains__=os Maildir.__init__=os Mai'
-        'ldir.__len__=os Maildir.__setitem__=socket Maildir._create_tmp=socket Maildir._l'
-        'ookup=os Maildir._refresh=os Maildir.add=socket Maildir.add_folder=socket Maildi'
-        'r.clean=os Maildir.discard=os Maildir.get_bytes=open Maildir.get_file=open Maild'
-        'ir.get_folder=socket Maildir.get_message=open Maildir.iterkeys=os Maildir.list_f'
-        'olders=os Maildir.next=os Maildir.remove=os Maildir.remove_folder=os _create_car'
-        'efully=open _create_temporary=socket _lock_file=socket _mboxMMDF.__init__=open _'
-        'mboxMMDF.close=os _mboxMMDF.flush=open _mboxMMDF.lock=socket _mboxMMDF.unlock=os'
-        ' _singlefileMailbox.__init__=open _singlefileMailbox.close=os _singlefileMailbox'
-        '.flush=open _singlefileMailbox.lock=socket _singlefileMailbox.unlock=os _unlock_'
-        'file=os mbox.close=os mbox.flush=open mbox.lock=socket mbox.unlock=os socket=soc'
-        'ket'),
-    'mailcap': 'findmatch=os getcaps=open show=open test=os',
-    'mimetypes': ('MimeTypes.__init__=open MimeTypes.read=open MimeTypes.read_windows_registry=_win'
-        'api _main=open _mimetypes_read_windows_registry=_winapi read_mime_types=open'),
-    'modulefinder': ('ModuleFinder._safe_import_hook=importlib ModuleFinder.ensure_fromlist=importlib '
-        'ModuleFinder.find_all_submodules=os ModuleFinder.find_head_package=importlib Mod'
-        'uleFinder.find_module=importlib ModuleFinder.import_hook=importlib ModuleFinder.'
-        'import_module=importlib ModuleFinder.load_file=open ModuleFinder.load_module=com'
-        'pile ModuleFinder.load_package=importlib ModuleFinder.load_tail=importlib Module'
-        'Finder.run_script=open ModuleFinder.scan_code=importlib _find_module=importlib i'
-        'mportlib=importlib marshal=marshal test=open'),
-    'netrc': 'netrc.__init__=open',
-    'nntplib': ('GroupInfo=nntplib NNTP=nntplib NNTP.__exit__=nntplib NNTP.__init__=nntplib NNTP.'
-        '_artcmd=nntplib NNTP._base_init=nntplib NNTP._close=nntplib NNTP._create_socket='
-        'nntplib NNTP._getdescriptions=nntplib NNTP._getline=nntplib NNTP._getlongresp=op'
-        'en NNTP._getoverviewfmt=nntplib NNTP._getresp=nntplib NNTP._grouplist=nntplib NN'
-        'TP._longcmd=nntplib NNTP._longcmdstring=nntplib NNTP._post=nntplib NNTP._putcmd='
-        'nntplib NNTP._putline=nntplib NNTP._setreadermode=nntplib NNTP._shortcmd=nntplib'
-        ' NNTP._statcmd=nntplib NNTP._statparse=nntplib NNTP.article=nntplib NNTP.body=nn'
-        'tplib NNTP.capabilities=nntplib NNTP.date=nntplib NNTP.description=nntplib NNTP.'
-        'descriptions=nntplib NNTP.getcapabilities=nntplib NNTP.group=nntplib NNTP.head=n'
-        'ntplib NNTP.help=nntplib NNTP.ihave=nntplib NNTP.last=nntplib NNTP.list=nntplib '
-        'NNTP.login=nntplib NNTP.newgroups=nntplib NNTP.newnews=nntplib NNTP.next=nntplib'
-        ' NNTP.over=nntplib NNTP.post=nntplib NNTP.quit=nntplib NNTP.slave=nntplib NNTP.s'
-        'tarttls=nntplib NNTP.stat=nntplib NNTP.xhdr=nntplib NNTP.xover=nntplib NNTPDataE'
-        'rror=nntplib NNTPError=nntplib NNTPPermanentError=nntplib NNTPProtocolError=nntp'
-        'lib NNTPReplyError=nntplib NNTPTemporaryError=nntplib NNTP_SSL=nntplib NNTP_SSL.'
-        '__exit__=nntplib NNTP_SSL._artcmd=nntplib NNTP_SSL._base_init=nntplib NNTP_SSL._'
-        'close=nntplib NNTP_SSL._create_socket=nntplib NNTP_SSL._getdescriptions=nntplib '
-        'NNTP_SSL._getline=nntplib NNTP_SSL._getlongresp=open NNTP_SSL._getoverviewfmt=nn'
-        'tplib NNTP_SSL._getresp=nntplib NNTP_SSL._grouplist=nntplib NNTP_SSL._longcmd=nn'
-        'tplib NNTP_SSL._longcmdstring=nntplib NNTP_SSL._post=nntplib NNTP_SSL._putcmd=nn'
-        'tplib NNTP_SSL._putline=nntplib NNTP_SSL._setreadermode=nntplib NNTP_SSL._shortc'
-        'md=nntplib NNTP_SSL._statcmd=nntplib NNTP_SSL._statparse=nntplib NNTP_SSL.articl'
-        'e=nntplib NNTP_SSL.body=nntplib NNTP_SSL.capabilities=nntplib NNTP_SSL.date=nntp'
-        'lib NNTP_SSL.description=nntplib NNTP_SSL.descriptions=nntplib NNTP_SSL.getcapab'
-        'ilities=nntplib NNTP_SSL.group=nntplib NNTP_SSL.head=nntplib NNTP_SSL.help=nntpl'
-        'ib NNTP_SSL.ihave=nntplib NNTP_SSL.last=nntplib NNTP_SSL.list=nntplib NNTP_SSL.l'
-        'ogin=nntplib NNTP_SSL.newgroups=nntplib NNTP_SSL.newnews=nntplib NNTP_SSL.next=n'
-        'ntplib NNTP_SSL.over=nntplib NNTP_SSL.post=nntplib NNTP_SSL.quit=nntplib NNTP_SS'
-        'L.slave=nntplib NNTP_SSL.starttls=nntplib NNTP_SSL.stat=nntplib NNTP_SSL.xhdr=nn'
-        'tplib NNTP_SSL.xover=nntplib _GLOBAL_DEFAULT_TIMEOUT=socket _encrypt_on=nntplib '
-        '_parse_datetime=nntplib _parse_overview=nntplib _parse_overview_fmt=nntplib _unp'
-        'arse_datetime=nntplib socket=socket ssl=ssl'),
-    'numpy': ('average=eval broadcast_arrays=eval broadcast_shapes=eval broadcast_to=eval corrc'
-        'oef=eval cov=eval diag_indices_from=eval diff=eval fill_diagonal=eval fix=eval f'
-        'romregex=open genfromtxt=open gradient=eval histogram=eval histogram2d=eval hist'
-        'ogramdd=eval info=__import__ intersect1d=eval isin=eval isneginf=eval isposinf=e'
-        'val load=open loadtxt=open meshgrid=eval nan_to_num=eval pad=eval save=open save'
-        'txt=open savez=open savez_compressed=open select=eval setdiff1d=eval setxor1d=ev'
-        'al show_runtime=socket trapezoid=eval tril_indices=eval tril_indices_from=eval t'
-        'riu_indices=eval triu_indices_from=eval union1d=eval unique=eval unique_all=eval'
-        ' unique_counts=eval unique_inverse=eval unique_values=eval unwrap=eval'),
-    'numpy._core._add_newdocs': '_array_method_doc=__import__ add_newdoc=__import__',
-    'numpy._core._add_newdocs_scalars': 'add_newdoc=__import__ add_newdoc_for_scalar_type=__import__',
-    'numpy._core._asarray': 'array_function_dispatch=eval',
-    'numpy._core._dtype_ctypes': ('_ctypes=_ctypes _from_ctypes_array=ctypes _from_ctypes_structure=ctypes _from_ct'
-        'ypes_union=ctypes ctypes=ctypes dtype_from_ctypes_type=ctypes'),
-    'numpy._core._internal': '_commastring=compile ctypes=ctypes',
-    'numpy._core._methods': ('_count_reduce_items=eval _dump=open _mean=eval _std=eval _var=eval broadcast_to='
-        'eval'),
-    'numpy._core.arrayprint': ('_array_repr_implementation=eval _array_str_implementation=eval array2string=eval'
-        ' array_function_dispatch=eval array_repr=eval array_str=eval'),
-    'numpy._core.defchararray': ('chararray.join=eval chararray.rsplit=eval chararray.split=eval chararray.splitli'
-        'nes=eval join=eval rsplit=eval split=eval splitlines=eval'),
-    'numpy._core.einsumfunc': 'array_function_dispatch=eval einsum=eval einsum_path=eval',
-    'numpy._core.fromnumeric': 'mean=eval std=eval var=eval',
-    'numpy._core.function_base': 'add_newdoc=__import__',
-    'numpy._core.memmap': 'memmap=open memmap.__new__=open mmap=mmap',
-    'numpy._core.overrides': 'array_function_dispatch=eval array_function_from_dispatcher=eval',
-    'numpy._core.records': 'array=open fromfile=open',
-    'numpy._core.strings': ('_join=eval _rsplit=eval _split=eval _splitlines=eval array_function_dispatch=eva'
-        'l capitalize=eval center=eval decode=eval encode=eval expandtabs=eval ljust=eval'
-        ' lower=eval mod=eval multiply=eval partition=eval replace=eval rjust=eval rparti'
-        'tion=eval swapcase=eval title=eval translate=eval upper=eval zfill=eval'),
-    'numpy.conftest': 'tempfile=tempfile',
-    'numpy.core': '_ufunc_reconstruct=__import__',
-    'numpy.ctypeslib': ('_concrete_ndptr=ctypes _ndptr=ctypes as_array=ctypes as_ctypes=ctypes as_ctypes_'
-        'type=ctypes ctypes=ctypes load_library=__import__'),
-    'numpy.ctypeslib._ctypeslib': ('_concrete_ndptr=ctypes _concrete_ndptr.contents=ctypes _ctype_from_dtype=ctypes '
-        '_ctype_from_dtype_structured=ctypes _ctype_from_dtype_subarray=ctypes _ndptr=cty'
-        'pes _ndptr_base=ctypes as_array=ctypes as_ctypes=ctypes as_ctypes_type=ctypes ct'
-        'ypes=ctypes load_library=__import__'),
-    'numpy.fft._helper': 'array_function_dispatch=eval fftshift=eval ifftshift=eval',
-    'numpy.lib': 'add_newdoc=__import__',
-    'numpy.lib._arraypad_impl': '_as_pairs=eval array_function_dispatch=eval pad=eval',
-    'numpy.lib._arraysetops_impl': ('NamedTuple=eval UniqueAllResult=eval UniqueCountsResult=eval UniqueInverseResult'
-        '=eval _isin=eval _unique1d=eval intersect1d=eval isin=eval setdiff1d=eval setxor'
-        '1d=eval union1d=eval unique=eval unique_all=eval unique_counts=eval unique_inver'
-        'se=eval unique_values=eval'),
-    'numpy.lib._datasource': ('DataSource.__del__=shutil DataSource.__init__=tempfile DataSource._cache=shutil '
-        'DataSource._findfile=shutil DataSource.exists=open DataSource.open=shutil Reposi'
-        'tory.__del__=shutil Repository.__init__=tempfile Repository._cache=shutil Reposi'
-        'tory._findfile=shutil Repository.exists=open Repository.listdir=os Repository.op'
-        'en=shutil _open=open open=open shutil=shutil tempfile=tempfile urlopen=open'),
-    'numpy.lib._format_impl': ('_read_array_header=compile open_memmap=open read_array=pickle read_array_header_'
-        '1_0=compile read_array_header_2_0=compile'),
-    'numpy.lib._function_base_impl': ('_median=eval _parse_input_dimensions=eval _quantile=eval _quantile_ureduce_func='
-        'eval average=eval corrcoef=eval cov=eval diff=eval gradient=eval histogram=eval '
-        'histogramdd=eval mean=eval meshgrid=eval select=eval trapezoid=eval unwrap=eval '
-        'vectorize.__call__=eval vectorize._call_as_normal=eval vectorize._vectorize_call'
-        '=eval vectorize._vectorize_call_with_signature=eval'),
-    'numpy.lib._histograms_impl': '_hist_bin_stone=eval histogram=eval histogramdd=eval',
-    'numpy.lib._index_tricks_impl': 'diag_indices_from=eval diff=eval fill_diagonal=eval',
-    'numpy.lib._npyio_impl': ('NpzFile.__getitem__=open _read=open _savez=open fromregex=open genfromtxt=open l'
-        'oad=open loadtxt=open recfromcsv=open recfromtxt=open save=open savetxt=open sav'
-        'ez=open savez_compressed=open'),
-    'numpy.lib._scimath_impl': ('arccos=eval arcsin=eval arctanh=eval array_function_dispatch=eval log=eval log10'
-        '=eval log2=eval logn=eval power=eval sqrt=eval'),
-    'numpy.lib._stride_tricks_impl': ('_broadcast_shape=eval array_function_dispatch=eval broadcast_arrays=eval broadca'
-        'st_shapes=eval broadcast_to=eval sliding_window_view=eval'),
-    'numpy.lib._twodim_base_impl': ('broadcast_to=eval histogram2d=eval histogramdd=eval tril_indices=eval tril_indic'
-        'es_from=eval triu_indices=eval triu_indices_from=eval'),
-    'numpy.lib._type_check_impl': 'isneginf=eval isposinf=eval nan_to_num=eval',
-    'numpy.lib._ufunclike_impl': 'array_function_dispatch=eval fix=eval isneginf=eval isposinf=eval',
-    'numpy.lib._utils_impl': '_makenamedict=__import__ info=__import__ safe_eval=compile show_runtime=socket',
-    'numpy.lib.format': ('open_memmap=open read_array=pickle read_array_header_1_0=compile read_array_head'
-        'er_2_0=compile'),
-    'numpy.lib.recfunctions': ('_keep_fields=eval append_fields=eval apply_along_fields=eval array_function_disp'
-        'atch=eval assign_fields_by_name=eval drop_fields=eval find_duplicates=eval join_'
-        'by=eval merge_arrays=eval rec_append_fields=eval rec_drop_fields=eval rec_join=e'
-        'val recursive_fill_fields=eval rename_fields=eval repack_fields=eval require_fie'
-        'lds=eval stack_arrays=eval structured_to_unstructured=eval unstructured_to_struc'
-        'tured=eval'),
-    'numpy.lib.scimath': ('arccos=eval arcsin=eval arctanh=eval log=eval log10=eval log2=eval logn=eval pow'
-        'er=eval sqrt=eval'),
-    'numpy.lib.stride_tricks': 'sliding_window_view=eval',
-    'numpy.linalg._linalg': ('EigResult=eval EighResult=eval NamedTuple=eval QRResult=eval SVDResult=eval Slog'
-        'detResult=eval _multi_svd_norm=eval cond=eval eig=eval eigh=eval matrix_norm=eva'
-        'l matrix_rank=eval norm=eval pinv=eval qr=eval slogdet=eval svd=eval svdvals=eva'
-        'l vector_norm=eval'),
-    'numpy.ma.core': ('MaskedArray=eval MaskedArray.__eq__=eval MaskedArray.__ge__=eval MaskedArray.__g'
-        'etitem__=eval MaskedArray.__gt__=eval MaskedArray.__le__=eval MaskedArray.__lt__'
-        '=eval MaskedArray.__ne__=eval MaskedArray._comparison=eval MaskedArray.dot=eval '
-        'MaskedArray.mT=eval MaskedConstant=eval MaskedConstant.__eq__=eval MaskedConstan'
-        't.__ge__=eval MaskedConstant.__getitem__=eval MaskedConstant.__gt__=eval MaskedC'
-        'onstant.__le__=eval MaskedConstant.__lt__=eval MaskedConstant.__ne__=eval Masked'
-        'Constant.__new__=eval MaskedConstant._comparison=eval MaskedConstant.dot=eval Ma'
-        'skedConstant.mT=eval MaskedIterator.__getitem__=eval MaskedIterator.__next__=eva'
-        'l _convert2ma=eval _convolve_or_correlate=eval _extrema_operation.__call__=eval '
-        '_frommethod=eval _mask_propagate=eval allclose=eval allequal=eval array=eval asa'
-        'nyarray=eval asarray=eval compressed=eval convolve=eval correlate=eval diff=eval'
-        ' dot=eval fix_invalid=eval fromflex=eval left_shift=eval masked_array=eval maske'
-        'd_object=eval masked_values=eval max=eval min=eval mvoid=eval mvoid.__eq__=eval '
-        'mvoid.__ge__=eval mvoid.__getitem__=eval mvoid.__gt__=eval mvoid.__le__=eval mvo'
-        'id.__lt__=eval mvoid.__ne__=eval mvoid._comparison=eval mvoid.dot=eval mvoid.fil'
-        'led=eval mvoid.mT=eval outer=eval outerproduct=eval ptp=eval right_shift=eval ta'
-        'ke=eval where=eval'),
-    'numpy.ma.extras': ('MAxisConcatenator.makemat=eval MaskedArray=eval _covhelper=eval _fromnxfunction_'
-        'allargs=eval _fromnxfunction_seq=eval _fromnxfunction_single=eval apply_along_ax'
-        'is=eval apply_over_axes=eval array=eval asarray=eval average=eval compress_cols='
-        'eval compress_nd=eval compress_rowcols=eval compress_rows=eval corrcoef=eval cov'
-        '=eval dot=eval ediff1d=eval in1d=eval intersect1d=eval isin=eval mask_cols=eval '
-        'mask_rowcols=eval mask_rows=eval masked_all=eval masked_array=eval median=eval m'
-        'r_class.makemat=eval notmasked_contiguous=eval notmasked_edges=eval polyfit=eval'
-        ' setdiff1d=eval setxor1d=eval union1d=eval unique=eval'),
-    'numpy.ma.mrecords': 'fromtextfile=open openfile=open',
-    'numpy.ma.testutils': ('_assert_equal_on_sequences=eval almost=eval approx=eval assert_almost_equal=eval'
-        ' assert_array_almost_equal=eval assert_array_approx_equal=eval assert_array_comp'
-        'are=eval assert_array_equal=eval assert_array_less=eval assert_close=eval assert'
-        '_equal=eval assert_equal_records=eval assert_mask_equal=eval assert_not_equal=ev'
-        'al fail_if_array_equal=eval fail_if_equal=eval masked_array=eval'),
-    'numpy.polynomial.polynomial': '_array_function_dispatch=eval polygrid2d=eval polyval2d=eval',
-    'numpy.random._examples.cffi.extending': 'parse_distributions_h=open',
-    'numpy.random._examples.cffi.parse': 'parse_distributions_h=open',
-    'optparse': ('AmbiguousOptionError.__str__=open BadOptionError.__str__=open IndentedHelpFormat'
-        'ter.format_usage=open OptionParser.__init__=open OptionParser._add_help_option=o'
-        'pen OptionParser._add_version_option=open OptionParser._populate_option_list=ope'
-        'n OptionParser._process_args=open OptionParser._process_long_opt=open OptionPars'
-        'er._process_short_opts=open OptionParser.format_help=open OptionParser.format_op'
-        'tion_help=open OptionParser.parse_args=open OptionParser.print_help=open OptionP'
-        'arser.set_usage=open TitledHelpFormatter.format_usage=open Values.read_file=exec'
-        ' Values.read_module=__import__ _=open check_builtin=open check_choice=open gette'
-        'xt=open ngettext=open'),
-    'pathlib': ('Path._scandir=os Path.chmod=os Path.hardlink_to=os Path.iterdir=os Path.lchmod=o'
-        's Path.mkdir=mkdir Path.open=open Path.read_bytes=open Path.read_text=open Path.'
-        'rename=os Path.replace=os Path.rmdir=os Path.symlink_to=os Path.touch=os Path.un'
-        'link=os Path.write_bytes=open Path.write_text=open PosixPath._scandir=os PosixPa'
-        'th.chmod=os PosixPath.hardlink_to=os PosixPath.iterdir=os PosixPath.lchmod=os Po'
-        'sixPath.mkdir=mkdir PosixPath.open=open PosixPath.read_bytes=open PosixPath.read'
-        '_text=open PosixPath.rename=os PosixPath.replace=os PosixPath.rmdir=os PosixPath'
-        '.symlink_to=os PosixPath.touch=os PosixPath.unlink=os PosixPath.write_bytes=open'
-        ' PosixPath.write_text=open WindowsPath._scandir=os WindowsPath.chmod=os WindowsP'
-        'ath.hardlink_to=os WindowsPath.iterdir=os WindowsPath.lchmod=os WindowsPath.mkdi'
-        'r=mkdir WindowsPath.open=open WindowsPath.read_bytes=open WindowsPath.read_text='
-        'open WindowsPath.rename=os WindowsPath.replace=os WindowsPath.rmdir=os WindowsPa'
-        'th.symlink_to=os WindowsPath.touch=os WindowsPath.unlink=os WindowsPath.write_by'
-        'tes=open WindowsPath.write_text=open'),
-    'pipes': ('Template.copy=tempfile Template.makepipeline=tempfile Template.open=open Templat'
-        'e.open_r=open Template.open_w=open makepipeline=tempfile tempfile=tempfile'),
-    'pkgutil': ('ImpImporter.iter_modules=os ImpLoader._get_delegate=importlib ImpLoader._reopen='
-        'open ImpLoader.get_code=compile ImpLoader.get_data=open ImpLoader.get_filename=i'
-        'mportlib ImpLoader.get_source=open ImpLoader.load_module=open _get_spec=importli'
-        'b _iter_file_finder_modules=os extend_path=open find_loader=__import__ get_data='
-        'importlib get_loader=__import__ importlib=importlib iter_importers=importlib ite'
-        'r_modules=importlib marshal=marshal namedtuple=eval read_code=marshal resolve_na'
-        'me=importlib walk_packages=__import__ zipimport=zipimport zipimporter=zipimport'),
-    'poplib': ('POP3=poplib POP3.__init__=poplib POP3._create_socket=poplib POP3._getline=poplib'
-        ' POP3._getlongresp=poplib POP3._getresp=poplib POP3._longcmd=poplib POP3._putcmd'
-        '=poplib POP3._putline=poplib POP3._shortcmd=poplib POP3.apop=poplib POP3.capa=po'
-        'plib POP3.close=poplib POP3.dele=poplib POP3.list=poplib POP3.noop=poplib POP3.p'
-        'ass_=poplib POP3.quit=poplib POP3.retr=poplib POP3.rpop=poplib POP3.rset=poplib '
-        'POP3.stat=poplib POP3.stls=poplib POP3.top=poplib POP3.uidl=poplib POP3.user=pop'
-        'lib POP3.utf8=poplib POP3_SSL=poplib POP3_SSL.__init__=poplib POP3_SSL._create_s'
-        'ocket=poplib POP3_SSL._getline=poplib POP3_SSL._getlongresp=poplib POP3_SSL._get'
-        'resp=poplib POP3_SSL._longcmd=poplib POP3_SSL._putcmd=poplib POP3_SSL._putline=p'
-        'oplib POP3_SSL._shortcmd=poplib POP3_SSL.apop=poplib POP3_SSL.capa=poplib POP3_S'
-        'SL.close=poplib POP3_SSL.dele=poplib POP3_SSL.list=poplib POP3_SSL.noop=poplib P'
-        'OP3_SSL.pass_=poplib POP3_SSL.quit=poplib POP3_SSL.retr=poplib POP3_SSL.rpop=pop'
-        'lib POP3_SSL.rset=poplib POP3_SSL.stat=poplib POP3_SSL.stls=poplib POP3_SSL.top='
-        'poplib POP3_SSL.uidl=poplib POP3_SSL.user=poplib POP3_SSL.utf8=poplib error_prot'
-        'o=poplib socket=socket ssl=ssl'),
-    'pstats': ('Stats.__init__=open Stats.dump_stats=open Stats.init=open Stats.load_stats=open '
-        'dataclass=eval marshal=marshal'),
-    'py_compile': 'compile=importlib importlib=importlib',
-    'pyclbr': ('_ModuleBrowser.visit_Import=importlib _ModuleBrowser.visit_ImportFrom=importlib '
-        '_create_tree=compile _main=importlib _readmodule=importlib importlib=importlib r'
-        'eadmodule=importlib readmodule_ex=importlib'),
-    'quopri': 'main=open',
-    'rlcompleter': ('Completer._callable_postfix=eval Completer.attr_matches=eval Completer.complete='
-        'eval Completer.global_matches=eval'),
-    'sched': 'namedtuple=eval',
-    'shlex': 'shlex.__next__=open shlex.get_token=open shlex.sourcehook=open',
-    'smtpd': ('DebuggingServer.__init__=socket DebuggingServer.create_socket=socket PureProxy._'
-        'deliver=smtplib PureProxy.create_socket=socket PureProxy.process_message=smtplib'
-        ' SMTPChannel.__init__=socket SMTPChannel.create_socket=socket SMTPServer.__init_'
-        '_=socket SMTPServer.create_socket=socket parseargs=open smtplib=smtplib socket=s'
-        'ocket'),
-    'sndhdr': 'namedtuple=eval test=os testall=os what=open whathdr=open',
-    'statistics': 'namedtuple=eval',
-    'sunau': 'Au_read.__init__=open Au_write.__init__=open namedtuple=eval',
-    'sysconfig': ('_expand_vars=__import__ _generate_posix_vars=open _init_non_posix=__import__ _in'
-        'it_posix=__import__ _main=__import__ _parse_makefile=open aix_platform=open get_'
-        'config_h_filename=__import__ get_config_var=__import__ get_config_vars=__import_'
-        '_ get_makefile_filename=__import__ get_path=__import__ get_paths=__import__ get_'
-        'platform=__import__'),
-    'tabnanny': 'check=open main=open',
-    'test._test_eintr': ('EINTRBaseTest.setUp=signal EINTRBaseTest.subprocess=subprocess EINTRBaseTest.tea'
-        'rDown=signal FNTLEINTRTest._lock=open FNTLEINTRTest.setUp=signal FNTLEINTRTest.s'
-        'ubprocess=subprocess FNTLEINTRTest.tearDown=signal OSEINTRTest.setUp=signal OSEI'
-        'NTRTest.subprocess=subprocess OSEINTRTest.tearDown=signal SelectEINTRTest.setUp='
-        'signal SelectEINTRTest.subprocess=subprocess SelectEINTRTest.tearDown=signal Sig'
-        'nalEINTRTest.check_sigwait=signal SignalEINTRTest.setUp=signal SignalEINTRTest.s'
-        'ubprocess=subprocess SignalEINTRTest.tearDown=signal SocketEINTRTest._test_open='
-        'socket SocketEINTRTest._test_recv=socket SocketEINTRTest._test_send=socket Socke'
-        'tEINTRTest.os_open=os SocketEINTRTest.python_open=open SocketEINTRTest.setUp=sig'
-        'nal SocketEINTRTest.subprocess=subprocess SocketEINTRTest.tearDown=signal TimeEI'
-        'NTRTest.setUp=signal TimeEINTRTest.subprocess=subprocess TimeEINTRTest.tearDown='
-        'signal socket=socket subprocess=subprocess'),
-    'test._test_multiprocessing': ('BaseManager=multiprocessing BaseMixin.setUpClass=multiprocessing BaseProxy=multi'
-        'processing HAS_REDUCTION=multiprocessing IteratorProxy=multiprocessing IteratorP'
-        'roxy.__deepcopy__=multiprocessing IteratorProxy.__init__=multiprocessing Iterato'
-        'rProxy.__reduce__=multiprocessing IteratorProxy.__str__=multiprocessing Iterator'
-        'Proxy._after_fork=multiprocessing IteratorProxy._callmethod=multiprocessing Iter'
-        'atorProxy._connect=multiprocessing IteratorProxy._decref=multiprocessing Iterato'
-        'rProxy._getvalue=multiprocessing IteratorProxy._incref=multiprocessing LOG_LEVEL'
-        '=multiprocessing ManagerMixin.setUpClass=multiprocessing ManagerMixin.tearDownCl'
-        'ass=multiprocessing MaybeEncodingError=multiprocessing MyManager=multiprocessing'
-        ' MyManager.__enter__=multiprocessing MyManager.__exit__=multiprocessing MyManage'
-        'r.__init__=multiprocessing MyManager._create=multiprocessing MyManager._debug_in'
-        'fo=multiprocessing MyManager._finalize_manager=multiprocessing MyManager._number'
-        '_of_objects=multiprocessing MyManager._run_server=multiprocessing MyManager.conn'
-        'ect=multiprocessing MyManager.get_server=multiprocessing MyManager.register=mult'
-        'iprocessing MyManager.start=multiprocessing ProcessesMixin.setUpClass=multiproce'
-        'ssing QueueManager=multiprocessing QueueManager.__enter__=multiprocessing QueueM'
-        'anager.__exit__=multiprocessing QueueManager.__init__=multiprocessing QueueManag'
-        'er._create=multiprocessing QueueManager._debug_info=multiprocessing QueueManager'
-        '._finalize_manager=multiprocessing QueueManager._number_of_objects=multiprocessi'
-        'ng QueueManager._run_server=multiprocessing QueueManager.connect=multiprocessing'
-        ' QueueManager.get_server=multiprocessing QueueManager.register=multiprocessing Q'
-        'ueueManager.start=multiprocessing QueueManager2=multiprocessing QueueManager2.__'
-        'enter__=multiprocessing QueueManager2.__exit__=multiprocessing QueueManager2.__i'
-        'nit__=multiprocessing QueueManager2._create=multiprocessing QueueManager2._debug'
-        '_info=multiprocessing QueueManager2._finalize_manager=multiprocessing QueueManag'
-        'er2._number_of_objects=multiprocessing QueueManager2._run_server=multiprocessing'
-        ' QueueManager2.connect=multiprocessing QueueManager2.get_server=multiprocessing '
-        'QueueManager2.register=multiprocessing QueueManager2.start=multiprocessing Remot'
-        'eError=multiprocessing Structure=ctypes TestCloseFds._test_closefds=socket TestC'
-        'loseFds.close=socket TestCloseFds.get_high_socket_fd=socket TestFlags.run_in_chi'
-        'ld=multiprocessing TestForkAwareThreadLock.child=multiprocessing TestIgnoreEINTR'
-        '._test_ignore=signal TestIgnoreEINTR._test_ignore_listener=multiprocessing TestI'
-        'nitializers.setUp=multiprocessing TestResourceTracker._is_resource_tracker_reuse'
-        'd=multiprocessing TestResourceTracker.check_resource_tracker_death=multiprocessi'
-        'ng TestStartMethod._check_context=multiprocessing TestStartMethod._put_two_and_n'
-        'est_once=multiprocessing TestSyncManagerTypes.run_worker=multiprocessing TestSyn'
-        'cManagerTypes.wait_proc_exit=multiprocessing TestTimeouts._test_timeout=multipro'
-        'cessing TestWait._child_test_wait_socket=socket ThreadsMixin.setUpClass=multipro'
-        'cessing Value=multiprocessing _DummyList.__init__=multiprocessing _Foo=ctypes _T'
-        'estCondition._test_wait_result=os _TestConnection._send_data_without_fd=os _Test'
-        'Connection._writefd=multiprocessing _TestFinalize._test_finalize=multiprocessing'
-        ' _TestFinalize.setUp=multiprocessing _TestFinalize.tearDown=multiprocessing _Tes'
-        'tHeap.setUp=multiprocessing _TestImportStar.get_module_names=os _TestLogging._te'
-        'st_level=multiprocessing _TestManagerRestart._putter=multiprocessing _TestPickli'
-        'ngConnections._listener=socket _TestPicklingConnections._remote=socket _TestPick'
-        'lingConnections.tearDownClass=multiprocessing _TestPollEintr._killer=os _TestPro'
-        'cess._kill_process=signal _TestProcess._test_report_parent_status=multiprocessin'
-        'g _TestProcess._test_send_parent_process=multiprocessing _TestProcess._test_wait'
-        '_for_threads=thread _TestProcess.check_forkserver_death=multiprocessing _TestRem'
-        'oteManager._putter=multiprocessing _TestSharedMemory._attach_existing_shmem_then'
-        '_write=multiprocessing _TestSubclassingProcess._test_stderr_flush=open _TestSubc'
-        'lassingProcess._test_sys_exit=open _UpperCaser=multiprocessing _UpperCaser.__ini'
-        't__=multiprocessing _forkserver=multiprocessing _resource_tracker=multiprocessin'
-        'g _resource_unlink=multiprocessing _test_process=multiprocessing c_double=ctypes'
-        ' c_int=ctypes c_longlong=ctypes copy=multiprocessing install_tests_in_module_dic'
-        't=multiprocessing multiprocessing=multiprocessing only_run_in_spawn_testsuite=mu'
-        'ltiprocessing parent_process=multiprocessing pool_in_process=multiprocessing red'
-        'uction=multiprocessing resource_sharer=multiprocessing resource_tracker=multipro'
-        'cessing shared_memory=multiprocessing socket=socket subprocess=subprocess util=m'
-        'ultiprocessing wait=multiprocessing wait_for_handle=multiprocessing'),
-    'test._test_venv_multiprocessing': 'main=multiprocessing multiprocessing=multiprocessing',
-    'test.audiotests': ('AudioTests.check_params=pickle AudioTests.tearDown=os AudioTestsWithSourceFile.c'
-        'heck_params=pickle AudioTestsWithSourceFile.tearDown=os AudioWriteTests.check_fi'
-        'le=open AudioWriteTests.check_params=pickle AudioWriteTests.create_file=open Aud'
-        'ioWriteTests.tearDown=os UnseekableIO=open unlink=os'),
-    'test.audit-tests': 'marshal=marshal mmap=mmap socket=socket sqlite3=sqlite3 ssl=ssl',
-    'test.bisect_cmd': ('list_cases=subprocess main=open python_cmd=subprocess run_tests=subprocess subpr'
-        'ocess=subprocess tempfile=tempfile write_output=open write_tests=open'),
-    'test.certdata.make_ssl_certs': 'make_ca=open make_cert_key=open shutil=shutil tempfile=tempfile unmake_ca=shutil',
-    'test.datetimetester': ('IranTest.setUp=open ZoneInfo.fromname=open ZoneInfo.print_all_nondst_folds=open '
-        'ZoneInfo.stats=open ZoneInfo.zonenames=open ZoneInfoCompleteTest.__init__=open Z'
-        'oneInfoTest.setUp=open'),
-    'test.double_const': 'check_ok=eval',
-    'test.fork_wait': 'ForkWait.wait_impl=os',
-    'test.leakers.test_ctypes': 'POINTER=ctypes Structure=ctypes c_int=ctypes leak=ctypes leak_inner=ctypes',
-    'test.libregrtest.cmdline': ('FromFileFilterAction.__call__=open _ArgParser.__init__=open _ArgParser._add_acti'
-        'on=open _ArgParser._add_container_actions=open _ArgParser._check_conflict=open _'
-        'ArgParser._check_value=open _ArgParser._get_handler=open _ArgParser._get_option_'
-        'tuples=open _ArgParser._get_optional_kwargs=open _ArgParser._get_positional_kwar'
-        'gs=open _ArgParser._get_value=open _ArgParser._get_values=open _ArgParser._handl'
-        'e_conflict_error=open _ArgParser._match_argument=open _ArgParser._parse_known_ar'
-        'gs=open _ArgParser._parse_optional=open _ArgParser._read_args_from_files=open _A'
-        'rgParser.add_argument=open _ArgParser.add_subparsers=open _ArgParser.parse_args='
-        'open _ArgParser.parse_intermixed_args=open _ArgParser.parse_known_args=open _Arg'
-        'Parser.parse_known_intermixed_args=open'),
-    'test.libregrtest.findtests': 'findtests=os split_test_packages=os',
-    'test.libregrtest.main': ('Regrtest._add_cross_compile_opts=__import__ Regrtest._add_python_opts=subprocess'
-        ' Regrtest._execute_python=subprocess Regrtest._init=tempfile Regrtest._run_tests'
-        '=socket Regrtest.finalize_tests=open Regrtest.find_tests=open Regrtest.main=temp'
-        'file Regrtest.run_test=importlib Regrtest.run_tests=socket Regrtest.run_tests_se'
-        'quentially=importlib cleanup_temp_dir=shutil display_header=socket findtests=os '
-        'get_host_runner=__import__ get_temp_dir=tempfile run_single_test=importlib split'
-        '_test_packages=os subprocess=subprocess'),
-    'test.libregrtest.refleak': 'dash_R_cleanup=zipimport runtest_refleak=open zipimport=zipimport',
-    'test.libregrtest.results': 'TestResults.write_junit=open',
-    'test.libregrtest.run_workers': ('RunWorkers.run=thread RunWorkers.start_workers=thread WorkerThread=thread Worker'
-        'Thread._bootstrap=exec WorkerThread._bootstrap_inner=exec WorkerThread._kill=os '
-        'WorkerThread._run_process=subprocess WorkerThread._runtest=subprocess WorkerThre'
-        'ad.create_json_file=tempfile WorkerThread.create_stdout=tempfile WorkerThread.jo'
-        'in=thread WorkerThread.read_json=open WorkerThread.run=subprocess WorkerThread.r'
-        'un_tmp_files=subprocess WorkerThread.start=thread WorkerThread.stop=os create_wo'
-        'rker_process=subprocess subprocess=subprocess tempfile=tempfile'),
-    'test.libregrtest.runtests': ('JsonFile.configure_subprocess=subprocess JsonFile.open=open subprocess=subproces'
-        's'),
-    'test.libregrtest.save_env': ('saved_test_environment.restore_cwd=os saved_test_environment.restore_files=shuti'
-        'l saved_test_environment.restore_sys_gettrace=exec saved_test_environment.restor'
-        'e_urllib_requests__url_tempfiles=os'),
-    'test.libregrtest.single': ('_load_run_test=importlib _runtest=importlib _runtest_env_changed_exc=importlib i'
-        'mportlib=importlib regrtest_runner=open remove_testfn=os run_single_test=importl'
-        'ib runtest_refleak=open'),
-    'test.libregrtest.utils': ('cleanup_temp_dir=shutil display_header=socket get_build_info=__import__ get_host'
-        '_runner=__import__ get_temp_dir=tempfile remove_testfn=os shutil=shutil subproce'
-        'ss=subprocess tempfile=tempfile'),
-    'test.libregrtest.win_utils': 'WindowsLoadTracker.__init__=thread _winapi=_winapi',
-    'test.libregrtest.worker': ('create_worker_process=subprocess get_temp_dir=tempfile main=tempfile run_single_'
-        'test=importlib subprocess=subprocess worker_process=open'),
-    'test.lock_tests': 'Bunch.__enter__=thread start_new_thread=thread',
-    'test.mock_socket': ('AF_INET=socket AF_INET6=socket AF_UNIX=socket SOCK_STREAM=socket _GLOBAL_DEFAULT'
-        '_TIMEOUT=socket error=socket gaierror=socket getaddrinfo=socket socket_module=so'
-        'cket'),
-    'test.mp_fork_bomb': 'multiprocessing=multiprocessing',
-    'test.mp_preload': 'multiprocessing=multiprocessing',
-    'test.multibytecodec_support': ('HTTPException=http.client TestBase_Mapping._test_mapping_file_plain=open TestBas'
-        'e_Mapping._test_mapping_file_ucm=open TestBase_Mapping.open_mapping_file=open Te'
-        'stBase_Mapping.setUp=open load_teststring=open'),
-    'test.pickletester': ('AbstractDispatchTableTests._test_dispatch_table=pickle dbm=dbm forget=importlib '
-        'no_tracing=exec shutil=shutil'),
-    'test.pythoninfo': ('_winapi=_winapi collect_cc=subprocess collect_gdb=subprocess collect_libregrtest'
-        '_utils=__import__ collect_platform=socket collect_socket=socket collect_ssl=ssl '
-        'collect_support=__import__ collect_sysconfig=__import__ collect_tempfile=tempfil'
-        'e collect_windows=ctypes ctypes=ctypes socket=socket sqlite3=sqlite3 ssl=ssl sub'
-        'process=subprocess tempfile=tempfile'),
-    'test.signalinterproctester': 'InterProcessSignalTests.subprocess_send_signal=subprocess subprocess=subprocess',
-    'test.sortperf': 'main=open marshal=marshal randfloats=open tabulate=open tempfile=tempfile',
-    'test.ssl_servers': ('HTTPSServer.server_bind=socket HTTPSServerThread=thread HTTPSServerThread.__init'
-        '__=thread HTTPSServerThread._bootstrap=exec HTTPSServerThread._bootstrap_inner=e'
-        'xec HTTPSServerThread.join=thread HTTPSServerThread.start=thread RootedHTTPReque'
-        'stHandler.copyfile=shutil RootedHTTPRequestHandler.do_GET=shutil RootedHTTPReque'
-        'stHandler.do_HEAD=open RootedHTTPRequestHandler.handle=http.client RootedHTTPReq'
-        'uestHandler.handle_one_request=http.client RootedHTTPRequestHandler.list_directo'
-        'ry=os RootedHTTPRequestHandler.parse_request=http.client RootedHTTPRequestHandle'
-        'r.send_head=open StatsRequestHandler.handle=http.client StatsRequestHandler.hand'
-        'le_one_request=http.client StatsRequestHandler.parse_request=http.client make_ht'
-        'tps_server=ssl ssl=ssl'),
-    'test.ssltests': 'run_regrtests=subprocess ssl=ssl subprocess=subprocess',
-    'test.subprocessdata.sigchild_ignore': 'subprocess=subprocess',
-    'test.support': ('PythonSymlink.__enter__=os PythonSymlink.__exit__=os PythonSymlink._call=subproc'
-        'ess PythonSymlink.call_link=subprocess PythonSymlink.call_real=subprocess Struct'
-        'ure=ctypes SuppressCrashReport.__enter__=subprocess _MemoryWatchdog.start=open _'
-        'force_run=os _is_gui_available=ctypes _requires_unix_version=socket _winapi=_win'
-        'api args_from_interpreter_flags=subprocess c_int=ctypes cdll=ctypes check_cflags'
-        '_pgo=__import__ check_sanitizer=__import__ check_syntax_error=compile ctypes=cty'
-        'pes darwin_malloc_err_warning=shutil find_library=ctypes import_module=importlib'
-        ' missing_compiler_executable=__import__ no_tracing=exec open_urlresource=open op'
-        'tim_args_from_interpreter_flags=subprocess pointer=ctypes python_is_optimized=__'
-        'import__ refcount_test=exec requires=ctypes requires_freebsd_version=socket requ'
-        'ires_linux_version=socket requires_mac_ver=open requires_resource=ctypes setswit'
-        'chinterval=subprocess shutil=shutil skip_if_broken_multiprocessing_synchronize=i'
-        'mportlib skip_if_sanitizer=__import__ subprocess=subprocess unlink=os wait_proce'
-        'ss=os'),
-    'test.support.bytecode_helper': ('BytecodeTestCase.assertInBytecode=compile BytecodeTestCase.assertNotInBytecode=c'
-        'ompile BytecodeTestCase.get_disassembly_as_string=compile'),
-    'test.support.import_helper': ('forget=importlib import_fresh_module=__import__ import_module=importlib importli'
-        'b=importlib make_legacy_pyc=shutil ready_to_import=shutil shutil=shutil temp_dir'
-        '=shutil unlink=os'),
-    'test.support.os_helper': ('_force_run=os _rmdir=os _rmtree=shutil _unlink=os _waitfor=os can_chmod=open can'
-        '_dac_override=open can_symlink=os can_xattr=open change_cwd=os create_empty_file'
-        '=os ctypes=ctypes fs_is_case_insensitive=tempfile make_bad_fd=open open_dir_fd=o'
-        's rmdir=os rmtree=shutil shutil=shutil skip_if_dac_override=open skip_unless_dac'
-        '_override=open skip_unless_symlink=os skip_unless_working_chmod=open skip_unless'
-        '_xattr=open temp_cwd=shutil temp_dir=shutil tempfile=tempfile unlink=os'),
-    'test.support.pty_helper': 'import_module=importlib run_pty=importlib subprocess=subprocess',
-    'test.support.script_helper': ('_assert_python=subprocess assert_python_failure=subprocess assert_python_ok=subp'
-        'rocess importlib=importlib interpreter_requires_environment=subprocess kill_pyth'
-        'on=subprocess make_legacy_pyc=shutil make_pkg=os make_script=open make_zip_pkg=i'
-        'mportlib make_zip_script=shutil run_python_until_end=subprocess run_test_script='
-        'subprocess source_from_cache=importlib spawn_python=subprocess subprocess=subpro'
-        'cess'),
-    'test.support.socket_helper': ('_get_sysctl=subprocess _is_ipv6_enabled=socket find_unused_port=socket skip_if_t'
-        'cp_blackhole=subprocess skip_unless_bind_unix_socket=socket socket=socket subpro'
-        'cess=subprocess tcp_blackhole=subprocess transient_internet=socket unlink=os'),
-    'test.support.warnings_helper': ('check_syntax_error=compile check_syntax_warning=compile import_deprecated=import'
-        'lib importlib=importlib'),
-    'test.win_console_handler': ('SetConsoleCtrlHandler=ctypes WINFUNCTYPE=ctypes ctypes=ctypes mmap=mmap wintypes'
-        '=ctypes'),
-    'test.xmltests': 'runtest=__import__',
-    'tokenize': '_builtin_open=open main=open open=open',
-    'tomllib': 'load=eval loads=eval',
-    'tomllib._parser': 'NamedTuple=eval Output=eval load=eval loads=eval',
-    'torch': ('BFloat16Storage.__reduce__=open BoolStorage.__reduce__=open ByteStorage.__reduce'
-        '__=open CharStorage.__reduce__=open ComplexDoubleStorage.__reduce__=open Complex'
-        'FloatStorage.__reduce__=open DoubleStorage.__reduce__=open FloatStorage.__reduce'
-        '__=open HalfStorage.__reduce__=open IntStorage.__reduce__=open LongStorage.__red'
-        'uce__=open QInt32Storage.__reduce__=open QInt8Storage.__reduce__=open QUInt2x4St'
-        'orage.__reduce__=open QUInt4x2Storage.__reduce__=open QUInt8Storage.__reduce__=o'
-        'pen ShortStorage.__reduce__=open _TorchCompileInductorWrapper.__call__=ctypes _T'
-        'orchCompileInductorWrapper.__init__=eval _TorchCompileWrapper.__init__=importlib'
-        ' __getattr__=importlib _get_cuda_dep_paths=os _import_device_backends=importlib '
-        '_import_dotted_name=__import__ _load_dll_libraries=ctypes _load_global_deps=sock'
-        'et _manager_path=socket _preload_cuda_deps=socket _preload_cuda_lib=socket compi'
-        'le=importlib compile_fx=ctypes cond=importlib ctypes=ctypes entry_points=importl'
-        'ib from_dlpack=ctypes importlib=importlib load=open lookup_backend=importlib man'
-        'ual_seed=ctypes save=open seed=ctypes set_default_tensor_type=__import__ while_l'
-        'oop=importlib'),
-    'torch._appdirs': '_get_win_folder_with_ctypes=ctypes ctypes=ctypes windll=ctypes',
-    'torch._custom_op.autograd': ('construct_autograd_kernel=eval namedtuple=eval namedtuple_args=eval namedtuple_a'
-        'rgs_cls=eval'),
-    'torch._custom_op.impl': ('CustomOp._register_autograd_kernel=open CustomOp._register_impl=open CustomOp.im'
-        'pl=open CustomOp.impl_abstract=open CustomOp.impl_backward=open CustomOp.impl_fa'
-        'ctory=open CustomOp.impl_save_for_backward=open construct_autograd_kernel=eval c'
-        'ustom_op=eval infer_schema=eval validate_function_matches_schema=eval'),
-    'torch._custom_ops': 'custom_op=eval infer_schema=eval',
-    'torch._decomp': '_convert_out_params=eval register_decomposition=eval',
-    'torch._decomp.decompositions': ('_addmm_activation=eval _affine_grid_generator_4d=importlib _affine_grid_generato'
-        'r_5d=importlib _batch_norm_no_update=eval _batch_norm_with_update=eval _batch_no'
-        'rm_with_update_functional=eval _chunk_cat=eval _euclidean_dist=eval _fused_dropo'
-        'ut_decomposition=eval _fused_rms_norm=eval _fused_rms_norm_backward=eval _log_so'
-        'ftmax=eval _log_softmax_backward_data=eval _make_base_grid_4d=importlib _make_ba'
-        'se_grid_5d=importlib _max_pool_nd_with_indices=importlib _native_batch_norm_legi'
-        't=eval _native_batch_norm_legit_functional=eval _native_batch_norm_legit_no_stat'
-        's=eval _native_batch_norm_legit_no_training=eval _prelu_kernel=eval _prelu_kerne'
-        'l_backward=eval _reflection_pad=eval _reflection_pad_backward=eval _replication_'
-        'pad=eval _reshape_alias=eval _softmax=eval _softmax_backward_data=eval _to_copy='
-        'ctypes _unsafe_index=eval _unsafe_index_put=eval _unsafe_masked_index=eval _unsa'
-        'fe_masked_index_put_accumulate=eval _upsample_linear_vec=eval _upsample_nearest_'
-        'exact2d=eval _upsample_nearest_exact3d=eval _upsample_nearest_exact_vec=eval _up'
-        'sample_nearest_vec=eval _weight_norm_interface=eval adaptive_avg_pool2d=eval ada'
-        'ptive_max_pool2d=eval adaptive_max_pool3d=eval addmm=eval addmm_dtype=eval addmv'
-        '=eval affine_grid_generator=importlib aminmax=eval arange_default=eval arange_st'
-        'art=eval baddbmm=eval batch_norm_backward=eval bernoulli=eval binary_cross_entro'
-        'py=eval binary_cross_entropy_backward=eval binary_cross_entropy_with_logits=eval'
-        ' col2im=importlib cudnn_batch_norm=eval cudnn_batch_norm_backward=eval device_su'
-        'pports_fp64=ctypes diagonal_backward=eval dist=eval dropout=eval elu_backward=ev'
-        'al embedding=eval embedding_dense_backward=eval fill_scalar=eval fill_tensor=eva'
-        'l floor_divide=eval gelu_backward=eval glu_backward=eval grid_sampler_2d=eval gr'
-        'u_impl=eval gru_impl_data=eval hann_window=eval hann_window_periodic=eval hardsi'
-        'gmoid=eval hardsigmoid_backward=eval hardswish=eval hardswish_backward=eval hard'
-        'tanh_backward=eval huber_loss_backward=eval huber_loss_backward_out=eval im2col='
-        'importlib index_add=eval index_add_=eval index_copy=eval index_copy_=eval is_sam'
-        'e_size=eval isin=eval ldexp=eval leaky_relu_backward=eval log_sigmoid_backward=e'
-        'val log_sigmoid_forward=eval logit_backward=eval lstm_data_impl=eval lstm_impl=e'
-        'val matmul=eval max_pool2d_with_indices=importlib max_pool2d_with_indices_backwa'
-        'rd=eval max_pool3d_with_indices=importlib max_unpool2d=eval max_unpool3d=eval mi'
-        'open_batch_norm_backward=eval mish_backward=eval mse_loss=eval mse_loss_backward'
-        '=eval multi_margin_loss=eval multilabel_margin_loss_forward=eval mv=eval nansum='
-        'eval native_batch_norm=eval native_batch_norm_backward=eval native_batch_norm_ba'
-        'ckward_out=eval native_dropout=eval native_dropout_backward=eval native_group_no'
-        'rm_backward=eval native_group_norm_backward_out=eval native_layer_norm_backward='
-        'eval native_layer_norm_backward_out=eval nll_loss2d_backward=eval nll_loss2d_for'
-        'ward=eval nll_loss_backward=eval nll_loss_forward=eval nop_decomposition=eval ou'
-        't_dtype_decomp=eval out_wrapper=eval pad_sequence=eval register_decomposition=ev'
-        'al register_inplace=eval resize_as=eval rnn_relu_data=eval rnn_relu_input=eval r'
-        'nn_tanh_data=eval rnn_tanh_input=eval rrelu_with_noise_backward=eval safe_softma'
-        'x=eval scaled_dot_product_flash_attention_for_cpu=eval select_backward=eval shou'
-        'ld_fold=eval sigmoid_backward=eval silu=eval silu_backward=eval slice_backward=e'
-        'val slice_forward=eval slice_scatter=eval smooth_l1_loss=eval smooth_l1_loss_bac'
-        'kward=eval smooth_l1_loss_backward_out=eval soft_margin_loss=eval soft_margin_lo'
-        'ss_backward=eval softplus_backward=eval split=eval split_with_sizes_copy=eval sq'
-        'ueeze_default=eval sum_default=eval sym_numel=eval take=eval tanh_backward=eval '
-        'threshold_backward=eval unfold_backward=eval uniform=eval uniform_=eval unsafe_s'
-        'plit=eval unsafe_split_with_sizes=eval upsample_bicubic2d_aa_vec=eval upsample_b'
-        'icubic2d_default=eval upsample_bicubic2d_vec=eval upsample_bilinear2d=eval upsam'
-        'ple_bilinear2d_aa_vec=eval upsample_lanczos2d_aa_vec=eval upsample_linear1d=eval'
-        ' upsample_nearest1d=eval upsample_nearest2d=eval upsample_nearest3d=eval upsampl'
-        'e_nearest_exact1d=eval upsample_trilinear3d=eval'),
-    'torch._decomp.decompositions_for_jvp': ('_register_jit_decomposition_for_jvp=open batch_norm_backward=eval log_sigmoid_fo'
-        'rward=eval maybe_register_decomposition=eval native_batch_norm_backward=eval nat'
-        'ive_layer_norm_backward=eval register_decomposition=eval register_decomposition_'
-        'for_jvp=eval trace=eval'),
-    'torch._decomp.decompositions_for_rng': 'rand=eval rand_like=eval register_rng_decomposition=eval',
-    'torch._export': '_PyTreeInfo=eval _export_to_torch_ir=importlib aot_compile=ctypes',
-    'torch._export.config': 'install_config_module=open',
-    'torch._export.converter': ('ExplainTS2FXGraphConverter.convert=eval TS2EPConverter.convert=eval TS2EPConvert'
-        'er.retrace_as_exported_program=eval TS2FXGraphConverter.convert=eval inplace_opt'
-        'imize_sym_size_div=eval'),
-    'torch._export.db.case': 'dataclass=eval',
-    'torch._export.db.examples': '_collect_examples=__import__',
-    'torch._export.db.examples.cond_operands': 'CondOperands.forward=importlib',
-    'torch._export.non_strict_utils': ('_NonStrictTorchFunctionHandler.__torch_function__=eval _NonStrictTorchFunctionHa'
-        'ndler._override=eval _combine_args=eval make_fake_inputs=eval make_sourced_prefi'
-        'xes=eval'),
-    'torch._export.pass_base': ('TensorMetadata=eval _ExportPassBaseDeprecatedDoNotUse.ExportTracer._try_reconstr'
-        'uct_opaque=eval _ExportPassBaseDeprecatedDoNotUse.ExportTracer.create_arg=eval _'
-        'ExportPassBaseDeprecatedDoNotUse.ExportTracer.set_metadata=eval _extract_tensor_'
-        'metadata=eval'),
-    'torch._export.passes.add_runtime_assertions_for_constraints_pass': 'InputDim=eval NamedTuple=eval',
-    'torch._export.serde.schema': '_union_dataclass=eval dataclass=eval',
-    'torch._export.serde.schema_check': '_staged_schema=open importlib=importlib update_schema=importlib',
-    'torch._export.serde.serialize': ('ExportedProgramSerializer.serialize=open GraphModuleDeserializer.deserialize=ope'
-        'n GraphModuleSerializer.handle_call_function=ctypes GraphModuleSerializer.serial'
-        'ize_sym_op_inputs=eval dataclass=eval deserialize_torch_artifact=open get_triton'
-        '_kernel_and_cache_entry=ctypes has_triton=ctypes namedtuple=eval serialize_torch'
-        '_artifact=open'),
-    'torch._export.serde.union': '_union_dataclass=eval dataclass=eval',
-    'torch._export.tools': 'report_exportability=eval',
-    'torch._export.utils': ('_bind_signature_to_inputs=eval _get_torch_jit_trace_forward_signature=compile ap'
-        'ply_runtime_assertion_pass=compile insert_deferred_runtime_asserts=compile place'
-        'holder_naming_pass=eval'),
-    'torch._export.wrappers': ('_call_custom_autograd_function_in_pre_dispatch=importlib _emit_flat_apply_call=e'
-        'val _mark_strict_experimental=importlib allow_in_pre_dispatch_graph=eval export_'
-        'tracepoint_dispatch_mode=eval mark_subclass_constructor_exportable_experimental='
-        'eval strict_mode=importlib track_tensor_tree=eval'),
-    'torch._functorch._activation_checkpointing.ac_logging_utils': 'create_structured_trace_for_min_cut_info=eval trace_structured=eval',
-    'torch._functorch._activation_offloading.activation_offloading': ('activation_reload_prefetch=ctypes activation_reload_prefetch_async=ctypes benchm'
-        'ark_node=ctypes dataclass=eval enable_activation_offloading=ctypes offload=eval '
-        'reload=eval reorder_for_prefetch=ctypes'),
-    'torch._functorch._activation_offloading.offload_ops': 'custom_op=eval offload=eval reload=eval',
-    'torch._functorch._aot_autograd.aot_autograd_result': ('BundledOutputCodeLoadable.post_compile=ctypes CompiledBackward.load=ctypes Compi'
-        'ledForward.load=ctypes FxGraphCacheLoadable.load=ctypes GenericAOTAutogradResult'
-        '._log_cached_graphs=eval GenericAOTAutogradResult.wrap_post_compile=eval datacla'
-        'ss=eval'),
-    'torch._functorch._aot_autograd.autograd_cache': ('AOTAutogradCache._get_tmp_dir=tempfile AOTAutogradCache._get_tmp_dir_for_key=tem'
-        'pfile AOTAutogradCache._pickle_entry=eval AOTAutogradCache._write_to_local_cache'
-        '=tempfile AOTAutogradCache.clear=tempfile AOTAutogradCache.save=tempfile AOTAuto'
-        'gradCache.try_load=importlib AOTAutogradCacheArtifact.populate_cache=tempfile AO'
-        'TAutogradCacheArtifact.serialize=write_bytes AOTAutogradCachePickler._format_glo'
-        'bal_for_cache_key=importlib AOTAutogradCachePickler._reduce_graph_module_for_cac'
-        'he_key=importlib AOTAutogradCachePickler.reducer_override=importlib autograd_cac'
-        'he_key=importlib cache_dir=tempfile check_cacheable=importlib check_node_safe=im'
-        'portlib is_safe_numpy_wrapper=importlib numpy_wrapper_cache_key=importlib shutil'
-        '=shutil write_atomic=mkdir'),
-    'torch._functorch._aot_autograd.functional_utils': 'dataclass=eval',
-    'torch._functorch._aot_autograd.graph_capture': ('_prepare_graph_capture_tracing=ctypes aot_dispatch_autograd_graph=ctypes aot_dis'
-        'patch_base_graph=ctypes assign_epilogue_copy_streams=open create_functionalized_'
-        'fn=ctypes insert_backward_syncs=open sync_deallocations=ctypes trace_structured='
-        'eval'),
-    'torch._functorch._aot_autograd.graph_capture_wrappers': ('create_functionalized_fn=ctypes create_functionalized_rng_ops_wrapper=ctypes dat'
-        'aclass=eval'),
-    'torch._functorch._aot_autograd.graph_compile': ('_aot_stage2a_partition=eval _aot_stage2b_bw_compile=eval _cache_autograd_info=te'
-        'mpfile _cache_inference_info=tempfile _inductor_partition_fn=ctypes _log_fw_bw_g'
-        'raphs=eval _log_inference_graph=eval _log_joint_graph=eval aot_dispatch_autograd'
-        '_graph=ctypes aot_dispatch_base_graph=ctypes aot_stage1_graph_capture=ctypes aot'
-        '_stage2_autograd=tempfile aot_stage2_compile=tempfile aot_stage2_inference=tempf'
-        'ile maybe_inline_graph_saved_tensors_hooks=eval maybe_log_graph=eval trace_struc'
-        'tured=eval'),
-    'torch._functorch._aot_autograd.runtime_wrappers': ('AOTDedupeWrapper.post_compile=compile AOTDispatchSubclassWrapper.post_compile=co'
-        'mpile AOTSyntheticBaseWrapper.post_compile=compile DebugAssertWrapper.post_compi'
-        'le=compile EffectTokensWrapper.post_compile=compile FunctionalizedRngRuntimeWrap'
-        'per.post_compile=compile FunctionalizedRngRuntimeWrapper.pre_compile=ctypes Runt'
-        'imeWrapper.post_compile=compile _AOTDispatchAutogradFunctionFactory.build=compil'
-        'e _codegen_backward_epilogue=compile _codegen_backward_prologue=compile _codegen'
-        '_compiled_backward=compile _codegen_compiled_forward=compile _compile_and_exec_s'
-        'ource=compile _create_runtime_wrapper=compile codegen_backward_subclass_fns=comp'
-        'ile codegen_subclass_wrapper=compile dataclass=eval'),
-    'torch._functorch._aot_autograd.schemas': 'dataclass=eval',
-    'torch._functorch._aot_autograd.streams': ('assign_epilogue_copy_streams=open get_compute_time=ctypes get_current_stream=ope'
-        'n get_roofline_estimate=ctypes get_stream_or_current_stream=open handle_synced_d'
-        'eallocation=ctypes insert_backward_syncs=open insert_record_event_after_node=ope'
-        'n insert_sync=open insert_wait_event_before_node=open new_event=open populate_st'
-        'ream_timeline=ctypes sync_deallocations=ctypes'),
-    'torch._functorch._aot_autograd.subclass_codegen': ('_compile_and_exec_source=compile codegen_backward_subclass_fns=compile codegen_s'
-        'ubclass_wrapper=compile'),
-    'torch._functorch.aot_autograd': ('_aot_export_function=ctypes aot_compile_joint_with_descriptors=tempfile aot_expo'
-        'rt_joint_simple=ctypes aot_export_joint_with_descriptors=ctypes aot_export_modul'
-        'e=ctypes aot_function=ctypes aot_module=ctypes aot_module_simplified=ctypes aot_'
-        'stage1_graph_capture=ctypes aot_stage2_compile=tempfile autograd_cache_key=impor'
-        'tlib compiled_function=ctypes compiled_module=ctypes create_aot_state=ctypes cre'
-        'ate_functionalized_fn=ctypes create_functionalized_rng_ops_wrapper=ctypes defaul'
-        't_partition=ctypes preserve_rng_state=ctypes'),
-    'torch._functorch.autograd_function': ('NamedTuple=eval VmapInfo=eval custom_function_call_vmap=eval custom_function_cal'
-        'l_vmap_helper=eval'),
-    'torch._functorch.benchmark_utils': ('benchmark_utilization=ctypes compute_utilization=open dump_chrome_trace=ctypes g'
-        'et_chrome_trace_events=open'),
-    'torch._functorch.compilers': ('_save_fx_default=open aot_function=ctypes aot_module=ctypes debug_compile=open d'
-        'efault_partition=ctypes get_inputs=open memory_efficient_fusion=ctypes min_cut_r'
-        'ematerialization_partition=ctypes nnc_jit=ctypes simple_ts_compile=open ts_compi'
-        'le=open'),
-    'torch._functorch.config': 'install_config_module=open',
-    'torch._functorch.deprecated': 'hessian=eval jacfwd=eval jvp=eval',
-    'torch._functorch.eager_transforms': ('_jvp_with_argnums=eval hessian=eval jacfwd=eval jvp=eval lazy_dynamo_disallow=im'
-        'portlib linearize=importlib safe_unpack_dual=eval'),
-    'torch._functorch.fx_minifier': 'create_minified_hlo_graph=os dataclass=eval minifier=os',
-    'torch._functorch.partitioners': ('_extract_fwd_bwd_modules=eval _sync_decision_cross_ranks=eval choose_saved_value'
-        's_set=os create_structured_trace_for_min_cut_info=eval dataclass=eval default_pa'
-        'rtition=ctypes enable_activation_offloading=ctypes enable_activation_quantizatio'
-        'n=eval min_cut_rematerialization_partition=ctypes perform_fp8_activation_quantiz'
-        'ation=eval solve_min_cut=open trace_structured=eval visualize_min_cut_graph=open'),
-    'torch._guards': ('ChainedSource.get_value=eval CodeType=exec CompileContext.current_trace_id=eval '
-        'GuardCheckSpec=eval NamedTuple=eval ShapeGuard=eval Source.get_value=eval TraceI'
-        'd=eval dataclass=eval dataclass_with_cached_hash=eval'),
-    'torch._higher_order_ops': ('associative_scan=importlib cond=importlib map=importlib scan=importlib strict_mo'
-        'de=importlib while_loop=importlib'),
-    'torch._higher_order_ops._invoke_quant': ('InvokeQuantTracer._call_ProxyTorchDispatchMode=eval InvokeQuantUnpacked._call_Pr'
-        'oxyTorchDispatchMode=eval'),
-    'torch._higher_order_ops.aoti_call_delegate': ('call_delegate_proxy_torch_dispatch_mode=eval trace_aoti_call_delegate=eval track'
-        '_tensor_tree=eval'),
-    'torch._higher_order_ops.associative_scan': ('_check_alias_and_mutation=compile _interleave=importlib _maybe_compile_and_run_f'
-        'n=importlib associative_scan=importlib associative_scan_functionalize=compile as'
-        'sociative_scan_proxy_mode=eval check_meta_consistency=eval trace_associative_sca'
-        'n=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.auto_functionalize': ('auto_functionalized_proxy=eval auto_functionalized_v2_proxy=eval dataclass=eval '
-        'track_tensor_tree=eval'),
-    'torch._higher_order_ops.base_hop': 'BaseHOP._call_ProxyTorchDispatchMode=eval track_tensor_tree=eval',
-    'torch._higher_order_ops.cond': ('_check_alias_and_mutation=compile _hop_compile_and_call=importlib cond=importlib'
-        ' cond_func=compile inner=eval trace_cond=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.effects': 'handle_effects=eval track_tensor_tree=eval with_effects_proxy=eval',
-    'torch._higher_order_ops.executorch_call_delegate': ('call_delegate_proxy_torch_dispatch_mode=eval trace_call_delegate=eval track_tens'
-        'or_tree=eval'),
-    'torch._higher_order_ops.flat_apply': 'dataclass=eval',
-    'torch._higher_order_ops.flex_attention': ('_has_potential_branch_input_mutation=compile flex_attention_backward_proxy_torch'
-        '_dispatch_mode=eval flex_attention_functionalize=compile flex_attention_proxy_to'
-        'rch_dispatch_mode=eval trace_flex_attention=eval trace_flex_attention_backward=e'
-        'val track_tensor_tree=eval'),
-    'torch._higher_order_ops.foreach_map': 'ForeachMap._call_ProxyTorchDispatchMode=eval',
-    'torch._higher_order_ops.hints_wrap': ('_check_alias_and_mutation=compile hints_wrapper_functionalize=compile inner=eval'
-        ' trace_hints_wrapper=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.inline_asm_elementwise': 'track_tensor_tree=eval',
-    'torch._higher_order_ops.invoke_leaf_function': ('InvokeLeafFunctionAutogradOp.forward=eval LeafModuleState=eval NamedTuple=eval _'
-        'make_forward=eval _resolve_mutated_flat_indices=eval check_escaped_gradients=eva'
-        'l convert_modules_to_states=eval dataclass=eval flatten_args_with_modules=eval g'
-        'et_gradient_edge=eval handle_effects=eval invoke_leaf_function_functionalization'
-        '=eval invoke_leaf_function_proxy_mode=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.invoke_subgraph': ('InvokeSubgraphAutogradOp.backward=eval _=compile _hop_compile_and_call=importlib'
-        ' compile_fx_inner=ctypes dataclass=eval insert_deferred_runtime_asserts=compile '
-        'invoke_subgraph_placeholder=importlib mark_compile_region=importlib trace_struct'
-        'ured=eval track_tensor_tree=eval warn_and_trace_duplicate_backward=eval'),
-    'torch._higher_order_ops.local_map': ('autograd_key=ctypes create_hop_fw_bw=ctypes partition_fn=ctypes proxy_mode_key=e'
-        'val proxy_mode_key_common=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.map': ('_check_alias_and_mutation=compile _maybe_compile_and_run_fn=importlib map=import'
-        'lib map_functionalize=compile map_proxy_torch_dispatch_mode=eval trace_map=eval '
-        'track_tensor_tree=eval'),
-    'torch._higher_order_ops.out_dtype': ('maybe_handle_decomp=tempfile out_dtype_proxy=tempfile trace_out_dtype=tempfile t'
-        'rack_tensor_tree=eval'),
-    'torch._higher_order_ops.partitioner': 'min_cut_rematerialization_partition=ctypes',
-    'torch._higher_order_ops.print': 'handle_effects=eval print_func=eval',
-    'torch._higher_order_ops.run_const_graph': 'run_const_graph_dispatch_mode=eval track_tensor_tree=eval',
-    'torch._higher_order_ops.scan': ('_check_alias_and_mutation=compile _maybe_compile_and_run_fn=importlib check_meta'
-        '_consistency=eval scan=importlib scan_functionalize=compile scan_proxy_mode=eval'
-        ' trace_scan=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.schema': 'dataclass=eval',
-    'torch._higher_order_ops.strict_mode': ('_hop_compile_and_call=importlib inner=eval strict_mode=importlib trace_strict_mo'
-        'de=eval track_tensor_tree=eval'),
-    'torch._higher_order_ops.torchbind': 'call_torchbind_func=eval handle_effects=eval inner=eval track_tensor_tree=eval',
-    'torch._higher_order_ops.triton_kernel_wrap': ('TracingTritonHOPifier.init_variable=eval TritonHOPifier.init_variable=eval gener'
-        'ate_ttir=ctypes get_mutated_tensors=ctypes has_triton=ctypes has_triton_tensor_d'
-        'escriptor_host_tma=ctypes identify_accessed_tensors=ctypes identify_triton_store'
-        's=compile trace_triton_kernel_wrapper=eval track_tensor_tree=eval triton_kernel_'
-        'wrapper_functional_proxy_torch_dispatch_mode=eval triton_kernel_wrapper_mutation'
-        '_dense=exec triton_kernel_wrapper_mutation_functionalize=ctypes triton_kernel_wr'
-        'apper_mutation_proxy_torch_dispatch_mode=eval'),
-    'torch._higher_order_ops.utils': ('TensorMetadata=eval _check_alias_and_mutation=compile _extract_tensor_metadata=e'
-        'val _has_potential_branch_input_mutation=compile _hop_compile_and_call=importlib'
-        ' _maybe_compile_and_run_fn=importlib _maybe_fake_tracing=compile check_meta_cons'
-        'istency=eval dataclass=eval has_potential_input_alias_or_mutation=compile insert'
-        '_deferred_runtime_asserts=compile lookup_backend=importlib potential_input_alias'
-        '_or_mutation=compile setup_compilation_env=importlib'),
-    'torch._higher_order_ops.while_loop': ('_check_alias_and_mutation=compile _hop_compile_and_call=importlib check_meta_con'
-        'sistency=eval track_tensor_tree=eval while_loop=importlib while_loop_fake_tensor'
-        '_mode=eval while_loop_func=compile while_loop_tracing=eval'),
-    'torch._higher_order_ops.wrap': ('TagActivationCheckpoint.__call__=socket TagActivationCheckpoint.divide_kwargs=ev'
-        'al WrapActivationCheckpoint.__call__=socket checkpoint=socket inductor_compiled_'
-        'code_proxy=eval proxy_mode_key=eval tag_activation_checkpoint_impl=socket track_'
-        'tensor_tree=eval'),
-    'torch._jit_internal': ('_check_overload_body=open _create_named_tuple=eval _get_named_tuple_properties=o'
-        'pen _get_overloaded_methods=open _overload=open _overload_method=open createReso'
-        'lutionCallbackForClassMethods=open get_callable_argument_names=eval get_overload'
-        '_no_implementation_error_message=open get_source_lines_and_file=open get_type_hi'
-        'nt_captures=open parse_def=open'),
-    'torch._lazy': 'save=open',
-    'torch._lazy.closure': 'AsyncClosureHandler.run=thread AsyncClosureHandler.start_event_loop=thread',
-    'torch._library': 'triton_op=open',
-    'torch._library.autograd': 'dataclass=eval',
-    'torch._library.custom_ops': ('CustomOpDef.register_vmap=eval custom_function_call_vmap_helper=eval custom_op=e'
-        'val'),
-    'torch._library.fake_profile': 'dataclass=eval load_op_profiles=open save_op_profiles=open',
-    'torch._library.infer_schema': 'infer_schema=eval',
-    'torch._library.opaque_object': 'dataclass=eval',
-    'torch._library.triton': 'custom_op=eval get_inner_triton_kernels=open infer_schema=eval triton_op=open',
-    'torch._library.utils': 'get_source=open hop_schema_from_fx_node=eval',
-    'torch._logging': ('_init_logs=importlib dtrace_structured=eval get_structured_logging_overhead=eval'
-        ' set_logs=importlib trace_structured=eval'),
-    'torch._logging._internal': ('LazyTraceHandler.emit=tempfile TorchLogsFormatter.format=eval _get_module_and_su'
-        'bmodules=importlib _init_logs=importlib _is_valid_module=__import__ _log_torch_v'
-        'ersion=eval _parse_log_settings=importlib _update_log_state_from_env=importlib a'
-        'dd_structured_logging_overhead=eval dataclass=eval dtrace_structured=eval get_st'
-        'ructured_logging_overhead=eval importlib=importlib set_logs=importlib tempfile=t'
-        'empfile trace_structured=eval trace_structured_artifact=eval'),
-    'torch._logging.structured': ('dump_file=eval from_traceback=eval get_framework_stack=os get_user_stack=eval in'
-        'tern_string=eval uninteresting_files=os'),
-    'torch._meta_registrations': ('_amp_foreach_non_finite_check_and_unscale_=eval _cholesky_solve_helper=eval _con'
-        'stant_pad_nd_meta=eval _convert_out_params=eval _create_binary_float_meta_func=e'
-        'val _create_unary_float_meta_func=eval _cudnn_rnn=eval _linalg_det_meta=eval _li'
-        'nalg_slogdet=eval _linalg_solve_ex=eval _linalg_svd_meta=eval _meta_grouped_mm_c'
-        'ommon=ctypes _register_inplace_meta=eval _thnn_fused_lstm_cell_backward_impl=eva'
-        'l _thnn_fused_lstm_cell_meta=eval _weight_int4pack_mm_with_scales_and_zeros=eval'
-        ' addcdiv=eval addcmul=eval argmax_argmin_meta=eval assert_async=eval assert_asyn'
-        'c_meta=eval cholesky=eval cholesky_inverse=eval cholesky_solve=eval cummaxmin=ev'
-        'al embedding=eval full=eval functional_assert_async_meta=eval functional_sym_con'
-        'strain_range=eval functional_sym_constrain_range_for_size=eval grid_sampler_2d_b'
-        'ackward_meta=eval grid_sampler_3d=eval grid_sampler_3d_backward=eval kthvalue_me'
-        'ta=eval lerp=eval linalg_cholesky_ex=eval linalg_cross=eval linalg_householder_p'
-        'roduct=eval linalg_inv_ex_meta=eval linalg_ldl_factor_ex_meta=eval linalg_ldl_so'
-        'lve_meta=eval linalg_lu_factor_ex_meta=eval linalg_lu_meta=eval linalg_lu_solve_'
-        'meta=eval linalg_matrix_exp=eval linalg_qr_meta=eval linalg_solve_triangular_met'
-        'a=eval linear_backward=eval logcumsumexp=eval lu_unpack_meta=eval make_dep_token'
-        '=eval meta__adaptive_avg_pool2d_backward=eval meta__adaptive_avg_pool3d_backward'
-        '=eval meta__add_relu=eval meta__conv=eval meta__convert_weight_to_int4pack=eval '
-        'meta__convert_weight_to_int4pack_for_cpu=eval meta__cslt_sparse_mm=eval meta__dy'
-        'n_quant_matmul_4bit=eval meta__dyn_quant_pack_4bit_weight=eval meta__efficient_a'
-        'ttention_backward=eval meta__efficient_attention_forward=eval meta__flash_attent'
-        'ion_backward=eval meta__flash_attention_forward=ctypes meta__flash_attention_for'
-        'ward_no_dropout_inplace=ctypes meta__flash_attention_forward_quantized=ctypes me'
-        'ta__fused_adam=eval meta__fused_adam_=eval meta__fused_moving_avg_obs_fq_helper='
-        'eval meta__int_mm=eval meta__jagged_to_padded_dense_forward=eval meta__linalg_ei'
-        'gh=eval meta__linalg_eigvals=eval meta__masked_scale=eval meta__pdist_backward=e'
-        'val meta__pdist_forward=eval meta__scaled_dot_product_attention_math_for_mps=eva'
-        'l meta__scaled_dot_product_cudnn_attention=eval meta__scaled_dot_product_cudnn_b'
-        'ackward=eval meta__scaled_dot_product_efficient_attention=ctypes meta__scaled_do'
-        't_product_efficient_backward=eval meta__scaled_dot_product_flash_attention=ctype'
-        's meta__scaled_dot_product_flash_attention_for_cpu=eval meta__scaled_dot_product'
-        '_flash_attention_for_cpu_backward=eval meta__scaled_dot_product_flash_attention_'
-        'quantized=ctypes meta__scaled_dot_product_flash_backward=eval meta__scaled_dot_p'
-        'roduct_fused_attention_overrideable=eval meta__scaled_dot_product_fused_attentio'
-        'n_overrideable_backward=eval meta__segment_reduce_backward=eval meta__standard_g'
-        'amma=eval meta__transformer_encoder_layer_fwd=eval meta__weight_int4pack_mm=eval'
-        ' meta__weight_int4pack_mm_for_cpu=eval meta__weight_int8pack_mm=eval meta_adapti'
-        've_avg_pool2d=eval meta_adaptive_avg_pool3d=eval meta_adaptive_max_pool2d=eval m'
-        'eta_adaptive_max_pool2d_backward=eval meta_adaptive_max_pool3d=eval meta_adaptiv'
-        'e_max_pool3d_backward=eval meta_addbmm=eval meta_angle=eval meta_angle_out=eval '
-        'meta_avg_pool2d=eval meta_avg_pool2d_backward=eval meta_avg_pool3d=eval meta_avg'
-        '_pool3d_backward=eval meta_baddbmm=eval meta_bernoulli=eval meta_bernoulli_=eval'
-        ' meta_bernoulli_p=eval meta_binop_alpha=eval meta_binop_inplace=eval meta_binop_'
-        'inplace_alpha=eval meta_bmm=eval meta_bmm_dtype=eval meta_bucketize=eval meta_bu'
-        'cketize_scalar=eval meta_cdist_backward=eval meta_cdist_forward=eval meta_comple'
-        'x=eval meta_conv=eval meta_convolution_backward=eval meta_copy_=eval meta_diagon'
-        'al_scatter=eval meta_div_inplace=eval meta_embedding_bag=eval meta_embedding_bag'
-        '_backward=eval meta_embedding_bag_dense_backward=eval meta_embedding_bag_forward'
-        '_only=eval meta_embedding_bag_per_sample_weights_backward=eval meta_embedding_de'
-        'nse_backward=eval meta_fft_c2c=eval meta_fft_c2r=eval meta_fft_r2c=eval meta_fil'
-        'l=eval meta_fill_=eval meta_foreach_norm=eval meta_fractional_max_pool2d=eval me'
-        'ta_gather=eval meta_grouped_mm=ctypes meta_histc=eval meta_index_Tensor=eval met'
-        'a_index_put=eval meta_index_put_=eval meta_index_reduce=eval meta_index_reduce_='
-        'eval meta_index_select=eval meta_int4mm_packed_weight_cpu=eval meta_isin=eval me'
-        'ta_linalg_eig=eval meta_linear_dynamic_fp16=eval meta_linear_pointwise_default=e'
-        'val meta_linspace_logspace=eval meta_local_scalar_dense=eval meta_logical_not_=e'
-        'val meta_lshifts=eval meta_masked_fill_=eval meta_masked_scatter=eval meta_maske'
-        'd_scatter_=eval meta_masked_scatter_backward=eval meta_max=eval meta_max_dim=eva'
-        'l meta_max_pool2d_with_indices=eval meta_max_pool2d_with_indices_backward=eval m'
-        'eta_max_pool3d_with_indices=eval meta_max_pool3d_with_indices_backward=eval meta'
-        '_median=eval meta_median_mode_dim=eval meta_min=eval meta_min_dim=eval meta_miop'
-        'en_batch_norm=eval meta_mkl_linear=eval meta_mkldnn_convolution_default=eval met'
-        'a_mm=eval meta_multinomial=eval meta_nansum=eval meta_ones=eval meta_pad2d_backw'
-        'ard=eval meta_pad3d_backward=eval meta_philox_key_fold_in=eval meta_philox_key_s'
-        'plit=eval meta_philox_normal_=eval meta_philox_uniform_=eval meta_pixel_shuffle='
-        'eval meta_poisson=eval meta_polygamma=eval meta_qconv2d_pointwise_binary=eval me'
-        'ta_qconv_pointwise=eval meta_qlinear_pointwise=eval meta_qlinear_pointwise_binar'
-        'y=eval meta_quantize_per_tensor=eval meta_quantized_max_pool2d=eval meta_rand_de'
-        'fault=eval meta_randint=eval meta_randint_like=eval meta_randint_low=eval meta_r'
-        'andperm=eval meta_randperm_default=eval meta_reflection_pad1d=eval meta_reflecti'
-        'on_pad1d_backward=eval meta_reflection_pad2d=eval meta_reflection_pad3d=eval met'
-        'a_relu_=eval meta_repeat=eval meta_repeat_interleave_Tensor=eval meta_replicatio'
-        'n_pad1d=eval meta_replication_pad1d_backward=eval meta_replication_pad2d=eval me'
-        'ta_replication_pad3d=eval meta_round=eval meta_rrelu_with_noise=eval meta_rrelu_'
-        'with_noise_=eval meta_rrelu_with_noise_functional=eval meta_rshifts=eval meta_sc'
-        'aled_grouped_mm=ctypes meta_scaled_mm=eval meta_scaled_mm_v2=eval meta_scatter=e'
-        'val meta_scatter_=eval meta_scatter_add=eval meta_scatter_add_=eval meta_scatter'
-        '_reduce__two=eval meta_scatter_reduce_two=eval meta_searchsorted=eval meta_segme'
-        'nt_reduce=eval meta_select_scatter=eval meta_slice_scatter=eval meta_sort=eval m'
-        'eta_sparse_structured_addmm=eval meta_sparse_structured_linear=eval meta_sparse_'
-        'structured_mm=eval meta_take=eval meta_unsqueeze_=eval meta_upsample_bimode2d_aa'
-        '=eval meta_upsample_bimode2d_aa_backward=eval meta_weight_norm_backward=eval met'
-        'a_zero=eval meta_zero_=eval meta_zeros=eval miopen_rnn=eval mkldnn_rnn_layer=eva'
-        'l mkldnn_rnn_layer_backward=eval nan_to_num=eval native_multi_head_attention_fak'
-        'e=eval nonzero=eval nonzero_static=eval ormqr=eval out_wrapper=eval print_meta=e'
-        'val register_meta=eval scalar_tensor=eval sigmoid=eval silu=eval softmax=eval sy'
-        'm_constrain_range=eval sym_constrain_range_for_size=eval t_=eval topk_meta=eval '
-        'transpose_=eval triangular_solve_meta=eval upsample_nearest1d=eval upsample_near'
-        'est2d=eval upsample_nearest2d_backward=eval upsample_nearest3d=eval zeros_like=e'
-        'val'),
-    'torch._native': 'get_user_ordering_fn=importlib importlib=importlib',
-    'torch._native.common_utils': '_available_version=importlib _unavailable_reason=__import__ importlib=importlib',
-    'torch._native.cutedsl_utils': ('_available_version=importlib _check_runtime_available=importlib _unavailable_rea'
-        'son=__import__ _version_is_ok=importlib register_op_override=importlib runtime_a'
-        'vailable=importlib runtime_version=importlib'),
-    'torch._native.ops.bmm_outer_product': 'register_to_dispatch=importlib',
-    'torch._native.ops.bmm_outer_product.triton_impl': '_register_for_dispatch_key=importlib register_to_dispatch=importlib',
-    'torch._native.ops.foreach_mm.impl': ('_check_nvmath_cublaslt=__import__ _foreach_mm_cond=ctypes _foreach_mm_impl=__imp'
-        'ort__ _foreach_mm_route=__import__ _unavailable_reason=__import__ _warn_nvmath_u'
-        'navailable_once=__import__'),
-    'torch._native.ops.foreach_mm.nvmath_impl': ('ForeachMMCublasLt.__call__=ctypes ForeachMMCublasLt.__init__=ctypes _set_attr=ct'
-        'ypes ctypes=ctypes'),
-    'torch._native.ops.norm': 'register_rmsnorm_overrides=importlib',
-    'torch._native.ops.norm.norms': 'get_sm_count=ctypes quack_rmsnorm_bwd=ctypes',
-    'torch._native.ops.norm.rmsnorm_impl': ('_fused_rms_norm_backward_cond=ctypes _fused_rms_norm_backward_impl=ctypes _fused'
-        '_rms_norm_cond=ctypes _is_supported=ctypes quack_rmsnorm_bwd=ctypes register_rms'
-        'norm_overrides=importlib'),
-    'torch._native.ops.scatter_add': 'register_to_dispatch=importlib',
-    'torch._native.ops.scatter_add.cutedsl_impl': ('_has_sm90_plus=ctypes _is_tma_supported=ctypes _is_vec_scatter_supported=ctypes '
-        '_register_path=importlib register_to_dispatch=importlib tma_scatter_add_into=cty'
-        'pes vec_scatter_add_into=ctypes'),
-    'torch._native.ops.scatter_add.tma_kernel': 'jit_cache=mkdir tma_scatter_add_into=ctypes',
-    'torch._native.ops.scatter_add.vec_scatter_kernel': 'jit_cache=mkdir vec_scatter_add_into=ctypes',
-    'torch._native.ops.topk': '_register_cutedsl=importlib',
-    'torch._native.ops.topk.cutedsl_impl': ('_cond=ctypes _eligible=ctypes _min_rows_for_full_wave=ctypes _out_cond=ctypes re'
-        'gister_to_dispatch=importlib'),
-    'torch._native.ops.topk.cutedsl_kernels': 'jit_cache=mkdir',
-    'torch._native.registry': 'dataclass=eval',
-    'torch._native.triton_utils': ('_available_version=importlib _check_runtime_available=importlib _unavailable_rea'
-        'son=__import__ _version_is_sufficient=importlib register_op_override=importlib r'
-        'untime_available=importlib runtime_version=importlib'),
-    'torch._numpy': 'from_dlpack=ctypes',
-    'torch._numpy._dtypes_impl': 'namedtuple=eval',
-    'torch._numpy._funcs': 'normalizer=eval',
-    'torch._numpy._funcs_impl': 'pad=importlib',
-    'torch._numpy._ndarray': 'from_dlpack=ctypes normalizer=eval',
-    'torch._numpy._normalizations': 'maybe_normalize=eval normalizer=eval',
-    'torch._numpy._ufuncs': 'normalizer=eval',
-    'torch._numpy.fft': 'normalizer=eval',
-    'torch._numpy.linalg': 'normalizer=eval',
-    'torch._numpy.random': 'normalizer=eval seed=ctypes',
-    'torch._numpy.testing.utils': ('_no_tracing=exec mkdtemp=tempfile mkstemp=tempfile shutil=shutil tempdir=shutil '
-        'temppath=tempfile'),
-    'torch._ops': ('_Ops.import_module=importlib _Ops.load_library=ctypes ctypes=ctypes importlib=im'
-        'portlib'),
-    'torch._prims': ('_make_elementwise_binary_prim=eval _make_elementwise_unary_prim=eval _make_prim='
-        'eval _make_reduction_prim=eval _make_var_reduction_prim=eval _svd_meta=ctypes re'
-        'gister_rng_prims=ctypes'),
-    'torch._prims.rng_prims': ('philox_rand_offset=ctypes register_graphsafe_run_with_rng_state_op=eval register'
-        '_philox_rand=ctypes register_rng_prim=eval register_rng_prims=ctypes register_ru'
-        'n_and_save_rng_state_op=eval register_run_dtensor_rng_op=eval register_run_with_'
-        'rng_state_op=eval track_tensor_tree=eval'),
-    'torch._prims_common': 'CUDARngStateHelper.get_torch_state_as_tuple=ctypes K=eval NamedTuple=eval',
-    'torch._prims_common.wrappers': ('NamedTuple=eval elementwise_type_promotion_wrapper.__call__=eval elementwise_una'
-        'ry_scalar_wrapper=eval out_wrapper=eval'),
-    'torch._refs': ('_block_diag_iterable=eval _floor_divide_float=eval _index_fill=eval _make_copy_f'
-        'rom_view=eval _make_elementwise_binary_reference=eval _make_elementwise_unary_re'
-        'ference=eval _make_inplace=eval _reshape_view_helper=eval _reshape_view_helper_c'
-        'ore_alg=eval _unsqueeze_atleast=eval _view_unbacked_meta=eval _where_default=eva'
-        'l abs=eval acos=eval acosh=eval add=eval addcdiv=eval addcmul=eval addr=eval ali'
-        'as=eval all=eval amax=eval amin=eval any=eval arange=eval as_strided_scatter=eva'
-        'l asin=eval asinh=eval atan=eval atan2=eval atanh=eval atleast_1d=eval bitwise_a'
-        'nd=eval bitwise_left_shift=eval bitwise_not=eval bitwise_or=eval bitwise_right_s'
-        'hift=eval bitwise_xor=eval block_diag=eval bucketize=eval cat=eval cauchy=eval c'
-        'eil=eval clamp=eval clamp_max=eval clamp_min=eval clone=eval column_stack=eval c'
-        'onj_physical=eval constant_pad_nd=eval copysign=eval cos=eval cosh=eval count_no'
-        'nzero=eval cumprod=eval cumsum=eval deg2rad=eval diag=eval diag_embed=eval diago'
-        'nal=eval diagonal_scatter=eval digamma=eval div=eval dot=eval dstack=eval elemen'
-        'twise_unary_scalar_wrapper=eval empty=eval empty_like=eval empty_permuted=eval e'
-        'mpty_strided=eval eq=eval equal=eval erf=eval erfc=eval erfinv=eval exp=eval exp'
-        '2=eval expand=eval expm1=eval exponential=eval eye=eval fill=eval flip=eval flip'
-        'lr=eval flipud=eval float_power=eval floor=eval floor_divide=eval fmax=eval fmin'
-        '=eval fmod=eval frac=eval frexp=eval full=eval full_like=eval gcd=eval ge=eval g'
-        'eometric=eval gt=eval heaviside=eval hstack=eval hypot=eval i0=eval igamma=eval '
-        'igammac=eval index_add=eval index_copy=eval index_fill=eval index_fill_=eval ind'
-        'ex_select=eval is_complex=eval isclose=eval isfinite=eval isinf=eval isnan=eval '
-        'isneginf=eval isposinf=eval isreal=eval item=eval lcm=eval le=eval lerp=eval lga'
-        'mma=eval linspace=eval log=eval log10=eval log1p=eval log2=eval log_normal=eval '
-        'log_softmax=eval logaddexp=eval logaddexp2=eval logical_and=eval logical_not=eva'
-        'l logical_or=eval logical_xor=eval logspace=eval logsumexp=eval lt=eval masked_f'
-        'ill=eval masked_fill_=eval maximum=eval mean=eval meshgrid=eval minimum=eval mul'
-        '=eval nan_to_num=eval native_group_norm=eval native_layer_norm=eval native_layer'
-        '_norm_fake=eval ne=eval neg=eval new_empty=eval new_empty_strided=eval new_full='
-        'eval new_ones=eval new_zeros=eval nextafter=eval norm=eval normal=eval normal_=e'
-        'val ones=eval ones_like=eval out_wrapper=eval permute=eval pow=eval prod=eval ra'
-        'd2deg=eval randn=eval ravel=eval reciprocal=eval register_decomposition=eval rem'
-        'ainder=eval renorm=eval repeat=eval reshape=eval roll=eval rot90=eval round=eval'
-        ' rsqrt=eval rsub=eval select_scatter=eval sgn=eval sigmoid=eval sign=eval signbi'
-        't=eval sin=eval sinc=eval sinh=eval softmax=eval split_with_sizes=eval sqrt=eval'
-        ' square=eval squeeze=eval stack=eval std=eval std_mean=eval sub=eval sum=eval sw'
-        'ap_axes=eval t=eval take_along_dim=eval tan=eval tanh=eval trace=eval transpose='
-        'eval tril=eval tril_indices=eval triu=eval triu_indices=eval true_divide=eval tr'
-        'unc=eval trunc_divide=eval unbind=eval unfold=eval unfold_copy=eval unsqueeze=ev'
-        'al var=eval var_mean=eval vdot=eval view=eval vstack=eval where=eval xlogy=eval '
-        'zero=eval zeros=eval zeros_like=eval'),
-    'torch._refs._conversions': 'complex=eval out_wrapper=eval polar=eval register_decomposition=eval',
-    'torch._refs.fft': ('NamedTuple=eval _CanonicalizeC2rReturn=eval _ShapeAndDims=eval _canonicalize_fft'
-        '_c2r_shape_and_dim_args=eval _canonicalize_fft_shape_and_dim_args=eval fft=eval '
-        'fft2=eval fftn=eval fftshift=eval hfft=eval hfft2=eval hfftn=eval ifft=eval ifft'
-        '2=eval ifftn=eval ifftshift=eval ihfft=eval ihfft2=eval ihfftn=eval irfft=eval i'
-        'rfft2=eval irfftn=eval out_wrapper=eval register_decomposition=eval rfft=eval rf'
-        'ft2=eval rfftn=eval'),
-    'torch._refs.linalg': ('cross=eval matrix_norm=eval norm=eval out_wrapper=eval register_decomposition=ev'
-        'al svd=eval svdvals=eval vecdot=eval vector_norm=eval'),
-    'torch._refs.nn.functional': ('_aten_hardtanh=eval _make_inplace=eval alpha_dropout=eval celu=eval channel_shuf'
-        'fle=eval dropout=eval elementwise_unary_scalar_wrapper=eval elu=eval gelu=eval g'
-        'lu=eval hardshrink=eval hardsigmoid=eval hardtanh=eval hinge_embedding_loss=eval'
-        ' huber_loss=eval leaky_relu=eval margin_ranking_loss=eval mish=eval nll_loss=eva'
-        'l out_wrapper=eval pairwise_distance=eval pdist=eval pixel_shuffle=eval pixel_un'
-        'shuffle=eval prelu=eval register_decomposition=eval relu=eval relu6=eval selu=ev'
-        'al softplus=eval softshrink=eval threshold=eval'),
-    'torch._refs.special': ('_make_elementwise_binary_reference=eval _make_elementwise_unary_reference=eval b'
-        'essel_j0=eval bessel_j1=eval entr=eval erfcx=eval i0e=eval i1=eval i1e=eval log_'
-        'ndtr=eval logit=eval multigammaln=eval ndtr=eval ndtri=eval out_wrapper=eval reg'
-        'ister_decomposition=eval spherical_bessel_j0=eval xlog1py=eval zeta=eval'),
-    'torch._sources': 'NamedTuple=eval ParsedDef=eval get_source_lines_and_file=open parse_def=open',
-    'torch._strobelight.cli_function_profiler': ('StrobelightCLIFunctionProfiler._get_results=subprocess StrobelightCLIFunctionPro'
-        'filer._run_async=subprocess StrobelightCLIFunctionProfiler._start_strobelight=su'
-        'bprocess StrobelightCLIFunctionProfiler._stop_run=subprocess StrobelightCLIFunct'
-        'ionProfiler._stop_strobelight_no_throw=subprocess StrobelightCLIFunctionProfiler'
-        '._wait_for_running=subprocess StrobelightCLIFunctionProfiler.profile=subprocess '
-        'subprocess=subprocess'),
-    'torch._strobelight.compile_time_profiler': ('StrobelightCompileTimeProfiler._cls_init=socket StrobelightCompileTimeProfiler.e'
-        'nable=socket StrobelightCompileTimeProfiler.get_frame=eval StrobelightCompileTim'
-        'eProfiler.profile_compile_time=eval get_fburl=subprocess get_strobelight_url=sub'
-        'process gethostname=socket shutil=shutil subprocess=subprocess'),
-    'torch._subclasses._fake_tensor_utils': 'dataclass=eval',
-    'torch._subclasses.complex_tensor._ops.aten': ('_to_copy_default=eval _to_copy_out=eval cat_impl=eval constant_pad_nd_impl=eval '
-        'copy__impl=eval div_impl=eval eq_impl=eval full_like_impl=eval index_add__impl=e'
-        'val index_add_impl=eval index_put__impl=eval is_complex=eval isclose_impl=eval m'
-        'asked_fill__impl=eval masked_fill_impl=eval masked_scatter_impl=eval ne_impl=eva'
-        'l register_binary_linear=eval register_binary_nonlinear=eval scatter_add__impl=e'
-        'val scatter_add_impl=eval split_complex_arg=eval stack_impl=eval to_device=eval '
-        'to_dtype=eval to_dtype_layout=eval to_other=eval where_impl=eval'),
-    'torch._subclasses.complex_tensor._ops.common': ('ComplexTensorMode.__torch_dispatch__=importlib _is_complex=eval is_complex=eval '
-        'register_binary_nonlinear=eval split_complex_arg=eval'),
-    'torch._subclasses.fake_impls': ('_normalize_function_or_error=eval _reshape_copy=eval _sparse_coo_tensor_with_dim'
-        's_and_tensors=eval _view_meta=eval _view_meta_copy=eval _view_unbacked_meta=eval'
-        ' constructors=eval conv=eval embedding=eval embedding_bag=eval index_put_impl=ev'
-        'al index_tensor=eval meta_embedding=eval meta_embedding_bag=eval meta_index_Tens'
-        'or=eval multi_device_op_default=eval multi_device_op_out=eval non_kwarg_is_pinne'
-        'd=eval non_kwarg_to=eval run_and_return_new_tensor_of_input_device=eval'),
-    'torch._subclasses.fake_tensor': ('FakeTensorMode.__torch_dispatch__=eval FakeTensorMode._cached_dispatch_impl=eval'
-        ' FakeTensorMode._crosscheck_cache_output=eval FakeTensorMode._dispatch_impl=eval'
-        ' FakeTensorMode._make_cache_entry=eval FakeTensorMode._maybe_infer_fake=eval Fak'
-        'eTensorMode._maybe_infer_fake_kernel_from_pytree_out=eval FakeTensorMode._valida'
-        'te_cache_key=eval FakeTensorMode.avoid_device_init=ctypes FakeTensorMode.dispatc'
-        'h=eval FakeTensorMode.invalidate_written_to_constants=eval dataclass=eval dtrace'
-        '_structured=eval normalize_function=eval'),
-    'torch._subclasses.functional_tensor': ('FunctionalTensorMode.__torch_dispatch__=eval handle_effects=eval return_and_corr'
-        'ect_aliasing=eval'),
-    'torch._subclasses.meta_utils': ('MetaConverter.__call__=open MetaConverter._empty_create_subclass=open MetaConver'
-        'ter.meta_tensor=open MetaTensorDescriber.describe_storage=eval MetaTensorDescrib'
-        'er.describe_tensor=eval dataclass=eval trace_structured=eval unimplemented=open'),
-    'torch._subclasses.schema_check_mode': ('Aliasing=eval Mutation=eval NamedTuple=eval SchemaCheckMode.__torch_dispatch__=e'
-        'val _normalize_function_or_error=eval'),
-    'torch._tensor': 'Tensor.__dlpack__=ctypes Tensor.__repr__=eval',
-    'torch._tensor_str': '_Formatter.__init__=ctypes _str=eval _str_intern=eval tensor_totype=ctypes',
-    'torch._utils': ('_augment_memory_snapshot_stack_traces=open _get_all_device_indices=ctypes _get_a'
-        'vailable_device_type=ctypes _get_current_device_index=ctypes _get_device_attr=ct'
-        'ypes _get_device_index=ctypes _get_devices_properties=ctypes _import_dotted_name'
-        '=__import__ _type=__import__ get_current_device_index=ctypes importlib=importlib'
-        ' try_import=importlib'),
-    'torch._utils_internal': ('compile_time_strobelight_meta=eval get_writable_path=tempfile max_clock_rate=cty'
-        'pes shutil=shutil tempfile=tempfile'),
-    'torch.accelerator.memory': '_snapshot=open',
-    'torch.amp.autocast_mode': '_UnmanagedAutocast.__init__=ctypes autocast.__init__=ctypes',
-    'torch.amp.grad_scaler': 'GradScaler.__init__=ctypes GradScaler.step=eval',
-    'torch.ao': '__getattr__=importlib importlib=importlib',
-    'torch.ao.nn': '__getattr__=importlib importlib=importlib',
-    'torch.ao.nn.intrinsic': '__getattr__=importlib importlib=importlib',
-    'torch.ao.nn.intrinsic.qat.modules.conv_fused': ('ConvBn1d.__setattr__=eval ConvBn1d._apply=eval ConvBn1d._load_from_state_dict=ev'
-        'al ConvBn1d.bfloat16=eval ConvBn1d.compile=importlib ConvBn1d.cpu=eval ConvBn1d.'
-        'cuda=eval ConvBn1d.double=eval ConvBn1d.float=eval ConvBn1d.half=eval ConvBn1d.i'
-        'pu=eval ConvBn1d.mtia=eval ConvBn1d.share_memory=eval ConvBn1d.to=eval ConvBn1d.'
-        'to_empty=eval ConvBn1d.type=eval ConvBn1d.xpu=eval ConvBn2d.__setattr__=eval Con'
-        'vBn2d._apply=eval ConvBn2d._load_from_state_dict=eval ConvBn2d.bfloat16=eval Con'
-        'vBn2d.compile=importlib ConvBn2d.cpu=eval ConvBn2d.cuda=eval ConvBn2d.double=eva'
-        'l ConvBn2d.float=eval ConvBn2d.half=eval ConvBn2d.ipu=eval ConvBn2d.mtia=eval Co'
-        'nvBn2d.share_memory=eval ConvBn2d.to=eval ConvBn2d.to_empty=eval ConvBn2d.type=e'
-        'val ConvBn2d.xpu=eval ConvBn3d.__setattr__=eval ConvBn3d._apply=eval ConvBn3d._l'
-        'oad_from_state_dict=eval ConvBn3d.bfloat16=eval ConvBn3d.compile=importlib ConvB'
-        'n3d.cpu=eval ConvBn3d.cuda=eval ConvBn3d.double=eval ConvBn3d.float=eval ConvBn3'
-        'd.half=eval ConvBn3d.ipu=eval ConvBn3d.mtia=eval ConvBn3d.share_memory=eval Conv'
-        'Bn3d.to=eval ConvBn3d.to_empty=eval ConvBn3d.type=eval ConvBn3d.xpu=eval ConvBnR'
-        'eLU1d.__setattr__=eval ConvBnReLU1d._apply=eval ConvBnReLU1d._load_from_state_di'
-        'ct=eval ConvBnReLU1d.bfloat16=eval ConvBnReLU1d.compile=importlib ConvBnReLU1d.c'
-        'pu=eval ConvBnReLU1d.cuda=eval ConvBnReLU1d.double=eval ConvBnReLU1d.float=eval '
-        'ConvBnReLU1d.half=eval ConvBnReLU1d.ipu=eval ConvBnReLU1d.mtia=eval ConvBnReLU1d'
-        '.share_memory=eval ConvBnReLU1d.to=eval ConvBnReLU1d.to_empty=eval ConvBnReLU1d.'
-        'type=eval ConvBnReLU1d.xpu=eval ConvBnReLU2d.__setattr__=eval ConvBnReLU2d._appl'
-        'y=eval ConvBnReLU2d._load_from_state_dict=eval ConvBnReLU2d.bfloat16=eval ConvBn'
-        'ReLU2d.compile=importlib ConvBnReLU2d.cpu=eval ConvBnReLU2d.cuda=eval ConvBnReLU'
-        '2d.double=eval ConvBnReLU2d.float=eval ConvBnReLU2d.half=eval ConvBnReLU2d.ipu=e'
-        'val ConvBnReLU2d.mtia=eval ConvBnReLU2d.share_memory=eval ConvBnReLU2d.to=eval C'
-        'onvBnReLU2d.to_empty=eval ConvBnReLU2d.type=eval ConvBnReLU2d.xpu=eval ConvBnReL'
-        'U3d.__setattr__=eval ConvBnReLU3d._apply=eval ConvBnReLU3d._load_from_state_dict'
-        '=eval ConvBnReLU3d.bfloat16=eval ConvBnReLU3d.compile=importlib ConvBnReLU3d.cpu'
-        '=eval ConvBnReLU3d.cuda=eval ConvBnReLU3d.double=eval ConvBnReLU3d.float=eval Co'
-        'nvBnReLU3d.half=eval ConvBnReLU3d.ipu=eval ConvBnReLU3d.mtia=eval ConvBnReLU3d.s'
-        'hare_memory=eval ConvBnReLU3d.to=eval ConvBnReLU3d.to_empty=eval ConvBnReLU3d.ty'
-        'pe=eval ConvBnReLU3d.xpu=eval _ConvBnNd.__setattr__=eval _ConvBnNd._apply=eval _'
-        'ConvBnNd.bfloat16=eval _ConvBnNd.compile=importlib _ConvBnNd.cpu=eval _ConvBnNd.'
-        'cuda=eval _ConvBnNd.double=eval _ConvBnNd.float=eval _ConvBnNd.half=eval _ConvBn'
-        'Nd.ipu=eval _ConvBnNd.mtia=eval _ConvBnNd.share_memory=eval _ConvBnNd.to=eval _C'
-        'onvBnNd.to_empty=eval _ConvBnNd.type=eval _ConvBnNd.xpu=eval'),
-    'torch.ao.nn.intrinsic.qat.modules.linear_fused': ('LinearBn1d.__setattr__=eval LinearBn1d._apply=eval LinearBn1d._load_from_state_d'
-        'ict=eval LinearBn1d.bfloat16=eval LinearBn1d.compile=importlib LinearBn1d.cpu=ev'
-        'al LinearBn1d.cuda=eval LinearBn1d.double=eval LinearBn1d.float=eval LinearBn1d.'
-        'half=eval LinearBn1d.ipu=eval LinearBn1d.mtia=eval LinearBn1d.share_memory=eval '
-        'LinearBn1d.to=eval LinearBn1d.to_empty=eval LinearBn1d.type=eval LinearBn1d.xpu='
-        'eval'),
-    'torch.ao.nn.intrinsic.quantized.modules.conv_add': 'ConvAdd2d.forward=importlib ConvAddReLU2d.forward=importlib',
-    'torch.ao.nn.intrinsic.quantized.modules.conv_relu': ('ConvReLU1d.forward=importlib ConvReLU2d.forward=importlib ConvReLU3d.forward=imp'
-        'ortlib'),
-    'torch.ao.nn.qat.modules.conv': ('Conv1d.__setattr__=eval Conv1d._apply=eval Conv1d._load_from_state_dict=eval Con'
-        'v1d.bfloat16=eval Conv1d.compile=importlib Conv1d.cpu=eval Conv1d.cuda=eval Conv'
-        '1d.double=eval Conv1d.float=eval Conv1d.half=eval Conv1d.ipu=eval Conv1d.mtia=ev'
-        'al Conv1d.share_memory=eval Conv1d.to=eval Conv1d.to_empty=eval Conv1d.type=eval'
-        ' Conv1d.xpu=eval Conv2d.__setattr__=eval Conv2d._apply=eval Conv2d._load_from_st'
-        'ate_dict=eval Conv2d.bfloat16=eval Conv2d.compile=importlib Conv2d.cpu=eval Conv'
-        '2d.cuda=eval Conv2d.double=eval Conv2d.float=eval Conv2d.half=eval Conv2d.ipu=ev'
-        'al Conv2d.mtia=eval Conv2d.share_memory=eval Conv2d.to=eval Conv2d.to_empty=eval'
-        ' Conv2d.type=eval Conv2d.xpu=eval Conv3d.__setattr__=eval Conv3d._apply=eval Con'
-        'v3d._load_from_state_dict=eval Conv3d.bfloat16=eval Conv3d.compile=importlib Con'
-        'v3d.cpu=eval Conv3d.cuda=eval Conv3d.double=eval Conv3d.float=eval Conv3d.half=e'
-        'val Conv3d.ipu=eval Conv3d.mtia=eval Conv3d.share_memory=eval Conv3d.to=eval Con'
-        'v3d.to_empty=eval Conv3d.type=eval Conv3d.xpu=eval _ConvNd.__setattr__=eval _Con'
-        'vNd._apply=eval _ConvNd._load_from_state_dict=eval _ConvNd.bfloat16=eval _ConvNd'
-        '.compile=importlib _ConvNd.cpu=eval _ConvNd.cuda=eval _ConvNd.double=eval _ConvN'
-        'd.float=eval _ConvNd.half=eval _ConvNd.ipu=eval _ConvNd.mtia=eval _ConvNd.share_'
-        'memory=eval _ConvNd.to=eval _ConvNd.to_empty=eval _ConvNd.type=eval _ConvNd.xpu='
-        'eval'),
-    'torch.ao.nn.quantizable.modules.activation': 'MultiheadAttention._forward_impl=importlib MultiheadAttention.forward=importlib',
-    'torch.ao.nn.quantized.dynamic.modules.conv': 'Conv1d.forward=importlib Conv2d.forward=importlib Conv3d.forward=importlib',
-    'torch.ao.nn.quantized.dynamic.modules.rnn': ('GRU.forward=eval GRU.forward_packed=eval LSTM.forward=eval LSTM.forward_packed=e'
-        'val PackedSequence=eval'),
-    'torch.ao.nn.quantized.functional': ('interpolate=importlib upsample=importlib upsample_bilinear=importlib upsample_ne'
-        'arest=importlib'),
-    'torch.ao.nn.quantized.modules.batchnorm': ('BatchNorm2d.__setattr__=eval BatchNorm2d._apply=eval BatchNorm2d._load_from_stat'
-        'e_dict=eval BatchNorm2d.bfloat16=eval BatchNorm2d.compile=importlib BatchNorm2d.'
-        'cpu=eval BatchNorm2d.cuda=eval BatchNorm2d.double=eval BatchNorm2d.float=eval Ba'
-        'tchNorm2d.half=eval BatchNorm2d.ipu=eval BatchNorm2d.mtia=eval BatchNorm2d.share'
-        '_memory=eval BatchNorm2d.to=eval BatchNorm2d.to_empty=eval BatchNorm2d.type=eval'
-        ' BatchNorm2d.xpu=eval BatchNorm3d.__setattr__=eval BatchNorm3d._apply=eval Batch'
-        'Norm3d._load_from_state_dict=eval BatchNorm3d.bfloat16=eval BatchNorm3d.compile='
-        'importlib BatchNorm3d.cpu=eval BatchNorm3d.cuda=eval BatchNorm3d.double=eval Bat'
-        'chNorm3d.float=eval BatchNorm3d.half=eval BatchNorm3d.ipu=eval BatchNorm3d.mtia='
-        'eval BatchNorm3d.share_memory=eval BatchNorm3d.to=eval BatchNorm3d.to_empty=eval'
-        ' BatchNorm3d.type=eval BatchNorm3d.xpu=eval _BatchNorm.__setattr__=eval _BatchNo'
-        'rm._apply=eval _BatchNorm._load_from_state_dict=eval _BatchNorm.bfloat16=eval _B'
-        'atchNorm.compile=importlib _BatchNorm.cpu=eval _BatchNorm.cuda=eval _BatchNorm.d'
-        'ouble=eval _BatchNorm.float=eval _BatchNorm.half=eval _BatchNorm.ipu=eval _Batch'
-        'Norm.mtia=eval _BatchNorm.share_memory=eval _BatchNorm.to=eval _BatchNorm.to_emp'
-        'ty=eval _BatchNorm.type=eval _BatchNorm.xpu=eval'),
-    'torch.ao.nn.quantized.modules.conv': 'Conv1d.forward=importlib Conv2d.forward=importlib Conv3d.forward=importlib',
-    'torch.ao.nn.quantized.reference.modules.conv': ('Conv1d.__setattr__=eval Conv1d._apply=eval Conv1d._load_from_state_dict=eval Con'
-        'v1d.bfloat16=eval Conv1d.compile=importlib Conv1d.cpu=eval Conv1d.cuda=eval Conv'
-        '1d.double=eval Conv1d.float=eval Conv1d.half=eval Conv1d.ipu=eval Conv1d.mtia=ev'
-        'al Conv1d.share_memory=eval Conv1d.to=eval Conv1d.to_empty=eval Conv1d.type=eval'
-        ' Conv1d.xpu=eval Conv2d.__setattr__=eval Conv2d._apply=eval Conv2d._load_from_st'
-        'ate_dict=eval Conv2d.bfloat16=eval Conv2d.compile=importlib Conv2d.cpu=eval Conv'
-        '2d.cuda=eval Conv2d.double=eval Conv2d.float=eval Conv2d.half=eval Conv2d.ipu=ev'
-        'al Conv2d.mtia=eval Conv2d.share_memory=eval Conv2d.to=eval Conv2d.to_empty=eval'
-        ' Conv2d.type=eval Conv2d.xpu=eval Conv3d.__setattr__=eval Conv3d._apply=eval Con'
-        'v3d._load_from_state_dict=eval Conv3d.bfloat16=eval Conv3d.compile=importlib Con'
-        'v3d.cpu=eval Conv3d.cuda=eval Conv3d.double=eval Conv3d.float=eval Conv3d.half=e'
-        'val Conv3d.ipu=eval Conv3d.mtia=eval Conv3d.share_memory=eval Conv3d.to=eval Con'
-        'v3d.to_empty=eval Conv3d.type=eval Conv3d.xpu=eval ConvTranspose1d.__setattr__=e'
-        'val ConvTranspose1d._apply=eval ConvTranspose1d._load_from_state_dict=eval ConvT'
-        'ranspose1d.bfloat16=eval ConvTranspose1d.compile=importlib ConvTranspose1d.cpu=e'
-        'val ConvTranspose1d.cuda=eval ConvTranspose1d.double=eval ConvTranspose1d.float='
-        'eval ConvTranspose1d.half=eval ConvTranspose1d.ipu=eval ConvTranspose1d.mtia=eva'
-        'l ConvTranspose1d.share_memory=eval ConvTranspose1d.to=eval ConvTranspose1d.to_e'
-        'mpty=eval ConvTranspose1d.type=eval ConvTranspose1d.xpu=eval ConvTranspose2d.__s'
-        'etattr__=eval ConvTranspose2d._apply=eval ConvTranspose2d._load_from_state_dict='
-        'eval ConvTranspose2d.bfloat16=eval ConvTranspose2d.compile=importlib ConvTranspo'
-        'se2d.cpu=eval ConvTranspose2d.cuda=eval ConvTranspose2d.double=eval ConvTranspos'
-        'e2d.float=eval ConvTranspose2d.half=eval ConvTranspose2d.ipu=eval ConvTranspose2'
-        'd.mtia=eval ConvTranspose2d.share_memory=eval ConvTranspose2d.to=eval ConvTransp'
-        'ose2d.to_empty=eval ConvTranspose2d.type=eval ConvTranspose2d.xpu=eval ConvTrans'
-        'pose3d.__setattr__=eval ConvTranspose3d._apply=eval ConvTranspose3d._load_from_s'
-        'tate_dict=eval ConvTranspose3d.bfloat16=eval ConvTranspose3d.compile=importlib C'
-        'onvTranspose3d.cpu=eval ConvTranspose3d.cuda=eval ConvTranspose3d.double=eval Co'
-        'nvTranspose3d.float=eval ConvTranspose3d.half=eval ConvTranspose3d.ipu=eval Conv'
-        'Transpose3d.mtia=eval ConvTranspose3d.share_memory=eval ConvTranspose3d.to=eval '
-        'ConvTranspose3d.to_empty=eval ConvTranspose3d.type=eval ConvTranspose3d.xpu=eval'
-        ' _ConvNd.__setattr__=eval _ConvNd._apply=eval _ConvNd._load_from_state_dict=eval'
-        ' _ConvNd.bfloat16=eval _ConvNd.compile=importlib _ConvNd.cpu=eval _ConvNd.cuda=e'
-        'val _ConvNd.double=eval _ConvNd.float=eval _ConvNd.half=eval _ConvNd.ipu=eval _C'
-        'onvNd.mtia=eval _ConvNd.share_memory=eval _ConvNd.to=eval _ConvNd.to_empty=eval '
-        '_ConvNd.type=eval _ConvNd.xpu=eval _ConvTransposeNd.__setattr__=eval _ConvTransp'
-        'oseNd._apply=eval _ConvTransposeNd._load_from_state_dict=eval _ConvTransposeNd.b'
-        'float16=eval _ConvTransposeNd.compile=importlib _ConvTransposeNd.cpu=eval _ConvT'
-        'ransposeNd.cuda=eval _ConvTransposeNd.double=eval _ConvTransposeNd.float=eval _C'
-        'onvTransposeNd.half=eval _ConvTransposeNd.ipu=eval _ConvTransposeNd.mtia=eval _C'
-        'onvTransposeNd.share_memory=eval _ConvTransposeNd.to=eval _ConvTransposeNd.to_em'
-        'pty=eval _ConvTransposeNd.type=eval _ConvTransposeNd.xpu=eval'),
-    'torch.ao.nn.quantized.reference.modules.rnn': 'GRU.forward=eval LSTM.forward=eval PackedSequence=eval',
-    'torch.ao.ns._numeric_suite_fx': ('_n_shadows_compare_weights=eval _prepare_n_shadows_add_loggers_model=eval create'
-        '_add_loggers_graph=eval create_n_transformed_and_logged_copies_of_subgraph=eval '
-        'prepare_n_shadows_model=eval'),
-    'torch.ao.ns.fx.graph_matcher': 'NSSubgraph=eval _NSGraphMatchableSubgraphsIterator.__next__=eval',
-    'torch.ao.ns.fx.graph_passes': 'NSSubgraph=eval',
-    'torch.ao.ns.fx.n_shadows_utils': ('create_add_loggers_graph=eval create_n_transformed_and_logged_copies_of_subgraph'
-        '=eval create_one_transformed_and_logged_copy_of_subgraph=eval'),
-    'torch.ao.ns.fx.ns_types': 'NSSubgraph=eval NamedTuple=eval',
-    'torch.ao.pruning._experimental.data_sparsifier.base_data_sparsifier': ('BaseDataSparsifier.__init__=eval BaseDataSparsifier._delete_data=eval BaseDataSp'
-        'arsifier.add_data=eval BaseDataSparsifier.squash_mask=eval'),
-    'torch.ao.pruning._experimental.data_sparsifier.data_norm_sparsifier': ('DataNormSparsifier._delete_data=eval DataNormSparsifier.add_data=eval DataNormSp'
-        'arsifier.squash_mask=eval'),
-    'torch.ao.pruning._experimental.pruner.FPGM_pruner': 'FPGMPruner.squash_mask=eval',
-    'torch.ao.pruning._experimental.pruner.base_structured_sparsifier': ('BaseStructuredSparsifier.squash_mask=eval prune_conv2d=eval prune_conv2d_activat'
-        'ion_conv2d=eval prune_conv2d_activation_pool_conv2d=eval prune_conv2d_conv2d=eva'
-        'l prune_conv2d_pool_activation_conv2d=eval prune_conv2d_pool_flatten_linear=eval'
-        ' prune_linear=eval prune_linear_activation_linear=eval prune_linear_linear=eval '
-        'prune_lstm_output_layernorm_linear=eval prune_lstm_output_linear=eval'),
-    'torch.ao.pruning._experimental.pruner.lstm_saliency_pruner': 'LSTMSaliencyPruner.squash_mask=eval',
-    'torch.ao.pruning._experimental.pruner.prune_functions': ('_prune_conv2d_helper=eval _prune_linear_helper=eval prune_conv2d=eval prune_conv'
-        '2d_activation_conv2d=eval prune_conv2d_activation_pool_conv2d=eval prune_conv2d_'
-        'conv2d=eval prune_conv2d_padded=eval prune_conv2d_pool_activation_conv2d=eval pr'
-        'une_conv2d_pool_flatten_linear=eval prune_linear=eval prune_linear_activation_li'
-        'near=eval prune_linear_linear=eval prune_lstm_output_layernorm_linear=eval prune'
-        '_lstm_output_linear=eval'),
-    'torch.ao.pruning._experimental.pruner.saliency_pruner': 'SaliencyPruner.squash_mask=eval',
-    'torch.ao.pruning.sparsifier.base_sparsifier': 'BaseSparsifier.squash_mask=eval',
-    'torch.ao.pruning.sparsifier.nearly_diagonal_sparsifier': 'NearlyDiagonalSparsifier.squash_mask=eval',
-    'torch.ao.pruning.sparsifier.weight_norm_sparsifier': 'WeightNormSparsifier.squash_mask=eval',
-    'torch.ao.quantization.backend_config._common_operator_config_utils': 'namedtuple=eval',
-    'torch.ao.quantization.backend_config.backend_config': 'dataclass=eval',
-    'torch.ao.quantization.fx': 'prepare=eval',
-    'torch.ao.quantization.fx._equalize': 'namedtuple=eval',
-    'torch.ao.quantization.fx.custom_config': 'dataclass=eval',
-    'torch.ao.quantization.fx.lstm_utils': '_get_lstm_with_individually_observed_parts=eval prepare_fx=eval',
-    'torch.ao.quantization.fx.prepare': ('_qat_swap_modules=eval _run_prepare_fx_on_standalone_modules=eval convert=eval p'
-        'repare=eval'),
-    'torch.ao.quantization.fx.tracer': ('QuantizationTracer._filter_traceback_frames=os QuantizationTracer.create_arg=os '
-        'QuantizationTracer.create_args_for_root=exec QuantizationTracer.create_node=os Q'
-        'uantizationTracer.create_proxy=os QuantizationTracer.getattr=eval QuantizationTr'
-        'acer.trace=exec'),
-    'torch.ao.quantization.fx.utils': 'dataclass=eval namedtuple=eval',
-    'torch.ao.quantization.observer': 'dataclass=eval',
-    'torch.ao.quantization.qconfig': 'namedtuple=eval',
-    'torch.ao.quantization.quantize': ('_convert=eval convert=eval prepare_qat=eval quantize=eval quantize_dynamic=eval '
-        'quantize_qat=eval swap_module=eval'),
-    'torch.ao.quantization.quantize_fx': ('_prepare_fx=eval _prepare_standalone_module_fx=eval prepare=eval prepare_fx=eval'
-        ' prepare_qat_fx=eval'),
-    'torch.ao.quantization.quantize_jit': ('_prepare_jit=open _prepare_ondevice_dynamic_jit=open _prepare_ondevice_jit=open '
-        '_quantize_jit=open _quantize_ondevice_dynamic_jit=open _quantize_ondevice_dynami'
-        'c_jit_impl=open prepare_dynamic_jit=open prepare_jit=open quantize_dynamic_jit=o'
-        'pen quantize_jit=open script_qconfig=open script_qconfig_dict=open'),
-    'torch.ao.quantization.utils': ('_get_default_kwargs=eval _get_num_pos_args=eval _get_signature_locals=eval _norm'
-        'alize_kwargs=eval get_fqn_to_example_inputs=eval getfullargspec=eval signature=e'
-        'val'),
-    'torch.autograd._functions.tensor': 'Resize.apply=eval Type.apply=eval',
-    'torch.autograd.forward_ad': 'NamedTuple=eval UnpackedDualTensor=eval unpack_dual=eval',
-    'torch.autograd.function': 'Function.apply=eval InplaceFunction.apply=eval NestedIOFunction.apply=eval',
-    'torch.autograd.functional': '_jacfwd=eval hessian=eval jacobian=eval',
-    'torch.autograd.graph': 'GradientEdge=eval NamedTuple=eval get_gradient_edge=eval',
-    'torch.autograd.profiler': ('_export=open dataclass=eval load_nvprof=sqlite3 parse_nvprof_trace=sqlite3 profi'
-        'le.__init__=ctypes profile.export_chrome_trace=open sqlite3=sqlite3'),
-    'torch.autograd.profiler_legacy': 'profile.__init__=ctypes',
-    'torch.autograd.profiler_util': ('EventList.export_chrome_trace=open EventList.export_stacks=open EventMetadata=ev'
-        'al FunctionEvent.__init__=eval NamedTuple=eval _build_metadata=eval namedtuple=e'
-        'val'),
-    'torch.backends._nnapi.prepare': 'convert_model_to_nnapi=open process_for_nnapi=open',
-    'torch.backends._nnapi.serializer': ('ConvPoolArgs2d=eval NamedTuple=eval Operand=eval _NnapiSerializer._do_add_binary'
-        '=eval _NnapiSerializer.add_adaptive_avg_pool2d=eval _NnapiSerializer.add_add_sub'
-        '_op=eval _NnapiSerializer.add_addmm=eval _NnapiSerializer.add_addmm_or_linear=ev'
-        'al _NnapiSerializer.add_avg_pool2d=eval _NnapiSerializer.add_cat=eval _NnapiSeri'
-        'alizer.add_conv2d=eval _NnapiSerializer.add_conv2d_common=eval _NnapiSerializer.'
-        'add_conv_underscore=eval _NnapiSerializer.add_flatten=eval _NnapiSerializer.add_'
-        'immediate_bool_scalar=eval _NnapiSerializer.add_immediate_float_scalar=eval _Nna'
-        'piSerializer.add_immediate_int_scalar=eval _NnapiSerializer.add_immediate_int_ve'
-        'ctor=eval _NnapiSerializer.add_immediate_operand=eval _NnapiSerializer.add_linea'
-        'r=eval _NnapiSerializer.add_log_softmax=eval _NnapiSerializer.add_mean=eval _Nna'
-        'piSerializer.add_pointwise_simple_binary_broadcast_op=eval _NnapiSerializer.add_'
-        'pool2d_node=eval _NnapiSerializer.add_prelu_op=eval _NnapiSerializer.add_qadd=ev'
-        'al _NnapiSerializer.add_qconv2d=eval _NnapiSerializer.add_qlinear=eval _NnapiSer'
-        'ializer.add_reshape=eval _NnapiSerializer.add_slice=eval _NnapiSerializer.add_so'
-        'ftmax=eval _NnapiSerializer.add_tensor_operand_for_input=eval _NnapiSerializer.a'
-        'dd_tensor_operand_for_weight=eval _NnapiSerializer.add_unsqueeze=eval _NnapiSeri'
-        'alizer.add_upsample_nearest2d=eval _NnapiSerializer.get_conv_pool_args_2d_common'
-        '=eval _NnapiSerializer.get_conv_pool_args_2d_from_jit=eval _NnapiSerializer.get_'
-        'conv_pool_args_2d_from_pack=eval _NnapiSerializer.get_optional_bias=eval _NnapiS'
-        'erializer.get_tensor_operand_for_weight=eval _NnapiSerializer.get_tensor_operand'
-        '_or_constant=eval _NnapiSerializer.serialize_model=eval _NnapiSerializer.torch_t'
-        'ensor_to_operand=eval _NnapiSerializer.transpose_for_broadcast=eval _NnapiSerial'
-        'izer.transpose_to_nhwc=eval'),
-    'torch.backends.cuda': 'cuFFTPlanCacheManager.__getitem__=ctypes',
-    'torch.backends.xeon.run_cpu': ('_CPUinfo.__init__=subprocess _Launcher.add_lib_preload=os _Launcher.is_numactl_a'
-        'vailable=subprocess _Launcher.launch=subprocess _Launcher.set_memory_allocator=o'
-        's _Launcher.set_multi_thread_and_allocator=os main=socket subprocess=subprocess'),
-    'torch.compiler': ('_mark_compile_region=importlib compile=importlib guard_collectives_hook=ctypes l'
-        'ist_backends=importlib load_compiled_function=exec nested_compile_region=importl'
-        'ib reset=ctypes save_cache_artifacts=eval substitute_in_graph=importlib'),
-    'torch.compiler._cache': 'CacheArtifact.serialize=write_bytes _serialize_single_cache=write_bytes',
-    'torch.compiler.config': 'install_config_module=open',
-    'torch.cuda': ('BFloat16Storage.__reduce__=open BoolStorage.__reduce__=open ByteStorage.__reduce'
-        '__=open CDLL=ctypes CharStorage.__reduce__=open ComplexDoubleStorage.__reduce__='
-        'open ComplexFloatStorage.__reduce__=open DoubleStorage.__reduce__=open FloatStor'
-        'age.__reduce__=open HalfStorage.__reduce__=open IntStorage.__reduce__=open LongS'
-        'torage.__reduce__=open ShortStorage.__reduce__=open StreamContext.__enter__=ctyp'
-        'es StreamContext.__init__=ctypes _CudaLegacyStorage.__reduce__=open _check_capab'
-        'ility=ctypes _check_cubins=ctypes _compile_kernel=ctypes _cuda_load_module=ctype'
-        's _device_count_nvml=ctypes _get_amdsmi_clock_rate=ctypes _get_amdsmi_device_ind'
-        'ex=ctypes _get_amdsmi_device_memory_used=ctypes _get_amdsmi_handler=ctypes _get_'
-        'amdsmi_memory_usage=ctypes _get_amdsmi_power_draw=ctypes _get_amdsmi_temperature'
-        '=ctypes _get_amdsmi_utilization=ctypes _get_device_index=ctypes _get_nvml_device'
-        '_index=ctypes _get_pynvml_handler=ctypes _host_arch_key=socket _nvrtc_compile=ct'
-        'ypes _raw_device_count_nvml=ctypes _raw_device_uuid_nvml=ctypes _register_triton'
-        '_kernels=ctypes _use_uvm=ctypes _warn_unsupported_code=ctypes bsr_dense_addmm=ct'
-        'ypes bsr_dense_mm=ctypes byref=ctypes c_int=ctypes c_void_p=ctypes can_device_ac'
-        'cess_peer=ctypes clock_rate=ctypes create_string_buffer=ctypes ctypes=ctypes cur'
-        'rent_stream=ctypes default_stream=ctypes device.__init__=ctypes device_count=cty'
-        'pes device_memory_used=ctypes get_device_capability=ctypes get_device_name=ctype'
-        's get_device_properties=ctypes get_stream_from_external=ctypes importlib=importl'
-        'ib is_available=ctypes is_bf16_supported=ctypes is_tf32_supported=ctypes memory_'
-        'usage=ctypes power_draw=ctypes set_device=ctypes temperature=ctypes utilization='
-        'ctypes'),
-    'torch.cuda._annotate_cuda_graph_trace': 'load_trace=open main=open save_trace=open',
-    'torch.cuda._device_limits': 'GPULimits.__init__=ctypes',
-    'torch.cuda._graph_annotations': 'importlib=importlib mark_kernels=ctypes mark_stream=ctypes',
-    'torch.cuda._memory_viz': ('_profile_to_snapshot=ctypes _read=open _write=open compare=subprocess format_fla'
-        'megraph=subprocess memory=subprocess profile_plot=ctypes segments=subprocess sub'
-        'process=subprocess tempfile=tempfile'),
-    'torch.cuda._sanitizer': 'CUDASanitizerDispatchMode.__torch_dispatch__=ctypes dataclass=eval',
-    'torch.cuda._utils': ('_CudaKernel.__call__=ctypes _CudaKernel.set_shared_memory_config=ctypes _CudaMod'
-        'ule=ctypes _CudaModule.__getattr__=ctypes _check_cuda=ctypes _cuda_load_module=c'
-        'types _get_cuda_library=ctypes _get_device_index=ctypes _get_gpu_rtc_library=cty'
-        'pes _get_gpu_runtime_library=ctypes _get_hip_runtime_library=ctypes _get_hiprtc_'
-        'library=ctypes _get_nvrtc_library=ctypes _nvrtc_compile=ctypes _torch_get_device'
-        '_index=ctypes ctypes=ctypes'),
-    'torch.cuda.amp': 'amp_definitely_not_available=ctypes',
-    'torch.cuda.amp.common': 'amp_definitely_not_available=ctypes find_spec=__import__',
-    'torch.cuda.comm': ('broadcast=ctypes broadcast_coalesced=ctypes gather=ctypes reduce_add=ctypes redu'
-        'ce_add_coalesced=ctypes scatter=ctypes'),
-    'torch.cuda.gds': 'GdsFile.__init__=os',
-    'torch.cuda.jiterator': '_JittedFunction.__init__=ctypes',
-    'torch.cuda.memory': ('CUDAPluggableAllocator.__init__=ctypes _augment_memory_snapshot_stack_traces=ope'
-        'n _dump_snapshot=open _get_amdsmi_device_index=ctypes _get_device_index=ctypes _'
-        'get_nvml_device_index=ctypes _memory=subprocess _save_memory_usage=open _save_se'
-        'gment_usage=open _segments=subprocess _snapshot=open _use_uvm=ctypes caching_all'
-        'ocator_alloc=ctypes ctypes=ctypes get_per_process_memory_fraction=ctypes list_gp'
-        'u_processes=ctypes max_memory_allocated=ctypes max_memory_cached=ctypes max_memo'
-        'ry_reserved=ctypes mem_get_info=ctypes memory_allocated=ctypes memory_cached=cty'
-        'pes memory_reserved=ctypes memory_stats=ctypes memory_stats_as_nested_dict=ctype'
-        's memory_summary=ctypes reset_accumulated_memory_stats=ctypes reset_max_memory_a'
-        'llocated=ctypes reset_max_memory_cached=ctypes reset_peak_memory_stats=ctypes se'
-        't_per_process_memory_fraction=ctypes signature=eval use_mem_pool=ctypes'),
-    'torch.cuda.random': ('device_count=ctypes get_rng_state_all=ctypes manual_seed_all=ctypes seed_all=cty'
-        'pes'),
-    'torch.cuda.streams': ('Event._as_parameter_=ctypes Event.record=ctypes Event.wait=ctypes ExternalStream'
-        '._as_parameter_=ctypes Stream._as_parameter_=ctypes ctypes=ctypes'),
-    'torch.cuda.tunable': ('_gather_tunableop_results=open _gather_unique_untuned_gemm_from_files=open mgpu_'
-        'tune_gemm_in_file=ctypes mp=multiprocessing shutil=shutil tune_gemm_in_file=open'),
-    'torch.distributed': '_make_distributed_pdb=pdb breakpoint=pdb importlib=importlib pdb=pdb',
-    'torch.distributed._composable': 'checkpoint=socket',
-    'torch.distributed._composable.checkpoint_activation': '_checkpoint_without_reentrant_generator=socket checkpoint=socket',
-    'torch.distributed._composable.fsdp': 'fully_shard=ctypes',
-    'torch.distributed._composable.fsdp.fully_shard': 'fully_shard=ctypes',
-    'torch.distributed._composable.replicate_with_fsdp': '_get_modules_and_states=eval _init_default_mesh=ctypes replicate=ctypes',
-    'torch.distributed._dist2': '_gloo_factory=ctypes',
-    'torch.distributed._functional_collectives': ('_maybe_wrap_tensor=eval _remapped_all_gather=eval _remapped_all_to_all_single=ev'
-        'al _remapped_allgather=eval _remapped_allreduce=eval _remapped_batch_p2p_ops=eva'
-        'l _remapped_irecv=eval _remapped_isend=eval _remapped_reducescatter=eval _wrap_t'
-        'ensor_autograd=eval all_gather_inplace=eval all_gather_single=eval all_gather_si'
-        'ngle_autograd=eval all_gather_tensor=eval all_gather_tensor_autograd=eval all_ga'
-        'ther_tensor_inplace=eval all_reduce=eval all_reduce_inplace=eval all_to_all_inpl'
-        'ace=eval all_to_all_single=eval all_to_all_single_autograd=eval batch_p2p_ops_in'
-        'place=eval broadcast=eval irecv_inplace=eval isend_inplace=eval permute_tensor=c'
-        'types reduce_scatter_single=eval reduce_scatter_single_autograd=eval reduce_scat'
-        'ter_tensor=eval reduce_scatter_tensor_autograd=eval reduce_scatter_tensor_inplac'
-        'e=eval'),
-    'torch.distributed._local_tensor': ('LocalRunnerMode.__init__=thread LocalTensorMode.__enter__=importlib LocalTensorM'
-        'ode.__exit__=importlib LocalTensorMode.__torch_dispatch__=eval LocalTensorMode._'
-        'patch_random_functions=importlib LocalTensorMode._unpatch_random_functions=impor'
-        'tlib LocalTensorMode.disable=importlib LocalTensorMode.disable_=importlib LocalT'
-        'ensorMode.enable_=importlib LocalTensorMode.rank_map=importlib LocalTensorMode.t'
-        'ensor_map=importlib _ExceptionRaisingThread=thread _ExceptionRaisingThread._boot'
-        'strap=exec _ExceptionRaisingThread._bootstrap_inner=exec _ExceptionRaisingThread'
-        '.start=thread _LocalRandom.torch_manual_seed=ctypes _for_each_rank_run_func=eval'
-        ' _manual_seed_impl=ctypes importlib=importlib mark_subclass_constructor_exportab'
-        'le_experimental=eval maybe_run_for_local_tensor=eval normalize_function=eval ret'
-        'urn_and_correct_aliasing=eval'),
-    'torch.distributed._mesh_layout': 'dataclass=eval',
-    'torch.distributed._ops.device_mesh': '_get_flattened_submesh=eval _get_submesh=eval',
-    'torch.distributed._serialization': 'dataclass=eval',
-    'torch.distributed._shard.metadata': 'dataclass=eval',
-    'torch.distributed._shard.op_registry_utils': '_decorator_func=eval _register_op=eval signature=eval',
-    'torch.distributed._shard.sharded_tensor': '_decorator_func=eval',
-    'torch.distributed._shard.sharded_tensor.api': 'dataclass=eval',
-    'torch.distributed._shard.sharded_tensor.metadata': 'dataclass=eval',
-    'torch.distributed._shard.sharded_tensor.shard': 'dataclass=eval',
-    'torch.distributed._shard.sharding_plan.api': 'dataclass=eval',
-    'torch.distributed._shard.sharding_spec.api': '_decorator_func=eval dataclass=eval',
-    'torch.distributed._shard.sharding_spec.chunk_sharding_spec': 'dataclass=eval',
-    'torch.distributed._state_dict_utils': ('NamedTuple=eval _TensorInfo=eval _all_gather_sharded_tensor=importlib _broadcast'
-        '_state_dict=eval _distribute_state_dict=ctypes _gather_state_dict=importlib dist'
-        'ribute_tensor=ctypes'),
-    'torch.distributed._symmetric_memory': ('_fused_all_gather_matmul=ctypes _fused_all_gather_matmul_impl=ctypes _fused_all_'
-        'gather_matmul_last_gather_dim_impl=ctypes _fused_all_gather_matmul_native=ctypes'
-        ' _fused_all_gather_scaled_matmul=ctypes _fused_matmul_reduce_scatter=ctypes _fus'
-        'ed_matmul_reduce_scatter_fallback=eval _fused_matmul_reduce_scatter_impl=ctypes '
-        '_fused_scaled_matmul_reduce_scatter=ctypes _fused_scaled_matmul_reduce_scatter_f'
-        'allback=eval _fused_scaled_matmul_reduce_scatter_impl=ctypes _low_contention_all'
-        '_gather=ctypes _low_contention_reduce_scatter=ctypes _low_contention_reduce_scat'
-        'ter_with_symm_mem_input=ctypes _low_contention_reduce_scatter_with_workspace=cty'
-        'pes _pipelined_all_gather_and_consume=ctypes _pipelined_all_gather_and_consume_l'
-        'ast_dim=ctypes _pipelined_multi_all_gather_and_consume=ctypes _pipelined_produce'
-        '_and_all2all=ctypes socket=socket'),
-    'torch.distributed._symmetric_memory._nvshmem_triton': ('NvshmemLibFinder.find_device_library=subprocess _log_triton_kernel=tempfile has_'
-        'triton=ctypes requires_nvshmem=subprocess subprocess=subprocess tempfile=tempfil'
-        'e'),
-    'torch.distributed._symmetric_memory._rocshmem_triton': 'RocshmemLibFinder.find_device_library=ctypes has_triton=ctypes',
-    'torch.distributed._symmetric_memory._shmem_triton_utils': 'has_triton=ctypes',
-    'torch.distributed._tensor': ('distribute_module=ctypes distribute_tensor=ctypes empty=eval full=eval import_mo'
-        'dule=importlib ones=eval rand=eval randn=eval zeros=eval'),
-    'torch.distributed._tools': 'MSPS=eval',
-    'torch.distributed._tools.fsdp2_mem_tracker': ('FSDPMemTracker.__enter__=eval FSDPMemTracker._instrument_fsdp_module=eval FSDPMe'
-        'mTracker._register_module_and_optimizer_hooks=eval NamedTuple=eval _SavedFSDPMet'
-        'hods=eval'),
-    'torch.distributed._tools.memory_tracker': ('MemoryTracker.load=open MemoryTracker.save_stats=open MemoryTracker.show_traces='
-        'open'),
-    'torch.distributed._tools.runtime_estimator': ('RuntimeEstimator._benchmark_estimate=ctypes RuntimeEstimator._maybe_run_and_benc'
-        'hmark_fallback_kernel=ctypes RuntimeEstimator._roofline_estimate=ctypes get_comp'
-        'ute_time=ctypes'),
-    'torch.distributed._tools.sac_estimator': ('MSPS=eval NamedTuple=eval SACEstimator._get_greedy_order_meta=eval SACEstimator.'
-        '_get_sac_tradeoff_pwlf_stats=os SACEstimator._post_fw_hook=eval SACEstimator.pwl'
-        'f_sac_tradeoff_curve=os dataclass=eval'),
-    'torch.distributed.algorithms._checkpoint.checkpoint_wrapper': 'torch_utils_checkpoint=socket',
-    'torch.distributed.algorithms.ddp_comm_hooks.default_hooks': '_compress_hook=eval bf16_compress_hook=eval fp16_compress_hook=eval',
-    'torch.distributed.algorithms.ddp_comm_hooks.mixed_precision_hooks': 'dataclass=eval',
-    'torch.distributed.algorithms.ddp_comm_hooks.optimizer_overlap_hooks': 'dataclass=eval',
-    'torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook': 'batched_powerSGD_hook=ctypes powerSGD_hook=ctypes',
-    'torch.distributed.algorithms.ddp_comm_hooks.quantization_hooks': 'quantization_perchannel_hook=importlib',
-    'torch.distributed.algorithms.join': ('Join.__init__=eval Join._set_joinable_configs=eval Joinable.__init__=eval NamedT'
-        'uple=eval _JoinConfig=eval _JoinConfig.construct_disabled_join_config=eval'),
-    'torch.distributed.checkpoint': ('load=eval load_sharded_optimizer_state_dict=eval load_state_dict=eval save=eval '
-        'save_state_dict=eval'),
-    'torch.distributed.checkpoint._async_process_executor': ('_AsyncCheckpointProcess._checkpointing_subprocess=eval _AsyncCheckpointProcess._'
-        'execute_save=eval _ProcessGroupInitInfo.__init__=socket _get_fq_hostname=socket '
-        'dataclass=eval get_free_port=socket save=eval'),
-    'torch.distributed.checkpoint._async_thread_executor': 'save=eval save_wrapper=eval',
-    'torch.distributed.checkpoint._checkpointer': '_Checkpointer.load=eval _Checkpointer.save=eval',
-    'torch.distributed.checkpoint._consolidate_hf_safetensors': ('_consolidate_safetensors_files=open _process_output_file=open _write_data=open _'
-        'write_metadata=open _write_overall_metadata_file=open consolidate_safetensors_fi'
-        'les=open consolidate_safetensors_files_on_every_rank=open dataclass=eval'),
-    'torch.distributed.checkpoint._experimental.barriers': 'dataclass=eval',
-    'torch.distributed.checkpoint._experimental.checkpoint_process': ('CheckpointProcess._create_subprocess=multiprocessing Connection=multiprocessing '
-        'dataclass=eval'),
-    'torch.distributed.checkpoint._experimental.checkpoint_reader': 'CheckpointReader._partial_read=open CheckpointReader.read=open',
-    'torch.distributed.checkpoint._experimental.checkpoint_writer': 'CheckpointWriter.write=open dataclass=eval',
-    'torch.distributed.checkpoint._experimental.config': 'dataclass=eval',
-    'torch.distributed.checkpoint._experimental.staging': 'dataclass=eval',
-    'torch.distributed.checkpoint._experimental.types': 'dataclass=eval',
-    'torch.distributed.checkpoint._extension': 'try_import=importlib',
-    'torch.distributed.checkpoint._fsspec_filesystem': ('FileSystem.create_stream=open FsspecReader.read_data=open FsspecReader.read_meta'
-        'data=pickle FsspecWriter._write_data=ctypes FsspecWriter.prepare_local_plan=mkdi'
-        'r FsspecWriter.write_data=ctypes'),
-    'torch.distributed.checkpoint._hf_utils': 'dataclass=eval',
-    'torch.distributed.checkpoint._pg_transport': 'PGTransport.recv_checkpoint=pickle dataclass=eval',
-    'torch.distributed.checkpoint._state_dict_stager': 'StateDictStager.__init__=ctypes',
-    'torch.distributed.checkpoint.default_planner': ('DefaultLoadPlanner.load_bytes=open DefaultSavePlanner.resolve_data=open DefaultS'
-        'avePlanner.transform_object=open _EmptyStateDictLoadPlanner.load_bytes=open'),
-    'torch.distributed.checkpoint.filesystem': ('FileSystem.create_stream=open FileSystem.mkdir=mkdir FileSystem.rm_file=unlink F'
-        'ileSystemReader.read_data=open FileSystemReader.read_metadata=pickle FileSystemW'
-        'riter._write_data=ctypes FileSystemWriter.prepare_local_plan=mkdir FileSystemWri'
-        'ter.write_data=ctypes _FileSystemWriter._write_data=ctypes _FileSystemWriter.pre'
-        'pare_local_plan=mkdir _FileSystemWriter.write_data=ctypes _OverlappingCpuLoader.'
-        '__init__=ctypes _get_available_device_type=ctypes _write_files_from_queue=ctypes'
-        ' _write_item=open dataclass=eval'),
-    'torch.distributed.checkpoint.format_utils': ('BroadcastingTorchSaveReader.read_data=open DynamicMetaLoadPlanner.load_bytes=ope'
-        'n _load_state_dict=eval _save_state_dict=eval dcp_to_torch_save=open torch_save_'
-        'to_dcp=open'),
-    'torch.distributed.checkpoint.hf_storage': ('HuggingFaceStorageReader.read_data=thread HuggingFaceStorageWriter.finish=open c'
-        'onsolidate_safetensors_files=open'),
-    'torch.distributed.checkpoint.metadata': 'dataclass=eval',
-    'torch.distributed.checkpoint.optimizer': ('_ReaderWithOffset.load_bytes=open load_sharded_optimizer_state_dict=eval load_st'
-        'ate_dict=eval'),
-    'torch.distributed.checkpoint.planner': 'dataclass=eval',
-    'torch.distributed.checkpoint.quantized_hf_storage': ('QuantizedHuggingFaceStorageReader._load_quantization_metadata=open QuantizedHugg'
-        'ingFaceStorageReader.read_data=thread QuantizedHuggingFaceStorageReader.read_met'
-        'adata=open'),
-    'torch.distributed.checkpoint.staging': ('_ReplicationStager.__init__=tempfile _ReplicationStager._persist_state_dict=open'
-        ' _ReplicationStager.stage=open dataclass=eval tempfile=tempfile'),
-    'torch.distributed.checkpoint.state_dict': ('_broadcast_state_dict=eval _distribute_state_dict=ctypes _gather_state_dict=impo'
-        'rtlib _get_model_state_dict=importlib _get_optim_state_dict=importlib _load_mode'
-        'l_state_dict=ctypes _load_optim_state_dict=ctypes _maybe_full_or_cpu_state_dict='
-        'importlib dataclass=eval get_model_state_dict=importlib get_optimizer_state_dict'
-        '=importlib get_state_dict=importlib set_model_state_dict=ctypes set_optimizer_st'
-        'ate_dict=ctypes set_state_dict=ctypes'),
-    'torch.distributed.checkpoint.state_dict_loader': ('_api_bc_check=eval _load_state_dict=eval _load_state_dict_from_keys=eval load=ev'
-        'al load_state_dict=eval'),
-    'torch.distributed.checkpoint.state_dict_saver': ('_api_bc_check=eval _save_state_dict=eval dataclass=eval save=eval save_state_dic'
-        't=eval'),
-    'torch.distributed.checkpoint.storage': 'dataclass=eval',
-    'torch.distributed.checkpoint.utils': '_api_bc_check=eval',
-    'torch.distributed.collective_utils': 'dataclass=eval importlib=importlib',
-    'torch.distributed.config': 'install_config_module=open',
-    'torch.distributed.debug': 'multiprocessing=multiprocessing socket=socket start_debug_server=multiprocessing',
-    'torch.distributed.debug._debug_handlers': ('Collective=eval Database=eval FlightRecorderHandler._build_db=eval FlightRecorde'
-        'rHandler._handle_fr_trace=requests FlightRecorderHandler._handle_fr_trace_json=r'
-        'equests FlightRecorderHandler._handle_fr_trace_nccl=requests FlightRecorderHandl'
-        'er._handle_fr_trace_nccl_json=requests FlightRecorderHandler._render_tables=eval'
-        ' FlightRecorderHandler.dump=requests Group=eval Membership=eval NCCLCall=eval Pr'
-        'ofilerHandler._handle=requests PySpyHandler._handle=requests PySpyHandler.dump=r'
-        'equests StacksHandler._handle=requests StacksHandler.dump=requests TorchCommsFli'
-        'ghtRecorderHandler._handle_torchcomms_fr_trace=requests TorchCommsFlightRecorder'
-        'Handler._handle_torchcomms_fr_trace_json=requests TorchCommsFlightRecorderHandle'
-        'r._render_tables=eval TorchCommsFlightRecorderHandler.dump=requests TorchCommsHe'
-        'althCheckHandler._handle=requests TorchCommsHealthCheckHandler.dump=requests Wai'
-        'tCountersHandler._handle=requests WaitCountersHandler.dump=requests build_db=eva'
-        'l fetch_all=requests'),
-    'torch.distributed.debug._frontend': ('FrontendServer.__init__=thread HTTPRequestHandler.handle=http.client HTTPRequest'
-        'Handler.handle_one_request=http.client HTTPRequestHandler.parse_request=http.cli'
-        'ent PeriodicDumper._run=open PeriodicDumper.start=thread _IPv6HTTPServer.__init_'
-        '_=socket _IPv6HTTPServer.process_request=thread _IPv6HTTPServer.server_bind=sock'
-        'et dataclass=eval fetch_all=requests fetch_thread_pool=requests requests=request'
-        's socket=socket'),
-    'torch.distributed.debug._handlers': '_torch_profile=tempfile tempfile=tempfile',
-    'torch.distributed.device_mesh': ('DeviceMesh.__init__=ctypes DeviceMesh._create_unflatten_mesh=ctypes DeviceMesh._'
-        'init_one_process_group=ctypes DeviceMesh._init_process_groups=ctypes DeviceMesh.'
-        '_setup_world_group_and_device=ctypes DeviceMesh._unflatten=ctypes init_process_g'
-        'roup=ctypes new_group=ctypes'),
-    'torch.distributed.distributed_c10d': ('Backend.register_backend=ctypes _find_or_create_pg_by_ranks_and_tag=ctypes _new_'
-        'group_with_tag=ctypes _new_process_group_helper=ctypes _process_group_color=ctyp'
-        'es _tensor_to_object=pickle _unpickler=pickle all_gather_object=pickle broadcast'
-        '=ctypes broadcast_object_list=ctypes ctypes=ctypes gather_object=pickle init_pro'
-        'cess_group=ctypes namedtuple=eval new_group=ctypes new_subgroups=ctypes new_subg'
-        'roups_by_enumeration=ctypes recv_object_list=pickle scatter_object_list=ctypes'),
-    'torch.distributed.elastic.agent.server.api': ('SimpleElasticAgent._construct_event=socket SimpleElasticAgent._initialize_worker'
-        's=socket SimpleElasticAgent._invoke_run=socket SimpleElasticAgent._record_worker'
-        '_events=socket SimpleElasticAgent._rendezvous=socket SimpleElasticAgent._restart'
-        '_workers=socket SimpleElasticAgent.get_event_failed=socket SimpleElasticAgent.ge'
-        't_event_succeeded=socket SimpleElasticAgent.record_duration=socket SimpleElastic'
-        'Agent.run=socket _get_fq_hostname=socket dataclass=eval get_logger=open socket=s'
-        'ocket'),
-    'torch.distributed.elastic.agent.server.health_check_server': 'get_logger=open',
-    'torch.distributed.elastic.agent.server.local_elastic_agent': ('LocalElasticAgent._check_uninterruptible_state_timeout=open LocalElasticAgent._c'
-        'onstruct_event=socket LocalElasticAgent._get_fq_hostname=socket LocalElasticAgen'
-        't._initialize_workers=socket LocalElasticAgent._invoke_run=socket LocalElasticAg'
-        'ent._log_watchdog_event=socket LocalElasticAgent._monitor_workers=open LocalElas'
-        'ticAgent._record_worker_events=socket LocalElasticAgent._rendezvous=socket Local'
-        'ElasticAgent._restart_workers=socket LocalElasticAgent._setup_local_watchdog=tem'
-        'pfile LocalElasticAgent._start_workers=tempfile LocalElasticAgent._update_uninte'
-        'rruptible_dwell=open LocalElasticAgent.get_event_failed=socket LocalElasticAgent'
-        '.get_event_succeeded=socket LocalElasticAgent.record_duration=socket LocalElasti'
-        'cAgent.run=socket get_logger=open read_proc_state=open socket=socket tempfile=te'
-        'mpfile'),
-    'torch.distributed.elastic.events': 'construct_and_record_rdzv_event=socket socket=socket',
-    'torch.distributed.elastic.events.api': 'dataclass=eval',
-    'torch.distributed.elastic.metrics.api': 'namedtuple=eval',
-    'torch.distributed.elastic.multiprocessing': 'get_logger=open',
-    'torch.distributed.elastic.multiprocessing.api': ('DefaultLogsSpecs.__init__=tempfile DefaultLogsSpecs._make_log_dir=tempfile Defau'
-        'ltLogsSpecs.reify=shutil MultiprocessContext._close=os MultiprocessContext._star'
-        't=multiprocessing MultiprocessContext.start=signal PContext.__init__=open PConte'
-        'xt.start=signal SubprocessContext.start=signal _maybe_wrap_with_numa_binding=shu'
-        'til _wrap=shutil dataclass=eval shutil=shutil subprocess=subprocess synchronize='
-        'multiprocessing tempfile=tempfile'),
-    'torch.distributed.elastic.multiprocessing.errors': ('ChildFailedError.__init__=socket ChildFailedError._format_failure=socket ChildFa'
-        'iledError.format_msg=socket ProcessFailure.__post_init__=open dataclass=eval get'
-        '_logger=open socket=socket'),
-    'torch.distributed.elastic.multiprocessing.errors.error_handler': ('ErrorHandler._rm=open ErrorHandler._write_error_file=open ErrorHandler.dump_erro'
-        'r_file=open ErrorHandler.record_exception=open'),
-    'torch.distributed.elastic.multiprocessing.redirects': '_c_std=ctypes ctypes=ctypes get_libc=ctypes redirect=open',
-    'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler': ('Popen=subprocess SubprocessHandler.__init__=open SubprocessHandler._popen=subpro'
-        'cess SubprocessHandler.close=os _maybe_wrap_command_args_with_numa_binding=shuti'
-        'l'),
-    'torch.distributed.elastic.multiprocessing.tail_log': 'tail_logfile=open',
-    'torch.distributed.elastic.rendezvous.api': ('RendezvousStoreInfo.build=socket dataclass=eval get_free_port=socket socket=sock'
-        'et'),
-    'torch.distributed.elastic.rendezvous.c10d_rendezvous_backend': ('_create_file_store=tempfile _create_tcp_store=socket _matches_machine_hostname=s'
-        'ocket construct_and_record_rdzv_event=socket create_backend=socket tempfile=temp'
-        'file'),
-    'torch.distributed.elastic.rendezvous.dynamic_rendezvous': ('DynamicRendezvousHandler._close=socket DynamicRendezvousHandler._keep_alive=sock'
-        'et DynamicRendezvousHandler._keep_alive_weak=socket DynamicRendezvousHandler._re'
-        'cord=socket DynamicRendezvousHandler.is_closed=socket DynamicRendezvousHandler.n'
-        'ext_rendezvous=socket DynamicRendezvousHandler.num_nodes_waiting=socket DynamicR'
-        'endezvousHandler.set_closed=socket DynamicRendezvousHandler.shutdown=socket _Bac'
-        'kendRendezvousStateHolder._record=socket _BackendRendezvousStateHolder.sync=sock'
-        'et _DistributedRendezvousOpExecutor._add_to_participants=socket _DistributedRend'
-        'ezvousOpExecutor._add_to_redundancy_list=socket _DistributedRendezvousOpExecutor'
-        '._add_to_wait_list=socket _DistributedRendezvousOpExecutor._keep_alive=socket _D'
-        'istributedRendezvousOpExecutor._mark_rendezvous_closed=socket _DistributedRendez'
-        'vousOpExecutor._mark_rendezvous_complete=socket _DistributedRendezvousOpExecutor'
-        '._record=socket _DistributedRendezvousOpExecutor._remove_from_participants=socke'
-        't _DistributedRendezvousOpExecutor._remove_from_redundancy_list=socket _Distribu'
-        'tedRendezvousOpExecutor._remove_from_wait_list=socket _DistributedRendezvousOpEx'
-        'ecutor.run=socket _NodeDescGenerator.generate=socket construct_and_record_rdzv_e'
-        'vent=socket create_handler=socket dataclass=eval get_method_name=open socket=soc'
-        'ket'),
-    'torch.distributed.elastic.rendezvous.etcd_rendezvous': ('EtcdRendezvous.__init__=thread EtcdRendezvous.confirm_membership=thread EtcdRend'
-        'ezvous.confirm_phase=thread EtcdRendezvous.init_phase=thread EtcdRendezvous.join'
-        '_phase=thread EtcdRendezvous.rendezvous_barrier=thread EtcdRendezvous.setup_leas'
-        'e_renewal=thread'),
-    'torch.distributed.elastic.rendezvous.etcd_server': ('EtcdServer.__init__=tempfile EtcdServer._start=subprocess EtcdServer.start=subpr'
-        'ocess EtcdServer.stop=subprocess find_free_port=socket shutil=shutil socket=sock'
-        'et stop_etcd=subprocess subprocess=subprocess tempfile=tempfile'),
-    'torch.distributed.elastic.rendezvous.registry': ('_create_c10d_handler=socket _create_etcd_v2_handler=socket create_handler=socket'
-        ' entry_points=importlib'),
-    'torch.distributed.elastic.rendezvous.utils': ('Thread=thread _PeriodicTimer.start=thread _matches_machine_hostname=socket socke'
-        't=socket'),
-    'torch.distributed.elastic.timer': 'expires=open',
-    'torch.distributed.elastic.timer.api': 'TimerServer.start=thread expires=open getframeinfo=open stack=open',
-    'torch.distributed.elastic.timer.debug_info_logging': 'get_logger=open',
-    'torch.distributed.elastic.timer.file_based_local_timer': ('FileTimerClient._open_non_blocking=os FileTimerClient._send_request=os FileTimer'
-        'Client.acquire=os FileTimerClient.release=os FileTimerServer.__init__=os FileTim'
-        'erServer._reap_worker=os FileTimerServer._run_watchdog=os FileTimerServer._watch'
-        'dog_loop=open FileTimerServer.clear_timers=os FileTimerServer.is_process_running'
-        '=os FileTimerServer.run_once=os FileTimerServer.start=thread FileTimerServer.sto'
-        'p=os get_logger=open'),
-    'torch.distributed.elastic.timer.local_timer': ('LocalTimerServer._reap_worker=os LocalTimerServer.start=thread mp=multiprocessin'
-        'g'),
-    'torch.distributed.elastic.utils': 'get_socket_with_port=socket',
-    'torch.distributed.elastic.utils.api': 'get_socket_with_port=socket socket=socket',
-    'torch.distributed.elastic.utils.distributed': ('create_c10d_store=socket get_free_port=socket get_logger=open get_socket_with_po'
-        'rt=socket socket=socket'),
-    'torch.distributed.elastic.utils.logging': '_derive_module_name=open get_logger=open',
-    'torch.distributed.elastic.utils.process_state': 'read_proc_state=open',
-    'torch.distributed.flight_recorder.components.builder': ('Collective=eval Database=eval Group=eval Membership=eval NCCLCall=eval Traceback'
-        '=eval build_db=eval build_groups_memberships=eval transform_ft=eval'),
-    'torch.distributed.flight_recorder.components.loader': 'read_dir=os read_dump=open',
-    'torch.distributed.flight_recorder.components.types': ('Collective=eval Database=eval EntryState.to_collective=eval EntryState.to_nccl_c'
-        'all=eval Group=eval Membership=eval NCCLCall=eval NamedTuple=eval Traceback=eval'
-        ' TypeInfo=eval'),
-    'torch.distributed.flight_recorder.components.utils': 'Collective=eval Group=eval Membership=eval',
-    'torch.distributed.flight_recorder.fr_trace': 'build_db=eval main=open read_dir=os transform_ft=eval',
-    'torch.distributed.fsdp': 'fully_shard=ctypes',
-    'torch.distributed.fsdp._flat_param': ('FlatParamHandle.__init__=eval FlatParamHandle._get_shard=importlib FlatParamHand'
-        'le._get_shard_metadata=eval FlatParamHandle._init_flat_param_and_metadata=eval F'
-        'latParamHandle._init_shard_metadata=eval FlatParamHandle.param_module_names=eval'
-        ' FlatParamHandle.shard=importlib FlatParamHandle.shard_metadata=eval FlatParamHa'
-        'ndle.shared_param_module_names=eval FlatParamShardMetadata=eval NamedTuple=eval '
-        'ParamInfo=eval SharedParamInfo=eval _ShardParamInfo=eval'),
-    'torch.distributed.fsdp._fully_shard': 'fully_shard=ctypes',
-    'torch.distributed.fsdp._fully_shard._fsdp_api': 'dataclass=eval',
-    'torch.distributed.fsdp._fully_shard._fsdp_collectives': 'AllGatherResult=eval NamedTuple=eval foreach_all_gather=eval',
-    'torch.distributed.fsdp._fully_shard._fsdp_common': 'dataclass=eval',
-    'torch.distributed.fsdp._fully_shard._fsdp_init': ('_get_modules_and_states=eval _init_default_fully_shard_mesh=ctypes _init_default'
-        '_mesh=ctypes _move_states_to_device=eval'),
-    'torch.distributed.fsdp._fully_shard._fsdp_param': ('FSDPParam.__init__=eval FSDPParam._get_unsharded_dtensor_spec=eval FSDPParam._in'
-        'it_sharded_param=eval FSDPParam._init_sharding_spec=eval FSDPParam._init_shardin'
-        'g_spec_plain=eval FSDPParam.all_gather_inputs=eval FSDPParam.init_unsharded_para'
-        'm=eval TensorMeta=eval dataclass=eval'),
-    'torch.distributed.fsdp._fully_shard._fsdp_param_group': ('AllGatherResult=eval AllGatherState=eval AllReduceState=eval FSDPParamGroup.post'
-        '_backward=eval FSDPParamGroup.pre_backward=eval FSDPParamGroup.pre_forward=eval '
-        'FSDPParamGroup.unshard=eval FSDPParamGroup.wait_for_unshard=eval NamedTuple=eval'
-        ' ReduceScatterState=eval foreach_all_gather=eval'),
-    'torch.distributed.fsdp._fully_shard._fully_shard': '_get_modules_and_states=eval _init_default_mesh=ctypes fully_shard=ctypes',
-    'torch.distributed.fsdp._optim_utils': ('NamedTuple=eval _OptimStateKey=eval _PosDimTensorInfo=eval _allgather_state_info'
-        '=eval _broadcast_processed_state=eval _convert_state_with_orig_params=eval _flat'
-        'ten_optim_state=importlib _flatten_optim_state_dict=importlib _gather_all_orig_p'
-        'aram_state=eval _gather_state_dict=importlib _map_param_key_to_optim_keys=eval _'
-        'optim_state_dict=eval _shard_orig_param_state=importlib dataclass=eval'),
-    'torch.distributed.fsdp._runtime_utils': ('_get_reduce_scatter_tensors=importlib _post_backward_hook=importlib _reduce_grad'
-        '=importlib'),
-    'torch.distributed.fsdp._state_dict_utils': ('_local_pre_load_state_dict_hook=importlib _sharded_pre_load_state_dict_hook=impo'
-        'rtlib'),
-    'torch.distributed.fsdp._trace_utils': ('NamedTuple=eval _ExecOrderTracer._patched_call_module=eval _ExecOrderTracer._pat'
-        'ched_create_proxy=eval _ParamUsageInfo=eval dataclass=eval'),
-    'torch.distributed.fsdp.api': 'dataclass=eval',
-    'torch.distributed.fsdp.fully_sharded_data_parallel': ('FullyShardedDataParallel._optim_state_dict_impl=eval FullyShardedDataParallel._o'
-        'ptim_state_dict_to_load_impl=importlib FullyShardedDataParallel.flatten_sharded_'
-        'optim_state_dict=importlib FullyShardedDataParallel.full_optim_state_dict=eval F'
-        'ullyShardedDataParallel.optim_state_dict=eval FullyShardedDataParallel.optim_sta'
-        'te_dict_to_load=importlib FullyShardedDataParallel.scatter_full_optim_state_dict'
-        '=importlib FullyShardedDataParallel.shard_full_optim_state_dict=importlib FullyS'
-        'hardedDataParallel.sharded_optim_state_dict=eval _flatten_optim_state_dict=impor'
-        'tlib _optim_state_dict=eval'),
-    'torch.distributed.fsdp.sharded_grad_scaler': 'ShardedGradScaler.step=eval',
-    'torch.distributed.launch': 'launch=ctypes main=ctypes run=ctypes',
-    'torch.distributed.launcher.api': 'LaunchConfig.__post_init__=ctypes dataclass=eval get_logger=open',
-    'torch.distributed.nn.api.remote_module': ('RemoteModule._init_template=importlib _RemoteModule.__init__=importlib _RemoteMo'
-        'dule._init_template=importlib _create_module_with_interface=open _instantiate_te'
-        'mplate=importlib'),
-    'torch.distributed.nn.jit.instantiator': ('_StringLoader=importlib _StringLoader._cache_bytecode=importlib _StringLoader.ex'
-        'ec_module=compile _StringLoader.get_code=importlib _StringLoader.is_package=impo'
-        'rtlib _StringLoader.load_module=importlib _StringLoader.path_mtime=importlib _St'
-        'ringLoader.set_data=importlib _StringLoader.source_to_code=compile _do_instantia'
-        'te_remote_module_template=importlib importlib=importlib instantiate_non_scriptab'
-        'le_remote_module_template=importlib instantiate_scriptable_remote_module_templat'
-        'e=importlib'),
-    'torch.distributed.optim.functional_adadelta': '_FunctionalAdadelta.step=eval',
-    'torch.distributed.optim.functional_adam': '_FunctionalAdam.step=eval _FunctionalAdam.step_param=eval',
-    'torch.distributed.optim.functional_adamax': '_FunctionalAdamax.step=eval',
-    'torch.distributed.optim.functional_adamw': '_FunctionalAdamW.step=eval _FunctionalAdamW.step_param=eval',
-    'torch.distributed.optim.functional_rmsprop': '_FunctionalRMSprop.step=eval',
-    'torch.distributed.optim.functional_rprop': '_FunctionalRprop.step=eval',
-    'torch.distributed.optim.optimizer': '_new_script_local_optimizer=open',
-    'torch.distributed.optim.zero_redundancy_optimizer': ('ZeroRedundancyOptimizer.__init__=eval ZeroRedundancyOptimizer._init_local_optimi'
-        'zer=eval ZeroRedundancyOptimizer._init_zero_for_overlap=eval ZeroRedundancyOptim'
-        'izer.consolidate_state_dict=open _broadcast_object=open'),
-    'torch.distributed.pipelining': 'pipeline=eval',
-    'torch.distributed.pipelining._IR': 'Pipe._trace_with_export=eval Pipe.from_tracing=eval pipeline=eval signature=eval',
-    'torch.distributed.pipelining._backward': 'GradientEdge=eval stage_backward_weight=eval',
-    'torch.distributed.pipelining._schedule_visualizer': ('NamedTuple=eval OpKey=eval _Action=eval add_schedule_op_spacing=eval get_schedul'
-        'e_ops=exec'),
-    'torch.distributed.pipelining._utils': 'dataclass=eval',
-    'torch.distributed.pipelining.schedules': ('NamedTuple=eval OptimizedModule=importlib PipelineScheduleMulti._dump_csv=open P'
-        'ipelineScheduleMulti._load_csv=open Schedule1F1B._get_pipeline_order=eval Schedu'
-        'leDualPipeV.__init__=eval ScheduleDualPipeV._calculate_single_rank_operations=ev'
-        'al ScheduleDualPipeV._dump_csv=open ScheduleDualPipeV._load_csv=open ScheduleDua'
-        'lPipeV._prepare_schedule_with_comms=eval ScheduleDualPipeV._simulate=eval Schedu'
-        'leGPipe._get_pipeline_order=eval ScheduleInterleaved1F1B.__init__=eval ScheduleI'
-        'nterleaved1F1B._calculate_single_rank_operations=eval ScheduleInterleaved1F1B._d'
-        'ump_csv=open ScheduleInterleaved1F1B._load_csv=open ScheduleInterleaved1F1B._pre'
-        'pare_schedule_with_comms=eval ScheduleInterleaved1F1B._simulate=eval ScheduleInt'
-        'erleavedZeroBubble.__init__=eval ScheduleInterleavedZeroBubble._calculate_single'
-        '_rank_operations=eval ScheduleInterleavedZeroBubble._dump_csv=open ScheduleInter'
-        'leavedZeroBubble._load_csv=open ScheduleInterleavedZeroBubble._prepare_schedule_'
-        'with_comms=eval ScheduleInterleavedZeroBubble._simulate=eval ScheduleLoopedBFS._'
-        '_init__=eval ScheduleLoopedBFS._calculate_single_rank_operations=eval ScheduleLo'
-        'opedBFS._dump_csv=open ScheduleLoopedBFS._load_csv=open ScheduleLoopedBFS._prepa'
-        're_schedule_with_comms=eval ScheduleLoopedBFS._simulate=eval ScheduleZBVZeroBubb'
-        'le.__init__=eval ScheduleZBVZeroBubble._calculate_single_rank_operations=eval Sc'
-        'heduleZBVZeroBubble._dump_csv=open ScheduleZBVZeroBubble._load_csv=open Schedule'
-        'ZBVZeroBubble._prepare_schedule_with_comms=eval ScheduleZBVZeroBubble._simulate='
-        'eval _Action=eval _Action.from_str=eval _PipelineScheduleRuntime._dump_csv=open '
-        '_PipelineScheduleRuntime._load_csv=open _PipelineScheduleRuntime._prepare_schedu'
-        'le_with_comms=eval _PipelineScheduleRuntime._simulate=eval _add_reduce_grad=eval'
-        ' _add_send_recv=eval _add_unshard_reshard=eval _dump_chrometrace=open _get_1f1b_'
-        'rank_ops=eval _merge_bw=eval _simulate_comms_compute=eval dataclass=eval'),
-    'torch.distributed.pipelining.stage': ('PipelineStage.backward_maybe_with_nosync=eval PipelineStage.backward_one_chunk=e'
-        'val PipelineStage.backward_weight_one_chunk=eval _PipelineStage.backward_maybe_w'
-        'ith_nosync=eval _PipelineStage.backward_one_chunk=eval _PipelineStage.backward_w'
-        'eight_one_chunk=eval _PipelineStageBase.backward_maybe_with_nosync=eval _Pipelin'
-        'eStageBase.backward_one_chunk=eval _PipelineStageBase.backward_weight_one_chunk='
-        'eval fully_shard=ctypes replicate=ctypes stage_backward_weight=eval'),
-    'torch.distributed.rendezvous': '_file_rendezvous_handler=urllib.request',
-    'torch.distributed.run': ('config_from_args=ctypes determine_local_world_size=ctypes get_logger=open main=c'
-        'types metadata=importlib run=ctypes run_script_path=runpy runpy=runpy'),
-    'torch.distributed.tensor': ('_ShardOrderEntry=eval _TensorMeta=eval distribute_module=ctypes distribute_tenso'
-        'r=ctypes empty=eval full=eval ones=eval rand=eval randn=eval zeros=eval'),
-    'torch.distributed.tensor._api': ('DTensor.__tensor_unflatten__=eval TensorMeta=eval _FromTorchTensor.backward=eval'
-        ' _FromTorchTensor.forward=ctypes _ToTorchTensor.backward=eval _dtensor_init_help'
-        'er=eval _shard_tensor=ctypes distribute_module=ctypes distribute_tensor=ctypes e'
-        'mpty=eval full=eval mark_subclass_constructor_exportable_experimental=eval mesh_'
-        'broadcast=ctypes ones=eval rand=eval randn=eval redistribute_local_tensor=eval z'
-        'eros=eval'),
-    'torch.distributed.tensor._collective_utils': ('broadcast=ctypes dataclass=eval maybe_run_for_local_tensor=eval mesh_broadcast=c'
-        'types pad_tensor=importlib shard_dim_alltoall=eval'),
-    'torch.distributed.tensor._dispatch': ('OpDispatcher._dispatch_fast_path_python_tail=eval OpDispatcher._dispatch_get_loc'
-        'al_results_slow_path=eval OpDispatcher._try_replicate_spec_for_scalar_tensor=eva'
-        'l OpDispatcher._unwrap_to_op_info_impl=eval OpDispatcher.redistribute_local_args'
-        '=eval OpDispatcher.unwrap_to_op_info=eval TensorMeta=eval argminmax_handler=eval'
-        ' convolution_backward_handler=importlib found_inf_reduce_handler=eval redistribu'
-        'te_local_tensor=eval return_and_correct_aliasing=eval'),
-    'torch.distributed.tensor._dtensor_spec': ('DTensorSpec.__post_init__=eval DTensorSpec._maybe_convert_StridedShard_to_shard_'
-        'order=eval DTensorSpec._normalize_placements_into_shard_order=eval DTensorSpec.c'
-        'ompute_default_shard_order=eval NamedTuple=eval ShardOrderEntry=eval TensorMeta='
-        'eval TensorMetadata=eval dataclass=eval'),
-    'torch.distributed.tensor._nonlinear_redux': '_gather_tensors=eval argminmax_handler=eval minmax_dim_handler=eval',
-    'torch.distributed.tensor._op_schema': 'TensorMeta=eval dataclass=eval',
-    'torch.distributed.tensor._ops._common_rules': 'TensorMeta=eval einop_rule=eval pointwise_rule=eval',
-    'torch.distributed.tensor._ops._conv_ops': 'TensorMeta=eval convolution_backward_rules=eval convolution_rules=eval',
-    'torch.distributed.tensor._ops._einsum_strategy': 'dataclass=eval',
-    'torch.distributed.tensor._ops._embedding_ops': 'TensorMeta=eval',
-    'torch.distributed.tensor._ops._mask_buffer': 'dataclass=eval',
-    'torch.distributed.tensor._ops._math_ops': 'TensorMeta=eval dataclass=eval',
-    'torch.distributed.tensor._ops._matrix_ops': 'TensorMeta=eval grouped_mm_strategy=eval',
-    'torch.distributed.tensor._ops._pointwise_ops': 'TensorMeta=eval',
-    'torch.distributed.tensor._ops._random_ops': 'TensorMeta=eval',
-    'torch.distributed.tensor._ops._tensor_ops': 'TensorMeta=eval',
-    'torch.distributed.tensor._ops._view_ops': ('ClaimedDim=eval NamedTuple=eval TensorMeta=eval _ViewShardingPropagator._rewrite'
-        '_plain_shard=eval _ViewShardingPropagator._rewrite_strided_shard=eval _ViewShard'
-        'ingPropagator.rewrite_output_placements=eval dataclass=eval'),
-    'torch.distributed.tensor._ops.autogen': 'TensorMeta=eval',
-    'torch.distributed.tensor._ops.single_dim_strategy': 'TensorMeta=eval dataclass=eval',
-    'torch.distributed.tensor._ops.strategy_validation': ('TensorMeta=eval _query_dtensor_rules=eval _shard_tensors=ctypes _validate_aten_o'
-        'p_for_sample=ctypes _validate_aten_with_mitigations=ctypes _validate_with_mitiga'
-        'tions=ctypes compare_operator=ctypes dataclass=eval distribute_tensor=ctypes que'
-        'ry_single_dim_strategy=eval validate_aten_combination=ctypes validate_combinatio'
-        'n=ctypes'),
-    'torch.distributed.tensor._ops.utils': 'TensorMeta=eval',
-    'torch.distributed.tensor._random': 'manual_seed=ctypes maybe_run_for_local_tensor=eval',
-    'torch.distributed.tensor._redistribute': ('DTensorRedistributePlanner._dict_to_ShardOrder=eval DTensorRedistributePlanner.f'
-        'ind_min_cost_path=eval DTensorRedistributePlanner.generate_graph_based_transform'
-        '_infos=eval DTensorRedistributePlanner.get_next_state=eval DTensorRedistributePl'
-        'anner.stringify_transform_infos=eval NestedRedistribute.forward=eval Redistribut'
-        'e.forward=eval ShardOrderEntry=eval TensorMeta=eval _redistribute_backward=eval '
-        'redistribute_local_tensor=eval'),
-    'torch.distributed.tensor._sharding_prop': ('ShardingPropagator._propagate_tensor_meta=eval ShardingPropagator._propagate_ten'
-        'sor_meta_cached=eval ShardingPropagator._propagate_tensor_meta_non_cached=eval S'
-        'hardingPropagator.propagate=eval ShardingPropagator.propagate_op_sharding_non_ca'
-        'ched=eval TensorMeta=eval _propagate_use_strided_shard_flag=eval'),
-    'torch.distributed.tensor._tp_conv': 'convolution_backward_handler=importlib tp_convolution_backward=importlib',
-    'torch.distributed.tensor._utils': 'compute_global_tensor_shape=eval maybe_run_for_local_tensor=eval',
-    'torch.distributed.tensor.debug._comm_mode': ('CommDebugMode.generate_json_dump=open CommDebugMode.log_comm_debug_tracing_table'
-        '_to_file=open'),
-    'torch.distributed.tensor.debug._op_coverage': ('aot_module=ctypes get_inductor_decomp_graphs=ctypes print_op_coverage_summary=ct'
-        'ypes'),
-    'torch.distributed.tensor.debug._visualize_sharding': 'importlib=importlib',
-    'torch.distributed.tensor.experimental': 'context_parallel=ctypes',
-    'torch.distributed.tensor.experimental._attention': ('_context_parallel_shard=ctypes context_parallel=ctypes context_parallel_unshard='
-        'eval'),
-    'torch.distributed.tensor.experimental._context_parallel': ('_context_parallel_shard=ctypes context_parallel=ctypes context_parallel_unshard='
-        'eval flex_cp_allgather=eval'),
-    'torch.distributed.tensor.experimental._context_parallel._attention': ('_AllGatherRotater.exchange_buffers=eval _AllToAllRotater.exchange_buffers=ctypes'
-        ' _ContextParallel.flex_input_fn=eval _context_parallel_buffers=ctypes _context_p'
-        'arallel_shard=ctypes _create_cp_block_mask=importlib context_parallel=ctypes con'
-        'text_parallel_unshard=eval create_block_mask=importlib dataclass=eval distribute'
-        '_tensor=ctypes flex_cp_allgather=eval'),
-    'torch.distributed.tensor.experimental._context_parallel._cp_custom_ops': ('_flex_cp_allgather_backward=eval flex_cp_allgather=eval flex_cp_allgather_backwa'
-        'rd=eval'),
-    'torch.distributed.tensor.experimental._tp_transform': ('TensorMeta=eval _TensorParallelTransformPass.call=ctypes _clean_up_graph_metadat'
-        'a=eval _create_placement_strategy=eval _extract_tensor_metadata=eval _generate_d'
-        'efault_output_sharding=eval _insert_reshard_gm=eval _mark_sharding=eval _mark_te'
-        'nsor_parallel_shardings=eval _partitioner=eval _populate_tensor_meta=eval _shard'
-        '_state_dict=ctypes distribute_tensor=ctypes redistribute_local_tensor=eval'),
-    'torch.distributed.tensor.parallel.loss': 'TensorMeta=eval _log_softmax=eval _log_softmax_handler=eval',
-    'torch.distributed.tensor.parallel.style': ('ColwiseParallel._apply=ctypes ColwiseParallel._partition_embedding_fn=ctypes Col'
-        'wiseParallel._partition_linear_fn=ctypes RowwiseParallel._apply=ctypes RowwisePa'
-        'rallel._partition_embedding_fn=ctypes RowwiseParallel._partition_linear_fn=ctype'
-        's SequenceParallel._apply=ctypes distribute_module=ctypes distribute_tensor=ctyp'
-        'es'),
-    'torch.distributed.tensor.placement_types': ('Partial._reduce_value=eval Replicate._make_replicate_tensor=ctypes Replicate._re'
-        'plicate_tensor=ctypes Shard._maybe_pad_tensor=importlib Shard._pad_for_new_shard'
-        '_dim=importlib Shard._reduce_shard_tensor=importlib Shard._replicate_to_shard=im'
-        'portlib Shard._select_split_tensor=importlib Shard._shard_tensor=importlib Shard'
-        '._split_tensor=importlib Shard._split_tensor_helper=importlib Shard._to_new_shar'
-        'd_dim=importlib Shard._to_replicate_tensor=importlib _MaskPartial._reduce_value='
-        'eval _StridedShard._to_replicate_tensor=importlib dataclass=eval maybe_run_for_l'
-        'ocal_tensor=eval mesh_broadcast=ctypes pad_tensor=importlib shard_dim_alltoall=e'
-        'val'),
-    'torch.distributed.utils': 'PackedSequence=eval',
-    'torch.distributions.transforms': ('CorrCholeskyTransform._call=importlib CorrCholeskyTransform._inverse=importlib S'
-        'tickBreakingTransform._call=importlib pad=importlib'),
-    'torch.export': ('_export=eval draft_export=eval export=eval load=ctypes load_pt2=ctypes package_p'
-        't2=write_bytes save=write_bytes'),
-    'torch.export._draft_export': ('CaptureStructuredTrace.__init__=tempfile _export=eval dataclass=eval draft_expor'
-        't=eval get_loc=open tempfile=tempfile'),
-    'torch.export._patches': ('one_layer_while_loop_gru=importlib one_layer_while_loop_lstm=importlib while_loo'
-        'p=importlib'),
-    'torch.export._trace': ('_PyTreeInfo=eval _aot_export_joint_with_descriptors=ctypes _combine_args=eval _d'
-        'ynamo_graph_capture_for_export=ctypes _export=eval _export_for_training=eval _ex'
-        'port_to_aten_ir=eval _export_to_aten_ir_make_fx=eval _export_to_torch_ir=importl'
-        'ib _get_forward_arg_names=eval _get_range_constraints=eval _non_strict_export=ev'
-        'al _produce_aten_artifact=eval _strict_export=importlib aot_export_joint_with_de'
-        'scriptors=ctypes apply_runtime_assertion_pass=compile compile_time_strobelight_m'
-        'eta=eval dtrace_structured=eval dynamo_graph_capture_for_export=exec make_fake_i'
-        'nputs=eval placeholder_naming_pass=eval track_tensor_tree=eval'),
-    'torch.export._unlift': ('_PyTreeInfo=eval _convert_guards_code_to_fn=exec _get_codegen=eval _unlift=eval '
-        '_unlift_exported_program_lifted_states=exec'),
-    'torch.export.custom_obj': 'dataclass=eval',
-    'torch.export.custom_ops': '_call_custom_autograd_function_in_pre_dispatch=importlib importlib=importlib',
-    'torch.export.dynamic_shapes': ('AdditionalInputs.dynamic_shapes=eval ShapesCollection.dynamic_shapes=eval _combi'
-        'ne_args=eval'),
-    'torch.export.experimental': ('_ExportPackage._compiled_and_package=open _ExportPackage._exporter=importlib _de'
-        'compose_exported_program=ctypes _export_forward_backward=ctypes _sticky_export=e'
-        'val'),
-    'torch.export.exported_program': ('ExportedProgram.module=exec ExportedProgram.run_decompositions=ctypes NamedTuple'
-        '=eval _PyTreeInfo=eval _decompose_and_get_gm_with_new_signature_constants=ctypes'
-        ' _decompose_exported_program=ctypes _export_to_aten_ir=eval _unlift_exported_pro'
-        'gram_lifted_states=exec aot_export_module=ctypes insert_deferred_runtime_asserts'
-        '=compile placeholder_naming_pass=eval'),
-    'torch.export.pt2_archive._package': ('PT2ArchiveWriter.write_file=open PT2ArchiveWriter.write_folder=os _get_raw_tenso'
-        'r_bytes=ctypes _load_aoti=ctypes _load_constants=pickle _load_exported_programs='
-        'pickle _load_state_dict=open _package_aoti_files=write_bytes _package_constants='
-        'write_bytes _package_executorch_files=write_bytes _package_exported_programs=wri'
-        'te_bytes _package_state_dict=write_bytes _save_pickled_tensors=write_bytes _save'
-        '_raw_tensors=write_bytes ctypes=ctypes dataclass=eval get_device_information=cty'
-        'pes load_pt2=ctypes package_pt2=write_bytes tempfile=tempfile'),
-    'torch.export.unflatten': 'dataclass=eval',
-    'torch.func': 'hessian=eval jacfwd=eval jvp=eval linearize=importlib',
-    'torch.functional': 'overload=open stft=importlib',
-    'torch.fx': 'replace_pattern=eval',
-    'torch.fx._graph_pickler': ('GraphPickler.loads=pickle GraphPickler.reducer_override=importlib _GraphUnpickle'
-        'r=pickle _OpPrecompiledPickleData.unpickle=importlib _TorchNumpyPickleData.from_'
-        'object=importlib _TorchNumpyPickleData.reduce_helper=importlib _TorchNumpyPickle'
-        'Data.unpickle=importlib import_dill=dill importlib=importlib'),
-    'torch.fx._lazy_graph_module': ('_LazyGraphModule.graph=exec _LazyGraphModule.to_folder=mkdir reduce_graph_module'
-        '=exec'),
-    'torch.fx._pytree': 'namedtuple=eval',
-    'torch.fx._symbolic_trace': ('CodeType=exec FunctionType=exec NamedTuple=eval Tracer._filter_traceback_frames='
-        'os Tracer.create_args_for_root=exec Tracer.create_node=os Tracer.create_proxy=os'
-        ' Tracer.getattr=eval Tracer.trace=exec _PatchedFn=eval _PatchedFnDel=eval _Patch'
-        'edFnSetAttr=eval _PatchedFnSetItem=eval _Patcher.patch=eval _Patcher.patch_metho'
-        'd=eval _PyTreeInfo=eval _patch_function=exec'),
-    'torch.fx.experimental._config': 'install_config_module=open',
-    'torch.fx.experimental.accelerator_partitioner': ('Device=eval NamedTuple=eval NodeLatency=eval PartitionResult=eval Partitioner.co'
-        'st_aware_partition=eval Partitioner.kl_based_partition=eval Partitioner.partitio'
-        'n_graph=eval Partitioner.size_based_partition=eval PartitionerConfig=eval get_pa'
-        'rtition_to_latency_mapping=eval get_size_of_all_nodes=eval'),
-    'torch.fx.experimental.normalize': ('NormalizeArgs.call_function=eval NormalizeArgs.call_module=eval NormalizeArgs.ru'
-        'n_node=eval NormalizeOperators._extract_python_return_type=eval NormalizeOperato'
-        'rs.call_module=eval NormalizeOperators.get_attr=eval normalize_function=eval nor'
-        'malize_module=eval'),
-    'torch.fx.experimental.partitioner_utils': ('Device=eval NamedTuple=eval NodeLatency=eval PartitionLatency=eval PartitionerCo'
-        'nfig=eval get_latency_of_one_partition=eval get_partition_to_latency_mapping=eva'
-        'l'),
-    'torch.fx.experimental.proxy_tensor': ('DecompositionInterpreter.get_attr=eval DecompositionInterpreter.placeholder=eval'
-        ' OptimizedModule=importlib PreDispatchTorchFunctionMode.__torch_function__=eval '
-        'ProxyTorchDispatchMode.__torch_dispatch__=tempfile PythonKeyTracer._try_reconstr'
-        'uct_opaque=eval PythonKeyTracer.create_arg=eval _GraphAppendingTracerEx._filter_'
-        'traceback_frames=os _GraphAppendingTracerEx.create_arg=os _GraphAppendingTracerE'
-        'x.create_node=os _GraphAppendingTracerEx.create_proxy=os _MakefxTracer._trace_in'
-        'ner=eval _MakefxTracer.trace=eval _ModuleStackTracer._try_reconstruct_opaque=eva'
-        'l _ModuleStackTracer.create_arg=eval _compute_proxy=eval _extract_tensor_metadat'
-        'a=eval dataclass=eval fake_signature=eval insert_deferred_runtime_asserts=compil'
-        'e maybe_handle_decomp=tempfile proxy_call=tempfile set_meta=eval trace_structure'
-        'd=eval track_tensor=eval track_tensor_tree=eval wrap_key=eval'),
-    'torch.fx.experimental.recording': 'dataclass=eval record_shapeenv_event=eval',
-    'torch.fx.experimental.rewriter': ('AST_Rewriter.rewrite=compile AST_Rewriter.visit_Assert=compile FunctionType=exec'
-        ' RewritingTracer._filter_traceback_frames=os RewritingTracer.create_arg=os Rewri'
-        'tingTracer.create_args_for_root=exec RewritingTracer.create_node=os RewritingTra'
-        'cer.create_proxy=os RewritingTracer.getattr=eval'),
-    'torch.fx.experimental.schema_type_annotation': ('AnnotateTypesWithSchema._extract_python_return_type=eval AnnotateTypesWithSchema'
-        '.call_function=eval AnnotateTypesWithSchema.call_module=eval AnnotateTypesWithSc'
-        'hema.get_attr=eval _torchscript_type_to_python_type=eval'),
-    'torch.fx.experimental.sym_node': '_make_node_magic=os dtrace_structured=eval',
-    'torch.fx.experimental.symbolic_shapes': ('NamedTuple=eval ShapeEnv._add_shape_id_eq_check=eval ShapeEnv._compute_symbolic_'
-        'stride=os ShapeEnv._constrain_is_bounded=eval ShapeEnv._constrain_range=os Shape'
-        'Env._constrain_range_for_size=os ShapeEnv._constrain_unify=os ShapeEnv._create_f'
-        'x_call_function=eval ShapeEnv._create_symbolic_sizes_strides_storage_offset=os S'
-        'hapeEnv._eliminate_unbacked=os ShapeEnv._evaluate_expr=open ShapeEnv._find=os Sh'
-        'apeEnv._find_frame_locals=open ShapeEnv._get_sloc=os ShapeEnv._get_stack_summary'
-        '=os ShapeEnv._get_user_frame=os ShapeEnv._ignore_fresh_unbacked_symbols_set=eval'
-        ' ShapeEnv._inner_evaluate_expr=open ShapeEnv._is_python_assert=os ShapeEnv._log_'
-        'create_unbacked_symbol=os ShapeEnv._log_guard=open ShapeEnv._log_real_tensor_pro'
-        'pagation=open ShapeEnv._log_suppressed_dde=os ShapeEnv._make_data_dependent_erro'
-        'r=os ShapeEnv._maybe_evaluate_static=os ShapeEnv._maybe_guard_rel=os ShapeEnv._p'
-        'roduce_dyn_sizes=os ShapeEnv._produce_dyn_sizes_from_int_tuple=os ShapeEnv._reco'
-        'rd_exclusion_constraint=eval ShapeEnv._refine_ranges=os ShapeEnv._rename_unbacke'
-        'd_to=os ShapeEnv._set_replacement=os ShapeEnv._simplify_floor_div=open ShapeEnv.'
-        '_suppress_guards_enter=eval ShapeEnv._suppress_guards_exit=eval ShapeEnv._update'
-        '_divisible=os ShapeEnv._update_var_to_range=os ShapeEnv.constrain_symbol_range=o'
-        's ShapeEnv.create_symbol=os ShapeEnv.create_symbolic_sizes_strides_storage_offse'
-        't=os ShapeEnv.create_symfloatnode=eval ShapeEnv.create_symintnode=eval ShapeEnv.'
-        'create_unbacked_symbool=os ShapeEnv.create_unbacked_symfloat=os ShapeEnv.create_'
-        'unbacked_symint=os ShapeEnv.create_unspecified_symbol=os ShapeEnv.create_unspeci'
-        'fied_symint_and_symbol=os ShapeEnv.deserialize_symexpr=eval ShapeEnv.evaluate_ex'
-        'pr=open ShapeEnv.evaluate_guards_expression=eval ShapeEnv.evaluate_guards_for_ar'
-        'gs=open ShapeEnv.evaluate_sym_node=open ShapeEnv.evaluate_symexpr=eval ShapeEnv.'
-        'freeze=eval ShapeEnv.freeze_runtime_asserts=eval ShapeEnv.get_nontrivial_guards='
-        'os ShapeEnv.guard_or_defer_runtime_assert=open ShapeEnv.patch_source_specializat'
-        'ion=os ShapeEnv.produce_guards=open ShapeEnv.produce_guards_expression=open Shap'
-        'eEnv.produce_guards_verbose=open ShapeEnv.replace=os ShapeEnv.set_real_tensor_pr'
-        'op_unbacked_vals=eval ShapeEnv.simplify=os ShapeEnv.size_hint=open ShapeEnv.tran'
-        'sfer_symbols_from_foreign_shape_env=os ShapeGuard=eval _SymbolInfo=eval dataclas'
-        's=eval dtrace_structured=eval record_shapeenv_event=eval trace_structured=eval u'
-        'ninteresting_files=os'),
-    'torch.fx.experimental.unification.dispatch': '_dispatch=eval',
-    'torch.fx.experimental.unification.multipledispatch': 'dispatch=eval',
-    'torch.fx.experimental.unification.multipledispatch.core': 'dispatch=eval ismethod=eval',
-    'torch.fx.experimental.unification.multipledispatch.dispatcher': ('Dispatcher._source=open Dispatcher.add=eval Dispatcher.get_func_annotations=eval'
-        ' Dispatcher.get_func_params=eval Dispatcher.register=eval Dispatcher.source=open'
-        ' MethodDispatcher._source=open MethodDispatcher.add=eval MethodDispatcher.get_fu'
-        'nc_annotations=eval MethodDispatcher.get_func_params=eval MethodDispatcher.regis'
-        'ter=eval MethodDispatcher.source=open source=open'),
-    'torch.fx.experimental.validator': 'dataclass=eval',
-    'torch.fx.graph': ('CodeGen._call_method_with_signature_check=eval CodeGen._gen_python_code=open Nam'
-        'edTuple=eval TensorMetadata=eval _BoxedCodeGen._call_method_with_signature_check'
-        '=eval _BoxedCodeGen._gen_python_code=open _CustomBuiltin=eval _ExportCodeGen._ca'
-        'll_method_with_signature_check=eval _ExportCodeGen._gen_python_code=open _PyTree'
-        'CodeGen._call_method_with_signature_check=eval _PyTreeCodeGen._gen_python_code=o'
-        'pen _PyTreeInfo=eval _get_qualified_name=open _register_custom_builtin=eval data'
-        'class=eval'),
-    'torch.fx.graph_module': ('GraphModule.__reduce__=exec GraphModule.__reduce_package__=exec GraphModule.grap'
-        'h=exec GraphModule.recompile=exec GraphModule.to_folder=mkdir _WrappedCall.__cal'
-        'l__=open _WrappedCall._generate_error_message=open _exec_with_source=exec _forwa'
-        'rd_from_src=exec _method_from_src=exec reduce_graph_module=exec'),
-    'torch.fx.interpreter': ('Interpreter.boxed_run=eval Interpreter.run=eval Transformer.boxed_run=eval Trans'
-        'former.run=eval trace_structured=eval'),
-    'torch.fx.node': ('ArgsKwargsPair=eval Node._pretty_print_target=open Node.format_node=open Node.no'
-        'rmalized_arguments=eval _get_qualified_name=open normalize_function=eval normali'
-        'ze_module=eval'),
-    'torch.fx.operator_schemas': ('ArgsKwargsPair=eval NamedTuple=eval _args_kwargs_to_normalized_args_kwargs=eval '
-        '_nonzero_schemas=eval _normalize_function_or_error=eval _torchscript_schema_to_s'
-        'ignature=eval _torchscript_schema_to_signature_impl=eval _torchscript_type_to_py'
-        'thon_type=eval check_for_mutable_operation=eval get_signature_for_torch_op=eval '
-        'normalize_function=eval normalize_module=eval'),
-    'torch.fx.passes.graph_drawer': ('FxGraphDrawer._get_node_label=open FxGraphDrawer._to_dot=open FxGraphDrawer._typ'
-        'ename=open TensorMetadata=eval _get_qualified_name=open normalize_function=eval'),
-    'torch.fx.passes.graph_manipulation': ('NamedTuple=eval TensorMetadata=eval get_size_of_all_nodes=eval get_size_of_node='
-        'eval size_bytes=eval'),
-    'torch.fx.passes.graph_transform_observer': ('GraphTransformObserver._check_disable_pass=tempfile GraphTransformObserver.apply'
-        '_gm_pass=tempfile GraphTransformObserver.apply_graph_pass=tempfile'),
-    'torch.fx.passes.infra.partitioner': ('CapabilityBasedPartitioner.partition_and_fuse=open CapabilityBasedPartitioner.pr'
-        'opose_partitions=open CapabilityBasedPartitioner.remove_bookend_non_compute_ops='
-        'open _get_qualified_name=open'),
-    'torch.fx.passes.infra.pass_base': 'namedtuple=eval',
-    'torch.fx.passes.infra.pass_manager': 'PassManager.add_checks=eval',
-    'torch.fx.passes.net_min_base': 'dataclass=eval',
-    'torch.fx.passes.operator_support': 'OperatorSupport.is_node_supported=open TensorMetadata=eval get_node_target=open',
-    'torch.fx.passes.regional_inductor': ('_RegionCompiler.__call__=ctypes _RegionCompiler.compile_region=ctypes _RegionCom'
-        'piler.recursively_compile_regions=ctypes _compile_submod=ctypes'),
-    'torch.fx.passes.runtime_assert': 'insert_deferred_runtime_asserts=compile',
-    'torch.fx.passes.shape_prop': ('NamedTuple=eval ShapeProp.__init__=open ShapeProp.run_node=eval TensorMetadata=e'
-        'val _extract_tensor_metadata=eval deepcopy_to_fake_tensor=open'),
-    'torch.fx.passes.split_utils': 'dataclass=eval',
-    'torch.fx.passes.splitter_base': ('NamedTuple=eval NodeEventTracker.dump=open SplitResult=eval _SplitterBase.genera'
-        'te_split_results=eval _SplitterBase.node_support_preview=open _SplitterBase.spli'
-        't_preview=eval dataclass=eval get_node_target=open get_size_of_node=eval trace_s'
-        'tructured=eval'),
-    'torch.fx.passes.tools_common': '_get_qualified_name=open dataclass=eval get_node_target=open',
-    'torch.fx.passes.utils.matcher_utils': 'dataclass=eval',
-    'torch.fx.passes.utils.matcher_with_name_node_map_utils': ('SubgraphMatcherWithNameNodeMap.__init__=eval _PyTreeInfo=eval _split_to_graph_an'
-        'd_name_node_map=eval'),
-    'torch.fx.passes.utils.source_matcher_utils': 'dataclass=eval',
-    'torch.fx.proxy': ('Attribute.__bool__=compile Attribute.__iter__=compile GraphAppendingTracer._filt'
-        'er_traceback_frames=os GraphAppendingTracer.create_arg=os GraphAppendingTracer.c'
-        'reate_node=os GraphAppendingTracer.create_proxy=os MetaProxy.__bool__=compile Me'
-        'taProxy.__iter__=compile ParameterProxy.__bool__=compile ParameterProxy.__iter__'
-        '=compile Proxy.__bool__=compile Proxy.__iter__=compile TracerBase._filter_traceb'
-        'ack_frames=os TracerBase.create_arg=os TracerBase.create_node=os TracerBase.crea'
-        'te_proxy=os check_for_mutable_operation=eval uninteresting_files=os'),
-    'torch.fx.subgraph_rewriter': 'Match=eval NamedTuple=eval dataclass=eval replace_pattern=eval',
-    'torch.jit': ('_overload=open _overload_method=open _script_if_tracing=open interface=open scri'
-        'pt=open script_if_tracing=open script_method=open trace=open trace_module=open'),
-    'torch.jit._check': 'AttributeTypeIsSupportedChecker.check=open',
-    'torch.jit._dataclass_impls': ('ParsedDef=eval compose_fn=eval synthesize__hash__=eval synthesize__init__=eval s'
-        'ynthesize__repr__=eval synthesize_comparison=eval synthesize_equality=eval synth'
-        'esize_inequality=eval'),
-    'torch.jit._decompositions': ('check_decomposition_has_type_annotations=eval register_decomposition=open var=op'
-        'en var_decomposition=open'),
-    'torch.jit._monkeytype_config': 'CodeType=exec',
-    'torch.jit._recursive': ('ConcreteTypeStore.get_or_create_concrete_type=open _check_no_signature=open _com'
-        'pile_and_register_class=open compile_unbound_method=open create_methods_and_prop'
-        'erties_from_stubs=eval create_script_class=open create_script_module=open create'
-        '_script_module_impl=open get_annotations=eval get_class_properties=open get_defa'
-        'ult_args=eval get_hook_stubs=open get_jit_class_def=open get_jit_def=open get_mo'
-        'dule_concrete_type=open get_overload_annotations=open get_property_stubs=open in'
-        'fer_concrete_type_builder=open infer_methods_to_compile=open interface_script=op'
-        'en make_stub=open make_stub_from_method=open make_stubs_for_overloads=open make_'
-        'stubs_from_exported_methods=open try_compile_fn=open'),
-    'torch.jit._script': ('ScriptMeta.__init__=open _compile_and_register_class=open _compile_function_with'
-        '_overload=open _get_overloads=open _recursive_compile_class=open _script_impl=op'
-        'en get_default_args=eval get_jit_class_def=open get_jit_def=open infer_methods_t'
-        'o_compile=open interface=open script=open script_method=open'),
-    'torch.jit._serialization': 'get_flatbuffer_module_info=open',
-    'torch.jit._shape_functions': ('add_bounded_compute_mapping=open add_shape_compute_mapping=open process_func=ope'
-        'n'),
-    'torch.jit._trace': ('TopLevelTracedModule.__init__=open TracedModule.__init__=open _check_trace=open '
-        '_script_if_tracing=open _time=ctypes _trace_impl=open get_callable_argument_name'
-        's=eval make_module=open script=open trace=open trace_module=open'),
-    'torch.jit.annotations': ('_eval_no_call=compile ann_to_type=open check_fn=open get_enum_value_type=open ge'
-        't_param_names=eval get_signature=open get_source_lines_and_file=open is_vararg=e'
-        'val parse_type_line=open try_ann_to_type=open try_real_annotations=open'),
-    'torch.jit.frontend': ('StmtBuilder.build_With=exec _ParsedDef=eval build_ignore_context_manager=exec ge'
-        't_class_properties=open get_default_args=eval get_default_args_for_class=eval ge'
-        't_jit_class_def=open get_jit_def=open get_source_lines_and_file=open namedtuple='
-        'eval parse_def=open'),
-    'torch.jit.supported_ops': '_get_nn_functional_ops=open',
-    'torch.jit.unsupported_tensor_ops': ('_gen_unsupported_methods_properties=exec _list_unsupported_tensor_ops=exec execW'
-        'rapper=exec'),
-    'torch.library': ('Library._register_fake=open custom_function_call_vmap_helper=eval custom_op=eval'
-        ' infer_schema=eval register_vmap=eval triton_op=open'),
-    'torch.mps': '_embed_headers=open compile_shader=open',
-    'torch.nativert.backends._lower_utils': ('get_new_ep_with_flat_inputs_outputs=eval lower_exported_program=ctypes package_n'
-        'ativert_with_aoti_delegate=write_bytes package_pt2=write_bytes'),
-    'torch.nested': 'masked_select=importlib nested_tensor_from_jagged=importlib',
-    'torch.nested._internal.nested_tensor': 'NestedTensor.__torch_function__=importlib jagged_torch_function=importlib',
-    'torch.nested._internal.ops': ('_apply_reduction=eval _is_true_default=eval _log_softmax_default=eval _nested_fr'
-        'om_padded_tensor_default=eval _nested_get_lengths=eval _nested_get_max_seqlen=ev'
-        'al _nested_get_min_seqlen=eval _nested_get_offsets=eval _nested_get_ragged_idx=e'
-        'val _nested_select_backward_default=eval _nested_view_from_jagged_default=eval _'
-        'pin_memory_default=eval _softmax_backward=eval _softmax_default=eval all_any_max'
-        '_min_default=eval all_default=eval all_dim=eval all_dims=eval amax_default=eval '
-        'amin_default=eval any_dim=eval any_dims=eval argmax_default=eval argmin_default='
-        'eval bmm_default=eval broadcast_tensors=eval broadcast_to=eval cat_default=eval '
-        'chunk_default=importlib clone_default=eval convolution_default=eval copy_default'
-        '=eval embedding_default=eval embedding_dense_backward_default=eval expand_as_def'
-        'ault=eval expand_default=eval fill_Scalar=eval fill__Scalar=eval frexp_Tensor=ev'
-        'al index_put_=eval is_contiguous_general=eval is_pinned_default=eval jagged_scal'
-        'ed_dot_product_attention=importlib jagged_torch_function=importlib like_factory_'
-        'default=eval linear_backward_default=eval linear_default=eval masked_select_defa'
-        'ult=importlib matmul_backward_default=eval matmul_default=eval max_dim=eval mean'
-        '_default=eval mean_dim=eval min_dim=eval narrow=eval native_dropout_backward_def'
-        'ault=eval native_dropout_default=eval native_layer_norm_backward_default=eval na'
-        'tive_layer_norm_default=eval new_empty_default=eval normalize_function=eval perm'
-        'ute_default=eval prod_default=eval prod_dim_int=eval select_int=eval slice_tenso'
-        'r=eval split_tensor=eval split_with_sizes_default=eval squeeze_dim=eval stack_de'
-        'fault=eval sum_default=eval sum_dim_IntList=eval sym_is_contiguous_general=eval '
-        'to_copy_default=eval to_dtype=eval to_padded_tensor_default=eval transpose_int=e'
-        'val unbind_int=eval unsqueeze_default=eval value_selecting_reduction_backward_de'
-        'fault=eval values_default=eval view_default=eval where_self=eval zero__default=e'
-        'val'),
-    'torch.nested._internal.sdpa': '_pad_last_dim=importlib jagged_scaled_dot_product_attention=importlib',
-    'torch.nn.attention._fa3': ('_fa3_backward_support_error=ctypes _fa3_common_support_error=ctypes _fa3_flash_a'
-        'ttention_backward_impl=ctypes _fa3_flash_attention_forward_impl=ctypes _fa3_flas'
-        'h_attention_forward_impl_default=ctypes _fa3_flash_attention_forward_no_dropout_'
-        'inplace_impl=ctypes _fa3_forward_support_error=ctypes _fa3_import_module=importl'
-        'ib _fa3_scaled_dot_product_flash_attention_backward_impl=ctypes _fa3_scaled_dot_'
-        'product_flash_attention_forward_impl=ctypes _fa3_scaled_dot_product_flash_attent'
-        'ion_forward_impl_default=ctypes _get_device_major=ctypes dataclass=eval importli'
-        'b=importlib register_flash_attention_fa3=importlib'),
-    'torch.nn.attention._fa4': ('_fa4_backward_support_error=ctypes _fa4_common_support_error=ctypes _fa4_flash_a'
-        'ttention_backward_impl=ctypes _fa4_flash_attention_forward_impl=ctypes _fa4_flas'
-        'h_attention_forward_no_dropout_inplace_impl=ctypes _fa4_forward_support_error=ct'
-        'ypes _fa4_import_module=importlib _fa4_run_backward=importlib _fa4_run_forward=i'
-        'mportlib _fa4_scaled_dot_product_flash_attention_backward_impl=ctypes _fa4_scale'
-        'd_dot_product_flash_attention_forward_impl=ctypes _get_device_major=ctypes datac'
-        'lass=eval importlib=importlib register_flash_attention_fa4=importlib'),
-    'torch.nn.attention.bias': 'CausalBias.__torch_function__=importlib CausalBias._dispatch=importlib',
-    'torch.nn.attention.flex_attention': ('AuxOutput=eval AuxRequest=eval BlockMask._flatten=eval BlockMask._flatten_with_k'
-        'eys=eval BlockMask._unflatten=exec NamedTuple=eval _CallableLeaf=eval _PlainFunc'
-        'tion=eval _StrippedClosure=eval _StrippedPartial=eval _convert_mask_to_block_mas'
-        'k=importlib _enforce_mem_layouts=ctypes _extract_callable_leaves=eval _extract_c'
-        'allable_pytree=eval _get_mod_type=eval _reconstruct_closure_fn=exec create_block'
-        '_mask=importlib create_mask=eval flex_attention=ctypes setup_compilation_env=imp'
-        'ortlib'),
-    'torch.nn.attention.varlen': ('AuxRequest=eval NamedTuple=eval _varlen_attn=eval _varlen_attn_backward=eval _va'
-        'rlen_attn_out=eval'),
-    'torch.nn.functional': ('_linear_cross_entropy_batch_chunked=eval _linear_cross_entropy_batch_chunked_no_'
-        'reduction=eval _overload=open importlib=importlib interpolate=importlib linear_c'
-        'ross_entropy=eval local_response_norm=importlib max_pool3d_with_indices=importli'
-        'b multi_head_attention_forward=importlib pad=importlib upsample=importlib upsamp'
-        'le_bilinear=importlib upsample_nearest=importlib'),
-    'torch.nn.modules._functions': 'CrossMapLRN2d.apply=eval SyncBatchNorm.apply=eval SyncBatchNorm.forward=ctypes',
-    'torch.nn.modules.activation': ('CELU.__setattr__=eval CELU._apply=eval CELU._load_from_state_dict=eval CELU.bflo'
-        'at16=eval CELU.compile=importlib CELU.cpu=eval CELU.cuda=eval CELU.double=eval C'
-        'ELU.float=eval CELU.half=eval CELU.ipu=eval CELU.mtia=eval CELU.share_memory=eva'
-        'l CELU.to=eval CELU.to_empty=eval CELU.type=eval CELU.xpu=eval ELU.__setattr__=e'
-        'val ELU._apply=eval ELU._load_from_state_dict=eval ELU.bfloat16=eval ELU.compile'
-        '=importlib ELU.cpu=eval ELU.cuda=eval ELU.double=eval ELU.float=eval ELU.half=ev'
-        'al ELU.ipu=eval ELU.mtia=eval ELU.share_memory=eval ELU.to=eval ELU.to_empty=eva'
-        'l ELU.type=eval ELU.xpu=eval GELU.__setattr__=eval GELU._apply=eval GELU._load_f'
-        'rom_state_dict=eval GELU.bfloat16=eval GELU.compile=importlib GELU.cpu=eval GELU'
-        '.cuda=eval GELU.double=eval GELU.float=eval GELU.half=eval GELU.ipu=eval GELU.mt'
-        'ia=eval GELU.share_memory=eval GELU.to=eval GELU.to_empty=eval GELU.type=eval GE'
-        'LU.xpu=eval GLU.__setattr__=eval GLU._apply=eval GLU._load_from_state_dict=eval '
-        'GLU.bfloat16=eval GLU.compile=importlib GLU.cpu=eval GLU.cuda=eval GLU.double=ev'
-        'al GLU.float=eval GLU.half=eval GLU.ipu=eval GLU.mtia=eval GLU.share_memory=eval'
-        ' GLU.to=eval GLU.to_empty=eval GLU.type=eval GLU.xpu=eval Hardshrink.__setattr__'
-        '=eval Hardshrink._apply=eval Hardshrink._load_from_state_dict=eval Hardshrink.bf'
-        'loat16=eval Hardshrink.compile=importlib Hardshrink.cpu=eval Hardshrink.cuda=eva'
-        'l Hardshrink.double=eval Hardshrink.float=eval Hardshrink.half=eval Hardshrink.i'
-        'pu=eval Hardshrink.mtia=eval Hardshrink.share_memory=eval Hardshrink.to=eval Har'
-        'dshrink.to_empty=eval Hardshrink.type=eval Hardshrink.xpu=eval Hardsigmoid.__set'
-        'attr__=eval Hardsigmoid._apply=eval Hardsigmoid._load_from_state_dict=eval Hards'
-        'igmoid.bfloat16=eval Hardsigmoid.compile=importlib Hardsigmoid.cpu=eval Hardsigm'
-        'oid.cuda=eval Hardsigmoid.double=eval Hardsigmoid.float=eval Hardsigmoid.half=ev'
-        'al Hardsigmoid.ipu=eval Hardsigmoid.mtia=eval Hardsigmoid.share_memory=eval Hard'
-        'sigmoid.to=eval Hardsigmoid.to_empty=eval Hardsigmoid.type=eval Hardsigmoid.xpu='
-        'eval Hardswish.__setattr__=eval Hardswish._apply=eval Hardswish._load_from_state'
-        '_dict=eval Hardswish.bfloat16=eval Hardswish.compile=importlib Hardswish.cpu=eva'
-        'l Hardswish.cuda=eval Hardswish.double=eval Hardswish.float=eval Hardswish.half='
-        'eval Hardswish.ipu=eval Hardswish.mtia=eval Hardswish.share_memory=eval Hardswis'
-        'h.to=eval Hardswish.to_empty=eval Hardswish.type=eval Hardswish.xpu=eval Hardtan'
-        'h.__setattr__=eval Hardtanh._apply=eval Hardtanh._load_from_state_dict=eval Hard'
-        'tanh.bfloat16=eval Hardtanh.compile=importlib Hardtanh.cpu=eval Hardtanh.cuda=ev'
-        'al Hardtanh.double=eval Hardtanh.float=eval Hardtanh.half=eval Hardtanh.ipu=eval'
-        ' Hardtanh.mtia=eval Hardtanh.share_memory=eval Hardtanh.to=eval Hardtanh.to_empt'
-        'y=eval Hardtanh.type=eval Hardtanh.xpu=eval LeakyReLU.__setattr__=eval LeakyReLU'
-        '._apply=eval LeakyReLU._load_from_state_dict=eval LeakyReLU.bfloat16=eval LeakyR'
-        'eLU.compile=importlib LeakyReLU.cpu=eval LeakyReLU.cuda=eval LeakyReLU.double=ev'
-        'al LeakyReLU.float=eval LeakyReLU.half=eval LeakyReLU.ipu=eval LeakyReLU.mtia=ev'
-        'al LeakyReLU.share_memory=eval LeakyReLU.to=eval LeakyReLU.to_empty=eval LeakyRe'
-        'LU.type=eval LeakyReLU.xpu=eval LogSigmoid.__setattr__=eval LogSigmoid._apply=ev'
-        'al LogSigmoid._load_from_state_dict=eval LogSigmoid.bfloat16=eval LogSigmoid.com'
-        'pile=importlib LogSigmoid.cpu=eval LogSigmoid.cuda=eval LogSigmoid.double=eval L'
-        'ogSigmoid.float=eval LogSigmoid.half=eval LogSigmoid.ipu=eval LogSigmoid.mtia=ev'
-        'al LogSigmoid.share_memory=eval LogSigmoid.to=eval LogSigmoid.to_empty=eval LogS'
-        'igmoid.type=eval LogSigmoid.xpu=eval LogSoftmax.__setattr__=eval LogSoftmax._app'
-        'ly=eval LogSoftmax._load_from_state_dict=eval LogSoftmax.bfloat16=eval LogSoftma'
-        'x.compile=importlib LogSoftmax.cpu=eval LogSoftmax.cuda=eval LogSoftmax.double=e'
-        'val LogSoftmax.float=eval LogSoftmax.half=eval LogSoftmax.ipu=eval LogSoftmax.mt'
-        'ia=eval LogSoftmax.share_memory=eval LogSoftmax.to=eval LogSoftmax.to_empty=eval'
-        ' LogSoftmax.type=eval LogSoftmax.xpu=eval Mish.__setattr__=eval Mish._apply=eval'
-        ' Mish._load_from_state_dict=eval Mish.bfloat16=eval Mish.compile=importlib Mish.'
-        'cpu=eval Mish.cuda=eval Mish.double=eval Mish.float=eval Mish.half=eval Mish.ipu'
-        '=eval Mish.mtia=eval Mish.share_memory=eval Mish.to=eval Mish.to_empty=eval Mish'
-        '.type=eval Mish.xpu=eval MultiheadAttention.__setattr__=eval MultiheadAttention.'
-        '_apply=eval MultiheadAttention._load_from_state_dict=eval MultiheadAttention.bfl'
-        'oat16=eval MultiheadAttention.compile=importlib MultiheadAttention.cpu=eval Mult'
-        'iheadAttention.cuda=eval MultiheadAttention.double=eval MultiheadAttention.float'
-        '=eval MultiheadAttention.forward=importlib MultiheadAttention.half=eval Multihea'
-        'dAttention.ipu=eval MultiheadAttention.mtia=eval MultiheadAttention.share_memory'
-        '=eval MultiheadAttention.to=eval MultiheadAttention.to_empty=eval MultiheadAtten'
-        'tion.type=eval MultiheadAttention.xpu=eval PReLU.__setattr__=eval PReLU._apply=e'
-        'val PReLU._load_from_state_dict=eval PReLU.bfloat16=eval PReLU.compile=importlib'
-        ' PReLU.cpu=eval PReLU.cuda=eval PReLU.double=eval PReLU.float=eval PReLU.half=ev'
-        'al PReLU.ipu=eval PReLU.mtia=eval PReLU.share_memory=eval PReLU.to=eval PReLU.to'
-        '_empty=eval PReLU.type=eval PReLU.xpu=eval RReLU.__setattr__=eval RReLU._apply=e'
-        'val RReLU._load_from_state_dict=eval RReLU.bfloat16=eval RReLU.compile=importlib'
-        ' RReLU.cpu=eval RReLU.cuda=eval RReLU.double=eval RReLU.float=eval RReLU.half=ev'
-        'al RReLU.ipu=eval RReLU.mtia=eval RReLU.share_memory=eval RReLU.to=eval RReLU.to'
-        '_empty=eval RReLU.type=eval RReLU.xpu=eval ReLU.__setattr__=eval ReLU._apply=eva'
-        'l ReLU._load_from_state_dict=eval ReLU.bfloat16=eval ReLU.compile=importlib ReLU'
-        '.cpu=eval ReLU.cuda=eval ReLU.double=eval ReLU.float=eval ReLU.half=eval ReLU.ip'
-        'u=eval ReLU.mtia=eval ReLU.share_memory=eval ReLU.to=eval ReLU.to_empty=eval ReL'
-        'U.type=eval ReLU.xpu=eval ReLU6.__setattr__=eval ReLU6._apply=eval ReLU6._load_f'
-        'rom_state_dict=eval ReLU6.bfloat16=eval ReLU6.compile=importlib ReLU6.cpu=eval R'
-        'eLU6.cuda=eval ReLU6.double=eval ReLU6.float=eval ReLU6.half=eval ReLU6.ipu=eval'
-        ' ReLU6.mtia=eval ReLU6.share_memory=eval ReLU6.to=eval ReLU6.to_empty=eval ReLU6'
-        '.type=eval ReLU6.xpu=eval SELU.__setattr__=eval SELU._apply=eval SELU._load_from'
-        '_state_dict=eval SELU.bfloat16=eval SELU.compile=importlib SELU.cpu=eval SELU.cu'
-        'da=eval SELU.double=eval SELU.float=eval SELU.half=eval SELU.ipu=eval SELU.mtia='
-        'eval SELU.share_memory=eval SELU.to=eval SELU.to_empty=eval SELU.type=eval SELU.'
-        'xpu=eval SiLU.__setattr__=eval SiLU._apply=eval SiLU._load_from_state_dict=eval '
-        'SiLU.bfloat16=eval SiLU.compile=importlib SiLU.cpu=eval SiLU.cuda=eval SiLU.doub'
-        'le=eval SiLU.float=eval SiLU.half=eval SiLU.ipu=eval SiLU.mtia=eval SiLU.share_m'
-        'emory=eval SiLU.to=eval SiLU.to_empty=eval SiLU.type=eval SiLU.xpu=eval Sigmoid.'
-        '__setattr__=eval Sigmoid._apply=eval Sigmoid._load_from_state_dict=eval Sigmoid.'
-        'bfloat16=eval Sigmoid.compile=importlib Sigmoid.cpu=eval Sigmoid.cuda=eval Sigmo'
-        'id.double=eval Sigmoid.float=eval Sigmoid.half=eval Sigmoid.ipu=eval Sigmoid.mti'
-        'a=eval Sigmoid.share_memory=eval Sigmoid.to=eval Sigmoid.to_empty=eval Sigmoid.t'
-        'ype=eval Sigmoid.xpu=eval Softmax.__setattr__=eval Softmax._apply=eval Softmax._'
-        'load_from_state_dict=eval Softmax.bfloat16=eval Softmax.compile=importlib Softma'
-        'x.cpu=eval Softmax.cuda=eval Softmax.double=eval Softmax.float=eval Softmax.half'
-        '=eval Softmax.ipu=eval Softmax.mtia=eval Softmax.share_memory=eval Softmax.to=ev'
-        'al Softmax.to_empty=eval Softmax.type=eval Softmax.xpu=eval Softmax2d.__setattr_'
-        '_=eval Softmax2d._apply=eval Softmax2d._load_from_state_dict=eval Softmax2d.bflo'
-        'at16=eval Softmax2d.compile=importlib Softmax2d.cpu=eval Softmax2d.cuda=eval Sof'
-        'tmax2d.double=eval Softmax2d.float=eval Softmax2d.half=eval Softmax2d.ipu=eval S'
-        'oftmax2d.mtia=eval Softmax2d.share_memory=eval Softmax2d.to=eval Softmax2d.to_em'
-        'pty=eval Softmax2d.type=eval Softmax2d.xpu=eval Softmin.__setattr__=eval Softmin'
-        '._apply=eval Softmin._load_from_state_dict=eval Softmin.bfloat16=eval Softmin.co'
-        'mpile=importlib Softmin.cpu=eval Softmin.cuda=eval Softmin.double=eval Softmin.f'
-        'loat=eval Softmin.half=eval Softmin.ipu=eval Softmin.mtia=eval Softmin.share_mem'
-        'ory=eval Softmin.to=eval Softmin.to_empty=eval Softmin.type=eval Softmin.xpu=eva'
-        'l Softplus.__setattr__=eval Softplus._apply=eval Softplus._load_from_state_dict='
-        'eval Softplus.bfloat16=eval Softplus.compile=importlib Softplus.cpu=eval Softplu'
-        's.cuda=eval Softplus.double=eval Softplus.float=eval Softplus.half=eval Softplus'
-        '.ipu=eval Softplus.mtia=eval Softplus.share_memory=eval Softplus.to=eval Softplu'
-        's.to_empty=eval Softplus.type=eval Softplus.xpu=eval Softshrink.__setattr__=eval'
-        ' Softshrink._apply=eval Softshrink._load_from_state_dict=eval Softshrink.bfloat1'
-        '6=eval Softshrink.compile=importlib Softshrink.cpu=eval Softshrink.cuda=eval Sof'
-        'tshrink.double=eval Softshrink.float=eval Softshrink.half=eval Softshrink.ipu=ev'
-        'al Softshrink.mtia=eval Softshrink.share_memory=eval Softshrink.to=eval Softshri'
-        'nk.to_empty=eval Softshrink.type=eval Softshrink.xpu=eval Softsign.__setattr__=e'
-        'val Softsign._apply=eval Softsign._load_from_state_dict=eval Softsign.bfloat16=e'
-        'val Softsign.compile=importlib Softsign.cpu=eval Softsign.cuda=eval Softsign.dou'
-        'ble=eval Softsign.float=eval Softsign.half=eval Softsign.ipu=eval Softsign.mtia='
-        'eval Softsign.share_memory=eval Softsign.to=eval Softsign.to_empty=eval Softsign'
-        '.type=eval Softsign.xpu=eval Tanh.__setattr__=eval Tanh._apply=eval Tanh._load_f'
-        'rom_state_dict=eval Tanh.bfloat16=eval Tanh.compile=importlib Tanh.cpu=eval Tanh'
-        '.cuda=eval Tanh.double=eval Tanh.float=eval Tanh.half=eval Tanh.ipu=eval Tanh.mt'
-        'ia=eval Tanh.share_memory=eval Tanh.to=eval Tanh.to_empty=eval Tanh.type=eval Ta'
-        'nh.xpu=eval Tanhshrink.__setattr__=eval Tanhshrink._apply=eval Tanhshrink._load_'
-        'from_state_dict=eval Tanhshrink.bfloat16=eval Tanhshrink.compile=importlib Tanhs'
-        'hrink.cpu=eval Tanhshrink.cuda=eval Tanhshrink.double=eval Tanhshrink.float=eval'
-        ' Tanhshrink.half=eval Tanhshrink.ipu=eval Tanhshrink.mtia=eval Tanhshrink.share_'
-        'memory=eval Tanhshrink.to=eval Tanhshrink.to_empty=eval Tanhshrink.type=eval Tan'
-        'hshrink.xpu=eval Threshold.__setattr__=eval Threshold._apply=eval Threshold._loa'
-        'd_from_state_dict=eval Threshold.bfloat16=eval Threshold.compile=importlib Thres'
-        'hold.cpu=eval Threshold.cuda=eval Threshold.double=eval Threshold.float=eval Thr'
-        'eshold.half=eval Threshold.ipu=eval Threshold.mtia=eval Threshold.share_memory=e'
-        'val Threshold.to=eval Threshold.to_empty=eval Threshold.type=eval Threshold.xpu='
-        'eval'),
-    'torch.nn.modules.adaptive': ('AdaptiveLogSoftmaxWithLoss.__setattr__=eval AdaptiveLogSoftmaxWithLoss._apply=ev'
-        'al AdaptiveLogSoftmaxWithLoss._load_from_state_dict=eval AdaptiveLogSoftmaxWithL'
-        'oss.bfloat16=eval AdaptiveLogSoftmaxWithLoss.compile=importlib AdaptiveLogSoftma'
-        'xWithLoss.cpu=eval AdaptiveLogSoftmaxWithLoss.cuda=eval AdaptiveLogSoftmaxWithLo'
-        'ss.double=eval AdaptiveLogSoftmaxWithLoss.float=eval AdaptiveLogSoftmaxWithLoss.'
-        'half=eval AdaptiveLogSoftmaxWithLoss.ipu=eval AdaptiveLogSoftmaxWithLoss.mtia=ev'
-        'al AdaptiveLogSoftmaxWithLoss.share_memory=eval AdaptiveLogSoftmaxWithLoss.to=ev'
-        'al AdaptiveLogSoftmaxWithLoss.to_empty=eval AdaptiveLogSoftmaxWithLoss.type=eval'
-        ' AdaptiveLogSoftmaxWithLoss.xpu=eval namedtuple=eval'),
-    'torch.nn.modules.batchnorm': ('BatchNorm1d.__setattr__=eval BatchNorm1d._apply=eval BatchNorm1d._load_from_stat'
-        'e_dict=eval BatchNorm1d.bfloat16=eval BatchNorm1d.compile=importlib BatchNorm1d.'
-        'cpu=eval BatchNorm1d.cuda=eval BatchNorm1d.double=eval BatchNorm1d.float=eval Ba'
-        'tchNorm1d.half=eval BatchNorm1d.ipu=eval BatchNorm1d.mtia=eval BatchNorm1d.share'
-        '_memory=eval BatchNorm1d.to=eval BatchNorm1d.to_empty=eval BatchNorm1d.type=eval'
-        ' BatchNorm1d.xpu=eval BatchNorm2d.__setattr__=eval BatchNorm2d._apply=eval Batch'
-        'Norm2d._load_from_state_dict=eval BatchNorm2d.bfloat16=eval BatchNorm2d.compile='
-        'importlib BatchNorm2d.cpu=eval BatchNorm2d.cuda=eval BatchNorm2d.double=eval Bat'
-        'chNorm2d.float=eval BatchNorm2d.half=eval BatchNorm2d.ipu=eval BatchNorm2d.mtia='
-        'eval BatchNorm2d.share_memory=eval BatchNorm2d.to=eval BatchNorm2d.to_empty=eval'
-        ' BatchNorm2d.type=eval BatchNorm2d.xpu=eval BatchNorm3d.__setattr__=eval BatchNo'
-        'rm3d._apply=eval BatchNorm3d._load_from_state_dict=eval BatchNorm3d.bfloat16=eva'
-        'l BatchNorm3d.compile=importlib BatchNorm3d.cpu=eval BatchNorm3d.cuda=eval Batch'
-        'Norm3d.double=eval BatchNorm3d.float=eval BatchNorm3d.half=eval BatchNorm3d.ipu='
-        'eval BatchNorm3d.mtia=eval BatchNorm3d.share_memory=eval BatchNorm3d.to=eval Bat'
-        'chNorm3d.to_empty=eval BatchNorm3d.type=eval BatchNorm3d.xpu=eval LazyBatchNorm1'
-        'd.__setattr__=eval LazyBatchNorm1d._apply=eval LazyBatchNorm1d._load_from_state_'
-        'dict=eval LazyBatchNorm1d.bfloat16=eval LazyBatchNorm1d.compile=importlib LazyBa'
-        'tchNorm1d.cpu=eval LazyBatchNorm1d.cuda=eval LazyBatchNorm1d.double=eval LazyBat'
-        'chNorm1d.float=eval LazyBatchNorm1d.half=eval LazyBatchNorm1d.ipu=eval LazyBatch'
-        'Norm1d.mtia=eval LazyBatchNorm1d.share_memory=eval LazyBatchNorm1d.to=eval LazyB'
-        'atchNorm1d.to_empty=eval LazyBatchNorm1d.type=eval LazyBatchNorm1d.xpu=eval Lazy'
-        'BatchNorm2d.__setattr__=eval LazyBatchNorm2d._apply=eval LazyBatchNorm2d._load_f'
-        'rom_state_dict=eval LazyBatchNorm2d.bfloat16=eval LazyBatchNorm2d.compile=import'
-        'lib LazyBatchNorm2d.cpu=eval LazyBatchNorm2d.cuda=eval LazyBatchNorm2d.double=ev'
-        'al LazyBatchNorm2d.float=eval LazyBatchNorm2d.half=eval LazyBatchNorm2d.ipu=eval'
-        ' LazyBatchNorm2d.mtia=eval LazyBatchNorm2d.share_memory=eval LazyBatchNorm2d.to='
-        'eval LazyBatchNorm2d.to_empty=eval LazyBatchNorm2d.type=eval LazyBatchNorm2d.xpu'
-        '=eval LazyBatchNorm3d.__setattr__=eval LazyBatchNorm3d._apply=eval LazyBatchNorm'
-        '3d._load_from_state_dict=eval LazyBatchNorm3d.bfloat16=eval LazyBatchNorm3d.comp'
-        'ile=importlib LazyBatchNorm3d.cpu=eval LazyBatchNorm3d.cuda=eval LazyBatchNorm3d'
-        '.double=eval LazyBatchNorm3d.float=eval LazyBatchNorm3d.half=eval LazyBatchNorm3'
-        'd.ipu=eval LazyBatchNorm3d.mtia=eval LazyBatchNorm3d.share_memory=eval LazyBatch'
-        'Norm3d.to=eval LazyBatchNorm3d.to_empty=eval LazyBatchNorm3d.type=eval LazyBatch'
-        'Norm3d.xpu=eval SyncBatchNorm.__setattr__=eval SyncBatchNorm._apply=eval SyncBat'
-        'chNorm._load_from_state_dict=eval SyncBatchNorm.bfloat16=eval SyncBatchNorm.comp'
-        'ile=importlib SyncBatchNorm.cpu=eval SyncBatchNorm.cuda=eval SyncBatchNorm.doubl'
-        'e=eval SyncBatchNorm.float=eval SyncBatchNorm.half=eval SyncBatchNorm.ipu=eval S'
-        'yncBatchNorm.mtia=eval SyncBatchNorm.share_memory=eval SyncBatchNorm.to=eval Syn'
-        'cBatchNorm.to_empty=eval SyncBatchNorm.type=eval SyncBatchNorm.xpu=eval _BatchNo'
-        'rm.__setattr__=eval _BatchNorm._apply=eval _BatchNorm._load_from_state_dict=eval'
-        ' _BatchNorm.bfloat16=eval _BatchNorm.compile=importlib _BatchNorm.cpu=eval _Batc'
-        'hNorm.cuda=eval _BatchNorm.double=eval _BatchNorm.float=eval _BatchNorm.half=eva'
-        'l _BatchNorm.ipu=eval _BatchNorm.mtia=eval _BatchNorm.share_memory=eval _BatchNo'
-        'rm.to=eval _BatchNorm.to_empty=eval _BatchNorm.type=eval _BatchNorm.xpu=eval _La'
-        'zyNormBase.__setattr__=eval _LazyNormBase._apply=eval _LazyNormBase._load_from_s'
-        'tate_dict=eval _LazyNormBase.bfloat16=eval _LazyNormBase.compile=importlib _Lazy'
-        'NormBase.cpu=eval _LazyNormBase.cuda=eval _LazyNormBase.double=eval _LazyNormBas'
-        'e.float=eval _LazyNormBase.half=eval _LazyNormBase.ipu=eval _LazyNormBase.mtia=e'
-        'val _LazyNormBase.share_memory=eval _LazyNormBase.to=eval _LazyNormBase.to_empty'
-        '=eval _LazyNormBase.type=eval _LazyNormBase.xpu=eval _NormBase.__setattr__=eval '
-        '_NormBase._apply=eval _NormBase.bfloat16=eval _NormBase.compile=importlib _NormB'
-        'ase.cpu=eval _NormBase.cuda=eval _NormBase.double=eval _NormBase.float=eval _Nor'
-        'mBase.half=eval _NormBase.ipu=eval _NormBase.mtia=eval _NormBase.share_memory=ev'
-        'al _NormBase.to=eval _NormBase.to_empty=eval _NormBase.type=eval _NormBase.xpu=e'
-        'val'),
-    'torch.nn.modules.channelshuffle': ('ChannelShuffle.__setattr__=eval ChannelShuffle._apply=eval ChannelShuffle._load_'
-        'from_state_dict=eval ChannelShuffle.bfloat16=eval ChannelShuffle.compile=importl'
-        'ib ChannelShuffle.cpu=eval ChannelShuffle.cuda=eval ChannelShuffle.double=eval C'
-        'hannelShuffle.float=eval ChannelShuffle.half=eval ChannelShuffle.ipu=eval Channe'
-        'lShuffle.mtia=eval ChannelShuffle.share_memory=eval ChannelShuffle.to=eval Chann'
-        'elShuffle.to_empty=eval ChannelShuffle.type=eval ChannelShuffle.xpu=eval'),
-    'torch.nn.modules.container': ('Container.__setattr__=eval Container._apply=eval Container._load_from_state_dict'
-        '=eval Container.bfloat16=eval Container.compile=importlib Container.cpu=eval Con'
-        'tainer.cuda=eval Container.double=eval Container.float=eval Container.half=eval '
-        'Container.ipu=eval Container.mtia=eval Container.share_memory=eval Container.to='
-        'eval Container.to_empty=eval Container.type=eval Container.xpu=eval ModuleDict._'
-        '_setattr__=eval ModuleDict._apply=eval ModuleDict._load_from_state_dict=eval Mod'
-        'uleDict.bfloat16=eval ModuleDict.compile=importlib ModuleDict.cpu=eval ModuleDic'
-        't.cuda=eval ModuleDict.double=eval ModuleDict.float=eval ModuleDict.half=eval Mo'
-        'duleDict.ipu=eval ModuleDict.mtia=eval ModuleDict.share_memory=eval ModuleDict.t'
-        'o=eval ModuleDict.to_empty=eval ModuleDict.type=eval ModuleDict.xpu=eval ModuleL'
-        'ist.__setattr__=eval ModuleList._apply=eval ModuleList._load_from_state_dict=eva'
-        'l ModuleList.bfloat16=eval ModuleList.compile=importlib ModuleList.cpu=eval Modu'
-        'leList.cuda=eval ModuleList.double=eval ModuleList.float=eval ModuleList.half=ev'
-        'al ModuleList.ipu=eval ModuleList.mtia=eval ModuleList.share_memory=eval ModuleL'
-        'ist.to=eval ModuleList.to_empty=eval ModuleList.type=eval ModuleList.xpu=eval Pa'
-        'rameterDict.__setattr__=eval ParameterDict._apply=eval ParameterDict._load_from_'
-        'state_dict=eval ParameterDict.bfloat16=eval ParameterDict.compile=importlib Para'
-        'meterDict.cpu=eval ParameterDict.cuda=eval ParameterDict.double=eval ParameterDi'
-        'ct.float=eval ParameterDict.half=eval ParameterDict.ipu=eval ParameterDict.mtia='
-        'eval ParameterDict.share_memory=eval ParameterDict.to=eval ParameterDict.to_empt'
-        'y=eval ParameterDict.type=eval ParameterDict.xpu=eval ParameterList.__setattr__='
-        'eval ParameterList._apply=eval ParameterList._load_from_state_dict=eval Paramete'
-        'rList.bfloat16=eval ParameterList.compile=importlib ParameterList.cpu=eval Param'
-        'eterList.cuda=eval ParameterList.double=eval ParameterList.float=eval ParameterL'
-        'ist.half=eval ParameterList.ipu=eval ParameterList.mtia=eval ParameterList.share'
-        '_memory=eval ParameterList.to=eval ParameterList.to_empty=eval ParameterList.typ'
-        'e=eval ParameterList.xpu=eval Sequential.__setattr__=eval Sequential._apply=eval'
-        ' Sequential._load_from_state_dict=eval Sequential.bfloat16=eval Sequential.compi'
-        'le=importlib Sequential.cpu=eval Sequential.cuda=eval Sequential.double=eval Seq'
-        'uential.float=eval Sequential.half=eval Sequential.ipu=eval Sequential.mtia=eval'
-        ' Sequential.share_memory=eval Sequential.to=eval Sequential.to_empty=eval Sequen'
-        'tial.type=eval Sequential.xpu=eval'),
-    'torch.nn.modules.conv': ('Conv1d.__setattr__=eval Conv1d._apply=eval Conv1d._conv_forward=importlib Conv1d'
-        '._load_from_state_dict=eval Conv1d.bfloat16=eval Conv1d.compile=importlib Conv1d'
-        '.cpu=eval Conv1d.cuda=eval Conv1d.double=eval Conv1d.float=eval Conv1d.forward=i'
-        'mportlib Conv1d.half=eval Conv1d.ipu=eval Conv1d.mtia=eval Conv1d.share_memory=e'
-        'val Conv1d.to=eval Conv1d.to_empty=eval Conv1d.type=eval Conv1d.xpu=eval Conv2d.'
-        '__setattr__=eval Conv2d._apply=eval Conv2d._conv_forward=importlib Conv2d._load_'
-        'from_state_dict=eval Conv2d.bfloat16=eval Conv2d.compile=importlib Conv2d.cpu=ev'
-        'al Conv2d.cuda=eval Conv2d.double=eval Conv2d.float=eval Conv2d.forward=importli'
-        'b Conv2d.half=eval Conv2d.ipu=eval Conv2d.mtia=eval Conv2d.share_memory=eval Con'
-        'v2d.to=eval Conv2d.to_empty=eval Conv2d.type=eval Conv2d.xpu=eval Conv3d.__setat'
-        'tr__=eval Conv3d._apply=eval Conv3d._conv_forward=importlib Conv3d._load_from_st'
-        'ate_dict=eval Conv3d.bfloat16=eval Conv3d.compile=importlib Conv3d.cpu=eval Conv'
-        '3d.cuda=eval Conv3d.double=eval Conv3d.float=eval Conv3d.forward=importlib Conv3'
-        'd.half=eval Conv3d.ipu=eval Conv3d.mtia=eval Conv3d.share_memory=eval Conv3d.to='
-        'eval Conv3d.to_empty=eval Conv3d.type=eval Conv3d.xpu=eval ConvTranspose1d.__set'
-        'attr__=eval ConvTranspose1d._apply=eval ConvTranspose1d._load_from_state_dict=ev'
-        'al ConvTranspose1d.bfloat16=eval ConvTranspose1d.compile=importlib ConvTranspose'
-        '1d.cpu=eval ConvTranspose1d.cuda=eval ConvTranspose1d.double=eval ConvTranspose1'
-        'd.float=eval ConvTranspose1d.half=eval ConvTranspose1d.ipu=eval ConvTranspose1d.'
-        'mtia=eval ConvTranspose1d.share_memory=eval ConvTranspose1d.to=eval ConvTranspos'
-        'e1d.to_empty=eval ConvTranspose1d.type=eval ConvTranspose1d.xpu=eval ConvTranspo'
-        'se2d.__setattr__=eval ConvTranspose2d._apply=eval ConvTranspose2d._load_from_sta'
-        'te_dict=eval ConvTranspose2d.bfloat16=eval ConvTranspose2d.compile=importlib Con'
-        'vTranspose2d.cpu=eval ConvTranspose2d.cuda=eval ConvTranspose2d.double=eval Conv'
-        'Transpose2d.float=eval ConvTranspose2d.half=eval ConvTranspose2d.ipu=eval ConvTr'
-        'anspose2d.mtia=eval ConvTranspose2d.share_memory=eval ConvTranspose2d.to=eval Co'
-        'nvTranspose2d.to_empty=eval ConvTranspose2d.type=eval ConvTranspose2d.xpu=eval C'
-        'onvTranspose3d.__setattr__=eval ConvTranspose3d._apply=eval ConvTranspose3d._loa'
-        'd_from_state_dict=eval ConvTranspose3d.bfloat16=eval ConvTranspose3d.compile=imp'
-        'ortlib ConvTranspose3d.cpu=eval ConvTranspose3d.cuda=eval ConvTranspose3d.double'
-        '=eval ConvTranspose3d.float=eval ConvTranspose3d.half=eval ConvTranspose3d.ipu=e'
-        'val ConvTranspose3d.mtia=eval ConvTranspose3d.share_memory=eval ConvTranspose3d.'
-        'to=eval ConvTranspose3d.to_empty=eval ConvTranspose3d.type=eval ConvTranspose3d.'
-        'xpu=eval LazyConv1d.__setattr__=eval LazyConv1d._apply=eval LazyConv1d._conv_for'
-        'ward=importlib LazyConv1d._load_from_state_dict=eval LazyConv1d.bfloat16=eval La'
-        'zyConv1d.compile=importlib LazyConv1d.cpu=eval LazyConv1d.cuda=eval LazyConv1d.d'
-        'ouble=eval LazyConv1d.float=eval LazyConv1d.forward=importlib LazyConv1d.half=ev'
-        'al LazyConv1d.ipu=eval LazyConv1d.mtia=eval LazyConv1d.share_memory=eval LazyCon'
-        'v1d.to=eval LazyConv1d.to_empty=eval LazyConv1d.type=eval LazyConv1d.xpu=eval La'
-        'zyConv2d.__setattr__=eval LazyConv2d._apply=eval LazyConv2d._conv_forward=import'
-        'lib LazyConv2d._load_from_state_dict=eval LazyConv2d.bfloat16=eval LazyConv2d.co'
-        'mpile=importlib LazyConv2d.cpu=eval LazyConv2d.cuda=eval LazyConv2d.double=eval '
-        'LazyConv2d.float=eval LazyConv2d.forward=importlib LazyConv2d.half=eval LazyConv'
-        '2d.ipu=eval LazyConv2d.mtia=eval LazyConv2d.share_memory=eval LazyConv2d.to=eval'
-        ' LazyConv2d.to_empty=eval LazyConv2d.type=eval LazyConv2d.xpu=eval LazyConv3d.__'
-        'setattr__=eval LazyConv3d._apply=eval LazyConv3d._conv_forward=importlib LazyCon'
-        'v3d._load_from_state_dict=eval LazyConv3d.bfloat16=eval LazyConv3d.compile=impor'
-        'tlib LazyConv3d.cpu=eval LazyConv3d.cuda=eval LazyConv3d.double=eval LazyConv3d.'
-        'float=eval LazyConv3d.forward=importlib LazyConv3d.half=eval LazyConv3d.ipu=eval'
-        ' LazyConv3d.mtia=eval LazyConv3d.share_memory=eval LazyConv3d.to=eval LazyConv3d'
-        '.to_empty=eval LazyConv3d.type=eval LazyConv3d.xpu=eval LazyConvTranspose1d.__se'
-        'tattr__=eval LazyConvTranspose1d._apply=eval LazyConvTranspose1d._load_from_stat'
-        'e_dict=eval LazyConvTranspose1d.bfloat16=eval LazyConvTranspose1d.compile=import'
-        'lib LazyConvTranspose1d.cpu=eval LazyConvTranspose1d.cuda=eval LazyConvTranspose'
-        '1d.double=eval LazyConvTranspose1d.float=eval LazyConvTranspose1d.half=eval Lazy'
-        'ConvTranspose1d.ipu=eval LazyConvTranspose1d.mtia=eval LazyConvTranspose1d.share'
-        '_memory=eval LazyConvTranspose1d.to=eval LazyConvTranspose1d.to_empty=eval LazyC'
-        'onvTranspose1d.type=eval LazyConvTranspose1d.xpu=eval LazyConvTranspose2d.__seta'
-        'ttr__=eval LazyConvTranspose2d._apply=eval LazyConvTranspose2d._load_from_state_'
-        'dict=eval LazyConvTranspose2d.bfloat16=eval LazyConvTranspose2d.compile=importli'
-        'b LazyConvTranspose2d.cpu=eval LazyConvTranspose2d.cuda=eval LazyConvTranspose2d'
-        '.double=eval LazyConvTranspose2d.float=eval LazyConvTranspose2d.half=eval LazyCo'
-        'nvTranspose2d.ipu=eval LazyConvTranspose2d.mtia=eval LazyConvTranspose2d.share_m'
-        'emory=eval LazyConvTranspose2d.to=eval LazyConvTranspose2d.to_empty=eval LazyCon'
-        'vTranspose2d.type=eval LazyConvTranspose2d.xpu=eval LazyConvTranspose3d.__setatt'
-        'r__=eval LazyConvTranspose3d._apply=eval LazyConvTranspose3d._load_from_state_di'
-        'ct=eval LazyConvTranspose3d.bfloat16=eval LazyConvTranspose3d.compile=importlib '
-        'LazyConvTranspose3d.cpu=eval LazyConvTranspose3d.cuda=eval LazyConvTranspose3d.d'
-        'ouble=eval LazyConvTranspose3d.float=eval LazyConvTranspose3d.half=eval LazyConv'
-        'Transpose3d.ipu=eval LazyConvTranspose3d.mtia=eval LazyConvTranspose3d.share_mem'
-        'ory=eval LazyConvTranspose3d.to=eval LazyConvTranspose3d.to_empty=eval LazyConvT'
-        'ranspose3d.type=eval LazyConvTranspose3d.xpu=eval _ConvNd.__setattr__=eval _Conv'
-        'Nd._apply=eval _ConvNd._load_from_state_dict=eval _ConvNd.bfloat16=eval _ConvNd.'
-        'compile=importlib _ConvNd.cpu=eval _ConvNd.cuda=eval _ConvNd.double=eval _ConvNd'
-        '.float=eval _ConvNd.half=eval _ConvNd.ipu=eval _ConvNd.mtia=eval _ConvNd.share_m'
-        'emory=eval _ConvNd.to=eval _ConvNd.to_empty=eval _ConvNd.type=eval _ConvNd.xpu=e'
-        'val _ConvTransposeMixin.__setattr__=eval _ConvTransposeMixin._apply=eval _ConvTr'
-        'ansposeMixin._load_from_state_dict=eval _ConvTransposeMixin.bfloat16=eval _ConvT'
-        'ransposeMixin.compile=importlib _ConvTransposeMixin.cpu=eval _ConvTransposeMixin'
-        '.cuda=eval _ConvTransposeMixin.double=eval _ConvTransposeMixin.float=eval _ConvT'
-        'ransposeMixin.half=eval _ConvTransposeMixin.ipu=eval _ConvTransposeMixin.mtia=ev'
-        'al _ConvTransposeMixin.share_memory=eval _ConvTransposeMixin.to=eval _ConvTransp'
-        'oseMixin.to_empty=eval _ConvTransposeMixin.type=eval _ConvTransposeMixin.xpu=eva'
-        'l _ConvTransposeNd.__setattr__=eval _ConvTransposeNd._apply=eval _ConvTransposeN'
-        'd._load_from_state_dict=eval _ConvTransposeNd.bfloat16=eval _ConvTransposeNd.com'
-        'pile=importlib _ConvTransposeNd.cpu=eval _ConvTransposeNd.cuda=eval _ConvTranspo'
-        'seNd.double=eval _ConvTransposeNd.float=eval _ConvTransposeNd.half=eval _ConvTra'
-        'nsposeNd.ipu=eval _ConvTransposeNd.mtia=eval _ConvTransposeNd.share_memory=eval '
-        '_ConvTransposeNd.to=eval _ConvTransposeNd.to_empty=eval _ConvTransposeNd.type=ev'
-        'al _ConvTransposeNd.xpu=eval'),
-    'torch.nn.modules.distance': ('CosineSimilarity.__setattr__=eval CosineSimilarity._apply=eval CosineSimilarity.'
-        '_load_from_state_dict=eval CosineSimilarity.bfloat16=eval CosineSimilarity.compi'
-        'le=importlib CosineSimilarity.cpu=eval CosineSimilarity.cuda=eval CosineSimilari'
-        'ty.double=eval CosineSimilarity.float=eval CosineSimilarity.half=eval CosineSimi'
-        'larity.ipu=eval CosineSimilarity.mtia=eval CosineSimilarity.share_memory=eval Co'
-        'sineSimilarity.to=eval CosineSimilarity.to_empty=eval CosineSimilarity.type=eval'
-        ' CosineSimilarity.xpu=eval PairwiseDistance.__setattr__=eval PairwiseDistance._a'
-        'pply=eval PairwiseDistance._load_from_state_dict=eval PairwiseDistance.bfloat16='
-        'eval PairwiseDistance.compile=importlib PairwiseDistance.cpu=eval PairwiseDistan'
-        'ce.cuda=eval PairwiseDistance.double=eval PairwiseDistance.float=eval PairwiseDi'
-        'stance.half=eval PairwiseDistance.ipu=eval PairwiseDistance.mtia=eval PairwiseDi'
-        'stance.share_memory=eval PairwiseDistance.to=eval PairwiseDistance.to_empty=eval'
-        ' PairwiseDistance.type=eval PairwiseDistance.xpu=eval'),
-    'torch.nn.modules.dropout': ('AlphaDropout.__setattr__=eval AlphaDropout._apply=eval AlphaDropout._load_from_s'
-        'tate_dict=eval AlphaDropout.bfloat16=eval AlphaDropout.compile=importlib AlphaDr'
-        'opout.cpu=eval AlphaDropout.cuda=eval AlphaDropout.double=eval AlphaDropout.floa'
-        't=eval AlphaDropout.half=eval AlphaDropout.ipu=eval AlphaDropout.mtia=eval Alpha'
-        'Dropout.share_memory=eval AlphaDropout.to=eval AlphaDropout.to_empty=eval AlphaD'
-        'ropout.type=eval AlphaDropout.xpu=eval Dropout.__setattr__=eval Dropout._apply=e'
-        'val Dropout._load_from_state_dict=eval Dropout.bfloat16=eval Dropout.compile=imp'
-        'ortlib Dropout.cpu=eval Dropout.cuda=eval Dropout.double=eval Dropout.float=eval'
-        ' Dropout.half=eval Dropout.ipu=eval Dropout.mtia=eval Dropout.share_memory=eval '
-        'Dropout.to=eval Dropout.to_empty=eval Dropout.type=eval Dropout.xpu=eval Dropout'
-        '1d.__setattr__=eval Dropout1d._apply=eval Dropout1d._load_from_state_dict=eval D'
-        'ropout1d.bfloat16=eval Dropout1d.compile=importlib Dropout1d.cpu=eval Dropout1d.'
-        'cuda=eval Dropout1d.double=eval Dropout1d.float=eval Dropout1d.half=eval Dropout'
-        '1d.ipu=eval Dropout1d.mtia=eval Dropout1d.share_memory=eval Dropout1d.to=eval Dr'
-        'opout1d.to_empty=eval Dropout1d.type=eval Dropout1d.xpu=eval Dropout2d.__setattr'
-        '__=eval Dropout2d._apply=eval Dropout2d._load_from_state_dict=eval Dropout2d.bfl'
-        'oat16=eval Dropout2d.compile=importlib Dropout2d.cpu=eval Dropout2d.cuda=eval Dr'
-        'opout2d.double=eval Dropout2d.float=eval Dropout2d.half=eval Dropout2d.ipu=eval '
-        'Dropout2d.mtia=eval Dropout2d.share_memory=eval Dropout2d.to=eval Dropout2d.to_e'
-        'mpty=eval Dropout2d.type=eval Dropout2d.xpu=eval Dropout3d.__setattr__=eval Drop'
-        'out3d._apply=eval Dropout3d._load_from_state_dict=eval Dropout3d.bfloat16=eval D'
-        'ropout3d.compile=importlib Dropout3d.cpu=eval Dropout3d.cuda=eval Dropout3d.doub'
-        'le=eval Dropout3d.float=eval Dropout3d.half=eval Dropout3d.ipu=eval Dropout3d.mt'
-        'ia=eval Dropout3d.share_memory=eval Dropout3d.to=eval Dropout3d.to_empty=eval Dr'
-        'opout3d.type=eval Dropout3d.xpu=eval FeatureAlphaDropout.__setattr__=eval Featur'
-        'eAlphaDropout._apply=eval FeatureAlphaDropout._load_from_state_dict=eval Feature'
-        'AlphaDropout.bfloat16=eval FeatureAlphaDropout.compile=importlib FeatureAlphaDro'
-        'pout.cpu=eval FeatureAlphaDropout.cuda=eval FeatureAlphaDropout.double=eval Feat'
-        'ureAlphaDropout.float=eval FeatureAlphaDropout.half=eval FeatureAlphaDropout.ipu'
-        '=eval FeatureAlphaDropout.mtia=eval FeatureAlphaDropout.share_memory=eval Featur'
-        'eAlphaDropout.to=eval FeatureAlphaDropout.to_empty=eval FeatureAlphaDropout.type'
-        '=eval FeatureAlphaDropout.xpu=eval _DropoutNd.__setattr__=eval _DropoutNd._apply'
-        '=eval _DropoutNd._load_from_state_dict=eval _DropoutNd.bfloat16=eval _DropoutNd.'
-        'compile=importlib _DropoutNd.cpu=eval _DropoutNd.cuda=eval _DropoutNd.double=eva'
-        'l _DropoutNd.float=eval _DropoutNd.half=eval _DropoutNd.ipu=eval _DropoutNd.mtia'
-        '=eval _DropoutNd.share_memory=eval _DropoutNd.to=eval _DropoutNd.to_empty=eval _'
-        'DropoutNd.type=eval _DropoutNd.xpu=eval'),
-    'torch.nn.modules.flatten': ('Flatten.__setattr__=eval Flatten._apply=eval Flatten._load_from_state_dict=eval '
-        'Flatten.bfloat16=eval Flatten.compile=importlib Flatten.cpu=eval Flatten.cuda=ev'
-        'al Flatten.double=eval Flatten.float=eval Flatten.half=eval Flatten.ipu=eval Fla'
-        'tten.mtia=eval Flatten.share_memory=eval Flatten.to=eval Flatten.to_empty=eval F'
-        'latten.type=eval Flatten.xpu=eval Unflatten.__setattr__=eval Unflatten._apply=ev'
-        'al Unflatten._load_from_state_dict=eval Unflatten.bfloat16=eval Unflatten.compil'
-        'e=importlib Unflatten.cpu=eval Unflatten.cuda=eval Unflatten.double=eval Unflatt'
-        'en.float=eval Unflatten.half=eval Unflatten.ipu=eval Unflatten.mtia=eval Unflatt'
-        'en.share_memory=eval Unflatten.to=eval Unflatten.to_empty=eval Unflatten.type=ev'
-        'al Unflatten.xpu=eval'),
-    'torch.nn.modules.fold': ('Fold.__setattr__=eval Fold._apply=eval Fold._load_from_state_dict=eval Fold.bflo'
-        'at16=eval Fold.compile=importlib Fold.cpu=eval Fold.cuda=eval Fold.double=eval F'
-        'old.float=eval Fold.half=eval Fold.ipu=eval Fold.mtia=eval Fold.share_memory=eva'
-        'l Fold.to=eval Fold.to_empty=eval Fold.type=eval Fold.xpu=eval Unfold.__setattr_'
-        '_=eval Unfold._apply=eval Unfold._load_from_state_dict=eval Unfold.bfloat16=eval'
-        ' Unfold.compile=importlib Unfold.cpu=eval Unfold.cuda=eval Unfold.double=eval Un'
-        'fold.float=eval Unfold.half=eval Unfold.ipu=eval Unfold.mtia=eval Unfold.share_m'
-        'emory=eval Unfold.to=eval Unfold.to_empty=eval Unfold.type=eval Unfold.xpu=eval'),
-    'torch.nn.modules.instancenorm': ('InstanceNorm1d.__setattr__=eval InstanceNorm1d._apply=eval InstanceNorm1d._load_'
-        'from_state_dict=eval InstanceNorm1d.bfloat16=eval InstanceNorm1d.compile=importl'
-        'ib InstanceNorm1d.cpu=eval InstanceNorm1d.cuda=eval InstanceNorm1d.double=eval I'
-        'nstanceNorm1d.float=eval InstanceNorm1d.half=eval InstanceNorm1d.ipu=eval Instan'
-        'ceNorm1d.mtia=eval InstanceNorm1d.share_memory=eval InstanceNorm1d.to=eval Insta'
-        'nceNorm1d.to_empty=eval InstanceNorm1d.type=eval InstanceNorm1d.xpu=eval Instanc'
-        'eNorm2d.__setattr__=eval InstanceNorm2d._apply=eval InstanceNorm2d._load_from_st'
-        'ate_dict=eval InstanceNorm2d.bfloat16=eval InstanceNorm2d.compile=importlib Inst'
-        'anceNorm2d.cpu=eval InstanceNorm2d.cuda=eval InstanceNorm2d.double=eval Instance'
-        'Norm2d.float=eval InstanceNorm2d.half=eval InstanceNorm2d.ipu=eval InstanceNorm2'
-        'd.mtia=eval InstanceNorm2d.share_memory=eval InstanceNorm2d.to=eval InstanceNorm'
-        '2d.to_empty=eval InstanceNorm2d.type=eval InstanceNorm2d.xpu=eval InstanceNorm3d'
-        '.__setattr__=eval InstanceNorm3d._apply=eval InstanceNorm3d._load_from_state_dic'
-        't=eval InstanceNorm3d.bfloat16=eval InstanceNorm3d.compile=importlib InstanceNor'
-        'm3d.cpu=eval InstanceNorm3d.cuda=eval InstanceNorm3d.double=eval InstanceNorm3d.'
-        'float=eval InstanceNorm3d.half=eval InstanceNorm3d.ipu=eval InstanceNorm3d.mtia='
-        'eval InstanceNorm3d.share_memory=eval InstanceNorm3d.to=eval InstanceNorm3d.to_e'
-        'mpty=eval InstanceNorm3d.type=eval InstanceNorm3d.xpu=eval LazyInstanceNorm1d.__'
-        'setattr__=eval LazyInstanceNorm1d._apply=eval LazyInstanceNorm1d._load_from_stat'
-        'e_dict=eval LazyInstanceNorm1d.bfloat16=eval LazyInstanceNorm1d.compile=importli'
-        'b LazyInstanceNorm1d.cpu=eval LazyInstanceNorm1d.cuda=eval LazyInstanceNorm1d.do'
-        'uble=eval LazyInstanceNorm1d.float=eval LazyInstanceNorm1d.half=eval LazyInstanc'
-        'eNorm1d.ipu=eval LazyInstanceNorm1d.mtia=eval LazyInstanceNorm1d.share_memory=ev'
-        'al LazyInstanceNorm1d.to=eval LazyInstanceNorm1d.to_empty=eval LazyInstanceNorm1'
-        'd.type=eval LazyInstanceNorm1d.xpu=eval LazyInstanceNorm2d.__setattr__=eval Lazy'
-        'InstanceNorm2d._apply=eval LazyInstanceNorm2d._load_from_state_dict=eval LazyIns'
-        'tanceNorm2d.bfloat16=eval LazyInstanceNorm2d.compile=importlib LazyInstanceNorm2'
-        'd.cpu=eval LazyInstanceNorm2d.cuda=eval LazyInstanceNorm2d.double=eval LazyInsta'
-        'nceNorm2d.float=eval LazyInstanceNorm2d.half=eval LazyInstanceNorm2d.ipu=eval La'
-        'zyInstanceNorm2d.mtia=eval LazyInstanceNorm2d.share_memory=eval LazyInstanceNorm'
-        '2d.to=eval LazyInstanceNorm2d.to_empty=eval LazyInstanceNorm2d.type=eval LazyIns'
-        'tanceNorm2d.xpu=eval LazyInstanceNorm3d.__setattr__=eval LazyInstanceNorm3d._app'
-        'ly=eval LazyInstanceNorm3d._load_from_state_dict=eval LazyInstanceNorm3d.bfloat1'
-        '6=eval LazyInstanceNorm3d.compile=importlib LazyInstanceNorm3d.cpu=eval LazyInst'
-        'anceNorm3d.cuda=eval LazyInstanceNorm3d.double=eval LazyInstanceNorm3d.float=eva'
-        'l LazyInstanceNorm3d.half=eval LazyInstanceNorm3d.ipu=eval LazyInstanceNorm3d.mt'
-        'ia=eval LazyInstanceNorm3d.share_memory=eval LazyInstanceNorm3d.to=eval LazyInst'
-        'anceNorm3d.to_empty=eval LazyInstanceNorm3d.type=eval LazyInstanceNorm3d.xpu=eva'
-        'l _InstanceNorm.__setattr__=eval _InstanceNorm._apply=eval _InstanceNorm.bfloat1'
-        '6=eval _InstanceNorm.compile=importlib _InstanceNorm.cpu=eval _InstanceNorm.cuda'
-        '=eval _InstanceNorm.double=eval _InstanceNorm.float=eval _InstanceNorm.half=eval'
-        ' _InstanceNorm.ipu=eval _InstanceNorm.mtia=eval _InstanceNorm.share_memory=eval '
-        '_InstanceNorm.to=eval _InstanceNorm.to_empty=eval _InstanceNorm.type=eval _Insta'
-        'nceNorm.xpu=eval'),
-    'torch.nn.modules.linear': ('Bilinear.__setattr__=eval Bilinear._apply=eval Bilinear._load_from_state_dict=ev'
-        'al Bilinear.bfloat16=eval Bilinear.compile=importlib Bilinear.cpu=eval Bilinear.'
-        'cuda=eval Bilinear.double=eval Bilinear.float=eval Bilinear.half=eval Bilinear.i'
-        'pu=eval Bilinear.mtia=eval Bilinear.share_memory=eval Bilinear.to=eval Bilinear.'
-        'to_empty=eval Bilinear.type=eval Bilinear.xpu=eval Identity.__setattr__=eval Ide'
-        'ntity._apply=eval Identity._load_from_state_dict=eval Identity.bfloat16=eval Ide'
-        'ntity.compile=importlib Identity.cpu=eval Identity.cuda=eval Identity.double=eva'
-        'l Identity.float=eval Identity.half=eval Identity.ipu=eval Identity.mtia=eval Id'
-        'entity.share_memory=eval Identity.to=eval Identity.to_empty=eval Identity.type=e'
-        'val Identity.xpu=eval LazyLinear.__setattr__=eval LazyLinear._apply=eval LazyLin'
-        'ear._load_from_state_dict=eval LazyLinear.bfloat16=eval LazyLinear.compile=impor'
-        'tlib LazyLinear.cpu=eval LazyLinear.cuda=eval LazyLinear.double=eval LazyLinear.'
-        'float=eval LazyLinear.half=eval LazyLinear.ipu=eval LazyLinear.mtia=eval LazyLin'
-        'ear.share_memory=eval LazyLinear.to=eval LazyLinear.to_empty=eval LazyLinear.typ'
-        'e=eval LazyLinear.xpu=eval Linear.__setattr__=eval Linear._apply=eval Linear._lo'
-        'ad_from_state_dict=eval Linear.bfloat16=eval Linear.compile=importlib Linear.cpu'
-        '=eval Linear.cuda=eval Linear.double=eval Linear.float=eval Linear.half=eval Lin'
-        'ear.ipu=eval Linear.mtia=eval Linear.share_memory=eval Linear.to=eval Linear.to_'
-        'empty=eval Linear.type=eval Linear.xpu=eval NonDynamicallyQuantizableLinear.__se'
-        'tattr__=eval NonDynamicallyQuantizableLinear._apply=eval NonDynamicallyQuantizab'
-        'leLinear._load_from_state_dict=eval NonDynamicallyQuantizableLinear.bfloat16=eva'
-        'l NonDynamicallyQuantizableLinear.compile=importlib NonDynamicallyQuantizableLin'
-        'ear.cpu=eval NonDynamicallyQuantizableLinear.cuda=eval NonDynamicallyQuantizable'
-        'Linear.double=eval NonDynamicallyQuantizableLinear.float=eval NonDynamicallyQuan'
-        'tizableLinear.half=eval NonDynamicallyQuantizableLinear.ipu=eval NonDynamicallyQ'
-        'uantizableLinear.mtia=eval NonDynamicallyQuantizableLinear.share_memory=eval Non'
-        'DynamicallyQuantizableLinear.to=eval NonDynamicallyQuantizableLinear.to_empty=ev'
-        'al NonDynamicallyQuantizableLinear.type=eval NonDynamicallyQuantizableLinear.xpu'
-        '=eval'),
-    'torch.nn.modules.linear_cross_entropy': ('_linear_cross_entropy_batch_chunked=eval _linear_cross_entropy_batch_chunked_no_'
-        'reduction=eval _vmap=eval _vmap_no_reduction=eval'),
-    'torch.nn.modules.linear_cross_entropy_options': ('LinearCrossEntropyOptions._adjust=ctypes LinearCrossEntropyOptions._resolve_auto'
-        '_acc_dtype=ctypes NamedTuple=eval _AutoDefault=eval'),
-    'torch.nn.modules.loss': ('BCELoss.__setattr__=eval BCELoss._apply=eval BCELoss._load_from_state_dict=eval '
-        'BCELoss.bfloat16=eval BCELoss.compile=importlib BCELoss.cpu=eval BCELoss.cuda=ev'
-        'al BCELoss.double=eval BCELoss.float=eval BCELoss.half=eval BCELoss.ipu=eval BCE'
-        'Loss.mtia=eval BCELoss.share_memory=eval BCELoss.to=eval BCELoss.to_empty=eval B'
-        'CELoss.type=eval BCELoss.xpu=eval BCEWithLogitsLoss.__setattr__=eval BCEWithLogi'
-        'tsLoss._apply=eval BCEWithLogitsLoss._load_from_state_dict=eval BCEWithLogitsLos'
-        's.bfloat16=eval BCEWithLogitsLoss.compile=importlib BCEWithLogitsLoss.cpu=eval B'
-        'CEWithLogitsLoss.cuda=eval BCEWithLogitsLoss.double=eval BCEWithLogitsLoss.float'
-        '=eval BCEWithLogitsLoss.half=eval BCEWithLogitsLoss.ipu=eval BCEWithLogitsLoss.m'
-        'tia=eval BCEWithLogitsLoss.share_memory=eval BCEWithLogitsLoss.to=eval BCEWithLo'
-        'gitsLoss.to_empty=eval BCEWithLogitsLoss.type=eval BCEWithLogitsLoss.xpu=eval CT'
-        'CLoss.__setattr__=eval CTCLoss._apply=eval CTCLoss._load_from_state_dict=eval CT'
-        'CLoss.bfloat16=eval CTCLoss.compile=importlib CTCLoss.cpu=eval CTCLoss.cuda=eval'
-        ' CTCLoss.double=eval CTCLoss.float=eval CTCLoss.half=eval CTCLoss.ipu=eval CTCLo'
-        'ss.mtia=eval CTCLoss.share_memory=eval CTCLoss.to=eval CTCLoss.to_empty=eval CTC'
-        'Loss.type=eval CTCLoss.xpu=eval CosineEmbeddingLoss.__setattr__=eval CosineEmbed'
-        'dingLoss._apply=eval CosineEmbeddingLoss._load_from_state_dict=eval CosineEmbedd'
-        'ingLoss.bfloat16=eval CosineEmbeddingLoss.compile=importlib CosineEmbeddingLoss.'
-        'cpu=eval CosineEmbeddingLoss.cuda=eval CosineEmbeddingLoss.double=eval CosineEmb'
-        'eddingLoss.float=eval CosineEmbeddingLoss.half=eval CosineEmbeddingLoss.ipu=eval'
-        ' CosineEmbeddingLoss.mtia=eval CosineEmbeddingLoss.share_memory=eval CosineEmbed'
-        'dingLoss.to=eval CosineEmbeddingLoss.to_empty=eval CosineEmbeddingLoss.type=eval'
-        ' CosineEmbeddingLoss.xpu=eval CrossEntropyLoss.__setattr__=eval CrossEntropyLoss'
-        '._apply=eval CrossEntropyLoss._load_from_state_dict=eval CrossEntropyLoss.bfloat'
-        '16=eval CrossEntropyLoss.compile=importlib CrossEntropyLoss.cpu=eval CrossEntrop'
-        'yLoss.cuda=eval CrossEntropyLoss.double=eval CrossEntropyLoss.float=eval CrossEn'
-        'tropyLoss.half=eval CrossEntropyLoss.ipu=eval CrossEntropyLoss.mtia=eval CrossEn'
-        'tropyLoss.share_memory=eval CrossEntropyLoss.to=eval CrossEntropyLoss.to_empty=e'
-        'val CrossEntropyLoss.type=eval CrossEntropyLoss.xpu=eval GaussianNLLLoss.__setat'
-        'tr__=eval GaussianNLLLoss._apply=eval GaussianNLLLoss._load_from_state_dict=eval'
-        ' GaussianNLLLoss.bfloat16=eval GaussianNLLLoss.compile=importlib GaussianNLLLoss'
-        '.cpu=eval GaussianNLLLoss.cuda=eval GaussianNLLLoss.double=eval GaussianNLLLoss.'
-        'float=eval GaussianNLLLoss.half=eval GaussianNLLLoss.ipu=eval GaussianNLLLoss.mt'
-        'ia=eval GaussianNLLLoss.share_memory=eval GaussianNLLLoss.to=eval GaussianNLLLos'
-        's.to_empty=eval GaussianNLLLoss.type=eval GaussianNLLLoss.xpu=eval HingeEmbeddin'
-        'gLoss.__setattr__=eval HingeEmbeddingLoss._apply=eval HingeEmbeddingLoss._load_f'
-        'rom_state_dict=eval HingeEmbeddingLoss.bfloat16=eval HingeEmbeddingLoss.compile='
-        'importlib HingeEmbeddingLoss.cpu=eval HingeEmbeddingLoss.cuda=eval HingeEmbeddin'
-        'gLoss.double=eval HingeEmbeddingLoss.float=eval HingeEmbeddingLoss.half=eval Hin'
-        'geEmbeddingLoss.ipu=eval HingeEmbeddingLoss.mtia=eval HingeEmbeddingLoss.share_m'
-        'emory=eval HingeEmbeddingLoss.to=eval HingeEmbeddingLoss.to_empty=eval HingeEmbe'
-        'ddingLoss.type=eval HingeEmbeddingLoss.xpu=eval HuberLoss.__setattr__=eval Huber'
-        'Loss._apply=eval HuberLoss._load_from_state_dict=eval HuberLoss.bfloat16=eval Hu'
-        'berLoss.compile=importlib HuberLoss.cpu=eval HuberLoss.cuda=eval HuberLoss.doubl'
-        'e=eval HuberLoss.float=eval HuberLoss.half=eval HuberLoss.ipu=eval HuberLoss.mti'
-        'a=eval HuberLoss.share_memory=eval HuberLoss.to=eval HuberLoss.to_empty=eval Hub'
-        'erLoss.type=eval HuberLoss.xpu=eval KLDivLoss.__setattr__=eval KLDivLoss._apply='
-        'eval KLDivLoss._load_from_state_dict=eval KLDivLoss.bfloat16=eval KLDivLoss.comp'
-        'ile=importlib KLDivLoss.cpu=eval KLDivLoss.cuda=eval KLDivLoss.double=eval KLDiv'
-        'Loss.float=eval KLDivLoss.half=eval KLDivLoss.ipu=eval KLDivLoss.mtia=eval KLDiv'
-        'Loss.share_memory=eval KLDivLoss.to=eval KLDivLoss.to_empty=eval KLDivLoss.type='
-        'eval KLDivLoss.xpu=eval L1Loss.__setattr__=eval L1Loss._apply=eval L1Loss._load_'
-        'from_state_dict=eval L1Loss.bfloat16=eval L1Loss.compile=importlib L1Loss.cpu=ev'
-        'al L1Loss.cuda=eval L1Loss.double=eval L1Loss.float=eval L1Loss.half=eval L1Loss'
-        '.ipu=eval L1Loss.mtia=eval L1Loss.share_memory=eval L1Loss.to=eval L1Loss.to_emp'
-        'ty=eval L1Loss.type=eval L1Loss.xpu=eval LinearCrossEntropyLoss.__setattr__=eval'
-        ' LinearCrossEntropyLoss._apply=eval LinearCrossEntropyLoss._load_from_state_dict'
-        '=eval LinearCrossEntropyLoss.bfloat16=eval LinearCrossEntropyLoss.compile=import'
-        'lib LinearCrossEntropyLoss.cpu=eval LinearCrossEntropyLoss.cuda=eval LinearCross'
-        'EntropyLoss.double=eval LinearCrossEntropyLoss.float=eval LinearCrossEntropyLoss'
-        '.forward=eval LinearCrossEntropyLoss.half=eval LinearCrossEntropyLoss.ipu=eval L'
-        'inearCrossEntropyLoss.mtia=eval LinearCrossEntropyLoss.share_memory=eval LinearC'
-        'rossEntropyLoss.to=eval LinearCrossEntropyLoss.to_empty=eval LinearCrossEntropyL'
-        'oss.type=eval LinearCrossEntropyLoss.xpu=eval MSELoss.__setattr__=eval MSELoss._'
-        'apply=eval MSELoss._load_from_state_dict=eval MSELoss.bfloat16=eval MSELoss.comp'
-        'ile=importlib MSELoss.cpu=eval MSELoss.cuda=eval MSELoss.double=eval MSELoss.flo'
-        'at=eval MSELoss.half=eval MSELoss.ipu=eval MSELoss.mtia=eval MSELoss.share_memor'
-        'y=eval MSELoss.to=eval MSELoss.to_empty=eval MSELoss.type=eval MSELoss.xpu=eval '
-        'MarginRankingLoss.__setattr__=eval MarginRankingLoss._apply=eval MarginRankingLo'
-        'ss._load_from_state_dict=eval MarginRankingLoss.bfloat16=eval MarginRankingLoss.'
-        'compile=importlib MarginRankingLoss.cpu=eval MarginRankingLoss.cuda=eval MarginR'
-        'ankingLoss.double=eval MarginRankingLoss.float=eval MarginRankingLoss.half=eval '
-        'MarginRankingLoss.ipu=eval MarginRankingLoss.mtia=eval MarginRankingLoss.share_m'
-        'emory=eval MarginRankingLoss.to=eval MarginRankingLoss.to_empty=eval MarginRanki'
-        'ngLoss.type=eval MarginRankingLoss.xpu=eval MultiLabelMarginLoss.__setattr__=eva'
-        'l MultiLabelMarginLoss._apply=eval MultiLabelMarginLoss._load_from_state_dict=ev'
-        'al MultiLabelMarginLoss.bfloat16=eval MultiLabelMarginLoss.compile=importlib Mul'
-        'tiLabelMarginLoss.cpu=eval MultiLabelMarginLoss.cuda=eval MultiLabelMarginLoss.d'
-        'ouble=eval MultiLabelMarginLoss.float=eval MultiLabelMarginLoss.half=eval MultiL'
-        'abelMarginLoss.ipu=eval MultiLabelMarginLoss.mtia=eval MultiLabelMarginLoss.shar'
-        'e_memory=eval MultiLabelMarginLoss.to=eval MultiLabelMarginLoss.to_empty=eval Mu'
-        'ltiLabelMarginLoss.type=eval MultiLabelMarginLoss.xpu=eval MultiLabelSoftMarginL'
-        'oss.__setattr__=eval MultiLabelSoftMarginLoss._apply=eval MultiLabelSoftMarginLo'
-        'ss._load_from_state_dict=eval MultiLabelSoftMarginLoss.bfloat16=eval MultiLabelS'
-        'oftMarginLoss.compile=importlib MultiLabelSoftMarginLoss.cpu=eval MultiLabelSoft'
-        'MarginLoss.cuda=eval MultiLabelSoftMarginLoss.double=eval MultiLabelSoftMarginLo'
-        'ss.float=eval MultiLabelSoftMarginLoss.half=eval MultiLabelSoftMarginLoss.ipu=ev'
-        'al MultiLabelSoftMarginLoss.mtia=eval MultiLabelSoftMarginLoss.share_memory=eval'
-        ' MultiLabelSoftMarginLoss.to=eval MultiLabelSoftMarginLoss.to_empty=eval MultiLa'
-        'belSoftMarginLoss.type=eval MultiLabelSoftMarginLoss.xpu=eval MultiMarginLoss.__'
-        'setattr__=eval MultiMarginLoss._apply=eval MultiMarginLoss._load_from_state_dict'
-        '=eval MultiMarginLoss.bfloat16=eval MultiMarginLoss.compile=importlib MultiMargi'
-        'nLoss.cpu=eval MultiMarginLoss.cuda=eval MultiMarginLoss.double=eval MultiMargin'
-        'Loss.float=eval MultiMarginLoss.half=eval MultiMarginLoss.ipu=eval MultiMarginLo'
-        'ss.mtia=eval MultiMarginLoss.share_memory=eval MultiMarginLoss.to=eval MultiMarg'
-        'inLoss.to_empty=eval MultiMarginLoss.type=eval MultiMarginLoss.xpu=eval NLLLoss.'
-        '__setattr__=eval NLLLoss._apply=eval NLLLoss._load_from_state_dict=eval NLLLoss.'
-        'bfloat16=eval NLLLoss.compile=importlib NLLLoss.cpu=eval NLLLoss.cuda=eval NLLLo'
-        'ss.double=eval NLLLoss.float=eval NLLLoss.half=eval NLLLoss.ipu=eval NLLLoss.mti'
-        'a=eval NLLLoss.share_memory=eval NLLLoss.to=eval NLLLoss.to_empty=eval NLLLoss.t'
-        'ype=eval NLLLoss.xpu=eval NLLLoss2d.__setattr__=eval NLLLoss2d._apply=eval NLLLo'
-        'ss2d._load_from_state_dict=eval NLLLoss2d.bfloat16=eval NLLLoss2d.compile=import'
-        'lib NLLLoss2d.cpu=eval NLLLoss2d.cuda=eval NLLLoss2d.double=eval NLLLoss2d.float'
-        '=eval NLLLoss2d.half=eval NLLLoss2d.ipu=eval NLLLoss2d.mtia=eval NLLLoss2d.share'
-        '_memory=eval NLLLoss2d.to=eval NLLLoss2d.to_empty=eval NLLLoss2d.type=eval NLLLo'
-        'ss2d.xpu=eval PoissonNLLLoss.__setattr__=eval PoissonNLLLoss._apply=eval Poisson'
-        'NLLLoss._load_from_state_dict=eval PoissonNLLLoss.bfloat16=eval PoissonNLLLoss.c'
-        'ompile=importlib PoissonNLLLoss.cpu=eval PoissonNLLLoss.cuda=eval PoissonNLLLoss'
-        '.double=eval PoissonNLLLoss.float=eval PoissonNLLLoss.half=eval PoissonNLLLoss.i'
-        'pu=eval PoissonNLLLoss.mtia=eval PoissonNLLLoss.share_memory=eval PoissonNLLLoss'
-        '.to=eval PoissonNLLLoss.to_empty=eval PoissonNLLLoss.type=eval PoissonNLLLoss.xp'
-        'u=eval SmoothL1Loss.__setattr__=eval SmoothL1Loss._apply=eval SmoothL1Loss._load'
-        '_from_state_dict=eval SmoothL1Loss.bfloat16=eval SmoothL1Loss.compile=importlib '
-        'SmoothL1Loss.cpu=eval SmoothL1Loss.cuda=eval SmoothL1Loss.double=eval SmoothL1Lo'
-        'ss.float=eval SmoothL1Loss.half=eval SmoothL1Loss.ipu=eval SmoothL1Loss.mtia=eva'
-        'l SmoothL1Loss.share_memory=eval SmoothL1Loss.to=eval SmoothL1Loss.to_empty=eval'
-        ' SmoothL1Loss.type=eval SmoothL1Loss.xpu=eval SoftMarginLoss.__setattr__=eval So'
-        'ftMarginLoss._apply=eval SoftMarginLoss._load_from_state_dict=eval SoftMarginLos'
-        's.bfloat16=eval SoftMarginLoss.compile=importlib SoftMarginLoss.cpu=eval SoftMar'
-        'ginLoss.cuda=eval SoftMarginLoss.double=eval SoftMarginLoss.float=eval SoftMargi'
-        'nLoss.half=eval SoftMarginLoss.ipu=eval SoftMarginLoss.mtia=eval SoftMarginLoss.'
-        'share_memory=eval SoftMarginLoss.to=eval SoftMarginLoss.to_empty=eval SoftMargin'
-        'Loss.type=eval SoftMarginLoss.xpu=eval TripletMarginLoss.__setattr__=eval Triple'
-        'tMarginLoss._apply=eval TripletMarginLoss._load_from_state_dict=eval TripletMarg'
-        'inLoss.bfloat16=eval TripletMarginLoss.compile=importlib TripletMarginLoss.cpu=e'
-        'val TripletMarginLoss.cuda=eval TripletMarginLoss.double=eval TripletMarginLoss.'
-        'float=eval TripletMarginLoss.half=eval TripletMarginLoss.ipu=eval TripletMarginL'
-        'oss.mtia=eval TripletMarginLoss.share_memory=eval TripletMarginLoss.to=eval Trip'
-        'letMarginLoss.to_empty=eval TripletMarginLoss.type=eval TripletMarginLoss.xpu=ev'
-        'al TripletMarginWithDistanceLoss.__setattr__=eval TripletMarginWithDistanceLoss.'
-        '_apply=eval TripletMarginWithDistanceLoss._load_from_state_dict=eval TripletMarg'
-        'inWithDistanceLoss.bfloat16=eval TripletMarginWithDistanceLoss.compile=importlib'
-        ' TripletMarginWithDistanceLoss.cpu=eval TripletMarginWithDistanceLoss.cuda=eval '
-        'TripletMarginWithDistanceLoss.double=eval TripletMarginWithDistanceLoss.float=ev'
-        'al TripletMarginWithDistanceLoss.half=eval TripletMarginWithDistanceLoss.ipu=eva'
-        'l TripletMarginWithDistanceLoss.mtia=eval TripletMarginWithDistanceLoss.share_me'
-        'mory=eval TripletMarginWithDistanceLoss.to=eval TripletMarginWithDistanceLoss.to'
-        '_empty=eval TripletMarginWithDistanceLoss.type=eval TripletMarginWithDistanceLos'
-        's.xpu=eval _Loss.__setattr__=eval _Loss._apply=eval _Loss._load_from_state_dict='
-        'eval _Loss.bfloat16=eval _Loss.compile=importlib _Loss.cpu=eval _Loss.cuda=eval '
-        '_Loss.double=eval _Loss.float=eval _Loss.half=eval _Loss.ipu=eval _Loss.mtia=eva'
-        'l _Loss.share_memory=eval _Loss.to=eval _Loss.to_empty=eval _Loss.type=eval _Los'
-        's.xpu=eval _WeightedLoss.__setattr__=eval _WeightedLoss._apply=eval _WeightedLos'
-        's._load_from_state_dict=eval _WeightedLoss.bfloat16=eval _WeightedLoss.compile=i'
-        'mportlib _WeightedLoss.cpu=eval _WeightedLoss.cuda=eval _WeightedLoss.double=eva'
-        'l _WeightedLoss.float=eval _WeightedLoss.half=eval _WeightedLoss.ipu=eval _Weigh'
-        'tedLoss.mtia=eval _WeightedLoss.share_memory=eval _WeightedLoss.to=eval _Weighte'
-        'dLoss.to_empty=eval _WeightedLoss.type=eval _WeightedLoss.xpu=eval'),
-    'torch.nn.modules.module': ('Module.__setattr__=eval Module._apply=eval Module._load_from_state_dict=eval Mod'
-        'ule.bfloat16=eval Module.compile=importlib Module.cpu=eval Module.cuda=eval Modu'
-        'le.double=eval Module.float=eval Module.half=eval Module.ipu=eval Module.mtia=ev'
-        'al Module.share_memory=eval Module.to=eval Module.to_empty=eval Module.type=eval'
-        ' Module.xpu=eval namedtuple=eval'),
-    'torch.nn.modules.normalization': ('CrossMapLRN2d.__setattr__=eval CrossMapLRN2d._apply=eval CrossMapLRN2d._load_fro'
-        'm_state_dict=eval CrossMapLRN2d.bfloat16=eval CrossMapLRN2d.compile=importlib Cr'
-        'ossMapLRN2d.cpu=eval CrossMapLRN2d.cuda=eval CrossMapLRN2d.double=eval CrossMapL'
-        'RN2d.float=eval CrossMapLRN2d.half=eval CrossMapLRN2d.ipu=eval CrossMapLRN2d.mti'
-        'a=eval CrossMapLRN2d.share_memory=eval CrossMapLRN2d.to=eval CrossMapLRN2d.to_em'
-        'pty=eval CrossMapLRN2d.type=eval CrossMapLRN2d.xpu=eval GroupNorm.__setattr__=ev'
-        'al GroupNorm._apply=eval GroupNorm._load_from_state_dict=eval GroupNorm.bfloat16'
-        '=eval GroupNorm.compile=importlib GroupNorm.cpu=eval GroupNorm.cuda=eval GroupNo'
-        'rm.double=eval GroupNorm.float=eval GroupNorm.half=eval GroupNorm.ipu=eval Group'
-        'Norm.mtia=eval GroupNorm.share_memory=eval GroupNorm.to=eval GroupNorm.to_empty='
-        'eval GroupNorm.type=eval GroupNorm.xpu=eval LayerNorm.__setattr__=eval LayerNorm'
-        '._apply=eval LayerNorm._load_from_state_dict=eval LayerNorm.bfloat16=eval LayerN'
-        'orm.compile=importlib LayerNorm.cpu=eval LayerNorm.cuda=eval LayerNorm.double=ev'
-        'al LayerNorm.float=eval LayerNorm.half=eval LayerNorm.ipu=eval LayerNorm.mtia=ev'
-        'al LayerNorm.share_memory=eval LayerNorm.to=eval LayerNorm.to_empty=eval LayerNo'
-        'rm.type=eval LayerNorm.xpu=eval LocalResponseNorm.__setattr__=eval LocalResponse'
-        'Norm._apply=eval LocalResponseNorm._load_from_state_dict=eval LocalResponseNorm.'
-        'bfloat16=eval LocalResponseNorm.compile=importlib LocalResponseNorm.cpu=eval Loc'
-        'alResponseNorm.cuda=eval LocalResponseNorm.double=eval LocalResponseNorm.float=e'
-        'val LocalResponseNorm.forward=importlib LocalResponseNorm.half=eval LocalRespons'
-        'eNorm.ipu=eval LocalResponseNorm.mtia=eval LocalResponseNorm.share_memory=eval L'
-        'ocalResponseNorm.to=eval LocalResponseNorm.to_empty=eval LocalResponseNorm.type='
-        'eval LocalResponseNorm.xpu=eval RMSNorm.__setattr__=eval RMSNorm._apply=eval RMS'
-        'Norm._load_from_state_dict=eval RMSNorm.bfloat16=eval RMSNorm.compile=importlib '
-        'RMSNorm.cpu=eval RMSNorm.cuda=eval RMSNorm.double=eval RMSNorm.float=eval RMSNor'
-        'm.half=eval RMSNorm.ipu=eval RMSNorm.mtia=eval RMSNorm.share_memory=eval RMSNorm'
-        '.to=eval RMSNorm.to_empty=eval RMSNorm.type=eval RMSNorm.xpu=eval'),
-    'torch.nn.modules.padding': ('CircularPad1d.__setattr__=eval CircularPad1d._apply=eval CircularPad1d._load_fro'
-        'm_state_dict=eval CircularPad1d.bfloat16=eval CircularPad1d.compile=importlib Ci'
-        'rcularPad1d.cpu=eval CircularPad1d.cuda=eval CircularPad1d.double=eval CircularP'
-        'ad1d.float=eval CircularPad1d.forward=importlib CircularPad1d.half=eval Circular'
-        'Pad1d.ipu=eval CircularPad1d.mtia=eval CircularPad1d.share_memory=eval CircularP'
-        'ad1d.to=eval CircularPad1d.to_empty=eval CircularPad1d.type=eval CircularPad1d.x'
-        'pu=eval CircularPad2d.__setattr__=eval CircularPad2d._apply=eval CircularPad2d._'
-        'load_from_state_dict=eval CircularPad2d.bfloat16=eval CircularPad2d.compile=impo'
-        'rtlib CircularPad2d.cpu=eval CircularPad2d.cuda=eval CircularPad2d.double=eval C'
-        'ircularPad2d.float=eval CircularPad2d.forward=importlib CircularPad2d.half=eval '
-        'CircularPad2d.ipu=eval CircularPad2d.mtia=eval CircularPad2d.share_memory=eval C'
-        'ircularPad2d.to=eval CircularPad2d.to_empty=eval CircularPad2d.type=eval Circula'
-        'rPad2d.xpu=eval CircularPad3d.__setattr__=eval CircularPad3d._apply=eval Circula'
-        'rPad3d._load_from_state_dict=eval CircularPad3d.bfloat16=eval CircularPad3d.comp'
-        'ile=importlib CircularPad3d.cpu=eval CircularPad3d.cuda=eval CircularPad3d.doubl'
-        'e=eval CircularPad3d.float=eval CircularPad3d.forward=importlib CircularPad3d.ha'
-        'lf=eval CircularPad3d.ipu=eval CircularPad3d.mtia=eval CircularPad3d.share_memor'
-        'y=eval CircularPad3d.to=eval CircularPad3d.to_empty=eval CircularPad3d.type=eval'
-        ' CircularPad3d.xpu=eval ConstantPad1d.__setattr__=eval ConstantPad1d._apply=eval'
-        ' ConstantPad1d._load_from_state_dict=eval ConstantPad1d.bfloat16=eval ConstantPa'
-        'd1d.compile=importlib ConstantPad1d.cpu=eval ConstantPad1d.cuda=eval ConstantPad'
-        '1d.double=eval ConstantPad1d.float=eval ConstantPad1d.forward=importlib Constant'
-        'Pad1d.half=eval ConstantPad1d.ipu=eval ConstantPad1d.mtia=eval ConstantPad1d.sha'
-        're_memory=eval ConstantPad1d.to=eval ConstantPad1d.to_empty=eval ConstantPad1d.t'
-        'ype=eval ConstantPad1d.xpu=eval ConstantPad2d.__setattr__=eval ConstantPad2d._ap'
-        'ply=eval ConstantPad2d._load_from_state_dict=eval ConstantPad2d.bfloat16=eval Co'
-        'nstantPad2d.compile=importlib ConstantPad2d.cpu=eval ConstantPad2d.cuda=eval Con'
-        'stantPad2d.double=eval ConstantPad2d.float=eval ConstantPad2d.forward=importlib '
-        'ConstantPad2d.half=eval ConstantPad2d.ipu=eval ConstantPad2d.mtia=eval ConstantP'
-        'ad2d.share_memory=eval ConstantPad2d.to=eval ConstantPad2d.to_empty=eval Constan'
-        'tPad2d.type=eval ConstantPad2d.xpu=eval ConstantPad3d.__setattr__=eval ConstantP'
-        'ad3d._apply=eval ConstantPad3d._load_from_state_dict=eval ConstantPad3d.bfloat16'
-        '=eval ConstantPad3d.compile=importlib ConstantPad3d.cpu=eval ConstantPad3d.cuda='
-        'eval ConstantPad3d.double=eval ConstantPad3d.float=eval ConstantPad3d.forward=im'
-        'portlib ConstantPad3d.half=eval ConstantPad3d.ipu=eval ConstantPad3d.mtia=eval C'
-        'onstantPad3d.share_memory=eval ConstantPad3d.to=eval ConstantPad3d.to_empty=eval'
-        ' ConstantPad3d.type=eval ConstantPad3d.xpu=eval ReflectionPad1d.__setattr__=eval'
-        ' ReflectionPad1d._apply=eval ReflectionPad1d._load_from_state_dict=eval Reflecti'
-        'onPad1d.bfloat16=eval ReflectionPad1d.compile=importlib ReflectionPad1d.cpu=eval'
-        ' ReflectionPad1d.cuda=eval ReflectionPad1d.double=eval ReflectionPad1d.float=eva'
-        'l ReflectionPad1d.forward=importlib ReflectionPad1d.half=eval ReflectionPad1d.ip'
-        'u=eval ReflectionPad1d.mtia=eval ReflectionPad1d.share_memory=eval ReflectionPad'
-        '1d.to=eval ReflectionPad1d.to_empty=eval ReflectionPad1d.type=eval ReflectionPad'
-        '1d.xpu=eval ReflectionPad2d.__setattr__=eval ReflectionPad2d._apply=eval Reflect'
-        'ionPad2d._load_from_state_dict=eval ReflectionPad2d.bfloat16=eval ReflectionPad2'
-        'd.compile=importlib ReflectionPad2d.cpu=eval ReflectionPad2d.cuda=eval Reflectio'
-        'nPad2d.double=eval ReflectionPad2d.float=eval ReflectionPad2d.forward=importlib '
-        'ReflectionPad2d.half=eval ReflectionPad2d.ipu=eval ReflectionPad2d.mtia=eval Ref'
-        'lectionPad2d.share_memory=eval ReflectionPad2d.to=eval ReflectionPad2d.to_empty='
-        'eval ReflectionPad2d.type=eval ReflectionPad2d.xpu=eval ReflectionPad3d.__setatt'
-        'r__=eval ReflectionPad3d._apply=eval ReflectionPad3d._load_from_state_dict=eval '
-        'ReflectionPad3d.bfloat16=eval ReflectionPad3d.compile=importlib ReflectionPad3d.'
-        'cpu=eval ReflectionPad3d.cuda=eval ReflectionPad3d.double=eval ReflectionPad3d.f'
-        'loat=eval ReflectionPad3d.forward=importlib ReflectionPad3d.half=eval Reflection'
-        'Pad3d.ipu=eval ReflectionPad3d.mtia=eval ReflectionPad3d.share_memory=eval Refle'
-        'ctionPad3d.to=eval ReflectionPad3d.to_empty=eval ReflectionPad3d.type=eval Refle'
-        'ctionPad3d.xpu=eval ReplicationPad1d.__setattr__=eval ReplicationPad1d._apply=ev'
-        'al ReplicationPad1d._load_from_state_dict=eval ReplicationPad1d.bfloat16=eval Re'
-        'plicationPad1d.compile=importlib ReplicationPad1d.cpu=eval ReplicationPad1d.cuda'
-        '=eval ReplicationPad1d.double=eval ReplicationPad1d.float=eval ReplicationPad1d.'
-        'forward=importlib ReplicationPad1d.half=eval ReplicationPad1d.ipu=eval Replicati'
-        'onPad1d.mtia=eval ReplicationPad1d.share_memory=eval ReplicationPad1d.to=eval Re'
-        'plicationPad1d.to_empty=eval ReplicationPad1d.type=eval ReplicationPad1d.xpu=eva'
-        'l ReplicationPad2d.__setattr__=eval ReplicationPad2d._apply=eval ReplicationPad2'
-        'd._load_from_state_dict=eval ReplicationPad2d.bfloat16=eval ReplicationPad2d.com'
-        'pile=importlib ReplicationPad2d.cpu=eval ReplicationPad2d.cuda=eval ReplicationP'
-        'ad2d.double=eval ReplicationPad2d.float=eval ReplicationPad2d.forward=importlib '
-        'ReplicationPad2d.half=eval ReplicationPad2d.ipu=eval ReplicationPad2d.mtia=eval '
-        'ReplicationPad2d.share_memory=eval ReplicationPad2d.to=eval ReplicationPad2d.to_'
-        'empty=eval ReplicationPad2d.type=eval ReplicationPad2d.xpu=eval ReplicationPad3d'
-        '.__setattr__=eval ReplicationPad3d._apply=eval ReplicationPad3d._load_from_state'
-        '_dict=eval ReplicationPad3d.bfloat16=eval ReplicationPad3d.compile=importlib Rep'
-        'licationPad3d.cpu=eval ReplicationPad3d.cuda=eval ReplicationPad3d.double=eval R'
-        'eplicationPad3d.float=eval ReplicationPad3d.forward=importlib ReplicationPad3d.h'
-        'alf=eval ReplicationPad3d.ipu=eval ReplicationPad3d.mtia=eval ReplicationPad3d.s'
-        'hare_memory=eval ReplicationPad3d.to=eval ReplicationPad3d.to_empty=eval Replica'
-        'tionPad3d.type=eval ReplicationPad3d.xpu=eval ZeroPad1d.__setattr__=eval ZeroPad'
-        '1d._apply=eval ZeroPad1d._load_from_state_dict=eval ZeroPad1d.bfloat16=eval Zero'
-        'Pad1d.compile=importlib ZeroPad1d.cpu=eval ZeroPad1d.cuda=eval ZeroPad1d.double='
-        'eval ZeroPad1d.float=eval ZeroPad1d.forward=importlib ZeroPad1d.half=eval ZeroPa'
-        'd1d.ipu=eval ZeroPad1d.mtia=eval ZeroPad1d.share_memory=eval ZeroPad1d.to=eval Z'
-        'eroPad1d.to_empty=eval ZeroPad1d.type=eval ZeroPad1d.xpu=eval ZeroPad2d.__setatt'
-        'r__=eval ZeroPad2d._apply=eval ZeroPad2d._load_from_state_dict=eval ZeroPad2d.bf'
-        'loat16=eval ZeroPad2d.compile=importlib ZeroPad2d.cpu=eval ZeroPad2d.cuda=eval Z'
-        'eroPad2d.double=eval ZeroPad2d.float=eval ZeroPad2d.forward=importlib ZeroPad2d.'
-        'half=eval ZeroPad2d.ipu=eval ZeroPad2d.mtia=eval ZeroPad2d.share_memory=eval Zer'
-        'oPad2d.to=eval ZeroPad2d.to_empty=eval ZeroPad2d.type=eval ZeroPad2d.xpu=eval Ze'
-        'roPad3d.__setattr__=eval ZeroPad3d._apply=eval ZeroPad3d._load_from_state_dict=e'
-        'val ZeroPad3d.bfloat16=eval ZeroPad3d.compile=importlib ZeroPad3d.cpu=eval ZeroP'
-        'ad3d.cuda=eval ZeroPad3d.double=eval ZeroPad3d.float=eval ZeroPad3d.forward=impo'
-        'rtlib ZeroPad3d.half=eval ZeroPad3d.ipu=eval ZeroPad3d.mtia=eval ZeroPad3d.share'
-        '_memory=eval ZeroPad3d.to=eval ZeroPad3d.to_empty=eval ZeroPad3d.type=eval ZeroP'
-        'ad3d.xpu=eval _CircularPadNd.__setattr__=eval _CircularPadNd._apply=eval _Circul'
-        'arPadNd._load_from_state_dict=eval _CircularPadNd.bfloat16=eval _CircularPadNd.c'
-        'ompile=importlib _CircularPadNd.cpu=eval _CircularPadNd.cuda=eval _CircularPadNd'
-        '.double=eval _CircularPadNd.float=eval _CircularPadNd.forward=importlib _Circula'
-        'rPadNd.half=eval _CircularPadNd.ipu=eval _CircularPadNd.mtia=eval _CircularPadNd'
-        '.share_memory=eval _CircularPadNd.to=eval _CircularPadNd.to_empty=eval _Circular'
-        'PadNd.type=eval _CircularPadNd.xpu=eval _ConstantPadNd.__setattr__=eval _Constan'
-        'tPadNd._apply=eval _ConstantPadNd._load_from_state_dict=eval _ConstantPadNd.bflo'
-        'at16=eval _ConstantPadNd.compile=importlib _ConstantPadNd.cpu=eval _ConstantPadN'
-        'd.cuda=eval _ConstantPadNd.double=eval _ConstantPadNd.float=eval _ConstantPadNd.'
-        'forward=importlib _ConstantPadNd.half=eval _ConstantPadNd.ipu=eval _ConstantPadN'
-        'd.mtia=eval _ConstantPadNd.share_memory=eval _ConstantPadNd.to=eval _ConstantPad'
-        'Nd.to_empty=eval _ConstantPadNd.type=eval _ConstantPadNd.xpu=eval _ReflectionPad'
-        'Nd.__setattr__=eval _ReflectionPadNd._apply=eval _ReflectionPadNd._load_from_sta'
-        'te_dict=eval _ReflectionPadNd.bfloat16=eval _ReflectionPadNd.compile=importlib _'
-        'ReflectionPadNd.cpu=eval _ReflectionPadNd.cuda=eval _ReflectionPadNd.double=eval'
-        ' _ReflectionPadNd.float=eval _ReflectionPadNd.forward=importlib _ReflectionPadNd'
-        '.half=eval _ReflectionPadNd.ipu=eval _ReflectionPadNd.mtia=eval _ReflectionPadNd'
-        '.share_memory=eval _ReflectionPadNd.to=eval _ReflectionPadNd.to_empty=eval _Refl'
-        'ectionPadNd.type=eval _ReflectionPadNd.xpu=eval _ReplicationPadNd.__setattr__=ev'
-        'al _ReplicationPadNd._apply=eval _ReplicationPadNd._load_from_state_dict=eval _R'
-        'eplicationPadNd.bfloat16=eval _ReplicationPadNd.compile=importlib _ReplicationPa'
-        'dNd.cpu=eval _ReplicationPadNd.cuda=eval _ReplicationPadNd.double=eval _Replicat'
-        'ionPadNd.float=eval _ReplicationPadNd.forward=importlib _ReplicationPadNd.half=e'
-        'val _ReplicationPadNd.ipu=eval _ReplicationPadNd.mtia=eval _ReplicationPadNd.sha'
-        're_memory=eval _ReplicationPadNd.to=eval _ReplicationPadNd.to_empty=eval _Replic'
-        'ationPadNd.type=eval _ReplicationPadNd.xpu=eval'),
-    'torch.nn.modules.pixelshuffle': ('PixelShuffle.__setattr__=eval PixelShuffle._apply=eval PixelShuffle._load_from_s'
-        'tate_dict=eval PixelShuffle.bfloat16=eval PixelShuffle.compile=importlib PixelSh'
-        'uffle.cpu=eval PixelShuffle.cuda=eval PixelShuffle.double=eval PixelShuffle.floa'
-        't=eval PixelShuffle.half=eval PixelShuffle.ipu=eval PixelShuffle.mtia=eval Pixel'
-        'Shuffle.share_memory=eval PixelShuffle.to=eval PixelShuffle.to_empty=eval PixelS'
-        'huffle.type=eval PixelShuffle.xpu=eval PixelUnshuffle.__setattr__=eval PixelUnsh'
-        'uffle._apply=eval PixelUnshuffle._load_from_state_dict=eval PixelUnshuffle.bfloa'
-        't16=eval PixelUnshuffle.compile=importlib PixelUnshuffle.cpu=eval PixelUnshuffle'
-        '.cuda=eval PixelUnshuffle.double=eval PixelUnshuffle.float=eval PixelUnshuffle.h'
-        'alf=eval PixelUnshuffle.ipu=eval PixelUnshuffle.mtia=eval PixelUnshuffle.share_m'
-        'emory=eval PixelUnshuffle.to=eval PixelUnshuffle.to_empty=eval PixelUnshuffle.ty'
-        'pe=eval PixelUnshuffle.xpu=eval'),
-    'torch.nn.modules.pooling': ('AdaptiveAvgPool1d.__setattr__=eval AdaptiveAvgPool1d._apply=eval AdaptiveAvgPool'
-        '1d._load_from_state_dict=eval AdaptiveAvgPool1d.bfloat16=eval AdaptiveAvgPool1d.'
-        'compile=importlib AdaptiveAvgPool1d.cpu=eval AdaptiveAvgPool1d.cuda=eval Adaptiv'
-        'eAvgPool1d.double=eval AdaptiveAvgPool1d.float=eval AdaptiveAvgPool1d.half=eval '
-        'AdaptiveAvgPool1d.ipu=eval AdaptiveAvgPool1d.mtia=eval AdaptiveAvgPool1d.share_m'
-        'emory=eval AdaptiveAvgPool1d.to=eval AdaptiveAvgPool1d.to_empty=eval AdaptiveAvg'
-        'Pool1d.type=eval AdaptiveAvgPool1d.xpu=eval AdaptiveAvgPool2d.__setattr__=eval A'
-        'daptiveAvgPool2d._apply=eval AdaptiveAvgPool2d._load_from_state_dict=eval Adapti'
-        'veAvgPool2d.bfloat16=eval AdaptiveAvgPool2d.compile=importlib AdaptiveAvgPool2d.'
-        'cpu=eval AdaptiveAvgPool2d.cuda=eval AdaptiveAvgPool2d.double=eval AdaptiveAvgPo'
-        'ol2d.float=eval AdaptiveAvgPool2d.half=eval AdaptiveAvgPool2d.ipu=eval AdaptiveA'
-        'vgPool2d.mtia=eval AdaptiveAvgPool2d.share_memory=eval AdaptiveAvgPool2d.to=eval'
-        ' AdaptiveAvgPool2d.to_empty=eval AdaptiveAvgPool2d.type=eval AdaptiveAvgPool2d.x'
-        'pu=eval AdaptiveAvgPool3d.__setattr__=eval AdaptiveAvgPool3d._apply=eval Adaptiv'
-        'eAvgPool3d._load_from_state_dict=eval AdaptiveAvgPool3d.bfloat16=eval AdaptiveAv'
-        'gPool3d.compile=importlib AdaptiveAvgPool3d.cpu=eval AdaptiveAvgPool3d.cuda=eval'
-        ' AdaptiveAvgPool3d.double=eval AdaptiveAvgPool3d.float=eval AdaptiveAvgPool3d.ha'
-        'lf=eval AdaptiveAvgPool3d.ipu=eval AdaptiveAvgPool3d.mtia=eval AdaptiveAvgPool3d'
-        '.share_memory=eval AdaptiveAvgPool3d.to=eval AdaptiveAvgPool3d.to_empty=eval Ada'
-        'ptiveAvgPool3d.type=eval AdaptiveAvgPool3d.xpu=eval AdaptiveMaxPool1d.__setattr_'
-        '_=eval AdaptiveMaxPool1d._apply=eval AdaptiveMaxPool1d._load_from_state_dict=eva'
-        'l AdaptiveMaxPool1d.bfloat16=eval AdaptiveMaxPool1d.compile=importlib AdaptiveMa'
-        'xPool1d.cpu=eval AdaptiveMaxPool1d.cuda=eval AdaptiveMaxPool1d.double=eval Adapt'
-        'iveMaxPool1d.float=eval AdaptiveMaxPool1d.half=eval AdaptiveMaxPool1d.ipu=eval A'
-        'daptiveMaxPool1d.mtia=eval AdaptiveMaxPool1d.share_memory=eval AdaptiveMaxPool1d'
-        '.to=eval AdaptiveMaxPool1d.to_empty=eval AdaptiveMaxPool1d.type=eval AdaptiveMax'
-        'Pool1d.xpu=eval AdaptiveMaxPool2d.__setattr__=eval AdaptiveMaxPool2d._apply=eval'
-        ' AdaptiveMaxPool2d._load_from_state_dict=eval AdaptiveMaxPool2d.bfloat16=eval Ad'
-        'aptiveMaxPool2d.compile=importlib AdaptiveMaxPool2d.cpu=eval AdaptiveMaxPool2d.c'
-        'uda=eval AdaptiveMaxPool2d.double=eval AdaptiveMaxPool2d.float=eval AdaptiveMaxP'
-        'ool2d.half=eval AdaptiveMaxPool2d.ipu=eval AdaptiveMaxPool2d.mtia=eval AdaptiveM'
-        'axPool2d.share_memory=eval AdaptiveMaxPool2d.to=eval AdaptiveMaxPool2d.to_empty='
-        'eval AdaptiveMaxPool2d.type=eval AdaptiveMaxPool2d.xpu=eval AdaptiveMaxPool3d.__'
-        'setattr__=eval AdaptiveMaxPool3d._apply=eval AdaptiveMaxPool3d._load_from_state_'
-        'dict=eval AdaptiveMaxPool3d.bfloat16=eval AdaptiveMaxPool3d.compile=importlib Ad'
-        'aptiveMaxPool3d.cpu=eval AdaptiveMaxPool3d.cuda=eval AdaptiveMaxPool3d.double=ev'
-        'al AdaptiveMaxPool3d.float=eval AdaptiveMaxPool3d.half=eval AdaptiveMaxPool3d.ip'
-        'u=eval AdaptiveMaxPool3d.mtia=eval AdaptiveMaxPool3d.share_memory=eval AdaptiveM'
-        'axPool3d.to=eval AdaptiveMaxPool3d.to_empty=eval AdaptiveMaxPool3d.type=eval Ada'
-        'ptiveMaxPool3d.xpu=eval AvgPool1d.__setattr__=eval AvgPool1d._apply=eval AvgPool'
-        '1d._load_from_state_dict=eval AvgPool1d.bfloat16=eval AvgPool1d.compile=importli'
-        'b AvgPool1d.cpu=eval AvgPool1d.cuda=eval AvgPool1d.double=eval AvgPool1d.float=e'
-        'val AvgPool1d.half=eval AvgPool1d.ipu=eval AvgPool1d.mtia=eval AvgPool1d.share_m'
-        'emory=eval AvgPool1d.to=eval AvgPool1d.to_empty=eval AvgPool1d.type=eval AvgPool'
-        '1d.xpu=eval AvgPool2d.__setattr__=eval AvgPool2d._apply=eval AvgPool2d._load_fro'
-        'm_state_dict=eval AvgPool2d.bfloat16=eval AvgPool2d.compile=importlib AvgPool2d.'
-        'cpu=eval AvgPool2d.cuda=eval AvgPool2d.double=eval AvgPool2d.float=eval AvgPool2'
-        'd.half=eval AvgPool2d.ipu=eval AvgPool2d.mtia=eval AvgPool2d.share_memory=eval A'
-        'vgPool2d.to=eval AvgPool2d.to_empty=eval AvgPool2d.type=eval AvgPool2d.xpu=eval '
-        'AvgPool3d.__setattr__=eval AvgPool3d._apply=eval AvgPool3d._load_from_state_dict'
-        '=eval AvgPool3d.bfloat16=eval AvgPool3d.compile=importlib AvgPool3d.cpu=eval Avg'
-        'Pool3d.cuda=eval AvgPool3d.double=eval AvgPool3d.float=eval AvgPool3d.half=eval '
-        'AvgPool3d.ipu=eval AvgPool3d.mtia=eval AvgPool3d.share_memory=eval AvgPool3d.to='
-        'eval AvgPool3d.to_empty=eval AvgPool3d.type=eval AvgPool3d.xpu=eval FractionalMa'
-        'xPool2d.__setattr__=eval FractionalMaxPool2d._apply=eval FractionalMaxPool2d._lo'
-        'ad_from_state_dict=eval FractionalMaxPool2d.bfloat16=eval FractionalMaxPool2d.co'
-        'mpile=importlib FractionalMaxPool2d.cpu=eval FractionalMaxPool2d.cuda=eval Fract'
-        'ionalMaxPool2d.double=eval FractionalMaxPool2d.float=eval FractionalMaxPool2d.ha'
-        'lf=eval FractionalMaxPool2d.ipu=eval FractionalMaxPool2d.mtia=eval FractionalMax'
-        'Pool2d.share_memory=eval FractionalMaxPool2d.to=eval FractionalMaxPool2d.to_empt'
-        'y=eval FractionalMaxPool2d.type=eval FractionalMaxPool2d.xpu=eval FractionalMaxP'
-        'ool3d.__setattr__=eval FractionalMaxPool3d._apply=eval FractionalMaxPool3d._load'
-        '_from_state_dict=eval FractionalMaxPool3d.bfloat16=eval FractionalMaxPool3d.comp'
-        'ile=importlib FractionalMaxPool3d.cpu=eval FractionalMaxPool3d.cuda=eval Fractio'
-        'nalMaxPool3d.double=eval FractionalMaxPool3d.float=eval FractionalMaxPool3d.half'
-        '=eval FractionalMaxPool3d.ipu=eval FractionalMaxPool3d.mtia=eval FractionalMaxPo'
-        'ol3d.share_memory=eval FractionalMaxPool3d.to=eval FractionalMaxPool3d.to_empty='
-        'eval FractionalMaxPool3d.type=eval FractionalMaxPool3d.xpu=eval LPPool1d.__setat'
-        'tr__=eval LPPool1d._apply=eval LPPool1d._load_from_state_dict=eval LPPool1d.bflo'
-        'at16=eval LPPool1d.compile=importlib LPPool1d.cpu=eval LPPool1d.cuda=eval LPPool'
-        '1d.double=eval LPPool1d.float=eval LPPool1d.half=eval LPPool1d.ipu=eval LPPool1d'
-        '.mtia=eval LPPool1d.share_memory=eval LPPool1d.to=eval LPPool1d.to_empty=eval LP'
-        'Pool1d.type=eval LPPool1d.xpu=eval LPPool2d.__setattr__=eval LPPool2d._apply=eva'
-        'l LPPool2d._load_from_state_dict=eval LPPool2d.bfloat16=eval LPPool2d.compile=im'
-        'portlib LPPool2d.cpu=eval LPPool2d.cuda=eval LPPool2d.double=eval LPPool2d.float'
-        '=eval LPPool2d.half=eval LPPool2d.ipu=eval LPPool2d.mtia=eval LPPool2d.share_mem'
-        'ory=eval LPPool2d.to=eval LPPool2d.to_empty=eval LPPool2d.type=eval LPPool2d.xpu'
-        '=eval LPPool3d.__setattr__=eval LPPool3d._apply=eval LPPool3d._load_from_state_d'
-        'ict=eval LPPool3d.bfloat16=eval LPPool3d.compile=importlib LPPool3d.cpu=eval LPP'
-        'ool3d.cuda=eval LPPool3d.double=eval LPPool3d.float=eval LPPool3d.half=eval LPPo'
-        'ol3d.ipu=eval LPPool3d.mtia=eval LPPool3d.share_memory=eval LPPool3d.to=eval LPP'
-        'ool3d.to_empty=eval LPPool3d.type=eval LPPool3d.xpu=eval MaxPool1d.__setattr__=e'
-        'val MaxPool1d._apply=eval MaxPool1d._load_from_state_dict=eval MaxPool1d.bfloat1'
-        '6=eval MaxPool1d.compile=importlib MaxPool1d.cpu=eval MaxPool1d.cuda=eval MaxPoo'
-        'l1d.double=eval MaxPool1d.float=eval MaxPool1d.half=eval MaxPool1d.ipu=eval MaxP'
-        'ool1d.mtia=eval MaxPool1d.share_memory=eval MaxPool1d.to=eval MaxPool1d.to_empty'
-        '=eval MaxPool1d.type=eval MaxPool1d.xpu=eval MaxPool2d.__setattr__=eval MaxPool2'
-        'd._apply=eval MaxPool2d._load_from_state_dict=eval MaxPool2d.bfloat16=eval MaxPo'
-        'ol2d.compile=importlib MaxPool2d.cpu=eval MaxPool2d.cuda=eval MaxPool2d.double=e'
-        'val MaxPool2d.float=eval MaxPool2d.half=eval MaxPool2d.ipu=eval MaxPool2d.mtia=e'
-        'val MaxPool2d.share_memory=eval MaxPool2d.to=eval MaxPool2d.to_empty=eval MaxPoo'
-        'l2d.type=eval MaxPool2d.xpu=eval MaxPool3d.__setattr__=eval MaxPool3d._apply=eva'
-        'l MaxPool3d._load_from_state_dict=eval MaxPool3d.bfloat16=eval MaxPool3d.compile'
-        '=importlib MaxPool3d.cpu=eval MaxPool3d.cuda=eval MaxPool3d.double=eval MaxPool3'
-        'd.float=eval MaxPool3d.half=eval MaxPool3d.ipu=eval MaxPool3d.mtia=eval MaxPool3'
-        'd.share_memory=eval MaxPool3d.to=eval MaxPool3d.to_empty=eval MaxPool3d.type=eva'
-        'l MaxPool3d.xpu=eval MaxUnpool1d.__setattr__=eval MaxUnpool1d._apply=eval MaxUnp'
-        'ool1d._load_from_state_dict=eval MaxUnpool1d.bfloat16=eval MaxUnpool1d.compile=i'
-        'mportlib MaxUnpool1d.cpu=eval MaxUnpool1d.cuda=eval MaxUnpool1d.double=eval MaxU'
-        'npool1d.float=eval MaxUnpool1d.half=eval MaxUnpool1d.ipu=eval MaxUnpool1d.mtia=e'
-        'val MaxUnpool1d.share_memory=eval MaxUnpool1d.to=eval MaxUnpool1d.to_empty=eval '
-        'MaxUnpool1d.type=eval MaxUnpool1d.xpu=eval MaxUnpool2d.__setattr__=eval MaxUnpoo'
-        'l2d._apply=eval MaxUnpool2d._load_from_state_dict=eval MaxUnpool2d.bfloat16=eval'
-        ' MaxUnpool2d.compile=importlib MaxUnpool2d.cpu=eval MaxUnpool2d.cuda=eval MaxUnp'
-        'ool2d.double=eval MaxUnpool2d.float=eval MaxUnpool2d.half=eval MaxUnpool2d.ipu=e'
-        'val MaxUnpool2d.mtia=eval MaxUnpool2d.share_memory=eval MaxUnpool2d.to=eval MaxU'
-        'npool2d.to_empty=eval MaxUnpool2d.type=eval MaxUnpool2d.xpu=eval MaxUnpool3d.__s'
-        'etattr__=eval MaxUnpool3d._apply=eval MaxUnpool3d._load_from_state_dict=eval Max'
-        'Unpool3d.bfloat16=eval MaxUnpool3d.compile=importlib MaxUnpool3d.cpu=eval MaxUnp'
-        'ool3d.cuda=eval MaxUnpool3d.double=eval MaxUnpool3d.float=eval MaxUnpool3d.half='
-        'eval MaxUnpool3d.ipu=eval MaxUnpool3d.mtia=eval MaxUnpool3d.share_memory=eval Ma'
-        'xUnpool3d.to=eval MaxUnpool3d.to_empty=eval MaxUnpool3d.type=eval MaxUnpool3d.xp'
-        'u=eval _AdaptiveAvgPoolNd.__setattr__=eval _AdaptiveAvgPoolNd._apply=eval _Adapt'
-        'iveAvgPoolNd._load_from_state_dict=eval _AdaptiveAvgPoolNd.bfloat16=eval _Adapti'
-        'veAvgPoolNd.compile=importlib _AdaptiveAvgPoolNd.cpu=eval _AdaptiveAvgPoolNd.cud'
-        'a=eval _AdaptiveAvgPoolNd.double=eval _AdaptiveAvgPoolNd.float=eval _AdaptiveAvg'
-        'PoolNd.half=eval _AdaptiveAvgPoolNd.ipu=eval _AdaptiveAvgPoolNd.mtia=eval _Adapt'
-        'iveAvgPoolNd.share_memory=eval _AdaptiveAvgPoolNd.to=eval _AdaptiveAvgPoolNd.to_'
-        'empty=eval _AdaptiveAvgPoolNd.type=eval _AdaptiveAvgPoolNd.xpu=eval _AdaptiveMax'
-        'PoolNd.__setattr__=eval _AdaptiveMaxPoolNd._apply=eval _AdaptiveMaxPoolNd._load_'
-        'from_state_dict=eval _AdaptiveMaxPoolNd.bfloat16=eval _AdaptiveMaxPoolNd.compile'
-        '=importlib _AdaptiveMaxPoolNd.cpu=eval _AdaptiveMaxPoolNd.cuda=eval _AdaptiveMax'
-        'PoolNd.double=eval _AdaptiveMaxPoolNd.float=eval _AdaptiveMaxPoolNd.half=eval _A'
-        'daptiveMaxPoolNd.ipu=eval _AdaptiveMaxPoolNd.mtia=eval _AdaptiveMaxPoolNd.share_'
-        'memory=eval _AdaptiveMaxPoolNd.to=eval _AdaptiveMaxPoolNd.to_empty=eval _Adaptiv'
-        'eMaxPoolNd.type=eval _AdaptiveMaxPoolNd.xpu=eval _AvgPoolNd.__setattr__=eval _Av'
-        'gPoolNd._apply=eval _AvgPoolNd._load_from_state_dict=eval _AvgPoolNd.bfloat16=ev'
-        'al _AvgPoolNd.compile=importlib _AvgPoolNd.cpu=eval _AvgPoolNd.cuda=eval _AvgPoo'
-        'lNd.double=eval _AvgPoolNd.float=eval _AvgPoolNd.half=eval _AvgPoolNd.ipu=eval _'
-        'AvgPoolNd.mtia=eval _AvgPoolNd.share_memory=eval _AvgPoolNd.to=eval _AvgPoolNd.t'
-        'o_empty=eval _AvgPoolNd.type=eval _AvgPoolNd.xpu=eval _LPPoolNd.__setattr__=eval'
-        ' _LPPoolNd._apply=eval _LPPoolNd._load_from_state_dict=eval _LPPoolNd.bfloat16=e'
-        'val _LPPoolNd.compile=importlib _LPPoolNd.cpu=eval _LPPoolNd.cuda=eval _LPPoolNd'
-        '.double=eval _LPPoolNd.float=eval _LPPoolNd.half=eval _LPPoolNd.ipu=eval _LPPool'
-        'Nd.mtia=eval _LPPoolNd.share_memory=eval _LPPoolNd.to=eval _LPPoolNd.to_empty=ev'
-        'al _LPPoolNd.type=eval _LPPoolNd.xpu=eval _MaxPoolNd.__setattr__=eval _MaxPoolNd'
-        '._apply=eval _MaxPoolNd._load_from_state_dict=eval _MaxPoolNd.bfloat16=eval _Max'
-        'PoolNd.compile=importlib _MaxPoolNd.cpu=eval _MaxPoolNd.cuda=eval _MaxPoolNd.dou'
-        'ble=eval _MaxPoolNd.float=eval _MaxPoolNd.half=eval _MaxPoolNd.ipu=eval _MaxPool'
-        'Nd.mtia=eval _MaxPoolNd.share_memory=eval _MaxPoolNd.to=eval _MaxPoolNd.to_empty'
-        '=eval _MaxPoolNd.type=eval _MaxPoolNd.xpu=eval _MaxUnpoolNd.__setattr__=eval _Ma'
-        'xUnpoolNd._apply=eval _MaxUnpoolNd._load_from_state_dict=eval _MaxUnpoolNd.bfloa'
-        't16=eval _MaxUnpoolNd.compile=importlib _MaxUnpoolNd.cpu=eval _MaxUnpoolNd.cuda='
-        'eval _MaxUnpoolNd.double=eval _MaxUnpoolNd.float=eval _MaxUnpoolNd.half=eval _Ma'
-        'xUnpoolNd.ipu=eval _MaxUnpoolNd.mtia=eval _MaxUnpoolNd.share_memory=eval _MaxUnp'
-        'oolNd.to=eval _MaxUnpoolNd.to_empty=eval _MaxUnpoolNd.type=eval _MaxUnpoolNd.xpu'
-        '=eval'),
-    'torch.nn.modules.rnn': ('GRU.__setattr__=eval GRU._apply=eval GRU._load_from_state_dict=eval GRU.bfloat16'
-        '=eval GRU.compile=importlib GRU.cpu=eval GRU.cuda=eval GRU.double=eval GRU.float'
-        '=eval GRU.forward=eval GRU.half=eval GRU.ipu=eval GRU.mtia=eval GRU.share_memory'
-        '=eval GRU.to=eval GRU.to_empty=eval GRU.type=eval GRU.xpu=eval GRUCell.__setattr'
-        '__=eval GRUCell._apply=eval GRUCell._load_from_state_dict=eval GRUCell.bfloat16='
-        'eval GRUCell.compile=importlib GRUCell.cpu=eval GRUCell.cuda=eval GRUCell.double'
-        '=eval GRUCell.float=eval GRUCell.half=eval GRUCell.ipu=eval GRUCell.mtia=eval GR'
-        'UCell.share_memory=eval GRUCell.to=eval GRUCell.to_empty=eval GRUCell.type=eval '
-        'GRUCell.xpu=eval LSTM.__setattr__=eval LSTM._apply=eval LSTM._load_from_state_di'
-        'ct=eval LSTM.bfloat16=eval LSTM.compile=importlib LSTM.cpu=eval LSTM.cuda=eval L'
-        'STM.double=eval LSTM.float=eval LSTM.forward=eval LSTM.half=eval LSTM.ipu=eval L'
-        'STM.mtia=eval LSTM.share_memory=eval LSTM.to=eval LSTM.to_empty=eval LSTM.type=e'
-        'val LSTM.xpu=eval LSTMCell.__setattr__=eval LSTMCell._apply=eval LSTMCell._load_'
-        'from_state_dict=eval LSTMCell.bfloat16=eval LSTMCell.compile=importlib LSTMCell.'
-        'cpu=eval LSTMCell.cuda=eval LSTMCell.double=eval LSTMCell.float=eval LSTMCell.ha'
-        'lf=eval LSTMCell.ipu=eval LSTMCell.mtia=eval LSTMCell.share_memory=eval LSTMCell'
-        '.to=eval LSTMCell.to_empty=eval LSTMCell.type=eval LSTMCell.xpu=eval PackedSeque'
-        'nce=eval RNN.__setattr__=eval RNN._apply=eval RNN._load_from_state_dict=eval RNN'
-        '.bfloat16=eval RNN.compile=importlib RNN.cpu=eval RNN.cuda=eval RNN.double=eval '
-        'RNN.float=eval RNN.forward=eval RNN.half=eval RNN.ipu=eval RNN.mtia=eval RNN.sha'
-        're_memory=eval RNN.to=eval RNN.to_empty=eval RNN.type=eval RNN.xpu=eval RNNBase.'
-        '_load_from_state_dict=eval RNNBase.bfloat16=eval RNNBase.compile=importlib RNNBa'
-        'se.cpu=eval RNNBase.cuda=eval RNNBase.double=eval RNNBase.float=eval RNNBase.hal'
-        'f=eval RNNBase.ipu=eval RNNBase.mtia=eval RNNBase.share_memory=eval RNNBase.to=e'
-        'val RNNBase.to_empty=eval RNNBase.type=eval RNNBase.xpu=eval RNNCell.__setattr__'
-        '=eval RNNCell._apply=eval RNNCell._load_from_state_dict=eval RNNCell.bfloat16=ev'
-        'al RNNCell.compile=importlib RNNCell.cpu=eval RNNCell.cuda=eval RNNCell.double=e'
-        'val RNNCell.float=eval RNNCell.half=eval RNNCell.ipu=eval RNNCell.mtia=eval RNNC'
-        'ell.share_memory=eval RNNCell.to=eval RNNCell.to_empty=eval RNNCell.type=eval RN'
-        'NCell.xpu=eval RNNCellBase.__setattr__=eval RNNCellBase._apply=eval RNNCellBase.'
-        '_load_from_state_dict=eval RNNCellBase.bfloat16=eval RNNCellBase.compile=importl'
-        'ib RNNCellBase.cpu=eval RNNCellBase.cuda=eval RNNCellBase.double=eval RNNCellBas'
-        'e.float=eval RNNCellBase.half=eval RNNCellBase.ipu=eval RNNCellBase.mtia=eval RN'
-        'NCellBase.share_memory=eval RNNCellBase.to=eval RNNCellBase.to_empty=eval RNNCel'
-        'lBase.type=eval RNNCellBase.xpu=eval'),
-    'torch.nn.modules.sparse': ('Embedding.__setattr__=eval Embedding._apply=eval Embedding._load_from_state_dict'
-        '=eval Embedding.bfloat16=eval Embedding.compile=importlib Embedding.cpu=eval Emb'
-        'edding.cuda=eval Embedding.double=eval Embedding.float=eval Embedding.half=eval '
-        'Embedding.ipu=eval Embedding.mtia=eval Embedding.share_memory=eval Embedding.to='
-        'eval Embedding.to_empty=eval Embedding.type=eval Embedding.xpu=eval EmbeddingBag'
-        '.__setattr__=eval EmbeddingBag._apply=eval EmbeddingBag._load_from_state_dict=ev'
-        'al EmbeddingBag.bfloat16=eval EmbeddingBag.compile=importlib EmbeddingBag.cpu=ev'
-        'al EmbeddingBag.cuda=eval EmbeddingBag.double=eval EmbeddingBag.float=eval Embed'
-        'dingBag.half=eval EmbeddingBag.ipu=eval EmbeddingBag.mtia=eval EmbeddingBag.shar'
-        'e_memory=eval EmbeddingBag.to=eval EmbeddingBag.to_empty=eval EmbeddingBag.type='
-        'eval EmbeddingBag.xpu=eval'),
-    'torch.nn.modules.transformer': ('Transformer.__setattr__=eval Transformer._apply=eval Transformer._load_from_stat'
-        'e_dict=eval Transformer.bfloat16=eval Transformer.compile=importlib Transformer.'
-        'cpu=eval Transformer.cuda=eval Transformer.double=eval Transformer.float=eval Tr'
-        'ansformer.half=eval Transformer.ipu=eval Transformer.mtia=eval Transformer.share'
-        '_memory=eval Transformer.to=eval Transformer.to_empty=eval Transformer.type=eval'
-        ' Transformer.xpu=eval TransformerDecoder.__setattr__=eval TransformerDecoder._ap'
-        'ply=eval TransformerDecoder._load_from_state_dict=eval TransformerDecoder.bfloat'
-        '16=eval TransformerDecoder.compile=importlib TransformerDecoder.cpu=eval Transfo'
-        'rmerDecoder.cuda=eval TransformerDecoder.double=eval TransformerDecoder.float=ev'
-        'al TransformerDecoder.half=eval TransformerDecoder.ipu=eval TransformerDecoder.m'
-        'tia=eval TransformerDecoder.share_memory=eval TransformerDecoder.to=eval Transfo'
-        'rmerDecoder.to_empty=eval TransformerDecoder.type=eval TransformerDecoder.xpu=ev'
-        'al TransformerDecoderLayer.__setattr__=eval TransformerDecoderLayer._apply=eval '
-        'TransformerDecoderLayer._load_from_state_dict=eval TransformerDecoderLayer.bfloa'
-        't16=eval TransformerDecoderLayer.compile=importlib TransformerDecoderLayer.cpu=e'
-        'val TransformerDecoderLayer.cuda=eval TransformerDecoderLayer.double=eval Transf'
-        'ormerDecoderLayer.float=eval TransformerDecoderLayer.half=eval TransformerDecode'
-        'rLayer.ipu=eval TransformerDecoderLayer.mtia=eval TransformerDecoderLayer.share_'
-        'memory=eval TransformerDecoderLayer.to=eval TransformerDecoderLayer.to_empty=eva'
-        'l TransformerDecoderLayer.type=eval TransformerDecoderLayer.xpu=eval Transformer'
-        'Encoder.__setattr__=eval TransformerEncoder._apply=eval TransformerEncoder._load'
-        '_from_state_dict=eval TransformerEncoder.bfloat16=eval TransformerEncoder.compil'
-        'e=importlib TransformerEncoder.cpu=eval TransformerEncoder.cuda=eval Transformer'
-        'Encoder.double=eval TransformerEncoder.float=eval TransformerEncoder.half=eval T'
-        'ransformerEncoder.ipu=eval TransformerEncoder.mtia=eval TransformerEncoder.share'
-        '_memory=eval TransformerEncoder.to=eval TransformerEncoder.to_empty=eval Transfo'
-        'rmerEncoder.type=eval TransformerEncoder.xpu=eval TransformerEncoderLayer.__seta'
-        'ttr__=eval TransformerEncoderLayer._apply=eval TransformerEncoderLayer._load_fro'
-        'm_state_dict=eval TransformerEncoderLayer.bfloat16=eval TransformerEncoderLayer.'
-        'compile=importlib TransformerEncoderLayer.cpu=eval TransformerEncoderLayer.cuda='
-        'eval TransformerEncoderLayer.double=eval TransformerEncoderLayer.float=eval Tran'
-        'sformerEncoderLayer.half=eval TransformerEncoderLayer.ipu=eval TransformerEncode'
-        'rLayer.mtia=eval TransformerEncoderLayer.share_memory=eval TransformerEncoderLay'
-        'er.to=eval TransformerEncoderLayer.to_empty=eval TransformerEncoderLayer.type=ev'
-        'al TransformerEncoderLayer.xpu=eval'),
-    'torch.nn.modules.upsampling': ('Upsample.__setattr__=eval Upsample._apply=eval Upsample._load_from_state_dict=ev'
-        'al Upsample.bfloat16=eval Upsample.compile=importlib Upsample.cpu=eval Upsample.'
-        'cuda=eval Upsample.double=eval Upsample.float=eval Upsample.forward=importlib Up'
-        'sample.half=eval Upsample.ipu=eval Upsample.mtia=eval Upsample.share_memory=eval'
-        ' Upsample.to=eval Upsample.to_empty=eval Upsample.type=eval Upsample.xpu=eval Up'
-        'samplingBilinear2d.__setattr__=eval UpsamplingBilinear2d._apply=eval UpsamplingB'
-        'ilinear2d._load_from_state_dict=eval UpsamplingBilinear2d.bfloat16=eval Upsampli'
-        'ngBilinear2d.compile=importlib UpsamplingBilinear2d.cpu=eval UpsamplingBilinear2'
-        'd.cuda=eval UpsamplingBilinear2d.double=eval UpsamplingBilinear2d.float=eval Ups'
-        'amplingBilinear2d.forward=importlib UpsamplingBilinear2d.half=eval UpsamplingBil'
-        'inear2d.ipu=eval UpsamplingBilinear2d.mtia=eval UpsamplingBilinear2d.share_memor'
-        'y=eval UpsamplingBilinear2d.to=eval UpsamplingBilinear2d.to_empty=eval Upsamplin'
-        'gBilinear2d.type=eval UpsamplingBilinear2d.xpu=eval UpsamplingNearest2d.__setatt'
-        'r__=eval UpsamplingNearest2d._apply=eval UpsamplingNearest2d._load_from_state_di'
-        'ct=eval UpsamplingNearest2d.bfloat16=eval UpsamplingNearest2d.compile=importlib '
-        'UpsamplingNearest2d.cpu=eval UpsamplingNearest2d.cuda=eval UpsamplingNearest2d.d'
-        'ouble=eval UpsamplingNearest2d.float=eval UpsamplingNearest2d.forward=importlib '
-        'UpsamplingNearest2d.half=eval UpsamplingNearest2d.ipu=eval UpsamplingNearest2d.m'
-        'tia=eval UpsamplingNearest2d.share_memory=eval UpsamplingNearest2d.to=eval Upsam'
-        'plingNearest2d.to_empty=eval UpsamplingNearest2d.type=eval UpsamplingNearest2d.x'
-        'pu=eval'),
-    'torch.nn.parallel': ('DistributedDataParallelCPU.__init__=ctypes DistributedDataParallelCPU._check_com'
-        'm_hook=ctypes DistributedDataParallelCPU._lazy_init=ctypes DistributedDataParall'
-        'elCPU._pre_forward=ctypes DistributedDataParallelCPU._register_accum_grad_hook=e'
-        'val DistributedDataParallelCPU._setup_in_backward_optimizers=ctypes DistributedD'
-        'ataParallelCPU.forward=ctypes DistributedDataParallelCPU.register_comm_hook=ctyp'
-        'es data_parallel=ctypes parallel_apply=ctypes replicate=ctypes'),
-    'torch.nn.parallel._functions': ('Broadcast.forward=ctypes Gather.forward=ctypes ReduceAddCoalesced.forward=ctypes'
-        ' Scatter.forward=ctypes _get_device_index=ctypes'),
-    'torch.nn.parallel.comm': ('_get_device_index=ctypes broadcast=ctypes broadcast_coalesced=ctypes gather=ctyp'
-        'es reduce_add=ctypes reduce_add_coalesced=ctypes scatter=ctypes'),
-    'torch.nn.parallel.data_parallel': ('DataParallel.__init__=ctypes DataParallel.forward=ctypes DataParallel.parallel_a'
-        'pply=ctypes DataParallel.replicate=ctypes _check_balance=ctypes _get_all_device_'
-        'indices=ctypes _get_available_device_type=ctypes _get_device_index=ctypes _get_d'
-        'evices_properties=ctypes data_parallel=ctypes parallel_apply=ctypes replicate=ct'
-        'ypes'),
-    'torch.nn.parallel.distributed': ('DistributedDataParallel.__init__=ctypes DistributedDataParallel._check_comm_hook'
-        '=ctypes DistributedDataParallel._lazy_init=ctypes DistributedDataParallel._pre_f'
-        'orward=ctypes DistributedDataParallel._register_accum_grad_hook=eval Distributed'
-        'DataParallel._setup_in_backward_optimizers=ctypes DistributedDataParallel.forwar'
-        'd=ctypes DistributedDataParallel.register_comm_hook=ctypes _get_device_index=cty'
-        'pes dataclass=eval'),
-    'torch.nn.parallel.parallel_apply': '_get_device_index=ctypes parallel_apply=ctypes',
-    'torch.nn.parallel.replicate': '_broadcast_coalesced_reshape=ctypes _get_device_index=ctypes replicate=ctypes',
-    'torch.nn.utils': 'skip_init=eval',
-    'torch.nn.utils._deprecation_utils': 'importlib=importlib lazy_deprecated_import=importlib',
-    'torch.nn.utils._expanded_weights.conv_expanded_weights': ('ConvPerSampleGrad.backward=importlib ConvPerSampleGrad.forward=importlib conv_ba'
-        'ckward=importlib conv_input_for_string_padding=importlib'),
-    'torch.nn.utils._expanded_weights.conv_utils': ('conv_backward=importlib conv_input_for_string_padding=importlib conv_unfold_weig'
-        'ht_grad_sample=importlib unfold3d=importlib'),
-    'torch.nn.utils.init': 'skip_init=eval',
-    'torch.nn.utils.parametrize': ('ParametrizationList.__init__=eval ParametrizationList.__setattr__=eval Parametri'
-        'zationList._apply=eval ParametrizationList._load_from_state_dict=eval Parametriz'
-        'ationList.bfloat16=eval ParametrizationList.compile=importlib ParametrizationLis'
-        't.cpu=eval ParametrizationList.cuda=eval ParametrizationList.double=eval Paramet'
-        'rizationList.float=eval ParametrizationList.half=eval ParametrizationList.ipu=ev'
-        'al ParametrizationList.mtia=eval ParametrizationList.right_inverse=eval Parametr'
-        'izationList.share_memory=eval ParametrizationList.to=eval ParametrizationList.to'
-        '_empty=eval ParametrizationList.type=eval ParametrizationList.xpu=eval _maybe_se'
-        't=eval remove_parametrizations=eval'),
-    'torch.nn.utils.rnn': ('NamedTuple=eval PackedSequence=eval PackedSequence_=eval _packed_sequence_init=e'
-        'val pack_padded_sequence=eval pack_sequence=eval'),
-    'torch.numa.binding': ('_core_complex_get_logical_cpus_to_bind_to=ctypes _exclusive_get_logical_cpus_to_'
-        'bind_to=ctypes _get_allowed_logical_cpu_indices_for_numa_node=open _get_arbitrar'
-        'y_allowed_cpu_index_for_numa_node=open _get_cpu_indices_for_numa_node_MAYBE_NOT_'
-        'ALLOWED=open _get_gpu_count=ctypes _get_gpu_indices_for_numa_node=ctypes _get_lo'
-        'gical_cpu_indices_sharing_same_physical_core_as=open _get_logical_cpus_sharing_s'
-        'ame_max_level_cache_as=open _get_logical_cpus_to_bind_to=ctypes _get_numa_node_i'
-        'ndex_for_gpu_index=open _get_numa_node_indices_for_socket_index=open _get_socket'
-        '_index_for_cpu=open _get_socket_index_for_numa_node=open _get_validated_logical_'
-        'cpus_to_bind_to=shutil _maybe_apply_numa_binding_to_current_process=shutil _mayb'
-        'e_wrap_command_args_with_numa_binding=shutil _maybe_wrap_with_numa_binding=shuti'
-        'l _node_get_logical_cpus_to_bind_to=open _raise_if_binding_invalid=shutil _socke'
-        't_get_logical_cpus_to_bind_to=open dataclass=eval shutil=shutil'),
-    'torch.onnx': 'export=open',
-    'torch.onnx._internal._lazy_import': '_LazyModule=importlib _LazyModule.__getattr__=importlib importlib=importlib',
-    'torch.onnx._internal.exporter._building': 'OpRecorder.eval_function=open',
-    'torch.onnx._internal.exporter._capture_strategies': ('TorchExportDraftExportStrategy._capture=eval TorchExportNonStrictStrategy._captu'
-        're=eval TorchExportStrictStrategy._capture=eval'),
-    'torch.onnx._internal.exporter._compat': 'export_compat=mkdir',
-    'torch.onnx._internal.exporter._core': 'ctypes=ctypes export=mkdir',
-    'torch.onnx._internal.exporter._dynamic_shapes': '_signature=eval from_dynamic_axes_to_dynamic_shapes=eval',
-    'torch.onnx._internal.exporter._exportable_module': 'ExportableModule.to_onnx=open',
-    'torch.onnx._internal.exporter._input_observer': 'InputObserver.__call__=eval',
-    'torch.onnx._internal.exporter._isolated': 'multiprocessing=multiprocessing safe_call=multiprocessing',
-    'torch.onnx._internal.exporter._onnx_program': ('ONNXProgram.__call__=ctypes ONNXProgram.initialize_inference_session=tempfile _f'
-        'rom_ort_value=ctypes tempfile=tempfile'),
-    'torch.onnx._internal.exporter._registration': 'OnnxDecompMeta.__post_init__=eval importlib=importlib',
-    'torch.onnx._internal.exporter._reporting': 'create_onnx_export_report=open create_torch_export_error_report=open',
-    'torch.onnx._internal.exporter._schemas': 'op_signature_from_function=eval',
-    'torch.onnx._internal.fx._pass': 'PackageInfo.from_python_class=__import__',
-    'torch.onnx._internal.fx.passes.type_promotion': ('ElementwiseTypePromotionRuleSetGenerator._parse_torch_refs=eval ElementwiseTypeP'
-        'romotionRuleSetGenerator._parse_type_promotion_rule_from_refs_op=eval Elementwis'
-        'eTypePromotionRuleSetGenerator.generate_from_torch_refs=eval'),
-    'torch.onnx._internal.torchscript_exporter.onnx_proto_utils': 'export_as_test_case=shutil export_data=open load_test_case=open shutil=shutil',
-    'torch.onnx._internal.torchscript_exporter.symbolic_helper': ('_arange_helper=eval _batchnorm_helper=eval _embedding_bag_helper=eval _index_fil'
-        'l_reshape_helper=eval _reduce_with_dtype_helper=eval _repeat_interleave_single_v'
-        'alue_repeat_helper=eval _repeat_interleave_split_helper=eval _scatter_helper=eva'
-        'l _size_helper=eval _unbind_helper=eval _var_mean=eval _var_mean_helper=eval ara'
-        'nge=eval expand=eval flatten=eval parse_args=eval scatter=eval select=eval split'
-        '=eval unbind=eval unsqueeze=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset10': ('_avg_pool=eval _div_rounding_mode=eval _max_pool=eval div=eval embedding_bag=eva'
-        'l fake_quantize_per_tensor_affine=eval flip=eval isfinite=eval nan_to_num=eval q'
-        'uantized_cat=eval quantized_conv1d=eval quantized_conv1d_relu=eval quantized_con'
-        'v2d=eval quantized_conv2d_relu=eval quantized_conv3d=eval quantized_conv3d_relu='
-        'eval quantized_conv_transpose1d=eval quantized_conv_transpose2d=eval quantized_c'
-        'onv_transpose3d=eval quantized_group_norm=eval quantized_hardswish=eval quantize'
-        'd_instance_norm=eval quantized_layer_norm=eval quantized_leaky_relu=eval quantiz'
-        'ed_linear=eval quantized_linear_relu=eval sort=eval topk=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset11': ('__getitem_=eval _dim_arange=eval _get_im2col_output_shape=eval _len=eval _prepar'
-        'e_onnx_paddings=eval _unique2=eval argsort=eval cat=eval chunk=eval clamp=eval c'
-        'lamp_max=eval clamp_min=eval constant_pad_nd=eval cumsum=eval embedding_bag=eval'
-        ' embedding_renorm=eval flatten=eval gather=eval getitem=eval hardtanh=eval im2co'
-        'l=eval index=eval index_copy=eval index_fill=eval index_put=eval linalg_vector_n'
-        'orm=eval masked_scatter=eval masked_select=eval normal=eval pad=eval pixel_shuff'
-        'le=eval reflection_pad=eval relu6=eval replication_pad=eval round=eval scatter=e'
-        'val select=eval size=eval sort=eval split=eval split_with_sizes=eval squeeze=eva'
-        'l stack=eval topk=eval unbind=eval unique_dim=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset12': ('argmax=eval argmin=eval binary_cross_entropy_with_logits=eval dropout=eval einsu'
-        'm=eval native_dropout=eval outer=eval tensordot=eval unfold=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset13': ('_reduce_with_dtype=eval diagonal=eval fake_quantize_per_channel_affine=eval fake'
-        '_quantize_per_tensor_affine=eval frobenius_norm=eval log_softmax=eval nonzero_nu'
-        'mpy=eval quantized_conv1d=eval quantized_conv1d_relu=eval quantized_conv2d=eval '
-        'quantized_conv2d_relu=eval quantized_conv3d=eval quantized_conv3d_relu=eval quan'
-        'tized_conv_transpose1d=eval quantized_conv_transpose2d=eval quantized_conv_trans'
-        'pose3d=eval quantized_linear=eval quantized_linear_relu=eval repeat_interleave=e'
-        'val softmax=eval split=eval split_with_sizes=eval tensor_split=eval unbind=eval '
-        'unsafe_chunk=eval unsafe_split=eval unsafe_split_with_sizes=eval where=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset14': ('batch_norm=eval hardswish=eval quantized_hardswish=eval reshape=eval scaled_dot_'
-        'product_attention=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset16': 'grid_sampler=eval scatter_add=eval scatter_reduce=eval',
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset17': 'layer_norm=eval quantized_layer_norm=eval stft=eval',
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset18': ('_glu=eval _linalg_matrix_norm=eval _logsumexp=eval _native_layer_norm=eval _redu'
-        'ce_with_dtype=eval _var_mean=eval amax=eval amin=eval aminmax=eval col2im=eval e'
-        'mbedding_bag=eval linalg_vector_norm=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset20': '_affine_grid_generator=eval _grid_sampler=eval gelu=eval',
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset8': ('addmm=eval empty=eval empty_like=eval flatten=eval full=eval full_like=eval ones'
-        '=eval ones_like=eval zeros=eval zeros_like=eval'),
-    'torch.onnx._internal.torchscript_exporter.symbolic_opset9': ('__getitem_=eval _avg_pool=eval _convolution=eval _convolution_mode=eval _dim_ara'
-        'nge=eval _div_rounding_mode=eval _euclidean_dist=eval _kl_div_non_log_target_imp'
-        'l=eval _len=eval _log_softmax=eval _lstm_full=eval _lstm_packed=eval _max_pool=e'
-        'val _one_hidden_rnn=eval _pack_padded_sequence=eval _pad_packed_sequence=eval _r'
-        'educe_with_dtype=eval _unique=eval _unique2=eval _unsupported_dropout=eval _var_'
-        'mean=eval _weight_norm=eval addcmul=eval addmm=eval amax=eval amin=eval aminmax='
-        'eval arange=eval argmax=eval argmin=eval as_strided=eval batch_norm=eval broadca'
-        'st_tensors=eval broadcast_to=eval bucketize=eval cat=eval cdist=eval clamp=eval '
-        'clamp_max=eval clamp_min=eval contiguous=eval conv1d=eval conv2d=eval conv3d=eva'
-        'l conv_tbc=eval conv_transpose1d=eval conv_transpose2d=eval conv_transpose3d=eva'
-        'l convolution=eval cosine_similarity=eval cross=eval cumsum=eval div=eval dropou'
-        't=eval elu=eval embedding=eval embedding_bag=eval empty=eval empty_like=eval erf'
-        '=eval expand=eval eye=eval fill=eval flatten=eval frobenius_norm=eval full=eval '
-        'full_like=eval gather=eval gelu=eval glu=eval group_norm=eval hann_window=eval h'
-        'ardshrink=eval hardsigmoid=eval hardswish=eval hardtanh=eval index=eval index_ad'
-        'd=eval index_copy=eval index_fill=eval index_select=eval instance_norm=eval isna'
-        'n=eval kl_div=eval layer_norm=eval leaky_relu=eval lerp=eval linalg_cross=eval l'
-        'inalg_matrix_norm=eval linalg_norm=eval linalg_vector_norm=eval linear=eval lins'
-        'pace=eval log_sigmoid=eval log_softmax=eval logsumexp=eval lstm=eval meshgrid=ev'
-        'al movedim=eval mse_loss=eval multinomial=eval narrow=eval native_layer_norm=eva'
-        'l new_empty=eval new_full=eval new_ones=eval new_zeros=eval nonzero=eval nonzero'
-        '_numpy=eval norm=eval ones=eval ones_like=eval pairwise_distance=eval permute=ev'
-        'al pixel_shuffle=eval pixel_unshuffle=eval prim_min=eval relu6=eval repeat=eval '
-        'repeat_interleave=eval roll=eval rrelu=eval scatter=eval scatter_add=eval select'
-        '=eval size=eval softmax=eval softshrink=eval sort=eval split=eval split_with_siz'
-        'es=eval stack=eval std=eval std_mean=eval take=eval tanhshrink=eval threshold=ev'
-        'al topk=eval transpose=eval unbind=eval unfold=eval unsafe_chunk=eval unsafe_spl'
-        'it=eval unsafe_split_with_sizes=eval unsqueeze=eval var=eval var_mean=eval where'
-        '=eval zero=eval zeros=eval zeros_like=eval'),
-    'torch.onnx._internal.torchscript_exporter.utils': ('_decide_input_format=eval _export=open _model_to_graph=open _pre_trace_quant_mod'
-        'el=open _signature=eval export=open model_signature=eval unconvertible_ops=open'),
-    'torch.onnx._internal.torchscript_exporter.verification': ('_compare_onnx_pytorch_model=eval _compare_onnx_pytorch_outputs=eval _compare_onn'
-        'x_pytorch_outputs_in_np=eval tempfile=tempfile verify=tempfile'),
-    'torch.onnx.ops': 'attention=eval rotary_embedding=eval symbolic=eval symbolic_multi_out=eval',
-    'torch.onnx.ops._impl': '_onnx_op=eval attention_23=eval rotary_embedding_23=eval',
-    'torch.onnx.ops._symbolic_impl': '_symbolic=eval _symbolic_multi_out=eval',
-    'torch.onnx.symbolic_opset9': '_var_mean=eval',
-    'torch.optim': 'swap_in_optimizer_params_and_state=eval',
-    'torch.optim._adafactor': 'Adafactor.step=eval _disable_dynamo_if_unsupported=eval adafactor=eval',
-    'torch.optim._functional': ('adadelta=eval adam=eval adamax=eval adamw=eval asgd=eval nadam=eval radam=eval r'
-        'msprop=eval rprop=eval'),
-    'torch.optim._muon': 'Muon.step=eval _disable_dynamo_if_unsupported=eval muon=eval',
-    'torch.optim._stateless': ('NamedTuple=eval _GroupSwapinInfo=eval _prepare_swap_in=eval swap_in_optimizer_pa'
-        'rams_and_state=eval'),
-    'torch.optim.adadelta': ('Adadelta.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentia'
-        'ble=importlib adadelta=eval'),
-    'torch.optim.adagrad': '_use_grad_for_differentiable=importlib',
-    'torch.optim.adam': ('Adam.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable='
-        'importlib adam=eval'),
-    'torch.optim.adamax': ('Adamax.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiabl'
-        'e=importlib adamax=eval'),
-    'torch.optim.adamw': 'AdamW.step=eval adam=eval adamw=eval',
-    'torch.optim.asgd': ('ASGD.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable='
-        'importlib asgd=eval'),
-    'torch.optim.nadam': ('NAdam.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable'
-        '=importlib nadam=eval'),
-    'torch.optim.optimizer': '_disable_dynamo_if_unsupported=eval _use_grad_for_differentiable=importlib',
-    'torch.optim.radam': ('RAdam.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable'
-        '=importlib radam=eval'),
-    'torch.optim.rmsprop': ('RMSprop.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiab'
-        'le=importlib rmsprop=eval'),
-    'torch.optim.rprop': ('Rprop.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable'
-        '=importlib rprop=eval'),
-    'torch.optim.sgd': '_use_grad_for_differentiable=importlib',
-    'torch.profiler': 'tensorboard_trace_handler=socket',
-    'torch.profiler._chrome_trace_export': 'export_chrome_trace=open',
-    'torch.profiler._cupti_monitor': ('CuptiMonitor.__init__=ctypes CuptiMonitor._apply_activity_filters=ctypes CuptiMo'
-        'nitor._check=ctypes CuptiMonitor._cupti_version=ctypes CuptiMonitor._decode_reco'
-        'rd=ctypes CuptiMonitor._flush_loop=ctypes CuptiMonitor._open_outputs=open CuptiM'
-        'onitor._process_completed_buffer=ctypes CuptiMonitor._record_current_thread_info'
-        '=ctypes CuptiMonitor._result_string=ctypes CuptiMonitor._setup_prototypes=ctypes'
-        ' CuptiMonitor._worker_loop=ctypes CuptiMonitor._write_meta_file=open CuptiMonito'
-        'r._write_raw_buffer=ctypes CuptiMonitor.begin_trace_window=ctypes CuptiMonitor.d'
-        'isable_activities=ctypes CuptiMonitor.enable_activities=ctypes CuptiMonitor.end_'
-        'trace_window=ctypes CuptiMonitor.flush=ctypes CuptiMonitor.pop_user_annotation=c'
-        'types CuptiMonitor.prepare_trace_window=ctypes CuptiMonitor.push_user_annotation'
-        '=ctypes CuptiMonitor.register_callbacks=ctypes CuptiMonitor.register_timestamp_c'
-        'allback=ctypes CuptiMonitor.start=mkdir CuptiMonitor.start_trace_window=ctypes C'
-        'uptiMonitor.stop=ctypes _current_thread_resource_tuple=ctypes _decode_c_string=c'
-        'types _open_binary_append=open ctypes=ctypes enable_hes_early=ctypes'),
-    'torch.profiler._cupti_monitor_trace': ('_trace_window_entries=ctypes ctypes=ctypes merge_trace_window_into_chrome_trace='
-        'ctypes'),
-    'torch.profiler._memory_profiler': ('MemoryProfileTimeline.export_memory_timeline=open MemoryProfileTimeline.export_m'
-        'emory_timeline_html=open MemoryProfileTimeline.export_memory_timeline_raw=open N'
-        'amedTemporaryFile=tempfile importlib=importlib'),
-    'torch.profiler._pattern_matcher': 'report_all_anti_patterns=open',
-    'torch.profiler._utils': 'dataclass=eval',
-    'torch.profiler.profiler': ('ExecutionTraceObserver.__del__=open ExecutionTraceObserver.build_execution_trace'
-        '_obs_from_env=tempfile ExecutionTraceObserver.cleanup=open ExecutionTraceObserve'
-        'r.get_resources_dir=os ExecutionTraceObserver.get_resources_dir_for_et_path=os E'
-        'xecutionTraceObserver.register_callback=tempfile ExecutionTraceObserver.set_extr'
-        'a_resource_collection=os ExecutionTraceObserver.unregister_callback=open _Kineto'
-        'Profile.export_chrome_trace=open _KinetoProfile.export_memory_timeline=open _Kin'
-        'etoProfile.prepare_trace=tempfile _KinetoProfile.start=tempfile merge_trace_wind'
-        'ow_into_chrome_trace=ctypes profile.__init__=tempfile profile.export_chrome_trac'
-        'e=open profile.export_memory_timeline=open profile.prepare_trace=tempfile shutil'
-        '=shutil socket=socket tempfile=tempfile tensorboard_trace_handler=socket'),
-    'torch.quantization.fx': 'prepare=eval',
-    'torch.quantization.fx.prepare': 'prepare=eval',
-    'torch.quantization.quantize': ('_convert=eval convert=eval prepare_qat=eval quantize=eval quantize_dynamic=eval '
-        'quantize_qat=eval swap_module=eval'),
-    'torch.quantization.quantize_fx': ('_prepare_fx=eval _prepare_standalone_module_fx=eval prepare_fx=eval prepare_qat_'
-        'fx=eval'),
-    'torch.quantization.quantize_jit': ('_prepare_jit=open _prepare_ondevice_dynamic_jit=open _quantize_jit=open prepare_'
-        'dynamic_jit=open prepare_jit=open quantize_dynamic_jit=open quantize_jit=open sc'
-        'ript_qconfig=open script_qconfig_dict=open'),
-    'torch.random': '_manual_seed_impl=ctypes manual_seed=ctypes seed=ctypes',
-    'torch.serialization': ('MAP_PRIVATE=mmap MAP_SHARED=mmap _import_dotted_name=__import__ _legacy_load=ope'
-        'n _legacy_save=open _open_file.__init__=open _open_zipfile_writer_file.__init__='
-        'open get_source_lines_and_file=open load=open mkdtemp=shutil save=open shutil=sh'
-        'util storage_to_tensor_type=__import__ tempfile=tempfile'),
-    'torch.sparse._triton_ops': ('_get_device_name=ctypes _int_bsr_dense_addmm=ctypes _scaled_dot_product_attentio'
-        'n=ctypes bsr_dense_addmm=ctypes bsr_dense_addmm_meta=ctypes bsr_dense_mm=ctypes '
-        'bsr_scatter_mm=ctypes bsr_scatter_mm_indices_data=ctypes get_meta=ctypes has_tri'
-        'ton=ctypes scatter_mm_meta=ctypes'),
-    'torch.sparse._triton_ops_meta': ('_get_device_name=ctypes bsr_dense_addmm=ctypes bsr_scatter_mm=ctypes bsr_scatter'
-        '_mm_indices_data=ctypes dump=open get_meta=ctypes main=ctypes optimize_bsr_dense'
-        '_addmm=ctypes optimize_scatter_mm=ctypes tune__int_bsr_dense_addmm=ctypes tune_b'
-        'sr_dense_addmm=ctypes'),
-    'torch.sparse.semi_structured': ('SparseSemiStructuredTensorCUSPARSELT._mm=importlib SparseSemiStructuredTensorCUT'
-        'LASS._mm=importlib _ensure_cusparselt_mm_registered=importlib _ensure_cutlass_mm'
-        '_registered=importlib custom_op=eval namedtuple=eval'),
-    'torch.storage': ('TypedStorage.__reduce__=open UntypedStorage.__reduce__=open UntypedStorage.pin_m'
-        'emory=__import__ UntypedStorage.type=__import__ _LegacyStorage.__reduce__=open _'
-        'StorageBase.__reduce__=open _StorageBase.pin_memory=__import__ _StorageBase.type'
-        '=__import__ _load_from_bytes=open _type=__import__'),
-    'torch.testing._utils': 'wrapper_set_seed=ctypes',
-    'torch.types': 'GradientEdge=eval',
-    'torch.utils': 'swap_tensors=eval',
-    'torch.utils._config_module': ('ConfigModule=importlib ConfigModule.__getattr__=importlib ConfigModule.__setattr'
-        '__=importlib ConfigModule._get_alias_module_and_name=importlib ConfigModule._get'
-        '_alias_val=importlib ConfigModule._set_alias_val=importlib ConfigModule.load_con'
-        'fig=pickle FunctionType=exec dataclass=eval get_assignments_with_compile_ignored'
-        '_comments=open importlib=importlib install_config_module=open'),
-    'torch.utils._content_store': ('ContentStoreReader.read_storage=open ContentStoreReader.read_tensor=open Content'
-        'StoreReader.read_tensor_metadata=open ContentStoreWriter.compute_tensor_metadata'
-        '=ctypes ContentStoreWriter.write_storage=ctypes ContentStoreWriter.write_tensor='
-        'ctypes ctypes=ctypes hash_storage=ctypes hash_storage_kernel=importlib is_compil'
-        'e_supported=ctypes lazy_compile=importlib'),
-    'torch.utils._cpp_embed_headers': '_embed_headers=open embed_headers=open read_file=open',
-    'torch.utils._cpp_extension_versioner': 'ExtensionVersioner.bump_version_if_changed=open hash_source_files=open',
-    'torch.utils._debug_mode._calls': '_DebugCall.__init__=os _get_stack_trace=os',
-    'torch.utils._debug_mode._mode': '_annotate=eval',
-    'torch.utils._debug_mode._utils': '_get_stack_trace=os uninteresting_files=os',
-    'torch.utils._get_clean_triton': 'get_clean_triton=open process_file=open subprocess=subprocess',
-    'torch.utils._import_utils': ('_check_module_exists=__import__ dill=dill dill_available=__import__ import_dill='
-        'dill importlib=importlib'),
-    'torch.utils._pallas': 'has_cuda_pallas=ctypes has_jax_cuda_backend=ctypes has_pallas=ctypes',
-    'torch.utils._python_dispatch': 'dataclass=eval return_and_correct_aliasing=eval',
-    'torch.utils._pytree': ('_defaultdict_deserialize=importlib enum_object_hook=importlib importlib=importli'
-        'b namedtuple=eval'),
-    'torch.utils._runtime_estimation': 'flops_to_ns=ctypes get_compute_time=ctypes get_device_tflops=ctypes',
-    'torch.utils._strobelight.cli_function_profiler': ('StrobelightCLIFunctionProfiler._get_results=subprocess StrobelightCLIFunctionPro'
-        'filer._run_async=subprocess StrobelightCLIFunctionProfiler._start_strobelight=su'
-        'bprocess StrobelightCLIFunctionProfiler._stop_run=subprocess StrobelightCLIFunct'
-        'ionProfiler._stop_strobelight_no_throw=subprocess StrobelightCLIFunctionProfiler'
-        '._wait_for_running=subprocess StrobelightCLIFunctionProfiler.profile=subprocess '
-        'subprocess=subprocess'),
-    'torch.utils._traceback': 'report_compile_source_on_error=compile tempfile=tempfile',
-    'torch.utils._triton': ('_device_supports_tma=ctypes _extern_libs_key=open get_interface_for_device=ctype'
-        's has_datacenter_blackwell_tma_device=ctypes has_triton=ctypes has_triton_experi'
-        'mental_host_tma=ctypes has_triton_stable_tma_api=ctypes has_triton_tensor_descri'
-        'ptor_host_tma=ctypes has_triton_tma=ctypes has_triton_tma_device=ctypes'),
-    'torch.utils._zip': 'main=os',
-    'torch.utils.benchmark.examples.compare': 'main=pickle',
-    'torch.utils.benchmark.examples.spectral_ops_fuzz_test': 'namedtuple=eval',
-    'torch.utils.benchmark.utils.common': '_make_temp_dir=open shutil=shutil tempfile=tempfile',
-    'torch.utils.benchmark.utils.compile': '_enable_tensor_cores=ctypes bench_all=ctypes benchmark_compile=importlib',
-    'torch.utils.benchmark.utils.cpp_jit': ('_compile_template=open _get_build_root=open _make_temp_dir=open compile_callgrin'
-        'd_template=open compile_timeit_template=open get_compat_bindings=subprocess shut'
-        'il=shutil'),
-    'torch.utils.benchmark.utils.fuzzer': 'Fuzzer.take=ctypes',
-    'torch.utils.benchmark.utils.timer': 'CPPTimer.timeit=open',
-    'torch.utils.benchmark.utils.valgrind_wrapper.timer_interface': ('CompletedProcessType=subprocess FunctionCount=eval FunctionCounts.__add__=eval F'
-        'unctionCounts.__mul__=eval FunctionCounts.__sub__=eval FunctionCounts._from_dict'
-        '=eval FunctionCounts._merge=eval FunctionCounts.transform=eval GlobalsBridge.__i'
-        'nit__=os GlobalsBridge.construct=open NamedTuple=eval _ValgrindWrapper.__init__='
-        'subprocess _ValgrindWrapper._invoke=open _ValgrindWrapper.collect_callgrind=open'
-        ' shutil=shutil subprocess=subprocess'),
-    'torch.utils.bundled_inputs': 'InflatableArg=eval NamedTuple=eval bundle_large_tensor=eval bundle_randn=eval',
-    'torch.utils.checkpoint': ('_checkpoint_without_reentrant_generator=socket _get_debug_context_and_cb=socket '
-        'checkpoint=socket checkpoint_sequential=socket'),
-    'torch.utils.data': 'argument_validation=eval',
-    'torch.utils.data._utils.signal_handling': '_set_SIGCHLD_handler=signal',
-    'torch.utils.data._utils.worker': ('BOOL=ctypes DWORD=ctypes HANDLE=ctypes _worker_loop=dill apply_random_seed=dill '
-        'ctypes=ctypes dataclass=eval'),
-    'torch.utils.data.dataloader': ('DataLoader.__init__=dill _BaseDataLoaderIter.__init__=dill _BaseDataLoaderIter._'
-        '_next__=dill _BaseDataLoaderIter._reset=dill _IterDataPipeSerializationWrapper=p'
-        'ickle _MapDataPipeSerializationWrapper=pickle _MultiProcessingDataLoaderIter.__i'
-        'nit__=tempfile _MultiProcessingDataLoaderIter.__next__=dill _MultiProcessingData'
-        'LoaderIter._get_data=tempfile _MultiProcessingDataLoaderIter._next_data=tempfile'
-        ' _MultiProcessingDataLoaderIter._reset=tempfile _MultiProcessingDataLoaderIter._'
-        'try_get_data=tempfile _SingleProcessDataLoaderIter.__init__=dill _SingleProcessD'
-        'ataLoaderIter.__next__=dill _SingleProcessDataLoaderIter._reset=dill _sharding_w'
-        'orker_init_fn=dill python_multiprocessing=multiprocessing tempfile=tempfile'),
-    'torch.utils.data.datapipes._decorator': 'argument_validation=eval',
-    'torch.utils.data.datapipes._hook_iterator': ('_check_iterator_valid=eval _gen_invalid_iterdatapipe_msg=eval _generate_input_ar'
-        'gs_string=eval _generate_iterdatapipe_msg=eval hook_iterator=eval'),
-    'torch.utils.data.datapipes._typing': '_IterDataPipeMeta=eval _IterDataPipeMeta.__new__=eval hook_iterator=eval',
-    'torch.utils.data.datapipes.datapipe': ('_DataPipeSerializationWrapper=pickle _DataPipeSerializationWrapper.__setstate__='
-        'pickle _IterDataPipeMeta=eval _IterDataPipeSerializationWrapper=pickle _IterData'
-        'PipeSerializationWrapper.__setstate__=pickle _MapDataPipeSerializationWrapper=pi'
-        'ckle _MapDataPipeSerializationWrapper.__setstate__=pickle import_dill=dill'),
-    'torch.utils.data.datapipes.gen_pyi': ('find_file_paths=os gen_from_template=open get_method_definitions=os main=os pars'
-        'e_datapipe_file=open parse_datapipe_files=open'),
-    'torch.utils.data.datapipes.iter': 'Demultiplexer=__import__',
-    'torch.utils.data.datapipes.iter.callable': ('MapperIterDataPipe.__init__=eval _check_unpickable_fn=__import__ _collate_helper'
-        '=eval namedtuple=eval validate_input_col=eval'),
-    'torch.utils.data.datapipes.iter.combining': ('DemultiplexerIterDataPipe=__import__ DemultiplexerIterDataPipe.__new__=__import_'
-        '_ _check_unpickable_fn=__import__'),
-    'torch.utils.data.datapipes.iter.filelister': 'FileListerIterDataPipe.__iter__=os get_file_pathnames_from_root=os',
-    'torch.utils.data.datapipes.iter.fileopener': 'FileOpenerIterDataPipe.__iter__=open get_file_binaries_from_pathnames=open',
-    'torch.utils.data.datapipes.iter.grouping': 'GrouperIterDataPipe.__init__=__import__ _check_unpickable_fn=__import__',
-    'torch.utils.data.datapipes.iter.routeddecoder': 'decoder_basichandlers=pickle',
-    'torch.utils.data.datapipes.iter.selecting': ('FilterIterDataPipe.__init__=eval _check_unpickable_fn=__import__ validate_input_'
-        'col=eval'),
-    'torch.utils.data.datapipes.map.callable': 'MapperMapDataPipe.__init__=__import__ _check_unpickable_fn=__import__',
-    'torch.utils.data.datapipes.utils.common': ('_check_unpickable_fn=__import__ dill_available=__import__ get_file_binaries_from'
-        '_pathnames=open get_file_pathnames_from_root=os validate_input_col=eval'),
-    'torch.utils.data.datapipes.utils.decoder': 'audiohandler=open basichandlers=pickle tempfile=tempfile videohandler=open',
-    'torch.utils.data.datapipes.utils.snapshot': '_simple_graph_snapshot_restoration=dill apply_random_seed=dill',
-    'torch.utils.data.graph': ('_list_connected_datapipes=dill _traverse_helper=dill dill_Pickler=dill dill_avai'
-        'lable=__import__ dill_extend=dill traverse=dill traverse_dps=dill'),
-    'torch.utils.data.graph_settings': ('apply_random_seed=dill apply_sharding=dill apply_shuffle_seed=dill apply_shuffle'
-        '_settings=dill traverse_dps=dill'),
-    'torch.utils.debug_log': 'leaf_function=eval',
-    'torch.utils.dlpack': 'from_dlpack=ctypes',
-    'torch.utils.file_baton': 'FileBaton.release=os FileBaton.try_acquire=os',
-    'torch.utils.hipify.hipify_python': ('GeneratedFileCleaner.__exit__=os GeneratedFileCleaner.makedirs=os GeneratedFileC'
-        'leaner.open=open file_add_header=open file_specific_replacement=open hipify=shut'
-        'il matched_files_iter=os openf=open preprocess_file_and_save_result=open preproc'
-        'essor=open shutil=shutil'),
-    'torch.utils.jit.log_extract': 'extract_ir=open',
-    'torch.utils.model_dump': ('get_info_and_burn_skeleton=importlib get_inline_skeleton=importlib get_model_inf'
-        'o=open importlib=importlib main=importlib'),
-    'torch.utils.model_dump.__main__': 'main=importlib',
-    'torch.utils.model_zoo': 'load_url=os',
-    'torch.utils.serialization.config': '_install_config_module=open',
-    'torch.utils.show_pickle': ('DumpUnpickler.get_extension=__import__ DumpUnpickler.load_ext1=__import__ DumpUn'
-        'pickler.load_ext2=__import__ DumpUnpickler.load_ext4=__import__ DumpUnpickler.lo'
-        'ad_global=__import__ DumpUnpickler.load_inst=__import__ DumpUnpickler.load_stack'
-        '_global=__import__ main=open'),
-    'torch.utils.tensorboard._pytorch_graph': 'graph=open',
-    'torch.utils.tensorboard.summary': ('compute_curve=eval histogram=eval make_histogram=eval make_video=tempfile pr_cur'
-        've=eval tempfile=tempfile video=tempfile'),
-    'torch.utils.tensorboard.writer': ('SummaryWriter.__init__=socket SummaryWriter.add_graph=open SummaryWriter.add_his'
-        'togram=eval SummaryWriter.add_pr_curve=eval SummaryWriter.add_video=tempfile gra'
-        'ph=open histogram=eval pr_curve=eval socket=socket video=tempfile'),
-    'torch.utils.viz._cycles': ('NamedTemporaryFile=tempfile NamedTuple=eval Node=eval create_graph=open cuda_all'
-        'ocation_context=open observe_garbage=exec observe_tensor_cycles=exec warn_tensor'
-        '_cycles=tempfile'),
-    'torch.xpu': ('StreamContext.__enter__=ctypes StreamContext.__init__=ctypes _device_count_zes=c'
-        'types _enum_zes_device_infos=ctypes _get_device_index=ctypes _get_zes_engine_han'
-        'dle=ctypes _get_zes_frequency_handle=ctypes _get_zes_power_handle=ctypes _get_ze'
-        's_temperature_handle=ctypes _raw_device_count_zes=ctypes _zes_ensure_device_info'
-        's=ctypes _zes_get_memory_handle=ctypes byref=ctypes c_double=ctypes c_uint32=cty'
-        'pes c_void_p=ctypes can_device_access_peer=ctypes cast=ctypes clock_rate=ctypes '
-        'current_stream=ctypes device.__init__=ctypes device_count=ctypes device_memory_u'
-        'sed=ctypes get_device_capability=ctypes get_device_name=ctypes get_device_proper'
-        'ties=ctypes get_per_process_memory_fraction=ctypes get_rng_state_all=ctypes get_'
-        'stream_from_external=ctypes is_available=ctypes is_bf16_supported=ctypes is_tf32'
-        '_supported=ctypes make_graphed_callables=ctypes manual_seed_all=ctypes max_memor'
-        'y_allocated=ctypes max_memory_reserved=ctypes mem_get_info=ctypes memory_allocat'
-        'ed=ctypes memory_reserved=ctypes memory_stats=ctypes memory_stats_as_nested_dict'
-        '=ctypes memory_usage=ctypes pointer=ctypes power_draw=ctypes reset_accumulated_m'
-        'emory_stats=ctypes reset_peak_memory_stats=ctypes seed_all=ctypes set_device=cty'
-        'pes set_per_process_memory_fraction=ctypes synchronize=ctypes temperature=ctypes'
-        ' use_mem_pool=ctypes utilization=ctypes'),
-    'torch.xpu._utils': '_get_device_index=ctypes _torch_get_device_index=ctypes',
-    'torch.xpu.graphs': 'graph.__enter__=ctypes make_graphed_callables=ctypes',
-    'torch.xpu.memory': ('XPUPluggableAllocator.__init__=ctypes _augment_memory_snapshot_stack_traces=open'
-        ' _dump_snapshot=open _get_device_index=ctypes _snapshot=open ctypes=ctypes get_p'
-        'er_process_memory_fraction=ctypes max_memory_allocated=ctypes max_memory_reserve'
-        'd=ctypes mem_get_info=ctypes memory_allocated=ctypes memory_reserved=ctypes memo'
-        'ry_stats=ctypes memory_stats_as_nested_dict=ctypes reset_accumulated_memory_stat'
-        's=ctypes reset_peak_memory_stats=ctypes set_per_process_memory_fraction=ctypes u'
-        'se_mem_pool=ctypes'),
-    'torch.xpu.random': ('device_count=ctypes get_rng_state_all=ctypes manual_seed_all=ctypes seed_all=cty'
-        'pes'),
-    'torch.xpu.streams': ('Event._as_parameter_=ctypes Event.record=ctypes Event.wait=ctypes Stream._as_par'
-        'ameter_=ctypes ctypes=ctypes'),
-    'traceback': ('FrameSummary.line=open StackSummary.format=compile StackSummary.format_frame_sum'
-        'mary=compile _extract_caret_anchors_from_line_segment=compile'),
-    'tracemalloc': 'Snapshot.dump=open Snapshot.load=open Traceback.format=open',
-    'turtle': ('__forwardmethods=exec _make_global_funcs=exec config_dict=open read_docstrings=_'
-        '_import__ readconfig=open write_docstringdict=open'),
-    'typing': ('ForwardRef.__init__=compile ForwardRef._evaluate=eval NamedTuple=eval NamedTuple'
-        'Meta=eval NamedTupleMeta.__new__=eval _make_nmtuple=eval'),
-    'unittest': 'installHandler=signal removeHandler=signal',
-    'unittest.loader': ('TestLoader._find_test_path=__import__ TestLoader._find_tests=os TestLoader._get_'
-        'module_from_name=__import__ TestLoader.discover=__import__ TestLoader.loadTestsF'
-        'romName=__import__ TestLoader.loadTestsFromNames=__import__'),
-    'unittest.main': ('TestProgram.__init__=__import__ TestProgram.runTests=signal installHandler=signa'
-        'l'),
-    'unittest.mock': ('AsyncMock=exec AsyncMock.__get_return_value=exec AsyncMock.__getattr__=exec Asyn'
-        'cMock.__init__=eval AsyncMock._get_child_mock=exec AsyncMock._mock_add_spec=eval'
-        ' AsyncMock.mock_add_spec=eval AsyncMockMixin.__init__=exec CodeType=exec MagicMo'
-        'ck=exec MagicMock.__get_return_value=exec MagicMock.__getattr__=exec MagicMock._'
-        '_init__=eval MagicMock._get_child_mock=exec MagicMock._mock_add_spec=eval Mock=e'
-        'xec Mock.__get_return_value=exec Mock.__getattr__=exec Mock.__init__=eval Mock._'
-        'get_child_mock=exec Mock._mock_add_spec=eval Mock.mock_add_spec=eval NonCallable'
-        'MagicMock=exec NonCallableMagicMock.__get_return_value=exec NonCallableMagicMock'
-        '.__getattr__=exec NonCallableMagicMock.__init__=eval NonCallableMagicMock._get_c'
-        'hild_mock=exec NonCallableMagicMock._mock_add_spec=eval NonCallableMock=exec Non'
-        'CallableMock.__get_return_value=exec NonCallableMock.__getattr__=exec NonCallabl'
-        'eMock.__init__=eval NonCallableMock._get_child_mock=exec NonCallableMock._mock_a'
-        'dd_spec=eval NonCallableMock.mock_add_spec=eval PropertyMock=exec PropertyMock._'
-        '_get_return_value=exec PropertyMock.__getattr__=exec PropertyMock.__init__=eval '
-        'PropertyMock._get_child_mock=exec PropertyMock._mock_add_spec=eval PropertyMock.'
-        'mock_add_spec=eval _AsyncIterator.__init__=exec _check_signature=eval _get_signa'
-        'ture_object=eval _patch.__enter__=exec _patch.start=exec _patch_dict.__call__=im'
-        'portlib _patch_dict.__enter__=importlib _patch_dict._patch_dict=importlib _patch'
-        '_dict.decorate_async_callable=importlib _patch_dict.decorate_callable=importlib '
-        '_patch_dict.start=importlib _set_signature=exec create_autospec=exec mock_open=e'
-        'xec'),
-    'unittest.signals': 'installHandler=signal removeHandler=signal',
-    'unittest.test': 'suite=__import__',
-    'unittest.test.test_break': ('TestBreak.setUp=signal TestBreak.tearDown=signal TestBreak.testHandlerReplacedBu'
-        'tCalled=signal TestBreak.testInstallHandler=signal TestBreak.testInterruptCaught'
-        '=signal TestBreak.testRemoveHandler=signal TestBreak.testRemoveHandlerAsDecorato'
-        'r=signal TestBreak.testRemoveResult=signal TestBreak.testSecondInterrupt=signal '
-        'TestBreak.testTwoResults=signal TestBreak.withRepeats=signal TestBreakDefaultInt'
-        'Handler.setUp=signal TestBreakDefaultIntHandler.tearDown=signal TestBreakDefault'
-        'IntHandler.testHandlerReplacedButCalled=signal TestBreakDefaultIntHandler.testIn'
-        'stallHandler=signal TestBreakDefaultIntHandler.testInterruptCaught=signal TestBr'
-        'eakDefaultIntHandler.testRemoveHandler=signal TestBreakDefaultIntHandler.testRem'
-        'oveHandlerAsDecorator=signal TestBreakDefaultIntHandler.testRemoveResult=signal '
-        'TestBreakDefaultIntHandler.testSecondInterrupt=signal TestBreakDefaultIntHandler'
-        '.testTwoResults=signal TestBreakDefaultIntHandler.withRepeats=signal TestBreakSi'
-        'gnalDefault.setUp=signal TestBreakSignalDefault.tearDown=signal TestBreakSignalD'
-        'efault.testHandlerReplacedButCalled=signal TestBreakSignalDefault.testInstallHan'
-        'dler=signal TestBreakSignalDefault.testInterruptCaught=signal TestBreakSignalDef'
-        'ault.testRemoveHandler=signal TestBreakSignalDefault.testRemoveHandlerAsDecorato'
-        'r=signal TestBreakSignalDefault.testRemoveResult=signal TestBreakSignalDefault.t'
-        'estSecondInterrupt=signal TestBreakSignalDefault.testTwoResults=signal TestBreak'
-        'SignalDefault.withRepeats=signal TestBreakSignalIgnored.setUp=signal TestBreakSi'
-        'gnalIgnored.tearDown=signal TestBreakSignalIgnored.testHandlerReplacedButCalled='
-        'signal TestBreakSignalIgnored.testInstallHandler=signal TestBreakSignalIgnored.t'
-        'estInterruptCaught=signal TestBreakSignalIgnored.testRemoveHandler=signal TestBr'
-        'eakSignalIgnored.testRemoveHandlerAsDecorator=signal TestBreakSignalIgnored.test'
-        'RemoveResult=signal TestBreakSignalIgnored.testSecondInterrupt=signal TestBreakS'
-        'ignalIgnored.testTwoResults=signal TestBreakSignalIgnored.withRepeats=signal'),
-    'unittest.test.test_case': ('Test_TestCase.testAssertWarnsContext=open Test_TestCase.testAssertWarnsRegexCont'
-        'ext=open Test_TestCase.testPickle=pickle'),
-    'unittest.test.test_program': ('TestCommandLineArgs.testSelectedTestNamesFunctionalTest=subprocess subprocess=su'
-        'bprocess'),
-    'unittest.test.test_runner': 'subprocess=subprocess',
-    'unittest.test.testmock': 'load_tests=__import__',
-    'unittest.test.testmock.testasync': ('AsyncMock=exec AsyncMockAssert.setUp=exec MagicMock=exec Mock=exec create_autosp'
-        'ec=exec'),
-    'unittest.test.testmock.testcallable': ('MagicMock=exec Mock=exec NonCallableMagicMock=exec NonCallableMock=exec create_a'
-        'utospec=exec'),
-    'unittest.test.testmock.testhelpers': 'MagicMock=exec Mock=exec PropertyMock=exec create_autospec=exec',
-    'unittest.test.testmock.testmagicmethods': 'AsyncMock=exec MagicMock=exec Mock=exec',
-    'unittest.test.testmock.testmock': ('AsyncMock=exec MagicMock=exec Mock=exec NonCallableMagicMock=exec NonCallableMoc'
-        'k=exec create_autospec=exec tempfile=tempfile'),
-    'unittest.test.testmock.testpatch': 'MagicMock=exec Mock=exec NonCallableMagicMock=exec NonCallableMock=exec',
-    'unittest.test.testmock.testsentinel': 'SentinelTest.testPickle=pickle',
-    'unittest.test.testmock.testwith': 'MagicMock=exec Mock=exec WithTest.testContextManagerMocking=exec mock_open=exec',
-    'unittest.util': 'namedtuple=eval',
-    'uu': 'decode=open encode=open test=open',
-    'uuid': ('_arp_getnode=socket _find_mac_near_keyword=shutil _find_mac_under_heading=shutil'
-        ' _get_command_stdout=shutil _ifconfig_getnode=shutil _ip_getnode=shutil _lanscan'
-        '_getnode=shutil _netstat_getnode=shutil shutil=shutil socket=socket subprocess=s'
-        'ubprocess'),
-    'warnings': ('_formatwarning_orig=open _formatwarnmsg=open _formatwarnmsg_impl=open _getcatego'
-        'ry=__import__ _processoptions=__import__ _setoption=__import__ _showwarning_orig'
-        '=open _showwarnmsg=open _showwarnmsg_impl=open _warn_unawaited_coroutine=open fo'
-        'rmatwarning=open showwarning=open warn_explicit=open'),
-    'wave': 'Wave_read.__init__=open Wave_write.__init__=open namedtuple=eval',
-    'xml.dom': 'getDOMImplementation=__import__',
-    'xml.dom.domreg': 'getDOMImplementation=__import__',
-    'xml.dom.expatbuilder': ('ExpatBuilder._finish_end_element=unlink ExpatBuilder._finish_start_element=unlin'
-        'k ExpatBuilder.end_element_handler=unlink ExpatBuilder.first_element_handler=unl'
-        'ink ExpatBuilder.start_element_handler=unlink ExpatBuilderNS._finish_end_element'
-        '=unlink ExpatBuilderNS._finish_start_element=unlink ExpatBuilderNS.end_element_h'
-        'andler=unlink ExpatBuilderNS.first_element_handler=unlink ExpatBuilderNS.start_e'
-        'lement_handler=unlink FragmentBuilder._finish_end_element=unlink FragmentBuilder'
-        '._finish_start_element=unlink FragmentBuilder.end_element_handler=unlink Fragmen'
-        'tBuilder.first_element_handler=unlink FragmentBuilder.start_element_handler=unli'
-        'nk FragmentBuilderNS._finish_end_element=unlink FragmentBuilderNS._finish_start_'
-        'element=unlink FragmentBuilderNS.end_element_handler=unlink FragmentBuilderNS.fi'
-        'rst_element_handler=unlink FragmentBuilderNS.start_element_handler=unlink Intern'
-        'alSubsetExtractor._finish_end_element=unlink InternalSubsetExtractor._finish_sta'
-        'rt_element=unlink InternalSubsetExtractor.end_element_handler=unlink InternalSub'
-        'setExtractor.first_element_handler=unlink parse=open parseFragment=open'),
-    'xml.dom.minidom': ('Attr.__exit__=unlink Attr.normalize=unlink Attr.unlink=unlink AttributeList=unli'
-        'nk CDATASection.__exit__=unlink CDATASection.normalize=unlink CDATASection.unlin'
-        'k=unlink CharacterData.__exit__=unlink CharacterData.normalize=unlink CharacterD'
-        'ata.unlink=unlink Comment.__exit__=unlink Comment.normalize=unlink Comment.unlin'
-        'k=unlink Document.__exit__=unlink Document.normalize=unlink Document.unlink=unli'
-        'nk DocumentFragment.__exit__=unlink DocumentFragment.normalize=unlink DocumentFr'
-        'agment.unlink=unlink DocumentType.__exit__=unlink DocumentType.normalize=unlink '
-        'DocumentType.unlink=unlink Element.__exit__=unlink Element._get_attributes=unlin'
-        'k Element.normalize=unlink Element.removeAttribute=unlink Element.removeAttribut'
-        'eNS=unlink Element.removeAttributeNode=unlink Element.setAttribute=unlink Elemen'
-        't.setAttributeNS=unlink Element.setAttributeNode=unlink Element.unlink=unlink El'
-        'ement.writexml=unlink Entity.__exit__=unlink Entity.normalize=unlink Entity.unli'
-        'nk=unlink NamedNodeMap=unlink NamedNodeMap.__delitem__=unlink NamedNodeMap.__set'
-        'item__=unlink NamedNodeMap.setNamedItem=unlink NamedNodeMap.setNamedItemNS=unlin'
-        'k Node.__exit__=unlink Node.normalize=unlink Node.unlink=unlink Notation.__exit_'
-        '_=unlink Notation.normalize=unlink Notation.unlink=unlink ProcessingInstruction.'
-        '__exit__=unlink ProcessingInstruction.normalize=unlink ProcessingInstruction.unl'
-        'ink=unlink Text.__exit__=unlink Text.normalize=unlink Text.unlink=unlink parse=o'
-        'pen'),
-    'xml.dom.pulldom': 'parse=open parseString=__import__',
-    'xml.dom.xmlbuilder': ('DOMBuilder.parse=open DOMBuilder.parseURI=open DOMEntityResolver._create_opener='
-        'urllib.request DOMEntityResolver._get_opener=urllib.request DOMEntityResolver.re'
-        'solveEntity=open'),
-    'xml.etree.ElementInclude': 'default_loader=open',
-    'xml.etree.ElementTree': ('ElementTree.__init__=open ElementTree.parse=open ElementTree.write=open ElementT'
-        'ree.write_c14n=open _get_writer=open iterparse=open'),
-    'xml.sax': ('_create_parser=__import__ make_parser=__import__ parse=__import__ parseString=__'
-        'import__'),
-    'xml.sax.expatreader': 'ExpatParser.external_entity_ref=open ExpatParser.parse=open',
-    'xml.sax.saxutils': 'prepare_input_source=open',
-    'xml.sax.xmlreader': 'IncrementalParser.parse=open',
-    'zipapp': ('_copy_archive=shutil _maybe_open=open create_archive=shutil get_interpreter=open'
-        ' main=shutil shutil=shutil'),
-    'zoneinfo': 'ZoneInfo=open available_timezones=open reset_tzpath=__import__',
-    'zoneinfo._common': 'load_tzdata=open resources=importlib',
-    'zoneinfo._tzpath': 'available_timezones=open reset_tzpath=__import__ resources=importlib',
-    'zoneinfo._zoneinfo': ('ZoneInfo=open ZoneInfo.__new__=open ZoneInfo._new_instance=open ZoneInfo._unpick'
-        'le=open ZoneInfo.no_cache=open'),
+    "_aix_support": "_aix_bgt=__import__ _aix_bos_rte=open aix_buildtag=__import__ aix_platform=open",
+    "_bootsubprocess": "Popen.wait=os check_output=open",
+    "_osx_support": (
+        "_default_sysroot=open _find_appropriate_compiler=open _find_build_tool=open _rea"
+        "d_output=open _remove_unsupported_archs=os customize_compiler=os tempfile=tempfi"
+        "le"
+    ),
+    "_pydecimal": "_namedtuple=eval",
+    "_pyio": "FileIO=open FileIO.__init__=os FileIO.truncate=os FileIO.write=os open=open",
+    "_sitebuiltins": "_Printer.__call__=open _Printer.__repr__=open _Printer.__setup=open",
+    "_threading_local": "_localimpl.create_dict=thread _localimpl.get_dict=thread current_thread=thread",
+    "aifc": "Aifc_read.__init__=open Aifc_write.__init__=open namedtuple=eval",
+    "antigravity": "webbrowser=webbrowser",
+    "argparse": (
+        "Action.__call__=open ArgumentDefaultsHelpFormatter.__init__=shutil ArgumentDefau"
+        "ltsHelpFormatter._format_usage=open ArgumentError.__str__=open ArgumentParser.__"
+        "init__=open ArgumentParser._add_container_actions=open ArgumentParser._check_con"
+        "flict=open ArgumentParser._check_value=open ArgumentParser._get_handler=open Arg"
+        "umentParser._get_option_tuples=open ArgumentParser._get_optional_kwargs=open Arg"
+        "umentParser._get_positional_kwargs=open ArgumentParser._get_value=open ArgumentP"
+        "arser._get_values=open ArgumentParser._handle_conflict_error=open ArgumentParser"
+        "._match_argument=open ArgumentParser._parse_known_args=open ArgumentParser._pars"
+        "e_optional=open ArgumentParser._read_args_from_files=open ArgumentParser.add_arg"
+        "ument=open ArgumentParser.add_subparsers=open ArgumentParser.error=open Argument"
+        "Parser.parse_args=open ArgumentParser.parse_intermixed_args=open ArgumentParser."
+        "parse_known_args=open ArgumentParser.parse_known_intermixed_args=open FileType._"
+        "_call__=open HelpFormatter.__init__=shutil HelpFormatter._format_usage=open Meta"
+        "varTypeHelpFormatter.__init__=shutil MetavarTypeHelpFormatter._format_usage=open"
+        " RawDescriptionHelpFormatter.__init__=shutil RawDescriptionHelpFormatter._format"
+        "_usage=open RawTextHelpFormatter.__init__=shutil RawTextHelpFormatter._format_us"
+        "age=open _=open _ActionsContainer.__init__=open _ActionsContainer._add_action=op"
+        "en _ActionsContainer._add_container_actions=open _ActionsContainer._check_confli"
+        "ct=open _ActionsContainer._get_handler=open _ActionsContainer._get_optional_kwar"
+        "gs=open _ActionsContainer._get_positional_kwargs=open _ActionsContainer._handle_"
+        "conflict_error=open _ActionsContainer.add_argument=open _ArgumentGroup._add_cont"
+        "ainer_actions=open _ArgumentGroup._check_conflict=open _ArgumentGroup._get_handl"
+        "er=open _ArgumentGroup._get_optional_kwargs=open _ArgumentGroup._get_positional_"
+        "kwargs=open _ArgumentGroup._handle_conflict_error=open _ArgumentGroup.add_argume"
+        "nt=open _MutuallyExclusiveGroup._add_action=open _MutuallyExclusiveGroup._add_co"
+        "ntainer_actions=open _MutuallyExclusiveGroup._check_conflict=open _MutuallyExclu"
+        "siveGroup._get_handler=open _MutuallyExclusiveGroup._get_optional_kwargs=open _M"
+        "utuallyExclusiveGroup._get_positional_kwargs=open _MutuallyExclusiveGroup._handl"
+        "e_conflict_error=open _MutuallyExclusiveGroup.add_argument=open _StoreFalseActio"
+        "n.__call__=open _StoreTrueAction.__call__=open _SubParsersAction._ChoicesPseudoA"
+        "ction.__call__=open _SubParsersAction.__call__=open _SubParsersAction.add_parser"
+        "=open ngettext=open shutil=shutil"
+    ),
+    "asynchat": "async_chat.create_socket=socket",
+    "asyncore": (
+        "dispatcher.create_socket=socket dispatcher_with_send.create_socket=socket file_d"
+        "ispatcher.create_socket=socket file_wrapper.send=os socket=socket"
+    ),
+    "base64": "main=open",
+    "bz2": "BZ2File.__init__=open _builtin_open=open",
+    "cgi": (
+        "FieldStorage.__init__=tempfile FieldStorage.__write=tempfile FieldStorage.make_f"
+        "ile=tempfile FieldStorage.read_binary=tempfile FieldStorage.read_lines=tempfile "
+        "FieldStorage.read_lines_to_eof=tempfile FieldStorage.read_lines_to_outerboundary"
+        "=tempfile FieldStorage.read_single=tempfile initlog=open log=open tempfile=tempf"
+        "ile"
+    ),
+    "cgitb": ("Hook.__call__=tempfile Hook.handle=tempfile html=open tempfile=tempfile text=open"),
+    "codecs": "open=open",
+    "collections": "namedtuple=eval",
+    "compileall": (
+        "_walk_dir=os compile_dir=os compile_file=open compile_path=os importlib=importli"
+        "b main=open"
+    ),
+    "concurrent.futures.process": (
+        "ProcessPoolExecutor.__init__=multiprocessing ProcessPoolExecutor._start_executor"
+        "_manager_thread=thread ProcessPoolExecutor.submit=thread Queue=multiprocessing _"
+        "ExecutorManagerThread=thread _ExecutorManagerThread.__init__=multiprocessing _Ex"
+        "ecutorManagerThread._bootstrap=exec _ExecutorManagerThread._bootstrap_inner=exec"
+        " _ExecutorManagerThread.join=thread _ExecutorManagerThread.run=multiprocessing _"
+        "ExecutorManagerThread.start=thread _ExecutorManagerThread.wait_result_broken_or_"
+        "wakeup=multiprocessing _SafeQueue=multiprocessing _SafeQueue.__getstate__=multip"
+        "rocessing _SafeQueue.__setstate__=multiprocessing _SafeQueue._after_fork=multipr"
+        "ocessing _SafeQueue._feed=multiprocessing _SafeQueue._finalize_close=multiproces"
+        "sing _SafeQueue._finalize_join=multiprocessing _SafeQueue._reset=multiprocessing"
+        " _SafeQueue._start_thread=multiprocessing _SafeQueue.cancel_join_thread=multipro"
+        "cessing _SafeQueue.empty=multiprocessing _SafeQueue.get=multiprocessing _SafeQue"
+        "ue.get_nowait=multiprocessing _SafeQueue.join_thread=multiprocessing _SafeQueue."
+        "put=multiprocessing _SafeQueue.put_nowait=multiprocessing _ThreadWakeup.__init__"
+        "=multiprocessing mp=multiprocessing multiprocessing=multiprocessing"
+    ),
+    "concurrent.futures.thread": "ThreadPoolExecutor._adjust_thread_count=thread ThreadPoolExecutor.submit=thread",
+    "configparser": "ConfigParser.read=open RawConfigParser.read=open SafeConfigParser.read=open",
+    "contextlib": "chdir.__enter__=os chdir.__exit__=os",
+    "crypt": "_namedtuple=eval",
+    "dataclasses": (
+        "FunctionType=exec _cmp_fn=exec _create_fn=exec _frozen_get_del_attr=exec _hash_a"
+        "dd=exec _hash_fn=exec _init_fn=exec _process_class=eval _repr_fn=exec dataclass="
+        "eval make_dataclass=eval"
+    ),
+    "difflib": "_namedtuple=eval",
+    "dis": (
+        "Bytecode.__init__=compile _disassemble_str=compile _get_code_object=compile _try"
+        "_compile=compile code_info=compile dis=compile get_instructions=compile main=com"
+        "pile show_code=compile"
+    ),
+    "doctest": (
+        "DebugRunner.__run=exec DebugRunner.run=pdb DocFileSuite=open DocFileTest=open Do"
+        "cTestFinder.find=open DocTestRunner.__run=exec DocTestRunner.run=pdb DocTestSuit"
+        "e=__import__ _OutputRedirectingPdb=pdb _OutputRedirectingPdb.__init__=open _Outp"
+        "utRedirectingPdb._cmdloop=pdb _OutputRedirectingPdb._complete_expression=pdb _Ou"
+        "tputRedirectingPdb._complete_location=pdb _OutputRedirectingPdb._error_exc=pdb _"
+        "OutputRedirectingPdb._format_exc=pdb _OutputRedirectingPdb._getsourcelines=pdb _"
+        "OutputRedirectingPdb._getval=eval _OutputRedirectingPdb._getval_except=eval _Out"
+        "putRedirectingPdb._msg_val_func=pdb _OutputRedirectingPdb._print_lines=pdb _Outp"
+        "utRedirectingPdb._run=pdb _OutputRedirectingPdb._safe_repr=pdb _OutputRedirectin"
+        "gPdb._select_frame=pdb _OutputRedirectingPdb.bp_commands=pdb _OutputRedirectingP"
+        "db.break_here=eval _OutputRedirectingPdb.checkline=pdb _OutputRedirectingPdb.def"
+        "ault=compile _OutputRedirectingPdb.defaultFile=pdb _OutputRedirectingPdb.dispatc"
+        "h_line=eval _OutputRedirectingPdb.displayhook=pdb _OutputRedirectingPdb.do_EOF=p"
+        "db _OutputRedirectingPdb.do_alias=pdb _OutputRedirectingPdb.do_args=pdb _OutputR"
+        "edirectingPdb.do_break=eval _OutputRedirectingPdb.do_clear=pdb _OutputRedirectin"
+        "gPdb.do_commands=pdb _OutputRedirectingPdb.do_condition=pdb _OutputRedirectingPd"
+        "b.do_continue=pdb _OutputRedirectingPdb.do_debug=pdb _OutputRedirectingPdb.do_di"
+        "sable=pdb _OutputRedirectingPdb.do_display=pdb _OutputRedirectingPdb.do_down=pdb"
+        " _OutputRedirectingPdb.do_enable=pdb _OutputRedirectingPdb.do_help=pdb _OutputRe"
+        "directingPdb.do_ignore=pdb _OutputRedirectingPdb.do_interact=code _OutputRedirec"
+        "tingPdb.do_jump=pdb _OutputRedirectingPdb.do_list=pdb _OutputRedirectingPdb.do_l"
+        "onglist=pdb _OutputRedirectingPdb.do_next=pdb _OutputRedirectingPdb.do_p=pdb _Ou"
+        "tputRedirectingPdb.do_pp=pdb _OutputRedirectingPdb.do_quit=pdb _OutputRedirectin"
+        "gPdb.do_return=pdb _OutputRedirectingPdb.do_retval=pdb _OutputRedirectingPdb.do_"
+        "run=pdb _OutputRedirectingPdb.do_source=pdb _OutputRedirectingPdb.do_step=pdb _O"
+        "utputRedirectingPdb.do_tbreak=eval _OutputRedirectingPdb.do_undisplay=pdb _Outpu"
+        "tRedirectingPdb.do_until=pdb _OutputRedirectingPdb.do_up=pdb _OutputRedirectingP"
+        "db.do_whatis=pdb _OutputRedirectingPdb.do_where=pdb _OutputRedirectingPdb.error="
+        "pdb _OutputRedirectingPdb.execRcLines=pdb _OutputRedirectingPdb.forget=pdb _Outp"
+        "utRedirectingPdb.format_stack_entry=open _OutputRedirectingPdb.handle_command_de"
+        "f=pdb _OutputRedirectingPdb.help_exec=pdb _OutputRedirectingPdb.help_pdb=pdb _Ou"
+        "tputRedirectingPdb.interaction=pdb _OutputRedirectingPdb.lineinfo=pdb _OutputRed"
+        "irectingPdb.lookupmodule=pdb _OutputRedirectingPdb.message=pdb _OutputRedirectin"
+        "gPdb.onecmd=pdb _OutputRedirectingPdb.preloop=pdb _OutputRedirectingPdb.print_st"
+        "ack_entry=pdb _OutputRedirectingPdb.print_stack_trace=pdb _OutputRedirectingPdb."
+        "reset=pdb _OutputRedirectingPdb.run=compile _OutputRedirectingPdb.runcall=exec _"
+        "OutputRedirectingPdb.runctx=compile _OutputRedirectingPdb.runeval=eval _OutputRe"
+        "directingPdb.set_break=open _OutputRedirectingPdb.set_continue=pdb _OutputRedire"
+        "ctingPdb.set_quit=exec _OutputRedirectingPdb.set_trace=pdb _OutputRedirectingPdb"
+        ".setup=pdb _OutputRedirectingPdb.sigint_handler=pdb _OutputRedirectingPdb.trace_"
+        "dispatch=pdb _OutputRedirectingPdb.user_call=pdb _OutputRedirectingPdb.user_exce"
+        "ption=pdb _OutputRedirectingPdb.user_line=pdb _OutputRedirectingPdb.user_return="
+        "pdb _load_testfile=open _normalize_module=__import__ _test=__import__ debug=exec"
+        " debug_script=exec debug_src=exec namedtuple=eval pdb=pdb testfile=open testsour"
+        "ce=__import__"
+    ),
+    "email.utils": "make_msgid=socket socket=socket",
+    "encodings": "_alias_mbcs=_winapi _winapi=_winapi search_function=__import__",
+    "filecmp": (
+        "_cmp=open _do_cmp=open cmp=open cmpfiles=open demo=open dircmp.phase0=os dircmp."
+        "phase3=open"
+    ),
+    "functools": "namedtuple=eval",
+    "getopt": (
+        "_=open do_longs=open do_shorts=open getopt=open gnu_getopt=open long_has_args=op"
+        "en short_has_arg=open"
+    ),
+    "getpass": "unix_getpass=open",
+    "gettext": (
+        "Catalog=open GNUTranslations._parse=exec c2py=exec dgettext=open dngettext=open "
+        "dnpgettext=open dpgettext=open gettext=open install=open ngettext=open npgettext"
+        "=open pgettext=open translation=open"
+    ),
+    "gzip": "GzipFile.__init__=open main=open",
+    "idlelib.autocomplete": (
+        "AutoComplete._delayed_open_completions=eval AutoComplete.autocomplete_event=eval"
+        " AutoComplete.fetch_completions=eval AutoComplete.force_open_completions_event=e"
+        "val AutoComplete.get_entity=eval AutoComplete.open_completions=eval"
+    ),
+    "idlelib.autocomplete_w": "AutoCompleteWindow.winconfig_event=socket",
+    "idlelib.browser": (
+        "ModuleBrowserTreeItem.GetSubList=importlib ModuleBrowserTreeItem.listchildren=im"
+        "portlib run=importlib"
+    ),
+    "idlelib.calltip": (
+        "Calltip.fetch_tip=eval Calltip.force_open_calltip_event=eval Calltip.open_callti"
+        "p=eval Calltip.refresh_calltip_event=eval Calltip.try_open_calltip_event=eval ge"
+        "t_argspec=eval get_entity=eval"
+    ),
+    "idlelib.calltip_w": "run=importlib",
+    "idlelib.colorizer": "run=importlib",
+    "idlelib.config": (
+        "IdleConf.CreateConfigHandlers=os IdleConf.GetUserCfgDir=os IdleConf.__init__=os "
+        "IdleConfParser.read=open IdleUserConfParser.Save=open IdleUserConfParser.read=op"
+        "en"
+    ),
+    "idlelib.config_key": "run=importlib",
+    "idlelib.configdialog": (
+        "ConfigDialog.__init__=ctypes ConfigDialog.create_action_buttons=ctypes ConfigDia"
+        "log.create_widgets=ctypes run=importlib"
+    ),
+    "idlelib.debugger": (
+        "Idb.break_here=eval Idb.dispatch_line=eval Idb.format_stack_entry=open Idb.run=c"
+        "ompile Idb.runcall=exec Idb.runctx=compile Idb.runeval=eval Idb.set_break=open I"
+        "db.set_continue=exec Idb.set_quit=exec Idb.set_trace=exec Idb.trace_dispatch=eva"
+        "l StackViewer.__init__=ctypes StackViewer.goto_source_line=open StackViewer.load"
+        "_stack=open StackViewer.on_double=open StackViewer.show_source=open"
+    ),
+    "idlelib.debugobj": (
+        "AtomicObjectTreeItem.SetText=eval ClassTreeItem.SetText=eval DictTreeItem.SetTex"
+        "t=eval ObjectTreeItem.SetText=eval SequenceTreeItem.SetText=eval run=importlib"
+    ),
+    "idlelib.dynoption": "run=importlib",
+    "idlelib.editor": (
+        "EditorWindow.ApplyKeybindings=ctypes EditorWindow.__init__=ctypes EditorWindow._"
+        "_recent_file_callback=open EditorWindow._close=open EditorWindow._extra_help_cal"
+        "lback=os EditorWindow.close=open EditorWindow.close_event=open EditorWindow.crea"
+        "temenubar=ctypes EditorWindow.fill_menus=ctypes EditorWindow.find_event=open Edi"
+        "torWindow.find_in_files_event=open EditorWindow.load_extension=ctypes EditorWind"
+        "ow.load_extensions=ctypes EditorWindow.load_standard_extensions=ctypes EditorWin"
+        "dow.open_module=open EditorWindow.open_module_browser=open EditorWindow.open_mod"
+        "ule_event=open EditorWindow.open_turtle_demo=subprocess EditorWindow.python_docs"
+        "=os EditorWindow.replace_event=open EditorWindow.reset_help_menu_entries=os Edit"
+        "orWindow.update_recent_files_list=open _editor_window=ctypes get_accelerator=cty"
+        "pes importlib=importlib run=importlib subprocess=subprocess webbrowser=webbrowse"
+        "r"
+    ),
+    "idlelib.grep": (
+        "GrepDialog.default_command=open GrepDialog.grep_it=open _grep_dialog=open findfi"
+        "les=os grep=open run=importlib"
+    ),
+    "idlelib.help": "HelpText.__init__=open copy_strip=open run=importlib",
+    "idlelib.help_about": (
+        "AboutDialog.__init__=open AboutDialog.create_widgets=open AboutDialog.display_fi"
+        "le_text=open AboutDialog.show_idle_credits=open AboutDialog.show_idle_news=open "
+        "AboutDialog.show_readme=open architecture=subprocess run=importlib webbrowser=we"
+        "bbrowser"
+    ),
+    "idlelib.idle": "main=open",
+    "idlelib.idle_test.htest": "import_module=importlib run=importlib",
+    "idlelib.idle_test.template": "Test.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_autocomplete": "AutoCompleteTest.setUpClass=ctypes Mock=exec requires=ctypes",
+    "idlelib.idle_test.test_autocomplete_w": "AutoCompleteWindowTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_autoexpand": "AutoExpandTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_browser": "ModuleBrowserTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_calltip": (
+        "Mock=exec WrappedCalltip.force_open_calltip_event=eval WrappedCalltip.open_callt"
+        "ip=eval WrappedCalltip.refresh_calltip_event=eval WrappedCalltip.try_open_callti"
+        "p_event=eval get_spec=eval mock_Shell.__init__=exec"
+    ),
+    "idlelib.idle_test.test_calltip_w": "CallTipWindowTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_codecontext": "CodeContextTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_colorizer": (
+        "ColorConfigTest.setUpClass=ctypes ColorDelegatorInstantiationTest.setUpClass=cty"
+        "pes ColorDelegatorTest.setUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_config": "IdleConfTest.setUpClass=open requires=ctypes tempfile=tempfile",
+    "idlelib.idle_test.test_config_key": (
+        "CancelWindowTest.setUpClass=ctypes KeySelectionTest.setUpClass=ctypes OKWindowTe"
+        "st.setUpClass=ctypes ToggleLevelTest.setUpClass=ctypes ValidationTest.setUpClass"
+        "=ctypes WindowResultTest.setUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_configdialog": "requires=ctypes",
+    "idlelib.idle_test.test_debugger": (
+        "DebuggerGuiTest.setUpClass=ctypes DebuggerTest.setUpClass=exec IdbTest.setUpClas"
+        "s=compile Mock=exec NameSpaceTest.setUpClass=ctypes StackViewerTest.setUp=compil"
+        "e StackViewerTest.setUpClass=ctypes namedtuple=eval requires=ctypes"
+    ),
+    "idlelib.idle_test.test_editmenu": "requires=ctypes",
+    "idlelib.idle_test.test_editor": (
+        "EditorWindowTest.setUpClass=ctypes IndentAndNewlineTest.setUpClass=ctypes Indent"
+        "SearcherTest.setUpClass=ctypes RMenuTest.setUpClass=ctypes namedtuple=eval requi"
+        "res=ctypes"
+    ),
+    "idlelib.idle_test.test_filelist": "FileListTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_format": (
+        "FormatEventTest.setUpClass=ctypes FormatRegionTest.setUpClass=ctypes RstripTest."
+        "setUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_help": "requires=ctypes",
+    "idlelib.idle_test.test_help_about": (
+        "CloseTest.setUpClass=ctypes DefaultTitleTest.setUpClass=ctypes LiveDialogTest.se"
+        "tUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_history": "FetchTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_hyperparser": "HyperParserTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_iomenu": "IOBindingTest.setUpClass=ctypes open=open requires=ctypes",
+    "idlelib.idle_test.test_macosx": "InitTktypeTest.setUpClass=ctypes SetupTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_multicall": "MultiCallTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_outwin": "OutputWindowTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_parenmatch": "Mock=exec ParenMatchTest.setUpClass=exec requires=ctypes",
+    "idlelib.idle_test.test_pathbrowser": "PathBrowserTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_percolator": "requires=ctypes",
+    "idlelib.idle_test.test_pyparse": "namedtuple=eval",
+    "idlelib.idle_test.test_pyshell": "PyShellFileListTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_query": (
+        "CustomRunGuiTest.setUpClass=ctypes GotoGuiTest.setUpClass=ctypes HelpsourceGuiTe"
+        "st.setUpClass=ctypes ModulenameGuiTest.setUpClass=ctypes QueryGuiTest.setUpClass"
+        "=ctypes SectionnameGuiTest.setUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_redirector": (
+        "InitCloseTest.setUpClass=ctypes WidgetRedirectorTest.setUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_replace": "Mock=exec ReplaceDialogTest.setUpClass=exec requires=ctypes",
+    "idlelib.idle_test.test_run": "ExecRuncodeTest.setUpClass=exec",
+    "idlelib.idle_test.test_runscript": "ScriptBindingTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_scrolledlist": "requires=ctypes",
+    "idlelib.idle_test.test_search": "requires=ctypes",
+    "idlelib.idle_test.test_searchbase": "SearchDialogBaseTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_sidebar": (
+        "LineNumbersTest.setUpClass=ctypes ShellSidebarTest.setUpClass=ctypes requires=ctypes"
+    ),
+    "idlelib.idle_test.test_squeezer": (
+        "ExpandingButtonTest.make_mock_squeezer=ctypes Mock=exec NonCallableMagicMock=exe"
+        "c SqueezerTest.make_mock_editor_window=ctypes SqueezerTest.make_squeezer_instanc"
+        "e=ctypes SqueezerTest.make_text_widget=ctypes get_test_tk_root=ctypes requires=c"
+        "types"
+    ),
+    "idlelib.idle_test.test_stackviewer": "StackBrowserTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_statusbar": "Test.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_text": "TkTextTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_textview": "requires=ctypes",
+    "idlelib.idle_test.test_tooltip": "requires=ctypes",
+    "idlelib.idle_test.test_tree": "requires=ctypes",
+    "idlelib.idle_test.test_undo": "Mock=exec UndoDelegatorTest.setUp=exec requires=ctypes",
+    "idlelib.idle_test.test_warning": "showwarning=open",
+    "idlelib.idle_test.test_window": "ListedToplevelTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_zoomheight": "Test.setUpClass=ctypes requires=ctypes",
+    "idlelib.idle_test.test_zzdummy": "DummyEditwin.__init__=exec ZZDummyTest.setUpClass=ctypes requires=ctypes",
+    "idlelib.iomenu": (
+        "IOBinding.loadfile=open IOBinding.maybesave=open IOBinding.open=open IOBinding.p"
+        "rint_window=tempfile IOBinding.save=open IOBinding.save_a_copy=open IOBinding.sa"
+        "ve_as=open IOBinding.writefile=open run=importlib tempfile=tempfile"
+    ),
+    "idlelib.macosx": (
+        "_init_tk_type=ctypes addOpenEventSupport=open isAquaTk=ctypes isCarbonTk=ctypes "
+        "isCocoaTk=ctypes isXQuartz=ctypes overrideRootMenu=ctypes preferTabsPreferenceWa"
+        "rning=open readSystemPreferences=open requires=ctypes setupApp=ctypes"
+    ),
+    "idlelib.mainmenu": "find_spec=__import__",
+    "idlelib.multicall": "run=importlib",
+    "idlelib.outwin": (
+        "OutputWindow.ApplyKeybindings=ctypes OutputWindow.__init__=ctypes OutputWindow._"
+        "_recent_file_callback=open OutputWindow._close=open OutputWindow._extra_help_cal"
+        "lback=os OutputWindow.close=open OutputWindow.close_event=open OutputWindow.crea"
+        "temenubar=ctypes OutputWindow.fill_menus=ctypes OutputWindow.find_event=open Out"
+        "putWindow.find_in_files_event=open OutputWindow.goto_file_line=open OutputWindow"
+        ".load_extension=ctypes OutputWindow.load_extensions=ctypes OutputWindow.load_sta"
+        "ndard_extensions=ctypes OutputWindow.open_module=open OutputWindow.open_module_b"
+        "rowser=open OutputWindow.open_module_event=open OutputWindow.open_turtle_demo=su"
+        "bprocess OutputWindow.python_docs=os OutputWindow.replace_event=open OutputWindo"
+        "w.reset_help_menu_entries=os OutputWindow.update_recent_files_list=open file_lin"
+        "e_helper=open"
+    ),
+    "idlelib.pathbrowser": "DirBrowserTreeItem.GetSubList=os importlib=importlib run=importlib",
+    "idlelib.percolator": "run=importlib",
+    "idlelib.pyshell": (
+        "InteractiveInterpreter=code ModifiedInterpreter=code ModifiedInterpreter.__init_"
+        "_=code ModifiedInterpreter.execfile=compile ModifiedInterpreter.execsource=compi"
+        "le ModifiedInterpreter.interrupt_subprocess=thread ModifiedInterpreter.poll_subp"
+        "rocess=subprocess ModifiedInterpreter.prepend_syspath=exec ModifiedInterpreter.r"
+        "estart_subprocess=subprocess ModifiedInterpreter.runcode=exec ModifiedInterprete"
+        "r.runcommand=exec ModifiedInterpreter.runsource=code ModifiedInterpreter.showtra"
+        "ceback=code ModifiedInterpreter.spawn_subprocess=subprocess ModifiedInterpreter."
+        "start_subprocess=subprocess ModifiedInterpreter.transfer_path=exec MyRPCClient._"
+        "_init__=socket MyRPCClient._getresponse=thread MyRPCClient.accept=thread MyRPCCl"
+        "ient.asynccall=thread MyRPCClient.asyncqueue=thread MyRPCClient.asyncreturn=thre"
+        "ad MyRPCClient.debug=thread MyRPCClient.decoderesponse=thread MyRPCClient.getres"
+        "ponse=thread MyRPCClient.localcall=thread MyRPCClient.mainloop=thread MyRPCClien"
+        "t.pollmessage=pickle MyRPCClient.pollresponse=thread MyRPCClient.putmessage=thre"
+        "ad MyRPCClient.remotecall=thread MyRPCClient.remotequeue=thread PyShell.ApplyKey"
+        "bindings=ctypes PyShell.__init__=ctypes PyShell.__recent_file_callback=open PySh"
+        "ell._close=open PyShell._extra_help_callback=os PyShell.begin=open PyShell.close"
+        "=open PyShell.close_event=open PyShell.createmenubar=ctypes PyShell.eof_callback"
+        "=open PyShell.fill_menus=ctypes PyShell.find_event=open PyShell.find_in_files_ev"
+        "ent=open PyShell.goto_file_line=open PyShell.load_extension=ctypes PyShell.load_"
+        "extensions=ctypes PyShell.load_standard_extensions=ctypes PyShell.open_module=op"
+        "en PyShell.open_module_browser=open PyShell.open_module_event=open PyShell.open_"
+        "turtle_demo=subprocess PyShell.python_docs=os PyShell.replace_event=open PyShell"
+        ".reset_help_menu_entries=os PyShell.update_recent_files_list=open PyShellEditorW"
+        "indow.ApplyKeybindings=ctypes PyShellEditorWindow.__init__=ctypes PyShellEditorW"
+        "indow.__recent_file_callback=open PyShellEditorWindow._close=open PyShellEditorW"
+        "indow._extra_help_callback=os PyShellEditorWindow.close=open PyShellEditorWindow"
+        ".close_event=open PyShellEditorWindow.createmenubar=ctypes PyShellEditorWindow.f"
+        "ill_menus=ctypes PyShellEditorWindow.find_event=open PyShellEditorWindow.find_in"
+        "_files_event=open PyShellEditorWindow.load_extension=ctypes PyShellEditorWindow."
+        "load_extensions=ctypes PyShellEditorWindow.load_standard_extensions=ctypes PyShe"
+        "llEditorWindow.open_module=open PyShellEditorWindow.open_module_browser=open PyS"
+        "hellEditorWindow.open_module_event=open PyShellEditorWindow.open_turtle_demo=sub"
+        "process PyShellEditorWindow.python_docs=os PyShellEditorWindow.replace_event=ope"
+        "n PyShellEditorWindow.reset_help_menu_entries=os PyShellEditorWindow.restore_fil"
+        "e_breaks=open PyShellEditorWindow.store_file_breaks=open PyShellEditorWindow.upd"
+        "ate_recent_files_list=open ctypes=ctypes idle_formatwarning=open idle_showwarnin"
+        "g=open main=open socket=socket subprocess=subprocess system=socket"
+    ),
+    "idlelib.query": "ModuleName.entry_ok=__import__ importlib=importlib run=importlib",
+    "idlelib.redirector": "run=importlib",
+    "idlelib.replace": "_replace_dialog=open replace=open run=importlib",
+    "idlelib.rpc": (
+        "RPCClient.__init__=socket RPCClient._getresponse=thread RPCClient.accept=thread "
+        "RPCClient.asynccall=thread RPCClient.asyncqueue=thread RPCClient.asyncreturn=thr"
+        "ead RPCClient.debug=thread RPCClient.decoderesponse=thread RPCClient.getresponse"
+        "=thread RPCClient.handle_EOF=thread RPCClient.localcall=thread RPCClient.mainloo"
+        "p=thread RPCClient.pollmessage=pickle RPCClient.pollresponse=thread RPCClient.pu"
+        "tmessage=thread RPCClient.remotecall=thread RPCClient.remotequeue=thread RPCHand"
+        "ler.__init__=thread RPCHandler._getresponse=thread RPCHandler.asynccall=thread R"
+        "PCHandler.asyncqueue=thread RPCHandler.asyncreturn=thread RPCHandler.debug=threa"
+        "d RPCHandler.decoderesponse=thread RPCHandler.getresponse=thread RPCHandler.hand"
+        "le_EOF=thread RPCHandler.localcall=thread RPCHandler.mainloop=thread RPCHandler."
+        "pollmessage=pickle RPCHandler.pollresponse=thread RPCHandler.putmessage=thread R"
+        "PCHandler.remotecall=thread RPCHandler.remotequeue=thread RPCServer.__init__=soc"
+        "ket RPCServer.handle_error=thread SocketIO.__init__=thread SocketIO._getresponse"
+        "=thread SocketIO.asynccall=thread SocketIO.asyncqueue=thread SocketIO.asyncretur"
+        "n=thread SocketIO.debug=thread SocketIO.decoderesponse=thread SocketIO.getrespon"
+        "se=thread SocketIO.handle_EOF=thread SocketIO.localcall=thread SocketIO.mainloop"
+        "=thread SocketIO.pollmessage=pickle SocketIO.pollresponse=thread SocketIO.putmes"
+        "sage=thread SocketIO.remotecall=thread SocketIO.remotequeue=thread marshal=marsh"
+        "al pickle_code=marshal socket=socket unpickle_code=marshal"
+    ),
+    "idlelib.run": (
+        "Executive.runcode=exec MyHandler.__init__=thread MyHandler._getresponse=thread M"
+        "yHandler.asynccall=thread MyHandler.asyncqueue=thread MyHandler.asyncreturn=thre"
+        "ad MyHandler.debug=thread MyHandler.decoderesponse=thread MyHandler.getresponse="
+        "thread MyHandler.handle_EOF=thread MyHandler.localcall=thread MyHandler.mainloop"
+        "=thread MyHandler.pollmessage=pickle MyHandler.pollresponse=thread MyHandler.put"
+        "message=thread MyHandler.remotecall=thread MyHandler.remotequeue=thread MyRPCSer"
+        "ver.__init__=socket MyRPCServer.handle_error=thread idle_formatwarning=open idle"
+        "_showwarning_subproc=open main=thread"
+    ),
+    "idlelib.runscript": (
+        "ScriptBinding.check_module_event=open ScriptBinding.checksyntax=open ScriptBindi"
+        "ng.run_custom_event=ctypes ScriptBinding.run_module_event=ctypes ScriptBinding.t"
+        "abnanny=open"
+    ),
+    "idlelib.scrolledlist": "ScrolledList.__init__=ctypes run=importlib",
+    "idlelib.search": "_search_dialog=open find=open run=importlib",
+    "idlelib.searchbase": "run=importlib",
+    "idlelib.sidebar": "ShellSidebar.bind_events=ctypes run=importlib",
+    "idlelib.squeezer": "ExpandingButton.__init__=ctypes",
+    "idlelib.stackviewer": "FrameTreeItem.GetText=open VariablesTreeItem.SetText=eval run=importlib",
+    "idlelib.statusbar": "run=importlib",
+    "idlelib.textview": "run=importlib view_file=open",
+    "idlelib.tooltip": "run=importlib",
+    "idlelib.tree": "FileTreeItem.GetSubList=os FileTreeItem.SetText=os listicons=os run=importlib",
+    "idlelib.undo": "run=importlib",
+    "imaplib": (
+        "IMAP4=imaplib IMAP4.__exit__=imaplib IMAP4.__getattr__=imaplib IMAP4.__init__=im"
+        "aplib IMAP4._append_untagged=imaplib IMAP4._check_bye=imaplib IMAP4._command=ima"
+        "plib IMAP4._command_complete=imaplib IMAP4._connect=imaplib IMAP4._create_socket"
+        "=imaplib IMAP4._dump_ur=imaplib IMAP4._get_capabilities=imaplib IMAP4._get_line="
+        "imaplib IMAP4._get_response=imaplib IMAP4._get_tagged_response=imaplib IMAP4._lo"
+        "g=imaplib IMAP4._match=imaplib IMAP4._mesg=imaplib IMAP4._mode_ascii=imaplib IMA"
+        "P4._mode_utf8=imaplib IMAP4._new_tag=imaplib IMAP4._quote=imaplib IMAP4._simple_"
+        "command=imaplib IMAP4._untagged_response=imaplib IMAP4.abort=imaplib IMAP4.appen"
+        "d=imaplib IMAP4.authenticate=imaplib IMAP4.capability=imaplib IMAP4.check=imapli"
+        "b IMAP4.close=imaplib IMAP4.copy=imaplib IMAP4.create=imaplib IMAP4.delete=imapl"
+        "ib IMAP4.deleteacl=imaplib IMAP4.enable=imaplib IMAP4.error=imaplib IMAP4.expung"
+        "e=imaplib IMAP4.fetch=imaplib IMAP4.getacl=imaplib IMAP4.getannotation=imaplib I"
+        "MAP4.getquota=imaplib IMAP4.getquotaroot=imaplib IMAP4.list=imaplib IMAP4.login="
+        "imaplib IMAP4.login_cram_md5=imaplib IMAP4.logout=imaplib IMAP4.lsub=imaplib IMA"
+        "P4.myrights=imaplib IMAP4.namespace=imaplib IMAP4.noop=imaplib IMAP4.open=imapli"
+        "b IMAP4.partial=imaplib IMAP4.print_log=imaplib IMAP4.proxyauth=imaplib IMAP4.re"
+        "ad=imaplib IMAP4.readline=imaplib IMAP4.readonly=imaplib IMAP4.recent=imaplib IM"
+        "AP4.rename=imaplib IMAP4.response=imaplib IMAP4.search=imaplib IMAP4.select=imap"
+        "lib IMAP4.send=imaplib IMAP4.setacl=imaplib IMAP4.setannotation=imaplib IMAP4.se"
+        "tquota=imaplib IMAP4.shutdown=imaplib IMAP4.sort=imaplib IMAP4.starttls=imaplib "
+        "IMAP4.status=imaplib IMAP4.store=imaplib IMAP4.subscribe=imaplib IMAP4.thread=im"
+        "aplib IMAP4.uid=imaplib IMAP4.unselect=imaplib IMAP4.unsubscribe=imaplib IMAP4.x"
+        "atom=imaplib IMAP4_SSL=imaplib IMAP4_SSL.__exit__=imaplib IMAP4_SSL.__getattr__="
+        "imaplib IMAP4_SSL.__init__=imaplib IMAP4_SSL._append_untagged=imaplib IMAP4_SSL."
+        "_check_bye=imaplib IMAP4_SSL._command=imaplib IMAP4_SSL._command_complete=imapli"
+        "b IMAP4_SSL._connect=imaplib IMAP4_SSL._create_socket=imaplib IMAP4_SSL._dump_ur"
+        "=imaplib IMAP4_SSL._get_capabilities=imaplib IMAP4_SSL._get_line=imaplib IMAP4_S"
+        "SL._get_response=imaplib IMAP4_SSL._get_tagged_response=imaplib IMAP4_SSL._log=i"
+        "maplib IMAP4_SSL._match=imaplib IMAP4_SSL._mesg=imaplib IMAP4_SSL._mode_ascii=im"
+        "aplib IMAP4_SSL._mode_utf8=imaplib IMAP4_SSL._new_tag=imaplib IMAP4_SSL._quote=i"
+        "maplib IMAP4_SSL._simple_command=imaplib IMAP4_SSL._untagged_response=imaplib IM"
+        "AP4_SSL.abort=imaplib IMAP4_SSL.append=imaplib IMAP4_SSL.authenticate=imaplib IM"
+        "AP4_SSL.capability=imaplib IMAP4_SSL.check=imaplib IMAP4_SSL.close=imaplib IMAP4"
+        "_SSL.copy=imaplib IMAP4_SSL.create=imaplib IMAP4_SSL.delete=imaplib IMAP4_SSL.de"
+        "leteacl=imaplib IMAP4_SSL.enable=imaplib IMAP4_SSL.error=imaplib IMAP4_SSL.expun"
+        "ge=imaplib IMAP4_SSL.fetch=imaplib IMAP4_SSL.getacl=imaplib IMAP4_SSL.getannotat"
+        "ion=imaplib IMAP4_SSL.getquota=imaplib IMAP4_SSL.getquotaroot=imaplib IMAP4_SSL."
+        "list=imaplib IMAP4_SSL.login=imaplib IMAP4_SSL.login_cram_md5=imaplib IMAP4_SSL."
+        "logout=imaplib IMAP4_SSL.lsub=imaplib IMAP4_SSL.myrights=imaplib IMAP4_SSL.names"
+        "pace=imaplib IMAP4_SSL.noop=imaplib IMAP4_SSL.open=imaplib IMAP4_SSL.partial=ima"
+        "plib IMAP4_SSL.print_log=imaplib IMAP4_SSL.proxyauth=imaplib IMAP4_SSL.read=imap"
+        "lib IMAP4_SSL.readline=imaplib IMAP4_SSL.readonly=imaplib IMAP4_SSL.recent=imapl"
+        "ib IMAP4_SSL.rename=imaplib IMAP4_SSL.response=imaplib IMAP4_SSL.search=imaplib "
+        "IMAP4_SSL.select=imaplib IMAP4_SSL.send=imaplib IMAP4_SSL.setacl=imaplib IMAP4_S"
+        "SL.setannotation=imaplib IMAP4_SSL.setquota=imaplib IMAP4_SSL.shutdown=imaplib I"
+        "MAP4_SSL.sort=imaplib IMAP4_SSL.starttls=imaplib IMAP4_SSL.status=imaplib IMAP4_"
+        "SSL.store=imaplib IMAP4_SSL.subscribe=imaplib IMAP4_SSL.thread=imaplib IMAP4_SSL"
+        ".uid=imaplib IMAP4_SSL.unselect=imaplib IMAP4_SSL.unsubscribe=imaplib IMAP4_SSL."
+        "xatom=imaplib IMAP4_stream=imaplib IMAP4_stream.__exit__=imaplib IMAP4_stream.__"
+        "getattr__=imaplib IMAP4_stream.__init__=imaplib IMAP4_stream._append_untagged=im"
+        "aplib IMAP4_stream._check_bye=imaplib IMAP4_stream._command=imaplib IMAP4_stream"
+        "._command_complete=imaplib IMAP4_stream._connect=imaplib IMAP4_stream._create_so"
+        "cket=imaplib IMAP4_stream._dump_ur=imaplib IMAP4_stream._get_capabilities=imapli"
+        "b IMAP4_stream._get_line=imaplib IMAP4_stream._get_response=imaplib IMAP4_stream"
+        "._get_tagged_response=imaplib IMAP4_stream._log=imaplib IMAP4_stream._match=imap"
+        "lib IMAP4_stream._mesg=imaplib IMAP4_stream._mode_ascii=imaplib IMAP4_stream._mo"
+        "de_utf8=imaplib IMAP4_stream._new_tag=imaplib IMAP4_stream._quote=imaplib IMAP4_"
+        "stream._simple_command=imaplib IMAP4_stream._untagged_response=imaplib IMAP4_str"
+        "eam.abort=imaplib IMAP4_stream.append=imaplib IMAP4_stream.authenticate=imaplib "
+        "IMAP4_stream.capability=imaplib IMAP4_stream.check=imaplib IMAP4_stream.close=im"
+        "aplib IMAP4_stream.copy=imaplib IMAP4_stream.create=imaplib IMAP4_stream.delete="
+        "imaplib IMAP4_stream.deleteacl=imaplib IMAP4_stream.enable=imaplib IMAP4_stream."
+        "error=imaplib IMAP4_stream.expunge=imaplib IMAP4_stream.fetch=imaplib IMAP4_stre"
+        "am.getacl=imaplib IMAP4_stream.getannotation=imaplib IMAP4_stream.getquota=imapl"
+        "ib IMAP4_stream.getquotaroot=imaplib IMAP4_stream.list=imaplib IMAP4_stream.logi"
+        "n=imaplib IMAP4_stream.login_cram_md5=imaplib IMAP4_stream.logout=imaplib IMAP4_"
+        "stream.lsub=imaplib IMAP4_stream.myrights=imaplib IMAP4_stream.namespace=imaplib"
+        " IMAP4_stream.noop=imaplib IMAP4_stream.open=subprocess IMAP4_stream.partial=ima"
+        "plib IMAP4_stream.print_log=imaplib IMAP4_stream.proxyauth=imaplib IMAP4_stream."
+        "readonly=imaplib IMAP4_stream.recent=imaplib IMAP4_stream.rename=imaplib IMAP4_s"
+        "tream.response=imaplib IMAP4_stream.search=imaplib IMAP4_stream.select=imaplib I"
+        "MAP4_stream.setacl=imaplib IMAP4_stream.setannotation=imaplib IMAP4_stream.setqu"
+        "ota=imaplib IMAP4_stream.sort=imaplib IMAP4_stream.starttls=imaplib IMAP4_stream"
+        ".status=imaplib IMAP4_stream.store=imaplib IMAP4_stream.subscribe=imaplib IMAP4_"
+        "stream.thread=imaplib IMAP4_stream.uid=imaplib IMAP4_stream.unselect=imaplib IMA"
+        "P4_stream.unsubscribe=imaplib IMAP4_stream.xatom=imaplib Int2AP=imaplib Internal"
+        "date2tuple=imaplib Time2Internaldate=imaplib _Authenticator=imaplib _Authenticat"
+        "or.decode=imaplib _Authenticator.encode=imaplib _Authenticator.mech=imaplib _Aut"
+        "henticator.process=imaplib socket=socket ssl=ssl subprocess=subprocess"
+    ),
+    "imghdr": "test=os testall=os what=open",
+    "json.tool": "main=open",
+    "lzma": "LZMAFile.__init__=open",
+    "mailbox": (
+        "Babyl.__init__=open Babyl.close=os Babyl.flush=open Babyl.lock=socket Babyl.unlo"
+        "ck=os MH=open MH.__init__=os MH.__len__=os MH.__setitem__=open MH._dump_sequence"
+        "s=open MH.add=socket MH.add_folder=open MH.close=os MH.get_bytes=open MH.get_fil"
+        "e=open MH.get_folder=open MH.get_message=open MH.get_sequences=open MH.iterkeys="
+        "os MH.list_folders=os MH.lock=open MH.pack=os MH.remove=open MH.remove_folder=os"
+        " MH.set_sequences=open MH.unlock=os MMDF.close=os MMDF.flush=open MMDF.lock=sock"
+        "et MMDF.unlock=os Maildir=socket Maildir.__contains__=os Maildir.__init__=os Mai"
+        "ldir.__len__=os Maildir.__setitem__=socket Maildir._create_tmp=socket Maildir._l"
+        "ookup=os Maildir._refresh=os Maildir.add=socket Maildir.add_folder=socket Maildi"
+        "r.clean=os Maildir.discard=os Maildir.get_bytes=open Maildir.get_file=open Maild"
+        "ir.get_folder=socket Maildir.get_message=open Maildir.iterkeys=os Maildir.list_f"
+        "olders=os Maildir.next=os Maildir.remove=os Maildir.remove_folder=os _create_car"
+        "efully=open _create_temporary=socket _lock_file=socket _mboxMMDF.__init__=open _"
+        "mboxMMDF.close=os _mboxMMDF.flush=open _mboxMMDF.lock=socket _mboxMMDF.unlock=os"
+        " _singlefileMailbox.__init__=open _singlefileMailbox.close=os _singlefileMailbox"
+        ".flush=open _singlefileMailbox.lock=socket _singlefileMailbox.unlock=os _unlock_"
+        "file=os mbox.close=os mbox.flush=open mbox.lock=socket mbox.unlock=os socket=soc"
+        "ket"
+    ),
+    "mailcap": "findmatch=os getcaps=open show=open test=os",
+    "mimetypes": (
+        "MimeTypes.__init__=open MimeTypes.read=open MimeTypes.read_windows_registry=_win"
+        "api _main=open _mimetypes_read_windows_registry=_winapi read_mime_types=open"
+    ),
+    "modulefinder": (
+        "ModuleFinder._safe_import_hook=importlib ModuleFinder.ensure_fromlist=importlib "
+        "ModuleFinder.find_all_submodules=os ModuleFinder.find_head_package=importlib Mod"
+        "uleFinder.find_module=importlib ModuleFinder.import_hook=importlib ModuleFinder."
+        "import_module=importlib ModuleFinder.load_file=open ModuleFinder.load_module=com"
+        "pile ModuleFinder.load_package=importlib ModuleFinder.load_tail=importlib Module"
+        "Finder.run_script=open ModuleFinder.scan_code=importlib _find_module=importlib i"
+        "mportlib=importlib marshal=marshal test=open"
+    ),
+    "netrc": "netrc.__init__=open",
+    "nntplib": (
+        "GroupInfo=nntplib NNTP=nntplib NNTP.__exit__=nntplib NNTP.__init__=nntplib NNTP."
+        "_artcmd=nntplib NNTP._base_init=nntplib NNTP._close=nntplib NNTP._create_socket="
+        "nntplib NNTP._getdescriptions=nntplib NNTP._getline=nntplib NNTP._getlongresp=op"
+        "en NNTP._getoverviewfmt=nntplib NNTP._getresp=nntplib NNTP._grouplist=nntplib NN"
+        "TP._longcmd=nntplib NNTP._longcmdstring=nntplib NNTP._post=nntplib NNTP._putcmd="
+        "nntplib NNTP._putline=nntplib NNTP._setreadermode=nntplib NNTP._shortcmd=nntplib"
+        " NNTP._statcmd=nntplib NNTP._statparse=nntplib NNTP.article=nntplib NNTP.body=nn"
+        "tplib NNTP.capabilities=nntplib NNTP.date=nntplib NNTP.description=nntplib NNTP."
+        "descriptions=nntplib NNTP.getcapabilities=nntplib NNTP.group=nntplib NNTP.head=n"
+        "ntplib NNTP.help=nntplib NNTP.ihave=nntplib NNTP.last=nntplib NNTP.list=nntplib "
+        "NNTP.login=nntplib NNTP.newgroups=nntplib NNTP.newnews=nntplib NNTP.next=nntplib"
+        " NNTP.over=nntplib NNTP.post=nntplib NNTP.quit=nntplib NNTP.slave=nntplib NNTP.s"
+        "tarttls=nntplib NNTP.stat=nntplib NNTP.xhdr=nntplib NNTP.xover=nntplib NNTPDataE"
+        "rror=nntplib NNTPError=nntplib NNTPPermanentError=nntplib NNTPProtocolError=nntp"
+        "lib NNTPReplyError=nntplib NNTPTemporaryError=nntplib NNTP_SSL=nntplib NNTP_SSL."
+        "__exit__=nntplib NNTP_SSL._artcmd=nntplib NNTP_SSL._base_init=nntplib NNTP_SSL._"
+        "close=nntplib NNTP_SSL._create_socket=nntplib NNTP_SSL._getdescriptions=nntplib "
+        "NNTP_SSL._getline=nntplib NNTP_SSL._getlongresp=open NNTP_SSL._getoverviewfmt=nn"
+        "tplib NNTP_SSL._getresp=nntplib NNTP_SSL._grouplist=nntplib NNTP_SSL._longcmd=nn"
+        "tplib NNTP_SSL._longcmdstring=nntplib NNTP_SSL._post=nntplib NNTP_SSL._putcmd=nn"
+        "tplib NNTP_SSL._putline=nntplib NNTP_SSL._setreadermode=nntplib NNTP_SSL._shortc"
+        "md=nntplib NNTP_SSL._statcmd=nntplib NNTP_SSL._statparse=nntplib NNTP_SSL.articl"
+        "e=nntplib NNTP_SSL.body=nntplib NNTP_SSL.capabilities=nntplib NNTP_SSL.date=nntp"
+        "lib NNTP_SSL.description=nntplib NNTP_SSL.descriptions=nntplib NNTP_SSL.getcapab"
+        "ilities=nntplib NNTP_SSL.group=nntplib NNTP_SSL.head=nntplib NNTP_SSL.help=nntpl"
+        "ib NNTP_SSL.ihave=nntplib NNTP_SSL.last=nntplib NNTP_SSL.list=nntplib NNTP_SSL.l"
+        "ogin=nntplib NNTP_SSL.newgroups=nntplib NNTP_SSL.newnews=nntplib NNTP_SSL.next=n"
+        "ntplib NNTP_SSL.over=nntplib NNTP_SSL.post=nntplib NNTP_SSL.quit=nntplib NNTP_SS"
+        "L.slave=nntplib NNTP_SSL.starttls=nntplib NNTP_SSL.stat=nntplib NNTP_SSL.xhdr=nn"
+        "tplib NNTP_SSL.xover=nntplib _GLOBAL_DEFAULT_TIMEOUT=socket _encrypt_on=nntplib "
+        "_parse_datetime=nntplib _parse_overview=nntplib _parse_overview_fmt=nntplib _unp"
+        "arse_datetime=nntplib socket=socket ssl=ssl"
+    ),
+    "numpy": (
+        "average=eval broadcast_arrays=eval broadcast_shapes=eval broadcast_to=eval corrc"
+        "oef=eval cov=eval diag_indices_from=eval diff=eval fill_diagonal=eval fix=eval f"
+        "romregex=open genfromtxt=open gradient=eval histogram=eval histogram2d=eval hist"
+        "ogramdd=eval info=__import__ intersect1d=eval isin=eval isneginf=eval isposinf=e"
+        "val load=open loadtxt=open meshgrid=eval nan_to_num=eval pad=eval save=open save"
+        "txt=open savez=open savez_compressed=open select=eval setdiff1d=eval setxor1d=ev"
+        "al show_runtime=socket trapezoid=eval tril_indices=eval tril_indices_from=eval t"
+        "riu_indices=eval triu_indices_from=eval union1d=eval unique=eval unique_all=eval"
+        " unique_counts=eval unique_inverse=eval unique_values=eval unwrap=eval"
+    ),
+    "numpy._core._add_newdocs": "_array_method_doc=__import__ add_newdoc=__import__",
+    "numpy._core._add_newdocs_scalars": "add_newdoc=__import__ add_newdoc_for_scalar_type=__import__",
+    "numpy._core._asarray": "array_function_dispatch=eval",
+    "numpy._core._dtype_ctypes": (
+        "_ctypes=_ctypes _from_ctypes_array=ctypes _from_ctypes_structure=ctypes _from_ct"
+        "ypes_union=ctypes ctypes=ctypes dtype_from_ctypes_type=ctypes"
+    ),
+    "numpy._core._internal": "_commastring=compile ctypes=ctypes",
+    "numpy._core._methods": (
+        "_count_reduce_items=eval _dump=open _mean=eval _std=eval _var=eval broadcast_to=eval"
+    ),
+    "numpy._core.arrayprint": (
+        "_array_repr_implementation=eval _array_str_implementation=eval array2string=eval"
+        " array_function_dispatch=eval array_repr=eval array_str=eval"
+    ),
+    "numpy._core.defchararray": (
+        "chararray.join=eval chararray.rsplit=eval chararray.split=eval chararray.splitli"
+        "nes=eval join=eval rsplit=eval split=eval splitlines=eval"
+    ),
+    "numpy._core.einsumfunc": "array_function_dispatch=eval einsum=eval einsum_path=eval",
+    "numpy._core.fromnumeric": "mean=eval std=eval var=eval",
+    "numpy._core.function_base": "add_newdoc=__import__",
+    "numpy._core.memmap": "memmap=open memmap.__new__=open mmap=mmap",
+    "numpy._core.overrides": "array_function_dispatch=eval array_function_from_dispatcher=eval",
+    "numpy._core.records": "array=open fromfile=open",
+    "numpy._core.strings": (
+        "_join=eval _rsplit=eval _split=eval _splitlines=eval array_function_dispatch=eva"
+        "l capitalize=eval center=eval decode=eval encode=eval expandtabs=eval ljust=eval"
+        " lower=eval mod=eval multiply=eval partition=eval replace=eval rjust=eval rparti"
+        "tion=eval swapcase=eval title=eval translate=eval upper=eval zfill=eval"
+    ),
+    "numpy.conftest": "tempfile=tempfile",
+    "numpy.core": "_ufunc_reconstruct=__import__",
+    "numpy.ctypeslib": (
+        "_concrete_ndptr=ctypes _ndptr=ctypes as_array=ctypes as_ctypes=ctypes as_ctypes_"
+        "type=ctypes ctypes=ctypes load_library=__import__"
+    ),
+    "numpy.ctypeslib._ctypeslib": (
+        "_concrete_ndptr=ctypes _concrete_ndptr.contents=ctypes _ctype_from_dtype=ctypes "
+        "_ctype_from_dtype_structured=ctypes _ctype_from_dtype_subarray=ctypes _ndptr=cty"
+        "pes _ndptr_base=ctypes as_array=ctypes as_ctypes=ctypes as_ctypes_type=ctypes ct"
+        "ypes=ctypes load_library=__import__"
+    ),
+    "numpy.fft._helper": "array_function_dispatch=eval fftshift=eval ifftshift=eval",
+    "numpy.lib": "add_newdoc=__import__",
+    "numpy.lib._arraypad_impl": "_as_pairs=eval array_function_dispatch=eval pad=eval",
+    "numpy.lib._arraysetops_impl": (
+        "NamedTuple=eval UniqueAllResult=eval UniqueCountsResult=eval UniqueInverseResult"
+        "=eval _isin=eval _unique1d=eval intersect1d=eval isin=eval setdiff1d=eval setxor"
+        "1d=eval union1d=eval unique=eval unique_all=eval unique_counts=eval unique_inver"
+        "se=eval unique_values=eval"
+    ),
+    "numpy.lib._datasource": (
+        "DataSource.__del__=shutil DataSource.__init__=tempfile DataSource._cache=shutil "
+        "DataSource._findfile=shutil DataSource.exists=open DataSource.open=shutil Reposi"
+        "tory.__del__=shutil Repository.__init__=tempfile Repository._cache=shutil Reposi"
+        "tory._findfile=shutil Repository.exists=open Repository.listdir=os Repository.op"
+        "en=shutil _open=open open=open shutil=shutil tempfile=tempfile urlopen=open"
+    ),
+    "numpy.lib._format_impl": (
+        "_read_array_header=compile open_memmap=open read_array=pickle read_array_header_"
+        "1_0=compile read_array_header_2_0=compile"
+    ),
+    "numpy.lib._function_base_impl": (
+        "_median=eval _parse_input_dimensions=eval _quantile=eval _quantile_ureduce_func="
+        "eval average=eval corrcoef=eval cov=eval diff=eval gradient=eval histogram=eval "
+        "histogramdd=eval mean=eval meshgrid=eval select=eval trapezoid=eval unwrap=eval "
+        "vectorize.__call__=eval vectorize._call_as_normal=eval vectorize._vectorize_call"
+        "=eval vectorize._vectorize_call_with_signature=eval"
+    ),
+    "numpy.lib._histograms_impl": "_hist_bin_stone=eval histogram=eval histogramdd=eval",
+    "numpy.lib._index_tricks_impl": "diag_indices_from=eval diff=eval fill_diagonal=eval",
+    "numpy.lib._npyio_impl": (
+        "NpzFile.__getitem__=open _read=open _savez=open fromregex=open genfromtxt=open l"
+        "oad=open loadtxt=open recfromcsv=open recfromtxt=open save=open savetxt=open sav"
+        "ez=open savez_compressed=open"
+    ),
+    "numpy.lib._scimath_impl": (
+        "arccos=eval arcsin=eval arctanh=eval array_function_dispatch=eval log=eval log10"
+        "=eval log2=eval logn=eval power=eval sqrt=eval"
+    ),
+    "numpy.lib._stride_tricks_impl": (
+        "_broadcast_shape=eval array_function_dispatch=eval broadcast_arrays=eval broadca"
+        "st_shapes=eval broadcast_to=eval sliding_window_view=eval"
+    ),
+    "numpy.lib._twodim_base_impl": (
+        "broadcast_to=eval histogram2d=eval histogramdd=eval tril_indices=eval tril_indic"
+        "es_from=eval triu_indices=eval triu_indices_from=eval"
+    ),
+    "numpy.lib._type_check_impl": "isneginf=eval isposinf=eval nan_to_num=eval",
+    "numpy.lib._ufunclike_impl": "array_function_dispatch=eval fix=eval isneginf=eval isposinf=eval",
+    "numpy.lib._utils_impl": "_makenamedict=__import__ info=__import__ safe_eval=compile show_runtime=socket",
+    "numpy.lib.format": (
+        "open_memmap=open read_array=pickle read_array_header_1_0=compile read_array_head"
+        "er_2_0=compile"
+    ),
+    "numpy.lib.recfunctions": (
+        "_keep_fields=eval append_fields=eval apply_along_fields=eval array_function_disp"
+        "atch=eval assign_fields_by_name=eval drop_fields=eval find_duplicates=eval join_"
+        "by=eval merge_arrays=eval rec_append_fields=eval rec_drop_fields=eval rec_join=e"
+        "val recursive_fill_fields=eval rename_fields=eval repack_fields=eval require_fie"
+        "lds=eval stack_arrays=eval structured_to_unstructured=eval unstructured_to_struc"
+        "tured=eval"
+    ),
+    "numpy.lib.scimath": (
+        "arccos=eval arcsin=eval arctanh=eval log=eval log10=eval log2=eval logn=eval pow"
+        "er=eval sqrt=eval"
+    ),
+    "numpy.lib.stride_tricks": "sliding_window_view=eval",
+    "numpy.linalg._linalg": (
+        "EigResult=eval EighResult=eval NamedTuple=eval QRResult=eval SVDResult=eval Slog"
+        "detResult=eval _multi_svd_norm=eval cond=eval eig=eval eigh=eval matrix_norm=eva"
+        "l matrix_rank=eval norm=eval pinv=eval qr=eval slogdet=eval svd=eval svdvals=eva"
+        "l vector_norm=eval"
+    ),
+    "numpy.ma.core": (
+        "MaskedArray=eval MaskedArray.__eq__=eval MaskedArray.__ge__=eval MaskedArray.__g"
+        "etitem__=eval MaskedArray.__gt__=eval MaskedArray.__le__=eval MaskedArray.__lt__"
+        "=eval MaskedArray.__ne__=eval MaskedArray._comparison=eval MaskedArray.dot=eval "
+        "MaskedArray.mT=eval MaskedConstant=eval MaskedConstant.__eq__=eval MaskedConstan"
+        "t.__ge__=eval MaskedConstant.__getitem__=eval MaskedConstant.__gt__=eval MaskedC"
+        "onstant.__le__=eval MaskedConstant.__lt__=eval MaskedConstant.__ne__=eval Masked"
+        "Constant.__new__=eval MaskedConstant._comparison=eval MaskedConstant.dot=eval Ma"
+        "skedConstant.mT=eval MaskedIterator.__getitem__=eval MaskedIterator.__next__=eva"
+        "l _convert2ma=eval _convolve_or_correlate=eval _extrema_operation.__call__=eval "
+        "_frommethod=eval _mask_propagate=eval allclose=eval allequal=eval array=eval asa"
+        "nyarray=eval asarray=eval compressed=eval convolve=eval correlate=eval diff=eval"
+        " dot=eval fix_invalid=eval fromflex=eval left_shift=eval masked_array=eval maske"
+        "d_object=eval masked_values=eval max=eval min=eval mvoid=eval mvoid.__eq__=eval "
+        "mvoid.__ge__=eval mvoid.__getitem__=eval mvoid.__gt__=eval mvoid.__le__=eval mvo"
+        "id.__lt__=eval mvoid.__ne__=eval mvoid._comparison=eval mvoid.dot=eval mvoid.fil"
+        "led=eval mvoid.mT=eval outer=eval outerproduct=eval ptp=eval right_shift=eval ta"
+        "ke=eval where=eval"
+    ),
+    "numpy.ma.extras": (
+        "MAxisConcatenator.makemat=eval MaskedArray=eval _covhelper=eval _fromnxfunction_"
+        "allargs=eval _fromnxfunction_seq=eval _fromnxfunction_single=eval apply_along_ax"
+        "is=eval apply_over_axes=eval array=eval asarray=eval average=eval compress_cols="
+        "eval compress_nd=eval compress_rowcols=eval compress_rows=eval corrcoef=eval cov"
+        "=eval dot=eval ediff1d=eval in1d=eval intersect1d=eval isin=eval mask_cols=eval "
+        "mask_rowcols=eval mask_rows=eval masked_all=eval masked_array=eval median=eval m"
+        "r_class.makemat=eval notmasked_contiguous=eval notmasked_edges=eval polyfit=eval"
+        " setdiff1d=eval setxor1d=eval union1d=eval unique=eval"
+    ),
+    "numpy.ma.mrecords": "fromtextfile=open openfile=open",
+    "numpy.ma.testutils": (
+        "_assert_equal_on_sequences=eval almost=eval approx=eval assert_almost_equal=eval"
+        " assert_array_almost_equal=eval assert_array_approx_equal=eval assert_array_comp"
+        "are=eval assert_array_equal=eval assert_array_less=eval assert_close=eval assert"
+        "_equal=eval assert_equal_records=eval assert_mask_equal=eval assert_not_equal=ev"
+        "al fail_if_array_equal=eval fail_if_equal=eval masked_array=eval"
+    ),
+    "numpy.polynomial.polynomial": "_array_function_dispatch=eval polygrid2d=eval polyval2d=eval",
+    "numpy.random._examples.cffi.extending": "parse_distributions_h=open",
+    "numpy.random._examples.cffi.parse": "parse_distributions_h=open",
+    "optparse": (
+        "AmbiguousOptionError.__str__=open BadOptionError.__str__=open IndentedHelpFormat"
+        "ter.format_usage=open OptionParser.__init__=open OptionParser._add_help_option=o"
+        "pen OptionParser._add_version_option=open OptionParser._populate_option_list=ope"
+        "n OptionParser._process_args=open OptionParser._process_long_opt=open OptionPars"
+        "er._process_short_opts=open OptionParser.format_help=open OptionParser.format_op"
+        "tion_help=open OptionParser.parse_args=open OptionParser.print_help=open OptionP"
+        "arser.set_usage=open TitledHelpFormatter.format_usage=open Values.read_file=exec"
+        " Values.read_module=__import__ _=open check_builtin=open check_choice=open gette"
+        "xt=open ngettext=open"
+    ),
+    "pathlib": (
+        "Path._scandir=os Path.chmod=os Path.hardlink_to=os Path.iterdir=os Path.lchmod=o"
+        "s Path.mkdir=mkdir Path.open=open Path.read_bytes=open Path.read_text=open Path."
+        "rename=os Path.replace=os Path.rmdir=os Path.symlink_to=os Path.touch=os Path.un"
+        "link=os Path.write_bytes=open Path.write_text=open PosixPath._scandir=os PosixPa"
+        "th.chmod=os PosixPath.hardlink_to=os PosixPath.iterdir=os PosixPath.lchmod=os Po"
+        "sixPath.mkdir=mkdir PosixPath.open=open PosixPath.read_bytes=open PosixPath.read"
+        "_text=open PosixPath.rename=os PosixPath.replace=os PosixPath.rmdir=os PosixPath"
+        ".symlink_to=os PosixPath.touch=os PosixPath.unlink=os PosixPath.write_bytes=open"
+        " PosixPath.write_text=open WindowsPath._scandir=os WindowsPath.chmod=os WindowsP"
+        "ath.hardlink_to=os WindowsPath.iterdir=os WindowsPath.lchmod=os WindowsPath.mkdi"
+        "r=mkdir WindowsPath.open=open WindowsPath.read_bytes=open WindowsPath.read_text="
+        "open WindowsPath.rename=os WindowsPath.replace=os WindowsPath.rmdir=os WindowsPa"
+        "th.symlink_to=os WindowsPath.touch=os WindowsPath.unlink=os WindowsPath.write_by"
+        "tes=open WindowsPath.write_text=open"
+    ),
+    "pipes": (
+        "Template.copy=tempfile Template.makepipeline=tempfile Template.open=open Templat"
+        "e.open_r=open Template.open_w=open makepipeline=tempfile tempfile=tempfile"
+    ),
+    "pkgutil": (
+        "ImpImporter.iter_modules=os ImpLoader._get_delegate=importlib ImpLoader._reopen="
+        "open ImpLoader.get_code=compile ImpLoader.get_data=open ImpLoader.get_filename=i"
+        "mportlib ImpLoader.get_source=open ImpLoader.load_module=open _get_spec=importli"
+        "b _iter_file_finder_modules=os extend_path=open find_loader=__import__ get_data="
+        "importlib get_loader=__import__ importlib=importlib iter_importers=importlib ite"
+        "r_modules=importlib marshal=marshal namedtuple=eval read_code=marshal resolve_na"
+        "me=importlib walk_packages=__import__ zipimport=zipimport zipimporter=zipimport"
+    ),
+    "poplib": (
+        "POP3=poplib POP3.__init__=poplib POP3._create_socket=poplib POP3._getline=poplib"
+        " POP3._getlongresp=poplib POP3._getresp=poplib POP3._longcmd=poplib POP3._putcmd"
+        "=poplib POP3._putline=poplib POP3._shortcmd=poplib POP3.apop=poplib POP3.capa=po"
+        "plib POP3.close=poplib POP3.dele=poplib POP3.list=poplib POP3.noop=poplib POP3.p"
+        "ass_=poplib POP3.quit=poplib POP3.retr=poplib POP3.rpop=poplib POP3.rset=poplib "
+        "POP3.stat=poplib POP3.stls=poplib POP3.top=poplib POP3.uidl=poplib POP3.user=pop"
+        "lib POP3.utf8=poplib POP3_SSL=poplib POP3_SSL.__init__=poplib POP3_SSL._create_s"
+        "ocket=poplib POP3_SSL._getline=poplib POP3_SSL._getlongresp=poplib POP3_SSL._get"
+        "resp=poplib POP3_SSL._longcmd=poplib POP3_SSL._putcmd=poplib POP3_SSL._putline=p"
+        "oplib POP3_SSL._shortcmd=poplib POP3_SSL.apop=poplib POP3_SSL.capa=poplib POP3_S"
+        "SL.close=poplib POP3_SSL.dele=poplib POP3_SSL.list=poplib POP3_SSL.noop=poplib P"
+        "OP3_SSL.pass_=poplib POP3_SSL.quit=poplib POP3_SSL.retr=poplib POP3_SSL.rpop=pop"
+        "lib POP3_SSL.rset=poplib POP3_SSL.stat=poplib POP3_SSL.stls=poplib POP3_SSL.top="
+        "poplib POP3_SSL.uidl=poplib POP3_SSL.user=poplib POP3_SSL.utf8=poplib error_prot"
+        "o=poplib socket=socket ssl=ssl"
+    ),
+    "pstats": (
+        "Stats.__init__=open Stats.dump_stats=open Stats.init=open Stats.load_stats=open "
+        "dataclass=eval marshal=marshal"
+    ),
+    "py_compile": "compile=importlib importlib=importlib",
+    "pyclbr": (
+        "_ModuleBrowser.visit_Import=importlib _ModuleBrowser.visit_ImportFrom=importlib "
+        "_create_tree=compile _main=importlib _readmodule=importlib importlib=importlib r"
+        "eadmodule=importlib readmodule_ex=importlib"
+    ),
+    "quopri": "main=open",
+    "rlcompleter": (
+        "Completer._callable_postfix=eval Completer.attr_matches=eval Completer.complete="
+        "eval Completer.global_matches=eval"
+    ),
+    "sched": "namedtuple=eval",
+    "shlex": "shlex.__next__=open shlex.get_token=open shlex.sourcehook=open",
+    "smtpd": (
+        "DebuggingServer.__init__=socket DebuggingServer.create_socket=socket PureProxy._"
+        "deliver=smtplib PureProxy.create_socket=socket PureProxy.process_message=smtplib"
+        " SMTPChannel.__init__=socket SMTPChannel.create_socket=socket SMTPServer.__init_"
+        "_=socket SMTPServer.create_socket=socket parseargs=open smtplib=smtplib socket=s"
+        "ocket"
+    ),
+    "sndhdr": "namedtuple=eval test=os testall=os what=open whathdr=open",
+    "statistics": "namedtuple=eval",
+    "sunau": "Au_read.__init__=open Au_write.__init__=open namedtuple=eval",
+    "sysconfig": (
+        "_expand_vars=__import__ _generate_posix_vars=open _init_non_posix=__import__ _in"
+        "it_posix=__import__ _main=__import__ _parse_makefile=open aix_platform=open get_"
+        "config_h_filename=__import__ get_config_var=__import__ get_config_vars=__import_"
+        "_ get_makefile_filename=__import__ get_path=__import__ get_paths=__import__ get_"
+        "platform=__import__"
+    ),
+    "tabnanny": "check=open main=open",
+    "test._test_eintr": (
+        "EINTRBaseTest.setUp=signal EINTRBaseTest.subprocess=subprocess EINTRBaseTest.tea"
+        "rDown=signal FNTLEINTRTest._lock=open FNTLEINTRTest.setUp=signal FNTLEINTRTest.s"
+        "ubprocess=subprocess FNTLEINTRTest.tearDown=signal OSEINTRTest.setUp=signal OSEI"
+        "NTRTest.subprocess=subprocess OSEINTRTest.tearDown=signal SelectEINTRTest.setUp="
+        "signal SelectEINTRTest.subprocess=subprocess SelectEINTRTest.tearDown=signal Sig"
+        "nalEINTRTest.check_sigwait=signal SignalEINTRTest.setUp=signal SignalEINTRTest.s"
+        "ubprocess=subprocess SignalEINTRTest.tearDown=signal SocketEINTRTest._test_open="
+        "socket SocketEINTRTest._test_recv=socket SocketEINTRTest._test_send=socket Socke"
+        "tEINTRTest.os_open=os SocketEINTRTest.python_open=open SocketEINTRTest.setUp=sig"
+        "nal SocketEINTRTest.subprocess=subprocess SocketEINTRTest.tearDown=signal TimeEI"
+        "NTRTest.setUp=signal TimeEINTRTest.subprocess=subprocess TimeEINTRTest.tearDown="
+        "signal socket=socket subprocess=subprocess"
+    ),
+    "test._test_multiprocessing": (
+        "BaseManager=multiprocessing BaseMixin.setUpClass=multiprocessing BaseProxy=multi"
+        "processing HAS_REDUCTION=multiprocessing IteratorProxy=multiprocessing IteratorP"
+        "roxy.__deepcopy__=multiprocessing IteratorProxy.__init__=multiprocessing Iterato"
+        "rProxy.__reduce__=multiprocessing IteratorProxy.__str__=multiprocessing Iterator"
+        "Proxy._after_fork=multiprocessing IteratorProxy._callmethod=multiprocessing Iter"
+        "atorProxy._connect=multiprocessing IteratorProxy._decref=multiprocessing Iterato"
+        "rProxy._getvalue=multiprocessing IteratorProxy._incref=multiprocessing LOG_LEVEL"
+        "=multiprocessing ManagerMixin.setUpClass=multiprocessing ManagerMixin.tearDownCl"
+        "ass=multiprocessing MaybeEncodingError=multiprocessing MyManager=multiprocessing"
+        " MyManager.__enter__=multiprocessing MyManager.__exit__=multiprocessing MyManage"
+        "r.__init__=multiprocessing MyManager._create=multiprocessing MyManager._debug_in"
+        "fo=multiprocessing MyManager._finalize_manager=multiprocessing MyManager._number"
+        "_of_objects=multiprocessing MyManager._run_server=multiprocessing MyManager.conn"
+        "ect=multiprocessing MyManager.get_server=multiprocessing MyManager.register=mult"
+        "iprocessing MyManager.start=multiprocessing ProcessesMixin.setUpClass=multiproce"
+        "ssing QueueManager=multiprocessing QueueManager.__enter__=multiprocessing QueueM"
+        "anager.__exit__=multiprocessing QueueManager.__init__=multiprocessing QueueManag"
+        "er._create=multiprocessing QueueManager._debug_info=multiprocessing QueueManager"
+        "._finalize_manager=multiprocessing QueueManager._number_of_objects=multiprocessi"
+        "ng QueueManager._run_server=multiprocessing QueueManager.connect=multiprocessing"
+        " QueueManager.get_server=multiprocessing QueueManager.register=multiprocessing Q"
+        "ueueManager.start=multiprocessing QueueManager2=multiprocessing QueueManager2.__"
+        "enter__=multiprocessing QueueManager2.__exit__=multiprocessing QueueManager2.__i"
+        "nit__=multiprocessing QueueManager2._create=multiprocessing QueueManager2._debug"
+        "_info=multiprocessing QueueManager2._finalize_manager=multiprocessing QueueManag"
+        "er2._number_of_objects=multiprocessing QueueManager2._run_server=multiprocessing"
+        " QueueManager2.connect=multiprocessing QueueManager2.get_server=multiprocessing "
+        "QueueManager2.register=multiprocessing QueueManager2.start=multiprocessing Remot"
+        "eError=multiprocessing Structure=ctypes TestCloseFds._test_closefds=socket TestC"
+        "loseFds.close=socket TestCloseFds.get_high_socket_fd=socket TestFlags.run_in_chi"
+        "ld=multiprocessing TestForkAwareThreadLock.child=multiprocessing TestIgnoreEINTR"
+        "._test_ignore=signal TestIgnoreEINTR._test_ignore_listener=multiprocessing TestI"
+        "nitializers.setUp=multiprocessing TestResourceTracker._is_resource_tracker_reuse"
+        "d=multiprocessing TestResourceTracker.check_resource_tracker_death=multiprocessi"
+        "ng TestStartMethod._check_context=multiprocessing TestStartMethod._put_two_and_n"
+        "est_once=multiprocessing TestSyncManagerTypes.run_worker=multiprocessing TestSyn"
+        "cManagerTypes.wait_proc_exit=multiprocessing TestTimeouts._test_timeout=multipro"
+        "cessing TestWait._child_test_wait_socket=socket ThreadsMixin.setUpClass=multipro"
+        "cessing Value=multiprocessing _DummyList.__init__=multiprocessing _Foo=ctypes _T"
+        "estCondition._test_wait_result=os _TestConnection._send_data_without_fd=os _Test"
+        "Connection._writefd=multiprocessing _TestFinalize._test_finalize=multiprocessing"
+        " _TestFinalize.setUp=multiprocessing _TestFinalize.tearDown=multiprocessing _Tes"
+        "tHeap.setUp=multiprocessing _TestImportStar.get_module_names=os _TestLogging._te"
+        "st_level=multiprocessing _TestManagerRestart._putter=multiprocessing _TestPickli"
+        "ngConnections._listener=socket _TestPicklingConnections._remote=socket _TestPick"
+        "lingConnections.tearDownClass=multiprocessing _TestPollEintr._killer=os _TestPro"
+        "cess._kill_process=signal _TestProcess._test_report_parent_status=multiprocessin"
+        "g _TestProcess._test_send_parent_process=multiprocessing _TestProcess._test_wait"
+        "_for_threads=thread _TestProcess.check_forkserver_death=multiprocessing _TestRem"
+        "oteManager._putter=multiprocessing _TestSharedMemory._attach_existing_shmem_then"
+        "_write=multiprocessing _TestSubclassingProcess._test_stderr_flush=open _TestSubc"
+        "lassingProcess._test_sys_exit=open _UpperCaser=multiprocessing _UpperCaser.__ini"
+        "t__=multiprocessing _forkserver=multiprocessing _resource_tracker=multiprocessin"
+        "g _resource_unlink=multiprocessing _test_process=multiprocessing c_double=ctypes"
+        " c_int=ctypes c_longlong=ctypes copy=multiprocessing install_tests_in_module_dic"
+        "t=multiprocessing multiprocessing=multiprocessing only_run_in_spawn_testsuite=mu"
+        "ltiprocessing parent_process=multiprocessing pool_in_process=multiprocessing red"
+        "uction=multiprocessing resource_sharer=multiprocessing resource_tracker=multipro"
+        "cessing shared_memory=multiprocessing socket=socket subprocess=subprocess util=m"
+        "ultiprocessing wait=multiprocessing wait_for_handle=multiprocessing"
+    ),
+    "test._test_venv_multiprocessing": "main=multiprocessing multiprocessing=multiprocessing",
+    "test.audiotests": (
+        "AudioTests.check_params=pickle AudioTests.tearDown=os AudioTestsWithSourceFile.c"
+        "heck_params=pickle AudioTestsWithSourceFile.tearDown=os AudioWriteTests.check_fi"
+        "le=open AudioWriteTests.check_params=pickle AudioWriteTests.create_file=open Aud"
+        "ioWriteTests.tearDown=os UnseekableIO=open unlink=os"
+    ),
+    "test.audit-tests": "marshal=marshal mmap=mmap socket=socket sqlite3=sqlite3 ssl=ssl",
+    "test.bisect_cmd": (
+        "list_cases=subprocess main=open python_cmd=subprocess run_tests=subprocess subpr"
+        "ocess=subprocess tempfile=tempfile write_output=open write_tests=open"
+    ),
+    "test.certdata.make_ssl_certs": "make_ca=open make_cert_key=open shutil=shutil tempfile=tempfile unmake_ca=shutil",
+    "test.datetimetester": (
+        "IranTest.setUp=open ZoneInfo.fromname=open ZoneInfo.print_all_nondst_folds=open "
+        "ZoneInfo.stats=open ZoneInfo.zonenames=open ZoneInfoCompleteTest.__init__=open Z"
+        "oneInfoTest.setUp=open"
+    ),
+    "test.double_const": "check_ok=eval",
+    "test.fork_wait": "ForkWait.wait_impl=os",
+    "test.leakers.test_ctypes": "POINTER=ctypes Structure=ctypes c_int=ctypes leak=ctypes leak_inner=ctypes",
+    "test.libregrtest.cmdline": (
+        "FromFileFilterAction.__call__=open _ArgParser.__init__=open _ArgParser._add_acti"
+        "on=open _ArgParser._add_container_actions=open _ArgParser._check_conflict=open _"
+        "ArgParser._check_value=open _ArgParser._get_handler=open _ArgParser._get_option_"
+        "tuples=open _ArgParser._get_optional_kwargs=open _ArgParser._get_positional_kwar"
+        "gs=open _ArgParser._get_value=open _ArgParser._get_values=open _ArgParser._handl"
+        "e_conflict_error=open _ArgParser._match_argument=open _ArgParser._parse_known_ar"
+        "gs=open _ArgParser._parse_optional=open _ArgParser._read_args_from_files=open _A"
+        "rgParser.add_argument=open _ArgParser.add_subparsers=open _ArgParser.parse_args="
+        "open _ArgParser.parse_intermixed_args=open _ArgParser.parse_known_args=open _Arg"
+        "Parser.parse_known_intermixed_args=open"
+    ),
+    "test.libregrtest.findtests": "findtests=os split_test_packages=os",
+    "test.libregrtest.main": (
+        "Regrtest._add_cross_compile_opts=__import__ Regrtest._add_python_opts=subprocess"
+        " Regrtest._execute_python=subprocess Regrtest._init=tempfile Regrtest._run_tests"
+        "=socket Regrtest.finalize_tests=open Regrtest.find_tests=open Regrtest.main=temp"
+        "file Regrtest.run_test=importlib Regrtest.run_tests=socket Regrtest.run_tests_se"
+        "quentially=importlib cleanup_temp_dir=shutil display_header=socket findtests=os "
+        "get_host_runner=__import__ get_temp_dir=tempfile run_single_test=importlib split"
+        "_test_packages=os subprocess=subprocess"
+    ),
+    "test.libregrtest.refleak": "dash_R_cleanup=zipimport runtest_refleak=open zipimport=zipimport",
+    "test.libregrtest.results": "TestResults.write_junit=open",
+    "test.libregrtest.run_workers": (
+        "RunWorkers.run=thread RunWorkers.start_workers=thread WorkerThread=thread Worker"
+        "Thread._bootstrap=exec WorkerThread._bootstrap_inner=exec WorkerThread._kill=os "
+        "WorkerThread._run_process=subprocess WorkerThread._runtest=subprocess WorkerThre"
+        "ad.create_json_file=tempfile WorkerThread.create_stdout=tempfile WorkerThread.jo"
+        "in=thread WorkerThread.read_json=open WorkerThread.run=subprocess WorkerThread.r"
+        "un_tmp_files=subprocess WorkerThread.start=thread WorkerThread.stop=os create_wo"
+        "rker_process=subprocess subprocess=subprocess tempfile=tempfile"
+    ),
+    "test.libregrtest.runtests": (
+        "JsonFile.configure_subprocess=subprocess JsonFile.open=open subprocess=subprocess"
+    ),
+    "test.libregrtest.save_env": (
+        "saved_test_environment.restore_cwd=os saved_test_environment.restore_files=shuti"
+        "l saved_test_environment.restore_sys_gettrace=exec saved_test_environment.restor"
+        "e_urllib_requests__url_tempfiles=os"
+    ),
+    "test.libregrtest.single": (
+        "_load_run_test=importlib _runtest=importlib _runtest_env_changed_exc=importlib i"
+        "mportlib=importlib regrtest_runner=open remove_testfn=os run_single_test=importl"
+        "ib runtest_refleak=open"
+    ),
+    "test.libregrtest.utils": (
+        "cleanup_temp_dir=shutil display_header=socket get_build_info=__import__ get_host"
+        "_runner=__import__ get_temp_dir=tempfile remove_testfn=os shutil=shutil subproce"
+        "ss=subprocess tempfile=tempfile"
+    ),
+    "test.libregrtest.win_utils": "WindowsLoadTracker.__init__=thread _winapi=_winapi",
+    "test.libregrtest.worker": (
+        "create_worker_process=subprocess get_temp_dir=tempfile main=tempfile run_single_"
+        "test=importlib subprocess=subprocess worker_process=open"
+    ),
+    "test.lock_tests": "Bunch.__enter__=thread start_new_thread=thread",
+    "test.mock_socket": (
+        "AF_INET=socket AF_INET6=socket AF_UNIX=socket SOCK_STREAM=socket _GLOBAL_DEFAULT"
+        "_TIMEOUT=socket error=socket gaierror=socket getaddrinfo=socket socket_module=so"
+        "cket"
+    ),
+    "test.mp_fork_bomb": "multiprocessing=multiprocessing",
+    "test.mp_preload": "multiprocessing=multiprocessing",
+    "test.multibytecodec_support": (
+        "HTTPException=http.client TestBase_Mapping._test_mapping_file_plain=open TestBas"
+        "e_Mapping._test_mapping_file_ucm=open TestBase_Mapping.open_mapping_file=open Te"
+        "stBase_Mapping.setUp=open load_teststring=open"
+    ),
+    "test.pickletester": (
+        "AbstractDispatchTableTests._test_dispatch_table=pickle dbm=dbm forget=importlib "
+        "no_tracing=exec shutil=shutil"
+    ),
+    "test.pythoninfo": (
+        "_winapi=_winapi collect_cc=subprocess collect_gdb=subprocess collect_libregrtest"
+        "_utils=__import__ collect_platform=socket collect_socket=socket collect_ssl=ssl "
+        "collect_support=__import__ collect_sysconfig=__import__ collect_tempfile=tempfil"
+        "e collect_windows=ctypes ctypes=ctypes socket=socket sqlite3=sqlite3 ssl=ssl sub"
+        "process=subprocess tempfile=tempfile"
+    ),
+    "test.signalinterproctester": "InterProcessSignalTests.subprocess_send_signal=subprocess subprocess=subprocess",
+    "test.sortperf": "main=open marshal=marshal randfloats=open tabulate=open tempfile=tempfile",
+    "test.ssl_servers": (
+        "HTTPSServer.server_bind=socket HTTPSServerThread=thread HTTPSServerThread.__init"
+        "__=thread HTTPSServerThread._bootstrap=exec HTTPSServerThread._bootstrap_inner=e"
+        "xec HTTPSServerThread.join=thread HTTPSServerThread.start=thread RootedHTTPReque"
+        "stHandler.copyfile=shutil RootedHTTPRequestHandler.do_GET=shutil RootedHTTPReque"
+        "stHandler.do_HEAD=open RootedHTTPRequestHandler.handle=http.client RootedHTTPReq"
+        "uestHandler.handle_one_request=http.client RootedHTTPRequestHandler.list_directo"
+        "ry=os RootedHTTPRequestHandler.parse_request=http.client RootedHTTPRequestHandle"
+        "r.send_head=open StatsRequestHandler.handle=http.client StatsRequestHandler.hand"
+        "le_one_request=http.client StatsRequestHandler.parse_request=http.client make_ht"
+        "tps_server=ssl ssl=ssl"
+    ),
+    "test.ssltests": "run_regrtests=subprocess ssl=ssl subprocess=subprocess",
+    "test.subprocessdata.sigchild_ignore": "subprocess=subprocess",
+    "test.support": (
+        "PythonSymlink.__enter__=os PythonSymlink.__exit__=os PythonSymlink._call=subproc"
+        "ess PythonSymlink.call_link=subprocess PythonSymlink.call_real=subprocess Struct"
+        "ure=ctypes SuppressCrashReport.__enter__=subprocess _MemoryWatchdog.start=open _"
+        "force_run=os _is_gui_available=ctypes _requires_unix_version=socket _winapi=_win"
+        "api args_from_interpreter_flags=subprocess c_int=ctypes cdll=ctypes check_cflags"
+        "_pgo=__import__ check_sanitizer=__import__ check_syntax_error=compile ctypes=cty"
+        "pes darwin_malloc_err_warning=shutil find_library=ctypes import_module=importlib"
+        " missing_compiler_executable=__import__ no_tracing=exec open_urlresource=open op"
+        "tim_args_from_interpreter_flags=subprocess pointer=ctypes python_is_optimized=__"
+        "import__ refcount_test=exec requires=ctypes requires_freebsd_version=socket requ"
+        "ires_linux_version=socket requires_mac_ver=open requires_resource=ctypes setswit"
+        "chinterval=subprocess shutil=shutil skip_if_broken_multiprocessing_synchronize=i"
+        "mportlib skip_if_sanitizer=__import__ subprocess=subprocess unlink=os wait_proce"
+        "ss=os"
+    ),
+    "test.support.bytecode_helper": (
+        "BytecodeTestCase.assertInBytecode=compile BytecodeTestCase.assertNotInBytecode=c"
+        "ompile BytecodeTestCase.get_disassembly_as_string=compile"
+    ),
+    "test.support.import_helper": (
+        "forget=importlib import_fresh_module=__import__ import_module=importlib importli"
+        "b=importlib make_legacy_pyc=shutil ready_to_import=shutil shutil=shutil temp_dir"
+        "=shutil unlink=os"
+    ),
+    "test.support.os_helper": (
+        "_force_run=os _rmdir=os _rmtree=shutil _unlink=os _waitfor=os can_chmod=open can"
+        "_dac_override=open can_symlink=os can_xattr=open change_cwd=os create_empty_file"
+        "=os ctypes=ctypes fs_is_case_insensitive=tempfile make_bad_fd=open open_dir_fd=o"
+        "s rmdir=os rmtree=shutil shutil=shutil skip_if_dac_override=open skip_unless_dac"
+        "_override=open skip_unless_symlink=os skip_unless_working_chmod=open skip_unless"
+        "_xattr=open temp_cwd=shutil temp_dir=shutil tempfile=tempfile unlink=os"
+    ),
+    "test.support.pty_helper": "import_module=importlib run_pty=importlib subprocess=subprocess",
+    "test.support.script_helper": (
+        "_assert_python=subprocess assert_python_failure=subprocess assert_python_ok=subp"
+        "rocess importlib=importlib interpreter_requires_environment=subprocess kill_pyth"
+        "on=subprocess make_legacy_pyc=shutil make_pkg=os make_script=open make_zip_pkg=i"
+        "mportlib make_zip_script=shutil run_python_until_end=subprocess run_test_script="
+        "subprocess source_from_cache=importlib spawn_python=subprocess subprocess=subpro"
+        "cess"
+    ),
+    "test.support.socket_helper": (
+        "_get_sysctl=subprocess _is_ipv6_enabled=socket find_unused_port=socket skip_if_t"
+        "cp_blackhole=subprocess skip_unless_bind_unix_socket=socket socket=socket subpro"
+        "cess=subprocess tcp_blackhole=subprocess transient_internet=socket unlink=os"
+    ),
+    "test.support.warnings_helper": (
+        "check_syntax_error=compile check_syntax_warning=compile import_deprecated=import"
+        "lib importlib=importlib"
+    ),
+    "test.win_console_handler": (
+        "SetConsoleCtrlHandler=ctypes WINFUNCTYPE=ctypes ctypes=ctypes mmap=mmap wintypes=ctypes"
+    ),
+    "test.xmltests": "runtest=__import__",
+    "tokenize": "_builtin_open=open main=open open=open",
+    "tomllib": "load=eval loads=eval",
+    "tomllib._parser": "NamedTuple=eval Output=eval load=eval loads=eval",
+    "torch": (
+        "BFloat16Storage.__reduce__=open BoolStorage.__reduce__=open ByteStorage.__reduce"
+        "__=open CharStorage.__reduce__=open ComplexDoubleStorage.__reduce__=open Complex"
+        "FloatStorage.__reduce__=open DoubleStorage.__reduce__=open FloatStorage.__reduce"
+        "__=open HalfStorage.__reduce__=open IntStorage.__reduce__=open LongStorage.__red"
+        "uce__=open QInt32Storage.__reduce__=open QInt8Storage.__reduce__=open QUInt2x4St"
+        "orage.__reduce__=open QUInt4x2Storage.__reduce__=open QUInt8Storage.__reduce__=o"
+        "pen ShortStorage.__reduce__=open _TorchCompileInductorWrapper.__call__=ctypes _T"
+        "orchCompileInductorWrapper.__init__=eval _TorchCompileWrapper.__init__=importlib"
+        " __getattr__=importlib _get_cuda_dep_paths=os _import_device_backends=importlib "
+        "_import_dotted_name=__import__ _load_dll_libraries=ctypes _load_global_deps=sock"
+        "et _manager_path=socket _preload_cuda_deps=socket _preload_cuda_lib=socket compi"
+        "le=importlib compile_fx=ctypes cond=importlib ctypes=ctypes entry_points=importl"
+        "ib from_dlpack=ctypes importlib=importlib load=open lookup_backend=importlib man"
+        "ual_seed=ctypes save=open seed=ctypes set_default_tensor_type=__import__ while_l"
+        "oop=importlib"
+    ),
+    "torch._appdirs": "_get_win_folder_with_ctypes=ctypes ctypes=ctypes windll=ctypes",
+    "torch._custom_op.autograd": (
+        "construct_autograd_kernel=eval namedtuple=eval namedtuple_args=eval namedtuple_a"
+        "rgs_cls=eval"
+    ),
+    "torch._custom_op.impl": (
+        "CustomOp._register_autograd_kernel=open CustomOp._register_impl=open CustomOp.im"
+        "pl=open CustomOp.impl_abstract=open CustomOp.impl_backward=open CustomOp.impl_fa"
+        "ctory=open CustomOp.impl_save_for_backward=open construct_autograd_kernel=eval c"
+        "ustom_op=eval infer_schema=eval validate_function_matches_schema=eval"
+    ),
+    "torch._custom_ops": "custom_op=eval infer_schema=eval",
+    "torch._decomp": "_convert_out_params=eval register_decomposition=eval",
+    "torch._decomp.decompositions": (
+        "_addmm_activation=eval _affine_grid_generator_4d=importlib _affine_grid_generato"
+        "r_5d=importlib _batch_norm_no_update=eval _batch_norm_with_update=eval _batch_no"
+        "rm_with_update_functional=eval _chunk_cat=eval _euclidean_dist=eval _fused_dropo"
+        "ut_decomposition=eval _fused_rms_norm=eval _fused_rms_norm_backward=eval _log_so"
+        "ftmax=eval _log_softmax_backward_data=eval _make_base_grid_4d=importlib _make_ba"
+        "se_grid_5d=importlib _max_pool_nd_with_indices=importlib _native_batch_norm_legi"
+        "t=eval _native_batch_norm_legit_functional=eval _native_batch_norm_legit_no_stat"
+        "s=eval _native_batch_norm_legit_no_training=eval _prelu_kernel=eval _prelu_kerne"
+        "l_backward=eval _reflection_pad=eval _reflection_pad_backward=eval _replication_"
+        "pad=eval _reshape_alias=eval _softmax=eval _softmax_backward_data=eval _to_copy="
+        "ctypes _unsafe_index=eval _unsafe_index_put=eval _unsafe_masked_index=eval _unsa"
+        "fe_masked_index_put_accumulate=eval _upsample_linear_vec=eval _upsample_nearest_"
+        "exact2d=eval _upsample_nearest_exact3d=eval _upsample_nearest_exact_vec=eval _up"
+        "sample_nearest_vec=eval _weight_norm_interface=eval adaptive_avg_pool2d=eval ada"
+        "ptive_max_pool2d=eval adaptive_max_pool3d=eval addmm=eval addmm_dtype=eval addmv"
+        "=eval affine_grid_generator=importlib aminmax=eval arange_default=eval arange_st"
+        "art=eval baddbmm=eval batch_norm_backward=eval bernoulli=eval binary_cross_entro"
+        "py=eval binary_cross_entropy_backward=eval binary_cross_entropy_with_logits=eval"
+        " col2im=importlib cudnn_batch_norm=eval cudnn_batch_norm_backward=eval device_su"
+        "pports_fp64=ctypes diagonal_backward=eval dist=eval dropout=eval elu_backward=ev"
+        "al embedding=eval embedding_dense_backward=eval fill_scalar=eval fill_tensor=eva"
+        "l floor_divide=eval gelu_backward=eval glu_backward=eval grid_sampler_2d=eval gr"
+        "u_impl=eval gru_impl_data=eval hann_window=eval hann_window_periodic=eval hardsi"
+        "gmoid=eval hardsigmoid_backward=eval hardswish=eval hardswish_backward=eval hard"
+        "tanh_backward=eval huber_loss_backward=eval huber_loss_backward_out=eval im2col="
+        "importlib index_add=eval index_add_=eval index_copy=eval index_copy_=eval is_sam"
+        "e_size=eval isin=eval ldexp=eval leaky_relu_backward=eval log_sigmoid_backward=e"
+        "val log_sigmoid_forward=eval logit_backward=eval lstm_data_impl=eval lstm_impl=e"
+        "val matmul=eval max_pool2d_with_indices=importlib max_pool2d_with_indices_backwa"
+        "rd=eval max_pool3d_with_indices=importlib max_unpool2d=eval max_unpool3d=eval mi"
+        "open_batch_norm_backward=eval mish_backward=eval mse_loss=eval mse_loss_backward"
+        "=eval multi_margin_loss=eval multilabel_margin_loss_forward=eval mv=eval nansum="
+        "eval native_batch_norm=eval native_batch_norm_backward=eval native_batch_norm_ba"
+        "ckward_out=eval native_dropout=eval native_dropout_backward=eval native_group_no"
+        "rm_backward=eval native_group_norm_backward_out=eval native_layer_norm_backward="
+        "eval native_layer_norm_backward_out=eval nll_loss2d_backward=eval nll_loss2d_for"
+        "ward=eval nll_loss_backward=eval nll_loss_forward=eval nop_decomposition=eval ou"
+        "t_dtype_decomp=eval out_wrapper=eval pad_sequence=eval register_decomposition=ev"
+        "al register_inplace=eval resize_as=eval rnn_relu_data=eval rnn_relu_input=eval r"
+        "nn_tanh_data=eval rnn_tanh_input=eval rrelu_with_noise_backward=eval safe_softma"
+        "x=eval scaled_dot_product_flash_attention_for_cpu=eval select_backward=eval shou"
+        "ld_fold=eval sigmoid_backward=eval silu=eval silu_backward=eval slice_backward=e"
+        "val slice_forward=eval slice_scatter=eval smooth_l1_loss=eval smooth_l1_loss_bac"
+        "kward=eval smooth_l1_loss_backward_out=eval soft_margin_loss=eval soft_margin_lo"
+        "ss_backward=eval softplus_backward=eval split=eval split_with_sizes_copy=eval sq"
+        "ueeze_default=eval sum_default=eval sym_numel=eval take=eval tanh_backward=eval "
+        "threshold_backward=eval unfold_backward=eval uniform=eval uniform_=eval unsafe_s"
+        "plit=eval unsafe_split_with_sizes=eval upsample_bicubic2d_aa_vec=eval upsample_b"
+        "icubic2d_default=eval upsample_bicubic2d_vec=eval upsample_bilinear2d=eval upsam"
+        "ple_bilinear2d_aa_vec=eval upsample_lanczos2d_aa_vec=eval upsample_linear1d=eval"
+        " upsample_nearest1d=eval upsample_nearest2d=eval upsample_nearest3d=eval upsampl"
+        "e_nearest_exact1d=eval upsample_trilinear3d=eval"
+    ),
+    "torch._decomp.decompositions_for_jvp": (
+        "_register_jit_decomposition_for_jvp=open batch_norm_backward=eval log_sigmoid_fo"
+        "rward=eval maybe_register_decomposition=eval native_batch_norm_backward=eval nat"
+        "ive_layer_norm_backward=eval register_decomposition=eval register_decomposition_"
+        "for_jvp=eval trace=eval"
+    ),
+    "torch._decomp.decompositions_for_rng": "rand=eval rand_like=eval register_rng_decomposition=eval",
+    "torch._export": "_PyTreeInfo=eval _export_to_torch_ir=importlib aot_compile=ctypes",
+    "torch._export.config": "install_config_module=open",
+    "torch._export.converter": (
+        "ExplainTS2FXGraphConverter.convert=eval TS2EPConverter.convert=eval TS2EPConvert"
+        "er.retrace_as_exported_program=eval TS2FXGraphConverter.convert=eval inplace_opt"
+        "imize_sym_size_div=eval"
+    ),
+    "torch._export.db.case": "dataclass=eval",
+    "torch._export.db.examples": "_collect_examples=__import__",
+    "torch._export.db.examples.cond_operands": "CondOperands.forward=importlib",
+    "torch._export.non_strict_utils": (
+        "_NonStrictTorchFunctionHandler.__torch_function__=eval _NonStrictTorchFunctionHa"
+        "ndler._override=eval _combine_args=eval make_fake_inputs=eval make_sourced_prefi"
+        "xes=eval"
+    ),
+    "torch._export.pass_base": (
+        "TensorMetadata=eval _ExportPassBaseDeprecatedDoNotUse.ExportTracer._try_reconstr"
+        "uct_opaque=eval _ExportPassBaseDeprecatedDoNotUse.ExportTracer.create_arg=eval _"
+        "ExportPassBaseDeprecatedDoNotUse.ExportTracer.set_metadata=eval _extract_tensor_"
+        "metadata=eval"
+    ),
+    "torch._export.passes.add_runtime_assertions_for_constraints_pass": "InputDim=eval NamedTuple=eval",
+    "torch._export.serde.schema": "_union_dataclass=eval dataclass=eval",
+    "torch._export.serde.schema_check": "_staged_schema=open importlib=importlib update_schema=importlib",
+    "torch._export.serde.serialize": (
+        "ExportedProgramSerializer.serialize=open GraphModuleDeserializer.deserialize=ope"
+        "n GraphModuleSerializer.handle_call_function=ctypes GraphModuleSerializer.serial"
+        "ize_sym_op_inputs=eval dataclass=eval deserialize_torch_artifact=open get_triton"
+        "_kernel_and_cache_entry=ctypes has_triton=ctypes namedtuple=eval serialize_torch"
+        "_artifact=open"
+    ),
+    "torch._export.serde.union": "_union_dataclass=eval dataclass=eval",
+    "torch._export.tools": "report_exportability=eval",
+    "torch._export.utils": (
+        "_bind_signature_to_inputs=eval _get_torch_jit_trace_forward_signature=compile ap"
+        "ply_runtime_assertion_pass=compile insert_deferred_runtime_asserts=compile place"
+        "holder_naming_pass=eval"
+    ),
+    "torch._export.wrappers": (
+        "_call_custom_autograd_function_in_pre_dispatch=importlib _emit_flat_apply_call=e"
+        "val _mark_strict_experimental=importlib allow_in_pre_dispatch_graph=eval export_"
+        "tracepoint_dispatch_mode=eval mark_subclass_constructor_exportable_experimental="
+        "eval strict_mode=importlib track_tensor_tree=eval"
+    ),
+    "torch._functorch._activation_checkpointing.ac_logging_utils": "create_structured_trace_for_min_cut_info=eval trace_structured=eval",
+    "torch._functorch._activation_offloading.activation_offloading": (
+        "activation_reload_prefetch=ctypes activation_reload_prefetch_async=ctypes benchm"
+        "ark_node=ctypes dataclass=eval enable_activation_offloading=ctypes offload=eval "
+        "reload=eval reorder_for_prefetch=ctypes"
+    ),
+    "torch._functorch._activation_offloading.offload_ops": "custom_op=eval offload=eval reload=eval",
+    "torch._functorch._aot_autograd.aot_autograd_result": (
+        "BundledOutputCodeLoadable.post_compile=ctypes CompiledBackward.load=ctypes Compi"
+        "ledForward.load=ctypes FxGraphCacheLoadable.load=ctypes GenericAOTAutogradResult"
+        "._log_cached_graphs=eval GenericAOTAutogradResult.wrap_post_compile=eval datacla"
+        "ss=eval"
+    ),
+    "torch._functorch._aot_autograd.autograd_cache": (
+        "AOTAutogradCache._get_tmp_dir=tempfile AOTAutogradCache._get_tmp_dir_for_key=tem"
+        "pfile AOTAutogradCache._pickle_entry=eval AOTAutogradCache._write_to_local_cache"
+        "=tempfile AOTAutogradCache.clear=tempfile AOTAutogradCache.save=tempfile AOTAuto"
+        "gradCache.try_load=importlib AOTAutogradCacheArtifact.populate_cache=tempfile AO"
+        "TAutogradCacheArtifact.serialize=write_bytes AOTAutogradCachePickler._format_glo"
+        "bal_for_cache_key=importlib AOTAutogradCachePickler._reduce_graph_module_for_cac"
+        "he_key=importlib AOTAutogradCachePickler.reducer_override=importlib autograd_cac"
+        "he_key=importlib cache_dir=tempfile check_cacheable=importlib check_node_safe=im"
+        "portlib is_safe_numpy_wrapper=importlib numpy_wrapper_cache_key=importlib shutil"
+        "=shutil write_atomic=mkdir"
+    ),
+    "torch._functorch._aot_autograd.functional_utils": "dataclass=eval",
+    "torch._functorch._aot_autograd.graph_capture": (
+        "_prepare_graph_capture_tracing=ctypes aot_dispatch_autograd_graph=ctypes aot_dis"
+        "patch_base_graph=ctypes assign_epilogue_copy_streams=open create_functionalized_"
+        "fn=ctypes insert_backward_syncs=open sync_deallocations=ctypes trace_structured="
+        "eval"
+    ),
+    "torch._functorch._aot_autograd.graph_capture_wrappers": (
+        "create_functionalized_fn=ctypes create_functionalized_rng_ops_wrapper=ctypes dat"
+        "aclass=eval"
+    ),
+    "torch._functorch._aot_autograd.graph_compile": (
+        "_aot_stage2a_partition=eval _aot_stage2b_bw_compile=eval _cache_autograd_info=te"
+        "mpfile _cache_inference_info=tempfile _inductor_partition_fn=ctypes _log_fw_bw_g"
+        "raphs=eval _log_inference_graph=eval _log_joint_graph=eval aot_dispatch_autograd"
+        "_graph=ctypes aot_dispatch_base_graph=ctypes aot_stage1_graph_capture=ctypes aot"
+        "_stage2_autograd=tempfile aot_stage2_compile=tempfile aot_stage2_inference=tempf"
+        "ile maybe_inline_graph_saved_tensors_hooks=eval maybe_log_graph=eval trace_struc"
+        "tured=eval"
+    ),
+    "torch._functorch._aot_autograd.runtime_wrappers": (
+        "AOTDedupeWrapper.post_compile=compile AOTDispatchSubclassWrapper.post_compile=co"
+        "mpile AOTSyntheticBaseWrapper.post_compile=compile DebugAssertWrapper.post_compi"
+        "le=compile EffectTokensWrapper.post_compile=compile FunctionalizedRngRuntimeWrap"
+        "per.post_compile=compile FunctionalizedRngRuntimeWrapper.pre_compile=ctypes Runt"
+        "imeWrapper.post_compile=compile _AOTDispatchAutogradFunctionFactory.build=compil"
+        "e _codegen_backward_epilogue=compile _codegen_backward_prologue=compile _codegen"
+        "_compiled_backward=compile _codegen_compiled_forward=compile _compile_and_exec_s"
+        "ource=compile _create_runtime_wrapper=compile codegen_backward_subclass_fns=comp"
+        "ile codegen_subclass_wrapper=compile dataclass=eval"
+    ),
+    "torch._functorch._aot_autograd.schemas": "dataclass=eval",
+    "torch._functorch._aot_autograd.streams": (
+        "assign_epilogue_copy_streams=open get_compute_time=ctypes get_current_stream=ope"
+        "n get_roofline_estimate=ctypes get_stream_or_current_stream=open handle_synced_d"
+        "eallocation=ctypes insert_backward_syncs=open insert_record_event_after_node=ope"
+        "n insert_sync=open insert_wait_event_before_node=open new_event=open populate_st"
+        "ream_timeline=ctypes sync_deallocations=ctypes"
+    ),
+    "torch._functorch._aot_autograd.subclass_codegen": (
+        "_compile_and_exec_source=compile codegen_backward_subclass_fns=compile codegen_s"
+        "ubclass_wrapper=compile"
+    ),
+    "torch._functorch.aot_autograd": (
+        "_aot_export_function=ctypes aot_compile_joint_with_descriptors=tempfile aot_expo"
+        "rt_joint_simple=ctypes aot_export_joint_with_descriptors=ctypes aot_export_modul"
+        "e=ctypes aot_function=ctypes aot_module=ctypes aot_module_simplified=ctypes aot_"
+        "stage1_graph_capture=ctypes aot_stage2_compile=tempfile autograd_cache_key=impor"
+        "tlib compiled_function=ctypes compiled_module=ctypes create_aot_state=ctypes cre"
+        "ate_functionalized_fn=ctypes create_functionalized_rng_ops_wrapper=ctypes defaul"
+        "t_partition=ctypes preserve_rng_state=ctypes"
+    ),
+    "torch._functorch.autograd_function": (
+        "NamedTuple=eval VmapInfo=eval custom_function_call_vmap=eval custom_function_cal"
+        "l_vmap_helper=eval"
+    ),
+    "torch._functorch.benchmark_utils": (
+        "benchmark_utilization=ctypes compute_utilization=open dump_chrome_trace=ctypes g"
+        "et_chrome_trace_events=open"
+    ),
+    "torch._functorch.compilers": (
+        "_save_fx_default=open aot_function=ctypes aot_module=ctypes debug_compile=open d"
+        "efault_partition=ctypes get_inputs=open memory_efficient_fusion=ctypes min_cut_r"
+        "ematerialization_partition=ctypes nnc_jit=ctypes simple_ts_compile=open ts_compi"
+        "le=open"
+    ),
+    "torch._functorch.config": "install_config_module=open",
+    "torch._functorch.deprecated": "hessian=eval jacfwd=eval jvp=eval",
+    "torch._functorch.eager_transforms": (
+        "_jvp_with_argnums=eval hessian=eval jacfwd=eval jvp=eval lazy_dynamo_disallow=im"
+        "portlib linearize=importlib safe_unpack_dual=eval"
+    ),
+    "torch._functorch.fx_minifier": "create_minified_hlo_graph=os dataclass=eval minifier=os",
+    "torch._functorch.partitioners": (
+        "_extract_fwd_bwd_modules=eval _sync_decision_cross_ranks=eval choose_saved_value"
+        "s_set=os create_structured_trace_for_min_cut_info=eval dataclass=eval default_pa"
+        "rtition=ctypes enable_activation_offloading=ctypes enable_activation_quantizatio"
+        "n=eval min_cut_rematerialization_partition=ctypes perform_fp8_activation_quantiz"
+        "ation=eval solve_min_cut=open trace_structured=eval visualize_min_cut_graph=open"
+    ),
+    "torch._guards": (
+        "ChainedSource.get_value=eval CodeType=exec CompileContext.current_trace_id=eval "
+        "GuardCheckSpec=eval NamedTuple=eval ShapeGuard=eval Source.get_value=eval TraceI"
+        "d=eval dataclass=eval dataclass_with_cached_hash=eval"
+    ),
+    "torch._higher_order_ops": (
+        "associative_scan=importlib cond=importlib map=importlib scan=importlib strict_mo"
+        "de=importlib while_loop=importlib"
+    ),
+    "torch._higher_order_ops._invoke_quant": (
+        "InvokeQuantTracer._call_ProxyTorchDispatchMode=eval InvokeQuantUnpacked._call_Pr"
+        "oxyTorchDispatchMode=eval"
+    ),
+    "torch._higher_order_ops.aoti_call_delegate": (
+        "call_delegate_proxy_torch_dispatch_mode=eval trace_aoti_call_delegate=eval track"
+        "_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.associative_scan": (
+        "_check_alias_and_mutation=compile _interleave=importlib _maybe_compile_and_run_f"
+        "n=importlib associative_scan=importlib associative_scan_functionalize=compile as"
+        "sociative_scan_proxy_mode=eval check_meta_consistency=eval trace_associative_sca"
+        "n=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.auto_functionalize": (
+        "auto_functionalized_proxy=eval auto_functionalized_v2_proxy=eval dataclass=eval "
+        "track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.base_hop": "BaseHOP._call_ProxyTorchDispatchMode=eval track_tensor_tree=eval",
+    "torch._higher_order_ops.cond": (
+        "_check_alias_and_mutation=compile _hop_compile_and_call=importlib cond=importlib"
+        " cond_func=compile inner=eval trace_cond=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.effects": "handle_effects=eval track_tensor_tree=eval with_effects_proxy=eval",
+    "torch._higher_order_ops.executorch_call_delegate": (
+        "call_delegate_proxy_torch_dispatch_mode=eval trace_call_delegate=eval track_tens"
+        "or_tree=eval"
+    ),
+    "torch._higher_order_ops.flat_apply": "dataclass=eval",
+    "torch._higher_order_ops.flex_attention": (
+        "_has_potential_branch_input_mutation=compile flex_attention_backward_proxy_torch"
+        "_dispatch_mode=eval flex_attention_functionalize=compile flex_attention_proxy_to"
+        "rch_dispatch_mode=eval trace_flex_attention=eval trace_flex_attention_backward=e"
+        "val track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.foreach_map": "ForeachMap._call_ProxyTorchDispatchMode=eval",
+    "torch._higher_order_ops.hints_wrap": (
+        "_check_alias_and_mutation=compile hints_wrapper_functionalize=compile inner=eval"
+        " trace_hints_wrapper=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.inline_asm_elementwise": "track_tensor_tree=eval",
+    "torch._higher_order_ops.invoke_leaf_function": (
+        "InvokeLeafFunctionAutogradOp.forward=eval LeafModuleState=eval NamedTuple=eval _"
+        "make_forward=eval _resolve_mutated_flat_indices=eval check_escaped_gradients=eva"
+        "l convert_modules_to_states=eval dataclass=eval flatten_args_with_modules=eval g"
+        "et_gradient_edge=eval handle_effects=eval invoke_leaf_function_functionalization"
+        "=eval invoke_leaf_function_proxy_mode=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.invoke_subgraph": (
+        "InvokeSubgraphAutogradOp.backward=eval _=compile _hop_compile_and_call=importlib"
+        " compile_fx_inner=ctypes dataclass=eval insert_deferred_runtime_asserts=compile "
+        "invoke_subgraph_placeholder=importlib mark_compile_region=importlib trace_struct"
+        "ured=eval track_tensor_tree=eval warn_and_trace_duplicate_backward=eval"
+    ),
+    "torch._higher_order_ops.local_map": (
+        "autograd_key=ctypes create_hop_fw_bw=ctypes partition_fn=ctypes proxy_mode_key=e"
+        "val proxy_mode_key_common=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.map": (
+        "_check_alias_and_mutation=compile _maybe_compile_and_run_fn=importlib map=import"
+        "lib map_functionalize=compile map_proxy_torch_dispatch_mode=eval trace_map=eval "
+        "track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.out_dtype": (
+        "maybe_handle_decomp=tempfile out_dtype_proxy=tempfile trace_out_dtype=tempfile t"
+        "rack_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.partitioner": "min_cut_rematerialization_partition=ctypes",
+    "torch._higher_order_ops.print": "handle_effects=eval print_func=eval",
+    "torch._higher_order_ops.run_const_graph": "run_const_graph_dispatch_mode=eval track_tensor_tree=eval",
+    "torch._higher_order_ops.scan": (
+        "_check_alias_and_mutation=compile _maybe_compile_and_run_fn=importlib check_meta"
+        "_consistency=eval scan=importlib scan_functionalize=compile scan_proxy_mode=eval"
+        " trace_scan=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.schema": "dataclass=eval",
+    "torch._higher_order_ops.strict_mode": (
+        "_hop_compile_and_call=importlib inner=eval strict_mode=importlib trace_strict_mo"
+        "de=eval track_tensor_tree=eval"
+    ),
+    "torch._higher_order_ops.torchbind": "call_torchbind_func=eval handle_effects=eval inner=eval track_tensor_tree=eval",
+    "torch._higher_order_ops.triton_kernel_wrap": (
+        "TracingTritonHOPifier.init_variable=eval TritonHOPifier.init_variable=eval gener"
+        "ate_ttir=ctypes get_mutated_tensors=ctypes has_triton=ctypes has_triton_tensor_d"
+        "escriptor_host_tma=ctypes identify_accessed_tensors=ctypes identify_triton_store"
+        "s=compile trace_triton_kernel_wrapper=eval track_tensor_tree=eval triton_kernel_"
+        "wrapper_functional_proxy_torch_dispatch_mode=eval triton_kernel_wrapper_mutation"
+        "_dense=exec triton_kernel_wrapper_mutation_functionalize=ctypes triton_kernel_wr"
+        "apper_mutation_proxy_torch_dispatch_mode=eval"
+    ),
+    "torch._higher_order_ops.utils": (
+        "TensorMetadata=eval _check_alias_and_mutation=compile _extract_tensor_metadata=e"
+        "val _has_potential_branch_input_mutation=compile _hop_compile_and_call=importlib"
+        " _maybe_compile_and_run_fn=importlib _maybe_fake_tracing=compile check_meta_cons"
+        "istency=eval dataclass=eval has_potential_input_alias_or_mutation=compile insert"
+        "_deferred_runtime_asserts=compile lookup_backend=importlib potential_input_alias"
+        "_or_mutation=compile setup_compilation_env=importlib"
+    ),
+    "torch._higher_order_ops.while_loop": (
+        "_check_alias_and_mutation=compile _hop_compile_and_call=importlib check_meta_con"
+        "sistency=eval track_tensor_tree=eval while_loop=importlib while_loop_fake_tensor"
+        "_mode=eval while_loop_func=compile while_loop_tracing=eval"
+    ),
+    "torch._higher_order_ops.wrap": (
+        "TagActivationCheckpoint.__call__=socket TagActivationCheckpoint.divide_kwargs=ev"
+        "al WrapActivationCheckpoint.__call__=socket checkpoint=socket inductor_compiled_"
+        "code_proxy=eval proxy_mode_key=eval tag_activation_checkpoint_impl=socket track_"
+        "tensor_tree=eval"
+    ),
+    "torch._jit_internal": (
+        "_check_overload_body=open _create_named_tuple=eval _get_named_tuple_properties=o"
+        "pen _get_overloaded_methods=open _overload=open _overload_method=open createReso"
+        "lutionCallbackForClassMethods=open get_callable_argument_names=eval get_overload"
+        "_no_implementation_error_message=open get_source_lines_and_file=open get_type_hi"
+        "nt_captures=open parse_def=open"
+    ),
+    "torch._lazy": "save=open",
+    "torch._lazy.closure": "AsyncClosureHandler.run=thread AsyncClosureHandler.start_event_loop=thread",
+    "torch._library": "triton_op=open",
+    "torch._library.autograd": "dataclass=eval",
+    "torch._library.custom_ops": (
+        "CustomOpDef.register_vmap=eval custom_function_call_vmap_helper=eval custom_op=eval"
+    ),
+    "torch._library.fake_profile": "dataclass=eval load_op_profiles=open save_op_profiles=open",
+    "torch._library.infer_schema": "infer_schema=eval",
+    "torch._library.opaque_object": "dataclass=eval",
+    "torch._library.triton": "custom_op=eval get_inner_triton_kernels=open infer_schema=eval triton_op=open",
+    "torch._library.utils": "get_source=open hop_schema_from_fx_node=eval",
+    "torch._logging": (
+        "_init_logs=importlib dtrace_structured=eval get_structured_logging_overhead=eval"
+        " set_logs=importlib trace_structured=eval"
+    ),
+    "torch._logging._internal": (
+        "LazyTraceHandler.emit=tempfile TorchLogsFormatter.format=eval _get_module_and_su"
+        "bmodules=importlib _init_logs=importlib _is_valid_module=__import__ _log_torch_v"
+        "ersion=eval _parse_log_settings=importlib _update_log_state_from_env=importlib a"
+        "dd_structured_logging_overhead=eval dataclass=eval dtrace_structured=eval get_st"
+        "ructured_logging_overhead=eval importlib=importlib set_logs=importlib tempfile=t"
+        "empfile trace_structured=eval trace_structured_artifact=eval"
+    ),
+    "torch._logging.structured": (
+        "dump_file=eval from_traceback=eval get_framework_stack=os get_user_stack=eval in"
+        "tern_string=eval uninteresting_files=os"
+    ),
+    "torch._meta_registrations": (
+        "_amp_foreach_non_finite_check_and_unscale_=eval _cholesky_solve_helper=eval _con"
+        "stant_pad_nd_meta=eval _convert_out_params=eval _create_binary_float_meta_func=e"
+        "val _create_unary_float_meta_func=eval _cudnn_rnn=eval _linalg_det_meta=eval _li"
+        "nalg_slogdet=eval _linalg_solve_ex=eval _linalg_svd_meta=eval _meta_grouped_mm_c"
+        "ommon=ctypes _register_inplace_meta=eval _thnn_fused_lstm_cell_backward_impl=eva"
+        "l _thnn_fused_lstm_cell_meta=eval _weight_int4pack_mm_with_scales_and_zeros=eval"
+        " addcdiv=eval addcmul=eval argmax_argmin_meta=eval assert_async=eval assert_asyn"
+        "c_meta=eval cholesky=eval cholesky_inverse=eval cholesky_solve=eval cummaxmin=ev"
+        "al embedding=eval full=eval functional_assert_async_meta=eval functional_sym_con"
+        "strain_range=eval functional_sym_constrain_range_for_size=eval grid_sampler_2d_b"
+        "ackward_meta=eval grid_sampler_3d=eval grid_sampler_3d_backward=eval kthvalue_me"
+        "ta=eval lerp=eval linalg_cholesky_ex=eval linalg_cross=eval linalg_householder_p"
+        "roduct=eval linalg_inv_ex_meta=eval linalg_ldl_factor_ex_meta=eval linalg_ldl_so"
+        "lve_meta=eval linalg_lu_factor_ex_meta=eval linalg_lu_meta=eval linalg_lu_solve_"
+        "meta=eval linalg_matrix_exp=eval linalg_qr_meta=eval linalg_solve_triangular_met"
+        "a=eval linear_backward=eval logcumsumexp=eval lu_unpack_meta=eval make_dep_token"
+        "=eval meta__adaptive_avg_pool2d_backward=eval meta__adaptive_avg_pool3d_backward"
+        "=eval meta__add_relu=eval meta__conv=eval meta__convert_weight_to_int4pack=eval "
+        "meta__convert_weight_to_int4pack_for_cpu=eval meta__cslt_sparse_mm=eval meta__dy"
+        "n_quant_matmul_4bit=eval meta__dyn_quant_pack_4bit_weight=eval meta__efficient_a"
+        "ttention_backward=eval meta__efficient_attention_forward=eval meta__flash_attent"
+        "ion_backward=eval meta__flash_attention_forward=ctypes meta__flash_attention_for"
+        "ward_no_dropout_inplace=ctypes meta__flash_attention_forward_quantized=ctypes me"
+        "ta__fused_adam=eval meta__fused_adam_=eval meta__fused_moving_avg_obs_fq_helper="
+        "eval meta__int_mm=eval meta__jagged_to_padded_dense_forward=eval meta__linalg_ei"
+        "gh=eval meta__linalg_eigvals=eval meta__masked_scale=eval meta__pdist_backward=e"
+        "val meta__pdist_forward=eval meta__scaled_dot_product_attention_math_for_mps=eva"
+        "l meta__scaled_dot_product_cudnn_attention=eval meta__scaled_dot_product_cudnn_b"
+        "ackward=eval meta__scaled_dot_product_efficient_attention=ctypes meta__scaled_do"
+        "t_product_efficient_backward=eval meta__scaled_dot_product_flash_attention=ctype"
+        "s meta__scaled_dot_product_flash_attention_for_cpu=eval meta__scaled_dot_product"
+        "_flash_attention_for_cpu_backward=eval meta__scaled_dot_product_flash_attention_"
+        "quantized=ctypes meta__scaled_dot_product_flash_backward=eval meta__scaled_dot_p"
+        "roduct_fused_attention_overrideable=eval meta__scaled_dot_product_fused_attentio"
+        "n_overrideable_backward=eval meta__segment_reduce_backward=eval meta__standard_g"
+        "amma=eval meta__transformer_encoder_layer_fwd=eval meta__weight_int4pack_mm=eval"
+        " meta__weight_int4pack_mm_for_cpu=eval meta__weight_int8pack_mm=eval meta_adapti"
+        "ve_avg_pool2d=eval meta_adaptive_avg_pool3d=eval meta_adaptive_max_pool2d=eval m"
+        "eta_adaptive_max_pool2d_backward=eval meta_adaptive_max_pool3d=eval meta_adaptiv"
+        "e_max_pool3d_backward=eval meta_addbmm=eval meta_angle=eval meta_angle_out=eval "
+        "meta_avg_pool2d=eval meta_avg_pool2d_backward=eval meta_avg_pool3d=eval meta_avg"
+        "_pool3d_backward=eval meta_baddbmm=eval meta_bernoulli=eval meta_bernoulli_=eval"
+        " meta_bernoulli_p=eval meta_binop_alpha=eval meta_binop_inplace=eval meta_binop_"
+        "inplace_alpha=eval meta_bmm=eval meta_bmm_dtype=eval meta_bucketize=eval meta_bu"
+        "cketize_scalar=eval meta_cdist_backward=eval meta_cdist_forward=eval meta_comple"
+        "x=eval meta_conv=eval meta_convolution_backward=eval meta_copy_=eval meta_diagon"
+        "al_scatter=eval meta_div_inplace=eval meta_embedding_bag=eval meta_embedding_bag"
+        "_backward=eval meta_embedding_bag_dense_backward=eval meta_embedding_bag_forward"
+        "_only=eval meta_embedding_bag_per_sample_weights_backward=eval meta_embedding_de"
+        "nse_backward=eval meta_fft_c2c=eval meta_fft_c2r=eval meta_fft_r2c=eval meta_fil"
+        "l=eval meta_fill_=eval meta_foreach_norm=eval meta_fractional_max_pool2d=eval me"
+        "ta_gather=eval meta_grouped_mm=ctypes meta_histc=eval meta_index_Tensor=eval met"
+        "a_index_put=eval meta_index_put_=eval meta_index_reduce=eval meta_index_reduce_="
+        "eval meta_index_select=eval meta_int4mm_packed_weight_cpu=eval meta_isin=eval me"
+        "ta_linalg_eig=eval meta_linear_dynamic_fp16=eval meta_linear_pointwise_default=e"
+        "val meta_linspace_logspace=eval meta_local_scalar_dense=eval meta_logical_not_=e"
+        "val meta_lshifts=eval meta_masked_fill_=eval meta_masked_scatter=eval meta_maske"
+        "d_scatter_=eval meta_masked_scatter_backward=eval meta_max=eval meta_max_dim=eva"
+        "l meta_max_pool2d_with_indices=eval meta_max_pool2d_with_indices_backward=eval m"
+        "eta_max_pool3d_with_indices=eval meta_max_pool3d_with_indices_backward=eval meta"
+        "_median=eval meta_median_mode_dim=eval meta_min=eval meta_min_dim=eval meta_miop"
+        "en_batch_norm=eval meta_mkl_linear=eval meta_mkldnn_convolution_default=eval met"
+        "a_mm=eval meta_multinomial=eval meta_nansum=eval meta_ones=eval meta_pad2d_backw"
+        "ard=eval meta_pad3d_backward=eval meta_philox_key_fold_in=eval meta_philox_key_s"
+        "plit=eval meta_philox_normal_=eval meta_philox_uniform_=eval meta_pixel_shuffle="
+        "eval meta_poisson=eval meta_polygamma=eval meta_qconv2d_pointwise_binary=eval me"
+        "ta_qconv_pointwise=eval meta_qlinear_pointwise=eval meta_qlinear_pointwise_binar"
+        "y=eval meta_quantize_per_tensor=eval meta_quantized_max_pool2d=eval meta_rand_de"
+        "fault=eval meta_randint=eval meta_randint_like=eval meta_randint_low=eval meta_r"
+        "andperm=eval meta_randperm_default=eval meta_reflection_pad1d=eval meta_reflecti"
+        "on_pad1d_backward=eval meta_reflection_pad2d=eval meta_reflection_pad3d=eval met"
+        "a_relu_=eval meta_repeat=eval meta_repeat_interleave_Tensor=eval meta_replicatio"
+        "n_pad1d=eval meta_replication_pad1d_backward=eval meta_replication_pad2d=eval me"
+        "ta_replication_pad3d=eval meta_round=eval meta_rrelu_with_noise=eval meta_rrelu_"
+        "with_noise_=eval meta_rrelu_with_noise_functional=eval meta_rshifts=eval meta_sc"
+        "aled_grouped_mm=ctypes meta_scaled_mm=eval meta_scaled_mm_v2=eval meta_scatter=e"
+        "val meta_scatter_=eval meta_scatter_add=eval meta_scatter_add_=eval meta_scatter"
+        "_reduce__two=eval meta_scatter_reduce_two=eval meta_searchsorted=eval meta_segme"
+        "nt_reduce=eval meta_select_scatter=eval meta_slice_scatter=eval meta_sort=eval m"
+        "eta_sparse_structured_addmm=eval meta_sparse_structured_linear=eval meta_sparse_"
+        "structured_mm=eval meta_take=eval meta_unsqueeze_=eval meta_upsample_bimode2d_aa"
+        "=eval meta_upsample_bimode2d_aa_backward=eval meta_weight_norm_backward=eval met"
+        "a_zero=eval meta_zero_=eval meta_zeros=eval miopen_rnn=eval mkldnn_rnn_layer=eva"
+        "l mkldnn_rnn_layer_backward=eval nan_to_num=eval native_multi_head_attention_fak"
+        "e=eval nonzero=eval nonzero_static=eval ormqr=eval out_wrapper=eval print_meta=e"
+        "val register_meta=eval scalar_tensor=eval sigmoid=eval silu=eval softmax=eval sy"
+        "m_constrain_range=eval sym_constrain_range_for_size=eval t_=eval topk_meta=eval "
+        "transpose_=eval triangular_solve_meta=eval upsample_nearest1d=eval upsample_near"
+        "est2d=eval upsample_nearest2d_backward=eval upsample_nearest3d=eval zeros_like=e"
+        "val"
+    ),
+    "torch._native": "get_user_ordering_fn=importlib importlib=importlib",
+    "torch._native.common_utils": "_available_version=importlib _unavailable_reason=__import__ importlib=importlib",
+    "torch._native.cutedsl_utils": (
+        "_available_version=importlib _check_runtime_available=importlib _unavailable_rea"
+        "son=__import__ _version_is_ok=importlib register_op_override=importlib runtime_a"
+        "vailable=importlib runtime_version=importlib"
+    ),
+    "torch._native.ops.bmm_outer_product": "register_to_dispatch=importlib",
+    "torch._native.ops.bmm_outer_product.triton_impl": "_register_for_dispatch_key=importlib register_to_dispatch=importlib",
+    "torch._native.ops.foreach_mm.impl": (
+        "_check_nvmath_cublaslt=__import__ _foreach_mm_cond=ctypes _foreach_mm_impl=__imp"
+        "ort__ _foreach_mm_route=__import__ _unavailable_reason=__import__ _warn_nvmath_u"
+        "navailable_once=__import__"
+    ),
+    "torch._native.ops.foreach_mm.nvmath_impl": (
+        "ForeachMMCublasLt.__call__=ctypes ForeachMMCublasLt.__init__=ctypes _set_attr=ct"
+        "ypes ctypes=ctypes"
+    ),
+    "torch._native.ops.norm": "register_rmsnorm_overrides=importlib",
+    "torch._native.ops.norm.norms": "get_sm_count=ctypes quack_rmsnorm_bwd=ctypes",
+    "torch._native.ops.norm.rmsnorm_impl": (
+        "_fused_rms_norm_backward_cond=ctypes _fused_rms_norm_backward_impl=ctypes _fused"
+        "_rms_norm_cond=ctypes _is_supported=ctypes quack_rmsnorm_bwd=ctypes register_rms"
+        "norm_overrides=importlib"
+    ),
+    "torch._native.ops.scatter_add": "register_to_dispatch=importlib",
+    "torch._native.ops.scatter_add.cutedsl_impl": (
+        "_has_sm90_plus=ctypes _is_tma_supported=ctypes _is_vec_scatter_supported=ctypes "
+        "_register_path=importlib register_to_dispatch=importlib tma_scatter_add_into=cty"
+        "pes vec_scatter_add_into=ctypes"
+    ),
+    "torch._native.ops.scatter_add.tma_kernel": "jit_cache=mkdir tma_scatter_add_into=ctypes",
+    "torch._native.ops.scatter_add.vec_scatter_kernel": "jit_cache=mkdir vec_scatter_add_into=ctypes",
+    "torch._native.ops.topk": "_register_cutedsl=importlib",
+    "torch._native.ops.topk.cutedsl_impl": (
+        "_cond=ctypes _eligible=ctypes _min_rows_for_full_wave=ctypes _out_cond=ctypes re"
+        "gister_to_dispatch=importlib"
+    ),
+    "torch._native.ops.topk.cutedsl_kernels": "jit_cache=mkdir",
+    "torch._native.registry": "dataclass=eval",
+    "torch._native.triton_utils": (
+        "_available_version=importlib _check_runtime_available=importlib _unavailable_rea"
+        "son=__import__ _version_is_sufficient=importlib register_op_override=importlib r"
+        "untime_available=importlib runtime_version=importlib"
+    ),
+    "torch._numpy": "from_dlpack=ctypes",
+    "torch._numpy._dtypes_impl": "namedtuple=eval",
+    "torch._numpy._funcs": "normalizer=eval",
+    "torch._numpy._funcs_impl": "pad=importlib",
+    "torch._numpy._ndarray": "from_dlpack=ctypes normalizer=eval",
+    "torch._numpy._normalizations": "maybe_normalize=eval normalizer=eval",
+    "torch._numpy._ufuncs": "normalizer=eval",
+    "torch._numpy.fft": "normalizer=eval",
+    "torch._numpy.linalg": "normalizer=eval",
+    "torch._numpy.random": "normalizer=eval seed=ctypes",
+    "torch._numpy.testing.utils": (
+        "_no_tracing=exec mkdtemp=tempfile mkstemp=tempfile shutil=shutil tempdir=shutil "
+        "temppath=tempfile"
+    ),
+    "torch._ops": (
+        "_Ops.import_module=importlib _Ops.load_library=ctypes ctypes=ctypes importlib=importlib"
+    ),
+    "torch._prims": (
+        "_make_elementwise_binary_prim=eval _make_elementwise_unary_prim=eval _make_prim="
+        "eval _make_reduction_prim=eval _make_var_reduction_prim=eval _svd_meta=ctypes re"
+        "gister_rng_prims=ctypes"
+    ),
+    "torch._prims.rng_prims": (
+        "philox_rand_offset=ctypes register_graphsafe_run_with_rng_state_op=eval register"
+        "_philox_rand=ctypes register_rng_prim=eval register_rng_prims=ctypes register_ru"
+        "n_and_save_rng_state_op=eval register_run_dtensor_rng_op=eval register_run_with_"
+        "rng_state_op=eval track_tensor_tree=eval"
+    ),
+    "torch._prims_common": "CUDARngStateHelper.get_torch_state_as_tuple=ctypes K=eval NamedTuple=eval",
+    "torch._prims_common.wrappers": (
+        "NamedTuple=eval elementwise_type_promotion_wrapper.__call__=eval elementwise_una"
+        "ry_scalar_wrapper=eval out_wrapper=eval"
+    ),
+    "torch._refs": (
+        "_block_diag_iterable=eval _floor_divide_float=eval _index_fill=eval _make_copy_f"
+        "rom_view=eval _make_elementwise_binary_reference=eval _make_elementwise_unary_re"
+        "ference=eval _make_inplace=eval _reshape_view_helper=eval _reshape_view_helper_c"
+        "ore_alg=eval _unsqueeze_atleast=eval _view_unbacked_meta=eval _where_default=eva"
+        "l abs=eval acos=eval acosh=eval add=eval addcdiv=eval addcmul=eval addr=eval ali"
+        "as=eval all=eval amax=eval amin=eval any=eval arange=eval as_strided_scatter=eva"
+        "l asin=eval asinh=eval atan=eval atan2=eval atanh=eval atleast_1d=eval bitwise_a"
+        "nd=eval bitwise_left_shift=eval bitwise_not=eval bitwise_or=eval bitwise_right_s"
+        "hift=eval bitwise_xor=eval block_diag=eval bucketize=eval cat=eval cauchy=eval c"
+        "eil=eval clamp=eval clamp_max=eval clamp_min=eval clone=eval column_stack=eval c"
+        "onj_physical=eval constant_pad_nd=eval copysign=eval cos=eval cosh=eval count_no"
+        "nzero=eval cumprod=eval cumsum=eval deg2rad=eval diag=eval diag_embed=eval diago"
+        "nal=eval diagonal_scatter=eval digamma=eval div=eval dot=eval dstack=eval elemen"
+        "twise_unary_scalar_wrapper=eval empty=eval empty_like=eval empty_permuted=eval e"
+        "mpty_strided=eval eq=eval equal=eval erf=eval erfc=eval erfinv=eval exp=eval exp"
+        "2=eval expand=eval expm1=eval exponential=eval eye=eval fill=eval flip=eval flip"
+        "lr=eval flipud=eval float_power=eval floor=eval floor_divide=eval fmax=eval fmin"
+        "=eval fmod=eval frac=eval frexp=eval full=eval full_like=eval gcd=eval ge=eval g"
+        "eometric=eval gt=eval heaviside=eval hstack=eval hypot=eval i0=eval igamma=eval "
+        "igammac=eval index_add=eval index_copy=eval index_fill=eval index_fill_=eval ind"
+        "ex_select=eval is_complex=eval isclose=eval isfinite=eval isinf=eval isnan=eval "
+        "isneginf=eval isposinf=eval isreal=eval item=eval lcm=eval le=eval lerp=eval lga"
+        "mma=eval linspace=eval log=eval log10=eval log1p=eval log2=eval log_normal=eval "
+        "log_softmax=eval logaddexp=eval logaddexp2=eval logical_and=eval logical_not=eva"
+        "l logical_or=eval logical_xor=eval logspace=eval logsumexp=eval lt=eval masked_f"
+        "ill=eval masked_fill_=eval maximum=eval mean=eval meshgrid=eval minimum=eval mul"
+        "=eval nan_to_num=eval native_group_norm=eval native_layer_norm=eval native_layer"
+        "_norm_fake=eval ne=eval neg=eval new_empty=eval new_empty_strided=eval new_full="
+        "eval new_ones=eval new_zeros=eval nextafter=eval norm=eval normal=eval normal_=e"
+        "val ones=eval ones_like=eval out_wrapper=eval permute=eval pow=eval prod=eval ra"
+        "d2deg=eval randn=eval ravel=eval reciprocal=eval register_decomposition=eval rem"
+        "ainder=eval renorm=eval repeat=eval reshape=eval roll=eval rot90=eval round=eval"
+        " rsqrt=eval rsub=eval select_scatter=eval sgn=eval sigmoid=eval sign=eval signbi"
+        "t=eval sin=eval sinc=eval sinh=eval softmax=eval split_with_sizes=eval sqrt=eval"
+        " square=eval squeeze=eval stack=eval std=eval std_mean=eval sub=eval sum=eval sw"
+        "ap_axes=eval t=eval take_along_dim=eval tan=eval tanh=eval trace=eval transpose="
+        "eval tril=eval tril_indices=eval triu=eval triu_indices=eval true_divide=eval tr"
+        "unc=eval trunc_divide=eval unbind=eval unfold=eval unfold_copy=eval unsqueeze=ev"
+        "al var=eval var_mean=eval vdot=eval view=eval vstack=eval where=eval xlogy=eval "
+        "zero=eval zeros=eval zeros_like=eval"
+    ),
+    "torch._refs._conversions": "complex=eval out_wrapper=eval polar=eval register_decomposition=eval",
+    "torch._refs.fft": (
+        "NamedTuple=eval _CanonicalizeC2rReturn=eval _ShapeAndDims=eval _canonicalize_fft"
+        "_c2r_shape_and_dim_args=eval _canonicalize_fft_shape_and_dim_args=eval fft=eval "
+        "fft2=eval fftn=eval fftshift=eval hfft=eval hfft2=eval hfftn=eval ifft=eval ifft"
+        "2=eval ifftn=eval ifftshift=eval ihfft=eval ihfft2=eval ihfftn=eval irfft=eval i"
+        "rfft2=eval irfftn=eval out_wrapper=eval register_decomposition=eval rfft=eval rf"
+        "ft2=eval rfftn=eval"
+    ),
+    "torch._refs.linalg": (
+        "cross=eval matrix_norm=eval norm=eval out_wrapper=eval register_decomposition=ev"
+        "al svd=eval svdvals=eval vecdot=eval vector_norm=eval"
+    ),
+    "torch._refs.nn.functional": (
+        "_aten_hardtanh=eval _make_inplace=eval alpha_dropout=eval celu=eval channel_shuf"
+        "fle=eval dropout=eval elementwise_unary_scalar_wrapper=eval elu=eval gelu=eval g"
+        "lu=eval hardshrink=eval hardsigmoid=eval hardtanh=eval hinge_embedding_loss=eval"
+        " huber_loss=eval leaky_relu=eval margin_ranking_loss=eval mish=eval nll_loss=eva"
+        "l out_wrapper=eval pairwise_distance=eval pdist=eval pixel_shuffle=eval pixel_un"
+        "shuffle=eval prelu=eval register_decomposition=eval relu=eval relu6=eval selu=ev"
+        "al softplus=eval softshrink=eval threshold=eval"
+    ),
+    "torch._refs.special": (
+        "_make_elementwise_binary_reference=eval _make_elementwise_unary_reference=eval b"
+        "essel_j0=eval bessel_j1=eval entr=eval erfcx=eval i0e=eval i1=eval i1e=eval log_"
+        "ndtr=eval logit=eval multigammaln=eval ndtr=eval ndtri=eval out_wrapper=eval reg"
+        "ister_decomposition=eval spherical_bessel_j0=eval xlog1py=eval zeta=eval"
+    ),
+    "torch._sources": "NamedTuple=eval ParsedDef=eval get_source_lines_and_file=open parse_def=open",
+    "torch._strobelight.cli_function_profiler": (
+        "StrobelightCLIFunctionProfiler._get_results=subprocess StrobelightCLIFunctionPro"
+        "filer._run_async=subprocess StrobelightCLIFunctionProfiler._start_strobelight=su"
+        "bprocess StrobelightCLIFunctionProfiler._stop_run=subprocess StrobelightCLIFunct"
+        "ionProfiler._stop_strobelight_no_throw=subprocess StrobelightCLIFunctionProfiler"
+        "._wait_for_running=subprocess StrobelightCLIFunctionProfiler.profile=subprocess "
+        "subprocess=subprocess"
+    ),
+    "torch._strobelight.compile_time_profiler": (
+        "StrobelightCompileTimeProfiler._cls_init=socket StrobelightCompileTimeProfiler.e"
+        "nable=socket StrobelightCompileTimeProfiler.get_frame=eval StrobelightCompileTim"
+        "eProfiler.profile_compile_time=eval get_fburl=subprocess get_strobelight_url=sub"
+        "process gethostname=socket shutil=shutil subprocess=subprocess"
+    ),
+    "torch._subclasses._fake_tensor_utils": "dataclass=eval",
+    "torch._subclasses.complex_tensor._ops.aten": (
+        "_to_copy_default=eval _to_copy_out=eval cat_impl=eval constant_pad_nd_impl=eval "
+        "copy__impl=eval div_impl=eval eq_impl=eval full_like_impl=eval index_add__impl=e"
+        "val index_add_impl=eval index_put__impl=eval is_complex=eval isclose_impl=eval m"
+        "asked_fill__impl=eval masked_fill_impl=eval masked_scatter_impl=eval ne_impl=eva"
+        "l register_binary_linear=eval register_binary_nonlinear=eval scatter_add__impl=e"
+        "val scatter_add_impl=eval split_complex_arg=eval stack_impl=eval to_device=eval "
+        "to_dtype=eval to_dtype_layout=eval to_other=eval where_impl=eval"
+    ),
+    "torch._subclasses.complex_tensor._ops.common": (
+        "ComplexTensorMode.__torch_dispatch__=importlib _is_complex=eval is_complex=eval "
+        "register_binary_nonlinear=eval split_complex_arg=eval"
+    ),
+    "torch._subclasses.fake_impls": (
+        "_normalize_function_or_error=eval _reshape_copy=eval _sparse_coo_tensor_with_dim"
+        "s_and_tensors=eval _view_meta=eval _view_meta_copy=eval _view_unbacked_meta=eval"
+        " constructors=eval conv=eval embedding=eval embedding_bag=eval index_put_impl=ev"
+        "al index_tensor=eval meta_embedding=eval meta_embedding_bag=eval meta_index_Tens"
+        "or=eval multi_device_op_default=eval multi_device_op_out=eval non_kwarg_is_pinne"
+        "d=eval non_kwarg_to=eval run_and_return_new_tensor_of_input_device=eval"
+    ),
+    "torch._subclasses.fake_tensor": (
+        "FakeTensorMode.__torch_dispatch__=eval FakeTensorMode._cached_dispatch_impl=eval"
+        " FakeTensorMode._crosscheck_cache_output=eval FakeTensorMode._dispatch_impl=eval"
+        " FakeTensorMode._make_cache_entry=eval FakeTensorMode._maybe_infer_fake=eval Fak"
+        "eTensorMode._maybe_infer_fake_kernel_from_pytree_out=eval FakeTensorMode._valida"
+        "te_cache_key=eval FakeTensorMode.avoid_device_init=ctypes FakeTensorMode.dispatc"
+        "h=eval FakeTensorMode.invalidate_written_to_constants=eval dataclass=eval dtrace"
+        "_structured=eval normalize_function=eval"
+    ),
+    "torch._subclasses.functional_tensor": (
+        "FunctionalTensorMode.__torch_dispatch__=eval handle_effects=eval return_and_corr"
+        "ect_aliasing=eval"
+    ),
+    "torch._subclasses.meta_utils": (
+        "MetaConverter.__call__=open MetaConverter._empty_create_subclass=open MetaConver"
+        "ter.meta_tensor=open MetaTensorDescriber.describe_storage=eval MetaTensorDescrib"
+        "er.describe_tensor=eval dataclass=eval trace_structured=eval unimplemented=open"
+    ),
+    "torch._subclasses.schema_check_mode": (
+        "Aliasing=eval Mutation=eval NamedTuple=eval SchemaCheckMode.__torch_dispatch__=e"
+        "val _normalize_function_or_error=eval"
+    ),
+    "torch._tensor": "Tensor.__dlpack__=ctypes Tensor.__repr__=eval",
+    "torch._tensor_str": "_Formatter.__init__=ctypes _str=eval _str_intern=eval tensor_totype=ctypes",
+    "torch._utils": (
+        "_augment_memory_snapshot_stack_traces=open _get_all_device_indices=ctypes _get_a"
+        "vailable_device_type=ctypes _get_current_device_index=ctypes _get_device_attr=ct"
+        "ypes _get_device_index=ctypes _get_devices_properties=ctypes _import_dotted_name"
+        "=__import__ _type=__import__ get_current_device_index=ctypes importlib=importlib"
+        " try_import=importlib"
+    ),
+    "torch._utils_internal": (
+        "compile_time_strobelight_meta=eval get_writable_path=tempfile max_clock_rate=cty"
+        "pes shutil=shutil tempfile=tempfile"
+    ),
+    "torch.accelerator.memory": "_snapshot=open",
+    "torch.amp.autocast_mode": "_UnmanagedAutocast.__init__=ctypes autocast.__init__=ctypes",
+    "torch.amp.grad_scaler": "GradScaler.__init__=ctypes GradScaler.step=eval",
+    "torch.ao": "__getattr__=importlib importlib=importlib",
+    "torch.ao.nn": "__getattr__=importlib importlib=importlib",
+    "torch.ao.nn.intrinsic": "__getattr__=importlib importlib=importlib",
+    "torch.ao.nn.intrinsic.qat.modules.conv_fused": (
+        "ConvBn1d.__setattr__=eval ConvBn1d._apply=eval ConvBn1d._load_from_state_dict=ev"
+        "al ConvBn1d.bfloat16=eval ConvBn1d.compile=importlib ConvBn1d.cpu=eval ConvBn1d."
+        "cuda=eval ConvBn1d.double=eval ConvBn1d.float=eval ConvBn1d.half=eval ConvBn1d.i"
+        "pu=eval ConvBn1d.mtia=eval ConvBn1d.share_memory=eval ConvBn1d.to=eval ConvBn1d."
+        "to_empty=eval ConvBn1d.type=eval ConvBn1d.xpu=eval ConvBn2d.__setattr__=eval Con"
+        "vBn2d._apply=eval ConvBn2d._load_from_state_dict=eval ConvBn2d.bfloat16=eval Con"
+        "vBn2d.compile=importlib ConvBn2d.cpu=eval ConvBn2d.cuda=eval ConvBn2d.double=eva"
+        "l ConvBn2d.float=eval ConvBn2d.half=eval ConvBn2d.ipu=eval ConvBn2d.mtia=eval Co"
+        "nvBn2d.share_memory=eval ConvBn2d.to=eval ConvBn2d.to_empty=eval ConvBn2d.type=e"
+        "val ConvBn2d.xpu=eval ConvBn3d.__setattr__=eval ConvBn3d._apply=eval ConvBn3d._l"
+        "oad_from_state_dict=eval ConvBn3d.bfloat16=eval ConvBn3d.compile=importlib ConvB"
+        "n3d.cpu=eval ConvBn3d.cuda=eval ConvBn3d.double=eval ConvBn3d.float=eval ConvBn3"
+        "d.half=eval ConvBn3d.ipu=eval ConvBn3d.mtia=eval ConvBn3d.share_memory=eval Conv"
+        "Bn3d.to=eval ConvBn3d.to_empty=eval ConvBn3d.type=eval ConvBn3d.xpu=eval ConvBnR"
+        "eLU1d.__setattr__=eval ConvBnReLU1d._apply=eval ConvBnReLU1d._load_from_state_di"
+        "ct=eval ConvBnReLU1d.bfloat16=eval ConvBnReLU1d.compile=importlib ConvBnReLU1d.c"
+        "pu=eval ConvBnReLU1d.cuda=eval ConvBnReLU1d.double=eval ConvBnReLU1d.float=eval "
+        "ConvBnReLU1d.half=eval ConvBnReLU1d.ipu=eval ConvBnReLU1d.mtia=eval ConvBnReLU1d"
+        ".share_memory=eval ConvBnReLU1d.to=eval ConvBnReLU1d.to_empty=eval ConvBnReLU1d."
+        "type=eval ConvBnReLU1d.xpu=eval ConvBnReLU2d.__setattr__=eval ConvBnReLU2d._appl"
+        "y=eval ConvBnReLU2d._load_from_state_dict=eval ConvBnReLU2d.bfloat16=eval ConvBn"
+        "ReLU2d.compile=importlib ConvBnReLU2d.cpu=eval ConvBnReLU2d.cuda=eval ConvBnReLU"
+        "2d.double=eval ConvBnReLU2d.float=eval ConvBnReLU2d.half=eval ConvBnReLU2d.ipu=e"
+        "val ConvBnReLU2d.mtia=eval ConvBnReLU2d.share_memory=eval ConvBnReLU2d.to=eval C"
+        "onvBnReLU2d.to_empty=eval ConvBnReLU2d.type=eval ConvBnReLU2d.xpu=eval ConvBnReL"
+        "U3d.__setattr__=eval ConvBnReLU3d._apply=eval ConvBnReLU3d._load_from_state_dict"
+        "=eval ConvBnReLU3d.bfloat16=eval ConvBnReLU3d.compile=importlib ConvBnReLU3d.cpu"
+        "=eval ConvBnReLU3d.cuda=eval ConvBnReLU3d.double=eval ConvBnReLU3d.float=eval Co"
+        "nvBnReLU3d.half=eval ConvBnReLU3d.ipu=eval ConvBnReLU3d.mtia=eval ConvBnReLU3d.s"
+        "hare_memory=eval ConvBnReLU3d.to=eval ConvBnReLU3d.to_empty=eval ConvBnReLU3d.ty"
+        "pe=eval ConvBnReLU3d.xpu=eval _ConvBnNd.__setattr__=eval _ConvBnNd._apply=eval _"
+        "ConvBnNd.bfloat16=eval _ConvBnNd.compile=importlib _ConvBnNd.cpu=eval _ConvBnNd."
+        "cuda=eval _ConvBnNd.double=eval _ConvBnNd.float=eval _ConvBnNd.half=eval _ConvBn"
+        "Nd.ipu=eval _ConvBnNd.mtia=eval _ConvBnNd.share_memory=eval _ConvBnNd.to=eval _C"
+        "onvBnNd.to_empty=eval _ConvBnNd.type=eval _ConvBnNd.xpu=eval"
+    ),
+    "torch.ao.nn.intrinsic.qat.modules.linear_fused": (
+        "LinearBn1d.__setattr__=eval LinearBn1d._apply=eval LinearBn1d._load_from_state_d"
+        "ict=eval LinearBn1d.bfloat16=eval LinearBn1d.compile=importlib LinearBn1d.cpu=ev"
+        "al LinearBn1d.cuda=eval LinearBn1d.double=eval LinearBn1d.float=eval LinearBn1d."
+        "half=eval LinearBn1d.ipu=eval LinearBn1d.mtia=eval LinearBn1d.share_memory=eval "
+        "LinearBn1d.to=eval LinearBn1d.to_empty=eval LinearBn1d.type=eval LinearBn1d.xpu="
+        "eval"
+    ),
+    "torch.ao.nn.intrinsic.quantized.modules.conv_add": "ConvAdd2d.forward=importlib ConvAddReLU2d.forward=importlib",
+    "torch.ao.nn.intrinsic.quantized.modules.conv_relu": (
+        "ConvReLU1d.forward=importlib ConvReLU2d.forward=importlib ConvReLU3d.forward=importlib"
+    ),
+    "torch.ao.nn.qat.modules.conv": (
+        "Conv1d.__setattr__=eval Conv1d._apply=eval Conv1d._load_from_state_dict=eval Con"
+        "v1d.bfloat16=eval Conv1d.compile=importlib Conv1d.cpu=eval Conv1d.cuda=eval Conv"
+        "1d.double=eval Conv1d.float=eval Conv1d.half=eval Conv1d.ipu=eval Conv1d.mtia=ev"
+        "al Conv1d.share_memory=eval Conv1d.to=eval Conv1d.to_empty=eval Conv1d.type=eval"
+        " Conv1d.xpu=eval Conv2d.__setattr__=eval Conv2d._apply=eval Conv2d._load_from_st"
+        "ate_dict=eval Conv2d.bfloat16=eval Conv2d.compile=importlib Conv2d.cpu=eval Conv"
+        "2d.cuda=eval Conv2d.double=eval Conv2d.float=eval Conv2d.half=eval Conv2d.ipu=ev"
+        "al Conv2d.mtia=eval Conv2d.share_memory=eval Conv2d.to=eval Conv2d.to_empty=eval"
+        " Conv2d.type=eval Conv2d.xpu=eval Conv3d.__setattr__=eval Conv3d._apply=eval Con"
+        "v3d._load_from_state_dict=eval Conv3d.bfloat16=eval Conv3d.compile=importlib Con"
+        "v3d.cpu=eval Conv3d.cuda=eval Conv3d.double=eval Conv3d.float=eval Conv3d.half=e"
+        "val Conv3d.ipu=eval Conv3d.mtia=eval Conv3d.share_memory=eval Conv3d.to=eval Con"
+        "v3d.to_empty=eval Conv3d.type=eval Conv3d.xpu=eval _ConvNd.__setattr__=eval _Con"
+        "vNd._apply=eval _ConvNd._load_from_state_dict=eval _ConvNd.bfloat16=eval _ConvNd"
+        ".compile=importlib _ConvNd.cpu=eval _ConvNd.cuda=eval _ConvNd.double=eval _ConvN"
+        "d.float=eval _ConvNd.half=eval _ConvNd.ipu=eval _ConvNd.mtia=eval _ConvNd.share_"
+        "memory=eval _ConvNd.to=eval _ConvNd.to_empty=eval _ConvNd.type=eval _ConvNd.xpu="
+        "eval"
+    ),
+    "torch.ao.nn.quantizable.modules.activation": "MultiheadAttention._forward_impl=importlib MultiheadAttention.forward=importlib",
+    "torch.ao.nn.quantized.dynamic.modules.conv": "Conv1d.forward=importlib Conv2d.forward=importlib Conv3d.forward=importlib",
+    "torch.ao.nn.quantized.dynamic.modules.rnn": (
+        "GRU.forward=eval GRU.forward_packed=eval LSTM.forward=eval LSTM.forward_packed=e"
+        "val PackedSequence=eval"
+    ),
+    "torch.ao.nn.quantized.functional": (
+        "interpolate=importlib upsample=importlib upsample_bilinear=importlib upsample_ne"
+        "arest=importlib"
+    ),
+    "torch.ao.nn.quantized.modules.batchnorm": (
+        "BatchNorm2d.__setattr__=eval BatchNorm2d._apply=eval BatchNorm2d._load_from_stat"
+        "e_dict=eval BatchNorm2d.bfloat16=eval BatchNorm2d.compile=importlib BatchNorm2d."
+        "cpu=eval BatchNorm2d.cuda=eval BatchNorm2d.double=eval BatchNorm2d.float=eval Ba"
+        "tchNorm2d.half=eval BatchNorm2d.ipu=eval BatchNorm2d.mtia=eval BatchNorm2d.share"
+        "_memory=eval BatchNorm2d.to=eval BatchNorm2d.to_empty=eval BatchNorm2d.type=eval"
+        " BatchNorm2d.xpu=eval BatchNorm3d.__setattr__=eval BatchNorm3d._apply=eval Batch"
+        "Norm3d._load_from_state_dict=eval BatchNorm3d.bfloat16=eval BatchNorm3d.compile="
+        "importlib BatchNorm3d.cpu=eval BatchNorm3d.cuda=eval BatchNorm3d.double=eval Bat"
+        "chNorm3d.float=eval BatchNorm3d.half=eval BatchNorm3d.ipu=eval BatchNorm3d.mtia="
+        "eval BatchNorm3d.share_memory=eval BatchNorm3d.to=eval BatchNorm3d.to_empty=eval"
+        " BatchNorm3d.type=eval BatchNorm3d.xpu=eval _BatchNorm.__setattr__=eval _BatchNo"
+        "rm._apply=eval _BatchNorm._load_from_state_dict=eval _BatchNorm.bfloat16=eval _B"
+        "atchNorm.compile=importlib _BatchNorm.cpu=eval _BatchNorm.cuda=eval _BatchNorm.d"
+        "ouble=eval _BatchNorm.float=eval _BatchNorm.half=eval _BatchNorm.ipu=eval _Batch"
+        "Norm.mtia=eval _BatchNorm.share_memory=eval _BatchNorm.to=eval _BatchNorm.to_emp"
+        "ty=eval _BatchNorm.type=eval _BatchNorm.xpu=eval"
+    ),
+    "torch.ao.nn.quantized.modules.conv": "Conv1d.forward=importlib Conv2d.forward=importlib Conv3d.forward=importlib",
+    "torch.ao.nn.quantized.reference.modules.conv": (
+        "Conv1d.__setattr__=eval Conv1d._apply=eval Conv1d._load_from_state_dict=eval Con"
+        "v1d.bfloat16=eval Conv1d.compile=importlib Conv1d.cpu=eval Conv1d.cuda=eval Conv"
+        "1d.double=eval Conv1d.float=eval Conv1d.half=eval Conv1d.ipu=eval Conv1d.mtia=ev"
+        "al Conv1d.share_memory=eval Conv1d.to=eval Conv1d.to_empty=eval Conv1d.type=eval"
+        " Conv1d.xpu=eval Conv2d.__setattr__=eval Conv2d._apply=eval Conv2d._load_from_st"
+        "ate_dict=eval Conv2d.bfloat16=eval Conv2d.compile=importlib Conv2d.cpu=eval Conv"
+        "2d.cuda=eval Conv2d.double=eval Conv2d.float=eval Conv2d.half=eval Conv2d.ipu=ev"
+        "al Conv2d.mtia=eval Conv2d.share_memory=eval Conv2d.to=eval Conv2d.to_empty=eval"
+        " Conv2d.type=eval Conv2d.xpu=eval Conv3d.__setattr__=eval Conv3d._apply=eval Con"
+        "v3d._load_from_state_dict=eval Conv3d.bfloat16=eval Conv3d.compile=importlib Con"
+        "v3d.cpu=eval Conv3d.cuda=eval Conv3d.double=eval Conv3d.float=eval Conv3d.half=e"
+        "val Conv3d.ipu=eval Conv3d.mtia=eval Conv3d.share_memory=eval Conv3d.to=eval Con"
+        "v3d.to_empty=eval Conv3d.type=eval Conv3d.xpu=eval ConvTranspose1d.__setattr__=e"
+        "val ConvTranspose1d._apply=eval ConvTranspose1d._load_from_state_dict=eval ConvT"
+        "ranspose1d.bfloat16=eval ConvTranspose1d.compile=importlib ConvTranspose1d.cpu=e"
+        "val ConvTranspose1d.cuda=eval ConvTranspose1d.double=eval ConvTranspose1d.float="
+        "eval ConvTranspose1d.half=eval ConvTranspose1d.ipu=eval ConvTranspose1d.mtia=eva"
+        "l ConvTranspose1d.share_memory=eval ConvTranspose1d.to=eval ConvTranspose1d.to_e"
+        "mpty=eval ConvTranspose1d.type=eval ConvTranspose1d.xpu=eval ConvTranspose2d.__s"
+        "etattr__=eval ConvTranspose2d._apply=eval ConvTranspose2d._load_from_state_dict="
+        "eval ConvTranspose2d.bfloat16=eval ConvTranspose2d.compile=importlib ConvTranspo"
+        "se2d.cpu=eval ConvTranspose2d.cuda=eval ConvTranspose2d.double=eval ConvTranspos"
+        "e2d.float=eval ConvTranspose2d.half=eval ConvTranspose2d.ipu=eval ConvTranspose2"
+        "d.mtia=eval ConvTranspose2d.share_memory=eval ConvTranspose2d.to=eval ConvTransp"
+        "ose2d.to_empty=eval ConvTranspose2d.type=eval ConvTranspose2d.xpu=eval ConvTrans"
+        "pose3d.__setattr__=eval ConvTranspose3d._apply=eval ConvTranspose3d._load_from_s"
+        "tate_dict=eval ConvTranspose3d.bfloat16=eval ConvTranspose3d.compile=importlib C"
+        "onvTranspose3d.cpu=eval ConvTranspose3d.cuda=eval ConvTranspose3d.double=eval Co"
+        "nvTranspose3d.float=eval ConvTranspose3d.half=eval ConvTranspose3d.ipu=eval Conv"
+        "Transpose3d.mtia=eval ConvTranspose3d.share_memory=eval ConvTranspose3d.to=eval "
+        "ConvTranspose3d.to_empty=eval ConvTranspose3d.type=eval ConvTranspose3d.xpu=eval"
+        " _ConvNd.__setattr__=eval _ConvNd._apply=eval _ConvNd._load_from_state_dict=eval"
+        " _ConvNd.bfloat16=eval _ConvNd.compile=importlib _ConvNd.cpu=eval _ConvNd.cuda=e"
+        "val _ConvNd.double=eval _ConvNd.float=eval _ConvNd.half=eval _ConvNd.ipu=eval _C"
+        "onvNd.mtia=eval _ConvNd.share_memory=eval _ConvNd.to=eval _ConvNd.to_empty=eval "
+        "_ConvNd.type=eval _ConvNd.xpu=eval _ConvTransposeNd.__setattr__=eval _ConvTransp"
+        "oseNd._apply=eval _ConvTransposeNd._load_from_state_dict=eval _ConvTransposeNd.b"
+        "float16=eval _ConvTransposeNd.compile=importlib _ConvTransposeNd.cpu=eval _ConvT"
+        "ransposeNd.cuda=eval _ConvTransposeNd.double=eval _ConvTransposeNd.float=eval _C"
+        "onvTransposeNd.half=eval _ConvTransposeNd.ipu=eval _ConvTransposeNd.mtia=eval _C"
+        "onvTransposeNd.share_memory=eval _ConvTransposeNd.to=eval _ConvTransposeNd.to_em"
+        "pty=eval _ConvTransposeNd.type=eval _ConvTransposeNd.xpu=eval"
+    ),
+    "torch.ao.nn.quantized.reference.modules.rnn": "GRU.forward=eval LSTM.forward=eval PackedSequence=eval",
+    "torch.ao.ns._numeric_suite_fx": (
+        "_n_shadows_compare_weights=eval _prepare_n_shadows_add_loggers_model=eval create"
+        "_add_loggers_graph=eval create_n_transformed_and_logged_copies_of_subgraph=eval "
+        "prepare_n_shadows_model=eval"
+    ),
+    "torch.ao.ns.fx.graph_matcher": "NSSubgraph=eval _NSGraphMatchableSubgraphsIterator.__next__=eval",
+    "torch.ao.ns.fx.graph_passes": "NSSubgraph=eval",
+    "torch.ao.ns.fx.n_shadows_utils": (
+        "create_add_loggers_graph=eval create_n_transformed_and_logged_copies_of_subgraph"
+        "=eval create_one_transformed_and_logged_copy_of_subgraph=eval"
+    ),
+    "torch.ao.ns.fx.ns_types": "NSSubgraph=eval NamedTuple=eval",
+    "torch.ao.pruning._experimental.data_sparsifier.base_data_sparsifier": (
+        "BaseDataSparsifier.__init__=eval BaseDataSparsifier._delete_data=eval BaseDataSp"
+        "arsifier.add_data=eval BaseDataSparsifier.squash_mask=eval"
+    ),
+    "torch.ao.pruning._experimental.data_sparsifier.data_norm_sparsifier": (
+        "DataNormSparsifier._delete_data=eval DataNormSparsifier.add_data=eval DataNormSp"
+        "arsifier.squash_mask=eval"
+    ),
+    "torch.ao.pruning._experimental.pruner.FPGM_pruner": "FPGMPruner.squash_mask=eval",
+    "torch.ao.pruning._experimental.pruner.base_structured_sparsifier": (
+        "BaseStructuredSparsifier.squash_mask=eval prune_conv2d=eval prune_conv2d_activat"
+        "ion_conv2d=eval prune_conv2d_activation_pool_conv2d=eval prune_conv2d_conv2d=eva"
+        "l prune_conv2d_pool_activation_conv2d=eval prune_conv2d_pool_flatten_linear=eval"
+        " prune_linear=eval prune_linear_activation_linear=eval prune_linear_linear=eval "
+        "prune_lstm_output_layernorm_linear=eval prune_lstm_output_linear=eval"
+    ),
+    "torch.ao.pruning._experimental.pruner.lstm_saliency_pruner": "LSTMSaliencyPruner.squash_mask=eval",
+    "torch.ao.pruning._experimental.pruner.prune_functions": (
+        "_prune_conv2d_helper=eval _prune_linear_helper=eval prune_conv2d=eval prune_conv"
+        "2d_activation_conv2d=eval prune_conv2d_activation_pool_conv2d=eval prune_conv2d_"
+        "conv2d=eval prune_conv2d_padded=eval prune_conv2d_pool_activation_conv2d=eval pr"
+        "une_conv2d_pool_flatten_linear=eval prune_linear=eval prune_linear_activation_li"
+        "near=eval prune_linear_linear=eval prune_lstm_output_layernorm_linear=eval prune"
+        "_lstm_output_linear=eval"
+    ),
+    "torch.ao.pruning._experimental.pruner.saliency_pruner": "SaliencyPruner.squash_mask=eval",
+    "torch.ao.pruning.sparsifier.base_sparsifier": "BaseSparsifier.squash_mask=eval",
+    "torch.ao.pruning.sparsifier.nearly_diagonal_sparsifier": "NearlyDiagonalSparsifier.squash_mask=eval",
+    "torch.ao.pruning.sparsifier.weight_norm_sparsifier": "WeightNormSparsifier.squash_mask=eval",
+    "torch.ao.quantization.backend_config._common_operator_config_utils": "namedtuple=eval",
+    "torch.ao.quantization.backend_config.backend_config": "dataclass=eval",
+    "torch.ao.quantization.fx": "prepare=eval",
+    "torch.ao.quantization.fx._equalize": "namedtuple=eval",
+    "torch.ao.quantization.fx.custom_config": "dataclass=eval",
+    "torch.ao.quantization.fx.lstm_utils": "_get_lstm_with_individually_observed_parts=eval prepare_fx=eval",
+    "torch.ao.quantization.fx.prepare": (
+        "_qat_swap_modules=eval _run_prepare_fx_on_standalone_modules=eval convert=eval p"
+        "repare=eval"
+    ),
+    "torch.ao.quantization.fx.tracer": (
+        "QuantizationTracer._filter_traceback_frames=os QuantizationTracer.create_arg=os "
+        "QuantizationTracer.create_args_for_root=exec QuantizationTracer.create_node=os Q"
+        "uantizationTracer.create_proxy=os QuantizationTracer.getattr=eval QuantizationTr"
+        "acer.trace=exec"
+    ),
+    "torch.ao.quantization.fx.utils": "dataclass=eval namedtuple=eval",
+    "torch.ao.quantization.observer": "dataclass=eval",
+    "torch.ao.quantization.qconfig": "namedtuple=eval",
+    "torch.ao.quantization.quantize": (
+        "_convert=eval convert=eval prepare_qat=eval quantize=eval quantize_dynamic=eval "
+        "quantize_qat=eval swap_module=eval"
+    ),
+    "torch.ao.quantization.quantize_fx": (
+        "_prepare_fx=eval _prepare_standalone_module_fx=eval prepare=eval prepare_fx=eval"
+        " prepare_qat_fx=eval"
+    ),
+    "torch.ao.quantization.quantize_jit": (
+        "_prepare_jit=open _prepare_ondevice_dynamic_jit=open _prepare_ondevice_jit=open "
+        "_quantize_jit=open _quantize_ondevice_dynamic_jit=open _quantize_ondevice_dynami"
+        "c_jit_impl=open prepare_dynamic_jit=open prepare_jit=open quantize_dynamic_jit=o"
+        "pen quantize_jit=open script_qconfig=open script_qconfig_dict=open"
+    ),
+    "torch.ao.quantization.utils": (
+        "_get_default_kwargs=eval _get_num_pos_args=eval _get_signature_locals=eval _norm"
+        "alize_kwargs=eval get_fqn_to_example_inputs=eval getfullargspec=eval signature=e"
+        "val"
+    ),
+    "torch.autograd._functions.tensor": "Resize.apply=eval Type.apply=eval",
+    "torch.autograd.forward_ad": "NamedTuple=eval UnpackedDualTensor=eval unpack_dual=eval",
+    "torch.autograd.function": "Function.apply=eval InplaceFunction.apply=eval NestedIOFunction.apply=eval",
+    "torch.autograd.functional": "_jacfwd=eval hessian=eval jacobian=eval",
+    "torch.autograd.graph": "GradientEdge=eval NamedTuple=eval get_gradient_edge=eval",
+    "torch.autograd.profiler": (
+        "_export=open dataclass=eval load_nvprof=sqlite3 parse_nvprof_trace=sqlite3 profi"
+        "le.__init__=ctypes profile.export_chrome_trace=open sqlite3=sqlite3"
+    ),
+    "torch.autograd.profiler_legacy": "profile.__init__=ctypes",
+    "torch.autograd.profiler_util": (
+        "EventList.export_chrome_trace=open EventList.export_stacks=open EventMetadata=ev"
+        "al FunctionEvent.__init__=eval NamedTuple=eval _build_metadata=eval namedtuple=e"
+        "val"
+    ),
+    "torch.backends._nnapi.prepare": "convert_model_to_nnapi=open process_for_nnapi=open",
+    "torch.backends._nnapi.serializer": (
+        "ConvPoolArgs2d=eval NamedTuple=eval Operand=eval _NnapiSerializer._do_add_binary"
+        "=eval _NnapiSerializer.add_adaptive_avg_pool2d=eval _NnapiSerializer.add_add_sub"
+        "_op=eval _NnapiSerializer.add_addmm=eval _NnapiSerializer.add_addmm_or_linear=ev"
+        "al _NnapiSerializer.add_avg_pool2d=eval _NnapiSerializer.add_cat=eval _NnapiSeri"
+        "alizer.add_conv2d=eval _NnapiSerializer.add_conv2d_common=eval _NnapiSerializer."
+        "add_conv_underscore=eval _NnapiSerializer.add_flatten=eval _NnapiSerializer.add_"
+        "immediate_bool_scalar=eval _NnapiSerializer.add_immediate_float_scalar=eval _Nna"
+        "piSerializer.add_immediate_int_scalar=eval _NnapiSerializer.add_immediate_int_ve"
+        "ctor=eval _NnapiSerializer.add_immediate_operand=eval _NnapiSerializer.add_linea"
+        "r=eval _NnapiSerializer.add_log_softmax=eval _NnapiSerializer.add_mean=eval _Nna"
+        "piSerializer.add_pointwise_simple_binary_broadcast_op=eval _NnapiSerializer.add_"
+        "pool2d_node=eval _NnapiSerializer.add_prelu_op=eval _NnapiSerializer.add_qadd=ev"
+        "al _NnapiSerializer.add_qconv2d=eval _NnapiSerializer.add_qlinear=eval _NnapiSer"
+        "ializer.add_reshape=eval _NnapiSerializer.add_slice=eval _NnapiSerializer.add_so"
+        "ftmax=eval _NnapiSerializer.add_tensor_operand_for_input=eval _NnapiSerializer.a"
+        "dd_tensor_operand_for_weight=eval _NnapiSerializer.add_unsqueeze=eval _NnapiSeri"
+        "alizer.add_upsample_nearest2d=eval _NnapiSerializer.get_conv_pool_args_2d_common"
+        "=eval _NnapiSerializer.get_conv_pool_args_2d_from_jit=eval _NnapiSerializer.get_"
+        "conv_pool_args_2d_from_pack=eval _NnapiSerializer.get_optional_bias=eval _NnapiS"
+        "erializer.get_tensor_operand_for_weight=eval _NnapiSerializer.get_tensor_operand"
+        "_or_constant=eval _NnapiSerializer.serialize_model=eval _NnapiSerializer.torch_t"
+        "ensor_to_operand=eval _NnapiSerializer.transpose_for_broadcast=eval _NnapiSerial"
+        "izer.transpose_to_nhwc=eval"
+    ),
+    "torch.backends.cuda": "cuFFTPlanCacheManager.__getitem__=ctypes",
+    "torch.backends.xeon.run_cpu": (
+        "_CPUinfo.__init__=subprocess _Launcher.add_lib_preload=os _Launcher.is_numactl_a"
+        "vailable=subprocess _Launcher.launch=subprocess _Launcher.set_memory_allocator=o"
+        "s _Launcher.set_multi_thread_and_allocator=os main=socket subprocess=subprocess"
+    ),
+    "torch.compiler": (
+        "_mark_compile_region=importlib compile=importlib guard_collectives_hook=ctypes l"
+        "ist_backends=importlib load_compiled_function=exec nested_compile_region=importl"
+        "ib reset=ctypes save_cache_artifacts=eval substitute_in_graph=importlib"
+    ),
+    "torch.compiler._cache": "CacheArtifact.serialize=write_bytes _serialize_single_cache=write_bytes",
+    "torch.compiler.config": "install_config_module=open",
+    "torch.cuda": (
+        "BFloat16Storage.__reduce__=open BoolStorage.__reduce__=open ByteStorage.__reduce"
+        "__=open CDLL=ctypes CharStorage.__reduce__=open ComplexDoubleStorage.__reduce__="
+        "open ComplexFloatStorage.__reduce__=open DoubleStorage.__reduce__=open FloatStor"
+        "age.__reduce__=open HalfStorage.__reduce__=open IntStorage.__reduce__=open LongS"
+        "torage.__reduce__=open ShortStorage.__reduce__=open StreamContext.__enter__=ctyp"
+        "es StreamContext.__init__=ctypes _CudaLegacyStorage.__reduce__=open _check_capab"
+        "ility=ctypes _check_cubins=ctypes _compile_kernel=ctypes _cuda_load_module=ctype"
+        "s _device_count_nvml=ctypes _get_amdsmi_clock_rate=ctypes _get_amdsmi_device_ind"
+        "ex=ctypes _get_amdsmi_device_memory_used=ctypes _get_amdsmi_handler=ctypes _get_"
+        "amdsmi_memory_usage=ctypes _get_amdsmi_power_draw=ctypes _get_amdsmi_temperature"
+        "=ctypes _get_amdsmi_utilization=ctypes _get_device_index=ctypes _get_nvml_device"
+        "_index=ctypes _get_pynvml_handler=ctypes _host_arch_key=socket _nvrtc_compile=ct"
+        "ypes _raw_device_count_nvml=ctypes _raw_device_uuid_nvml=ctypes _register_triton"
+        "_kernels=ctypes _use_uvm=ctypes _warn_unsupported_code=ctypes bsr_dense_addmm=ct"
+        "ypes bsr_dense_mm=ctypes byref=ctypes c_int=ctypes c_void_p=ctypes can_device_ac"
+        "cess_peer=ctypes clock_rate=ctypes create_string_buffer=ctypes ctypes=ctypes cur"
+        "rent_stream=ctypes default_stream=ctypes device.__init__=ctypes device_count=cty"
+        "pes device_memory_used=ctypes get_device_capability=ctypes get_device_name=ctype"
+        "s get_device_properties=ctypes get_stream_from_external=ctypes importlib=importl"
+        "ib is_available=ctypes is_bf16_supported=ctypes is_tf32_supported=ctypes memory_"
+        "usage=ctypes power_draw=ctypes set_device=ctypes temperature=ctypes utilization="
+        "ctypes"
+    ),
+    "torch.cuda._annotate_cuda_graph_trace": "load_trace=open main=open save_trace=open",
+    "torch.cuda._device_limits": "GPULimits.__init__=ctypes",
+    "torch.cuda._graph_annotations": "importlib=importlib mark_kernels=ctypes mark_stream=ctypes",
+    "torch.cuda._memory_viz": (
+        "_profile_to_snapshot=ctypes _read=open _write=open compare=subprocess format_fla"
+        "megraph=subprocess memory=subprocess profile_plot=ctypes segments=subprocess sub"
+        "process=subprocess tempfile=tempfile"
+    ),
+    "torch.cuda._sanitizer": "CUDASanitizerDispatchMode.__torch_dispatch__=ctypes dataclass=eval",
+    "torch.cuda._utils": (
+        "_CudaKernel.__call__=ctypes _CudaKernel.set_shared_memory_config=ctypes _CudaMod"
+        "ule=ctypes _CudaModule.__getattr__=ctypes _check_cuda=ctypes _cuda_load_module=c"
+        "types _get_cuda_library=ctypes _get_device_index=ctypes _get_gpu_rtc_library=cty"
+        "pes _get_gpu_runtime_library=ctypes _get_hip_runtime_library=ctypes _get_hiprtc_"
+        "library=ctypes _get_nvrtc_library=ctypes _nvrtc_compile=ctypes _torch_get_device"
+        "_index=ctypes ctypes=ctypes"
+    ),
+    "torch.cuda.amp": "amp_definitely_not_available=ctypes",
+    "torch.cuda.amp.common": "amp_definitely_not_available=ctypes find_spec=__import__",
+    "torch.cuda.comm": (
+        "broadcast=ctypes broadcast_coalesced=ctypes gather=ctypes reduce_add=ctypes redu"
+        "ce_add_coalesced=ctypes scatter=ctypes"
+    ),
+    "torch.cuda.gds": "GdsFile.__init__=os",
+    "torch.cuda.jiterator": "_JittedFunction.__init__=ctypes",
+    "torch.cuda.memory": (
+        "CUDAPluggableAllocator.__init__=ctypes _augment_memory_snapshot_stack_traces=ope"
+        "n _dump_snapshot=open _get_amdsmi_device_index=ctypes _get_device_index=ctypes _"
+        "get_nvml_device_index=ctypes _memory=subprocess _save_memory_usage=open _save_se"
+        "gment_usage=open _segments=subprocess _snapshot=open _use_uvm=ctypes caching_all"
+        "ocator_alloc=ctypes ctypes=ctypes get_per_process_memory_fraction=ctypes list_gp"
+        "u_processes=ctypes max_memory_allocated=ctypes max_memory_cached=ctypes max_memo"
+        "ry_reserved=ctypes mem_get_info=ctypes memory_allocated=ctypes memory_cached=cty"
+        "pes memory_reserved=ctypes memory_stats=ctypes memory_stats_as_nested_dict=ctype"
+        "s memory_summary=ctypes reset_accumulated_memory_stats=ctypes reset_max_memory_a"
+        "llocated=ctypes reset_max_memory_cached=ctypes reset_peak_memory_stats=ctypes se"
+        "t_per_process_memory_fraction=ctypes signature=eval use_mem_pool=ctypes"
+    ),
+    "torch.cuda.random": (
+        "device_count=ctypes get_rng_state_all=ctypes manual_seed_all=ctypes seed_all=ctypes"
+    ),
+    "torch.cuda.streams": (
+        "Event._as_parameter_=ctypes Event.record=ctypes Event.wait=ctypes ExternalStream"
+        "._as_parameter_=ctypes Stream._as_parameter_=ctypes ctypes=ctypes"
+    ),
+    "torch.cuda.tunable": (
+        "_gather_tunableop_results=open _gather_unique_untuned_gemm_from_files=open mgpu_"
+        "tune_gemm_in_file=ctypes mp=multiprocessing shutil=shutil tune_gemm_in_file=open"
+    ),
+    "torch.distributed": "_make_distributed_pdb=pdb breakpoint=pdb importlib=importlib pdb=pdb",
+    "torch.distributed._composable": "checkpoint=socket",
+    "torch.distributed._composable.checkpoint_activation": "_checkpoint_without_reentrant_generator=socket checkpoint=socket",
+    "torch.distributed._composable.fsdp": "fully_shard=ctypes",
+    "torch.distributed._composable.fsdp.fully_shard": "fully_shard=ctypes",
+    "torch.distributed._composable.replicate_with_fsdp": "_get_modules_and_states=eval _init_default_mesh=ctypes replicate=ctypes",
+    "torch.distributed._dist2": "_gloo_factory=ctypes",
+    "torch.distributed._functional_collectives": (
+        "_maybe_wrap_tensor=eval _remapped_all_gather=eval _remapped_all_to_all_single=ev"
+        "al _remapped_allgather=eval _remapped_allreduce=eval _remapped_batch_p2p_ops=eva"
+        "l _remapped_irecv=eval _remapped_isend=eval _remapped_reducescatter=eval _wrap_t"
+        "ensor_autograd=eval all_gather_inplace=eval all_gather_single=eval all_gather_si"
+        "ngle_autograd=eval all_gather_tensor=eval all_gather_tensor_autograd=eval all_ga"
+        "ther_tensor_inplace=eval all_reduce=eval all_reduce_inplace=eval all_to_all_inpl"
+        "ace=eval all_to_all_single=eval all_to_all_single_autograd=eval batch_p2p_ops_in"
+        "place=eval broadcast=eval irecv_inplace=eval isend_inplace=eval permute_tensor=c"
+        "types reduce_scatter_single=eval reduce_scatter_single_autograd=eval reduce_scat"
+        "ter_tensor=eval reduce_scatter_tensor_autograd=eval reduce_scatter_tensor_inplac"
+        "e=eval"
+    ),
+    "torch.distributed._local_tensor": (
+        "LocalRunnerMode.__init__=thread LocalTensorMode.__enter__=importlib LocalTensorM"
+        "ode.__exit__=importlib LocalTensorMode.__torch_dispatch__=eval LocalTensorMode._"
+        "patch_random_functions=importlib LocalTensorMode._unpatch_random_functions=impor"
+        "tlib LocalTensorMode.disable=importlib LocalTensorMode.disable_=importlib LocalT"
+        "ensorMode.enable_=importlib LocalTensorMode.rank_map=importlib LocalTensorMode.t"
+        "ensor_map=importlib _ExceptionRaisingThread=thread _ExceptionRaisingThread._boot"
+        "strap=exec _ExceptionRaisingThread._bootstrap_inner=exec _ExceptionRaisingThread"
+        ".start=thread _LocalRandom.torch_manual_seed=ctypes _for_each_rank_run_func=eval"
+        " _manual_seed_impl=ctypes importlib=importlib mark_subclass_constructor_exportab"
+        "le_experimental=eval maybe_run_for_local_tensor=eval normalize_function=eval ret"
+        "urn_and_correct_aliasing=eval"
+    ),
+    "torch.distributed._mesh_layout": "dataclass=eval",
+    "torch.distributed._ops.device_mesh": "_get_flattened_submesh=eval _get_submesh=eval",
+    "torch.distributed._serialization": "dataclass=eval",
+    "torch.distributed._shard.metadata": "dataclass=eval",
+    "torch.distributed._shard.op_registry_utils": "_decorator_func=eval _register_op=eval signature=eval",
+    "torch.distributed._shard.sharded_tensor": "_decorator_func=eval",
+    "torch.distributed._shard.sharded_tensor.api": "dataclass=eval",
+    "torch.distributed._shard.sharded_tensor.metadata": "dataclass=eval",
+    "torch.distributed._shard.sharded_tensor.shard": "dataclass=eval",
+    "torch.distributed._shard.sharding_plan.api": "dataclass=eval",
+    "torch.distributed._shard.sharding_spec.api": "_decorator_func=eval dataclass=eval",
+    "torch.distributed._shard.sharding_spec.chunk_sharding_spec": "dataclass=eval",
+    "torch.distributed._state_dict_utils": (
+        "NamedTuple=eval _TensorInfo=eval _all_gather_sharded_tensor=importlib _broadcast"
+        "_state_dict=eval _distribute_state_dict=ctypes _gather_state_dict=importlib dist"
+        "ribute_tensor=ctypes"
+    ),
+    "torch.distributed._symmetric_memory": (
+        "_fused_all_gather_matmul=ctypes _fused_all_gather_matmul_impl=ctypes _fused_all_"
+        "gather_matmul_last_gather_dim_impl=ctypes _fused_all_gather_matmul_native=ctypes"
+        " _fused_all_gather_scaled_matmul=ctypes _fused_matmul_reduce_scatter=ctypes _fus"
+        "ed_matmul_reduce_scatter_fallback=eval _fused_matmul_reduce_scatter_impl=ctypes "
+        "_fused_scaled_matmul_reduce_scatter=ctypes _fused_scaled_matmul_reduce_scatter_f"
+        "allback=eval _fused_scaled_matmul_reduce_scatter_impl=ctypes _low_contention_all"
+        "_gather=ctypes _low_contention_reduce_scatter=ctypes _low_contention_reduce_scat"
+        "ter_with_symm_mem_input=ctypes _low_contention_reduce_scatter_with_workspace=cty"
+        "pes _pipelined_all_gather_and_consume=ctypes _pipelined_all_gather_and_consume_l"
+        "ast_dim=ctypes _pipelined_multi_all_gather_and_consume=ctypes _pipelined_produce"
+        "_and_all2all=ctypes socket=socket"
+    ),
+    "torch.distributed._symmetric_memory._nvshmem_triton": (
+        "NvshmemLibFinder.find_device_library=subprocess _log_triton_kernel=tempfile has_"
+        "triton=ctypes requires_nvshmem=subprocess subprocess=subprocess tempfile=tempfil"
+        "e"
+    ),
+    "torch.distributed._symmetric_memory._rocshmem_triton": "RocshmemLibFinder.find_device_library=ctypes has_triton=ctypes",
+    "torch.distributed._symmetric_memory._shmem_triton_utils": "has_triton=ctypes",
+    "torch.distributed._tensor": (
+        "distribute_module=ctypes distribute_tensor=ctypes empty=eval full=eval import_mo"
+        "dule=importlib ones=eval rand=eval randn=eval zeros=eval"
+    ),
+    "torch.distributed._tools": "MSPS=eval",
+    "torch.distributed._tools.fsdp2_mem_tracker": (
+        "FSDPMemTracker.__enter__=eval FSDPMemTracker._instrument_fsdp_module=eval FSDPMe"
+        "mTracker._register_module_and_optimizer_hooks=eval NamedTuple=eval _SavedFSDPMet"
+        "hods=eval"
+    ),
+    "torch.distributed._tools.memory_tracker": (
+        "MemoryTracker.load=open MemoryTracker.save_stats=open MemoryTracker.show_traces=open"
+    ),
+    "torch.distributed._tools.runtime_estimator": (
+        "RuntimeEstimator._benchmark_estimate=ctypes RuntimeEstimator._maybe_run_and_benc"
+        "hmark_fallback_kernel=ctypes RuntimeEstimator._roofline_estimate=ctypes get_comp"
+        "ute_time=ctypes"
+    ),
+    "torch.distributed._tools.sac_estimator": (
+        "MSPS=eval NamedTuple=eval SACEstimator._get_greedy_order_meta=eval SACEstimator."
+        "_get_sac_tradeoff_pwlf_stats=os SACEstimator._post_fw_hook=eval SACEstimator.pwl"
+        "f_sac_tradeoff_curve=os dataclass=eval"
+    ),
+    "torch.distributed.algorithms._checkpoint.checkpoint_wrapper": "torch_utils_checkpoint=socket",
+    "torch.distributed.algorithms.ddp_comm_hooks.default_hooks": "_compress_hook=eval bf16_compress_hook=eval fp16_compress_hook=eval",
+    "torch.distributed.algorithms.ddp_comm_hooks.mixed_precision_hooks": "dataclass=eval",
+    "torch.distributed.algorithms.ddp_comm_hooks.optimizer_overlap_hooks": "dataclass=eval",
+    "torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook": "batched_powerSGD_hook=ctypes powerSGD_hook=ctypes",
+    "torch.distributed.algorithms.ddp_comm_hooks.quantization_hooks": "quantization_perchannel_hook=importlib",
+    "torch.distributed.algorithms.join": (
+        "Join.__init__=eval Join._set_joinable_configs=eval Joinable.__init__=eval NamedT"
+        "uple=eval _JoinConfig=eval _JoinConfig.construct_disabled_join_config=eval"
+    ),
+    "torch.distributed.checkpoint": (
+        "load=eval load_sharded_optimizer_state_dict=eval load_state_dict=eval save=eval "
+        "save_state_dict=eval"
+    ),
+    "torch.distributed.checkpoint._async_process_executor": (
+        "_AsyncCheckpointProcess._checkpointing_subprocess=eval _AsyncCheckpointProcess._"
+        "execute_save=eval _ProcessGroupInitInfo.__init__=socket _get_fq_hostname=socket "
+        "dataclass=eval get_free_port=socket save=eval"
+    ),
+    "torch.distributed.checkpoint._async_thread_executor": "save=eval save_wrapper=eval",
+    "torch.distributed.checkpoint._checkpointer": "_Checkpointer.load=eval _Checkpointer.save=eval",
+    "torch.distributed.checkpoint._consolidate_hf_safetensors": (
+        "_consolidate_safetensors_files=open _process_output_file=open _write_data=open _"
+        "write_metadata=open _write_overall_metadata_file=open consolidate_safetensors_fi"
+        "les=open consolidate_safetensors_files_on_every_rank=open dataclass=eval"
+    ),
+    "torch.distributed.checkpoint._experimental.barriers": "dataclass=eval",
+    "torch.distributed.checkpoint._experimental.checkpoint_process": (
+        "CheckpointProcess._create_subprocess=multiprocessing Connection=multiprocessing "
+        "dataclass=eval"
+    ),
+    "torch.distributed.checkpoint._experimental.checkpoint_reader": "CheckpointReader._partial_read=open CheckpointReader.read=open",
+    "torch.distributed.checkpoint._experimental.checkpoint_writer": "CheckpointWriter.write=open dataclass=eval",
+    "torch.distributed.checkpoint._experimental.config": "dataclass=eval",
+    "torch.distributed.checkpoint._experimental.staging": "dataclass=eval",
+    "torch.distributed.checkpoint._experimental.types": "dataclass=eval",
+    "torch.distributed.checkpoint._extension": "try_import=importlib",
+    "torch.distributed.checkpoint._fsspec_filesystem": (
+        "FileSystem.create_stream=open FsspecReader.read_data=open FsspecReader.read_meta"
+        "data=pickle FsspecWriter._write_data=ctypes FsspecWriter.prepare_local_plan=mkdi"
+        "r FsspecWriter.write_data=ctypes"
+    ),
+    "torch.distributed.checkpoint._hf_utils": "dataclass=eval",
+    "torch.distributed.checkpoint._pg_transport": "PGTransport.recv_checkpoint=pickle dataclass=eval",
+    "torch.distributed.checkpoint._state_dict_stager": "StateDictStager.__init__=ctypes",
+    "torch.distributed.checkpoint.default_planner": (
+        "DefaultLoadPlanner.load_bytes=open DefaultSavePlanner.resolve_data=open DefaultS"
+        "avePlanner.transform_object=open _EmptyStateDictLoadPlanner.load_bytes=open"
+    ),
+    "torch.distributed.checkpoint.filesystem": (
+        "FileSystem.create_stream=open FileSystem.mkdir=mkdir FileSystem.rm_file=unlink F"
+        "ileSystemReader.read_data=open FileSystemReader.read_metadata=pickle FileSystemW"
+        "riter._write_data=ctypes FileSystemWriter.prepare_local_plan=mkdir FileSystemWri"
+        "ter.write_data=ctypes _FileSystemWriter._write_data=ctypes _FileSystemWriter.pre"
+        "pare_local_plan=mkdir _FileSystemWriter.write_data=ctypes _OverlappingCpuLoader."
+        "__init__=ctypes _get_available_device_type=ctypes _write_files_from_queue=ctypes"
+        " _write_item=open dataclass=eval"
+    ),
+    "torch.distributed.checkpoint.format_utils": (
+        "BroadcastingTorchSaveReader.read_data=open DynamicMetaLoadPlanner.load_bytes=ope"
+        "n _load_state_dict=eval _save_state_dict=eval dcp_to_torch_save=open torch_save_"
+        "to_dcp=open"
+    ),
+    "torch.distributed.checkpoint.hf_storage": (
+        "HuggingFaceStorageReader.read_data=thread HuggingFaceStorageWriter.finish=open c"
+        "onsolidate_safetensors_files=open"
+    ),
+    "torch.distributed.checkpoint.metadata": "dataclass=eval",
+    "torch.distributed.checkpoint.optimizer": (
+        "_ReaderWithOffset.load_bytes=open load_sharded_optimizer_state_dict=eval load_st"
+        "ate_dict=eval"
+    ),
+    "torch.distributed.checkpoint.planner": "dataclass=eval",
+    "torch.distributed.checkpoint.quantized_hf_storage": (
+        "QuantizedHuggingFaceStorageReader._load_quantization_metadata=open QuantizedHugg"
+        "ingFaceStorageReader.read_data=thread QuantizedHuggingFaceStorageReader.read_met"
+        "adata=open"
+    ),
+    "torch.distributed.checkpoint.staging": (
+        "_ReplicationStager.__init__=tempfile _ReplicationStager._persist_state_dict=open"
+        " _ReplicationStager.stage=open dataclass=eval tempfile=tempfile"
+    ),
+    "torch.distributed.checkpoint.state_dict": (
+        "_broadcast_state_dict=eval _distribute_state_dict=ctypes _gather_state_dict=impo"
+        "rtlib _get_model_state_dict=importlib _get_optim_state_dict=importlib _load_mode"
+        "l_state_dict=ctypes _load_optim_state_dict=ctypes _maybe_full_or_cpu_state_dict="
+        "importlib dataclass=eval get_model_state_dict=importlib get_optimizer_state_dict"
+        "=importlib get_state_dict=importlib set_model_state_dict=ctypes set_optimizer_st"
+        "ate_dict=ctypes set_state_dict=ctypes"
+    ),
+    "torch.distributed.checkpoint.state_dict_loader": (
+        "_api_bc_check=eval _load_state_dict=eval _load_state_dict_from_keys=eval load=ev"
+        "al load_state_dict=eval"
+    ),
+    "torch.distributed.checkpoint.state_dict_saver": (
+        "_api_bc_check=eval _save_state_dict=eval dataclass=eval save=eval save_state_dict=eval"
+    ),
+    "torch.distributed.checkpoint.storage": "dataclass=eval",
+    "torch.distributed.checkpoint.utils": "_api_bc_check=eval",
+    "torch.distributed.collective_utils": "dataclass=eval importlib=importlib",
+    "torch.distributed.config": "install_config_module=open",
+    "torch.distributed.debug": "multiprocessing=multiprocessing socket=socket start_debug_server=multiprocessing",
+    "torch.distributed.debug._debug_handlers": (
+        "Collective=eval Database=eval FlightRecorderHandler._build_db=eval FlightRecorde"
+        "rHandler._handle_fr_trace=requests FlightRecorderHandler._handle_fr_trace_json=r"
+        "equests FlightRecorderHandler._handle_fr_trace_nccl=requests FlightRecorderHandl"
+        "er._handle_fr_trace_nccl_json=requests FlightRecorderHandler._render_tables=eval"
+        " FlightRecorderHandler.dump=requests Group=eval Membership=eval NCCLCall=eval Pr"
+        "ofilerHandler._handle=requests PySpyHandler._handle=requests PySpyHandler.dump=r"
+        "equests StacksHandler._handle=requests StacksHandler.dump=requests TorchCommsFli"
+        "ghtRecorderHandler._handle_torchcomms_fr_trace=requests TorchCommsFlightRecorder"
+        "Handler._handle_torchcomms_fr_trace_json=requests TorchCommsFlightRecorderHandle"
+        "r._render_tables=eval TorchCommsFlightRecorderHandler.dump=requests TorchCommsHe"
+        "althCheckHandler._handle=requests TorchCommsHealthCheckHandler.dump=requests Wai"
+        "tCountersHandler._handle=requests WaitCountersHandler.dump=requests build_db=eva"
+        "l fetch_all=requests"
+    ),
+    "torch.distributed.debug._frontend": (
+        "FrontendServer.__init__=thread HTTPRequestHandler.handle=http.client HTTPRequest"
+        "Handler.handle_one_request=http.client HTTPRequestHandler.parse_request=http.cli"
+        "ent PeriodicDumper._run=open PeriodicDumper.start=thread _IPv6HTTPServer.__init_"
+        "_=socket _IPv6HTTPServer.process_request=thread _IPv6HTTPServer.server_bind=sock"
+        "et dataclass=eval fetch_all=requests fetch_thread_pool=requests requests=request"
+        "s socket=socket"
+    ),
+    "torch.distributed.debug._handlers": "_torch_profile=tempfile tempfile=tempfile",
+    "torch.distributed.device_mesh": (
+        "DeviceMesh.__init__=ctypes DeviceMesh._create_unflatten_mesh=ctypes DeviceMesh._"
+        "init_one_process_group=ctypes DeviceMesh._init_process_groups=ctypes DeviceMesh."
+        "_setup_world_group_and_device=ctypes DeviceMesh._unflatten=ctypes init_process_g"
+        "roup=ctypes new_group=ctypes"
+    ),
+    "torch.distributed.distributed_c10d": (
+        "Backend.register_backend=ctypes _find_or_create_pg_by_ranks_and_tag=ctypes _new_"
+        "group_with_tag=ctypes _new_process_group_helper=ctypes _process_group_color=ctyp"
+        "es _tensor_to_object=pickle _unpickler=pickle all_gather_object=pickle broadcast"
+        "=ctypes broadcast_object_list=ctypes ctypes=ctypes gather_object=pickle init_pro"
+        "cess_group=ctypes namedtuple=eval new_group=ctypes new_subgroups=ctypes new_subg"
+        "roups_by_enumeration=ctypes recv_object_list=pickle scatter_object_list=ctypes"
+    ),
+    "torch.distributed.elastic.agent.server.api": (
+        "SimpleElasticAgent._construct_event=socket SimpleElasticAgent._initialize_worker"
+        "s=socket SimpleElasticAgent._invoke_run=socket SimpleElasticAgent._record_worker"
+        "_events=socket SimpleElasticAgent._rendezvous=socket SimpleElasticAgent._restart"
+        "_workers=socket SimpleElasticAgent.get_event_failed=socket SimpleElasticAgent.ge"
+        "t_event_succeeded=socket SimpleElasticAgent.record_duration=socket SimpleElastic"
+        "Agent.run=socket _get_fq_hostname=socket dataclass=eval get_logger=open socket=s"
+        "ocket"
+    ),
+    "torch.distributed.elastic.agent.server.health_check_server": "get_logger=open",
+    "torch.distributed.elastic.agent.server.local_elastic_agent": (
+        "LocalElasticAgent._check_uninterruptible_state_timeout=open LocalElasticAgent._c"
+        "onstruct_event=socket LocalElasticAgent._get_fq_hostname=socket LocalElasticAgen"
+        "t._initialize_workers=socket LocalElasticAgent._invoke_run=socket LocalElasticAg"
+        "ent._log_watchdog_event=socket LocalElasticAgent._monitor_workers=open LocalElas"
+        "ticAgent._record_worker_events=socket LocalElasticAgent._rendezvous=socket Local"
+        "ElasticAgent._restart_workers=socket LocalElasticAgent._setup_local_watchdog=tem"
+        "pfile LocalElasticAgent._start_workers=tempfile LocalElasticAgent._update_uninte"
+        "rruptible_dwell=open LocalElasticAgent.get_event_failed=socket LocalElasticAgent"
+        ".get_event_succeeded=socket LocalElasticAgent.record_duration=socket LocalElasti"
+        "cAgent.run=socket get_logger=open read_proc_state=open socket=socket tempfile=te"
+        "mpfile"
+    ),
+    "torch.distributed.elastic.events": "construct_and_record_rdzv_event=socket socket=socket",
+    "torch.distributed.elastic.events.api": "dataclass=eval",
+    "torch.distributed.elastic.metrics.api": "namedtuple=eval",
+    "torch.distributed.elastic.multiprocessing": "get_logger=open",
+    "torch.distributed.elastic.multiprocessing.api": (
+        "DefaultLogsSpecs.__init__=tempfile DefaultLogsSpecs._make_log_dir=tempfile Defau"
+        "ltLogsSpecs.reify=shutil MultiprocessContext._close=os MultiprocessContext._star"
+        "t=multiprocessing MultiprocessContext.start=signal PContext.__init__=open PConte"
+        "xt.start=signal SubprocessContext.start=signal _maybe_wrap_with_numa_binding=shu"
+        "til _wrap=shutil dataclass=eval shutil=shutil subprocess=subprocess synchronize="
+        "multiprocessing tempfile=tempfile"
+    ),
+    "torch.distributed.elastic.multiprocessing.errors": (
+        "ChildFailedError.__init__=socket ChildFailedError._format_failure=socket ChildFa"
+        "iledError.format_msg=socket ProcessFailure.__post_init__=open dataclass=eval get"
+        "_logger=open socket=socket"
+    ),
+    "torch.distributed.elastic.multiprocessing.errors.error_handler": (
+        "ErrorHandler._rm=open ErrorHandler._write_error_file=open ErrorHandler.dump_erro"
+        "r_file=open ErrorHandler.record_exception=open"
+    ),
+    "torch.distributed.elastic.multiprocessing.redirects": "_c_std=ctypes ctypes=ctypes get_libc=ctypes redirect=open",
+    "torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler": (
+        "Popen=subprocess SubprocessHandler.__init__=open SubprocessHandler._popen=subpro"
+        "cess SubprocessHandler.close=os _maybe_wrap_command_args_with_numa_binding=shuti"
+        "l"
+    ),
+    "torch.distributed.elastic.multiprocessing.tail_log": "tail_logfile=open",
+    "torch.distributed.elastic.rendezvous.api": (
+        "RendezvousStoreInfo.build=socket dataclass=eval get_free_port=socket socket=socket"
+    ),
+    "torch.distributed.elastic.rendezvous.c10d_rendezvous_backend": (
+        "_create_file_store=tempfile _create_tcp_store=socket _matches_machine_hostname=s"
+        "ocket construct_and_record_rdzv_event=socket create_backend=socket tempfile=temp"
+        "file"
+    ),
+    "torch.distributed.elastic.rendezvous.dynamic_rendezvous": (
+        "DynamicRendezvousHandler._close=socket DynamicRendezvousHandler._keep_alive=sock"
+        "et DynamicRendezvousHandler._keep_alive_weak=socket DynamicRendezvousHandler._re"
+        "cord=socket DynamicRendezvousHandler.is_closed=socket DynamicRendezvousHandler.n"
+        "ext_rendezvous=socket DynamicRendezvousHandler.num_nodes_waiting=socket DynamicR"
+        "endezvousHandler.set_closed=socket DynamicRendezvousHandler.shutdown=socket _Bac"
+        "kendRendezvousStateHolder._record=socket _BackendRendezvousStateHolder.sync=sock"
+        "et _DistributedRendezvousOpExecutor._add_to_participants=socket _DistributedRend"
+        "ezvousOpExecutor._add_to_redundancy_list=socket _DistributedRendezvousOpExecutor"
+        "._add_to_wait_list=socket _DistributedRendezvousOpExecutor._keep_alive=socket _D"
+        "istributedRendezvousOpExecutor._mark_rendezvous_closed=socket _DistributedRendez"
+        "vousOpExecutor._mark_rendezvous_complete=socket _DistributedRendezvousOpExecutor"
+        "._record=socket _DistributedRendezvousOpExecutor._remove_from_participants=socke"
+        "t _DistributedRendezvousOpExecutor._remove_from_redundancy_list=socket _Distribu"
+        "tedRendezvousOpExecutor._remove_from_wait_list=socket _DistributedRendezvousOpEx"
+        "ecutor.run=socket _NodeDescGenerator.generate=socket construct_and_record_rdzv_e"
+        "vent=socket create_handler=socket dataclass=eval get_method_name=open socket=soc"
+        "ket"
+    ),
+    "torch.distributed.elastic.rendezvous.etcd_rendezvous": (
+        "EtcdRendezvous.__init__=thread EtcdRendezvous.confirm_membership=thread EtcdRend"
+        "ezvous.confirm_phase=thread EtcdRendezvous.init_phase=thread EtcdRendezvous.join"
+        "_phase=thread EtcdRendezvous.rendezvous_barrier=thread EtcdRendezvous.setup_leas"
+        "e_renewal=thread"
+    ),
+    "torch.distributed.elastic.rendezvous.etcd_server": (
+        "EtcdServer.__init__=tempfile EtcdServer._start=subprocess EtcdServer.start=subpr"
+        "ocess EtcdServer.stop=subprocess find_free_port=socket shutil=shutil socket=sock"
+        "et stop_etcd=subprocess subprocess=subprocess tempfile=tempfile"
+    ),
+    "torch.distributed.elastic.rendezvous.registry": (
+        "_create_c10d_handler=socket _create_etcd_v2_handler=socket create_handler=socket"
+        " entry_points=importlib"
+    ),
+    "torch.distributed.elastic.rendezvous.utils": (
+        "Thread=thread _PeriodicTimer.start=thread _matches_machine_hostname=socket socket=socket"
+    ),
+    "torch.distributed.elastic.timer": "expires=open",
+    "torch.distributed.elastic.timer.api": "TimerServer.start=thread expires=open getframeinfo=open stack=open",
+    "torch.distributed.elastic.timer.debug_info_logging": "get_logger=open",
+    "torch.distributed.elastic.timer.file_based_local_timer": (
+        "FileTimerClient._open_non_blocking=os FileTimerClient._send_request=os FileTimer"
+        "Client.acquire=os FileTimerClient.release=os FileTimerServer.__init__=os FileTim"
+        "erServer._reap_worker=os FileTimerServer._run_watchdog=os FileTimerServer._watch"
+        "dog_loop=open FileTimerServer.clear_timers=os FileTimerServer.is_process_running"
+        "=os FileTimerServer.run_once=os FileTimerServer.start=thread FileTimerServer.sto"
+        "p=os get_logger=open"
+    ),
+    "torch.distributed.elastic.timer.local_timer": (
+        "LocalTimerServer._reap_worker=os LocalTimerServer.start=thread mp=multiprocessing"
+    ),
+    "torch.distributed.elastic.utils": "get_socket_with_port=socket",
+    "torch.distributed.elastic.utils.api": "get_socket_with_port=socket socket=socket",
+    "torch.distributed.elastic.utils.distributed": (
+        "create_c10d_store=socket get_free_port=socket get_logger=open get_socket_with_po"
+        "rt=socket socket=socket"
+    ),
+    "torch.distributed.elastic.utils.logging": "_derive_module_name=open get_logger=open",
+    "torch.distributed.elastic.utils.process_state": "read_proc_state=open",
+    "torch.distributed.flight_recorder.components.builder": (
+        "Collective=eval Database=eval Group=eval Membership=eval NCCLCall=eval Traceback"
+        "=eval build_db=eval build_groups_memberships=eval transform_ft=eval"
+    ),
+    "torch.distributed.flight_recorder.components.loader": "read_dir=os read_dump=open",
+    "torch.distributed.flight_recorder.components.types": (
+        "Collective=eval Database=eval EntryState.to_collective=eval EntryState.to_nccl_c"
+        "all=eval Group=eval Membership=eval NCCLCall=eval NamedTuple=eval Traceback=eval"
+        " TypeInfo=eval"
+    ),
+    "torch.distributed.flight_recorder.components.utils": "Collective=eval Group=eval Membership=eval",
+    "torch.distributed.flight_recorder.fr_trace": "build_db=eval main=open read_dir=os transform_ft=eval",
+    "torch.distributed.fsdp": "fully_shard=ctypes",
+    "torch.distributed.fsdp._flat_param": (
+        "FlatParamHandle.__init__=eval FlatParamHandle._get_shard=importlib FlatParamHand"
+        "le._get_shard_metadata=eval FlatParamHandle._init_flat_param_and_metadata=eval F"
+        "latParamHandle._init_shard_metadata=eval FlatParamHandle.param_module_names=eval"
+        " FlatParamHandle.shard=importlib FlatParamHandle.shard_metadata=eval FlatParamHa"
+        "ndle.shared_param_module_names=eval FlatParamShardMetadata=eval NamedTuple=eval "
+        "ParamInfo=eval SharedParamInfo=eval _ShardParamInfo=eval"
+    ),
+    "torch.distributed.fsdp._fully_shard": "fully_shard=ctypes",
+    "torch.distributed.fsdp._fully_shard._fsdp_api": "dataclass=eval",
+    "torch.distributed.fsdp._fully_shard._fsdp_collectives": "AllGatherResult=eval NamedTuple=eval foreach_all_gather=eval",
+    "torch.distributed.fsdp._fully_shard._fsdp_common": "dataclass=eval",
+    "torch.distributed.fsdp._fully_shard._fsdp_init": (
+        "_get_modules_and_states=eval _init_default_fully_shard_mesh=ctypes _init_default"
+        "_mesh=ctypes _move_states_to_device=eval"
+    ),
+    "torch.distributed.fsdp._fully_shard._fsdp_param": (
+        "FSDPParam.__init__=eval FSDPParam._get_unsharded_dtensor_spec=eval FSDPParam._in"
+        "it_sharded_param=eval FSDPParam._init_sharding_spec=eval FSDPParam._init_shardin"
+        "g_spec_plain=eval FSDPParam.all_gather_inputs=eval FSDPParam.init_unsharded_para"
+        "m=eval TensorMeta=eval dataclass=eval"
+    ),
+    "torch.distributed.fsdp._fully_shard._fsdp_param_group": (
+        "AllGatherResult=eval AllGatherState=eval AllReduceState=eval FSDPParamGroup.post"
+        "_backward=eval FSDPParamGroup.pre_backward=eval FSDPParamGroup.pre_forward=eval "
+        "FSDPParamGroup.unshard=eval FSDPParamGroup.wait_for_unshard=eval NamedTuple=eval"
+        " ReduceScatterState=eval foreach_all_gather=eval"
+    ),
+    "torch.distributed.fsdp._fully_shard._fully_shard": "_get_modules_and_states=eval _init_default_mesh=ctypes fully_shard=ctypes",
+    "torch.distributed.fsdp._optim_utils": (
+        "NamedTuple=eval _OptimStateKey=eval _PosDimTensorInfo=eval _allgather_state_info"
+        "=eval _broadcast_processed_state=eval _convert_state_with_orig_params=eval _flat"
+        "ten_optim_state=importlib _flatten_optim_state_dict=importlib _gather_all_orig_p"
+        "aram_state=eval _gather_state_dict=importlib _map_param_key_to_optim_keys=eval _"
+        "optim_state_dict=eval _shard_orig_param_state=importlib dataclass=eval"
+    ),
+    "torch.distributed.fsdp._runtime_utils": (
+        "_get_reduce_scatter_tensors=importlib _post_backward_hook=importlib _reduce_grad=importlib"
+    ),
+    "torch.distributed.fsdp._state_dict_utils": (
+        "_local_pre_load_state_dict_hook=importlib _sharded_pre_load_state_dict_hook=importlib"
+    ),
+    "torch.distributed.fsdp._trace_utils": (
+        "NamedTuple=eval _ExecOrderTracer._patched_call_module=eval _ExecOrderTracer._pat"
+        "ched_create_proxy=eval _ParamUsageInfo=eval dataclass=eval"
+    ),
+    "torch.distributed.fsdp.api": "dataclass=eval",
+    "torch.distributed.fsdp.fully_sharded_data_parallel": (
+        "FullyShardedDataParallel._optim_state_dict_impl=eval FullyShardedDataParallel._o"
+        "ptim_state_dict_to_load_impl=importlib FullyShardedDataParallel.flatten_sharded_"
+        "optim_state_dict=importlib FullyShardedDataParallel.full_optim_state_dict=eval F"
+        "ullyShardedDataParallel.optim_state_dict=eval FullyShardedDataParallel.optim_sta"
+        "te_dict_to_load=importlib FullyShardedDataParallel.scatter_full_optim_state_dict"
+        "=importlib FullyShardedDataParallel.shard_full_optim_state_dict=importlib FullyS"
+        "hardedDataParallel.sharded_optim_state_dict=eval _flatten_optim_state_dict=impor"
+        "tlib _optim_state_dict=eval"
+    ),
+    "torch.distributed.fsdp.sharded_grad_scaler": "ShardedGradScaler.step=eval",
+    "torch.distributed.launch": "launch=ctypes main=ctypes run=ctypes",
+    "torch.distributed.launcher.api": "LaunchConfig.__post_init__=ctypes dataclass=eval get_logger=open",
+    "torch.distributed.nn.api.remote_module": (
+        "RemoteModule._init_template=importlib _RemoteModule.__init__=importlib _RemoteMo"
+        "dule._init_template=importlib _create_module_with_interface=open _instantiate_te"
+        "mplate=importlib"
+    ),
+    "torch.distributed.nn.jit.instantiator": (
+        "_StringLoader=importlib _StringLoader._cache_bytecode=importlib _StringLoader.ex"
+        "ec_module=compile _StringLoader.get_code=importlib _StringLoader.is_package=impo"
+        "rtlib _StringLoader.load_module=importlib _StringLoader.path_mtime=importlib _St"
+        "ringLoader.set_data=importlib _StringLoader.source_to_code=compile _do_instantia"
+        "te_remote_module_template=importlib importlib=importlib instantiate_non_scriptab"
+        "le_remote_module_template=importlib instantiate_scriptable_remote_module_templat"
+        "e=importlib"
+    ),
+    "torch.distributed.optim.functional_adadelta": "_FunctionalAdadelta.step=eval",
+    "torch.distributed.optim.functional_adam": "_FunctionalAdam.step=eval _FunctionalAdam.step_param=eval",
+    "torch.distributed.optim.functional_adamax": "_FunctionalAdamax.step=eval",
+    "torch.distributed.optim.functional_adamw": "_FunctionalAdamW.step=eval _FunctionalAdamW.step_param=eval",
+    "torch.distributed.optim.functional_rmsprop": "_FunctionalRMSprop.step=eval",
+    "torch.distributed.optim.functional_rprop": "_FunctionalRprop.step=eval",
+    "torch.distributed.optim.optimizer": "_new_script_local_optimizer=open",
+    "torch.distributed.optim.zero_redundancy_optimizer": (
+        "ZeroRedundancyOptimizer.__init__=eval ZeroRedundancyOptimizer._init_local_optimi"
+        "zer=eval ZeroRedundancyOptimizer._init_zero_for_overlap=eval ZeroRedundancyOptim"
+        "izer.consolidate_state_dict=open _broadcast_object=open"
+    ),
+    "torch.distributed.pipelining": "pipeline=eval",
+    "torch.distributed.pipelining._IR": "Pipe._trace_with_export=eval Pipe.from_tracing=eval pipeline=eval signature=eval",
+    "torch.distributed.pipelining._backward": "GradientEdge=eval stage_backward_weight=eval",
+    "torch.distributed.pipelining._schedule_visualizer": (
+        "NamedTuple=eval OpKey=eval _Action=eval add_schedule_op_spacing=eval get_schedule_ops=exec"
+    ),
+    "torch.distributed.pipelining._utils": "dataclass=eval",
+    "torch.distributed.pipelining.schedules": (
+        "NamedTuple=eval OptimizedModule=importlib PipelineScheduleMulti._dump_csv=open P"
+        "ipelineScheduleMulti._load_csv=open Schedule1F1B._get_pipeline_order=eval Schedu"
+        "leDualPipeV.__init__=eval ScheduleDualPipeV._calculate_single_rank_operations=ev"
+        "al ScheduleDualPipeV._dump_csv=open ScheduleDualPipeV._load_csv=open ScheduleDua"
+        "lPipeV._prepare_schedule_with_comms=eval ScheduleDualPipeV._simulate=eval Schedu"
+        "leGPipe._get_pipeline_order=eval ScheduleInterleaved1F1B.__init__=eval ScheduleI"
+        "nterleaved1F1B._calculate_single_rank_operations=eval ScheduleInterleaved1F1B._d"
+        "ump_csv=open ScheduleInterleaved1F1B._load_csv=open ScheduleInterleaved1F1B._pre"
+        "pare_schedule_with_comms=eval ScheduleInterleaved1F1B._simulate=eval ScheduleInt"
+        "erleavedZeroBubble.__init__=eval ScheduleInterleavedZeroBubble._calculate_single"
+        "_rank_operations=eval ScheduleInterleavedZeroBubble._dump_csv=open ScheduleInter"
+        "leavedZeroBubble._load_csv=open ScheduleInterleavedZeroBubble._prepare_schedule_"
+        "with_comms=eval ScheduleInterleavedZeroBubble._simulate=eval ScheduleLoopedBFS._"
+        "_init__=eval ScheduleLoopedBFS._calculate_single_rank_operations=eval ScheduleLo"
+        "opedBFS._dump_csv=open ScheduleLoopedBFS._load_csv=open ScheduleLoopedBFS._prepa"
+        "re_schedule_with_comms=eval ScheduleLoopedBFS._simulate=eval ScheduleZBVZeroBubb"
+        "le.__init__=eval ScheduleZBVZeroBubble._calculate_single_rank_operations=eval Sc"
+        "heduleZBVZeroBubble._dump_csv=open ScheduleZBVZeroBubble._load_csv=open Schedule"
+        "ZBVZeroBubble._prepare_schedule_with_comms=eval ScheduleZBVZeroBubble._simulate="
+        "eval _Action=eval _Action.from_str=eval _PipelineScheduleRuntime._dump_csv=open "
+        "_PipelineScheduleRuntime._load_csv=open _PipelineScheduleRuntime._prepare_schedu"
+        "le_with_comms=eval _PipelineScheduleRuntime._simulate=eval _add_reduce_grad=eval"
+        " _add_send_recv=eval _add_unshard_reshard=eval _dump_chrometrace=open _get_1f1b_"
+        "rank_ops=eval _merge_bw=eval _simulate_comms_compute=eval dataclass=eval"
+    ),
+    "torch.distributed.pipelining.stage": (
+        "PipelineStage.backward_maybe_with_nosync=eval PipelineStage.backward_one_chunk=e"
+        "val PipelineStage.backward_weight_one_chunk=eval _PipelineStage.backward_maybe_w"
+        "ith_nosync=eval _PipelineStage.backward_one_chunk=eval _PipelineStage.backward_w"
+        "eight_one_chunk=eval _PipelineStageBase.backward_maybe_with_nosync=eval _Pipelin"
+        "eStageBase.backward_one_chunk=eval _PipelineStageBase.backward_weight_one_chunk="
+        "eval fully_shard=ctypes replicate=ctypes stage_backward_weight=eval"
+    ),
+    "torch.distributed.rendezvous": "_file_rendezvous_handler=urllib.request",
+    "torch.distributed.run": (
+        "config_from_args=ctypes determine_local_world_size=ctypes get_logger=open main=c"
+        "types metadata=importlib run=ctypes run_script_path=runpy runpy=runpy"
+    ),
+    "torch.distributed.tensor": (
+        "_ShardOrderEntry=eval _TensorMeta=eval distribute_module=ctypes distribute_tenso"
+        "r=ctypes empty=eval full=eval ones=eval rand=eval randn=eval zeros=eval"
+    ),
+    "torch.distributed.tensor._api": (
+        "DTensor.__tensor_unflatten__=eval TensorMeta=eval _FromTorchTensor.backward=eval"
+        " _FromTorchTensor.forward=ctypes _ToTorchTensor.backward=eval _dtensor_init_help"
+        "er=eval _shard_tensor=ctypes distribute_module=ctypes distribute_tensor=ctypes e"
+        "mpty=eval full=eval mark_subclass_constructor_exportable_experimental=eval mesh_"
+        "broadcast=ctypes ones=eval rand=eval randn=eval redistribute_local_tensor=eval z"
+        "eros=eval"
+    ),
+    "torch.distributed.tensor._collective_utils": (
+        "broadcast=ctypes dataclass=eval maybe_run_for_local_tensor=eval mesh_broadcast=c"
+        "types pad_tensor=importlib shard_dim_alltoall=eval"
+    ),
+    "torch.distributed.tensor._dispatch": (
+        "OpDispatcher._dispatch_fast_path_python_tail=eval OpDispatcher._dispatch_get_loc"
+        "al_results_slow_path=eval OpDispatcher._try_replicate_spec_for_scalar_tensor=eva"
+        "l OpDispatcher._unwrap_to_op_info_impl=eval OpDispatcher.redistribute_local_args"
+        "=eval OpDispatcher.unwrap_to_op_info=eval TensorMeta=eval argminmax_handler=eval"
+        " convolution_backward_handler=importlib found_inf_reduce_handler=eval redistribu"
+        "te_local_tensor=eval return_and_correct_aliasing=eval"
+    ),
+    "torch.distributed.tensor._dtensor_spec": (
+        "DTensorSpec.__post_init__=eval DTensorSpec._maybe_convert_StridedShard_to_shard_"
+        "order=eval DTensorSpec._normalize_placements_into_shard_order=eval DTensorSpec.c"
+        "ompute_default_shard_order=eval NamedTuple=eval ShardOrderEntry=eval TensorMeta="
+        "eval TensorMetadata=eval dataclass=eval"
+    ),
+    "torch.distributed.tensor._nonlinear_redux": "_gather_tensors=eval argminmax_handler=eval minmax_dim_handler=eval",
+    "torch.distributed.tensor._op_schema": "TensorMeta=eval dataclass=eval",
+    "torch.distributed.tensor._ops._common_rules": "TensorMeta=eval einop_rule=eval pointwise_rule=eval",
+    "torch.distributed.tensor._ops._conv_ops": "TensorMeta=eval convolution_backward_rules=eval convolution_rules=eval",
+    "torch.distributed.tensor._ops._einsum_strategy": "dataclass=eval",
+    "torch.distributed.tensor._ops._embedding_ops": "TensorMeta=eval",
+    "torch.distributed.tensor._ops._mask_buffer": "dataclass=eval",
+    "torch.distributed.tensor._ops._math_ops": "TensorMeta=eval dataclass=eval",
+    "torch.distributed.tensor._ops._matrix_ops": "TensorMeta=eval grouped_mm_strategy=eval",
+    "torch.distributed.tensor._ops._pointwise_ops": "TensorMeta=eval",
+    "torch.distributed.tensor._ops._random_ops": "TensorMeta=eval",
+    "torch.distributed.tensor._ops._tensor_ops": "TensorMeta=eval",
+    "torch.distributed.tensor._ops._view_ops": (
+        "ClaimedDim=eval NamedTuple=eval TensorMeta=eval _ViewShardingPropagator._rewrite"
+        "_plain_shard=eval _ViewShardingPropagator._rewrite_strided_shard=eval _ViewShard"
+        "ingPropagator.rewrite_output_placements=eval dataclass=eval"
+    ),
+    "torch.distributed.tensor._ops.autogen": "TensorMeta=eval",
+    "torch.distributed.tensor._ops.single_dim_strategy": "TensorMeta=eval dataclass=eval",
+    "torch.distributed.tensor._ops.strategy_validation": (
+        "TensorMeta=eval _query_dtensor_rules=eval _shard_tensors=ctypes _validate_aten_o"
+        "p_for_sample=ctypes _validate_aten_with_mitigations=ctypes _validate_with_mitiga"
+        "tions=ctypes compare_operator=ctypes dataclass=eval distribute_tensor=ctypes que"
+        "ry_single_dim_strategy=eval validate_aten_combination=ctypes validate_combinatio"
+        "n=ctypes"
+    ),
+    "torch.distributed.tensor._ops.utils": "TensorMeta=eval",
+    "torch.distributed.tensor._random": "manual_seed=ctypes maybe_run_for_local_tensor=eval",
+    "torch.distributed.tensor._redistribute": (
+        "DTensorRedistributePlanner._dict_to_ShardOrder=eval DTensorRedistributePlanner.f"
+        "ind_min_cost_path=eval DTensorRedistributePlanner.generate_graph_based_transform"
+        "_infos=eval DTensorRedistributePlanner.get_next_state=eval DTensorRedistributePl"
+        "anner.stringify_transform_infos=eval NestedRedistribute.forward=eval Redistribut"
+        "e.forward=eval ShardOrderEntry=eval TensorMeta=eval _redistribute_backward=eval "
+        "redistribute_local_tensor=eval"
+    ),
+    "torch.distributed.tensor._sharding_prop": (
+        "ShardingPropagator._propagate_tensor_meta=eval ShardingPropagator._propagate_ten"
+        "sor_meta_cached=eval ShardingPropagator._propagate_tensor_meta_non_cached=eval S"
+        "hardingPropagator.propagate=eval ShardingPropagator.propagate_op_sharding_non_ca"
+        "ched=eval TensorMeta=eval _propagate_use_strided_shard_flag=eval"
+    ),
+    "torch.distributed.tensor._tp_conv": "convolution_backward_handler=importlib tp_convolution_backward=importlib",
+    "torch.distributed.tensor._utils": "compute_global_tensor_shape=eval maybe_run_for_local_tensor=eval",
+    "torch.distributed.tensor.debug._comm_mode": (
+        "CommDebugMode.generate_json_dump=open CommDebugMode.log_comm_debug_tracing_table"
+        "_to_file=open"
+    ),
+    "torch.distributed.tensor.debug._op_coverage": (
+        "aot_module=ctypes get_inductor_decomp_graphs=ctypes print_op_coverage_summary=ctypes"
+    ),
+    "torch.distributed.tensor.debug._visualize_sharding": "importlib=importlib",
+    "torch.distributed.tensor.experimental": "context_parallel=ctypes",
+    "torch.distributed.tensor.experimental._attention": (
+        "_context_parallel_shard=ctypes context_parallel=ctypes context_parallel_unshard=eval"
+    ),
+    "torch.distributed.tensor.experimental._context_parallel": (
+        "_context_parallel_shard=ctypes context_parallel=ctypes context_parallel_unshard="
+        "eval flex_cp_allgather=eval"
+    ),
+    "torch.distributed.tensor.experimental._context_parallel._attention": (
+        "_AllGatherRotater.exchange_buffers=eval _AllToAllRotater.exchange_buffers=ctypes"
+        " _ContextParallel.flex_input_fn=eval _context_parallel_buffers=ctypes _context_p"
+        "arallel_shard=ctypes _create_cp_block_mask=importlib context_parallel=ctypes con"
+        "text_parallel_unshard=eval create_block_mask=importlib dataclass=eval distribute"
+        "_tensor=ctypes flex_cp_allgather=eval"
+    ),
+    "torch.distributed.tensor.experimental._context_parallel._cp_custom_ops": (
+        "_flex_cp_allgather_backward=eval flex_cp_allgather=eval flex_cp_allgather_backward=eval"
+    ),
+    "torch.distributed.tensor.experimental._tp_transform": (
+        "TensorMeta=eval _TensorParallelTransformPass.call=ctypes _clean_up_graph_metadat"
+        "a=eval _create_placement_strategy=eval _extract_tensor_metadata=eval _generate_d"
+        "efault_output_sharding=eval _insert_reshard_gm=eval _mark_sharding=eval _mark_te"
+        "nsor_parallel_shardings=eval _partitioner=eval _populate_tensor_meta=eval _shard"
+        "_state_dict=ctypes distribute_tensor=ctypes redistribute_local_tensor=eval"
+    ),
+    "torch.distributed.tensor.parallel.loss": "TensorMeta=eval _log_softmax=eval _log_softmax_handler=eval",
+    "torch.distributed.tensor.parallel.style": (
+        "ColwiseParallel._apply=ctypes ColwiseParallel._partition_embedding_fn=ctypes Col"
+        "wiseParallel._partition_linear_fn=ctypes RowwiseParallel._apply=ctypes RowwisePa"
+        "rallel._partition_embedding_fn=ctypes RowwiseParallel._partition_linear_fn=ctype"
+        "s SequenceParallel._apply=ctypes distribute_module=ctypes distribute_tensor=ctyp"
+        "es"
+    ),
+    "torch.distributed.tensor.placement_types": (
+        "Partial._reduce_value=eval Replicate._make_replicate_tensor=ctypes Replicate._re"
+        "plicate_tensor=ctypes Shard._maybe_pad_tensor=importlib Shard._pad_for_new_shard"
+        "_dim=importlib Shard._reduce_shard_tensor=importlib Shard._replicate_to_shard=im"
+        "portlib Shard._select_split_tensor=importlib Shard._shard_tensor=importlib Shard"
+        "._split_tensor=importlib Shard._split_tensor_helper=importlib Shard._to_new_shar"
+        "d_dim=importlib Shard._to_replicate_tensor=importlib _MaskPartial._reduce_value="
+        "eval _StridedShard._to_replicate_tensor=importlib dataclass=eval maybe_run_for_l"
+        "ocal_tensor=eval mesh_broadcast=ctypes pad_tensor=importlib shard_dim_alltoall=e"
+        "val"
+    ),
+    "torch.distributed.utils": "PackedSequence=eval",
+    "torch.distributions.transforms": (
+        "CorrCholeskyTransform._call=importlib CorrCholeskyTransform._inverse=importlib S"
+        "tickBreakingTransform._call=importlib pad=importlib"
+    ),
+    "torch.export": (
+        "_export=eval draft_export=eval export=eval load=ctypes load_pt2=ctypes package_p"
+        "t2=write_bytes save=write_bytes"
+    ),
+    "torch.export._draft_export": (
+        "CaptureStructuredTrace.__init__=tempfile _export=eval dataclass=eval draft_expor"
+        "t=eval get_loc=open tempfile=tempfile"
+    ),
+    "torch.export._patches": (
+        "one_layer_while_loop_gru=importlib one_layer_while_loop_lstm=importlib while_loo"
+        "p=importlib"
+    ),
+    "torch.export._trace": (
+        "_PyTreeInfo=eval _aot_export_joint_with_descriptors=ctypes _combine_args=eval _d"
+        "ynamo_graph_capture_for_export=ctypes _export=eval _export_for_training=eval _ex"
+        "port_to_aten_ir=eval _export_to_aten_ir_make_fx=eval _export_to_torch_ir=importl"
+        "ib _get_forward_arg_names=eval _get_range_constraints=eval _non_strict_export=ev"
+        "al _produce_aten_artifact=eval _strict_export=importlib aot_export_joint_with_de"
+        "scriptors=ctypes apply_runtime_assertion_pass=compile compile_time_strobelight_m"
+        "eta=eval dtrace_structured=eval dynamo_graph_capture_for_export=exec make_fake_i"
+        "nputs=eval placeholder_naming_pass=eval track_tensor_tree=eval"
+    ),
+    "torch.export._unlift": (
+        "_PyTreeInfo=eval _convert_guards_code_to_fn=exec _get_codegen=eval _unlift=eval "
+        "_unlift_exported_program_lifted_states=exec"
+    ),
+    "torch.export.custom_obj": "dataclass=eval",
+    "torch.export.custom_ops": "_call_custom_autograd_function_in_pre_dispatch=importlib importlib=importlib",
+    "torch.export.dynamic_shapes": (
+        "AdditionalInputs.dynamic_shapes=eval ShapesCollection.dynamic_shapes=eval _combi"
+        "ne_args=eval"
+    ),
+    "torch.export.experimental": (
+        "_ExportPackage._compiled_and_package=open _ExportPackage._exporter=importlib _de"
+        "compose_exported_program=ctypes _export_forward_backward=ctypes _sticky_export=e"
+        "val"
+    ),
+    "torch.export.exported_program": (
+        "ExportedProgram.module=exec ExportedProgram.run_decompositions=ctypes NamedTuple"
+        "=eval _PyTreeInfo=eval _decompose_and_get_gm_with_new_signature_constants=ctypes"
+        " _decompose_exported_program=ctypes _export_to_aten_ir=eval _unlift_exported_pro"
+        "gram_lifted_states=exec aot_export_module=ctypes insert_deferred_runtime_asserts"
+        "=compile placeholder_naming_pass=eval"
+    ),
+    "torch.export.pt2_archive._package": (
+        "PT2ArchiveWriter.write_file=open PT2ArchiveWriter.write_folder=os _get_raw_tenso"
+        "r_bytes=ctypes _load_aoti=ctypes _load_constants=pickle _load_exported_programs="
+        "pickle _load_state_dict=open _package_aoti_files=write_bytes _package_constants="
+        "write_bytes _package_executorch_files=write_bytes _package_exported_programs=wri"
+        "te_bytes _package_state_dict=write_bytes _save_pickled_tensors=write_bytes _save"
+        "_raw_tensors=write_bytes ctypes=ctypes dataclass=eval get_device_information=cty"
+        "pes load_pt2=ctypes package_pt2=write_bytes tempfile=tempfile"
+    ),
+    "torch.export.unflatten": "dataclass=eval",
+    "torch.func": "hessian=eval jacfwd=eval jvp=eval linearize=importlib",
+    "torch.functional": "overload=open stft=importlib",
+    "torch.fx": "replace_pattern=eval",
+    "torch.fx._graph_pickler": (
+        "GraphPickler.loads=pickle GraphPickler.reducer_override=importlib _GraphUnpickle"
+        "r=pickle _OpPrecompiledPickleData.unpickle=importlib _TorchNumpyPickleData.from_"
+        "object=importlib _TorchNumpyPickleData.reduce_helper=importlib _TorchNumpyPickle"
+        "Data.unpickle=importlib import_dill=dill importlib=importlib"
+    ),
+    "torch.fx._lazy_graph_module": (
+        "_LazyGraphModule.graph=exec _LazyGraphModule.to_folder=mkdir reduce_graph_module=exec"
+    ),
+    "torch.fx._pytree": "namedtuple=eval",
+    "torch.fx._symbolic_trace": (
+        "CodeType=exec FunctionType=exec NamedTuple=eval Tracer._filter_traceback_frames="
+        "os Tracer.create_args_for_root=exec Tracer.create_node=os Tracer.create_proxy=os"
+        " Tracer.getattr=eval Tracer.trace=exec _PatchedFn=eval _PatchedFnDel=eval _Patch"
+        "edFnSetAttr=eval _PatchedFnSetItem=eval _Patcher.patch=eval _Patcher.patch_metho"
+        "d=eval _PyTreeInfo=eval _patch_function=exec"
+    ),
+    "torch.fx.experimental._config": "install_config_module=open",
+    "torch.fx.experimental.accelerator_partitioner": (
+        "Device=eval NamedTuple=eval NodeLatency=eval PartitionResult=eval Partitioner.co"
+        "st_aware_partition=eval Partitioner.kl_based_partition=eval Partitioner.partitio"
+        "n_graph=eval Partitioner.size_based_partition=eval PartitionerConfig=eval get_pa"
+        "rtition_to_latency_mapping=eval get_size_of_all_nodes=eval"
+    ),
+    "torch.fx.experimental.normalize": (
+        "NormalizeArgs.call_function=eval NormalizeArgs.call_module=eval NormalizeArgs.ru"
+        "n_node=eval NormalizeOperators._extract_python_return_type=eval NormalizeOperato"
+        "rs.call_module=eval NormalizeOperators.get_attr=eval normalize_function=eval nor"
+        "malize_module=eval"
+    ),
+    "torch.fx.experimental.partitioner_utils": (
+        "Device=eval NamedTuple=eval NodeLatency=eval PartitionLatency=eval PartitionerCo"
+        "nfig=eval get_latency_of_one_partition=eval get_partition_to_latency_mapping=eva"
+        "l"
+    ),
+    "torch.fx.experimental.proxy_tensor": (
+        "DecompositionInterpreter.get_attr=eval DecompositionInterpreter.placeholder=eval"
+        " OptimizedModule=importlib PreDispatchTorchFunctionMode.__torch_function__=eval "
+        "ProxyTorchDispatchMode.__torch_dispatch__=tempfile PythonKeyTracer._try_reconstr"
+        "uct_opaque=eval PythonKeyTracer.create_arg=eval _GraphAppendingTracerEx._filter_"
+        "traceback_frames=os _GraphAppendingTracerEx.create_arg=os _GraphAppendingTracerE"
+        "x.create_node=os _GraphAppendingTracerEx.create_proxy=os _MakefxTracer._trace_in"
+        "ner=eval _MakefxTracer.trace=eval _ModuleStackTracer._try_reconstruct_opaque=eva"
+        "l _ModuleStackTracer.create_arg=eval _compute_proxy=eval _extract_tensor_metadat"
+        "a=eval dataclass=eval fake_signature=eval insert_deferred_runtime_asserts=compil"
+        "e maybe_handle_decomp=tempfile proxy_call=tempfile set_meta=eval trace_structure"
+        "d=eval track_tensor=eval track_tensor_tree=eval wrap_key=eval"
+    ),
+    "torch.fx.experimental.recording": "dataclass=eval record_shapeenv_event=eval",
+    "torch.fx.experimental.rewriter": (
+        "AST_Rewriter.rewrite=compile AST_Rewriter.visit_Assert=compile FunctionType=exec"
+        " RewritingTracer._filter_traceback_frames=os RewritingTracer.create_arg=os Rewri"
+        "tingTracer.create_args_for_root=exec RewritingTracer.create_node=os RewritingTra"
+        "cer.create_proxy=os RewritingTracer.getattr=eval"
+    ),
+    "torch.fx.experimental.schema_type_annotation": (
+        "AnnotateTypesWithSchema._extract_python_return_type=eval AnnotateTypesWithSchema"
+        ".call_function=eval AnnotateTypesWithSchema.call_module=eval AnnotateTypesWithSc"
+        "hema.get_attr=eval _torchscript_type_to_python_type=eval"
+    ),
+    "torch.fx.experimental.sym_node": "_make_node_magic=os dtrace_structured=eval",
+    "torch.fx.experimental.symbolic_shapes": (
+        "NamedTuple=eval ShapeEnv._add_shape_id_eq_check=eval ShapeEnv._compute_symbolic_"
+        "stride=os ShapeEnv._constrain_is_bounded=eval ShapeEnv._constrain_range=os Shape"
+        "Env._constrain_range_for_size=os ShapeEnv._constrain_unify=os ShapeEnv._create_f"
+        "x_call_function=eval ShapeEnv._create_symbolic_sizes_strides_storage_offset=os S"
+        "hapeEnv._eliminate_unbacked=os ShapeEnv._evaluate_expr=open ShapeEnv._find=os Sh"
+        "apeEnv._find_frame_locals=open ShapeEnv._get_sloc=os ShapeEnv._get_stack_summary"
+        "=os ShapeEnv._get_user_frame=os ShapeEnv._ignore_fresh_unbacked_symbols_set=eval"
+        " ShapeEnv._inner_evaluate_expr=open ShapeEnv._is_python_assert=os ShapeEnv._log_"
+        "create_unbacked_symbol=os ShapeEnv._log_guard=open ShapeEnv._log_real_tensor_pro"
+        "pagation=open ShapeEnv._log_suppressed_dde=os ShapeEnv._make_data_dependent_erro"
+        "r=os ShapeEnv._maybe_evaluate_static=os ShapeEnv._maybe_guard_rel=os ShapeEnv._p"
+        "roduce_dyn_sizes=os ShapeEnv._produce_dyn_sizes_from_int_tuple=os ShapeEnv._reco"
+        "rd_exclusion_constraint=eval ShapeEnv._refine_ranges=os ShapeEnv._rename_unbacke"
+        "d_to=os ShapeEnv._set_replacement=os ShapeEnv._simplify_floor_div=open ShapeEnv."
+        "_suppress_guards_enter=eval ShapeEnv._suppress_guards_exit=eval ShapeEnv._update"
+        "_divisible=os ShapeEnv._update_var_to_range=os ShapeEnv.constrain_symbol_range=o"
+        "s ShapeEnv.create_symbol=os ShapeEnv.create_symbolic_sizes_strides_storage_offse"
+        "t=os ShapeEnv.create_symfloatnode=eval ShapeEnv.create_symintnode=eval ShapeEnv."
+        "create_unbacked_symbool=os ShapeEnv.create_unbacked_symfloat=os ShapeEnv.create_"
+        "unbacked_symint=os ShapeEnv.create_unspecified_symbol=os ShapeEnv.create_unspeci"
+        "fied_symint_and_symbol=os ShapeEnv.deserialize_symexpr=eval ShapeEnv.evaluate_ex"
+        "pr=open ShapeEnv.evaluate_guards_expression=eval ShapeEnv.evaluate_guards_for_ar"
+        "gs=open ShapeEnv.evaluate_sym_node=open ShapeEnv.evaluate_symexpr=eval ShapeEnv."
+        "freeze=eval ShapeEnv.freeze_runtime_asserts=eval ShapeEnv.get_nontrivial_guards="
+        "os ShapeEnv.guard_or_defer_runtime_assert=open ShapeEnv.patch_source_specializat"
+        "ion=os ShapeEnv.produce_guards=open ShapeEnv.produce_guards_expression=open Shap"
+        "eEnv.produce_guards_verbose=open ShapeEnv.replace=os ShapeEnv.set_real_tensor_pr"
+        "op_unbacked_vals=eval ShapeEnv.simplify=os ShapeEnv.size_hint=open ShapeEnv.tran"
+        "sfer_symbols_from_foreign_shape_env=os ShapeGuard=eval _SymbolInfo=eval dataclas"
+        "s=eval dtrace_structured=eval record_shapeenv_event=eval trace_structured=eval u"
+        "ninteresting_files=os"
+    ),
+    "torch.fx.experimental.unification.dispatch": "_dispatch=eval",
+    "torch.fx.experimental.unification.multipledispatch": "dispatch=eval",
+    "torch.fx.experimental.unification.multipledispatch.core": "dispatch=eval ismethod=eval",
+    "torch.fx.experimental.unification.multipledispatch.dispatcher": (
+        "Dispatcher._source=open Dispatcher.add=eval Dispatcher.get_func_annotations=eval"
+        " Dispatcher.get_func_params=eval Dispatcher.register=eval Dispatcher.source=open"
+        " MethodDispatcher._source=open MethodDispatcher.add=eval MethodDispatcher.get_fu"
+        "nc_annotations=eval MethodDispatcher.get_func_params=eval MethodDispatcher.regis"
+        "ter=eval MethodDispatcher.source=open source=open"
+    ),
+    "torch.fx.experimental.validator": "dataclass=eval",
+    "torch.fx.graph": (
+        "CodeGen._call_method_with_signature_check=eval CodeGen._gen_python_code=open Nam"
+        "edTuple=eval TensorMetadata=eval _BoxedCodeGen._call_method_with_signature_check"
+        "=eval _BoxedCodeGen._gen_python_code=open _CustomBuiltin=eval _ExportCodeGen._ca"
+        "ll_method_with_signature_check=eval _ExportCodeGen._gen_python_code=open _PyTree"
+        "CodeGen._call_method_with_signature_check=eval _PyTreeCodeGen._gen_python_code=o"
+        "pen _PyTreeInfo=eval _get_qualified_name=open _register_custom_builtin=eval data"
+        "class=eval"
+    ),
+    "torch.fx.graph_module": (
+        "GraphModule.__reduce__=exec GraphModule.__reduce_package__=exec GraphModule.grap"
+        "h=exec GraphModule.recompile=exec GraphModule.to_folder=mkdir _WrappedCall.__cal"
+        "l__=open _WrappedCall._generate_error_message=open _exec_with_source=exec _forwa"
+        "rd_from_src=exec _method_from_src=exec reduce_graph_module=exec"
+    ),
+    "torch.fx.interpreter": (
+        "Interpreter.boxed_run=eval Interpreter.run=eval Transformer.boxed_run=eval Trans"
+        "former.run=eval trace_structured=eval"
+    ),
+    "torch.fx.node": (
+        "ArgsKwargsPair=eval Node._pretty_print_target=open Node.format_node=open Node.no"
+        "rmalized_arguments=eval _get_qualified_name=open normalize_function=eval normali"
+        "ze_module=eval"
+    ),
+    "torch.fx.operator_schemas": (
+        "ArgsKwargsPair=eval NamedTuple=eval _args_kwargs_to_normalized_args_kwargs=eval "
+        "_nonzero_schemas=eval _normalize_function_or_error=eval _torchscript_schema_to_s"
+        "ignature=eval _torchscript_schema_to_signature_impl=eval _torchscript_type_to_py"
+        "thon_type=eval check_for_mutable_operation=eval get_signature_for_torch_op=eval "
+        "normalize_function=eval normalize_module=eval"
+    ),
+    "torch.fx.passes.graph_drawer": (
+        "FxGraphDrawer._get_node_label=open FxGraphDrawer._to_dot=open FxGraphDrawer._typ"
+        "ename=open TensorMetadata=eval _get_qualified_name=open normalize_function=eval"
+    ),
+    "torch.fx.passes.graph_manipulation": (
+        "NamedTuple=eval TensorMetadata=eval get_size_of_all_nodes=eval get_size_of_node="
+        "eval size_bytes=eval"
+    ),
+    "torch.fx.passes.graph_transform_observer": (
+        "GraphTransformObserver._check_disable_pass=tempfile GraphTransformObserver.apply"
+        "_gm_pass=tempfile GraphTransformObserver.apply_graph_pass=tempfile"
+    ),
+    "torch.fx.passes.infra.partitioner": (
+        "CapabilityBasedPartitioner.partition_and_fuse=open CapabilityBasedPartitioner.pr"
+        "opose_partitions=open CapabilityBasedPartitioner.remove_bookend_non_compute_ops="
+        "open _get_qualified_name=open"
+    ),
+    "torch.fx.passes.infra.pass_base": "namedtuple=eval",
+    "torch.fx.passes.infra.pass_manager": "PassManager.add_checks=eval",
+    "torch.fx.passes.net_min_base": "dataclass=eval",
+    "torch.fx.passes.operator_support": "OperatorSupport.is_node_supported=open TensorMetadata=eval get_node_target=open",
+    "torch.fx.passes.regional_inductor": (
+        "_RegionCompiler.__call__=ctypes _RegionCompiler.compile_region=ctypes _RegionCom"
+        "piler.recursively_compile_regions=ctypes _compile_submod=ctypes"
+    ),
+    "torch.fx.passes.runtime_assert": "insert_deferred_runtime_asserts=compile",
+    "torch.fx.passes.shape_prop": (
+        "NamedTuple=eval ShapeProp.__init__=open ShapeProp.run_node=eval TensorMetadata=e"
+        "val _extract_tensor_metadata=eval deepcopy_to_fake_tensor=open"
+    ),
+    "torch.fx.passes.split_utils": "dataclass=eval",
+    "torch.fx.passes.splitter_base": (
+        "NamedTuple=eval NodeEventTracker.dump=open SplitResult=eval _SplitterBase.genera"
+        "te_split_results=eval _SplitterBase.node_support_preview=open _SplitterBase.spli"
+        "t_preview=eval dataclass=eval get_node_target=open get_size_of_node=eval trace_s"
+        "tructured=eval"
+    ),
+    "torch.fx.passes.tools_common": "_get_qualified_name=open dataclass=eval get_node_target=open",
+    "torch.fx.passes.utils.matcher_utils": "dataclass=eval",
+    "torch.fx.passes.utils.matcher_with_name_node_map_utils": (
+        "SubgraphMatcherWithNameNodeMap.__init__=eval _PyTreeInfo=eval _split_to_graph_an"
+        "d_name_node_map=eval"
+    ),
+    "torch.fx.passes.utils.source_matcher_utils": "dataclass=eval",
+    "torch.fx.proxy": (
+        "Attribute.__bool__=compile Attribute.__iter__=compile GraphAppendingTracer._filt"
+        "er_traceback_frames=os GraphAppendingTracer.create_arg=os GraphAppendingTracer.c"
+        "reate_node=os GraphAppendingTracer.create_proxy=os MetaProxy.__bool__=compile Me"
+        "taProxy.__iter__=compile ParameterProxy.__bool__=compile ParameterProxy.__iter__"
+        "=compile Proxy.__bool__=compile Proxy.__iter__=compile TracerBase._filter_traceb"
+        "ack_frames=os TracerBase.create_arg=os TracerBase.create_node=os TracerBase.crea"
+        "te_proxy=os check_for_mutable_operation=eval uninteresting_files=os"
+    ),
+    "torch.fx.subgraph_rewriter": "Match=eval NamedTuple=eval dataclass=eval replace_pattern=eval",
+    "torch.jit": (
+        "_overload=open _overload_method=open _script_if_tracing=open interface=open scri"
+        "pt=open script_if_tracing=open script_method=open trace=open trace_module=open"
+    ),
+    "torch.jit._check": "AttributeTypeIsSupportedChecker.check=open",
+    "torch.jit._dataclass_impls": (
+        "ParsedDef=eval compose_fn=eval synthesize__hash__=eval synthesize__init__=eval s"
+        "ynthesize__repr__=eval synthesize_comparison=eval synthesize_equality=eval synth"
+        "esize_inequality=eval"
+    ),
+    "torch.jit._decompositions": (
+        "check_decomposition_has_type_annotations=eval register_decomposition=open var=op"
+        "en var_decomposition=open"
+    ),
+    "torch.jit._monkeytype_config": "CodeType=exec",
+    "torch.jit._recursive": (
+        "ConcreteTypeStore.get_or_create_concrete_type=open _check_no_signature=open _com"
+        "pile_and_register_class=open compile_unbound_method=open create_methods_and_prop"
+        "erties_from_stubs=eval create_script_class=open create_script_module=open create"
+        "_script_module_impl=open get_annotations=eval get_class_properties=open get_defa"
+        "ult_args=eval get_hook_stubs=open get_jit_class_def=open get_jit_def=open get_mo"
+        "dule_concrete_type=open get_overload_annotations=open get_property_stubs=open in"
+        "fer_concrete_type_builder=open infer_methods_to_compile=open interface_script=op"
+        "en make_stub=open make_stub_from_method=open make_stubs_for_overloads=open make_"
+        "stubs_from_exported_methods=open try_compile_fn=open"
+    ),
+    "torch.jit._script": (
+        "ScriptMeta.__init__=open _compile_and_register_class=open _compile_function_with"
+        "_overload=open _get_overloads=open _recursive_compile_class=open _script_impl=op"
+        "en get_default_args=eval get_jit_class_def=open get_jit_def=open infer_methods_t"
+        "o_compile=open interface=open script=open script_method=open"
+    ),
+    "torch.jit._serialization": "get_flatbuffer_module_info=open",
+    "torch.jit._shape_functions": (
+        "add_bounded_compute_mapping=open add_shape_compute_mapping=open process_func=open"
+    ),
+    "torch.jit._trace": (
+        "TopLevelTracedModule.__init__=open TracedModule.__init__=open _check_trace=open "
+        "_script_if_tracing=open _time=ctypes _trace_impl=open get_callable_argument_name"
+        "s=eval make_module=open script=open trace=open trace_module=open"
+    ),
+    "torch.jit.annotations": (
+        "_eval_no_call=compile ann_to_type=open check_fn=open get_enum_value_type=open ge"
+        "t_param_names=eval get_signature=open get_source_lines_and_file=open is_vararg=e"
+        "val parse_type_line=open try_ann_to_type=open try_real_annotations=open"
+    ),
+    "torch.jit.frontend": (
+        "StmtBuilder.build_With=exec _ParsedDef=eval build_ignore_context_manager=exec ge"
+        "t_class_properties=open get_default_args=eval get_default_args_for_class=eval ge"
+        "t_jit_class_def=open get_jit_def=open get_source_lines_and_file=open namedtuple="
+        "eval parse_def=open"
+    ),
+    "torch.jit.supported_ops": "_get_nn_functional_ops=open",
+    "torch.jit.unsupported_tensor_ops": (
+        "_gen_unsupported_methods_properties=exec _list_unsupported_tensor_ops=exec execW"
+        "rapper=exec"
+    ),
+    "torch.library": (
+        "Library._register_fake=open custom_function_call_vmap_helper=eval custom_op=eval"
+        " infer_schema=eval register_vmap=eval triton_op=open"
+    ),
+    "torch.mps": "_embed_headers=open compile_shader=open",
+    "torch.nativert.backends._lower_utils": (
+        "get_new_ep_with_flat_inputs_outputs=eval lower_exported_program=ctypes package_n"
+        "ativert_with_aoti_delegate=write_bytes package_pt2=write_bytes"
+    ),
+    "torch.nested": "masked_select=importlib nested_tensor_from_jagged=importlib",
+    "torch.nested._internal.nested_tensor": "NestedTensor.__torch_function__=importlib jagged_torch_function=importlib",
+    "torch.nested._internal.ops": (
+        "_apply_reduction=eval _is_true_default=eval _log_softmax_default=eval _nested_fr"
+        "om_padded_tensor_default=eval _nested_get_lengths=eval _nested_get_max_seqlen=ev"
+        "al _nested_get_min_seqlen=eval _nested_get_offsets=eval _nested_get_ragged_idx=e"
+        "val _nested_select_backward_default=eval _nested_view_from_jagged_default=eval _"
+        "pin_memory_default=eval _softmax_backward=eval _softmax_default=eval all_any_max"
+        "_min_default=eval all_default=eval all_dim=eval all_dims=eval amax_default=eval "
+        "amin_default=eval any_dim=eval any_dims=eval argmax_default=eval argmin_default="
+        "eval bmm_default=eval broadcast_tensors=eval broadcast_to=eval cat_default=eval "
+        "chunk_default=importlib clone_default=eval convolution_default=eval copy_default"
+        "=eval embedding_default=eval embedding_dense_backward_default=eval expand_as_def"
+        "ault=eval expand_default=eval fill_Scalar=eval fill__Scalar=eval frexp_Tensor=ev"
+        "al index_put_=eval is_contiguous_general=eval is_pinned_default=eval jagged_scal"
+        "ed_dot_product_attention=importlib jagged_torch_function=importlib like_factory_"
+        "default=eval linear_backward_default=eval linear_default=eval masked_select_defa"
+        "ult=importlib matmul_backward_default=eval matmul_default=eval max_dim=eval mean"
+        "_default=eval mean_dim=eval min_dim=eval narrow=eval native_dropout_backward_def"
+        "ault=eval native_dropout_default=eval native_layer_norm_backward_default=eval na"
+        "tive_layer_norm_default=eval new_empty_default=eval normalize_function=eval perm"
+        "ute_default=eval prod_default=eval prod_dim_int=eval select_int=eval slice_tenso"
+        "r=eval split_tensor=eval split_with_sizes_default=eval squeeze_dim=eval stack_de"
+        "fault=eval sum_default=eval sum_dim_IntList=eval sym_is_contiguous_general=eval "
+        "to_copy_default=eval to_dtype=eval to_padded_tensor_default=eval transpose_int=e"
+        "val unbind_int=eval unsqueeze_default=eval value_selecting_reduction_backward_de"
+        "fault=eval values_default=eval view_default=eval where_self=eval zero__default=e"
+        "val"
+    ),
+    "torch.nested._internal.sdpa": "_pad_last_dim=importlib jagged_scaled_dot_product_attention=importlib",
+    "torch.nn.attention._fa3": (
+        "_fa3_backward_support_error=ctypes _fa3_common_support_error=ctypes _fa3_flash_a"
+        "ttention_backward_impl=ctypes _fa3_flash_attention_forward_impl=ctypes _fa3_flas"
+        "h_attention_forward_impl_default=ctypes _fa3_flash_attention_forward_no_dropout_"
+        "inplace_impl=ctypes _fa3_forward_support_error=ctypes _fa3_import_module=importl"
+        "ib _fa3_scaled_dot_product_flash_attention_backward_impl=ctypes _fa3_scaled_dot_"
+        "product_flash_attention_forward_impl=ctypes _fa3_scaled_dot_product_flash_attent"
+        "ion_forward_impl_default=ctypes _get_device_major=ctypes dataclass=eval importli"
+        "b=importlib register_flash_attention_fa3=importlib"
+    ),
+    "torch.nn.attention._fa4": (
+        "_fa4_backward_support_error=ctypes _fa4_common_support_error=ctypes _fa4_flash_a"
+        "ttention_backward_impl=ctypes _fa4_flash_attention_forward_impl=ctypes _fa4_flas"
+        "h_attention_forward_no_dropout_inplace_impl=ctypes _fa4_forward_support_error=ct"
+        "ypes _fa4_import_module=importlib _fa4_run_backward=importlib _fa4_run_forward=i"
+        "mportlib _fa4_scaled_dot_product_flash_attention_backward_impl=ctypes _fa4_scale"
+        "d_dot_product_flash_attention_forward_impl=ctypes _get_device_major=ctypes datac"
+        "lass=eval importlib=importlib register_flash_attention_fa4=importlib"
+    ),
+    "torch.nn.attention.bias": "CausalBias.__torch_function__=importlib CausalBias._dispatch=importlib",
+    "torch.nn.attention.flex_attention": (
+        "AuxOutput=eval AuxRequest=eval BlockMask._flatten=eval BlockMask._flatten_with_k"
+        "eys=eval BlockMask._unflatten=exec NamedTuple=eval _CallableLeaf=eval _PlainFunc"
+        "tion=eval _StrippedClosure=eval _StrippedPartial=eval _convert_mask_to_block_mas"
+        "k=importlib _enforce_mem_layouts=ctypes _extract_callable_leaves=eval _extract_c"
+        "allable_pytree=eval _get_mod_type=eval _reconstruct_closure_fn=exec create_block"
+        "_mask=importlib create_mask=eval flex_attention=ctypes setup_compilation_env=imp"
+        "ortlib"
+    ),
+    "torch.nn.attention.varlen": (
+        "AuxRequest=eval NamedTuple=eval _varlen_attn=eval _varlen_attn_backward=eval _va"
+        "rlen_attn_out=eval"
+    ),
+    "torch.nn.functional": (
+        "_linear_cross_entropy_batch_chunked=eval _linear_cross_entropy_batch_chunked_no_"
+        "reduction=eval _overload=open importlib=importlib interpolate=importlib linear_c"
+        "ross_entropy=eval local_response_norm=importlib max_pool3d_with_indices=importli"
+        "b multi_head_attention_forward=importlib pad=importlib upsample=importlib upsamp"
+        "le_bilinear=importlib upsample_nearest=importlib"
+    ),
+    "torch.nn.modules._functions": "CrossMapLRN2d.apply=eval SyncBatchNorm.apply=eval SyncBatchNorm.forward=ctypes",
+    "torch.nn.modules.activation": (
+        "CELU.__setattr__=eval CELU._apply=eval CELU._load_from_state_dict=eval CELU.bflo"
+        "at16=eval CELU.compile=importlib CELU.cpu=eval CELU.cuda=eval CELU.double=eval C"
+        "ELU.float=eval CELU.half=eval CELU.ipu=eval CELU.mtia=eval CELU.share_memory=eva"
+        "l CELU.to=eval CELU.to_empty=eval CELU.type=eval CELU.xpu=eval ELU.__setattr__=e"
+        "val ELU._apply=eval ELU._load_from_state_dict=eval ELU.bfloat16=eval ELU.compile"
+        "=importlib ELU.cpu=eval ELU.cuda=eval ELU.double=eval ELU.float=eval ELU.half=ev"
+        "al ELU.ipu=eval ELU.mtia=eval ELU.share_memory=eval ELU.to=eval ELU.to_empty=eva"
+        "l ELU.type=eval ELU.xpu=eval GELU.__setattr__=eval GELU._apply=eval GELU._load_f"
+        "rom_state_dict=eval GELU.bfloat16=eval GELU.compile=importlib GELU.cpu=eval GELU"
+        ".cuda=eval GELU.double=eval GELU.float=eval GELU.half=eval GELU.ipu=eval GELU.mt"
+        "ia=eval GELU.share_memory=eval GELU.to=eval GELU.to_empty=eval GELU.type=eval GE"
+        "LU.xpu=eval GLU.__setattr__=eval GLU._apply=eval GLU._load_from_state_dict=eval "
+        "GLU.bfloat16=eval GLU.compile=importlib GLU.cpu=eval GLU.cuda=eval GLU.double=ev"
+        "al GLU.float=eval GLU.half=eval GLU.ipu=eval GLU.mtia=eval GLU.share_memory=eval"
+        " GLU.to=eval GLU.to_empty=eval GLU.type=eval GLU.xpu=eval Hardshrink.__setattr__"
+        "=eval Hardshrink._apply=eval Hardshrink._load_from_state_dict=eval Hardshrink.bf"
+        "loat16=eval Hardshrink.compile=importlib Hardshrink.cpu=eval Hardshrink.cuda=eva"
+        "l Hardshrink.double=eval Hardshrink.float=eval Hardshrink.half=eval Hardshrink.i"
+        "pu=eval Hardshrink.mtia=eval Hardshrink.share_memory=eval Hardshrink.to=eval Har"
+        "dshrink.to_empty=eval Hardshrink.type=eval Hardshrink.xpu=eval Hardsigmoid.__set"
+        "attr__=eval Hardsigmoid._apply=eval Hardsigmoid._load_from_state_dict=eval Hards"
+        "igmoid.bfloat16=eval Hardsigmoid.compile=importlib Hardsigmoid.cpu=eval Hardsigm"
+        "oid.cuda=eval Hardsigmoid.double=eval Hardsigmoid.float=eval Hardsigmoid.half=ev"
+        "al Hardsigmoid.ipu=eval Hardsigmoid.mtia=eval Hardsigmoid.share_memory=eval Hard"
+        "sigmoid.to=eval Hardsigmoid.to_empty=eval Hardsigmoid.type=eval Hardsigmoid.xpu="
+        "eval Hardswish.__setattr__=eval Hardswish._apply=eval Hardswish._load_from_state"
+        "_dict=eval Hardswish.bfloat16=eval Hardswish.compile=importlib Hardswish.cpu=eva"
+        "l Hardswish.cuda=eval Hardswish.double=eval Hardswish.float=eval Hardswish.half="
+        "eval Hardswish.ipu=eval Hardswish.mtia=eval Hardswish.share_memory=eval Hardswis"
+        "h.to=eval Hardswish.to_empty=eval Hardswish.type=eval Hardswish.xpu=eval Hardtan"
+        "h.__setattr__=eval Hardtanh._apply=eval Hardtanh._load_from_state_dict=eval Hard"
+        "tanh.bfloat16=eval Hardtanh.compile=importlib Hardtanh.cpu=eval Hardtanh.cuda=ev"
+        "al Hardtanh.double=eval Hardtanh.float=eval Hardtanh.half=eval Hardtanh.ipu=eval"
+        " Hardtanh.mtia=eval Hardtanh.share_memory=eval Hardtanh.to=eval Hardtanh.to_empt"
+        "y=eval Hardtanh.type=eval Hardtanh.xpu=eval LeakyReLU.__setattr__=eval LeakyReLU"
+        "._apply=eval LeakyReLU._load_from_state_dict=eval LeakyReLU.bfloat16=eval LeakyR"
+        "eLU.compile=importlib LeakyReLU.cpu=eval LeakyReLU.cuda=eval LeakyReLU.double=ev"
+        "al LeakyReLU.float=eval LeakyReLU.half=eval LeakyReLU.ipu=eval LeakyReLU.mtia=ev"
+        "al LeakyReLU.share_memory=eval LeakyReLU.to=eval LeakyReLU.to_empty=eval LeakyRe"
+        "LU.type=eval LeakyReLU.xpu=eval LogSigmoid.__setattr__=eval LogSigmoid._apply=ev"
+        "al LogSigmoid._load_from_state_dict=eval LogSigmoid.bfloat16=eval LogSigmoid.com"
+        "pile=importlib LogSigmoid.cpu=eval LogSigmoid.cuda=eval LogSigmoid.double=eval L"
+        "ogSigmoid.float=eval LogSigmoid.half=eval LogSigmoid.ipu=eval LogSigmoid.mtia=ev"
+        "al LogSigmoid.share_memory=eval LogSigmoid.to=eval LogSigmoid.to_empty=eval LogS"
+        "igmoid.type=eval LogSigmoid.xpu=eval LogSoftmax.__setattr__=eval LogSoftmax._app"
+        "ly=eval LogSoftmax._load_from_state_dict=eval LogSoftmax.bfloat16=eval LogSoftma"
+        "x.compile=importlib LogSoftmax.cpu=eval LogSoftmax.cuda=eval LogSoftmax.double=e"
+        "val LogSoftmax.float=eval LogSoftmax.half=eval LogSoftmax.ipu=eval LogSoftmax.mt"
+        "ia=eval LogSoftmax.share_memory=eval LogSoftmax.to=eval LogSoftmax.to_empty=eval"
+        " LogSoftmax.type=eval LogSoftmax.xpu=eval Mish.__setattr__=eval Mish._apply=eval"
+        " Mish._load_from_state_dict=eval Mish.bfloat16=eval Mish.compile=importlib Mish."
+        "cpu=eval Mish.cuda=eval Mish.double=eval Mish.float=eval Mish.half=eval Mish.ipu"
+        "=eval Mish.mtia=eval Mish.share_memory=eval Mish.to=eval Mish.to_empty=eval Mish"
+        ".type=eval Mish.xpu=eval MultiheadAttention.__setattr__=eval MultiheadAttention."
+        "_apply=eval MultiheadAttention._load_from_state_dict=eval MultiheadAttention.bfl"
+        "oat16=eval MultiheadAttention.compile=importlib MultiheadAttention.cpu=eval Mult"
+        "iheadAttention.cuda=eval MultiheadAttention.double=eval MultiheadAttention.float"
+        "=eval MultiheadAttention.forward=importlib MultiheadAttention.half=eval Multihea"
+        "dAttention.ipu=eval MultiheadAttention.mtia=eval MultiheadAttention.share_memory"
+        "=eval MultiheadAttention.to=eval MultiheadAttention.to_empty=eval MultiheadAtten"
+        "tion.type=eval MultiheadAttention.xpu=eval PReLU.__setattr__=eval PReLU._apply=e"
+        "val PReLU._load_from_state_dict=eval PReLU.bfloat16=eval PReLU.compile=importlib"
+        " PReLU.cpu=eval PReLU.cuda=eval PReLU.double=eval PReLU.float=eval PReLU.half=ev"
+        "al PReLU.ipu=eval PReLU.mtia=eval PReLU.share_memory=eval PReLU.to=eval PReLU.to"
+        "_empty=eval PReLU.type=eval PReLU.xpu=eval RReLU.__setattr__=eval RReLU._apply=e"
+        "val RReLU._load_from_state_dict=eval RReLU.bfloat16=eval RReLU.compile=importlib"
+        " RReLU.cpu=eval RReLU.cuda=eval RReLU.double=eval RReLU.float=eval RReLU.half=ev"
+        "al RReLU.ipu=eval RReLU.mtia=eval RReLU.share_memory=eval RReLU.to=eval RReLU.to"
+        "_empty=eval RReLU.type=eval RReLU.xpu=eval ReLU.__setattr__=eval ReLU._apply=eva"
+        "l ReLU._load_from_state_dict=eval ReLU.bfloat16=eval ReLU.compile=importlib ReLU"
+        ".cpu=eval ReLU.cuda=eval ReLU.double=eval ReLU.float=eval ReLU.half=eval ReLU.ip"
+        "u=eval ReLU.mtia=eval ReLU.share_memory=eval ReLU.to=eval ReLU.to_empty=eval ReL"
+        "U.type=eval ReLU.xpu=eval ReLU6.__setattr__=eval ReLU6._apply=eval ReLU6._load_f"
+        "rom_state_dict=eval ReLU6.bfloat16=eval ReLU6.compile=importlib ReLU6.cpu=eval R"
+        "eLU6.cuda=eval ReLU6.double=eval ReLU6.float=eval ReLU6.half=eval ReLU6.ipu=eval"
+        " ReLU6.mtia=eval ReLU6.share_memory=eval ReLU6.to=eval ReLU6.to_empty=eval ReLU6"
+        ".type=eval ReLU6.xpu=eval SELU.__setattr__=eval SELU._apply=eval SELU._load_from"
+        "_state_dict=eval SELU.bfloat16=eval SELU.compile=importlib SELU.cpu=eval SELU.cu"
+        "da=eval SELU.double=eval SELU.float=eval SELU.half=eval SELU.ipu=eval SELU.mtia="
+        "eval SELU.share_memory=eval SELU.to=eval SELU.to_empty=eval SELU.type=eval SELU."
+        "xpu=eval SiLU.__setattr__=eval SiLU._apply=eval SiLU._load_from_state_dict=eval "
+        "SiLU.bfloat16=eval SiLU.compile=importlib SiLU.cpu=eval SiLU.cuda=eval SiLU.doub"
+        "le=eval SiLU.float=eval SiLU.half=eval SiLU.ipu=eval SiLU.mtia=eval SiLU.share_m"
+        "emory=eval SiLU.to=eval SiLU.to_empty=eval SiLU.type=eval SiLU.xpu=eval Sigmoid."
+        "__setattr__=eval Sigmoid._apply=eval Sigmoid._load_from_state_dict=eval Sigmoid."
+        "bfloat16=eval Sigmoid.compile=importlib Sigmoid.cpu=eval Sigmoid.cuda=eval Sigmo"
+        "id.double=eval Sigmoid.float=eval Sigmoid.half=eval Sigmoid.ipu=eval Sigmoid.mti"
+        "a=eval Sigmoid.share_memory=eval Sigmoid.to=eval Sigmoid.to_empty=eval Sigmoid.t"
+        "ype=eval Sigmoid.xpu=eval Softmax.__setattr__=eval Softmax._apply=eval Softmax._"
+        "load_from_state_dict=eval Softmax.bfloat16=eval Softmax.compile=importlib Softma"
+        "x.cpu=eval Softmax.cuda=eval Softmax.double=eval Softmax.float=eval Softmax.half"
+        "=eval Softmax.ipu=eval Softmax.mtia=eval Softmax.share_memory=eval Softmax.to=ev"
+        "al Softmax.to_empty=eval Softmax.type=eval Softmax.xpu=eval Softmax2d.__setattr_"
+        "_=eval Softmax2d._apply=eval Softmax2d._load_from_state_dict=eval Softmax2d.bflo"
+        "at16=eval Softmax2d.compile=importlib Softmax2d.cpu=eval Softmax2d.cuda=eval Sof"
+        "tmax2d.double=eval Softmax2d.float=eval Softmax2d.half=eval Softmax2d.ipu=eval S"
+        "oftmax2d.mtia=eval Softmax2d.share_memory=eval Softmax2d.to=eval Softmax2d.to_em"
+        "pty=eval Softmax2d.type=eval Softmax2d.xpu=eval Softmin.__setattr__=eval Softmin"
+        "._apply=eval Softmin._load_from_state_dict=eval Softmin.bfloat16=eval Softmin.co"
+        "mpile=importlib Softmin.cpu=eval Softmin.cuda=eval Softmin.double=eval Softmin.f"
+        "loat=eval Softmin.half=eval Softmin.ipu=eval Softmin.mtia=eval Softmin.share_mem"
+        "ory=eval Softmin.to=eval Softmin.to_empty=eval Softmin.type=eval Softmin.xpu=eva"
+        "l Softplus.__setattr__=eval Softplus._apply=eval Softplus._load_from_state_dict="
+        "eval Softplus.bfloat16=eval Softplus.compile=importlib Softplus.cpu=eval Softplu"
+        "s.cuda=eval Softplus.double=eval Softplus.float=eval Softplus.half=eval Softplus"
+        ".ipu=eval Softplus.mtia=eval Softplus.share_memory=eval Softplus.to=eval Softplu"
+        "s.to_empty=eval Softplus.type=eval Softplus.xpu=eval Softshrink.__setattr__=eval"
+        " Softshrink._apply=eval Softshrink._load_from_state_dict=eval Softshrink.bfloat1"
+        "6=eval Softshrink.compile=importlib Softshrink.cpu=eval Softshrink.cuda=eval Sof"
+        "tshrink.double=eval Softshrink.float=eval Softshrink.half=eval Softshrink.ipu=ev"
+        "al Softshrink.mtia=eval Softshrink.share_memory=eval Softshrink.to=eval Softshri"
+        "nk.to_empty=eval Softshrink.type=eval Softshrink.xpu=eval Softsign.__setattr__=e"
+        "val Softsign._apply=eval Softsign._load_from_state_dict=eval Softsign.bfloat16=e"
+        "val Softsign.compile=importlib Softsign.cpu=eval Softsign.cuda=eval Softsign.dou"
+        "ble=eval Softsign.float=eval Softsign.half=eval Softsign.ipu=eval Softsign.mtia="
+        "eval Softsign.share_memory=eval Softsign.to=eval Softsign.to_empty=eval Softsign"
+        ".type=eval Softsign.xpu=eval Tanh.__setattr__=eval Tanh._apply=eval Tanh._load_f"
+        "rom_state_dict=eval Tanh.bfloat16=eval Tanh.compile=importlib Tanh.cpu=eval Tanh"
+        ".cuda=eval Tanh.double=eval Tanh.float=eval Tanh.half=eval Tanh.ipu=eval Tanh.mt"
+        "ia=eval Tanh.share_memory=eval Tanh.to=eval Tanh.to_empty=eval Tanh.type=eval Ta"
+        "nh.xpu=eval Tanhshrink.__setattr__=eval Tanhshrink._apply=eval Tanhshrink._load_"
+        "from_state_dict=eval Tanhshrink.bfloat16=eval Tanhshrink.compile=importlib Tanhs"
+        "hrink.cpu=eval Tanhshrink.cuda=eval Tanhshrink.double=eval Tanhshrink.float=eval"
+        " Tanhshrink.half=eval Tanhshrink.ipu=eval Tanhshrink.mtia=eval Tanhshrink.share_"
+        "memory=eval Tanhshrink.to=eval Tanhshrink.to_empty=eval Tanhshrink.type=eval Tan"
+        "hshrink.xpu=eval Threshold.__setattr__=eval Threshold._apply=eval Threshold._loa"
+        "d_from_state_dict=eval Threshold.bfloat16=eval Threshold.compile=importlib Thres"
+        "hold.cpu=eval Threshold.cuda=eval Threshold.double=eval Threshold.float=eval Thr"
+        "eshold.half=eval Threshold.ipu=eval Threshold.mtia=eval Threshold.share_memory=e"
+        "val Threshold.to=eval Threshold.to_empty=eval Threshold.type=eval Threshold.xpu="
+        "eval"
+    ),
+    "torch.nn.modules.adaptive": (
+        "AdaptiveLogSoftmaxWithLoss.__setattr__=eval AdaptiveLogSoftmaxWithLoss._apply=ev"
+        "al AdaptiveLogSoftmaxWithLoss._load_from_state_dict=eval AdaptiveLogSoftmaxWithL"
+        "oss.bfloat16=eval AdaptiveLogSoftmaxWithLoss.compile=importlib AdaptiveLogSoftma"
+        "xWithLoss.cpu=eval AdaptiveLogSoftmaxWithLoss.cuda=eval AdaptiveLogSoftmaxWithLo"
+        "ss.double=eval AdaptiveLogSoftmaxWithLoss.float=eval AdaptiveLogSoftmaxWithLoss."
+        "half=eval AdaptiveLogSoftmaxWithLoss.ipu=eval AdaptiveLogSoftmaxWithLoss.mtia=ev"
+        "al AdaptiveLogSoftmaxWithLoss.share_memory=eval AdaptiveLogSoftmaxWithLoss.to=ev"
+        "al AdaptiveLogSoftmaxWithLoss.to_empty=eval AdaptiveLogSoftmaxWithLoss.type=eval"
+        " AdaptiveLogSoftmaxWithLoss.xpu=eval namedtuple=eval"
+    ),
+    "torch.nn.modules.batchnorm": (
+        "BatchNorm1d.__setattr__=eval BatchNorm1d._apply=eval BatchNorm1d._load_from_stat"
+        "e_dict=eval BatchNorm1d.bfloat16=eval BatchNorm1d.compile=importlib BatchNorm1d."
+        "cpu=eval BatchNorm1d.cuda=eval BatchNorm1d.double=eval BatchNorm1d.float=eval Ba"
+        "tchNorm1d.half=eval BatchNorm1d.ipu=eval BatchNorm1d.mtia=eval BatchNorm1d.share"
+        "_memory=eval BatchNorm1d.to=eval BatchNorm1d.to_empty=eval BatchNorm1d.type=eval"
+        " BatchNorm1d.xpu=eval BatchNorm2d.__setattr__=eval BatchNorm2d._apply=eval Batch"
+        "Norm2d._load_from_state_dict=eval BatchNorm2d.bfloat16=eval BatchNorm2d.compile="
+        "importlib BatchNorm2d.cpu=eval BatchNorm2d.cuda=eval BatchNorm2d.double=eval Bat"
+        "chNorm2d.float=eval BatchNorm2d.half=eval BatchNorm2d.ipu=eval BatchNorm2d.mtia="
+        "eval BatchNorm2d.share_memory=eval BatchNorm2d.to=eval BatchNorm2d.to_empty=eval"
+        " BatchNorm2d.type=eval BatchNorm2d.xpu=eval BatchNorm3d.__setattr__=eval BatchNo"
+        "rm3d._apply=eval BatchNorm3d._load_from_state_dict=eval BatchNorm3d.bfloat16=eva"
+        "l BatchNorm3d.compile=importlib BatchNorm3d.cpu=eval BatchNorm3d.cuda=eval Batch"
+        "Norm3d.double=eval BatchNorm3d.float=eval BatchNorm3d.half=eval BatchNorm3d.ipu="
+        "eval BatchNorm3d.mtia=eval BatchNorm3d.share_memory=eval BatchNorm3d.to=eval Bat"
+        "chNorm3d.to_empty=eval BatchNorm3d.type=eval BatchNorm3d.xpu=eval LazyBatchNorm1"
+        "d.__setattr__=eval LazyBatchNorm1d._apply=eval LazyBatchNorm1d._load_from_state_"
+        "dict=eval LazyBatchNorm1d.bfloat16=eval LazyBatchNorm1d.compile=importlib LazyBa"
+        "tchNorm1d.cpu=eval LazyBatchNorm1d.cuda=eval LazyBatchNorm1d.double=eval LazyBat"
+        "chNorm1d.float=eval LazyBatchNorm1d.half=eval LazyBatchNorm1d.ipu=eval LazyBatch"
+        "Norm1d.mtia=eval LazyBatchNorm1d.share_memory=eval LazyBatchNorm1d.to=eval LazyB"
+        "atchNorm1d.to_empty=eval LazyBatchNorm1d.type=eval LazyBatchNorm1d.xpu=eval Lazy"
+        "BatchNorm2d.__setattr__=eval LazyBatchNorm2d._apply=eval LazyBatchNorm2d._load_f"
+        "rom_state_dict=eval LazyBatchNorm2d.bfloat16=eval LazyBatchNorm2d.compile=import"
+        "lib LazyBatchNorm2d.cpu=eval LazyBatchNorm2d.cuda=eval LazyBatchNorm2d.double=ev"
+        "al LazyBatchNorm2d.float=eval LazyBatchNorm2d.half=eval LazyBatchNorm2d.ipu=eval"
+        " LazyBatchNorm2d.mtia=eval LazyBatchNorm2d.share_memory=eval LazyBatchNorm2d.to="
+        "eval LazyBatchNorm2d.to_empty=eval LazyBatchNorm2d.type=eval LazyBatchNorm2d.xpu"
+        "=eval LazyBatchNorm3d.__setattr__=eval LazyBatchNorm3d._apply=eval LazyBatchNorm"
+        "3d._load_from_state_dict=eval LazyBatchNorm3d.bfloat16=eval LazyBatchNorm3d.comp"
+        "ile=importlib LazyBatchNorm3d.cpu=eval LazyBatchNorm3d.cuda=eval LazyBatchNorm3d"
+        ".double=eval LazyBatchNorm3d.float=eval LazyBatchNorm3d.half=eval LazyBatchNorm3"
+        "d.ipu=eval LazyBatchNorm3d.mtia=eval LazyBatchNorm3d.share_memory=eval LazyBatch"
+        "Norm3d.to=eval LazyBatchNorm3d.to_empty=eval LazyBatchNorm3d.type=eval LazyBatch"
+        "Norm3d.xpu=eval SyncBatchNorm.__setattr__=eval SyncBatchNorm._apply=eval SyncBat"
+        "chNorm._load_from_state_dict=eval SyncBatchNorm.bfloat16=eval SyncBatchNorm.comp"
+        "ile=importlib SyncBatchNorm.cpu=eval SyncBatchNorm.cuda=eval SyncBatchNorm.doubl"
+        "e=eval SyncBatchNorm.float=eval SyncBatchNorm.half=eval SyncBatchNorm.ipu=eval S"
+        "yncBatchNorm.mtia=eval SyncBatchNorm.share_memory=eval SyncBatchNorm.to=eval Syn"
+        "cBatchNorm.to_empty=eval SyncBatchNorm.type=eval SyncBatchNorm.xpu=eval _BatchNo"
+        "rm.__setattr__=eval _BatchNorm._apply=eval _BatchNorm._load_from_state_dict=eval"
+        " _BatchNorm.bfloat16=eval _BatchNorm.compile=importlib _BatchNorm.cpu=eval _Batc"
+        "hNorm.cuda=eval _BatchNorm.double=eval _BatchNorm.float=eval _BatchNorm.half=eva"
+        "l _BatchNorm.ipu=eval _BatchNorm.mtia=eval _BatchNorm.share_memory=eval _BatchNo"
+        "rm.to=eval _BatchNorm.to_empty=eval _BatchNorm.type=eval _BatchNorm.xpu=eval _La"
+        "zyNormBase.__setattr__=eval _LazyNormBase._apply=eval _LazyNormBase._load_from_s"
+        "tate_dict=eval _LazyNormBase.bfloat16=eval _LazyNormBase.compile=importlib _Lazy"
+        "NormBase.cpu=eval _LazyNormBase.cuda=eval _LazyNormBase.double=eval _LazyNormBas"
+        "e.float=eval _LazyNormBase.half=eval _LazyNormBase.ipu=eval _LazyNormBase.mtia=e"
+        "val _LazyNormBase.share_memory=eval _LazyNormBase.to=eval _LazyNormBase.to_empty"
+        "=eval _LazyNormBase.type=eval _LazyNormBase.xpu=eval _NormBase.__setattr__=eval "
+        "_NormBase._apply=eval _NormBase.bfloat16=eval _NormBase.compile=importlib _NormB"
+        "ase.cpu=eval _NormBase.cuda=eval _NormBase.double=eval _NormBase.float=eval _Nor"
+        "mBase.half=eval _NormBase.ipu=eval _NormBase.mtia=eval _NormBase.share_memory=ev"
+        "al _NormBase.to=eval _NormBase.to_empty=eval _NormBase.type=eval _NormBase.xpu=e"
+        "val"
+    ),
+    "torch.nn.modules.channelshuffle": (
+        "ChannelShuffle.__setattr__=eval ChannelShuffle._apply=eval ChannelShuffle._load_"
+        "from_state_dict=eval ChannelShuffle.bfloat16=eval ChannelShuffle.compile=importl"
+        "ib ChannelShuffle.cpu=eval ChannelShuffle.cuda=eval ChannelShuffle.double=eval C"
+        "hannelShuffle.float=eval ChannelShuffle.half=eval ChannelShuffle.ipu=eval Channe"
+        "lShuffle.mtia=eval ChannelShuffle.share_memory=eval ChannelShuffle.to=eval Chann"
+        "elShuffle.to_empty=eval ChannelShuffle.type=eval ChannelShuffle.xpu=eval"
+    ),
+    "torch.nn.modules.container": (
+        "Container.__setattr__=eval Container._apply=eval Container._load_from_state_dict"
+        "=eval Container.bfloat16=eval Container.compile=importlib Container.cpu=eval Con"
+        "tainer.cuda=eval Container.double=eval Container.float=eval Container.half=eval "
+        "Container.ipu=eval Container.mtia=eval Container.share_memory=eval Container.to="
+        "eval Container.to_empty=eval Container.type=eval Container.xpu=eval ModuleDict._"
+        "_setattr__=eval ModuleDict._apply=eval ModuleDict._load_from_state_dict=eval Mod"
+        "uleDict.bfloat16=eval ModuleDict.compile=importlib ModuleDict.cpu=eval ModuleDic"
+        "t.cuda=eval ModuleDict.double=eval ModuleDict.float=eval ModuleDict.half=eval Mo"
+        "duleDict.ipu=eval ModuleDict.mtia=eval ModuleDict.share_memory=eval ModuleDict.t"
+        "o=eval ModuleDict.to_empty=eval ModuleDict.type=eval ModuleDict.xpu=eval ModuleL"
+        "ist.__setattr__=eval ModuleList._apply=eval ModuleList._load_from_state_dict=eva"
+        "l ModuleList.bfloat16=eval ModuleList.compile=importlib ModuleList.cpu=eval Modu"
+        "leList.cuda=eval ModuleList.double=eval ModuleList.float=eval ModuleList.half=ev"
+        "al ModuleList.ipu=eval ModuleList.mtia=eval ModuleList.share_memory=eval ModuleL"
+        "ist.to=eval ModuleList.to_empty=eval ModuleList.type=eval ModuleList.xpu=eval Pa"
+        "rameterDict.__setattr__=eval ParameterDict._apply=eval ParameterDict._load_from_"
+        "state_dict=eval ParameterDict.bfloat16=eval ParameterDict.compile=importlib Para"
+        "meterDict.cpu=eval ParameterDict.cuda=eval ParameterDict.double=eval ParameterDi"
+        "ct.float=eval ParameterDict.half=eval ParameterDict.ipu=eval ParameterDict.mtia="
+        "eval ParameterDict.share_memory=eval ParameterDict.to=eval ParameterDict.to_empt"
+        "y=eval ParameterDict.type=eval ParameterDict.xpu=eval ParameterList.__setattr__="
+        "eval ParameterList._apply=eval ParameterList._load_from_state_dict=eval Paramete"
+        "rList.bfloat16=eval ParameterList.compile=importlib ParameterList.cpu=eval Param"
+        "eterList.cuda=eval ParameterList.double=eval ParameterList.float=eval ParameterL"
+        "ist.half=eval ParameterList.ipu=eval ParameterList.mtia=eval ParameterList.share"
+        "_memory=eval ParameterList.to=eval ParameterList.to_empty=eval ParameterList.typ"
+        "e=eval ParameterList.xpu=eval Sequential.__setattr__=eval Sequential._apply=eval"
+        " Sequential._load_from_state_dict=eval Sequential.bfloat16=eval Sequential.compi"
+        "le=importlib Sequential.cpu=eval Sequential.cuda=eval Sequential.double=eval Seq"
+        "uential.float=eval Sequential.half=eval Sequential.ipu=eval Sequential.mtia=eval"
+        " Sequential.share_memory=eval Sequential.to=eval Sequential.to_empty=eval Sequen"
+        "tial.type=eval Sequential.xpu=eval"
+    ),
+    "torch.nn.modules.conv": (
+        "Conv1d.__setattr__=eval Conv1d._apply=eval Conv1d._conv_forward=importlib Conv1d"
+        "._load_from_state_dict=eval Conv1d.bfloat16=eval Conv1d.compile=importlib Conv1d"
+        ".cpu=eval Conv1d.cuda=eval Conv1d.double=eval Conv1d.float=eval Conv1d.forward=i"
+        "mportlib Conv1d.half=eval Conv1d.ipu=eval Conv1d.mtia=eval Conv1d.share_memory=e"
+        "val Conv1d.to=eval Conv1d.to_empty=eval Conv1d.type=eval Conv1d.xpu=eval Conv2d."
+        "__setattr__=eval Conv2d._apply=eval Conv2d._conv_forward=importlib Conv2d._load_"
+        "from_state_dict=eval Conv2d.bfloat16=eval Conv2d.compile=importlib Conv2d.cpu=ev"
+        "al Conv2d.cuda=eval Conv2d.double=eval Conv2d.float=eval Conv2d.forward=importli"
+        "b Conv2d.half=eval Conv2d.ipu=eval Conv2d.mtia=eval Conv2d.share_memory=eval Con"
+        "v2d.to=eval Conv2d.to_empty=eval Conv2d.type=eval Conv2d.xpu=eval Conv3d.__setat"
+        "tr__=eval Conv3d._apply=eval Conv3d._conv_forward=importlib Conv3d._load_from_st"
+        "ate_dict=eval Conv3d.bfloat16=eval Conv3d.compile=importlib Conv3d.cpu=eval Conv"
+        "3d.cuda=eval Conv3d.double=eval Conv3d.float=eval Conv3d.forward=importlib Conv3"
+        "d.half=eval Conv3d.ipu=eval Conv3d.mtia=eval Conv3d.share_memory=eval Conv3d.to="
+        "eval Conv3d.to_empty=eval Conv3d.type=eval Conv3d.xpu=eval ConvTranspose1d.__set"
+        "attr__=eval ConvTranspose1d._apply=eval ConvTranspose1d._load_from_state_dict=ev"
+        "al ConvTranspose1d.bfloat16=eval ConvTranspose1d.compile=importlib ConvTranspose"
+        "1d.cpu=eval ConvTranspose1d.cuda=eval ConvTranspose1d.double=eval ConvTranspose1"
+        "d.float=eval ConvTranspose1d.half=eval ConvTranspose1d.ipu=eval ConvTranspose1d."
+        "mtia=eval ConvTranspose1d.share_memory=eval ConvTranspose1d.to=eval ConvTranspos"
+        "e1d.to_empty=eval ConvTranspose1d.type=eval ConvTranspose1d.xpu=eval ConvTranspo"
+        "se2d.__setattr__=eval ConvTranspose2d._apply=eval ConvTranspose2d._load_from_sta"
+        "te_dict=eval ConvTranspose2d.bfloat16=eval ConvTranspose2d.compile=importlib Con"
+        "vTranspose2d.cpu=eval ConvTranspose2d.cuda=eval ConvTranspose2d.double=eval Conv"
+        "Transpose2d.float=eval ConvTranspose2d.half=eval ConvTranspose2d.ipu=eval ConvTr"
+        "anspose2d.mtia=eval ConvTranspose2d.share_memory=eval ConvTranspose2d.to=eval Co"
+        "nvTranspose2d.to_empty=eval ConvTranspose2d.type=eval ConvTranspose2d.xpu=eval C"
+        "onvTranspose3d.__setattr__=eval ConvTranspose3d._apply=eval ConvTranspose3d._loa"
+        "d_from_state_dict=eval ConvTranspose3d.bfloat16=eval ConvTranspose3d.compile=imp"
+        "ortlib ConvTranspose3d.cpu=eval ConvTranspose3d.cuda=eval ConvTranspose3d.double"
+        "=eval ConvTranspose3d.float=eval ConvTranspose3d.half=eval ConvTranspose3d.ipu=e"
+        "val ConvTranspose3d.mtia=eval ConvTranspose3d.share_memory=eval ConvTranspose3d."
+        "to=eval ConvTranspose3d.to_empty=eval ConvTranspose3d.type=eval ConvTranspose3d."
+        "xpu=eval LazyConv1d.__setattr__=eval LazyConv1d._apply=eval LazyConv1d._conv_for"
+        "ward=importlib LazyConv1d._load_from_state_dict=eval LazyConv1d.bfloat16=eval La"
+        "zyConv1d.compile=importlib LazyConv1d.cpu=eval LazyConv1d.cuda=eval LazyConv1d.d"
+        "ouble=eval LazyConv1d.float=eval LazyConv1d.forward=importlib LazyConv1d.half=ev"
+        "al LazyConv1d.ipu=eval LazyConv1d.mtia=eval LazyConv1d.share_memory=eval LazyCon"
+        "v1d.to=eval LazyConv1d.to_empty=eval LazyConv1d.type=eval LazyConv1d.xpu=eval La"
+        "zyConv2d.__setattr__=eval LazyConv2d._apply=eval LazyConv2d._conv_forward=import"
+        "lib LazyConv2d._load_from_state_dict=eval LazyConv2d.bfloat16=eval LazyConv2d.co"
+        "mpile=importlib LazyConv2d.cpu=eval LazyConv2d.cuda=eval LazyConv2d.double=eval "
+        "LazyConv2d.float=eval LazyConv2d.forward=importlib LazyConv2d.half=eval LazyConv"
+        "2d.ipu=eval LazyConv2d.mtia=eval LazyConv2d.share_memory=eval LazyConv2d.to=eval"
+        " LazyConv2d.to_empty=eval LazyConv2d.type=eval LazyConv2d.xpu=eval LazyConv3d.__"
+        "setattr__=eval LazyConv3d._apply=eval LazyConv3d._conv_forward=importlib LazyCon"
+        "v3d._load_from_state_dict=eval LazyConv3d.bfloat16=eval LazyConv3d.compile=impor"
+        "tlib LazyConv3d.cpu=eval LazyConv3d.cuda=eval LazyConv3d.double=eval LazyConv3d."
+        "float=eval LazyConv3d.forward=importlib LazyConv3d.half=eval LazyConv3d.ipu=eval"
+        " LazyConv3d.mtia=eval LazyConv3d.share_memory=eval LazyConv3d.to=eval LazyConv3d"
+        ".to_empty=eval LazyConv3d.type=eval LazyConv3d.xpu=eval LazyConvTranspose1d.__se"
+        "tattr__=eval LazyConvTranspose1d._apply=eval LazyConvTranspose1d._load_from_stat"
+        "e_dict=eval LazyConvTranspose1d.bfloat16=eval LazyConvTranspose1d.compile=import"
+        "lib LazyConvTranspose1d.cpu=eval LazyConvTranspose1d.cuda=eval LazyConvTranspose"
+        "1d.double=eval LazyConvTranspose1d.float=eval LazyConvTranspose1d.half=eval Lazy"
+        "ConvTranspose1d.ipu=eval LazyConvTranspose1d.mtia=eval LazyConvTranspose1d.share"
+        "_memory=eval LazyConvTranspose1d.to=eval LazyConvTranspose1d.to_empty=eval LazyC"
+        "onvTranspose1d.type=eval LazyConvTranspose1d.xpu=eval LazyConvTranspose2d.__seta"
+        "ttr__=eval LazyConvTranspose2d._apply=eval LazyConvTranspose2d._load_from_state_"
+        "dict=eval LazyConvTranspose2d.bfloat16=eval LazyConvTranspose2d.compile=importli"
+        "b LazyConvTranspose2d.cpu=eval LazyConvTranspose2d.cuda=eval LazyConvTranspose2d"
+        ".double=eval LazyConvTranspose2d.float=eval LazyConvTranspose2d.half=eval LazyCo"
+        "nvTranspose2d.ipu=eval LazyConvTranspose2d.mtia=eval LazyConvTranspose2d.share_m"
+        "emory=eval LazyConvTranspose2d.to=eval LazyConvTranspose2d.to_empty=eval LazyCon"
+        "vTranspose2d.type=eval LazyConvTranspose2d.xpu=eval LazyConvTranspose3d.__setatt"
+        "r__=eval LazyConvTranspose3d._apply=eval LazyConvTranspose3d._load_from_state_di"
+        "ct=eval LazyConvTranspose3d.bfloat16=eval LazyConvTranspose3d.compile=importlib "
+        "LazyConvTranspose3d.cpu=eval LazyConvTranspose3d.cuda=eval LazyConvTranspose3d.d"
+        "ouble=eval LazyConvTranspose3d.float=eval LazyConvTranspose3d.half=eval LazyConv"
+        "Transpose3d.ipu=eval LazyConvTranspose3d.mtia=eval LazyConvTranspose3d.share_mem"
+        "ory=eval LazyConvTranspose3d.to=eval LazyConvTranspose3d.to_empty=eval LazyConvT"
+        "ranspose3d.type=eval LazyConvTranspose3d.xpu=eval _ConvNd.__setattr__=eval _Conv"
+        "Nd._apply=eval _ConvNd._load_from_state_dict=eval _ConvNd.bfloat16=eval _ConvNd."
+        "compile=importlib _ConvNd.cpu=eval _ConvNd.cuda=eval _ConvNd.double=eval _ConvNd"
+        ".float=eval _ConvNd.half=eval _ConvNd.ipu=eval _ConvNd.mtia=eval _ConvNd.share_m"
+        "emory=eval _ConvNd.to=eval _ConvNd.to_empty=eval _ConvNd.type=eval _ConvNd.xpu=e"
+        "val _ConvTransposeMixin.__setattr__=eval _ConvTransposeMixin._apply=eval _ConvTr"
+        "ansposeMixin._load_from_state_dict=eval _ConvTransposeMixin.bfloat16=eval _ConvT"
+        "ransposeMixin.compile=importlib _ConvTransposeMixin.cpu=eval _ConvTransposeMixin"
+        ".cuda=eval _ConvTransposeMixin.double=eval _ConvTransposeMixin.float=eval _ConvT"
+        "ransposeMixin.half=eval _ConvTransposeMixin.ipu=eval _ConvTransposeMixin.mtia=ev"
+        "al _ConvTransposeMixin.share_memory=eval _ConvTransposeMixin.to=eval _ConvTransp"
+        "oseMixin.to_empty=eval _ConvTransposeMixin.type=eval _ConvTransposeMixin.xpu=eva"
+        "l _ConvTransposeNd.__setattr__=eval _ConvTransposeNd._apply=eval _ConvTransposeN"
+        "d._load_from_state_dict=eval _ConvTransposeNd.bfloat16=eval _ConvTransposeNd.com"
+        "pile=importlib _ConvTransposeNd.cpu=eval _ConvTransposeNd.cuda=eval _ConvTranspo"
+        "seNd.double=eval _ConvTransposeNd.float=eval _ConvTransposeNd.half=eval _ConvTra"
+        "nsposeNd.ipu=eval _ConvTransposeNd.mtia=eval _ConvTransposeNd.share_memory=eval "
+        "_ConvTransposeNd.to=eval _ConvTransposeNd.to_empty=eval _ConvTransposeNd.type=ev"
+        "al _ConvTransposeNd.xpu=eval"
+    ),
+    "torch.nn.modules.distance": (
+        "CosineSimilarity.__setattr__=eval CosineSimilarity._apply=eval CosineSimilarity."
+        "_load_from_state_dict=eval CosineSimilarity.bfloat16=eval CosineSimilarity.compi"
+        "le=importlib CosineSimilarity.cpu=eval CosineSimilarity.cuda=eval CosineSimilari"
+        "ty.double=eval CosineSimilarity.float=eval CosineSimilarity.half=eval CosineSimi"
+        "larity.ipu=eval CosineSimilarity.mtia=eval CosineSimilarity.share_memory=eval Co"
+        "sineSimilarity.to=eval CosineSimilarity.to_empty=eval CosineSimilarity.type=eval"
+        " CosineSimilarity.xpu=eval PairwiseDistance.__setattr__=eval PairwiseDistance._a"
+        "pply=eval PairwiseDistance._load_from_state_dict=eval PairwiseDistance.bfloat16="
+        "eval PairwiseDistance.compile=importlib PairwiseDistance.cpu=eval PairwiseDistan"
+        "ce.cuda=eval PairwiseDistance.double=eval PairwiseDistance.float=eval PairwiseDi"
+        "stance.half=eval PairwiseDistance.ipu=eval PairwiseDistance.mtia=eval PairwiseDi"
+        "stance.share_memory=eval PairwiseDistance.to=eval PairwiseDistance.to_empty=eval"
+        " PairwiseDistance.type=eval PairwiseDistance.xpu=eval"
+    ),
+    "torch.nn.modules.dropout": (
+        "AlphaDropout.__setattr__=eval AlphaDropout._apply=eval AlphaDropout._load_from_s"
+        "tate_dict=eval AlphaDropout.bfloat16=eval AlphaDropout.compile=importlib AlphaDr"
+        "opout.cpu=eval AlphaDropout.cuda=eval AlphaDropout.double=eval AlphaDropout.floa"
+        "t=eval AlphaDropout.half=eval AlphaDropout.ipu=eval AlphaDropout.mtia=eval Alpha"
+        "Dropout.share_memory=eval AlphaDropout.to=eval AlphaDropout.to_empty=eval AlphaD"
+        "ropout.type=eval AlphaDropout.xpu=eval Dropout.__setattr__=eval Dropout._apply=e"
+        "val Dropout._load_from_state_dict=eval Dropout.bfloat16=eval Dropout.compile=imp"
+        "ortlib Dropout.cpu=eval Dropout.cuda=eval Dropout.double=eval Dropout.float=eval"
+        " Dropout.half=eval Dropout.ipu=eval Dropout.mtia=eval Dropout.share_memory=eval "
+        "Dropout.to=eval Dropout.to_empty=eval Dropout.type=eval Dropout.xpu=eval Dropout"
+        "1d.__setattr__=eval Dropout1d._apply=eval Dropout1d._load_from_state_dict=eval D"
+        "ropout1d.bfloat16=eval Dropout1d.compile=importlib Dropout1d.cpu=eval Dropout1d."
+        "cuda=eval Dropout1d.double=eval Dropout1d.float=eval Dropout1d.half=eval Dropout"
+        "1d.ipu=eval Dropout1d.mtia=eval Dropout1d.share_memory=eval Dropout1d.to=eval Dr"
+        "opout1d.to_empty=eval Dropout1d.type=eval Dropout1d.xpu=eval Dropout2d.__setattr"
+        "__=eval Dropout2d._apply=eval Dropout2d._load_from_state_dict=eval Dropout2d.bfl"
+        "oat16=eval Dropout2d.compile=importlib Dropout2d.cpu=eval Dropout2d.cuda=eval Dr"
+        "opout2d.double=eval Dropout2d.float=eval Dropout2d.half=eval Dropout2d.ipu=eval "
+        "Dropout2d.mtia=eval Dropout2d.share_memory=eval Dropout2d.to=eval Dropout2d.to_e"
+        "mpty=eval Dropout2d.type=eval Dropout2d.xpu=eval Dropout3d.__setattr__=eval Drop"
+        "out3d._apply=eval Dropout3d._load_from_state_dict=eval Dropout3d.bfloat16=eval D"
+        "ropout3d.compile=importlib Dropout3d.cpu=eval Dropout3d.cuda=eval Dropout3d.doub"
+        "le=eval Dropout3d.float=eval Dropout3d.half=eval Dropout3d.ipu=eval Dropout3d.mt"
+        "ia=eval Dropout3d.share_memory=eval Dropout3d.to=eval Dropout3d.to_empty=eval Dr"
+        "opout3d.type=eval Dropout3d.xpu=eval FeatureAlphaDropout.__setattr__=eval Featur"
+        "eAlphaDropout._apply=eval FeatureAlphaDropout._load_from_state_dict=eval Feature"
+        "AlphaDropout.bfloat16=eval FeatureAlphaDropout.compile=importlib FeatureAlphaDro"
+        "pout.cpu=eval FeatureAlphaDropout.cuda=eval FeatureAlphaDropout.double=eval Feat"
+        "ureAlphaDropout.float=eval FeatureAlphaDropout.half=eval FeatureAlphaDropout.ipu"
+        "=eval FeatureAlphaDropout.mtia=eval FeatureAlphaDropout.share_memory=eval Featur"
+        "eAlphaDropout.to=eval FeatureAlphaDropout.to_empty=eval FeatureAlphaDropout.type"
+        "=eval FeatureAlphaDropout.xpu=eval _DropoutNd.__setattr__=eval _DropoutNd._apply"
+        "=eval _DropoutNd._load_from_state_dict=eval _DropoutNd.bfloat16=eval _DropoutNd."
+        "compile=importlib _DropoutNd.cpu=eval _DropoutNd.cuda=eval _DropoutNd.double=eva"
+        "l _DropoutNd.float=eval _DropoutNd.half=eval _DropoutNd.ipu=eval _DropoutNd.mtia"
+        "=eval _DropoutNd.share_memory=eval _DropoutNd.to=eval _DropoutNd.to_empty=eval _"
+        "DropoutNd.type=eval _DropoutNd.xpu=eval"
+    ),
+    "torch.nn.modules.flatten": (
+        "Flatten.__setattr__=eval Flatten._apply=eval Flatten._load_from_state_dict=eval "
+        "Flatten.bfloat16=eval Flatten.compile=importlib Flatten.cpu=eval Flatten.cuda=ev"
+        "al Flatten.double=eval Flatten.float=eval Flatten.half=eval Flatten.ipu=eval Fla"
+        "tten.mtia=eval Flatten.share_memory=eval Flatten.to=eval Flatten.to_empty=eval F"
+        "latten.type=eval Flatten.xpu=eval Unflatten.__setattr__=eval Unflatten._apply=ev"
+        "al Unflatten._load_from_state_dict=eval Unflatten.bfloat16=eval Unflatten.compil"
+        "e=importlib Unflatten.cpu=eval Unflatten.cuda=eval Unflatten.double=eval Unflatt"
+        "en.float=eval Unflatten.half=eval Unflatten.ipu=eval Unflatten.mtia=eval Unflatt"
+        "en.share_memory=eval Unflatten.to=eval Unflatten.to_empty=eval Unflatten.type=ev"
+        "al Unflatten.xpu=eval"
+    ),
+    "torch.nn.modules.fold": (
+        "Fold.__setattr__=eval Fold._apply=eval Fold._load_from_state_dict=eval Fold.bflo"
+        "at16=eval Fold.compile=importlib Fold.cpu=eval Fold.cuda=eval Fold.double=eval F"
+        "old.float=eval Fold.half=eval Fold.ipu=eval Fold.mtia=eval Fold.share_memory=eva"
+        "l Fold.to=eval Fold.to_empty=eval Fold.type=eval Fold.xpu=eval Unfold.__setattr_"
+        "_=eval Unfold._apply=eval Unfold._load_from_state_dict=eval Unfold.bfloat16=eval"
+        " Unfold.compile=importlib Unfold.cpu=eval Unfold.cuda=eval Unfold.double=eval Un"
+        "fold.float=eval Unfold.half=eval Unfold.ipu=eval Unfold.mtia=eval Unfold.share_m"
+        "emory=eval Unfold.to=eval Unfold.to_empty=eval Unfold.type=eval Unfold.xpu=eval"
+    ),
+    "torch.nn.modules.instancenorm": (
+        "InstanceNorm1d.__setattr__=eval InstanceNorm1d._apply=eval InstanceNorm1d._load_"
+        "from_state_dict=eval InstanceNorm1d.bfloat16=eval InstanceNorm1d.compile=importl"
+        "ib InstanceNorm1d.cpu=eval InstanceNorm1d.cuda=eval InstanceNorm1d.double=eval I"
+        "nstanceNorm1d.float=eval InstanceNorm1d.half=eval InstanceNorm1d.ipu=eval Instan"
+        "ceNorm1d.mtia=eval InstanceNorm1d.share_memory=eval InstanceNorm1d.to=eval Insta"
+        "nceNorm1d.to_empty=eval InstanceNorm1d.type=eval InstanceNorm1d.xpu=eval Instanc"
+        "eNorm2d.__setattr__=eval InstanceNorm2d._apply=eval InstanceNorm2d._load_from_st"
+        "ate_dict=eval InstanceNorm2d.bfloat16=eval InstanceNorm2d.compile=importlib Inst"
+        "anceNorm2d.cpu=eval InstanceNorm2d.cuda=eval InstanceNorm2d.double=eval Instance"
+        "Norm2d.float=eval InstanceNorm2d.half=eval InstanceNorm2d.ipu=eval InstanceNorm2"
+        "d.mtia=eval InstanceNorm2d.share_memory=eval InstanceNorm2d.to=eval InstanceNorm"
+        "2d.to_empty=eval InstanceNorm2d.type=eval InstanceNorm2d.xpu=eval InstanceNorm3d"
+        ".__setattr__=eval InstanceNorm3d._apply=eval InstanceNorm3d._load_from_state_dic"
+        "t=eval InstanceNorm3d.bfloat16=eval InstanceNorm3d.compile=importlib InstanceNor"
+        "m3d.cpu=eval InstanceNorm3d.cuda=eval InstanceNorm3d.double=eval InstanceNorm3d."
+        "float=eval InstanceNorm3d.half=eval InstanceNorm3d.ipu=eval InstanceNorm3d.mtia="
+        "eval InstanceNorm3d.share_memory=eval InstanceNorm3d.to=eval InstanceNorm3d.to_e"
+        "mpty=eval InstanceNorm3d.type=eval InstanceNorm3d.xpu=eval LazyInstanceNorm1d.__"
+        "setattr__=eval LazyInstanceNorm1d._apply=eval LazyInstanceNorm1d._load_from_stat"
+        "e_dict=eval LazyInstanceNorm1d.bfloat16=eval LazyInstanceNorm1d.compile=importli"
+        "b LazyInstanceNorm1d.cpu=eval LazyInstanceNorm1d.cuda=eval LazyInstanceNorm1d.do"
+        "uble=eval LazyInstanceNorm1d.float=eval LazyInstanceNorm1d.half=eval LazyInstanc"
+        "eNorm1d.ipu=eval LazyInstanceNorm1d.mtia=eval LazyInstanceNorm1d.share_memory=ev"
+        "al LazyInstanceNorm1d.to=eval LazyInstanceNorm1d.to_empty=eval LazyInstanceNorm1"
+        "d.type=eval LazyInstanceNorm1d.xpu=eval LazyInstanceNorm2d.__setattr__=eval Lazy"
+        "InstanceNorm2d._apply=eval LazyInstanceNorm2d._load_from_state_dict=eval LazyIns"
+        "tanceNorm2d.bfloat16=eval LazyInstanceNorm2d.compile=importlib LazyInstanceNorm2"
+        "d.cpu=eval LazyInstanceNorm2d.cuda=eval LazyInstanceNorm2d.double=eval LazyInsta"
+        "nceNorm2d.float=eval LazyInstanceNorm2d.half=eval LazyInstanceNorm2d.ipu=eval La"
+        "zyInstanceNorm2d.mtia=eval LazyInstanceNorm2d.share_memory=eval LazyInstanceNorm"
+        "2d.to=eval LazyInstanceNorm2d.to_empty=eval LazyInstanceNorm2d.type=eval LazyIns"
+        "tanceNorm2d.xpu=eval LazyInstanceNorm3d.__setattr__=eval LazyInstanceNorm3d._app"
+        "ly=eval LazyInstanceNorm3d._load_from_state_dict=eval LazyInstanceNorm3d.bfloat1"
+        "6=eval LazyInstanceNorm3d.compile=importlib LazyInstanceNorm3d.cpu=eval LazyInst"
+        "anceNorm3d.cuda=eval LazyInstanceNorm3d.double=eval LazyInstanceNorm3d.float=eva"
+        "l LazyInstanceNorm3d.half=eval LazyInstanceNorm3d.ipu=eval LazyInstanceNorm3d.mt"
+        "ia=eval LazyInstanceNorm3d.share_memory=eval LazyInstanceNorm3d.to=eval LazyInst"
+        "anceNorm3d.to_empty=eval LazyInstanceNorm3d.type=eval LazyInstanceNorm3d.xpu=eva"
+        "l _InstanceNorm.__setattr__=eval _InstanceNorm._apply=eval _InstanceNorm.bfloat1"
+        "6=eval _InstanceNorm.compile=importlib _InstanceNorm.cpu=eval _InstanceNorm.cuda"
+        "=eval _InstanceNorm.double=eval _InstanceNorm.float=eval _InstanceNorm.half=eval"
+        " _InstanceNorm.ipu=eval _InstanceNorm.mtia=eval _InstanceNorm.share_memory=eval "
+        "_InstanceNorm.to=eval _InstanceNorm.to_empty=eval _InstanceNorm.type=eval _Insta"
+        "nceNorm.xpu=eval"
+    ),
+    "torch.nn.modules.linear": (
+        "Bilinear.__setattr__=eval Bilinear._apply=eval Bilinear._load_from_state_dict=ev"
+        "al Bilinear.bfloat16=eval Bilinear.compile=importlib Bilinear.cpu=eval Bilinear."
+        "cuda=eval Bilinear.double=eval Bilinear.float=eval Bilinear.half=eval Bilinear.i"
+        "pu=eval Bilinear.mtia=eval Bilinear.share_memory=eval Bilinear.to=eval Bilinear."
+        "to_empty=eval Bilinear.type=eval Bilinear.xpu=eval Identity.__setattr__=eval Ide"
+        "ntity._apply=eval Identity._load_from_state_dict=eval Identity.bfloat16=eval Ide"
+        "ntity.compile=importlib Identity.cpu=eval Identity.cuda=eval Identity.double=eva"
+        "l Identity.float=eval Identity.half=eval Identity.ipu=eval Identity.mtia=eval Id"
+        "entity.share_memory=eval Identity.to=eval Identity.to_empty=eval Identity.type=e"
+        "val Identity.xpu=eval LazyLinear.__setattr__=eval LazyLinear._apply=eval LazyLin"
+        "ear._load_from_state_dict=eval LazyLinear.bfloat16=eval LazyLinear.compile=impor"
+        "tlib LazyLinear.cpu=eval LazyLinear.cuda=eval LazyLinear.double=eval LazyLinear."
+        "float=eval LazyLinear.half=eval LazyLinear.ipu=eval LazyLinear.mtia=eval LazyLin"
+        "ear.share_memory=eval LazyLinear.to=eval LazyLinear.to_empty=eval LazyLinear.typ"
+        "e=eval LazyLinear.xpu=eval Linear.__setattr__=eval Linear._apply=eval Linear._lo"
+        "ad_from_state_dict=eval Linear.bfloat16=eval Linear.compile=importlib Linear.cpu"
+        "=eval Linear.cuda=eval Linear.double=eval Linear.float=eval Linear.half=eval Lin"
+        "ear.ipu=eval Linear.mtia=eval Linear.share_memory=eval Linear.to=eval Linear.to_"
+        "empty=eval Linear.type=eval Linear.xpu=eval NonDynamicallyQuantizableLinear.__se"
+        "tattr__=eval NonDynamicallyQuantizableLinear._apply=eval NonDynamicallyQuantizab"
+        "leLinear._load_from_state_dict=eval NonDynamicallyQuantizableLinear.bfloat16=eva"
+        "l NonDynamicallyQuantizableLinear.compile=importlib NonDynamicallyQuantizableLin"
+        "ear.cpu=eval NonDynamicallyQuantizableLinear.cuda=eval NonDynamicallyQuantizable"
+        "Linear.double=eval NonDynamicallyQuantizableLinear.float=eval NonDynamicallyQuan"
+        "tizableLinear.half=eval NonDynamicallyQuantizableLinear.ipu=eval NonDynamicallyQ"
+        "uantizableLinear.mtia=eval NonDynamicallyQuantizableLinear.share_memory=eval Non"
+        "DynamicallyQuantizableLinear.to=eval NonDynamicallyQuantizableLinear.to_empty=ev"
+        "al NonDynamicallyQuantizableLinear.type=eval NonDynamicallyQuantizableLinear.xpu"
+        "=eval"
+    ),
+    "torch.nn.modules.linear_cross_entropy": (
+        "_linear_cross_entropy_batch_chunked=eval _linear_cross_entropy_batch_chunked_no_"
+        "reduction=eval _vmap=eval _vmap_no_reduction=eval"
+    ),
+    "torch.nn.modules.linear_cross_entropy_options": (
+        "LinearCrossEntropyOptions._adjust=ctypes LinearCrossEntropyOptions._resolve_auto"
+        "_acc_dtype=ctypes NamedTuple=eval _AutoDefault=eval"
+    ),
+    "torch.nn.modules.loss": (
+        "BCELoss.__setattr__=eval BCELoss._apply=eval BCELoss._load_from_state_dict=eval "
+        "BCELoss.bfloat16=eval BCELoss.compile=importlib BCELoss.cpu=eval BCELoss.cuda=ev"
+        "al BCELoss.double=eval BCELoss.float=eval BCELoss.half=eval BCELoss.ipu=eval BCE"
+        "Loss.mtia=eval BCELoss.share_memory=eval BCELoss.to=eval BCELoss.to_empty=eval B"
+        "CELoss.type=eval BCELoss.xpu=eval BCEWithLogitsLoss.__setattr__=eval BCEWithLogi"
+        "tsLoss._apply=eval BCEWithLogitsLoss._load_from_state_dict=eval BCEWithLogitsLos"
+        "s.bfloat16=eval BCEWithLogitsLoss.compile=importlib BCEWithLogitsLoss.cpu=eval B"
+        "CEWithLogitsLoss.cuda=eval BCEWithLogitsLoss.double=eval BCEWithLogitsLoss.float"
+        "=eval BCEWithLogitsLoss.half=eval BCEWithLogitsLoss.ipu=eval BCEWithLogitsLoss.m"
+        "tia=eval BCEWithLogitsLoss.share_memory=eval BCEWithLogitsLoss.to=eval BCEWithLo"
+        "gitsLoss.to_empty=eval BCEWithLogitsLoss.type=eval BCEWithLogitsLoss.xpu=eval CT"
+        "CLoss.__setattr__=eval CTCLoss._apply=eval CTCLoss._load_from_state_dict=eval CT"
+        "CLoss.bfloat16=eval CTCLoss.compile=importlib CTCLoss.cpu=eval CTCLoss.cuda=eval"
+        " CTCLoss.double=eval CTCLoss.float=eval CTCLoss.half=eval CTCLoss.ipu=eval CTCLo"
+        "ss.mtia=eval CTCLoss.share_memory=eval CTCLoss.to=eval CTCLoss.to_empty=eval CTC"
+        "Loss.type=eval CTCLoss.xpu=eval CosineEmbeddingLoss.__setattr__=eval CosineEmbed"
+        "dingLoss._apply=eval CosineEmbeddingLoss._load_from_state_dict=eval CosineEmbedd"
+        "ingLoss.bfloat16=eval CosineEmbeddingLoss.compile=importlib CosineEmbeddingLoss."
+        "cpu=eval CosineEmbeddingLoss.cuda=eval CosineEmbeddingLoss.double=eval CosineEmb"
+        "eddingLoss.float=eval CosineEmbeddingLoss.half=eval CosineEmbeddingLoss.ipu=eval"
+        " CosineEmbeddingLoss.mtia=eval CosineEmbeddingLoss.share_memory=eval CosineEmbed"
+        "dingLoss.to=eval CosineEmbeddingLoss.to_empty=eval CosineEmbeddingLoss.type=eval"
+        " CosineEmbeddingLoss.xpu=eval CrossEntropyLoss.__setattr__=eval CrossEntropyLoss"
+        "._apply=eval CrossEntropyLoss._load_from_state_dict=eval CrossEntropyLoss.bfloat"
+        "16=eval CrossEntropyLoss.compile=importlib CrossEntropyLoss.cpu=eval CrossEntrop"
+        "yLoss.cuda=eval CrossEntropyLoss.double=eval CrossEntropyLoss.float=eval CrossEn"
+        "tropyLoss.half=eval CrossEntropyLoss.ipu=eval CrossEntropyLoss.mtia=eval CrossEn"
+        "tropyLoss.share_memory=eval CrossEntropyLoss.to=eval CrossEntropyLoss.to_empty=e"
+        "val CrossEntropyLoss.type=eval CrossEntropyLoss.xpu=eval GaussianNLLLoss.__setat"
+        "tr__=eval GaussianNLLLoss._apply=eval GaussianNLLLoss._load_from_state_dict=eval"
+        " GaussianNLLLoss.bfloat16=eval GaussianNLLLoss.compile=importlib GaussianNLLLoss"
+        ".cpu=eval GaussianNLLLoss.cuda=eval GaussianNLLLoss.double=eval GaussianNLLLoss."
+        "float=eval GaussianNLLLoss.half=eval GaussianNLLLoss.ipu=eval GaussianNLLLoss.mt"
+        "ia=eval GaussianNLLLoss.share_memory=eval GaussianNLLLoss.to=eval GaussianNLLLos"
+        "s.to_empty=eval GaussianNLLLoss.type=eval GaussianNLLLoss.xpu=eval HingeEmbeddin"
+        "gLoss.__setattr__=eval HingeEmbeddingLoss._apply=eval HingeEmbeddingLoss._load_f"
+        "rom_state_dict=eval HingeEmbeddingLoss.bfloat16=eval HingeEmbeddingLoss.compile="
+        "importlib HingeEmbeddingLoss.cpu=eval HingeEmbeddingLoss.cuda=eval HingeEmbeddin"
+        "gLoss.double=eval HingeEmbeddingLoss.float=eval HingeEmbeddingLoss.half=eval Hin"
+        "geEmbeddingLoss.ipu=eval HingeEmbeddingLoss.mtia=eval HingeEmbeddingLoss.share_m"
+        "emory=eval HingeEmbeddingLoss.to=eval HingeEmbeddingLoss.to_empty=eval HingeEmbe"
+        "ddingLoss.type=eval HingeEmbeddingLoss.xpu=eval HuberLoss.__setattr__=eval Huber"
+        "Loss._apply=eval HuberLoss._load_from_state_dict=eval HuberLoss.bfloat16=eval Hu"
+        "berLoss.compile=importlib HuberLoss.cpu=eval HuberLoss.cuda=eval HuberLoss.doubl"
+        "e=eval HuberLoss.float=eval HuberLoss.half=eval HuberLoss.ipu=eval HuberLoss.mti"
+        "a=eval HuberLoss.share_memory=eval HuberLoss.to=eval HuberLoss.to_empty=eval Hub"
+        "erLoss.type=eval HuberLoss.xpu=eval KLDivLoss.__setattr__=eval KLDivLoss._apply="
+        "eval KLDivLoss._load_from_state_dict=eval KLDivLoss.bfloat16=eval KLDivLoss.comp"
+        "ile=importlib KLDivLoss.cpu=eval KLDivLoss.cuda=eval KLDivLoss.double=eval KLDiv"
+        "Loss.float=eval KLDivLoss.half=eval KLDivLoss.ipu=eval KLDivLoss.mtia=eval KLDiv"
+        "Loss.share_memory=eval KLDivLoss.to=eval KLDivLoss.to_empty=eval KLDivLoss.type="
+        "eval KLDivLoss.xpu=eval L1Loss.__setattr__=eval L1Loss._apply=eval L1Loss._load_"
+        "from_state_dict=eval L1Loss.bfloat16=eval L1Loss.compile=importlib L1Loss.cpu=ev"
+        "al L1Loss.cuda=eval L1Loss.double=eval L1Loss.float=eval L1Loss.half=eval L1Loss"
+        ".ipu=eval L1Loss.mtia=eval L1Loss.share_memory=eval L1Loss.to=eval L1Loss.to_emp"
+        "ty=eval L1Loss.type=eval L1Loss.xpu=eval LinearCrossEntropyLoss.__setattr__=eval"
+        " LinearCrossEntropyLoss._apply=eval LinearCrossEntropyLoss._load_from_state_dict"
+        "=eval LinearCrossEntropyLoss.bfloat16=eval LinearCrossEntropyLoss.compile=import"
+        "lib LinearCrossEntropyLoss.cpu=eval LinearCrossEntropyLoss.cuda=eval LinearCross"
+        "EntropyLoss.double=eval LinearCrossEntropyLoss.float=eval LinearCrossEntropyLoss"
+        ".forward=eval LinearCrossEntropyLoss.half=eval LinearCrossEntropyLoss.ipu=eval L"
+        "inearCrossEntropyLoss.mtia=eval LinearCrossEntropyLoss.share_memory=eval LinearC"
+        "rossEntropyLoss.to=eval LinearCrossEntropyLoss.to_empty=eval LinearCrossEntropyL"
+        "oss.type=eval LinearCrossEntropyLoss.xpu=eval MSELoss.__setattr__=eval MSELoss._"
+        "apply=eval MSELoss._load_from_state_dict=eval MSELoss.bfloat16=eval MSELoss.comp"
+        "ile=importlib MSELoss.cpu=eval MSELoss.cuda=eval MSELoss.double=eval MSELoss.flo"
+        "at=eval MSELoss.half=eval MSELoss.ipu=eval MSELoss.mtia=eval MSELoss.share_memor"
+        "y=eval MSELoss.to=eval MSELoss.to_empty=eval MSELoss.type=eval MSELoss.xpu=eval "
+        "MarginRankingLoss.__setattr__=eval MarginRankingLoss._apply=eval MarginRankingLo"
+        "ss._load_from_state_dict=eval MarginRankingLoss.bfloat16=eval MarginRankingLoss."
+        "compile=importlib MarginRankingLoss.cpu=eval MarginRankingLoss.cuda=eval MarginR"
+        "ankingLoss.double=eval MarginRankingLoss.float=eval MarginRankingLoss.half=eval "
+        "MarginRankingLoss.ipu=eval MarginRankingLoss.mtia=eval MarginRankingLoss.share_m"
+        "emory=eval MarginRankingLoss.to=eval MarginRankingLoss.to_empty=eval MarginRanki"
+        "ngLoss.type=eval MarginRankingLoss.xpu=eval MultiLabelMarginLoss.__setattr__=eva"
+        "l MultiLabelMarginLoss._apply=eval MultiLabelMarginLoss._load_from_state_dict=ev"
+        "al MultiLabelMarginLoss.bfloat16=eval MultiLabelMarginLoss.compile=importlib Mul"
+        "tiLabelMarginLoss.cpu=eval MultiLabelMarginLoss.cuda=eval MultiLabelMarginLoss.d"
+        "ouble=eval MultiLabelMarginLoss.float=eval MultiLabelMarginLoss.half=eval MultiL"
+        "abelMarginLoss.ipu=eval MultiLabelMarginLoss.mtia=eval MultiLabelMarginLoss.shar"
+        "e_memory=eval MultiLabelMarginLoss.to=eval MultiLabelMarginLoss.to_empty=eval Mu"
+        "ltiLabelMarginLoss.type=eval MultiLabelMarginLoss.xpu=eval MultiLabelSoftMarginL"
+        "oss.__setattr__=eval MultiLabelSoftMarginLoss._apply=eval MultiLabelSoftMarginLo"
+        "ss._load_from_state_dict=eval MultiLabelSoftMarginLoss.bfloat16=eval MultiLabelS"
+        "oftMarginLoss.compile=importlib MultiLabelSoftMarginLoss.cpu=eval MultiLabelSoft"
+        "MarginLoss.cuda=eval MultiLabelSoftMarginLoss.double=eval MultiLabelSoftMarginLo"
+        "ss.float=eval MultiLabelSoftMarginLoss.half=eval MultiLabelSoftMarginLoss.ipu=ev"
+        "al MultiLabelSoftMarginLoss.mtia=eval MultiLabelSoftMarginLoss.share_memory=eval"
+        " MultiLabelSoftMarginLoss.to=eval MultiLabelSoftMarginLoss.to_empty=eval MultiLa"
+        "belSoftMarginLoss.type=eval MultiLabelSoftMarginLoss.xpu=eval MultiMarginLoss.__"
+        "setattr__=eval MultiMarginLoss._apply=eval MultiMarginLoss._load_from_state_dict"
+        "=eval MultiMarginLoss.bfloat16=eval MultiMarginLoss.compile=importlib MultiMargi"
+        "nLoss.cpu=eval MultiMarginLoss.cuda=eval MultiMarginLoss.double=eval MultiMargin"
+        "Loss.float=eval MultiMarginLoss.half=eval MultiMarginLoss.ipu=eval MultiMarginLo"
+        "ss.mtia=eval MultiMarginLoss.share_memory=eval MultiMarginLoss.to=eval MultiMarg"
+        "inLoss.to_empty=eval MultiMarginLoss.type=eval MultiMarginLoss.xpu=eval NLLLoss."
+        "__setattr__=eval NLLLoss._apply=eval NLLLoss._load_from_state_dict=eval NLLLoss."
+        "bfloat16=eval NLLLoss.compile=importlib NLLLoss.cpu=eval NLLLoss.cuda=eval NLLLo"
+        "ss.double=eval NLLLoss.float=eval NLLLoss.half=eval NLLLoss.ipu=eval NLLLoss.mti"
+        "a=eval NLLLoss.share_memory=eval NLLLoss.to=eval NLLLoss.to_empty=eval NLLLoss.t"
+        "ype=eval NLLLoss.xpu=eval NLLLoss2d.__setattr__=eval NLLLoss2d._apply=eval NLLLo"
+        "ss2d._load_from_state_dict=eval NLLLoss2d.bfloat16=eval NLLLoss2d.compile=import"
+        "lib NLLLoss2d.cpu=eval NLLLoss2d.cuda=eval NLLLoss2d.double=eval NLLLoss2d.float"
+        "=eval NLLLoss2d.half=eval NLLLoss2d.ipu=eval NLLLoss2d.mtia=eval NLLLoss2d.share"
+        "_memory=eval NLLLoss2d.to=eval NLLLoss2d.to_empty=eval NLLLoss2d.type=eval NLLLo"
+        "ss2d.xpu=eval PoissonNLLLoss.__setattr__=eval PoissonNLLLoss._apply=eval Poisson"
+        "NLLLoss._load_from_state_dict=eval PoissonNLLLoss.bfloat16=eval PoissonNLLLoss.c"
+        "ompile=importlib PoissonNLLLoss.cpu=eval PoissonNLLLoss.cuda=eval PoissonNLLLoss"
+        ".double=eval PoissonNLLLoss.float=eval PoissonNLLLoss.half=eval PoissonNLLLoss.i"
+        "pu=eval PoissonNLLLoss.mtia=eval PoissonNLLLoss.share_memory=eval PoissonNLLLoss"
+        ".to=eval PoissonNLLLoss.to_empty=eval PoissonNLLLoss.type=eval PoissonNLLLoss.xp"
+        "u=eval SmoothL1Loss.__setattr__=eval SmoothL1Loss._apply=eval SmoothL1Loss._load"
+        "_from_state_dict=eval SmoothL1Loss.bfloat16=eval SmoothL1Loss.compile=importlib "
+        "SmoothL1Loss.cpu=eval SmoothL1Loss.cuda=eval SmoothL1Loss.double=eval SmoothL1Lo"
+        "ss.float=eval SmoothL1Loss.half=eval SmoothL1Loss.ipu=eval SmoothL1Loss.mtia=eva"
+        "l SmoothL1Loss.share_memory=eval SmoothL1Loss.to=eval SmoothL1Loss.to_empty=eval"
+        " SmoothL1Loss.type=eval SmoothL1Loss.xpu=eval SoftMarginLoss.__setattr__=eval So"
+        "ftMarginLoss._apply=eval SoftMarginLoss._load_from_state_dict=eval SoftMarginLos"
+        "s.bfloat16=eval SoftMarginLoss.compile=importlib SoftMarginLoss.cpu=eval SoftMar"
+        "ginLoss.cuda=eval SoftMarginLoss.double=eval SoftMarginLoss.float=eval SoftMargi"
+        "nLoss.half=eval SoftMarginLoss.ipu=eval SoftMarginLoss.mtia=eval SoftMarginLoss."
+        "share_memory=eval SoftMarginLoss.to=eval SoftMarginLoss.to_empty=eval SoftMargin"
+        "Loss.type=eval SoftMarginLoss.xpu=eval TripletMarginLoss.__setattr__=eval Triple"
+        "tMarginLoss._apply=eval TripletMarginLoss._load_from_state_dict=eval TripletMarg"
+        "inLoss.bfloat16=eval TripletMarginLoss.compile=importlib TripletMarginLoss.cpu=e"
+        "val TripletMarginLoss.cuda=eval TripletMarginLoss.double=eval TripletMarginLoss."
+        "float=eval TripletMarginLoss.half=eval TripletMarginLoss.ipu=eval TripletMarginL"
+        "oss.mtia=eval TripletMarginLoss.share_memory=eval TripletMarginLoss.to=eval Trip"
+        "letMarginLoss.to_empty=eval TripletMarginLoss.type=eval TripletMarginLoss.xpu=ev"
+        "al TripletMarginWithDistanceLoss.__setattr__=eval TripletMarginWithDistanceLoss."
+        "_apply=eval TripletMarginWithDistanceLoss._load_from_state_dict=eval TripletMarg"
+        "inWithDistanceLoss.bfloat16=eval TripletMarginWithDistanceLoss.compile=importlib"
+        " TripletMarginWithDistanceLoss.cpu=eval TripletMarginWithDistanceLoss.cuda=eval "
+        "TripletMarginWithDistanceLoss.double=eval TripletMarginWithDistanceLoss.float=ev"
+        "al TripletMarginWithDistanceLoss.half=eval TripletMarginWithDistanceLoss.ipu=eva"
+        "l TripletMarginWithDistanceLoss.mtia=eval TripletMarginWithDistanceLoss.share_me"
+        "mory=eval TripletMarginWithDistanceLoss.to=eval TripletMarginWithDistanceLoss.to"
+        "_empty=eval TripletMarginWithDistanceLoss.type=eval TripletMarginWithDistanceLos"
+        "s.xpu=eval _Loss.__setattr__=eval _Loss._apply=eval _Loss._load_from_state_dict="
+        "eval _Loss.bfloat16=eval _Loss.compile=importlib _Loss.cpu=eval _Loss.cuda=eval "
+        "_Loss.double=eval _Loss.float=eval _Loss.half=eval _Loss.ipu=eval _Loss.mtia=eva"
+        "l _Loss.share_memory=eval _Loss.to=eval _Loss.to_empty=eval _Loss.type=eval _Los"
+        "s.xpu=eval _WeightedLoss.__setattr__=eval _WeightedLoss._apply=eval _WeightedLos"
+        "s._load_from_state_dict=eval _WeightedLoss.bfloat16=eval _WeightedLoss.compile=i"
+        "mportlib _WeightedLoss.cpu=eval _WeightedLoss.cuda=eval _WeightedLoss.double=eva"
+        "l _WeightedLoss.float=eval _WeightedLoss.half=eval _WeightedLoss.ipu=eval _Weigh"
+        "tedLoss.mtia=eval _WeightedLoss.share_memory=eval _WeightedLoss.to=eval _Weighte"
+        "dLoss.to_empty=eval _WeightedLoss.type=eval _WeightedLoss.xpu=eval"
+    ),
+    "torch.nn.modules.module": (
+        "Module.__setattr__=eval Module._apply=eval Module._load_from_state_dict=eval Mod"
+        "ule.bfloat16=eval Module.compile=importlib Module.cpu=eval Module.cuda=eval Modu"
+        "le.double=eval Module.float=eval Module.half=eval Module.ipu=eval Module.mtia=ev"
+        "al Module.share_memory=eval Module.to=eval Module.to_empty=eval Module.type=eval"
+        " Module.xpu=eval namedtuple=eval"
+    ),
+    "torch.nn.modules.normalization": (
+        "CrossMapLRN2d.__setattr__=eval CrossMapLRN2d._apply=eval CrossMapLRN2d._load_fro"
+        "m_state_dict=eval CrossMapLRN2d.bfloat16=eval CrossMapLRN2d.compile=importlib Cr"
+        "ossMapLRN2d.cpu=eval CrossMapLRN2d.cuda=eval CrossMapLRN2d.double=eval CrossMapL"
+        "RN2d.float=eval CrossMapLRN2d.half=eval CrossMapLRN2d.ipu=eval CrossMapLRN2d.mti"
+        "a=eval CrossMapLRN2d.share_memory=eval CrossMapLRN2d.to=eval CrossMapLRN2d.to_em"
+        "pty=eval CrossMapLRN2d.type=eval CrossMapLRN2d.xpu=eval GroupNorm.__setattr__=ev"
+        "al GroupNorm._apply=eval GroupNorm._load_from_state_dict=eval GroupNorm.bfloat16"
+        "=eval GroupNorm.compile=importlib GroupNorm.cpu=eval GroupNorm.cuda=eval GroupNo"
+        "rm.double=eval GroupNorm.float=eval GroupNorm.half=eval GroupNorm.ipu=eval Group"
+        "Norm.mtia=eval GroupNorm.share_memory=eval GroupNorm.to=eval GroupNorm.to_empty="
+        "eval GroupNorm.type=eval GroupNorm.xpu=eval LayerNorm.__setattr__=eval LayerNorm"
+        "._apply=eval LayerNorm._load_from_state_dict=eval LayerNorm.bfloat16=eval LayerN"
+        "orm.compile=importlib LayerNorm.cpu=eval LayerNorm.cuda=eval LayerNorm.double=ev"
+        "al LayerNorm.float=eval LayerNorm.half=eval LayerNorm.ipu=eval LayerNorm.mtia=ev"
+        "al LayerNorm.share_memory=eval LayerNorm.to=eval LayerNorm.to_empty=eval LayerNo"
+        "rm.type=eval LayerNorm.xpu=eval LocalResponseNorm.__setattr__=eval LocalResponse"
+        "Norm._apply=eval LocalResponseNorm._load_from_state_dict=eval LocalResponseNorm."
+        "bfloat16=eval LocalResponseNorm.compile=importlib LocalResponseNorm.cpu=eval Loc"
+        "alResponseNorm.cuda=eval LocalResponseNorm.double=eval LocalResponseNorm.float=e"
+        "val LocalResponseNorm.forward=importlib LocalResponseNorm.half=eval LocalRespons"
+        "eNorm.ipu=eval LocalResponseNorm.mtia=eval LocalResponseNorm.share_memory=eval L"
+        "ocalResponseNorm.to=eval LocalResponseNorm.to_empty=eval LocalResponseNorm.type="
+        "eval LocalResponseNorm.xpu=eval RMSNorm.__setattr__=eval RMSNorm._apply=eval RMS"
+        "Norm._load_from_state_dict=eval RMSNorm.bfloat16=eval RMSNorm.compile=importlib "
+        "RMSNorm.cpu=eval RMSNorm.cuda=eval RMSNorm.double=eval RMSNorm.float=eval RMSNor"
+        "m.half=eval RMSNorm.ipu=eval RMSNorm.mtia=eval RMSNorm.share_memory=eval RMSNorm"
+        ".to=eval RMSNorm.to_empty=eval RMSNorm.type=eval RMSNorm.xpu=eval"
+    ),
+    "torch.nn.modules.padding": (
+        "CircularPad1d.__setattr__=eval CircularPad1d._apply=eval CircularPad1d._load_fro"
+        "m_state_dict=eval CircularPad1d.bfloat16=eval CircularPad1d.compile=importlib Ci"
+        "rcularPad1d.cpu=eval CircularPad1d.cuda=eval CircularPad1d.double=eval CircularP"
+        "ad1d.float=eval CircularPad1d.forward=importlib CircularPad1d.half=eval Circular"
+        "Pad1d.ipu=eval CircularPad1d.mtia=eval CircularPad1d.share_memory=eval CircularP"
+        "ad1d.to=eval CircularPad1d.to_empty=eval CircularPad1d.type=eval CircularPad1d.x"
+        "pu=eval CircularPad2d.__setattr__=eval CircularPad2d._apply=eval CircularPad2d._"
+        "load_from_state_dict=eval CircularPad2d.bfloat16=eval CircularPad2d.compile=impo"
+        "rtlib CircularPad2d.cpu=eval CircularPad2d.cuda=eval CircularPad2d.double=eval C"
+        "ircularPad2d.float=eval CircularPad2d.forward=importlib CircularPad2d.half=eval "
+        "CircularPad2d.ipu=eval CircularPad2d.mtia=eval CircularPad2d.share_memory=eval C"
+        "ircularPad2d.to=eval CircularPad2d.to_empty=eval CircularPad2d.type=eval Circula"
+        "rPad2d.xpu=eval CircularPad3d.__setattr__=eval CircularPad3d._apply=eval Circula"
+        "rPad3d._load_from_state_dict=eval CircularPad3d.bfloat16=eval CircularPad3d.comp"
+        "ile=importlib CircularPad3d.cpu=eval CircularPad3d.cuda=eval CircularPad3d.doubl"
+        "e=eval CircularPad3d.float=eval CircularPad3d.forward=importlib CircularPad3d.ha"
+        "lf=eval CircularPad3d.ipu=eval CircularPad3d.mtia=eval CircularPad3d.share_memor"
+        "y=eval CircularPad3d.to=eval CircularPad3d.to_empty=eval CircularPad3d.type=eval"
+        " CircularPad3d.xpu=eval ConstantPad1d.__setattr__=eval ConstantPad1d._apply=eval"
+        " ConstantPad1d._load_from_state_dict=eval ConstantPad1d.bfloat16=eval ConstantPa"
+        "d1d.compile=importlib ConstantPad1d.cpu=eval ConstantPad1d.cuda=eval ConstantPad"
+        "1d.double=eval ConstantPad1d.float=eval ConstantPad1d.forward=importlib Constant"
+        "Pad1d.half=eval ConstantPad1d.ipu=eval ConstantPad1d.mtia=eval ConstantPad1d.sha"
+        "re_memory=eval ConstantPad1d.to=eval ConstantPad1d.to_empty=eval ConstantPad1d.t"
+        "ype=eval ConstantPad1d.xpu=eval ConstantPad2d.__setattr__=eval ConstantPad2d._ap"
+        "ply=eval ConstantPad2d._load_from_state_dict=eval ConstantPad2d.bfloat16=eval Co"
+        "nstantPad2d.compile=importlib ConstantPad2d.cpu=eval ConstantPad2d.cuda=eval Con"
+        "stantPad2d.double=eval ConstantPad2d.float=eval ConstantPad2d.forward=importlib "
+        "ConstantPad2d.half=eval ConstantPad2d.ipu=eval ConstantPad2d.mtia=eval ConstantP"
+        "ad2d.share_memory=eval ConstantPad2d.to=eval ConstantPad2d.to_empty=eval Constan"
+        "tPad2d.type=eval ConstantPad2d.xpu=eval ConstantPad3d.__setattr__=eval ConstantP"
+        "ad3d._apply=eval ConstantPad3d._load_from_state_dict=eval ConstantPad3d.bfloat16"
+        "=eval ConstantPad3d.compile=importlib ConstantPad3d.cpu=eval ConstantPad3d.cuda="
+        "eval ConstantPad3d.double=eval ConstantPad3d.float=eval ConstantPad3d.forward=im"
+        "portlib ConstantPad3d.half=eval ConstantPad3d.ipu=eval ConstantPad3d.mtia=eval C"
+        "onstantPad3d.share_memory=eval ConstantPad3d.to=eval ConstantPad3d.to_empty=eval"
+        " ConstantPad3d.type=eval ConstantPad3d.xpu=eval ReflectionPad1d.__setattr__=eval"
+        " ReflectionPad1d._apply=eval ReflectionPad1d._load_from_state_dict=eval Reflecti"
+        "onPad1d.bfloat16=eval ReflectionPad1d.compile=importlib ReflectionPad1d.cpu=eval"
+        " ReflectionPad1d.cuda=eval ReflectionPad1d.double=eval ReflectionPad1d.float=eva"
+        "l ReflectionPad1d.forward=importlib ReflectionPad1d.half=eval ReflectionPad1d.ip"
+        "u=eval ReflectionPad1d.mtia=eval ReflectionPad1d.share_memory=eval ReflectionPad"
+        "1d.to=eval ReflectionPad1d.to_empty=eval ReflectionPad1d.type=eval ReflectionPad"
+        "1d.xpu=eval ReflectionPad2d.__setattr__=eval ReflectionPad2d._apply=eval Reflect"
+        "ionPad2d._load_from_state_dict=eval ReflectionPad2d.bfloat16=eval ReflectionPad2"
+        "d.compile=importlib ReflectionPad2d.cpu=eval ReflectionPad2d.cuda=eval Reflectio"
+        "nPad2d.double=eval ReflectionPad2d.float=eval ReflectionPad2d.forward=importlib "
+        "ReflectionPad2d.half=eval ReflectionPad2d.ipu=eval ReflectionPad2d.mtia=eval Ref"
+        "lectionPad2d.share_memory=eval ReflectionPad2d.to=eval ReflectionPad2d.to_empty="
+        "eval ReflectionPad2d.type=eval ReflectionPad2d.xpu=eval ReflectionPad3d.__setatt"
+        "r__=eval ReflectionPad3d._apply=eval ReflectionPad3d._load_from_state_dict=eval "
+        "ReflectionPad3d.bfloat16=eval ReflectionPad3d.compile=importlib ReflectionPad3d."
+        "cpu=eval ReflectionPad3d.cuda=eval ReflectionPad3d.double=eval ReflectionPad3d.f"
+        "loat=eval ReflectionPad3d.forward=importlib ReflectionPad3d.half=eval Reflection"
+        "Pad3d.ipu=eval ReflectionPad3d.mtia=eval ReflectionPad3d.share_memory=eval Refle"
+        "ctionPad3d.to=eval ReflectionPad3d.to_empty=eval ReflectionPad3d.type=eval Refle"
+        "ctionPad3d.xpu=eval ReplicationPad1d.__setattr__=eval ReplicationPad1d._apply=ev"
+        "al ReplicationPad1d._load_from_state_dict=eval ReplicationPad1d.bfloat16=eval Re"
+        "plicationPad1d.compile=importlib ReplicationPad1d.cpu=eval ReplicationPad1d.cuda"
+        "=eval ReplicationPad1d.double=eval ReplicationPad1d.float=eval ReplicationPad1d."
+        "forward=importlib ReplicationPad1d.half=eval ReplicationPad1d.ipu=eval Replicati"
+        "onPad1d.mtia=eval ReplicationPad1d.share_memory=eval ReplicationPad1d.to=eval Re"
+        "plicationPad1d.to_empty=eval ReplicationPad1d.type=eval ReplicationPad1d.xpu=eva"
+        "l ReplicationPad2d.__setattr__=eval ReplicationPad2d._apply=eval ReplicationPad2"
+        "d._load_from_state_dict=eval ReplicationPad2d.bfloat16=eval ReplicationPad2d.com"
+        "pile=importlib ReplicationPad2d.cpu=eval ReplicationPad2d.cuda=eval ReplicationP"
+        "ad2d.double=eval ReplicationPad2d.float=eval ReplicationPad2d.forward=importlib "
+        "ReplicationPad2d.half=eval ReplicationPad2d.ipu=eval ReplicationPad2d.mtia=eval "
+        "ReplicationPad2d.share_memory=eval ReplicationPad2d.to=eval ReplicationPad2d.to_"
+        "empty=eval ReplicationPad2d.type=eval ReplicationPad2d.xpu=eval ReplicationPad3d"
+        ".__setattr__=eval ReplicationPad3d._apply=eval ReplicationPad3d._load_from_state"
+        "_dict=eval ReplicationPad3d.bfloat16=eval ReplicationPad3d.compile=importlib Rep"
+        "licationPad3d.cpu=eval ReplicationPad3d.cuda=eval ReplicationPad3d.double=eval R"
+        "eplicationPad3d.float=eval ReplicationPad3d.forward=importlib ReplicationPad3d.h"
+        "alf=eval ReplicationPad3d.ipu=eval ReplicationPad3d.mtia=eval ReplicationPad3d.s"
+        "hare_memory=eval ReplicationPad3d.to=eval ReplicationPad3d.to_empty=eval Replica"
+        "tionPad3d.type=eval ReplicationPad3d.xpu=eval ZeroPad1d.__setattr__=eval ZeroPad"
+        "1d._apply=eval ZeroPad1d._load_from_state_dict=eval ZeroPad1d.bfloat16=eval Zero"
+        "Pad1d.compile=importlib ZeroPad1d.cpu=eval ZeroPad1d.cuda=eval ZeroPad1d.double="
+        "eval ZeroPad1d.float=eval ZeroPad1d.forward=importlib ZeroPad1d.half=eval ZeroPa"
+        "d1d.ipu=eval ZeroPad1d.mtia=eval ZeroPad1d.share_memory=eval ZeroPad1d.to=eval Z"
+        "eroPad1d.to_empty=eval ZeroPad1d.type=eval ZeroPad1d.xpu=eval ZeroPad2d.__setatt"
+        "r__=eval ZeroPad2d._apply=eval ZeroPad2d._load_from_state_dict=eval ZeroPad2d.bf"
+        "loat16=eval ZeroPad2d.compile=importlib ZeroPad2d.cpu=eval ZeroPad2d.cuda=eval Z"
+        "eroPad2d.double=eval ZeroPad2d.float=eval ZeroPad2d.forward=importlib ZeroPad2d."
+        "half=eval ZeroPad2d.ipu=eval ZeroPad2d.mtia=eval ZeroPad2d.share_memory=eval Zer"
+        "oPad2d.to=eval ZeroPad2d.to_empty=eval ZeroPad2d.type=eval ZeroPad2d.xpu=eval Ze"
+        "roPad3d.__setattr__=eval ZeroPad3d._apply=eval ZeroPad3d._load_from_state_dict=e"
+        "val ZeroPad3d.bfloat16=eval ZeroPad3d.compile=importlib ZeroPad3d.cpu=eval ZeroP"
+        "ad3d.cuda=eval ZeroPad3d.double=eval ZeroPad3d.float=eval ZeroPad3d.forward=impo"
+        "rtlib ZeroPad3d.half=eval ZeroPad3d.ipu=eval ZeroPad3d.mtia=eval ZeroPad3d.share"
+        "_memory=eval ZeroPad3d.to=eval ZeroPad3d.to_empty=eval ZeroPad3d.type=eval ZeroP"
+        "ad3d.xpu=eval _CircularPadNd.__setattr__=eval _CircularPadNd._apply=eval _Circul"
+        "arPadNd._load_from_state_dict=eval _CircularPadNd.bfloat16=eval _CircularPadNd.c"
+        "ompile=importlib _CircularPadNd.cpu=eval _CircularPadNd.cuda=eval _CircularPadNd"
+        ".double=eval _CircularPadNd.float=eval _CircularPadNd.forward=importlib _Circula"
+        "rPadNd.half=eval _CircularPadNd.ipu=eval _CircularPadNd.mtia=eval _CircularPadNd"
+        ".share_memory=eval _CircularPadNd.to=eval _CircularPadNd.to_empty=eval _Circular"
+        "PadNd.type=eval _CircularPadNd.xpu=eval _ConstantPadNd.__setattr__=eval _Constan"
+        "tPadNd._apply=eval _ConstantPadNd._load_from_state_dict=eval _ConstantPadNd.bflo"
+        "at16=eval _ConstantPadNd.compile=importlib _ConstantPadNd.cpu=eval _ConstantPadN"
+        "d.cuda=eval _ConstantPadNd.double=eval _ConstantPadNd.float=eval _ConstantPadNd."
+        "forward=importlib _ConstantPadNd.half=eval _ConstantPadNd.ipu=eval _ConstantPadN"
+        "d.mtia=eval _ConstantPadNd.share_memory=eval _ConstantPadNd.to=eval _ConstantPad"
+        "Nd.to_empty=eval _ConstantPadNd.type=eval _ConstantPadNd.xpu=eval _ReflectionPad"
+        "Nd.__setattr__=eval _ReflectionPadNd._apply=eval _ReflectionPadNd._load_from_sta"
+        "te_dict=eval _ReflectionPadNd.bfloat16=eval _ReflectionPadNd.compile=importlib _"
+        "ReflectionPadNd.cpu=eval _ReflectionPadNd.cuda=eval _ReflectionPadNd.double=eval"
+        " _ReflectionPadNd.float=eval _ReflectionPadNd.forward=importlib _ReflectionPadNd"
+        ".half=eval _ReflectionPadNd.ipu=eval _ReflectionPadNd.mtia=eval _ReflectionPadNd"
+        ".share_memory=eval _ReflectionPadNd.to=eval _ReflectionPadNd.to_empty=eval _Refl"
+        "ectionPadNd.type=eval _ReflectionPadNd.xpu=eval _ReplicationPadNd.__setattr__=ev"
+        "al _ReplicationPadNd._apply=eval _ReplicationPadNd._load_from_state_dict=eval _R"
+        "eplicationPadNd.bfloat16=eval _ReplicationPadNd.compile=importlib _ReplicationPa"
+        "dNd.cpu=eval _ReplicationPadNd.cuda=eval _ReplicationPadNd.double=eval _Replicat"
+        "ionPadNd.float=eval _ReplicationPadNd.forward=importlib _ReplicationPadNd.half=e"
+        "val _ReplicationPadNd.ipu=eval _ReplicationPadNd.mtia=eval _ReplicationPadNd.sha"
+        "re_memory=eval _ReplicationPadNd.to=eval _ReplicationPadNd.to_empty=eval _Replic"
+        "ationPadNd.type=eval _ReplicationPadNd.xpu=eval"
+    ),
+    "torch.nn.modules.pixelshuffle": (
+        "PixelShuffle.__setattr__=eval PixelShuffle._apply=eval PixelShuffle._load_from_s"
+        "tate_dict=eval PixelShuffle.bfloat16=eval PixelShuffle.compile=importlib PixelSh"
+        "uffle.cpu=eval PixelShuffle.cuda=eval PixelShuffle.double=eval PixelShuffle.floa"
+        "t=eval PixelShuffle.half=eval PixelShuffle.ipu=eval PixelShuffle.mtia=eval Pixel"
+        "Shuffle.share_memory=eval PixelShuffle.to=eval PixelShuffle.to_empty=eval PixelS"
+        "huffle.type=eval PixelShuffle.xpu=eval PixelUnshuffle.__setattr__=eval PixelUnsh"
+        "uffle._apply=eval PixelUnshuffle._load_from_state_dict=eval PixelUnshuffle.bfloa"
+        "t16=eval PixelUnshuffle.compile=importlib PixelUnshuffle.cpu=eval PixelUnshuffle"
+        ".cuda=eval PixelUnshuffle.double=eval PixelUnshuffle.float=eval PixelUnshuffle.h"
+        "alf=eval PixelUnshuffle.ipu=eval PixelUnshuffle.mtia=eval PixelUnshuffle.share_m"
+        "emory=eval PixelUnshuffle.to=eval PixelUnshuffle.to_empty=eval PixelUnshuffle.ty"
+        "pe=eval PixelUnshuffle.xpu=eval"
+    ),
+    "torch.nn.modules.pooling": (
+        "AdaptiveAvgPool1d.__setattr__=eval AdaptiveAvgPool1d._apply=eval AdaptiveAvgPool"
+        "1d._load_from_state_dict=eval AdaptiveAvgPool1d.bfloat16=eval AdaptiveAvgPool1d."
+        "compile=importlib AdaptiveAvgPool1d.cpu=eval AdaptiveAvgPool1d.cuda=eval Adaptiv"
+        "eAvgPool1d.double=eval AdaptiveAvgPool1d.float=eval AdaptiveAvgPool1d.half=eval "
+        "AdaptiveAvgPool1d.ipu=eval AdaptiveAvgPool1d.mtia=eval AdaptiveAvgPool1d.share_m"
+        "emory=eval AdaptiveAvgPool1d.to=eval AdaptiveAvgPool1d.to_empty=eval AdaptiveAvg"
+        "Pool1d.type=eval AdaptiveAvgPool1d.xpu=eval AdaptiveAvgPool2d.__setattr__=eval A"
+        "daptiveAvgPool2d._apply=eval AdaptiveAvgPool2d._load_from_state_dict=eval Adapti"
+        "veAvgPool2d.bfloat16=eval AdaptiveAvgPool2d.compile=importlib AdaptiveAvgPool2d."
+        "cpu=eval AdaptiveAvgPool2d.cuda=eval AdaptiveAvgPool2d.double=eval AdaptiveAvgPo"
+        "ol2d.float=eval AdaptiveAvgPool2d.half=eval AdaptiveAvgPool2d.ipu=eval AdaptiveA"
+        "vgPool2d.mtia=eval AdaptiveAvgPool2d.share_memory=eval AdaptiveAvgPool2d.to=eval"
+        " AdaptiveAvgPool2d.to_empty=eval AdaptiveAvgPool2d.type=eval AdaptiveAvgPool2d.x"
+        "pu=eval AdaptiveAvgPool3d.__setattr__=eval AdaptiveAvgPool3d._apply=eval Adaptiv"
+        "eAvgPool3d._load_from_state_dict=eval AdaptiveAvgPool3d.bfloat16=eval AdaptiveAv"
+        "gPool3d.compile=importlib AdaptiveAvgPool3d.cpu=eval AdaptiveAvgPool3d.cuda=eval"
+        " AdaptiveAvgPool3d.double=eval AdaptiveAvgPool3d.float=eval AdaptiveAvgPool3d.ha"
+        "lf=eval AdaptiveAvgPool3d.ipu=eval AdaptiveAvgPool3d.mtia=eval AdaptiveAvgPool3d"
+        ".share_memory=eval AdaptiveAvgPool3d.to=eval AdaptiveAvgPool3d.to_empty=eval Ada"
+        "ptiveAvgPool3d.type=eval AdaptiveAvgPool3d.xpu=eval AdaptiveMaxPool1d.__setattr_"
+        "_=eval AdaptiveMaxPool1d._apply=eval AdaptiveMaxPool1d._load_from_state_dict=eva"
+        "l AdaptiveMaxPool1d.bfloat16=eval AdaptiveMaxPool1d.compile=importlib AdaptiveMa"
+        "xPool1d.cpu=eval AdaptiveMaxPool1d.cuda=eval AdaptiveMaxPool1d.double=eval Adapt"
+        "iveMaxPool1d.float=eval AdaptiveMaxPool1d.half=eval AdaptiveMaxPool1d.ipu=eval A"
+        "daptiveMaxPool1d.mtia=eval AdaptiveMaxPool1d.share_memory=eval AdaptiveMaxPool1d"
+        ".to=eval AdaptiveMaxPool1d.to_empty=eval AdaptiveMaxPool1d.type=eval AdaptiveMax"
+        "Pool1d.xpu=eval AdaptiveMaxPool2d.__setattr__=eval AdaptiveMaxPool2d._apply=eval"
+        " AdaptiveMaxPool2d._load_from_state_dict=eval AdaptiveMaxPool2d.bfloat16=eval Ad"
+        "aptiveMaxPool2d.compile=importlib AdaptiveMaxPool2d.cpu=eval AdaptiveMaxPool2d.c"
+        "uda=eval AdaptiveMaxPool2d.double=eval AdaptiveMaxPool2d.float=eval AdaptiveMaxP"
+        "ool2d.half=eval AdaptiveMaxPool2d.ipu=eval AdaptiveMaxPool2d.mtia=eval AdaptiveM"
+        "axPool2d.share_memory=eval AdaptiveMaxPool2d.to=eval AdaptiveMaxPool2d.to_empty="
+        "eval AdaptiveMaxPool2d.type=eval AdaptiveMaxPool2d.xpu=eval AdaptiveMaxPool3d.__"
+        "setattr__=eval AdaptiveMaxPool3d._apply=eval AdaptiveMaxPool3d._load_from_state_"
+        "dict=eval AdaptiveMaxPool3d.bfloat16=eval AdaptiveMaxPool3d.compile=importlib Ad"
+        "aptiveMaxPool3d.cpu=eval AdaptiveMaxPool3d.cuda=eval AdaptiveMaxPool3d.double=ev"
+        "al AdaptiveMaxPool3d.float=eval AdaptiveMaxPool3d.half=eval AdaptiveMaxPool3d.ip"
+        "u=eval AdaptiveMaxPool3d.mtia=eval AdaptiveMaxPool3d.share_memory=eval AdaptiveM"
+        "axPool3d.to=eval AdaptiveMaxPool3d.to_empty=eval AdaptiveMaxPool3d.type=eval Ada"
+        "ptiveMaxPool3d.xpu=eval AvgPool1d.__setattr__=eval AvgPool1d._apply=eval AvgPool"
+        "1d._load_from_state_dict=eval AvgPool1d.bfloat16=eval AvgPool1d.compile=importli"
+        "b AvgPool1d.cpu=eval AvgPool1d.cuda=eval AvgPool1d.double=eval AvgPool1d.float=e"
+        "val AvgPool1d.half=eval AvgPool1d.ipu=eval AvgPool1d.mtia=eval AvgPool1d.share_m"
+        "emory=eval AvgPool1d.to=eval AvgPool1d.to_empty=eval AvgPool1d.type=eval AvgPool"
+        "1d.xpu=eval AvgPool2d.__setattr__=eval AvgPool2d._apply=eval AvgPool2d._load_fro"
+        "m_state_dict=eval AvgPool2d.bfloat16=eval AvgPool2d.compile=importlib AvgPool2d."
+        "cpu=eval AvgPool2d.cuda=eval AvgPool2d.double=eval AvgPool2d.float=eval AvgPool2"
+        "d.half=eval AvgPool2d.ipu=eval AvgPool2d.mtia=eval AvgPool2d.share_memory=eval A"
+        "vgPool2d.to=eval AvgPool2d.to_empty=eval AvgPool2d.type=eval AvgPool2d.xpu=eval "
+        "AvgPool3d.__setattr__=eval AvgPool3d._apply=eval AvgPool3d._load_from_state_dict"
+        "=eval AvgPool3d.bfloat16=eval AvgPool3d.compile=importlib AvgPool3d.cpu=eval Avg"
+        "Pool3d.cuda=eval AvgPool3d.double=eval AvgPool3d.float=eval AvgPool3d.half=eval "
+        "AvgPool3d.ipu=eval AvgPool3d.mtia=eval AvgPool3d.share_memory=eval AvgPool3d.to="
+        "eval AvgPool3d.to_empty=eval AvgPool3d.type=eval AvgPool3d.xpu=eval FractionalMa"
+        "xPool2d.__setattr__=eval FractionalMaxPool2d._apply=eval FractionalMaxPool2d._lo"
+        "ad_from_state_dict=eval FractionalMaxPool2d.bfloat16=eval FractionalMaxPool2d.co"
+        "mpile=importlib FractionalMaxPool2d.cpu=eval FractionalMaxPool2d.cuda=eval Fract"
+        "ionalMaxPool2d.double=eval FractionalMaxPool2d.float=eval FractionalMaxPool2d.ha"
+        "lf=eval FractionalMaxPool2d.ipu=eval FractionalMaxPool2d.mtia=eval FractionalMax"
+        "Pool2d.share_memory=eval FractionalMaxPool2d.to=eval FractionalMaxPool2d.to_empt"
+        "y=eval FractionalMaxPool2d.type=eval FractionalMaxPool2d.xpu=eval FractionalMaxP"
+        "ool3d.__setattr__=eval FractionalMaxPool3d._apply=eval FractionalMaxPool3d._load"
+        "_from_state_dict=eval FractionalMaxPool3d.bfloat16=eval FractionalMaxPool3d.comp"
+        "ile=importlib FractionalMaxPool3d.cpu=eval FractionalMaxPool3d.cuda=eval Fractio"
+        "nalMaxPool3d.double=eval FractionalMaxPool3d.float=eval FractionalMaxPool3d.half"
+        "=eval FractionalMaxPool3d.ipu=eval FractionalMaxPool3d.mtia=eval FractionalMaxPo"
+        "ol3d.share_memory=eval FractionalMaxPool3d.to=eval FractionalMaxPool3d.to_empty="
+        "eval FractionalMaxPool3d.type=eval FractionalMaxPool3d.xpu=eval LPPool1d.__setat"
+        "tr__=eval LPPool1d._apply=eval LPPool1d._load_from_state_dict=eval LPPool1d.bflo"
+        "at16=eval LPPool1d.compile=importlib LPPool1d.cpu=eval LPPool1d.cuda=eval LPPool"
+        "1d.double=eval LPPool1d.float=eval LPPool1d.half=eval LPPool1d.ipu=eval LPPool1d"
+        ".mtia=eval LPPool1d.share_memory=eval LPPool1d.to=eval LPPool1d.to_empty=eval LP"
+        "Pool1d.type=eval LPPool1d.xpu=eval LPPool2d.__setattr__=eval LPPool2d._apply=eva"
+        "l LPPool2d._load_from_state_dict=eval LPPool2d.bfloat16=eval LPPool2d.compile=im"
+        "portlib LPPool2d.cpu=eval LPPool2d.cuda=eval LPPool2d.double=eval LPPool2d.float"
+        "=eval LPPool2d.half=eval LPPool2d.ipu=eval LPPool2d.mtia=eval LPPool2d.share_mem"
+        "ory=eval LPPool2d.to=eval LPPool2d.to_empty=eval LPPool2d.type=eval LPPool2d.xpu"
+        "=eval LPPool3d.__setattr__=eval LPPool3d._apply=eval LPPool3d._load_from_state_d"
+        "ict=eval LPPool3d.bfloat16=eval LPPool3d.compile=importlib LPPool3d.cpu=eval LPP"
+        "ool3d.cuda=eval LPPool3d.double=eval LPPool3d.float=eval LPPool3d.half=eval LPPo"
+        "ol3d.ipu=eval LPPool3d.mtia=eval LPPool3d.share_memory=eval LPPool3d.to=eval LPP"
+        "ool3d.to_empty=eval LPPool3d.type=eval LPPool3d.xpu=eval MaxPool1d.__setattr__=e"
+        "val MaxPool1d._apply=eval MaxPool1d._load_from_state_dict=eval MaxPool1d.bfloat1"
+        "6=eval MaxPool1d.compile=importlib MaxPool1d.cpu=eval MaxPool1d.cuda=eval MaxPoo"
+        "l1d.double=eval MaxPool1d.float=eval MaxPool1d.half=eval MaxPool1d.ipu=eval MaxP"
+        "ool1d.mtia=eval MaxPool1d.share_memory=eval MaxPool1d.to=eval MaxPool1d.to_empty"
+        "=eval MaxPool1d.type=eval MaxPool1d.xpu=eval MaxPool2d.__setattr__=eval MaxPool2"
+        "d._apply=eval MaxPool2d._load_from_state_dict=eval MaxPool2d.bfloat16=eval MaxPo"
+        "ol2d.compile=importlib MaxPool2d.cpu=eval MaxPool2d.cuda=eval MaxPool2d.double=e"
+        "val MaxPool2d.float=eval MaxPool2d.half=eval MaxPool2d.ipu=eval MaxPool2d.mtia=e"
+        "val MaxPool2d.share_memory=eval MaxPool2d.to=eval MaxPool2d.to_empty=eval MaxPoo"
+        "l2d.type=eval MaxPool2d.xpu=eval MaxPool3d.__setattr__=eval MaxPool3d._apply=eva"
+        "l MaxPool3d._load_from_state_dict=eval MaxPool3d.bfloat16=eval MaxPool3d.compile"
+        "=importlib MaxPool3d.cpu=eval MaxPool3d.cuda=eval MaxPool3d.double=eval MaxPool3"
+        "d.float=eval MaxPool3d.half=eval MaxPool3d.ipu=eval MaxPool3d.mtia=eval MaxPool3"
+        "d.share_memory=eval MaxPool3d.to=eval MaxPool3d.to_empty=eval MaxPool3d.type=eva"
+        "l MaxPool3d.xpu=eval MaxUnpool1d.__setattr__=eval MaxUnpool1d._apply=eval MaxUnp"
+        "ool1d._load_from_state_dict=eval MaxUnpool1d.bfloat16=eval MaxUnpool1d.compile=i"
+        "mportlib MaxUnpool1d.cpu=eval MaxUnpool1d.cuda=eval MaxUnpool1d.double=eval MaxU"
+        "npool1d.float=eval MaxUnpool1d.half=eval MaxUnpool1d.ipu=eval MaxUnpool1d.mtia=e"
+        "val MaxUnpool1d.share_memory=eval MaxUnpool1d.to=eval MaxUnpool1d.to_empty=eval "
+        "MaxUnpool1d.type=eval MaxUnpool1d.xpu=eval MaxUnpool2d.__setattr__=eval MaxUnpoo"
+        "l2d._apply=eval MaxUnpool2d._load_from_state_dict=eval MaxUnpool2d.bfloat16=eval"
+        " MaxUnpool2d.compile=importlib MaxUnpool2d.cpu=eval MaxUnpool2d.cuda=eval MaxUnp"
+        "ool2d.double=eval MaxUnpool2d.float=eval MaxUnpool2d.half=eval MaxUnpool2d.ipu=e"
+        "val MaxUnpool2d.mtia=eval MaxUnpool2d.share_memory=eval MaxUnpool2d.to=eval MaxU"
+        "npool2d.to_empty=eval MaxUnpool2d.type=eval MaxUnpool2d.xpu=eval MaxUnpool3d.__s"
+        "etattr__=eval MaxUnpool3d._apply=eval MaxUnpool3d._load_from_state_dict=eval Max"
+        "Unpool3d.bfloat16=eval MaxUnpool3d.compile=importlib MaxUnpool3d.cpu=eval MaxUnp"
+        "ool3d.cuda=eval MaxUnpool3d.double=eval MaxUnpool3d.float=eval MaxUnpool3d.half="
+        "eval MaxUnpool3d.ipu=eval MaxUnpool3d.mtia=eval MaxUnpool3d.share_memory=eval Ma"
+        "xUnpool3d.to=eval MaxUnpool3d.to_empty=eval MaxUnpool3d.type=eval MaxUnpool3d.xp"
+        "u=eval _AdaptiveAvgPoolNd.__setattr__=eval _AdaptiveAvgPoolNd._apply=eval _Adapt"
+        "iveAvgPoolNd._load_from_state_dict=eval _AdaptiveAvgPoolNd.bfloat16=eval _Adapti"
+        "veAvgPoolNd.compile=importlib _AdaptiveAvgPoolNd.cpu=eval _AdaptiveAvgPoolNd.cud"
+        "a=eval _AdaptiveAvgPoolNd.double=eval _AdaptiveAvgPoolNd.float=eval _AdaptiveAvg"
+        "PoolNd.half=eval _AdaptiveAvgPoolNd.ipu=eval _AdaptiveAvgPoolNd.mtia=eval _Adapt"
+        "iveAvgPoolNd.share_memory=eval _AdaptiveAvgPoolNd.to=eval _AdaptiveAvgPoolNd.to_"
+        "empty=eval _AdaptiveAvgPoolNd.type=eval _AdaptiveAvgPoolNd.xpu=eval _AdaptiveMax"
+        "PoolNd.__setattr__=eval _AdaptiveMaxPoolNd._apply=eval _AdaptiveMaxPoolNd._load_"
+        "from_state_dict=eval _AdaptiveMaxPoolNd.bfloat16=eval _AdaptiveMaxPoolNd.compile"
+        "=importlib _AdaptiveMaxPoolNd.cpu=eval _AdaptiveMaxPoolNd.cuda=eval _AdaptiveMax"
+        "PoolNd.double=eval _AdaptiveMaxPoolNd.float=eval _AdaptiveMaxPoolNd.half=eval _A"
+        "daptiveMaxPoolNd.ipu=eval _AdaptiveMaxPoolNd.mtia=eval _AdaptiveMaxPoolNd.share_"
+        "memory=eval _AdaptiveMaxPoolNd.to=eval _AdaptiveMaxPoolNd.to_empty=eval _Adaptiv"
+        "eMaxPoolNd.type=eval _AdaptiveMaxPoolNd.xpu=eval _AvgPoolNd.__setattr__=eval _Av"
+        "gPoolNd._apply=eval _AvgPoolNd._load_from_state_dict=eval _AvgPoolNd.bfloat16=ev"
+        "al _AvgPoolNd.compile=importlib _AvgPoolNd.cpu=eval _AvgPoolNd.cuda=eval _AvgPoo"
+        "lNd.double=eval _AvgPoolNd.float=eval _AvgPoolNd.half=eval _AvgPoolNd.ipu=eval _"
+        "AvgPoolNd.mtia=eval _AvgPoolNd.share_memory=eval _AvgPoolNd.to=eval _AvgPoolNd.t"
+        "o_empty=eval _AvgPoolNd.type=eval _AvgPoolNd.xpu=eval _LPPoolNd.__setattr__=eval"
+        " _LPPoolNd._apply=eval _LPPoolNd._load_from_state_dict=eval _LPPoolNd.bfloat16=e"
+        "val _LPPoolNd.compile=importlib _LPPoolNd.cpu=eval _LPPoolNd.cuda=eval _LPPoolNd"
+        ".double=eval _LPPoolNd.float=eval _LPPoolNd.half=eval _LPPoolNd.ipu=eval _LPPool"
+        "Nd.mtia=eval _LPPoolNd.share_memory=eval _LPPoolNd.to=eval _LPPoolNd.to_empty=ev"
+        "al _LPPoolNd.type=eval _LPPoolNd.xpu=eval _MaxPoolNd.__setattr__=eval _MaxPoolNd"
+        "._apply=eval _MaxPoolNd._load_from_state_dict=eval _MaxPoolNd.bfloat16=eval _Max"
+        "PoolNd.compile=importlib _MaxPoolNd.cpu=eval _MaxPoolNd.cuda=eval _MaxPoolNd.dou"
+        "ble=eval _MaxPoolNd.float=eval _MaxPoolNd.half=eval _MaxPoolNd.ipu=eval _MaxPool"
+        "Nd.mtia=eval _MaxPoolNd.share_memory=eval _MaxPoolNd.to=eval _MaxPoolNd.to_empty"
+        "=eval _MaxPoolNd.type=eval _MaxPoolNd.xpu=eval _MaxUnpoolNd.__setattr__=eval _Ma"
+        "xUnpoolNd._apply=eval _MaxUnpoolNd._load_from_state_dict=eval _MaxUnpoolNd.bfloa"
+        "t16=eval _MaxUnpoolNd.compile=importlib _MaxUnpoolNd.cpu=eval _MaxUnpoolNd.cuda="
+        "eval _MaxUnpoolNd.double=eval _MaxUnpoolNd.float=eval _MaxUnpoolNd.half=eval _Ma"
+        "xUnpoolNd.ipu=eval _MaxUnpoolNd.mtia=eval _MaxUnpoolNd.share_memory=eval _MaxUnp"
+        "oolNd.to=eval _MaxUnpoolNd.to_empty=eval _MaxUnpoolNd.type=eval _MaxUnpoolNd.xpu"
+        "=eval"
+    ),
+    "torch.nn.modules.rnn": (
+        "GRU.__setattr__=eval GRU._apply=eval GRU._load_from_state_dict=eval GRU.bfloat16"
+        "=eval GRU.compile=importlib GRU.cpu=eval GRU.cuda=eval GRU.double=eval GRU.float"
+        "=eval GRU.forward=eval GRU.half=eval GRU.ipu=eval GRU.mtia=eval GRU.share_memory"
+        "=eval GRU.to=eval GRU.to_empty=eval GRU.type=eval GRU.xpu=eval GRUCell.__setattr"
+        "__=eval GRUCell._apply=eval GRUCell._load_from_state_dict=eval GRUCell.bfloat16="
+        "eval GRUCell.compile=importlib GRUCell.cpu=eval GRUCell.cuda=eval GRUCell.double"
+        "=eval GRUCell.float=eval GRUCell.half=eval GRUCell.ipu=eval GRUCell.mtia=eval GR"
+        "UCell.share_memory=eval GRUCell.to=eval GRUCell.to_empty=eval GRUCell.type=eval "
+        "GRUCell.xpu=eval LSTM.__setattr__=eval LSTM._apply=eval LSTM._load_from_state_di"
+        "ct=eval LSTM.bfloat16=eval LSTM.compile=importlib LSTM.cpu=eval LSTM.cuda=eval L"
+        "STM.double=eval LSTM.float=eval LSTM.forward=eval LSTM.half=eval LSTM.ipu=eval L"
+        "STM.mtia=eval LSTM.share_memory=eval LSTM.to=eval LSTM.to_empty=eval LSTM.type=e"
+        "val LSTM.xpu=eval LSTMCell.__setattr__=eval LSTMCell._apply=eval LSTMCell._load_"
+        "from_state_dict=eval LSTMCell.bfloat16=eval LSTMCell.compile=importlib LSTMCell."
+        "cpu=eval LSTMCell.cuda=eval LSTMCell.double=eval LSTMCell.float=eval LSTMCell.ha"
+        "lf=eval LSTMCell.ipu=eval LSTMCell.mtia=eval LSTMCell.share_memory=eval LSTMCell"
+        ".to=eval LSTMCell.to_empty=eval LSTMCell.type=eval LSTMCell.xpu=eval PackedSeque"
+        "nce=eval RNN.__setattr__=eval RNN._apply=eval RNN._load_from_state_dict=eval RNN"
+        ".bfloat16=eval RNN.compile=importlib RNN.cpu=eval RNN.cuda=eval RNN.double=eval "
+        "RNN.float=eval RNN.forward=eval RNN.half=eval RNN.ipu=eval RNN.mtia=eval RNN.sha"
+        "re_memory=eval RNN.to=eval RNN.to_empty=eval RNN.type=eval RNN.xpu=eval RNNBase."
+        "_load_from_state_dict=eval RNNBase.bfloat16=eval RNNBase.compile=importlib RNNBa"
+        "se.cpu=eval RNNBase.cuda=eval RNNBase.double=eval RNNBase.float=eval RNNBase.hal"
+        "f=eval RNNBase.ipu=eval RNNBase.mtia=eval RNNBase.share_memory=eval RNNBase.to=e"
+        "val RNNBase.to_empty=eval RNNBase.type=eval RNNBase.xpu=eval RNNCell.__setattr__"
+        "=eval RNNCell._apply=eval RNNCell._load_from_state_dict=eval RNNCell.bfloat16=ev"
+        "al RNNCell.compile=importlib RNNCell.cpu=eval RNNCell.cuda=eval RNNCell.double=e"
+        "val RNNCell.float=eval RNNCell.half=eval RNNCell.ipu=eval RNNCell.mtia=eval RNNC"
+        "ell.share_memory=eval RNNCell.to=eval RNNCell.to_empty=eval RNNCell.type=eval RN"
+        "NCell.xpu=eval RNNCellBase.__setattr__=eval RNNCellBase._apply=eval RNNCellBase."
+        "_load_from_state_dict=eval RNNCellBase.bfloat16=eval RNNCellBase.compile=importl"
+        "ib RNNCellBase.cpu=eval RNNCellBase.cuda=eval RNNCellBase.double=eval RNNCellBas"
+        "e.float=eval RNNCellBase.half=eval RNNCellBase.ipu=eval RNNCellBase.mtia=eval RN"
+        "NCellBase.share_memory=eval RNNCellBase.to=eval RNNCellBase.to_empty=eval RNNCel"
+        "lBase.type=eval RNNCellBase.xpu=eval"
+    ),
+    "torch.nn.modules.sparse": (
+        "Embedding.__setattr__=eval Embedding._apply=eval Embedding._load_from_state_dict"
+        "=eval Embedding.bfloat16=eval Embedding.compile=importlib Embedding.cpu=eval Emb"
+        "edding.cuda=eval Embedding.double=eval Embedding.float=eval Embedding.half=eval "
+        "Embedding.ipu=eval Embedding.mtia=eval Embedding.share_memory=eval Embedding.to="
+        "eval Embedding.to_empty=eval Embedding.type=eval Embedding.xpu=eval EmbeddingBag"
+        ".__setattr__=eval EmbeddingBag._apply=eval EmbeddingBag._load_from_state_dict=ev"
+        "al EmbeddingBag.bfloat16=eval EmbeddingBag.compile=importlib EmbeddingBag.cpu=ev"
+        "al EmbeddingBag.cuda=eval EmbeddingBag.double=eval EmbeddingBag.float=eval Embed"
+        "dingBag.half=eval EmbeddingBag.ipu=eval EmbeddingBag.mtia=eval EmbeddingBag.shar"
+        "e_memory=eval EmbeddingBag.to=eval EmbeddingBag.to_empty=eval EmbeddingBag.type="
+        "eval EmbeddingBag.xpu=eval"
+    ),
+    "torch.nn.modules.transformer": (
+        "Transformer.__setattr__=eval Transformer._apply=eval Transformer._load_from_stat"
+        "e_dict=eval Transformer.bfloat16=eval Transformer.compile=importlib Transformer."
+        "cpu=eval Transformer.cuda=eval Transformer.double=eval Transformer.float=eval Tr"
+        "ansformer.half=eval Transformer.ipu=eval Transformer.mtia=eval Transformer.share"
+        "_memory=eval Transformer.to=eval Transformer.to_empty=eval Transformer.type=eval"
+        " Transformer.xpu=eval TransformerDecoder.__setattr__=eval TransformerDecoder._ap"
+        "ply=eval TransformerDecoder._load_from_state_dict=eval TransformerDecoder.bfloat"
+        "16=eval TransformerDecoder.compile=importlib TransformerDecoder.cpu=eval Transfo"
+        "rmerDecoder.cuda=eval TransformerDecoder.double=eval TransformerDecoder.float=ev"
+        "al TransformerDecoder.half=eval TransformerDecoder.ipu=eval TransformerDecoder.m"
+        "tia=eval TransformerDecoder.share_memory=eval TransformerDecoder.to=eval Transfo"
+        "rmerDecoder.to_empty=eval TransformerDecoder.type=eval TransformerDecoder.xpu=ev"
+        "al TransformerDecoderLayer.__setattr__=eval TransformerDecoderLayer._apply=eval "
+        "TransformerDecoderLayer._load_from_state_dict=eval TransformerDecoderLayer.bfloa"
+        "t16=eval TransformerDecoderLayer.compile=importlib TransformerDecoderLayer.cpu=e"
+        "val TransformerDecoderLayer.cuda=eval TransformerDecoderLayer.double=eval Transf"
+        "ormerDecoderLayer.float=eval TransformerDecoderLayer.half=eval TransformerDecode"
+        "rLayer.ipu=eval TransformerDecoderLayer.mtia=eval TransformerDecoderLayer.share_"
+        "memory=eval TransformerDecoderLayer.to=eval TransformerDecoderLayer.to_empty=eva"
+        "l TransformerDecoderLayer.type=eval TransformerDecoderLayer.xpu=eval Transformer"
+        "Encoder.__setattr__=eval TransformerEncoder._apply=eval TransformerEncoder._load"
+        "_from_state_dict=eval TransformerEncoder.bfloat16=eval TransformerEncoder.compil"
+        "e=importlib TransformerEncoder.cpu=eval TransformerEncoder.cuda=eval Transformer"
+        "Encoder.double=eval TransformerEncoder.float=eval TransformerEncoder.half=eval T"
+        "ransformerEncoder.ipu=eval TransformerEncoder.mtia=eval TransformerEncoder.share"
+        "_memory=eval TransformerEncoder.to=eval TransformerEncoder.to_empty=eval Transfo"
+        "rmerEncoder.type=eval TransformerEncoder.xpu=eval TransformerEncoderLayer.__seta"
+        "ttr__=eval TransformerEncoderLayer._apply=eval TransformerEncoderLayer._load_fro"
+        "m_state_dict=eval TransformerEncoderLayer.bfloat16=eval TransformerEncoderLayer."
+        "compile=importlib TransformerEncoderLayer.cpu=eval TransformerEncoderLayer.cuda="
+        "eval TransformerEncoderLayer.double=eval TransformerEncoderLayer.float=eval Tran"
+        "sformerEncoderLayer.half=eval TransformerEncoderLayer.ipu=eval TransformerEncode"
+        "rLayer.mtia=eval TransformerEncoderLayer.share_memory=eval TransformerEncoderLay"
+        "er.to=eval TransformerEncoderLayer.to_empty=eval TransformerEncoderLayer.type=ev"
+        "al TransformerEncoderLayer.xpu=eval"
+    ),
+    "torch.nn.modules.upsampling": (
+        "Upsample.__setattr__=eval Upsample._apply=eval Upsample._load_from_state_dict=ev"
+        "al Upsample.bfloat16=eval Upsample.compile=importlib Upsample.cpu=eval Upsample."
+        "cuda=eval Upsample.double=eval Upsample.float=eval Upsample.forward=importlib Up"
+        "sample.half=eval Upsample.ipu=eval Upsample.mtia=eval Upsample.share_memory=eval"
+        " Upsample.to=eval Upsample.to_empty=eval Upsample.type=eval Upsample.xpu=eval Up"
+        "samplingBilinear2d.__setattr__=eval UpsamplingBilinear2d._apply=eval UpsamplingB"
+        "ilinear2d._load_from_state_dict=eval UpsamplingBilinear2d.bfloat16=eval Upsampli"
+        "ngBilinear2d.compile=importlib UpsamplingBilinear2d.cpu=eval UpsamplingBilinear2"
+        "d.cuda=eval UpsamplingBilinear2d.double=eval UpsamplingBilinear2d.float=eval Ups"
+        "amplingBilinear2d.forward=importlib UpsamplingBilinear2d.half=eval UpsamplingBil"
+        "inear2d.ipu=eval UpsamplingBilinear2d.mtia=eval UpsamplingBilinear2d.share_memor"
+        "y=eval UpsamplingBilinear2d.to=eval UpsamplingBilinear2d.to_empty=eval Upsamplin"
+        "gBilinear2d.type=eval UpsamplingBilinear2d.xpu=eval UpsamplingNearest2d.__setatt"
+        "r__=eval UpsamplingNearest2d._apply=eval UpsamplingNearest2d._load_from_state_di"
+        "ct=eval UpsamplingNearest2d.bfloat16=eval UpsamplingNearest2d.compile=importlib "
+        "UpsamplingNearest2d.cpu=eval UpsamplingNearest2d.cuda=eval UpsamplingNearest2d.d"
+        "ouble=eval UpsamplingNearest2d.float=eval UpsamplingNearest2d.forward=importlib "
+        "UpsamplingNearest2d.half=eval UpsamplingNearest2d.ipu=eval UpsamplingNearest2d.m"
+        "tia=eval UpsamplingNearest2d.share_memory=eval UpsamplingNearest2d.to=eval Upsam"
+        "plingNearest2d.to_empty=eval UpsamplingNearest2d.type=eval UpsamplingNearest2d.x"
+        "pu=eval"
+    ),
+    "torch.nn.parallel": (
+        "DistributedDataParallelCPU.__init__=ctypes DistributedDataParallelCPU._check_com"
+        "m_hook=ctypes DistributedDataParallelCPU._lazy_init=ctypes DistributedDataParall"
+        "elCPU._pre_forward=ctypes DistributedDataParallelCPU._register_accum_grad_hook=e"
+        "val DistributedDataParallelCPU._setup_in_backward_optimizers=ctypes DistributedD"
+        "ataParallelCPU.forward=ctypes DistributedDataParallelCPU.register_comm_hook=ctyp"
+        "es data_parallel=ctypes parallel_apply=ctypes replicate=ctypes"
+    ),
+    "torch.nn.parallel._functions": (
+        "Broadcast.forward=ctypes Gather.forward=ctypes ReduceAddCoalesced.forward=ctypes"
+        " Scatter.forward=ctypes _get_device_index=ctypes"
+    ),
+    "torch.nn.parallel.comm": (
+        "_get_device_index=ctypes broadcast=ctypes broadcast_coalesced=ctypes gather=ctyp"
+        "es reduce_add=ctypes reduce_add_coalesced=ctypes scatter=ctypes"
+    ),
+    "torch.nn.parallel.data_parallel": (
+        "DataParallel.__init__=ctypes DataParallel.forward=ctypes DataParallel.parallel_a"
+        "pply=ctypes DataParallel.replicate=ctypes _check_balance=ctypes _get_all_device_"
+        "indices=ctypes _get_available_device_type=ctypes _get_device_index=ctypes _get_d"
+        "evices_properties=ctypes data_parallel=ctypes parallel_apply=ctypes replicate=ct"
+        "ypes"
+    ),
+    "torch.nn.parallel.distributed": (
+        "DistributedDataParallel.__init__=ctypes DistributedDataParallel._check_comm_hook"
+        "=ctypes DistributedDataParallel._lazy_init=ctypes DistributedDataParallel._pre_f"
+        "orward=ctypes DistributedDataParallel._register_accum_grad_hook=eval Distributed"
+        "DataParallel._setup_in_backward_optimizers=ctypes DistributedDataParallel.forwar"
+        "d=ctypes DistributedDataParallel.register_comm_hook=ctypes _get_device_index=cty"
+        "pes dataclass=eval"
+    ),
+    "torch.nn.parallel.parallel_apply": "_get_device_index=ctypes parallel_apply=ctypes",
+    "torch.nn.parallel.replicate": "_broadcast_coalesced_reshape=ctypes _get_device_index=ctypes replicate=ctypes",
+    "torch.nn.utils": "skip_init=eval",
+    "torch.nn.utils._deprecation_utils": "importlib=importlib lazy_deprecated_import=importlib",
+    "torch.nn.utils._expanded_weights.conv_expanded_weights": (
+        "ConvPerSampleGrad.backward=importlib ConvPerSampleGrad.forward=importlib conv_ba"
+        "ckward=importlib conv_input_for_string_padding=importlib"
+    ),
+    "torch.nn.utils._expanded_weights.conv_utils": (
+        "conv_backward=importlib conv_input_for_string_padding=importlib conv_unfold_weig"
+        "ht_grad_sample=importlib unfold3d=importlib"
+    ),
+    "torch.nn.utils.init": "skip_init=eval",
+    "torch.nn.utils.parametrize": (
+        "ParametrizationList.__init__=eval ParametrizationList.__setattr__=eval Parametri"
+        "zationList._apply=eval ParametrizationList._load_from_state_dict=eval Parametriz"
+        "ationList.bfloat16=eval ParametrizationList.compile=importlib ParametrizationLis"
+        "t.cpu=eval ParametrizationList.cuda=eval ParametrizationList.double=eval Paramet"
+        "rizationList.float=eval ParametrizationList.half=eval ParametrizationList.ipu=ev"
+        "al ParametrizationList.mtia=eval ParametrizationList.right_inverse=eval Parametr"
+        "izationList.share_memory=eval ParametrizationList.to=eval ParametrizationList.to"
+        "_empty=eval ParametrizationList.type=eval ParametrizationList.xpu=eval _maybe_se"
+        "t=eval remove_parametrizations=eval"
+    ),
+    "torch.nn.utils.rnn": (
+        "NamedTuple=eval PackedSequence=eval PackedSequence_=eval _packed_sequence_init=e"
+        "val pack_padded_sequence=eval pack_sequence=eval"
+    ),
+    "torch.numa.binding": (
+        "_core_complex_get_logical_cpus_to_bind_to=ctypes _exclusive_get_logical_cpus_to_"
+        "bind_to=ctypes _get_allowed_logical_cpu_indices_for_numa_node=open _get_arbitrar"
+        "y_allowed_cpu_index_for_numa_node=open _get_cpu_indices_for_numa_node_MAYBE_NOT_"
+        "ALLOWED=open _get_gpu_count=ctypes _get_gpu_indices_for_numa_node=ctypes _get_lo"
+        "gical_cpu_indices_sharing_same_physical_core_as=open _get_logical_cpus_sharing_s"
+        "ame_max_level_cache_as=open _get_logical_cpus_to_bind_to=ctypes _get_numa_node_i"
+        "ndex_for_gpu_index=open _get_numa_node_indices_for_socket_index=open _get_socket"
+        "_index_for_cpu=open _get_socket_index_for_numa_node=open _get_validated_logical_"
+        "cpus_to_bind_to=shutil _maybe_apply_numa_binding_to_current_process=shutil _mayb"
+        "e_wrap_command_args_with_numa_binding=shutil _maybe_wrap_with_numa_binding=shuti"
+        "l _node_get_logical_cpus_to_bind_to=open _raise_if_binding_invalid=shutil _socke"
+        "t_get_logical_cpus_to_bind_to=open dataclass=eval shutil=shutil"
+    ),
+    "torch.onnx": "export=open",
+    "torch.onnx._internal._lazy_import": "_LazyModule=importlib _LazyModule.__getattr__=importlib importlib=importlib",
+    "torch.onnx._internal.exporter._building": "OpRecorder.eval_function=open",
+    "torch.onnx._internal.exporter._capture_strategies": (
+        "TorchExportDraftExportStrategy._capture=eval TorchExportNonStrictStrategy._captu"
+        "re=eval TorchExportStrictStrategy._capture=eval"
+    ),
+    "torch.onnx._internal.exporter._compat": "export_compat=mkdir",
+    "torch.onnx._internal.exporter._core": "ctypes=ctypes export=mkdir",
+    "torch.onnx._internal.exporter._dynamic_shapes": "_signature=eval from_dynamic_axes_to_dynamic_shapes=eval",
+    "torch.onnx._internal.exporter._exportable_module": "ExportableModule.to_onnx=open",
+    "torch.onnx._internal.exporter._input_observer": "InputObserver.__call__=eval",
+    "torch.onnx._internal.exporter._isolated": "multiprocessing=multiprocessing safe_call=multiprocessing",
+    "torch.onnx._internal.exporter._onnx_program": (
+        "ONNXProgram.__call__=ctypes ONNXProgram.initialize_inference_session=tempfile _f"
+        "rom_ort_value=ctypes tempfile=tempfile"
+    ),
+    "torch.onnx._internal.exporter._registration": "OnnxDecompMeta.__post_init__=eval importlib=importlib",
+    "torch.onnx._internal.exporter._reporting": "create_onnx_export_report=open create_torch_export_error_report=open",
+    "torch.onnx._internal.exporter._schemas": "op_signature_from_function=eval",
+    "torch.onnx._internal.fx._pass": "PackageInfo.from_python_class=__import__",
+    "torch.onnx._internal.fx.passes.type_promotion": (
+        "ElementwiseTypePromotionRuleSetGenerator._parse_torch_refs=eval ElementwiseTypeP"
+        "romotionRuleSetGenerator._parse_type_promotion_rule_from_refs_op=eval Elementwis"
+        "eTypePromotionRuleSetGenerator.generate_from_torch_refs=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.onnx_proto_utils": "export_as_test_case=shutil export_data=open load_test_case=open shutil=shutil",
+    "torch.onnx._internal.torchscript_exporter.symbolic_helper": (
+        "_arange_helper=eval _batchnorm_helper=eval _embedding_bag_helper=eval _index_fil"
+        "l_reshape_helper=eval _reduce_with_dtype_helper=eval _repeat_interleave_single_v"
+        "alue_repeat_helper=eval _repeat_interleave_split_helper=eval _scatter_helper=eva"
+        "l _size_helper=eval _unbind_helper=eval _var_mean=eval _var_mean_helper=eval ara"
+        "nge=eval expand=eval flatten=eval parse_args=eval scatter=eval select=eval split"
+        "=eval unbind=eval unsqueeze=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset10": (
+        "_avg_pool=eval _div_rounding_mode=eval _max_pool=eval div=eval embedding_bag=eva"
+        "l fake_quantize_per_tensor_affine=eval flip=eval isfinite=eval nan_to_num=eval q"
+        "uantized_cat=eval quantized_conv1d=eval quantized_conv1d_relu=eval quantized_con"
+        "v2d=eval quantized_conv2d_relu=eval quantized_conv3d=eval quantized_conv3d_relu="
+        "eval quantized_conv_transpose1d=eval quantized_conv_transpose2d=eval quantized_c"
+        "onv_transpose3d=eval quantized_group_norm=eval quantized_hardswish=eval quantize"
+        "d_instance_norm=eval quantized_layer_norm=eval quantized_leaky_relu=eval quantiz"
+        "ed_linear=eval quantized_linear_relu=eval sort=eval topk=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset11": (
+        "__getitem_=eval _dim_arange=eval _get_im2col_output_shape=eval _len=eval _prepar"
+        "e_onnx_paddings=eval _unique2=eval argsort=eval cat=eval chunk=eval clamp=eval c"
+        "lamp_max=eval clamp_min=eval constant_pad_nd=eval cumsum=eval embedding_bag=eval"
+        " embedding_renorm=eval flatten=eval gather=eval getitem=eval hardtanh=eval im2co"
+        "l=eval index=eval index_copy=eval index_fill=eval index_put=eval linalg_vector_n"
+        "orm=eval masked_scatter=eval masked_select=eval normal=eval pad=eval pixel_shuff"
+        "le=eval reflection_pad=eval relu6=eval replication_pad=eval round=eval scatter=e"
+        "val select=eval size=eval sort=eval split=eval split_with_sizes=eval squeeze=eva"
+        "l stack=eval topk=eval unbind=eval unique_dim=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset12": (
+        "argmax=eval argmin=eval binary_cross_entropy_with_logits=eval dropout=eval einsu"
+        "m=eval native_dropout=eval outer=eval tensordot=eval unfold=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset13": (
+        "_reduce_with_dtype=eval diagonal=eval fake_quantize_per_channel_affine=eval fake"
+        "_quantize_per_tensor_affine=eval frobenius_norm=eval log_softmax=eval nonzero_nu"
+        "mpy=eval quantized_conv1d=eval quantized_conv1d_relu=eval quantized_conv2d=eval "
+        "quantized_conv2d_relu=eval quantized_conv3d=eval quantized_conv3d_relu=eval quan"
+        "tized_conv_transpose1d=eval quantized_conv_transpose2d=eval quantized_conv_trans"
+        "pose3d=eval quantized_linear=eval quantized_linear_relu=eval repeat_interleave=e"
+        "val softmax=eval split=eval split_with_sizes=eval tensor_split=eval unbind=eval "
+        "unsafe_chunk=eval unsafe_split=eval unsafe_split_with_sizes=eval where=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset14": (
+        "batch_norm=eval hardswish=eval quantized_hardswish=eval reshape=eval scaled_dot_"
+        "product_attention=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset16": "grid_sampler=eval scatter_add=eval scatter_reduce=eval",
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset17": "layer_norm=eval quantized_layer_norm=eval stft=eval",
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset18": (
+        "_glu=eval _linalg_matrix_norm=eval _logsumexp=eval _native_layer_norm=eval _redu"
+        "ce_with_dtype=eval _var_mean=eval amax=eval amin=eval aminmax=eval col2im=eval e"
+        "mbedding_bag=eval linalg_vector_norm=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset20": "_affine_grid_generator=eval _grid_sampler=eval gelu=eval",
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset8": (
+        "addmm=eval empty=eval empty_like=eval flatten=eval full=eval full_like=eval ones"
+        "=eval ones_like=eval zeros=eval zeros_like=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.symbolic_opset9": (
+        "__getitem_=eval _avg_pool=eval _convolution=eval _convolution_mode=eval _dim_ara"
+        "nge=eval _div_rounding_mode=eval _euclidean_dist=eval _kl_div_non_log_target_imp"
+        "l=eval _len=eval _log_softmax=eval _lstm_full=eval _lstm_packed=eval _max_pool=e"
+        "val _one_hidden_rnn=eval _pack_padded_sequence=eval _pad_packed_sequence=eval _r"
+        "educe_with_dtype=eval _unique=eval _unique2=eval _unsupported_dropout=eval _var_"
+        "mean=eval _weight_norm=eval addcmul=eval addmm=eval amax=eval amin=eval aminmax="
+        "eval arange=eval argmax=eval argmin=eval as_strided=eval batch_norm=eval broadca"
+        "st_tensors=eval broadcast_to=eval bucketize=eval cat=eval cdist=eval clamp=eval "
+        "clamp_max=eval clamp_min=eval contiguous=eval conv1d=eval conv2d=eval conv3d=eva"
+        "l conv_tbc=eval conv_transpose1d=eval conv_transpose2d=eval conv_transpose3d=eva"
+        "l convolution=eval cosine_similarity=eval cross=eval cumsum=eval div=eval dropou"
+        "t=eval elu=eval embedding=eval embedding_bag=eval empty=eval empty_like=eval erf"
+        "=eval expand=eval eye=eval fill=eval flatten=eval frobenius_norm=eval full=eval "
+        "full_like=eval gather=eval gelu=eval glu=eval group_norm=eval hann_window=eval h"
+        "ardshrink=eval hardsigmoid=eval hardswish=eval hardtanh=eval index=eval index_ad"
+        "d=eval index_copy=eval index_fill=eval index_select=eval instance_norm=eval isna"
+        "n=eval kl_div=eval layer_norm=eval leaky_relu=eval lerp=eval linalg_cross=eval l"
+        "inalg_matrix_norm=eval linalg_norm=eval linalg_vector_norm=eval linear=eval lins"
+        "pace=eval log_sigmoid=eval log_softmax=eval logsumexp=eval lstm=eval meshgrid=ev"
+        "al movedim=eval mse_loss=eval multinomial=eval narrow=eval native_layer_norm=eva"
+        "l new_empty=eval new_full=eval new_ones=eval new_zeros=eval nonzero=eval nonzero"
+        "_numpy=eval norm=eval ones=eval ones_like=eval pairwise_distance=eval permute=ev"
+        "al pixel_shuffle=eval pixel_unshuffle=eval prim_min=eval relu6=eval repeat=eval "
+        "repeat_interleave=eval roll=eval rrelu=eval scatter=eval scatter_add=eval select"
+        "=eval size=eval softmax=eval softshrink=eval sort=eval split=eval split_with_siz"
+        "es=eval stack=eval std=eval std_mean=eval take=eval tanhshrink=eval threshold=ev"
+        "al topk=eval transpose=eval unbind=eval unfold=eval unsafe_chunk=eval unsafe_spl"
+        "it=eval unsafe_split_with_sizes=eval unsqueeze=eval var=eval var_mean=eval where"
+        "=eval zero=eval zeros=eval zeros_like=eval"
+    ),
+    "torch.onnx._internal.torchscript_exporter.utils": (
+        "_decide_input_format=eval _export=open _model_to_graph=open _pre_trace_quant_mod"
+        "el=open _signature=eval export=open model_signature=eval unconvertible_ops=open"
+    ),
+    "torch.onnx._internal.torchscript_exporter.verification": (
+        "_compare_onnx_pytorch_model=eval _compare_onnx_pytorch_outputs=eval _compare_onn"
+        "x_pytorch_outputs_in_np=eval tempfile=tempfile verify=tempfile"
+    ),
+    "torch.onnx.ops": "attention=eval rotary_embedding=eval symbolic=eval symbolic_multi_out=eval",
+    "torch.onnx.ops._impl": "_onnx_op=eval attention_23=eval rotary_embedding_23=eval",
+    "torch.onnx.ops._symbolic_impl": "_symbolic=eval _symbolic_multi_out=eval",
+    "torch.onnx.symbolic_opset9": "_var_mean=eval",
+    "torch.optim": "swap_in_optimizer_params_and_state=eval",
+    "torch.optim._adafactor": "Adafactor.step=eval _disable_dynamo_if_unsupported=eval adafactor=eval",
+    "torch.optim._functional": (
+        "adadelta=eval adam=eval adamax=eval adamw=eval asgd=eval nadam=eval radam=eval r"
+        "msprop=eval rprop=eval"
+    ),
+    "torch.optim._muon": "Muon.step=eval _disable_dynamo_if_unsupported=eval muon=eval",
+    "torch.optim._stateless": (
+        "NamedTuple=eval _GroupSwapinInfo=eval _prepare_swap_in=eval swap_in_optimizer_pa"
+        "rams_and_state=eval"
+    ),
+    "torch.optim.adadelta": (
+        "Adadelta.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentia"
+        "ble=importlib adadelta=eval"
+    ),
+    "torch.optim.adagrad": "_use_grad_for_differentiable=importlib",
+    "torch.optim.adam": (
+        "Adam.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable="
+        "importlib adam=eval"
+    ),
+    "torch.optim.adamax": (
+        "Adamax.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiabl"
+        "e=importlib adamax=eval"
+    ),
+    "torch.optim.adamw": "AdamW.step=eval adam=eval adamw=eval",
+    "torch.optim.asgd": (
+        "ASGD.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable="
+        "importlib asgd=eval"
+    ),
+    "torch.optim.nadam": (
+        "NAdam.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable"
+        "=importlib nadam=eval"
+    ),
+    "torch.optim.optimizer": "_disable_dynamo_if_unsupported=eval _use_grad_for_differentiable=importlib",
+    "torch.optim.radam": (
+        "RAdam.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable"
+        "=importlib radam=eval"
+    ),
+    "torch.optim.rmsprop": (
+        "RMSprop.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiab"
+        "le=importlib rmsprop=eval"
+    ),
+    "torch.optim.rprop": (
+        "Rprop.step=eval _disable_dynamo_if_unsupported=eval _use_grad_for_differentiable"
+        "=importlib rprop=eval"
+    ),
+    "torch.optim.sgd": "_use_grad_for_differentiable=importlib",
+    "torch.profiler": "tensorboard_trace_handler=socket",
+    "torch.profiler._chrome_trace_export": "export_chrome_trace=open",
+    "torch.profiler._cupti_monitor": (
+        "CuptiMonitor.__init__=ctypes CuptiMonitor._apply_activity_filters=ctypes CuptiMo"
+        "nitor._check=ctypes CuptiMonitor._cupti_version=ctypes CuptiMonitor._decode_reco"
+        "rd=ctypes CuptiMonitor._flush_loop=ctypes CuptiMonitor._open_outputs=open CuptiM"
+        "onitor._process_completed_buffer=ctypes CuptiMonitor._record_current_thread_info"
+        "=ctypes CuptiMonitor._result_string=ctypes CuptiMonitor._setup_prototypes=ctypes"
+        " CuptiMonitor._worker_loop=ctypes CuptiMonitor._write_meta_file=open CuptiMonito"
+        "r._write_raw_buffer=ctypes CuptiMonitor.begin_trace_window=ctypes CuptiMonitor.d"
+        "isable_activities=ctypes CuptiMonitor.enable_activities=ctypes CuptiMonitor.end_"
+        "trace_window=ctypes CuptiMonitor.flush=ctypes CuptiMonitor.pop_user_annotation=c"
+        "types CuptiMonitor.prepare_trace_window=ctypes CuptiMonitor.push_user_annotation"
+        "=ctypes CuptiMonitor.register_callbacks=ctypes CuptiMonitor.register_timestamp_c"
+        "allback=ctypes CuptiMonitor.start=mkdir CuptiMonitor.start_trace_window=ctypes C"
+        "uptiMonitor.stop=ctypes _current_thread_resource_tuple=ctypes _decode_c_string=c"
+        "types _open_binary_append=open ctypes=ctypes enable_hes_early=ctypes"
+    ),
+    "torch.profiler._cupti_monitor_trace": (
+        "_trace_window_entries=ctypes ctypes=ctypes merge_trace_window_into_chrome_trace=ctypes"
+    ),
+    "torch.profiler._memory_profiler": (
+        "MemoryProfileTimeline.export_memory_timeline=open MemoryProfileTimeline.export_m"
+        "emory_timeline_html=open MemoryProfileTimeline.export_memory_timeline_raw=open N"
+        "amedTemporaryFile=tempfile importlib=importlib"
+    ),
+    "torch.profiler._pattern_matcher": "report_all_anti_patterns=open",
+    "torch.profiler._utils": "dataclass=eval",
+    "torch.profiler.profiler": (
+        "ExecutionTraceObserver.__del__=open ExecutionTraceObserver.build_execution_trace"
+        "_obs_from_env=tempfile ExecutionTraceObserver.cleanup=open ExecutionTraceObserve"
+        "r.get_resources_dir=os ExecutionTraceObserver.get_resources_dir_for_et_path=os E"
+        "xecutionTraceObserver.register_callback=tempfile ExecutionTraceObserver.set_extr"
+        "a_resource_collection=os ExecutionTraceObserver.unregister_callback=open _Kineto"
+        "Profile.export_chrome_trace=open _KinetoProfile.export_memory_timeline=open _Kin"
+        "etoProfile.prepare_trace=tempfile _KinetoProfile.start=tempfile merge_trace_wind"
+        "ow_into_chrome_trace=ctypes profile.__init__=tempfile profile.export_chrome_trac"
+        "e=open profile.export_memory_timeline=open profile.prepare_trace=tempfile shutil"
+        "=shutil socket=socket tempfile=tempfile tensorboard_trace_handler=socket"
+    ),
+    "torch.quantization.fx": "prepare=eval",
+    "torch.quantization.fx.prepare": "prepare=eval",
+    "torch.quantization.quantize": (
+        "_convert=eval convert=eval prepare_qat=eval quantize=eval quantize_dynamic=eval "
+        "quantize_qat=eval swap_module=eval"
+    ),
+    "torch.quantization.quantize_fx": (
+        "_prepare_fx=eval _prepare_standalone_module_fx=eval prepare_fx=eval prepare_qat_fx=eval"
+    ),
+    "torch.quantization.quantize_jit": (
+        "_prepare_jit=open _prepare_ondevice_dynamic_jit=open _quantize_jit=open prepare_"
+        "dynamic_jit=open prepare_jit=open quantize_dynamic_jit=open quantize_jit=open sc"
+        "ript_qconfig=open script_qconfig_dict=open"
+    ),
+    "torch.random": "_manual_seed_impl=ctypes manual_seed=ctypes seed=ctypes",
+    "torch.serialization": (
+        "MAP_PRIVATE=mmap MAP_SHARED=mmap _import_dotted_name=__import__ _legacy_load=ope"
+        "n _legacy_save=open _open_file.__init__=open _open_zipfile_writer_file.__init__="
+        "open get_source_lines_and_file=open load=open mkdtemp=shutil save=open shutil=sh"
+        "util storage_to_tensor_type=__import__ tempfile=tempfile"
+    ),
+    "torch.sparse._triton_ops": (
+        "_get_device_name=ctypes _int_bsr_dense_addmm=ctypes _scaled_dot_product_attentio"
+        "n=ctypes bsr_dense_addmm=ctypes bsr_dense_addmm_meta=ctypes bsr_dense_mm=ctypes "
+        "bsr_scatter_mm=ctypes bsr_scatter_mm_indices_data=ctypes get_meta=ctypes has_tri"
+        "ton=ctypes scatter_mm_meta=ctypes"
+    ),
+    "torch.sparse._triton_ops_meta": (
+        "_get_device_name=ctypes bsr_dense_addmm=ctypes bsr_scatter_mm=ctypes bsr_scatter"
+        "_mm_indices_data=ctypes dump=open get_meta=ctypes main=ctypes optimize_bsr_dense"
+        "_addmm=ctypes optimize_scatter_mm=ctypes tune__int_bsr_dense_addmm=ctypes tune_b"
+        "sr_dense_addmm=ctypes"
+    ),
+    "torch.sparse.semi_structured": (
+        "SparseSemiStructuredTensorCUSPARSELT._mm=importlib SparseSemiStructuredTensorCUT"
+        "LASS._mm=importlib _ensure_cusparselt_mm_registered=importlib _ensure_cutlass_mm"
+        "_registered=importlib custom_op=eval namedtuple=eval"
+    ),
+    "torch.storage": (
+        "TypedStorage.__reduce__=open UntypedStorage.__reduce__=open UntypedStorage.pin_m"
+        "emory=__import__ UntypedStorage.type=__import__ _LegacyStorage.__reduce__=open _"
+        "StorageBase.__reduce__=open _StorageBase.pin_memory=__import__ _StorageBase.type"
+        "=__import__ _load_from_bytes=open _type=__import__"
+    ),
+    "torch.testing._utils": "wrapper_set_seed=ctypes",
+    "torch.types": "GradientEdge=eval",
+    "torch.utils": "swap_tensors=eval",
+    "torch.utils._config_module": (
+        "ConfigModule=importlib ConfigModule.__getattr__=importlib ConfigModule.__setattr"
+        "__=importlib ConfigModule._get_alias_module_and_name=importlib ConfigModule._get"
+        "_alias_val=importlib ConfigModule._set_alias_val=importlib ConfigModule.load_con"
+        "fig=pickle FunctionType=exec dataclass=eval get_assignments_with_compile_ignored"
+        "_comments=open importlib=importlib install_config_module=open"
+    ),
+    "torch.utils._content_store": (
+        "ContentStoreReader.read_storage=open ContentStoreReader.read_tensor=open Content"
+        "StoreReader.read_tensor_metadata=open ContentStoreWriter.compute_tensor_metadata"
+        "=ctypes ContentStoreWriter.write_storage=ctypes ContentStoreWriter.write_tensor="
+        "ctypes ctypes=ctypes hash_storage=ctypes hash_storage_kernel=importlib is_compil"
+        "e_supported=ctypes lazy_compile=importlib"
+    ),
+    "torch.utils._cpp_embed_headers": "_embed_headers=open embed_headers=open read_file=open",
+    "torch.utils._cpp_extension_versioner": "ExtensionVersioner.bump_version_if_changed=open hash_source_files=open",
+    "torch.utils._debug_mode._calls": "_DebugCall.__init__=os _get_stack_trace=os",
+    "torch.utils._debug_mode._mode": "_annotate=eval",
+    "torch.utils._debug_mode._utils": "_get_stack_trace=os uninteresting_files=os",
+    "torch.utils._get_clean_triton": "get_clean_triton=open process_file=open subprocess=subprocess",
+    "torch.utils._import_utils": (
+        "_check_module_exists=__import__ dill=dill dill_available=__import__ import_dill="
+        "dill importlib=importlib"
+    ),
+    "torch.utils._pallas": "has_cuda_pallas=ctypes has_jax_cuda_backend=ctypes has_pallas=ctypes",
+    "torch.utils._python_dispatch": "dataclass=eval return_and_correct_aliasing=eval",
+    "torch.utils._pytree": (
+        "_defaultdict_deserialize=importlib enum_object_hook=importlib importlib=importli"
+        "b namedtuple=eval"
+    ),
+    "torch.utils._runtime_estimation": "flops_to_ns=ctypes get_compute_time=ctypes get_device_tflops=ctypes",
+    "torch.utils._strobelight.cli_function_profiler": (
+        "StrobelightCLIFunctionProfiler._get_results=subprocess StrobelightCLIFunctionPro"
+        "filer._run_async=subprocess StrobelightCLIFunctionProfiler._start_strobelight=su"
+        "bprocess StrobelightCLIFunctionProfiler._stop_run=subprocess StrobelightCLIFunct"
+        "ionProfiler._stop_strobelight_no_throw=subprocess StrobelightCLIFunctionProfiler"
+        "._wait_for_running=subprocess StrobelightCLIFunctionProfiler.profile=subprocess "
+        "subprocess=subprocess"
+    ),
+    "torch.utils._traceback": "report_compile_source_on_error=compile tempfile=tempfile",
+    "torch.utils._triton": (
+        "_device_supports_tma=ctypes _extern_libs_key=open get_interface_for_device=ctype"
+        "s has_datacenter_blackwell_tma_device=ctypes has_triton=ctypes has_triton_experi"
+        "mental_host_tma=ctypes has_triton_stable_tma_api=ctypes has_triton_tensor_descri"
+        "ptor_host_tma=ctypes has_triton_tma=ctypes has_triton_tma_device=ctypes"
+    ),
+    "torch.utils._zip": "main=os",
+    "torch.utils.benchmark.examples.compare": "main=pickle",
+    "torch.utils.benchmark.examples.spectral_ops_fuzz_test": "namedtuple=eval",
+    "torch.utils.benchmark.utils.common": "_make_temp_dir=open shutil=shutil tempfile=tempfile",
+    "torch.utils.benchmark.utils.compile": "_enable_tensor_cores=ctypes bench_all=ctypes benchmark_compile=importlib",
+    "torch.utils.benchmark.utils.cpp_jit": (
+        "_compile_template=open _get_build_root=open _make_temp_dir=open compile_callgrin"
+        "d_template=open compile_timeit_template=open get_compat_bindings=subprocess shut"
+        "il=shutil"
+    ),
+    "torch.utils.benchmark.utils.fuzzer": "Fuzzer.take=ctypes",
+    "torch.utils.benchmark.utils.timer": "CPPTimer.timeit=open",
+    "torch.utils.benchmark.utils.valgrind_wrapper.timer_interface": (
+        "CompletedProcessType=subprocess FunctionCount=eval FunctionCounts.__add__=eval F"
+        "unctionCounts.__mul__=eval FunctionCounts.__sub__=eval FunctionCounts._from_dict"
+        "=eval FunctionCounts._merge=eval FunctionCounts.transform=eval GlobalsBridge.__i"
+        "nit__=os GlobalsBridge.construct=open NamedTuple=eval _ValgrindWrapper.__init__="
+        "subprocess _ValgrindWrapper._invoke=open _ValgrindWrapper.collect_callgrind=open"
+        " shutil=shutil subprocess=subprocess"
+    ),
+    "torch.utils.bundled_inputs": "InflatableArg=eval NamedTuple=eval bundle_large_tensor=eval bundle_randn=eval",
+    "torch.utils.checkpoint": (
+        "_checkpoint_without_reentrant_generator=socket _get_debug_context_and_cb=socket "
+        "checkpoint=socket checkpoint_sequential=socket"
+    ),
+    "torch.utils.data": "argument_validation=eval",
+    "torch.utils.data._utils.signal_handling": "_set_SIGCHLD_handler=signal",
+    "torch.utils.data._utils.worker": (
+        "BOOL=ctypes DWORD=ctypes HANDLE=ctypes _worker_loop=dill apply_random_seed=dill "
+        "ctypes=ctypes dataclass=eval"
+    ),
+    "torch.utils.data.dataloader": (
+        "DataLoader.__init__=dill _BaseDataLoaderIter.__init__=dill _BaseDataLoaderIter._"
+        "_next__=dill _BaseDataLoaderIter._reset=dill _IterDataPipeSerializationWrapper=p"
+        "ickle _MapDataPipeSerializationWrapper=pickle _MultiProcessingDataLoaderIter.__i"
+        "nit__=tempfile _MultiProcessingDataLoaderIter.__next__=dill _MultiProcessingData"
+        "LoaderIter._get_data=tempfile _MultiProcessingDataLoaderIter._next_data=tempfile"
+        " _MultiProcessingDataLoaderIter._reset=tempfile _MultiProcessingDataLoaderIter._"
+        "try_get_data=tempfile _SingleProcessDataLoaderIter.__init__=dill _SingleProcessD"
+        "ataLoaderIter.__next__=dill _SingleProcessDataLoaderIter._reset=dill _sharding_w"
+        "orker_init_fn=dill python_multiprocessing=multiprocessing tempfile=tempfile"
+    ),
+    "torch.utils.data.datapipes._decorator": "argument_validation=eval",
+    "torch.utils.data.datapipes._hook_iterator": (
+        "_check_iterator_valid=eval _gen_invalid_iterdatapipe_msg=eval _generate_input_ar"
+        "gs_string=eval _generate_iterdatapipe_msg=eval hook_iterator=eval"
+    ),
+    "torch.utils.data.datapipes._typing": "_IterDataPipeMeta=eval _IterDataPipeMeta.__new__=eval hook_iterator=eval",
+    "torch.utils.data.datapipes.datapipe": (
+        "_DataPipeSerializationWrapper=pickle _DataPipeSerializationWrapper.__setstate__="
+        "pickle _IterDataPipeMeta=eval _IterDataPipeSerializationWrapper=pickle _IterData"
+        "PipeSerializationWrapper.__setstate__=pickle _MapDataPipeSerializationWrapper=pi"
+        "ckle _MapDataPipeSerializationWrapper.__setstate__=pickle import_dill=dill"
+    ),
+    "torch.utils.data.datapipes.gen_pyi": (
+        "find_file_paths=os gen_from_template=open get_method_definitions=os main=os pars"
+        "e_datapipe_file=open parse_datapipe_files=open"
+    ),
+    "torch.utils.data.datapipes.iter": "Demultiplexer=__import__",
+    "torch.utils.data.datapipes.iter.callable": (
+        "MapperIterDataPipe.__init__=eval _check_unpickable_fn=__import__ _collate_helper"
+        "=eval namedtuple=eval validate_input_col=eval"
+    ),
+    "torch.utils.data.datapipes.iter.combining": (
+        "DemultiplexerIterDataPipe=__import__ DemultiplexerIterDataPipe.__new__=__import_"
+        "_ _check_unpickable_fn=__import__"
+    ),
+    "torch.utils.data.datapipes.iter.filelister": "FileListerIterDataPipe.__iter__=os get_file_pathnames_from_root=os",
+    "torch.utils.data.datapipes.iter.fileopener": "FileOpenerIterDataPipe.__iter__=open get_file_binaries_from_pathnames=open",
+    "torch.utils.data.datapipes.iter.grouping": "GrouperIterDataPipe.__init__=__import__ _check_unpickable_fn=__import__",
+    "torch.utils.data.datapipes.iter.routeddecoder": "decoder_basichandlers=pickle",
+    "torch.utils.data.datapipes.iter.selecting": (
+        "FilterIterDataPipe.__init__=eval _check_unpickable_fn=__import__ validate_input_col=eval"
+    ),
+    "torch.utils.data.datapipes.map.callable": "MapperMapDataPipe.__init__=__import__ _check_unpickable_fn=__import__",
+    "torch.utils.data.datapipes.utils.common": (
+        "_check_unpickable_fn=__import__ dill_available=__import__ get_file_binaries_from"
+        "_pathnames=open get_file_pathnames_from_root=os validate_input_col=eval"
+    ),
+    "torch.utils.data.datapipes.utils.decoder": "audiohandler=open basichandlers=pickle tempfile=tempfile videohandler=open",
+    "torch.utils.data.datapipes.utils.snapshot": "_simple_graph_snapshot_restoration=dill apply_random_seed=dill",
+    "torch.utils.data.graph": (
+        "_list_connected_datapipes=dill _traverse_helper=dill dill_Pickler=dill dill_avai"
+        "lable=__import__ dill_extend=dill traverse=dill traverse_dps=dill"
+    ),
+    "torch.utils.data.graph_settings": (
+        "apply_random_seed=dill apply_sharding=dill apply_shuffle_seed=dill apply_shuffle"
+        "_settings=dill traverse_dps=dill"
+    ),
+    "torch.utils.debug_log": "leaf_function=eval",
+    "torch.utils.dlpack": "from_dlpack=ctypes",
+    "torch.utils.file_baton": "FileBaton.release=os FileBaton.try_acquire=os",
+    "torch.utils.hipify.hipify_python": (
+        "GeneratedFileCleaner.__exit__=os GeneratedFileCleaner.makedirs=os GeneratedFileC"
+        "leaner.open=open file_add_header=open file_specific_replacement=open hipify=shut"
+        "il matched_files_iter=os openf=open preprocess_file_and_save_result=open preproc"
+        "essor=open shutil=shutil"
+    ),
+    "torch.utils.jit.log_extract": "extract_ir=open",
+    "torch.utils.model_dump": (
+        "get_info_and_burn_skeleton=importlib get_inline_skeleton=importlib get_model_inf"
+        "o=open importlib=importlib main=importlib"
+    ),
+    "torch.utils.model_dump.__main__": "main=importlib",
+    "torch.utils.model_zoo": "load_url=os",
+    "torch.utils.serialization.config": "_install_config_module=open",
+    "torch.utils.show_pickle": (
+        "DumpUnpickler.get_extension=__import__ DumpUnpickler.load_ext1=__import__ DumpUn"
+        "pickler.load_ext2=__import__ DumpUnpickler.load_ext4=__import__ DumpUnpickler.lo"
+        "ad_global=__import__ DumpUnpickler.load_inst=__import__ DumpUnpickler.load_stack"
+        "_global=__import__ main=open"
+    ),
+    "torch.utils.tensorboard._pytorch_graph": "graph=open",
+    "torch.utils.tensorboard.summary": (
+        "compute_curve=eval histogram=eval make_histogram=eval make_video=tempfile pr_cur"
+        "ve=eval tempfile=tempfile video=tempfile"
+    ),
+    "torch.utils.tensorboard.writer": (
+        "SummaryWriter.__init__=socket SummaryWriter.add_graph=open SummaryWriter.add_his"
+        "togram=eval SummaryWriter.add_pr_curve=eval SummaryWriter.add_video=tempfile gra"
+        "ph=open histogram=eval pr_curve=eval socket=socket video=tempfile"
+    ),
+    "torch.utils.viz._cycles": (
+        "NamedTemporaryFile=tempfile NamedTuple=eval Node=eval create_graph=open cuda_all"
+        "ocation_context=open observe_garbage=exec observe_tensor_cycles=exec warn_tensor"
+        "_cycles=tempfile"
+    ),
+    "torch.xpu": (
+        "StreamContext.__enter__=ctypes StreamContext.__init__=ctypes _device_count_zes=c"
+        "types _enum_zes_device_infos=ctypes _get_device_index=ctypes _get_zes_engine_han"
+        "dle=ctypes _get_zes_frequency_handle=ctypes _get_zes_power_handle=ctypes _get_ze"
+        "s_temperature_handle=ctypes _raw_device_count_zes=ctypes _zes_ensure_device_info"
+        "s=ctypes _zes_get_memory_handle=ctypes byref=ctypes c_double=ctypes c_uint32=cty"
+        "pes c_void_p=ctypes can_device_access_peer=ctypes cast=ctypes clock_rate=ctypes "
+        "current_stream=ctypes device.__init__=ctypes device_count=ctypes device_memory_u"
+        "sed=ctypes get_device_capability=ctypes get_device_name=ctypes get_device_proper"
+        "ties=ctypes get_per_process_memory_fraction=ctypes get_rng_state_all=ctypes get_"
+        "stream_from_external=ctypes is_available=ctypes is_bf16_supported=ctypes is_tf32"
+        "_supported=ctypes make_graphed_callables=ctypes manual_seed_all=ctypes max_memor"
+        "y_allocated=ctypes max_memory_reserved=ctypes mem_get_info=ctypes memory_allocat"
+        "ed=ctypes memory_reserved=ctypes memory_stats=ctypes memory_stats_as_nested_dict"
+        "=ctypes memory_usage=ctypes pointer=ctypes power_draw=ctypes reset_accumulated_m"
+        "emory_stats=ctypes reset_peak_memory_stats=ctypes seed_all=ctypes set_device=cty"
+        "pes set_per_process_memory_fraction=ctypes synchronize=ctypes temperature=ctypes"
+        " use_mem_pool=ctypes utilization=ctypes"
+    ),
+    "torch.xpu._utils": "_get_device_index=ctypes _torch_get_device_index=ctypes",
+    "torch.xpu.graphs": "graph.__enter__=ctypes make_graphed_callables=ctypes",
+    "torch.xpu.memory": (
+        "XPUPluggableAllocator.__init__=ctypes _augment_memory_snapshot_stack_traces=open"
+        " _dump_snapshot=open _get_device_index=ctypes _snapshot=open ctypes=ctypes get_p"
+        "er_process_memory_fraction=ctypes max_memory_allocated=ctypes max_memory_reserve"
+        "d=ctypes mem_get_info=ctypes memory_allocated=ctypes memory_reserved=ctypes memo"
+        "ry_stats=ctypes memory_stats_as_nested_dict=ctypes reset_accumulated_memory_stat"
+        "s=ctypes reset_peak_memory_stats=ctypes set_per_process_memory_fraction=ctypes u"
+        "se_mem_pool=ctypes"
+    ),
+    "torch.xpu.random": (
+        "device_count=ctypes get_rng_state_all=ctypes manual_seed_all=ctypes seed_all=ctypes"
+    ),
+    "torch.xpu.streams": (
+        "Event._as_parameter_=ctypes Event.record=ctypes Event.wait=ctypes Stream._as_par"
+        "ameter_=ctypes ctypes=ctypes"
+    ),
+    "traceback": (
+        "FrameSummary.line=open StackSummary.format=compile StackSummary.format_frame_sum"
+        "mary=compile _extract_caret_anchors_from_line_segment=compile"
+    ),
+    "tracemalloc": "Snapshot.dump=open Snapshot.load=open Traceback.format=open",
+    "turtle": (
+        "__forwardmethods=exec _make_global_funcs=exec config_dict=open read_docstrings=_"
+        "_import__ readconfig=open write_docstringdict=open"
+    ),
+    "typing": (
+        "ForwardRef.__init__=compile ForwardRef._evaluate=eval NamedTuple=eval NamedTuple"
+        "Meta=eval NamedTupleMeta.__new__=eval _make_nmtuple=eval"
+    ),
+    "unittest": "installHandler=signal removeHandler=signal",
+    "unittest.loader": (
+        "TestLoader._find_test_path=__import__ TestLoader._find_tests=os TestLoader._get_"
+        "module_from_name=__import__ TestLoader.discover=__import__ TestLoader.loadTestsF"
+        "romName=__import__ TestLoader.loadTestsFromNames=__import__"
+    ),
+    "unittest.main": (
+        "TestProgram.__init__=__import__ TestProgram.runTests=signal installHandler=signal"
+    ),
+    "unittest.mock": (
+        "AsyncMock=exec AsyncMock.__get_return_value=exec AsyncMock.__getattr__=exec Asyn"
+        "cMock.__init__=eval AsyncMock._get_child_mock=exec AsyncMock._mock_add_spec=eval"
+        " AsyncMock.mock_add_spec=eval AsyncMockMixin.__init__=exec CodeType=exec MagicMo"
+        "ck=exec MagicMock.__get_return_value=exec MagicMock.__getattr__=exec MagicMock._"
+        "_init__=eval MagicMock._get_child_mock=exec MagicMock._mock_add_spec=eval Mock=e"
+        "xec Mock.__get_return_value=exec Mock.__getattr__=exec Mock.__init__=eval Mock._"
+        "get_child_mock=exec Mock._mock_add_spec=eval Mock.mock_add_spec=eval NonCallable"
+        "MagicMock=exec NonCallableMagicMock.__get_return_value=exec NonCallableMagicMock"
+        ".__getattr__=exec NonCallableMagicMock.__init__=eval NonCallableMagicMock._get_c"
+        "hild_mock=exec NonCallableMagicMock._mock_add_spec=eval NonCallableMock=exec Non"
+        "CallableMock.__get_return_value=exec NonCallableMock.__getattr__=exec NonCallabl"
+        "eMock.__init__=eval NonCallableMock._get_child_mock=exec NonCallableMock._mock_a"
+        "dd_spec=eval NonCallableMock.mock_add_spec=eval PropertyMock=exec PropertyMock._"
+        "_get_return_value=exec PropertyMock.__getattr__=exec PropertyMock.__init__=eval "
+        "PropertyMock._get_child_mock=exec PropertyMock._mock_add_spec=eval PropertyMock."
+        "mock_add_spec=eval _AsyncIterator.__init__=exec _check_signature=eval _get_signa"
+        "ture_object=eval _patch.__enter__=exec _patch.start=exec _patch_dict.__call__=im"
+        "portlib _patch_dict.__enter__=importlib _patch_dict._patch_dict=importlib _patch"
+        "_dict.decorate_async_callable=importlib _patch_dict.decorate_callable=importlib "
+        "_patch_dict.start=importlib _set_signature=exec create_autospec=exec mock_open=e"
+        "xec"
+    ),
+    "unittest.signals": "installHandler=signal removeHandler=signal",
+    "unittest.test": "suite=__import__",
+    "unittest.test.test_break": (
+        "TestBreak.setUp=signal TestBreak.tearDown=signal TestBreak.testHandlerReplacedBu"
+        "tCalled=signal TestBreak.testInstallHandler=signal TestBreak.testInterruptCaught"
+        "=signal TestBreak.testRemoveHandler=signal TestBreak.testRemoveHandlerAsDecorato"
+        "r=signal TestBreak.testRemoveResult=signal TestBreak.testSecondInterrupt=signal "
+        "TestBreak.testTwoResults=signal TestBreak.withRepeats=signal TestBreakDefaultInt"
+        "Handler.setUp=signal TestBreakDefaultIntHandler.tearDown=signal TestBreakDefault"
+        "IntHandler.testHandlerReplacedButCalled=signal TestBreakDefaultIntHandler.testIn"
+        "stallHandler=signal TestBreakDefaultIntHandler.testInterruptCaught=signal TestBr"
+        "eakDefaultIntHandler.testRemoveHandler=signal TestBreakDefaultIntHandler.testRem"
+        "oveHandlerAsDecorator=signal TestBreakDefaultIntHandler.testRemoveResult=signal "
+        "TestBreakDefaultIntHandler.testSecondInterrupt=signal TestBreakDefaultIntHandler"
+        ".testTwoResults=signal TestBreakDefaultIntHandler.withRepeats=signal TestBreakSi"
+        "gnalDefault.setUp=signal TestBreakSignalDefault.tearDown=signal TestBreakSignalD"
+        "efault.testHandlerReplacedButCalled=signal TestBreakSignalDefault.testInstallHan"
+        "dler=signal TestBreakSignalDefault.testInterruptCaught=signal TestBreakSignalDef"
+        "ault.testRemoveHandler=signal TestBreakSignalDefault.testRemoveHandlerAsDecorato"
+        "r=signal TestBreakSignalDefault.testRemoveResult=signal TestBreakSignalDefault.t"
+        "estSecondInterrupt=signal TestBreakSignalDefault.testTwoResults=signal TestBreak"
+        "SignalDefault.withRepeats=signal TestBreakSignalIgnored.setUp=signal TestBreakSi"
+        "gnalIgnored.tearDown=signal TestBreakSignalIgnored.testHandlerReplacedButCalled="
+        "signal TestBreakSignalIgnored.testInstallHandler=signal TestBreakSignalIgnored.t"
+        "estInterruptCaught=signal TestBreakSignalIgnored.testRemoveHandler=signal TestBr"
+        "eakSignalIgnored.testRemoveHandlerAsDecorator=signal TestBreakSignalIgnored.test"
+        "RemoveResult=signal TestBreakSignalIgnored.testSecondInterrupt=signal TestBreakS"
+        "ignalIgnored.testTwoResults=signal TestBreakSignalIgnored.withRepeats=signal"
+    ),
+    "unittest.test.test_case": (
+        "Test_TestCase.testAssertWarnsContext=open Test_TestCase.testAssertWarnsRegexCont"
+        "ext=open Test_TestCase.testPickle=pickle"
+    ),
+    "unittest.test.test_program": (
+        "TestCommandLineArgs.testSelectedTestNamesFunctionalTest=subprocess subprocess=subprocess"
+    ),
+    "unittest.test.test_runner": "subprocess=subprocess",
+    "unittest.test.testmock": "load_tests=__import__",
+    "unittest.test.testmock.testasync": (
+        "AsyncMock=exec AsyncMockAssert.setUp=exec MagicMock=exec Mock=exec create_autospec=exec"
+    ),
+    "unittest.test.testmock.testcallable": (
+        "MagicMock=exec Mock=exec NonCallableMagicMock=exec NonCallableMock=exec create_a"
+        "utospec=exec"
+    ),
+    "unittest.test.testmock.testhelpers": "MagicMock=exec Mock=exec PropertyMock=exec create_autospec=exec",
+    "unittest.test.testmock.testmagicmethods": "AsyncMock=exec MagicMock=exec Mock=exec",
+    "unittest.test.testmock.testmock": (
+        "AsyncMock=exec MagicMock=exec Mock=exec NonCallableMagicMock=exec NonCallableMoc"
+        "k=exec create_autospec=exec tempfile=tempfile"
+    ),
+    "unittest.test.testmock.testpatch": "MagicMock=exec Mock=exec NonCallableMagicMock=exec NonCallableMock=exec",
+    "unittest.test.testmock.testsentinel": "SentinelTest.testPickle=pickle",
+    "unittest.test.testmock.testwith": "MagicMock=exec Mock=exec WithTest.testContextManagerMocking=exec mock_open=exec",
+    "unittest.util": "namedtuple=eval",
+    "uu": "decode=open encode=open test=open",
+    "uuid": (
+        "_arp_getnode=socket _find_mac_near_keyword=shutil _find_mac_under_heading=shutil"
+        " _get_command_stdout=shutil _ifconfig_getnode=shutil _ip_getnode=shutil _lanscan"
+        "_getnode=shutil _netstat_getnode=shutil shutil=shutil socket=socket subprocess=s"
+        "ubprocess"
+    ),
+    "warnings": (
+        "_formatwarning_orig=open _formatwarnmsg=open _formatwarnmsg_impl=open _getcatego"
+        "ry=__import__ _processoptions=__import__ _setoption=__import__ _showwarning_orig"
+        "=open _showwarnmsg=open _showwarnmsg_impl=open _warn_unawaited_coroutine=open fo"
+        "rmatwarning=open showwarning=open warn_explicit=open"
+    ),
+    "wave": "Wave_read.__init__=open Wave_write.__init__=open namedtuple=eval",
+    "xml.dom": "getDOMImplementation=__import__",
+    "xml.dom.domreg": "getDOMImplementation=__import__",
+    "xml.dom.expatbuilder": (
+        "ExpatBuilder._finish_end_element=unlink ExpatBuilder._finish_start_element=unlin"
+        "k ExpatBuilder.end_element_handler=unlink ExpatBuilder.first_element_handler=unl"
+        "ink ExpatBuilder.start_element_handler=unlink ExpatBuilderNS._finish_end_element"
+        "=unlink ExpatBuilderNS._finish_start_element=unlink ExpatBuilderNS.end_element_h"
+        "andler=unlink ExpatBuilderNS.first_element_handler=unlink ExpatBuilderNS.start_e"
+        "lement_handler=unlink FragmentBuilder._finish_end_element=unlink FragmentBuilder"
+        "._finish_start_element=unlink FragmentBuilder.end_element_handler=unlink Fragmen"
+        "tBuilder.first_element_handler=unlink FragmentBuilder.start_element_handler=unli"
+        "nk FragmentBuilderNS._finish_end_element=unlink FragmentBuilderNS._finish_start_"
+        "element=unlink FragmentBuilderNS.end_element_handler=unlink FragmentBuilderNS.fi"
+        "rst_element_handler=unlink FragmentBuilderNS.start_element_handler=unlink Intern"
+        "alSubsetExtractor._finish_end_element=unlink InternalSubsetExtractor._finish_sta"
+        "rt_element=unlink InternalSubsetExtractor.end_element_handler=unlink InternalSub"
+        "setExtractor.first_element_handler=unlink parse=open parseFragment=open"
+    ),
+    "xml.dom.minidom": (
+        "Attr.__exit__=unlink Attr.normalize=unlink Attr.unlink=unlink AttributeList=unli"
+        "nk CDATASection.__exit__=unlink CDATASection.normalize=unlink CDATASection.unlin"
+        "k=unlink CharacterData.__exit__=unlink CharacterData.normalize=unlink CharacterD"
+        "ata.unlink=unlink Comment.__exit__=unlink Comment.normalize=unlink Comment.unlin"
+        "k=unlink Document.__exit__=unlink Document.normalize=unlink Document.unlink=unli"
+        "nk DocumentFragment.__exit__=unlink DocumentFragment.normalize=unlink DocumentFr"
+        "agment.unlink=unlink DocumentType.__exit__=unlink DocumentType.normalize=unlink "
+        "DocumentType.unlink=unlink Element.__exit__=unlink Element._get_attributes=unlin"
+        "k Element.normalize=unlink Element.removeAttribute=unlink Element.removeAttribut"
+        "eNS=unlink Element.removeAttributeNode=unlink Element.setAttribute=unlink Elemen"
+        "t.setAttributeNS=unlink Element.setAttributeNode=unlink Element.unlink=unlink El"
+        "ement.writexml=unlink Entity.__exit__=unlink Entity.normalize=unlink Entity.unli"
+        "nk=unlink NamedNodeMap=unlink NamedNodeMap.__delitem__=unlink NamedNodeMap.__set"
+        "item__=unlink NamedNodeMap.setNamedItem=unlink NamedNodeMap.setNamedItemNS=unlin"
+        "k Node.__exit__=unlink Node.normalize=unlink Node.unlink=unlink Notation.__exit_"
+        "_=unlink Notation.normalize=unlink Notation.unlink=unlink ProcessingInstruction."
+        "__exit__=unlink ProcessingInstruction.normalize=unlink ProcessingInstruction.unl"
+        "ink=unlink Text.__exit__=unlink Text.normalize=unlink Text.unlink=unlink parse=o"
+        "pen"
+    ),
+    "xml.dom.pulldom": "parse=open parseString=__import__",
+    "xml.dom.xmlbuilder": (
+        "DOMBuilder.parse=open DOMBuilder.parseURI=open DOMEntityResolver._create_opener="
+        "urllib.request DOMEntityResolver._get_opener=urllib.request DOMEntityResolver.re"
+        "solveEntity=open"
+    ),
+    "xml.etree.ElementInclude": "default_loader=open",
+    "xml.etree.ElementTree": (
+        "ElementTree.__init__=open ElementTree.parse=open ElementTree.write=open ElementT"
+        "ree.write_c14n=open _get_writer=open iterparse=open"
+    ),
+    "xml.sax": (
+        "_create_parser=__import__ make_parser=__import__ parse=__import__ parseString=__import__"
+    ),
+    "xml.sax.expatreader": "ExpatParser.external_entity_ref=open ExpatParser.parse=open",
+    "xml.sax.saxutils": "prepare_input_source=open",
+    "xml.sax.xmlreader": "IncrementalParser.parse=open",
+    "zipapp": (
+        "_copy_archive=shutil _maybe_open=open create_archive=shutil get_interpreter=open"
+        " main=shutil shutil=shutil"
+    ),
+    "zoneinfo": "ZoneInfo=open available_timezones=open reset_tzpath=__import__",
+    "zoneinfo._common": "load_tzdata=open resources=importlib",
+    "zoneinfo._tzpath": "available_timezones=open reset_tzpath=__import__ resources=importlib",
+    "zoneinfo._zoneinfo": (
+        "ZoneInfo=open ZoneInfo.__new__=open ZoneInfo._new_instance=open ZoneInfo._unpick"
+        "le=open ZoneInfo.no_cache=open"
+    ),
 }

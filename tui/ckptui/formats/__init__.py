@@ -29,8 +29,7 @@ from ..errors import (
     NotReadable,
 )
 from ..model import Checkpoint
-from ..safety import Safety
-from ._common import MAGIC_NUMBER, Source, assemble, is_url
+from ._common import MAGIC_NUMBER, Source, assemble, attach_partial, is_url
 from .folder import check_folder, is_index_file, open_folder
 from .legacy import may_pass_ne_check, read_legacy
 from .legacy_tar import open_tar, read_legacy_tar
@@ -126,7 +125,7 @@ def _read_closing(
     try:
         return _read(src)
     except CorruptFile as e:
-        _attach_partial(src, e)
+        attach_partial(src, e)
         raise
     except CkptError:
         raise
@@ -140,20 +139,6 @@ def _read_closing(
         raise translate(src.path, e) from None
     finally:
         src.close()
-
-
-def _attach_partial(src: Source, e: CorruptFile) -> None:
-    """A file that breaks only after torch.load has already run something dangerous is a
-    danger first: keep what was read, with its findings and the damage as one more, on the
-    error (`e.partial`), so `inspect` can report it (issue: a scanner treating exit 2 as "not a
-    checkpoint, skip it" would wave the file through)."""
-    if not any(g.called and g.verdict.safety is Safety.DANGER for g in src.globals.values()):
-        return
-    src.warn("corrupt", f"the file is damaged after what is shown ({e.message})")
-    try:
-        e.partial = assemble(src, src.kind, e.partial_root, {"corrupt": e.message})
-    except CkptError:  # the partial tree itself is unusable: the message still names the call
-        e.partial = None
 
 
 def _read(src: Source) -> Checkpoint:
