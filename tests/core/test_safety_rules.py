@@ -402,3 +402,34 @@ def test_dcp_metadata_that_is_an_os_system_pickle(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code, str(folder)], check=False, capture_output=True)
     assert marker.exists(), "torch's DCP reader did not run the payload (test bug)"
+
+
+def test_whole_objects_of_torch_classes_are_clean(tmp_path: Path) -> None:
+    """NEWOBJ makes an instance without running `__init__`: a pickled GradScaler, optimizer or
+    scheduler runs only their `__setstate__`; the function references they hold are never
+    called."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.GELU())
+    opt = torch.optim.AdamW(m.parameters())
+    things = {
+        "scaler": torch.amp.GradScaler("cpu"),
+        "opt": opt,
+        "sched": torch.optim.lr_scheduler.MultiStepLR(opt, [1, 2]),
+    }
+    for name, obj in things.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        ckpt = open_checkpoint(path)
+        assert not dangers(ckpt) and not warnings_of(ckpt), (name, ckpt.findings)
+
+
+def test_legacy_whole_module_pickle_opens(tmp_path: Path) -> None:
+    """The legacy format stores a module's class as a ('module', cls, file, source) persistent
+    id, which torch.load resolves to the class."""
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    path = tmp_path / "legacy_model.pt"
+    torch.save(m, path, _use_new_zipfile_serialization=False)
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "torch-legacy"
+    keys = sorted(t.state_dict_key for _, t in ckpt.tensors())
+    assert keys == sorted(m.state_dict()), keys
+    assert not dangers(ckpt) and not warnings_of(ckpt), ckpt.findings

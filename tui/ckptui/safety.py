@@ -313,7 +313,10 @@ def judge(module: str, name: str) -> Verdict:
     if full_name.startswith(_KNOWN_CLASS_PREFIXES) and looks_like_class(full_name):
         return Verdict(Safety.KNOWN)
     if full_name.startswith(_SCANNED):
-        return Verdict(Safety.UNKNOWN, f"a {parts[0]} callable not known to build only data")
+        # Importing torch or numpy runs only their own code: a reference is harmless, a call
+        # of a callable not known to build only data is at least a warning.
+        called = Verdict(Safety.UNKNOWN, f"a {parts[0]} callable not known to build only data")
+        return Verdict(Safety.KNOWN, f"a reference to a {parts[0]} callable, never called", called)
     return Verdict(Safety.UNKNOWN)
 
 
@@ -329,7 +332,10 @@ _GETATTR_CALLED = Verdict(Safety.DANGER, "getattr on an object built at load tim
 
 
 def judge_call(
-    full_name: str, args: tuple[Any, ...], global_name: Callable[[Any], tuple[str, str] | None]
+    full_name: str,
+    args: tuple[Any, ...],
+    global_name: Callable[[Any], tuple[str, str] | None],
+    how: str = "reduce",
 ) -> CallJudgement | None:
     """Judge one call of the global `full_name` from its arguments, where they decide.
 
@@ -337,6 +343,8 @@ def judge_call(
         full_name: the called global's `module.qualname`.
         args: the call's arguments as the unpickler holds them.
         global_name: (module, qualname) of an argument that is itself a global, else None.
+        how: `reduce`, `inst`, `obj` (a call: a class runs `__init__`) or `newobj`
+            (`cls.__new__(cls, *args)`: no `__init__`).
 
     Returns:
         None when the global's own verdict (with `if_called`) stands.
@@ -347,7 +355,7 @@ def judge_call(
             if target is not None:
                 return CallJudgement(resolves_to=(target[0], f"{target[1]}.{args[1]}"))
         return CallJudgement(verdict=_GETATTR_CALLED)
-    return _call_of_class(full_name)
+    return None if how == "newobj" else _call_of_class(full_name)
 
 
 @functools.lru_cache(maxsize=4096)

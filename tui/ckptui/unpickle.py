@@ -240,7 +240,7 @@ class InertUnpickler:
             if rec is not None:
                 return rec(self, args)
             # The judgement of a call, shared with every other unpickler (safety.py).
-            judged = judge_call(func.full, args, _global_name)
+            judged = judge_call(func.full, args, _global_name, how)
             if judged is not None and judged.resolves_to is not None:
                 return self._global(*judged.resolves_to)  # getattr(G, "name") is G.name
             func.called = True
