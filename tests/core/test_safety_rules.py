@@ -433,3 +433,13 @@ def test_legacy_whole_module_pickle_opens(tmp_path: Path) -> None:
     keys = sorted(t.state_dict_key for _, t in ckpt.tensors())
     assert keys == sorted(m.state_dict()), keys
     assert not dangers(ckpt) and not warnings_of(ckpt), ckpt.findings
+
+
+def test_weights_only_report_judges_a_reference_as_called() -> None:
+    """Allowing a global in torch's safe_globals lets the file call it: getattr is dangerous to
+    allow, a torch function is not benign, although merely naming either runs nothing."""
+    from ckptui.weights_only import _verdict
+
+    assert _verdict("builtins.getattr")[1] == "dangerous"
+    assert _verdict("torch.functional.einsum")[0] is False
+    assert _verdict("torch.nn.modules.linear.Linear")[0] is True

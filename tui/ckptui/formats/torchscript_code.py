@@ -13,10 +13,10 @@ The code records are DEFLATE-compressed; at most `MAX_CODE_BYTES` are inflated.
 from __future__ import annotations
 
 import re
-import zipfile
 from typing import TYPE_CHECKING
 
 from ..model import Severity
+from .torchzip import _ZIP_ERRORS
 
 if TYPE_CHECKING:
     from .torchzip import ZipCheckpoint
@@ -51,7 +51,7 @@ def scan_code(z: ZipCheckpoint) -> None:
         budget -= zi.file_size
         try:
             text = z.zf.read(zi)[: zi.file_size].decode("utf-8", "replace")
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
+        except _ZIP_ERRORS:
             z.src.warn("torchscript_code", f"{zi.filename} cannot be decompressed; not scanned")
             continue
         module = zi.filename[len(prefix) : -3].replace("/", ".")
