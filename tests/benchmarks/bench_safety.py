@@ -30,7 +30,10 @@ torch.save(torch.nn.Sequential(*blocks), sys.argv[1])
 with open(sys.argv[2], "wb") as f:
     pickle.dump({f"w{i}": torch.ones(4) for i in range(2000)}, f, protocol=2)
 """
-TORCH = "import sys, torch; torch.load(sys.argv[1], map_location='cpu', weights_only=False)"
+TORCH = (
+    "import sys, torch\ntry:\n    torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
+    "except RuntimeError:\n    pass  # a plain pickle: unpickled whole, then 'Invalid magic number'"
+)
 
 
 def _time(cmd: list[str], env: dict[str, str]) -> float:
