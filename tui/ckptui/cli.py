@@ -280,9 +280,19 @@ def _suggest_subcommand(word: str) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from .errors import CorruptFile
     from .formats import open_checkpoint
 
-    ckpt = open_checkpoint(args.path)
+    damaged: CorruptFile | None = None
+    try:
+        ckpt = open_checkpoint(args.path)
+    except CorruptFile as e:
+        # Damaged after torch.load would already have run something dangerous: print what
+        # was read with its danger findings; the damage is one of them and the exit code's
+        # (2, or 1 with --fail-on-unsafe: for a scanner, unsafe outranks damaged).
+        if e.partial is None:
+            raise
+        ckpt, damaged = e.partial, e
     if args.json:
         from .jsonview import iter_json
 
@@ -293,7 +303,11 @@ def _inspect(args: argparse.Namespace) -> int:
             ckpt, max_children=None if args.all else max(1, args.max_children), depth=args.depth
         )
     if args.fail_on_unsafe and any(f.severity.value == "danger" for f in ckpt.findings):
+        if damaged is not None:
+            print(f"ckptui: {damaged.path}: {damaged.message}", file=sys.stderr)
         return 1
+    if damaged is not None:
+        raise damaged
     return 0
 
 

@@ -37,6 +37,13 @@ class NotACheckpoint(CkptError):
 class CorruptFile(CkptError):
     """The file looks like a known format but is damaged or inconsistent."""
 
+    partial_root: object = None
+    """What the unpickler had read when it failed (set by the unpickler)."""
+    partial: object = None
+    """The checkpoint as read up to the damage, with its findings, when torch.load would
+    already have run something dangerous before failing (so the danger is reported, not
+    only the damage); None otherwise."""
+
 
 class Unsupported(CkptError):
     """A known format or feature that ckptui does not read yet."""

@@ -286,7 +286,7 @@ class Checkpoint:
 
     path: str
     format: str
-    """`torch-zip`, `torch-legacy`, `torchscript`, `safetensors`, `pickle`."""
+    """`torch-zip`, `torch-legacy`, `torch-legacy-tar`, `torchscript`, `safetensors`, `pickle`."""
     file_bytes: int
     root: Node
     storages: dict[str, Storage] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from .recorders_builtins import _dict_like, _plain, _set_like, codecs_encode, or
 from .recorders_numpy import numpy_dtype, numpy_frombuffer, numpy_reconstruct, numpy_scalar
 from .recorders_torch import (
     get_layout,
+    jit_build_list,
     load_from_bytes,
     rebuild_from_type_v2,
     rebuild_meta,
@@ -73,6 +74,9 @@ def build_recorders() -> dict[str, Recorder]:
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):
         r[f"{mod}._frombuffer"] = numpy_frombuffer
     r["numpy.dtype"] = numpy_dtype
+    for f in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+              "build_tensor_from_id", "restore_type_tag"):  # fmt: skip
+        r[f"torch.jit._pickle.{f}"] = jit_build_list
     return r
 
 

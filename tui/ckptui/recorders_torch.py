@@ -251,3 +251,11 @@ def load_from_bytes(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
     if nested is None:
         raise _Malformed("embedded checkpoint where none can be read")
     return nested(u, args[0])
+
+
+def jit_build_list(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
+    """`torch.jit._pickle.build_intlist(data)` and friends: TorchScript's typed lists, which
+    return their argument unchanged (`restore_type_tag(value, type_str)` too)."""
+    if len(args) not in (1, 2):
+        raise _Malformed("torch.jit._pickle helpers take (value[, type])")
+    return args[0]

@@ -15,13 +15,15 @@ metadata only.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptFile
-from .safety import Safety, Verdict, judge, looks_like_class, normalize
+from .safety import PICKLED_STATE, Safety, Verdict, finding_of, judge, judge_call, normalize
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +43,17 @@ class Limits:
 class Global:
     """A GLOBAL named by the pickle; never imported."""
 
-    __slots__ = ("call_args", "full", "verdict")
+    __slots__ = ("call_args", "called", "full", "module", "name", "verdict")
 
-    def __init__(self, full: str, verdict: Verdict) -> None:
+    def __init__(self, full: str, verdict: Verdict, module: str = "", name: str = "") -> None:
         self.full = full
         self.verdict = verdict
+        self.module = module
+        self.name = name or full
         self.call_args: str | None = None
         """A short repr of the arguments of the first call the pickle makes of it."""
+        self.called = False
+        """The pickle calls it (REDUCE, NEWOBJ, INST, OBJ, or BUILD through `__setstate__`)."""
 
     def __repr__(self) -> str:
         return self.full
@@ -195,7 +201,15 @@ class InertUnpickler:
     # -- reading helpers -------------------------------------------------------------------
     def _global(self, module: Any, name: Any) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
-            raise _Malformed("STACK_GLOBAL needs two strings")
+            made = next((x for x in (module, name) if isinstance(x, PObject)), None)
+            if made is None:
+                raise _Malformed("STACK_GLOBAL needs two strings")
+            # A name computed at load time (`str.join`, `codecs.decode(...)`): pickle imports
+            # whatever the call returns, so it could be anything.
+            return self._synthetic(
+                f"<global named by {made.name}(…)>",
+                Verdict(Safety.DANGER, "STACK_GLOBAL of a name computed at load time"),
+            )
         module, name = normalize(module, name)
         full = f"{module}.{name}" if module else name
         g = self.globals.get(full)
@@ -203,10 +217,20 @@ class InertUnpickler:
             if len(full) > 1000:
                 raise _Malformed("global name longer than 1000 characters")
             data = full in self.recorders or full in self.constants
-            g = Global(full, Verdict(Safety.DATA) if data else judge(module, name))
+            g = Global(full, Verdict(Safety.DATA) if data else judge(module, name), module, name)
             self.globals[full] = g
         c = self.constants.get(full)
         return g if c is None else c
+
+    def _synthetic(self, name: str, verdict: Verdict, args: Any = None) -> Global:
+        """A callable the pickle makes at load time (no GLOBAL names it), as a `Global`."""
+        g = self.globals.get(name)
+        if g is None:
+            g = Global(name, verdict)
+            if args is not None:
+                g.call_args = _short_repr(args)
+            self.globals[name] = g
+        return g
 
     def _call(self, func: Any, args: Any, how: str) -> Any:
         if not isinstance(args, tuple):
@@ -215,23 +239,41 @@ class InertUnpickler:
             rec = self.recorders.get(func.full)
             if rec is not None:
                 return rec(self, args)
+            # The judgement of a call, shared with every other unpickler (safety.py).
+            judged = judge_call(func.full, args, _global_name, how)
+            if judged is not None and judged.resolves_to is not None:
+                return self._global(*judged.resolves_to)  # getattr(G, "name") is G.name
+            func.called = True
+            if func.verdict.if_called is not None:
+                func.verdict = func.verdict.if_called
+            if judged is not None and judged.verdict is not None:
+                func.verdict = _worse(func.verdict, judged.verdict)
             if func.call_args is None and func.verdict.safety is not Safety.KNOWN:
                 func.call_args = _short_repr(args)
         elif isinstance(func, PObject):
             # Calling what another call returned (`_import_dotted_name('os.system')('x')`):
             # whatever that is would run.
-            name = f"{func.name}(…)(…)"
-            if name not in self.globals:
-                g = Global(name, Verdict(Safety.DANGER, "calls the object another call returned"))
-                g.call_args = _short_repr(args)
-                self.globals[name] = g
-            return PObject(self.globals[name], args, how)
+            g = self._synthetic(
+                f"{func.name}(…)(…)",
+                Verdict(Safety.DANGER, "calls the object another call returned"),
+                args,
+            )
+            g.called = True
+            return PObject(g, args, how)
         else:
             raise _Malformed(f"{_kind(func)} is not callable")
         return PObject(func, args, how)
 
     def _build(self, inst: Any, state: Any) -> None:
+        # pickle's BUILD calls `inst.__setstate__(state)` when there is one: an earlier BUILD
+        # can have put any callable there (the instance's __dict__ wins over its class).
+        setstate = _setstate_of(inst)
+        if setstate is not None:
+            self._call(setstate, (state,), "reduce")
+            return
         if isinstance(inst, PObject):
+            if _class_name(inst) in PICKLED_STATE:
+                self._inner_pickle(inst, state)
             if isinstance(inst.state, PDict) and isinstance(state, PDict):
                 for k, v in state.items:
                     inst.state.set(k, v)
@@ -243,15 +285,54 @@ class InertUnpickler:
             build(state)
             return
         if isinstance(inst, PDict):
-            # OrderedDict from state_dict() carries `_metadata` this way.
-            dict_state = state[0] if isinstance(state, tuple) and len(state) == 2 else state
-            if isinstance(dict_state, PDict):
-                for k, v in dict_state.items:
-                    inst.attrs[str(k)] = v
-                return
-            if dict_state is None:
-                return
+            # OrderedDict from state_dict() carries `_metadata` this way; a (dict, slots) pair
+            # sets attributes too.
+            pair = isinstance(state, tuple) and len(state) == 2
+            for part in state if pair else (state,):
+                if isinstance(part, PDict):
+                    for k, v in part.items:
+                        inst.attrs[str(k)] = v
+                elif part is not None:
+                    raise _Malformed(f"BUILD on {_kind(inst)} with {_kind(part)}")
+            return
+        if isinstance(inst, Global):
+            # BUILD on a module, class or function object sets its attributes: it rewrites
+            # code that runs later (`torch._utils._rebuild_tensor_v2 = ...`).
+            inst.verdict = Verdict(Safety.DANGER, "BUILD overwrites its attributes (monkey-patch)")
+            inst.called = True
+            if inst.call_args is None:
+                inst.call_args = _short_repr((state,))
+            return
         raise _Malformed(f"BUILD on {_kind(inst)}")
+
+    def _inner_pickle(self, inst: PObject, state: Any) -> None:
+        """Judge the pickle that `inst.__setstate__` hands to `pickle.loads` (its globals join
+        this pickle's; damage inside it is its own affair, as pickle.loads would raise there)."""
+        data = state[0] if isinstance(state, tuple) and state else state
+        if isinstance(data, Blob):
+            data = bytes(self.buf[data.offset : data.offset + data.length])
+        if not isinstance(data, bytes) or self.nest >= self.limits.max_nesting:
+            return
+        inner = InertUnpickler(
+            data,
+            self.where,
+            None,
+            self.recorders,
+            self.constants,
+            self.limits,
+            self.nest + 1,
+            f"the pickle inside {inst.name}'s state",
+        )
+        inner.globals = self.globals
+        inner.extra = {k: v for k, v in self.extra.items() if k != "base"}
+        with contextlib.suppress(CorruptFile):
+            inner.load(0, len(data))
+
+    def danger_ran(self) -> list[str]:
+        """The dangerous globals the pickle has called so far (what torch.load already ran)."""
+        return [
+            g.full for g in self.globals.values() if g.called and g.verdict.safety is Safety.DANGER
+        ]
 
     # -- the loop --------------------------------------------------------------------------
     def load(self, pos: int, end: int) -> tuple[Any, int]:
@@ -263,11 +344,53 @@ class InertUnpickler:
         Raises:
             CorruptFile: on any malformation, truncation or inconsistency.
         """
+        # An opcode whose argument crosses the end of its FRAME is read two ways by CPython's
+        # C unpickler: when the frame came from the file's buffer (peek) reads go on
+        # contiguously; when it was read whole (large frames) the rest of the frame is dropped
+        # and the read starts after it (cpython#154848). No writer makes such a file; a crafted
+        # one can hide opcodes from a scanner that knows one way. Read it both ways: every
+        # global either way is judged.
+        self.desync, self.crossed = False, None
+        try:
+            result = self._load_once(pos, end)
+        except CorruptFile as e:
+            if self.crossed is None:
+                raise
+            first_error, result = e, None
+        crossed = self.crossed
+        if crossed is None:
+            return result
+        self.desync = True
+        try:
+            alt = self._load_once(pos, end)
+        except CorruptFile:
+            alt = None
+        warn = self.extra.get("warn")
+        if warn is not None:
+            warn(
+                "frame_desync",
+                f"an opcode at byte {crossed}{self.part} crosses the end of its FRAME: CPython "
+                "reads on, or drops the rest of the frame, depending on buffering; "
+                "both readings are judged",
+            )
+        if result is None:
+            if alt is None:
+                raise first_error
+            return alt
+        return result
+
+    def _load_once(self, pos: int, end: int) -> tuple[Any, int]:
         try:
             return self._load(pos, end)
         except _Malformed as e:
-            raise CorruptFile(self.where, f"corrupt pickle{self.part}: {e}{self._ran()}") from None
-        except CorruptFile:
+            err = CorruptFile(self.where, f"corrupt pickle{self.part}: {e}{self._ran()}")
+            err.partial_root = self._snapshot()
+            raise err from None
+        except CorruptFile as e:
+            # Raised inside an embedded checkpoint: this pickle's tree holds more of the file.
+            root = self._snapshot()
+            if root is not None:
+                e.partial_root = root
             raise
         except (
             IndexError,
@@ -282,13 +405,19 @@ class InertUnpickler:
             AttributeError,
             LookupError,
         ) as e:
-            raise CorruptFile(
+            err = CorruptFile(
                 self.where, f"corrupt pickle{self.part}: {type(e).__name__}: {e}{self._ran()}"
-            ) from None
+            )
+            err.partial_root = self._snapshot()
+            raise err from None
+
+    def _snapshot(self) -> Any:
+        """The outermost object the pickle had built when it failed (what was read)."""
+        return None
 
     def _ran(self) -> str:
         """What torch.load would already have run before failing on this corruption."""
-        ran = [g.full for g in self.globals.values() if g.verdict.safety is Safety.DANGER]
+        ran = self.danger_ran()
         if not ran:
             return ""
         more = f" and {len(ran) - 3} more" if len(ran) > 3 else ""
@@ -303,14 +432,38 @@ class InertUnpickler:
         # A buffer that is not one (a remote file's block cache) brings its own unpack_from.
         unpack_from = getattr(buf, "unpack_from", struct.unpack_from)
         append = stack.append
+        frame_end = -1
+        """Where the current FRAME ends (-1: none); see `load` for reads that cross it."""
 
-        def need(n: int) -> None:
+        def crossing(n: int) -> None:
+            # pos < frame_end < pos + n: the read starts inside the frame and ends past it
+            nonlocal pos, frame_end
+            if self.crossed is None:
+                self.crossed = pos
+            if self.desync:
+                pos = frame_end
+            frame_end = -1
+
+        def snapshot() -> Any:
+            outer = metastack[0] if metastack else stack
+            return outer[0] if outer else None
+
+        self._snapshot = snapshot  # type: ignore[method-assign]
+
+        def need(n: int, framed: bool = True) -> None:
+            # `framed`: CPython reads it with _Unpickler_Read, which drops the rest of a frame
+            # read whole; bytes payloads go through _Unpickler_ReadInto, which does not.
+            if framed and pos < frame_end < pos + n:
+                crossing(n)
             if n < 0 or pos + n > end:
                 raise _Malformed(f"truncated: {n} bytes declared at byte {pos}, file ends first")
 
         def readline() -> bytes:
             nonlocal pos
             nl = buf.find(b"\n", pos, end)
+            if pos < frame_end <= nl:
+                crossing(nl + 1 - pos)
+                nl = buf.find(b"\n", pos, end)
             if nl < 0:
                 raise _Malformed(f"truncated text opcode at byte {pos}")
             line = bytes(buf[pos:nl])
@@ -326,9 +479,9 @@ class InertUnpickler:
             append = stack.append
             return items
 
-        def take_bytes(n: int) -> Any:
+        def take_bytes(n: int, framed: bool = False) -> Any:
             nonlocal pos
-            need(n)
+            need(n, framed)
             if n > limits.inline_bytes:
                 blob = Blob(pos, n, "bytes")
                 pos += n
@@ -473,7 +626,11 @@ class InertUnpickler:
                 pos += 1
             elif op == 0x95:  # FRAME
                 need(8)
+                (n,) = unpack_from("<Q", buf, pos)
                 pos += 8
+                if pos < frame_end < pos + n:
+                    crossing(n)
+                frame_end = pos + n if 0 < n <= end - pos else -1
             elif op == 0x47:  # BINFLOAT
                 need(8)
                 append(unpack_from(">d", buf, pos)[0])
@@ -543,16 +700,11 @@ class InertUnpickler:
             elif op == 0x32:  # DUP
                 append(stack[-1])
             elif op == 0x49:  # INT (also protocol 0 booleans)
-                line = readline()
-                if line == b"00":
-                    append(False)
-                elif line == b"01":
-                    append(True)
-                else:
-                    append(int(line))
+                append(_load_int(readline()))
             elif op == 0x4C:  # LONG
                 line = readline()
-                append(int(line[:-1] if line.endswith(b"L") else line))
+                # C's load_long: PyLong_FromString(s, NULL, 0), so `0x...L` is hex
+                append(int(line[:-1] if line.endswith(b"L") else line, 0))
             elif op == 0x46:  # FLOAT
                 append(float(readline()))
             elif op == 0x53:  # STRING
@@ -564,13 +716,13 @@ class InertUnpickler:
                 need(4)
                 (n,) = unpack_from("<i", buf, pos)
                 pos += 4
-                data = take_bytes(n)
+                data = take_bytes(n, True)
                 append(_decode_py2(data) if isinstance(data, bytes) else data)
             elif op == 0x55:  # SHORT_BINSTRING
                 need(1)
                 n = buf[pos]
                 pos += 1
-                append(_decode_py2(take_bytes(n)))
+                append(_decode_py2(take_bytes(n, True)))
             elif op == 0x56:  # UNICODE
                 append(readline().decode("raw-unicode-escape"))
             elif op == 0x70:  # PUT
@@ -672,11 +824,75 @@ def _short_repr(obj: Any, limit: int = 120) -> str:
 
 def classify_global(g: Global) -> tuple[str, str] | None:
     """Return (finding kind, severity) for a global worth reporting, or None."""
-    s = g.verdict.safety
-    if s is Safety.DANGER:
-        return "dangerous_call", "danger"
-    if s is Safety.UNKNOWN:
-        if looks_like_class(g.full):
-            return "unknown_class", "info"
-        return "unknown_callable", "warning"
+    return finding_of(g.full, g.verdict)
+
+
+_ORDER = {Safety.DATA: 0, Safety.KNOWN: 1, Safety.UNKNOWN: 2, Safety.DANGER: 3}
+
+
+def _worse(a: Verdict, b: Verdict) -> Verdict:
+    return b if _ORDER[b.safety] > _ORDER[a.safety] else a
+
+
+def _global_name(obj: Any) -> tuple[str, str] | None:
+    """(module, qualname) of an argument that is a global (for `safety.judge_call`)."""
+    if isinstance(obj, Global) and obj.module:
+        return obj.module, obj.name
     return None
+
+
+def _class_name(obj: PObject) -> str:
+    """The class an instance is of (`copyreg.__newobj__(cls)` makes a `cls`)."""
+    if obj.name in ("copyreg.__newobj__", "copyreg.__newobj_ex__") and obj.args:
+        cls = obj.args[0]
+        if isinstance(cls, Global):
+            return cls.full
+    return obj.name
+
+
+def _setstate_of(inst: Any) -> Any:
+    """A callable an earlier BUILD stored as the instance's `__setstate__`, or None."""
+    if isinstance(inst, PObject):
+        states = inst.state if isinstance(inst.state, tuple) else (inst.state,)
+        dicts = [d for d in states if isinstance(d, PDict)]
+    elif isinstance(inst, PDict):
+        return _callable_or_none(inst.attrs.get("__setstate__"))
+    else:
+        parts = getattr(inst, "parts", None)
+        if isinstance(parts, list):
+            return next((_callable_or_none(v) for k, v in parts if k == "__setstate__"), None)
+        return None
+    for d in dicts:
+        got = _callable_or_none(d.get("__setstate__"))
+        if got is not None:
+            return got
+    return None
+
+
+def _callable_or_none(x: Any) -> Any:
+    return x if isinstance(x, Global | PObject) else None
+
+
+def _load_int(line: bytes) -> int | bool:
+    """The INT opcode as CPython's C unpickler reads it: `strtol(s, &end, 0)` (so `0x...`
+    is hex and `017` octal), `00`/`01` (any 2-character 0 or 1) as booleans, and what strtol
+    cannot take (too long, `1_000`) as `int(s, 0)`."""
+    text = line.decode("ascii")
+    m = _STRTOL.fullmatch(text)
+    if m is not None:
+        sign, digits = m.group(1), m.group(2)
+        if digits[:2].lower() == "0x":
+            x = int(digits, 0)
+        elif digits.startswith("0") and len(digits) > 1:
+            x = int(digits, 8)
+        else:
+            x = int(digits)
+        x = -x if sign == "-" else x
+        if -(1 << 63) <= x < 1 << 63:
+            if len(line) == 2 and x in (0, 1):
+                return bool(x)
+            return x
+    return int(text, 0)
+
+
+_STRTOL = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")

@@ -29,9 +29,10 @@ from ..errors import (
     NotReadable,
 )
 from ..model import Checkpoint
-from ._common import MAGIC_NUMBER, Source, assemble, is_url
+from ._common import MAGIC_NUMBER, Source, assemble, attach_partial, is_url
 from .folder import check_folder, is_index_file, open_folder
-from .legacy import read_legacy
+from .legacy import may_pass_ne_check, read_legacy
+from .legacy_tar import open_tar, read_legacy_tar
 from .safetensors import looks_like_safetensors, read_safetensors
 from .torchzip import read_zip
 
@@ -123,6 +124,9 @@ def _read_closing(
     and so, through `translate`, is a URL's network error raised mid-read."""
     try:
         return _read(src)
+    except CorruptFile as e:
+        attach_partial(src, e)
+        raise
     except CkptError:
         raise
     except (RecursionError, MemoryError) as e:
@@ -142,10 +146,16 @@ def _read(src: Source) -> Checkpoint:
         raise NotACheckpoint(src.path, "empty file")
     head = src.read_at(0, 16)
     if head.startswith(b"PK\x03\x04"):
+        src.kind = "torch-zip"
         src.prefetch_zip()
         return read_zip(src)
     if looks_like_safetensors(head):
         return read_safetensors(src)
+    if src.fd is not None:  # torch.load tries a tar first (a local file at offset 0 only)
+        tar = open_tar(src)
+        if tar is not None:
+            src.kind = "torch-legacy-tar"
+            return read_legacy_tar(src, tar)
     if head[:1] == b"\x80" or _maybe_text_pickle(head):
         try:
             first, end = src.unpickler(src.buf, "", None).load(0, src.size)
@@ -154,9 +164,34 @@ def _read(src: Source) -> Checkpoint:
                 raise _not_a_checkpoint(src, head) from None
             raise
         if first == MAGIC_NUMBER:
+            src.kind = "torch-legacy"
             return read_legacy(src, end)
+        if may_pass_ne_check(first):
+            return _read_past_odd_magic(src, first, end)
         return assemble(src, "pickle", first, {"pickle_bytes": end})
     raise _not_a_checkpoint(src, head)
+
+
+def _read_past_odd_magic(src: Source, first: object, end: int) -> Checkpoint:
+    """The first pickle is no magic number but an object whose `!=` the file chooses
+    (`unittest.mock.ANY`): torch.load goes on reading as the legacy format, so ckptui does too,
+    and judges every pickle torch would reach. With nothing after it (a plain pickle of an
+    object), torch.load just fails at the next read."""
+    plain = assemble(src, "pickle", first, {"pickle_bytes": end})
+    if src.read_at(end, 1) == b"":
+        return plain
+    src.warn(
+        "odd_magic",
+        "the first pickle is not the legacy magic number but an object that may compare equal "
+        "to it: torch.load reads on, and so does ckptui",
+    )
+    try:
+        return read_legacy(src, end)
+    except CorruptFile as e:
+        # torch.load fails there too; what it ran on the way is in the findings
+        src.warn("corrupt", f"after the first pickle the file is damaged ({e.message})")
+        src.storages.clear()
+        return assemble(src, "pickle", first, {"pickle_bytes": end})
 
 
 def _maybe_text_pickle(head: bytes) -> bool:
@@ -182,6 +217,7 @@ def _maybe_text_pickle(head: bytes) -> bool:
         b"q",
         b"\x88",
         b"\x89",
+        b"\x95",
     )
 
 
@@ -190,7 +226,10 @@ def _not_a_checkpoint(src: Source, head: bytes) -> NotACheckpoint:
     if head.startswith(b"\x1f\x8b"):
         return NotACheckpoint(src.path, "gzip-compressed file: decompress it first")
     if len(sample) > 262 and sample[257:262] == b"ustar":
-        return NotACheckpoint(src.path, "tar archive (PyTorch < 0.4 checkpoints): not supported")
+        return NotACheckpoint(
+            src.path,
+            "a tar archive that tarfile cannot open (so torch.load does not read it as one)",
+        )
     try:
         text = sample.decode("utf-8")
         if all(c.isprintable() or c in "\n\r\t" for c in text[:4000]):

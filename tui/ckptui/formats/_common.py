@@ -11,10 +11,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CorruptFile
+from ..errors import CkptError, CorruptFile
 from ..model import Checkpoint, Finding, Node, Path, Severity, Storage
 from ..recorded_types import StorageRef
 from ..recorders import CONSTANTS, RECORDERS
+from ..safety import Safety
 from ..treebuild import MAX_DEPTH, TreeBuilder
 from ..unpickle import Blob, Global, InertUnpickler, Limits, _Malformed, classify_global
 
@@ -55,6 +56,8 @@ class Source:
     globals: dict[str, Global] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     nested: int = 0
+    kind: str = "pickle"
+    """The format the file is being read as (`Checkpoint.format`), once the reader knows it."""
 
     @classmethod
     def open(cls, path: str) -> Source:
@@ -138,6 +141,7 @@ class Source:
         u.globals = self.globals
         u.extra["base"] = base
         u.extra["load_nested"] = self._load_nested
+        u.extra["warn"] = self.warn
         return u
 
     def _load_nested(self, u: InertUnpickler, blob: Blob | bytes) -> Any:
@@ -265,6 +269,20 @@ def _tensor_findings(ckpt: Checkpoint) -> list[Finding]:
                 )
             )
     return out
+
+
+def attach_partial(src: Source, e: CorruptFile) -> None:
+    """A file that breaks only after torch.load has already run something dangerous is a
+    danger first: keep what was read, with its findings and the damage as one more, on the
+    error (`e.partial`), so `inspect` can report it (issue: a scanner treating exit 2 as "not a
+    checkpoint, skip it" would wave the file through)."""
+    if not any(g.called and g.verdict.safety is Safety.DANGER for g in src.globals.values()):
+        return
+    src.warn("corrupt", f"the file is damaged after what is shown ({e.message})")
+    try:
+        e.partial = assemble(src, src.kind, e.partial_root, {"corrupt": e.message})
+    except CkptError:  # the partial tree itself is unusable: the message still names the call
+        e.partial = None
 
 
 def corrupt(path: str, what: str) -> CorruptFile:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 
 from ..errors import CorruptFile
 from ..unpickle import PObject, _Malformed, classify_global
-from ._common import Source
+from ._common import Source, attach_partial
 from .dcp_fast_unpickler import _MD, _FastUnpickler, _Record, _rewrite
 from .dcp_interpretation import DcpMetadata, _interpret
 
@@ -79,7 +79,10 @@ def load_inert(src: Source) -> DcpMetadata:
     root, _ = src.unpickler(src.buf, METADATA, None).load(0, src.size)
     if not (isinstance(root, PObject) and root.name == f"{_MD}Metadata"):
         found = root.name if isinstance(root, PObject) else type(root).__name__
-        raise CorruptFile(path, f"not a DCP Metadata pickle (it holds {found}){_danger(src)}")
+        e = CorruptFile(path, f"not a DCP Metadata pickle (it holds {found}){_danger(src)}")
+        e.partial_root = root
+        attach_partial(src, e)  # a danger torch's reader would run is reported as one
+        raise e
     try:
         return _interpret(root, src.globals)
     except _Malformed as e:

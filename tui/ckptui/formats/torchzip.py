@@ -274,6 +274,9 @@ def read_zip(src: Source) -> Checkpoint:
     if facts.get("byteorder", "little") not in ("little", "?"):
         src.warn("big_endian", "storages are big-endian (byteorder record)")
     if is_torchscript(z):
+        from .torchscript_code import scan_code
+
+        scan_code(z)  # torch.load hands it to torch.jit.load, which runs each __setstate__
         data = z.load("data.pkl")
         # constants.pkl numbers its storages from 0 too, in its own folder
         constants = z.load("constants.pkl", tensor_dir="constants/", key_prefix="constants/")
