@@ -234,3 +234,137 @@ def test_reshard_writes_shards_and_an_index_transformers_loads(sharded, tmp_path
         with pytest.raises(ExportError, match="No space left"):
             export_sharded(plan, str(again / "model.safetensors"), parse_size("200KB"))
     assert list(again.iterdir()) == []
+
+
+# -- hostile indexes and folders (issue 20) ----------------------------------------------------
+def _with_shard_name(src: Path, dst: Path, name: str) -> str:
+    """A copy of the sharded folder whose index sends its first tensor to shard `name`."""
+    shutil.copytree(src, dst)
+    index_path = dst / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = name
+    index_path.write_text(json.dumps(index))
+    return first
+
+
+def test_a_shard_name_with_a_nul_byte_is_one_line(sharded, tmp_path: Path) -> None:
+    """The reported input: `weight_map` naming a shard with a NUL byte made pathlib's `stat`
+    raise `ValueError: embedded null byte`."""
+    folder = tmp_path / "m"
+    _with_shard_name(sharded[0], folder, "model-00001\u0000-of-00003.safetensors")
+    r = run_cli("inspect", str(folder))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"ckptui: {folder}/model.safetensors.index.json: shard ")
+    assert r.stderr.endswith("holds a NUL byte\n")
+
+
+class _Opened:
+    """Every path this process opens through os.open or open(), while it is installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import builtins
+        import os
+
+        self.paths: list[str] = []
+        real_os_open, real_open = os.open, builtins.open
+
+        def os_open(path, *a, **k):  # type: ignore[no-untyped-def]
+            self.paths.append(os.fspath(path))
+            return real_os_open(path, *a, **k)
+
+        def open_(file, *a, **k):  # type: ignore[no-untyped-def]
+            if isinstance(file, str | os.PathLike):
+                self.paths.append(os.fspath(file))
+            return real_open(file, *a, **k)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", open_)
+
+
+OUTSIDE_NAMES = {
+    "absolute": "{outside}",
+    "dotdot": "../outside/secret.safetensors",
+    "dotdot_inside": "sub/../../outside/secret.safetensors",
+    "backslash_dotdot": "..\\outside\\secret.safetensors",
+    "url": "file://{outside}",
+    "double_slash": "//outside/secret.safetensors",
+    "drive": "C:\\outside\\secret.safetensors",
+    "empty": "",
+    "dot": ".",
+    "dot_slash": "./",
+    "the_index": "model.safetensors.index.json",
+    "lone_surrogate": "\ud800.safetensors",
+    "symlink_out": "link.safetensors",
+    "through_symlinked_dir": "linkdir/secret.safetensors",
+    "symlinked_dir_loop": "loop",
+    "a_subfolder": "sub",
+}
+
+
+@pytest.mark.parametrize("case", list(OUTSIDE_NAMES))
+def test_shard_names_outside_the_folder_are_refused_by_name(
+    sharded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Names that are absolute, climb with `..`, are URLs, name the folder or the index itself
+    (opening it again would recurse), or lead out through a symlink: one CkptError naming the
+    shard, and no file outside the folder is opened."""
+    from ckptui.errors import CkptError
+
+    outside = tmp_path / "outside" / "secret.safetensors"
+    outside.parent.mkdir()
+    shutil.copy(min(sharded[0].glob("model-*.safetensors")), outside)
+    folder = tmp_path / "m"
+    name = OUTSIDE_NAMES[case].format(outside=outside)
+    _with_shard_name(sharded[0], folder, name)
+    (folder / "sub").mkdir()
+    (folder / "link.safetensors").symlink_to(outside)
+    (folder / "linkdir").symlink_to(outside.parent)
+    (folder / "loop").symlink_to(folder)
+    opened = _Opened(monkeypatch)
+    with pytest.raises(CkptError) as e:
+        open_checkpoint(folder)
+    monkeypatch.undo()
+    shown = name.encode("utf-8", "backslashreplace").decode()
+    assert repr(name) in e.value.message or e.value.path.endswith(shown), e.value
+    assert "\n" not in str(e.value)
+    assert not [p for p in opened.paths if "outside" in p and "secret" in p]
+    # the CLI says the same in one line, exit 2
+    r = run_cli("inspect", str(folder))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_a_hub_cache_snapshot_follows_its_blob_symlinks(sharded, tmp_path: Path) -> None:
+    """huggingface_hub's cache keeps files in `blobs/` and links them from `snapshots/<rev>/`:
+    those links leave the snapshot folder but stay in the model's cache, so they are read."""
+    src, truth = sharded
+    repo = tmp_path / "models--tiny--gpt2"
+    snap = repo / "snapshots" / "abc123"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        blob = repo / "blobs" / f"blob-{f.name}"
+        shutil.copy(f, blob)
+        (snap / f.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    ckpt = open_checkpoint(snap)
+    assert ckpt.format == "hf-sharded" and not ckpt.findings
+    assert {p[0] for p, _ in ckpt.tensors()} == set(truth)
+
+
+def test_a_generic_folder_lists_symlinks_out_and_reads_none(tmp_path: Path) -> None:
+    """A folder of checkpoint files: a symlink leading out is a finding, never opened; one
+    that stays inside is read like the file it leads to."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    torch.save({"w": torch.ones(2)}, elsewhere / "secret.pt")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(3)}, folder / "epoch1.pt")
+    torch.save({"w": torch.zeros(4)}, folder / "epoch2.pt")
+    (folder / "best.pt").symlink_to("epoch2.pt")
+    (folder / "stolen.pt").symlink_to(elsewhere / "secret.pt")
+    ckpt = open_checkpoint(folder)
+    assert [c.key for c in ckpt.root.children] == ["best.pt", "epoch1.pt", "epoch2.pt"]
+    (out,) = [f for f in ckpt.findings if f.kind == "outside_folder"]
+    assert out.message.startswith("stolen.pt: a symlink leading outside the folder")
+    assert "stolen.pt" not in ckpt.info["other_files"]

@@ -16,7 +16,7 @@ from pathlib import Path as FsPath
 
 from .errors import CkptError, NotACheckpoint, NotReadable
 from .formats import open_checkpoint
-from .formats._common import is_url
+from .formats._common import is_url, leads_outside
 from .formats.folder import is_index_file
 from .formats.layout import read_layout
 from .model import Checkpoint, Path
@@ -30,8 +30,13 @@ FileHook = Callable[[str, object, Breakdown], None]
 """Called with (relative name, checkpoint, its breakdown) for each checkpoint file read."""
 
 
-def folder_files(folder: str) -> list[tuple[str, int]]:
+def folder_files(folder: str, refused: dict[str, str] | None = None) -> list[tuple[str, int]]:
     """(relative name, size) of every regular file below `folder`, sorted, hidden ones too.
+
+    A symlink counts as the file it leads to when that lies inside the folder (or in a Hugging
+    Face cache's blobs, see `leads_outside`); one leading elsewhere is left out, and named in
+    `refused` (relative name -> why) when given: nothing outside the folder is read.
+    Symlinked subfolders are not walked (`os.walk`'s default), so a link loop cannot recurse.
 
     Raises:
         NotReadable: when the folder cannot be listed or holds more than MAX_FILES files.
@@ -42,7 +47,13 @@ def folder_files(folder: str) -> list[tuple[str, int]]:
             dirnames.sort()
             for name in sorted(filenames):
                 full = FsPath(dirpath) / name
-                if full.is_symlink() or not full.is_file():
+                if full.is_symlink():
+                    why = leads_outside(folder, str(full))
+                    if why is not None:
+                        if refused is not None:
+                            refused[str(full.relative_to(folder))] = why
+                        continue
+                if not full.is_file():
                     continue
                 out.append((str(full.relative_to(folder)), full.stat().st_size))
                 if len(out) > MAX_FILES:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path as FsPath
 from typing import Any, Protocol
 
 from ..errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage
-from ._common import is_url
+from ._common import is_url, leads_outside
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
@@ -94,6 +95,15 @@ class Files(Protocol):
         """Whether opening `path` failed with `error` because the file is not there."""
         ...
 
+    def outside(self, folder: str, rel: str) -> str | None:
+        """Why the shard `rel` (a name already checked by `shard_name_problem`) is not a file
+        inside `folder` (a symlink leading out, a subfolder), or None; reads no file."""
+        ...
+
+    def refused(self, folder: str) -> dict[str, str]:
+        """Files below `folder` that are left unread, relative name -> why (symlinks out)."""
+        ...
+
     def absolute(self, folder: str) -> str:
         """`info["folder"]`: what `Checkpoint.file_of` joins a storage's file to."""
         ...
@@ -148,6 +158,22 @@ class LocalFiles:
         """The file is not there (whatever the error said)."""
         return not FsPath(path).exists()
 
+    def outside(self, folder: str, rel: str) -> str | None:
+        """A symlink leading out of the folder, or a folder where a shard file should be."""
+        path = FsPath(folder) / rel
+        why = leads_outside(folder, str(path))
+        if why is None and path.is_dir():
+            why = "a folder, not a shard file"
+        return why
+
+    def refused(self, folder: str) -> dict[str, str]:
+        """Symlinks below `folder` leading out of it (`folder_sizes.folder_files`)."""
+        from ..folder_sizes import folder_files
+
+        out: dict[str, str] = {}
+        folder_files(folder, out)
+        return out
+
     def absolute(self, folder: str) -> str:
         """The folder's absolute path."""
         return str(FsPath(folder).absolute())
@@ -183,6 +209,14 @@ def open_folder(path: str, open_file: Any, files: Files = LOCAL) -> Checkpoint:
     Raises:
         CkptError: an unreadable folder or index, or a folder holding no checkpoint.
     """
+    try:
+        return _open_folder(path, open_file, files)
+    except OSError as e:  # a file vanishing or turning unreadable between listing and reading
+        where = e.filename if isinstance(e.filename, str) else path
+        raise NotReadable(where, e.strerror or str(e)) from None
+
+
+def _open_folder(path: str, open_file: Any, files: Files) -> Checkpoint:
     if is_index_file(path) and not files.is_dir(path):
         folder, name = files.split(path)
         return open_sharded(folder, name, path, open_file, files)
@@ -229,9 +263,15 @@ def open_sharded(
         raise CorruptFile(index_path, "no weight_map of tensor name -> shard file")
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
-        if FsPath(shard).is_absolute() or ".." in FsPath(shard).parts or is_url(shard):
-            raise CorruptFile(index_path, f"shard {shard!r} lies outside the folder")
         shards.setdefault(shard, []).append(name)
+    for shard in shards:
+        problem = shard_name_problem(shard)
+        if problem is not None:
+            raise CorruptFile(index_path, f"shard {shard!r} {problem}")
+    for shard in sorted(shards):
+        problem = files.outside(folder, shard)
+        if problem is not None:
+            raise NotReadable(files.join(folder, shard), problem)
     children: list[Node] = []
     storages: dict[str, Storage] = {}
     findings: list[Finding] = []
@@ -297,7 +337,8 @@ def open_sharded(
         raise NotACheckpoint(index_path, "the index lists no shards")
     if metadata is not None:
         children.append(metadata)
-    total = index.get("metadata", {}).get("total_size") if isinstance(index, dict) else None
+    meta = index.get("metadata")
+    total = meta.get("total_size") if isinstance(meta, dict) else None
     info: dict[str, Any] = {
         "folder": files.absolute(folder),
         "index": index_name,
@@ -306,7 +347,7 @@ def open_sharded(
         "shards": len(shards),
         "shard_formats": sorted(formats),
     }
-    if isinstance(total, int):
+    if type(total) is int:
         info["index_total_size"] = total
     root = Node.make(NodeKind.MAPPING, "dict", None, tuple(children))
     return Checkpoint(
@@ -320,6 +361,37 @@ def open_sharded(
     )
 
 
+_SEPARATORS = re.compile(r"[/\\]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def shard_name_problem(shard: str) -> str | None:
+    """What is wrong with a shard name from an index's `weight_map`, or None for a plain
+    relative file name inside the folder.
+
+    The index is data from whoever made the folder: a name must not reach outside it (absolute,
+    `..`, a URL, a Windows drive or `\\` separator, which would escape on Windows), must be
+    text a file system can take (no NUL, no lone surrogate), must name a file rather than the
+    folder itself, and must not be an index (opening an index opens its shards: a loop).
+    """
+    if not shard:
+        return "is an empty name"
+    if "\0" in shard:
+        return "holds a NUL byte"
+    try:
+        shard.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid text (a lone surrogate)"
+    parts = _SEPARATORS.split(shard)
+    if is_url(shard) or shard[0] in "/\\" or _DRIVE.match(shard) or ".." in parts:
+        return "lies outside the folder"
+    if all(p in ("", ".") for p in parts):
+        return "names the folder itself, not a shard file"
+    if is_index_file(parts[-1]):
+        return "is an index, not a shard file"
+    return None
+
+
 # -- any folder of checkpoint files ----------------------------------------------------------
 def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     sizes = access.sizes(folder)
@@ -331,6 +403,8 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     files: dict[str, int] = {}
     other: dict[str, int] = {}
     formats: set[str] = set()
+    for rel, why in access.refused(folder).items():
+        findings.append(Finding("outside_folder", Severity.WARNING, f"{rel}: {why}", None))
     tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size)]
     opened = access.open_each([access.join(folder, rel) for rel in tried], open_file)
     for rel, size in sizes.items():

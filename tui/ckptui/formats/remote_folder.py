@@ -188,6 +188,14 @@ class RemoteFiles:
         """A 404 (or no such key): the server said so, no second request."""
         return isinstance(error, NotFound)
 
+    def outside(self, folder: str, rel: str) -> str | None:
+        """Object stores have no symlinks, and a checked name's URL lies below the folder's."""
+        return None
+
+    def refused(self, folder: str) -> dict[str, str]:
+        """Nothing: a listing holds no links."""
+        return {}
+
     def absolute(self, folder: str) -> str:
         """The folder's URL, as given."""
         return folder
