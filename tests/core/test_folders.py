@@ -294,6 +294,8 @@ OUTSIDE_NAMES = {
     "dot": ".",
     "dot_slash": "./",
     "the_index": "model.safetensors.index.json",
+    "the_index_slash": "model.safetensors.index.json/",
+    "the_index_dot": "./model.safetensors.index.json",
     "lone_surrogate": "\ud800.safetensors",
     "symlink_out": "link.safetensors",
     "through_symlinked_dir": "linkdir/secret.safetensors",
@@ -368,3 +370,14 @@ def test_a_generic_folder_lists_symlinks_out_and_reads_none(tmp_path: Path) -> N
     (out,) = [f for f in ckpt.findings if f.kind == "outside_folder"]
     assert out.message.startswith("stolen.pt: a symlink leading outside the folder")
     assert "stolen.pt" not in ckpt.info["other_files"]
+
+
+def test_an_index_symlinked_out_of_the_folder_is_not_read(sharded, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(sharded[0], folder)
+    elsewhere = tmp_path / "elsewhere.json"
+    (folder / "model.safetensors.index.json").rename(elsewhere)
+    (folder / "model.safetensors.index.json").symlink_to(elsewhere)
+    r = run_cli("inspect", str(folder))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"ckptui: {folder}/model.safetensors.index.json: a symlink leading")

@@ -96,8 +96,9 @@ class Files(Protocol):
         ...
 
     def outside(self, folder: str, rel: str) -> str | None:
-        """Why the shard `rel` (a name already checked by `shard_name_problem`) is not a file
-        inside `folder` (a symlink leading out, a subfolder), or None; reads no file."""
+        """Why `rel` (an index, or a shard name already checked by `shard_name_problem`) is
+        not a file inside `folder` (a symlink leading out, a subfolder), or None; reads no
+        file."""
         ...
 
     def refused(self, folder: str) -> dict[str, str]:
@@ -163,7 +164,7 @@ class LocalFiles:
         path = FsPath(folder) / rel
         why = leads_outside(folder, str(path))
         if why is None and path.is_dir():
-            why = "a folder, not a shard file"
+            why = "a folder, not a file"
         return why
 
     def refused(self, folder: str) -> dict[str, str]:
@@ -251,6 +252,9 @@ def open_sharded(
         CkptError: an unreadable or malformed index, or shard names outside the folder.
     """
     index_path = files.join(folder, index_name)
+    problem = files.outside(folder, index_name)
+    if problem is not None:
+        raise NotReadable(index_path, problem)
     raw = files.read(index_path, MAX_INDEX)
     try:
         index = json.loads(raw)
@@ -385,9 +389,12 @@ def shard_name_problem(shard: str) -> str | None:
     parts = _SEPARATORS.split(shard)
     if is_url(shard) or shard[0] in "/\\" or _DRIVE.match(shard) or ".." in parts:
         return "lies outside the folder"
-    if all(p in ("", ".") for p in parts):
+    named = [p for p in parts if p not in ("", ".")]  # what the path resolves to (pathlib)
+    if not named:
         return "names the folder itself, not a shard file"
-    if is_index_file(parts[-1]):
+    if shard[-1] in "/\\":
+        return "ends with a separator: it names a folder, not a shard file"
+    if is_index_file(named[-1]):
         return "is an index, not a shard file"
     return None
 
