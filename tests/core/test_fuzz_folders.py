@@ -387,7 +387,7 @@ def check_mutant(
         for p in opened.paths:
             rp = os.path.realpath(p)
             inside = (rp + os.sep).startswith((real + os.sep, written))
-            if not inside and not rp.startswith(("/dev/", "/proc/", sys.prefix)):
+            if not inside and not rp.startswith(("/dev/", "/proc/", sys.prefix, sys.base_prefix)):
                 return "problem", f"{what}: opened {p!r} outside the folder"
         if code == 2:
             lines = stderr.splitlines()

@@ -189,7 +189,11 @@ class RemoteFiles:
         return isinstance(error, NotFound)
 
     def outside(self, folder: str, rel: str) -> str | None:
-        """Object stores have no symlinks, and a checked name's URL lies below the folder's."""
+        """Object stores have no symlinks, but a name is joined into a URL: `%` (`%2e%2e/`
+        is `../` once decoded, and URL libraries resolve it), `?` and `#` would change which
+        object is fetched, so names holding them are refused (real shard names never do)."""
+        if any(c in rel for c in "%?#"):
+            return "holds URL syntax (%, ? or #) that would change which file is fetched"
         return None
 
     def refused(self, folder: str) -> dict[str, str]:
