@@ -368,7 +368,8 @@ def check_mutant(
     folder: Path, out_dir: Path, opened: Opened, export: bool
 ) -> tuple[str, str | None]:
     """Run the commands on one mutant folder (an export writes into `out_dir`): (outcome,
-    problem or None)."""
+    problem or None); a problem starts with its class in brackets (`[traceback]`, `[hang]`,
+    `[exit code]`, `[read outside]`, `[message]`)."""
     real = os.path.realpath(folder)
     out_dir.mkdir(exist_ok=True)
     written = os.path.realpath(out_dir) + os.sep
@@ -381,20 +382,22 @@ def check_mutant(
         code, stdout, stderr, escaped = run_cli(argv, opened)
         what = argv[0]
         if escaped is not None:
-            return "problem", f"{what}: {escaped}"
+            kind = "hang" if escaped.startswith("no answer") else "traceback"
+            return "problem", f"[{kind}] {what}: {escaped}"
         if code not in (0, 1, 2):
-            return "problem", f"{what}: exit {code}"
+            return "problem", f"[exit code] {what}: exit {code}"
         for p in opened.paths:
             rp = os.path.realpath(p)
             inside = (rp + os.sep).startswith((real + os.sep, written))
             if not inside and not rp.startswith(("/dev/", "/proc/", sys.prefix, sys.base_prefix)):
-                return "problem", f"{what}: opened {p!r} outside the folder"
+                return "problem", f"[read outside] {what}: opened {p!r} outside the folder"
         if code == 2:
             lines = stderr.splitlines()
             if len(lines) != 1 or not lines[0].startswith("ckptui: "):
-                return "problem", f"{what}: exit 2 without one line: {stderr[-300:]!r}"
+                return "problem", f"[message] {what}: exit 2 without one line: {stderr[-300:]!r}"
             if str(folder) not in lines[0] and str(out_dir) not in lines[0]:
-                return "problem", f"{what}: the error names no file of the folder: {lines[0]!r}"
+                why = f"the error names no file of the folder: {lines[0]!r}"
+                return "problem", f"[message] {what}: {why}"
         if what == "inspect":
             if code == 0:
                 json.loads(stdout)
