@@ -381,3 +381,68 @@ def test_an_index_symlinked_out_of_the_folder_is_not_read(sharded, tmp_path: Pat
     r = run_cli("inspect", str(folder))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith(f"ckptui: {folder}/model.safetensors.index.json: a symlink leading")
+
+
+# -- a folder of one checkpoint file (issue 19) ------------------------------------------------
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=100, max_position_embeddings=32,
+    )  # fmt: skip
+    return BertModel(config)
+
+
+def test_a_folder_of_one_safetensors_file_exports_that_files_names(tmp_path: Path) -> None:
+    """The reported input: `save_file({'w': ...}, 'd/model.safetensors')`, then
+    `ckptui export d -o o.safetensors` wrote `model.safetensors.w`."""
+    from safetensors.torch import save_file
+
+    d = tmp_path / "d"
+    d.mkdir()
+    w = torch.randn(3, 2)
+    save_file({"w": w}, str(d / "model.safetensors"))
+    (d / "config.json").write_text("{}")
+    r = run_cli("export", str(d), "-o", str(tmp_path / "o.safetensors"))
+    assert r.returncode == 0, r.stderr
+    back = load_file(tmp_path / "o.safetensors")
+    assert list(back) == ["w"] and torch.equal(back["w"], w)
+    ckpt = open_checkpoint(d)
+    assert ckpt.info["single_file"] == "model.safetensors"
+    assert [p for p, _ in ckpt.tensors()] == [("w",)]
+    assert ckpt.storages[ckpt.find(("w",)).tensor.storage_key].file == "model.safetensors"
+
+
+@pytest.mark.parametrize("layout", ["save_pretrained", "pytorch_model.bin"])
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_a_save_pretrained_folder_exports_a_state_dict_the_model_loads(
+    tmp_path: Path, layout: str, fmt: str
+) -> None:
+    """transformers' own `save_pretrained` (config.json + model.safetensors), and the
+    `pytorch_model.bin` layout of older releases (transformers 5 writes safetensors only, so
+    the .bin is torch.save of the state dict): the export loads with strict=True."""
+    model = tiny_bert()
+    d = tmp_path / "bert"
+    if layout == "save_pretrained":
+        model.save_pretrained(d)
+        assert (d / "model.safetensors").exists()
+    else:
+        d.mkdir()
+        model.config.save_pretrained(d)
+        torch.save(model.state_dict(), d / "pytorch_model.bin")
+    out = tmp_path / f"o.{fmt}"
+    r = run_cli("export", str(d), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    sd = load_file(out) if fmt == "safetensors" else torch.load(out, weights_only=True)
+    fresh = tiny_bert()
+    torch.nn.init.zeros_(fresh.embeddings.word_embeddings.weight)
+    fresh.load_state_dict(sd, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    # the size breakdown's rows map to the tree (no file-name level in it)
+    b = breakdown_of(open_checkpoint(d))
+    largest = b.largest[0].path
+    assert largest[0] in ("model.safetensors", "pytorch_model.bin")
+    assert open_checkpoint(d).find(tree_path(open_checkpoint(d), largest)) is not None

@@ -141,8 +141,11 @@ def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
 def tree_path(ckpt: Checkpoint, path: Path) -> Path:
     """A breakdown path as a path of `ckpt`'s tree: a sharded model's breakdown is keyed by
     shard first, while its tree is one state dict (the shard's own row maps to the root); a
-    DCP folder's per-file rows map to the root too."""
+    DCP folder's per-file rows map to the root too, and so do those of a folder holding one
+    checkpoint file (its tree is that file's)."""
     if ckpt.format in ("hf-sharded", "dcp") and path and path[0] in ckpt.info.get("files", {}):
+        return path[1:]
+    if path and path[0] == ckpt.info.get("single_file"):  # a folder that is one file's tree
         return path[1:]
     return path
 

@@ -9,7 +9,13 @@
 - Any other folder of checkpoints (DeepSpeed `global_step*/` with `mp_rank_00_model_states.pt`
   and `*_optim_states.pt`, a folder of epochs) gets one top-level node per checkpoint file, keyed
   by its path relative to the folder; files that are not checkpoints (`config.json`,
-  `zero_to_fp32.py`, `latest`) are left out and listed in `info["other_files"]`.
+  `zero_to_fp32.py`, `latest`) are left out and listed in `info["other_files"]`. A folder with
+  one checkpoint file (`save_pretrained` without shards: `config.json` + `model.safetensors`)
+  is that file's tree, its name in `info["single_file"]`.
+
+Names from an index (`weight_map`) and symlinks are checked before anything is opened: a name
+reaching outside the folder or a symlink leading out of it is refused by name
+(`shard_name_problem`, `Files.outside`), so nothing outside the folder is read.
 
 Storages are renamed `<file>:<key>` (shards of `torch.save` number their storages from 0 each)
 and keep `Storage.file`, the file relative to the folder; readers of tensor bytes open that
@@ -410,6 +416,7 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     files: dict[str, int] = {}
     other: dict[str, int] = {}
     formats: set[str] = set()
+    read: dict[str, Checkpoint] = {}
     for rel, why in access.refused(folder).items():
         findings.append(Finding("outside_folder", Severity.WARNING, f"{rel}: {why}", None))
     tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size)]
@@ -430,11 +437,19 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
             continue
         files[rel] = ckpt.file_bytes
         formats.add(ckpt.format)
-        root = _rebased(ckpt, rel, (rel,), storages)
-        children.append(dataclasses.replace(root, key=rel))
-        findings += [_in_file(f, rel, (rel,)) for f in ckpt.findings]
-    if not children:
+        read[rel] = ckpt
+    if not read:
         raise NotACheckpoint(folder, "no checkpoint files in this folder")
+    # One checkpoint file (save_pretrained's model.safetensors or pytorch_model.bin beside
+    # config.json, a PEFT adapter, a diffusers UNet): the folder is that checkpoint, so its
+    # tree is the file's, not one node named after it (an export would prefix every name
+    # with `model.safetensors.`). Several files: one top-level node per file.
+    single = len(read) == 1
+    for rel, ckpt in read.items():
+        prefix: Path = () if single else (rel,)
+        root = _rebased(ckpt, rel, prefix, storages)
+        children.append(root if single else dataclasses.replace(root, key=rel))
+        findings += [_in_file(f, rel, prefix) for f in ckpt.findings]
     kind = "deepspeed" if any("mp_rank_" in r and r.endswith("_states.pt") for r in files) else ""
     info = {
         "folder": access.absolute(folder),
@@ -444,7 +459,11 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     }
     if kind:
         info["producer"] = kind
-    root = Node.make(NodeKind.MAPPING, "folder", None, tuple(children))
+    if single:
+        info["single_file"] = next(iter(read))
+        root = children[0]
+    else:
+        root = Node.make(NodeKind.MAPPING, "folder", None, tuple(children))
     return Checkpoint(folder, "folder", sum(files.values()), root, storages, tuple(findings), info)
 
 
