@@ -446,3 +446,20 @@ def test_a_save_pretrained_folder_exports_a_state_dict_the_model_loads(
     largest = b.largest[0].path
     assert largest[0] in ("model.safetensors", "pytorch_model.bin")
     assert open_checkpoint(d).find(tree_path(open_checkpoint(d), largest)) is not None
+
+
+def test_a_folder_nested_a_thousand_deep_is_walked_without_recursion(tmp_path: Path) -> None:
+    """os.walk recursed once per level: 1,200 nested folders raised RecursionError."""
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    torch.save({"w": torch.ones(2)}, folder / "top.pt")
+    deep = folder
+    for _ in range(1200):  # one level at a time: mkdir(parents=True) recurses too
+        deep = deep / "d"
+        deep.mkdir()
+    torch.save({"w": torch.zeros(3)}, deep / "m.pt")
+    for command in ("inspect", "why"):
+        r = run_cli(command, str(folder), "--json")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
+    ckpt = open_checkpoint(folder)
+    assert [c.key for c in ckpt.root.children] == ["top.pt", "d/" * 1200 + "m.pt"]
