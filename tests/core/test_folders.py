@@ -458,8 +458,14 @@ def test_a_folder_nested_a_thousand_deep_is_walked_without_recursion(tmp_path: P
         deep = deep / "d"
         deep.mkdir()
     torch.save({"w": torch.zeros(3)}, deep / "m.pt")
-    for command in ("inspect", "why"):
-        r = run_cli(command, str(folder), "--json")
-        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
-    ckpt = open_checkpoint(folder)
-    assert [c.key for c in ckpt.root.children] == ["top.pt", "d/" * 1200 + "m.pt"]
+    try:
+        for command in ("inspect", "why"):
+            r = run_cli(command, str(folder), "--json")
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
+        ckpt = open_checkpoint(folder)
+        assert [c.key for c in ckpt.root.children] == ["top.pt", "d/" * 1200 + "m.pt"]
+    finally:  # from the bottom up: shutil.rmtree (pytest's clean-up) recurses as well
+        (deep / "m.pt").unlink()
+        while deep != folder:
+            deep.rmdir()
+            deep = deep.parent
