@@ -752,3 +752,12 @@ def test_a_data_file_symlinked_out_of_the_folder_is_never_read(
     r = run_cli("inspect", str(dst))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert ".metadata: a symlink leading outside the folder" in r.stderr
+
+
+def test_a_fifo_as_metadata_is_one_line_not_a_hang(gloo_dcp: tuple[Path, dict], tmp_path: Path):
+    folder, _ = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    (dst / ".metadata").unlink()
+    os.mkfifo(dst / ".metadata")
+    r = run_cli("inspect", str(dst))
+    assert r.returncode == 2 and r.stderr == f"ckptui: {dst / '.metadata'}: is not a regular file\n"

@@ -8,6 +8,7 @@ random-init GPT-2 (no download); the tests check the merged tree against the mod
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -469,3 +470,22 @@ def test_a_folder_nested_a_thousand_deep_is_walked_without_recursion(tmp_path: P
         while deep != folder:
             deep.rmdir()
             deep = deep.parent
+
+
+@pytest.mark.parametrize("name", ["model.safetensors.index.json", "a_shard"])
+def test_a_fifo_in_place_of_a_file_is_one_line_not_a_hang(sharded, tmp_path: Path, name) -> None:
+    """Opening a FIFO for reading waits for a writer forever: an index or shard that is one is
+    refused (a shard by `check_openable`, the index by its reader) without opening it."""
+    folder = tmp_path / "m"
+    shutil.copytree(sharded[0], folder)
+    if name == "a_shard":
+        name = min(p.name for p in folder.glob("model-*.safetensors"))
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    r = run_cli("inspect", str(folder), "--json")
+    if name.endswith(".index.json"):
+        assert r.returncode == 2 and r.stderr == f"ckptui: {folder / name}: is not a regular file\n"
+    else:
+        assert r.returncode == 0, r.stderr
+        messages = [f["message"] for f in json.loads(r.stdout)["findings"]]
+        assert any(m.startswith(f"shard {name} cannot be read (is not a regular") for m in messages)

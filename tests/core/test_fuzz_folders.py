@@ -16,8 +16,8 @@ Each mutant is a copy of one seed with one change, chosen by a seeded RNG:
 - the index JSON: a `weight_map` name replaced by a hostile one (NUL, `..`, absolute, a URL,
   the index itself, the folder, a lone surrogate, ...), a tensor name made odd, the structure
   or `metadata.total_size` replaced, or one JSON value token replaced;
-- the folder: a file deleted, emptied, replaced by a folder or by a symlink out of the folder,
-  two files' contents swapped.
+- the folder: a file deleted, emptied, replaced by a folder, a FIFO or a symlink out of the
+  folder, two files' contents swapped.
 
 Every mutant is run through the real command line in-process (`cli.main`: `inspect --json` and
 `why --json`, every eighth also `export`), and must return 0, 1 or 2; a 2 must print exactly
@@ -279,9 +279,12 @@ def make_mutant(
 def mutate_folder(folder: Path, names: list[str], rng: random.Random, outside: Path) -> str:
     name = rng.choice(names)
     path = folder / name
-    op = rng.choice(("delete", "empty", "dir", "link-out", "link-in", "swap"))
+    op = rng.choice(("delete", "empty", "dir", "link-out", "link-in", "swap", "fifo"))
     if op == "delete":
         path.unlink()
+    elif op == "fifo":  # opening a FIFO for reading blocks until a writer comes: never
+        path.unlink()
+        os.mkfifo(path)
     elif op == "empty":
         path.write_bytes(b"")
     elif op == "dir":
@@ -432,7 +435,8 @@ def run_worker(
         if problem is not None:
             kept = out / f"fail-{kind}-{seed}-{i}"
             if not kept.exists():
-                shutil.copytree(work / kind, kept, symlinks=True)
+                with contextlib.suppress(shutil.Error):  # a FIFO is not copied: named instead
+                    shutil.copytree(work / kind, kept, symlinks=True)
             failures.append(
                 {"kind": kind, "seed": seed, "index": i, "mutation": desc, "problem": problem,
                  "folder": str(kept)}

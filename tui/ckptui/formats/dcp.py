@@ -59,8 +59,9 @@ def looks_like_dcp(folder: str) -> bool:
         names = [p.name for p in FsPath(folder).iterdir()]
         if METADATA not in names or not any(n.endswith(SUFFIX) for n in names):
             return False
-        if leads_outside(folder, str(FsPath(folder) / METADATA)) is not None:
-            return True  # not read here: `read_dcp` refuses it by name
+        meta = FsPath(folder) / METADATA
+        if leads_outside(folder, str(meta)) is not None or not meta.is_file():
+            return True  # not read here (a FIFO would block): `read_dcp` refuses it by name
         with (FsPath(folder) / METADATA).open("rb") as f:
             return f.read(2)[:1] == b"\x80"
     except OSError:
@@ -93,6 +94,9 @@ def _read(folder: str) -> Checkpoint:
     meta_path = str(FsPath(folder) / METADATA)
     if METADATA in outside:
         raise NotReadable(meta_path, outside[METADATA])
+    if METADATA not in files and FsPath(meta_path).exists():
+        # a folder, or a FIFO: opening one for reading would wait for a writer forever
+        raise NotReadable(meta_path, "is not a regular file")
     try:
         msrc = Source.open(meta_path)
     except OSError as e:

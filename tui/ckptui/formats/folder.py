@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 from pathlib import Path as FsPath
 from typing import Any, Protocol
 
@@ -155,7 +156,10 @@ class LocalFiles:
     def read(self, path: str, limit: int) -> bytes:
         """A small file's bytes."""
         try:
-            if FsPath(path).stat().st_size > limit:
+            st = FsPath(path).stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+                raise NotReadable(path, "is not a regular file")
+            if st.st_size > limit:
                 raise CorruptFile(path, "index file is implausibly large")
             return FsPath(path).read_bytes()
         except OSError as e:
