@@ -489,3 +489,14 @@ def test_a_fifo_in_place_of_a_file_is_one_line_not_a_hang(sharded, tmp_path: Pat
         assert r.returncode == 0, r.stderr
         messages = [f["message"] for f in json.loads(r.stdout)["findings"]]
         assert any(m.startswith(f"shard {name} cannot be read (is not a regular") for m in messages)
+
+
+def test_an_index_naming_too_many_shards_is_one_line_at_once(sharded, tmp_path: Path) -> None:
+    """Each shard name costs a stat and an open: 100,000 names took 35 s before the cap."""
+    folder = tmp_path / "m"
+    shutil.copytree(sharded[0], folder)
+    names = {f"t{i}": f"model-{i:06d}.safetensors" for i in range(100_000)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": names}))
+    r = run_cli("inspect", str(folder))
+    assert r.returncode == 2
+    assert r.stderr.endswith("index.json: names more than 10,000 shard files\n")
