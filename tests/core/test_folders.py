@@ -500,3 +500,21 @@ def test_an_index_naming_too_many_shards_is_one_line_at_once(sharded, tmp_path: 
     r = run_cli("inspect", str(folder))
     assert r.returncode == 2
     assert r.stderr.endswith("index.json: names more than 10,000 shard files\n")
+
+
+def test_a_bin_beside_its_safetensors_twin_is_not_a_second_copy(tmp_path: Path) -> None:
+    """Hub repos often ship `model.safetensors` and `pytorch_model.bin`: from_pretrained loads
+    the safetensors one, so the folder is that file's tree and exports each weight once."""
+    model = tiny_bert()
+    d = tmp_path / "bert"
+    model.save_pretrained(d)
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    ckpt = open_checkpoint(d)
+    assert ckpt.info["single_file"] == "model.safetensors"
+    assert "pytorch_model.bin" in ckpt.info["other_files"]
+    (twin,) = [f for f in ckpt.findings if f.kind == "alternative_weights"]
+    assert twin.message.startswith("pytorch_model.bin: not opened: model.safetensors")
+    out = tmp_path / "o.safetensors"
+    r = run_cli("export", str(d), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    tiny_bert().load_state_dict(load_file(out), strict=True)

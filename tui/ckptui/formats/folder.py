@@ -11,7 +11,9 @@
   by its path relative to the folder; files that are not checkpoints (`config.json`,
   `zero_to_fp32.py`, `latest`) are left out and listed in `info["other_files"]`. A folder with
   one checkpoint file (`save_pretrained` without shards: `config.json` + `model.safetensors`)
-  is that file's tree, its name in `info["single_file"]`.
+  is that file's tree, its name in `info["single_file"]`. A `pytorch_model.bin` beside a
+  `model.safetensors` (and the PEFT and diffusers pairs) is not opened: `from_pretrained`
+  loads the safetensors one, and both as nodes would export every weight twice.
 
 Names from an index (`weight_map`) and symlinks are checked before anything is opened: a name
 reaching outside the folder or a symlink leading out of it is refused by name
@@ -425,10 +427,20 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     read: dict[str, Checkpoint] = {}
     for rel, why in access.refused(folder).items():
         findings.append(Finding("outside_folder", Severity.WARNING, f"{rel}: {why}", None))
-    tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size)]
+    twins = _twins(sizes)
+    for rel, twin in twins.items():
+        findings.append(
+            Finding(
+                "alternative_weights",
+                Severity.INFO,
+                f"{rel}: not opened: {twin} beside it is what from_pretrained loads",
+                None,
+            )
+        )
+    tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size) and rel not in twins]
     opened = access.open_each([access.join(folder, rel) for rel in tried], open_file)
     for rel, size in sizes.items():
-        if not _worth_trying(rel, size):
+        if not _worth_trying(rel, size) or rel in twins:
             other[rel] = size
             continue
         ckpt = opened[access.join(folder, rel)]
@@ -471,6 +483,28 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     else:
         root = Node.make(NodeKind.MAPPING, "folder", None, tuple(children))
     return Checkpoint(folder, "folder", sum(files.values()), root, storages, tuple(findings), info)
+
+
+TWINS = {
+    "pytorch_model.bin": "model.safetensors",
+    "adapter_model.bin": "adapter_model.safetensors",
+    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
+}
+"""A `.bin` weights file -> its safetensors twin, which `from_pretrained` (transformers, PEFT,
+diffusers) loads instead when both are there (hub repos often ship both)."""
+
+
+def _twins(sizes: dict[str, int]) -> dict[str, str]:
+    """The `.bin` files of `sizes` whose safetensors twin lies beside them -> that twin."""
+    out: dict[str, str] = {}
+    for rel in sizes:
+        below, _, name = rel.rpartition("/")
+        twin = TWINS.get(name)
+        if twin is not None:
+            twin = f"{below}/{twin}" if below else twin
+            if twin in sizes:
+                out[rel] = twin
+    return out
 
 
 SKIP_SUFFIXES = (".json", ".py", ".txt", ".md", ".yaml", ".yml", ".log", ".model", ".csv", ".png")
