@@ -58,7 +58,7 @@ from ckptui.cli import main as cli_main
 from tests.core.test_fuzz import FuzzTimeout, all_fields, mutate
 
 BASE_SEED = int(os.environ.get("CKPTUI_FUZZ_SEED", "1729"))
-N_MUTANTS = int(os.environ.get("CKPTUI_FOLDER_FUZZ_N", "250"))
+N_MUTANTS = int(os.environ.get("CKPTUI_FOLDER_FUZZ_N", "200"))
 TIME_LIMIT_S = 10
 ADDRESS_SPACE_LIMIT = 2 << 30
 EXPORT_EVERY = 8
