@@ -6,8 +6,9 @@ Usage: python tests/benchmarks/bench_fuzz_folders.py [--mutants N] [--seed S] [-
 Run on demand, not under pytest (issue 20's "must show"). This script:
 
 1. writes the four seed folders of `tests/core/test_fuzz_folders.py` (DCP, sharded
-   safetensors, sharded `.bin`, DeepSpeed-style) in a child process (the only one with torch);
-2. runs that file's worker once per kind, --mutants / 4 mutants each, every worker a child
+   safetensors, sharded `.bin`, DeepSpeed-style) and a DCP folder of DTensors sharded over two
+   gloo ranks (chunked tensors, exported through torch's DCP reader) in child processes;
+2. runs that file's worker once per kind, --mutants / 5 mutants each, every worker a child
    process under RLIMIT_AS = 2 GiB: each mutant goes through `cli.main` in-process
    (`inspect --json`, `why --json`, every eighth `export`), with a 10 s alarm per command and
    a record of every file opened; the worker reports its peak RSS (ru_maxrss);
@@ -47,6 +48,7 @@ from tests.core.test_fuzz_folders import (
 WORKER = ROOT / "tests" / "core" / "test_fuzz_folders.py"
 TIME = "/usr/bin/time"
 CLASSES = ("traceback", "exit code", "hang", "read outside", "message")
+BENCH_KINDS = (*KINDS, "dcp-sharded")
 
 
 def _cap() -> None:
@@ -62,6 +64,8 @@ def _env() -> dict[str, str]:
 
 
 def write_seeds(seeds: Path) -> None:
+    """The test's four seeds, plus `dcp-sharded`: DTensors sharded over two gloo ranks
+    (`test_dcp._sharded_worker`), whose chunked tensors export through torch's DCP reader."""
     code = (
         "import sys; from pathlib import Path; "
         "from tests.core.test_fuzz_folders import write_seeds; write_seeds(Path(sys.argv[1]))"
@@ -71,6 +75,18 @@ def write_seeds(seeds: Path) -> None:
         check=True,
         env=_env(),
         capture_output=True,
+    )
+    sharded = (
+        "import sys, torch.multiprocessing as mp; "
+        "from tests.core.test_dcp import _sharded_worker, free_port; "
+        "mp.spawn(_sharded_worker, args=(free_port(), sys.argv[1]), nprocs=2)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", sharded, str(seeds / "dcp-sharded")],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        timeout=300,
     )
 
 
@@ -163,10 +179,10 @@ def main() -> int:
     if not seeds.exists():
         seeds.mkdir(parents=True)
         write_seeds(seeds)
-    per_kind = -(-args.mutants // len(KINDS))
+    per_kind = -(-args.mutants // len(BENCH_KINDS))
     started = time.monotonic()
     rows = []
-    for kind in KINDS:
+    for kind in BENCH_KINDS:
         t0 = time.monotonic()
         report = run_worker(seeds, kind, per_kind, args.seed, work / f"out-{kind}")
         counts = dict.fromkeys(CLASSES, 0)
