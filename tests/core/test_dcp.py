@@ -761,3 +761,18 @@ def test_a_fifo_as_metadata_is_one_line_not_a_hang(gloo_dcp: tuple[Path, dict], 
     os.mkfifo(dst / ".metadata")
     r = run_cli("inspect", str(dst))
     assert r.returncode == 2 and r.stderr == f"ckptui: {dst / '.metadata'}: is not a regular file\n"
+
+
+def test_a_class_name_with_a_form_feed_is_still_one_line(
+    gloo_dcp: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Found by bench_fuzz_folders: a mutated .metadata naming `torch.d\\x0e\\x0ctributed...`
+    printed a form feed, which breaks the line (str.splitlines, terminals) as \\n does."""
+    folder, _ = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    module = "torch.d\x0e\x0ctributed.checkpoint.metadata\u2028".encode()
+    pk = b"\x80\x04\x8c" + bytes([len(module)]) + module + b"\x8c\x08Metadata\x93)\x81."
+    (dst / ".metadata").write_bytes(pk)
+    r = run_cli("inspect", str(dst))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, repr(r.stderr)
+    assert "torch.d\\x0e\\x0ctributed.checkpoint.metadata\\u2028.Metadata" in r.stderr
