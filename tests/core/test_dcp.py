@@ -46,7 +46,7 @@ from ckptui.roles import Role
 from ckptui.safety import judge
 from ckptui.unpickle import Global, classify_global
 from ckptui.values import tensor_stats
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.core.test_values import expect
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -688,3 +688,91 @@ def test_breakdown_roles_are_whole_tensors(gloo_dcp: tuple[Path, dict], sharded_
     assert b.dtypes == {"float32": b.roles[Role.WEIGHTS]}
     per_file = dict(b.top_level)
     assert per_file[("__0_0.distcp",)] > 0 and per_file[("__1_0.distcp",)] > 0
+
+
+# -- hostile folders (issue 20) ----------------------------------------------------------------
+def _tensor_item(folder: Path, fqn: str) -> tuple[str, int, int]:
+    """(file, offset, length) of the item holding the tensor `fqn`, as torch's reader has it."""
+    md = FileSystemReader(folder).read_metadata()
+    for index, info in md.storage_data.items():
+        if index.fqn == fqn and index.offset is not None:
+            return info.relative_path, info.offset, info.length
+    raise AssertionError(fqn)
+
+
+def test_an_item_whose_directory_count_lies_is_a_finding_not_a_traceback(
+    gloo_dcp: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The reported input: a `.distcp` item whose end-of-directory record counts more entries
+    than its central directory holds made `_parse_zip` raise `struct.error` (unpack_from past
+    the buffer). Now it is a damaged item of that file, the rest opens, and an export skips
+    that tensor, saying so in one line."""
+    folder, sd = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    rel, at, length = _tensor_item(dst, "model.fc.weight")
+    data = bytearray((dst / rel).read_bytes())
+    eocd = data.rfind(b"PK\x05\x06", at, at + length)
+    assert eocd > 0
+    data[eocd + 8 : eocd + 12] = (60).to_bytes(2, "little") * 2  # entries on disk, in total
+    (dst / rel).write_bytes(bytes(data))
+    ckpt = read_dcp(str(dst))
+    (bad,) = [f for f in ckpt.findings if f.kind == "corrupt_item"]
+    assert bad.message.startswith(f"{rel} holds 1 items") and "model.fc.weight" in bad.message
+    check_tree(ckpt, sd)
+    r = run_cli("inspect", str(dst))
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "corrupt_item" in r.stdout
+    r = run_cli("why", str(dst), "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    r = run_cli("export", str(dst), "-o", str(tmp_path / "w.pth"))
+    assert r.returncode == 0 and r.stderr == "ckptui: skipped model.fc.weight: " + (
+        "its storage is missing from the file\n"
+    )
+    back = torch.load(tmp_path / "w.pth", weights_only=True)
+    assert "fc.weight" not in back and torch.equal(back["fc.bias"], sd["model"]["fc.bias"])
+
+
+def test_a_data_file_symlinked_out_of_the_folder_is_never_read(
+    gloo_dcp: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, sd = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (dst / "__0_0.distcp").rename(elsewhere / "__0_0.distcp")
+    (dst / "__0_0.distcp").symlink_to(elsewhere / "__0_0.distcp")
+    ckpt = read_dcp(str(dst))
+    (out,) = [f for f in ckpt.findings if f.kind == "outside_folder"]
+    assert out.message.startswith("__0_0.distcp is a symlink leading outside the folder")
+    assert "__0_0.distcp" not in ckpt.info["files"]
+    assert all(st.data_offset is None for st in ckpt.storages.values())  # nothing located
+    check_tree(ckpt, sd)
+    # .metadata itself symlinked out: refused by name, one line
+    (dst / ".metadata").rename(elsewhere / ".metadata")
+    (dst / ".metadata").symlink_to(elsewhere / ".metadata")
+    r = run_cli("inspect", str(dst))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert ".metadata: a symlink leading outside the folder" in r.stderr
+
+
+def test_a_fifo_as_metadata_is_one_line_not_a_hang(gloo_dcp: tuple[Path, dict], tmp_path: Path):
+    folder, _ = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    (dst / ".metadata").unlink()
+    os.mkfifo(dst / ".metadata")
+    r = run_cli("inspect", str(dst))
+    assert r.returncode == 2 and r.stderr == f"ckptui: {dst / '.metadata'}: is not a regular file\n"
+
+
+def test_a_class_name_with_a_form_feed_is_still_one_line(
+    gloo_dcp: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Found by bench_fuzz_folders: a mutated .metadata naming `torch.d\\x0e\\x0ctributed...`
+    printed a form feed, which breaks the line (str.splitlines, terminals) as \\n does."""
+    folder, _ = gloo_dcp
+    dst = copy_of(folder, tmp_path)
+    module = "torch.d\x0e\x0ctributed.checkpoint.metadata\u2028".encode()
+    pk = b"\x80\x04\x8c" + bytes([len(module)]) + module + b"\x8c\x08Metadata\x93)\x81."
+    (dst / ".metadata").write_bytes(pk)
+    r = run_cli("inspect", str(dst))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, repr(r.stderr)
+    assert "torch.d\\x0e\\x0ctributed.checkpoint.metadata\\u2028.Metadata" in r.stderr

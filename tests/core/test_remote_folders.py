@@ -378,3 +378,24 @@ def test_shards_are_opened_concurrently(folder) -> None:
     assert requests >= 3 * ckpt.info["shards"]
     # in a row, the requests alone would take requests x 50 ms
     assert took < requests * 0.05 * 0.6, (took, requests)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a\0b.safetensors", "", ".", "model.safetensors.index.json", "../secret.safetensors",
+     "%2e%2e/secret.safetensors", "..%2Fsecret.safetensors", "x?y=../../secret.safetensors",
+     "x#frag", "//127.0.0.1/secret.safetensors", "https://127.0.0.1:9/secret.safetensors",
+     "\ud800.safetensors"],
+)  # fmt: skip
+def test_hostile_shard_names_at_a_url_are_one_line_and_fetch_nothing_else(
+    httpserver, capsys, tmp_path: Path, name: str
+) -> None:
+    """Issue 20: what a local index refuses, a URL's index refuses too, before any request
+    for the shard; URL syntax in a name (`%2e%2e/` decodes to `../`) is refused as well."""
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": name}}))
+    base = _serve_folder(httpserver, tmp_path)
+    httpserver.expect_request(re.compile(r"^/secret.*")).respond_with_data(b"secret")
+    assert main(["inspect", f"{base}/model.safetensors.index.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ckptui: {base}/"), err
+    assert {req.path for req, _ in httpserver.log} == {"/m/model.safetensors.index.json"}

@@ -6,6 +6,8 @@ the core is a bug.
 
 from __future__ import annotations
 
+import re
+
 
 class CkptError(Exception):
     """Base of every error ckptui reports to the user."""
@@ -18,8 +20,13 @@ class CkptError(Exception):
         self.message = message
 
 
+_BREAKS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters: besides \\n and \\r, \\x0b, \\x0c, \\x1c-\\x1e, \\x85 and U+2028/9 break
+lines too (str.splitlines, terminals), and a name from a file may hold any of them."""
+
+
 def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    return _BREAKS.sub(lambda m: repr(m[0])[1:-1], text)
 
 
 class NotFound(CkptError):

@@ -16,7 +16,7 @@ from pathlib import Path as FsPath
 
 from .errors import CkptError, NotACheckpoint, NotReadable
 from .formats import open_checkpoint
-from .formats._common import is_url
+from .formats._common import is_url, leads_outside
 from .formats.folder import is_index_file
 from .formats.layout import read_layout
 from .model import Checkpoint, Path
@@ -30,30 +30,53 @@ FileHook = Callable[[str, object, Breakdown], None]
 """Called with (relative name, checkpoint, its breakdown) for each checkpoint file read."""
 
 
-def folder_files(folder: str) -> list[tuple[str, int]]:
-    """(relative name, size) of every regular file below `folder`, sorted, hidden ones too.
+def folder_files(folder: str, refused: dict[str, str] | None = None) -> list[tuple[str, int]]:
+    """(relative name, size) of every regular file below `folder`, sorted, hidden ones too
+    (a folder's files, then each subfolder's in name order, as `os.walk` lists them).
+
+    A symlink counts as the file it leads to when that lies inside the folder (or in a Hugging
+    Face cache's blobs, see `leads_outside`); one leading elsewhere is left out, and named in
+    `refused` (relative name -> why) when given: nothing outside the folder is read.
+    Symlinked subfolders are not walked, so a link loop cannot recurse. The walk keeps its own
+    stack: `os.walk` recurses once per level and a folder nested 1,000 deep (a hostile archive
+    makes one in a blink) raised RecursionError.
 
     Raises:
-        NotReadable: when the folder cannot be listed or holds more than MAX_FILES files.
+        NotReadable: when the folder cannot be listed or holds more than MAX_FILES files or
+            MAX_FILES subfolders.
     """
     out: list[tuple[str, int]] = []
+    stack = [""]
+    folders = 0
     try:
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = FsPath(dirpath) / name
-                if full.is_symlink() or not full.is_file():
+        while stack:
+            below = stack.pop()
+            with os.scandir(f"{folder}{os.sep}{below}" if below else folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            subfolders = []
+            for e in entries:
+                rel = f"{below}{os.sep}{e.name}" if below else e.name
+                if e.is_dir(follow_symlinks=False):
+                    subfolders.append(rel)
                     continue
-                out.append((str(full.relative_to(folder)), full.stat().st_size))
+                if e.is_symlink():
+                    why = leads_outside(folder, e.path)
+                    if why is not None:
+                        if refused is not None:
+                            refused[rel] = why
+                        continue
+                if not e.is_file() or e.is_dir():
+                    continue
+                out.append((rel, e.stat().st_size))
                 if len(out) > MAX_FILES:
                     raise NotReadable(folder, f"holds more than {MAX_FILES:,} files")
+            folders += len(subfolders)
+            if folders > MAX_FILES:
+                raise NotReadable(folder, f"holds more than {MAX_FILES:,} folders")
+            stack.extend(reversed(subfolders))
     except OSError as e:
         raise NotReadable(folder, e.strerror or str(e)) from None
     return out
-
-
-def _raise(e: OSError) -> None:
-    raise e
 
 
 def breakdown_folder(folder: str, each: FileHook | None = None) -> Breakdown:
@@ -134,8 +157,11 @@ def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
 def tree_path(ckpt: Checkpoint, path: Path) -> Path:
     """A breakdown path as a path of `ckpt`'s tree: a sharded model's breakdown is keyed by
     shard first, while its tree is one state dict (the shard's own row maps to the root); a
-    DCP folder's per-file rows map to the root too."""
+    DCP folder's per-file rows map to the root too, and so do those of a folder holding one
+    checkpoint file (its tree is that file's)."""
     if ckpt.format in ("hf-sharded", "dcp") and path and path[0] in ckpt.info.get("files", {}):
+        return path[1:]
+    if path and path[0] == ckpt.info.get("single_file"):  # a folder that is one file's tree
         return path[1:]
     return path
 

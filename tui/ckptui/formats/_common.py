@@ -9,6 +9,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from ..errors import CkptError, CorruptFile
@@ -28,6 +29,24 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 def is_url(path: str | os.PathLike[str]) -> bool:
     """A `scheme://` path (`https://`, `s3://`, any fsspec URL), read by `formats.remote`."""
     return isinstance(path, str) and _URL.match(path) is not None
+
+
+def leads_outside(folder: str, path: str) -> str | None:
+    """Why `path`, named inside `folder`, is really outside it (a symlink, or a symlinked folder
+    on the way, leading elsewhere), or None when it stays inside.
+
+    A folder's files are read because the folder was given, so a symlink out of it (planted in
+    a downloaded archive, say) must not make ckptui read some other file. One exception: a
+    Hugging Face hub cache snapshot (`.../snapshots/<rev>/`) holds symlinks into the cache's own
+    `.../blobs/`, which is how every downloaded model looks (huggingface_hub's cache layout).
+    """
+    root = PurePath(os.path.realpath(folder))
+    real = PurePath(os.path.realpath(path))
+    if real.is_relative_to(root):
+        return None
+    if root.parent.name == "snapshots" and real.is_relative_to(root.parent.parent / "blobs"):
+        return None
+    return f"a symlink leading outside the folder (to {real}): not read"
 
 
 @dataclass

@@ -40,7 +40,7 @@ from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage
 from ..recorded_types import TensorRec
 from ..treebuild import TreeBuilder
 from ..unpickle import Global, _Malformed, classify_global
-from ._common import Source
+from ._common import Source, leads_outside
 from .dcp_findings import Problems, problem_findings
 from .dcp_interpretation import Chunk, DcpMetadata
 from .dcp_items import _read_item, _Ref, _ZipCache
@@ -59,6 +59,9 @@ def looks_like_dcp(folder: str) -> bool:
         names = [p.name for p in FsPath(folder).iterdir()]
         if METADATA not in names or not any(n.endswith(SUFFIX) for n in names):
             return False
+        meta = FsPath(folder) / METADATA
+        if leads_outside(folder, str(meta)) is not None or not meta.is_file():
+            return True  # not read here (a FIFO would block): `read_dcp` refuses it by name
         with (FsPath(folder) / METADATA).open("rb") as f:
             return f.read(2)[:1] == b"\x80"
     except OSError:
@@ -86,8 +89,14 @@ def read_dcp(folder: str) -> Checkpoint:
 
 
 def _read(folder: str) -> Checkpoint:
-    files = _list_files(folder)
+    outside: dict[str, str] = {}
+    files = _list_files(folder, outside)
     meta_path = str(FsPath(folder) / METADATA)
+    if METADATA in outside:
+        raise NotReadable(meta_path, outside[METADATA])
+    if METADATA not in files and FsPath(meta_path).exists():
+        # a folder, or a FIFO: opening one for reading would wait for a writer forever
+        raise NotReadable(meta_path, "is not a regular file")
     try:
         msrc = Source.open(meta_path)
     except OSError as e:
@@ -97,6 +106,7 @@ def _read(folder: str) -> Checkpoint:
     finally:
         msrc.close()
     reader = _Reader(folder, files, md, msrc)
+    reader.outside = outside
     try:
         return reader.read()
     except (RecursionError, MemoryError) as e:
@@ -107,11 +117,18 @@ def _read(folder: str) -> Checkpoint:
         reader.close()
 
 
-def _list_files(folder: str) -> dict[str, int]:
+def _list_files(folder: str, outside: dict[str, str]) -> dict[str, int]:
+    """The folder's files and sizes; a symlink leading out of the folder is left out and put in
+    `outside` with the reason instead (its items are reported, never read)."""
     out: dict[str, int] = {}
     try:
         with os.scandir(folder) as it:
             for e in it:
+                if e.is_symlink():
+                    why = leads_outside(folder, e.path)
+                    if why is not None:
+                        outside[e.name] = why
+                        continue
                 if e.is_file():
                     out[e.name] = e.stat().st_size
     except OSError as e:
@@ -136,6 +153,8 @@ class _Reader:
         self.item_cache: dict[bytes, tuple[Any, list[_Ref]]] = {}
         self.zips: _ZipCache = {}
         self.per_file: dict[str, dict[str, int]] = {}
+        self.outside: dict[str, str] = {}
+        """Data files that are symlinks leading out of the folder: never opened."""
 
     def close(self) -> None:
         for s in self.sources.values():
@@ -257,7 +276,7 @@ class _Reader:
         src = self.source(rel)
         problem = None
         if src is None:
-            problem = "missing"
+            problem = "outside" if rel in self.outside else "missing"
         elif at + length > src.size:
             problem = "short"
         elif transformed:
@@ -311,8 +330,9 @@ class _Reader:
         text = f"pickled object of {length:,} bytes in {rel}"
         src = self.source(rel)
         if src is None:
-            self.problems.add(rel, "missing", fqn)
-            return Node.make(NodeKind.VALUE, "missing", key, text=f"{text} (file missing)")
+            gone = "outside" if rel in self.outside else "missing"
+            self.problems.add(rel, gone, fqn)
+            return Node.make(NodeKind.VALUE, "missing", key, text=f"{text} (file {gone})")
         if at + length > src.size:
             self.problems.add(rel, "short", fqn)
             return Node.make(NodeKind.VALUE, "missing", key, text=f"{text} (file cut short)")

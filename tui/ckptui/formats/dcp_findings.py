@@ -27,6 +27,11 @@ class Problems:
 
 _WHAT: dict[str, tuple[str, Severity, str]] = {
     "missing": ("missing_file", Severity.WARNING, "is missing: {n} items are unavailable"),
+    "outside": (
+        "outside_folder",
+        Severity.WARNING,
+        "is a symlink leading outside the folder, not read: {n} items are unavailable",
+    ),
     "short": (
         "short_file",
         Severity.WARNING,

@@ -76,7 +76,18 @@ def _parse_zip(item: _Item, cache: _ZipCache | None = None) -> _Zip:
     Items of one shape and dtype have central directories that differ only in their CRC-32
     fields (which the parse ignores), so with a `cache` a directory equal to an earlier one but
     for those fields reuses its parse (measured: half of reading 10,000 items went here).
+
+    Raises:
+        _Malformed: for any damage, including fields whose counts or sizes point past the
+            bytes really there (a struct or index error in the parse is that, not a bug).
     """
+    try:
+        return _parse_zip_unchecked(item, cache)
+    except (struct.error, IndexError) as e:
+        raise _Malformed(f"damaged zip directory in the item ({e})") from None
+
+
+def _parse_zip_unchecked(item: _Item, cache: _ZipCache | None) -> _Zip:
     length, tail = item.length, item.tail
     eocd = tail.rfind(b"PK\x05\x06", max(0, len(tail) - 22 - 65535))
     if eocd < 0 or eocd + 22 > len(tail):
@@ -107,6 +118,8 @@ def _parse_zip(item: _Item, cache: _ZipCache | None = None) -> _Zip:
     pos = 0
     crcs: list[int] = []
     for _ in range(count):
+        if pos + 46 > len(cd):
+            raise _Malformed("central directory shorter than its entry count")
         crcs.append(pos + 16)
         sig, method, csize, usize, nlen, elen, clen, local = _CD.unpack_from(cd, pos)
         if sig != 0x02014B50:

@@ -9,7 +9,15 @@
 - Any other folder of checkpoints (DeepSpeed `global_step*/` with `mp_rank_00_model_states.pt`
   and `*_optim_states.pt`, a folder of epochs) gets one top-level node per checkpoint file, keyed
   by its path relative to the folder; files that are not checkpoints (`config.json`,
-  `zero_to_fp32.py`, `latest`) are left out and listed in `info["other_files"]`.
+  `zero_to_fp32.py`, `latest`) are left out and listed in `info["other_files"]`. A folder with
+  one checkpoint file (`save_pretrained` without shards: `config.json` + `model.safetensors`)
+  is that file's tree, its name in `info["single_file"]`. A `pytorch_model.bin` beside a
+  `model.safetensors` (and the PEFT and diffusers pairs) is not opened: `from_pretrained`
+  loads the safetensors one, and both as nodes would export every weight twice.
+
+Names from an index (`weight_map`) and symlinks are checked before anything is opened: a name
+reaching outside the folder or a symlink leading out of it is refused by name
+(`shard_name_problem`, `Files.outside`), so nothing outside the folder is read.
 
 Storages are renamed `<file>:<key>` (shards of `torch.save` number their storages from 0 each)
 and keep `Storage.file`, the file relative to the folder; readers of tensor bytes open that
@@ -24,12 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import stat
 from pathlib import Path as FsPath
 from typing import Any, Protocol
 
 from ..errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
-from ._common import is_url
+from ._common import is_url, leads_outside
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
@@ -94,6 +104,16 @@ class Files(Protocol):
         """Whether opening `path` failed with `error` because the file is not there."""
         ...
 
+    def outside(self, folder: str, rel: str) -> str | None:
+        """Why `rel` (an index, or a shard name already checked by `shard_name_problem`) is
+        not a file inside `folder` (a symlink leading out, a subfolder), or None; reads no
+        file."""
+        ...
+
+    def refused(self, folder: str) -> dict[str, str]:
+        """Files below `folder` that are left unread, relative name -> why (symlinks out)."""
+        ...
+
     def absolute(self, folder: str) -> str:
         """`info["folder"]`: what `Checkpoint.file_of` joins a storage's file to."""
         ...
@@ -138,7 +158,10 @@ class LocalFiles:
     def read(self, path: str, limit: int) -> bytes:
         """A small file's bytes."""
         try:
-            if FsPath(path).stat().st_size > limit:
+            st = FsPath(path).stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+                raise NotReadable(path, "is not a regular file")
+            if st.st_size > limit:
                 raise CorruptFile(path, "index file is implausibly large")
             return FsPath(path).read_bytes()
         except OSError as e:
@@ -147,6 +170,22 @@ class LocalFiles:
     def missing(self, path: str, error: CkptError) -> bool:
         """The file is not there (whatever the error said)."""
         return not FsPath(path).exists()
+
+    def outside(self, folder: str, rel: str) -> str | None:
+        """A symlink leading out of the folder, or a folder where a shard file should be."""
+        path = FsPath(folder) / rel
+        why = leads_outside(folder, str(path))
+        if why is None and path.is_dir():
+            why = "a folder, not a file"
+        return why
+
+    def refused(self, folder: str) -> dict[str, str]:
+        """Symlinks below `folder` leading out of it (`folder_sizes.folder_files`)."""
+        from ..folder_sizes import folder_files
+
+        out: dict[str, str] = {}
+        folder_files(folder, out)
+        return out
 
     def absolute(self, folder: str) -> str:
         """The folder's absolute path."""
@@ -183,6 +222,14 @@ def open_folder(path: str, open_file: Any, files: Files = LOCAL) -> Checkpoint:
     Raises:
         CkptError: an unreadable folder or index, or a folder holding no checkpoint.
     """
+    try:
+        return _open_folder(path, open_file, files)
+    except OSError as e:  # a file vanishing or turning unreadable between listing and reading
+        where = e.filename if isinstance(e.filename, str) else path
+        raise NotReadable(where, e.strerror or str(e)) from None
+
+
+def _open_folder(path: str, open_file: Any, files: Files) -> Checkpoint:
     if is_index_file(path) and not files.is_dir(path):
         folder, name = files.split(path)
         return open_sharded(folder, name, path, open_file, files)
@@ -217,6 +264,9 @@ def open_sharded(
         CkptError: an unreadable or malformed index, or shard names outside the folder.
     """
     index_path = files.join(folder, index_name)
+    problem = files.outside(folder, index_name)
+    if problem is not None:
+        raise NotReadable(index_path, problem)
     raw = files.read(index_path, MAX_INDEX)
     try:
         index = json.loads(raw)
@@ -230,9 +280,16 @@ def open_sharded(
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         shards.setdefault(shard, []).append(name)
-    for shard in shards:  # each name once (90,000 entries name ~160 shards), in index order
-        if FsPath(shard).is_absolute() or ".." in FsPath(shard).parts or is_url(shard):
-            raise CorruptFile(index_path, f"shard {shard!r} lies outside the folder")
+    if len(shards) > MAX_FILES:  # each costs a stat and an open: 100,000 took 35 s
+        raise CorruptFile(index_path, f"names more than {MAX_FILES:,} shard files")
+    for shard in shards:
+        problem = shard_name_problem(shard)
+        if problem is not None:
+            raise CorruptFile(index_path, f"shard {shard!r} {problem}")
+    for shard in sorted(shards):
+        problem = files.outside(folder, shard)
+        if problem is not None:
+            raise NotReadable(files.join(folder, shard), problem)
     children: list[Node] = []
     storages: dict[str, Storage] = {}
     findings: list[Finding] = []
@@ -298,7 +355,8 @@ def open_sharded(
         raise NotACheckpoint(index_path, "the index lists no shards")
     if metadata is not None:
         children.append(metadata)
-    total = index.get("metadata", {}).get("total_size") if isinstance(index, dict) else None
+    meta = index.get("metadata")
+    total = meta.get("total_size") if isinstance(meta, dict) else None
     info: dict[str, Any] = {
         "folder": files.absolute(folder),
         "index": index_name,
@@ -307,7 +365,7 @@ def open_sharded(
         "shards": len(shards),
         "shard_formats": sorted(formats),
     }
-    if isinstance(total, int):
+    if type(total) is int:
         info["index_total_size"] = total
     root = Node.make(NodeKind.MAPPING, "dict", None, tuple(children))
     return Checkpoint(
@@ -321,6 +379,40 @@ def open_sharded(
     )
 
 
+_SEPARATORS = re.compile(r"[/\\]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def shard_name_problem(shard: str) -> str | None:
+    """What is wrong with a shard name from an index's `weight_map`, or None for a plain
+    relative file name inside the folder.
+
+    The index is data from whoever made the folder: a name must not reach outside it (absolute,
+    `..`, a URL, a Windows drive or `\\` separator, which would escape on Windows), must be
+    text a file system can take (no NUL, no lone surrogate), must name a file rather than the
+    folder itself, and must not be an index (opening an index opens its shards: a loop).
+    """
+    if not shard:
+        return "is an empty name"
+    if "\0" in shard:
+        return "holds a NUL byte"
+    try:
+        shard.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid text (a lone surrogate)"
+    parts = _SEPARATORS.split(shard)
+    if is_url(shard) or shard[0] in "/\\" or _DRIVE.match(shard) or ".." in parts:
+        return "lies outside the folder"
+    named = [p for p in parts if p not in ("", ".")]  # what the path resolves to (pathlib)
+    if not named:
+        return "names the folder itself, not a shard file"
+    if shard[-1] in "/\\":
+        return "ends with a separator: it names a folder, not a shard file"
+    if is_index_file(named[-1]):
+        return "is an index, not a shard file"
+    return None
+
+
 # -- any folder of checkpoint files ----------------------------------------------------------
 def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     sizes = access.sizes(folder)
@@ -332,10 +424,23 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     files: dict[str, int] = {}
     other: dict[str, int] = {}
     formats: set[str] = set()
-    tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size)]
+    read: dict[str, Checkpoint] = {}
+    for rel, why in access.refused(folder).items():
+        findings.append(Finding("outside_folder", Severity.WARNING, f"{rel}: {why}", None))
+    twins = _twins(sizes)
+    for rel, twin in twins.items():
+        findings.append(
+            Finding(
+                "alternative_weights",
+                Severity.INFO,
+                f"{rel}: not opened: {twin} beside it is what from_pretrained loads",
+                None,
+            )
+        )
+    tried = [rel for rel, size in sizes.items() if _worth_trying(rel, size) and rel not in twins]
     opened = access.open_each([access.join(folder, rel) for rel in tried], open_file)
     for rel, size in sizes.items():
-        if not _worth_trying(rel, size):
+        if not _worth_trying(rel, size) or rel in twins:
             other[rel] = size
             continue
         ckpt = opened[access.join(folder, rel)]
@@ -350,11 +455,19 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
             continue
         files[rel] = ckpt.file_bytes
         formats.add(ckpt.format)
-        root = _rebased(ckpt, rel, (rel,), storages)
-        children.append(dataclasses.replace(root, key=rel))
-        findings += [_in_file(f, rel, (rel,)) for f in ckpt.findings]
-    if not children:
+        read[rel] = ckpt
+    if not read:
         raise NotACheckpoint(folder, "no checkpoint files in this folder")
+    # One checkpoint file (save_pretrained's model.safetensors or pytorch_model.bin beside
+    # config.json, a PEFT adapter, a diffusers UNet): the folder is that checkpoint, so its
+    # tree is the file's, not one node named after it (an export would prefix every name
+    # with `model.safetensors.`). Several files: one top-level node per file.
+    single = len(read) == 1
+    for rel, ckpt in read.items():
+        prefix: Path = () if single else (rel,)
+        root = _rebased(ckpt, rel, prefix, storages)
+        children.append(root if single else dataclasses.replace(root, key=rel))
+        findings += [_in_file(f, rel, prefix) for f in ckpt.findings]
     kind = "deepspeed" if any("mp_rank_" in r and r.endswith("_states.pt") for r in files) else ""
     info = {
         "folder": access.absolute(folder),
@@ -364,8 +477,34 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     }
     if kind:
         info["producer"] = kind
-    root = Node.make(NodeKind.MAPPING, "folder", None, tuple(children))
+    if single:
+        info["single_file"] = next(iter(read))
+        root = children[0]
+    else:
+        root = Node.make(NodeKind.MAPPING, "folder", None, tuple(children))
     return Checkpoint(folder, "folder", sum(files.values()), root, storages, tuple(findings), info)
+
+
+TWINS = {
+    "pytorch_model.bin": "model.safetensors",
+    "adapter_model.bin": "adapter_model.safetensors",
+    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
+}
+"""A `.bin` weights file -> its safetensors twin, which `from_pretrained` (transformers, PEFT,
+diffusers) loads instead when both are there (hub repos often ship both)."""
+
+
+def _twins(sizes: dict[str, int]) -> dict[str, str]:
+    """The `.bin` files of `sizes` whose safetensors twin lies beside them -> that twin."""
+    out: dict[str, str] = {}
+    for rel in sizes:
+        below, _, name = rel.rpartition("/")
+        twin = TWINS.get(name)
+        if twin is not None:
+            twin = f"{below}/{twin}" if below else twin
+            if twin in sizes:
+                out[rel] = twin
+    return out
 
 
 SKIP_SUFFIXES = (".json", ".py", ".txt", ".md", ".yaml", ".yml", ".log", ".model", ".csv", ".png")

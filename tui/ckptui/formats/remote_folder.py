@@ -188,6 +188,18 @@ class RemoteFiles:
         """A 404 (or no such key): the server said so, no second request."""
         return isinstance(error, NotFound)
 
+    def outside(self, folder: str, rel: str) -> str | None:
+        """Object stores have no symlinks, but a name is joined into a URL: `%` (`%2e%2e/`
+        is `../` once decoded, and URL libraries resolve it), `?` and `#` would change which
+        object is fetched, so names holding them are refused (real shard names never do)."""
+        if any(c in rel for c in "%?#"):
+            return "holds URL syntax (%, ? or #) that would change which file is fetched"
+        return None
+
+    def refused(self, folder: str) -> dict[str, str]:
+        """Nothing: a listing holds no links."""
+        return {}
+
     def absolute(self, folder: str) -> str:
         """The folder's URL, as given."""
         return folder
