@@ -108,8 +108,9 @@ def _training_sections(ckpt: Checkpoint, console: Console) -> None:
     """The root panel's answers, as the browser shows them: can training resume from the file,
     and what `torch.load(weights_only=True)` would refuse (README: inspect shows what torch.load
     would run)."""
-    from .app.widgets.training_card import resume_card, weights_only_verdict  # rich only
+    # Deferred: the training analysis and its renderers cost start-up the tree alone does not need.
     from .training import training_facts
+    from .training_text import resume_card, weights_only_verdict
 
     facts = training_facts(ckpt)
     if facts.resume is not None:

@@ -33,8 +33,8 @@ from ... import units
 from ...errors import CkptError
 from ...facts import Index, bytes_below_all, path_expr, path_text
 from ...model import Checkpoint, Node, NodeKind, Path, TensorInfo
+from ...training_text import parameter_line, resume_card, weights_only_verdict
 from .ckpt_tree import Entry
-from .training_card import parameter_line, resume_card, weights_only_verdict
 
 AUTO_STATS_BYTES = 64 << 20
 """Tensors up to this size get their values computed as soon as they are selected."""

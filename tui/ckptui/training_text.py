@@ -1,7 +1,9 @@
-"""Provides the root panel's training answers: the resume card and the `weights_only` verdict,
-and the line naming an optimizer entry's parameter.
+"""Provides the training answers as rich renderables: the resume card, the `weights_only`
+verdict, and the line naming an optimizer entry's parameter.
 
 Only presentation: the answers come from `training.training_facts` (core), as JSON-shaped dicts.
+It lives beside the other text renderers (`render`, `why`), not in the app, because both the
+browser's root panel and plain `ckptui inspect` print them; it imports rich, never Textual.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ... import units
-from ...facts import path_text
+from . import units
+from .facts import path_text
 
 
 def _table() -> Table:
