@@ -199,8 +199,39 @@ class CkptTree(Tree[Entry]):
             self._add(tree_node, child, (*entry.path, child.key), node)
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[Entry]) -> None:
-        """Load children on first expand."""
+        """Load children on first expand (rows opened by Textual itself; ckptui's own keys load
+        them before expanding, see `_open`)."""
         self._load(event.node)
+
+    def _open(self, node: TreeNode[Entry]) -> None:
+        """Expand a row with its children already there, and scroll them into view.
+
+        Loading in the key's own handler, not in the NodeExpanded handler, matters for type-ahead:
+        keys that arrive in one batch (a laggy SSH link) sit in the queue before NodeExpanded, so
+        `l j j` would move the cursor over a tree that does not have the new rows yet."""
+        self._load(node)
+        node.expand()
+        if node.children:
+            self.call_after_refresh(self._reveal_children, node)
+
+    def _reveal_children(self, node: TreeNode[Entry]) -> None:
+        """Scroll so that the rows just opened below `node` show (as many as fit, `node` kept)."""
+        line = node.line
+        if line < 0 or not node.is_expanded:
+            return
+        height = self.scrollable_content_region.height
+        shown = min(len(node.children), max(0, height - 1))
+        bottom = line + shown
+        if bottom >= self.scroll_offset.y + height:
+            self.scroll_to(y=min(line, bottom - height + 1), animate=False)
+
+    def _toggle_node(self, node: TreeNode[Entry]) -> None:
+        if not node.allow_expand:
+            return
+        if node.is_expanded:
+            node.collapse()
+        else:
+            self._open(node)
 
     # -- navigation --------------------------------------------------------------------------
     def reveal(self, path: Path) -> TreeNode[Entry] | None:
@@ -263,7 +294,7 @@ class CkptTree(Tree[Entry]):
         if node is None or not node.allow_expand:
             return
         if not node.is_expanded:
-            node.expand()
+            self._open(node)
         elif node.children:
             self.move_cursor(node.children[0])
 

@@ -1,0 +1,71 @@
+"""Keys as a laggy terminal delivers them: several in one batch, and rows opened at the fold.
+
+The batches are posted to the app as the terminal driver posts them (no pause between keys), which
+is what `tmux send-keys j l j j` or a slow SSH link does; `pilot.press` waits after each key and
+would hide the bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from textual import events
+
+from ckptui.app.app import CkptApp
+from tests.app.test_browse import cursor_path, opened
+
+
+def send_batch(app: CkptApp, keys: str) -> None:
+    """Post every key before any is handled, as the driver does for one read of the terminal."""
+    for k in keys:
+        app.post_message(events.Key(k, k))
+
+
+async def test_keys_sent_in_one_batch_act_on_the_tree_as_each_leaves_it(dp_ckpt) -> None:
+    path, ck = dp_ckpt
+    app = CkptApp(str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = await opened(pilot)
+        send_batch(app, "jljj")  # model, expand it, its second key
+        await pilot.pause()
+        await pilot.pause()
+        second = list(ck["model"])[1]
+        assert second == "module.conv1.bias"
+        assert cursor_path(tree) == ("model", second)
+
+
+async def test_enter_then_keys_in_one_batch_land_inside_the_opened_row(dp_ckpt) -> None:
+    path, ck = dp_ckpt
+    app = CkptApp(str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = await opened(pilot)
+        app.post_message(events.Key("j", "j"))
+        app.post_message(events.Key("enter", "\r"))
+        send_batch(app, "jjj")
+        await pilot.pause()
+        await pilot.pause()
+        assert cursor_path(tree) == ("model", list(ck["model"])[2])
+
+
+async def test_expanding_the_last_visible_row_scrolls_its_children_into_view(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "many.pth"
+    torch.save({f"block{i:02d}": {f"w{j}": torch.zeros(2) for j in range(6)} for i in range(40)}, p)
+    app = CkptApp(str(p))
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = await opened(pilot)
+        height = tree.scrollable_content_region.height
+        # down to the last row that shows
+        for _ in range(height - 1):
+            await pilot.press("j")
+        row = tree.cursor_node
+        assert row is not None and row.line == tree.scroll_offset.y + height - 1
+        await pilot.press("l")
+        await pilot.pause()
+        top, bottom = tree.scroll_offset.y, tree.scroll_offset.y + height - 1
+        children = [c.line for c in row.children]
+        assert len(children) == 6
+        assert top <= row.line <= bottom  # the row itself stays in view
+        assert all(top <= line <= bottom for line in children), (top, bottom, children)
