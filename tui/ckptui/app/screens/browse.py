@@ -89,8 +89,11 @@ class BrowseScreen(Screen[None]):
         """Name optimizer entries' parameters, make the resume card and the weights_only
         report, after the tree is shown (aligning a huge optimizer can take a second)."""
         from ...training import training_facts
+        from ...values import interruptible
 
-        return training_facts(ckpt)
+        # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
+        worker = get_current_worker()
+        return interruptible(lambda: training_facts(ckpt), lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _training_found(self, event: Worker.StateChanged) -> None:

@@ -27,6 +27,7 @@ from ...errors import CkptError
 from ...facts import compile_query, path_expr, path_text
 from ...formats import open_checkpoint
 from ...model import Checkpoint
+from ...values import Cancelled, interruptible
 from ..compare_values import ValuesArrived, stream_values
 from ..widgets.compare_panel import ComparePanel
 from ..widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
@@ -90,11 +91,17 @@ class CompareScreen(Screen[None]):
     # -- opening -----------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
     def open_files(self) -> tuple[Checkpoint, Checkpoint, Diff, Row]:
-        """Open both files and compare their metadata, off the UI thread."""
-        a = open_checkpoint(self.path_a)
-        b = open_checkpoint(self.path_b)
-        d = diff_checkpoints(a, b)
-        return a, b, d, merge(d, file_name(a.path), file_name(b.path))
+        """Open both files and compare their metadata, off the UI thread, on a thread that `q`
+        abandons (a slow disk or server must not hold the process open after the screen)."""
+        worker = get_current_worker()
+
+        def run() -> tuple[Checkpoint, Checkpoint, Diff, Row]:
+            a = open_checkpoint(self.path_a)
+            b = open_checkpoint(self.path_b)
+            d = diff_checkpoints(a, b)
+            return a, b, d, merge(d, file_name(a.path), file_name(b.path))
+
+        return interruptible(run, lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -107,6 +114,8 @@ class CompareScreen(Screen[None]):
             self._show(*event.worker.result)
             return
         error = event.worker.error
+        if isinstance(error, Cancelled):
+            return  # the app is quitting (or the screen closing): nothing to report
         if isinstance(error, CkptError):
             message = f"ckptui: {error.path}: {error.message}"
         else:

@@ -133,8 +133,15 @@ class ExportScreen(ModalScreen[None]):
     def _plan(
         self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
     ) -> tuple[Plan, int, bool, int]:
-        plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
-        return plan, plan.predicted_bytes, first, stitched_bytes(plan)
+        from ...values import interruptible
+
+        worker = get_current_worker()  # on a thread `q` abandons, as every long worker
+
+        def run() -> tuple[Plan, int, bool, int]:
+            plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
+            return plan, plan.predicted_bytes, first, stitched_bytes(plan)
+
+        return interruptible(run, lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _planned(self, event: Worker.StateChanged) -> None:
@@ -142,6 +149,8 @@ class ExportScreen(ModalScreen[None]):
             return
         if event.state is WorkerState.ERROR:
             error = event.worker.error
+            if isinstance(error, ReadCancelled):
+                return  # a newer plan replaced it, or the dialog closed
             reason = error.message if isinstance(error, CkptError) else repr(error)
             self._show_size(f"[b $error]{escape(reason)}[/]")
             self.query_one("#export-keep", Static).update(self._keep_text(None))
