@@ -36,6 +36,8 @@ class Kind(str, enum.Enum):
     """Same shape, but the values could not be compared (say why)."""
     OTHER = "other"
     """A plain value (not a tensor) that differs."""
+    PENDING = "pending"
+    """Same shape and dtype, values not compared yet: the metadata alone cannot say equal."""
 
 
 MARK = {
@@ -47,6 +49,7 @@ MARK = {
     Kind.VALUES: "Δ",
     Kind.UNREAD: "?",
     Kind.OTHER: "*",
+    Kind.PENDING: "?",
 }
 """The symbol in front of a row: kinds stay distinct without colour (NO_COLOR)."""
 
@@ -59,6 +62,7 @@ NAME = {
     Kind.VALUES: "values differ",
     Kind.UNREAD: "values not compared",
     Kind.OTHER: "value differs",
+    Kind.PENDING: "not compared",
 }
 
 
@@ -114,8 +118,8 @@ class Row:
     def changed(self) -> int:
         """Leaves below that differ (for a leaf: 1 if it differs)."""
         if self.leaf:
-            return int(self.kind is not Kind.EQUAL)
-        return sum(n for k, n in self.counts.items() if k is not Kind.EQUAL)
+            return int(self.kind not in (Kind.EQUAL, Kind.PENDING))
+        return sum(n for k, n in self.counts.items() if k not in (Kind.EQUAL, Kind.PENDING))
 
     @property
     def leaves(self) -> int:
@@ -142,7 +146,7 @@ class Row:
         self.max_abs, self.why = max_abs, why
         old = self.kind
         new = old  # a dtype mismatch stays one; its max |a-b| is shown with it
-        if old in (Kind.EQUAL, Kind.VALUES, Kind.UNREAD):
+        if old in (Kind.EQUAL, Kind.VALUES, Kind.UNREAD, Kind.PENDING):
             new = Kind.UNREAD if why is not None else Kind.VALUES if max_abs else Kind.EQUAL
         if new is old:
             return False
@@ -167,7 +171,7 @@ def _kind(a: TensorInfo | str | None, b: TensorInfo | str | None) -> Kind:
     if isinstance(a, TensorInfo) and isinstance(b, TensorInfo):
         if a.shape != b.shape:
             return Kind.SHAPE
-        return Kind.DTYPE if a.dtype != b.dtype else Kind.EQUAL
+        return Kind.DTYPE if a.dtype != b.dtype else Kind.PENDING
     return Kind.EQUAL if a == b else Kind.OTHER
 
 
@@ -297,7 +301,13 @@ def describe(row: Row) -> str:
             return f"only in A · {entries} · {size(row.bytes_a)}"
         if n and row.counts[Kind.ONLY_B] == total:
             return f"only in B · {entries} · {size(row.bytes_b)}"
-        return f"{n:,} of {total:,} differ" if n else f"{total:,} equal"
+        pending = row.counts[Kind.PENDING]
+        known = f"{n:,} of {total:,} differ" if n else f"{total - pending:,} equal"
+        if not pending:
+            return known
+        if pending == total:
+            return f"{total:,} not compared"
+        return f"{known} · {pending:,} not compared"
     a, b, kind = row.a, row.b, row.kind
     if kind in (Kind.ONLY_A, Kind.ONLY_B):
         x = a if kind is Kind.ONLY_A else b
@@ -312,6 +322,8 @@ def describe(row: Row) -> str:
             return f"{delta}{a.dtype} → {b.dtype} · {show_shape(a.shape)}"
         if kind is Kind.UNREAD:
             return f"{_tensor(a)} · values not compared"
+        if kind is Kind.PENDING:
+            return f"{_tensor(a)} · not compared (v)"
         same = " · identical" if row.max_abs == 0 else ""
         return f"{delta}{_tensor(a)}{same}"
     if kind is Kind.OTHER:
