@@ -426,3 +426,27 @@ async def test_pairs_not_compared_are_marked_question_never_equal(tmp_path: Path
         assert f"? {len(pending)} not compared" in header
         assert "= 0 equal" in header and "1 of" not in header
         assert header.split(" · ")[1:2] != ["match"]
+
+
+async def test_a_tied_weight_only_in_a_says_what_it_is_tied_to_and_counts_once(
+    tmp_path: Path,
+) -> None:
+    # what save_pretrained writes to a .bin: lm_head.weight is wte.weight saved under two names
+    torch.manual_seed(0)
+    wte = torch.nn.Embedding(50, 16)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight = wte.weight
+    model = torch.nn.ModuleDict({"wte": wte, "lm_head": head})
+    a = model.state_dict()
+    b = {"wte.weight": a["wte.weight"].clone()}  # model.safetensors keeps one name
+    app = CkptApp(save(a, tmp_path / "pytorch_model.bin"), save(b, tmp_path / "b.pth"))
+    async with app.run_test(size=SIZE) as pilot:
+        _, tree = await opened(pilot)
+        head_row = row_at(tree, "lm_head.weight")
+        assert head_row.kind is Kind.ONLY_A
+        assert "tied to wte.weight" in label(tree, head_row)
+        one = a["wte.weight"].numel() * 4
+        assert tree.merged.bytes_a == one == tree.merged.bytes_b
+        await goto(pilot, tree, head_row)
+        facts = " ".join(text_of(app, "#cmp-facts").split())
+        assert "tied to wte.weight -" in facts

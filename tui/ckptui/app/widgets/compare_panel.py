@@ -99,6 +99,11 @@ class ComparePanel(VerticalScroll):
             t.add_row("bytes", *each(lambda x, c: units.size(x.nbytes)))
             t.add_row("device", *each(lambda x, c: x.device))
             t.add_row("file", *each(_file_of))
+            if row.tied_a is not None or row.tied_b is not None:
+                t.add_row(
+                    "tied to",
+                    *[path_text(p) if p is not None else "-" for p in (row.tied_a, row.tied_b)],
+                )
         else:
             t.add_row("value", a if a is not None else "-", b if b is not None else "-")
         status = Text(f"{MARK[row.kind]} {NAME[row.kind]}", style="bold")

@@ -93,6 +93,11 @@ class Row:
     """max |a - b| once the values were compared."""
     why: str | None = None
     """Why the values could not be compared."""
+    tied_a: Path | None = None
+    """When A's tensor is the same bytes as an earlier entry of A (tied weights, as
+    `save_pretrained` writes `lm_head.weight` beside `wte.weight`): that entry's path. Its bytes
+    are counted there, once."""
+    tied_b: Path | None = None
     counts: Tally = field(default_factory=lambda: Tally())
     """For containers: leaves below by kind."""
     bytes_a: int = 0
@@ -191,6 +196,7 @@ def merge(d: Diff, name_a: str = "A", name_b: str = "B") -> Row:
             here = nxt
         leaf = Row(segs[-1], here, path=path, kind=_kind(a, b), a=a, b=b)
         here.children.setdefault((segs[-1], True), leaf)
+    _tie(root, d)
     _fold(root)
     _count(root)
     for p, m in d.value_diff:
@@ -202,6 +208,28 @@ def merge(d: Diff, name_a: str = "A", name_b: str = "B") -> Row:
         if row is not None:
             row.set_values(None, why)
     return root
+
+
+def _view(t: TensorInfo) -> tuple | None:
+    if t.storage_key is None:
+        return None
+    return (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+
+
+def _tie(root: Row, d: Diff) -> None:
+    """Point each leaf whose tensor repeats an earlier entry's view (same storage, offset, shape,
+    strides) at that entry, on each side."""
+    for side, tensors in (("a", d.tensors_a), ("b", d.tensors_b)):
+        first: dict[tuple, Path] = {}
+        for path, t in tensors.items():
+            view = _view(t)
+            if view is None:
+                continue
+            seen = first.setdefault(view, path)
+            if seen != path:
+                row = find(root, path)
+                if row is not None:
+                    setattr(row, f"tied_{side}", seen)
 
 
 def _fold(root: Row) -> None:
@@ -245,8 +273,9 @@ def _count(root: Row) -> None:
         stack.extend(r.children.values())
     for r in reversed(order):
         if r.leaf:
-            r.bytes_a = r.a.nbytes if isinstance(r.a, TensorInfo) else 0
-            r.bytes_b = r.b.nbytes if isinstance(r.b, TensorInfo) else 0
+            # a tied entry's bytes are the earlier entry's: counted there, once
+            r.bytes_a = r.a.nbytes if isinstance(r.a, TensorInfo) and r.tied_a is None else 0
+            r.bytes_b = r.b.nbytes if isinstance(r.b, TensorInfo) and r.tied_b is None else 0
             r.in_a, r.in_b = int(r.a is not None), int(r.b is not None)
             continue
         for c in r.children.values():
@@ -312,6 +341,9 @@ def describe(row: Row) -> str:
     if kind in (Kind.ONLY_A, Kind.ONLY_B):
         x = a if kind is Kind.ONLY_A else b
         what = _tensor(x) if isinstance(x, TensorInfo) else str(x)
+        tied = row.tied_a if kind is Kind.ONLY_A else row.tied_b
+        if tied is not None:
+            what += f" · tied to {'.'.join(str(k) for k in tied)}"
         return f"{NAME[kind]} · {what}"
     if isinstance(a, TensorInfo) and isinstance(b, TensorInfo):
         if kind is Kind.SHAPE:
