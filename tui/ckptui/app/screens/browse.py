@@ -36,6 +36,16 @@ PANEL_INTERVAL = 0.25
 """While the cursor keeps moving (a held key), the panel still catches up this often."""
 
 
+def _model_params(ckpt: Checkpoint) -> tuple[Path, Any] | None:
+    """(path, `params.Params`) of the model's weights (`roles.weights_path`), or None."""
+    from ...params import params_at
+    from ...roles import weights_path
+
+    path = weights_path(ckpt)
+    params = params_at(ckpt.root, path)
+    return (path, params) if path is not None and params is not None else None
+
+
 class BrowseScreen(Screen[None]):
     """The main screen."""
 
@@ -75,14 +85,14 @@ class BrowseScreen(Screen[None]):
         self.open_file()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
-    def open_file(self) -> tuple[Checkpoint, Index]:
+    def open_file(self) -> tuple[Checkpoint, Index, Any]:
         """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
         app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
         from ...values import interruptible
 
         worker = get_current_worker()
         ckpt = interruptible(lambda: open_checkpoint(self.path), lambda: worker.is_cancelled)
-        return ckpt, Index.build(ckpt)
+        return ckpt, Index.build(ckpt), _model_params(ckpt)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def find_training_facts(self, ckpt: Checkpoint) -> Any:
@@ -122,10 +132,10 @@ class BrowseScreen(Screen[None]):
             self.app.error_message = message  # type: ignore[attr-defined]
             self.app.exit(return_code=2)
         elif event.state is WorkerState.SUCCESS:
-            ckpt, index = event.worker.result
-            self._show(ckpt, index)
+            ckpt, index, params = event.worker.result
+            self._show(ckpt, index, params)
 
-    def _show(self, ckpt: Checkpoint, index: Index) -> None:
+    def _show(self, ckpt: Checkpoint, index: Index, params: Any = None) -> None:
         self.ckpt = ckpt
         # The checkpoint's nodes live as long as the app: moving them out of the collector's
         # generations stops full collections over a million nodes from stalling cursor moves
@@ -141,6 +151,8 @@ class BrowseScreen(Screen[None]):
         if fetched is not None:  # a URL: what opening it cost, before the line is cut at 80
             header += f"{units.size(fetched)} read · "
         header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
+        if params is not None:  # the model's, not the optimizer's: what a user sizes it by
+            header += f" · {params[1].text()}"
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
         self._header = header
@@ -148,8 +160,9 @@ class BrowseScreen(Screen[None]):
         head.update(header)
         head.set_class(bool(dangers), "danger")
         panel = self.query_one(DetailPanel)
-        panel.ckpt, panel.index = ckpt, index
+        panel.ckpt, panel.index, panel.params = ckpt, index, params
         tree = self.query_one(CkptTree)
+        tree.params = {params[0]: params[1]} if params is not None else {}
         tree.show_checkpoint(ckpt)
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
