@@ -69,3 +69,27 @@ async def test_expanding_the_last_visible_row_scrolls_its_children_into_view(
         assert len(children) == 6
         assert top <= row.line <= bottom  # the row itself stays in view
         assert all(top <= line <= bottom for line in children), (top, bottom, children)
+
+
+async def test_the_command_palette_lists_ckptuis_commands_when_it_opens(dp_ckpt) -> None:
+    from textual.command import CommandList, CommandPalette
+
+    path, _ = dp_ckpt
+    app = CkptApp(str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await opened(pilot)
+        await pilot.press("ctrl+p")
+        for _ in range(50):  # the hits arrive from the providers' tasks
+            await pilot.pause(0.05)
+            if isinstance(app.screen, CommandPalette):
+                options = app.screen.query_one(CommandList)
+                shown = [
+                    str(options.get_option_at_index(i).prompt) for i in range(options.option_count)
+                ]
+                if any("Module view" in s for s in shown):
+                    break
+        assert isinstance(app.screen, CommandPalette)
+        assert any("Module view" in s for s in shown), shown
+        assert any("Why so big" in s for s in shown)
+        assert not any("bf16" in s for s in shown)  # the default export keeps the dtype
+        assert not any("Only differences" in s for s in shown)  # the compare screen's

@@ -76,7 +76,7 @@ async def test_q_ends_the_size_breakdown_at_once(small: Path, monkeypatch) -> No
         await _wait_entered(pilot, stall)
         took = await _quit(pilot, stall)
     assert not stall.holding_the_process()
-    assert took < 0.3, f"q took {took:.2f} s with the breakdown running"
+    assert took < 1.0, f"q took {took:.2f} s with the breakdown running"
 
 
 async def test_q_ends_the_training_facts_at_once(small: Path, monkeypatch) -> None:
@@ -89,7 +89,7 @@ async def test_q_ends_the_training_facts_at_once(small: Path, monkeypatch) -> No
         await _wait_entered(pilot, stall)
         took = await _quit(pilot, stall)
     assert not stall.holding_the_process()
-    assert took < 0.3, f"q took {took:.2f} s with the training facts running"
+    assert took < 1.0, f"q took {took:.2f} s with the training facts running"
 
 
 async def test_q_ends_the_compare_screen_while_it_opens(small: Path, monkeypatch) -> None:
@@ -103,4 +103,4 @@ async def test_q_ends_the_compare_screen_while_it_opens(small: Path, monkeypatch
         await _wait_entered(pilot, stall)
         took = await _quit(pilot, stall)
     assert not stall.holding_the_process()
-    assert took < 0.3, f"q took {took:.2f} s with the files opening"
+    assert took < 1.0, f"q took {took:.2f} s with the files opening"

@@ -53,8 +53,8 @@ class BrowseScreen(Screen[None]):
         Binding("slash", "filter", "Filter"),
         Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
-        Binding("y", "copy_path", "Copy"),
-        Binding("v", "values", "Values"),
+        Binding("y", "copy_path", "Copy", show=False),
+        Binding("v", "values", "Values", show=False),  # automatic up to 64 MiB; the panel says v
         Binding("w", "why", "Sizes"),
         Binding("x", "export", "Export"),
         Binding("escape", "clear_filter", "Clear filter", show=False),

@@ -18,6 +18,10 @@ KEYS = [
     ("/", "filter keys by substring or regex (matches and their parents stay)"),
     ("n  N", "next / previous match"),
     ("esc", "clear the filter"),
+    (
+        "m",
+        "module view: dotted names grouped into modules with parameter counts (again: as stored)",
+    ),
     ("y", "copy the key path, e.g. ['model']['conv1.weight'] (OSC 52: works over SSH)"),
     ("v", "compute the selected tensor's values (automatic up to 64 MiB)"),
     ("w", "why is the file this big: size breakdown and what to drop (enter jumps back here)"),

@@ -67,8 +67,8 @@ class CkptTree(Tree[Entry]):
         Binding("e", "expand_below", "Expand all", show=False),
         Binding("E", "collapse_below", "Collapse all", show=False),
         Binding("enter", "toggle_node", "Toggle", show=False),
-        Binding("space", "toggle_mark", "Mark", show=False),
-        Binding("m", "toggle_modules", "Modules", show=False),
+        Binding("space", "toggle_mark", "Mark"),
+        Binding("m", "toggle_modules", "Modules"),
     ]
 
     COMPONENT_CLASSES = {
