@@ -93,3 +93,36 @@ async def test_the_command_palette_lists_ckptuis_commands_when_it_opens(dp_ckpt)
         assert any("Why so big" in s for s in shown)
         assert not any("bf16" in s for s in shown)  # the default export keeps the dtype
         assert not any("Only differences" in s for s in shown)  # the compare screen's
+
+
+async def test_the_filter_filters_as_you_type_with_the_count_in_the_bar(train_ckpt) -> None:
+    from textual.widgets import Static
+
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+    from ckptui.app.widgets.filter_bar import FilterBar
+
+    app = CkptApp(str(train_ckpt))
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = await opened(pilot)
+        await pilot.press("slash", *"exp_avg_sq")  # no enter
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if tree.filtered:
+                break
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert tree.filtered
+        n = len(tree.matches)
+        assert n == 6 and all(p[-1] == "exp_avg_sq" for p in tree.matches)
+        count = app.screen.query_one("#filter-count", Static)
+        assert str(count.render()) == "6 matches"
+        bar = app.screen.query_one(FilterBar)
+        assert bar.has_focus  # typing goes on in the bar
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not bar.display and not app.screen.query_one("#filter-row").display
+        assert tree.filtered and isinstance(app.focused, CkptTree)
+        # esc gives the whole tree back
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not tree.filtered

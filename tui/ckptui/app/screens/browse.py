@@ -34,6 +34,11 @@ PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""
 PANEL_INTERVAL = 0.25
 """While the cursor keeps moving (a held key), the panel still catches up this often."""
+FILTER_DEBOUNCE = 0.12
+"""Seconds after the last keystroke in the filter bar before the tree is filtered: typing
+`layer2` searches once, not six times."""
+LIVE_ROWS = 2000
+"""Matches shown while typing (the count is exact up to 10,000); enter shows them all."""
 
 
 def _model_params(ckpt: Checkpoint) -> tuple[Path, Any] | None:
@@ -77,11 +82,15 @@ class BrowseScreen(Screen[None]):
         with Horizontal(id="main"):
             yield CkptTree(id="tree")
             yield DetailPanel(id="detail")
-        yield FilterBar()
+        with Horizontal(id="filter-row"):
+            yield FilterBar()
+            yield Static(id="filter-count")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#main").loading = True
+        self.query_one("#filter-row").display = False
+        self._filter_timer: Timer | None = None
         self.open_file()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
@@ -201,8 +210,66 @@ class BrowseScreen(Screen[None]):
         """/: open the filter bar."""
         self.query_one(FilterBar).open()
 
+    @on(Input.Changed, "#filter")
+    def _typed(self, event: Input.Changed) -> None:
+        """Filter as you type, once the keys pause (FILTER_DEBOUNCE)."""
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        if not self.query_one(FilterBar).display:
+            return  # the bar was closed (its text emptied): nothing typed
+        self._filter_timer = self.set_timer(FILTER_DEBOUNCE, self._live_filter)
+
+    def _live_filter(self) -> None:
+        self._filter_timer = None
+        bar = self.query_one(FilterBar)
+        query = bar.value.strip()
+        count = self.query_one("#filter-count", Static)
+        if self.ckpt is None or not bar.display:
+            return
+        if not query:
+            count.update("")
+            tree = self.query_one(CkptTree)
+            if tree.filtered:
+                tree.clear_filter()
+            return
+        count.update("…")
+        self._search(self.ckpt.root, query)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="search")
+    def _search(self, root: Any, query: str) -> tuple[str, list[Path] | str]:
+        """Search the keys off the UI thread: 100,000 paths take longer than a keystroke."""
+        try:
+            return query, search(root, query)
+        except ValueError as e:
+            return query, str(e)
+
+    @on(Worker.StateChanged)
+    def _searched(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "search" or event.state is not WorkerState.SUCCESS:
+            return
+        query, found = event.worker.result
+        bar = self.query_one(FilterBar)
+        if not bar.display or bar.value.strip() != query:
+            return  # typed on, or submitted: this answer is stale
+        count = self.query_one("#filter-count", Static)
+        if isinstance(found, str):
+            count.update("bad regex")
+            return
+        if not found:
+            count.update("no match")
+            return
+        more = "+" if len(found) >= 10_000 else ""
+        count.update(f"{len(found):,}{more} {'match' if len(found) == 1 else 'matches'}")
+        tree = self.query_one(CkptTree)
+        tree.show_matches(found[:LIVE_ROWS])
+        tree.matches = found  # n/N step through all of them
+
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._filter_timer = None
+        self.workers.cancel_group(self, "search")
         query = event.value.strip()
         if not query or self.ckpt is None:
             self.action_clear_filter()
@@ -216,10 +283,12 @@ class BrowseScreen(Screen[None]):
             return
         tree = self.query_one(CkptTree)
         tree.show_matches(matches)
+        self.query_one(FilterBar).hide()  # the rows go back to the tree; esc clears the filter
         tree.focus()
         more = " (first 10,000 shown)" if len(matches) >= 10_000 else ""
+        noun = "match" if len(matches) == 1 else "matches"
         self.notify(
-            f"{len(matches):,} match(es) for {query!r}{more} · n/N to step · esc clears", timeout=4
+            f"{len(matches):,} {noun} for {query!r}{more} · n/N to step · esc clears", timeout=4
         )
 
     def action_clear_filter(self) -> None:

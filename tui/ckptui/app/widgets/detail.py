@@ -256,7 +256,7 @@ class DetailPanel(VerticalScroll):
             where = path_text(self.params[0])
             parts += [
                 Text(""),
-                Text(f"model{f' ({where})' if where and not path else ''}", style="bold"),
+                Text("model weights" + (f" · {where}" if where and not path else ""), style="bold"),
                 model,
             ]
         if not path and self.training is not None:
