@@ -126,3 +126,34 @@ async def test_the_filter_filters_as_you_type_with_the_count_in_the_bar(train_ck
         await pilot.press("escape")
         await pilot.pause()
         assert not tree.filtered
+
+
+async def test_z_zooms_the_panel_onto_values_and_histogram_at_80x24(train_ckpt) -> None:
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+    from ckptui.app.widgets.detail import DetailPanel
+    from tests.app.test_browse import settle
+
+    app = CkptApp(str(train_ckpt))
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = await opened(pilot)
+        await pilot.press("j", "l", "j")  # model.conv1.weight
+        await settle(pilot)
+        panel = app.screen.query_one(DetailPanel)
+        hist = app.screen.query_one("#histogram")
+        bottom = panel.region.y + panel.region.height
+        assert hist.region.y >= bottom or hist.region.height == 0  # below the fold unzoomed
+        await pilot.press("z")
+        await pilot.pause()
+        assert not tree.display or tree.region.height == 0
+        assert panel.region.height >= 20
+        assert hist.region.height == 3 and hist.region.y + 3 <= panel.region.y + panel.region.height
+        await pilot.press("z")
+        await pilot.pause()
+        assert tree.region.height > 0 and isinstance(app.focused, CkptTree)
+        # J scrolls the panel; a new row starts its card at the top
+        await pilot.press("J")
+        await pilot.pause()
+        assert panel.scroll_y > 0
+        await pilot.press("j")
+        await settle(pilot)
+        assert panel.scroll_y == 0

@@ -62,6 +62,9 @@ class BrowseScreen(Screen[None]):
         Binding("v", "values", "Values", show=False),  # automatic up to 64 MiB; the panel says v
         Binding("w", "why", "Sizes"),
         Binding("x", "export", "Export"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("J", "panel_scroll(1)", "Panel down", show=False),
+        Binding("K", "panel_scroll(-1)", "Panel up", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -85,7 +88,7 @@ class BrowseScreen(Screen[None]):
         with Horizontal(id="filter-row"):
             yield FilterBar()
             yield Static(id="filter-count")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#main").loading = True
@@ -319,6 +322,17 @@ class BrowseScreen(Screen[None]):
         text = path_expr(node.data.path) or "<root>"
         self.app.copy_to_clipboard(text)
         self.notify(f"copied {text}", timeout=3)
+
+    def action_zoom(self) -> None:
+        """z: the panel takes the whole screen (values and histogram at 80x24), or gives it back."""
+        zoom = not self.has_class("-zoom")
+        self.set_class(zoom, "-zoom")
+        if not zoom:
+            self.query_one(CkptTree).focus()  # hidden, it lost the focus
+
+    def action_panel_scroll(self, lines: int) -> None:
+        """J / K: scroll the panel without leaving the tree."""
+        self.query_one(DetailPanel).scroll_relative(y=lines * 3, animate=False)
 
     def action_values(self) -> None:
         """v: compute the selected tensor's values."""

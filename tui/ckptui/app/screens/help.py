@@ -24,6 +24,8 @@ KEYS = [
     ),
     ("y", "copy the key path, e.g. ['model']['conv1.weight'] (OSC 52: works over SSH)"),
     ("v", "compute the selected tensor's values (automatic up to 64 MiB)"),
+    ("z", "zoom: the panel alone, full screen (values and histogram at 80x24) · z again: back"),
+    ("J  K", "scroll the panel down / up (zoomed or not); a new row's card starts at its top"),
     ("w", "why is the file this big: size breakdown and what to drop (enter jumps back here)"),
     ("space", "mark / unmark the subtree for export (marked rows: ● and the mark colour)"),
     ("x", "export a slimmed, verified copy: the marks, or else the detected weights"),

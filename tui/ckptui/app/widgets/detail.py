@@ -163,6 +163,8 @@ class DetailPanel(VerticalScroll):
 
     def show(self, entry: Entry | None) -> None:
         """Describe `entry` (a checkpoint node or a group row)."""
+        if entry is not self.entry and self.scroll_y:
+            self.scroll_home(animate=False)  # a new row's card starts at its top
         self.entry = entry
         self.workers.cancel_group(self, "values")
         facts = self.query_one("#facts", Static)
