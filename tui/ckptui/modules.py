@@ -43,12 +43,27 @@ class Module:
     """What the module is: `Conv2d(3, 64, kernel_size=7, stride=2)`; empty for a group."""
     members: list[tuple[str, Node]] = field(default_factory=list, repr=False)
     """For a group: (the name after the prefix, tensor node) of every entry below."""
+    _rows: list[Row] | None = field(default=None, repr=False)
 
     def rows(self) -> list[Row]:
-        """The rows one level below."""
-        if self.node is not None:
-            return _module_rows(self.node, self.path, self.prefix)
-        return _group(self.members, self.path, self.prefix)
+        """The rows one level below (made once: toggling the view back and forth is free)."""
+        if self._rows is None:
+            if self.node is not None:
+                self._rows = _module_rows(self.node, self.path, self.prefix)
+            else:
+                self._rows = _group(self.members, self.path, self.prefix)
+        return self._rows
+
+
+def warm(rows: list[Row] | None, levels: int = 1) -> None:
+    """Make the rows `levels` below `rows` ahead of time (a worker does it after opening, so
+    that opening the first modules of a 100,000-key dict costs nothing on the UI thread)."""
+    todo = [r for r in rows or [] if isinstance(r, Module)]
+    for _ in range(levels):
+        nxt: list[Module] = []
+        for r in todo:
+            nxt += [c for c in r.rows() if isinstance(c, Module)]
+        todo = nxt
 
 
 @dataclass(eq=False)

@@ -179,6 +179,31 @@ class BrowseScreen(Screen[None]):
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
         self.find_training_facts(ckpt)
+        if params is not None:
+            self.find_modules(ckpt, params[0])
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
+    def find_modules(self, ckpt: Checkpoint, path: Path) -> tuple[Any, Any]:
+        """The module view's rows for the weights, made before `m` asks for them (grouping a
+        100,000-key dict takes most of a second here)."""
+        from ... import modules
+        from ...values import interruptible
+
+        def run() -> tuple[Any, Any]:
+            node = ckpt.find(path)
+            rows = modules.module_rows(node, path) if node is not None else None
+            modules.warm(rows, levels=2)
+            return node, rows
+
+        worker = get_current_worker()  # on a thread q abandons (see open_file)
+        return interruptible(run, lambda: worker.is_cancelled)
+
+    @on(Worker.StateChanged)
+    def _modules_found(self, event: Worker.StateChanged) -> None:
+        if event.worker.group == "modules" and event.state is WorkerState.SUCCESS:
+            node, rows = event.worker.result
+            if node is not None:
+                self.query_one(CkptTree).preload_modules(node, rows)
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:

@@ -247,6 +247,10 @@ class CkptTree(Tree[Entry]):
             self._module_rows[key] = mv.module_rows(entry.node, entry.path)
         return self._module_rows[key]
 
+    def preload_modules(self, node: Node, rows: list[mv.Row] | None) -> None:
+        """Rows a worker made ahead for `node` (see BrowseScreen.find_modules)."""
+        self._module_rows.setdefault(id(node), rows)
+
     def _add_module_row(self, parent: TreeNode[Entry], row: mv.Row) -> TreeNode[Entry]:
         if isinstance(row, mv.Module):
             node = row.node if row.node is not None else parent.data.node  # type: ignore[union-attr]
