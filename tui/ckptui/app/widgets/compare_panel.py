@@ -118,11 +118,13 @@ class ComparePanel(VerticalScroll):
             n = row.counts[kind]
             if n:
                 kinds.add_row(f"{MARK[kind]} {n:,}", NAME[kind])
-        verdict = (
-            f"{row.changed:,} of {row.leaves:,} entries differ"
-            if row.changed
-            else (f"all {row.leaves:,} entries equal")
-        )
+        pending = row.counts[Kind.PENDING]
+        if row.changed:
+            verdict = f"{row.changed:,} of {row.leaves:,} entries differ"
+        elif pending:  # never "equal" for values nobody read
+            verdict = f"no difference yet: {pending:,} of {row.leaves:,} not compared (v, a)"
+        else:
+            verdict = f"all {row.leaves:,} entries equal"
         return Group(self._title(row), Text(verdict, style="bold"), t, Text(""), kinds)
 
     def _values(self, row: Row) -> Text:

@@ -39,7 +39,14 @@ class DiffEntry:
 class DiffTree(CkptTree):
     """The merged tree; CkptTree's keys, its own rows."""
 
-    BINDINGS = [Binding("space", "toggle_node", "Toggle", show=False)]
+    BINDINGS = [
+        Binding("space", "toggle_node", "Toggle", show=False),
+        # the browser's module view: the merged rows are already split into modules
+        Binding("m", "nothing", show=False),
+    ]
+
+    def action_nothing(self) -> None:
+        """m does nothing here (the compare rows are grouped by module already)."""
 
     COMPONENT_CLASSES = CkptTree.COMPONENT_CLASSES | {
         f"diff-tree--{k.value.replace('_', '-')}" for k in Kind
