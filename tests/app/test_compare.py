@@ -55,6 +55,14 @@ async def settle(pilot) -> None:
     await pilot.pause()
 
 
+@pytest.fixture
+def by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values are compared only on v / a, as for files too big (or remote) to compare at once."""
+    from ckptui.app.screens import compare
+
+    monkeypatch.setattr(compare, "AUTO_COMPARE_BYTES", -1)
+
+
 def row_at(tree: DiffTree, *path: object) -> Row:
     assert tree.merged is not None
     row = find(tree.merged, tuple(path))
@@ -167,7 +175,7 @@ async def test_shape_and_dtype_mismatches(tmp_path: Path) -> None:
 # --- values -----------------------------------------------------------------------------------
 
 
-async def test_v_computes_the_true_max_abs_difference(tmp_path: Path) -> None:
+async def test_v_computes_the_true_max_abs_difference(tmp_path: Path, by_hand) -> None:
     sd = state_dict()
     other = {k: v.clone() for k, v in sd.items()}
     torch.manual_seed(7)
@@ -176,7 +184,8 @@ async def test_v_computes_the_true_max_abs_difference(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         _, tree = await opened(pilot)
         row = row_at(tree, "fc.weight")
-        assert row.kind is Kind.EQUAL and row.max_abs is None  # metadata alone cannot tell
+        assert row.kind is Kind.PENDING and row.max_abs is None  # metadata alone cannot tell
+        assert label(tree, row).startswith("? weight") and "not compared" in label(tree, row)
         await goto(pilot, tree, row)
         assert "press v" in text_of(app, "#cmp-values")
         await pilot.press("v")
@@ -223,7 +232,7 @@ async def test_a_compares_every_tensor_and_marks_each_row(tmp_path: Path) -> Non
 
 
 async def test_esc_cancels_compare_all_and_keeps_the_results_so_far(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_hand
 ) -> None:
     sd = {f"w{i}": torch.full((64,), float(i)) for i in range(40)}
     other = {k: v + 1 for k, v in sd.items()}
@@ -255,7 +264,7 @@ async def test_esc_cancels_compare_all_and_keeps_the_results_so_far(
 # --- the only-differences filter, keys, layout --------------------------------------------------
 
 
-async def test_d_shows_only_the_differences(tmp_path: Path) -> None:
+async def test_d_shows_only_the_differences(tmp_path: Path, by_hand) -> None:
     sd = state_dict()
     other = {k: v.clone() for k, v in sd.items()}
     del other["bn1.bias"]
@@ -376,3 +385,68 @@ def test_the_palette_offers_only_what_the_screen_can_do() -> None:
     assert not applies(compare, "screen.why") and not applies(compare, "tree_toggle_mark")
     browse = BrowseScreen("a")
     assert applies(browse, "screen.why") and not applies(browse, "screen.compare_all")
+
+
+# --- never `=` for a pair that was not compared (issue 18) ---------------------------------------
+
+
+async def test_local_files_have_their_values_compared_as_they_open(tmp_path: Path) -> None:
+    sd = state_dict()
+    other = {k: v.clone() for k, v in sd.items()}
+    other["conv1.weight"][0, 0, 0, 0] += 1.0
+    app = CkptApp(save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth"))
+    async with app.run_test(size=SIZE) as pilot:
+        _, tree = await opened(pilot)  # waits for the comparison the screen started itself
+        for key in sd:
+            row = row_at(tree, key)
+            assert row.max_abs == truth(sd[key], other[key]), key
+        assert row_at(tree, "conv1.weight").kind is Kind.VALUES
+        assert row_at(tree, "fc.bias").kind is Kind.EQUAL
+        header = " ".join(text_of(app, "#header").split())
+        assert f"values all {len(sd)} compared" in header and "not compared" not in header
+
+
+async def test_pairs_not_compared_are_marked_question_never_equal(tmp_path: Path, by_hand) -> None:
+    sd = state_dict()
+    other = {k: v.clone() for k, v in sd.items()}
+    other["conv1.weight"] += 1.0  # differs, though its metadata is the same
+    del other["fc.bias"]
+    app = CkptApp(save(sd, tmp_path / "a.pth"), save(other, tmp_path / "b.pth"))
+    async with app.run_test(size=SIZE) as pilot:
+        _, tree = await opened(pilot)
+        pending = [r for r in leaves(tree.merged) if r.path != ("fc.bias",)]
+        assert pending and all(r.kind is Kind.PENDING for r in pending)
+        for row in pending:
+            assert label(tree, row).startswith("? "), label(tree, row)
+            assert "not compared" in label(tree, row)
+        # no row, leaf or module, claims `=` for values nobody read
+        rows = shown_rows(tree)
+        assert rows and not [label(tree, r) for r in rows if label(tree, r).startswith("=")]
+        header = " ".join(text_of(app, "#header").split())
+        assert f"? {len(pending)} not compared" in header
+        assert "= 0 equal" in header and "1 of" not in header
+        assert header.split(" · ")[1:2] != ["match"]
+
+
+async def test_a_tied_weight_only_in_a_says_what_it_is_tied_to_and_counts_once(
+    tmp_path: Path,
+) -> None:
+    # what save_pretrained writes to a .bin: lm_head.weight is wte.weight saved under two names
+    torch.manual_seed(0)
+    wte = torch.nn.Embedding(50, 16)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight = wte.weight
+    model = torch.nn.ModuleDict({"wte": wte, "lm_head": head})
+    a = model.state_dict()
+    b = {"wte.weight": a["wte.weight"].clone()}  # model.safetensors keeps one name
+    app = CkptApp(save(a, tmp_path / "pytorch_model.bin"), save(b, tmp_path / "b.pth"))
+    async with app.run_test(size=SIZE) as pilot:
+        _, tree = await opened(pilot)
+        head_row = row_at(tree, "lm_head.weight")
+        assert head_row.kind is Kind.ONLY_A
+        assert "tied to wte.weight" in label(tree, head_row)
+        one = a["wte.weight"].numel() * 4
+        assert tree.merged.bytes_a == one == tree.merged.bytes_b
+        await goto(pilot, tree, head_row)
+        facts = " ".join(text_of(app, "#cmp-facts").split())
+        assert "tied to wte.weight -" in facts

@@ -52,6 +52,13 @@ SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     # model marked with space, then the export dialog (x)
     "export": (["j", "space", "x"], (110, 32)),
     "export_80x24": (["j", "space", "x"], (80, 24)),
+    # the module view (m): model > module > its layers, each with parameters, bytes, dtypes
+    "modules_80x24": (["j", "m", "l", "j", "l", "j", "j", "j", "l"], (80, 24)),
+    "modules": (["j", "m", "l", "j", "l", "j", "j", "j", "l"], (110, 32)),
+    # the root card zoomed (z): the model's parameter count, the resume card
+    "root_80x24": (["z"], (80, 24)),
+    # a tensor's card zoomed (z): values and the histogram fit 80x24
+    "zoom_80x24": (["j", "l", "j", "z"], (80, 24)),
 }
 """Named scenes: keys pressed after the file opens, and the terminal size. The README's
 screenshots are made from the same scenes (tests/make_screenshots.py)."""
@@ -69,6 +76,19 @@ COMPARE_SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     "compare_80x24": (["a", "d"], (80, 24)),
 }
 """Scenes of the compare screen: the demo against `demo_pair`'s exported, edited weights."""
+
+PENDING_SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
+    # values not compared (as for files too big, or at a URL): `?`, never `=`
+    "compare_pending_80x24": (["j", "j"], (80, 24)),
+}
+"""Compare scenes with the automatic value comparison off (`no_auto_compare`)."""
+
+
+def no_auto_compare() -> None:
+    """Compare values only on v / a, as for a pair over the budget or at a URL."""
+    from ckptui.app.screens import compare
+
+    compare.AUTO_COMPARE_BYTES = -1
 
 
 def make_demo_pair(folder: Path) -> tuple[str, str]:
@@ -100,6 +120,19 @@ def demo_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str
 @pytest.mark.parametrize("scene", list(COMPARE_SCENES))
 def test_compare_scene(snap_compare, demo_pair: tuple[str, str], scene: str) -> None:
     keys, size = COMPARE_SCENES[scene]
+    app = CkptApp(*demo_pair)
+    assert snap_compare(app, terminal_size=size, run_before=keys_then_settle(keys))
+
+
+@pytest.mark.parametrize("scene", list(PENDING_SCENES))
+def test_pending_scene(
+    snap_compare, demo_pair: tuple[str, str], scene: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptui.app.screens import compare
+
+    monkeypatch.setattr(compare, "AUTO_COMPARE_BYTES", compare.AUTO_COMPARE_BYTES)
+    no_auto_compare()
+    keys, size = PENDING_SCENES[scene]
     app = CkptApp(*demo_pair)
     assert snap_compare(app, terminal_size=size, run_before=keys_then_settle(keys))
 

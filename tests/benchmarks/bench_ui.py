@@ -27,6 +27,13 @@ each, and prints min / median against the targets:
    in which the panel describes the cursor's row; and for single `j` presses, each after the
    cursor rested, key -> cursor frame and key -> panel frame.
 
+5. The module view and the filter on a 100,000-key state dict (`transformer.h.{0..999}.p{0..99}
+   .weight`, run_test 100x30): `m` from key to the frame showing the grouped rows (target <=
+   0.3 s), once the screen's worker has made them ahead ("warm", what a user meets) and with
+   that worker's cache dropped ("cold": the grouping done on the UI thread); `m` back to the
+   flat keys; and in the filter bar, each typed key to the frame echoing it (target <= 100 ms),
+   and the last key to the frame showing the match count (debounced, searched in a worker).
+   Run alone with `--only modules`.
 Read the pilot figures with their floor: `Pilot.press` itself sleeps in two
 `textual._wait.wait_for_idle(0)` calls per key, each at least 20 ms, so no app can press
 faster than ~40 ms that way. The floor is measured by pressing an unbound key, and the
@@ -63,6 +70,13 @@ SIZE = (100, 30)  # columns, rows
 WIDE_KEYS = 50_000
 GROUP_ROWS = WIDE_KEYS // 1000
 PAINT_TARGET_S, EXPAND_TARGET_S, MOVE_TARGET_MS, PANEL_TARGET_MS = 0.8, 0.3, 20.0, 100.0
+MODULE_KEYS, TOGGLE_TARGET_S, KEYSTROKE_TARGET_MS = 100_000, 0.3, 100.0
+MODULES_CODE = (
+    "import sys, torch\n"
+    "sd = {f'transformer.h.{i // 100}.p{i % 100}.weight': torch.zeros(1)"
+    f" for i in range({MODULE_KEYS})}}\n"
+    "torch.save(sd, sys.argv[1])\n"
+)
 REST_MOVES, REST_S = 20, 0.3  # single moves after the cursor has rested REST_S seconds
 FLOOR_PRESSES = 100
 PTY_TIMEOUT_S = 60.0
@@ -97,6 +111,63 @@ def ensure_wide(workdir: Path) -> Path:
     subprocess.run([sys.executable, "-c", WIDE_CODE, str(tmp)], check=True)
     tmp.replace(path)
     return path
+
+
+def ensure_modules(workdir: Path) -> Path:
+    """The 100,000-key state dict of section 5, written by torch in a child process."""
+    path = workdir / f"bench_ui_modules_{MODULE_KEYS}.pt"
+    if path.exists() and path.stat().st_size > 0:
+        log(f"reusing {path}")
+        return path
+    log(f"writing {path} ({MODULE_KEYS:,} one-element tensors) ...")
+    tmp = path.with_name(path.name + ".partial")
+    subprocess.run([sys.executable, "-c", MODULES_CODE, str(tmp)], check=True)
+    tmp.replace(path)
+    return path
+
+
+async def run_modules(path: Path, cold: bool) -> dict[str, float]:
+    """Section 5: m on, m off, then typing `h.7.p3` into the filter bar, all direct keys."""
+    from ckptui.app.app import CkptApp
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+    from ckptui.app.widgets.filter_bar import FilterBar
+
+    app = CkptApp(str(path))
+    frames = Frames(app)
+    out: dict[str, float] = {}
+    async with app.run_test(size=SIZE) as pilot:
+        tree = app.screen.query_one(CkptTree)
+        for _ in range(600):  # the open worker, then the module rows it has made ahead
+            await app.workers.wait_for_complete()
+            await pilot.pause(0.05)
+            if tree.ckpt is not None and tree._module_rows:
+                break
+        tree = app.screen.query_one(CkptTree)
+        if cold:
+            tree._module_rows = {}  # as if that worker had not run
+        out["toggle_on"] = await press_direct(
+            app, frames, "m", lambda: tree.module_view and len(tree.root.children) == 1
+        )
+        out["top_rows"] = float(len(tree.root.children))
+        out["toggle_off"] = await press_direct(
+            app, frames, "m", lambda: not tree.module_view and len(tree.root.children) == 100
+        )
+        await press_direct(app, frames, "slash", lambda: app.screen.query_one(FilterBar).display)
+        bar = app.screen.query_one(FilterBar)
+        count = app.screen.query_one("#filter-count")
+        echoes = []
+        typed = ""
+        last = time.perf_counter()
+        for ch in "h.7.p3":
+            typed += ch
+            text = typed
+            last = time.perf_counter()
+            echoes.append(await press_direct(app, frames, ch, lambda t=text: bar.value == t))
+        out["keystroke_ms"] = 1000 * statistics.mean(echoes)
+        out["keystroke_max_ms"] = 1000 * max(echoes)
+        fut = frames.watch(lambda: "match" in str(count.render()) and tree.filtered)
+        out["filtered_ms"] = 1000 * (await within(fut, "filter result") - last)
+    return out
 
 
 # -- 1. first paint in a pseudo-terminal --------------------------------------------------------
@@ -408,16 +479,49 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.label:<{width}}  {r.unit:<4} {lo:>8} {med:>8} {target:>10} {verdict}")
 
 
+def modules_section(workdir: Path, repeat: int) -> list[Row]:
+    """Section 5's rows."""
+    import bench_open
+
+    path = ensure_modules(workdir)
+    bench_open.warm(path)
+    log(f"module view and filter on {MODULE_KEYS:,} keys ...")
+    asyncio.run(run_modules(path, cold=False))  # warm-up: imports, CSS parse
+    warm = [asyncio.run(run_modules(path, cold=False)) for _ in range(repeat)]
+    cold = [asyncio.run(run_modules(path, cold=True)) for _ in range(repeat)]
+    return [
+        Row("m on, 100k keys, rows made ahead: key -> frame", "s",
+            [r["toggle_on"] for r in warm], TOGGLE_TARGET_S),
+        Row("m on, 100k keys, cold (grouped on the UI thread)", "s",
+            [r["toggle_on"] for r in cold], TOGGLE_TARGET_S),
+        Row("m off, back to 100k flat keys: key -> frame", "s", [r["toggle_off"] for r in warm]),
+        Row("filter, 100k keys: typed key -> echo frame, mean", "ms",
+            [r["keystroke_ms"] for r in warm + cold], KEYSTROKE_TARGET_MS),
+        Row("filter, 100k keys: typed key -> echo frame, max", "ms",
+            [r["keystroke_max_ms"] for r in warm + cold], KEYSTROKE_TARGET_MS),
+        Row("filter, 100k keys: last key -> count + rows frame", "ms",
+            [r["filtered_ms"] for r in warm + cold]),
+    ]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_dir = Path(tempfile.gettempdir()) / "ckptui-bench"
     ap.add_argument("--workdir", type=Path, default=default_dir, help="(default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     ap.add_argument("--moves", type=int, default=1000, help="cursor moves per run (default 1000)")
+    ap.add_argument("--only", choices=["all", "modules"], default="all", help="(default: all)")
     a = ap.parse_args()
     if a.repeat < 1 or a.moves < 20:
         ap.error("--repeat must be >= 1 and --moves >= 20")
     a.workdir.mkdir(parents=True, exist_ok=True)
+    module_rows = modules_section(a.workdir, a.repeat)
+    if a.only == "modules":
+        print(
+            f"{a.repeat} run(s) each; terminal {SIZE[0]}x{SIZE[1]}; python {sys.version.split()[0]}"
+        )
+        print_table(module_rows)
+        return
 
     import bench_open  # a sibling script: its folder is on sys.path
 
@@ -500,6 +604,7 @@ def main() -> None:
             [r.extra["rest_panel_max_ms"] for r in runs[True, True]]),
     ]  # fmt: skip
     rows.append(Row("pilot.press floor (unbound key f19)", "ms", both(False, "floor_ms")))
+    rows += module_rows
     print(
         f"{a.repeat} run(s) each; {a.moves} cursor moves per run; terminal {SIZE[0]}x{SIZE[1]};"
         f" python {sys.version.split()[0]}; first paint on {small.name}"

@@ -56,6 +56,10 @@ class CkptApp(App[None]):
         """Palette: collapse all below the cursor."""
         self.screen.query_one(CkptTree).action_collapse_below()
 
+    def action_tree_toggle_modules(self) -> None:
+        """Palette: the module view, or the keys as stored."""
+        self.screen.query_one(CkptTree).action_toggle_modules()
+
     def action_tree_toggle_mark(self) -> None:
         """Palette: mark or unmark the subtree at the cursor."""
         self.screen.query_one(CkptTree).action_toggle_mark()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from textual.command import Hit, Hits, Provider
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 COMMANDS = [
     ("Filter keys", "screen.filter", "show only keys matching a substring or regex"),
@@ -12,9 +12,18 @@ COMMANDS = [
     ("Copy key path", "screen.copy_path", "copy the selected key path to the clipboard"),
     ("Compute values", "screen.values", "min/max/mean/std and a histogram of the tensor"),
     ("Why so big? (size breakdown)", "screen.why", "where the bytes went and what to drop"),
+    (
+        "Module view",
+        "tree_toggle_modules",
+        "group dotted names into modules, or show them as stored",
+    ),
     ("Mark for export", "tree_toggle_mark", "mark or unmark the subtree at the cursor"),
     ("Clear marks", "tree_clear_marks", "forget every subtree marked for export"),
-    ("Export a slimmed copy", "screen.export", "weights only, prefix stripped, bf16: verified"),
+    (
+        "Export a slimmed copy…",
+        "screen.export",
+        "the weights (or the marks) to .pth/.safetensors, verified",
+    ),
     ("Expand all below", "tree_expand_below", "open every row below the cursor"),
     ("Collapse all below", "tree_collapse_below", "close every row below the cursor"),
     ("Only differences", "screen.only_changes", "compare: hide equal rows, or show them again"),
@@ -26,7 +35,7 @@ COMMANDS = [
 ]
 
 
-MARK_ACTIONS = ("tree_toggle_mark", "tree_clear_marks")
+MARK_ACTIONS = ("tree_toggle_mark", "tree_clear_marks", "tree_toggle_modules")
 """App actions that only mean something on a screen that exports."""
 
 
@@ -41,6 +50,12 @@ def applies(screen: object, action: str) -> bool:
 
 class CkptCommands(Provider):
     """ckptui's actions, searchable by name; only those of the screen the palette opened on."""
+
+    async def discover(self) -> Hits:
+        """Listed as soon as the palette opens, before anything is typed."""
+        for name, action, help_text in COMMANDS:
+            if applies(self.screen, action):
+                yield DiscoveryHit(name, partial(self.app.run_action, action), help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)

@@ -34,6 +34,21 @@ PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""
 PANEL_INTERVAL = 0.25
 """While the cursor keeps moving (a held key), the panel still catches up this often."""
+FILTER_DEBOUNCE = 0.12
+"""Seconds after the last keystroke in the filter bar before the tree is filtered: typing
+`layer2` searches once, not six times."""
+LIVE_ROWS = 2000
+"""Matches shown while typing (the count is exact up to 10,000); enter shows them all."""
+
+
+def _model_params(ckpt: Checkpoint) -> tuple[Path, Any] | None:
+    """(path, `params.Params`) of the model's weights (`roles.weights_path`), or None."""
+    from ...params import params_at
+    from ...roles import weights_path
+
+    path = weights_path(ckpt)
+    params = params_at(ckpt.root, path)
+    return (path, params) if path is not None and params is not None else None
 
 
 class BrowseScreen(Screen[None]):
@@ -43,10 +58,13 @@ class BrowseScreen(Screen[None]):
         Binding("slash", "filter", "Filter"),
         Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
-        Binding("y", "copy_path", "Copy"),
-        Binding("v", "values", "Values"),
+        Binding("y", "copy_path", "Copy", show=False),
+        Binding("v", "values", "Values", show=False),  # automatic up to 64 MiB; the panel says v
         Binding("w", "why", "Sizes"),
         Binding("x", "export", "Export"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("J", "panel_scroll(1)", "Panel down", show=False),
+        Binding("K", "panel_scroll(-1)", "Panel up", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -67,30 +85,37 @@ class BrowseScreen(Screen[None]):
         with Horizontal(id="main"):
             yield CkptTree(id="tree")
             yield DetailPanel(id="detail")
-        yield FilterBar()
-        yield Footer()
+        with Horizontal(id="filter-row"):
+            yield FilterBar()
+            yield Static(id="filter-count")
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#main").loading = True
+        self.query_one("#filter-row").display = False
+        self._filter_timer: Timer | None = None
         self.open_file()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
-    def open_file(self) -> tuple[Checkpoint, Index]:
+    def open_file(self) -> tuple[Checkpoint, Index, Any]:
         """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
         app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
         from ...values import interruptible
 
         worker = get_current_worker()
         ckpt = interruptible(lambda: open_checkpoint(self.path), lambda: worker.is_cancelled)
-        return ckpt, Index.build(ckpt)
+        return ckpt, Index.build(ckpt), _model_params(ckpt)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def find_training_facts(self, ckpt: Checkpoint) -> Any:
         """Name optimizer entries' parameters, make the resume card and the weights_only
         report, after the tree is shown (aligning a huge optimizer can take a second)."""
         from ...training import training_facts
+        from ...values import interruptible
 
-        return training_facts(ckpt)
+        # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
+        worker = get_current_worker()
+        return interruptible(lambda: training_facts(ckpt), lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _training_found(self, event: Worker.StateChanged) -> None:
@@ -119,10 +144,10 @@ class BrowseScreen(Screen[None]):
             self.app.error_message = message  # type: ignore[attr-defined]
             self.app.exit(return_code=2)
         elif event.state is WorkerState.SUCCESS:
-            ckpt, index = event.worker.result
-            self._show(ckpt, index)
+            ckpt, index, params = event.worker.result
+            self._show(ckpt, index, params)
 
-    def _show(self, ckpt: Checkpoint, index: Index) -> None:
+    def _show(self, ckpt: Checkpoint, index: Index, params: Any = None) -> None:
         self.ckpt = ckpt
         # The checkpoint's nodes live as long as the app: moving them out of the collector's
         # generations stops full collections over a million nodes from stalling cursor moves
@@ -138,6 +163,8 @@ class BrowseScreen(Screen[None]):
         if fetched is not None:  # a URL: what opening it cost, before the line is cut at 80
             header += f"{units.size(fetched)} read · "
         header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
+        if params is not None:  # the model's, not the optimizer's: what a user sizes it by
+            header += f" · {params[1].text()}"
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
         self._header = header
@@ -145,12 +172,38 @@ class BrowseScreen(Screen[None]):
         head.update(header)
         head.set_class(bool(dangers), "danger")
         panel = self.query_one(DetailPanel)
-        panel.ckpt, panel.index = ckpt, index
+        panel.ckpt, panel.index, panel.params = ckpt, index, params
         tree = self.query_one(CkptTree)
+        tree.params = {params[0]: params[1]} if params is not None else {}
         tree.show_checkpoint(ckpt)
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
         self.find_training_facts(ckpt)
+        if params is not None:
+            self.find_modules(ckpt, params[0])
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
+    def find_modules(self, ckpt: Checkpoint, path: Path) -> tuple[Any, Any]:
+        """The module view's rows for the weights, made before `m` asks for them (grouping a
+        100,000-key dict takes most of a second here)."""
+        from ... import modules
+        from ...values import interruptible
+
+        def run() -> tuple[Any, Any]:
+            node = ckpt.find(path)
+            rows = modules.module_rows(node, path) if node is not None else None
+            modules.warm(rows, levels=2)
+            return node, rows
+
+        worker = get_current_worker()  # on a thread q abandons (see open_file)
+        return interruptible(run, lambda: worker.is_cancelled)
+
+    @on(Worker.StateChanged)
+    def _modules_found(self, event: Worker.StateChanged) -> None:
+        if event.worker.group == "modules" and event.state is WorkerState.SUCCESS:
+            node, rows = event.worker.result
+            if node is not None:
+                self.query_one(CkptTree).preload_modules(node, rows)
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
@@ -185,8 +238,66 @@ class BrowseScreen(Screen[None]):
         """/: open the filter bar."""
         self.query_one(FilterBar).open()
 
+    @on(Input.Changed, "#filter")
+    def _typed(self, event: Input.Changed) -> None:
+        """Filter as you type, once the keys pause (FILTER_DEBOUNCE)."""
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        if not self.query_one(FilterBar).display:
+            return  # the bar was closed (its text emptied): nothing typed
+        self._filter_timer = self.set_timer(FILTER_DEBOUNCE, self._live_filter)
+
+    def _live_filter(self) -> None:
+        self._filter_timer = None
+        bar = self.query_one(FilterBar)
+        query = bar.value.strip()
+        count = self.query_one("#filter-count", Static)
+        if self.ckpt is None or not bar.display:
+            return
+        if not query:
+            count.update("")
+            tree = self.query_one(CkptTree)
+            if tree.filtered:
+                tree.clear_filter()
+            return
+        count.update("…")
+        self._search(self.ckpt.root, query)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="search")
+    def _search(self, root: Any, query: str) -> tuple[str, list[Path] | str]:
+        """Search the keys off the UI thread: 100,000 paths take longer than a keystroke."""
+        try:
+            return query, search(root, query)
+        except ValueError as e:
+            return query, str(e)
+
+    @on(Worker.StateChanged)
+    def _searched(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "search" or event.state is not WorkerState.SUCCESS:
+            return
+        query, found = event.worker.result
+        bar = self.query_one(FilterBar)
+        if not bar.display or bar.value.strip() != query:
+            return  # typed on, or submitted: this answer is stale
+        count = self.query_one("#filter-count", Static)
+        if isinstance(found, str):
+            count.update("bad regex")
+            return
+        if not found:
+            count.update("no match")
+            return
+        more = "+" if len(found) >= 10_000 else ""
+        count.update(f"{len(found):,}{more} {'match' if len(found) == 1 else 'matches'}")
+        tree = self.query_one(CkptTree)
+        tree.show_matches(found[:LIVE_ROWS])
+        tree.matches = found  # n/N step through all of them
+
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._filter_timer = None
+        self.workers.cancel_group(self, "search")
         query = event.value.strip()
         if not query or self.ckpt is None:
             self.action_clear_filter()
@@ -200,10 +311,12 @@ class BrowseScreen(Screen[None]):
             return
         tree = self.query_one(CkptTree)
         tree.show_matches(matches)
+        self.query_one(FilterBar).hide()  # the rows go back to the tree; esc clears the filter
         tree.focus()
         more = " (first 10,000 shown)" if len(matches) >= 10_000 else ""
+        noun = "match" if len(matches) == 1 else "matches"
         self.notify(
-            f"{len(matches):,} match(es) for {query!r}{more} · n/N to step · esc clears", timeout=4
+            f"{len(matches):,} {noun} for {query!r}{more} · n/N to step · esc clears", timeout=4
         )
 
     def action_clear_filter(self) -> None:
@@ -234,6 +347,17 @@ class BrowseScreen(Screen[None]):
         text = path_expr(node.data.path) or "<root>"
         self.app.copy_to_clipboard(text)
         self.notify(f"copied {text}", timeout=3)
+
+    def action_zoom(self) -> None:
+        """z: the panel takes the whole screen (values and histogram at 80x24), or gives it back."""
+        zoom = not self.has_class("-zoom")
+        self.set_class(zoom, "-zoom")
+        if not zoom:
+            self.query_one(CkptTree).focus()  # hidden, it lost the focus
+
+    def action_panel_scroll(self, lines: int) -> None:
+        """J / K: scroll the panel without leaving the tree."""
+        self.query_one(DetailPanel).scroll_relative(y=lines * 3, animate=False)
 
     def action_values(self) -> None:
         """v: compute the selected tensor's values."""

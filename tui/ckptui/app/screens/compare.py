@@ -27,6 +27,7 @@ from ...errors import CkptError
 from ...facts import compile_query, path_expr, path_text
 from ...formats import open_checkpoint
 from ...model import Checkpoint
+from ...values import Cancelled, interruptible
 from ..compare_values import ValuesArrived, stream_values
 from ..widgets.compare_panel import ComparePanel
 from ..widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
@@ -41,8 +42,13 @@ SHORT = {
     Kind.VALUES: "values",
     Kind.UNREAD: "unread",
     Kind.OTHER: "other",
+    Kind.PENDING: "not compared",
 }
 """Kinds as the header counts them (its line must fit 80 columns)."""
+AUTO_COMPARE_BYTES = 512 << 20
+"""Two local files whose comparable tensors hold at most this many bytes (both sides together)
+have their values compared as soon as they open, streamed with progress: metadata alone cannot
+say two tensors are equal, and a screen of `?` asks the user for a key they should not need."""
 REFILTER_EVERY = 1.0
 """While values stream in with 'only differences' on, the tree is re-filtered this often."""
 
@@ -90,11 +96,17 @@ class CompareScreen(Screen[None]):
     # -- opening -----------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
     def open_files(self) -> tuple[Checkpoint, Checkpoint, Diff, Row]:
-        """Open both files and compare their metadata, off the UI thread."""
-        a = open_checkpoint(self.path_a)
-        b = open_checkpoint(self.path_b)
-        d = diff_checkpoints(a, b)
-        return a, b, d, merge(d, file_name(a.path), file_name(b.path))
+        """Open both files and compare their metadata, off the UI thread, on a thread that `q`
+        abandons (a slow disk or server must not hold the process open after the screen)."""
+        worker = get_current_worker()
+
+        def run() -> tuple[Checkpoint, Checkpoint, Diff, Row]:
+            a = open_checkpoint(self.path_a)
+            b = open_checkpoint(self.path_b)
+            d = diff_checkpoints(a, b)
+            return a, b, d, merge(d, file_name(a.path), file_name(b.path))
+
+        return interruptible(run, lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -107,6 +119,8 @@ class CompareScreen(Screen[None]):
             self._show(*event.worker.result)
             return
         error = event.worker.error
+        if isinstance(error, Cancelled):
+            return  # the app is quitting (or the screen closing): nothing to report
         if isinstance(error, CkptError):
             message = f"ckptui: {error.path}: {error.message}"
         else:
@@ -131,6 +145,18 @@ class CompareScreen(Screen[None]):
         self._update_header()
         panel.show(root)
         tree.focus()
+        self._auto_compare()
+
+    def _auto_compare(self) -> None:
+        """Compare every value at once when both files are local and the bytes are few."""
+        from ...formats._common import is_url
+
+        if self.a is None or self.b is None or is_url(self.path_a) or is_url(self.path_b):
+            return
+        rows = self._comparable()
+        need = sum(r.bytes_a + r.bytes_b for r in rows)
+        if rows and need <= AUTO_COMPARE_BYTES:
+            self.action_compare_all()
 
     def _update_header(self) -> None:
         d, root = self.diff, self.merged
@@ -147,9 +173,12 @@ class CompareScreen(Screen[None]):
             if prefix:
                 first.append(f" · {side} has {prefix!r}; stripped")
         kinds = [k for k in Kind if k is not Kind.EQUAL and root.counts[k]]
-        parts = ["differ" if root.changed else "match"]
+        if root.changed:
+            parts = ["differ"]
+        else:  # "match" only once every value was compared
+            parts = ["no difference yet" if root.counts[Kind.PENDING] else "match"]
         parts += [f"{MARK[k]} {root.counts[k]:,} {SHORT[k]}" for k in kinds]
-        parts.append(f"{root.counts[Kind.EQUAL]:,} equal")
+        parts.append(f"= {root.counts[Kind.EQUAL]:,} equal")
         total, compared = self._value_counts()
         if not total:
             parts.append("no values to compare")

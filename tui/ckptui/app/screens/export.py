@@ -58,10 +58,32 @@ class Cancelled(Exception):
     """Raised inside the writer when the user presses esc; `export` cleans up after it."""
 
 
+class _Choice(RadioButton):
+    """A radio button whose dot is there only when chosen: Textual's shows a dot in both states
+    and tells them apart by colour alone, which NO_COLOR (and a monochrome terminal) removes."""
+
+    @property  # type: ignore[override]
+    def BUTTON_INNER(self) -> str:
+        return "●" if self.value else " "
+
+
+class _Tick(Checkbox):
+    """A checkbox whose X is there only when ticked (see _Choice)."""
+
+    @property  # type: ignore[override]
+    def BUTTON_INNER(self) -> str:
+        return "X" if self.value else " "
+
+
 class ExportScreen(ModalScreen[None]):
     """The export dialog, prefilled with the marks or else the detected weights."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        # Priority: a focused radio set, checkbox or input would take enter for itself, and a
+        # user who just picked bf16 expects enter to write, as it does from the button.
+        Binding("enter", "enter", "Export", priority=True),
+    ]
 
     def __init__(self, ckpt: Checkpoint, marks: list[Path]) -> None:
         super().__init__()
@@ -84,18 +106,18 @@ class ExportScreen(ModalScreen[None]):
                 yield Static(id="export-keep")
             with Horizontal(classes="export-row"):
                 yield Label("Names", classes="export-label")
-                yield Checkbox("strip the prefix", id="export-strip")
+                yield _Tick("strip the prefix", id="export-strip")
             with Horizontal(classes="export-row"):
                 yield Label("Floats", classes="export-label")
                 with RadioSet(id="export-dtype"):
-                    yield RadioButton("keep dtype", value=True)
-                    yield RadioButton("bf16")
-                    yield RadioButton("fp16")
+                    yield _Choice("keep dtype", value=True)
+                    yield _Choice("bf16")
+                    yield _Choice("fp16")
             with Horizontal(classes="export-row"):
                 yield Label("Format", classes="export-label")
                 with RadioSet(id="export-format"):
-                    yield RadioButton(".pth", value=True)
-                    yield RadioButton(".safetensors")
+                    yield _Choice(".pth", value=True)
+                    yield _Choice(".safetensors")
             with Horizontal(classes="export-row"):
                 yield Label("Write to", classes="export-label")
                 yield Input(default_target(_source_name(self.ckpt), "pth"), id="export-target")
@@ -133,8 +155,15 @@ class ExportScreen(ModalScreen[None]):
     def _plan(
         self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
     ) -> tuple[Plan, int, bool, int]:
-        plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
-        return plan, plan.predicted_bytes, first, stitched_bytes(plan)
+        from ...values import interruptible
+
+        worker = get_current_worker()  # on a thread `q` abandons, as every long worker
+
+        def run() -> tuple[Plan, int, bool, int]:
+            plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
+            return plan, plan.predicted_bytes, first, stitched_bytes(plan)
+
+        return interruptible(run, lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _planned(self, event: Worker.StateChanged) -> None:
@@ -142,6 +171,8 @@ class ExportScreen(ModalScreen[None]):
             return
         if event.state is WorkerState.ERROR:
             error = event.worker.error
+            if isinstance(error, ReadCancelled):
+                return  # a newer plan replaced it, or the dialog closed
             reason = error.message if isinstance(error, CkptError) else repr(error)
             self._show_size(f"[b $error]{escape(reason)}[/]")
             self.query_one("#export-keep", Static).update(self._keep_text(None))
@@ -252,6 +283,13 @@ class ExportScreen(ModalScreen[None]):
             self.query_one("#export-note", Static).update("stopping …")
         else:
             self.dismiss(None)
+
+    def action_enter(self) -> None:
+        """enter: write the export from anywhere in the dialog (on Cancel: cancel)."""
+        if self.focused is not None and self.focused.id == "export-cancel":
+            self.action_cancel()
+        else:
+            self._go()
 
     @on(Button.Pressed, "#export-go")
     @on(Input.Submitted, "#export-target")

@@ -29,7 +29,7 @@ from ...roles import ROLE_LABELS
 from ...sizes import Breakdown, Prefix
 from ...sizes_findings import SizeFinding
 from ...units import size
-from ...values import Cancelled
+from ...values import Cancelled, interruptible
 from ...why import bar, rest_rows, show_path
 
 BAR = 24
@@ -129,8 +129,12 @@ class WhyScreen(Screen[Path | None]):
     # -- workers ---------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="why")
     def compute(self) -> Breakdown:
-        """Read the file's framing and attribute every byte (no tensor data is read)."""
-        return breakdown_of(self.ckpt)
+        """Read the file's framing and attribute every byte (no tensor data is read).
+
+        Run on a daemon thread that `q` abandons: the breakdown has no cancellation points, and
+        a worker thread still in it would hold the process open after the screen is gone."""
+        worker = get_current_worker()
+        return interruptible(lambda: breakdown_of(self.ckpt), lambda: worker.is_cancelled)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="duplicates")
     def compare(self, b: Breakdown) -> list[SizeFinding]:
@@ -150,7 +154,7 @@ class WhyScreen(Screen[Path | None]):
             if event.state is WorkerState.SUCCESS:
                 self.cache.breakdown = event.worker.result
                 self._show(event.worker.result)
-            elif event.state is WorkerState.ERROR:
+            elif event.state is WorkerState.ERROR and not isinstance(event.worker.error, Cancelled):
                 self.query_one("#why-main").loading = False
                 self._headline(f"cannot break down the file: {_reason(event.worker.error)}")
         elif group == "duplicates":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path as FilePath
+from typing import Any
 
 from rich.style import Style
 from rich.text import Text
@@ -22,10 +23,12 @@ from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from ... import modules as mv
 from ...facts import path_text
 from ...frameworks import detect
 from ...model import Checkpoint, Node, NodeKind, Path, walk
-from ...units import summary
+from ...roles import is_module
+from ...units import size, summary
 
 GROUP = 1000
 """Children shown per group row in large containers."""
@@ -42,6 +45,13 @@ class Entry:
     group: tuple[int, int] | None = None
     """For a group row: the child index range [start, end) of `node`."""
     loaded: bool = False
+    module: mv.Module | None = None
+    """In the module view, for a module row: the module (`node` is then the placeholder
+    nn.Module, or for a group of dotted names the state dict holding them)."""
+    raw: bool = False
+    """A placeholder module's internals row: its fields as recorded, not as modules."""
+    name: str | None = None
+    """The key shown, when it is not the node's own (a module view leaf shows `weight`)."""
 
 
 class CkptTree(Tree[Entry]):
@@ -57,7 +67,8 @@ class CkptTree(Tree[Entry]):
         Binding("e", "expand_below", "Expand all", show=False),
         Binding("E", "collapse_below", "Collapse all", show=False),
         Binding("enter", "toggle_node", "Toggle", show=False),
-        Binding("space", "toggle_mark", "Mark", show=False),
+        Binding("space", "toggle_mark", "Mark"),
+        Binding("m", "toggle_modules", "Modules"),
     ]
 
     COMPONENT_CLASSES = {
@@ -89,6 +100,15 @@ class CkptTree(Tree[Entry]):
         self._fg_styles: dict[str, Style] = {}
         self.parts: dict[Path, str] = {}
         """Labels of the parts of a recognised framework's file (`state_dict`: model weights)."""
+        self.params: dict[Path, Any] = {}
+        """Parameter counts (`params.Params`) of the model's weights, by path: shown on its row
+        (and the root's), counted once in the screen's open worker."""
+        self.module_view = False
+        """`m`: state dicts grouped into modules, placeholder nn.Modules shown as layers."""
+        self._module_rows: dict[int, list[mv.Row] | None] = {}
+        self._summaries: dict[int, str] = {}
+        """Summaries of rows with over GROUP children, by node id (see `_label`)."""
+        """The module view's first rows below a node (by id), made once."""
 
     # -- building ---------------------------------------------------------------------------
     def show_checkpoint(self, ckpt: Checkpoint) -> None:
@@ -97,6 +117,10 @@ class CkptTree(Tree[Entry]):
             self.marks = {}
             framework = detect(ckpt)
             self.parts = {p.path: p.label for p in framework.parts} if framework else {}
+            self._module_rows = {}
+            self._summaries = {}
+            # a whole-module pickle opens on its layers: its raw fields are nn.Module internals
+            self.module_view = is_module(ckpt.root)
         self.ckpt = ckpt
         self.filtered = False
         self.matches = []
@@ -128,7 +152,13 @@ class CkptTree(Tree[Entry]):
         self._fg_styles = {}
 
     def _label(
-        self, node: Node, key_text: str, match: bool = False, mark: str = "", part: str = ""
+        self,
+        node: Node,
+        key_text: str,
+        match: bool = False,
+        mark: str = "",
+        part: str = "",
+        more: str = "",
     ) -> Text:
         """A row's text; `mark` is `self` for a marked row, `below` for a row under one; `part`
         is what a framework's part is for, shown dim and slanted after the summary."""
@@ -141,8 +171,16 @@ class CkptTree(Tree[Entry]):
         else:
             key_style = Style()
         summary_style = self._fg("ckpt-tree--summary")
+        if len(node.children) > GROUP:
+            # its bytes are a walk of every node below: a 100,000-key root's label is made
+            # again on every rebuild (m, esc), 0.3-1 s each time; the model is frozen
+            text = self._summaries.get(id(node))
+            if text is None:
+                text = self._summaries[id(node)] = summary(node)
+        else:
+            text = summary(node)
         bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
-        text = Text.assemble(bullet, (key_text, key_style), "  ", (summary(node), summary_style))
+        text = Text.assemble(bullet, (key_text, key_style), "  ", (text + more, summary_style))
         if part:
             text.append(f" — {part}", summary_style + Style(italic=True))
         return text
@@ -158,14 +196,20 @@ class CkptTree(Tree[Entry]):
     def _key_text(child: Node, parent: Node) -> str:
         return f"[{child.key}]" if parent.kind is NodeKind.SEQUENCE else str(child.key)
 
-    def _row_label(self, node: Node, path: Path, owner: Node | None) -> Text:
-        if owner is None:  # the root row is named after the file
+    def _row_label(
+        self, node: Node, path: Path, owner: Node | None, name: str | None = None
+    ) -> Text:
+        if name is not None:
+            key_text = name
+        elif owner is None:  # the root row is named after the file
             assert self.ckpt is not None
             key_text = FilePath(self.ckpt.path).name
         else:
             key_text = self._key_text(node, owner)
         part = self.parts.get(path, "") if self.parts else ""
-        return self._label(node, key_text, path in self._match_set, self._mark_of(path), part)
+        params = self.params.get(path) if self.params else None
+        more = f" · {params.text()}" if params is not None and node.children else ""
+        return self._label(node, key_text, path in self._match_set, self._mark_of(path), part, more)
 
     def _add(self, parent: TreeNode[Entry], node: Node, path: Path, owner: Node) -> TreeNode:
         label = self._row_label(node, path, owner)
@@ -186,6 +230,12 @@ class CkptTree(Tree[Entry]):
             return
         entry.loaded = True
         node = entry.node
+        if self.module_view and not entry.raw and entry.group is None:
+            rows = entry.module.rows() if entry.module is not None else self.modules_of(entry)
+            if rows is not None:
+                for row in rows:
+                    self._add_module_row(tree_node, row)
+                return
         start, end = entry.group or (0, len(node.children))
         if end - start > GROUP:
             style = self._fg("ckpt-tree--group")
@@ -198,13 +248,114 @@ class CkptTree(Tree[Entry]):
         for child in node.children[start:end]:
             self._add(tree_node, child, (*entry.path, child.key), node)
 
+    # -- the module view ----------------------------------------------------------------------
+    def modules_of(self, entry: Entry) -> list[mv.Row] | None:
+        """The module view's rows below a checkpoint node (None: it shows as it is)."""
+        key = id(entry.node)
+        if key not in self._module_rows:
+            self._module_rows[key] = mv.module_rows(entry.node, entry.path)
+        return self._module_rows[key]
+
+    def preload_modules(self, node: Node, rows: list[mv.Row] | None) -> None:
+        """Rows a worker made ahead for `node` (see BrowseScreen.find_modules)."""
+        self._module_rows.setdefault(id(node), rows)
+
+    def _add_module_row(self, parent: TreeNode[Entry], row: mv.Row) -> TreeNode[Entry]:
+        if isinstance(row, mv.Module):
+            node = row.node if row.node is not None else parent.data.node  # type: ignore[union-attr]
+            return parent.add(self._module_label(row), Entry(node, row.path, module=row))
+        if row.internals:
+            n = len(row.node.children)
+            label = Text.assemble(
+                (row.name, self._fg("ckpt-tree--group")),
+                "  ",
+                (f"{n} fields as recorded", self._fg("ckpt-tree--summary")),
+            )
+            return parent.add(label, Entry(row.node, row.path, raw=True))
+        label = self._row_label(row.node, row.path, None, row.name)
+        entry = Entry(row.node, row.path, name=row.name)
+        if row.node.children and row.node.kind is not NodeKind.REF:
+            return parent.add(label, entry)
+        entry.loaded = True
+        return parent.add_leaf(label, entry)
+
+    def _module_label(self, row: mv.Module) -> Text:
+        """`conv1  Conv2d(3, 64, kernel_size=7, stride=2) · 9,408 params · 36.8 KiB · float32`."""
+        p = row.params
+        parts = [row.title] if row.title else []
+        if p.tensors:
+            parts += [p.text(), size(p.nbytes)]
+            if p.dtype_mix(0.01):
+                parts.append(p.dtype_mix(0.01))
+        mark = self._mark_of(row.path) if row.node is not None else ""
+        key_style = self._fg("ckpt-tree--marked") if mark else Style(bold=True)
+        return Text.assemble(
+            (row.name, key_style), "  ", (" · ".join(parts), self._fg("ckpt-tree--summary"))
+        )
+
+    def action_toggle_modules(self) -> None:
+        """m: group dotted state-dict names into modules (and whole-module pickles into their
+        layers), or show the keys as they are stored; the cursor stays on its key."""
+        if self.ckpt is None:
+            return
+        entry = self.cursor_node.data if self.cursor_node else None
+        keep = entry.path if entry is not None else None
+        if entry is not None and entry.module is not None and entry.module.node is None:
+            keep = (*entry.path, entry.module.members[0][1].key)  # a group: its first name
+        self.module_view = not self.module_view
+        if self.filtered:
+            self.clear_filter()
+        else:
+            self.show_checkpoint(self.ckpt)
+        if keep:
+            self.select_path(keep)
+        self.notify(
+            "module view: dotted names grouped into modules (m: as stored)"
+            if self.module_view
+            else "keys as stored (m: module view)",
+            timeout=3,
+        )
+
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[Entry]) -> None:
-        """Load children on first expand."""
+        """Load children on first expand (rows opened by Textual itself; ckptui's own keys load
+        them before expanding, see `_open`)."""
         self._load(event.node)
+
+    def _open(self, node: TreeNode[Entry]) -> None:
+        """Expand a row with its children already there, and scroll them into view.
+
+        Loading in the key's own handler, not in the NodeExpanded handler, matters for type-ahead:
+        keys that arrive in one batch (a laggy SSH link) sit in the queue before NodeExpanded, so
+        `l j j` would move the cursor over a tree that does not have the new rows yet."""
+        self._load(node)
+        node.expand()
+        if node.children:
+            self.call_after_refresh(self._reveal_children, node)
+
+    def _reveal_children(self, node: TreeNode[Entry]) -> None:
+        """Scroll so that the rows just opened below `node` show (as many as fit, `node` kept)."""
+        line = node.line
+        if line < 0 or not node.is_expanded:
+            return
+        height = self.scrollable_content_region.height
+        shown = min(len(node.children), max(0, height - 1))
+        bottom = line + shown
+        if bottom >= self.scroll_offset.y + height:
+            self.scroll_to(y=min(line, bottom - height + 1), animate=False)
+
+    def _toggle_node(self, node: TreeNode[Entry]) -> None:
+        if not node.allow_expand:
+            return
+        if node.is_expanded:
+            node.collapse()
+        else:
+            self._open(node)
 
     # -- navigation --------------------------------------------------------------------------
     def reveal(self, path: Path) -> TreeNode[Entry] | None:
         """Expand the way to `path` and return its row (None if it is not in the tree)."""
+        if self.module_view:
+            return self._reveal_in_modules(path)
         current = self.root
         for depth in range(len(path)):
             self._load(current)
@@ -235,6 +386,32 @@ class CkptTree(Tree[Entry]):
             current = nxt
         return current
 
+    def _reveal_in_modules(self, path: Path) -> TreeNode[Entry] | None:
+        """`reveal` in the module view: at each level, the row whose subtree holds `path`."""
+        current = self.root
+        for _ in range(4 * len(path) + 64):  # module rows add levels; a bound, not a guess
+            entry = current.data
+            if entry is None:
+                return None
+            if entry.path == path and entry.module is None and not entry.raw:
+                return current
+            self._load(current)
+            current.expand()
+            nxt = None
+            fallback = None
+            for child in current.children:
+                if _holds(child.data, path):
+                    if child.data.raw:  # type: ignore[union-attr]
+                        fallback = child
+                        continue
+                    nxt = child
+                    break
+            nxt = nxt or fallback
+            if nxt is None:
+                return None
+            current = nxt
+        return None
+
     def select_path(self, path: Path) -> bool:
         """Reveal `path` and put the cursor on it."""
         row = self.reveal(path)
@@ -263,7 +440,7 @@ class CkptTree(Tree[Entry]):
         if node is None or not node.allow_expand:
             return
         if not node.is_expanded:
-            node.expand()
+            self._open(node)
         elif node.children:
             self.move_cursor(node.children[0])
 
@@ -324,6 +501,9 @@ class CkptTree(Tree[Entry]):
         if entry.group is not None:  # a group row stands for its children
             lo, hi = entry.group
             paths = [(*entry.path, c.key) for c in entry.node.children[lo:hi]]
+        elif entry.module is not None and entry.module.node is None:
+            # a group of names stands for its tensors, each a key of the state dict
+            paths = [(*entry.path, n.key) for _, n in entry.module.members]
         else:
             paths = [entry.path]
         covering = next((p[:i] for p in paths for i in range(len(p)) if p[:i] in self.marks), None)
@@ -335,7 +515,10 @@ class CkptTree(Tree[Entry]):
             for p in paths:
                 del self.marks[p]
         else:
-            with_tensors = [p for p in paths if _has_tensors(self._node_at(p, entry))]
+            if entry.module is not None and entry.module.node is None:
+                with_tensors = paths  # a group's members are its tensors
+            else:
+                with_tensors = [p for p in paths if _has_tensors(self._node_at(p, entry))]
             if not with_tensors:
                 what = path_text(entry.path) or "the file"
                 self.notify(f"no tensors below {what}: nothing to export", severity="warning")
@@ -369,10 +552,13 @@ class CkptTree(Tree[Entry]):
             r = stack.pop()
             stack.extend(r.children)
             e = r.data
-            if e is None or e.group is not None:
+            if e is None or e.group is not None or e.raw:
+                continue
+            if e.module is not None:
+                r.set_label(self._module_label(e.module))
                 continue
             owner = r.parent.data.node if r.parent is not None and r.parent.data else None
-            r.set_label(self._row_label(e.node, e.path, owner))
+            r.set_label(self._row_label(e.node, e.path, owner, e.name))
 
     # -- filtering ---------------------------------------------------------------------------
     def show_matches(self, matches: list[Path]) -> None:
@@ -432,6 +618,25 @@ class CkptTree(Tree[Entry]):
         """The cursor row's dotted path."""
         entry = self.cursor_node.data if self.cursor_node else None
         return path_text(entry.path) if entry else ""
+
+
+def _holds(entry: Entry | None, path: Path) -> bool:
+    """True when the row of `entry` has `path` at or below it."""
+    if entry is None:
+        return False
+    if entry.group is not None:
+        lo, hi = entry.group
+        n = len(entry.path)
+        if len(path) <= n or path[:n] != entry.path:
+            return False
+        return any(c.key == path[n] for c in entry.node.children[lo:hi])
+    module = entry.module
+    if module is not None and module.node is None:  # a group of names in a state dict
+        n = len(entry.path)
+        key = path[n] if len(path) > n and path[:n] == entry.path else None
+        return isinstance(key, str) and key.startswith(module.prefix + ".")
+    n = len(entry.path)
+    return path[:n] == entry.path
 
 
 def _has_tensors(node: Node) -> bool:

@@ -99,6 +99,11 @@ class ComparePanel(VerticalScroll):
             t.add_row("bytes", *each(lambda x, c: units.size(x.nbytes)))
             t.add_row("device", *each(lambda x, c: x.device))
             t.add_row("file", *each(_file_of))
+            if row.tied_a is not None or row.tied_b is not None:
+                t.add_row(
+                    "tied to",
+                    *[path_text(p) if p is not None else "-" for p in (row.tied_a, row.tied_b)],
+                )
         else:
             t.add_row("value", a if a is not None else "-", b if b is not None else "-")
         status = Text(f"{MARK[row.kind]} {NAME[row.kind]}", style="bold")
@@ -113,11 +118,13 @@ class ComparePanel(VerticalScroll):
             n = row.counts[kind]
             if n:
                 kinds.add_row(f"{MARK[kind]} {n:,}", NAME[kind])
-        verdict = (
-            f"{row.changed:,} of {row.leaves:,} entries differ"
-            if row.changed
-            else (f"all {row.leaves:,} entries equal")
-        )
+        pending = row.counts[Kind.PENDING]
+        if row.changed:
+            verdict = f"{row.changed:,} of {row.leaves:,} entries differ"
+        elif pending:  # never "equal" for values nobody read
+            verdict = f"no difference yet: {pending:,} of {row.leaves:,} not compared (v, a)"
+        else:
+            verdict = f"all {row.leaves:,} entries equal"
         return Group(self._title(row), Text(verdict, style="bold"), t, Text(""), kinds)
 
     def _values(self, row: Row) -> Text:

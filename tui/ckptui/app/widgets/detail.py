@@ -105,6 +105,21 @@ class _Sizes:
         return self._largest[id(node)]
 
 
+def _param_rows(t: Table, p: Any) -> None:
+    """Rows for a `params.Params`: the count, weights vs buffers, bytes and the dtype mix."""
+    from ...params import count
+
+    # parameters as `sum(p.numel() for p in model.parameters())` counts them: buffers apart
+    for name, n in (("parameters", p.weights), ("buffers", p.buffers)):
+        if n or name == "parameters":
+            exact = f"{n:,}"
+            t.add_row(name, exact if count(n) == exact else f"{count(n)}  ({exact})")
+    t.add_row("tensors", f"{p.tensors:,}")
+    t.add_row("bytes", units.size(p.nbytes))
+    if p.dtypes:
+        t.add_row("dtypes", p.dtype_mix())
+
+
 def _put(static: Static, content: RenderableType) -> None:
     """Replace a Static's content, asking for a layout only if its height changes."""
     width, height = static.size
@@ -132,6 +147,8 @@ class DetailPanel(VerticalScroll):
         self._sizes: _Sizes | None = None
         self.training: Any = None
         """`training.TrainingFacts`, once the screen's worker has found them."""
+        self.params: tuple[Path, Any] | None = None
+        """(path, `params.Params`) of the model's weights, for the root card and that row."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="facts")
@@ -146,6 +163,8 @@ class DetailPanel(VerticalScroll):
 
     def show(self, entry: Entry | None) -> None:
         """Describe `entry` (a checkpoint node or a group row)."""
+        if entry is not self.entry and self.scroll_y:
+            self.scroll_home(animate=False)  # a new row's card starts at its top
         self.entry = entry
         self.workers.cancel_group(self, "values")
         facts = self.query_one("#facts", Static)
@@ -155,6 +174,11 @@ class DetailPanel(VerticalScroll):
             self._show_stats("")
             return
         node = entry.node
+        if entry.module is not None:
+            _put(facts, _Laid(self._module_facts(entry.module)))
+            self._show_warning(None)
+            self._show_stats("")
+            return
         if entry.group is not None:
             lo, hi = entry.group
             _put(
@@ -228,6 +252,15 @@ class DetailPanel(VerticalScroll):
         for f in self.index.findings_by_path.get(path, []) if self.index else []:
             t.add_row(f.severity.value, f.message)
         parts: list[Any] = [title, t]
+        if self.params is not None and (not path or path == self.params[0]):
+            model = _table()
+            _param_rows(model, self.params[1])
+            where = path_text(self.params[0])
+            parts += [
+                Text(""),
+                Text("model weights" + (f" · {where}" if where and not path else ""), style="bold"),
+                model,
+            ]
         if not path and self.training is not None:
             if self.training.resume is not None:
                 parts.append(resume_card(self.training.resume))
@@ -246,6 +279,17 @@ class DetailPanel(VerticalScroll):
                 big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", str(child.key))
             parts += [Text(""), Text("largest", style="bold"), big]
         return Group(*parts)
+
+    def _module_facts(self, module: Any) -> Group:
+        """A module row: what it is, its parameters (weights, buffers), bytes and dtypes."""
+        title = Text(module.prefix, style="bold")
+        t = _table()
+        if module.title:
+            t.add_row("module", module.title)
+        if module.node is not None:
+            t.add_row("class", f"{module.node.type}  (placeholder; never imported)")
+        _param_rows(t, module.params)
+        return Group(title, t)
 
     def _tensor_rows(self, t: Table, info: TensorInfo, path: Path) -> None:
         assert self.ckpt is not None

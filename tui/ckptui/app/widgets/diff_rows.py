@@ -36,6 +36,8 @@ class Kind(str, enum.Enum):
     """Same shape, but the values could not be compared (say why)."""
     OTHER = "other"
     """A plain value (not a tensor) that differs."""
+    PENDING = "pending"
+    """Same shape and dtype, values not compared yet: the metadata alone cannot say equal."""
 
 
 MARK = {
@@ -47,6 +49,7 @@ MARK = {
     Kind.VALUES: "Δ",
     Kind.UNREAD: "?",
     Kind.OTHER: "*",
+    Kind.PENDING: "?",
 }
 """The symbol in front of a row: kinds stay distinct without colour (NO_COLOR)."""
 
@@ -59,6 +62,7 @@ NAME = {
     Kind.VALUES: "values differ",
     Kind.UNREAD: "values not compared",
     Kind.OTHER: "value differs",
+    Kind.PENDING: "not compared",
 }
 
 
@@ -89,6 +93,11 @@ class Row:
     """max |a - b| once the values were compared."""
     why: str | None = None
     """Why the values could not be compared."""
+    tied_a: Path | None = None
+    """When A's tensor is the same bytes as an earlier entry of A (tied weights, as
+    `save_pretrained` writes `lm_head.weight` beside `wte.weight`): that entry's path. Its bytes
+    are counted there, once."""
+    tied_b: Path | None = None
     counts: Tally = field(default_factory=lambda: Tally())
     """For containers: leaves below by kind."""
     bytes_a: int = 0
@@ -114,8 +123,8 @@ class Row:
     def changed(self) -> int:
         """Leaves below that differ (for a leaf: 1 if it differs)."""
         if self.leaf:
-            return int(self.kind is not Kind.EQUAL)
-        return sum(n for k, n in self.counts.items() if k is not Kind.EQUAL)
+            return int(self.kind not in (Kind.EQUAL, Kind.PENDING))
+        return sum(n for k, n in self.counts.items() if k not in (Kind.EQUAL, Kind.PENDING))
 
     @property
     def leaves(self) -> int:
@@ -142,7 +151,7 @@ class Row:
         self.max_abs, self.why = max_abs, why
         old = self.kind
         new = old  # a dtype mismatch stays one; its max |a-b| is shown with it
-        if old in (Kind.EQUAL, Kind.VALUES, Kind.UNREAD):
+        if old in (Kind.EQUAL, Kind.VALUES, Kind.UNREAD, Kind.PENDING):
             new = Kind.UNREAD if why is not None else Kind.VALUES if max_abs else Kind.EQUAL
         if new is old:
             return False
@@ -167,7 +176,7 @@ def _kind(a: TensorInfo | str | None, b: TensorInfo | str | None) -> Kind:
     if isinstance(a, TensorInfo) and isinstance(b, TensorInfo):
         if a.shape != b.shape:
             return Kind.SHAPE
-        return Kind.DTYPE if a.dtype != b.dtype else Kind.EQUAL
+        return Kind.DTYPE if a.dtype != b.dtype else Kind.PENDING
     return Kind.EQUAL if a == b else Kind.OTHER
 
 
@@ -187,6 +196,7 @@ def merge(d: Diff, name_a: str = "A", name_b: str = "B") -> Row:
             here = nxt
         leaf = Row(segs[-1], here, path=path, kind=_kind(a, b), a=a, b=b)
         here.children.setdefault((segs[-1], True), leaf)
+    _tie(root, d)
     _fold(root)
     _count(root)
     for p, m in d.value_diff:
@@ -198,6 +208,28 @@ def merge(d: Diff, name_a: str = "A", name_b: str = "B") -> Row:
         if row is not None:
             row.set_values(None, why)
     return root
+
+
+def _view(t: TensorInfo) -> tuple | None:
+    if t.storage_key is None:
+        return None
+    return (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+
+
+def _tie(root: Row, d: Diff) -> None:
+    """Point each leaf whose tensor repeats an earlier entry's view (same storage, offset, shape,
+    strides) at that entry, on each side."""
+    for side, tensors in (("a", d.tensors_a), ("b", d.tensors_b)):
+        first: dict[tuple, Path] = {}
+        for path, t in tensors.items():
+            view = _view(t)
+            if view is None:
+                continue
+            seen = first.setdefault(view, path)
+            if seen != path:
+                row = find(root, path)
+                if row is not None:
+                    setattr(row, f"tied_{side}", seen)
 
 
 def _fold(root: Row) -> None:
@@ -241,8 +273,9 @@ def _count(root: Row) -> None:
         stack.extend(r.children.values())
     for r in reversed(order):
         if r.leaf:
-            r.bytes_a = r.a.nbytes if isinstance(r.a, TensorInfo) else 0
-            r.bytes_b = r.b.nbytes if isinstance(r.b, TensorInfo) else 0
+            # a tied entry's bytes are the earlier entry's: counted there, once
+            r.bytes_a = r.a.nbytes if isinstance(r.a, TensorInfo) and r.tied_a is None else 0
+            r.bytes_b = r.b.nbytes if isinstance(r.b, TensorInfo) and r.tied_b is None else 0
             r.in_a, r.in_b = int(r.a is not None), int(r.b is not None)
             continue
         for c in r.children.values():
@@ -297,11 +330,20 @@ def describe(row: Row) -> str:
             return f"only in A · {entries} · {size(row.bytes_a)}"
         if n and row.counts[Kind.ONLY_B] == total:
             return f"only in B · {entries} · {size(row.bytes_b)}"
-        return f"{n:,} of {total:,} differ" if n else f"{total:,} equal"
+        pending = row.counts[Kind.PENDING]
+        known = f"{n:,} of {total:,} differ" if n else f"{total - pending:,} equal"
+        if not pending:
+            return known
+        if pending == total:
+            return f"{total:,} not compared"
+        return f"{known} · {pending:,} not compared"
     a, b, kind = row.a, row.b, row.kind
     if kind in (Kind.ONLY_A, Kind.ONLY_B):
         x = a if kind is Kind.ONLY_A else b
         what = _tensor(x) if isinstance(x, TensorInfo) else str(x)
+        tied = row.tied_a if kind is Kind.ONLY_A else row.tied_b
+        if tied is not None:
+            what += f" · tied to {'.'.join(str(k) for k in tied)}"
         return f"{NAME[kind]} · {what}"
     if isinstance(a, TensorInfo) and isinstance(b, TensorInfo):
         if kind is Kind.SHAPE:
@@ -312,6 +354,8 @@ def describe(row: Row) -> str:
             return f"{delta}{a.dtype} → {b.dtype} · {show_shape(a.shape)}"
         if kind is Kind.UNREAD:
             return f"{_tensor(a)} · values not compared"
+        if kind is Kind.PENDING:
+            return f"{_tensor(a)} · not compared (v)"
         same = " · identical" if row.max_abs == 0 else ""
         return f"{delta}{_tensor(a)}{same}"
     if kind is Kind.OTHER:

@@ -39,7 +39,14 @@ class DiffEntry:
 class DiffTree(CkptTree):
     """The merged tree; CkptTree's keys, its own rows."""
 
-    BINDINGS = [Binding("space", "toggle_node", "Toggle", show=False)]
+    BINDINGS = [
+        Binding("space", "toggle_node", "Toggle", show=False),
+        # the browser's module view: the merged rows are already split into modules
+        Binding("m", "nothing", show=False),
+    ]
+
+    def action_nothing(self) -> None:
+        """m does nothing here (the compare rows are grouped by module already)."""
 
     COMPONENT_CLASSES = CkptTree.COMPONENT_CLASSES | {
         f"diff-tree--{k.value.replace('_', '-')}" for k in Kind
@@ -93,7 +100,7 @@ class DiffTree(CkptTree):
             return None
         keep: set[int] = {id(root)}
         for leaf in leaves(root):
-            if self.only_changes and leaf.kind is Kind.EQUAL:
+            if self.only_changes and leaf.kind in (Kind.EQUAL, Kind.PENDING):
                 continue
             if self.query is not None and not self.query.search(path_text(leaf.path or ())):
                 continue
@@ -159,12 +166,14 @@ class DiffTree(CkptTree):
             kind = Kind.ONLY_A
         elif row.changed and row.counts[Kind.ONLY_B] == row.leaves:
             kind = Kind.ONLY_B
-        else:
-            kind = Kind.VALUES if row.changed else Kind.EQUAL
+        elif row.changed:
+            kind = Kind.VALUES
+        else:  # `=` only when every leaf below was compared equal
+            kind = Kind.PENDING if row.counts[Kind.PENDING] else Kind.EQUAL
         if row.leaf or kind in (Kind.ONLY_A, Kind.ONLY_B):
             mark = MARK[kind]
         else:
-            mark = "•" if row.changed else MARK[Kind.EQUAL]
+            mark = "•" if row.changed else MARK[kind]
         key_style = self._style(kind) if kind is not Kind.EQUAL else Style()
         if not row.leaf and kind is Kind.VALUES:
             key_style = self._fg("diff-tree--other")  # a container with changes below

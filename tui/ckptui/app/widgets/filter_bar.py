@@ -29,12 +29,20 @@ class FilterBar(Input):
     def open(self) -> None:
         """Show the bar and type into it."""
         self.display = True
+        if self.parent is not None and self.parent.id == "filter-row":
+            self.parent.display = True
         self.focus()
 
     def close(self) -> None:
         """Empty and hide the bar."""
         self.value = ""
+        self.hide()
+
+    def hide(self) -> None:
+        """Hide the bar, keeping its text (the rows it took are given back to the tree)."""
         self.display = False
+        if self.parent is not None and self.parent.id == "filter-row":
+            self.parent.display = False
 
     def parse(self, query: str, parse: Callable[[str], T]) -> T | None:
         """What `parse` makes of `query`, or None after showing why it refused it.
