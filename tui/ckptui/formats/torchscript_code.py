@@ -50,7 +50,7 @@ def scan_code(z: ZipCheckpoint) -> None:
             continue
         budget -= zi.file_size
         try:
-            text = z.zf.read(zi)[: zi.file_size].decode("utf-8", "replace")
+            text = z.read_member(zi)[: zi.file_size].decode("utf-8", "replace")
         except _ZIP_ERRORS:
             z.src.warn("torchscript_code", f"{zi.filename} cannot be decompressed; not scanned")
             continue

@@ -126,6 +126,11 @@ class ZipCheckpoint:
     def _zipinfo(self, zi: Any) -> zipfile.ZipInfo:
         return zi if isinstance(zi, zipfile.ZipInfo) else self.zf.infolist()[zi.index]
 
+    def read_member(self, zi: Any) -> bytes:
+        """A record's bytes through `zipfile`, decompressed (TorchScript's code records are
+        DEFLATE-compressed); `zi` is a record of `infos`, whichever reader built it."""
+        return self.zf.read(self._zipinfo(zi))
+
     def info(self, name: str) -> Any:
         """The record torch would read for archive-relative `name`, or None."""
         idx = self.lookup.locate(f"{self.archive}/{name}")
@@ -165,7 +170,7 @@ class ZipCheckpoint:
                 self.src.path, f"{self._in}record {zi.filename} claims an impossible size"
             )
         try:
-            data = self.zf.read(self._zipinfo(zi))
+            data = self.read_member(zi)
         except _ZIP_ERRORS as e:
             raise corrupt(
                 self.src.path, f"{self._in}cannot decompress {zi.filename} ({e})"
@@ -231,7 +236,7 @@ class ZipCheckpoint:
                 try:
                     data = self._small_record(zi)
                     if data is None:
-                        data = self.zf.read(self._zipinfo(zi))
+                        data = self.read_member(zi)
                     facts[name.lstrip(".")] = data.decode("ascii").strip()
                 except (UnicodeDecodeError, CkptError, *_ZIP_ERRORS):
                     facts[name.lstrip(".")] = "?"
