@@ -228,7 +228,7 @@ def test_training_checkpoint_against_bare_state_dict(tmp_path: Path) -> None:
     code, doc = core(dp, b, values=True)
     assert code == 0 and doc["prefix"] == {"a": "module.", "b": ""}
     assert doc["a_root"] == ["model"] and doc["equal"] == len(ck["model"])
-    out = rendered(a, b)
+    out = " ".join(rendered(a, b).split())  # the 80-column wrap point moves with tmp_path's length
     assert "weights: model" in out and "weights: the root" in out
 
 
