@@ -1,0 +1,145 @@
+"""Hostile inputs (issue 21): each is hand-built, and each ends in one line on stderr with exit 2
+(or a correct result) in bounded time and memory, never a traceback or an unbounded inflate.
+
+The CLI runs in a subprocess under an address-space limit where memory is the point, so a
+regression that inflates a bomb dies there instead of swapping the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ckptui.formats.torchzip import MAX_INFLATED_PICKLE_BYTES
+
+_ROOT = Path(__file__).resolve().parents[2]
+_MEM_LIMIT = 1 << 30  # far above what ckptui needs to refuse, far below an inflated bomb
+
+
+def run_cli(
+    *args: str, limit: int | None = _MEM_LIMIT, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """`ckptui ARGS` in a fresh interpreter, under an address-space cap when `limit` is set."""
+
+    def cap() -> None:
+        import resource
+
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(_ROOT / "tui")}
+    return subprocess.run(
+        [sys.executable, "-m", "ckptui", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        preexec_fn=cap,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+# --- decompression bomb ---------------------------------------------------------------------
+
+
+def _rezip(src: Path, dst: Path, pkl_stream) -> None:
+    """Copy torch's zip `src` to `dst`, with data.pkl DEFLATE-compressed from `pkl_stream()`
+    chunks (torch writes records stored; only a hand-made file compresses one)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("/data.pkl"):
+                zi = zipfile.ZipInfo(info.filename)
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                with zout.open(zi, "w", force_zip64=True) as f:
+                    for chunk in pkl_stream():
+                        f.write(chunk)
+            else:
+                zout.writestr(info, zin.read(info))
+
+
+def _zeros(total: int):
+    def gen():
+        block = bytes(1 << 22)
+        left = total
+        while left > 0:
+            yield block[: min(left, len(block))]
+            left -= len(block)
+
+    return gen
+
+
+def _real_pth(tmp_path: Path) -> Path:
+    p = tmp_path / "real.pth"
+    torch.save({"w": torch.zeros(3)}, p)
+    return p
+
+
+def test_compressed_data_pkl_bomb_is_refused_without_inflating(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.pth"
+    # ~1.5 GB of zeros deflates to ~1.5 MB; inflated whole it would not fit under _MEM_LIMIT
+    _rezip(_real_pth(tmp_path), bomb, _zeros(MAX_INFLATED_PICKLE_BYTES * 6))
+    assert bomb.stat().st_size < 4 << 20
+    p = run_cli("inspect", str(bomb))
+    assert_one_line_error(p, "data.pkl", "compressed", "inflates at most")
+
+
+def test_lying_inflated_size_is_capped_by_the_stream(tmp_path: Path) -> None:
+    """The central directory claims 100 bytes; the stream holds 600 MB: at most the claim (plus
+    one chunk) is inflated, and the CRC mismatch is one line."""
+    bomb = tmp_path / "liar.pth"
+    _rezip(_real_pth(tmp_path), bomb, _zeros(600 << 20))
+    data = bytearray(bomb.read_bytes())
+    cd = data.rfind(b"PK\x01\x02", 0, data.find(b"PK\x05\x06"))
+    name_at = None
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:  # the data.pkl central record
+        n = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46 : at + 46 + n].endswith(b"/data.pkl"):
+            name_at = at
+            break
+        at += 4
+    assert name_at is not None and cd >= 0
+    extra_len = struct.unpack_from("<H", data, name_at + 30)[0]
+    n = struct.unpack_from("<H", data, name_at + 28)[0]
+    extra = name_at + 46 + n
+    # zip64 extra field holds the real sizes (force_zip64): the first is the uncompressed size
+    end = extra + extra_len
+    while extra < end:
+        tag, size = struct.unpack_from("<HH", data, extra)
+        if tag == 1:
+            struct.pack_into("<Q", data, extra + 4, 100)
+            break
+        extra += 4 + size
+    else:
+        struct.pack_into("<I", data, name_at + 24, 100)
+    bomb.write_bytes(bytes(data))
+    p = run_cli("inspect", str(bomb))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_small_compressed_data_pkl_still_reads(tmp_path: Path) -> None:
+    """A benign compressed data.pkl under the cap is read, not refused."""
+    src = _real_pth(tmp_path)
+    with zipfile.ZipFile(src) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    out = tmp_path / "deflated.pth"
+    _rezip(src, out, lambda: iter([pkl]))
+    p = run_cli("inspect", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "w" in p.stdout
