@@ -7,16 +7,20 @@ regression that inflates a bomb dies there instead of swapping the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import torch
 
+from ckptui.formats import open_checkpoint
 from ckptui.formats.torchzip import MAX_INFLATED_PICKLE_BYTES
+from ckptui.recorded_types import MAX_DIMS
 
 _ROOT = Path(__file__).resolve().parents[2]
 _MEM_LIMIT = 1 << 30  # far above what ckptui needs to refuse, far below an inflated bomb
@@ -143,3 +147,39 @@ def test_small_compressed_data_pkl_still_reads(tmp_path: Path) -> None:
     p = run_cli("inspect", str(out))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "w" in p.stdout
+
+
+# --- slow inputs: safetensors shapes --------------------------------------------------------
+
+
+def _safetensors(path: Path, header: dict, data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def test_million_dim_safetensors_shape_is_one_line_fast(tmp_path: Path) -> None:
+    """A shape of 1,000,000 ones was quadratic (stride.insert(0, ...)); now refused by count."""
+    f = _safetensors(
+        tmp_path / "dims.safetensors",
+        {"w": {"dtype": "F32", "shape": [1] * 1_000_000, "data_offsets": [0, 4]}},
+        bytes(4),
+    )
+    t0 = time.monotonic()
+    p = run_cli("inspect", str(f), timeout=30)
+    assert_one_line_error(p, "'w'", "1,000,000 dims", f"at most {MAX_DIMS}")
+    assert len(p.stderr) < 300
+    assert time.monotonic() - t0 < 30
+
+
+def test_max_dims_safetensors_shape_reads_with_torch_strides(tmp_path: Path) -> None:
+    """MAX_DIMS dims is what torch holds: read, with the strides torch gives that shape."""
+    shape = [1] * (MAX_DIMS - 2) + [2, 3]
+    f = _safetensors(
+        tmp_path / "deep.safetensors",
+        {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 24]}},
+        bytes(24),
+    )
+    ((_, t),) = list(open_checkpoint(str(f)).tensors())
+    assert t.shape == tuple(shape)
+    assert t.stride == torch.zeros(shape).stride()
