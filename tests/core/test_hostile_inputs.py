@@ -7,8 +7,10 @@ regression that inflates a bomb dies there instead of swapping the machine.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+import ckptui.export.run as run_mod
+from ckptui.cli import main
 from ckptui.formats import open_checkpoint
 from ckptui.formats.torchzip import MAX_INFLATED_PICKLE_BYTES
 from ckptui.recorded_types import MAX_DIMS
@@ -183,3 +187,115 @@ def test_max_dims_safetensors_shape_reads_with_torch_strides(tmp_path: Path) -> 
     ((_, t),) = list(open_checkpoint(str(f)).tensors())
     assert t.shape == tuple(shape)
     assert t.stride == torch.zeros(shape).stride()
+
+
+# --- export target errors -------------------------------------------------------------------
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".ckptui-tmp"))
+
+
+def test_export_into_proc_is_one_line(tmp_path: Path, capsys) -> None:
+    src = _real_pth(tmp_path)
+    for target, extra in (("/proc/self/out.pth", []), ("/proc/version", ["--force"])):
+        assert main(["export", str(src), "-o", target, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and target in err[0] and "cannot write" in err[0], err
+
+
+def test_export_into_an_unwritable_folder_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """EPERM/EACCES creating the temp file (a read-only folder; root ignores chmod, so the
+    refusal is the kernel's answer to mkstemp, made here the way the kernel makes it)."""
+    src = _real_pth(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def refuse(*_a, **_k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(run_mod.tempfile, "mkstemp", refuse)
+    assert main(["export", str(src), "-o", str(ro / "out.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Permission denied" in err[0] and "out.pth" in err[0], err
+    assert list(ro.iterdir()) == []
+
+
+def test_export_into_a_read_only_folder_for_real(tmp_path: Path, capsys) -> None:
+    if os.geteuid() == 0:
+        return  # root writes through mode bits; the monkeypatched test above covers it
+    src = _real_pth(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["export", str(src), "-o", str(ro / "out.pth")]) == 2
+    finally:
+        ro.chmod(0o755)
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(ro.iterdir()) == []
+
+
+def test_stale_temp_of_a_killed_export_is_cleaned_a_live_one_kept(tmp_path: Path) -> None:
+    src = _real_pth(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".model.pth.ab12cd_9.ckptui-tmp"  # what SIGKILL leaves: no one holds it
+    stale.write_bytes(b"partial")
+    other = out / ".other.pth.ab12cd_9.ckptui-tmp"  # another target's: not ours to judge
+    other.write_bytes(b"x")
+    live = out / ".model.pth.zz99yy_8.ckptui-tmp"  # a concurrent export's: locked
+    live.write_bytes(b"busy")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+            ),
+            str(live),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["export", str(src), "-o", str(out / "model.pth")]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _temps(out) == sorted([other.name, live.name])
+    assert (out / "model.pth").exists()
+
+
+def test_sigquit_during_an_export_leaves_no_temp_file(tmp_path: Path) -> None:
+    """The write is held (a stalled disk or server) so the signal lands mid-export."""
+    src = _real_pth(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        "import sys, time\n"
+        "import ckptui.export.run as r\n"
+        "def held(*a, **k):\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "r.write = held\n"
+        "from ckptui.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(_ROOT / "tui")}
+    argv = [sys.executable, "-c", script, "export", str(src), "-o", str(out / "m.pth")]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert len(_temps(out)) == 1  # the temp exists while the write is held
+        proc.send_signal(signal.SIGQUIT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert list(out.iterdir()) == []
