@@ -82,11 +82,7 @@ def export(
         raise ExportError(os.fspath(out), problem[1])
     folder = target.parent if str(target.parent) else FsPath()
     predicted = predicted_size(plan)
-    remove_stale_temps(target, folder)
-    try:
-        fd, tmp = temp_beside(target, folder)
-    except OSError as e:  # a read-only folder, /proc, /sys: nothing was created
-        raise ExportError(str(target), f"cannot write there: {e.strerror or e}") from None
+    fd, tmp = temp_beside(target, folder)
     try:
         with os.fdopen(fd, "w+b") as f, recorded_digests() as digests:
             fetched = write(plan, f, progress, cancelled)
@@ -122,8 +118,15 @@ def export(
 def temp_beside(target: FsPath, folder: FsPath) -> tuple[int, str]:
     """A new hidden temp file in `folder` for `target`, with the mode a plainly created file
     would get (mkstemp's 0600 would leave the export unreadable to the user's group, or to a
-    container running as another user, once renamed into place)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
+    container running as another user, once renamed into place).
+
+    Stale temps of killed exports to `target` are removed first. Raises ExportError when the
+    folder refuses the file (read-only, EPERM, /proc, /sys): nothing was created."""
+    remove_stale_temps(target, folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as e:
+        raise ExportError(str(target), f"cannot write there: {e.strerror or e}") from None
     if fcntl is not None:
         # held until the process ends: how a later export tells a live temp from a killed one's
         with contextlib.suppress(OSError):
