@@ -215,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _terminated_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a job scheduler's timeout, a closed SSH session) raise
-    KeyboardInterrupt while an export runs, so its temp file is removed as on Ctrl-C instead of
+    """SIGTERM, SIGHUP and SIGQUIT (a job scheduler's timeout, a closed SSH session, Ctrl-\\)
+    raise KeyboardInterrupt while an export runs, so its temp file is removed as on Ctrl-C instead of
     being left beside the target."""
     import signal
     import threading
@@ -224,7 +224,7 @@ def _terminated_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, n)]
     if threading.current_thread() is not threading.main_thread():
         wanted = []  # only the main thread may set handlers (an embedding caller's thread)
     old = {sig: signal.signal(sig, interrupt) for sig in wanted}

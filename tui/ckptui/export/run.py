@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ from ..model import Checkpoint, Path
 from .plan import ExportError, Plan
 from .source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
 from .writers import Progress, predicted_size, write
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so stale temps are left for the user
+    fcntl = None  # type: ignore[assignment]
+
+TEMP_SUFFIX = ".ckptui-tmp"
+"""The temp file beside a target is `.NAME.XXXXXXXX.ckptui-tmp` (mkstemp's random part)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +118,50 @@ def export(
 def temp_beside(target: FsPath, folder: FsPath) -> tuple[int, str]:
     """A new hidden temp file in `folder` for `target`, with the mode a plainly created file
     would get (mkstemp's 0600 would leave the export unreadable to the user's group, or to a
-    container running as another user, once renamed into place)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ckptui-tmp", dir=folder)
+    container running as another user, once renamed into place).
+
+    Stale temps of killed exports to `target` are removed first. Raises ExportError when the
+    folder refuses the file (read-only, EPERM, /proc, /sys): nothing was created."""
+    remove_stale_temps(target, folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as e:
+        raise ExportError(str(target), f"cannot write there: {e.strerror or e}") from None
+    if fcntl is not None:
+        # held until the process ends: how a later export tells a live temp from a killed one's
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with contextlib.suppress(OSError):  # a file system without modes: mkstemp's mode stays
         os.fchmod(fd, 0o666 & ~_umask())
     return fd, tmp
+
+
+def remove_stale_temps(target: FsPath, folder: FsPath) -> list[str]:
+    """Remove the temp files that earlier exports to `target` left when killed (SIGKILL, a
+    power cut); returns their paths. A temp is stale when no process holds its lock: the
+    kernel drops a dead process's locks, so a concurrent export's temp is never touched."""
+    if fcntl is None:
+        return []
+    name = re.compile(rf"\.{re.escape(target.name)}\.[A-Za-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
+    removed = []
+    try:
+        entries = [e for e in os.scandir(folder) if name.fullmatch(e.name)]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            FsPath(entry.path).unlink()
+            removed.append(entry.path)
+        except OSError:
+            continue  # a live export holds it, or it cannot be removed: left alone
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _umask() -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES
 from ..model import Checkpoint, Node, NodeKind, Storage, TensorInfo
+from ..recorded_types import MAX_DIM, MAX_DIMS
 from ._common import Source, corrupt
 
 MAX_HEADER = 100_000_000
@@ -95,6 +96,14 @@ def _tensor(path: str, name: str, entry: Any, data_len: int) -> TensorInfo:
         raise corrupt(path, f"tensor {name!r}: unknown dtype {code!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise corrupt(path, f"tensor {name!r}: shape must be a list of non-negative ints")
+    # torch holds at most MAX_DIMS dims, so no longer shape can load; checked first so that
+    # a million-long shape costs one len() and never reaches a message or a loop
+    if len(shape) > MAX_DIMS or any(d >= MAX_DIM for d in shape):
+        raise corrupt(
+            path,
+            f"tensor {name!r}: shape of {len(shape):,} dims; torch holds at most {MAX_DIMS} "
+            f"dims of under 2**62",
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -122,7 +131,8 @@ def _tensor(path: str, name: str, entry: Any, data_len: int) -> TensorInfo:
         dtype = SUB_BYTE_NAMES[code]
     stride: list[int] = []
     acc = 1
-    for d in reversed(shape):
-        stride.insert(0, acc)
+    for d in reversed(shape):  # appended then reversed: linear, where insert(0) was quadratic
+        stride.append(acc)
         acc *= d
+    stride.reverse()
     return TensorInfo(tuple(shape), dtype, tuple(stride), name, 0, itemsize, "cpu")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from ..errors import CkptError
 from ..model import Severity
 from .torchzip import _ZIP_ERRORS
 
@@ -50,8 +51,8 @@ def scan_code(z: ZipCheckpoint) -> None:
             continue
         budget -= zi.file_size
         try:
-            text = z.read_member(zi)[: zi.file_size].decode("utf-8", "replace")
-        except _ZIP_ERRORS:
+            text = z.read_member(zi, zi.file_size).decode("utf-8", "replace")
+        except (CkptError, *_ZIP_ERRORS):
             z.src.warn("torchscript_code", f"{zi.filename} cannot be decompressed; not scanned")
             continue
         module = zi.filename[len(prefix) : -3].replace("/", ".")

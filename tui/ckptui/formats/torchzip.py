@@ -25,6 +25,10 @@ from .ziplookup import ZipLookup
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 MAX_PICKLE_BYTES = 1 << 32
+MAX_INFLATED_PICKLE_BYTES = 256 << 20
+"""A compressed data.pkl inflating past this is refused: torch writes every record stored, so
+only a hand-made zip compresses one, and a 4 MB zip can claim 4 GB (a decompression bomb)."""
+_INFLATE_CHUNK = 1 << 20
 _ZIP_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
@@ -126,10 +130,25 @@ class ZipCheckpoint:
     def _zipinfo(self, zi: Any) -> zipfile.ZipInfo:
         return zi if isinstance(zi, zipfile.ZipInfo) else self.zf.infolist()[zi.index]
 
-    def read_member(self, zi: Any) -> bytes:
+    def read_member(self, zi: Any, limit: int | None = None) -> bytes:
         """A record's bytes through `zipfile`, decompressed (TorchScript's code records are
-        DEFLATE-compressed); `zi` is a record of `infos`, whichever reader built it."""
-        return self.zf.read(self._zipinfo(zi))
+        DEFLATE-compressed); `zi` is a record of `infos`, whichever reader built it.
+
+        Inflated by streaming, so that with `limit` at most `limit + 1 MB` is ever held: the
+        sizes a zip declares are the file's word, and zipfile trusts them."""
+        if limit is None:
+            return self.zf.read(self._zipinfo(zi))
+        out = bytearray()
+        with self.zf.open(self._zipinfo(zi)) as f:
+            while chunk := f.read(_INFLATE_CHUNK):
+                out += chunk
+                if len(out) > limit:
+                    raise corrupt(
+                        self.src.path,
+                        f"{self._in}record {zi.filename} inflates past {limit:,} bytes; "
+                        "refused (torch writes records uncompressed)",
+                    )
+        return bytes(out)
 
     def info(self, name: str) -> Any:
         """The record torch would read for archive-relative `name`, or None."""
@@ -169,8 +188,15 @@ class ZipCheckpoint:
             raise corrupt(
                 self.src.path, f"{self._in}record {zi.filename} claims an impossible size"
             )
+        if zi.file_size > MAX_INFLATED_PICKLE_BYTES:
+            raise corrupt(
+                self.src.path,
+                f"{self._in}record {zi.filename} is compressed and claims {zi.file_size:,} "
+                f"bytes inflated; ckptui inflates at most {MAX_INFLATED_PICKLE_BYTES:,} "
+                "(torch writes records uncompressed)",
+            )
         try:
-            data = self.read_member(zi)
+            data = self.read_member(zi, MAX_INFLATED_PICKLE_BYTES)
         except _ZIP_ERRORS as e:
             raise corrupt(
                 self.src.path, f"{self._in}cannot decompress {zi.filename} ({e})"
