@@ -29,6 +29,12 @@ def _where(path: list[Any]) -> str:
     return units.printable(path_text(tuple(path)) or "the root")
 
 
+def _lines(text: str) -> str:
+    """Text of several lines that ckptui wrote (the fix: an import line, then the load), its
+    own newlines kept, every other control character from the names in it made visible."""
+    return "\n".join(units.printable(line) for line in text.split("\n"))
+
+
 def _plain(text: str) -> Text:
     """File text (names, keys, globals) as a Text, control characters made visible: a str
     given to `Table.add_row` would be read as markup, and printed raw it could move the cursor."""
@@ -100,7 +106,7 @@ def weights_only_verdict(report: Any) -> RenderableType:
     if j.get("fix"):
         parts += [
             Text("all benign; this line makes it load:"),
-            Text(units.printable(j["fix"]), style="dim"),
+            Text(_lines(j["fix"]), style="dim"),
         ]
     elif any(not g["benign"] for g in refused):
         parts.append(Text("do not load it with weights_only=False: that runs what it names"))
