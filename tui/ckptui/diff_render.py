@@ -48,17 +48,16 @@ def _show(path: Path) -> str:
 
 def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
     """Print the comparison with rich: where, a summary line, then each kind of difference."""
-    from rich.markup import escape
     from rich.padding import Padding
     from rich.table import Table
 
-    from .render import stdout_console
+    from .render import escape, stdout_console
 
     console = console or stdout_console()
     sides = (("A", d.a, d.formats[0], d.a_root), ("B", d.b, d.formats[1], d.b_root))
     for name, path, fmt, root in sides:
         where = "whole file" if d.mode == "whole" else f"weights: {path_text(root) or 'the root'}"
-        console.print(f"[bold]{name}[/]  {escape(path)}  [dim]{escape(fmt)} · {where}[/]")
+        console.print(f"[bold]{name}[/]  {escape(path)}  [dim]{escape(fmt)} · {escape(where)}[/]")
     if d.prefix_a or d.prefix_b:
         prefixes = (("A", d.prefix_a), ("B", d.prefix_b))
         has = ", ".join(f"{n}'s keys start with {p!r}" for n, p in prefixes if p)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.tree import Tree
 
 from . import units
@@ -18,6 +18,13 @@ from .model import Checkpoint, Node, NodeKind, Path
 _SEVERITY_STYLE = {"danger": "bold red", "warning": "yellow", "info": "cyan"}
 _NO_WRAP_WIDTH = 100_000
 """The width given to output that is not a terminal: wide enough that no row is ever wrapped."""
+
+
+def escape(text: str) -> str:
+    """File text made safe for markup and for the terminal: control characters become visible
+    escapes (`units.printable`), then rich markup is escaped. Every string from the file that
+    this module prints goes through it."""
+    return _markup_escape(units.printable(text))
 
 
 def stdout_console() -> Console:

@@ -23,6 +23,22 @@ def size_change(before: int, after: int) -> str:
     return f"{size(before)} → {size(after)}, {sign}{abs(pct):.0f} %"
 
 
+_CONTROL = [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_VISIBLE = str.maketrans({c: repr(chr(c))[1:-1] for c in _CONTROL})
+"""Each C0/DEL/C1 control and bidi override as repr writes it (`\\x1b`, `\\r`, `\\u202e`)."""
+
+
+def printable(text: object) -> str:
+    """`text` with every control character made a visible escape, as repr writes it.
+
+    Keys, class names and messages quoting them come from the file: printed raw, a class name
+    of cursor-up + erase-line sequences wiped the danger line above it (issue 21), and a bidi
+    override can make a key read as another. Backslashes are left alone so that ordinary keys
+    print as before. Not markup escaping: rich markup still needs `rich.markup.escape`."""
+    s = str(text)
+    return s if s.isprintable() else s.translate(_VISIBLE)
+
+
 def shape(dims: tuple[int, ...]) -> str:
     """`[64, 3, 7, 7]`."""
     return "[" + ", ".join(str(d) for d in dims) + "]"

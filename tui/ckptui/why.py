@@ -70,10 +70,9 @@ def render_breakdown(
     ckpt: Checkpoint, b: Breakdown, console: Any = None, top: int = 10, depth: int = 2
 ) -> None:
     """Print the headline, the groupings as bars and the findings."""
-    from rich.markup import escape
     from rich.table import Table
 
-    from .render import stdout_console
+    from .render import escape, stdout_console
 
     console = console or stdout_console()
     label_width = 48 if console.is_terminal else None  # piped: one row per line, for grep

@@ -28,7 +28,7 @@ from ...facts import path_text
 from ...frameworks import detect
 from ...model import Checkpoint, Node, NodeKind, Path, walk
 from ...roles import is_module
-from ...units import size, summary
+from ...units import printable, size, summary
 
 GROUP = 1000
 """Children shown per group row in large containers."""
@@ -180,9 +180,15 @@ class CkptTree(Tree[Entry]):
         else:
             text = summary(node)
         bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
-        text = Text.assemble(bullet, (key_text, key_style), "  ", (text + more, summary_style))
+        # keys, class names and parts come from the file: control characters shown as escapes
+        text = Text.assemble(
+            bullet,
+            (printable(key_text), key_style),
+            "  ",
+            (printable(text + more), summary_style),
+        )
         if part:
-            text.append(f" — {part}", summary_style + Style(italic=True))
+            text.append(f" — {printable(part)}", summary_style + Style(italic=True))
         return text
 
     def _mark_of(self, path: Path) -> str:
@@ -242,7 +248,7 @@ class CkptTree(Tree[Entry]):
             for lo in range(start, end, GROUP):
                 hi = min(lo + GROUP, end)
                 first, last = node.children[lo].key, node.children[hi - 1].key
-                label = Text(f"[{lo:,} … {hi - 1:,}]  {first} … {last}", style=style)
+                label = Text(printable(f"[{lo:,} … {hi - 1:,}]  {first} … {last}"), style=style)
                 tree_node.add(label, Entry(node, entry.path, (lo, hi)))
             return
         for child in node.children[start:end]:
@@ -267,7 +273,7 @@ class CkptTree(Tree[Entry]):
         if row.internals:
             n = len(row.node.children)
             label = Text.assemble(
-                (row.name, self._fg("ckpt-tree--group")),
+                (printable(row.name), self._fg("ckpt-tree--group")),
                 "  ",
                 (f"{n} fields as recorded", self._fg("ckpt-tree--summary")),
             )
@@ -290,7 +296,9 @@ class CkptTree(Tree[Entry]):
         mark = self._mark_of(row.path) if row.node is not None else ""
         key_style = self._fg("ckpt-tree--marked") if mark else Style(bold=True)
         return Text.assemble(
-            (row.name, key_style), "  ", (" · ".join(parts), self._fg("ckpt-tree--summary"))
+            (printable(row.name), key_style),
+            "  ",
+            (printable(" · ".join(parts)), self._fg("ckpt-tree--summary")),
         )
 
     def action_toggle_modules(self) -> None:

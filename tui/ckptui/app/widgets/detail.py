@@ -43,6 +43,13 @@ INLINE_STATS_BYTES = 64 << 10
 less than starting a worker, and the panel is painted once instead of twice."""
 
 
+def _plain(text: object) -> Text:
+    """File text (keys, class names, values, messages quoting them) as a Text: control
+    characters shown as escapes (`units.printable`), and never read as markup, which a str
+    given to `Table.add_row` would be."""
+    return Text(units.printable(text))
+
+
 def _table() -> Table:
     t = Table.grid(padding=(0, 1))
     t.add_column(style="bold", no_wrap=True)
@@ -183,7 +190,7 @@ class DetailPanel(VerticalScroll):
             lo, hi = entry.group
             _put(
                 facts,
-                Text(
+                _plain(
                     f"{path_text(entry.path) or '<root>'}: children {lo:,} to {hi - 1:,} "
                     f"of {len(node.children):,}"
                 ),
@@ -219,19 +226,19 @@ class DetailPanel(VerticalScroll):
         return self._sizes
 
     def _facts(self, node: Node, path: Path) -> Group:
-        title = Text(path_expr(path) or "<root>", style="bold")
+        title = Text(units.printable(path_expr(path) or "<root>"), style="bold")
         t = _table()
-        t.add_row("type", node.type)
+        t.add_row("type", _plain(node.type))
         if node.kind is NodeKind.TENSOR and node.tensor is not None:
             self._tensor_rows(t, node.tensor, path)
         elif node.kind is NodeKind.REF:
-            t.add_row("same object as", path_expr(node.target or ()) or "<root>")
+            t.add_row("same object as", _plain(path_expr(node.target or ()) or "<root>"))
         elif node.kind is NodeKind.VALUE:
-            t.add_row("value", node.text if node.text is not None else repr(node.value))
+            t.add_row("value", _plain(node.text if node.text is not None else repr(node.value)))
             if node.nbytes:
                 t.add_row("inline bytes", units.size(node.nbytes))
             for name, value in node.attrs:
-                t.add_row(name, str(value))
+                t.add_row(_plain(name), _plain(value))
         else:
             noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items"}.get(node.kind, "fields")
             t.add_row(noun, f"{len(node.children):,}")
@@ -250,7 +257,7 @@ class DetailPanel(VerticalScroll):
         if entry is not None:
             t.add_row(*parameter_line(entry))
         for f in self.index.findings_by_path.get(path, []) if self.index else []:
-            t.add_row(f.severity.value, f.message)
+            t.add_row(f.severity.value, _plain(f.message))
         parts: list[Any] = [title, t]
         if self.params is not None and (not path or path == self.params[0]):
             model = _table()
@@ -258,7 +265,12 @@ class DetailPanel(VerticalScroll):
             where = path_text(self.params[0])
             parts += [
                 Text(""),
-                Text("model weights" + (f" · {where}" if where and not path else ""), style="bold"),
+                Text(
+                    units.printable(
+                        "model weights" + (f" · {where}" if where and not path else "")
+                    ),
+                    style="bold",
+                ),
                 model,
             ]
         if not path and self.training is not None:
@@ -276,18 +288,18 @@ class DetailPanel(VerticalScroll):
             big.add_column(justify="right", no_wrap=True)
             big.add_column(overflow="fold")
             for child, nbytes in largest:
-                big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", str(child.key))
+                big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", _plain(child.key))
             parts += [Text(""), Text("largest", style="bold"), big]
         return Group(*parts)
 
     def _module_facts(self, module: Any) -> Group:
         """A module row: what it is, its parameters (weights, buffers), bytes and dtypes."""
-        title = Text(module.prefix, style="bold")
+        title = Text(units.printable(module.prefix), style="bold")
         t = _table()
         if module.title:
-            t.add_row("module", module.title)
+            t.add_row("module", _plain(module.title))
         if module.node is not None:
-            t.add_row("class", f"{module.node.type}  (placeholder; never imported)")
+            t.add_row("class", _plain(f"{module.node.type}  (placeholder; never imported)"))
         _param_rows(t, module.params)
         return Group(title, t)
 
@@ -304,7 +316,7 @@ class DetailPanel(VerticalScroll):
         if info.layout != "strided":
             t.add_row("layout", info.layout)
         if info.state_dict_key:
-            t.add_row("state_dict key", info.state_dict_key)
+            t.add_row("state_dict key", _plain(info.state_dict_key))
         if info.stride:
             contiguity = "contiguous" if info.is_contiguous else "not contiguous"
             t.add_row("stride", f"{units.shape(info.stride)}  {contiguity}")
@@ -312,12 +324,14 @@ class DetailPanel(VerticalScroll):
         if st is not None:
             key = st.key
             if st.file is not None:  # a checkpoint of many files: name the one holding it
-                t.add_row("file", st.file)
+                t.add_row("file", _plain(st.file))
                 key = key.removeprefix(f"{st.file}:")
             t.add_row(
                 "storage",
-                f"{key}  {units.size(st.nbytes)}  {st.dtype}"
-                + (f"  offset {info.storage_offset:,}" if info.storage_offset else ""),
+                _plain(
+                    f"{key}  {units.size(st.nbytes)}  {st.dtype}"
+                    + (f"  offset {info.storage_offset:,}" if info.storage_offset else "")
+                ),
             )
             if st.nbytes > info.nbytes * 2 and st.nbytes > 4096:
                 pct = 100 * info.nbytes / st.nbytes
@@ -328,18 +342,18 @@ class DetailPanel(VerticalScroll):
         shared = self.index.sharing(path, info) if self.index else []
         if shared:
             more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
-            t.add_row("shared with", ", ".join(path_text(p) for p in shared[:5]) + more)
+            t.add_row("shared with", _plain(", ".join(path_text(p) for p in shared[:5]) + more))
 
     def _warning(self, node: Node, path: Path) -> Text | None:
         if node.safety == "danger":
-            return Text(
+            return _plain(
                 f"⚠ torch.load(weights_only=False) would call {node.type} here; ckptui did not."
             )
         t = node.tensor
         if t is not None and t.storage_key and self.ckpt is not None:
             st = self.ckpt.storages.get(t.storage_key)
             if st is not None and st.missing:
-                return Text(
+                return _plain(
                     f"⚠ storage {st.key} is missing from the file: this tensor cannot be loaded."
                 )
         return None
