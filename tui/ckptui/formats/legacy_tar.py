@@ -55,6 +55,18 @@ def open_tar(src: Source) -> tarfile.TarFile | None:
     return tar
 
 
+def _counted(src: Source, info: tarfile.TarInfo, what: str) -> tuple[int, int, int]:
+    """The `storages`/`tensors` member's leading count pickle: (count, position after it, end of
+    the member). A count larger than the bytes left cannot be real, so it is refused before any
+    loop runs on it."""
+    member = f"{what}s"
+    pos, end = info.offset_data, info.offset_data + info.size
+    count, pos = _pickle(src, pos, end, member)
+    if type(count) is not int or not 0 <= count <= end - pos:
+        raise corrupt(src.path, f"tar {member} member: the {what} count is not a count")
+    return count, pos, end
+
+
 def read_legacy_tar(src: Source, tar: tarfile.TarFile) -> Checkpoint:
     """Read a legacy tar checkpoint: every pickle torch.load would unpickle, in its order."""
     names = set(tar.getnames())
@@ -64,11 +76,7 @@ def read_legacy_tar(src: Source, tar: tarfile.TarFile) -> Checkpoint:
     members = {name: tar.getmember(name) for name in MEMBERS}
     storages: dict[str, StorageRef] = {}
     tensors: dict[str, TensorRec] = {}
-    info = members["storages"]
-    pos, end = info.offset_data, info.offset_data + info.size
-    count, pos = _pickle(src, pos, end, "storages")
-    if type(count) is not int or not 0 <= count <= end - pos:
-        raise corrupt(src.path, "tar storages member: the storage count is not a count")
+    count, pos, end = _counted(src, members["storages"], "storage")
     for _ in range(count):
         args, pos = _pickle(src, pos, end, "storages")
         if not isinstance(args, tuple) or len(args) != 3:
@@ -89,11 +97,7 @@ def read_legacy_tar(src: Source, tar: tarfile.TarFile) -> Checkpoint:
         src.storages[ref.key] = ref.entry("storages", data_offset=pos + 8, record_nbytes=nbytes)
         pos += 8 + nbytes
     _views, pos = _pickle(src, pos, end, "storages")  # (target, root, offset, numel) views
-    info = members["tensors"]
-    pos, end = info.offset_data, info.offset_data + info.size
-    count, pos = _pickle(src, pos, end, "tensors")
-    if type(count) is not int or not 0 <= count <= end - pos:
-        raise corrupt(src.path, "tar tensors member: the tensor count is not a count")
+    count, pos, end = _counted(src, members["tensors"], "tensor")
     for _ in range(count):
         args, pos = _pickle(src, pos, end, "tensors")
         if not isinstance(args, tuple) or len(args) != 3:

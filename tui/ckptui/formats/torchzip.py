@@ -130,14 +130,12 @@ class ZipCheckpoint:
     def _zipinfo(self, zi: Any) -> zipfile.ZipInfo:
         return zi if isinstance(zi, zipfile.ZipInfo) else self.zf.infolist()[zi.index]
 
-    def read_member(self, zi: Any, limit: int | None = None) -> bytes:
+    def read_member(self, zi: Any, limit: int) -> bytes:
         """A record's bytes through `zipfile`, decompressed (TorchScript's code records are
         DEFLATE-compressed); `zi` is a record of `infos`, whichever reader built it.
 
-        Inflated by streaming, so that with `limit` at most `limit + 1 MB` is ever held: the
-        sizes a zip declares are the file's word, and zipfile trusts them."""
-        if limit is None:
-            return self.zf.read(self._zipinfo(zi))
+        Inflated by streaming, so that at most `limit + 1 MB` is ever held: the sizes a zip
+        declares are the file's word, and zipfile trusts them."""
         out = bytearray()
         with self.zf.open(self._zipinfo(zi)) as f:
             while chunk := f.read(_INFLATE_CHUNK):
@@ -262,7 +260,7 @@ class ZipCheckpoint:
                 try:
                     data = self._small_record(zi)
                     if data is None:
-                        data = self.read_member(zi)
+                        data = self.read_member(zi, 64)
                     facts[name.lstrip(".")] = data.decode("ascii").strip()
                 except (UnicodeDecodeError, CkptError, *_ZIP_ERRORS):
                     facts[name.lstrip(".")] = "?"
