@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 from ckptui.app.app import CkptApp
 from ckptui.app.widgets.ckpt_tree import CkptTree
-from ckptui.facts import path_expr
+from ckptui.core.keypath import path_expr
 from tests.conftest import holed_checkpoint, save_with_location, training_checkpoint
 
 

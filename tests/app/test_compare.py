@@ -18,7 +18,7 @@ from ckptui.app.screens.compare import CompareScreen
 from ckptui.app.screens.help import HelpScreen
 from ckptui.app.widgets.diff_rows import Kind, Row, find, leaves, number
 from ckptui.app.widgets.diff_tree import DiffTree
-from ckptui.cli import main
+from ckptui.cli.main import main
 from tests.app.test_browse import text_of
 from tests.conftest import TinyNet
 

@@ -16,10 +16,10 @@ from textual.content import Content
 from textual.widgets import Button, Checkbox, Input, ProgressBar, RadioSet, Static
 from textual.worker import WorkerFailed
 
-from ckptui import units
 from ckptui.app.app import CkptApp
 from ckptui.app.screens.export import ExportDoneScreen, ExportScreen
 from ckptui.app.widgets.ckpt_tree import CkptTree
+from ckptui.core import units
 from ckptui.export import make_plan
 from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint

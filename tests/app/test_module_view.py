@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ckptui.analysis.modules import INTERNALS
+from ckptui.analysis.params import count
 from ckptui.app.app import CkptApp
 from ckptui.app.widgets.ckpt_tree import CkptTree
-from ckptui.modules import INTERNALS
-from ckptui.params import count
 from tests.app.test_browse import cursor_path, opened, settle, text_of
 from tests.core.test_modules import gone_module_pickle
 

@@ -80,7 +80,7 @@ async def test_q_ends_the_size_breakdown_at_once(small: Path, monkeypatch) -> No
 
 
 async def test_q_ends_the_training_facts_at_once(small: Path, monkeypatch) -> None:
-    from ckptui import training
+    from ckptui.analysis.training import facts as training
 
     stall = Stall()
     monkeypatch.setattr(training, "training_facts", stall)

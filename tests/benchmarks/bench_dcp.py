@@ -36,7 +36,7 @@ TARGET_S = 1.0
 FILES = 8
 
 OURS = (
-    "import sys; from ckptui.formats.dcp import read_dcp; c = read_dcp(sys.argv[1]); "
+    "import sys; from ckptui.formats.dcp.reader import read_dcp; c = read_dcp(sys.argv[1]); "
     "n = sum(1 for _ in c.tensors()); assert n == int(sys.argv[2]) and not c.findings, n"
 )
 TORCH_METADATA = (

@@ -30,7 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 INSPECT = (
-    "import sys, json, io, contextlib; from ckptui.cli import main; out = io.StringIO()\n"
+    "import sys, json, io, contextlib; from ckptui.cli.main import main; out = io.StringIO()\n"
     "with contextlib.redirect_stdout(out): rc = main(['inspect', '--json', sys.argv[1]])\n"
     "assert rc == 0, rc; doc = json.loads(out.getvalue()); print(doc['bytes_read'])"
 )

@@ -173,8 +173,8 @@ async def run_modules(path: Path, cold: bool) -> dict[str, float]:
 # -- 1. first paint in a pseudo-terminal --------------------------------------------------------
 def root_marker(path: Path) -> str:
     """What the root row shows only once the tree is there: `dict · 6 keys`."""
+    from ckptui.analysis.index import summary
     from ckptui.formats import open_checkpoint
-    from ckptui.units import summary
 
     return " · ".join(summary(open_checkpoint(str(path)).root).split(" · ")[:2])
 

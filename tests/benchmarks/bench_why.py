@@ -79,10 +79,10 @@ async def app_times(path: Path, bench_ui: ModuleType) -> tuple[float, float]:
 
 
 def core_times(path: Path) -> tuple[float, float, int]:
-    from ckptui.duplicates import find_duplicates
+    from ckptui.analysis.sizes.breakdown import breakdown
+    from ckptui.analysis.sizes.duplicates import find_duplicates
     from ckptui.formats import open_checkpoint
     from ckptui.formats.layout import read_layout
-    from ckptui.sizes import breakdown
 
     ckpt = open_checkpoint(path)
     t0 = time.perf_counter()

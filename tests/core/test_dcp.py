@@ -30,22 +30,22 @@ from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from ckptui.dcp_sizes import breakdown_dcp
-from ckptui.errors import CorruptFile
+from ckptui.analysis.roles import Role
+from ckptui.analysis.sizes.dcp import breakdown_dcp
+from ckptui.core.errors import CorruptFile
+from ckptui.core.tree import Checkpoint, NodeKind, Severity
 from ckptui.export.dcp import export_dcp
 from ckptui.export.plan import ExportError
-from ckptui.formats import dcp_metadata
-from ckptui.formats._common import Source
-from ckptui.formats.dcp import looks_like_dcp, read_dcp
-from ckptui.formats.dcp_fast_unpickler import FAST_GLOBALS
-from ckptui.formats.dcp_interpretation import DcpMetadata
-from ckptui.formats.dcp_metadata import load_fast, load_inert
-from ckptui.model import Checkpoint, NodeKind, Severity
-from ckptui.recorders import CONSTANTS, RECORDERS
-from ckptui.roles import Role
-from ckptui.safety import judge
-from ckptui.unpickle import Global, classify_global
-from ckptui.values import tensor_stats
+from ckptui.formats.dcp import metadata as dcp_metadata
+from ckptui.formats.dcp.fast_unpickler import FAST_GLOBALS
+from ckptui.formats.dcp.interpretation import DcpMetadata
+from ckptui.formats.dcp.metadata import load_fast, load_inert
+from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
+from ckptui.formats.source import Source
+from ckptui.tensors.values import tensor_stats
+from ckptui.unpickler.inert import Global, classify_global
+from ckptui.unpickler.recorders import CONSTANTS, RECORDERS
+from ckptui.unpickler.safety import judge
 from tests.conftest import ROOT, run_cli
 from tests.core.test_values import expect
 
@@ -284,7 +284,7 @@ def test_sharded_dtensors(sharded_dcp: Path) -> None:
 def test_read_dcp_never_imports_torch(gloo_dcp: tuple[Path, dict]) -> None:
     folder, _ = gloo_dcp
     code = (
-        "import sys; from ckptui.formats.dcp import read_dcp; "
+        "import sys; from ckptui.formats.dcp.reader import read_dcp; "
         f"c = read_dcp({str(folder)!r}); assert len(c.storages) > 10; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
@@ -624,7 +624,7 @@ def test_fast_path_bounds_memory_and_depth() -> None:
     assert load_fast(b"\x80\x04Nr\x00\x00\x00\x10.") is None
     assert time.perf_counter() - t0 < 0.5
     code = (
-        "import sys; from ckptui.formats.dcp_metadata import load_fast; "
+        "import sys; from ckptui.formats.dcp.metadata import load_fast; "
         "deep = b'\\x80\\x04}' + b'K\\x01' + b'\\x85' * 1_000_000 + b'K\\x02s.'; "
         "assert load_fast(deep) is None; print('declined')"
     )

@@ -16,12 +16,12 @@ import torch
 from rich.console import Console
 from safetensors.torch import save_file
 
-from ckptui import diff_values
-from ckptui.cli import main
-from ckptui.diff import diff_checkpoints
-from ckptui.diff_render import diff_json, render_diff
+from ckptui.analysis.diff import values as diff_values
+from ckptui.analysis.diff.compare import diff_checkpoints
+from ckptui.cli.main import main
 from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
+from ckptui.report.diff import diff_json, render_diff
 
 from ..conftest import ROOT, TinyNet, holed_checkpoint, run_cli, training_checkpoint
 
@@ -454,7 +454,9 @@ def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys, monk
     from rich.console import Console
 
     # On an 80-column terminal (piped output is never wrapped: see test_plain_cli.py).
-    monkeypatch.setattr("ckptui.render.stdout_console", lambda: Console(highlight=False, width=80))
+    monkeypatch.setattr(
+        "ckptui.report.text.inspect.stdout_console", lambda: Console(highlight=False, width=80)
+    )
     sd = state_dict()
     many = {f"encoder.layers.{i}.attention.output.dense.weight": torch.zeros(2) for i in range(30)}
     a = save({**sd, **many}, tmp_path / "a.pth")
@@ -477,7 +479,7 @@ def test_the_core_imports_neither_torch_nor_rich(tmp_path: Path) -> None:
     a, b = save(sd, tmp_path / "a.pth"), save(sd, tmp_path / "b.pth")
     code = (
         "import sys\n"
-        "from ckptui.diff import diff_checkpoints\n"
+        "from ckptui.analysis.diff.compare import diff_checkpoints\n"
         "from ckptui.formats import open_checkpoint\n"
         f"d = diff_checkpoints(open_checkpoint({str(a)!r}), open_checkpoint({str(b)!r}))\n"
         "assert not d.differs\n"

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ckptui.formats import open_checkpoint
-from ckptui.values import tensor_stats
+from ckptui.tensors.values import tensor_stats
 
 from ..conftest import run_cli
 

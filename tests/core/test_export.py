@@ -225,8 +225,8 @@ def test_export_cli_json(dp_ckpt, tmp_path: Path) -> None:
 
 
 def test_default_target_and_size_change_text() -> None:
+    from ckptui.core.units import size_change
     from ckptui.export import default_target
-    from ckptui.units import size_change
 
     assert default_target("/runs/a/ckpt_0099.pth", "pth") == "/runs/a/ckpt_0099.slim.pth"
     assert default_target("model.safetensors", "safetensors") == "model.slim.safetensors"

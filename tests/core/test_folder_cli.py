@@ -60,7 +60,7 @@ def test_export_of_a_dcp_folder_with_chunked_tensors_uses_torchs_reader(
 
 
 def test_why_on_a_dcp_folder_attributes_bytes_to_its_files(sharded_dcp) -> None:  # noqa: F811
-    from ckptui.folder_sizes import breakdown_of, tree_path
+    from ckptui.analysis.sizes.folder import breakdown_of, tree_path
     from ckptui.formats import open_checkpoint
 
     r = run_cli("why", str(sharded_dcp), "--json")

@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.export import ExportError, export, make_plan
-from ckptui.folder_sizes import breakdown_of, tree_path
 from ckptui.formats import open_checkpoint
-from ckptui.values import tensor_stats
+from ckptui.tensors.values import tensor_stats
 
 from ..conftest import run_cli
 
@@ -312,7 +312,7 @@ def test_shard_names_outside_the_folder_are_refused_by_name(
     """Names that are absolute, climb with `..`, are URLs, name the folder or the index itself
     (opening it again would recurse), or lead out through a symlink: one CkptError naming the
     shard, and no file outside the folder is opened."""
-    from ckptui.errors import CkptError
+    from ckptui.core.errors import CkptError
 
     outside = tmp_path / "outside" / "secret.safetensors"
     outside.parent.mkdir()

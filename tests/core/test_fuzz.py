@@ -42,10 +42,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptui.errors import CkptError
+from ckptui.core.errors import CkptError
+from ckptui.core.tree import Checkpoint
 from ckptui.formats import open_checkpoint
-from ckptui.jsonview import checkpoint_json
-from ckptui.model import Checkpoint
+from ckptui.report.json.inspect import checkpoint_json
 
 BASE_SEED = int(os.environ.get("CKPTUI_FUZZ_SEED", "1729"))
 N_MUTANTS = int(os.environ.get("CKPTUI_FUZZ_N", "600"))

@@ -54,7 +54,7 @@ if __name__ == "__main__":  # run as a script (the worker): make `tests` importa
 
 import pytest
 
-from ckptui.cli import main as cli_main
+from ckptui.cli.main import main as cli_main
 from tests.core.test_fuzz import FuzzTimeout, all_fields, mutate
 
 BASE_SEED = int(os.environ.get("CKPTUI_FUZZ_SEED", "1729"))

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 import ckptui.export.run as run_mod
-from ckptui.cli import main
+from ckptui.cli.main import main
 from ckptui.formats import open_checkpoint
 from ckptui.formats.torchzip import MAX_INFLATED_PICKLE_BYTES
-from ckptui.recorded_types import MAX_DIMS
+from ckptui.unpickler.recorded import MAX_DIMS
 
 _ROOT = Path(__file__).resolve().parents[2]
 _MEM_LIMIT = 1 << 30  # far above what ckptui needs to refuse, far below an inflated bomb
@@ -287,7 +287,7 @@ def test_sigquit_during_an_export_leaves_no_temp_file(tmp_path: Path) -> None:
         "    print('writing', flush=True)\n"
         "    time.sleep(60)\n"
         "r.write = held\n"
-        "from ckptui.cli import main\n"
+        "from ckptui.cli.main import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(_ROOT / "tui")}

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptui.analysis.frameworks import detect
+from ckptui.analysis.roles import find_optimizers, weights_path
 from ckptui.formats import open_checkpoint
-from ckptui.frameworks import detect
-from ckptui.jsonview import checkpoint_json
-from ckptui.roles import find_optimizers, weights_path
+from ckptui.report.json.inspect import checkpoint_json
 from tests.conftest import TinyNet, run_cli, training_checkpoint
 
 L = pytest.importorskip("lightning")

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from ckptui.analysis.modules import INTERNALS, Entry, Module, describe, module_rows
+from ckptui.analysis.params import count, count_params, params_at
+from ckptui.analysis.roles import weights_path
 from ckptui.formats import open_checkpoint
-from ckptui.modules import INTERNALS, Entry, Module, describe, module_rows
-from ckptui.params import count, count_params, params_at
-from ckptui.roles import weights_path
 
 
 class BasicBlock(nn.Module):

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptui.formats import open_checkpoint
-from ckptui.optim_map import (
+from ckptui.analysis.training.optim_map import (
     Entry,
     OptimizerMapping,
     map_optimizers,
     optimizer_params_json,
     param_groups_json,
 )
+from ckptui.formats import open_checkpoint
 from tests.conftest import TinyNet
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ckptui.analysis.sizes.folder import breakdown_of
 from ckptui.export import export, make_plan
-from ckptui.folder_sizes import breakdown_of
 from ckptui.formats import open_checkpoint
 
 from ..conftest import run_cli

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptui.core.tree import Checkpoint, NodeKind
 from ckptui.formats import open_checkpoint
-from ckptui.model import Checkpoint, NodeKind
 from tests.conftest import TinyNet, holed_checkpoint, save_with_location, training_checkpoint
 
 ALL_DTYPES = [

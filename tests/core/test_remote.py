@@ -30,10 +30,10 @@ pytest_httpserver = pytest.importorskip("pytest_httpserver")
 from safetensors.torch import save_file
 from werkzeug import Request, Response
 
-from ckptui.cli import main
-from ckptui.errors import CkptError, CorruptFile
+from ckptui.cli.main import main
+from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.formats import open_checkpoint
-from ckptui.formats.remote import RemoteSource
+from ckptui.formats.remote.reader import RemoteSource
 from ckptui.formats.torchzip import read_zip
 
 MB = 1 << 20
@@ -279,7 +279,7 @@ def test_remote_legacy_equals_local_and_reads_only_the_pickles(
 
 
 def test_remote_legacy_values_check_the_storage_count(httpserver, big_legacy: Path) -> None:
-    from ckptui.values import tensor_stats
+    from ckptui.tensors.values import tensor_stats
 
     data = bytearray(big_legacy.read_bytes())
     url = _serve(httpserver, "legacy.pth", bytes(data))
@@ -325,9 +325,9 @@ def test_remote_plain_pickle_skips_large_payloads(httpserver, capsys, tmp_path: 
 def test_local_path_does_not_import_fsspec(big_zip: Path) -> None:
     code = (
         "import sys\n"
-        "from ckptui.cli import main\n"
+        "from ckptui.cli.main import main\n"
         f"assert main(['inspect', '--json', {str(big_zip)!r}]) == 0\n"
-        "bad = [m for m in ('fsspec', 'aiohttp', 'ckptui.formats.remote') if m in sys.modules]\n"
+        "bad = [m for m in ('fsspec', 'aiohttp', 'ckptui.formats.remote.reader') if m in sys.modules]\n"
         "print('IMPORTED', bad, file=sys.stderr)\n"
         "sys.exit(1 if bad else 0)\n"
     )
@@ -345,8 +345,8 @@ def test_local_path_does_not_import_fsspec(big_zip: Path) -> None:
 
 
 async def test_the_browser_opens_a_url_and_shows_what_it_read(httpserver, big_zip: Path) -> None:
-    from ckptui import units
     from ckptui.app.app import CkptApp
+    from ckptui.core import units
     from tests.app.test_browse import opened, text_of
 
     url = _serve(httpserver, "big.pth", big_zip.read_bytes())
@@ -532,7 +532,7 @@ def test_connection_cut_mid_export_fails_cleanly(
 def test_remote_tensor_stats_read_only_that_tensor(
     httpserver, training_zip: Path, name: str
 ) -> None:
-    from ckptui.values import tensor_stats
+    from ckptui.tensors.values import tensor_stats
 
     url = _serve(httpserver, "train.pth", training_zip.read_bytes())
     ckpt = open_checkpoint(url)
@@ -558,7 +558,7 @@ def test_remote_tensor_stats_read_only_that_tensor(
 
 
 def test_remote_tensor_stats_check_the_local_header(httpserver, training_zip: Path) -> None:
-    from ckptui.values import ValuesUnavailable, tensor_stats
+    from ckptui.tensors.values import ValuesUnavailable, tensor_stats
 
     data = bytearray(training_zip.read_bytes())
     local = open_checkpoint(str(training_zip))
@@ -621,7 +621,7 @@ async def test_the_browser_fetches_remote_values_in_a_worker_with_progress(
 def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Path) -> None:
     """A server that stops sending must not hold a worker (and so the app's exit) for the
     whole read timeout: cancelling returns at once."""
-    from ckptui.values import Cancelled, tensor_stats
+    from ckptui.tensors.values import Cancelled, tensor_stats
 
     with _stalling(httpserver, "stall.pth", big_zip.read_bytes()) as url:
         ckpt = open_checkpoint(url)
@@ -684,7 +684,7 @@ def test_the_weights_only_fix_for_a_url_writes_a_local_file(httpserver, tmp_path
     path = tmp_path / "run.pth"
     torch.save({"model": {"w": torch.ones(3)}, "args": argparse.Namespace(lr=0.1)}, path)
     url = _serve(httpserver, "runs/run.pth", path.read_bytes())
-    from ckptui.weights_only import weights_only_report
+    from ckptui.analysis.training.weights_only import weights_only_report
 
     report = weights_only_report(open_checkpoint(url))
     assert report.export_command == f"ckptui export {url} -o run.weights.pth"
@@ -723,7 +723,7 @@ def test_planned_reads_never_fetch_a_byte_twice(httpserver) -> None:
 
 
 def test_inspect_says_what_opening_a_url_read(httpserver, capsys, big_zip: Path) -> None:
-    from ckptui import units
+    from ckptui.core import units
 
     url = _serve(httpserver, "ckpt.pth", big_zip.read_bytes())
     capsys.readouterr()
@@ -764,9 +764,9 @@ async def test_the_export_dialog_writes_a_remote_checkpoint_locally(
     from textual.content import Content
     from textual.widgets import Input, Static
 
-    from ckptui import units
     from ckptui.app.app import CkptApp
     from ckptui.app.screens.export import ExportDoneScreen
+    from ckptui.core import units
     from tests.app.test_browse import opened
     from tests.app.test_export import finish, open_dialog
 
@@ -796,7 +796,7 @@ def test_a_remote_export_stops_at_once_while_the_server_stalls(
     """The app's esc (`cancelled`) stops an export whose read is waiting on a stalled server,
     without waiting for the read timeout, and nothing is left behind."""
     from ckptui.export import export, make_plan
-    from ckptui.values import Cancelled
+    from ckptui.tensors.values import Cancelled
 
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "model.pth"

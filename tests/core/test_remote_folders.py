@@ -23,8 +23,8 @@ pytest.importorskip("pytest_httpserver")
 from safetensors.torch import load_file
 from werkzeug import Request, Response
 
-from ckptui.cli import main
-from ckptui.errors import CorruptFile, NotFound
+from ckptui.cli.main import main
+from ckptui.core.errors import CorruptFile, NotFound
 from ckptui.formats import open_checkpoint
 
 from .test_folders import sharded  # noqa: F401  (a fixture: a real save_pretrained folder)
@@ -33,7 +33,7 @@ from .test_folders import sharded  # noqa: F401  (a fixture: a real save_pretrai
 def _forget_remote_metadata() -> None:
     """Empty the cache of recently fetched metadata, so that every open below is a first open
     and the server's log shows what one costs."""
-    from ckptui.formats import remote_io
+    from ckptui.formats.remote import fs as remote_io
 
     remote_io._METADATA.clear()
 

@@ -20,7 +20,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 
-from ckptui.cli import main
+from ckptui.cli.main import main
 
 from .s3_server import S3Server, clear_s3fs_cache, use_endpoint
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from ckptui.analysis.training.resume import resume_card
 from ckptui.formats import open_checkpoint
-from ckptui.resume import resume_card
 from tests.conftest import TinyNet, training_checkpoint
 
 

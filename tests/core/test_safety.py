@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from ckptui.errors import CkptError, CorruptFile
+from ckptui.core.errors import CkptError, CorruptFile
+from ckptui.core.tree import Checkpoint, NodeKind, Severity
 from ckptui.formats import open_checkpoint
-from ckptui.model import Checkpoint, NodeKind, Severity
 
 torch = pytest.importorskip("torch")
 
@@ -948,9 +948,9 @@ def _in_child(path: Path) -> dict[str, Any]:
                         return int(line.split()[1]) * 1024
             return 0
 
-        from ckptui.errors import CkptError
+        from ckptui.core.errors import CkptError
         from ckptui.formats import open_checkpoint
-        from ckptui.model import NodeKind
+        from ckptui.core.tree import NodeKind
         before = hwm()
         t = time.perf_counter()
         out = {}
@@ -1007,7 +1007,7 @@ def test_billion_laughs_nested_doubling(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         ckpt = open_checkpoint(path)
-        from ckptui.jsonview import checkpoint_json
+        from ckptui.report.json.inspect import checkpoint_json
 
         text = json.dumps(checkpoint_json(ckpt))
         list(ckpt.tensors())

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from ckptui.core.tree import Severity
 from ckptui.formats import open_checkpoint
-from ckptui.model import Severity
-from ckptui.safety import Safety, judge, reaches
+from ckptui.unpickler.safety import Safety, judge, reaches
 
 from .test_safety import (
     SG,
@@ -435,7 +435,7 @@ def test_legacy_whole_module_pickle_opens(tmp_path: Path) -> None:
 def test_weights_only_report_judges_a_reference_as_called() -> None:
     """Allowing a global in torch's safe_globals lets the file call it: getattr is dangerous to
     allow, a torch function is not benign, although merely naming either runs nothing."""
-    from ckptui.weights_only import _verdict
+    from ckptui.analysis.training.weights_only import _verdict
 
     assert _verdict("builtins.getattr")[1] == "dangerous"
     assert _verdict("torch.functional.einsum")[0] is False

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptui.duplicates import find_duplicates
+from ckptui.analysis.sizes.breakdown import breakdown
+from ckptui.analysis.sizes.duplicates import find_duplicates
+from ckptui.core.tree import Node, NodeKind
 from ckptui.formats import open_checkpoint
 from ckptui.formats.layout import read_layout
-from ckptui.model import Node, NodeKind
-from ckptui.sizes import breakdown
-from ckptui.values import Cancelled
+from ckptui.tensors.values import Cancelled
 
 
 def _mapping(keys: list) -> Node:
@@ -108,8 +108,8 @@ def test_central_directory_leaves_unusual_archives_to_zipfile(tmp_path: Path) ->
 
 
 def test_resume_counts_the_weights_tensors_as_the_tree_walk_does(tmp_path: Path) -> None:
-    from ckptui.resume import resume_card
-    from ckptui.roles import weights_path
+    from ckptui.analysis.roles import weights_path
+    from ckptui.analysis.training.resume import resume_card
 
     emb = torch.randn(4, 3)
     model = {"embed.weight": emb, "head.weight": emb, "bias": torch.zeros(3)}  # a tied pair
@@ -139,7 +139,7 @@ def test_inspect_json_is_the_same_document_with_or_without_orjson(
 ) -> None:
     import json
 
-    from ckptui import jsonview
+    from ckptui.report.json import inspect as jsonview
 
     p = tmp_path / "sd.pt"
     sd = {f"layer{i}.weight": torch.zeros(i + 1) for i in range(2500)}  # more than one batch

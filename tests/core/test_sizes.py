@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckptui.duplicates import find_duplicates
+from ckptui.analysis.roles import Role
+from ckptui.analysis.sizes.breakdown import Breakdown, attribute, breakdown
+from ckptui.analysis.sizes.duplicates import find_duplicates
+from ckptui.core.tree import Part, Region
 from ckptui.export import make_plan
 from ckptui.formats import open_checkpoint
 from ckptui.formats.layout import read_layout
-from ckptui.model import Part, Region
-from ckptui.roles import Role
-from ckptui.sizes import Breakdown, attribute, breakdown
 
 from ..conftest import TinyNet, run_cli, training_checkpoint
 
@@ -418,7 +418,7 @@ def sharded_folder(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_folder_categories_sum_to_the_files(tmp_path: Path) -> None:
-    from ckptui.folder_sizes import breakdown_folder
+    from ckptui.analysis.sizes.folder import breakdown_folder
 
     sd = sharded_folder(tmp_path)
     b = breakdown_folder(str(tmp_path))
@@ -458,7 +458,7 @@ def test_why_on_a_folder(tmp_path: Path) -> None:
 def test_bytes_below_counts_tied_weights_once() -> None:
     """The browser's sizes: a view saved under two names (lm_head tied to the embedding) is one
     set of bytes, at the root and in every subtree holding both names."""
-    from ckptui.facts import bytes_below, bytes_below_all
+    from ckptui.analysis.index import bytes_below, bytes_below_all
     from ckptui.formats import open_checkpoint
 
     emb = torch.randn(100, 8)
@@ -478,7 +478,7 @@ def test_bytes_below_counts_tied_weights_once() -> None:
 
 
 def walk_all(root):
-    from ckptui.model import walk
+    from ckptui.core.tree import walk
 
     yield (), root
     yield from walk(root)

@@ -162,7 +162,7 @@ def test_diff_of_non_dense_tensors_compares_their_parts(dtensor_file, tmp_path: 
 
 def test_wrapper_bytes_are_counted_once_by_their_parts(dtensor_file, tmp_path: Path) -> None:
     """A wrapper's logical size and its parts were both counted (13.1 KiB for a 6.5 KiB file)."""
-    from ckptui.facts import bytes_below
+    from ckptui.analysis.index import bytes_below
 
     nd = tmp_path / "nd.pt"
     torch.save(_non_dense(), nd)

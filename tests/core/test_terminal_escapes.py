@@ -19,8 +19,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from ckptui import cli, render
-from ckptui.units import printable
+from ckptui.cli import main as cli
+from ckptui.core.units import printable
+from ckptui.report.text import inspect as render
 
 from ..conftest import run_cli
 
@@ -120,7 +121,7 @@ def test_terminal_output_keeps_the_danger_line(
 
 def test_training_text_escapes_file_names() -> None:
     """The weights_only verdict names globals from the file: shown escaped, never as markup."""
-    from ckptui.training_text import weights_only_verdict
+    from ckptui.report.text.training import weights_only_verdict
 
     class Report:
         def to_json(self) -> dict:

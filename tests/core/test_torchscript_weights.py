@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ckptui.folder_sizes import breakdown_of
+from ckptui.analysis.sizes.folder import breakdown_of
 from ckptui.formats import open_checkpoint
 
 from ..conftest import run_cli

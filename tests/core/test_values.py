@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+from ckptui.core.tree import Checkpoint, TensorInfo
 from ckptui.formats import open_checkpoint
-from ckptui.model import Checkpoint, TensorInfo
-from ckptui.values import BINS, Cancelled, TensorStats, ValuesUnavailable, tensor_stats
+from ckptui.tensors.values import BINS, Cancelled, TensorStats, ValuesUnavailable, tensor_stats
 from tests.conftest import ROOT
 
 FLOATS = [
@@ -374,7 +374,7 @@ def test_out_of_bounds_views_raise(tmp_path: Path) -> None:
 
 def test_import_is_lazy() -> None:
     code = (
-        "import sys, ckptui.values\n"
+        "import sys, ckptui.tensors.values\n"
         "assert 'numpy' not in sys.modules, 'numpy'\n"
         "assert 'torch' not in sys.modules, 'torch'\n"
         "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes'\n"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckptui.folder_sizes import breakdown_of
+from ckptui.analysis.sizes.folder import breakdown_of
+from ckptui.core.units import size
 from ckptui.formats import open_checkpoint
-from ckptui.units import size
 
 from ..conftest import TinyNet, run_cli, training_checkpoint
 

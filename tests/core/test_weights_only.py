@@ -24,9 +24,9 @@ import pytest
 import torch
 from torch import _weights_only_unpickler as wou
 
+from ckptui.analysis.training.weights_only import weights_only_report
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats import open_checkpoint
-from ckptui.weights_only import weights_only_report
 from tests.conftest import ROOT, TinyNet, run_cli, training_checkpoint
 
 
@@ -304,7 +304,7 @@ def test_torchscript_and_safetensors(tmp_path: Path) -> None:
 
 def test_core_module_imports_neither_torch_nor_numpy() -> None:
     code = (
-        "import sys, ckptui.weights_only\n"
+        "import sys, ckptui.analysis.training.weights_only\n"
         "bad = [m for m in ('torch', 'numpy', 'textual', 'rich') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

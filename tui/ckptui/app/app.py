@@ -9,10 +9,10 @@ from __future__ import annotations
 from textual.app import App
 from textual.binding import Binding
 
-from .commands import CkptCommands
-from .screens.browse import BrowseScreen
-from .screens.help import HelpScreen
-from .widgets.ckpt_tree import CkptTree
+from ckptui.app.commands import CkptCommands
+from ckptui.app.screens.browse import BrowseScreen
+from ckptui.app.screens.help import HelpScreen
+from ckptui.app.widgets.ckpt_tree import CkptTree
 
 
 class CkptApp(App[None]):
@@ -37,7 +37,7 @@ class CkptApp(App[None]):
 
     def on_mount(self) -> None:
         if self.other is not None:
-            from .screens.compare import CompareScreen
+            from ckptui.app.screens.compare import CompareScreen
 
             self.push_screen(CompareScreen(self.path, self.other))
         else:

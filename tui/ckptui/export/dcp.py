@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
 
-from ..model import Checkpoint, Path, TensorInfo
-from .plan import (
+from ckptui.core.tree import Checkpoint, Path, TensorInfo
+from ckptui.export.plan import (
     _SAFETENSORS_CODE,
     CAST_TARGETS,
     ExportError,
@@ -41,8 +41,8 @@ from .plan import (
     kept_tensors,
     output_names,
 )
-from .run import Result, _fsync_dir, check_target, temp_beside
-from .writers import Progress
+from ckptui.export.run import Result, _fsync_dir, check_target, temp_beside
+from ckptui.export.writers import Progress
 
 BATCH_BYTES = 1 << 30
 """Tensor bytes requested from DCP per load call: progress is reported after each batch."""
@@ -169,7 +169,7 @@ def _cleanup(fd: int, tmp: str) -> None:
 
 
 def _itemsize(dtype: str) -> int:
-    from ..dtypes import itemsize_of
+    from ckptui.core.dtypes import itemsize_of
 
     return itemsize_of(dtype)
 

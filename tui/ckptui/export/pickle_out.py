@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from ..dtypes import STORAGE_DTYPES
+from ckptui.core.dtypes import STORAGE_DTYPES
 
 _CLASSIC = {
     dtype: name.split(".", 1)[1]
@@ -107,6 +107,6 @@ def state_dict_pickle(entries: list[tuple[str, str, str, int, tuple[int, ...]]])
 
 
 def _itemsize(dtype: str) -> int:
-    from ..dtypes import DTYPES
+    from ckptui.core.dtypes import DTYPES
 
     return DTYPES[dtype].itemsize

@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
-from ..dtypes import DTYPES, SAFETENSORS_DTYPES
-from ..errors import CkptError
-from ..formats._common import is_url
-from ..model import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
-from ..roles import weights_path
+from ckptui.analysis.roles import weights_path
+from ckptui.core.dtypes import DTYPES, SAFETENSORS_DTYPES
+from ckptui.core.errors import CkptError
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
+from ckptui.formats.source import is_url
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
 CASTABLE = {"float32", "float64", "float16", "bfloat16"}
@@ -93,7 +93,7 @@ class Plan:
     @property
     def predicted_bytes(self) -> int:
         """The exact size of the output file."""
-        from .writers import predicted_size
+        from ckptui.export.writers import predicted_size
 
         return predicted_size(self)
 

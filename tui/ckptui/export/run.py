@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
-from ..formats import open_checkpoint
-from ..formats._common import is_url
-from ..model import Checkpoint, Path
-from .plan import ExportError, Plan
-from .source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
-from .writers import Progress, predicted_size, write
+from ckptui.core.tree import Checkpoint, Path
+from ckptui.export.plan import ExportError, Plan
+from ckptui.export.source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
+from ckptui.export.writers import Progress, predicted_size, write
+from ckptui.formats import open_checkpoint
+from ckptui.formats.source import is_url
 
 try:
     import fcntl
@@ -72,7 +72,7 @@ def export(
             full or verification failed. The temporary file is gone in every case.
     """
     if plan.ckpt.format == "dcp":
-        from .dcp import chunked_kept, export_dcp_plan
+        from ckptui.export.dcp import chunked_kept, export_dcp_plan
 
         if chunked_kept(plan):
             return export_dcp_plan(plan, out, force, progress)

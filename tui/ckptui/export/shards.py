@@ -17,9 +17,9 @@ import os
 import re
 from pathlib import Path as FsPath
 
-from .plan import ExportError, Item, Plan
-from .run import Result, check_target, export, temp_beside
-from .writers import Progress
+from ckptui.export.plan import ExportError, Item, Plan
+from ckptui.export.run import Result, check_target, export, temp_beside
+from ckptui.export.writers import Progress
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, Self
 
-from ..errors import CkptError
-from ..formats._common import is_url
-from ..model import Checkpoint
-from ..values import _chunks, element_type, interruptible, strided_view
-from .plan import Item
+from ckptui.core.errors import CkptError
+from ckptui.core.tree import Checkpoint
+from ckptui.export.plan import Item
+from ckptui.formats.source import is_url
+from ckptui.tensors.values import _chunks, element_type, interruptible, strided_view
 
 CHUNK = 16 << 20
 """Bytes per block handed to the writer (and per range request from a remote source)."""
@@ -99,8 +99,8 @@ class SourceBytes:
 
     def _open_remote(self, url: str, expected: int | None, is_zip: bool) -> Any:
         """A `RemoteSource` on `url`, checked against the size it had when it was opened."""
-        from ..formats.remote import RemoteSource
-        from .plan import ExportError
+        from ckptui.export.plan import ExportError
+        from ckptui.formats.remote.reader import RemoteSource
 
         try:
             src = RemoteSource.open(url)
@@ -186,7 +186,7 @@ class SourceBytes:
         size = os.fstat(fd).st_size
         if expected is not None and size != expected:
             os.close(fd)
-            from .plan import ExportError
+            from ckptui.export.plan import ExportError
 
             raise ExportError(path, "the file changed size since it was opened")
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else None
@@ -246,7 +246,7 @@ class SourceBytes:
             digests[digest_key(item)] = h.digest()
 
     def _read_remote(self, src: Any, offset: int, n: int) -> bytes:
-        from .plan import ExportError
+        from ckptui.export.plan import ExportError
 
         try:
             return interruptible(lambda: src.read_range(offset, n), self.cancelled)

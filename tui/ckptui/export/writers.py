@@ -12,10 +12,10 @@ import struct
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .pickle_out import state_dict_pickle
-from .plan import _SAFETENSORS_CODE, Plan
-from .source import SourceBytes
-from .zipwriter import ZipWriter, size_of
+from ckptui.export.pickle_out import state_dict_pickle
+from ckptui.export.plan import _SAFETENSORS_CODE, Plan
+from ckptui.export.source import SourceBytes
+from ckptui.export.zipwriter import ZipWriter, size_of
 
 Progress = Callable[[int, int, str], None]
 """Called with (bytes written, bytes in all, name of the tensor being written)."""

@@ -21,20 +21,20 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import (
+from ckptui.core.errors import (
     CkptError,
     CorruptFile,
     NotACheckpoint,
     NotFound,
     NotReadable,
 )
-from ..model import Checkpoint
-from ._common import MAGIC_NUMBER, Source, assemble, attach_partial, is_url
-from .folder import check_folder, is_index_file, open_folder
-from .legacy import may_pass_ne_check, read_legacy
-from .legacy_tar import open_tar, read_legacy_tar
-from .safetensors import looks_like_safetensors, read_safetensors
-from .torchzip import read_zip
+from ckptui.core.tree import Checkpoint
+from ckptui.formats.folder import check_folder, is_index_file, open_folder
+from ckptui.formats.legacy import may_pass_ne_check, read_legacy
+from ckptui.formats.legacy_tar import open_tar, read_legacy_tar
+from ckptui.formats.safetensors import looks_like_safetensors, read_safetensors
+from ckptui.formats.source import MAGIC_NUMBER, Source, assemble, attach_partial, is_url
+from ckptui.formats.torchzip import read_zip
 
 __all__ = ["check_openable", "open_checkpoint"]
 
@@ -88,7 +88,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             checkpoint.
     """
     if is_url(path):
-        from .remote_folder import open_url
+        from ckptui.formats.remote.folder import open_url
 
         return open_url(os.fspath(path), _open_remote)
     path = check_openable(path)
@@ -110,7 +110,7 @@ def _open_remote(url: str) -> Checkpoint:
     bytes that took."""
     from dataclasses import replace
 
-    from .remote import RemoteSource, translate
+    from ckptui.formats.remote.reader import RemoteSource, translate
 
     src = RemoteSource.open(url)
     ckpt = _read_closing(src, translate)

@@ -37,9 +37,9 @@ import stat
 from pathlib import Path as FsPath
 from typing import Any, Protocol
 
-from ..errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
-from ..model import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
-from ._common import is_url, leads_outside
+from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
+from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
+from ckptui.formats.source import is_url, leads_outside
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
@@ -151,7 +151,7 @@ class LocalFiles:
 
     def sizes(self, folder: str) -> dict[str, int]:
         """Every regular file below `folder` (`folder_sizes.folder_files`)."""
-        from ..folder_sizes import folder_files
+        from ckptui.analysis.sizes.folder import folder_files
 
         return dict(folder_files(folder))
 
@@ -181,7 +181,7 @@ class LocalFiles:
 
     def refused(self, folder: str) -> dict[str, str]:
         """Symlinks below `folder` leading out of it (`folder_sizes.folder_files`)."""
-        from ..folder_sizes import folder_files
+        from ckptui.analysis.sizes.folder import folder_files
 
         out: dict[str, str] = {}
         folder_files(folder, out)
@@ -193,7 +193,7 @@ class LocalFiles:
 
     def dcp(self, folder: str) -> Checkpoint | None:
         """`formats.dcp`'s reading of the folder, when it is one."""
-        from .dcp import looks_like_dcp, read_dcp
+        from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
 
         return read_dcp(folder) if looks_like_dcp(folder) else None
 

@@ -13,11 +13,11 @@ import struct
 import zipfile
 from collections.abc import Iterator
 
-from ..errors import CkptError, CorruptFile
-from ..model import Checkpoint, Part, Region
-from ._common import Source
-from .torchzip import _LOCAL_HEADER, _ZIP_ERRORS, _SliceFile
-from .zipdir import CentralDirectory, read_central_directory
+from ckptui.core.errors import CkptError, CorruptFile
+from ckptui.core.tree import Checkpoint, Part, Region
+from ckptui.formats.source import Source
+from ckptui.formats.torchzip import _LOCAL_HEADER, _ZIP_ERRORS, _SliceFile
+from ckptui.formats.zipdir import CentralDirectory, read_central_directory
 
 _PADDING_ID = 0x4246
 """Extra-field id ("FB") that torch's zip writer uses for its 64-byte alignment padding."""

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..dtypes import STORAGE_DTYPES, itemsize_of
-from ..errors import CorruptFile
-from ..model import Checkpoint
-from ..recorded_types import StorageRef
-from ..unpickle import Blob, Global, PDict, PSet, _Malformed
-from ._common import MAGIC_NUMBER, Source, assemble, corrupt, parse_pid_location, storage_ref
+from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
+from ckptui.core.errors import CorruptFile
+from ckptui.core.tree import Checkpoint
+from ckptui.formats.source import (
+    MAGIC_NUMBER,
+    Source,
+    assemble,
+    corrupt,
+    parse_pid_location,
+    storage_ref,
+)
+from ckptui.unpickler.inert import Blob, Global, PDict, PSet, _Malformed
+from ckptui.unpickler.recorded import StorageRef
 
 
 def read_legacy_at(

@@ -18,12 +18,12 @@ import struct
 import tarfile
 from typing import Any
 
-from ..dtypes import STORAGE_DTYPES, itemsize_of
-from ..model import Checkpoint
-from ..recorded_types import MAX_DIMS, StorageRef, TensorRec
-from ..unpickle import Global, _Malformed
-from ._common import Source, assemble, corrupt, parse_pid_location
-from .torchzip import _SliceFile
+from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
+from ckptui.core.tree import Checkpoint
+from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location
+from ckptui.formats.torchzip import _SliceFile
+from ckptui.unpickler.inert import Global, _Malformed
+from ckptui.unpickler.recorded import MAX_DIMS, StorageRef, TensorRec
 
 MEMBERS = ("storages", "tensors", "pickle")
 

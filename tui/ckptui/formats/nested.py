@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..unpickle import Blob, InertUnpickler, _Malformed
-from ._common import MAGIC_NUMBER, Source
+from ckptui.formats.source import MAGIC_NUMBER, Source
+from ckptui.unpickler.inert import Blob, InertUnpickler, _Malformed
 
 
 def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
     """Return the root object of the checkpoint in `blob` (usually a storage)."""
-    from .legacy import read_legacy_at
-    from .torchzip import ZipCheckpoint
+    from ckptui.formats.legacy import read_legacy_at
+    from ckptui.formats.torchzip import ZipCheckpoint
 
     base = u.extra.get("base")
     if isinstance(blob, Blob) and base is not None:

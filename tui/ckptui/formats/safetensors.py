@@ -11,10 +11,10 @@ import json
 import struct
 from typing import Any
 
-from ..dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES
-from ..model import Checkpoint, Node, NodeKind, Storage, TensorInfo
-from ..recorded_types import MAX_DIM, MAX_DIMS
-from ._common import Source, corrupt
+from ckptui.core.dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Storage, TensorInfo
+from ckptui.formats.source import Source, corrupt
+from ckptui.unpickler.recorded import MAX_DIM, MAX_DIMS
 
 MAX_HEADER = 100_000_000
 """safetensors' own limit on the header size."""

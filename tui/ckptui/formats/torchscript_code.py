@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from ..errors import CkptError
-from ..model import Severity
-from .torchzip import _ZIP_ERRORS
+from ckptui.core.errors import CkptError
+from ckptui.core.tree import Severity
+from ckptui.formats.torchzip import _ZIP_ERRORS
 
 if TYPE_CHECKING:
-    from .torchzip import ZipCheckpoint
+    from ckptui.formats.torchzip import ZipCheckpoint
 
 MAX_CODE_BYTES = 64 << 20
 """Inflated code bytes read per archive; real archives hold well under a megabyte."""

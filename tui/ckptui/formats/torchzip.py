@@ -14,14 +14,14 @@ import zipfile
 import zlib
 from typing import Any
 
-from ..dtypes import STORAGE_DTYPES, itemsize_of
-from ..errors import CkptError
-from ..model import Checkpoint, Storage
-from ..recorded_types import StorageRef
-from ..unpickle import Global, _Malformed
-from ._common import Source, assemble, corrupt, parse_pid_location, storage_ref
-from .zipdir import CentralDirectory, read_central_directory
-from .ziplookup import ZipLookup
+from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
+from ckptui.core.errors import CkptError
+from ckptui.core.tree import Checkpoint, Storage
+from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location, storage_ref
+from ckptui.formats.zipdir import CentralDirectory, read_central_directory
+from ckptui.formats.ziplookup import ZipLookup
+from ckptui.unpickler.inert import Global, _Malformed
+from ckptui.unpickler.recorded import StorageRef
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 MAX_PICKLE_BYTES = 1 << 32
@@ -303,13 +303,13 @@ def read_zip(src: Source) -> Checkpoint:
     if facts.get("byteorder", "little") not in ("little", "?"):
         src.warn("big_endian", "storages are big-endian (byteorder record)")
     if is_torchscript(z):
-        from .torchscript_code import scan_code
+        from ckptui.formats.torchscript_code import scan_code
 
         scan_code(z)  # torch.load hands it to torch.jit.load, which runs each __setstate__
         data = z.load("data.pkl")
         # constants.pkl numbers its storages from 0 too, in its own folder
         constants = z.load("constants.pkl", tensor_dir="constants/", key_prefix="constants/")
-        from ..unpickle import PDict
+        from ckptui.unpickler.inert import PDict
 
         root = PDict("torchscript")
         root.set("data", data)

@@ -19,16 +19,17 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ... import units
-from ...errors import CkptError
-from ...facts import Index, path_expr, search
-from ...formats import open_checkpoint
-from ...frameworks import detect
-from ...model import Checkpoint, Path
-from ...values import Cancelled
-from ..widgets.ckpt_tree import CkptTree, Entry
-from ..widgets.detail import DetailPanel
-from ..widgets.filter_bar import FilterBar
+from ckptui.analysis.frameworks import detect
+from ckptui.analysis.index import Index, search
+from ckptui.app.widgets.ckpt_tree import CkptTree, Entry
+from ckptui.app.widgets.detail import DetailPanel
+from ckptui.app.widgets.filter_bar import FilterBar
+from ckptui.core import units
+from ckptui.core.errors import CkptError
+from ckptui.core.keypath import path_expr
+from ckptui.core.tree import Checkpoint, Path
+from ckptui.formats import open_checkpoint
+from ckptui.tensors.values import Cancelled
 
 PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""
@@ -43,8 +44,8 @@ LIVE_ROWS = 2000
 
 def _model_params(ckpt: Checkpoint) -> tuple[Path, Any] | None:
     """(path, `params.Params`) of the model's weights (`roles.weights_path`), or None."""
-    from ...params import params_at
-    from ...roles import weights_path
+    from ckptui.analysis.params import params_at
+    from ckptui.analysis.roles import weights_path
 
     path = weights_path(ckpt)
     params = params_at(ckpt.root, path)
@@ -100,7 +101,7 @@ class BrowseScreen(Screen[None]):
     def open_file(self) -> tuple[Checkpoint, Index, Any]:
         """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
         app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
-        from ...values import interruptible
+        from ckptui.tensors.values import interruptible
 
         worker = get_current_worker()
         ckpt = interruptible(lambda: open_checkpoint(self.path), lambda: worker.is_cancelled)
@@ -110,8 +111,8 @@ class BrowseScreen(Screen[None]):
     def find_training_facts(self, ckpt: Checkpoint) -> Any:
         """Name optimizer entries' parameters, make the resume card and the weights_only
         report, after the tree is shown (aligning a huge optimizer can take a second)."""
-        from ...training import training_facts
-        from ...values import interruptible
+        from ckptui.analysis.training.facts import training_facts
+        from ckptui.tensors.values import interruptible
 
         # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
         worker = get_current_worker()
@@ -186,8 +187,8 @@ class BrowseScreen(Screen[None]):
     def find_modules(self, ckpt: Checkpoint, path: Path) -> tuple[Any, Any]:
         """The module view's rows for the weights, made before `m` asks for them (grouping a
         100,000-key dict takes most of a second here)."""
-        from ... import modules
-        from ...values import interruptible
+        from ckptui.analysis import modules
+        from ckptui.tensors.values import interruptible
 
         def run() -> tuple[Any, Any]:
             node = ckpt.find(path)
@@ -367,7 +368,10 @@ class BrowseScreen(Screen[None]):
         """w: the size breakdown; enter there comes back with the cursor on that subtree."""
         if self.ckpt is None:
             return
-        from .why import WhyCache, WhyScreen  # not needed to browse: kept off the start-up path
+        from ckptui.app.screens.why import (  # not needed to browse: kept off the start-up path
+            WhyCache,
+            WhyScreen,
+        )
 
         if self._why is None:
             self._why = WhyCache()
@@ -377,7 +381,9 @@ class BrowseScreen(Screen[None]):
         """x: the export dialog, keeping the marked subtrees (or else the detected weights)."""
         if self.ckpt is None:
             return
-        from .export import ExportScreen  # not needed to browse: kept off the start-up path
+        from ckptui.app.screens.export import (
+            ExportScreen,  # not needed to browse: kept off the start-up path
+        )
 
         marks = list(self.query_one(CkptTree).marks)
         self.app.push_screen(ExportScreen(self.ckpt, marks))

@@ -22,17 +22,18 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...diff import Diff, diff_checkpoints
-from ...errors import CkptError
-from ...facts import compile_query, path_expr, path_text
-from ...formats import open_checkpoint
-from ...model import Checkpoint
-from ...values import Cancelled, interruptible
-from ..compare_values import ValuesArrived, stream_values
-from ..widgets.compare_panel import ComparePanel
-from ..widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
-from ..widgets.diff_tree import DiffTree
-from ..widgets.filter_bar import FilterBar
+from ckptui.analysis.diff.compare import Diff, diff_checkpoints
+from ckptui.analysis.index import compile_query
+from ckptui.app.compare_values import ValuesArrived, stream_values
+from ckptui.app.widgets.compare_panel import ComparePanel
+from ckptui.app.widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
+from ckptui.app.widgets.diff_tree import DiffTree
+from ckptui.app.widgets.filter_bar import FilterBar
+from ckptui.core.errors import CkptError
+from ckptui.core.keypath import path_expr, path_text
+from ckptui.core.tree import Checkpoint
+from ckptui.formats import open_checkpoint
+from ckptui.tensors.values import Cancelled, interruptible
 
 SHORT = {
     Kind.ONLY_A: "only A",
@@ -149,7 +150,7 @@ class CompareScreen(Screen[None]):
 
     def _auto_compare(self) -> None:
         """Compare every value at once when both files are local and the bytes are few."""
-        from ...formats._common import is_url
+        from ckptui.formats.source import is_url
 
         if self.a is None or self.b is None or is_url(self.path_a) or is_url(self.path_b):
             return

@@ -31,9 +31,11 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ... import units
-from ...errors import CkptError
-from ...export import (
+from ckptui.core import units
+from ckptui.core.errors import CkptError
+from ckptui.core.keypath import path_text
+from ckptui.core.tree import Checkpoint, Path
+from ckptui.export import (
     ExportError,
     Plan,
     Result,
@@ -42,11 +44,9 @@ from ...export import (
     export,
     make_plan,
 )
-from ...export.dcp import stitched_bytes
-from ...facts import path_text
-from ...formats._common import is_url
-from ...model import Checkpoint, Path
-from ...values import Cancelled as ReadCancelled
+from ckptui.export.dcp import stitched_bytes
+from ckptui.formats.source import is_url
+from ckptui.tensors.values import Cancelled as ReadCancelled
 
 DTYPES = ("keep", "bf16", "fp16")
 FORMATS = ("pth", "safetensors")
@@ -155,7 +155,7 @@ class ExportScreen(ModalScreen[None]):
     def _plan(
         self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
     ) -> tuple[Plan, int, bool, int]:
-        from ...values import interruptible
+        from ckptui.tensors.values import interruptible
 
         worker = get_current_worker()  # on a thread `q` abandons, as every long worker
 

@@ -22,15 +22,15 @@ from textual.widgets.option_list import Option
 from textual.widgets.tree import TreeNode
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...duplicates import find_duplicates, skip_reason
-from ...folder_sizes import breakdown_of, tree_path
-from ...model import Checkpoint, Path
-from ...roles import ROLE_LABELS
-from ...sizes import Breakdown, Prefix
-from ...sizes_findings import SizeFinding
-from ...units import size
-from ...values import Cancelled, interruptible
-from ...why import bar, rest_rows, show_path
+from ckptui.analysis.roles import ROLE_LABELS
+from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
+from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
+from ckptui.analysis.sizes.findings import SizeFinding
+from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.units import size
+from ckptui.report.why import bar, rest_rows, show_path
+from ckptui.tensors.values import Cancelled, interruptible
 
 BAR = 24
 """Cells of a full bar, at most (a quarter of the tree's width)."""

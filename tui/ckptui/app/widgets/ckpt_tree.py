@@ -23,12 +23,13 @@ from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ... import modules as mv
-from ...facts import path_text
-from ...frameworks import detect
-from ...model import Checkpoint, Node, NodeKind, Path, walk
-from ...roles import is_module
-from ...units import printable, size, summary
+from ckptui.analysis import modules as mv
+from ckptui.analysis.frameworks import detect
+from ckptui.analysis.index import summary
+from ckptui.analysis.roles import is_module
+from ckptui.core.keypath import path_text
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, walk
+from ckptui.core.units import printable, size
 
 GROUP = 1000
 """Children shown per group row in large containers."""

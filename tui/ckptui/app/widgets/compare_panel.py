@@ -16,11 +16,11 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import ProgressBar, Static
 
-from ... import units
-from ...diff import Diff
-from ...facts import path_expr, path_text
-from ...model import Checkpoint, TensorInfo
-from .diff_rows import MARK, NAME, Kind, Row, file_name, number
+from ckptui.analysis.diff.compare import Diff
+from ckptui.app.widgets.diff_rows import MARK, NAME, Kind, Row, file_name, number
+from ckptui.core import units
+from ckptui.core.keypath import path_expr, path_text
+from ckptui.core.tree import Checkpoint, TensorInfo
 
 
 def _grid(*headers: str) -> Table:

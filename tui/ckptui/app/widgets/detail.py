@@ -29,12 +29,13 @@ from textual.visual import visualize
 from textual.widgets import Sparkline, Static
 from textual.worker import get_current_worker
 
-from ... import units
-from ...errors import CkptError
-from ...facts import Index, bytes_below_all, path_expr, path_text
-from ...model import Checkpoint, Node, NodeKind, Path, TensorInfo
-from ...training_text import parameter_line, resume_card, weights_only_verdict
-from .ckpt_tree import Entry
+from ckptui.analysis.index import Index, bytes_below_all
+from ckptui.app.widgets.ckpt_tree import Entry
+from ckptui.core import units
+from ckptui.core.errors import CkptError
+from ckptui.core.keypath import path_expr, path_text
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
+from ckptui.report.text.training import parameter_line, resume_card, weights_only_verdict
 
 AUTO_STATS_BYTES = 64 << 20
 """Tensors up to this size get their values computed as soon as they are selected."""
@@ -114,7 +115,7 @@ class _Sizes:
 
 def _param_rows(t: Table, p: Any) -> None:
     """Rows for a `params.Params`: the count, weights vs buffers, bytes and the dtype mix."""
-    from ...params import count
+    from ckptui.analysis.params import count
 
     # parameters as `sum(p.numel() for p in model.parameters())` counts them: buffers apart
     for name, n in (("parameters", p.weights), ("buffers", p.buffers)):
@@ -396,13 +397,13 @@ class DetailPanel(VerticalScroll):
         if entry is None or entry.node.tensor is None or self.ckpt is None:
             return
         info = entry.node.tensor
-        from ...values import fetched_bytes
+        from ckptui.tensors.values import fetched_bytes
 
         fetching = fetched_bytes(self.ckpt, info)
         # A worker's first read imports numpy (~0.1 s), and any network read may stall: both
         # stay off the UI thread.
         if info.nbytes <= INLINE_STATS_BYTES and "numpy" in sys.modules and not fetching:
-            from ...values import tensor_stats
+            from ckptui.tensors.values import tensor_stats
 
             try:
                 stats = tensor_stats(self.ckpt, info)
@@ -419,7 +420,7 @@ class DetailPanel(VerticalScroll):
     @work(thread=True, exclusive=True, group="values", exit_on_error=False)
     def _values(self, ckpt: Checkpoint, info: TensorInfo, path: Path, fetching: int) -> None:
         """Stats off the UI thread; moving on cancels it (between blocks of a remote read)."""
-        from ...values import Cancelled, tensor_stats
+        from ckptui.tensors.values import Cancelled, tensor_stats
 
         worker = get_current_worker()
         shown = [0.0]

@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
 
-from ...diff import Diff
-from ...model import Key, Path, TensorInfo
-from ...units import shape as show_shape
-from ...units import size
+from ckptui.analysis.diff.compare import Diff
+from ckptui.core.tree import Key, Path, TensorInfo
+from ckptui.core.units import shape as show_shape
+from ckptui.core.units import size
 
 
 class Kind(str, enum.Enum):

@@ -16,9 +16,9 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets.tree import TreeNode
 
-from ...facts import path_text
-from .ckpt_tree import GROUP, CkptTree
-from .diff_rows import MARK, Kind, Row, describe, leaves
+from ckptui.app.widgets.ckpt_tree import GROUP, CkptTree
+from ckptui.app.widgets.diff_rows import MARK, Kind, Row, describe, leaves
+from ckptui.core.keypath import path_text
 
 AUTO_OPEN_ROWS = 400
 """Rows a filter may open at once so that what it kept is in view."""

@@ -1,0 +1,181 @@
+"""Provides the per-node facts the browser shows, computed from the model (no Textual here).
+
+Which tensors share a storage, how many bytes lie below a node and in its largest children, where
+findings point, key paths as Python expressions, and searching key paths by substring or regex.
+The browser calls these; keeping them here lets them be tested without a UI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ckptui.core.keypath import path_text
+from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, TensorInfo, walk
+from ckptui.core.units import shape, short_type, size
+
+
+def _view(t: TensorInfo) -> tuple | None:
+    """What makes two tensor nodes the same bytes: tied weights are one view saved twice."""
+    if t.storage_key is None:
+        return None
+    return (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+
+
+def _own(n: Node) -> int:
+    t = n.tensor
+    if n.kind is not NodeKind.TENSOR or t is None or t.layout == "meta":
+        return 0
+    if t.storage_key is None and n.children:
+        return 0  # a sparse/nested/wrapper tensor: its parts below hold the bytes, counted there
+    return t.nbytes
+
+
+def bytes_below(node: Node) -> int:
+    """Bytes of the tensors below a node: each view's own size, refs not counted again, and a
+    view saved under two names (tied weights) counted once."""
+    total = 0
+    seen: set[tuple] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        own = _own(n)
+        if own:
+            view = _view(n.tensor)  # type: ignore[arg-type]
+            if view is None or view not in seen:
+                total += own
+                if view is not None:
+                    seen.add(view)
+        stack.extend(n.children)
+    return total
+
+
+def bytes_below_all(root: Node) -> dict[int, int]:
+    """`bytes_below` of every node under `root` (by `id`), in one pass.
+
+    Sums bottom-up, then takes back, from every node above two or more names of one tied view,
+    the copies counted twice (ties are rare: only they are tracked)."""
+    order: list[Node] = []
+    parent: dict[int, Node] = {}
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        order.append(n)
+        for c in n.children:
+            parent[id(c)] = n
+        stack.extend(n.children)
+    below: dict[int, int] = {}
+    names: dict[tuple, list[Node]] = {}
+    for n in reversed(order):  # children before their parents
+        own = _own(n)
+        if own:
+            view = _view(n.tensor)  # type: ignore[arg-type]
+            if view is not None:
+                names.setdefault(view, []).append(n)
+        below[id(n)] = own + sum(below[id(c)] for c in n.children)
+    for nodes in names.values():
+        if len(nodes) < 2:
+            continue
+        count: dict[int, int] = {}
+        for n in nodes:
+            a = parent.get(id(n))
+            while a is not None:
+                count[id(a)] = count.get(id(a), 0) + 1
+                a = parent.get(id(a))
+        size = _own(nodes[0])
+        for key, m in count.items():
+            below[key] -= (m - 1) * size
+    return below
+
+
+def largest_children(node: Node, n: int = 5) -> list[tuple[Node, int]]:
+    """The `n` children holding the most tensor bytes, largest first (ties keep order)."""
+    sized = [(c, bytes_below(c)) for c in node.children if c.kind is not NodeKind.REF]
+    sized = [(c, b) for c, b in sized if b]
+    sized.sort(key=lambda cb: -cb[1])
+    return sized[:n]
+
+
+@dataclass
+class Index:
+    """Lookups over a whole checkpoint, built once after opening."""
+
+    tensors_by_storage: dict[str, list[Path]] = field(default_factory=dict)
+    findings_by_path: dict[Path, list[Finding]] = field(default_factory=dict)
+    tensor_count: int = 0
+
+    @classmethod
+    def build(cls, ckpt: Checkpoint) -> Index:
+        """Index tensors by storage and findings by path."""
+        idx = cls()
+        for path, t in ckpt.tensors():
+            idx.tensor_count += 1
+            if t.storage_key is not None:
+                idx.tensors_by_storage.setdefault(t.storage_key, []).append(path)
+        for f in ckpt.findings:
+            if f.path is not None:
+                idx.findings_by_path.setdefault(f.path, []).append(f)
+        return idx
+
+    def sharing(self, path: Path, tensor: TensorInfo) -> list[Path]:
+        """Other paths whose tensors view the same storage."""
+        if tensor.storage_key is None:
+            return []
+        return [p for p in self.tensors_by_storage.get(tensor.storage_key, []) if p != path]
+
+
+def compile_query(query: str) -> re.Pattern[str]:
+    """A case-insensitive pattern: a regex when it parses and looks like one, else a substring.
+
+    Raises:
+        ValueError: for a regex that does not compile (the message says why).
+    """
+    if any(c in query for c in "^$*+?[](){}|\\"):
+        try:
+            return re.compile(query, re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(f"not a valid regex: {e}") from None
+    return re.compile(re.escape(query), re.IGNORECASE)
+
+
+def search(root: Node, query: str, limit: int = 10_000) -> list[Path]:
+    """Paths whose dotted text matches `query`, in display order, at most `limit`."""
+    pattern = compile_query(query)
+    out: list[Path] = []
+    for path, _ in walk(root):
+        if pattern.search(path_text(path)):
+            out.append(path)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def summary(node: Node) -> str:
+    """The dim one-line summary after a key: `OrderedDict · 320 keys · 812.0 MiB`."""
+    t = node.tensor
+    if node.kind is NodeKind.TENSOR and t is not None:
+        kind = short_type(t.type)
+        parts = [f"{kind} {shape(t.shape)} {t.dtype}"]
+        if t.device != "cpu":
+            parts.append(t.device)
+        if t.layout not in ("strided", "storage"):
+            parts.append(t.layout)
+        parts.append(size(t.nbytes))
+        return " · ".join(parts)
+    if node.kind is NodeKind.VALUE:
+        if node.text is not None:
+            return f"{node.type} {node.text}"
+        text = repr(node.value)
+        return f"{node.type} {text if len(text) <= 60 else text[:59] + '…'}"
+    if node.kind is NodeKind.REF:
+        target = ".".join(str(k) for k in node.target or ()) or "<root>"
+        if node.text is not None:  # a small value: shown, as at its first path
+            return f"{short_type(node.type)} {node.text} · same object as {target}"
+        return f"→ same object as {target}"
+    count = len(node.children)
+    noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items", NodeKind.OBJECT: "fields"}
+    parts = [short_type(node.type), f"{count:,} {noun.get(node.kind, 'children')}"]
+    nbytes = bytes_below(node)
+    if nbytes:
+        parts.append(size(nbytes))
+    return " · ".join(parts)

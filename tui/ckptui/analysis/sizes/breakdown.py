@@ -1,0 +1,348 @@
+"""Provides `breakdown`: where every byte of a checkpoint file went, and what could be dropped.
+
+Every byte is attributed exactly once. The file's regions (`formats.layout`) are swept in order
+and each byte goes to the innermost region covering it: a storage's bytes to that storage, which
+belongs to the first tensor (in pickle order) that views it (other tensors viewing it are marked
+shared, never counted again); pickle bytes, format metadata and framing overhead to their
+categories; bytes no region explains to `unaccounted`. So the categories add up to the file size
+by construction, and tests check the regions against files torch itself wrote.
+
+On top of the accounting: groupings by role, top-level key, module prefix, dtype and largest
+tensors. The findings, with the bytes each remedy would save, are `sizes_findings`'. Nothing
+here reads tensor data; `duplicates.find_duplicates` does that, on demand.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ckptui.analysis.roles import ROLE_LABELS, Role, optimizers_of, role_groups, weights_path
+from ckptui.analysis.sizes.findings import LONG_SEQUENCE, SizeFinding, size_findings
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Part, Path, Region, TensorInfo, walk
+from ckptui.core.units import size
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A subtree and the file bytes it owns."""
+
+    path: Path
+    role: Role
+    bytes: int
+
+
+@dataclass(slots=True)
+class Prefix:
+    """A module prefix (`backbone.body.layer3`) and the weight bytes below it."""
+
+    name: str
+    bytes: int = 0
+    tensors: int = 0
+    children: dict[str, Prefix] = field(default_factory=dict)
+    first: Path | None = None
+    """Path of the first tensor below, in file order (where a jump to this prefix lands)."""
+
+    def sorted_children(self) -> list[Prefix]:
+        """Children, largest first."""
+        return sorted(self.children.values(), key=lambda p: -p.bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Largest:
+    """One of the largest tensors: its path, metadata, and the file bytes it owns."""
+
+    path: Path
+    tensor: TensorInfo
+    bytes: int
+
+
+@dataclass
+class Breakdown:
+    """The size breakdown of one checkpoint."""
+
+    file_bytes: int
+    categories: dict[str, int]
+    """tensor_data + pickle + metadata + overhead + unaccounted == file_bytes."""
+    overhead_detail: dict[str, int]
+    """Overhead bytes by what they are (zip local headers, alignment padding, ...)."""
+    metadata_detail: dict[str, int]
+    """Metadata bytes by what they are (format records, JSON header, TorchScript code)."""
+    storage_bytes: dict[str, int]
+    """File bytes each storage holds."""
+    owner: dict[str, Path]
+    """Storage key -> the path of the tensor its bytes are attributed to."""
+    path_bytes: dict[Path, int]
+    """File bytes owned at each path: tensors owning a storage, inline values."""
+    groups: list[Group]
+    top_level: list[tuple[Path, int]]
+    """Root children with the bytes they own, largest first."""
+    roles: dict[Role, int]
+    modules: Prefix
+    dtypes: dict[str, int]
+    largest: list[Largest]
+    findings: list[SizeFinding]
+    weights_path: Path | None
+    weights_only_bytes: int
+    optimizer_kind: str | None = None
+    shared: list[tuple[Path, Path]] = field(default_factory=list)
+    """(tensor, owner) for tensors whose storage's bytes are counted at an earlier tensor."""
+    weights_parts: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """What `weights_only_bytes` is estimated from: (data bytes, storages, tensors, name
+    bytes); kept so that shards' estimates can be merged into one file's."""
+
+    def bytes_below(self, path: Path) -> int:
+        """File bytes owned at `path` or below it."""
+        n = len(path)
+        return sum(b for p, b in self.path_bytes.items() if p[:n] == path)
+
+    @property
+    def headline(self) -> str:
+        """`2.41 GiB · 66 % optimizer state (Adam-style) · weights alone would be 812 MiB`."""
+        parts = [size(self.file_bytes)]
+        others = [(b, r) for r, b in self.roles.items() if r is not Role.WEIGHTS and b]
+        if others and self.file_bytes:
+            b, role = max(others, key=lambda x: x[0])
+            label = ROLE_LABELS[role]
+            if role is Role.OPTIMIZER and self.optimizer_kind:
+                label += f" ({self.optimizer_kind})"
+            parts.append(f"{100 * b / self.file_bytes:.0f} % {label}")
+        if self.weights_path is not None:
+            parts.append(f"weights alone would be {size(self.weights_only_bytes)}")
+        else:
+            parts.append("no model weights found")
+        return " · ".join(parts)
+
+    def add_findings(self, found: list[SizeFinding]) -> None:
+        """Add findings computed later (duplicates), keeping the largest savings first."""
+        self.findings.extend(found)
+        self.findings.sort(key=lambda f: -f.saving_bytes)
+
+
+def breakdown(ckpt: Checkpoint, regions: list[Region], exact_weights: bool = True) -> Breakdown:
+    """The size breakdown of `ckpt` given its file layout (`formats.layout.read_layout`).
+
+    `exact_weights=False` estimates `weights_only_bytes` instead of planning the export (a
+    folder's shards, whose merged export the folder's breakdown plans once)."""
+    categories = {p.value: 0 for p in Part} | {"unaccounted": 0}
+    detail: dict[Part, dict[str, int]] = {Part.OVERHEAD: {}, Part.METADATA: {}}
+    storage_bytes: dict[str, int] = {}
+    for region, n in attribute(regions, ckpt.file_bytes):
+        if region is None:
+            categories["unaccounted"] += n
+            continue
+        categories[region.part.value] += n
+        if region.part is Part.STORAGE:
+            storage_bytes[region.name] = storage_bytes.get(region.name, 0) + n
+        else:
+            d = detail.get(region.part)
+            if d is not None:
+                d[region.name] = d.get(region.name, 0) + n
+
+    owner: dict[str, Path] = {}
+    path_bytes: dict[Path, int] = {}
+    tensors: list[tuple[Path, TensorInfo]] = []
+    long_seqs: list[tuple[Path, Node]] = []
+    shared: list[tuple[Path, Path]] = []
+    inline: list[tuple[Path, Node]] = []
+    root = ckpt.root
+    for path, node in itertools.chain([((), root)], walk(root)):
+        kind = node.kind
+        if kind is NodeKind.TENSOR:
+            t = node.value
+            tensors.append((path, t))
+            key = t.storage_key
+            if key is None:
+                continue
+            first = owner.get(key)
+            if first is None:
+                owner[key] = path
+                b = storage_bytes.get(key, 0)
+                if b:
+                    path_bytes[path] = path_bytes.get(path, 0) + b
+            else:
+                shared.append((path, first))
+        elif node.extra is not None and node.nbytes:
+            inline.append((path, node))
+            path_bytes[path] = path_bytes.get(path, 0) + node.nbytes
+        elif kind is NodeKind.SEQUENCE and len(node.children) >= LONG_SEQUENCE:
+            long_seqs.append((path, node))
+
+    weights = weights_path(ckpt)
+    groups_roles = role_groups(ckpt, weights)
+    group_of = {p: r for p, r in groups_roles}
+    group_bytes: dict[Path, int] = dict.fromkeys(group_of, 0)
+    roles: dict[Role, int] = {}
+    for path, b in path_bytes.items():
+        g = _group_for(path, group_of)
+        if g is not None:
+            group_bytes[g] += b
+    groups = [Group(p, r, group_bytes[p]) for p, r in groups_roles]
+    for g in groups:
+        roles[g.role] = roles.get(g.role, 0) + g.bytes
+
+    top: dict[Path, int] = {}
+    for c in root.children:
+        if c.kind is not NodeKind.REF:
+            top[(c.key,)] = 0
+    for path, b in path_bytes.items():
+        if path and (path[0],) in top:
+            top[(path[0],)] += b
+    top_level = sorted(top.items(), key=lambda kv: -kv[1])
+
+    modules = Prefix("")
+    dtypes: dict[str, int] = {}
+    for path, t in tensors:
+        key = t.storage_key
+        if key is None or owner.get(key) != path:
+            continue
+        b = storage_bytes.get(key, 0)
+        dtypes[t.dtype] = dtypes.get(t.dtype, 0) + b
+        if weights is not None and path[: len(weights)] == weights:
+            name = t.state_dict_key or ".".join(str(k) for k in path[len(weights) :])
+            _add_prefix(modules, name, b, path)
+    owned = [(p, t, storage_bytes.get(t.storage_key or "", 0)) for p, t in tensors]
+    owned = [x for x in owned if x[2] and owner.get(x[1].storage_key or "") == x[0]]
+    owned.sort(key=lambda x: -x[2])
+    largest = [Largest(p, t, b) for p, t, b in owned[:20]]
+
+    weights_parts = _weights_parts(ckpt, weights, tensors)
+    optimizers = optimizers_of(ckpt)
+    result = Breakdown(
+        file_bytes=ckpt.file_bytes,
+        categories=categories,
+        overhead_detail=_largest_first(detail[Part.OVERHEAD]),
+        metadata_detail=_largest_first(detail[Part.METADATA]),
+        storage_bytes=storage_bytes,
+        owner=owner,
+        path_bytes=path_bytes,
+        groups=groups,
+        top_level=top_level,
+        roles=dict(sorted(roles.items(), key=lambda kv: -kv[1])),
+        modules=modules,
+        dtypes=dict(sorted(dtypes.items(), key=lambda kv: -kv[1])),
+        largest=largest,
+        findings=[],
+        weights_path=weights,
+        weights_only_bytes=(
+            0
+            if weights is None
+            else _weights_only_bytes(ckpt, weights_parts)
+            if exact_weights
+            else torch_zip_size(*weights_parts)
+        ),
+        weights_parts=weights_parts,
+        shared=shared,
+        optimizer_kind=optimizers[0].kind if optimizers else None,
+    )
+    result.add_findings(size_findings(ckpt, result, optimizers, tensors, inline, long_seqs))
+    return result
+
+
+def attribute(regions: list[Region], total: int) -> Iterator[tuple[Region | None, int]]:
+    """(innermost region or None, byte count) for every run of bytes in `[0, total)`.
+
+    Regions are clipped to the file. Among the regions covering a byte, the one starting last
+    wins (the shorter on a tie): for nested regions, the innermost.
+    """
+    spans = sorted(
+        (max(0, r.offset), -min(total, r.offset + r.nbytes), i)
+        for i, r in enumerate(regions)
+        if r.nbytes > 0 and 0 <= r.offset < total
+    )
+    points = sorted({0, total, *(s[0] for s in spans), *(-s[1] for s in spans)})
+    # A max-heap on start: once ended regions are popped off the top, the top is the live
+    # region starting last. Ended regions deeper down wait until they surface.
+    active: list[tuple[int, int, int]] = []  # (-start, end, index)
+    j = 0
+    for a, b in itertools.pairwise(points):
+        while j < len(spans) and spans[j][0] <= a:
+            start, neg_end, i = spans[j]
+            heapq.heappush(active, (-start, -neg_end, i))
+            j += 1
+        while active and active[0][1] <= a:
+            heapq.heappop(active)
+        yield (regions[active[0][2]] if active else None), b - a
+
+
+def _largest_first(d: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(d.items(), key=lambda kv: -kv[1]))
+
+
+def _group_for(path: Path, group_of: dict[Path, Role]) -> Path | None:
+    for n in range(len(path), -1, -1):
+        if path[:n] in group_of:
+            return path[:n]
+    return None
+
+
+def _add_prefix(root: Prefix, name: str, nbytes: int, path: Path) -> None:
+    node = root
+    node.bytes += nbytes
+    node.tensors += 1
+    if node.first is None:
+        node.first = path
+    for part in name.split(".")[:-1]:
+        child = node.children.get(part)
+        if child is None:
+            child = node.children[part] = Prefix(part, first=path)
+        child.bytes += nbytes
+        child.tensors += 1
+        node = child
+
+
+def _weights_parts(
+    ckpt: Checkpoint, weights: Path | None, tensors: list[tuple[Path, TensorInfo]]
+) -> tuple[int, int, int, int]:
+    """(data bytes, storages, tensors, name bytes) of the weights, storages as they are."""
+    if weights is None:
+        return (0, 0, 0, 0)
+    keys: set[str] = set()
+    names = 0
+    count = 0
+    n = len(weights)
+    for path, t in tensors:
+        if path[:n] != weights:
+            continue
+        count += 1
+        names += len(t.state_dict_key or ".".join(str(k) for k in path[n:]))
+        if t.storage_key is not None:
+            keys.add(t.storage_key)
+    data = sum(ckpt.storages[k].nbytes for k in keys if k in ckpt.storages)
+    return (data, len(keys), count, names)
+
+
+def exported_size(ckpt: Checkpoint) -> int | None:
+    """The exact size of the file `ckptui export` writes with its default options (the detected
+    weights, `module.` stripped when every name has it, dtypes kept, `.pth`): what "weights
+    alone would be" promises. None when that export has nothing to write."""
+    from ckptui.core.errors import CkptError
+    from ckptui.export.plan import (
+        make_plan,  # export imports the formats; sizes is imported by them
+    )
+
+    try:
+        return make_plan(ckpt).predicted_bytes
+    except CkptError:
+        return None
+
+
+def _weights_only_bytes(ckpt: Checkpoint, parts: tuple[int, int, int, int]) -> int:
+    exact = exported_size(ckpt)
+    return exact if exact is not None else torch_zip_size(*parts)
+
+
+def torch_zip_size(data_bytes: int, storages: int, tensors: int, name_bytes: int) -> int:
+    """Approximate size of a `torch.save` zip of a flat state dict.
+
+    Each storage record costs a 64-byte-aligned local header (~64 bytes on average) and a
+    central directory entry (46 bytes + its name, ~20 bytes); the pickle costs about 90 bytes
+    per tensor beyond its key (torch._utils._rebuild_tensor_v2 call, persistent id, shape and
+    stride tuples), and a few small records add about 1 KiB. Measured against torch.save in
+    the tests (within 1 % above a few hundred KiB).
+    """
+    digits = len(str(max(storages, 1)))
+    per_storage = 64 + 46 + 20 + 2 * digits
+    return data_bytes + storages * per_storage + tensors * 90 + name_bytes + 1200

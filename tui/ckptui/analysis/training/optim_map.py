@@ -1,0 +1,376 @@
+"""Provides `map_optimizers`: which parameter each optimizer state entry belongs to, and its groups.
+
+`optimizer.state_dict()` keys `state` by integer index (very old files: by Python object ids) and
+lists those keys in each `param_groups[i]["params"]`, in the order the parameters were given to
+the optimizer. Nothing in the file names them, so the names come from the detected weights:
+
+- Parameters are the weights' tensors minus buffers. A whole-module pickle says which is which
+  (`_parameters` vs `_buffers`); a state dict does not, so buffers go by convention
+  (`running_mean`, `running_var`, `num_batches_tracked`, integer/bool dtypes). Tied weights (one
+  storage under two keys) count once, as `model.parameters()` does.
+- The optimizer's entries are assumed to follow the parameters' registration order (what
+  `model.parameters()` and module-by-module groups give). That assumption is CHECKED against the
+  shapes of the per-parameter state (`exp_avg`, `momentum_buffer`, ...): the entries must line up
+  with an order-preserving subsequence of the parameters (a subset when a backbone is frozen). All
+  such alignments are counted by a banded dynamic programme (`optim_align`); an entry whose
+  parameter is the same in every alignment is `by-shape`, one with several possible parameters is
+  `ambiguous`, and when no alignment fits, every entry is `ambiguous` with `why` naming where it
+  broke. Nothing is guessed silently. If the groups together do not fit in order (groups given
+  out of registration order, decay/no-decay splits), each group is aligned on its own and must
+  not claim another's parameter.
+- FQN-keyed state (`get_state_dict`, DCP) names its parameters itself: `exact`.
+
+JSON shapes (for `inspect --json`), from `optimizer_params_json` and `param_groups_json`:
+    "optimizer_params": [{"optimizer_path": [...], "index": int, "key": int|str, "group": int|null,
+        "param": str|null, "confidence": "exact"|"by-shape"|"ambiguous", "why": str|null}]
+      `index` is the entry's position across all groups' `params` (equal to `key` in modern files);
+      `key` is the entry's key in `state`/`params` as in the file (tree path: optimizer_path +
+      ["state", key]); entries in `state` but in no group come last with `group` null.
+    "param_groups": [{"optimizer_path": [...], "kind": str, "step": int|float|null,
+        "weights_path": [...]|null, "params_from": "module"|"names"|"convention"|"none",
+        "notes": [str],
+        "lines": [{"groups": [int, ...], "hyper": {name: value}, "params": [str|null, ...]}]}]
+      Each line is one set of hyper-parameters (everything but `params`); `groups` lists the
+      param-group indexes sharing it (len > 1 when groups differ only in their parameters) and
+      `params` the names they hold, in order (null where not named).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ckptui.analysis.roles import is_module, optimizers_of, weights_path
+from ckptui.analysis.training.optim_align import Shape, align_groups, align_shapes, describe_break
+from ckptui.core.dtypes import DTYPES
+from ckptui.core.errors import CkptError
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
+from ckptui.report.json.inspect import json_number
+
+Confidence = Literal["exact", "by-shape", "ambiguous"]
+
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+"""Last name components that are buffers by convention (BatchNorm's running statistics)."""
+
+PER_PARAM_KEYS = (
+    "exp_avg", "momentum_buffer", "square_avg", "sum", "exp_avg_sq", "max_exp_avg_sq",
+    "acc_delta", "exp_inf", "ax", "prev", "step_size", "grad_avg", "mu_product",
+)  # fmt: skip
+"""State entries shaped like their parameter, most common first (`step`, ASGD's `eta`/`mu`
+are scalars whatever the parameter)."""
+_SCALAR_KEYS = frozenset({"step", "eta", "mu"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One optimizer entry (a `params` item and/or a `state` key) and the parameter it names."""
+
+    index: int
+    """Position across all groups' `params` (entries only in `state` come after them)."""
+    key: int | str
+    """The key as in the file: `state[key]`, `params[...] == key`."""
+    group: int | None
+    """Index of the param group listing it; None for a `state` key in no group."""
+    param: str | None
+    """The parameter's name as in the weights (prefixes kept), or None when not known."""
+    confidence: Confidence
+    why: str | None = None
+    """Why the entry is ambiguous, or how a sure one was placed when it was not shape-checked."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLine:
+    """Param groups that differ only in their parameters, as one line."""
+
+    groups: tuple[int, ...]
+    hyper: dict[str, Any]
+    """Hyper-parameters as JSON-able values (`betas` a list, tensors described as text)."""
+    params: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerMapping:
+    """What `map_optimizers` found for one optimizer state dict."""
+
+    optimizer_path: Path
+    weights_path: Path | None
+    kind: str
+    """`Adam-style`, `SGD with momentum`, ... as `roles.optimizer_info` names it."""
+    step: int | float | None
+    """The `step` of the first state entry (Adam-style optimizers), when there is one."""
+    params_from: Literal["module", "names", "convention", "none"]
+    """How parameters were told from buffers: the module's `_parameters`, the state's own FQN
+    keys, naming/dtype convention, or no weights to name them at all."""
+    entries: tuple[Entry, ...] = ()
+    groups: tuple[GroupLine, ...] = ()
+    notes: tuple[str, ...] = ()
+    """Facts about the whole mapping (tied weights counted once)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The `param_groups` item for this optimizer (see the module docstring)."""
+        return {
+            "optimizer_path": list(self.optimizer_path),
+            "kind": self.kind,
+            "step": self.step,
+            "weights_path": None if self.weights_path is None else list(self.weights_path),
+            "params_from": self.params_from,
+            "notes": list(self.notes),
+            "lines": [
+                {"groups": list(g.groups), "hyper": g.hyper, "params": list(g.params)}
+                for g in self.groups
+            ],
+        }
+
+
+def optimizer_params_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
+    """The `optimizer_params` list: every entry of every optimizer, flat."""
+    fields = Entry.__slots__  # index, key, group, param, confidence, why
+    return [
+        {"optimizer_path": list(m.optimizer_path), **{f: getattr(e, f) for f in fields}}
+        for m in mappings
+        for e in m.entries
+    ]
+
+
+def param_groups_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
+    """The `param_groups` list: one item per optimizer."""
+    return [m.to_json() for m in mappings]
+
+
+def map_optimizers(ckpt: Checkpoint) -> list[OptimizerMapping]:
+    """Map every optimizer state dict in `ckpt` to the detected weights' parameter names.
+
+    Returns:
+        One `OptimizerMapping` per optimizer `roles.find_optimizers` finds, in tree order.
+    """
+    wpath = weights_path(ckpt)
+    params, source, notes = _parameters(ckpt, wpath)
+    return [_map_one(ckpt, info.path, info.kind, wpath, params, source, notes)
+            for info in optimizers_of(ckpt)]  # fmt: skip
+
+
+# -- parameters of the weights ----------------------------------------------------------------
+
+
+def _parameters(
+    ckpt: Checkpoint, wpath: Path | None
+) -> tuple[list[tuple[str, Shape]], Literal["module", "convention", "none"], tuple[str, ...]]:
+    """(name, shape) of each parameter in registration order, how buffers were told, notes."""
+    if wpath is None:
+        return [], "none", ()
+    node = ckpt.find(wpath)
+    module = node is not None and is_module(node)
+    n = len(wpath)
+    out: list[tuple[str, Shape]] = []
+    seen_obj: set[object] = set()
+    seen_view: dict[tuple, str] = {}
+    tied: list[str] = []
+    for path, t in ckpt.tensors():
+        if path[:n] != wpath or len(path) == n:
+            continue
+        if module:
+            # The module says it: a Parameter lives in some `_parameters`, a buffer in `_buffers`.
+            # A REF to an already-seen Parameter is a tied one: listed once (its TensorInfo
+            # differs only by the state-dict name, so the view tells it).
+            view = (t.storage_key, t.storage_offset, t.shape, t.stride) if t.storage_key else id(t)
+            if path[-2] != "_parameters" or view in seen_obj:
+                continue
+            seen_obj.add(view)
+            out.append((t.state_dict_key or ".".join(map(str, path[n:])), t.shape))
+            continue
+        name = ".".join(map(str, path[n:]))
+        d = DTYPES.get(t.dtype)
+        if name.rsplit(".", 1)[-1] in BUFFER_NAMES or (
+            d is not None and not d.floating and not t.dtype.startswith("complex")
+        ):
+            continue  # fmt: skip
+        # `state_dict()` detaches, so tied weights are two tensors on one storage view;
+        # `parameters()` yields them once, under the first name.
+        view = (t.storage_key, t.storage_offset, t.shape, t.stride)
+        if t.storage_key is not None and view in seen_view:
+            tied.append(f"{name} is tied to {seen_view[view]}")
+            continue
+        seen_view[view] = name
+        out.append((name, t.shape))
+    notes = tuple(f"{s} (counted once, as model.parameters() does)" for s in tied)
+    return out, "module" if module else "convention", notes
+
+
+# -- one optimizer ----------------------------------------------------------------------------
+
+
+def _map_one(
+    ckpt: Checkpoint,
+    opath: Path,
+    kind: str,
+    wpath: Path | None,
+    params: list[tuple[str, Shape]],
+    source: Literal["module", "convention", "none"],
+    notes: tuple[str, ...],
+) -> OptimizerMapping:
+    node = ckpt.find(opath)
+    state = node.child("state") if node is not None else None
+    groups_node = node.child("param_groups") if node is not None else None
+    state_of = {c.key: c for c in (state.children if state is not None else ())}
+    group_keys: list[list[int | str]] = []
+    for g in groups_node.children if groups_node is not None else ():
+        plist = g.child("params")
+        keys = [c.value for c in (plist.children if plist is not None else ())]
+        group_keys.append([k for k in keys if isinstance(k, int | str)])
+    listed = [(gi, k) for gi, keys in enumerate(group_keys) for k in keys]
+    in_groups = {k for _, k in listed}
+    orphans = [k for k in state_of if k not in in_groups and isinstance(k, int | str)]
+    if listed and all(isinstance(k, str) for _, k in listed):
+        # get_state_dict / DCP: the keys are the parameters' fully qualified names.
+        source = "names"  # type: ignore[assignment]
+        known = {p for p, _ in params}
+        entries = [
+            Entry(i, k, gi, str(k), "exact",
+                  None if not known or k in known else "named by the file; not among the weights")
+            for i, (gi, k) in enumerate(listed)
+        ]  # fmt: skip
+    else:
+        shapes = [_state_shape(ckpt, state_of.get(k)) for _, k in listed]
+        entries = _align_entries(listed, shapes, params, source)
+    base = len(entries)
+    for j, k in enumerate(orphans):
+        why = "in `state` but in no param group's `params`"
+        entries.append(Entry(base + j, k, None, None, "ambiguous", why))
+    names = [e.param for e in entries]
+    lines = _group_lines(ckpt, groups_node, [len(k) for k in group_keys], names)
+    step = _first_step(ckpt, state)
+    return OptimizerMapping(opath, wpath, kind, step, source, tuple(entries), lines, notes)
+
+
+def _state_shape(ckpt: Checkpoint, entry: Node | None) -> Shape | None:
+    """The parameter's shape as its state records it, or None (no state yet, no grad)."""
+    if entry is None:
+        return None
+    tensors: dict[Any, Shape] = {}
+    for c in entry.children:
+        node = ckpt.find(c.target) if c.kind is NodeKind.REF and c.target is not None else c
+        if node is not None and node.kind is NodeKind.TENSOR:
+            tensors[c.key] = node.value.shape
+    for k in PER_PARAM_KEYS:
+        if k in tensors:
+            return tensors[k]
+    return next((s for k, s in tensors.items() if k not in _SCALAR_KEYS), None)
+
+
+def _align_entries(
+    listed: list[tuple[int, int | str]],
+    shapes: list[Shape | None],
+    params: list[tuple[str, Shape]],
+    source: str,
+) -> list[Entry]:
+    """Entries placed on `params` by order, checked by shape (see the module docstring)."""
+    m, n = len(listed), len(params)
+    if not params:
+        return _unknown(listed, "no model weights found in this file to name the parameters")
+    pshapes = [s for _, s in params]
+    where = "parameters" if source == "module" else "candidate parameters (weights minus buffers)"
+    if m > n:
+        return _unknown(listed, f"count mismatch: {m} params in groups vs {n} {where}")
+    placed = align_shapes(shapes, pshapes)
+    if placed is None:
+        return _unknown(listed, f"too many ways to place {m} entries on {n} {where} to check")
+    total, options = placed
+    if total == 0 and len({g for g, _ in listed}) > 1:
+        per_group = align_groups(listed, shapes, pshapes)
+        if per_group is not None:
+            options, total = per_group, 1
+    if total == 0:
+        return _unknown(listed, describe_break(shapes, params, listed, where))
+    out = []
+    for i, (g, k) in enumerate(listed):
+        opts = options[i]
+        if len(opts) == 1:
+            j = opts[0]
+            why = None if shapes[i] is not None else "no state to check its shape; placed by order"
+            out.append(Entry(i, k, g, params[j][0], "by-shape", why))
+        else:
+            fits = " or ".join(params[j][0] for j in opts[:2]) + (
+                " or ..." if len(opts) > 2 else ""
+            )
+            what = "no state to check" if shapes[i] is None else f"state shape {list(shapes[i])}"
+            why = (f"index {k}: {what}, fits {fits}; several order-preserving placements of "
+                   f"{m} entries on {n} {where}")  # fmt: skip
+            out.append(Entry(i, k, g, None, "ambiguous", why))
+    return out
+
+
+def _unknown(listed: list[tuple[int, int | str]], why: str) -> list[Entry]:
+    return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
+
+
+# -- groups and step --------------------------------------------------------------------------
+
+
+def _group_lines(
+    ckpt: Checkpoint, groups_node: Node | None, counts: list[int], names: list[str | None]
+) -> tuple[GroupLine, ...]:
+    """One line per distinct set of hyper-parameters, in order of first appearance."""
+    lines: dict[str, tuple[list[int], dict[str, Any], list[str | None]]] = {}
+    start = 0
+    for gi, g in enumerate(groups_node.children if groups_node is not None else ()):
+        hyper = {str(c.key): _plain(ckpt, c) for c in g.children if c.key != "params"}
+        key = json.dumps(hyper, sort_keys=True, default=str)
+        line = lines.setdefault(key, ([], hyper, []))
+        line[0].append(gi)
+        line[2].extend(names[start : start + counts[gi]])
+        start += counts[gi]
+    return tuple(GroupLine(tuple(g), h, tuple(p)) for g, h, p in lines.values())
+
+
+def _plain(ckpt: Checkpoint, node: Node, depth: int = 0) -> Any:
+    """A hyper-parameter as a JSON-able value: numbers, strings, lists; else a short text."""
+    if node.kind is NodeKind.REF and node.target is not None:
+        # The pickle memo: groups given one `betas` tuple store it once; each shows its value.
+        target = ckpt.find(node.target)
+        if target is not None and target.kind is not NodeKind.REF:
+            node = target
+    if node.kind is NodeKind.VALUE:
+        v = node.value
+        if isinstance(v, float):
+            return json_number(v)
+        return v if v is None or isinstance(v, bool | int | float | str) else node.text
+    if node.kind is NodeKind.TENSOR:  # `lr` is a tensor for capturable/fused optimizers
+        t = node.value
+        return f"tensor {list(t.shape)} {t.dtype}"
+    if node.kind is NodeKind.SEQUENCE and depth < 2 and len(node.children) <= 16:
+        return [_plain(ckpt, c, depth + 1) for c in node.children]
+    if node.kind is NodeKind.MAPPING and depth < 2 and len(node.children) <= 16:
+        return {str(c.key): _plain(ckpt, c, depth + 1) for c in node.children}
+    return node.text or node.type
+
+
+def _first_step(ckpt: Checkpoint, state: Node | None) -> int | float | None:
+    """`step` of the first state entry: an int in old files, a 0-d tensor since torch 1.12."""
+    for entry in state.children if state is not None else ():
+        node = entry.child("step")
+        if node is None:
+            continue
+        return scalar_value(ckpt, node)
+    return None
+
+
+def scalar_value(ckpt: Checkpoint, node: Node) -> int | float | None:
+    """A plain number, or a one-element tensor's value read from the file (None if unreadable)."""
+    if node.kind is NodeKind.VALUE:
+        v = node.value
+        return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+    t = node.tensor
+    if t is None or t.numel != 1:
+        return None
+    try:
+        from ckptui.tensors.values import (
+            tensor_stats,  # the lazy corner: numpy only when a tensor is read
+        )
+
+        v = tensor_stats(ckpt, t).head[0]
+    except (CkptError, ImportError, ValueError, TypeError):  # no bytes, no numpy: not shown
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)  # Adam keeps its step as a float tensor; it counts whole steps
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None

@@ -1,0 +1,16 @@
+"""Provides key paths as text: `["model"]["conv1.weight"]` (Python indexing, unambiguous with
+dotted keys) and `model.conv1.weight` (for searching and display)."""
+
+from __future__ import annotations
+
+from ckptui.core.tree import Path
+
+
+def path_expr(path: Path) -> str:
+    """`["model"]["conv1.weight"]`: the path as Python indexing, unambiguous with dotted keys."""
+    return "".join(f"[{k!r}]" if isinstance(k, str) else f"[{k}]" for k in path)
+
+
+def path_text(path: Path) -> str:
+    """`model.conv1.weight`-style text for searching and display."""
+    return ".".join(str(k) for k in path)

@@ -1,0 +1,50 @@
+"""Provides human text for sizes (binary units), shapes, counts and node summaries."""
+
+from __future__ import annotations
+
+import humanize
+
+
+def size(nbytes: int) -> str:
+    """`2.3 GiB`, binary units as DESIGN.md asks."""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    return humanize.naturalsize(nbytes, binary=True, format="%.1f")
+
+
+def size_change(before: int, after: int) -> str:
+    """`2.4 GiB → 406.0 MiB, −83 %`: how an export changes a file's size (a true minus sign,
+    as the issue's example writes it)."""  # noqa: RUF002
+    pct = 100 * (after - before) / max(1, before)
+    sign = "+" if pct > 0 else "−" if round(pct) < 0 else "±"  # noqa: RUF001
+    return f"{size(before)} → {size(after)}, {sign}{abs(pct):.0f} %"
+
+
+_CONTROL = [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_VISIBLE = str.maketrans({c: repr(chr(c))[1:-1] for c in _CONTROL})
+"""Each C0/DEL/C1 control and bidi override as repr writes it (`\\x1b`, `\\r`, `\\u202e`)."""
+
+
+def printable(text: object) -> str:
+    """`text` with every control character made a visible escape, as repr writes it.
+
+    Keys, class names and messages quoting them come from the file: printed raw, a class name
+    of cursor-up + erase-line sequences wiped the danger line above it (issue 21), and a bidi
+    override can make a key read as another. Backslashes are left alone so that ordinary keys
+    print as before. Not markup escaping: rich markup still needs `rich.markup.escape`."""
+    s = str(text)
+    return s if s.isprintable() else s.translate(_VISIBLE)
+
+
+def shape(dims: tuple[int, ...]) -> str:
+    """`[64, 3, 7, 7]`."""
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def short_type(type_name: str) -> str:
+    """`collections.OrderedDict` -> `OrderedDict`; other qualified names stay whole."""
+    return {
+        "collections.OrderedDict": "OrderedDict",
+        "collections.defaultdict": "defaultdict",
+        "torch.nn.parameter.Parameter": "Parameter",
+    }.get(type_name, type_name)

@@ -1,0 +1,201 @@
+"""Provides the stable JSON contract of `ckptui inspect --json` (see issue 3).
+
+The document is written as a stream of text pieces (`iter_json`), so a checkpoint with a million
+nodes never exists twice in memory (once as nodes, once as dicts); `checkpoint_json` parses the
+same stream for callers that want dicts, so there is one definition of the contract. Paths are
+lists of keys from the root (ints for sequence indexes), so keys containing dots stay
+unambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from ckptui.analysis.frameworks import detect
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
+
+_enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+try:  # a C encoder ten times faster on lists of dicts; optional, json gives the same document
+    import orjson
+
+    _orjson_dumps: Any = orjson.dumps
+except ImportError:  # pragma: no cover - orjson is installed with ckptui
+    _orjson_dumps = None
+
+_BATCH = 2000
+"""Tensors (or storages) encoded per call: one call per entry cost more than the encoding on a
+100,000-tensor file, one call for all would hold every entry's dict at once."""
+
+
+def _dumps(value: Any) -> str:
+    """`value` as JSON text: orjson when it can (it refuses ints beyond 64 bits and lone
+    surrogates, which the stdlib encoder writes), else the stdlib encoder."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value).decode()
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+    return _enc(value)
+
+
+def _array(items: Iterator[Any]) -> Iterator[str]:
+    """A JSON array of `items`, encoded `_BATCH` at a time."""
+    yield "["
+    batch: list[Any] = []
+    first = True
+    for item in items:
+        batch.append(item)
+        if len(batch) == _BATCH:
+            yield ("" if first else ", ") + _dumps(batch)[1:-1]
+            first = False
+            batch = []
+    if batch:
+        yield ("" if first else ", ") + _dumps(batch)[1:-1]
+    yield "]"
+
+
+def json_number(x: float) -> float | str:
+    """A float as JSON can hold it: JSON has no NaN or infinity, so those become the strings
+    `"nan"`, `"inf"` and `"-inf"` (what `str` gives)."""
+    return x if math.isfinite(x) else str(x)
+
+
+def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
+    """The whole contract as dicts: path, format, file_bytes, bytes_read, tree, tensors, ..."""
+    return json.loads("".join(iter_json(ckpt)))
+
+
+def iter_json(ckpt: Checkpoint) -> Iterator[str]:
+    """The contract as JSON text, in pieces."""
+    yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
+    yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
+    yield from _node(ckpt.root)
+    yield ', "tensors": '
+    yield from _array(tensor_json(ckpt, path, t) for path, t in ckpt.tensors())
+    yield ', "findings": '
+    yield _enc(
+        [
+            {
+                "kind": f.kind,
+                "severity": f.severity.value,
+                "path": None if f.path is None else list(f.path),
+                "message": f.message,
+            }
+            for f in ckpt.findings
+        ]
+    )
+    yield ', "storages": '
+    yield from _array(
+        {
+            "key": s.key,
+            "dtype": s.dtype,
+            "nbytes": s.nbytes,
+            "location": s.location,
+            "record": s.record,
+            "data_offset": s.data_offset,
+            "missing": s.missing,
+            "file": s.file,
+        }
+        for s in ckpt.storages.values()
+    )
+    info = {k: v for k, v in ckpt.info.items() if _jsonable(v) and k != "bytes_read"}
+    yield f', "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
+    from ckptui.analysis.training.facts import training_facts, training_json
+
+    for key, value in training_json(training_facts(ckpt)).items():
+        yield f", {_enc(key)}: {_enc(value)}"
+    yield "}"
+
+
+def bytes_read(ckpt: Checkpoint) -> int | None:
+    """`bytes_read`: bytes fetched from the server to open a remote checkpoint (a URL), or null
+    for a local file, whose reads are memory-mapped page-cache hits that cost no transfer and that
+    ckptui does not count."""
+    value = ckpt.info.get("bytes_read")
+    return value if isinstance(value, int) else None
+
+
+def framework_json(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """`framework`: who wrote the file, or null. `{"name": "lightning", "version": "2.6.6",
+    "parts": [{"path": ["state_dict"], "label": "model weights", "kind": "weights"}, ...],
+    "optimizers": [["optimizer_states", 0], ...], "progress": {"epoch": 3, "step": 1200}}`."""
+    framework = detect(ckpt)
+    if framework is None:
+        return None
+    return {
+        "name": framework.name,
+        "version": framework.version,
+        "parts": [
+            {"path": list(p.path), "label": p.label, "kind": p.kind} for p in framework.parts
+        ],
+        "optimizers": [list(p) for p in framework.optimizers],
+        "progress": dict(framework.progress),
+    }
+
+
+def tensor_json(ckpt: Checkpoint, path: Path, t: TensorInfo) -> dict[str, Any]:
+    """One entry of `tensors`."""
+    st = ckpt.storages.get(t.storage_key) if t.storage_key is not None else None
+    out: dict[str, Any] = {
+        "path": list(path),
+        "shape": list(t.shape),
+        "dtype": t.dtype,
+        "device": t.device,
+        "nbytes": t.nbytes,
+        "storage_key": t.storage_key,
+        "storage_nbytes": st.nbytes if st else 0,
+        "storage_offset": t.storage_offset,
+        "stride": list(t.stride),
+        "type": t.type,
+        "layout": t.layout,
+        "requires_grad": t.requires_grad,
+        "missing": bool(st and st.missing),
+        "file": st.file if st else None,  # the shard holding it, relative to the folder
+    }
+    if t.state_dict_key is not None:
+        out["state_dict_key"] = t.state_dict_key
+    return out
+
+
+def _node(node: Node) -> Iterator[str]:
+    """One node and its children (nesting is bounded by the tree builder)."""
+    head = f'{{"key": {_enc(node.key)}, "kind": "{node.kind.value}", "type": {_enc(node.type)}'
+    kind = node.kind
+    if kind is NodeKind.REF:
+        yield f'{head}, "target": {_enc(list(node.value or ()))}}}'
+        return
+    fields: dict[str, Any] = {}
+    if kind is NodeKind.VALUE:
+        fields["value"] = node.value
+        if node.text is not None:
+            fields["text"] = node.text
+        if node.nbytes:
+            fields["nbytes"] = node.nbytes
+        if node.safety == "danger":
+            fields["safety"] = "danger"
+    elif kind is NodeKind.TENSOR:
+        t = node.value
+        fields.update(shape=list(t.shape), dtype=t.dtype, device=t.device, nbytes=t.nbytes)
+        if t.state_dict_key is not None:
+            fields["state_dict_key"] = t.state_dict_key
+    elif kind is NodeKind.OBJECT:
+        fields["safety"] = node.safety
+    for name, value in fields.items():
+        head += f', "{name}": {_enc(value)}'
+    if not node.children and kind not in (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT):
+        yield head + "}"
+        return
+    yield head + ', "children": ['
+    for i, child in enumerate(node.children):
+        if i:
+            yield ", "
+        yield from _node(child)
+    yield "]}"
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool | dict | list) or v is None

@@ -1,0 +1,115 @@
+"""Provides the training answers as rich renderables: the resume card, the `weights_only`
+verdict, and the line naming an optimizer entry's parameter.
+
+Only presentation: the answers come from `training.training_facts` (core), as JSON-shaped dicts.
+It lives beside the other text renderers (`render`, `why`), not in the app, because both the
+browser's root panel and plain `ckptui inspect` print them; it imports rich, never Textual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ckptui.core import units
+from ckptui.core.keypath import path_text
+
+
+def _table() -> Table:
+    t = Table.grid(padding=(0, 1))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    return t
+
+
+def _where(path: list[Any]) -> str:
+    return units.printable(path_text(tuple(path)) or "the root")
+
+
+def _lines(text: str) -> str:
+    """Text of several lines that ckptui wrote (the fix: an import line, then the load), its
+    own newlines kept, every other control character from the names in it made visible."""
+    return "\n".join(units.printable(line) for line in text.split("\n"))
+
+
+def _plain(text: str) -> Text:
+    """File text (names, keys, globals) as a Text, control characters made visible: a str
+    given to `Table.add_row` would be read as markup, and printed raw it could move the cursor."""
+    return Text(units.printable(text))
+
+
+def parameter_line(entry: Any) -> tuple[str, Text]:
+    """(`parameter`, text) for an optimizer entry: its name and how sure the mapping is."""
+    if entry.param and entry.confidence != "ambiguous":
+        text = _plain(entry.param)
+        text.append(f"  ({entry.confidence})", style="dim")
+        if entry.why:
+            text.append(f"  {units.printable(entry.why)}", style="dim")
+        return "parameter", text
+    return "parameter", _plain(f"? ambiguous: {entry.why or 'no parameter could be named'}")
+
+
+def resume_card(card: Any) -> RenderableType:
+    """Can training resume from this file, and does its state agree."""
+    j = card.to_json()
+    t = _table()
+    verdict = "yes" if j["resumable"] else "no"
+    t.add_row(
+        "resumable",
+        Text(f"{verdict}: {units.printable(j['reason'])}", style="bold" if j["resumable"] else ""),
+    )
+    w = j["weights"]
+    t.add_row(
+        "weights",
+        _plain(f"{_where(w['path'])} · {w['tensors']:,} tensors · {units.size(w['bytes'])}")
+        if w
+        else "none",
+    )
+    for o in j["optimizers"]:
+        step = f", step {o['step']:g}" if isinstance(o["step"], int | float) else ""
+        t.add_row("optimizer", _plain(f"{o['kind']} at {_where(o['path'])}{step}"))
+    if not j["optimizers"]:
+        t.add_row("optimizer", "none")
+    for s in j["schedulers"]:
+        last = "" if s["last_epoch"] is None else f", last_epoch {s['last_epoch']}"
+        t.add_row("scheduler", _plain(f"{s['kind']} at {_where(s['path'])}{last}"))
+    counters = " · ".join(f"{c['name']} {c['value']:,}" for c in j["counters"])
+    t.add_row("counters", _plain(counters or "none"))
+    scaler = j["scaler"]
+    if scaler is not None:
+        scale = "disabled (empty)" if scaler["empty"] else f"scale {scaler['scale']}"
+        t.add_row("AMP scaler", _plain(f"{scale} at {_where(scaler['path'])}"))
+    t.add_row("RNG", _plain(", ".join(r["kind"] for r in j["rng"]) or "none"))
+    for v in j["versions"][:3]:
+        t.add_row("version", _plain(f"{v['name']} {v['value']}"))
+    parts: list[RenderableType] = [Text(""), Text("resume", style="bold underline"), t]
+    parts += [Text(f"⚠ {units.printable(warning)}", style="bold") for warning in j["warnings"]]
+    return Group(*parts)
+
+
+def weights_only_verdict(report: Any) -> RenderableType:
+    """Would `torch.load(weights_only=True)` take the file, and if not, what to do."""
+    j = report.to_json()
+    head = Group(Text(""), Text("torch.load(weights_only=True)", style="bold underline"))
+    if j["loads"]:
+        return Group(head, Text("loads: nothing it would refuse"))
+    t = _table()
+    refused = j["refused_globals"]
+    for g in refused[:8]:
+        t.add_row("benign" if g["benign"] else "DANGER", _plain(g["global"]))
+    if len(refused) > 8:
+        t.add_row("", f"and {len(refused) - 8} more")
+    parts: list[RenderableType] = [head, Text("refuses this file:"), t]
+    if j.get("fix"):
+        parts += [
+            Text("all benign; this line makes it load:"),
+            Text(_lines(j["fix"]), style="dim"),
+        ]
+    elif any(not g["benign"] for g in refused):
+        parts.append(Text("do not load it with weights_only=False: that runs what it names"))
+    if j.get("export_command"):
+        parts += [Text("or write a copy that needs no such line:"), _plain(j["export_command"])]
+    return Group(*parts)
