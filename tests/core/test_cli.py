@@ -217,7 +217,12 @@ def test_core_imports_no_ui_or_torch() -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
     r = subprocess.run(
-        [sys.executable, "-c", code], check=True, env=env, timeout=60, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        check=True,
+        env=env,
+        timeout=60,
+        capture_output=True,
+        text=True,
     )
     assert int(r.stdout) > 60
 

@@ -42,9 +42,11 @@ def counts(root: Path) -> dict[str, list[str]]:
                 target = resolve(mod, f.name == "__init__.py", node)
                 if not target.startswith("ckptui"):
                     continue
-                for a in node.names:
-                    if a.name.startswith("_") and not a.name.startswith("__") and target != mod:
-                        private.append(f"{mod} <- {target}.{a.name}")
+                private.extend(
+                    f"{mod} <- {target}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__") and target != mod
+                )
             elif isinstance(node, ast.Import):
                 if not any(a.name.startswith("ckptui") for a in node.names):
                     continue
@@ -61,9 +63,12 @@ def counts(root: Path) -> dict[str, list[str]]:
 
 def _in_type_checking(tree: ast.Module, node: ast.AST) -> bool:
     for stmt in tree.body:
-        if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test):
-            if any(n is node for n in ast.walk(stmt)):
-                return True
+        if (
+            isinstance(stmt, ast.If)
+            and "TYPE_CHECKING" in ast.unparse(stmt.test)
+            and any(n is node for n in ast.walk(stmt))
+        ):
+            return True
     return False
 
 
