@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptui.analysis.training.optim_map import (
-    Entry,
-    OptimizerMapping,
-    map_optimizers,
-    optimizer_params_json,
-    param_groups_json,
-)
+from ckptui.analysis.training.optim_map import Entry, OptimizerMapping, map_optimizers
 from ckptui.formats import open_checkpoint
+from ckptui.report.json.training import optimizer_params_json, param_groups_json
 from tests.conftest import TinyNet
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import humanize
 
 
@@ -48,3 +50,9 @@ def short_type(type_name: str) -> str:
         "collections.defaultdict": "defaultdict",
         "torch.nn.parameter.Parameter": "Parameter",
     }.get(type_name, type_name)
+
+
+def json_number(x: float) -> float | str:
+    """A float as JSON can hold it: JSON has no NaN or infinity, so those become the strings
+    `"nan"`, `"inf"` and `"-inf"` (what `str` gives)."""
+    return x if math.isfinite(x) else str(x)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import PurePath
 
 from ckptui.analysis.roles import weights_path
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_DTYPES
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
-from ckptui.formats.source import is_url
+from ckptui.formats.naming import output_stem
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
 CASTABLE = {"float32", "float64", "float16", "bfloat16"}
@@ -208,21 +207,6 @@ def default_target(source: str, fmt: str) -> str:
     """The output beside the source: `ckpt.pth` -> `ckpt.slim.pth` (or `.slim.safetensors`);
     for a URL, in the current folder, named after the remote file."""
     return f"{output_stem(source)}.slim.{fmt}"
-
-
-def output_stem(source: str) -> str:
-    """What a file written from `source` is named after, without a suffix: the source beside
-    itself (`/runs/ckpt.pth` -> `/runs/ckpt`), a shard index by its folder, and a URL by the
-    remote file's name, in the current folder (the output is always local)."""
-    base = source.rstrip("/")
-    if is_url(base):
-        parts = base.split("://", 1)[1].split("/")
-        base = parts[-2] if base.endswith(".index.json") and len(parts) > 1 else parts[-1]
-    elif base.endswith(".index.json") and "/" in base:
-        base = base.rsplit("/", 1)[0]
-    folder, _, name = base.rpartition("/")
-    stem = PurePath(name).stem or "checkpoint"
-    return f"{folder}/{stem}" if folder else stem
 
 
 def kept_tensors(

@@ -39,11 +39,11 @@ from typing import Any, Protocol
 
 from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
+from ckptui.formats.listing import MAX_FILES, folder_files
 from ckptui.formats.source import is_url, leads_outside
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
-MAX_FILES = 10_000
 MAX_INDEX = 64 << 20
 """Bytes an index file may have (real ones are well under 1 MiB even for 1,000 shards)."""
 
@@ -150,9 +150,7 @@ class LocalFiles:
             raise NotReadable(folder, e.strerror or str(e)) from None
 
     def sizes(self, folder: str) -> dict[str, int]:
-        """Every regular file below `folder` (`folder_sizes.folder_files`)."""
-        from ckptui.analysis.sizes.folder import folder_files
-
+        """Every regular file below `folder` (`listing.folder_files`)."""
         return dict(folder_files(folder))
 
     def read(self, path: str, limit: int) -> bytes:
@@ -180,9 +178,7 @@ class LocalFiles:
         return why
 
     def refused(self, folder: str) -> dict[str, str]:
-        """Symlinks below `folder` leading out of it (`folder_sizes.folder_files`)."""
-        from ckptui.analysis.sizes.folder import folder_files
-
+        """Symlinks below `folder` leading out of it (`listing.folder_files`)."""
         out: dict[str, str] = {}
         folder_files(folder, out)
         return out

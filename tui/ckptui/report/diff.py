@@ -11,8 +11,8 @@ from typing import Any
 from ckptui.analysis.diff.compare import Diff
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Path
+from ckptui.core.units import json_number
 from ckptui.core.units import shape as show_shape
-from ckptui.report.json.inspect import json_number
 
 __all__ = ["diff_json", "render_diff"]
 

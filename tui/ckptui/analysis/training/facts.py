@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptui.core.tree import Checkpoint, Path
-from ckptui.report.json.inspect import json_number
 
 
 @dataclass
@@ -90,28 +89,3 @@ def _params_rows(ckpt: Checkpoint, opt: Path) -> dict[tuple[Any, Any], Path]:
         for i, item in enumerate(params.children if params is not None else ()):
             out.setdefault((g.key, item.value), (*opt, "param_groups", g.key, "params", i))
     return out
-
-
-def training_json(facts: TrainingFacts) -> dict[str, Any]:
-    """The `inspect --json` fields, with non-finite floats as strings (JSON has none)."""
-    from ckptui.analysis.training.optim_map import optimizer_params_json, param_groups_json
-
-    out: dict[str, Any] = {
-        "optimizer_params": optimizer_params_json(facts.mappings),
-        "param_groups": param_groups_json(facts.mappings),
-        "resume": facts.resume.to_json() if facts.resume is not None else None,
-        "weights_only": facts.weights_only.to_json() if facts.weights_only is not None else None,
-    }
-    if facts.errors:
-        out["training_errors"] = list(facts.errors)
-    return _finite(out)
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, float):
-        return json_number(v)
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_finite(x) for x in v]
-    return v

@@ -46,7 +46,7 @@ from ckptui.analysis.training.optim_align import Shape, align_groups, align_shap
 from ckptui.core.dtypes import DTYPES
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
-from ckptui.report.json.inspect import json_number
+from ckptui.core.units import json_number
 
 Confidence = Literal["exact", "by-shape", "ambiguous"]
 
@@ -121,21 +121,6 @@ class OptimizerMapping:
                 for g in self.groups
             ],
         }
-
-
-def optimizer_params_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
-    """The `optimizer_params` list: every entry of every optimizer, flat."""
-    fields = Entry.__slots__  # index, key, group, param, confidence, why
-    return [
-        {"optimizer_path": list(m.optimizer_path), **{f: getattr(e, f) for f in fields}}
-        for m in mappings
-        for e in m.entries
-    ]
-
-
-def param_groups_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
-    """The `param_groups` list: one item per optimizer."""
-    return [m.to_json() for m in mappings]
 
 
 def map_optimizers(ckpt: Checkpoint) -> list[OptimizerMapping]:

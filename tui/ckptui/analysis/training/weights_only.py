@@ -32,6 +32,7 @@ from typing import Any
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, NodeKind, walk
 from ckptui.data import weights_only_allowlist as wo
+from ckptui.formats.naming import output_stem
 from ckptui.unpickler.safety import Safety, judge, looks_like_class
 from ckptui.unpickler.weights_only_replay import Replay
 
@@ -189,7 +190,6 @@ def _export_command(ckpt: Checkpoint) -> str | None:
     """`ckptui export` writes the detected weights to a file torch.load accepts as it is."""
     if not ckpt.storages:
         return None
-    from ckptui.export.plan import output_stem
 
     out = output_stem(ckpt.path) + ".weights.pth"
     return f"ckptui export {shlex.quote(ckpt.path)} -o {shlex.quote(out)}"

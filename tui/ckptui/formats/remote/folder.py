@@ -29,14 +29,8 @@ from ckptui.core.errors import (
     Unsupported,
 )
 from ckptui.core.tree import Checkpoint
-from ckptui.formats.folder import (
-    INDEX_NAMES,
-    MAX_FILES,
-    MAX_INDEX,
-    is_index_file,
-    open_folder,
-    open_sharded,
-)
+from ckptui.formats.folder import INDEX_NAMES, MAX_INDEX, is_index_file, open_folder, open_sharded
+from ckptui.formats.listing import MAX_FILES
 from ckptui.formats.remote.fs import is_http
 from ckptui.formats.remote.reader import RemoteSource, filesystem, translate
 

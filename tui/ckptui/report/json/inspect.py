@@ -10,12 +10,13 @@ unambiguous.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
 from ckptui.analysis.frameworks import detect
+from ckptui.analysis.training.facts import training_facts
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
+from ckptui.report.json.training import training_json
 
 _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 
@@ -58,12 +59,6 @@ def _array(items: Iterator[Any]) -> Iterator[str]:
     yield "]"
 
 
-def json_number(x: float) -> float | str:
-    """A float as JSON can hold it: JSON has no NaN or infinity, so those become the strings
-    `"nan"`, `"inf"` and `"-inf"` (what `str` gives)."""
-    return x if math.isfinite(x) else str(x)
-
-
 def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
     """The whole contract as dicts: path, format, file_bytes, bytes_read, tree, tensors, ..."""
     return json.loads("".join(iter_json(ckpt)))
@@ -104,8 +99,6 @@ def iter_json(ckpt: Checkpoint) -> Iterator[str]:
     )
     info = {k: v for k, v in ckpt.info.items() if _jsonable(v) and k != "bytes_read"}
     yield f', "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
-    from ckptui.analysis.training.facts import training_facts, training_json
-
     for key, value in training_json(training_facts(ckpt)).items():
         yield f", {_enc(key)}: {_enc(value)}"
     yield "}"
