@@ -21,8 +21,8 @@ from ckptui.app.screens.export import ExportDoneScreen, ExportScreen
 from ckptui.app.widgets.ckpt_tree import CkptTree
 from ckptui.core import units
 from ckptui.export import make_plan
-from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
+from ckptui.tensors import reader as source_mod
 from tests.app.test_browse import cursor_path, opened, text_of
 from tests.conftest import TinyNet, digest
 from tests.core.test_dcp import sharded_dcp, sharded_truth  # noqa: F401  (2-rank DTensors)

@@ -32,10 +32,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.dcp import breakdown_dcp
-from ckptui.core.errors import CorruptFile
+from ckptui.core.errors import CorruptFile, ExportError
 from ckptui.core.tree import Checkpoint, NodeKind, Severity
 from ckptui.export.dcp import export_dcp
-from ckptui.export.plan import ExportError
 from ckptui.formats.dcp import metadata as dcp_metadata
 from ckptui.formats.dcp.fast_unpickler import FAST_GLOBALS
 from ckptui.formats.dcp.interpretation import DcpMetadata

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from ckptui.analysis.diff import values as diff_values
 from ckptui.analysis.diff.compare import diff_checkpoints
 from ckptui.cli.main import main
-from ckptui.export import source as source_mod
 from ckptui.formats import open_checkpoint
 from ckptui.report.diff import diff_json, render_diff
+from ckptui.tensors import reader as source_mod
 
 from ..conftest import ROOT, TinyNet, holed_checkpoint, run_cli, training_checkpoint
 

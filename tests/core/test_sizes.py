@@ -17,6 +17,7 @@ from ckptui.analysis.sizes.breakdown import Breakdown, attribute, breakdown
 from ckptui.analysis.sizes.duplicates import find_duplicates
 from ckptui.core.tree import Part, Region
 from ckptui.export import make_plan
+from ckptui.export.size import exported_size
 from ckptui.formats import open_checkpoint
 from ckptui.formats.layout import read_layout
 
@@ -25,7 +26,7 @@ from ..conftest import TinyNet, run_cli, training_checkpoint
 
 def analyse(path: Path) -> Breakdown:
     ckpt = open_checkpoint(path)
-    return breakdown(ckpt, read_layout(ckpt))
+    return breakdown(ckpt, read_layout(ckpt), exported_size)  # exact, as `ckptui why` asks
 
 
 def kinds(b: Breakdown) -> dict[str, list]:

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ckptui.analysis.sizes.folder import breakdown_of
 from ckptui.core.units import size
+from ckptui.export.size import exported_size
 from ckptui.formats import open_checkpoint
 
 from ..conftest import TinyNet, run_cli, training_checkpoint
@@ -69,7 +70,7 @@ def _dcp(p: Path) -> Path:
 def test_weights_alone_is_the_exported_size(tmp_path: Path, make) -> None:
     torch.manual_seed(0)
     src = make(tmp_path)
-    b = breakdown_of(open_checkpoint(src))
+    b = breakdown_of(open_checkpoint(src), weights_size=exported_size)
     out = tmp_path / "out" / "w.pth"
     out.parent.mkdir()
     result = run_cli("export", str(src), "-o", str(out))

@@ -313,6 +313,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _why(args: argparse.Namespace) -> int:
     from ckptui.analysis.sizes.folder import breakdown_of
+    from ckptui.export.size import exported_size
     from ckptui.formats import open_checkpoint
 
     show_progress = not args.json and sys.stderr.isatty()
@@ -321,7 +322,7 @@ def _why(args: argparse.Namespace) -> int:
     if folder is not None and ckpt.format != "dcp":
         # each checkpoint file broken down on its own, and searched for duplicates on its own
         files: list[tuple[str, Any, Any]] = []
-        b = breakdown_of(ckpt, lambda name, c, fb: files.append((name, c, fb)))
+        b = breakdown_of(ckpt, lambda name, c, fb: files.append((name, c, fb)), exported_size)
         if not args.no_duplicates:
             found = []
             for name, c, fb in files:
@@ -330,7 +331,7 @@ def _why(args: argparse.Namespace) -> int:
                 ]
             b.add_findings(found)
     else:
-        b = breakdown_of(ckpt)
+        b = breakdown_of(ckpt, weights_size=exported_size)
         if not args.no_duplicates and folder is None:
             b.add_findings(_duplicates(ckpt, b, show_progress=show_progress))
     if args.json:

@@ -54,3 +54,7 @@ class CorruptFile(CkptError):
 
 class Unsupported(CkptError):
     """A known format or feature that ckptui does not read yet."""
+
+
+class ExportError(CkptError):
+    """The export cannot be planned or written as asked (or its source changed under it)."""

@@ -4,7 +4,8 @@
 verified temporary file. No torch: the `.pth` is written in torch's own zip layout directly.
 """
 
-from ckptui.export.plan import ExportError, Item, Plan, default_target, make_plan, resolve_path
+from ckptui.core.errors import ExportError
+from ckptui.export.plan import Item, Plan, default_target, make_plan, resolve_path
 from ckptui.export.run import Result, check_target, export
 
 __all__ = [

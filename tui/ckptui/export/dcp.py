@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
 
+from ckptui.core.errors import ExportError
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
 from ckptui.export.plan import (
     _SAFETENSORS_CODE,
     CAST_TARGETS,
-    ExportError,
     Plan,
     _metadata,
     _show,

@@ -10,26 +10,22 @@ safetensors cannot share bytes, so there a tied tensor is written once per name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ckptui.analysis.roles import weights_path
+from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_DTYPES
-from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
+from ckptui.core.errors import ExportError
+from ckptui.core.tree import Checkpoint, NodeKind, Path, TensorInfo, walk
 from ckptui.formats.naming import output_stem
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
 CASTABLE = {"float32", "float64", "float16", "bfloat16"}
 """Floating dtypes a cast applies to; integer and bool buffers (and float8) are left alone."""
-KNOWN_PREFIXES = ("module.", "_orig_mod.")
 """Prefixes DataParallel/DDP and torch.compile add to every key, offered for stripping."""
 _SAFETENSORS_CODE = {
     dtype: code for code, (dtype, bits, _) in SAFETENSORS_DTYPES.items() if bits >= 8
 } | {"float4_e2m1fn_x2": "F4"}  # F4 counts the pair's two values: the writer doubles a dim
-
-
-class ExportError(CkptError):
-    """The export cannot be planned or written as asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +119,7 @@ def make_plan(
     found: list[tuple[str, Path, TensorInfo]] = []
     skipped: list[tuple[Path, str]] = []
     for name, path, t in kept:
-        reason = _unexportable(ckpt, t, fmt)
+        reason = unexportable(ckpt, t, fmt)
         if reason:
             skipped.append((path, reason))
         else:
@@ -134,7 +130,7 @@ def make_plan(
         raise ExportError(
             ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}{why}{more}"
         )
-    detected_prefix = _common_prefix([n for n, _, _ in found])
+    detected_prefix = common_prefix([n for n, _, _ in found])
     strip, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
     groups: dict[tuple, int] = {}
     items: list[Item] = []
@@ -184,7 +180,7 @@ def output_names(ckpt: Checkpoint, names: list[str], strip_prefix: str) -> tuple
     Raises:
         ExportError: when two tensors would end up with one name.
     """
-    strip = {"auto": _common_prefix(names), "none": ""}.get(strip_prefix, strip_prefix)
+    strip = {"auto": common_prefix(names), "none": ""}.get(strip_prefix, strip_prefix)
     out: list[str] = []
     seen: set[str] = set()
     for name in names:
@@ -232,93 +228,11 @@ def kept_tensors(
         if node is None:
             raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
         prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
-        for path, t in _tensors(node, base):
+        for path, t in tensors_of(node, base):
             rel = t.state_dict_key or _name(path[len(base) :])
             # a kept path that is itself a tensor is named by its own key (not `key.`)
             out.append((prefix + rel if rel else _name(base[-1:]) or "tensor", path, t))
     return list(keep), out
-
-
-def _tensors(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
-    if node.kind is NodeKind.TENSOR:
-        return [(base, node.value)]
-    out = []
-    tensor_at: dict[Path, TensorInfo] = {}
-    inside: Path | None = None
-    for rel, n in walk(node):
-        path = (*base, *rel)
-        if inside is not None and path[: len(inside)] == inside:
-            continue  # a part of a sparse/nested/quantized/wrapper tensor: not a tensor of its own
-        inside = None
-        if n.kind is NodeKind.TENSOR:
-            t = n.value
-            if t.layout not in ("strided", "storage") and n.children:
-                inside = path
-                t = _dense_of(n) or t
-            tensor_at[path] = t
-            out.append((path, t))
-        elif n.kind is NodeKind.REF and n.value in tensor_at:  # the same tensor saved twice
-            out.append((path, ref_tensor(n, tensor_at[n.value])))
-    # A whole-module pickle names its weights as state_dict() would; tensors it would not
-    # save (non-persistent buffers, grads) have no such name.
-    if any(t.state_dict_key for _, t in out):
-        out = [(p, t) for p, t in out if t.state_dict_key]
-    return out
-
-
-def _dense_of(node: Node) -> TensorInfo | None:
-    """The plain tensor a tensor subclass stands for, when the file holds all of it: a DTensor
-    whose `_local_tensor` has the global shape (one rank, or replicated)."""
-    local = node.child("_local_tensor")
-    t = node.value
-    if local is None or local.kind is not NodeKind.TENSOR or local.value.layout != "strided":
-        return None
-    if local.value.shape != t.shape:
-        return None
-    return replace(
-        local.value,
-        type="torch.Tensor",
-        requires_grad=t.requires_grad,
-        state_dict_key=t.state_dict_key,
-    )
-
-
-def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
-    if t.type.endswith(".DTensor") and t.layout != "strided":
-        return (
-            "a DTensor of which this file holds one rank's shard only (see its _local_tensor "
-            "and placements); the whole tensor needs every rank's file"
-        )
-    if t.layout != "strided":
-        return (
-            f"a {t.layout} tensor: only dense tensors are exported (its parts are not "
-            "written as tensors of their own, which load_state_dict would not take)"
-        )
-    st = ckpt.storages.get(t.storage_key or "")
-    if st is None or st.missing:
-        return "its storage is missing from the file"
-    if st.data_offset is None:
-        return "its bytes are not stored as a plain run in the file"
-    if t.dtype not in DTYPES or t.dtype.startswith(("quint", "qint", "bits", "complex32")):
-        return f"{t.dtype} tensors are not exported"
-    if ckpt.info.get("byteorder") == "big":
-        return "big-endian storages are not exported"
-    span = t.span_elements() * t.itemsize
-    if any(s < 0 for s in t.stride) or span > min(st.nbytes, st.record_nbytes or 0):
-        return "the view runs past its storage"
-    return None
-
-
-def _common_prefix(names: list[str]) -> str:
-    """`module.` / `_orig_mod.` (possibly nested) when every name starts with it."""
-    prefix = ""
-    while True:
-        for p in KNOWN_PREFIXES:
-            if names and all(n.startswith(prefix + p) and len(n) > len(prefix + p) for n in names):
-                prefix += p
-                break
-        else:
-            return prefix
 
 
 def _metadata(ckpt: Checkpoint) -> dict[str, str]:

@@ -24,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
+from ckptui.core.errors import ExportError
 from ckptui.core.tree import Checkpoint, Path
-from ckptui.export.plan import ExportError, Plan
-from ckptui.export.source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
+from ckptui.export.plan import Plan
 from ckptui.export.writers import Progress, predicted_size, write
 from ckptui.formats import open_checkpoint
 from ckptui.formats.source import is_url
+from ckptui.tensors.reader import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
 
 try:
     import fcntl

@@ -17,7 +17,8 @@ import os
 import re
 from pathlib import Path as FsPath
 
-from ckptui.export.plan import ExportError, Item, Plan
+from ckptui.core.errors import ExportError
+from ckptui.export.plan import Item, Plan
 from ckptui.export.run import Result, check_target, export, temp_beside
 from ckptui.export.writers import Progress
 

@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 from ckptui.export.pickle_out import state_dict_pickle
 from ckptui.export.plan import _SAFETENSORS_CODE, Plan
-from ckptui.export.source import SourceBytes
 from ckptui.export.zipwriter import ZipWriter, size_of
+from ckptui.tensors.reader import SourceBytes
 
 Progress = Callable[[int, int, str], None]
 """Called with (bytes written, bytes in all, name of the tensor being written)."""

@@ -277,7 +277,7 @@ def strided_view(buf: mmap.mmap, start: int, dtype: Any, kind: str, tensor: Tens
     return np.lib.stride_tricks.as_strided(base, shape, strides, writeable=False).view(dtype)
 
 
-def _chunks(view: Any, ndim: int, chunk: int) -> Iterator[Any]:
+def chunks_of(view: Any, ndim: int, chunk: int) -> Iterator[Any]:
     """Blocks of `view` in row-major order, split over its first `ndim` axes, <= chunk each."""
     import numpy as np
 
@@ -368,7 +368,7 @@ def _compute(
 
     def blocks() -> Iterator[tuple[Any, Any]]:
         nonlocal done
-        for block in _chunks(view, ndim, min(max(1, chunk), 1 << 28)):
+        for block in chunks_of(view, ndim, min(max(1, chunk), 1 << 28)):
             if cancelled is not None and cancelled():
                 raise Cancelled("cancelled")
             if kind == "c":

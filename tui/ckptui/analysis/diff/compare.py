@@ -27,9 +27,9 @@ from typing import Any
 
 from ckptui.analysis.diff.values import Progress, iter_values
 from ckptui.analysis.roles import weights_path
+from ckptui.analysis.state_dict import common_prefix, tensors_of
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
-from ckptui.export.plan import _common_prefix, _tensors
 
 __all__ = ["Diff", "diff_checkpoints"]
 
@@ -185,7 +185,7 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
     origin: dict[Path, Path] = {}
     node = ckpt.find(weights) if weights is not None else None
     if weights is not None and node is not None:
-        for path, t in _tensors(node, weights):
+        for path, t in tensors_of(node, weights):
             key = (*weights, t.state_dict_key) if t.state_dict_key else path
             if key[len(root) :] not in tensors:
                 tensors[key[len(root) :]] = t
@@ -207,7 +207,7 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
                 plain[path] = text if len(text) <= 60 else text[:59] + "…"
     at = len(weights) - len(root) if weights is not None else -1
     names = [str(p[at]) for p in tensors if 0 <= at < len(p) and _under(p, weights, root)]
-    return _Side(root, _common_prefix(names) if names else "", tensors, plain, origin)
+    return _Side(root, common_prefix(names) if names else "", tensors, plain, origin)
 
 
 def _under(rel: Path, weights: Path | None, root: Path) -> bool:

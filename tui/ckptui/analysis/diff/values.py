@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ckptui.analysis.state_dict import unexportable
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
-from ckptui.export.plan import _unexportable
+from ckptui.tensors.reader import Piece, SourceBytes
 from ckptui.tensors.values import Cancelled, ValuesUnavailable
 
 __all__ = ["PIECE", "Progress", "ValueResult", "iter_values"]
@@ -80,7 +81,7 @@ def iter_values(
 
 
 def _unreadable(side: str, ckpt: Checkpoint, t: TensorInfo) -> str | None:
-    why = _unexportable(ckpt, t, "pth")
+    why = unexportable(ckpt, t, "pth")
     if why is None:
         from ckptui.tensors.values import element_type
 
@@ -94,8 +95,6 @@ def _unreadable(side: str, ckpt: Checkpoint, t: TensorInfo) -> str | None:
 @contextmanager
 def _reading(ckpt: Checkpoint) -> Iterator[Any]:
     """The file mapped for reading values; failing to open it is a one-line CkptError."""
-    from ckptui.export.source import SourceBytes
-
     try:
         with SourceBytes(ckpt) as src:
             yield src
@@ -107,12 +106,11 @@ def _elements(ckpt: Checkpoint, src: Any, path: Path, t: TensorInfo) -> Iterator
     """The tensor's elements (complex: interleaved components) as flat numpy arrays."""
     import numpy as np
 
-    from ckptui.export.plan import Item
     from ckptui.tensors.values import element_type
 
     dtype, _, _ = element_type(ckpt.path, t, False)
     try:
-        for chunk in src.chunks(Item(path_text(path), path, t, t.dtype, 0)):
+        for chunk in src.chunks(Piece(path_text(path), path, t, t.dtype)):
             yield np.frombuffer(chunk, dtype)
     except OSError as e:
         raise CkptError(ckpt.path, f"cannot read tensor data ({e.strerror or e})") from e

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ckptui.analysis.roles import ROLE_LABELS, Role, optimizers_of, role_groups, weights_path
 from ckptui.analysis.sizes.findings import LONG_SEQUENCE, SizeFinding, size_findings
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Part, Path, Region, TensorInfo, walk
 from ckptui.core.units import size
+
+WeightsSize = Callable[[Checkpoint], int | None]
+"""The exact size of the weights-only file the export would write (`export.size.exported_size`),
+or None when it would write nothing. The export sits above the analysis, so callers that want the
+exact number (`ckptui why`, the browser) hand it in; without it the size is estimated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +126,13 @@ class Breakdown:
         self.findings.sort(key=lambda f: -f.saving_bytes)
 
 
-def breakdown(ckpt: Checkpoint, regions: list[Region], exact_weights: bool = True) -> Breakdown:
+def breakdown(
+    ckpt: Checkpoint, regions: list[Region], weights_size: WeightsSize | None = None
+) -> Breakdown:
     """The size breakdown of `ckpt` given its file layout (`formats.layout.read_layout`).
 
-    `exact_weights=False` estimates `weights_only_bytes` instead of planning the export (a
-    folder's shards, whose merged export the folder's breakdown plans once)."""
+    `weights_only_bytes` is `weights_size(ckpt)` when given and not None, else estimated (a
+    folder's shards get the estimate: the folder's breakdown sizes their merged export once)."""
     categories = {p.value: 0 for p in Part} | {"unaccounted": 0}
     detail: dict[Part, dict[str, int]] = {Part.OVERHEAD: {}, Part.METADATA: {}}
     storage_bytes: dict[str, int] = {}
@@ -226,13 +233,9 @@ def breakdown(ckpt: Checkpoint, regions: list[Region], exact_weights: bool = Tru
         largest=largest,
         findings=[],
         weights_path=weights,
-        weights_only_bytes=(
-            0
-            if weights is None
-            else _weights_only_bytes(ckpt, weights_parts)
-            if exact_weights
-            else torch_zip_size(*weights_parts)
-        ),
+        weights_only_bytes=0
+        if weights is None
+        else _weights_only_bytes(ckpt, weights_parts, weights_size),
         weights_parts=weights_parts,
         shared=shared,
         optimizer_kind=optimizers[0].kind if optimizers else None,
@@ -314,23 +317,10 @@ def _weights_parts(
     return (data, len(keys), count, names)
 
 
-def exported_size(ckpt: Checkpoint) -> int | None:
-    """The exact size of the file `ckptui export` writes with its default options (the detected
-    weights, `module.` stripped when every name has it, dtypes kept, `.pth`): what "weights
-    alone would be" promises. None when that export has nothing to write."""
-    from ckptui.core.errors import CkptError
-    from ckptui.export.plan import (
-        make_plan,  # export imports the formats; sizes is imported by them
-    )
-
-    try:
-        return make_plan(ckpt).predicted_bytes
-    except CkptError:
-        return None
-
-
-def _weights_only_bytes(ckpt: Checkpoint, parts: tuple[int, int, int, int]) -> int:
-    exact = exported_size(ckpt)
+def _weights_only_bytes(
+    ckpt: Checkpoint, parts: tuple[int, int, int, int], weights_size: WeightsSize | None
+) -> int:
+    exact = weights_size(ckpt) if weights_size is not None else None
     return exact if exact is not None else torch_zip_size(*parts)
 
 

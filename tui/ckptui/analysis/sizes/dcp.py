@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any
 
-from ckptui.analysis.sizes.breakdown import Breakdown, breakdown
+from ckptui.analysis.sizes.breakdown import Breakdown, WeightsSize, breakdown
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Node, Part, Path, Region, Storage, walk
 from ckptui.formats.dcp.interpretation import DcpMetadata
@@ -49,7 +49,7 @@ FRAMING = "zip framing of items"
 """Overhead detail: the items' local headers, alignment padding and central directories."""
 
 
-def breakdown_dcp(ckpt: Checkpoint) -> Breakdown:
+def breakdown_dcp(ckpt: Checkpoint, weights_size: WeightsSize | None = None) -> Breakdown:
     """The size breakdown of a DCP folder opened by `formats.dcp.read_dcp`.
 
     Args:
@@ -85,7 +85,7 @@ def breakdown_dcp(ckpt: Checkpoint) -> Breakdown:
         finally:
             msrc.close()
         regions = _regions(folder, files, base, view, md, chunk_owner)
-        b = breakdown(view, regions)
+        b = breakdown(view, regions, weights_size)
     other = sum(n for name, n in files.items() if name != METADATA and not name.endswith(SUFFIX))
     b.categories["unaccounted"] -= other  # no region covers them: they are not part of the DCP
     b.categories["other_files"] = other

@@ -19,8 +19,8 @@ from ckptui.analysis.sizes.breakdown import (
     Group,
     Largest,
     Prefix,
+    WeightsSize,
     breakdown,
-    exported_size,
     torch_zip_size,
 )
 from ckptui.analysis.sizes.findings import SizeFinding
@@ -73,7 +73,7 @@ def _breakdown_files(
                 SizeFinding("unreadable", nbytes, 0, ((name,),), f"{name}: {e.message}")
             )
             continue
-        b = breakdown(ckpt, read_layout(ckpt), exact_weights=False)  # planned once, merged
+        b = breakdown(ckpt, read_layout(ckpt))  # estimated: the merged export is sized once
         if each is not None:
             each(name, ckpt, b)
         parts.append((name, b))
@@ -84,21 +84,24 @@ def _breakdown_files(
     return merged
 
 
-def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
+def breakdown_of(
+    ckpt: Checkpoint, each: FileHook | None = None, weights_size: WeightsSize | None = None
+) -> Breakdown:
     """The size breakdown of an opened checkpoint: its file's, or for a checkpoint of many
     files (shards, a folder of checkpoints) its whole folder's, each checkpoint file broken down
     on its own (a stray copy beside the shards is part of why the folder is big).
+    `weights_size` gives the exact weights-only size (see `sizes.breakdown.WeightsSize`).
 
     A folder at a URL is not listed again: its files are the ones the open recorded
     (`info["files"]`, their sizes as opened), plus the index and any other files it saw.
     """
     folder = ckpt.info.get("folder")
     if folder is None:
-        return breakdown(ckpt, read_layout(ckpt))
+        return breakdown(ckpt, read_layout(ckpt), weights_size)
     if ckpt.format == "dcp":  # .distcp files are items, not checkpoints: laid end to end
         from ckptui.analysis.sizes.dcp import breakdown_dcp
 
-        return breakdown_dcp(ckpt)
+        return breakdown_dcp(ckpt, weights_size)
     if is_url(str(folder)):
         other = dict(ckpt.info.get("other_files", {}))
         if "index" in ckpt.info:
@@ -106,8 +109,8 @@ def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
         b = _breakdown_files(str(folder), ckpt.info.get("files", {}).items(), other, each)
     else:
         b = breakdown_folder(folder, each)
-    if b.weights_path is not None:  # the merged export's exact size, not a sum of estimates
-        b.weights_only_bytes = exported_size(ckpt) or b.weights_only_bytes
+    if b.weights_path is not None and weights_size is not None:  # the merged export, exactly
+        b.weights_only_bytes = weights_size(ckpt) or b.weights_only_bytes
     return b
 
 

@@ -29,6 +29,7 @@ from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.core.tree import Checkpoint, Path
 from ckptui.core.units import size
+from ckptui.export.size import exported_size
 from ckptui.report.why import bar, rest_rows, show_path
 from ckptui.tensors.values import Cancelled, interruptible
 
@@ -134,7 +135,9 @@ class WhyScreen(Screen[Path | None]):
         Run on a daemon thread that `q` abandons: the breakdown has no cancellation points, and
         a worker thread still in it would hold the process open after the screen is gone."""
         worker = get_current_worker()
-        return interruptible(lambda: breakdown_of(self.ckpt), lambda: worker.is_cancelled)
+        return interruptible(
+            lambda: breakdown_of(self.ckpt, weights_size=exported_size), lambda: worker.is_cancelled
+        )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="duplicates")
     def compare(self, b: Breakdown) -> list[SizeFinding]:

@@ -1,4 +1,5 @@
-"""Provides `SourceBytes`: an output tensor's bytes, read from the memory-mapped source file.
+"""Provides `SourceBytes`: the one reader of a tensor's bytes for export and value comparison, from
+the memory-mapped source file or, for a URL, by range requests.
 
 A contiguous tensor is read with pread in blocks of CHUNK bytes (cast with numpy when asked);
 a non-contiguous view goes through numpy over the memory map in bounded blocks, and its pages
@@ -23,13 +24,36 @@ import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Any, Protocol, Self
 
-from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint
-from ckptui.export.plan import Item
+from ckptui.core.errors import CkptError, ExportError
+from ckptui.core.tree import Checkpoint, Path, TensorInfo
 from ckptui.formats.source import is_url
-from ckptui.tensors.values import _chunks, element_type, interruptible, strided_view
+from ckptui.tensors.values import chunks_of, element_type, interruptible, strided_view
+
+
+class Item(Protocol):
+    """What the reader needs of a tensor to read: its name (for errors), the tensor, and the
+    dtype to deliver (the tensor's own, or a cast). The export plan's items are such."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def tensor(self) -> TensorInfo: ...
+    @property
+    def dtype(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A tensor to read as it is stored (value comparison; the export uses its plan's items)."""
+
+    name: str
+    source: Path
+    tensor: TensorInfo
+    dtype: str
+
 
 CHUNK = 16 << 20
 """Bytes per block handed to the writer (and per range request from a remote source)."""
@@ -99,7 +123,6 @@ class SourceBytes:
 
     def _open_remote(self, url: str, expected: int | None, is_zip: bool) -> Any:
         """A `RemoteSource` on `url`, checked against the size it had when it was opened."""
-        from ckptui.export.plan import ExportError
         from ckptui.formats.remote.reader import RemoteSource
 
         try:
@@ -186,8 +209,6 @@ class SourceBytes:
         size = os.fstat(fd).st_size
         if expected is not None and size != expected:
             os.close(fd)
-            from ckptui.export.plan import ExportError
-
             raise ExportError(path, "the file changed size since it was opened")
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else None
         if mm is not None and hasattr(mm, "madvise"):
@@ -246,8 +267,6 @@ class SourceBytes:
             digests[digest_key(item)] = h.digest()
 
     def _read_remote(self, src: Any, offset: int, n: int) -> bytes:
-        from ckptui.export.plan import ExportError
-
         try:
             return interruptible(lambda: src.read_range(offset, n), self.cancelled)
         except CkptError as e:
@@ -285,7 +304,7 @@ class SourceBytes:
         view = strided_view(mm, start, dtype, kind, t)
         target = _numpy_dtype(item.dtype) if item.dtype != t.dtype else None
         per = max(1, CHUNK // max(1, t.itemsize))
-        for block in _chunks(view, len(t.shape), per):
+        for block in chunks_of(view, len(t.shape), per):
             out = np.ascontiguousarray(block)
             if target is not None:
                 out = out.astype(target)
