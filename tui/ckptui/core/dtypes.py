@@ -81,6 +81,11 @@ SUB_BYTE_NAMES: dict[str, str] = {
 hold them as stored (F6 always; F4 when its last dimension cannot be paired)."""
 
 SUB_BYTE_BITS: dict[str, int] = {"float4_e2m1fn": 4, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
+
+SAFETENSORS_CODE = {
+    dtype: code for code, (dtype, bits, _) in SAFETENSORS_DTYPES.items() if bits >= 8
+} | {"float4_e2m1fn_x2": "F4"}  # F4 counts the pair's two values: the writer doubles a dim
+"""dtype -> the safetensors code the export writes for it."""
 """Bits per element of those names: their tensors' bytes are elements x bits / 8."""
 
 NUMPY_KINDS = frozenset("fiucbBSUVmMe")

@@ -5,8 +5,9 @@ verified temporary file. No torch: the `.pth` is written in torch's own zip layo
 """
 
 from ckptui.core.errors import ExportError
-from ckptui.export.plan import Item, Plan, default_target, make_plan, resolve_path
-from ckptui.export.run import Result, check_target, export
+from ckptui.export.atomic import check_target
+from ckptui.export.plan import Item, Plan, Result, default_target, make_plan, resolve_path
+from ckptui.export.run import export
 
 __all__ = [
     "ExportError",

@@ -29,19 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
 
+from ckptui.core.dtypes import SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
+from ckptui.export.atomic import check_target, fsync_dir, temp_beside
 from ckptui.export.plan import (
-    _SAFETENSORS_CODE,
     CAST_TARGETS,
     Plan,
+    Result,
     _metadata,
     _show,
     cast_dtype,
     kept_tensors,
     output_names,
 )
-from ckptui.export.run import Result, _fsync_dir, check_target, temp_beside
 from ckptui.export.writers import Progress
 
 BATCH_BYTES = 1 << 30
@@ -156,7 +157,7 @@ def export_dcp(
     except BaseException:
         _cleanup(fd, tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return Result(str(target), size, len(items), total, True, tuple(keep))
 
 
@@ -201,7 +202,7 @@ def _plan(
     items: list[_Item] = []
     for name, (_, path, t) in zip(names, found, strict=True):
         out_dtype = cast_dtype(t.dtype, dtype)
-        if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
+        if fmt == "safetensors" and out_dtype not in SAFETENSORS_CODE:
             raise ExportError(ckpt.path, f"{_show(path)}: {out_dtype} has no safetensors code")
         # DCP flattens a state dict by joining the key path with dots (flatten_state_dict);
         # without planner data the path is the FQN itself.

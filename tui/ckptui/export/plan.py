@@ -14,18 +14,16 @@ from dataclasses import dataclass, field
 
 from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
-from ckptui.core.dtypes import DTYPES, SAFETENSORS_DTYPES
+from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.tree import Checkpoint, NodeKind, Path, TensorInfo, walk
+from ckptui.export.writers import predicted_size
 from ckptui.formats.naming import output_stem
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
 CASTABLE = {"float32", "float64", "float16", "bfloat16"}
 """Floating dtypes a cast applies to; integer and bool buffers (and float8) are left alone."""
 """Prefixes DataParallel/DDP and torch.compile add to every key, offered for stripping."""
-_SAFETENSORS_CODE = {
-    dtype: code for code, (dtype, bits, _) in SAFETENSORS_DTYPES.items() if bits >= 8
-} | {"float4_e2m1fn_x2": "F4"}  # F4 counts the pair's two values: the writer doubles a dim
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +86,6 @@ class Plan:
     @property
     def predicted_bytes(self) -> int:
         """The exact size of the output file."""
-        from ckptui.export.writers import predicted_size
-
         return predicted_size(self)
 
 
@@ -136,7 +132,7 @@ def make_plan(
     items: list[Item] = []
     for name, (_, path, t) in zip(names, found, strict=True):
         out_dtype = cast_dtype(t.dtype, dtype)
-        if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
+        if fmt == "safetensors" and out_dtype not in SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
             continue
         if fmt == "safetensors" and out_dtype == "float4_e2m1fn_x2" and not t.shape:
@@ -286,3 +282,17 @@ def resolve_path(ckpt: Checkpoint, text: str) -> Path:
         else:
             raise ExportError(ckpt.path, f"no {text!r} in the checkpoint")
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an export wrote."""
+
+    output: str
+    bytes: int
+    tensors: int
+    predicted_bytes: int
+    verified: bool
+    kept_paths: tuple[Path, ...]
+    bytes_read: int | None = None
+    """Bytes fetched from the server to write it, for a source at a URL (None: local)."""

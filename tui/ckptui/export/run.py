@@ -18,41 +18,16 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from ckptui.core.errors import ExportError
-from ckptui.core.tree import Checkpoint, Path
-from ckptui.export.plan import Plan
+from ckptui.export.atomic import check_target, fsync_dir, temp_beside
+from ckptui.export.dcp import chunked_kept, export_dcp_plan
+from ckptui.export.plan import Plan, Result
 from ckptui.export.writers import Progress, predicted_size, write
 from ckptui.formats import open_checkpoint
-from ckptui.formats.source import is_url
 from ckptui.tensors.reader import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, so stale temps are left for the user
-    fcntl = None  # type: ignore[assignment]
-
-TEMP_SUFFIX = ".ckptui-tmp"
-"""The temp file beside a target is `.NAME.XXXXXXXX.ckptui-tmp` (mkstemp's random part)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What an export wrote."""
-
-    output: str
-    bytes: int
-    tensors: int
-    predicted_bytes: int
-    verified: bool
-    kept_paths: tuple[Path, ...]
-    bytes_read: int | None = None
-    """Bytes fetched from the server to write it, for a source at a URL (None: local)."""
 
 
 def export(
@@ -72,11 +47,8 @@ def export(
         ExportError: the target is the source, exists without `force`, is a folder, the disk is
             full or verification failed. The temporary file is gone in every case.
     """
-    if plan.ckpt.format == "dcp":
-        from ckptui.export.dcp import chunked_kept, export_dcp_plan
-
-        if chunked_kept(plan):
-            return export_dcp_plan(plan, out, force, progress)
+    if plan.ckpt.format == "dcp" and chunked_kept(plan):
+        return export_dcp_plan(plan, out, force, progress)
     problem = check_target(out, plan.ckpt)  # before FsPath, which folds a URL's `//`
     target = FsPath(out)
     if problem is not None and (problem[0] != "exists" or not force):
@@ -104,7 +76,7 @@ def export(
         with contextlib.suppress(OSError):
             FsPath(tmp).unlink()
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return Result(
         str(target),
         size,
@@ -114,92 +86,6 @@ def export(
         tuple(plan.keep),
         fetched,
     )
-
-
-def temp_beside(target: FsPath, folder: FsPath) -> tuple[int, str]:
-    """A new hidden temp file in `folder` for `target`, with the mode a plainly created file
-    would get (mkstemp's 0600 would leave the export unreadable to the user's group, or to a
-    container running as another user, once renamed into place).
-
-    Stale temps of killed exports to `target` are removed first. Raises ExportError when the
-    folder refuses the file (read-only, EPERM, /proc, /sys): nothing was created."""
-    remove_stale_temps(target, folder)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
-    except OSError as e:
-        raise ExportError(str(target), f"cannot write there: {e.strerror or e}") from None
-    if fcntl is not None:
-        # held until the process ends: how a later export tells a live temp from a killed one's
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with contextlib.suppress(OSError):  # a file system without modes: mkstemp's mode stays
-        os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
-
-
-def remove_stale_temps(target: FsPath, folder: FsPath) -> list[str]:
-    """Remove the temp files that earlier exports to `target` left when killed (SIGKILL, a
-    power cut); returns their paths. A temp is stale when no process holds its lock: the
-    kernel drops a dead process's locks, so a concurrent export's temp is never touched."""
-    if fcntl is None:
-        return []
-    name = re.compile(rf"\.{re.escape(target.name)}\.[A-Za-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
-    removed = []
-    try:
-        entries = [e for e in os.scandir(folder) if name.fullmatch(e.name)]
-    except OSError:
-        return []
-    for entry in entries:
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            FsPath(entry.path).unlink()
-            removed.append(entry.path)
-        except OSError:
-            continue  # a live export holds it, or it cannot be removed: left alone
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _umask() -> int:
-    """The process's umask, read without setting it (os.umask would change it for a moment for
-    every thread, the app's included)."""
-    try:
-        with FsPath("/proc/self/status").open(encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def check_target(out: str | os.PathLike[str], ckpt: Checkpoint) -> tuple[str, str] | None:
-    """Why `out` cannot be written: (`error`, reason), or (`exists`, ...) when only `--force`
-    would replace it; None when it is free. Every file of a many-file source counts as the
-    source."""
-    if is_url(os.fspath(out)):
-        return "error", "is a URL: the output is written to a local file (upload it after)"
-    target = FsPath(out)
-    if target.exists() or target.is_symlink():
-        sources = [ckpt.path]
-        folder = ckpt.info.get("folder")
-        if folder is not None:
-            sources += [f"{folder}/{f}" for f in ckpt.info.get("files", {})]
-        # a URL is never a local file: FsPath would fold its `//` into a bogus local path
-        if any(_same_file(target, FsPath(s)) for s in sources if not is_url(s)):
-            return "error", "is the source checkpoint: refusing to overwrite it"
-        if target.is_dir():
-            return "error", "is a folder"
-        return "exists", "already exists (use --force to replace it)"
-    folder = target.parent if str(target.parent) else FsPath()
-    if not folder.is_dir():
-        return "error", f"no folder {folder}"
-    return None
 
 
 def _verify(
@@ -251,19 +137,3 @@ def _verify(
                 done += n
                 if progress:
                     progress(done, total, it.name)
-
-
-def _same_file(a: FsPath, b: FsPath) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
-def _fsync_dir(folder: FsPath) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -18,8 +18,9 @@ import re
 from pathlib import Path as FsPath
 
 from ckptui.core.errors import ExportError
-from ckptui.export.plan import Item, Plan
-from ckptui.export.run import Result, check_target, export, temp_beside
+from ckptui.export.atomic import check_target, temp_beside
+from ckptui.export.plan import Item, Plan, Result
+from ckptui.export.run import export
 from ckptui.export.writers import Progress
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)

@@ -10,12 +10,15 @@ import hashlib
 import json
 import struct
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+from ckptui.core.dtypes import SAFETENSORS_CODE
 from ckptui.export.pickle_out import state_dict_pickle
-from ckptui.export.plan import _SAFETENSORS_CODE, Plan
 from ckptui.export.zipwriter import ZipWriter, size_of
 from ckptui.tensors.reader import SourceBytes
+
+if TYPE_CHECKING:  # the plan imports the writers (its exact size); they only read its type
+    from ckptui.export.plan import Plan
 
 Progress = Callable[[int, int, str], None]
 """Called with (bytes written, bytes in all, name of the tensor being written)."""
@@ -57,7 +60,7 @@ def _safetensors_header(plan: Plan) -> bytes:
         if it.dtype == "float4_e2m1fn_x2":  # safetensors' F4 counts 4-bit values, not pairs
             shape[-1] *= 2
         header[it.name] = {
-            "dtype": _SAFETENSORS_CODE[it.dtype],
+            "dtype": SAFETENSORS_CODE[it.dtype],
             "shape": shape,
             "data_offsets": [offset, offset + it.nbytes],
         }

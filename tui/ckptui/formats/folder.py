@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
+from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
 from ckptui.formats.listing import MAX_FILES, folder_files
 from ckptui.formats.source import is_url, leads_outside
 
@@ -189,8 +190,6 @@ class LocalFiles:
 
     def dcp(self, folder: str) -> Checkpoint | None:
         """`formats.dcp`'s reading of the folder, when it is one."""
-        from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
-
         return read_dcp(folder) if looks_like_dcp(folder) else None
 
     def open_each(self, paths: list[str], open_file: Any) -> dict[str, Checkpoint | CkptError]:

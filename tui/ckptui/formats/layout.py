@@ -15,9 +15,15 @@ from collections.abc import Iterator
 
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Part, Region
+from ckptui.formats.opening import open_source
 from ckptui.formats.source import Source
-from ckptui.formats.torchzip import _LOCAL_HEADER, _ZIP_ERRORS, _SliceFile
-from ckptui.formats.zipdir import CentralDirectory, read_central_directory
+from ckptui.formats.zipdir import (
+    LOCAL_HEADER,
+    ZIP_ERRORS,
+    CentralDirectory,
+    SliceFile,
+    read_central_directory,
+)
 
 _PADDING_ID = 0x4246
 """Extra-field id ("FB") that torch's zip writer uses for its 64-byte alignment padding."""
@@ -35,7 +41,7 @@ def read_layout(ckpt: Checkpoint) -> list[Region]:
     Raises:
         CorruptFile: when the file changed since it was opened.
     """
-    src = Source.open(ckpt.path)
+    src = open_source(ckpt.path)
     try:
         if src.size != ckpt.file_bytes:
             raise CorruptFile(ckpt.path, "the file changed size since it was opened")
@@ -54,7 +60,7 @@ def read_layout(ckpt: Checkpoint) -> list[Region]:
         return regions
     except CkptError:
         raise
-    except _ZIP_ERRORS as e:
+    except ZIP_ERRORS as e:
         raise CorruptFile(ckpt.path, f"cannot read the zip layout ({e})") from None
     finally:
         src.close()
@@ -70,7 +76,7 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
     """Every record's local header, padding and data, and the central directory."""
     cd = read_central_directory(src.read_at, src.size)
     if cd is None:  # not the plain case: zipfile's checks apply
-        zf = zipfile.ZipFile(_SliceFile(src, 0, src.size))  # type: ignore[arg-type]
+        zf = zipfile.ZipFile(SliceFile(src, 0, src.size))  # type: ignore[arg-type]
         cd = CentralDirectory.of_zipfile(zf.infolist(), zf.start_dir)
     archive = ckpt.info.get("archive_name", "")
     storage_records = {st.record for st in ckpt.storages.values() if st.data_offset is not None}
@@ -86,7 +92,7 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
         head = src.read_at(at, 30 + len(zi.filename) + 128 if local else 30)
         if len(head) < 30:
             continue
-        fields = _LOCAL_HEADER.unpack_from(head)
+        fields = LOCAL_HEADER.unpack_from(head)
         if fields[0] != 0x04034B50:
             continue
         name_len, extra_len = fields[9], fields[10]

@@ -21,7 +21,7 @@ from typing import Any
 from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.core.tree import Checkpoint
 from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location
-from ckptui.formats.torchzip import _SliceFile
+from ckptui.formats.zipdir import SliceFile
 from ckptui.unpickler.inert import Global, _Malformed
 from ckptui.unpickler.recorded import MAX_DIMS, StorageRef, TensorRec
 
@@ -48,7 +48,7 @@ def open_tar(src: Source) -> tarfile.TarFile | None:
     if not looks_like_tar(src.read_at(0, 512)):
         return None
     try:
-        tar = tarfile.open(fileobj=_SliceFile(src, 0, src.size), mode="r:")  # type: ignore[call-overload]  # noqa: SIM115 (returned open)
+        tar = tarfile.open(fileobj=SliceFile(src, 0, src.size), mode="r:")  # type: ignore[call-overload]  # noqa: SIM115 (returned open)
         tar.getmembers()
     except (tarfile.TarError, OSError, ValueError, EOFError):
         return None

@@ -80,11 +80,7 @@ class Source:
 
     @classmethod
     def open(cls, path: str) -> Source:
-        """Open `path` for reading (a URL: by range requests, see `remote`)."""
-        if is_url(path):
-            from ckptui.formats.remote.reader import RemoteSource
-
-            return RemoteSource.open(path)
+        """Open the local file `path` for reading (any path, a URL too: `opening.open_source`)."""
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Severity
-from ckptui.formats.torchzip import _ZIP_ERRORS
+from ckptui.formats.zipdir import ZIP_ERRORS
 
 if TYPE_CHECKING:
     from ckptui.formats.torchzip import ZipCheckpoint
@@ -52,7 +52,7 @@ def scan_code(z: ZipCheckpoint) -> None:
         budget -= zi.file_size
         try:
             text = z.read_member(zi, zi.file_size).decode("utf-8", "replace")
-        except (CkptError, *_ZIP_ERRORS):
+        except (CkptError, *ZIP_ERRORS):
             z.src.warn("torchscript_code", f"{zi.filename} cannot be decompressed; not scanned")
             continue
         module = zi.filename[len(prefix) : -3].replace("/", ".")

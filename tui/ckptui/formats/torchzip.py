@@ -9,7 +9,6 @@ ckptui shows the one `torch.load` would read and reports the other.
 
 from __future__ import annotations
 
-import struct
 import zipfile
 import zlib
 from typing import Any
@@ -18,55 +17,24 @@ from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Storage
 from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location, storage_ref
-from ckptui.formats.zipdir import CentralDirectory, read_central_directory
+from ckptui.formats.torchscript_code import scan_code
+from ckptui.formats.zipdir import (
+    LOCAL_HEADER,
+    ZIP_ERRORS,
+    CentralDirectory,
+    SliceFile,
+    read_central_directory,
+)
 from ckptui.formats.ziplookup import ZipLookup
 from ckptui.unpickler.inert import Global, _Malformed
 from ckptui.unpickler.recorded import StorageRef
 
-_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 MAX_PICKLE_BYTES = 1 << 32
 MAX_INFLATED_PICKLE_BYTES = 256 << 20
 """A compressed data.pkl inflating past this is refused: torch writes every record stored, so
 only a hand-made zip compresses one, and a 4 MB zip can claim 4 GB (a decompression bomb)."""
 _INFLATE_CHUNK = 1 << 20
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    struct.error,
-    ValueError,
-    OSError,
-    EOFError,
-    IndexError,
-    NotImplementedError,
-    RuntimeError,
-    zlib.error,
-)
-"""What zipfile raises on damaged, encrypted or exotic archives (method 99, version 6.4, ...)."""
 """A data.pkl larger than this is refused; no real checkpoint comes close."""
-
-
-class _SliceFile:
-    """A read-only, seekable file over bytes `start:end` of a source (a zip may be embedded)."""
-
-    def __init__(self, src: Source, start: int, end: int) -> None:
-        self.src, self.start, self.end, self.pos = src, start, end, start
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: self.start, 1: self.pos, 2: self.end}[whence]
-        self.pos = min(max(base + offset, self.start), self.end)
-        return self.pos - self.start
-
-    def tell(self) -> int:
-        return self.pos - self.start
-
-    def read(self, n: int = -1) -> bytes:
-        stop = self.end if n is None or n < 0 else min(self.end, self.pos + n)
-        data = self.src.read_at(self.pos, stop - self.pos)
-        self.pos += len(data)
-        return data
-
-    def seekable(self) -> bool:
-        return True
 
 
 class ZipCheckpoint:
@@ -94,7 +62,7 @@ class ZipCheckpoint:
             )
             if infos is None:  # not the plain case: zipfile's checks and messages decide
                 infos = CentralDirectory.of_zipfile(self.zf.infolist(), self.zf.start_dir)
-        except _ZIP_ERRORS as e:
+        except ZIP_ERRORS as e:
             raise corrupt(
                 self.src.path, f"{self._in}truncated or corrupt zip archive ({e})"
             ) from None
@@ -124,7 +92,7 @@ class ZipCheckpoint:
         """`zipfile` over the archive, built only when a record must be decompressed or an
         archive is not the plain case (building it costs a `ZipInfo` per record)."""
         if self._zf is None:
-            self._zf = zipfile.ZipFile(_SliceFile(self.src, self.start, self.end))  # type: ignore[arg-type]
+            self._zf = zipfile.ZipFile(SliceFile(self.src, self.start, self.end))  # type: ignore[arg-type]
         return self._zf
 
     def _zipinfo(self, zi: Any) -> zipfile.ZipInfo:
@@ -163,7 +131,7 @@ class ZipCheckpoint:
         header = self.src.read_at(at, 30)
         if len(header) < 30:
             raise corrupt(self.src.path, f"{self._in}record {zi.filename} is cut short")
-        fields = _LOCAL_HEADER.unpack(header)
+        fields = LOCAL_HEADER.unpack(header)
         if fields[0] != 0x04034B50:
             raise corrupt(self.src.path, f"{self._in}record {zi.filename} has no local header")
         return at + 30 + fields[9] + fields[10]
@@ -195,7 +163,7 @@ class ZipCheckpoint:
             )
         try:
             data = self.read_member(zi, MAX_INFLATED_PICKLE_BYTES)
-        except _ZIP_ERRORS as e:
+        except ZIP_ERRORS as e:
             raise corrupt(
                 self.src.path, f"{self._in}cannot decompress {zi.filename} ({e})"
             ) from None
@@ -262,7 +230,7 @@ class ZipCheckpoint:
                     if data is None:
                         data = self.read_member(zi, 64)
                     facts[name.lstrip(".")] = data.decode("ascii").strip()
-                except (UnicodeDecodeError, CkptError, *_ZIP_ERRORS):
+                except (UnicodeDecodeError, CkptError, *ZIP_ERRORS):
                     facts[name.lstrip(".")] = "?"
         return facts
 
@@ -279,7 +247,7 @@ class ZipCheckpoint:
         head = self.src.read_at(self.start + zi.header_offset, 30)
         if len(head) < 30:
             return None
-        fields = _LOCAL_HEADER.unpack(head)
+        fields = LOCAL_HEADER.unpack(head)
         if fields[0] != 0x04034B50:
             return None
         at = self.start + zi.header_offset + 30
@@ -303,8 +271,6 @@ def read_zip(src: Source) -> Checkpoint:
     if facts.get("byteorder", "little") not in ("little", "?"):
         src.warn("big_endian", "storages are big-endian (byteorder record)")
     if is_torchscript(z):
-        from ckptui.formats.torchscript_code import scan_code
-
         scan_code(z)  # torch.load hands it to torch.jit.load, which runs each __setstate__
         data = z.load("data.pkl")
         # constants.pkl numbers its storages from 0 too, in its own folder

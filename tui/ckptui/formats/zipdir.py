@@ -16,9 +16,29 @@ and sizes `zipfile` would (a test compares the two).
 from __future__ import annotations
 
 import struct
+import zipfile
+import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from ckptui.formats.source import Source
+
+LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+"""A zip local file header (30 bytes before its name)."""
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    struct.error,
+    ValueError,
+    OSError,
+    EOFError,
+    IndexError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+)
+"""What zipfile raises on damaged, encrypted or exotic archives (method 99, version 6.4, ...)."""
 _EOCD = struct.Struct("<4s4H2LH")
 _LOC64 = struct.Struct("<4sLQL")
 _EOCD64 = struct.Struct("<4sQ2H2L4Q")
@@ -139,3 +159,27 @@ def read_central_directory(
         return ZipRecord(i, names[i], unpack(cd, starts[i]))
 
     return CentralDirectory(names, offset_cd, get, raw)
+
+
+class SliceFile:
+    """A read-only, seekable file over bytes `start:end` of a source (a zip may be embedded)."""
+
+    def __init__(self, src: Source, start: int, end: int) -> None:
+        self.src, self.start, self.end, self.pos = src, start, end, start
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: self.start, 1: self.pos, 2: self.end}[whence]
+        self.pos = min(max(base + offset, self.start), self.end)
+        return self.pos - self.start
+
+    def tell(self) -> int:
+        return self.pos - self.start
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.end if n is None or n < 0 else min(self.end, self.pos + n)
+        data = self.src.read_at(self.pos, stop - self.pos)
+        self.pos += len(data)
+        return data
+
+    def seekable(self) -> bool:
+        return True

@@ -33,6 +33,7 @@ from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, NodeKind, walk
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats.naming import output_stem
+from ckptui.formats.opening import open_source
 from ckptui.unpickler.safety import Safety, judge, looks_like_class
 from ckptui.unpickler.weights_only_replay import Replay
 
@@ -197,10 +198,9 @@ def _export_command(ckpt: Checkpoint) -> str | None:
 
 def _pickles(ckpt: Checkpoint) -> tuple[bytes, int]:
     """The bytes holding the pickle(s) torch.load would unpickle, and how many there are."""
-    from ckptui.formats.source import Source
     from ckptui.formats.torchzip import ZipCheckpoint
 
-    src = Source.open(ckpt.path)
+    src = open_source(ckpt.path)
     try:
         if ckpt.format == "torch-zip":
             off, n = ckpt.memo("data_pkl_span", lambda: (None, 0))
