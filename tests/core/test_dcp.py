@@ -703,7 +703,7 @@ def test_an_item_whose_directory_count_lies_is_a_finding_not_a_traceback(
     gloo_dcp: tuple[Path, dict], tmp_path: Path
 ) -> None:
     """The reported input: a `.distcp` item whose end-of-directory record counts more entries
-    than its central directory holds made `_parse_zip` raise `struct.error` (unpack_from past
+    than its central directory holds made `parse_zip` raise `struct.error` (unpack_from past
     the buffer). Now it is a damaged item of that file, the rest opens, and an export skips
     that tensor, saying so in one line."""
     folder, sd = gloo_dcp

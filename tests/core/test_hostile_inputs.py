@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-import ckptui.export.run as run_mod
+import ckptui.export.atomic as atomic_mod
 from ckptui.cli.main import main
 from ckptui.formats import open_checkpoint
 from ckptui.formats.torchzip import MAX_INFLATED_PICKLE_BYTES
@@ -220,7 +220,7 @@ def test_export_into_an_unwritable_folder_is_one_line(tmp_path: Path, capsys, mo
     def refuse(*_a, **_k):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(run_mod.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic_mod.tempfile, "mkstemp", refuse)
     assert main(["export", str(src), "-o", str(ro / "out.pth")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Permission denied" in err[0] and "out.pth" in err[0], err

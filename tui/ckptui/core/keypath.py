@@ -14,3 +14,13 @@ def path_expr(path: Path) -> str:
 def path_text(path: Path) -> str:
     """`model.conv1.weight`-style text for searching and display."""
     return ".".join(str(k) for k in path)
+
+
+def show_path(path: Path) -> str:
+    """`model.layer1.0.weight`, or `(root)`: a path in a table cell or a list."""
+    return path_text(path) or "(root)"
+
+
+def describe_path(path: Path) -> str:
+    """`model.layer1.0.weight`, or `the root`: a path inside a sentence."""
+    return path_text(path) or "the root"

@@ -31,15 +31,15 @@ from typing import Any
 
 from ckptui.core.dtypes import SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
+from ckptui.core.keypath import describe_path
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
 from ckptui.export.atomic import check_target, fsync_dir, temp_beside
 from ckptui.export.plan import (
     CAST_TARGETS,
     Plan,
     Result,
-    _metadata,
-    _show,
     cast_dtype,
+    file_metadata,
     kept_tensors,
     output_names,
 )
@@ -137,7 +137,7 @@ def export_dcp(
     fd, tmp = temp_beside(target, folder)
     try:
         tensors = _load(ckpt, items, progress, total)
-        meta = {"format": "pt", **_metadata(ckpt)} if fmt == "safetensors" else None
+        meta = {"format": "pt", **file_metadata(ckpt)} if fmt == "safetensors" else None
         _write(tensors, fd, tmp, meta)
         fd = -1
         size = FsPath(tmp).stat().st_size
@@ -197,13 +197,15 @@ def _plan(
         _check_available(ckpt, path, t)
         found.append((name, path, t))  # a kept tensor itself is named by its key (kept_tensors)
     if not found:
-        raise ExportError(ckpt.path, f"no tensors under {', '.join(map(_show, keep))}")
+        raise ExportError(ckpt.path, f"no tensors under {', '.join(map(keep))}")
     _, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
     items: list[_Item] = []
     for name, (_, path, t) in zip(names, found, strict=True):
         out_dtype = cast_dtype(t.dtype, dtype)
         if fmt == "safetensors" and out_dtype not in SAFETENSORS_CODE:
-            raise ExportError(ckpt.path, f"{_show(path)}: {out_dtype} has no safetensors code")
+            raise ExportError(
+                ckpt.path, f"{describe_path(path)}: {out_dtype} has no safetensors code"
+            )
         # DCP flattens a state dict by joining the key path with dots (flatten_state_dict);
         # without planner data the path is the FQN itself.
         items.append(_Item(name, ".".join(map(str, path)), path, t, out_dtype))
@@ -218,12 +220,14 @@ def _check_available(ckpt: Checkpoint, path: Path, t: TensorInfo) -> None:
     elif node is not None:
         keys = dict(node.attrs).get("chunk_storages", ())
     if not keys:
-        raise ExportError(ckpt.path, f"{_show(path)}: its data cannot be located in the folder")
+        raise ExportError(
+            ckpt.path, f"{describe_path(path)}: its data cannot be located in the folder"
+        )
     for k in keys:
         st = ckpt.storages.get(k)
         if st is None or st.missing:
             where = f" ({st.file})" if st is not None and st.file else ""
-            raise ExportError(ckpt.path, f"{_show(path)}: its data is missing{where}")
+            raise ExportError(ckpt.path, f"{describe_path(path)}: its data is missing{where}")
 
 
 def _safe_reader(folder: str) -> Any:

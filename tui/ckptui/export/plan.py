@@ -16,6 +16,7 @@ from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
+from ckptui.core.keypath import describe_path, path_text
 from ckptui.core.tree import Checkpoint, NodeKind, Path, TensorInfo, walk
 from ckptui.export.writers import predicted_size
 from ckptui.formats.naming import output_stem
@@ -121,10 +122,10 @@ def make_plan(
         else:
             found.append((name, path, t))
     if not found:
-        why = f" ({_show(skipped[0][0])} is {skipped[0][1]})" if skipped else ""
+        why = f" ({describe_path(skipped[0][0])} is {skipped[0][1]})" if skipped else ""
         more = f" and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
         raise ExportError(
-            ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}{why}{more}"
+            ckpt.path, f"no exportable tensors under {', '.join(map(describe_path, keep))}{why}{more}"
         )
     detected_prefix = common_prefix([n for n, _, _ in found])
     strip, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
@@ -148,7 +149,7 @@ def make_plan(
         strip,
         dtype,
         fmt,
-        _metadata(ckpt),
+        file_metadata(ckpt),
         skipped,
         detected_prefix,
         missing_entries(ckpt, keep),
@@ -222,30 +223,22 @@ def kept_tensors(
     for base in keep:
         node = ckpt.find(base)
         if node is None:
-            raise ExportError(ckpt.path, f"no {_show(base)} in the checkpoint")
-        prefix = _name(base[-1:]) + "." if len(keep) > 1 and base else ""
+            raise ExportError(ckpt.path, f"no {describe_path(base)} in the checkpoint")
+        prefix = path_text(base[-1:]) + "." if len(keep) > 1 and base else ""
         for path, t in tensors_of(node, base):
-            rel = t.state_dict_key or _name(path[len(base) :])
+            rel = t.state_dict_key or path_text(path[len(base) :])
             # a kept path that is itself a tensor is named by its own key (not `key.`)
-            out.append((prefix + rel if rel else _name(base[-1:]) or "tensor", path, t))
+            out.append((prefix + rel if rel else path_text(base[-1:]) or "tensor", path, t))
     return list(keep), out
 
 
-def _metadata(ckpt: Checkpoint) -> dict[str, str]:
+def file_metadata(ckpt: Checkpoint) -> dict[str, str]:
     out: dict[str, str] = {}
     for c in ckpt.root.children:
         plain = isinstance(c.value, bool | int | float | str) and len(str(c.value)) <= 1000
         if c.kind is NodeKind.VALUE and isinstance(c.key, str) and plain:
             out[c.key] = str(c.value)
     return out
-
-
-def _name(rel: Path) -> str:
-    return ".".join(str(k) for k in rel)
-
-
-def _show(path: Path) -> str:
-    return ".".join(str(k) for k in path) if path else "the root"
 
 
 def resolve_path(ckpt: Checkpoint, text: str) -> Path:

@@ -20,7 +20,7 @@ from ckptui.formats.source import (
     parse_pid_location,
     storage_ref,
 )
-from ckptui.unpickler.inert import Blob, Global, PDict, PSet, _Malformed
+from ckptui.unpickler.inert import Blob, Global, Malformed, PDict, PSet
 from ckptui.unpickler.recorded import StorageRef
 
 
@@ -59,14 +59,14 @@ def read_legacy_at(
             # comparing the source, which only warns)
             return pid[1]
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise _Malformed("unexpected persistent id (only storages are allowed)")
+            raise Malformed("unexpected persistent id (only storages are allowed)")
         if len(pid) != 6:
-            raise _Malformed("legacy storage persistent id must have 6 fields")
+            raise Malformed("legacy storage persistent id must have 6 fields")
         _, cls, key, location, count, view = pid
         if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
-            raise _Malformed(f"unknown storage class {cls!r}")
+            raise Malformed(f"unknown storage class {cls!r}")
         if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
-            raise _Malformed("malformed storage persistent id")
+            raise Malformed("malformed storage persistent id")
         dtype = STORAGE_DTYPES[cls.full]
         ref = storage_ref(
             src,
@@ -79,7 +79,7 @@ def read_legacy_at(
         if view is not None:
             # Storage views (PyTorch < 1.0): (root key, offset, size). The bytes are the root's.
             if not isinstance(view, tuple) or len(view) != 3 or not isinstance(view[0], str):
-                raise _Malformed("malformed storage view")
+                raise Malformed("malformed storage view")
             return storage_ref(
                 src,
                 key_prefix + view[0],

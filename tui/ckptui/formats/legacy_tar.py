@@ -22,7 +22,7 @@ from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.core.tree import Checkpoint
 from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location
 from ckptui.formats.zipdir import SliceFile
-from ckptui.unpickler.inert import Global, _Malformed
+from ckptui.unpickler.inert import Global, Malformed
 from ckptui.unpickler.recorded import MAX_DIMS, StorageRef, TensorRec
 
 MEMBERS = ("storages", "tensors", "pickle")
@@ -123,7 +123,7 @@ def read_legacy_tar(src: Source, tar: tarfile.TarFile) -> Checkpoint:
             return pid[0]  # (module class, source file, source): the class itself
         t = tensors.get(str(pid))
         if t is None:
-            raise _Malformed(f"persistent id {pid!r} names no tensor")
+            raise Malformed(f"persistent id {pid!r} names no tensor")
         return t
 
     info = members["pickle"]

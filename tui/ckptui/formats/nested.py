@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckptui.formats.source import MAGIC_NUMBER, Source
-from ckptui.unpickler.inert import Blob, InertUnpickler, _Malformed
+from ckptui.unpickler.inert import Blob, InertUnpickler, Malformed
 
 
 def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
@@ -44,7 +44,7 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
     else:
         magic, pos = inner.unpickler(inner.buf, where, None, u.nest + 1).load(start, end)
         if magic != MAGIC_NUMBER:
-            raise _Malformed("embedded bytes are not a torch checkpoint")
+            raise Malformed("embedded bytes are not a torch checkpoint")
         obj, _ = read_legacy_at(
             inner, start, end, key_prefix=prefix, where=where, nest=u.nest + 1, magic_end=pos
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Finding, Node, Path, Severity, Storage
-from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Limits, _Malformed, classify_global
+from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Limits, Malformed, classify_global
 from ckptui.unpickler.recorded import StorageRef
 from ckptui.unpickler.recorders import CONSTANTS, RECORDERS
 from ckptui.unpickler.safety import Safety
@@ -166,10 +166,10 @@ class Source:
         )
 
         if u.nest + 1 > self.limits.max_nesting:
-            raise _Malformed("embedded checkpoints nest too deep")
+            raise Malformed("embedded checkpoints nest too deep")
         self.nested += 1
         if self.nested > self.limits.max_nested_checkpoints:
-            raise _Malformed("too many embedded checkpoints")
+            raise Malformed("too many embedded checkpoints")
         return read_nested(self, u, blob)
 
 
@@ -182,14 +182,14 @@ def storage_ref(
         ref = StorageRef(key, dtype, nbytes, location)
         cache[key] = ref
     elif ref.nbytes != nbytes:
-        raise _Malformed(f"storage {key} declared with two sizes")
+        raise Malformed(f"storage {key} declared with two sizes")
     return ref
 
 
 def parse_pid_location(value: Any) -> str:
     """The location string of a persistent id."""
     if not isinstance(value, str) or len(value) > 100:
-        raise _Malformed("storage location is not a short string")
+        raise Malformed("storage location is not a short string")
     return value
 
 

@@ -26,7 +26,7 @@ from ckptui.formats.zipdir import (
     read_central_directory,
 )
 from ckptui.formats.ziplookup import ZipLookup
-from ckptui.unpickler.inert import Global, _Malformed
+from ckptui.unpickler.inert import Global, Malformed
 from ckptui.unpickler.recorded import StorageRef
 
 MAX_PICKLE_BYTES = 1 << 32
@@ -177,12 +177,12 @@ class ZipCheckpoint:
 
         def persistent_load(pid: Any) -> Any:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-                raise _Malformed(f"unexpected persistent id {type(pid).__name__}")
+                raise Malformed(f"unexpected persistent id {type(pid).__name__}")
             _, cls, key, location, count = pid
             if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
-                raise _Malformed(f"unknown storage class {cls!r}")
+                raise Malformed(f"unknown storage class {cls!r}")
             if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
-                raise _Malformed("malformed storage persistent id")
+                raise Malformed("malformed storage persistent id")
             dtype = STORAGE_DTYPES[cls.full]
             nbytes = count * itemsize_of(dtype)
             full_key = self.key_prefix + key_prefix + key

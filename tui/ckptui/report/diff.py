@@ -9,8 +9,7 @@ import math
 from typing import Any
 
 from ckptui.analysis.diff.compare import Diff
-from ckptui.core.keypath import path_text
-from ckptui.core.tree import Path
+from ckptui.core.keypath import path_text, show_path
 from ckptui.core.units import json_number
 from ckptui.core.units import shape as show_shape
 
@@ -40,10 +39,6 @@ def diff_json(d: Diff) -> dict[str, Any]:
         "not_compared": [{"path": list(p), "reason": r} for p, r in d.not_compared],
         "other_diff": [{"path": list(p), "a": x, "b": y} for p, x, y in d.other_diff],
     }
-
-
-def _show(path: Path) -> str:
-    return path_text(path) or "(root)"
 
 
 def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
@@ -98,18 +93,18 @@ def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
         console.print(f"[bold]{escape(title)}[/]")
         console.print(Padding(t, (0, 0, 0, 2), expand=False))
 
-    section(f"Only in A ({len(d.only_a):,})", [(_show(p),) for p in d.only_a])
-    section(f"Only in B ({len(d.only_b):,})", [(_show(p),) for p in d.only_b])
-    rows = [(_show(p), show_shape(x), show_shape(y)) for p, x, y in d.shape_mismatch]
+    section(f"Only in A ({len(d.only_a):,})", [(show_path(p),) for p in d.only_a])
+    section(f"Only in B ({len(d.only_b):,})", [(show_path(p),) for p in d.only_b])
+    rows = [(show_path(p), show_shape(x), show_shape(y)) for p, x, y in d.shape_mismatch]
     section(f"Shape mismatch ({len(rows):,})", rows, ("path", "A", "B"))
-    rows = [(_show(p), x, y) for p, x, y in d.dtype_mismatch]
+    rows = [(show_path(p), x, y) for p, x, y in d.dtype_mismatch]
     section(f"Dtype mismatch ({len(rows):,})", rows, ("path", "A", "B"))
     order = sorted(changed, key=lambda e: math.inf if math.isnan(e[1]) else e[1], reverse=True)
-    rows = [(_show(p), f"{m:.4g}") for p, m in order]
+    rows = [(show_path(p), f"{m:.4g}") for p, m in order]
     title = f"Value differences ({len(rows):,} of {len(d.value_diff):,} compared, largest first)"
     section(title, rows, ("path", "max |A-B|"))
-    rows = [(_show(p), r) for p, r in d.not_compared]
+    rows = [(show_path(p), r) for p, r in d.not_compared]
     section(f"Values not compared ({len(rows):,})", rows, ("path", "why"), wrap=True)
-    rows = [(_show(p), x or "-", y or "-") for p, x, y in d.other_diff]
+    rows = [(show_path(p), x or "-", y or "-") for p, x, y in d.other_diff]
     title = "Other values (not tensors; not counted in the result)"
     section(title, rows, ("path", "A", "B"), wrap=True)

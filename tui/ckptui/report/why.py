@@ -11,7 +11,8 @@ from typing import Any
 
 from ckptui.analysis.roles import ROLE_LABELS
 from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
-from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.keypath import show_path
+from ckptui.core.tree import Checkpoint
 from ckptui.core.units import size
 
 BAR = 24
@@ -49,11 +50,6 @@ def bar(fraction: float, width: int = BAR) -> str:
     eighths = round(fraction * width * 8)
     full, rest = divmod(eighths, 8)
     return "█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest else "")
-
-
-def show_path(path: Path) -> str:
-    """`model.layer1.0.weight`, or `(root)`."""
-    return ".".join(str(k) for k in path) if path else "(root)"
 
 
 def prefix_rows(root: Prefix, depth: int) -> Iterator[tuple[int, Prefix]]:

@@ -86,7 +86,7 @@ class PDict:
         try:
             pos = self.index.get(key)
         except TypeError as e:  # unhashable key: pickle.load fails the same way
-            raise _Malformed(f"unhashable dict key ({type(key).__name__})") from e
+            raise Malformed(f"unhashable dict key ({type(key).__name__})") from e
         if pos is None:
             self.index[key] = len(self.items)
             self.items.append([key, value])
@@ -109,7 +109,7 @@ def _check_key_depth(key: tuple[Any, ...]) -> None:
         level = [x for t in level for x in t if isinstance(x, tuple)]
         if not level:
             return
-    raise _Malformed(f"dict key nested deeper than {MAX_KEY_DEPTH} levels")
+    raise Malformed(f"dict key nested deeper than {MAX_KEY_DEPTH} levels")
 
 
 class PSet:
@@ -153,7 +153,7 @@ class Blob:
         self.kind = kind
 
 
-class _Malformed(Exception):
+class Malformed(Exception):
     """Raised inside the loop; turned into CorruptFile with the file name and position."""
 
 
@@ -211,7 +211,7 @@ class InertUnpickler:
         if not isinstance(module, str) or not isinstance(name, str):
             made = next((x for x in (module, name) if isinstance(x, PObject)), None)
             if made is None:
-                raise _Malformed("STACK_GLOBAL needs two strings")
+                raise Malformed("STACK_GLOBAL needs two strings")
             # A name computed at load time (`str.join`, `codecs.decode(...)`): pickle imports
             # whatever the call returns, so it could be anything.
             return self._synthetic(
@@ -223,7 +223,7 @@ class InertUnpickler:
         g = self.globals.get(full)
         if g is None:
             if len(full) > 1000:
-                raise _Malformed("global name longer than 1000 characters")
+                raise Malformed("global name longer than 1000 characters")
             data = full in self.recorders or full in self.constants
             g = Global(full, Verdict(Safety.DATA) if data else judge(module, name), module, name)
             self.globals[full] = g
@@ -242,7 +242,7 @@ class InertUnpickler:
 
     def _call(self, func: Any, args: Any, how: str) -> Any:
         if not isinstance(args, tuple):
-            raise _Malformed(f"arguments of a call are {_kind(args)}, not a tuple")
+            raise Malformed(f"arguments of a call are {_kind(args)}, not a tuple")
         if isinstance(func, Global):
             rec = self.recorders.get(func.full)
             if rec is not None:
@@ -269,7 +269,7 @@ class InertUnpickler:
             g.called = True
             return PObject(g, args, how)
         else:
-            raise _Malformed(f"{_kind(func)} is not callable")
+            raise Malformed(f"{_kind(func)} is not callable")
         return PObject(func, args, how)
 
     def _build(self, inst: Any, state: Any) -> None:
@@ -301,7 +301,7 @@ class InertUnpickler:
                     for k, v in part.items:
                         inst.attrs[str(k)] = v
                 elif part is not None:
-                    raise _Malformed(f"BUILD on {_kind(inst)} with {_kind(part)}")
+                    raise Malformed(f"BUILD on {_kind(inst)} with {_kind(part)}")
             return
         if isinstance(inst, Global):
             # BUILD on a module, class or function object sets its attributes: it rewrites
@@ -311,7 +311,7 @@ class InertUnpickler:
             if inst.call_args is None:
                 inst.call_args = _short_repr((state,))
             return
-        raise _Malformed(f"BUILD on {_kind(inst)}")
+        raise Malformed(f"BUILD on {_kind(inst)}")
 
     def _inner_pickle(self, inst: PObject, state: Any) -> None:
         """Judge the pickle that `inst.__setstate__` hands to `pickle.loads` (its globals join
@@ -390,7 +390,7 @@ class InertUnpickler:
     def _load_once(self, pos: int, end: int) -> tuple[Any, int]:
         try:
             return self._load(pos, end)
-        except _Malformed as e:
+        except Malformed as e:
             err = CorruptFile(self.where, f"corrupt pickle{self.part}: {e}{self._ran()}")
             err.partial_root = self._snapshot()
             raise err from None
@@ -464,7 +464,7 @@ class InertUnpickler:
             if framed and pos < frame_end < pos + n:
                 crossing(n)
             if n < 0 or pos + n > end:
-                raise _Malformed(f"truncated: {n} bytes declared at byte {pos}, file ends first")
+                raise Malformed(f"truncated: {n} bytes declared at byte {pos}, file ends first")
 
         def readline() -> bytes:
             nonlocal pos
@@ -473,7 +473,7 @@ class InertUnpickler:
                 crossing(nl + 1 - pos)
                 nl = buf.find(b"\n", pos, end)
             if nl < 0:
-                raise _Malformed(f"truncated text opcode at byte {pos}")
+                raise Malformed(f"truncated text opcode at byte {pos}")
             line = bytes(buf[pos:nl])
             pos = nl + 1
             return line
@@ -482,7 +482,7 @@ class InertUnpickler:
             nonlocal stack, append
             items = stack
             if not metastack:
-                raise _Malformed("MARK expected")
+                raise Malformed("MARK expected")
             stack = metastack.pop()
             append = stack.append
             return items
@@ -511,12 +511,12 @@ class InertUnpickler:
 
         while True:
             if pos >= end:
-                raise _Malformed("pickle ends without STOP")
+                raise Malformed("pickle ends without STOP")
             op = buf[pos]
             pos += 1
             if op == 0x71:  # BINPUT
                 if not stack:
-                    raise _Malformed("PUT on empty stack")
+                    raise Malformed("PUT on empty stack")
                 memo[buf[pos]] = stack[-1]
                 pos += 1
             elif op == 0x68:  # BINGET
@@ -524,7 +524,7 @@ class InertUnpickler:
                 pos += 1
             elif op == 0x94:  # MEMOIZE
                 if not stack:
-                    raise _Malformed("MEMOIZE on empty stack")
+                    raise Malformed("MEMOIZE on empty stack")
                 memo[len(memo)] = stack[-1]
             elif op == 0x28:  # MARK
                 metastack.append(stack)
@@ -575,7 +575,7 @@ class InertUnpickler:
             elif op == 0x72:  # LONG_BINPUT
                 need(4)
                 if not stack:
-                    raise _Malformed("PUT on empty stack")
+                    raise Malformed("PUT on empty stack")
                 memo[unpack_from("<I", buf, pos)[0]] = stack[-1]
                 pos += 4
             elif op == 0x89:  # NEWFALSE
@@ -599,7 +599,7 @@ class InertUnpickler:
             elif op == 0x75:  # SETITEMS
                 items = pop_mark()
                 if len(items) % 2:
-                    raise _Malformed("SETITEMS with an odd number of items")
+                    raise Malformed("SETITEMS with an odd number of items")
                 self._setitems(stack[-1], items)
             elif op == 0x73:  # SETITEM
                 value = stack.pop()
@@ -625,12 +625,12 @@ class InertUnpickler:
                 append(self._call(cls, args, "newobj"))
             elif op == 0x2E:  # STOP
                 if not stack:
-                    raise _Malformed("STOP on empty stack")
+                    raise Malformed("STOP on empty stack")
                 return stack.pop(), pos
             elif op == 0x80:  # PROTO
                 need(1)
                 if buf[pos] > 5:
-                    raise _Malformed(f"unsupported pickle protocol {buf[pos]}")
+                    raise Malformed(f"unsupported pickle protocol {buf[pos]}")
                 pos += 1
             elif op == 0x95:  # FRAME
                 need(8)
@@ -683,7 +683,7 @@ class InertUnpickler:
                 items = pop_mark()
                 target = stack[-1]
                 if not isinstance(target, PSet) or target.type != "builtins.set":
-                    raise _Malformed(f"ADDITEMS on {_kind(target)}")
+                    raise Malformed(f"ADDITEMS on {_kind(target)}")
                 target.items.extend(items)
             elif op == 0x91:  # FROZENSET
                 items = pop_mark()
@@ -695,7 +695,7 @@ class InertUnpickler:
                 items = pop_mark()
                 d = PDict()
                 if len(items) % 2:
-                    raise _Malformed("DICT with an odd number of items")
+                    raise Malformed("DICT with an odd number of items")
                 self._setitems(d, items)
                 append(d)
             elif op == 0x30:  # POP
@@ -718,7 +718,7 @@ class InertUnpickler:
             elif op == 0x53:  # STRING
                 line = readline()
                 if len(line) < 2 or line[0] != line[-1] or line[0] not in b"\"'":
-                    raise _Malformed("STRING opcode argument must be quoted")
+                    raise Malformed("STRING opcode argument must be quoted")
                 append(_decode_py2(codecs.escape_decode(line[1:-1])[0]))
             elif op == 0x54:  # BINSTRING
                 need(4)
@@ -735,7 +735,7 @@ class InertUnpickler:
                 append(readline().decode("raw-unicode-escape"))
             elif op == 0x70:  # PUT
                 if not stack:
-                    raise _Malformed("PUT on empty stack")
+                    raise Malformed("PUT on empty stack")
                 memo[int(readline())] = stack[-1]
             elif op == 0x67:  # GET
                 append(memo[int(readline())])
@@ -750,21 +750,21 @@ class InertUnpickler:
             elif op == 0x6F:  # OBJ
                 items = pop_mark()
                 if not items:
-                    raise _Malformed("OBJ without a class")
+                    raise Malformed("OBJ without a class")
                 append(self._call(items[0], tuple(items[1:]), "obj"))
             elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
-                raise _Malformed("extension codes are not registered (pickle.load fails too)")
+                raise Malformed("extension codes are not registered (pickle.load fails too)")
             elif op == 0x97:  # NEXT_BUFFER
-                raise _Malformed("out-of-band buffers are not available (pickle.load fails too)")
+                raise Malformed("out-of-band buffers are not available (pickle.load fails too)")
             elif op == 0x98:  # READONLY_BUFFER
                 if not stack:
-                    raise _Malformed("READONLY_BUFFER on empty stack")
+                    raise Malformed("READONLY_BUFFER on empty stack")
             else:
-                raise _Malformed(f"unknown opcode 0x{op:02x} at byte {pos - 1}")
+                raise Malformed(f"unknown opcode 0x{op:02x} at byte {pos - 1}")
 
     def _persistent(self, pid: Any) -> Any:
         if self.persistent_load is None:
-            raise _Malformed("persistent id in a pickle that cannot have one")
+            raise Malformed("persistent id in a pickle that cannot have one")
         return self.persistent_load(pid)
 
     @staticmethod
@@ -775,7 +775,7 @@ class InertUnpickler:
         elif isinstance(target, PObject):
             target.dictitems.extend([items[i], items[i + 1]] for i in range(0, len(items), 2))
         else:
-            raise _Malformed(f"SETITEMS on {_kind(target)}")
+            raise Malformed(f"SETITEMS on {_kind(target)}")
 
     @staticmethod
     def _appends(target: Any, items: list[Any]) -> None:
@@ -784,7 +784,7 @@ class InertUnpickler:
         elif isinstance(target, PObject):
             target.items.extend(items)
         else:
-            raise _Malformed(f"APPENDS on {_kind(target)}")
+            raise Malformed(f"APPENDS on {_kind(target)}")
 
 
 def _decode_py2(data: bytes) -> str | bytes:

@@ -2,7 +2,7 @@
 
 These are what the inert unpickler leaves in a checkpoint's tree where `torch.load` would have
 allocated real objects (`recorders` says which constructor makes which); the readers and
-`treebuild` turn them into the model. `_int_tuple` is the shape check every recorder shares.
+`treebuild` turn them into the model. `int_tuple` is the shape check every recorder shares.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from ckptui.core.dtypes import NUMPY_KINDS, itemsize_of
 from ckptui.core.tree import Storage
-from ckptui.unpickler.inert import PDict, _Malformed
+from ckptui.unpickler.inert import Malformed, PDict
 
 MAX_DIMS = 64
 MAX_DIM = 1 << 62
@@ -119,14 +119,14 @@ class NumpyArray:
     def pickle_build(self, state: Any) -> None:
         """Apply ndarray.__setstate__'s (version, shape, dtype, is_fortran, rawdata)."""
         if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise _Malformed("numpy array state is not a 4/5-tuple")
+            raise Malformed("numpy array state is not a 4/5-tuple")
         shape, dtype = state[-4], state[-3]
-        self.shape = _int_tuple(shape, "numpy shape")
+        self.shape = int_tuple(shape, "numpy shape")
         if isinstance(dtype, NumpyDtype):
             self.dtype = dtype.name
             itemsize = dtype.itemsize
         else:
-            raise _Malformed("numpy array dtype is not a dtype")
+            raise Malformed("numpy array dtype is not a dtype")
         n = 1
         for d in self.shape:
             n *= d
@@ -181,12 +181,12 @@ def _numpy_itemsize(code: str) -> int:
     return {"O": 8, "?": 1, "b": 1, "B": 1}.get(kind, 1)
 
 
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+def int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if isinstance(value, list):
         value = tuple(value)
     if not isinstance(value, tuple) or len(value) > MAX_DIMS:
-        raise _Malformed(f"{what} is not a tuple of at most {MAX_DIMS} ints")
+        raise Malformed(f"{what} is not a tuple of at most {MAX_DIMS} ints")
     for v in value:
         if type(v) is not int or not -MAX_DIM < v < MAX_DIM:
-            raise _Malformed(f"{what} holds {v!r}, not a sane int")
+            raise Malformed(f"{what} holds {v!r}, not a sane int")
     return value

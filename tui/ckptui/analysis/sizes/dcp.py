@@ -38,11 +38,11 @@ from ckptui.analysis.sizes.breakdown import Breakdown, WeightsSize, breakdown
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Node, Part, Path, Region, Storage, walk
 from ckptui.formats.dcp.interpretation import DcpMetadata
-from ckptui.formats.dcp.items import _Item, _parse_zip, _ZipCache
+from ckptui.formats.dcp.items import Item, ZipCache, parse_zip
 from ckptui.formats.dcp.metadata import METADATA, gc_paused, load_metadata
 from ckptui.formats.dcp.reader import SUFFIX
 from ckptui.formats.source import Source
-from ckptui.unpickler.inert import _Malformed
+from ckptui.unpickler.inert import Malformed
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 FRAMING = "zip framing of items"
@@ -162,7 +162,7 @@ def _regions(
                 Region(base[st.file] + st.data_offset, st.record_nbytes, Part.STORAGE, name)
             )
     sources: dict[str, Source] = {}
-    zips: _ZipCache = {}
+    zips: ZipCache = {}
     try:
         for (fqn, offsets), (rel, at, n, transformed) in md.storage.items():
             if rel not in base or at + n > files[rel]:
@@ -178,7 +178,7 @@ def _regions(
             src = sources.get(rel)
             if src is None:
                 src = sources[rel] = Source.open(str(FsPath(folder) / rel))
-            with suppress(CkptError, _Malformed, struct.error):  # else its bytes stay unaccounted
+            with suppress(CkptError, Malformed, struct.error):  # else its bytes stay unaccounted
                 regions.extend(_item_regions(src, base[rel], at, n, located, rel, zips))
     except OSError as e:
         raise CorruptFile(folder, f"cannot read the data files ({e.strerror or e})") from None
@@ -195,25 +195,25 @@ def _item_regions(
     n: int,
     located: set[tuple[str, int]],
     rel: str,
-    zips: _ZipCache,
+    zips: ZipCache,
 ) -> list[Region]:
     """The records of the torch.save zip at `at` of a data file, over one framing region for
     the whole item (local headers, alignment padding, data descriptors, central directory: the
     records nest in it and take their own bytes). A chunk's raw bytes are its storage's region.
     One framing region instead of three per record keeps a 10,000-item folder at 80,000 regions
     (measured: 290,000 regions took 1.7 s to sweep, most of the breakdown's time)."""
-    item = _Item(src, at, n)
-    _, records, _ = _parse_zip(item, zips)
+    item = Item(src, at, n)
+    _, records, _ = parse_zip(item, zips)
     start = base + at
     out = [Region(start, n, Part.OVERHEAD, FRAMING)]
     for name, (local, csize, _) in records.items():
         h = item.read(local, 30)
         if len(h) < 30:
-            raise _Malformed("item cut short")
+            raise Malformed("item cut short")
         f = _LOCAL.unpack(h)
         data = local + 30 + f[9] + f[10]
         if data + csize > n:
-            raise _Malformed("record runs past the item")
+            raise Malformed("record runs past the item")
         if (rel, at + data) in located:
             continue  # a chunk's raw bytes: the storage's region
         if name == b"data.pkl":

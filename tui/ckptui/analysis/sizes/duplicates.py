@@ -19,7 +19,8 @@ from pathlib import Path as FsPath
 
 from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.breakdown import Breakdown
-from ckptui.analysis.sizes.findings import SizeFinding, _show
+from ckptui.analysis.sizes.findings import SizeFinding
+from ckptui.core.keypath import describe_path
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
 from ckptui.core.units import size
 from ckptui.formats.source import is_url
@@ -167,7 +168,7 @@ def find_duplicates(
                 t.nbytes * (n - 1),
                 paths,
                 f"{n} identical {t.dtype} {shape} tensors ({size(t.nbytes)} each) stored "
-                f"separately: {', '.join(_show(p) for p in paths[:3])}"
+                f"separately: {', '.join(describe_path(p) for p in paths[:3])}"
                 f"{' ...' if n > 3 else ''}; keep one (or tie them before saving)",
             )
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ckptui.analysis.roles import Role
+from ckptui.core.keypath import describe_path
 from ckptui.core.tree import Checkpoint, Node, Path, TensorInfo
 from ckptui.core.units import size
 
@@ -117,7 +118,7 @@ def _role_findings(b: Breakdown, optimizers: list) -> list[SizeFinding]:
         ),
     ):
         out.extend(
-            SizeFinding(kind, g.bytes, g.bytes, (g.path,), text.format(_show(g.path)))
+            SizeFinding(kind, g.bytes, g.bytes, (g.path,), text.format(describe_path(g.path)))
             for g in b.groups
             if g.role is role and g.bytes >= 4096
         )
@@ -170,7 +171,7 @@ def _view_findings(
                     have,
                     waste,
                     tuple(ps),
-                    f"{_show(ps[0])} views {size(covered)} of a {size(have)} storage: the "
+                    f"{describe_path(ps[0])} views {size(covered)} of a {size(have)} storage: the "
                     "whole storage is saved; save a compact copy (.clone()) or export",
                 )
             )
@@ -245,7 +246,7 @@ def _inline_findings(
             node.nbytes,
             node.nbytes,
             (path,),
-            f"{node.type} of {size(node.nbytes)} pickled inline at {_show(path)}: "
+            f"{node.type} of {size(node.nbytes)} pickled inline at {describe_path(path)}: "
             "save it as a tensor or a separate file",
         )
         for path, node in inline
@@ -259,12 +260,8 @@ def _inline_findings(
                 est,
                 est,
                 (path,),
-                f"{node.type} of {len(node.children):,} items pickled inline at {_show(path)} "
+                f"{node.type} of {len(node.children):,} items pickled inline at {describe_path(path)} "
                 f"(about {size(est)}): store it as a tensor",
             )
         )
     return out
-
-
-def _show(path: Path) -> str:
-    return ".".join(str(k) for k in path) if path else "the root"

@@ -27,10 +27,11 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.core.keypath import show_path
 from ckptui.core.tree import Checkpoint, Path
 from ckptui.core.units import size
 from ckptui.export.size import exported_size
-from ckptui.report.why import bar, rest_rows, show_path
+from ckptui.report.why import bar, rest_rows
 from ckptui.tensors.values import Cancelled, interruptible
 
 BAR = 24

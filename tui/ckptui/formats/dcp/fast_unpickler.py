@@ -8,7 +8,7 @@ what either path unpickled into `DcpMetadata`) because its safety argument is se
 must be read whole: the C unpickler must never import or call anything from the file; this is
 how:
 
-1. Opcode allow-list, checked before the C unpickler sees a byte. `_rewrite` walks the whole
+1. Opcode allow-list, checked before the C unpickler sees a byte. `rewrite` walks the whole
    pickle with one anchored regex of the opcodes a protocol 4/5 DCP pickle uses (MEMOIZE,
    BINGET/LONG_BINGET, MARK, the TUPLE opcodes, EMPTY_DICT/EMPTY_LIST, APPEND(S), SETITEM(S),
    NEWOBJ, BUILD, REDUCE, STACK_GLOBAL, NONE/NEWTRUE/NEWFALSE, BININT*, LONG1 up to 8 bytes,
@@ -18,9 +18,9 @@ how:
    `copyreg._extension_cache` without asking `find_class`), no NEWOBJ_EX, no PUT/BINPUT/
    LONG_BINPUT (a LONG_BINPUT of index 2**28 makes the C unpickler allocate and zero 4 GiB),
    no DICT/set/bytes/long-string opcodes ever reach it. Inside the walk it replaces every
-   EMPTY_DICT by a STACK_GLOBAL of `_Dict` + EMPTY_TUPLE + NEWOBJ and drops the FRAME opcodes
+   EMPTY_DICT by a STACK_GLOBAL of `Dict` + EMPTY_TUPLE + NEWOBJ and drops the FRAME opcodes
    (framing is optional; it only groups reads), so the stream the C unpickler runs holds the
-   same objects in the same memo slots, except that every dict is a `_Dict`.
+   same objects in the same memo slots, except that every dict is a `Dict`.
 2. Globals: STACK_GLOBAL is the only opcode left that names one, and the C unpickler resolves
    it by calling `find_class`, overridden here without `super()`: it returns a record class of
    this module for an exact allow-list of (module, name) pairs (the classes torch 2.13 pickles
@@ -28,24 +28,24 @@ how:
    `ChunkStorageMetadata`, `TensorProperties`, `MetadataIndex`, `StorageMeta`,
    `_MEM_FORMAT_ENCODING`, `filesystem._StorageInfo`, `torch.Size`,
    `torch.serialization._get_layout`, `pathlib.PosixPath`/`WindowsPath`), a fresh `_Dtype` for
-   `torch.<dtype>` names, `_Dict` for the rewrite's own global, and raises `_NotFast` for any
+   `torch.<dtype>` names, `Dict` for the rewrite's own global, and raises `_NotFast` for any
    other name (`os.system`, `builtins.eval`, `torch.load`, dotted walks, ...). Nothing is
    imported: the classes are defined here and the names are only compared.
 3. What the remaining opcodes can call, given that every object on the stack is one of those
-   classes, a record or `_Dict`/`_Size`/`_Dtype` instance, or a str/int/bool/None/tuple/list:
+   classes, a record or `Dict`/`Size`/`_Dtype` instance, or a str/int/bool/None/tuple/list:
    - REDUCE calls `callable(*args)`: only types are callable among those objects, and the only
      reachable types are the classes of point 2, whose `__new__`/`__init__` are defined here and
-     store their arguments (`_Call`), build a tuple (`_Size`), an empty dict (`_Dict`, whose
+     store their arguments (`Call`), build a tuple (`Size`), an empty dict (`Dict`, whose
      `__init__` refuses arguments: `dict(pairs)` would hash keys unchecked), or are `object`'s
-     own (`_Record`: no arguments accepted).
+     own (`Record`: no arguments accepted).
    - NEWOBJ calls `cls.__new__(cls, *args)` and refuses a `cls` that is not a type: the same
      classes again.
    - BUILD looks up `__setstate__` on the object: every class of point 2 defines one (records
-     keep the state; `_Dict`, `_Size`, `_Dtype` raise), none has an instance `__dict__` that
+     keep the state; `Dict`, `Size`, `_Dtype` raise), none has an instance `__dict__` that
      could shadow it, and the builtin values have none and no `__dict__` either, so BUILD on
      them fails before `setattr` could run.
    - APPEND(S) extend a list, or look up `extend`/`append` on the target: no class here
-     defines them, so they fail. SETITEM(S) call `_Dict.__setitem__` (every dict is a `_Dict`),
+     defines them, so they fail. SETITEM(S) call `Dict.__setitem__` (every dict is a `Dict`),
      which admits only str keys and record keys, hashed by identity: a tuple key is refused,
      because hashing a million-deep tuple recurses in C and crashes the interpreter (measured:
      a 1 MB pickle does it), and int keys could be made to collide. SETITEM(S) on a list calls
@@ -69,7 +69,7 @@ from typing import Any, ClassVar, Self
 from ckptui.core.dtypes import DTYPES
 from ckptui.unpickler.recorded import TorchDtype
 
-_MD = "torch.distributed.checkpoint.metadata."
+MD_PREFIX = "torch.distributed.checkpoint.metadata."
 """The module of torch's metadata classes, the prefix of most names on the allow-list."""
 
 
@@ -78,7 +78,7 @@ class _NotFast(Exception):
     """The fast path declines the file; the inert loop reads it instead."""
 
 
-class _Record:
+class Record:
     """An instance of an allow-listed DCP dataclass, built by NEWOBJ with object's own `__new__`
     (which takes no arguments) and filled by BUILD through `__setstate__`."""
 
@@ -88,13 +88,13 @@ class _Record:
 
     def __setstate__(self, state: Any) -> None:
         old = getattr(self, "state", None)
-        if type(old) is _Dict and type(state) is _Dict:
+        if type(old) is Dict and type(state) is Dict:
             dict.update(old, state)  # a second BUILD merges, as the inert loop's does
         else:
             self.state = state
 
 
-class _Call(_Record):
+class Call(Record):
     """A call of an allow-listed constructor (REDUCE): remembers its arguments."""
 
     __slots__ = ("args",)
@@ -108,7 +108,7 @@ class _Call(_Record):
         pass
 
 
-class _Size(tuple):  # type: ignore[type-arg]
+class Size(tuple):  # type: ignore[type-arg]
     """`torch.Size(dims)`: a tuple of whatever `dims` iterates (checked when read)."""
 
     __slots__ = ()
@@ -126,7 +126,7 @@ class _Dtype(TorchDtype):
         raise _NotFast("BUILD on a dtype")
 
 
-class _Dict(dict):  # type: ignore[type-arg]
+class Dict(dict):  # type: ignore[type-arg]
     """Every dict of the fast path (the rewrite turns EMPTY_DICT into one): keys are checked."""
 
     __slots__ = ()
@@ -136,7 +136,7 @@ class _Dict(dict):  # type: ignore[type-arg]
             raise _NotFast("dict built from arguments")
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if type(key) is not str and not isinstance(key, _Record):
+        if type(key) is not str and not isinstance(key, Record):
             raise _NotFast(f"dict key of type {type(key).__name__}")
         dict.__setitem__(self, key, value)
 
@@ -144,35 +144,35 @@ class _Dict(dict):  # type: ignore[type-arg]
         raise _NotFast("BUILD on a dict")
 
 
-def _record(full: str, base: type[_Record]) -> type[_Record]:
+def _record(full: str, base: type[Record]) -> type[Record]:
     return type(full.rsplit(".", 1)[-1], (base,), {"__slots__": (), "name": full})
 
 
 _CLASSES: dict[tuple[str, str], type] = {
     tuple(full.rsplit(".", 1)): _record(full, base)  # type: ignore[misc]
     for full, base in (
-        (f"{_MD}Metadata", _Record),
-        (f"{_MD}TensorStorageMetadata", _Record),
-        (f"{_MD}BytesStorageMetadata", _Record),
-        (f"{_MD}ChunkStorageMetadata", _Record),
-        (f"{_MD}TensorProperties", _Record),
-        (f"{_MD}MetadataIndex", _Record),
-        (f"{_MD}StorageMeta", _Record),
-        (f"{_MD}_MEM_FORMAT_ENCODING", _Call),
-        ("torch.distributed.checkpoint.filesystem._StorageInfo", _Record),
-        ("torch.serialization._get_layout", _Call),
-        ("pathlib.PosixPath", _Call),
-        ("pathlib.WindowsPath", _Call),
+        (f"{MD_PREFIX}Metadata", Record),
+        (f"{MD_PREFIX}TensorStorageMetadata", Record),
+        (f"{MD_PREFIX}BytesStorageMetadata", Record),
+        (f"{MD_PREFIX}ChunkStorageMetadata", Record),
+        (f"{MD_PREFIX}TensorProperties", Record),
+        (f"{MD_PREFIX}MetadataIndex", Record),
+        (f"{MD_PREFIX}StorageMeta", Record),
+        (f"{MD_PREFIX}_MEM_FORMAT_ENCODING", Call),
+        ("torch.distributed.checkpoint.filesystem._StorageInfo", Record),
+        ("torch.serialization._get_layout", Call),
+        ("pathlib.PosixPath", Call),
+        ("pathlib.WindowsPath", Call),
     )
 }
-_CLASSES[("torch", "Size")] = _Size
-_CLASSES[("", "")] = _Dict  # the rewrite's own global (a file may name it too: it is harmless)
+_CLASSES[("torch", "Size")] = Size
+_CLASSES[("", "")] = Dict  # the rewrite's own global (a file may name it too: it is harmless)
 _DTYPE_NAMES: dict[tuple[str, str], str] = {("torch", a): d.name for a, d in DTYPES.items()}
 FAST_GLOBALS = frozenset(f"{m}.{n}" for m, n in (*_CLASSES, *_DTYPE_NAMES) if m)
 """The globals the fast path accepts; any other sends the file to the inert loop."""
 
 
-class _FastUnpickler(pickle.Unpickler):
+class FastUnpickler(pickle.Unpickler):
     """The C unpickler, resolving globals only to this module's records (module docstring)."""
 
     def find_class(self, module: str, name: str) -> Any:  # never super(): nothing is imported
@@ -211,11 +211,11 @@ _SEGMENT = re.compile(b"(?s)(" + _TOKEN + rb"*+)(?:(\})|\x95.{8})")
 """Tokens up to an EMPTY_DICT (group 2) or a FRAME, anchored by `match`."""
 _TAIL = re.compile(b"(?s)" + _TOKEN + rb"*+\.")
 _NEW_DICT = b"\x8c\x00\x8c\x00\x93)\x81"
-"""STACK_GLOBAL('', '') -> `_Dict`, EMPTY_TUPLE, NEWOBJ: an empty `_Dict` on the stack."""
+"""STACK_GLOBAL('', '') -> `Dict`, EMPTY_TUPLE, NEWOBJ: an empty `Dict` on the stack."""
 
 
-def _rewrite(data: bytes) -> bytes | None:
-    """The pickle with EMPTY_DICT made `_Dict` and FRAMEs dropped, or None when an opcode outside
+def rewrite(data: bytes) -> bytes | None:
+    """The pickle with EMPTY_DICT made `Dict` and FRAMEs dropped, or None when an opcode outside
     the allow-list occurs or anything follows STOP (module docstring, point 1)."""
     if data[:2] not in (b"\x80\x04", b"\x80\x05"):
         return None

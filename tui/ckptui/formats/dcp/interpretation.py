@@ -5,7 +5,7 @@ Both ways of unpickling `.metadata` (`dcp_fast_unpickler`'s records and the iner
 `PDict`/`PObject`) feed this one interpretation, so they produce the same `DcpMetadata`. It is
 separate from `dcp_metadata` (which unpickles and chooses the path) because it is the only part
 that knows the layout of torch's `Metadata` and the checks on it (chunks inside their tensor,
-data files inside the folder); it raises `_Malformed` for anything it will not accept.
+data files inside the folder); it raises `Malformed` for anything it will not accept.
 
 No torch here: opening must not pay torch's start-up.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from ckptui.core.dtypes import itemsize_of
 from ckptui.core.tree import TensorInfo
-from ckptui.formats.dcp.fast_unpickler import _MD, _Call, _Dict, _Record, _Size
-from ckptui.unpickler.inert import Global, PDict, PObject, _Malformed
+from ckptui.formats.dcp.fast_unpickler import MD_PREFIX, Call, Dict, Record, Size
+from ckptui.unpickler.inert import Global, Malformed, PDict, PObject
 from ckptui.unpickler.recorded import TensorRec, TorchDtype
 
 _BIG = 1 << 62
@@ -70,18 +70,18 @@ class DcpMetadata:
 
 
 # -- interpretation, shared by both paths ---------------------------------------------------
-_MAPS = (PDict, _Dict)
-_OBJECTS = (PObject, _Record)
+_MAPS = (PDict, Dict)
+_OBJECTS = (PObject, Record)
 
 
-def _pairs(d: PDict | _Dict) -> Any:
+def _pairs(d: PDict | Dict) -> Any:
     return d.items if type(d) is PDict else d.items()
 
 
 def _raw_state(obj: Any) -> Any:
     if isinstance(obj, PObject):
         return obj.state
-    if isinstance(obj, _Record):
+    if isinstance(obj, Record):
         return getattr(obj, "state", None)
     return None
 
@@ -89,7 +89,7 @@ def _raw_state(obj: Any) -> Any:
 def _state(obj: Any, what: str, fqn: str = "") -> Any:
     st = _raw_state(obj)
     if not isinstance(st, _MAPS):
-        raise _Malformed(f"{fqn}{': ' if fqn else ''}{what} is not a dataclass instance")
+        raise Malformed(f"{fqn}{': ' if fqn else ''}{what} is not a dataclass instance")
     return st
 
 
@@ -98,44 +98,44 @@ def _name(obj: Any) -> str:
 
 
 def _args(obj: Any) -> tuple[Any, ...]:
-    if isinstance(obj, PObject | _Call):
+    if isinstance(obj, PObject | Call):
         return obj.args
     return ()
 
 
 def _ints(v: Any, fqn: str, what: str) -> tuple[int, ...]:
     if type(v) is not tuple:
-        if not isinstance(v, list | _Size):
-            raise _Malformed(f"{fqn}: {what} is not a tuple")
+        if not isinstance(v, list | Size):
+            raise Malformed(f"{fqn}: {what} is not a tuple")
         v = tuple(v)
     if len(v) > _MAX_DIMS:
-        raise _Malformed(f"{fqn}: {what} has more than {_MAX_DIMS} dimensions")
+        raise Malformed(f"{fqn}: {what} has more than {_MAX_DIMS} dimensions")
     for x in v:
         if type(x) is not int or not 0 <= x < _BIG:
-            raise _Malformed(f"{fqn}: {what} is not a tuple of non-negative ints")
+            raise Malformed(f"{fqn}: {what} is not a tuple of non-negative ints")
     return v
 
 
-def _interpret(root: Any, globals_: dict[str, Global]) -> DcpMetadata:
+def interpret(root: Any, globals_: dict[str, Global]) -> DcpMetadata:
     st = _state(root, "Metadata")
     sdm = st.get("state_dict_metadata")
     if not isinstance(sdm, _MAPS):
-        raise _Malformed("state_dict_metadata is not a dict")
+        raise Malformed("state_dict_metadata is not a dict")
     tensors: dict[str, tuple[TensorInfo, list[Chunk]]] = {}
     objects: dict[str, None] = {}
     order: list[str] = []
     infos: dict[tuple[Any, ...], TensorInfo] = {}
     for fqn, entry in _pairs(sdm):
         if not isinstance(fqn, str):
-            raise _Malformed(f"state_dict_metadata key {fqn!r} is not a string")
+            raise Malformed(f"state_dict_metadata key {fqn!r} is not a string")
         order.append(fqn)
         name = _name(entry)
-        if name == f"{_MD}TensorStorageMetadata":
+        if name == f"{MD_PREFIX}TensorStorageMetadata":
             tensors[fqn] = _tensor_entry(fqn, _state(entry, "TensorStorageMetadata", fqn), infos)
-        elif name == f"{_MD}BytesStorageMetadata":
+        elif name == f"{MD_PREFIX}BytesStorageMetadata":
             objects[fqn] = None
         else:
-            raise _Malformed(f"{fqn}: unknown storage metadata {name}")
+            raise Malformed(f"{fqn}: unknown storage metadata {name}")
     planner = _planner(st.get("planner_data"))
     storage = _storage_data(st.get("storage_data"))
     info: dict[str, Any] = {}
@@ -170,21 +170,21 @@ def _tensor_entry(
         dtype = pstate.get("dtype")
         requires_grad = pstate.get("requires_grad") is True
     if not isinstance(dtype, TorchDtype):
-        raise _Malformed(f"{fqn}: tensor properties carry no dtype")
+        raise Malformed(f"{fqn}: tensor properties carry no dtype")
     shape = _ints(st.get("size"), fqn, "size")
     chunks_in = st.get("chunks")
     if not isinstance(chunks_in, list):
-        raise _Malformed(f"{fqn}: chunks is not a list")
+        raise Malformed(f"{fqn}: chunks is not a list")
     chunks: list[Chunk] = []
     for c in chunks_in:
         cs = _state(c, "chunk", fqn)
         offsets = _ints(cs.get("offsets"), fqn, "chunk offsets")
         sizes = _ints(cs.get("sizes"), fqn, "chunk sizes")
         if len(offsets) != len(shape) or len(sizes) != len(shape):
-            raise _Malformed(f"{fqn}: a chunk's rank differs from the tensor's")
+            raise Malformed(f"{fqn}: a chunk's rank differs from the tensor's")
         for o, s, d in zip(offsets, sizes, shape, strict=True):
             if o + s > d:
-                raise _Malformed(f"{fqn}: a chunk reaches outside the tensor")
+                raise Malformed(f"{fqn}: a chunk reaches outside the tensor")
         chunks.append(Chunk(fqn, offsets, sizes, f"{fqn}@[{','.join(map(str, offsets))}]"))
     # Many tensors share shape and dtype (every layer's weight): one TensorInfo for them all.
     ident = (shape, dtype.name, requires_grad)
@@ -217,7 +217,7 @@ def _planner(pd: Any) -> dict[str, tuple[Any, ...]] | None:
 
 def _storage_data(sd: Any) -> dict[StorageIndex, tuple[str, int, int, bool]]:
     if not isinstance(sd, _MAPS):
-        raise _Malformed("storage_data is not a dict (not written by FileSystemWriter?)")
+        raise Malformed("storage_data is not a dict (not written by FileSystemWriter?)")
     out: dict[StorageIndex, tuple[str, int, int, bool]] = {}
     inside: set[str] = set()
     for k, v in _pairs(sd):
@@ -225,15 +225,15 @@ def _storage_data(sd: Any) -> dict[StorageIndex, tuple[str, int, int, bool]]:
         fqn = ks.get("fqn")
         off = ks.get("offset")
         if not isinstance(fqn, str):
-            raise _Malformed("storage_data key without an fqn")
+            raise Malformed("storage_data key without an fqn")
         offsets = None if off is None else _ints(off, fqn, "storage offset")
         vs = _state(v, "storage info", fqn)
         rel, at, n = vs.get("relative_path"), vs.get("offset"), vs.get("length")
         if not isinstance(rel, str) or type(at) is not int or type(n) is not int or at < 0 or n < 0:
-            raise _Malformed(f"{fqn}: storage info is not (relative_path, offset, length)")
+            raise Malformed(f"{fqn}: storage info is not (relative_path, offset, length)")
         if rel not in inside:
             if not rel or rel in (".", "..") or "/" in rel or "\\" in rel or "\0" in rel:
-                raise _Malformed(f"{fqn}: data file {rel!r} lies outside the folder")
+                raise Malformed(f"{fqn}: data file {rel!r} lies outside the folder")
             inside.add(rel)
         out[(fqn, offsets)] = (rel, at, n, bool(vs.get("transform_descriptors")))
     return out

@@ -20,7 +20,7 @@ from typing import Any
 
 from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.formats.source import Source, parse_pid_location
-from ckptui.unpickler.inert import Global, _Malformed
+from ckptui.unpickler.inert import Global, Malformed
 from ckptui.unpickler.recorded import StorageRef
 
 _TAIL = 4096
@@ -32,7 +32,7 @@ _CD = struct.Struct("<I6xH8xIIHHH8xI")
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 
 
-class _Item:
+class Item:
     """Bytes `start:start+length` of a source, read through at most three small windows.
 
     A small item is read whole with one pread; a large one by its tail (the central directory)
@@ -51,7 +51,7 @@ class _Item:
             self.tail_at = length - _TAIL
             self.tail = src.read_at(start + self.tail_at, _TAIL)
         if len(self.tail) != length - self.tail_at:
-            raise _Malformed("item cut short")
+            raise Malformed("item cut short")
 
     def read(self, at: int, n: int) -> bytes:
         """`n` bytes at item offset `at` (fewer only past the item's end)."""
@@ -66,10 +66,10 @@ class _Item:
 
 
 _Zip = tuple[bytes, dict[bytes, tuple[int, int, int]], int]
-_ZipCache = dict[tuple[int, int, int, int], list[tuple[bytearray, tuple[int, ...], _Zip]]]
+ZipCache = dict[tuple[int, int, int, int], list[tuple[bytearray, tuple[int, ...], _Zip]]]
 
 
-def _parse_zip(item: _Item, cache: _ZipCache | None = None) -> _Zip:
+def parse_zip(item: Item, cache: ZipCache | None = None) -> _Zip:
     """(archive name, archive-relative name -> (local header offset, size, method), offset of the
     central directory), from the central directory at the item's end.
 
@@ -78,32 +78,32 @@ def _parse_zip(item: _Item, cache: _ZipCache | None = None) -> _Zip:
     for those fields reuses its parse (measured: half of reading 10,000 items went here).
 
     Raises:
-        _Malformed: for any damage, including fields whose counts or sizes point past the
+        Malformed: for any damage, including fields whose counts or sizes point past the
             bytes really there (a struct or index error in the parse is that, not a bug).
     """
     try:
         return _parse_zip_unchecked(item, cache)
     except (struct.error, IndexError) as e:
-        raise _Malformed(f"damaged zip directory in the item ({e})") from None
+        raise Malformed(f"damaged zip directory in the item ({e})") from None
 
 
-def _parse_zip_unchecked(item: _Item, cache: _ZipCache | None) -> _Zip:
+def _parse_zip_unchecked(item: Item, cache: ZipCache | None) -> _Zip:
     length, tail = item.length, item.tail
     eocd = tail.rfind(b"PK\x05\x06", max(0, len(tail) - 22 - 65535))
     if eocd < 0 or eocd + 22 > len(tail):
-        raise _Malformed("item is not a zip archive")
+        raise Malformed("item is not a zip archive")
     _, _, _, _, count, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", tail, eocd)
     if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_off == 0xFFFFFFFF:
         loc = eocd - 20
         if loc < 0 or tail[loc : loc + 4] != b"PK\x06\x07":
-            raise _Malformed("zip64 locator missing")
+            raise Malformed("zip64 locator missing")
         (z64,) = struct.unpack_from("<Q", tail, loc + 8)
         rec = item.read(z64, 56)
         if len(rec) < 56 or rec[:4] != b"PK\x06\x06":
-            raise _Malformed("zip64 end record missing")
+            raise Malformed("zip64 end record missing")
         count, cd_size, cd_off = struct.unpack_from("<QQQ", rec, 32)
     if cd_off + cd_size > length or count > 1 << 20:
-        raise _Malformed("central directory outside the item")
+        raise Malformed("central directory outside the item")
     cd = item.read(cd_off, cd_size)
     shape = (length, count, cd_off, cd_size)
     seen = cache.get(shape) if cache is not None else None
@@ -119,11 +119,11 @@ def _parse_zip_unchecked(item: _Item, cache: _ZipCache | None) -> _Zip:
     crcs: list[int] = []
     for _ in range(count):
         if pos + 46 > len(cd):
-            raise _Malformed("central directory shorter than its entry count")
+            raise Malformed("central directory shorter than its entry count")
         crcs.append(pos + 16)
         sig, method, csize, usize, nlen, elen, clen, local = _CD.unpack_from(cd, pos)
         if sig != 0x02014B50:
-            raise _Malformed("bad central directory entry")
+            raise Malformed("bad central directory entry")
         name = cd[pos + 46 : pos + 46 + nlen]
         if 0xFFFFFFFF in (csize, usize, local):
             extra = cd[pos + 46 + nlen : pos + 46 + nlen + elen]
@@ -132,9 +132,9 @@ def _parse_zip_unchecked(item: _Item, cache: _ZipCache | None) -> _Zip:
         slash = name.find(b"/")
         archive = archive or name[:slash]
         if slash <= 0 or name[:slash] != archive or name[slash + 1 :] in records:
-            raise _Malformed("not a torch.save archive (records outside one folder, or twice)")
+            raise Malformed("not a torch.save archive (records outside one folder, or twice)")
         if local + 30 > length:
-            raise _Malformed("zip record outside the item")
+            raise Malformed("zip record outside the item")
         records[name[slash + 1 :]] = (local, csize, method)
     if cache is not None:
         masked = bytearray(cd)
@@ -160,50 +160,48 @@ def _zip64_extra(extra: bytes, csize: int, usize: int, local: int) -> tuple[int,
                 local = vals.pop(0)
             return csize, usize, local
         pos += 4 + size
-    raise _Malformed("zip64 sizes missing")
+    raise Malformed("zip64 sizes missing")
 
 
-def _record(
-    item: _Item, records: dict[bytes, tuple[int, int, int]], name: bytes
-) -> tuple[int, int]:
+def _record(item: Item, records: dict[bytes, tuple[int, int, int]], name: bytes) -> tuple[int, int]:
     """(item offset of the data, size) of a stored record, from its local header."""
     entry = records.get(name)
     if entry is None:
-        raise _Malformed(f"item has no {name!r} record")
+        raise Malformed(f"item has no {name!r} record")
     local, csize, method = entry
     if method != 0:
-        raise _Malformed(f"{name!r} is compressed")
+        raise Malformed(f"{name!r} is compressed")
     h = item.read(local, 30)
     if len(h) < 30:
-        raise _Malformed("item cut short")
+        raise Malformed("item cut short")
     f = _LOCAL.unpack(h)
     if f[0] != 0x04034B50:
-        raise _Malformed("bad local header")
+        raise Malformed("bad local header")
     data = local + 30 + f[9] + f[10]
     if data + csize > item.length:
-        raise _Malformed(f"{name!r} runs past the item")
+        raise Malformed(f"{name!r} runs past the item")
     return data, csize
 
 
-_Ref = tuple[str, str, str, int, str]
+Ref = tuple[str, str, str, int, str]
 """A storage the item's pickle names: (its key, key shown, dtype, declared bytes, location)."""
 
 
 def _unpickle_item(
-    src: Source, item: _Item, data: bytes, at: int, where: str, prefix: str
-) -> tuple[Any, list[_Ref]]:
+    src: Source, item: Item, data: bytes, at: int, where: str, prefix: str
+) -> tuple[Any, list[Ref]]:
     """The item's data.pkl, unpickled inertly; storages are only noted (located later)."""
-    refs: dict[str, _Ref] = {}
+    refs: dict[str, Ref] = {}
     storage_refs: dict[str, StorageRef] = {}
 
     def persistent_load(pid: Any) -> Any:
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-            raise _Malformed("unexpected persistent id")
+            raise Malformed("unexpected persistent id")
         _, cls, key, location, count = pid
         if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
-            raise _Malformed(f"unknown storage class {cls!r}")
+            raise Malformed(f"unknown storage class {cls!r}")
         if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
-            raise _Malformed("malformed storage persistent id")
+            raise Malformed("malformed storage persistent id")
         ref = storage_refs.get(key)
         if ref is None:
             dtype = STORAGE_DTYPES[cls.full]
@@ -218,25 +216,25 @@ def _unpickle_item(
     return obj, list(refs.values())
 
 
-def _read_item(
+def read_item(
     src: Source,
     start: int,
     length: int,
     rel: str,
-    cache: dict[bytes, tuple[Any, list[_Ref]]] | None,
+    cache: dict[bytes, tuple[Any, list[Ref]]] | None,
     prefix: str = "",
-    zips: _ZipCache | None = None,
-) -> tuple[Any, list[tuple[_Ref, str, int, int]]]:
+    zips: ZipCache | None = None,
+) -> tuple[Any, list[tuple[Ref, str, int, int]]]:
     """Unpickle the torch.save archive at `start` of `src` and locate its storages.
 
     Returns:
         (the root object, [(storage ref, record name, absolute data offset, bytes held)]).
         With a `cache`, identical data.pkl bytes (every chunk of one shape and dtype) are
         unpickled once: the inert result depends on the bytes alone. `zips` caches central
-        directory parses (`_parse_zip`).
+        directory parses (`parse_zip`).
     """
-    item = _Item(src, start, length)
-    archive, records, _ = _parse_zip(item, zips)
+    item = Item(src, start, length)
+    archive, records, _ = parse_zip(item, zips)
     at, size = _record(item, records, b"data.pkl")
     data = item.read(at, size)
     hit = cache.get(data) if cache is not None else None

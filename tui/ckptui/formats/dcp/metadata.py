@@ -29,17 +29,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ckptui.core.errors import CorruptFile
-from ckptui.formats.dcp.fast_unpickler import _MD, _FastUnpickler, _Record, _rewrite
-from ckptui.formats.dcp.interpretation import DcpMetadata, _interpret
+from ckptui.formats.dcp.fast_unpickler import MD_PREFIX, FastUnpickler, Record, rewrite
+from ckptui.formats.dcp.interpretation import DcpMetadata, interpret
 from ckptui.formats.source import Source, attach_partial
-from ckptui.unpickler.inert import PObject, _Malformed, classify_global
+from ckptui.unpickler.inert import Malformed, PObject, classify_global
 
 METADATA = ".metadata"
 DCP_GLOBALS = frozenset(
     {
-        f"{_MD}Metadata", f"{_MD}TensorStorageMetadata", f"{_MD}BytesStorageMetadata",
-        f"{_MD}ChunkStorageMetadata", f"{_MD}TensorProperties", f"{_MD}MetadataIndex",
-        f"{_MD}StorageMeta", f"{_MD}_MEM_FORMAT_ENCODING",
+        f"{MD_PREFIX}Metadata", f"{MD_PREFIX}TensorStorageMetadata", f"{MD_PREFIX}BytesStorageMetadata",
+        f"{MD_PREFIX}ChunkStorageMetadata", f"{MD_PREFIX}TensorProperties", f"{MD_PREFIX}MetadataIndex",
+        f"{MD_PREFIX}StorageMeta", f"{MD_PREFIX}_MEM_FORMAT_ENCODING",
         "torch.distributed.checkpoint.filesystem._StorageInfo",
         "torch.distributed.checkpoint.filesystem._StoragePrefix",
     }
@@ -77,15 +77,15 @@ def load_inert(src: Source) -> DcpMetadata:
     if src.size == 0:
         raise CorruptFile(path, "empty .metadata file")
     root, _ = src.unpickler(src.buf, METADATA, None).load(0, src.size)
-    if not (isinstance(root, PObject) and root.name == f"{_MD}Metadata"):
+    if not (isinstance(root, PObject) and root.name == f"{MD_PREFIX}Metadata"):
         found = root.name if isinstance(root, PObject) else type(root).__name__
         e = CorruptFile(path, f"not a DCP Metadata pickle (it holds {found}){_danger(src)}")
         e.partial_root = root
         attach_partial(src, e)  # a danger torch's reader would run is reported as one
         raise e
     try:
-        return _interpret(root, src.globals)
-    except _Malformed as e:
+        return interpret(root, src.globals)
+    except Malformed as e:
         raise CorruptFile(path, f"malformed DCP metadata: {e}{_danger(src)}") from None
 
 
@@ -118,13 +118,13 @@ def load_fast(data: bytes) -> DcpMetadata | None:
     """Read `.metadata` bytes by the fast path, or None when it declines them (the caller then
     reads them inertly). Never raises."""
     try:
-        stream = _rewrite(data)
+        stream = rewrite(data)
         if stream is None:
             return None
-        root = _FastUnpickler(io.BytesIO(stream)).load()
-        if not (isinstance(root, _Record) and root.name == f"{_MD}Metadata"):
+        root = FastUnpickler(io.BytesIO(stream)).load()
+        if not (isinstance(root, Record) and root.name == f"{MD_PREFIX}Metadata"):
             return None
-        md = _interpret(root, {})
+        md = interpret(root, {})
     except Exception:  # noqa: BLE001  # any failure: the inert loop reads it and says what is wrong
         return None
     md.fast = True

@@ -48,10 +48,10 @@ from ckptui.core.tree import (
 )
 from ckptui.formats.dcp.findings import Problems, problem_findings
 from ckptui.formats.dcp.interpretation import Chunk, DcpMetadata
-from ckptui.formats.dcp.items import _read_item, _Ref, _ZipCache
+from ckptui.formats.dcp.items import Ref, ZipCache, read_item
 from ckptui.formats.dcp.metadata import DCP_GLOBALS, METADATA, gc_paused, load_metadata
 from ckptui.formats.source import Source, leads_outside
-from ckptui.unpickler.inert import Global, _Malformed, classify_global
+from ckptui.unpickler.inert import Global, Malformed, classify_global
 from ckptui.unpickler.recorded import TensorRec
 from ckptui.unpickler.treebuild import TreeBuilder
 
@@ -159,8 +159,8 @@ class _Reader:
         self.findings: list[Finding] = []
         self.builder = TreeBuilder()
         self.objects_read = 0
-        self.item_cache: dict[bytes, tuple[Any, list[_Ref]]] = {}
-        self.zips: _ZipCache = {}
+        self.item_cache: dict[bytes, tuple[Any, list[Ref]]] = {}
+        self.zips: ZipCache = {}
         self.per_file: dict[str, dict[str, int]] = {}
         self.outside: dict[str, str] = {}
         """Data files that are symlinks leading out of the folder: never opened."""
@@ -299,10 +299,10 @@ class _Reader:
             c.linkable = True
             return
         try:
-            rec, located = _read_item(src, at, length, rel, self.item_cache, "", self.zips)
+            rec, located = read_item(src, at, length, rel, self.item_cache, "", self.zips)
             if not isinstance(rec, TensorRec) or rec.storage is None or len(located) != 1:
-                raise _Malformed("item is not one tensor")
-        except (CkptError, _Malformed):
+                raise Malformed("item is not one tensor")
+        except (CkptError, Malformed):
             self.problems.add(rel, "unreadable", c.fqn)
             self.storages[c.key] = Storage(
                 c.key, info.dtype, nbytes, "cpu", file=rel, record_nbytes=length
@@ -350,8 +350,8 @@ class _Reader:
             return summary
         self.objects_read += 1
         try:
-            obj, located = _read_item(src, at, length, rel, None, f"{fqn}@obj/")
-        except (CkptError, _Malformed):
+            obj, located = read_item(src, at, length, rel, None, f"{fqn}@obj/")
+        except (CkptError, Malformed):
             self.problems.add(rel, "unreadable", fqn)
             return summary
         for (_, key, dtype, declared, location), record, off, have in located:

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ckptui.core import units
-from ckptui.core.keypath import path_text
+from ckptui.core.keypath import describe_path
 
 
 def _table() -> Table:
@@ -26,7 +26,7 @@ def _table() -> Table:
 
 
 def _where(path: list[Any]) -> str:
-    return units.printable(path_text(tuple(path)) or "the root")
+    return units.printable(describe_path(tuple(path)))
 
 
 def _lines(text: str) -> str:

@@ -3,7 +3,7 @@
 Where `torch.load` would call `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
 and allocate a tensor, ckptui calls a recorder that validates the arguments and keeps only the
 metadata. Recorders exist only for pure data constructors (DESIGN.md point 1); anything else stays
-a placeholder. Each recorder raises `_Malformed` on arguments torch itself would reject.
+a placeholder. Each recorder raises `Malformed` on arguments torch itself would reject.
 
 The recorders live by family in `recorders_torch`, `recorders_builtins` and `recorders_numpy`,
 the records they make in `recorded_types`; this module is the allow-list that names them.
@@ -17,11 +17,11 @@ from ckptui.core.dtypes import DTYPES
 from ckptui.unpickler.inert import Recorder
 from ckptui.unpickler.recorded import TorchDtype
 from ckptui.unpickler.recorders.builtin import (
-    _dict_like,
-    _plain,
-    _set_like,
     codecs_encode,
+    dict_like,
     ordered_dict,
+    plain_type,
+    set_like,
 )
 from ckptui.unpickler.recorders.numpy_types import (
     numpy_dtype,
@@ -67,16 +67,16 @@ def build_recorders() -> dict[str, Recorder]:
         "torch.device": torch_device,
         "torch.storage._load_from_bytes": load_from_bytes,
         "collections.OrderedDict": ordered_dict,
-        "collections.defaultdict": _dict_like("collections.defaultdict"),
-        "collections.Counter": _dict_like("collections.Counter"),
-        "builtins.dict": _dict_like("dict"),
-        "builtins.set": _set_like("builtins.set"),
-        "builtins.frozenset": _set_like("builtins.frozenset"),
-        "builtins.complex": _plain(complex),
-        "builtins.int": _plain(int),
-        "builtins.float": _plain(float),
-        "builtins.bytes": _plain(bytes),
-        "builtins.bytearray": _plain(bytes),
+        "collections.defaultdict": dict_like("collections.defaultdict"),
+        "collections.Counter": dict_like("collections.Counter"),
+        "builtins.dict": dict_like("dict"),
+        "builtins.set": set_like("builtins.set"),
+        "builtins.frozenset": set_like("builtins.frozenset"),
+        "builtins.complex": plain_type(complex),
+        "builtins.int": plain_type(int),
+        "builtins.float": plain_type(float),
+        "builtins.bytes": plain_type(bytes),
+        "builtins.bytearray": plain_type(bytes),
         "_codecs.encode": codecs_encode,
     }
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):

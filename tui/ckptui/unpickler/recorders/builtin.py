@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptui.unpickler.inert import Blob, InertUnpickler, PDict, PObject, PSet, Recorder, _Malformed
+from ckptui.unpickler.inert import Blob, InertUnpickler, Malformed, PDict, PObject, PSet, Recorder
 
 
 def ordered_dict(u: InertUnpickler, args: tuple[Any, ...]) -> PDict:
@@ -27,13 +27,13 @@ def _fill_pairs(d: PDict, src: Any) -> None:
     elif isinstance(src, list | tuple):
         for pair in src:
             if not isinstance(pair, list | tuple) or len(pair) != 2:
-                raise _Malformed("dict items must be pairs")
+                raise Malformed("dict items must be pairs")
             d.set(pair[0], pair[1])
     else:
-        raise _Malformed(f"cannot make a dict from {type(src).__name__}")
+        raise Malformed(f"cannot make a dict from {type(src).__name__}")
 
 
-def _dict_like(type_name: str) -> Recorder:
+def dict_like(type_name: str) -> Recorder:
     def make(u: InertUnpickler, args: tuple[Any, ...]) -> PDict:
         d = PDict(type_name)
         if type_name == "collections.defaultdict":
@@ -46,19 +46,19 @@ def _dict_like(type_name: str) -> Recorder:
     return make
 
 
-def _set_like(type_name: str) -> Recorder:
+def set_like(type_name: str) -> Recorder:
     def make(u: InertUnpickler, args: tuple[Any, ...]) -> PSet:
         items = args[0] if args else []
         if isinstance(items, PSet):
             items = items.items
         if not isinstance(items, list | tuple):
-            raise _Malformed(f"{type_name} takes a sequence")
+            raise Malformed(f"{type_name} takes a sequence")
         return PSet(type_name, list(items))
 
     return make
 
 
-def _plain(kind: type) -> Recorder:
+def plain_type(kind: type) -> Recorder:
     def make(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
         for a in args:
             if not isinstance(a, int | float | str | bytes | bool) or isinstance(a, Blob):
@@ -69,7 +69,7 @@ def _plain(kind: type) -> Recorder:
         try:
             return kind(*args)
         except (TypeError, ValueError, OverflowError, LookupError) as e:
-            raise _Malformed(f"builtins.{kind.__name__}: {e}") from None
+            raise Malformed(f"builtins.{kind.__name__}: {e}") from None
 
     return make
 
@@ -77,7 +77,7 @@ def _plain(kind: type) -> Recorder:
 def codecs_encode(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
     """`_codecs.encode(text, 'latin1')`: how protocol-2 numpy pickles carry raw bytes."""
     if not args or len(args) > 2:
-        raise _Malformed("_codecs.encode takes (obj[, encoding])")
+        raise Malformed("_codecs.encode takes (obj[, encoding])")
     text = args[0]
     if isinstance(text, Blob):
         # A long latin-1 string (protocol-2 storages over 1 MB): its UTF-8 bytes on disk are not
@@ -85,11 +85,11 @@ def codecs_encode(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
         raw = bytes(u.buf[text.offset : text.offset + text.length])
         text = raw.decode("utf-8", "surrogatepass")
     if not isinstance(text, str):
-        raise _Malformed("_codecs.encode of a non-string")
+        raise Malformed("_codecs.encode of a non-string")
     enc = args[1] if len(args) == 2 and isinstance(args[1], str) else "utf-8"
     if enc.lower().replace("-", "") not in ("latin1", "utf8", "iso88591", "ascii"):
-        raise _Malformed(f"_codecs.encode with encoding {enc!r}")
+        raise Malformed(f"_codecs.encode with encoding {enc!r}")
     try:
         return text.encode(enc)
     except (UnicodeEncodeError, LookupError) as e:
-        raise _Malformed(f"_codecs.encode failed: {e}") from None
+        raise Malformed(f"_codecs.encode failed: {e}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ckptui.unpickler.inert import InertUnpickler, _Malformed
+from ckptui.unpickler.inert import InertUnpickler, Malformed
 from ckptui.unpickler.recorded import NumpyArray, NumpyDtype, NumpyScalar
 
 
@@ -21,7 +21,7 @@ def numpy_reconstruct(u: InertUnpickler, args: tuple[Any, ...]) -> NumpyArray:
 def numpy_frombuffer(u: InertUnpickler, args: tuple[Any, ...]) -> NumpyArray:
     """`numpy...numeric._frombuffer(buf, dtype, shape, order)` (protocol 5 numpy pickles)."""
     if len(args) != 4 or not isinstance(args[1], NumpyDtype):
-        raise _Malformed("_frombuffer takes (buffer, dtype, shape, order)")
+        raise Malformed("_frombuffer takes (buffer, dtype, shape, order)")
     a = NumpyArray()
     a.pickle_build((1, args[2], args[1], False, b""))
     return a
@@ -30,7 +30,7 @@ def numpy_frombuffer(u: InertUnpickler, args: tuple[Any, ...]) -> NumpyArray:
 def numpy_dtype(u: InertUnpickler, args: tuple[Any, ...]) -> NumpyDtype:
     """`numpy.dtype('f8', False, True)`."""
     if not args or not isinstance(args[0], str):
-        raise _Malformed("numpy.dtype takes a type code")
+        raise Malformed("numpy.dtype takes a type code")
     return NumpyDtype(args[0])
 
 
@@ -53,7 +53,7 @@ _SCALAR_FORMATS = {
 def numpy_scalar(u: InertUnpickler, args: tuple[Any, ...]) -> NumpyScalar:
     """`numpy...multiarray.scalar(dtype, bytes)`: decoded for plain numeric dtypes."""
     if not args or not isinstance(args[0], NumpyDtype):
-        raise _Malformed("numpy scalar takes a dtype")
+        raise Malformed("numpy scalar takes a dtype")
     dt = args[0]
     raw = args[1] if len(args) > 1 else None
     code = dt.name.lstrip("<>=|")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptui.unpickler.inert import Blob, Global, InertUnpickler, PObject, _Malformed
-from ckptui.unpickler.recorded import MAX_DIM, StorageRef, TensorRec, TorchDtype, _int_tuple
+from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Malformed, PObject
+from ckptui.unpickler.recorded import MAX_DIM, StorageRef, TensorRec, TorchDtype, int_tuple
 
 
 def _storage_dtype(storage: Any) -> StorageRef:
     if not isinstance(storage, StorageRef):
-        raise _Malformed(f"tensor storage is {type(storage).__name__}, not a storage")
+        raise Malformed(f"tensor storage is {type(storage).__name__}, not a storage")
     return storage
 
 
@@ -28,40 +28,40 @@ def _tensor(
     requires_grad: Any = False,
 ) -> TensorRec:
     st = _storage_dtype(storage)
-    shape = _int_tuple(size, "tensor size")
-    strides = _int_tuple(stride, "tensor stride")
+    shape = int_tuple(size, "tensor size")
+    strides = int_tuple(stride, "tensor stride")
     if len(shape) != len(strides):
-        raise _Malformed("tensor size and stride differ in length")
+        raise Malformed("tensor size and stride differ in length")
     if type(offset) is not int or not 0 <= offset < MAX_DIM:
-        raise _Malformed("tensor storage offset is not a non-negative int")
+        raise Malformed("tensor storage offset is not a non-negative int")
     return TensorRec(st, offset, shape, strides, dtype or st.dtype, bool(requires_grad))
 
 
 def rebuild_tensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_tensor(storage, offset, size, stride)`."""
     if len(args) != 4:
-        raise _Malformed("_rebuild_tensor takes 4 arguments")
+        raise Malformed("_rebuild_tensor takes 4 arguments")
     return _tensor(*args)
 
 
 def rebuild_tensor_v2(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])`."""
     if len(args) not in (6, 7):
-        raise _Malformed("_rebuild_tensor_v2 takes 6 or 7 arguments")
+        raise Malformed("_rebuild_tensor_v2 takes 6 or 7 arguments")
     return _tensor(args[0], args[1], args[2], args[3], requires_grad=args[4])
 
 
 def rebuild_tensor_v3(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype[, md])`."""
     if len(args) not in (7, 8) or not isinstance(args[6], TorchDtype):
-        raise _Malformed("_rebuild_tensor_v3 takes 7 or 8 arguments, the 7th a dtype")
+        raise Malformed("_rebuild_tensor_v3 takes 7 or 8 arguments, the 7th a dtype")
     return _tensor(args[0], args[1], args[2], args[3], args[6].name, args[4])
 
 
 def rebuild_parameter(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_parameter(data, requires_grad, hooks)` and `..._with_state(..., state)`."""
     if len(args) not in (3, 4) or not isinstance(args[0], TensorRec):
-        raise _Malformed("_rebuild_parameter needs a tensor")
+        raise Malformed("_rebuild_parameter needs a tensor")
     t = args[0].copy_as("torch.nn.parameter.Parameter", bool(args[1]))
     if len(args) == 4:
         t.pickle_build(args[3])
@@ -75,7 +75,7 @@ def rebuild_from_type_v2(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
     a placeholder (and `func`'s own global carries the verdict).
     """
     if len(args) != 4:
-        raise _Malformed("_rebuild_from_type_v2 takes 4 arguments")
+        raise Malformed("_rebuild_from_type_v2 takes 4 arguments")
     func, new_type, fargs, state = args
     inner = u._call(func, fargs, "reduce") if isinstance(fargs, tuple) else None
     if isinstance(inner, TensorRec):
@@ -134,7 +134,7 @@ def _dtensor_facts(spec: Any) -> list[tuple[str, str]]:
 def rebuild_qtensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_qtensor(storage, offset, size, stride, quantizer_params, requires_grad, hooks)`."""
     if len(args) != 7:
-        raise _Malformed("_rebuild_qtensor takes 7 arguments")
+        raise Malformed("_rebuild_qtensor takes 7 arguments")
     t = _tensor(args[0], args[1], args[2], args[3], requires_grad=args[5])
     t.layout = "quantized"
     q = args[4]
@@ -149,29 +149,29 @@ def rebuild_qtensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
 def get_layout(u: InertUnpickler, args: tuple[Any, ...]) -> str:
     """`torch.serialization._get_layout(name)`."""
     if len(args) != 1 or not isinstance(args[0], str):
-        raise _Malformed("_get_layout takes a layout name")
+        raise Malformed("_get_layout takes a layout name")
     return args[0].removeprefix("torch.")
 
 
 def rebuild_sparse_tensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_sparse_tensor(layout, data)`: COO (indices, values, size[, coalesced]) or CSR."""
     if len(args) != 2 or not isinstance(args[1], tuple):
-        raise _Malformed("_rebuild_sparse_tensor takes (layout, data)")
+        raise Malformed("_rebuild_sparse_tensor takes (layout, data)")
     layout = args[0] if isinstance(args[0], str) else "sparse"
     data = args[1]
     if layout == "sparse_coo":
         if len(data) not in (3, 4):
-            raise _Malformed("sparse COO data is (indices, values, size[, coalesced])")
+            raise Malformed("sparse COO data is (indices, values, size[, coalesced])")
         parts = [("indices", data[0]), ("values", data[1])]
         size = data[2]
     else:
         if len(data) != 4:
-            raise _Malformed("compressed sparse data is (idx1, idx2, values, size)")
+            raise Malformed("compressed sparse data is (idx1, idx2, values, size)")
         parts = [("compressed_indices", data[0]), ("plain_indices", data[1]), ("values", data[2])]
         size = data[3]
     values = parts[-1][1] if layout != "sparse_coo" else data[1]
     dtype = values.dtype if isinstance(values, TensorRec) else "?"
-    shape = _int_tuple(size, "sparse size")
+    shape = int_tuple(size, "sparse size")
     t = TensorRec(None, 0, shape, (), dtype, layout=layout)
     t.parts = parts
     return t
@@ -180,13 +180,13 @@ def rebuild_sparse_tensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec
 def rebuild_meta(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad)`."""
     if len(args) != 4 or not isinstance(args[0], TorchDtype):
-        raise _Malformed("_rebuild_meta_tensor_no_storage takes (dtype, size, stride, grad)")
-    shape = _int_tuple(args[1], "meta size")
+        raise Malformed("_rebuild_meta_tensor_no_storage takes (dtype, size, stride, grad)")
+    shape = int_tuple(args[1], "meta size")
     return TensorRec(
         None,
         0,
         shape,
-        _int_tuple(args[2], "meta stride"),
+        int_tuple(args[2], "meta stride"),
         args[0].name,
         bool(args[3]),
         layout="meta",
@@ -196,13 +196,13 @@ def rebuild_meta(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
 def rebuild_wrapper_subclass(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_wrapper_subclass(cls, dtype, size, stride, offset, layout, device, grad)`."""
     if len(args) != 8 or not isinstance(args[1], TorchDtype):
-        raise _Malformed("_rebuild_wrapper_subclass takes 8 arguments")
+        raise Malformed("_rebuild_wrapper_subclass takes 8 arguments")
     cls = args[0].full if isinstance(args[0], Global) else "torch.Tensor"
     t = TensorRec(
         None,
         0,
-        _int_tuple(args[2], "size"),
-        _int_tuple(args[3], "stride"),
+        int_tuple(args[2], "size"),
+        int_tuple(args[3], "stride"),
         args[1].name,
         bool(args[7]),
         cls,
@@ -217,7 +217,7 @@ def rebuild_wrapper_subclass(u: InertUnpickler, args: tuple[Any, ...]) -> Tensor
 def rebuild_nested(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_nested_tensor(buffer, sizes, strides, storage_offsets)`."""
     if len(args) != 4 or not isinstance(args[0], TensorRec):
-        raise _Malformed("_rebuild_nested_tensor takes a buffer and three tensors")
+        raise Malformed("_rebuild_nested_tensor takes a buffer and three tensors")
     buf = args[0]
     t = TensorRec(None, 0, buf.shape, buf.stride, buf.dtype, layout="nested")
     t.parts = [
@@ -232,24 +232,24 @@ def rebuild_nested(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
 def torch_size(u: InertUnpickler, args: tuple[Any, ...]) -> tuple[int, ...]:
     """`torch.Size((2, 3))` is a tuple."""
     if len(args) != 1:
-        raise _Malformed("torch.Size takes one tuple")
-    return _int_tuple(args[0], "torch.Size")
+        raise Malformed("torch.Size takes one tuple")
+    return int_tuple(args[0], "torch.Size")
 
 
 def torch_device(u: InertUnpickler, args: tuple[Any, ...]) -> str:
     """`torch.device('cuda', 0)` as its string."""
     if not args or not isinstance(args[0], str):
-        raise _Malformed("torch.device takes a type string")
+        raise Malformed("torch.device takes a type string")
     return f"{args[0]}:{args[1]}" if len(args) > 1 and isinstance(args[1], int) else args[0]
 
 
 def load_from_bytes(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
     """`torch.storage._load_from_bytes(b)` runs torch.load on `b`: read inside `b` instead."""
     if len(args) != 1 or not isinstance(args[0], Blob | bytes):
-        raise _Malformed("_load_from_bytes takes bytes")
+        raise Malformed("_load_from_bytes takes bytes")
     nested = u.extra.get("load_nested")
     if nested is None:
-        raise _Malformed("embedded checkpoint where none can be read")
+        raise Malformed("embedded checkpoint where none can be read")
     return nested(u, args[0])
 
 
@@ -257,5 +257,5 @@ def jit_build_list(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
     """`torch.jit._pickle.build_intlist(data)` and friends: TorchScript's typed lists, which
     return their argument unchanged (`restore_type_tag(value, type_str)` too)."""
     if len(args) not in (1, 2):
-        raise _Malformed("torch.jit._pickle helpers take (value[, type])")
+        raise Malformed("torch.jit._pickle helpers take (value[, type])")
     return args[0]
