@@ -278,3 +278,22 @@ def test_tree_json_is_the_same_whatever_the_leaf_batch(
         "device": "cpu",
         "nbytes": 4,
     }
+
+
+def test_side_by_side_regions_are_attributed_as_the_heap_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptui.analysis.sizes import breakdown as sizes
+
+    p = tmp_path / "sd.pt"
+    torch.save({f"w{i}": torch.zeros(i + 1) for i in range(300)}, p)
+    c = open_checkpoint(p)
+    regions = read_layout(c)
+    spans = sorted((r.offset, -(r.offset + r.nbytes), i) for i, r in enumerate(regions))
+    assert sizes._disjoint(spans)  # a torch zip's regions lie side by side
+    fast = list(sizes.attribute(regions, c.file_bytes + 7))  # 7 bytes no region covers
+    assert fast[-1] == (None, 7)
+    assert len(fast) == len(regions) + 1
+    monkeypatch.setattr(sizes, "_disjoint", lambda spans: False)
+    assert list(sizes.attribute(regions, c.file_bytes + 7)) == fast
+    assert sum(n for _, n in fast) == c.file_bytes + 7
