@@ -162,7 +162,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     counters = _counters(root)
     versions = tuple(
         Found(p, p[-1], v)
-        for p, n in _shallow(root, 2, skip, lambda k: isinstance(k, str) and _VERSION.search(k))
+        for p, n in _shallow(root, 2, skip, _version_key)
         if (v := _version(n)) is not None
     )
     warnings = _warnings(ckpt, schedulers, counters, optimizers, opt_paths)
@@ -228,6 +228,16 @@ def _tensors_below(ckpt: Checkpoint, node: Node) -> tuple[int, int]:
     return count, gone
 
 
+def _version_key(key: Any) -> bool:
+    """A key naming a version (`_VERSION`). Its last character is tried first, for the
+    100,000 keys of a flat state dict: `n`, `N` (no other character matches them ignoring
+    case) or the newline `$` may stand before."""
+    return isinstance(key, str) and key[-1:] in _VERSION_ENDS and bool(_VERSION.search(key))
+
+
+_VERSION_ENDS = frozenset("nN\n")
+
+
 def _version(node: Node) -> str | int | None:
     """A version string, also when pickled as an object (`torch.__version__` is a TorchVersion,
     a str subclass: its placeholder keeps the string as its one argument)."""
@@ -269,7 +279,7 @@ def _counters(root: Node) -> tuple[Found, ...]:
     places += [
         ((c.key,), c)
         for c in root.children
-        if isinstance(c.key, str) and c.key.lower() in COUNTER_HOMES and c.children
+        if c.children and isinstance(c.key, str) and c.key.lower() in COUNTER_HOMES
     ]
     if detect_root(root) is not None:  # Lightning: batches the scheduler could have stepped on
         loop = ("loops", "fit_loop", "epoch_loop.state_dict")
@@ -281,8 +291,10 @@ def _counters(root: Node) -> tuple[Found, ...]:
     out = []
     for base, node in places:
         for c in node.children:
+            if c.kind is not NodeKind.VALUE or type(c.value) is not int:
+                continue  # asked first: a state dict's 100,000 tensors are not counters
             name = COUNTER_NAMES.get(c.key.lower()) if isinstance(c.key, str) else None
-            if name and c.kind is NodeKind.VALUE and type(c.value) is int:
+            if name:
                 out.append(Found((*base, c.key), name, c.value))
     return tuple(out)
 
