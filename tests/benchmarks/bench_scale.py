@@ -14,12 +14,14 @@ every per-tensor constant matters here in a way it does not on a 784-tensor file
    - `shards160/`: 160 safetensors shards holding 90,000 tensors named like DeepSeek-V3's
      experts, plus a `model.safetensors.index.json` weight map;
    - `train30k.pt`: a training checkpoint of 30,000 parameters + Adam state (120,000 tensors);
+   - `dcp10k/`: a `torch.distributed.checkpoint.save` (one process) of 10,000 tensors;
 2. times each ckptui command and its baseline in their own child processes, interleaved
    (alternating who goes first), taking wall time and the child's own peak RSS via os.wait4;
 3. prints the medians and the ratios ours / baseline with the issue's targets:
    inspect --json <= 0.2x torch.load(mmap=True, weights_only=True) (peak RSS <= 0.5x),
    why --json <= 0.5x that torch.load, export <= 0.3x torch.load + torch.save,
-   folder inspect --json <= 2x a safe_open-every-shard script (and under 1 s).
+   folder inspect --json <= 2x a safe_open-every-shard script (and opening it under 1 s);
+   the DCP folder's inspect/why against `dcp.load` into preallocated tensors.
 
 The parent never imports torch, so its own RSS (a child's ru_maxrss floor after fork) stays small.
 """
@@ -44,6 +46,7 @@ FLAT_N = 100_000
 FLAT_NUMEL = 75  # 100,000 x 75 x 4 B = 30 MB, the issue's file
 SHARDS, SHARD_TENSORS = 160, 90_000
 TRAIN_PARAMS = 30_000
+DCP_ITEMS = 10_000
 
 LOAD = (
     "import sys, torch; torch.load(sys.argv[1], map_location='cpu', mmap=True, weights_only=True)"
@@ -63,6 +66,17 @@ for shard in sorted(Path(sys.argv[1]).glob("*.safetensors")):
             s = f.get_slice(k)
             rows.append((k, s.get_shape(), s.get_dtype()))
 print(len(rows))
+"""
+OPEN = "import sys; from ckptui.formats import open_checkpoint; open_checkpoint(sys.argv[1])"
+DCP_LOAD = """
+import sys, torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+md = FileSystemReader(sys.argv[1]).read_metadata()
+sd = {k: torch.empty(v.size, dtype=v.properties.dtype)
+      for k, v in md.state_dict_metadata.items() if hasattr(v, "size")}
+dcp.load(sd, checkpoint_id=sys.argv[1])
+print(len(sd))
 """
 
 
@@ -129,11 +143,28 @@ def _gen_train(path: Path) -> None:
     torch.save(ckpt, path)
 
 
+def _gen_dcp(folder: Path) -> None:
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        f"model.layers.{i // 100}.mlp.experts.{i % 100}.weight": torch.randn(16, generator=g)
+        for i in range(DCP_ITEMS)
+    }
+    with warnings.catch_warnings():  # "no process group: saving in a single process"
+        warnings.simplefilter("ignore")
+        dcp.save(sd, checkpoint_id=str(folder))
+
+
 GENERATORS = {
     "zip100k": ("zip100k.pt", lambda p: _gen_flat(p, legacy=False)),
     "legacy100k": ("legacy100k.pt", lambda p: _gen_flat(p, legacy=True)),
     "shards160": ("shards160", _gen_shards),
     "train30k": ("train30k.pt", _gen_train),
+    "dcp10k": ("dcp10k", _gen_dcp),
 }
 
 
@@ -268,6 +299,16 @@ def cases(workdir: Path, only: set[str]) -> list[tuple[str, list[str], list[str]
                 None,
             )
         )
+        # the issue's other figure, opening alone <= 1 s: its wall is read off `ours s`
+        out.append(("shards160 open (vs safe_open)", py(OPEN, f), py(SAFE_OPEN, f), 2.0, None))
+    if "dcp10k" in only:
+        d = str(ensure(workdir, "dcp10k"))
+        out += [
+            ("dcp10k inspect --json (vs dcp.load)", ck("inspect", d, "--json"), py(DCP_LOAD, d),
+             0.5, None),
+            ("dcp10k why --json (vs dcp.load)", ck("why", d, "--json"), py(DCP_LOAD, d), 0.5,
+             None),
+        ]  # fmt: skip
     return out
 
 

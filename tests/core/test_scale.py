@@ -4,6 +4,8 @@ that reads each candidate once and can be cancelled, and results identical to th
 from __future__ import annotations
 
 import dataclasses
+import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,147 @@ def test_inspect_json_is_the_same_document_with_or_without_orjson(
     slow = json.loads("".join(jsonview.iter_json(c)))
     assert fast == slow
     assert len(fast["tensors"]) == 2501 and len(fast["storages"]) == 2501
+
+
+def _shard_folder(tmp_path: Path) -> Path:
+    """Three safetensors shards and a `.bin` one (torch.save), named by a weight map."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    weight_map: dict[str, str] = {}
+    for s in range(3):
+        name = f"model-{s + 1:05d}-of-00004.safetensors"
+        tensors = {f"layers.{s}.{j}.weight": torch.full((2, 3), float(j)) for j in range(5)}
+        tensors[f"layers.{s}.norm"] = torch.ones(3, dtype=torch.bfloat16)
+        save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    torch.save({"lm_head.weight": torch.zeros(4, 3)}, folder / "pytorch_model-00004-of-00004.bin")
+    weight_map["lm_head.weight"] = "pytorch_model-00004-of-00004.bin"
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_shards_keyed_by_their_reader_match_the_renamed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptui.formats import folder as folder_mod
+    from ckptui.report.json.inspect import checkpoint_json
+
+    path = _shard_folder(tmp_path)
+    one_pass = open_checkpoint(path)
+    monkeypatch.setattr(folder_mod, "_naming_storages", lambda open_file, *_: open_file)
+    renamed = open_checkpoint(path)
+    assert one_pass.storages == renamed.storages
+    assert one_pass.root == renamed.root
+    assert checkpoint_json(one_pass) == checkpoint_json(renamed)
+    st = one_pass.storages["model-00002-of-00004.safetensors:layers.1.4.weight"]
+    assert st.file == "model-00002-of-00004.safetensors" and st.nbytes == 24
+    t = one_pass.find(("layers.1.4.weight",)).tensor
+    assert t.storage_key == st.key and t.shape == (2, 3) and t.stride == (3, 1)
+    assert one_pass.storages["pytorch_model-00004-of-00004.bin:0"].file.endswith(".bin")
+
+
+def _safetensors_bytes(header: dict | str, data_len: int) -> bytes:
+    raw = (header if isinstance(header, str) else json.dumps(header)).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * data_len
+
+
+@pytest.mark.parametrize(
+    ("dims", "problem"),
+    [
+        ("[1.0, 4]", "shape must be a list of non-negative ints"),  # 1.0 == 1 as a dict key
+        ("[true, 4]", "shape must be a list of non-negative ints"),  # True == 1 too
+        ("[-1, 4]", "shape must be a list of non-negative ints"),
+        ("[2, 4]", "bytes do not hold shape"),
+    ],
+)
+def test_a_shape_seen_before_does_not_pass_an_entry_the_full_check_refuses(
+    tmp_path: Path, dims: str, problem: str
+) -> None:
+    from ckptui.core.errors import CorruptFile
+
+    header = (
+        '{"a": {"dtype": "F32", "shape": [1, 4], "data_offsets": [0, 16]},'
+        f' "b": {{"dtype": "F32", "shape": {dims}, "data_offsets": [16, 32]}}}}'
+    )
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(_safetensors_bytes(header, 32))
+    with pytest.raises(CorruptFile, match=problem) as e:
+        open_checkpoint(p)
+    assert "'b'" in e.value.message
+
+
+def test_offsets_of_a_known_shape_are_still_checked(tmp_path: Path) -> None:
+    from ckptui.core.errors import CorruptFile
+
+    entry = {"dtype": "F32", "shape": [4]}
+    for offsets, problem in (([16, 40], "outside the data"), ([16, 16.0], "outside the data")):
+        header = {"a": {**entry, "data_offsets": [0, 16]}, "b": {**entry, "data_offsets": offsets}}
+        p = tmp_path / "x.safetensors"
+        p.write_bytes(_safetensors_bytes(header, 32))
+        with pytest.raises(CorruptFile, match=problem):
+            open_checkpoint(p)
+
+
+def test_headers_orjson_refuses_are_read_as_json_reads_them(tmp_path: Path) -> None:
+    # a 70-bit int and a lone surrogate: orjson refuses both, the stdlib parser takes them
+    header = (
+        f'{{"\\ud800w": {{"dtype": "F32", "shape": [4], "data_offsets": [0, 16], "x": {2**70}}}}}'
+    )
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(_safetensors_bytes(header, 16))
+    c = open_checkpoint(p)
+    assert [n.key for n in c.root.children] == ["\ud800w"]
+    assert c.storages["\ud800w"].nbytes == 16
+
+
+def test_tree_json_is_the_same_whatever_the_leaf_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptui.report.json import inspect as jsonview
+
+    p = tmp_path / "mixed.pt"
+    sd: dict = {f"t{i}": torch.zeros(i % 3 + 1) for i in range(7)}
+    sd["nested"] = {"a": torch.ones(2), "n": 3, "b": torch.ones(1)}
+    sd["sparse"] = torch.eye(3).to_sparse()  # a tensor row with children
+    sd.update({f"u{i}": torch.zeros(1) for i in range(5)})
+    sd["n"] = 1.5
+    torch.save(sd, p)
+    c = open_checkpoint(p)
+    whole = jsonview.checkpoint_json(c)
+    monkeypatch.setattr(jsonview, "_BATCH", 2)
+    assert jsonview.checkpoint_json(c) == whole
+    monkeypatch.setattr(jsonview, "_orjson_dumps", None)
+    assert jsonview.checkpoint_json(c) == whole
+    keys = [n["key"] for n in whole["tree"]["children"]]
+    assert keys == list(sd)
+    assert whole["tree"]["children"][0] == {
+        "key": "t0",
+        "kind": "tensor",
+        "type": "torch.Tensor",
+        "shape": [1],
+        "dtype": "float32",
+        "device": "cpu",
+        "nbytes": 4,
+    }
+
+
+def test_side_by_side_regions_are_attributed_as_the_heap_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptui.analysis.sizes import breakdown as sizes
+
+    p = tmp_path / "sd.pt"
+    torch.save({f"w{i}": torch.zeros(i + 1) for i in range(300)}, p)
+    c = open_checkpoint(p)
+    regions = read_layout(c)
+    spans = sorted((r.offset, -(r.offset + r.nbytes), i) for i, r in enumerate(regions))
+    assert sizes._disjoint(spans)  # a torch zip's regions lie side by side
+    fast = list(sizes.attribute(regions, c.file_bytes + 7))  # 7 bytes no region covers
+    assert fast[-1] == (None, 7)
+    assert len(fast) == len(regions) + 1
+    monkeypatch.setattr(sizes, "_disjoint", lambda spans: False)
+    assert list(sizes.attribute(regions, c.file_bytes + 7)) == fast
+    assert sum(n for _, n in fast) == c.file_bytes + 7

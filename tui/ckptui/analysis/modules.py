@@ -49,9 +49,13 @@ class Module:
         """The rows one level below (made once: toggling the view back and forth is free)."""
         if self._rows is None:
             if self.node is not None:
-                self._rows = _module_rows(self.node, self.path, self.prefix)
+                rows = _module_rows(self.node, self.path, self.prefix)
             else:
-                self._rows = _group(self.members, self.path, self.prefix)
+                rows = _group(self.members, self.path, self.prefix)
+            # The browser's worker warms rows the UI thread may ask for at the same time:
+            # whichever finishes first is kept, so a row's children never change under it.
+            if self._rows is None:
+                self._rows = rows
         return self._rows
 
 

@@ -200,7 +200,9 @@ def find_optimizers(root: Node, limit: int = 64) -> list[OptimizerInfo]:
             out.append(optimizer_info(path, node))
             continue
         if node.kind in (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT) and len(path) < 4:
-            stack.extend(((*path, c.key), c) for c in reversed(node.children))
+            # a childless node is no optimizer and holds none: not stacked (a state dict's
+            # 100,000 tensors, issue 16)
+            stack.extend(((*path, c.key), c) for c in reversed(node.children) if c.children)
     return out
 
 

@@ -73,12 +73,14 @@ def check_openable(path: str | os.PathLike[str]) -> str:
     return path
 
 
-def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike[str], *, storage_file: str | None = None) -> Checkpoint:
     """Open a checkpoint as metadata, never executing its pickle or reading tensor data.
 
     Args:
         path: the file to open; or a folder (sharded Hugging Face model, DCP checkpoint, a
             folder of checkpoint files) or a shard index (`*.index.json`), opened as one tree.
+        storage_file: for a file of a folder (`formats.folder`), its name there: a safetensors
+            reader keys its storages as the folder does (`read_safetensors`); others ignore it.
 
     Returns:
         The checkpoint's tree, storage table and findings.
@@ -102,7 +104,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if e.errno == errno.EISDIR:
             raise NotReadable(path, "is a directory, not a checkpoint file") from None
         raise NotReadable(path, e.strerror or str(e)) from None
-    return _read_closing(src)
+    return _read_closing(src, storage_file=storage_file)
 
 
 def _open_remote(url: str) -> Checkpoint:
@@ -118,12 +120,14 @@ def _open_remote(url: str) -> Checkpoint:
 
 
 def _read_closing(
-    src: Source, translate: Callable[[str, BaseException], CkptError] | None = None
+    src: Source,
+    translate: Callable[[str, BaseException], CkptError] | None = None,
+    storage_file: str | None = None,
 ) -> Checkpoint:
     """`_read(src)`, closing it after; a pickle too deep or too large is one CorruptFile line,
     and so, through `translate`, is a URL's network error raised mid-read."""
     try:
-        return _read(src)
+        return _read(src, storage_file)
     except CorruptFile as e:
         attach_partial(src, e)
         raise
@@ -141,7 +145,7 @@ def _read_closing(
         src.close()
 
 
-def _read(src: Source) -> Checkpoint:
+def _read(src: Source, storage_file: str | None = None) -> Checkpoint:
     if src.size == 0:
         raise NotACheckpoint(src.path, "empty file")
     head = src.read_at(0, 16)
@@ -150,7 +154,7 @@ def _read(src: Source) -> Checkpoint:
         src.prefetch_zip()
         return read_zip(src)
     if looks_like_safetensors(head):
-        return read_safetensors(src)
+        return read_safetensors(src, storage_file)
     if src.fd is not None:  # torch.load tries a tar first (a local file at offset 0 only)
         tar = open_tar(src)
         if tar is not None:

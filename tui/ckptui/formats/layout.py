@@ -30,6 +30,11 @@ _PADDING_ID = 0x4246
 
 _PICKLE_RECORDS = ("data.pkl", "constants.pkl")
 
+_WINDOW = 1 << 20
+"""Bytes one read of local headers may span (`_zip_regions`)."""
+_WINDOW_RECORDS = 4096
+"""Records one such read may span (bounds the look-ahead)."""
+
 
 def read_layout(ckpt: Checkpoint) -> list[Region]:
     """The regions of `ckpt`'s file: storages, pickles, metadata and overhead.
@@ -83,13 +88,29 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
     infos = sorted((cd[i] for i in range(len(cd))), key=lambda zi: zi.header_offset)
     local = type(src) is Source
     starts = [zi.header_offset for zi in infos[1:]] + [cd.start_dir]
-    for zi, next_start in zip(infos, starts, strict=True):
+    window, window_at = b"", 0
+    paddings: dict[bytes, int] = {}
+    for k, (zi, next_start) in enumerate(zip(infos, starts, strict=True)):
         at = zi.header_offset
         # One read for the header, its name and (usually) its extra field: torch's padding
         # field is under 64 bytes; a longer extra is read on its own. 100,000 records, 100,000
         # reads fewer.
         # (a remote source reads only the 30 bytes it fetched up front for each header)
-        head = src.read_at(at, 30 + len(zi.filename) + 128 if local else 30)
+        want = 30 + len(zi.filename) + 128 if local else 30
+        if local:
+            if not window_at <= at or at + want > window_at + len(window):
+                # Records of small tensors lie close together: one read spans the headers of
+                # as many as fit in _WINDOW bytes (100,000 records: a few dozen reads, not
+                # 100,000); a record of a large storage is read alone, as before.
+                end = at + want
+                for later in starts[k : k + _WINDOW_RECORDS]:
+                    if later + want - at > _WINDOW:
+                        break
+                    end = later + want
+                window, window_at = src.read_at(at, end - at), at
+            head = window[at - window_at : at - window_at + want]
+        else:
+            head = src.read_at(at, want)
         if len(head) < 30:
             continue
         fields = LOCAL_HEADER.unpack_from(head)
@@ -99,7 +120,10 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
         if not extra_len:
             padding = 0
         elif 30 + name_len + extra_len <= len(head):
-            padding = _padding_bytes(head[30 + name_len : 30 + name_len + extra_len])
+            extra = head[30 + name_len : 30 + name_len + extra_len]
+            padding = paddings.get(extra)
+            if padding is None:  # torch's padding fields take a few dozen distinct values
+                padding = paddings[extra] = _padding_bytes(extra)
         else:
             padding = _padding_bytes(src.read_at(at + 30 + name_len, extra_len))
         yield Region(at, 30 + name_len + extra_len - padding, Part.OVERHEAD, "zip local headers")

@@ -255,6 +255,19 @@ def attribute(regions: list[Region], total: int) -> Iterator[tuple[Region | None
         for i, r in enumerate(regions)
         if r.nbytes > 0 and 0 <= r.offset < total
     )
+    if _disjoint(spans):
+        # the usual case (a torch zip: headers, records, storages side by side): in start
+        # order with the gaps between, what the heap below yields, without a sorted set of
+        # every edge and a heap operation per region (400,000 regions: issue 16)
+        at = 0
+        for start, neg_end, i in spans:
+            if start > at:
+                yield None, start - at
+            yield regions[i], -neg_end - start
+            at = -neg_end
+        if total > at:
+            yield None, total - at
+        return
     points = sorted({0, total, *(s[0] for s in spans), *(-s[1] for s in spans)})
     # A max-heap on start: once ended regions are popped off the top, the top is the live
     # region starting last. Ended regions deeper down wait until they surface.
@@ -268,6 +281,16 @@ def attribute(regions: list[Region], total: int) -> Iterator[tuple[Region | None
         while active and active[0][1] <= a:
             heapq.heappop(active)
         yield (regions[active[0][2]] if active else None), b - a
+
+
+def _disjoint(spans: list[tuple[int, int, int]]) -> bool:
+    """Sorted (start, -end, index) spans that neither overlap nor nest."""
+    at = 0
+    for start, neg_end, _ in spans:
+        if start < at:
+            return False
+        at = -neg_end
+    return True
 
 
 def _largest_first(d: dict[str, int]) -> dict[str, int]:

@@ -129,10 +129,13 @@ def map_optimizers(ckpt: Checkpoint) -> list[OptimizerMapping]:
     Returns:
         One `OptimizerMapping` per optimizer `roles.find_optimizers` finds, in tree order.
     """
+    optimizers = optimizers_of(ckpt)
+    if not optimizers:  # nothing to map: the weights' parameter list is not needed (issue 16)
+        return []
     wpath = weights_path(ckpt)
     params, source, notes = _parameters(ckpt, wpath)
     return [_map_one(ckpt, info.path, info.kind, wpath, params, source, notes)
-            for info in optimizers_of(ckpt)]  # fmt: skip
+            for info in optimizers]  # fmt: skip
 
 
 # -- parameters of the weights ----------------------------------------------------------------

@@ -35,7 +35,7 @@ from ckptui.analysis.index import bytes_below
 from ckptui.analysis.roles import is_module, is_optimizer, is_scheduler, optimizers_of, weights_path
 from ckptui.analysis.training.optim_map import scalar_value
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, walk
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
 
 COUNTER_NAMES = {
     "epoch": "epoch", "epochs": "epoch", "cur_epoch": "epoch", "current_epoch": "epoch",
@@ -162,7 +162,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     counters = _counters(root)
     versions = tuple(
         Found(p, p[-1], v)
-        for p, n in _shallow(root, 2, skip, lambda k: isinstance(k, str) and _VERSION.search(k))
+        for p, n in _shallow(root, 2, skip, _version_key)
         if (v := _version(n)) is not None
     )
     warnings = _warnings(ckpt, schedulers, counters, optimizers, opt_paths)
@@ -193,31 +193,49 @@ def _weights(ckpt: Checkpoint, wpath: Path | None) -> dict[str, Any] | None:
     node = ckpt.find(wpath)
     if node is None:
         return None
-    count = _tensors_below(ckpt, node)
+    count, gone = _tensors_below(ckpt, node)
     kind = (
         "module" if is_module(node) else "tensor" if node.kind is NodeKind.TENSOR else "state_dict"
     )
     out = {"path": list(wpath), "kind": kind, "tensors": count, "bytes": bytes_below(node)}
-    gone = sum(1 for _, c in walk(node) if c.kind is NodeKind.VALUE and c.type == "missing")
     if gone:  # a deleted shard's tensors: the weights are still the weights, less these
         out["missing"] = gone
     return out
 
 
-def _tensors_below(ckpt: Checkpoint, node: Node) -> int:
+def _tensors_below(ckpt: Checkpoint, node: Node) -> tuple[int, int]:
     """How many (path, tensor) pairs `ckpt.tensors()` yields at or below `node`, without
     walking the rest of the tree: a REF counts when its target is a tensor node (the walk
-    yields exactly those, refs only pointing back), a tensor root counts once."""
+    yields exactly those, refs only pointing back), a tensor root counts once. And how many
+    `missing` values (a deleted shard's tensors) lie below, in the same walk."""
     if node.kind is NodeKind.TENSOR:
-        return 1
-    count = 0
-    for _, n in walk(node):
-        if n.kind is NodeKind.TENSOR:
+        return 1, 0
+    count = gone = 0
+    tensor, ref, value = NodeKind.TENSOR, NodeKind.REF, NodeKind.VALUE
+    stack = list(node.children)  # no paths: only counts are wanted (walk() makes each one)
+    while stack:
+        n = stack.pop()
+        kind = n.kind
+        if kind is tensor:
             count += 1
-        elif n.kind is NodeKind.REF and n.value:
+        elif kind is ref and n.value:
             target = ckpt.find(n.value)
-            count += target is not None and target.kind is NodeKind.TENSOR
-    return count
+            count += target is not None and target.kind is tensor
+        elif kind is value and n.type == "missing":
+            gone += 1
+        if n.children:
+            stack.extend(n.children)
+    return count, gone
+
+
+def _version_key(key: Any) -> bool:
+    """A key naming a version (`_VERSION`). Its last character is tried first, for the
+    100,000 keys of a flat state dict: `n`, `N` (no other character matches them ignoring
+    case) or the newline `$` may stand before."""
+    return isinstance(key, str) and key[-1:] in _VERSION_ENDS and bool(_VERSION.search(key))
+
+
+_VERSION_ENDS = frozenset("nN\n")
 
 
 def _version(node: Node) -> str | int | None:
@@ -238,13 +256,18 @@ def _shallow(
     stack: list[tuple[Path, Node]] = [((), root)]
     while stack:
         path, node = stack.pop()
+        deeper = len(path) + 1 < depth
         for c in reversed(node.children):
+            enter = deeper and c.kind in (NodeKind.MAPPING, NodeKind.OBJECT)
+            wanted = want(c.key)  # asked first: a 100,000-key root keeps only a few
+            if not (wanted or enter):
+                continue
             p = (*path, c.key)
             if p in skip:
                 continue
-            if want(c.key):  # asked before keeping: a 100,000-key root keeps only a few
+            if wanted:
                 out.append((p, c))
-            if len(p) < depth and c.kind in (NodeKind.MAPPING, NodeKind.OBJECT):
+            if enter:
                 stack.append((p, c))
     out.sort(key=lambda pn: len(pn[0]))  # top-level facts first
     return out
@@ -256,7 +279,7 @@ def _counters(root: Node) -> tuple[Found, ...]:
     places += [
         ((c.key,), c)
         for c in root.children
-        if isinstance(c.key, str) and c.key.lower() in COUNTER_HOMES and c.children
+        if c.children and isinstance(c.key, str) and c.key.lower() in COUNTER_HOMES
     ]
     if detect_root(root) is not None:  # Lightning: batches the scheduler could have stepped on
         loop = ("loops", "fit_loop", "epoch_loop.state_dict")
@@ -268,8 +291,10 @@ def _counters(root: Node) -> tuple[Found, ...]:
     out = []
     for base, node in places:
         for c in node.children:
+            if c.kind is not NodeKind.VALUE or type(c.value) is not int:
+                continue  # asked first: a state dict's 100,000 tensors are not counters
             name = COUNTER_NAMES.get(c.key.lower()) if isinstance(c.key, str) else None
-            if name and c.kind is NodeKind.VALUE and type(c.value) is int:
+            if name:
                 out.append(Found((*base, c.key), name, c.value))
     return tuple(out)
 
@@ -299,8 +324,16 @@ def _scan(root: Node, skip: set[Path]) -> tuple[tuple[Found, ...], Found | None,
             rng.append(Found(path, kind))
             continue
         if len(path) < _SKIP_DEPTH and not is_optimizer(node):
-            children = (((*path, c.key), c) for c in reversed(node.children))
-            stack.extend((p, c) for p, c in children if p not in skip)
+            for c in reversed(node.children):
+                # A childless value or non-byte tensor is none of the three and holds nothing:
+                # left out before its path is made (a 100,000-tensor state dict, issue 16).
+                if not c.children and (
+                    c.kind is NodeKind.VALUE or (c.kind is NodeKind.TENSOR and not _byte_tensor(c))
+                ):
+                    continue
+                p = (*path, c.key)
+                if p not in skip:
+                    stack.append((p, c))
     return tuple(schedulers), scaler, tuple(rng)
 
 

@@ -179,9 +179,9 @@ class BrowseScreen(Screen[None]):
         tree.show_checkpoint(ckpt)
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
-        self.find_training_facts(ckpt)
-        if params is not None:
+        if params is not None:  # first: `m` is a key away, the training facts a panel away
             self.find_modules(ckpt, params[0])
+        self.find_training_facts(ckpt)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
     def find_modules(self, ckpt: Checkpoint, path: Path) -> tuple[Any, Any]:
@@ -193,11 +193,18 @@ class BrowseScreen(Screen[None]):
         def run() -> tuple[Any, Any]:
             node = ckpt.find(path)
             rows = modules.module_rows(node, path) if node is not None else None
+            # handed over before the next two levels are made: `m` pressed meanwhile shows
+            # these rows instead of grouping 100,000 names again on the UI thread
+            self.app.call_from_thread(self._preload_modules, node, rows)
             modules.warm(rows, levels=2)
             return node, rows
 
         worker = get_current_worker()  # on a thread q abandons (see open_file)
         return interruptible(run, lambda: worker.is_cancelled)
+
+    def _preload_modules(self, node: Any, rows: Any) -> None:
+        if node is not None and self.ckpt is not None:
+            self.query_one(CkptTree).preload_modules(node, rows)
 
     @on(Worker.StateChanged)
     def _modules_found(self, event: Worker.StateChanged) -> None:

@@ -183,11 +183,45 @@ def _node(node: Node) -> Iterator[str]:
         yield head + "}"
         return
     yield head + ', "children": ['
-    for i, child in enumerate(node.children):
-        if i:
+    first = True
+    leaves: list[dict[str, Any]] = []
+    for child in node.children:
+        if child.kind is NodeKind.TENSOR and not child.children:
+            # a plain tensor row, encoded with its neighbours in one call: a 100,000-tensor
+            # state dict cost six encoder calls per row (issue 16)
+            leaves.append(_tensor_leaf(child))
+            if len(leaves) < _BATCH:
+                continue
+        if leaves:
+            yield ("" if first else ", ") + _dumps(leaves)[1:-1]
+            first = False
+            leaves = []
+            if child.kind is NodeKind.TENSOR and not child.children:
+                continue
+        if not first:
             yield ", "
+        first = False
         yield from _node(child)
+    if leaves:
+        yield ("" if first else ", ") + _dumps(leaves)[1:-1]
     yield "]}"
+
+
+def _tensor_leaf(node: Node) -> dict[str, Any]:
+    """A tensor node without children as `_node` writes it."""
+    t = node.value
+    out = {
+        "key": node.key,
+        "kind": "tensor",
+        "type": node.type,
+        "shape": list(t.shape),
+        "dtype": t.dtype,
+        "device": t.device,
+        "nbytes": t.nbytes,
+    }
+    if t.state_dict_key is not None:
+        out["state_dict_key"] = t.state_dict_key
+    return out
 
 
 def _jsonable(v: Any) -> bool:
