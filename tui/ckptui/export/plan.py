@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
+from ckptui.analysis.quantized import QScheme
 from ckptui.analysis.roles import weights_path
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_DTYPES
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
+from ckptui.export.quantized import Gathered, gather
 from ckptui.formats.source import is_url
 
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -44,6 +46,17 @@ class Item:
     """The output dtype (the source's unless cast)."""
     group: int
     """Output storage number: items with the same group share one storage (tied weights)."""
+    slot: int | None = None
+    """Position in a tuple entry (a quantized Linear's `_packed_params` is `(weight, bias)`): the
+    entry's name is this name without its last `.N`. None: an entry of its own."""
+    part_of: str | None = None
+    """The quantized tensor whose per-channel `scale` or `zero_point` this is: written inside that
+    tensor's rebuild (`_rebuild_qtensor`), not as an entry."""
+    qscheme: QScheme | None = None
+    """For a quantized tensor: how it is quantized (written as torch writes it)."""
+    data: bytes | None = None
+    """Bytes the export makes rather than reads: the 0-d tensor a quantized module's
+    `state_dict()` makes of a number (`torch.tensor(self.scale)`)."""
 
     @property
     def nbytes(self) -> int:
@@ -73,6 +86,15 @@ class Plan:
     missing: list[tuple[Path, str]] = field(default_factory=list)
     """Entries under the kept paths whose file is gone (a deleted shard), and where they were:
     not written; the CLI asks for `--allow-missing` before exporting without them."""
+    values: list[tuple[str, str | None]] = field(default_factory=list)
+    """Entries that are not tensors, written after the tensors, as (name, torch dtype name or
+    None): a quantized Linear's `_packed_params.dtype`, a quantized conv's absent bias."""
+    tuples: dict[str, int] = field(default_factory=dict)
+    """Tuple entries (`fc._packed_params._packed_params`) -> their length; a slot no item fills
+    is None (a Linear without bias)."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """`state_dict()`'s `_metadata` (module prefix -> version), written when not empty:
+    quantized modules need it to load (`load_state_dict` picks their layout by it)."""
 
     @property
     def storages(self) -> list[Item]:
@@ -121,10 +143,13 @@ def make_plan(
     if fmt not in ("pth", "safetensors"):
         raise ExportError(ckpt.path, f"unknown --format {fmt!r} (pth or safetensors)")
     keep, kept = kept_tensors(ckpt, keep)
+    q = gather(ckpt, keep, kept)
+    if fmt == "safetensors" and q.any:
+        raise ExportError(ckpt.path, _no_safetensors(q))
     found: list[tuple[str, Path, TensorInfo]] = []
-    skipped: list[tuple[Path, str]] = []
-    for name, path, t in kept:
-        reason = _unexportable(ckpt, t, fmt)
+    skipped: list[tuple[Path, str]] = list(q.skipped)
+    for name, path, t in q.kept:
+        reason = q.unknown.get(path) or _unexportable(ckpt, t, fmt, path in q.schemes)
         if reason:
             skipped.append((path, reason))
         else:
@@ -135,12 +160,15 @@ def make_plan(
         raise ExportError(
             ckpt.path, f"no exportable tensors under {', '.join(map(_show, keep))}{why}{more}"
         )
-    detected_prefix = _common_prefix([n for n, _, _ in found])
-    strip, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
+    others = [n for n, _ in q.values] + [n for n, _, _ in q.synthetic]
+    detected_prefix = _common_prefix([n for n, _, _ in found] + others)
+    strip, names = output_names(ckpt, [n for n, _, _ in found] + others, strip_prefix)
+    names, other_names = names[: len(found)], names[len(found) :]
+    qmods = {n.rpartition(".")[0] for n, p, _ in found if p in q.schemes}
     groups: dict[tuple, int] = {}
     items: list[Item] = []
     for name, (_, path, t) in zip(names, found, strict=True):
-        out_dtype = cast_dtype(t.dtype, dtype)
+        out_dtype = cast_dtype(t.dtype, dtype) if _castable(q, qmods, path, name) else t.dtype
         if fmt == "safetensors" and out_dtype not in _SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
             continue
@@ -149,7 +177,16 @@ def make_plan(
             continue
         view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
         group = groups.setdefault(view, len(groups))
-        items.append(Item(name, path, t, out_dtype, group))
+        scheme = q.schemes.get(path)
+        items.append(Item(name, path, t, out_dtype, group, q.slots.get(path), qscheme=scheme))
+        if scheme is not None and scheme.per_channel:
+            items += _qparts(ckpt, name, path, groups)
+    values = [(n, v) for n, (_, v) in zip(other_names, q.values, strict=False)]
+    for n, (_, dt, raw) in zip(other_names[len(q.values) :], q.synthetic, strict=True):
+        info = TensorInfo((), dt, (), None, itemsize=DTYPES[dt].itemsize)
+        items.append(
+            Item(n, keep[0], info, dt, groups.setdefault(("made", n), len(groups)), data=raw)
+        )
     return Plan(
         ckpt,
         list(keep),
@@ -161,7 +198,61 @@ def make_plan(
         skipped,
         detected_prefix,
         missing_entries(ckpt, keep),
+        values,
+        {_strip(e, strip): n for e, n in q.tuples.items()},
+        {_strip_module(k, strip): v for k, v in q.versions.items()},
     )
+
+
+def _no_safetensors(q: Gathered) -> str:
+    """Why a quantized export cannot be a safetensors file, naming what works instead."""
+    path = next(iter(q.schemes), None) or next(iter(q.unknown), None)
+    what = f"{_show(path)} is a quantized tensor" if path else "the weights are quantized"
+    return (
+        f"{what} (torch.ao), which safetensors cannot hold; export to .pth (-o NAME.pth), "
+        "which keeps it as torch.load(weights_only=True) and load_state_dict take it"
+    )
+
+
+def _castable(q: Gathered, qmods: set[str], path: Path, name: str) -> bool:
+    """A quantized module's float parts (its bias, scale and per-channel scales) keep their
+    dtype under `--dtype`: torch's quantized kernels take float32 biases and float64 scales."""
+    if not q.any:
+        return True
+    if path in q.slots or path in q.schemes:
+        return False
+    head, _, last = name.rpartition(".")
+    if last in ("scale", "zero_point"):
+        return False
+    return not (last == "bias" and head in qmods)
+
+
+def _qparts(ckpt: Checkpoint, name: str, path: Path, groups: dict[tuple, int]) -> list[Item]:
+    """The per-channel `scale` and `zero_point` tensors of quantized tensor `name`."""
+    out = []
+    for part in ("scale", "zero_point"):
+        node = ckpt.find((*path, part))
+        t = node.tensor if node is not None else None
+        if t is None:
+            raise ExportError(ckpt.path, f"{_show(path)} has no per-channel {part} tensor")
+        reason = _unexportable(ckpt, t, "pth")
+        if reason:
+            raise ExportError(
+                ckpt.path, f"the {part} of {_show(path)} cannot be exported: {reason}"
+            )
+        view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+        group = groups.setdefault(view, len(groups))
+        out.append(Item(f"{name}.{part}", (*path, part), t, t.dtype, group, part_of=name))
+    return out
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+
+
+def _strip_module(module: str, prefix: str) -> str:
+    """A `_metadata` module prefix under `--strip-prefix` (`module.fc` -> `fc`, `module` -> '')."""
+    return "" if prefix and module == prefix[:-1] else _strip(module, prefix)
 
 
 def missing_entries(ckpt: Checkpoint, keep: list[Path]) -> list[tuple[Path, str]]:
@@ -299,13 +390,13 @@ def _dense_of(node: Node) -> TensorInfo | None:
     )
 
 
-def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
+def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str, quantized: bool = False) -> str | None:
     if t.type.endswith(".DTensor") and t.layout != "strided":
         return (
             "a DTensor of which this file holds one rank's shard only (see its _local_tensor "
             "and placements); the whole tensor needs every rank's file"
         )
-    if t.layout != "strided":
+    if t.layout != "strided" and not (quantized and t.layout == "quantized"):
         return (
             f"a {t.layout} tensor: only dense tensors are exported (its parts are not "
             "written as tensors of their own, which load_state_dict would not take)"
@@ -315,7 +406,10 @@ def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
         return "its storage is missing from the file"
     if st.data_offset is None:
         return "its bytes are not stored as a plain run in the file"
-    if t.dtype not in DTYPES or t.dtype.startswith(("quint", "qint", "bits", "complex32")):
+    plain_q = quantized and t.dtype in ("qint8", "quint8", "qint32")
+    if t.dtype not in DTYPES or (
+        t.dtype.startswith(("quint", "qint", "bits", "complex32")) and not plain_q
+    ):
         return f"{t.dtype} tensors are not exported"
     if ckpt.info.get("byteorder") == "big":
         return "big-endian storages are not exported"

@@ -26,6 +26,7 @@ from pathlib import Path as FsPath
 
 from ckptui.core.tree import Checkpoint, Path
 from ckptui.export.plan import ExportError, Plan
+from ckptui.export.quantized import written_differences
 from ckptui.export.source import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
 from ckptui.export.writers import Progress, predicted_size, write
 from ckptui.formats import open_checkpoint
@@ -207,6 +208,9 @@ def _verify(
     """Reopen the output and compare every tensor with the source's bytes, bit for bit; or, for
     a tensor in `digests` (remote sources), with the digest taken while it was written."""
     out = open_checkpoint(written)
+    problem = written_differences(plan, out) if plan.format == "pth" else None
+    if problem:  # a quantized model's scales, dtype entries and versions
+        raise ExportError(plan.ckpt.path, f"verification failed: {problem}")
     tensors = {".".join(str(k) for k in p): t for p, t in out.tensors()}
     total = plan.data_bytes
     done = 0
