@@ -1,8 +1,9 @@
 """Nested jagged tensors (issue 19): `torch.nested.nested_tensor(..., layout=torch.jagged)` saved by
 torch.save pickles `_rebuild_from_type_v2(_rebuild_njt, NestedTensor, ({values, offsets,
 lengths, _ragged_idx, _metadata_cache},), state)`. It is listed as one tensor with its values,
-offsets and logical shape (`[2, j1, 5]`), its bytes are counted once, and export refuses it by
-name (a `.pth` of plain tensors cannot hold it; its parts are never written as invented keys).
+offsets and logical shape (`[2, j1, 5]`), its bytes are counted once, and export writes it to
+`.pth` as torch.save does, or refuses it by name for safetensors (its parts are never written as
+invented keys).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo  # torch.load wants it imported before it reads a jagged tensor
 
 from ckptui.analysis.index import bytes_below
 from ckptui.analysis.params import params_at
@@ -60,15 +62,33 @@ def test_its_bytes_and_elements_count_once(njt_file) -> None:
     assert doc["categories"]["tensor_data"] == 132
 
 
-def test_export_refuses_it_by_name_and_keeps_the_rest(njt_file, tmp_path) -> None:
+def test_export_writes_it_as_torch_loads_it(njt_file, tmp_path) -> None:
+    """`.pth`: written as torch.save writes it (`_rebuild_njt` over its values and offsets),
+    which `torch.load(weights_only=True)` loads back equal."""
     plan = make_plan(open_checkpoint(njt_file))
-    assert [it.name for it in plan.items] == ["w"]
-    assert [p for p, _ in plan.skipped] == [("nt",)]
+    assert [it.name for it in plan.items if it.part_of is None] == ["nt", "w"]
+    assert plan.data_bytes == 25 * 4 + 3 * 8 + 2 * 4  # the values and offsets, once
     out = tmp_path / "o.pth"
     r = run_cli("export", str(njt_file), "-o", str(out))
     assert r.returncode == 0, r.stderr
+    assert "skipped" not in r.stderr
+    want = torch.load(njt_file, weights_only=True)
+    got = torch.load(out, weights_only=True)
+    assert list(got) == ["nt", "w"] and got["nt"].layout == torch.jagged
+    assert got["nt"]._ragged_idx == 1 and torch.equal(got["nt"].offsets(), want["nt"].offsets())
+    assert torch.equal(got["nt"].values(), want["nt"].values())
+    why = json.loads(run_cli("why", str(njt_file), "--json").stdout)
+    assert why["weights_only_bytes"] == out.stat().st_size
+
+
+def test_safetensors_refuses_it_by_name(njt_file, tmp_path) -> None:
+    plan = make_plan(open_checkpoint(njt_file), fmt="safetensors")
+    assert [it.name for it in plan.items] == ["w"]
+    assert [p for p, _ in plan.skipped] == [("nt",)]
+    out = tmp_path / "o.safetensors"
+    r = run_cli("export", str(njt_file), "-o", str(out))
+    assert r.returncode == 0, r.stderr
     assert "skipped nt: a jagged tensor" in r.stderr
-    assert list(torch.load(out, weights_only=True)) == ["w"]
 
 
 def test_benign_and_equal_to_itself(njt_file) -> None:

@@ -89,7 +89,19 @@ class DtypeOut:
     name: str
 
 
-Value = TensorOut | DtypeOut | tuple["TensorOut | None", ...] | None
+@dataclass(frozen=True, slots=True)
+class NjtOut:
+    """A nested jagged tensor: `_rebuild_from_type_v2(_rebuild_njt, NestedTensor,
+    ({values, offsets, lengths, _ragged_idx, _metadata_cache},), {})`, as torch.save writes it
+    and `torch.load(weights_only=True)` allows it."""
+
+    values: TensorOut
+    offsets: TensorOut
+    lengths: TensorOut | None
+    ragged: int
+
+
+Value = TensorOut | DtypeOut | NjtOut | tuple["TensorOut | None", ...] | None
 """What a state-dict entry can be: a tensor, a dtype, a tuple of tensors (`_packed_params`,
 whose bias may be None) or None."""
 
@@ -133,7 +145,27 @@ def _value(memo: _Memo, value: Value) -> bytes:
         return memo(_global("torch", value.name))
     if isinstance(value, tuple):
         return _tuple([_value(memo, v) for v in value])
+    if isinstance(value, NjtOut):
+        return _njt(memo, value)
     return _tensor(memo, value)
+
+
+def _njt(memo: _Memo, nt: NjtOut) -> bytes:
+    module = "torch.nested._internal.nested_tensor"
+    kwargs = [
+        _str("values") + _tensor(memo, nt.values),
+        _str("offsets") + _tensor(memo, nt.offsets),
+        _str("lengths") + (_tensor(memo, nt.lengths) if nt.lengths is not None else b"N"),
+        _str("_ragged_idx") + _int(nt.ragged),
+        _str("_metadata_cache") + b"}",  # min/max seqlen: torch computes them again on use
+    ]
+    args = [
+        memo(_global(module, "_rebuild_njt")),
+        memo(_global(module, "NestedTensor")),
+        b"}(" + b"".join(kwargs) + b"u\x85",  # (kwargs,)
+        b"}",  # no state of its own beyond its constructor's arguments
+    ]
+    return memo(_global("torch._tensor", "_rebuild_from_type_v2")) + _tuple(args) + b"R"
 
 
 def _tensor(memo: _Memo, t: TensorOut) -> bytes:

@@ -57,6 +57,9 @@ class Item:
     data: bytes | None = None
     """Bytes the export makes rather than reads: the 0-d tensor a quantized module's
     `state_dict()` makes of a number (`torch.tensor(self.scale)`)."""
+    jagged: int | None = None
+    """For a nested jagged tensor: its ragged dimension. It has no storage of its own: it is
+    written as torch writes it (`_rebuild_njt`) over its `values`/`offsets` part items."""
 
     @property
     def nbytes(self) -> int:
@@ -102,6 +105,8 @@ class Plan:
         seen: set[int] = set()
         out = []
         for it in self.items:
+            if it.jagged is not None:
+                continue  # its parts hold its bytes
             if self.format == "safetensors" or it.group not in seen:
                 seen.add(it.group)
                 out.append(it)
@@ -177,10 +182,17 @@ def make_plan(
             continue
         view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
         group = groups.setdefault(view, len(groups))
+        if t.layout == "jagged":  # fmt is pth: `_unexportable` let it through
+            ragged = ckpt.find((*path, "ragged_dim"))
+            group = groups.setdefault(("jagged", path), len(groups))
+            jagged = ragged.value if ragged is not None and type(ragged.value) is int else 1
+            items.append(Item(name, path, t, t.dtype, group, jagged=jagged))
+            items += _parts(ckpt, name, path, groups, ("values", "offsets"), ("lengths",))
+            continue
         scheme = q.schemes.get(path)
         items.append(Item(name, path, t, out_dtype, group, q.slots.get(path), qscheme=scheme))
         if scheme is not None and scheme.per_channel:
-            items += _qparts(ckpt, name, path, groups)
+            items += _parts(ckpt, name, path, groups, ("scale", "zero_point"))
     values = [(n, v) for n, (_, v) in zip(other_names, q.values, strict=False)]
     for n, (_, dt, raw) in zip(other_names[len(q.values) :], q.synthetic, strict=True):
         info = TensorInfo((), dt, (), None, itemsize=DTYPES[dt].itemsize)
@@ -227,14 +239,24 @@ def _castable(q: Gathered, qmods: set[str], path: Path, name: str) -> bool:
     return not (last == "bias" and head in qmods)
 
 
-def _qparts(ckpt: Checkpoint, name: str, path: Path, groups: dict[tuple, int]) -> list[Item]:
-    """The per-channel `scale` and `zero_point` tensors of quantized tensor `name`."""
+def _parts(
+    ckpt: Checkpoint,
+    name: str,
+    path: Path,
+    groups: dict[tuple, int],
+    parts: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+) -> list[Item]:
+    """The tensors a tensor is written over: a per-channel quantized tensor's `scale` and
+    `zero_point`, a jagged tensor's `values` and `offsets` (and `lengths` when it has them)."""
     out = []
-    for part in ("scale", "zero_point"):
+    for part in parts + optional:
         node = ckpt.find((*path, part))
         t = node.tensor if node is not None else None
+        if t is None and part in optional:
+            continue
         if t is None:
-            raise ExportError(ckpt.path, f"{_show(path)} has no per-channel {part} tensor")
+            raise ExportError(ckpt.path, f"{_show(path)} has no {part} tensor")
         reason = _unexportable(ckpt, t, "pth")
         if reason:
             raise ExportError(
@@ -396,6 +418,8 @@ def _unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str, quantized: bool = F
             "a DTensor of which this file holds one rank's shard only (see its _local_tensor "
             "and placements); the whole tensor needs every rank's file"
         )
+    if t.layout == "jagged" and fmt == "pth":
+        return None  # written over its values and offsets, each checked as a part (`_parts`)
     if t.layout != "strided" and not (quantized and t.layout == "quantized"):
         return (
             f"a {t.layout} tensor: only dense tensors are exported (its parts are not "

@@ -175,8 +175,8 @@ def _name(rel: Path) -> str:
 def written_differences(plan: Any, out: Checkpoint) -> str | None:
     """What the reopened output `out` of `plan` (an `export.plan.Plan`) holds other than planned
     beyond the tensors' bytes, which the verifier compares: each quantized tensor's scheme and
-    per-tensor scale and zero point, the dtype and None entries, and the `_metadata` versions.
-    None when all agree."""
+    per-tensor scale and zero point, each jagged tensor's ragged dimension, the dtype and None
+    entries, and the `_metadata` versions. None when all agree."""
     root = out.root
     for it in plan.items:
         q = it.qscheme
@@ -188,6 +188,15 @@ def written_differences(plan: Any, out: Checkpoint) -> str | None:
             node = entry.child(it.slot) if entry is not None else None
         if node is None or qscheme_of(node) != q:
             return f"{it.name} was not written with its quantization ({q.text()})"
+    for it in plan.items:
+        if it.jagged is None:
+            continue
+        node = root.child(it.name)
+        ragged = node.child("ragged_dim") if node is not None else None
+        if node is None or node.tensor is None or node.tensor.layout != "jagged":
+            return f"{it.name} was not written as a jagged tensor"
+        if ragged is None or ragged.value != it.jagged:
+            return f"{it.name} was not written with its ragged dimension {it.jagged}"
     for name, value in plan.values:
         node = root.child(name)
         want = f"torch.{value}" if value is not None else None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import BinaryIO
 
-from ckptui.export.pickle_out import DtypeOut, TensorOut, Value, state_dict_pickle
+from ckptui.export.pickle_out import DtypeOut, NjtOut, TensorOut, Value, state_dict_pickle
 from ckptui.export.plan import _SAFETENSORS_CODE, Item, Plan
 from ckptui.export.source import SourceBytes
 from ckptui.export.zipwriter import ZipWriter, size_of
@@ -36,7 +36,8 @@ def archive_name(plan: Plan) -> str:
 def _pth_records(plan: Plan) -> tuple[bytes, list[tuple[str, int]]]:
     """(data.pkl bytes, [(record name, size)] in write order)."""
     keys = {it.group: str(i) for i, it in enumerate(plan.storages)}
-    if plan.tuples or plan.values or plan.versions or any(it.qscheme for it in plan.items):
+    rich = any(it.qscheme or it.jagged is not None for it in plan.items)
+    if plan.tuples or plan.values or plan.versions or rich:
         pkl = state_dict_pickle(_entries(plan, keys), plan.versions)
     else:
         entries = [
@@ -54,7 +55,8 @@ def _pth_records(plan: Plan) -> tuple[bytes, list[tuple[str, int]]]:
 
 def _entries(plan: Plan, keys: dict[int, str]) -> list[tuple[str, Value]]:
     """A quantized model's state dict: tuple entries gathered from their slots, per-channel
-    scales inside their tensor, dtype and None values after the tensors."""
+    scales inside their tensor, dtype and None values after the tensors; a jagged tensor over
+    its values and offsets."""
     parts: dict[str, dict[str, TensorOut]] = {}
     for it in plan.items:
         if it.part_of is not None:
@@ -63,6 +65,11 @@ def _entries(plan: Plan, keys: dict[int, str]) -> list[tuple[str, Value]]:
     slots: dict[str, list[TensorOut | None]] = {}
     for it in plan.items:
         if it.part_of is not None:
+            continue
+        if it.jagged is not None:
+            own = parts.get(it.name, {})
+            nt = NjtOut(own["values"], own["offsets"], own.get("lengths"), it.jagged)
+            out.append((it.name, nt))
             continue
         t = _out(it, keys)
         q = it.qscheme
