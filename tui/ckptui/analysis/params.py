@@ -93,7 +93,14 @@ def is_buffer(name: str, info: TensorInfo) -> bool:
     head, _, last = name.rpartition(".")
     if last in BUFFER_NAMES:
         return True
+    if last in _QUANT_NAMES and info.numel <= 1:
+        return True
     return last == "bias" and head.rpartition(".")[2] == "attn"  # GPT-2's causal mask
+
+
+_QUANT_NAMES = frozenset({"scale", "zero_point"})
+"""A quantized module's output quantization (`fc.scale`, `quant.zero_point`): one number each,
+which torch.ao keeps as a buffer or turns into a 0-d tensor in `state_dict()`, never a weight."""
 
 
 def _view(t: TensorInfo) -> tuple | None:
@@ -136,6 +143,10 @@ def tally(items: Iterable[tuple[str, TensorInfo, bool | None]]) -> Params:
     return Params(weights, buffers, nbytes, tensors, mix)
 
 
+_SECOND_LOOK = _QUANT_NAMES | {"bias"}
+"""Last names `tally_nodes` hands to `is_buffer`, which looks further than the name."""
+
+
 def tally_nodes(nodes: Iterable[Node]) -> Params:
     """`tally` of state-dict entries (tensor nodes keyed by their names), in one tight loop: the
     module view counts every group of a 100,000-key dict as it opens."""
@@ -163,7 +174,7 @@ def tally_nodes(nodes: Iterable[Node]) -> Params:
         name = node.key
         last = name.rpartition(".")[2] if isinstance(name, str) else ""
         buffer = last in names and not t.type.endswith("Parameter")
-        if buffer or (last == "bias" and is_buffer(name, t)):  # type: ignore[arg-type]
+        if buffer or (last in _SECOND_LOOK and is_buffer(name, t)):  # type: ignore[arg-type]
             buffers += n
         else:
             weights += n

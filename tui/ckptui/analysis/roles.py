@@ -118,8 +118,10 @@ def is_state_dict(node: Node) -> bool:
     for c in node.children:
         if c.kind is NodeKind.TENSOR or c.kind is NodeKind.REF:
             tensors += c.kind is NodeKind.TENSOR
-        elif c.key == "__metadata__":  # safetensors' string metadata
-            continue
+        elif c.key == "__metadata__" or c.type == "torch.dtype":
+            continue  # safetensors' string metadata; a quantized Linear's `_packed_params.dtype`
+        elif is_packed_params(c):
+            tensors += 1  # torch.ao's `_packed_params` (weight, bias) pair, or a packed object
         elif c.kind is NodeKind.VALUE and c.type == "missing":
             missing += 1  # a tensor in a deleted shard: still one of the weights
         elif c.kind is NodeKind.VALUE:
@@ -129,6 +131,26 @@ def is_state_dict(node: Node) -> bool:
         else:
             return False
     return tensors > 0 and others * 9 <= tensors + missing
+
+
+def is_packed_params(node: Node) -> bool:
+    """A quantized module's packed weights as its state dict holds them: the `(weight, bias)`
+    tuple of `_packed_params` (bias may be None), or a torch C++ object holding tensors (a
+    dynamic LSTM's `CellParamsBase`)."""
+    if node.kind is NodeKind.SEQUENCE:
+        kids = node.children
+        return (
+            isinstance(node.key, str)
+            and node.key.endswith("_packed_params")
+            and 0 < len(kids) <= 2
+            and kids[0].kind is NodeKind.TENSOR
+            and all(c.kind in (NodeKind.TENSOR, NodeKind.REF) or c.type == "NoneType" for c in kids)
+        )
+    return (
+        node.kind is NodeKind.OBJECT
+        and node.type.startswith("torch.classes.")
+        and _has_tensors(node)
+    )
 
 
 def is_module(node: Node) -> bool:

@@ -64,34 +64,6 @@ def dense_of(node: Node) -> TensorInfo | None:
     )
 
 
-def unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str) -> str | None:
-    """Why `t` cannot be written as a dense tensor of its own (None when it can): the reason
-    both export and value comparison give."""
-    if t.type.endswith(".DTensor") and t.layout != "strided":
-        return (
-            "a DTensor of which this file holds one rank's shard only (see its _local_tensor "
-            "and placements); the whole tensor needs every rank's file"
-        )
-    if t.layout != "strided":
-        return (
-            f"a {t.layout} tensor: only dense tensors are exported (its parts are not "
-            "written as tensors of their own, which load_state_dict would not take)"
-        )
-    st = ckpt.storages.get(t.storage_key or "")
-    if st is None or st.missing:
-        return "its storage is missing from the file"
-    if st.data_offset is None:
-        return "its bytes are not stored as a plain run in the file"
-    if t.dtype not in DTYPES or t.dtype.startswith(("quint", "qint", "bits", "complex32")):
-        return f"{t.dtype} tensors are not exported"
-    if ckpt.info.get("byteorder") == "big":
-        return "big-endian storages are not exported"
-    span = t.span_elements() * t.itemsize
-    if any(s < 0 for s in t.stride) or span > min(st.nbytes, st.record_nbytes or 0):
-        return "the view runs past its storage"
-    return None
-
-
 def common_prefix(names: list[str]) -> str:
     """`module.` / `_orig_mod.` (possibly nested) when every name starts with it."""
     prefix = ""
@@ -102,3 +74,37 @@ def common_prefix(names: list[str]) -> str:
                 break
         else:
             return prefix
+
+
+def unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str, quantized: bool = False) -> str | None:
+    """Why `t` cannot be written as a tensor of its own (None when it can): the reason both
+    export and value comparison give. `quantized`: a torch.ao tensor the export writes as
+    torch does (`_rebuild_qtensor`)."""
+    if t.type.endswith(".DTensor") and t.layout != "strided":
+        return (
+            "a DTensor of which this file holds one rank's shard only (see its _local_tensor "
+            "and placements); the whole tensor needs every rank's file"
+        )
+    if t.layout == "jagged" and fmt == "pth":
+        return None  # written over its values and offsets, each checked as a part (`_parts`)
+    if t.layout != "strided" and not (quantized and t.layout == "quantized"):
+        return (
+            f"a {t.layout} tensor: only dense tensors are exported (its parts are not "
+            "written as tensors of their own, which load_state_dict would not take)"
+        )
+    st = ckpt.storages.get(t.storage_key or "")
+    if st is None or st.missing:
+        return "its storage is missing from the file"
+    if st.data_offset is None:
+        return "its bytes are not stored as a plain run in the file"
+    plain_q = quantized and t.dtype in ("qint8", "quint8", "qint32")
+    if t.dtype not in DTYPES or (
+        t.dtype.startswith(("quint", "qint", "bits", "complex32")) and not plain_q
+    ):
+        return f"{t.dtype} tensors are not exported"
+    if ckpt.info.get("byteorder") == "big":
+        return "big-endian storages are not exported"
+    span = t.span_elements() * t.itemsize
+    if any(s < 0 for s in t.stride) or span > min(st.nbytes, st.record_nbytes or 0):
+        return "the view runs past its storage"
+    return None

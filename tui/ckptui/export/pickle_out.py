@@ -4,12 +4,14 @@ Written opcode by opcode (protocol 2, as torch.save uses): the standard pickler 
 real `torch._utils._rebuild_tensor_v2` to name it, which means importing torch. The output uses
 only what `torch.load(weights_only=True)` allows: `_rebuild_tensor_v2` (or `_rebuild_tensor_v3`
 with a dtype for newer dtypes), storage classes in persistent ids, `collections.OrderedDict`
-for the empty backward-hooks argument, and torch dtypes.
+for the empty backward-hooks argument, and torch dtypes; for a quantized model's state dict also
+`_rebuild_qtensor` with its qscheme global, and `_metadata` set by BUILD on the OrderedDict.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from ckptui.core.dtypes import STORAGE_DTYPES
 
@@ -62,48 +64,150 @@ class _Memo:
         return blob + (b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i))
 
 
-def state_dict_pickle(entries: list[tuple[str, str, str, int, tuple[int, ...]]]) -> bytes:
-    """Pickle `{name: tensor}` for entries (name, dtype, storage key, storage elements, shape).
+@dataclass(frozen=True, slots=True)
+class TensorOut:
+    """One tensor as the output pickle names it: contiguous at offset 0 of storage `key`."""
+
+    dtype: str
+    key: str
+    elements: int
+    """The storage's element count."""
+    shape: tuple[int, ...]
+    qscheme: str | None = None
+    """For a quantized tensor: `per_tensor_affine`, `per_channel_affine`, ..."""
+    scale: float = 0.0
+    zero_point: int = 0
+    axis: int = 0
+    channel: tuple[TensorOut, TensorOut] | None = None
+    """Per channel: the (scales, zero points) tensors."""
+
+
+@dataclass(frozen=True, slots=True)
+class DtypeOut:
+    """A `torch.<dtype>` value (a quantized Linear's `_packed_params.dtype`)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class NjtOut:
+    """A nested jagged tensor: `_rebuild_from_type_v2(_rebuild_njt, NestedTensor,
+    ({values, offsets, lengths, _ragged_idx, _metadata_cache},), {})`, as torch.save writes it
+    and `torch.load(weights_only=True)` allows it."""
+
+    values: TensorOut
+    offsets: TensorOut
+    lengths: TensorOut | None
+    ragged: int
+
+
+Value = TensorOut | DtypeOut | NjtOut | tuple["TensorOut | None", ...] | None
+"""What a state-dict entry can be: a tensor, a dtype, a tuple of tensors (`_packed_params`,
+whose bias may be None) or None."""
+
+
+def state_dict_pickle(
+    entries: list[tuple[str, str, str, int, tuple[int, ...]]] | list[tuple[str, Value]],
+    versions: dict[str, int] | None = None,
+) -> bytes:
+    """Pickle `{name: tensor}` for entries (name, dtype, storage key, storage elements, shape),
+    or (name, `Value`) pairs for the richer entries of a quantized model's state dict.
 
     Every tensor is contiguous at offset 0 of its storage; entries naming one storage key
-    share it (torch.load caches storages by key), as tied weights do.
+    share it (torch.load caches storages by key), as tied weights do. With `versions` (module
+    prefix -> version) the dict is an OrderedDict carrying them as `_metadata`, as
+    `state_dict()` returns it.
     """
     memo = _Memo()
-    out = [b"\x80\x02}("]  # PROTO 2, EMPTY_DICT, MARK
-    for name, dtype, key, elements, shape in entries:
-        stride: list[int] = []
-        acc = 1
-        for d in reversed(shape):
-            stride.insert(0, acc)
-            acc *= d
-        classic = dtype in _CLASSIC
-        # Newer dtypes (float8, float4, uint16...) are counted in bytes of an untyped storage,
-        # named as torch.save names it: weights_only refuses the `torch.UntypedStorage` alias.
-        storage_cls = memo(
-            _global("torch", _CLASSIC[dtype])
-            if classic
-            else _global("torch.storage", "UntypedStorage")
-        )
-        count = elements if classic else elements * _itemsize(dtype)
-        pid = [memo(_str("storage")), storage_cls, _str(key), memo(_str("cpu")), _int(count)]
-        # a new, empty OrderedDict per tensor (its backward hooks): only the class is shared
-        hooks = memo(_global("collections", "OrderedDict")) + b")R"
-        args = [
-            _tuple(pid) + b"Q",
-            _int(0),
-            _tuple([_int(d) for d in shape]),
-            _tuple([_int(s) for s in stride]),
-            b"\x89",  # requires_grad False
-            hooks,
-        ]
-        if classic:
-            rebuild = memo(_global("torch._utils", "_rebuild_tensor_v2"))
+    od = _global("collections", "OrderedDict")
+    out = [b"\x80\x02" + (memo(od) + b")R" if versions else b"}") + b"("]  # PROTO 2, a dict
+    for entry in entries:
+        if len(entry) == 5:
+            name, dtype, key, elements, shape = entry  # type: ignore[misc]
+            value: Value = TensorOut(dtype, key, elements, shape)
         else:
-            rebuild = memo(_global("torch._utils", "_rebuild_tensor_v3"))
-            args.append(memo(_global("torch", dtype)))
-        out.append(_str(name) + rebuild + _tuple(args) + b"R")
-    out.append(b"u.")  # SETITEMS, STOP
+            name, value = entry  # type: ignore[misc]
+        out.append(_str(name) + _value(memo, value))
+    out.append(b"u")  # SETITEMS
+    if versions:
+        # BUILD with {'_metadata': OrderedDict(prefix -> {'version': n})}: weights_only allows
+        # BUILD on an OrderedDict, which is how torch's own state dicts carry it
+        meta = [_str(k) + b"}" + _str("version") + _int(v) + b"s" for k, v in versions.items()]
+        out.append(b"}" + _str("_metadata") + memo(od) + b")R(" + b"".join(meta) + b"usb")
+    out.append(b".")  # STOP
     return b"".join(out)
+
+
+def _value(memo: _Memo, value: Value) -> bytes:
+    if value is None:
+        return b"N"
+    if isinstance(value, DtypeOut):
+        return memo(_global("torch", value.name))
+    if isinstance(value, tuple):
+        return _tuple([_value(memo, v) for v in value])
+    if isinstance(value, NjtOut):
+        return _njt(memo, value)
+    return _tensor(memo, value)
+
+
+def _njt(memo: _Memo, nt: NjtOut) -> bytes:
+    module = "torch.nested._internal.nested_tensor"
+    kwargs = [
+        _str("values") + _tensor(memo, nt.values),
+        _str("offsets") + _tensor(memo, nt.offsets),
+        _str("lengths") + (_tensor(memo, nt.lengths) if nt.lengths is not None else b"N"),
+        _str("_ragged_idx") + _int(nt.ragged),
+        _str("_metadata_cache") + b"}",  # min/max seqlen: torch computes them again on use
+    ]
+    args = [
+        memo(_global(module, "_rebuild_njt")),
+        memo(_global(module, "NestedTensor")),
+        b"}(" + b"".join(kwargs) + b"u\x85",  # (kwargs,)
+        b"}",  # no state of its own beyond its constructor's arguments
+    ]
+    return memo(_global("torch._tensor", "_rebuild_from_type_v2")) + _tuple(args) + b"R"
+
+
+def _tensor(memo: _Memo, t: TensorOut) -> bytes:
+    stride: list[int] = []
+    acc = 1
+    for d in reversed(t.shape):
+        stride.insert(0, acc)
+        acc *= d
+    dtype = t.dtype
+    classic = dtype in _CLASSIC
+    # Newer dtypes (float8, float4, uint16...) are counted in bytes of an untyped storage,
+    # named as torch.save names it: weights_only refuses the `torch.UntypedStorage` alias.
+    storage_cls = memo(
+        _global("torch", _CLASSIC[dtype]) if classic else _global("torch.storage", "UntypedStorage")
+    )
+    count = t.elements if classic else t.elements * _itemsize(dtype)
+    pid = [memo(_str("storage")), storage_cls, _str(t.key), memo(_str("cpu")), _int(count)]
+    # a new, empty OrderedDict per tensor (its backward hooks): only the class is shared
+    hooks = memo(_global("collections", "OrderedDict")) + b")R"
+    args = [
+        _tuple(pid) + b"Q",
+        _int(0),
+        _tuple([_int(d) for d in t.shape]),
+        _tuple([_int(s) for s in stride]),
+    ]
+    if t.qscheme is not None:
+        # _rebuild_qtensor(storage, offset, size, stride, quantizer_params, grad, hooks)
+        scheme = memo(_global("torch", t.qscheme))
+        if t.channel is not None:
+            scales, zero_points = t.channel
+            params = [scheme, _tensor(memo, scales), _tensor(memo, zero_points), _int(t.axis)]
+        else:
+            params = [scheme, b"G" + struct.pack(">d", t.scale), _int(t.zero_point)]
+        args += [_tuple(params), b"\x89", hooks]
+        return memo(_global("torch._utils", "_rebuild_qtensor")) + _tuple(args) + b"R"
+    args += [b"\x89", hooks]  # requires_grad False
+    if classic:
+        rebuild = memo(_global("torch._utils", "_rebuild_tensor_v2"))
+    else:
+        rebuild = memo(_global("torch._utils", "_rebuild_tensor_v3"))
+        args.append(memo(_global("torch", dtype)))
+    return rebuild + _tuple(args) + b"R"
 
 
 def _itemsize(dtype: str) -> int:

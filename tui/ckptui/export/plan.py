@@ -12,12 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ckptui.analysis.quantized import QScheme
 from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path, path_text
 from ckptui.core.tree import Checkpoint, NodeKind, Path, TensorInfo, walk
+from ckptui.export.quantized import Gathered, gather
 from ckptui.export.writers import predicted_size
 from ckptui.formats.naming import output_stem
 
@@ -38,6 +40,20 @@ class Item:
     """The output dtype (the source's unless cast)."""
     group: int
     """Output storage number: items with the same group share one storage (tied weights)."""
+    slot: int | None = None
+    """Position in a tuple entry (a quantized Linear's `_packed_params` is `(weight, bias)`): the
+    entry's name is this name without its last `.N`. None: an entry of its own."""
+    part_of: str | None = None
+    """The quantized tensor whose per-channel `scale` or `zero_point` this is: written inside that
+    tensor's rebuild (`_rebuild_qtensor`), not as an entry."""
+    qscheme: QScheme | None = None
+    """For a quantized tensor: how it is quantized (written as torch writes it)."""
+    data: bytes | None = None
+    """Bytes the export makes rather than reads: the 0-d tensor a quantized module's
+    `state_dict()` makes of a number (`torch.tensor(self.scale)`)."""
+    jagged: int | None = None
+    """For a nested jagged tensor: its ragged dimension. It has no storage of its own: it is
+    written as torch writes it (`_rebuild_njt`) over its `values`/`offsets` part items."""
 
     @property
     def nbytes(self) -> int:
@@ -67,6 +83,15 @@ class Plan:
     missing: list[tuple[Path, str]] = field(default_factory=list)
     """Entries under the kept paths whose file is gone (a deleted shard), and where they were:
     not written; the CLI asks for `--allow-missing` before exporting without them."""
+    values: list[tuple[str, str | None]] = field(default_factory=list)
+    """Entries that are not tensors, written after the tensors, as (name, torch dtype name or
+    None): a quantized Linear's `_packed_params.dtype`, a quantized conv's absent bias."""
+    tuples: dict[str, int] = field(default_factory=dict)
+    """Tuple entries (`fc._packed_params._packed_params`) -> their length; a slot no item fills
+    is None (a Linear without bias)."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """`state_dict()`'s `_metadata` (module prefix -> version), written when not empty:
+    quantized modules need it to load (`load_state_dict` picks their layout by it)."""
 
     @property
     def storages(self) -> list[Item]:
@@ -74,6 +99,8 @@ class Plan:
         seen: set[int] = set()
         out = []
         for it in self.items:
+            if it.jagged is not None:
+                continue  # its parts hold its bytes
             if self.format == "safetensors" or it.group not in seen:
                 seen.add(it.group)
                 out.append(it)
@@ -113,10 +140,13 @@ def make_plan(
     if fmt not in ("pth", "safetensors"):
         raise ExportError(ckpt.path, f"unknown --format {fmt!r} (pth or safetensors)")
     keep, kept = kept_tensors(ckpt, keep)
+    q = gather(ckpt, keep, kept)
+    if fmt == "safetensors" and q.any:
+        raise ExportError(ckpt.path, _no_safetensors(q))
     found: list[tuple[str, Path, TensorInfo]] = []
-    skipped: list[tuple[Path, str]] = []
-    for name, path, t in kept:
-        reason = unexportable(ckpt, t, fmt)
+    skipped: list[tuple[Path, str]] = list(q.skipped)
+    for name, path, t in q.kept:
+        reason = q.unknown.get(path) or unexportable(ckpt, t, fmt, path in q.schemes)
         if reason:
             skipped.append((path, reason))
         else:
@@ -125,14 +155,18 @@ def make_plan(
         why = f" ({describe_path(skipped[0][0])} is {skipped[0][1]})" if skipped else ""
         more = f" and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
         raise ExportError(
-            ckpt.path, f"no exportable tensors under {', '.join(map(describe_path, keep))}{why}{more}"
+            ckpt.path,
+            f"no exportable tensors under {', '.join(map(describe_path, keep))}{why}{more}",
         )
-    detected_prefix = common_prefix([n for n, _, _ in found])
-    strip, names = output_names(ckpt, [n for n, _, _ in found], strip_prefix)
+    others = [n for n, _ in q.values] + [n for n, _, _ in q.synthetic]
+    detected_prefix = common_prefix([n for n, _, _ in found] + others)
+    strip, names = output_names(ckpt, [n for n, _, _ in found] + others, strip_prefix)
+    names, other_names = names[: len(found)], names[len(found) :]
+    qmods = {n.rpartition(".")[0] for n, p, _ in found if p in q.schemes}
     groups: dict[tuple, int] = {}
     items: list[Item] = []
     for name, (_, path, t) in zip(names, found, strict=True):
-        out_dtype = cast_dtype(t.dtype, dtype)
+        out_dtype = cast_dtype(t.dtype, dtype) if _castable(q, qmods, path, name) else t.dtype
         if fmt == "safetensors" and out_dtype not in SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
             continue
@@ -141,7 +175,23 @@ def make_plan(
             continue
         view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
         group = groups.setdefault(view, len(groups))
-        items.append(Item(name, path, t, out_dtype, group))
+        if t.layout == "jagged":  # fmt is pth: `_unexportable` let it through
+            ragged = ckpt.find((*path, "ragged_dim"))
+            group = groups.setdefault(("jagged", path), len(groups))
+            jagged = ragged.value if ragged is not None and type(ragged.value) is int else 1
+            items.append(Item(name, path, t, t.dtype, group, jagged=jagged))
+            items += _parts(ckpt, name, path, groups, ("values", "offsets"), ("lengths",))
+            continue
+        scheme = q.schemes.get(path)
+        items.append(Item(name, path, t, out_dtype, group, q.slots.get(path), qscheme=scheme))
+        if scheme is not None and scheme.per_channel:
+            items += _parts(ckpt, name, path, groups, ("scale", "zero_point"))
+    values = [(n, v) for n, (_, v) in zip(other_names, q.values, strict=False)]
+    for n, (_, dt, raw) in zip(other_names[len(q.values) :], q.synthetic, strict=True):
+        info = TensorInfo((), dt, (), None, itemsize=DTYPES[dt].itemsize)
+        items.append(
+            Item(n, keep[0], info, dt, groups.setdefault(("made", n), len(groups)), data=raw)
+        )
     return Plan(
         ckpt,
         list(keep),
@@ -153,7 +203,71 @@ def make_plan(
         skipped,
         detected_prefix,
         missing_entries(ckpt, keep),
+        values,
+        {_strip(e, strip): n for e, n in q.tuples.items()},
+        {_strip_module(k, strip): v for k, v in q.versions.items()},
     )
+
+
+def _no_safetensors(q: Gathered) -> str:
+    """Why a quantized export cannot be a safetensors file, naming what works instead."""
+    path = next(iter(q.schemes), None) or next(iter(q.unknown), None)
+    what = f"{describe_path(path)} is a quantized tensor" if path else "the weights are quantized"
+    return (
+        f"{what} (torch.ao), which safetensors cannot hold; export to .pth (-o NAME.pth), "
+        "which keeps it as torch.load(weights_only=True) and load_state_dict take it"
+    )
+
+
+def _castable(q: Gathered, qmods: set[str], path: Path, name: str) -> bool:
+    """A quantized module's float parts (its bias, scale and per-channel scales) keep their
+    dtype under `--dtype`: torch's quantized kernels take float32 biases and float64 scales."""
+    if not q.any:
+        return True
+    if path in q.slots or path in q.schemes:
+        return False
+    head, _, last = name.rpartition(".")
+    if last in ("scale", "zero_point"):
+        return False
+    return not (last == "bias" and head in qmods)
+
+
+def _parts(
+    ckpt: Checkpoint,
+    name: str,
+    path: Path,
+    groups: dict[tuple, int],
+    parts: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+) -> list[Item]:
+    """The tensors a tensor is written over: a per-channel quantized tensor's `scale` and
+    `zero_point`, a jagged tensor's `values` and `offsets` (and `lengths` when it has them)."""
+    out = []
+    for part in parts + optional:
+        node = ckpt.find((*path, part))
+        t = node.tensor if node is not None else None
+        if t is None and part in optional:
+            continue
+        if t is None:
+            raise ExportError(ckpt.path, f"{describe_path(path)} has no {part} tensor")
+        reason = unexportable(ckpt, t, "pth")
+        if reason:
+            raise ExportError(
+                ckpt.path, f"the {part} of {describe_path(path)} cannot be exported: {reason}"
+            )
+        view = (t.storage_key, t.storage_offset, t.shape, t.stride, t.dtype)
+        group = groups.setdefault(view, len(groups))
+        out.append(Item(f"{name}.{part}", (*path, part), t, t.dtype, group, part_of=name))
+    return out
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+
+
+def _strip_module(module: str, prefix: str) -> str:
+    """A `_metadata` module prefix under `--strip-prefix` (`module.fc` -> `fc`, `module` -> '')."""
+    return "" if prefix and module == prefix[:-1] else _strip(module, prefix)
 
 
 def missing_entries(ckpt: Checkpoint, keep: list[Path]) -> list[tuple[Path, str]]:

@@ -10,15 +10,16 @@ import hashlib
 import json
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckptui.core.dtypes import SAFETENSORS_CODE
-from ckptui.export.pickle_out import state_dict_pickle
+from ckptui.export.pickle_out import DtypeOut, NjtOut, TensorOut, Value, state_dict_pickle
 from ckptui.export.zipwriter import ZipWriter, size_of
 from ckptui.tensors.reader import SourceBytes
 
 if TYPE_CHECKING:  # the plan imports the writers (its exact size); they only read its type
-    from ckptui.export.plan import Plan
+    from ckptui.export.plan import Item, Plan
 
 Progress = Callable[[int, int, str], None]
 """Called with (bytes written, bytes in all, name of the tensor being written)."""
@@ -38,16 +39,69 @@ def archive_name(plan: Plan) -> str:
 def _pth_records(plan: Plan) -> tuple[bytes, list[tuple[str, int]]]:
     """(data.pkl bytes, [(record name, size)] in write order)."""
     keys = {it.group: str(i) for i, it in enumerate(plan.storages)}
-    entries = [
-        (it.name, it.dtype, keys[it.group], it.tensor.numel, it.tensor.shape) for it in plan.items
-    ]
-    pkl = state_dict_pickle(entries)
+    rich = any(it.qscheme or it.jagged is not None for it in plan.items)
+    if plan.tuples or plan.values or plan.versions or rich:
+        pkl = state_dict_pickle(_entries(plan, keys), plan.versions)
+    else:
+        entries = [
+            (it.name, it.dtype, keys[it.group], it.tensor.numel, it.tensor.shape)
+            for it in plan.items
+        ]
+        pkl = state_dict_pickle(entries)
     a = archive_name(plan)
     records = [(f"{a}/data.pkl", len(pkl))]
     records += [(f"{a}/{n}", len(b)) for n, b in _SMALL_RECORDS]
     records += [(f"{a}/data/{keys[it.group]}", it.nbytes) for it in plan.storages]
     records += [(f"{a}/version", 2), (f"{a}/.data/serialization_id", 40)]
     return pkl, records
+
+
+def _entries(plan: Plan, keys: dict[int, str]) -> list[tuple[str, Value]]:
+    """A quantized model's state dict: tuple entries gathered from their slots, per-channel
+    scales inside their tensor, dtype and None values after the tensors; a jagged tensor over
+    its values and offsets."""
+    parts: dict[str, dict[str, TensorOut]] = {}
+    for it in plan.items:
+        if it.part_of is not None:
+            parts.setdefault(it.part_of, {})[it.name.rpartition(".")[2]] = _out(it, keys)
+    out: list[tuple[str, Value]] = []
+    slots: dict[str, list[TensorOut | None]] = {}
+    for it in plan.items:
+        if it.part_of is not None:
+            continue
+        if it.jagged is not None:
+            own = parts.get(it.name, {})
+            nt = NjtOut(own["values"], own["offsets"], own.get("lengths"), it.jagged)
+            out.append((it.name, nt))
+            continue
+        t = _out(it, keys)
+        q = it.qscheme
+        if q is not None:
+            own = parts.get(it.name, {})
+            channel = (own["scale"], own["zero_point"]) if q.per_channel else None
+            t = replace(
+                t,
+                qscheme=q.scheme,
+                scale=q.scale or 0.0,
+                zero_point=q.zero_point or 0,
+                axis=q.axis or 0,
+                channel=channel,
+            )
+        if it.slot is None:
+            out.append((it.name, t))
+            continue
+        entry = it.name.rpartition(".")[0]
+        if entry not in slots:
+            slots[entry] = [None] * plan.tuples.get(entry, it.slot + 1)
+            out.append((entry, None))  # its place; filled below
+        slots[entry][it.slot] = t
+    out = [(n, tuple(slots[n]) if n in slots else v) for n, v in out]
+    out += [(n, DtypeOut(v) if v is not None else None) for n, v in plan.values]
+    return out
+
+
+def _out(it: Item, keys: dict[int, str]) -> TensorOut:
+    return TensorOut(it.dtype, keys[it.group], it.tensor.numel, it.tensor.shape)
 
 
 def _safetensors_header(plan: Plan) -> bytes:

@@ -162,6 +162,34 @@ class NumpyScalar:
         self.value = value
 
 
+class ScriptObjectRec:
+    """A `torch.ScriptObject`: an instance of a C++ custom class (`torch.classes.quantized.
+    LinearPackedParamsBase`, the packed weights of a quantized Linear), pickled as NEWOBJ of
+    `torch.ScriptObject` then BUILD with `(the class's __getstate__ result, its qualified name)`.
+
+    torch.load hands that state to the registered class's own `__setstate__` (code in torch, not
+    in the file), so recording it is enough to show and export the tensors it holds.
+    """
+
+    __slots__ = ("qualname", "state")
+
+    def __init__(self) -> None:
+        self.qualname = ""
+        """`__torch__.torch.classes.<namespace>.<Class>`, once BUILD has named it."""
+        self.state: Any = None
+
+    @property
+    def is_torch_class(self) -> bool:
+        """A class registered by torch's own C++ (`__torch__.torch.classes.`)."""
+        return self.qualname.startswith("__torch__.torch.classes.")
+
+    def pickle_build(self, state: Any) -> None:
+        """`ScriptObject.__setstate__((state, qualified class name))`."""
+        if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], str)):
+            raise Malformed("torch.ScriptObject state is not (state, class name)")
+        self.state, self.qualname = state
+
+
 class TorchDtype:
     """A `torch.<dtype>` global used as a value."""
 

@@ -18,6 +18,7 @@ from ckptui.unpickler.recorded import (
     NumpyArray,
     NumpyDtype,
     NumpyScalar,
+    ScriptObjectRec,
     StorageRef,
     TensorRec,
     TorchDtype,
@@ -150,15 +151,34 @@ class TreeBuilder:
             )
             return Node.make(NodeKind.SEQUENCE, obj.type.removeprefix("builtins."), key, children)
         if isinstance(obj, PDict):
+            attrs = tuple((f"attr:{k}", _short(v)) for k, v in obj.attrs.items())
+            versions = _versions(obj.attrs.get("_metadata")) if obj.attrs else ()
+            if versions:
+                attrs += (("state_dict_versions", versions),)
             return Node.make(
                 NodeKind.MAPPING,
                 obj.type,
                 key,
                 self._items(obj.items, path, depth),
-                attrs=tuple((f"attr:{k}", _short(v)) for k, v in obj.attrs.items()),
+                attrs=attrs,
             )
         if isinstance(obj, PObject):
             return self._object(obj, key, path, depth)
+        if isinstance(obj, ScriptObjectRec):
+            # Typed by its C++ class (`torch.classes.quantized.LinearPackedParamsBase`): its
+            # state is what that class's __getstate__ returned, a (weight, bias) pair for packed
+            # Linear params.
+            children = ()
+            if obj.state is not None:
+                children = (self._node(obj.state, "__state__", (*path, "__state__"), depth + 1),)
+            return Node.make(
+                NodeKind.OBJECT,
+                obj.qualname.removeprefix("__torch__.") or "torch.ScriptObject",
+                key,
+                children,
+                safety="safe" if obj.is_torch_class else "unknown",
+                attrs=(("script_class", obj.qualname),),
+            )
         return Node.make(NodeKind.VALUE, type(obj).__name__, key, text=f"<{type(obj).__name__}>")
 
     def _items(self, items: list[list[Any]], path: Path, depth: int) -> tuple[Node, ...]:
@@ -264,6 +284,20 @@ class TreeBuilder:
             for k, sub in modules.items:
                 if isinstance(sub, PObject):
                     self._name_module(sub, f"{prefix}{k}.", visiting, (*path, "_modules", k))
+
+
+def _versions(metadata: Any) -> tuple[tuple[str, int], ...]:
+    """`state_dict()`'s `_metadata` (module prefix -> {"version": n}) as (prefix, n) pairs:
+    `load_state_dict` hands each module its version, and torch.ao's quantized modules choose
+    their layout by it, so an export of their weights must carry it."""
+    if not isinstance(metadata, PDict):
+        return ()
+    out = []
+    for prefix, entry in metadata.items[:100_000]:
+        version = entry.get("version") if isinstance(entry, PDict) else None
+        if isinstance(prefix, str) and type(version) is int:
+            out.append((prefix, version))
+    return tuple(out)
 
 
 def _is_scalar(v: Any) -> bool:

@@ -143,6 +143,10 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
     if ckpt.format == "torch-legacy-tar":
         why = "a legacy .tar checkpoint: torch.load refuses weights_only=True on that format"
         return WeightsOnlyReport(False, blockers=(why,), export_command=export)
+    if ckpt.format in _OTHER_ARCHIVES:  # torch.export / torch.package: no data.pkl at all
+        return WeightsOnlyReport(
+            False, blockers=(_OTHER_ARCHIVES[ckpt.format],), export_command=export
+        )
     sim = Replay()
     try:
         buf, count = _pickles(ckpt)
@@ -185,6 +189,14 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
     return WeightsOnlyReport(
         loads, refused, also, tuple(blockers), fix, trusted, None if loads else export, tuple(notes)
     )
+
+
+_OTHER_ARCHIVES = {
+    "pt2": "a torch.export archive (.pt2): torch.load fails on it (no data.pkl); "
+    "torch.export.load reads it",
+    "torch-package": "a torch.package archive: torch.load fails on it (no data.pkl); "
+    "torch.package.PackageImporter reads it, running the code it ships",
+}
 
 
 def _export_command(ckpt: Checkpoint) -> str | None:

@@ -103,6 +103,7 @@ def weights_only_verdict(report: Any) -> RenderableType:
     if len(refused) > 8:
         t.add_row("", f"and {len(refused) - 8} more")
     parts: list[RenderableType] = [head, Text("refuses this file:"), t]
+    parts += [_plain(b) for b in j.get("blockers", [])[:4]]  # the format, opcodes, damage
     if j.get("fix"):
         parts += [
             Text("all benign; this line makes it load:"),

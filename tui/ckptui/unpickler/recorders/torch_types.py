@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Malformed, PObject
-from ckptui.unpickler.recorded import MAX_DIM, StorageRef, TensorRec, TorchDtype, int_tuple
+from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Malformed, PDict, PObject
+from ckptui.unpickler.recorded import (
+    MAX_DIM,
+    ScriptObjectRec,
+    StorageRef,
+    TensorRec,
+    TorchDtype,
+    int_tuple,
+)
 
 
 def _storage_dtype(storage: Any) -> StorageRef:
@@ -78,6 +85,10 @@ def rebuild_from_type_v2(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
         raise Malformed("_rebuild_from_type_v2 takes 4 arguments")
     func, new_type, fargs, state = args
     inner = u._call(func, fargs, "reduce") if isinstance(fargs, tuple) else None
+    if isinstance(inner, TensorRec) and inner.layout == "jagged":
+        # NestedTensor's state repeats its constructor's arguments (`_values`, `_offsets`, ...)
+        name = new_type.full if isinstance(new_type, Global) else inner.type
+        return inner.copy_as(name) if name != inner.type else inner
     if isinstance(inner, TensorRec):
         name = new_type.full if isinstance(new_type, Global) else inner.type
         if name == "torch._tensor.Tensor":
@@ -144,6 +155,13 @@ def rebuild_qtensor(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
         names = ("scale", "zero_point", "axis") if "channel" in scheme else ("scale", "zero_point")
         t.parts.extend((n, v) for n, v in zip(names, q[1:], strict=False))
     return t
+
+
+def script_object(u: InertUnpickler, args: tuple[Any, ...]) -> ScriptObjectRec:
+    """`torch.ScriptObject()` (NEWOBJ): a custom-class instance whose BUILD names its class."""
+    if args:
+        raise Malformed("torch.ScriptObject takes no arguments")
+    return ScriptObjectRec()
 
 
 def get_layout(u: InertUnpickler, args: tuple[Any, ...]) -> str:
@@ -226,6 +244,42 @@ def rebuild_nested(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
         ("strides", args[2]),
         ("storage_offsets", args[3]),
     ]
+    return t
+
+
+def rebuild_njt(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
+    """`torch.nested._internal.nested_tensor._rebuild_njt(kwargs)`: a jagged nested tensor,
+    `NestedTensor(values=, offsets=, lengths=, _ragged_idx=, _metadata_cache=)`.
+
+    Recorded with the shape of its `values` (the elements it holds, so sizes and parameter
+    counts take them once); its logical shape, with the ragged dimension as `j1` as torch
+    prints it, is the `logical_shape` part. `min_seqlen`/`max_seqlen` are cached as the first
+    dimension of empty tensors, so they are read from those shapes.
+    """
+    kwargs = args[0] if len(args) == 1 else None
+    if not isinstance(kwargs, PDict):
+        raise Malformed("_rebuild_njt takes a dict of NestedTensor arguments")
+    values, offsets = kwargs.get("values"), kwargs.get("offsets")
+    lengths, ragged = kwargs.get("lengths"), kwargs.get("_ragged_idx", 1)
+    if not isinstance(values, TensorRec) or not isinstance(offsets, TensorRec):
+        raise Malformed("_rebuild_njt needs values and offsets tensors")
+    if len(offsets.shape) != 1 or type(ragged) is not int or not 1 <= ragged <= len(values.shape):
+        raise Malformed("_rebuild_njt offsets or ragged dimension malformed")
+    batch = max(0, offsets.shape[0] - 1)
+    inner = list(values.shape)
+    # values' dim ragged-1 holds the ragged one, summed over the batch: torch prints it `j1`
+    shown = [str(batch), *(str(d) for d in inner[: ragged - 1]), "j1", *map(str, inner[ragged:])]
+    t = TensorRec(None, 0, values.shape, values.stride, values.dtype, layout="jagged")
+    t.parts = [("logical_shape", "[" + ", ".join(shown) + "]"), ("ragged_dim", ragged)]
+    t.parts += [("values", values), ("offsets", offsets)]
+    if isinstance(lengths, TensorRec):
+        t.parts.append(("lengths", lengths))
+    cache = kwargs.get("_metadata_cache")
+    if isinstance(cache, PDict):
+        for name in ("min_seqlen", "max_seqlen"):
+            v = cache.get(name)
+            if isinstance(v, TensorRec) and v.shape:
+                t.parts.append((name, v.shape[0]))
     return t
 
 
