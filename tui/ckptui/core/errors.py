@@ -54,3 +54,11 @@ class CorruptFile(CkptError):
 
 class Unsupported(CkptError):
     """A known format or feature that ckptui does not read yet."""
+
+
+class TimedOut(NotReadable):
+    """A server took longer than the request's total deadline (it trickles its answer)."""
+
+
+class Redirected(NotReadable):
+    """A URL's server redirected to another server, which ckptui refuses to follow."""
