@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ckptui.core.errors import CkptError
+from ckptui.core.units import printable
 
 SUBCOMMANDS = ("inspect", "why", "export", "diff")
 
@@ -257,7 +258,7 @@ def _main(args: argparse.Namespace) -> int:
     app = CkptApp(args.path, args.other)
     app.run()
     if app.error_message:
-        print(app.error_message, file=sys.stderr)
+        print(printable(app.error_message), file=sys.stderr)
     return app.return_code or 0
 
 
@@ -371,7 +372,7 @@ def _export(args: argparse.Namespace) -> int:
 
         stitched = bool(chunked_kept(plan))
     for path, why in [] if stitched else plan.skipped[:20]:
-        print(f"ckptui: skipped {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+        print(printable(f"ckptui: skipped {'.'.join(map(str, path))}: {why}"), file=sys.stderr)
     _check_missing(args, plan)
     if args.max_shard_size:
         return _export_shards(args, ckpt, plan)
@@ -482,7 +483,7 @@ def _check_missing(args: argparse.Namespace, plan: Any) -> None:
             f"{present:,} present without them",
         )
     for path, why in plan.missing[:20]:
-        print(f"ckptui: not exported {'.'.join(map(str, path))}: {why}", file=sys.stderr)
+        print(printable(f"ckptui: not exported {'.'.join(map(str, path))}: {why}"), file=sys.stderr)
     if n > 20:
         print(f"ckptui: … and {n - 20:,} more not exported", file=sys.stderr)
 
@@ -546,7 +547,7 @@ def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:
     skipped = skip_reason(ckpt)
     if skipped is not None:
         if show_progress:  # a human at a terminal: say why no duplicates are listed
-            print(f"duplicates {skipped}", file=sys.stderr)
+            print(printable(f"duplicates {skipped}"), file=sys.stderr)
         return []
     try:
         if not show_progress:

@@ -1,32 +1,25 @@
 """Provides the one error hierarchy; every message names the file and what is wrong.
 
 The CLI prints `ckptui: <path>: <message>` and exits 2 for any `CkptError`; anything else escaping
-the core is a bug.
+the core is a bug. Path and message pass through `units.printable` here, once, so a name from the
+file that holds a newline or a terminal escape cannot break the line or drive the terminal.
 """
 
 from __future__ import annotations
 
-import re
+from ckptui.core.units import printable
 
 
 class CkptError(Exception):
     """Base of every error ckptui reports to the user."""
 
     def __init__(self, path: str, message: str) -> None:
-        # Names inside a hostile file may hold newlines; the CLI promises one line.
-        path, message = _one_line(path), _one_line(message)
+        # Names inside a hostile file (keys, class and shard names) may hold newlines and
+        # terminal escapes; the CLI promises one line, and the terminal must not obey them.
+        path, message = printable(path), printable(message)
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
-
-
-_BREAKS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-"""Control characters: besides \\n and \\r, \\x0b, \\x0c, \\x1c-\\x1e, \\x85 and U+2028/9 break
-lines too (str.splitlines, terminals), and a name from a file may hold any of them."""
-
-
-def _one_line(text: str) -> str:
-    return _BREAKS.sub(lambda m: repr(m[0])[1:-1], text)
 
 
 class NotFound(CkptError):
@@ -58,3 +51,11 @@ class Unsupported(CkptError):
 
 class ExportError(CkptError):
     """The export cannot be planned or written as asked (or its source changed under it)."""
+
+
+class TimedOut(NotReadable):
+    """A server took longer than the request's total deadline (it trickles its answer)."""
+
+
+class Redirected(NotReadable):
+    """A URL's server redirected to another server, which ckptui refuses to follow."""

@@ -22,18 +22,31 @@ def size_change(before: int, after: int) -> str:
     return f"{size(before)} → {size(after)}, {sign}{abs(pct):.0f} %"
 
 
-_CONTROL = [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROL = [
+    *range(0x20),  # C0: ESC starts sequences; \n, \r, \x0b, \x0c and \x1c-\x1e break lines
+    *range(0x7F, 0xA0),  # DEL and C1 (\x85 breaks lines; \x9b is a one-byte CSI)
+    0x2028,  # line and paragraph separators: str.splitlines breaks there
+    0x2029,
+    0x061C,  # bidi marks, embeddings, overrides and isolates: a key that reads as another
+    0x200E,
+    0x200F,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+]
 _VISIBLE = str.maketrans({c: repr(chr(c))[1:-1] for c in _CONTROL})
-"""Each C0/DEL/C1 control and bidi override as repr writes it (`\\x1b`, `\\r`, `\\u202e`)."""
+"""Each of those characters as repr writes it (`\\x1b`, `\\r`, `\\u202e`)."""
 
 
 def printable(text: object) -> str:
-    """`text` with every control character made a visible escape, as repr writes it.
+    """`text` with every control character made a visible escape, as repr writes it: the one
+    escaping of file text for a terminal, used by the renderers, the browser and every error
+    message (`CkptError` applies it to its path and message).
 
     Keys, class names and messages quoting them come from the file: printed raw, a class name
-    of cursor-up + erase-line sequences wiped the danger line above it (issue 21), and a bidi
-    override can make a key read as another. Backslashes are left alone so that ordinary keys
-    print as before. Not markup escaping: rich markup still needs `rich.markup.escape`."""
+    of cursor-up + erase-line sequences wiped the danger line above it (issue 21), a newline
+    splits a one-line error in two, and a bidi override can make a key read as another.
+    Backslashes are left alone so that ordinary keys print as before. Not markup escaping:
+    rich markup still needs `rich.markup.escape` (or `Text`)."""
     s = str(text)
     return s if s.isprintable() else s.translate(_VISIBLE)
 

@@ -28,6 +28,7 @@ from ckptui.core import units
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr
 from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
 from ckptui.tensors.values import Cancelled
 
@@ -82,7 +83,9 @@ class BrowseScreen(Screen[None]):
         """The size breakdown's WhyCache, made on the first `w` (its module loads then)."""
 
     def compose(self) -> ComposeResult:
-        yield Static(f"ckptui · opening {self.path} …", id="header")
+        # markup=False: the header quotes the file's name and framework version, and a name
+        # such as `best[val=0.3].pth` lost its brackets, `run[/tmp].pth` raised MarkupError
+        yield Static(printable(f"ckptui · opening {self.path} …"), id="header", markup=False)
         with Horizontal(id="main"):
             yield CkptTree(id="tree")
             yield DetailPanel(id="detail")
@@ -168,7 +171,7 @@ class BrowseScreen(Screen[None]):
             header += f" · {params[1].text()}"
         if dangers:
             header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
-        self._header = header
+        self._header = header = printable(header)  # text from the file: escaped
         head = self.query_one("#header", Static)
         head.update(header)
         head.set_class(bool(dangers), "danger")
@@ -354,7 +357,7 @@ class BrowseScreen(Screen[None]):
             return
         text = path_expr(node.data.path) or "<root>"
         self.app.copy_to_clipboard(text)
-        self.notify(f"copied {text}", timeout=3)
+        self.notify(f"copied {printable(text)}", timeout=3, markup=False)  # keys: not markup
 
     def action_zoom(self) -> None:
         """z: the panel takes the whole screen (values and histogram at 80x24), or gives it back."""
@@ -410,5 +413,6 @@ class BrowseScreen(Screen[None]):
         if tree.filtered:
             self.action_clear_filter()
         if not tree.select_path(path):
-            self.notify(f"{path_expr(path)} is not in the tree", severity="warning")
+            shown = printable(path_expr(path))  # keys from the file: not markup
+            self.notify(f"{shown} is not in the tree", severity="warning", markup=False)
         tree.focus()

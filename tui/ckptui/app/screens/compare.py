@@ -32,6 +32,7 @@ from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint
+from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
 from ckptui.tensors.values import Cancelled, interruptible
 
@@ -79,7 +80,8 @@ class CompareScreen(Screen[None]):
         self._comparable_rows: list[Row] | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(f"ckptui · comparing {self.path_a} with {self.path_b} …", id="header")
+        opening = printable(f"ckptui · comparing {self.path_a} with {self.path_b} …")
+        yield Static(opening, id="header", markup=False)  # file names: not markup
         with Horizontal(id="main"):
             yield DiffTree(id="tree")
             yield ComparePanel(id="detail")
@@ -131,7 +133,7 @@ class CompareScreen(Screen[None]):
             self.app.exit(return_code=2)
         else:
             self._finished(group)
-            self.notify(message, severity="error")
+            self.notify(message, severity="error", markup=False)  # it quotes the file
 
     def _show(self, a: Checkpoint, b: Checkpoint, d: Diff, root: Row) -> None:
         self.a, self.b, self.diff, self.merged = a, b, d, root
@@ -169,7 +171,8 @@ class CompareScreen(Screen[None]):
             what = (
                 f"weights: A {path_text(d.a_root) or '(root)'}, B {path_text(d.b_root) or '(root)'}"
             )
-        first = Text.assemble(("A ", "bold"), d.a, "  ", ("B ", "bold"), d.b, f" · {what}")
+        a, b, what = printable(d.a), printable(d.b), printable(what)  # names from the files
+        first = Text.assemble(("A ", "bold"), a, "  ", ("B ", "bold"), b, f" · {what}")
         for side, prefix in (("A", d.prefix_a), ("B", d.prefix_b)):
             if prefix:
                 first.append(f" · {side} has {prefix!r}; stripped")
@@ -290,7 +293,7 @@ class CompareScreen(Screen[None]):
         if message.finished:
             self._finished(message.group)
             if message.error:
-                self.notify(message.error, severity="error")
+                self.notify(message.error, severity="error", markup=False)
         if tree.only_changes and changed:
             now = time.monotonic()
             if message.finished or now - self._refiltered_at >= REFILTER_EVERY:
@@ -359,4 +362,4 @@ class CompareScreen(Screen[None]):
         origin = self.diff.origin_a.get(row.path) or self.diff.origin_b.get(row.path) or row.path
         text = path_expr(origin) or "<root>"
         self.app.copy_to_clipboard(text)
-        self.notify(f"copied {text}", timeout=3)
+        self.notify(f"copied {printable(text)}", timeout=3, markup=False)  # keys: not markup

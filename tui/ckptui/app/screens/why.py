@@ -29,7 +29,7 @@ from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.core.keypath import show_path
 from ckptui.core.tree import Checkpoint, Path
-from ckptui.core.units import size
+from ckptui.core.units import printable, size
 from ckptui.export.size import exported_size
 from ckptui.report.why import bar, rest_rows
 from ckptui.tensors.values import Cancelled, interruptible
@@ -107,7 +107,9 @@ class WhyScreen(Screen[Path | None]):
         self._progress_at = 0.0
 
     def compose(self) -> ComposeResult:
-        yield Static(f"{self.ckpt.path} · where the bytes went …", id="why-headline")
+        # markup=False: the headline and the duplicates line quote the file's name
+        headline = printable(f"{self.ckpt.path} · where the bytes went …")
+        yield Static(headline, id="why-headline", markup=False)
         with Horizontal(id="why-main"):
             tree = BarTree("sizes", id="why-groups")
             tree.show_root = False
@@ -116,7 +118,7 @@ class WhyScreen(Screen[Path | None]):
             with Vertical(id="why-side"):
                 yield Static("Findings · what would save space", id="why-findings-title")
                 yield FindingList(id="why-findings")
-                yield Static("", id="why-dup-label")
+                yield Static("", id="why-dup-label", markup=False)
                 yield ProgressBar(id="why-progress", show_eta=False)
         yield Footer()
 
@@ -191,7 +193,7 @@ class WhyScreen(Screen[Path | None]):
 
     # -- showing ---------------------------------------------------------------------------
     def _headline(self, text: str) -> None:
-        self.query_one("#why-headline", Static).update(text)
+        self.query_one("#why-headline", Static).update(printable(text))
 
     def _show(self, b: Breakdown) -> None:
         self.query_one("#why-main").loading = False

@@ -518,7 +518,10 @@ class CkptTree(Tree[Entry]):
         covering = next((p[:i] for p in paths for i in range(len(p)) if p[:i] in self.marks), None)
         if covering is not None:
             where = path_text(covering) or "the whole file"
-            self.notify(f"already kept with {where}: unmark it there", severity="warning")
+            where = printable(where)  # keys from the file: not markup
+            self.notify(
+                f"already kept with {where}: unmark it there", severity="warning", markup=False
+            )
             return
         if all(p in self.marks for p in paths):
             for p in paths:
@@ -530,7 +533,10 @@ class CkptTree(Tree[Entry]):
                 with_tensors = [p for p in paths if _has_tensors(self._node_at(p, entry))]
             if not with_tensors:
                 what = path_text(entry.path) or "the file"
-                self.notify(f"no tensors below {what}: nothing to export", severity="warning")
+                what = printable(what)  # keys from the file: not markup
+                self.notify(
+                    f"no tensors below {what}: nothing to export", severity="warning", markup=False
+                )
                 return
             for p in with_tensors:
                 # a mark covers its subtree: marks below it are folded into it

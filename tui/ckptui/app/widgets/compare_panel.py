@@ -23,6 +23,13 @@ from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint, TensorInfo
 
 
+def _cell(value: object) -> Text:
+    """A cell of text from a file (a key path, a value, a device, a shard name) as `Text`, its
+    control characters escaped: rich reads a `str` cell as markup, so a key `[red]` styled the
+    row and `[link=...]` made it a link (issue 21)."""
+    return Text(units.printable(value))
+
+
 def _grid(*headers: str) -> Table:
     t = Table(box=None, padding=(0, 1), show_header=bool(headers), pad_edge=False)
     t.add_column(style="bold", no_wrap=True)
@@ -74,9 +81,9 @@ class ComparePanel(VerticalScroll):
         if row.parent is None:
             return Text("both files", style="bold")
         if row.leaf:
-            return Text(path_text(row.path or ()), style="bold")
+            return Text(units.printable(path_text(row.path or ())), style="bold")
         names = [r.key for r in [*row.ancestors()[1:], row]]
-        return Text(".".join(names), style="bold")
+        return Text(units.printable(".".join(names)), style="bold")
 
     def _leaf(self, row: Row) -> Group:
         assert self.diff is not None and self.a is not None and self.b is not None
@@ -84,15 +91,15 @@ class ComparePanel(VerticalScroll):
         t = _grid("A", "B")
         path = row.path or ()
         origin = (d.origin_a.get(path), d.origin_b.get(path))
-        where = [path_expr(o) or "<root>" if o is not None else "-" for o in origin]
+        where = [_cell(path_expr(o) or "<root>") if o is not None else "-" for o in origin]
         if row.a is None or row.b is None or origin[0] != origin[1]:
             t.add_row("in file", *where)
         a, b = row.a, row.b
         if isinstance(a, TensorInfo) or isinstance(b, TensorInfo):
             sides = [(a, self.a), (b, self.b)]
 
-            def each(fn: Any) -> list[str]:
-                return [fn(x, c) if isinstance(x, TensorInfo) else "-" for x, c in sides]
+            def each(fn: Any) -> list[Text | str]:
+                return [_cell(fn(x, c)) if isinstance(x, TensorInfo) else "-" for x, c in sides]
 
             t.add_row("shape", *each(lambda x, c: units.shape(x.shape)))
             t.add_row("dtype", *each(lambda x, c: x.dtype))
@@ -102,10 +109,13 @@ class ComparePanel(VerticalScroll):
             if row.tied_a is not None or row.tied_b is not None:
                 t.add_row(
                     "tied to",
-                    *[path_text(p) if p is not None else "-" for p in (row.tied_a, row.tied_b)],
+                    *[
+                        _cell(path_text(p)) if p is not None else "-"
+                        for p in (row.tied_a, row.tied_b)
+                    ],
                 )
         else:
-            t.add_row("value", a if a is not None else "-", b if b is not None else "-")
+            t.add_row("value", *[_cell(x) if x is not None else "-" for x in (a, b)])
         status = Text(f"{MARK[row.kind]} {NAME[row.kind]}", style="bold")
         return Group(self._title(row), status, t)
 
@@ -139,7 +149,7 @@ class ComparePanel(VerticalScroll):
         if row is self.busy:
             return Text("comparing values… (esc cancels)")
         if row.why is not None:
-            return Text(f"values not compared: {row.why}")
+            return Text(units.printable(f"values not compared: {row.why}"))
         if row.max_abs is not None:
             if row.max_abs == 0:
                 return Text(f"values identical: max |a-b| = 0{cast}")

@@ -19,6 +19,7 @@ from textual.widgets.tree import TreeNode
 from ckptui.app.widgets.ckpt_tree import GROUP, CkptTree
 from ckptui.app.widgets.diff_rows import MARK, Kind, Row, describe, leaves
 from ckptui.core.keypath import path_text
+from ckptui.core.units import printable
 
 AUTO_OPEN_ROWS = 400
 """Rows a filter may open at once so that what it kept is in view."""
@@ -143,7 +144,8 @@ class DiffTree(CkptTree):
             style = self._fg("ckpt-tree--group")
             for lo in range(start, end, GROUP):
                 hi = min(lo + GROUP, end)
-                label = Text(f"[{lo:,} … {hi - 1:,}]  {kids[lo].key} … {kids[hi - 1].key}")
+                keys = printable(f"{kids[lo].key} … {kids[hi - 1].key}")  # text from the files
+                label = Text(f"[{lo:,} … {hi - 1:,}]  {keys}")
                 label.stylize(style)
                 tree_node.add(label, DiffEntry(entry.row, (lo, hi)))
             return
@@ -183,9 +185,9 @@ class DiffTree(CkptTree):
         return Text.assemble(
             (mark, mark_style),
             " ",
-            (row.key, key_style),
+            (printable(row.key), key_style),  # keys and values from the files: escaped
             "  ",
-            (describe(row), self._fg("ckpt-tree--summary")),
+            (printable(describe(row)), self._fg("ckpt-tree--summary")),
         )
 
     def relabel(self, rows: list[Row]) -> None:

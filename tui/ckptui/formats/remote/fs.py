@@ -1,5 +1,6 @@
 """Provides what reading a URL needs besides the bytes themselves: the fsspec filesystem with
-bounded timeouts (`filesystem`), one-line errors for whatever a back-end raises (`translate`), and
+bounded timeouts and a total deadline per request (`filesystem`, `set_deadline`), the refusal of
+a redirect to another server, one-line errors for whatever a back-end raises (`translate`), and
 the cache of metadata already fetched (`remembered` / `remember`).
 
 fsspec and its back-ends are imported here only when a URL is opened: local files never pay.
@@ -11,13 +12,21 @@ import threading
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-from ckptui.core.errors import CkptError, NotFound, NotReadable, Unsupported
+from ckptui.core.errors import CkptError, NotFound, NotReadable, Redirected, TimedOut, Unsupported
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to connect to a server (HTTP)."""
 READ_TIMEOUT = 60.0
 """Seconds a read may wait for the next bytes from the server (HTTP)."""
+REQUEST_DEADLINE = 120.0
+"""Seconds one HTTP request may take in all, from connecting to the last byte of the answer:
+READ_TIMEOUT bounds only the wait between two bytes, so a server trickling its headers or body
+a byte a minute held a read forever (issue 21)."""
+MIN_RATE = 64 << 10
+"""Bytes per second a large answer must average: its deadline grows by its size over this rate
+(a 16 MiB read of tensor data may take REQUEST_DEADLINE + 256 s)."""
 ATTEMPTS = 3
 """Tries per tensor-data range (`read_range`) before a dropped connection is an error."""
 RANGE_HELP = (
@@ -68,8 +77,86 @@ def is_http(url: str) -> bool:
     return url.split("://", 1)[0].lower() in ("http", "https")
 
 
+def deadline(nbytes: int = 0) -> float:
+    """Seconds a request answered with `nbytes` bytes may take in all (`REQUEST_DEADLINE`)."""
+    return REQUEST_DEADLINE + nbytes / MIN_RATE
+
+
+def _timeout(nbytes: int) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(
+        total=deadline(nbytes), sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+    )
+
+
+def set_deadline(file: Any, nbytes: int) -> None:
+    """Give the next request of `file` the deadline of an answer of `nbytes` bytes: fsspec's
+    HTTP file passes its `kwargs` to every request (`filesystem` put a `timeout` there); other
+    back-ends' files have none and are left alone."""
+    kwargs = getattr(file, "kwargs", None)
+    if isinstance(kwargs, dict) and "timeout" in kwargs:
+        kwargs["timeout"] = _timeout(nbytes)
+
+
+def _server(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of `url`, the port filled in for http and https."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a Location with a port that is no number: no server to compare
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def refused_redirect(here: str, there: str) -> str | None:
+    """Why a redirect from `here` to `there` is refused, or None when it stays on the server:
+    same host and port, or http to https on the default ports. Another host would have ckptui
+    read a file from a server the user never named (and send it the URL's query)."""
+    (s1, h1, p1), (s2, h2, p2) = _server(here), _server(there)
+    if s2 not in ("http", "https"):
+        return "a URL that is not http(s)"
+    if h2 != h1:
+        return "another host"
+    if s1 == "https" and s2 == "http":
+        return "plain http"
+    if p1 != p2 and (s1, p1, s2, p2) != ("http", 80, "https", 443):
+        return "another port"
+    return None
+
+
+_GUARD: list[Any] = []
+"""The one aiohttp TraceConfig refusing redirects: one object, so that fsspec's cache of
+filesystems (keyed by their options) keeps reusing one filesystem."""
+
+
+def _redirect_guard() -> Any:
+    if not _GUARD:
+        import aiohttp
+
+        async def on_redirect(_session: Any, _ctx: Any, params: Any) -> None:
+            # Called with the 3xx answer, before aiohttp follows it: raising stops it there.
+            location = params.response.headers.get("Location")
+            if location is None:
+                return
+            here = str(params.url)
+            there = urljoin(here, location)
+            why = refused_redirect(here, there)
+            if why is not None:
+                parts = urlsplit(there)  # the query may hold a signature: not printed
+                shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+                raise Redirected(here, f"refused a redirect to {why}: {shown}")
+
+        guard = aiohttp.TraceConfig()
+        guard.on_request_redirect.append(on_redirect)
+        _GUARD.append(guard)
+    return _GUARD[0]
+
+
 def filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec filesystem for `url`, with bounded timeouts where the back-end takes them."""
+    """The fsspec filesystem for `url`, with bounded timeouts where the back-end takes them;
+    over HTTP also a total deadline per request and no redirect to another server."""
     try:
         import fsspec
     except ImportError:
@@ -87,8 +174,10 @@ def filesystem(url: str) -> tuple[Any, str]:
         options["client_kwargs"] = {
             "timeout": aiohttp.ClientTimeout(
                 total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
-            )
+            ),
+            "trace_configs": [_redirect_guard()],
         }
+        options["timeout"] = _timeout(0)  # per request: fsspec passes it to every HEAD and GET
     elif url.split("://", 1)[0].lower() in ("s3", "s3a"):
         # botocore's defaults: 60 s to connect and 5 tries, so a dead endpoint took minutes
         options["config_kwargs"] = {
@@ -117,12 +206,14 @@ def _status(e: BaseException) -> tuple[int | None, str]:
     return status, ""
 
 
-def translate(url: str, e: BaseException) -> CkptError:
-    """One-line `CkptError` for whatever fsspec or its back-end raised."""
+def translate(url: str, e: BaseException, nbytes: int = 0) -> CkptError:
+    """One-line `CkptError` for whatever fsspec or its back-end raised (`nbytes`: the size of
+    the answer the request asked for, which sets its deadline)."""
     if isinstance(e, CkptError):
         return e
     if isinstance(e, FileNotFoundError) and e.__cause__ is not None:
-        return translate(url, e.__cause__)  # fsspec's HTTP info() and s3fs hide the cause here
+        # fsspec's HTTP info() and s3fs hide the cause here
+        return translate(url, e.__cause__, nbytes)
     status, code = _status(e)
     name = type(e).__name__
     if code == "NoSuchBucket":
@@ -141,8 +232,14 @@ def translate(url: str, e: BaseException) -> CkptError:
         return NotReadable(url, f"cannot reach the server ({e})")
     if isinstance(e, ValueError) and "range" in str(e).lower():
         return Unsupported(url, RANGE_HELP)
-    if isinstance(e, TimeoutError):
-        return NotReadable(url, f"the server did not answer within {READ_TIMEOUT:g} s")
+    if name == "ConnectionTimeoutError":  # aiohttp's sock_connect
+        return NotReadable(url, f"cannot reach the server (no connection in {CONNECT_TIMEOUT:g} s)")
+    if isinstance(e, TimeoutError) and name in ("ServerTimeoutError", "SocketTimeoutError"):
+        return NotReadable(url, f"the server sent nothing for {READ_TIMEOUT:g} s")
+    if isinstance(e, TimeoutError):  # aiohttp's total: the request's deadline passed
+        return TimedOut(
+            url, f"the server did not finish answering one request in {deadline(nbytes):g} s"
+        )
     if isinstance(e, ImportError):
         return Unsupported(url, f"this kind of URL needs a package that is not installed ({e})")
     if isinstance(e, OSError):

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptui.core.dtypes import itemsize_of
-from ckptui.core.errors import CkptError, CorruptFile, NotFound, NotReadable, Unsupported
+from ckptui.core.errors import (
+    CkptError,
+    CorruptFile,
+    NotFound,
+    NotReadable,
+    Redirected,
+    TimedOut,
+    Unsupported,
+)
 from ckptui.core.tree import Storage
 from ckptui.formats.remote.buffer import PickleBuffer
 from ckptui.formats.remote.fs import (
@@ -36,6 +44,7 @@ from ckptui.formats.remote.fs import (
     filesystem,
     remember,
     remembered,
+    set_deadline,
     translate,
     version_of,
 )
@@ -228,8 +237,10 @@ class RemoteSource(Source):
             try:
                 data = self._fetch(lo, offset + n - lo)
                 break
-            except (NotFound, Unsupported):
-                raise  # the file is gone or the server changed: trying again will not help
+            except (NotFound, Unsupported, TimedOut, Redirected):
+                # the file is gone, the server changed, trickles or sends us elsewhere: trying
+                # again will not help (and a trickle would cost another whole deadline)
+                raise
             except CkptError as e:
                 if attempt == ATTEMPTS:
                     why = " ".join(e.message.split())
@@ -433,10 +444,11 @@ class RemoteSource(Source):
         if self.file is None:
             raise NotReadable(self.path, "the remote file is closed")
         try:
+            set_deadline(self.file, n)  # a large answer may take longer, a trickle not forever
             self.file.seek(offset)
             data = self.file.read(n)
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
-            raise translate(self.path, e) from None
+            raise translate(self.path, e, n) from None
         self.bytes_read += len(data)
         if len(data) != n:
             raise NotReadable(
