@@ -59,6 +59,8 @@ SCENES: dict[str, tuple[list[str], tuple[int, int]]] = {
     "root_80x24": (["z"], (80, 24)),
     # a tensor's card zoomed (z): values and the histogram fit 80x24
     "zoom_80x24": (["j", "l", "j", "z"], (80, 24)),
+    # the optimizer card zoomed (z): kind, step, parameters, state bytes, each group's lr, betas...
+    "optimizer_80x24": (["j", "j", "z"], (80, 24)),
 }
 """Named scenes: keys pressed after the file opens, and the terminal size. The README's
 screenshots are made from the same scenes (tests/make_screenshots.py)."""

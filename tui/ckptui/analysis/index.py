@@ -8,6 +8,7 @@ The browser calls these; keeping them here lets them be tested without a UI.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ckptui.core.keypath import path_text
@@ -67,6 +68,20 @@ def bytes_below_all(root: Node) -> dict[int, int]:
 
     Sums bottom-up, then takes back, from every node above two or more names of one tied view,
     the copies counted twice (ties are rare: only they are tracked)."""
+    return _below_all(root, _own)
+
+
+def _own_elements(n: Node) -> int:
+    return n.tensor.numel if _own(n) else 0  # type: ignore[union-attr]
+
+
+def elements_below_all(root: Node) -> dict[int, int]:
+    """Tensor elements below every node under `root` (by `id`), each view once as in
+    `bytes_below_all`: what the browser sorts by when it sorts by parameters."""
+    return _below_all(root, _own_elements)
+
+
+def _below_all(root: Node, own_of: Callable[[Node], int]) -> dict[int, int]:
     order: list[Node] = []
     parent: dict[int, Node] = {}
     stack = [root]
@@ -79,7 +94,7 @@ def bytes_below_all(root: Node) -> dict[int, int]:
     below: dict[int, int] = {}
     names: dict[tuple, list[Node]] = {}
     for n in reversed(order):  # children before their parents
-        own = _own(n)
+        own = own_of(n)
         if own:
             view = _view(n.tensor)  # type: ignore[arg-type]
             if view is not None:
@@ -94,7 +109,7 @@ def bytes_below_all(root: Node) -> dict[int, int]:
             while a is not None:
                 count[id(a)] = count.get(id(a), 0) + 1
                 a = parent.get(id(a))
-        size = _own(nodes[0])
+        size = own_of(nodes[0])
         for key, m in count.items():
             below[key] -= (m - 1) * size
     return below

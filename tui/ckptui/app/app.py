@@ -13,6 +13,7 @@ from ckptui.app.commands import CkptCommands
 from ckptui.app.screens.browse import BrowseScreen
 from ckptui.app.screens.help import HelpScreen
 from ckptui.app.widgets.ckpt_tree import CkptTree
+from ckptui.app.widgets.tree_order import next_order
 
 
 class CkptApp(App[None]):
@@ -59,6 +60,11 @@ class CkptApp(App[None]):
     def action_tree_toggle_modules(self) -> None:
         """Palette: the module view, or the keys as stored."""
         self.screen.query_one(CkptTree).action_toggle_modules()
+
+    def action_tree_sort(self) -> None:
+        """Palette: the rows in the next order (s)."""
+        tree = self.screen.query_one(CkptTree)
+        tree.action_sort_by(next_order(tree.order))
 
     def action_tree_toggle_mark(self) -> None:
         """Palette: mark or unmark the subtree at the cursor."""

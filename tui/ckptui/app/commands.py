@@ -17,6 +17,7 @@ COMMANDS = [
         "tree_toggle_modules",
         "group dotted names into modules, or show them as stored",
     ),
+    ("Sort rows", "tree_sort", "next order: as stored, by name, by size, by parameters"),
     ("Mark for export", "tree_toggle_mark", "mark or unmark the subtree at the cursor"),
     ("Clear marks", "tree_clear_marks", "forget every subtree marked for export"),
     (
@@ -35,7 +36,7 @@ COMMANDS = [
 ]
 
 
-MARK_ACTIONS = ("tree_toggle_mark", "tree_clear_marks", "tree_toggle_modules")
+MARK_ACTIONS = ("tree_toggle_mark", "tree_clear_marks", "tree_toggle_modules", "tree_sort")
 """App actions that only mean something on a screen that exports."""
 
 

@@ -22,6 +22,7 @@ KEYS = [
         "m",
         "module view: dotted names grouped into modules with parameter counts (again: as stored)",
     ),
+    ("s", "sort rows: by name · by size · by parameters · as stored (the footer says which)"),
     ("y", "copy the key path, e.g. ['model']['conv1.weight'] (OSC 52: works over SSH)"),
     ("v", "compute the selected tensor's values (automatic up to 64 MiB)"),
     ("z", "zoom: the panel alone, full screen (values and histogram at 80x24) · z again: back"),

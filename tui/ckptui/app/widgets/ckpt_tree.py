@@ -12,6 +12,7 @@ it take the colour too, so what an export keeps is visible at every depth.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Any
@@ -27,6 +28,7 @@ from ckptui.analysis import modules as mv
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import summary
 from ckptui.analysis.roles import is_module
+from ckptui.app.widgets.tree_order import FOOTER, LABELS, ORDERS, Sorter, next_order
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, walk
 from ckptui.core.units import printable, size
@@ -70,7 +72,13 @@ class CkptTree(Tree[Entry]):
         Binding("enter", "toggle_node", "Toggle", show=False),
         Binding("space", "toggle_mark", "Mark"),
         Binding("m", "toggle_modules", "Modules"),
+        # One binding per order, only the current one active (check_action): the footer then
+        # says the order the rows are in, and `s` moves on to the next.
+        *(Binding("s", f"sort_by('{next_order(o)}')", FOOTER[o], id=f"sort-{o}") for o in ORDERS),
     ]
+
+    SORTABLE = True
+    """Whether `s` sorts the rows (the compare screen's merged tree keeps its own order)."""
 
     COMPONENT_CLASSES = {
         "ckpt-tree--summary",
@@ -106,6 +114,9 @@ class CkptTree(Tree[Entry]):
         (and the root's), counted once in the screen's open worker."""
         self.module_view = False
         """`m`: state dicts grouped into modules, placeholder nn.Modules shown as layers."""
+        self.order = "file"
+        """`s`: the order of every container's rows (`tree_order.ORDERS`); kept across files."""
+        self._sorter: Sorter | None = None
         self._module_rows: dict[int, list[mv.Row] | None] = {}
         self._summaries: dict[int, str] = {}
         """Summaries of rows with over GROUP children, by node id (see `_label`)."""
@@ -120,6 +131,7 @@ class CkptTree(Tree[Entry]):
             self.parts = {p.path: p.label for p in framework.parts} if framework else {}
             self._module_rows = {}
             self._summaries = {}
+            self._sorter = Sorter(ckpt.root)
             # a whole-module pickle opens on its layers: its raw fields are nn.Module internals
             self.module_view = is_module(ckpt.root)
         self.ckpt = ckpt
@@ -240,20 +252,54 @@ class CkptTree(Tree[Entry]):
         if self.module_view and not entry.raw and entry.group is None:
             rows = entry.module.rows() if entry.module is not None else self.modules_of(entry)
             if rows is not None:
+                if self._sorter is not None:
+                    rows = self._sorter.rows(rows, self.order)
                 for row in rows:
                     self._add_module_row(tree_node, row)
                 return
-        start, end = entry.group or (0, len(node.children))
+        kids = self.kids(node)
+        start, end = entry.group or (0, len(kids))
         if end - start > GROUP:
             style = self._fg("ckpt-tree--group")
             for lo in range(start, end, GROUP):
                 hi = min(lo + GROUP, end)
-                first, last = node.children[lo].key, node.children[hi - 1].key
+                first, last = kids[lo].key, kids[hi - 1].key
                 label = Text(printable(f"[{lo:,} … {hi - 1:,}]  {first} … {last}"), style=style)
                 tree_node.add(label, Entry(node, entry.path, (lo, hi)))
             return
-        for child in node.children[start:end]:
+        for child in kids[start:end]:
             self._add(tree_node, child, (*entry.path, child.key), node)
+
+    def kids(self, node: Node) -> Sequence[Node]:
+        """`node`'s children in the current order (a group row's range indexes this)."""
+        if self._sorter is None or self.order == "file":
+            return node.children
+        return self._sorter.children(node, self.order)
+
+    # -- sorting -----------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Only the `s` binding of the current order is active (and shown)."""
+        if action == "sort_by":
+            return self.SORTABLE and parameters == (next_order(self.order),)
+        return True
+
+    def action_sort_by(self, order: str) -> None:
+        """s: rows by name, by size, by parameters, or as stored; the cursor stays on its key."""
+        if self.ckpt is None or order not in ORDERS:
+            return
+        entry = self.cursor_node.data if self.cursor_node else None
+        keep = entry.path if entry is not None else None
+        if entry is not None and entry.module is not None and entry.module.node is None:
+            keep = (*entry.path, entry.module.members[0][1].key)  # a group: its first name
+        self.order = order
+        if self.filtered:
+            self._refill_matches()
+        else:
+            self.show_checkpoint(self.ckpt)
+            if keep:
+                self.select_path(keep)
+        self.refresh_bindings()
+        self.notify(f"rows {LABELS[order]} (s: {LABELS[next_order(order)]})", timeout=3)
 
     # -- the module view ----------------------------------------------------------------------
     def modules_of(self, entry: Entry) -> list[mv.Row] | None:
@@ -379,7 +425,7 @@ class CkptTree(Tree[Entry]):
                     continue
                 if ce.group is not None:
                     lo, hi = ce.group
-                    keys = [c.key for c in ce.node.children[lo:hi]]
+                    keys = [c.key for c in self.kids(ce.node)[lo:hi]]
                     if target[-1] in keys:
                         self._load(child)
                         child.expand()
@@ -409,7 +455,7 @@ class CkptTree(Tree[Entry]):
             nxt = None
             fallback = None
             for child in current.children:
-                if _holds(child.data, path):
+                if _holds(child.data, path, self.kids):
                     if child.data.raw:  # type: ignore[union-attr]
                         fallback = child
                         continue
@@ -509,7 +555,7 @@ class CkptTree(Tree[Entry]):
             return
         if entry.group is not None:  # a group row stands for its children
             lo, hi = entry.group
-            paths = [(*entry.path, c.key) for c in entry.node.children[lo:hi]]
+            paths = [(*entry.path, c.key) for c in self.kids(entry.node)[lo:hi]]
         elif entry.module is not None and entry.module.node is None:
             # a group of names stands for its tensors, each a key of the state dict
             paths = [(*entry.path, n.key) for _, n in entry.module.members]
@@ -604,6 +650,29 @@ class CkptTree(Tree[Entry]):
         if matches and matches[0] in rows:
             self._move_later(rows[matches[0]])
 
+    def _refill_matches(self) -> None:
+        """The filtered rows again, in the current order, the cursor kept on its key."""
+        entry = self.cursor_node.data if self.cursor_node else None
+        keep = entry.path if entry is not None else None
+        assert self.ckpt is not None
+        where: dict[int, dict[object, int]] = {}
+
+        def position(path: Path) -> tuple[int, ...]:
+            node, out = self.ckpt.root, []  # type: ignore[union-attr]
+            for key in path:
+                index = where.get(id(node))
+                if index is None:
+                    index = where[id(node)] = {c.key: i for i, c in enumerate(self.kids(node))}
+                out.append(index.get(key, -1))
+                node = node.child(key)
+                if node is None:
+                    break
+            return tuple(out)
+
+        self.show_matches(sorted(self.matches, key=position))
+        if keep:
+            self.select_path(keep)
+
     def clear_filter(self) -> None:
         """Back to the whole tree, keeping the cursor's key, and the matches for n/N."""
         entry = self.cursor_node.data if self.cursor_node else None
@@ -635,8 +704,9 @@ class CkptTree(Tree[Entry]):
         return path_text(entry.path) if entry else ""
 
 
-def _holds(entry: Entry | None, path: Path) -> bool:
-    """True when the row of `entry` has `path` at or below it."""
+def _holds(entry: Entry | None, path: Path, kids: Callable[[Node], Sequence[Node]]) -> bool:
+    """True when the row of `entry` has `path` at or below it (`kids`: children in the order
+    the tree shows them, which a group row's range indexes)."""
     if entry is None:
         return False
     if entry.group is not None:
@@ -644,7 +714,7 @@ def _holds(entry: Entry | None, path: Path) -> bool:
         n = len(entry.path)
         if len(path) <= n or path[:n] != entry.path:
             return False
-        return any(c.key == path[n] for c in entry.node.children[lo:hi])
+        return any(c.key == path[n] for c in kids(entry.node)[lo:hi])
     module = entry.module
     if module is not None and module.node is None:  # a group of names in a state dict
         n = len(entry.path)

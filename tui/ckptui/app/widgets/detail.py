@@ -30,12 +30,18 @@ from textual.widgets import Sparkline, Static
 from textual.worker import get_current_worker
 
 from ckptui.analysis.index import Index, bytes_below_all
+from ckptui.analysis.roles import optimizers_of
 from ckptui.app.widgets.ckpt_tree import Entry
 from ckptui.core import units
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
-from ckptui.report.text.training import parameter_line, resume_card, weights_only_verdict
+from ckptui.report.text.training import (
+    optimizer_card,
+    parameter_line,
+    resume_card,
+    weights_only_verdict,
+)
 
 AUTO_STATS_BYTES = 64 << 20
 """Tensors up to this size get their values computed as soon as they are selected."""
@@ -260,6 +266,9 @@ class DetailPanel(VerticalScroll):
         for f in self.index.findings_by_path.get(path, []) if self.index else []:
             t.add_row(f.severity.value, _plain(f.message))
         parts: list[Any] = [title, t]
+        card = self._optimizer_card(node, path)
+        if card is not None:
+            parts.append(card)
         if self.params is not None and (not path or path == self.params[0]):
             model = _table()
             _param_rows(model, self.params[1])
@@ -292,6 +301,23 @@ class DetailPanel(VerticalScroll):
                 big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", _plain(child.key))
             parts += [Text(""), Text("largest", style="bold"), big]
         return Group(*parts)
+
+    def _optimizer_card(self, node: Node, path: Path) -> RenderableType | None:
+        """The optimizer card, when `path` is an optimizer state dict the roles found."""
+        if self.training is None or self.ckpt is None:
+            return None
+        mapping = next((m for m in self.training.mappings if m.optimizer_path == path), None)
+        if mapping is None:
+            return None
+        named = sum(1 for e in mapping.entries if e.param and e.confidence != "ambiguous")
+        state = node.child("state")
+        info = next((o for o in optimizers_of(self.ckpt) if o.path == path), None)
+        return optimizer_card(
+            mapping.to_json(),
+            named,
+            self._bytes.below(state) if state is not None else 0,
+            info.state_keys if info is not None else (),
+        )
 
     def _module_facts(self, module: Any) -> Group:
         """A module row: what it is, its parameters (weights, buffers), bytes and dtypes."""

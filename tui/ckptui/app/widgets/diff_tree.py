@@ -46,6 +46,8 @@ class DiffTree(CkptTree):
         Binding("m", "nothing", show=False),
     ]
 
+    SORTABLE = False
+
     def action_nothing(self) -> None:
         """m does nothing here (the compare rows are grouped by module already)."""
 

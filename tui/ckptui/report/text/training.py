@@ -1,5 +1,5 @@
-"""Provides the training answers as rich renderables: the resume card, the `weights_only`
-verdict, and the line naming an optimizer entry's parameter.
+"""Provides the training answers as rich renderables: the resume card, the optimizer card, the
+`weights_only` verdict, and the line naming an optimizer entry's parameter.
 
 Only presentation: the answers come from `training.training_facts` (core), as JSON-shaped dicts.
 It lives beside the other text renderers (`render`, `why`), not in the app, because both the
@@ -114,3 +114,74 @@ def weights_only_verdict(report: Any) -> RenderableType:
     if j.get("export_command"):
         parts += [Text("or write a copy that needs no such line:"), _plain(j["export_command"])]
     return Group(*parts)
+
+
+HYPER = (
+    ("lr", "lr"),
+    ("momentum", "momentum"),
+    ("betas", "betas"),
+    ("alpha", "alpha"),
+    ("eps", "eps"),
+    ("weight_decay", "weight decay"),
+)
+"""The hyper-parameters a card shows for each param group, in this order, and their words."""
+FLAGS = ("nesterov", "amsgrad", "maximize", "decoupled_weight_decay")
+"""Boolean hyper-parameters named on the card only when they are on."""
+
+
+def _number(v: Any) -> str:
+    """`0.001`, `1e-08`, `0.9, 0.999`: four significant digits, as `:g` writes them."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int | float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(_number(x) for x in v)
+    return units.printable(str(v))
+
+
+def hyper_text(hyper: dict[str, Any]) -> str:
+    """`lr 0.001 · betas 0.9, 0.999 · eps 1e-08 · weight decay 0.0005 · amsgrad`."""
+    parts = [f"{word} {_number(hyper[key])}" for key, word in HYPER if hyper.get(key) is not None]
+    parts += [key.replace("_", " ") for key in FLAGS if hyper.get(key) is True]
+    return " · ".join(parts) or "no hyper-parameters recorded"
+
+
+def optimizer_card(
+    mapping: dict[str, Any], named: int, state_bytes: int, state_keys: tuple[str, ...] = ()
+) -> RenderableType:
+    """What an optimizer state dict holds: its kind and step, how many parameters it keeps state
+    for and how many bytes that state takes, and each param group's hyper-parameters.
+
+    Args:
+        mapping: an `optim_map.OptimizerMapping.to_json()` (the `param_groups` item).
+        named: how many of its entries the mapping named surely (not `ambiguous`).
+        state_bytes: tensor bytes below its `state`.
+        state_keys: the per-parameter state entries seen (`exp_avg`, `step`, ...).
+    """
+    t = _table()
+    t.add_row("kind", _plain(mapping["kind"]))
+    if isinstance(mapping["step"], int | float):
+        t.add_row("step", f"{mapping['step']:,}")
+    lines = mapping["lines"]
+    params = sum(len(line["params"]) for line in lines)
+    groups = sum(len(line["groups"]) for line in lines)
+    text = f"{params:,} in {groups:,} {'group' if groups == 1 else 'groups'}"
+    if params and mapping["weights_path"] is not None:
+        text += f" · {named:,} named from {_where(mapping['weights_path'])}"
+    t.add_row("parameters", text)
+    keys = [k for k in state_keys if k != "step"]
+    state = units.size(state_bytes) if state_bytes else "no tensors"
+    t.add_row("state", _plain(state + (f" · {', '.join(keys)}" if keys else "")))
+    for line in lines:
+        ids = line["groups"]
+        name = f"group {ids[0]}" if len(ids) == 1 else f"groups {', '.join(map(str, ids[:4]))}"
+        if len(ids) > 4:
+            name += " …"
+        text = hyper_text(line["hyper"])
+        if len(lines) > 1:
+            text += f" · {len(line['params']):,} params"
+        t.add_row(name, _plain(text))
+    for note in mapping["notes"]:
+        t.add_row("note", _plain(note))
+    return Group(Text(""), Text("optimizer", style="bold underline"), t)
