@@ -43,6 +43,9 @@ class Item(Protocol):
     def tensor(self) -> TensorInfo: ...
     @property
     def dtype(self) -> str: ...
+    @property
+    def data(self) -> bytes | None:
+        """Bytes made rather than read (None: read the tensor's from the file)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Piece:
     source: Path
     tensor: TensorInfo
     dtype: str
+    data: bytes | None = None
 
 
 CHUNK = 16 << 20

@@ -1,0 +1,64 @@
+"""Provides `ckptui inspect PATH [--json]`: the tree, findings, resume card and weights_only verdict,
+as rich text or the JSON contract; `--fail-on-unsafe` exits 1 when torch.load would run code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ckptui.cli.args import PATH_HELP
+from ckptui.core.errors import CorruptFile
+from ckptui.formats import open_checkpoint
+from ckptui.report.json.inspect import iter_json
+from ckptui.report.text.inspect import render_checkpoint
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ckptui inspect", description="Print a checkpoint's tree, tensors and findings."
+    )
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    p.add_argument("--json", action="store_true", help="print the JSON contract")
+    p.add_argument(
+        "--max-children",
+        type=int,
+        default=50,
+        metavar="N",
+        help="children shown per node before eliding (default 50)",
+    )
+    p.add_argument("--all", action="store_true", help="show every child")
+    p.add_argument("--depth", type=int, default=None, metavar="N", help="levels to show")
+    p.add_argument(
+        "--fail-on-unsafe",
+        action="store_true",
+        help="exit 1 when the file would run code under torch.load",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    damaged: CorruptFile | None = None
+    try:
+        ckpt = open_checkpoint(args.path)
+    except CorruptFile as e:
+        # Damaged after torch.load would already have run something dangerous: print what
+        # was read with its danger findings; the damage is one of them and the exit code's
+        # (2, or 1 with --fail-on-unsafe: for a scanner, unsafe outranks damaged).
+        if e.partial is None:
+            raise
+        ckpt, damaged = e.partial, e
+    if args.json:
+        sys.stdout.writelines(iter_json(ckpt))
+        sys.stdout.write("\n")
+    else:
+        render_checkpoint(
+            ckpt, max_children=None if args.all else max(1, args.max_children), depth=args.depth
+        )
+    if args.fail_on_unsafe and any(f.severity.value == "danger" for f in ckpt.findings):
+        if damaged is not None:
+            print(f"ckptui: {damaged.path}: {damaged.message}", file=sys.stderr)
+        return 1
+    if damaged is not None:
+        raise damaged
+    return 0
