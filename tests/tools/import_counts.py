@@ -37,6 +37,12 @@ def counts(root: Path) -> dict[str, list[str]]:
         mod = module_of(root, f)
         tree = ast.parse(text)
         top = set(map(id, tree.body))
+        funcs = {
+            id(inner): fn
+            for fn in ast.walk(tree)
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            for inner in ast.walk(fn)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 target = resolve(mod, f.name == "__init__.py", node)
@@ -56,9 +62,22 @@ def counts(root: Path) -> dict[str, list[str]]:
             if id(node) not in top and not _in_type_checking(tree, node):
                 where = f"{mod}:{node.lineno} -> {target}"
                 deferred.append(where)
-                if "#" not in lines[node.lineno - 1] and "#" not in lines[node.lineno - 2]:
+                if not _says_why(lines, node, funcs.get(id(node))):
                     uncommented.append(where)
     return {"private": private, "deferred": deferred, "uncommented": uncommented, "big": big}
+
+
+def _says_why(lines: list[str], node: ast.stmt, fn: ast.AST | None) -> bool:
+    """A deferred import says why: a comment on its lines or on the line (or import block)
+    above, or its function's docstring says it is deferred."""
+    start = node.lineno - 1
+    while start > 0 and lines[start - 1].strip().startswith(("from ", "import ")):
+        start -= 1  # a block of deferred imports shares the comment above it
+    span = lines[max(0, start - 1) : node.end_lineno or node.lineno]
+    if any("#" in line for line in span):
+        return True
+    doc = ast.get_docstring(fn) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) else None
+    return bool(doc and "deferred" in doc.lower())
 
 
 def _in_type_checking(tree: ast.Module, node: ast.AST) -> bool:

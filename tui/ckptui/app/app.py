@@ -38,6 +38,7 @@ class CkptApp(App[None]):
 
     def on_mount(self) -> None:
         if self.other is not None:
+            # deferred: the compare screen loads only when two files are given
             from ckptui.app.screens.compare import CompareScreen
 
             self.push_screen(CompareScreen(self.path, self.other))

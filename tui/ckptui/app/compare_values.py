@@ -18,6 +18,7 @@ from ckptui.analysis.diff.values import ValueResult, iter_values
 from ckptui.app.widgets.diff_rows import Row
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint
+from ckptui.tensors.values import Cancelled
 
 FLUSH_EVERY = 0.1
 """Seconds between batches of value results (and progress) sent to the UI."""
@@ -65,8 +66,6 @@ def stream_values(
         post: Sends a batch to the screen (`post_message`: safe from a thread).
         cancelled: True once the worker is cancelled; results so far are still sent.
     """
-    from ckptui.tensors.values import Cancelled
-
     by_path = {r.path: r for r in rows}
     pairs = [(r.path, r.a, r.b) for r in rows]
     pending: list[tuple[Row, float | None, str | None]] = []

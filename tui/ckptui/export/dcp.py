@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
 
-from ckptui.core.dtypes import SAFETENSORS_CODE
+from ckptui.core.dtypes import SAFETENSORS_CODE, itemsize_of
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
@@ -170,8 +170,6 @@ def _cleanup(fd: int, tmp: str) -> None:
 
 
 def _itemsize(dtype: str) -> int:
-    from ckptui.core.dtypes import itemsize_of
-
     return itemsize_of(dtype)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ckptui.core.dtypes import STORAGE_DTYPES
+from ckptui.core.dtypes import DTYPES, STORAGE_DTYPES
 
 _CLASSIC = {
     dtype: name.split(".", 1)[1]
@@ -211,6 +211,4 @@ def _tensor(memo: _Memo, t: TensorOut) -> bytes:
 
 
 def _itemsize(dtype: str) -> int:
-    from ckptui.core.dtypes import DTYPES
-
     return DTYPES[dtype].itemsize

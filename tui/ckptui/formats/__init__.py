@@ -90,6 +90,7 @@ def open_checkpoint(path: str | os.PathLike[str], *, storage_file: str | None = 
             checkpoint.
     """
     if is_url(path):
+        # deferred: a local path never loads the remote modules (nor fsspec)
         from ckptui.formats.remote.folder import open_url
 
         return open_url(os.fspath(path), _open_remote)
@@ -112,6 +113,7 @@ def _open_remote(url: str) -> Checkpoint:
     bytes that took."""
     from dataclasses import replace
 
+    # deferred: a local path never loads the remote modules (nor fsspec)
     from ckptui.formats.remote.reader import RemoteSource, translate
 
     src = RemoteSource.open(url)

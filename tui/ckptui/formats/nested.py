@@ -15,6 +15,7 @@ from ckptui.unpickler.inert import Blob, InertUnpickler, Malformed
 
 def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
     """Return the root object of the checkpoint in `blob` (usually a storage)."""
+    # deferred: the readers import source, which reads embedded checkpoints through this module
     from ckptui.formats.legacy import read_legacy_at
     from ckptui.formats.torchzip import ZipCheckpoint
 

@@ -27,7 +27,7 @@ from ckptui.formats.zipdir import (
     read_central_directory,
 )
 from ckptui.formats.ziplookup import ZipLookup
-from ckptui.unpickler.inert import Global, Malformed
+from ckptui.unpickler.inert import Global, Malformed, PDict
 from ckptui.unpickler.recorded import StorageRef
 
 MAX_PICKLE_BYTES = 1 << 32
@@ -288,8 +288,6 @@ def read_zip(src: Source) -> Checkpoint:
         data = z.load("data.pkl")
         # constants.pkl numbers its storages from 0 too, in its own folder
         constants = z.load("constants.pkl", tensor_dir="constants/", key_prefix="constants/")
-        from ckptui.unpickler.inert import PDict
-
         root = PDict("torchscript")
         root.set("data", data)
         root.set("constants", constants)

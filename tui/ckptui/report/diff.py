@@ -46,6 +46,7 @@ def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
     from rich.padding import Padding
     from rich.table import Table
 
+    # deferred with rich: diff_json (the --json path) never loads rich
     from ckptui.report.text.inspect import escape, stdout_console
 
     console = console or stdout_console()

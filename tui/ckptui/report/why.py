@@ -68,6 +68,7 @@ def render_breakdown(
     """Print the headline, the groupings as bars and the findings."""
     from rich.table import Table
 
+    # deferred with rich: breakdown_json (the --json path) never loads rich
     from ckptui.report.text.inspect import escape, stdout_console
 
     console = console or stdout_console()

@@ -127,6 +127,7 @@ class SourceBytes:
 
     def _open_remote(self, url: str, expected: int | None, is_zip: bool) -> Any:
         """A `RemoteSource` on `url`, checked against the size it had when it was opened."""
+        # deferred: local reads never load the remote modules (nor fsspec)
         from ckptui.formats.remote.reader import RemoteSource
 
         try:

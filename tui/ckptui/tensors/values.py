@@ -202,6 +202,7 @@ def _remote_bytes(
     blocks (progress 0 to 0.5, cancellable between blocks); the first also brings the zip
     record's local header (or legacy storage count) just before the data, which it checks.
     The whole view is held in memory while its stats are taken."""
+    # deferred: local reads never load the remote modules (nor fsspec)
     from ckptui.formats.remote.reader import RemoteSource
 
     where = ckpt.path

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ckptui.data import weights_only_allowlist as wo
+
 # Python 2 names are mapped with the table pickle's own fix_imports uses (cStringIO -> io, ...).
 _PY2_NAMES: dict[tuple[str, str], tuple[str, str]] = _compat_pickle.NAME_MAPPING
 _PY2_MODULES: dict[str, str] = _compat_pickle.IMPORT_MAPPING
@@ -416,8 +418,6 @@ def _stdlib() -> frozenset[str]:
 
 
 def _safe_exact() -> frozenset[str]:
-    from ckptui.data import weights_only_allowlist as wo
-
     return frozenset(
         {*wo.ALLOWED, *wo.ALLOWED_AFTER_IMPORT_TORCH, *wo.NEEDS_IMPORT, *_KNOWN, *_KNOWN_FUNCTIONS}
         - {"torch._tensor._rebuild_from_type_v2"}  # calls its first argument: judged by that

@@ -21,7 +21,7 @@ from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, Path, TensorInfo
 from ckptui.tensors.reader import Piece, SourceBytes
-from ckptui.tensors.values import Cancelled, ValuesUnavailable
+from ckptui.tensors.values import Cancelled, ValuesUnavailable, element_type
 
 __all__ = ["PIECE", "Progress", "ValueResult", "iter_values"]
 
@@ -83,8 +83,6 @@ def iter_values(
 def _unreadable(side: str, ckpt: Checkpoint, t: TensorInfo) -> str | None:
     why = unexportable(ckpt, t, "pth")
     if why is None:
-        from ckptui.tensors.values import element_type
-
         try:
             element_type(ckpt.path, t, False)
         except ValuesUnavailable as e:
@@ -105,8 +103,6 @@ def _reading(ckpt: Checkpoint) -> Iterator[Any]:
 def _elements(ckpt: Checkpoint, src: Any, path: Path, t: TensorInfo) -> Iterator[Any]:
     """The tensor's elements (complex: interleaved components) as flat numpy arrays."""
     import numpy as np
-
-    from ckptui.tensors.values import element_type
 
     dtype, _, _ = element_type(ckpt.path, t, False)
     try:

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckptui.analysis.training.optim_map import map_optimizers
+from ckptui.analysis.training.resume import resume_card
+from ckptui.analysis.training.weights_only import weights_only_report
 from ckptui.core.tree import Checkpoint, Path
 
 
@@ -50,8 +53,6 @@ def training_facts(ckpt: Checkpoint) -> TrainingFacts:
     """Compute every part, each guarded on its own."""
     facts = TrainingFacts()
     try:
-        from ckptui.analysis.training.optim_map import map_optimizers
-
         facts.mappings = map_optimizers(ckpt)
         for m in facts.mappings:
             at = facts.entry_at
@@ -64,14 +65,10 @@ def training_facts(ckpt: Checkpoint) -> TrainingFacts:
     except Exception as e:  # a strange file must not take the other answers down  # noqa: BLE001
         facts.errors.append(f"optimizer mapping failed: {e!r}")
     try:
-        from ckptui.analysis.training.resume import resume_card
-
         facts.resume = resume_card(ckpt)
     except Exception as e:  # noqa: BLE001
         facts.errors.append(f"resume card failed: {e!r}")
     try:
-        from ckptui.analysis.training.weights_only import weights_only_report
-
         facts.weights_only = weights_only_report(ckpt)
     except ImportError:
         pass

@@ -34,6 +34,7 @@ from ckptui.core.tree import Checkpoint, NodeKind, walk
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats.naming import output_stem
 from ckptui.formats.opening import open_source
+from ckptui.formats.torchzip import ZipCheckpoint
 from ckptui.unpickler.safety import Safety, judge, looks_like_class
 from ckptui.unpickler.weights_only_replay import Replay
 
@@ -210,8 +211,6 @@ def _export_command(ckpt: Checkpoint) -> str | None:
 
 def _pickles(ckpt: Checkpoint) -> tuple[bytes, int]:
     """The bytes holding the pickle(s) torch.load would unpickle, and how many there are."""
-    from ckptui.formats.torchzip import ZipCheckpoint
-
     src = open_source(ckpt.path)
     try:
         if ckpt.format == "torch-zip":

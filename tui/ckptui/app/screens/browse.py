@@ -21,6 +21,8 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import Index, search
+from ckptui.analysis.params import params_at
+from ckptui.analysis.roles import weights_path
 from ckptui.app.widgets.ckpt_tree import CkptTree, Entry
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
@@ -30,7 +32,7 @@ from ckptui.core.keypath import path_expr
 from ckptui.core.tree import Checkpoint, Path
 from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
-from ckptui.tensors.values import Cancelled
+from ckptui.tensors.values import Cancelled, interruptible
 
 PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""
@@ -45,9 +47,6 @@ LIVE_ROWS = 2000
 
 def _model_params(ckpt: Checkpoint) -> tuple[Path, Any] | None:
     """(path, `params.Params`) of the model's weights (`roles.weights_path`), or None."""
-    from ckptui.analysis.params import params_at
-    from ckptui.analysis.roles import weights_path
-
     path = weights_path(ckpt)
     params = params_at(ckpt.root, path)
     return (path, params) if path is not None and params is not None else None
@@ -104,8 +103,6 @@ class BrowseScreen(Screen[None]):
     def open_file(self) -> tuple[Checkpoint, Index, Any]:
         """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
         app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
-        from ckptui.tensors.values import interruptible
-
         worker = get_current_worker()
         ckpt = interruptible(lambda: open_checkpoint(self.path), lambda: worker.is_cancelled)
         return ckpt, Index.build(ckpt), _model_params(ckpt)
@@ -114,8 +111,8 @@ class BrowseScreen(Screen[None]):
     def find_training_facts(self, ckpt: Checkpoint) -> Any:
         """Name optimizer entries' parameters, make the resume card and the weights_only
         report, after the tree is shown (aligning a huge optimizer can take a second)."""
+        # deferred: the training analysis runs in this worker after first paint, and loads here
         from ckptui.analysis.training.facts import training_facts
-        from ckptui.tensors.values import interruptible
 
         # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
         worker = get_current_worker()
@@ -190,8 +187,8 @@ class BrowseScreen(Screen[None]):
     def find_modules(self, ckpt: Checkpoint, path: Path) -> tuple[Any, Any]:
         """The module view's rows for the weights, made before `m` asks for them (grouping a
         100,000-key dict takes most of a second here)."""
+        # deferred: the module view's grouping loads in this worker, after first paint
         from ckptui.analysis import modules
-        from ckptui.tensors.values import interruptible
 
         def run() -> tuple[Any, Any]:
             node = ckpt.find(path)

@@ -34,6 +34,7 @@ from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint
 from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
+from ckptui.formats.source import is_url
 from ckptui.tensors.values import Cancelled, interruptible
 
 SHORT = {
@@ -152,8 +153,6 @@ class CompareScreen(Screen[None]):
 
     def _auto_compare(self) -> None:
         """Compare every value at once when both files are local and the bytes are few."""
-        from ckptui.formats.source import is_url
-
         if self.a is None or self.b is None or is_url(self.path_a) or is_url(self.path_b):
             return
         rows = self._comparable()

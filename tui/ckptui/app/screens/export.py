@@ -47,6 +47,7 @@ from ckptui.export import (
 from ckptui.export.dcp import stitched_bytes
 from ckptui.formats.source import is_url
 from ckptui.tensors.values import Cancelled as ReadCancelled
+from ckptui.tensors.values import interruptible
 
 DTYPES = ("keep", "bf16", "fp16")
 FORMATS = ("pth", "safetensors")
@@ -155,8 +156,6 @@ class ExportScreen(ModalScreen[None]):
     def _plan(
         self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
     ) -> tuple[Plan, int, bool, int]:
-        from ckptui.tensors.values import interruptible
-
         worker = get_current_worker()  # on a thread `q` abandons, as every long worker
 
         def run() -> tuple[Plan, int, bool, int]:

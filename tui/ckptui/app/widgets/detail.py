@@ -30,6 +30,7 @@ from textual.widgets import Sparkline, Static
 from textual.worker import get_current_worker
 
 from ckptui.analysis.index import Index, bytes_below_all
+from ckptui.analysis.params import count
 from ckptui.analysis.roles import optimizers_of
 from ckptui.app.widgets.ckpt_tree import Entry
 from ckptui.core import units
@@ -42,6 +43,7 @@ from ckptui.report.text.training import (
     resume_card,
     weights_only_verdict,
 )
+from ckptui.tensors.values import Cancelled, fetched_bytes, tensor_stats
 
 AUTO_STATS_BYTES = 64 << 20
 """Tensors up to this size get their values computed as soon as they are selected."""
@@ -121,8 +123,6 @@ class _Sizes:
 
 def _param_rows(t: Table, p: Any) -> None:
     """Rows for a `params.Params`: the count, weights vs buffers, bytes and the dtype mix."""
-    from ckptui.analysis.params import count
-
     # parameters as `sum(p.numel() for p in model.parameters())` counts them: buffers apart
     for name, n in (("parameters", p.weights), ("buffers", p.buffers)):
         if n or name == "parameters":
@@ -423,14 +423,10 @@ class DetailPanel(VerticalScroll):
         if entry is None or entry.node.tensor is None or self.ckpt is None:
             return
         info = entry.node.tensor
-        from ckptui.tensors.values import fetched_bytes
-
         fetching = fetched_bytes(self.ckpt, info)
         # A worker's first read imports numpy (~0.1 s), and any network read may stall: both
         # stay off the UI thread.
         if info.nbytes <= INLINE_STATS_BYTES and "numpy" in sys.modules and not fetching:
-            from ckptui.tensors.values import tensor_stats
-
             try:
                 stats = tensor_stats(self.ckpt, info)
             except CkptError as e:
@@ -446,8 +442,6 @@ class DetailPanel(VerticalScroll):
     @work(thread=True, exclusive=True, group="values", exit_on_error=False)
     def _values(self, ckpt: Checkpoint, info: TensorInfo, path: Path, fetching: int) -> None:
         """Stats off the UI thread; moving on cancels it (between blocks of a remote read)."""
-        from ckptui.tensors.values import Cancelled, tensor_stats
-
         worker = get_current_worker()
         shown = [0.0]
 

@@ -110,8 +110,6 @@ def rebuild_from_type_v2(u: InertUnpickler, args: tuple[Any, ...]) -> Any:
 def _dtensor_facts(spec: Any) -> list[tuple[str, str]]:
     """`placements` and `mesh` of a DTensor's `_spec` (a DTensorSpec placeholder), as text:
     `Shard(0)`, `Replicate()`; `cpu · 2 ranks`. What is not recognised is left out."""
-    from ckptui.unpickler.inert import PDict
-
     state = spec.state if isinstance(spec, PObject) else None
     if not isinstance(state, PDict):
         return []
