@@ -1,0 +1,1 @@
+"""Comparing two checkpoints: keys, shapes and dtypes (`compare`), and values (`values`)."""

@@ -1,0 +1,1 @@
+"""The `--json` contracts of `inspect` (`inspect`, `training`); imports no rich."""
