@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
 
 PartKind = Literal["weights", "optimizers", "schedulers", "state"]
 """What a part holds, as far as the size breakdown and the exporter care: the model's weights, a
@@ -27,7 +27,7 @@ list of optimizer state dicts, a list of scheduler state dicts, or other framewo
 class Part:
     """One labelled part of a framework's checkpoint."""
 
-    path: Path
+    path: KeyPath
     label: str
     """What it is for, for people: `model weights`, `state of ModelCheckpoint`."""
     kind: PartKind = "state"
@@ -45,17 +45,17 @@ class Framework:
     """The framework's version recorded in the file, when it records one."""
     parts: tuple[Part, ...]
     """Labelled parts, in tree order."""
-    optimizers: tuple[Path, ...] = ()
+    optimizers: tuple[KeyPath, ...] = ()
     """Each optimizer state dict the framework saved (entries of Lightning's `optimizer_states`)."""
     progress: tuple[tuple[str, int], ...] = ()
     """Training counters worth a glance: (`epoch`, 3), (`step`, 12000)."""
 
     @property
-    def weights(self) -> Path | None:
+    def weights(self) -> KeyPath | None:
         """The part holding the model's weights, if the file has one."""
         return next((p.path for p in self.parts if p.kind == "weights"), None)
 
-    def label(self, path: Path) -> str | None:
+    def label(self, path: KeyPath) -> str | None:
         """The label of the part at `path`, or None."""
         return next((p.label for p in self.parts if p.path == path), None)
 
@@ -124,7 +124,7 @@ def _detect_lightning(root: Node) -> Framework | None:
         return None
     version = version_node.value if isinstance(version_node.value, str) else version_node.text
     parts: list[Part] = []
-    optimizers: tuple[Path, ...] = ()
+    optimizers: tuple[KeyPath, ...] = ()
     progress: list[tuple[str, int]] = []
     for c in root.children:
         key = c.key

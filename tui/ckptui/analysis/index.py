@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, TensorInfo, walk
+from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, NodeKind, TensorInfo, walk
 from ckptui.core.units import shape, short_type, size
 
 
@@ -127,8 +127,8 @@ def largest_children(node: Node, n: int = 5) -> list[tuple[Node, int]]:
 class Index:
     """Lookups over a whole checkpoint, built once after opening."""
 
-    tensors_by_storage: dict[str, list[Path]] = field(default_factory=dict)
-    findings_by_path: dict[Path, list[Finding]] = field(default_factory=dict)
+    tensors_by_storage: dict[str, list[KeyPath]] = field(default_factory=dict)
+    findings_by_path: dict[KeyPath, list[Finding]] = field(default_factory=dict)
     tensor_count: int = 0
 
     @classmethod
@@ -144,7 +144,7 @@ class Index:
                 idx.findings_by_path.setdefault(f.path, []).append(f)
         return idx
 
-    def sharing(self, path: Path, tensor: TensorInfo) -> list[Path]:
+    def sharing(self, path: KeyPath, tensor: TensorInfo) -> list[KeyPath]:
         """Other paths whose tensors view the same storage."""
         if tensor.storage_key is None:
             return []
@@ -165,10 +165,10 @@ def compile_query(query: str) -> re.Pattern[str]:
     return re.compile(re.escape(query), re.IGNORECASE)
 
 
-def search(root: Node, query: str, limit: int = 10_000) -> list[Path]:
+def search(root: Node, query: str, limit: int = 10_000) -> list[KeyPath]:
     """Paths whose dotted text matches `query`, in display order, at most `limit`."""
     pattern = compile_query(query)
-    out: list[Path] = []
+    out: list[KeyPath] = []
     for path, _ in walk(root):
         if pattern.search(path_text(path)):
             out.append(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ckptui.analysis.params import Params, count_params, tally_nodes
 from ckptui.analysis.roles import is_module, is_state_dict
-from ckptui.core.tree import Node, NodeKind, Path
+from ckptui.core.tree import KeyPath, Node, NodeKind
 
 INTERNALS = "(nn.Module internals)"
 """The name of the row that holds a placeholder module's raw fields."""
@@ -34,7 +34,7 @@ class Module:
     """The last segment (`conv1`), or for a placeholder module its attribute name."""
     prefix: str
     """The state-dict prefix of everything below (`layer1.0.conv1`)."""
-    path: Path
+    path: KeyPath
     """Tree path of the node the row stands on: the mapping holding the names, or the module."""
     params: Params
     node: Node | None = None
@@ -75,7 +75,7 @@ class Entry:
     """A leaf of the module view: one tensor (or value) of the checkpoint, under its name."""
 
     name: str
-    path: Path
+    path: KeyPath
     """Its tree path in the checkpoint."""
     node: Node
     internals: bool = False
@@ -97,7 +97,7 @@ def has_modules(node: Node) -> bool:
     return is_state_dict(node)
 
 
-def module_rows(node: Node, path: Path) -> list[Row] | None:
+def module_rows(node: Node, path: KeyPath) -> list[Row] | None:
     """The module view's rows directly below `node` (at tree `path`), or None when it has none
     (not a state dict with dotted names, nor a placeholder module)."""
     if is_module(node):
@@ -115,7 +115,7 @@ def module_rows(node: Node, path: Path) -> list[Row] | None:
     return _group(members, path, "") + rest
 
 
-def _group(members: list[tuple[str, Node]], path: Path, prefix: str) -> list[Row]:
+def _group(members: list[tuple[str, Node]], path: KeyPath, prefix: str) -> list[Row]:
     """Rows for `members` grouped by their first remaining segment, in first-appearance order.
 
     Each level splits off one segment (`partition`), not the whole name: opening the top of a
@@ -148,7 +148,7 @@ def _group(members: list[tuple[str, Node]], path: Path, prefix: str) -> list[Row
     return rows
 
 
-def _module_rows(node: Node, path: Path, prefix: str) -> list[Row]:
+def _module_rows(node: Node, path: KeyPath, prefix: str) -> list[Row]:
     """A placeholder module's submodules, then its parameters and buffers, then its internals."""
     rows: list[Row] = []
     fields = {c.key: c for c in node.children}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ckptui.core.tree import Node, NodeKind, Path, TensorInfo
+from ckptui.core.tree import KeyPath, Node, NodeKind, TensorInfo
 
 BUFFER_NAMES = frozenset(
     {
@@ -217,7 +217,7 @@ def count_params(node: Node) -> Params:
     return tally(tensors_below(node))
 
 
-def params_at(root: Node, path: Path | None) -> Params | None:
+def params_at(root: Node, path: KeyPath | None) -> Params | None:
     """`count_params` of the node at `path` (the model's weights), or None without one."""
     if path is None:
         return None

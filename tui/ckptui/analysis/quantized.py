@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ckptui.core.tree import Node, NodeKind, Path
+from ckptui.core.tree import KeyPath, Node, NodeKind
 
 VERSIONS = {
     "modules.linear.LinearPackedParams": 3,
@@ -45,7 +45,7 @@ class QEntry:
     """`tensor` (at `path`), `pair` (the tuple at `path`), `dtype`, `float`, `int` (a tensor
     torch makes from a number: `torch.tensor(self.scale)`), `none`, or `refuse` (an entry that
     is a C++ object, at `path`, of class `value`)."""
-    path: Path = ()
+    path: KeyPath = ()
     """Where the tensor or tuple lies, relative to the node given to `module_entries`."""
     value: Any = None
     """The dtype's name, or the number, for entries made from a value."""
@@ -120,7 +120,7 @@ def module_entries(node: Node) -> tuple[list[QEntry], dict[str, int]]:
     """
     entries: list[QEntry] = []
     versions: dict[str, int] = {}
-    stack: list[tuple[Node, Path, str]] = [(node, (), "")]
+    stack: list[tuple[Node, KeyPath, str]] = [(node, (), "")]
     seen = 0
     while stack:
         mod, path, prefix = stack.pop()
@@ -144,7 +144,7 @@ def module_entries(node: Node) -> tuple[list[QEntry], dict[str, int]]:
     return entries, versions
 
 
-def _own_entries(mod: Node, cls: str, path: Path, prefix: str) -> list[QEntry]:
+def _own_entries(mod: Node, cls: str, path: KeyPath, prefix: str) -> list[QEntry]:
     """What `cls._save_to_state_dict` adds beyond the module's `_parameters` and `_buffers`."""
     out: list[QEntry] = []
     leaf = cls.rsplit(".", 1)[-1]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ckptui.analysis.frameworks import Framework, detect_root
 from ckptui.analysis.index import bytes_below
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
 
 
 class Role(str, enum.Enum):
@@ -82,7 +82,7 @@ OPTIMIZER_KINDS = (
 class OptimizerInfo:
     """An optimizer's state dict found in the checkpoint."""
 
-    path: Path
+    path: KeyPath
     kind: str
     """`Adam-style`, `SGD with momentum`, ... or `unknown optimizer`."""
     state_keys: tuple[str, ...]
@@ -180,7 +180,7 @@ def is_scheduler(node: Node) -> bool:
     )
 
 
-def optimizer_info(path: Path, node: Node) -> OptimizerInfo:
+def optimizer_info(path: KeyPath, node: Node) -> OptimizerInfo:
     """Name the optimizer kind from its per-parameter state keys."""
     keys: list[str] = []
     state = node.child("state")
@@ -205,7 +205,7 @@ def find_optimizers(root: Node, limit: int = 64) -> list[OptimizerInfo]:
     structure, skipping the framework's weights and optimizer parts.
     """
     out: list[OptimizerInfo] = []
-    skip: set[Path] = set()
+    skip: set[KeyPath] = set()
     framework = detect_root(root)
     if framework is not None:
         for path in framework.optimizers[:limit]:
@@ -213,7 +213,7 @@ def find_optimizers(root: Node, limit: int = 64) -> list[OptimizerInfo]:
             if node is not None:
                 out.append(_framework_optimizer(path, node))
         skip = {p.path for p in framework.parts if p.kind in ("weights", "optimizers")}
-    stack: list[tuple[Path, Node]] = [((), root)]
+    stack: list[tuple[KeyPath, Node]] = [((), root)]
     while stack and len(out) < limit:
         path, node = stack.pop()
         if path in skip:
@@ -234,7 +234,7 @@ def optimizers_of(ckpt: Checkpoint) -> list[OptimizerInfo]:
     return list(ckpt.memo("optimizers", lambda: tuple(find_optimizers(ckpt.root))))
 
 
-def weights_path(ckpt: Checkpoint) -> Path | None:
+def weights_path(ckpt: Checkpoint) -> KeyPath | None:
     """The subtree holding the model's weights, or None when the checkpoint has no tensors.
     Computed once per checkpoint (`Checkpoint.memo`).
 
@@ -246,7 +246,7 @@ def weights_path(ckpt: Checkpoint) -> Path | None:
     return ckpt.memo("weights_path", lambda: _weights_path(ckpt))
 
 
-def _weights_path(ckpt: Checkpoint) -> Path | None:
+def _weights_path(ckpt: Checkpoint) -> KeyPath | None:
     root = ckpt.root
     if root.kind is NodeKind.TENSOR or is_module(root):
         return ()
@@ -269,8 +269,8 @@ def _weights_path(ckpt: Checkpoint) -> Path | None:
     for f in ckpt.findings:
         if f.kind == "whole_module" and f.path is not None:
             return f.path
-    best: tuple[int, Path] | None = None
-    stack: list[tuple[Path, Node]] = [((), root)]
+    best: tuple[int, KeyPath] | None = None
+    stack: list[tuple[KeyPath, Node]] = [((), root)]
     while stack:
         path, node = stack.pop()
         if path and (is_state_dict(node) or is_module(node)):
@@ -283,7 +283,7 @@ def _weights_path(ckpt: Checkpoint) -> Path | None:
     return best[1] if best else None
 
 
-def role_of(path: Path, node: Node, weights: Path | None) -> Role | None:
+def role_of(path: KeyPath, node: Node, weights: KeyPath | None) -> Role | None:
     """The role of a subtree, or None when it is a plain container to look inside."""
     if weights is not None and path == weights:
         return Role.WEIGHTS
@@ -303,8 +303,8 @@ def role_of(path: Path, node: Node, weights: Path | None) -> Role | None:
 
 
 def role_groups(
-    ckpt: Checkpoint, weights: Path | None, max_depth: int = 3
-) -> list[tuple[Path, Role]]:
+    ckpt: Checkpoint, weights: KeyPath | None, max_depth: int = 3
+) -> list[tuple[KeyPath, Role]]:
     """Subtrees with a role, in tree order, covering every tensor of the checkpoint.
 
     Containers without a role of their own (`{"state": {"model": ..., "optim": ...}}`) are
@@ -313,11 +313,11 @@ def role_groups(
     root = ckpt.root
     if weights == () or root.kind is NodeKind.TENSOR:
         return [((), Role.WEIGHTS)]
-    out: list[tuple[Path, Role]] = []
+    out: list[tuple[KeyPath, Role]] = []
     framework = detect_root(root)
     known = _framework_roles(framework, root, weights) if framework is not None else {}
 
-    def visit(path: Path, node: Node) -> None:
+    def visit(path: KeyPath, node: Node) -> None:
         for c in node.children:
             p = (*path, c.key)
             if c.kind is NodeKind.REF:
@@ -336,10 +336,12 @@ def role_groups(
     return out
 
 
-def _framework_roles(framework: Framework, root: Node, weights: Path | None) -> dict[Path, Role]:
+def _framework_roles(
+    framework: Framework, root: Node, weights: KeyPath | None
+) -> dict[KeyPath, Role]:
     """The role of each part a framework names: its callbacks or loops are one group each,
     not split into their entries as an unknown container would be."""
-    out: dict[Path, Role] = {}
+    out: dict[KeyPath, Role] = {}
     for part in framework.parts:
         node = _at(root, part.path)
         if node is None or part.path == weights:
@@ -353,13 +355,13 @@ def _framework_roles(framework: Framework, root: Node, weights: Path | None) -> 
     return out
 
 
-def _framework_optimizer(path: Path, node: Node) -> OptimizerInfo:
+def _framework_optimizer(path: KeyPath, node: Node) -> OptimizerInfo:
     if is_optimizer(node):
         return optimizer_info(path, node)
     return OptimizerInfo(path, "unknown optimizer", ())
 
 
-def _at(root: Node, path: Path) -> Node | None:
+def _at(root: Node, path: KeyPath) -> Node | None:
     node: Node | None = root
     for key in path:
         node = node.child(key) if node is not None else None

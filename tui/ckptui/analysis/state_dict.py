@@ -11,21 +11,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ckptui.core.dtypes import DTYPES
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, ref_tensor, walk
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo, ref_tensor, walk
 
 KNOWN_PREFIXES = ("module.", "_orig_mod.")
 """Prefixes wrappers add to every name: DataParallel/DDP's `module.`, torch.compile's `_orig_mod.`."""
 
 
-def tensors_of(node: Node, base: Path) -> list[tuple[Path, TensorInfo]]:
+def tensors_of(node: Node, base: KeyPath) -> list[tuple[KeyPath, TensorInfo]]:
     """The tensors at and below `node` (which sits at `base`) as a state dict holds them: a
     sparse/nested/quantized/wrapper tensor once (not its parts), a tensor saved twice under both
     names, and of a whole-module pickle only what `state_dict()` would save."""
     if node.kind is NodeKind.TENSOR:
         return [(base, node.value)]
     out = []
-    tensor_at: dict[Path, TensorInfo] = {}
-    inside: Path | None = None
+    tensor_at: dict[KeyPath, TensorInfo] = {}
+    inside: KeyPath | None = None
     for rel, n in walk(node):
         path = (*base, *rel)
         if inside is not None and path[: len(inside)] == inside:

@@ -19,7 +19,8 @@ from ckptui.core.dtypes import SUB_BYTE_BITS
 Key = str | int | None
 """A key in a parent: str for mapping keys, int for sequence indexes (and int mapping keys)."""
 
-Path = tuple[Key, ...]
+KeyPath = tuple[Key, ...]
+"""Where a node sits: the keys from the root (str keys of mappings, int indexes of sequences)."""
 
 _SCAN_MAX = 16
 """Children up to which `Node.child` scans rather than building an index (cheaper when small)."""
@@ -175,7 +176,7 @@ class Node:
         value: Any = None,
         tensor: TensorInfo | None = None,
         text: str | None = None,
-        target: Path | None = None,
+        target: KeyPath | None = None,
         nbytes: int = 0,
         safety: str | None = None,
         attrs: tuple[tuple[str, Any], ...] = (),
@@ -201,7 +202,7 @@ class Node:
         return self.extra.text if self.extra else None
 
     @property
-    def target(self) -> Path | None:
+    def target(self) -> KeyPath | None:
         """For REF nodes: the path of the object's first occurrence."""
         return self.value if self.kind is NodeKind.REF else None
 
@@ -249,7 +250,7 @@ class Finding:
     """Stable identifier: `dangerous_call`, `unknown_class`, `missing_storage`, ..."""
     severity: Severity
     message: str
-    path: Path | None = None
+    path: KeyPath | None = None
 
 
 class Part(str, enum.Enum):
@@ -309,7 +310,7 @@ class Checkpoint:
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.storages)} storages)"
 
-    def tensors(self) -> Iterator[tuple[Path, TensorInfo]]:
+    def tensors(self) -> Iterator[tuple[KeyPath, TensorInfo]]:
         """Yield (path, tensor) for every tensor, once per path that reaches it, in tree order.
 
         A REF node pointing straight at a tensor yields that tensor under the ref's path too (the
@@ -318,7 +319,7 @@ class Checkpoint:
         earlier in this order (the pickle's memo only refers back), so one pass suffices, and
         the walk holds one iterator per level, not a list of every node.
         """
-        tensor_at: dict[Path, TensorInfo] = {}
+        tensor_at: dict[KeyPath, TensorInfo] = {}
         if self.root.kind is NodeKind.TENSOR:
             yield (), self.root.value
         tensor, ref = NodeKind.TENSOR, NodeKind.REF
@@ -342,7 +343,7 @@ class Checkpoint:
             folder = self.path.rsplit("/", 1)[0] if "/" in self.path else "."
         return f"{folder}/{storage.file}"
 
-    def find(self, path: Path) -> Node | None:
+    def find(self, path: KeyPath) -> Node | None:
         """Return the node at `path`, or None."""
         node: Node | None = self.root
         for key in path:
@@ -380,9 +381,9 @@ def evolve(obj: Any, **changes: Any) -> Any:
     return cls(**kwargs)
 
 
-def walk(root: Node) -> Iterator[tuple[Path, Node]]:
+def walk(root: Node) -> Iterator[tuple[KeyPath, Node]]:
     """Every (path, node) below `root` in display order, holding one iterator per level."""
-    stack: list[tuple[Path, Iterator[Node]]] = [((), iter(root.children))]
+    stack: list[tuple[KeyPath, Iterator[Node]]] = [((), iter(root.children))]
     while stack:
         parent, it = stack[-1]
         node = next(it, None)

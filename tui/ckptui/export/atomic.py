@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import tempfile
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from ckptui.core.errors import ExportError
 from ckptui.core.tree import Checkpoint
@@ -27,7 +27,7 @@ TEMP_SUFFIX = ".ckptui-tmp"
 """The temp file beside a target is `.NAME.XXXXXXXX.ckptui-tmp` (mkstemp's random part)."""
 
 
-def temp_beside(target: FsPath, folder: FsPath) -> tuple[int, str]:
+def temp_beside(target: Path, folder: Path) -> tuple[int, str]:
     """A new hidden temp file in `folder` for `target`, with the mode a plainly created file
     would get (mkstemp's 0600 would leave the export unreadable to the user's group, or to a
     container running as another user, once renamed into place).
@@ -48,7 +48,7 @@ def temp_beside(target: FsPath, folder: FsPath) -> tuple[int, str]:
     return fd, tmp
 
 
-def remove_stale_temps(target: FsPath, folder: FsPath) -> list[str]:
+def remove_stale_temps(target: Path, folder: Path) -> list[str]:
     """Remove the temp files that earlier exports to `target` left when killed (SIGKILL, a
     power cut); returns their paths. A temp is stale when no process holds its lock: the
     kernel drops a dead process's locks, so a concurrent export's temp is never touched."""
@@ -67,7 +67,7 @@ def remove_stale_temps(target: FsPath, folder: FsPath) -> list[str]:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            FsPath(entry.path).unlink()
+            Path(entry.path).unlink()
             removed.append(entry.path)
         except OSError:
             continue  # a live export holds it, or it cannot be removed: left alone
@@ -80,7 +80,7 @@ def _umask() -> int:
     """The process's umask, read without setting it (os.umask would change it for a moment for
     every thread, the app's included)."""
     try:
-        with FsPath("/proc/self/status").open(encoding="ascii") as f:
+        with Path("/proc/self/status").open(encoding="ascii") as f:
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
@@ -95,32 +95,32 @@ def check_target(out: str | os.PathLike[str], ckpt: Checkpoint) -> tuple[str, st
     source."""
     if is_url(os.fspath(out)):
         return "error", "is a URL: the output is written to a local file (upload it after)"
-    target = FsPath(out)
+    target = Path(out)
     if target.exists() or target.is_symlink():
         sources = [ckpt.path]
         folder = ckpt.info.get("folder")
         if folder is not None:
             sources += [f"{folder}/{f}" for f in ckpt.info.get("files", {})]
-        # a URL is never a local file: FsPath would fold its `//` into a bogus local path
-        if any(_same_file(target, FsPath(s)) for s in sources if not is_url(s)):
+        # a URL is never a local file: Path would fold its `//` into a bogus local path
+        if any(_same_file(target, Path(s)) for s in sources if not is_url(s)):
             return "error", "is the source checkpoint: refusing to overwrite it"
         if target.is_dir():
             return "error", "is a folder"
         return "exists", "already exists (use --force to replace it)"
-    folder = target.parent if str(target.parent) else FsPath()
+    folder = target.parent if str(target.parent) else Path()
     if not folder.is_dir():
         return "error", f"no folder {folder}"
     return None
 
 
-def _same_file(a: FsPath, b: FsPath) -> bool:
+def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.samefile(b)
     except OSError:
         return a.resolve() == b.resolve()
 
 
-def fsync_dir(folder: FsPath) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable (the new name survives a power cut)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

@@ -26,13 +26,13 @@ import contextlib
 import errno
 import os
 from dataclasses import dataclass
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 from ckptui.core.dtypes import SAFETENSORS_CODE, itemsize_of
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path
-from ckptui.core.tree import Checkpoint, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.export.atomic import check_target, fsync_dir, temp_beside
 from ckptui.export.plan import (
     CAST_TARGETS,
@@ -53,7 +53,7 @@ BATCH_BYTES = 1 << 30
 class _Item:
     name: str
     fqn: str
-    path: Path
+    path: KeyPath
     tensor: TensorInfo
     dtype: str
 
@@ -98,7 +98,7 @@ def export_dcp_plan(
 def export_dcp(
     ckpt: Checkpoint,
     out: str | os.PathLike[str],
-    keep: list[Path] | None = None,
+    keep: list[KeyPath] | None = None,
     strip_prefix: str = "auto",
     dtype: str = "keep",
     fmt: str = "pth",
@@ -128,11 +128,11 @@ def export_dcp(
             a dangerous `.metadata`, a bad target, a full disk or failed verification.
     """
     keep, items = _plan(ckpt, keep, strip_prefix, dtype, fmt)
-    target = FsPath(out)
+    target = Path(out)
     problem = check_target(target, ckpt)
     if problem is not None and (problem[0] != "exists" or not force):
         raise ExportError(str(target), problem[1])
-    folder = target.parent if str(target.parent) else FsPath()
+    folder = target.parent if str(target.parent) else Path()
     total = sum(it.tensor.numel * _itemsize(it.dtype) for it in items)
     fd, tmp = temp_beside(target, folder)
     try:
@@ -140,10 +140,10 @@ def export_dcp(
         meta = {"format": "pt", **file_metadata(ckpt)} if fmt == "safetensors" else None
         _write(tensors, fd, tmp, meta)
         fd = -1
-        size = FsPath(tmp).stat().st_size
+        size = Path(tmp).stat().st_size
         _verify(ckpt, tensors, tmp, fmt)
         del tensors
-        FsPath(tmp).replace(target)
+        Path(tmp).replace(target)
     except OSError as e:
         _cleanup(fd, tmp)
         if e.errno == errno.ENOSPC:
@@ -166,7 +166,7 @@ def _cleanup(fd: int, tmp: str) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     with contextlib.suppress(OSError):
-        FsPath(tmp).unlink()
+        Path(tmp).unlink()
 
 
 def _itemsize(dtype: str) -> int:
@@ -174,8 +174,8 @@ def _itemsize(dtype: str) -> int:
 
 
 def _plan(
-    ckpt: Checkpoint, keep: list[Path] | None, strip_prefix: str, dtype: str, fmt: str
-) -> tuple[list[Path], list[_Item]]:
+    ckpt: Checkpoint, keep: list[KeyPath] | None, strip_prefix: str, dtype: str, fmt: str
+) -> tuple[list[KeyPath], list[_Item]]:
     """The kept paths (default: the detected weights) and the tensors to load and write."""
     if ckpt.format != "dcp":
         raise ExportError(ckpt.path, "not a torch.distributed.checkpoint folder")
@@ -190,7 +190,7 @@ def _plan(
             f"refusing to hand this folder to torch's DCP reader: {danger[0].message}",
         )
     keep, kept = kept_tensors(ckpt, keep)
-    found: list[tuple[str, Path, TensorInfo]] = []
+    found: list[tuple[str, KeyPath, TensorInfo]] = []
     for name, path, t in kept:
         _check_available(ckpt, path, t)
         found.append((name, path, t))  # a kept tensor itself is named by its key (kept_tensors)
@@ -210,7 +210,7 @@ def _plan(
     return keep, items
 
 
-def _check_available(ckpt: Checkpoint, path: Path, t: TensorInfo) -> None:
+def _check_available(ckpt: Checkpoint, path: KeyPath, t: TensorInfo) -> None:
     node = ckpt.find(path)
     keys: tuple[str, ...] = ()
     if t.storage_key is not None:
@@ -261,7 +261,7 @@ def _safe_reader(folder: str) -> Any:
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            with FsPath(folder, ".metadata").open("rb") as f:
+            with Path(folder, ".metadata").open("rb") as f:
                 metadata = MetadataUnpickler(f).load()
             if not isinstance(metadata, md.Metadata):
                 raise pickle.UnpicklingError(".metadata does not hold DCP Metadata")
@@ -346,7 +346,7 @@ def _batches(items: list[_Item]) -> list[list[_Item]]:
     return out
 
 
-def _at(sd: Any, path: Path) -> Any:
+def _at(sd: Any, path: KeyPath) -> Any:
     node = sd
     for k in path:
         in_list = isinstance(node, list) and isinstance(k, int) and 0 <= k < len(node)
@@ -371,7 +371,7 @@ def _write(tensors: dict[str, Any], fd: int, tmp: str, meta: dict[str, str] | No
 
     os.close(fd)
     save_file(tensors, tmp, metadata=meta)
-    with FsPath(tmp).open("rb+") as f:
+    with Path(tmp).open("rb+") as f:
         os.fsync(f.fileno())
 
 

@@ -18,7 +18,7 @@ from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path, path_text
-from ckptui.core.tree import Checkpoint, NodeKind, Path, TensorInfo, walk
+from ckptui.core.tree import Checkpoint, KeyPath, NodeKind, TensorInfo, walk
 from ckptui.export.quantized import Gathered, gather
 from ckptui.export.writers import predicted_size
 from ckptui.formats.naming import output_stem
@@ -34,7 +34,7 @@ class Item:
     """One output tensor."""
 
     name: str
-    source: Path
+    source: KeyPath
     tensor: TensorInfo
     dtype: str
     """The output dtype (the source's unless cast)."""
@@ -66,7 +66,7 @@ class Plan:
     """A complete description of one export."""
 
     ckpt: Checkpoint
-    keep: list[Path]
+    keep: list[KeyPath]
     items: list[Item]
     strip_prefix: str
     """The prefix removed from every name ('' for none)."""
@@ -76,11 +76,11 @@ class Plan:
     """`pth` or `safetensors`."""
     metadata: dict[str, str] = field(default_factory=dict)
     """Plain values from the checkpoint's top level (epoch, iteration), as strings."""
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[KeyPath, str]] = field(default_factory=list)
     """Tensors under the kept paths that cannot be exported, and why."""
     detected_prefix: str = ""
     """A prefix every name shares (`module.`), offered even when not stripped."""
-    missing: list[tuple[Path, str]] = field(default_factory=list)
+    missing: list[tuple[KeyPath, str]] = field(default_factory=list)
     """Entries under the kept paths whose file is gone (a deleted shard), and where they were:
     not written; the CLI asks for `--allow-missing` before exporting without them."""
     values: list[tuple[str, str | None]] = field(default_factory=list)
@@ -119,7 +119,7 @@ class Plan:
 
 def make_plan(
     ckpt: Checkpoint,
-    keep: list[Path] | None = None,
+    keep: list[KeyPath] | None = None,
     strip_prefix: str = "auto",
     dtype: str = "keep",
     fmt: str = "pth",
@@ -143,8 +143,8 @@ def make_plan(
     q = gather(ckpt, keep, kept)
     if fmt == "safetensors" and q.any:
         raise ExportError(ckpt.path, _no_safetensors(q))
-    found: list[tuple[str, Path, TensorInfo]] = []
-    skipped: list[tuple[Path, str]] = list(q.skipped)
+    found: list[tuple[str, KeyPath, TensorInfo]] = []
+    skipped: list[tuple[KeyPath, str]] = list(q.skipped)
     for name, path, t in q.kept:
         reason = q.unknown.get(path) or unexportable(ckpt, t, fmt, path in q.schemes)
         if reason:
@@ -219,7 +219,7 @@ def _no_safetensors(q: Gathered) -> str:
     )
 
 
-def _castable(q: Gathered, qmods: set[str], path: Path, name: str) -> bool:
+def _castable(q: Gathered, qmods: set[str], path: KeyPath, name: str) -> bool:
     """A quantized module's float parts (its bias, scale and per-channel scales) keep their
     dtype under `--dtype`: torch's quantized kernels take float32 biases and float64 scales."""
     if not q.any:
@@ -235,7 +235,7 @@ def _castable(q: Gathered, qmods: set[str], path: Path, name: str) -> bool:
 def _parts(
     ckpt: Checkpoint,
     name: str,
-    path: Path,
+    path: KeyPath,
     groups: dict[tuple, int],
     parts: tuple[str, ...],
     optional: tuple[str, ...] = (),
@@ -270,7 +270,7 @@ def _strip_module(module: str, prefix: str) -> str:
     return "" if prefix and module == prefix[:-1] else _strip(module, prefix)
 
 
-def missing_entries(ckpt: Checkpoint, keep: list[Path]) -> list[tuple[Path, str]]:
+def missing_entries(ckpt: Checkpoint, keep: list[KeyPath]) -> list[tuple[KeyPath, str]]:
     """(path, what the reader says of it) of each entry under `keep` that a missing file held:
     a folder opens with a deleted shard's tensors as `missing` rows (their shapes went with it)."""
     out = []
@@ -317,8 +317,8 @@ def default_target(source: str, fmt: str) -> str:
 
 
 def kept_tensors(
-    ckpt: Checkpoint, keep: list[Path] | None
-) -> tuple[list[Path], list[tuple[str, Path, TensorInfo]]]:
+    ckpt: Checkpoint, keep: list[KeyPath] | None
+) -> tuple[list[KeyPath], list[tuple[str, KeyPath, TensorInfo]]]:
     """The paths kept (default: the detected weights) and every tensor under them, with its
     output name before prefix stripping: its key below the kept path (a whole-module pickle's
     `state_dict()` name), prefixed by the kept path's last key when several paths are kept.
@@ -333,7 +333,7 @@ def kept_tensors(
         keep = [detected]
     if not keep:
         raise ExportError(ckpt.path, "nothing to keep")
-    out: list[tuple[str, Path, TensorInfo]] = []
+    out: list[tuple[str, KeyPath, TensorInfo]] = []
     for base in keep:
         node = ckpt.find(base)
         if node is None:
@@ -355,7 +355,7 @@ def file_metadata(ckpt: Checkpoint) -> dict[str, str]:
     return out
 
 
-def resolve_path(ckpt: Checkpoint, text: str) -> Path:
+def resolve_path(ckpt: Checkpoint, text: str) -> KeyPath:
     """A `--keep` argument as a tree path: `model`, `model.encoder`, or `['model']['a.b']`.
 
     Dotted text is matched greedily against the real keys, so `model.conv1.weight` finds the
@@ -368,7 +368,7 @@ def resolve_path(ckpt: Checkpoint, text: str) -> Path:
         return ()
     if text.startswith("["):
         keys = re.findall(r"\[\s*(?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|(-?\d+))\s*\]", text)
-        path: Path = tuple(a or b if (a or b) else int(c) for a, b, c in keys)
+        path: KeyPath = tuple(a or b if (a or b) else int(c) for a, b, c in keys)
         if ckpt.find(path) is None:
             raise ExportError(ckpt.path, f"no {text} in the checkpoint")
         return path
@@ -400,6 +400,6 @@ class Result:
     tensors: int
     predicted_bytes: int
     verified: bool
-    kept_paths: tuple[Path, ...]
+    kept_paths: tuple[KeyPath, ...]
     bytes_read: int | None = None
     """Bytes fetched from the server to write it, for a source at a URL (None: local)."""

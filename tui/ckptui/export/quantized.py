@@ -18,9 +18,9 @@ from typing import Any
 
 from ckptui.analysis.quantized import QScheme, module_entries, qscheme_of, state_dict_versions
 from ckptui.analysis.roles import is_module
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 
-Kept = list[tuple[str, Path, TensorInfo]]
+Kept = list[tuple[str, KeyPath, TensorInfo]]
 """(output name before prefix stripping, tree path, tensor), as `plan.kept_tensors` gives them."""
 
 _LSTM_REASON = (
@@ -36,12 +36,12 @@ class Gathered:
     kept: Kept
     """The kept tensors: the plain ones, then the whole-module entries rebuilt here; tensors
     inside a C++ object (which cannot be exported) are left out and listed in `skipped`."""
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    schemes: dict[Path, QScheme] = field(default_factory=dict)
+    skipped: list[tuple[KeyPath, str]] = field(default_factory=list)
+    schemes: dict[KeyPath, QScheme] = field(default_factory=dict)
     """Path of each kept quantized tensor -> its scheme."""
-    unknown: dict[Path, str] = field(default_factory=dict)
+    unknown: dict[KeyPath, str] = field(default_factory=dict)
     """Quantized tensors whose quantizer is not a plain one -> why they are not exported."""
-    slots: dict[Path, int] = field(default_factory=dict)
+    slots: dict[KeyPath, int] = field(default_factory=dict)
     """Path of each tensor that is an element of a tuple entry -> its index."""
     tuples: dict[str, int] = field(default_factory=dict)
     """Tuple entry name -> length."""
@@ -59,11 +59,11 @@ class Gathered:
         return bool(self.schemes or self.unknown or self.tuples or self.synthetic)
 
 
-def gather(ckpt: Checkpoint, keep: list[Path], kept: Kept) -> Gathered:
+def gather(ckpt: Checkpoint, keep: list[KeyPath], kept: Kept) -> Gathered:
     """Find the quantized entries under `keep` (see the module docstring)."""
     out = Gathered([])
-    inside: list[tuple[Path, str]] = []
-    modules: list[Path] = []
+    inside: list[tuple[KeyPath, str]] = []
+    modules: list[KeyPath] = []
     """Kept whole modules holding quantized ones: their entries are rebuilt here."""
     for base in keep:
         node = ckpt.find(base)
@@ -99,7 +99,7 @@ def gather(ckpt: Checkpoint, keep: list[Path], kept: Kept) -> Gathered:
 
 
 def _from_state_dict(
-    node: Node, base: Path, prefix: str, out: Gathered, inside: list[tuple[Path, str]]
+    node: Node, base: KeyPath, prefix: str, out: Gathered, inside: list[tuple[KeyPath, str]]
 ) -> None:
     """A `state_dict()` as saved: its `_packed_params` tuples, dtype values and C++ objects."""
     for c in node.children:
@@ -121,7 +121,7 @@ def _from_state_dict(
     )
 
 
-def _from_module(ckpt: Checkpoint, node: Node, base: Path, prefix: str, out: Gathered) -> bool:
+def _from_module(ckpt: Checkpoint, node: Node, base: KeyPath, prefix: str, out: Gathered) -> bool:
     """A whole-module pickle: the entries its quantized modules' `state_dict()` would add.
     Returns whether it holds quantized modules."""
     entries, versions = module_entries(node)
@@ -168,7 +168,7 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix and key else prefix or key
 
 
-def _name(rel: Path) -> str:
+def _name(rel: KeyPath) -> str:
     return ".".join(str(k) for k in rel)
 
 

@@ -19,7 +19,7 @@ import errno
 import hashlib
 import os
 from collections.abc import Callable
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from ckptui.core.errors import ExportError
 from ckptui.export.atomic import check_target, fsync_dir, temp_beside
@@ -50,11 +50,11 @@ def export(
     """
     if plan.ckpt.format == "dcp" and chunked_kept(plan):
         return export_dcp_plan(plan, out, force, progress)
-    problem = check_target(out, plan.ckpt)  # before FsPath, which folds a URL's `//`
-    target = FsPath(out)
+    problem = check_target(out, plan.ckpt)  # before Path, which folds a URL's `//`
+    target = Path(out)
     if problem is not None and (problem[0] != "exists" or not force):
         raise ExportError(os.fspath(out), problem[1])
-    folder = target.parent if str(target.parent) else FsPath()
+    folder = target.parent if str(target.parent) else Path()
     predicted = predicted_size(plan)
     fd, tmp = temp_beside(target, folder)
     try:
@@ -64,10 +64,10 @@ def export(
             os.fsync(f.fileno())
             size = f.tell()
         _verify(plan, tmp, verify_progress, digests)
-        FsPath(tmp).replace(target)
+        Path(tmp).replace(target)
     except OSError as e:
         with contextlib.suppress(OSError):
-            FsPath(tmp).unlink()
+            Path(tmp).unlink()
         if e.errno == errno.ENOSPC:
             raise ExportError(
                 str(target), "no space left on the device; nothing was written"
@@ -75,7 +75,7 @@ def export(
         raise ExportError(str(target), f"cannot write: {e.strerror or e}") from None
     except BaseException:  # an interrupt or a failed verification: no partial file remains
         with contextlib.suppress(OSError):
-            FsPath(tmp).unlink()
+            Path(tmp).unlink()
         raise
     fsync_dir(folder)
     return Result(

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import re
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from ckptui.core.errors import ExportError
 from ckptui.export.atomic import check_target, temp_beside
@@ -40,7 +40,7 @@ def parse_size(text: str) -> int:
 
 def shard_names(target: str, count: int) -> tuple[list[str], str]:
     """(shard paths, index path) for `target` = `dir/model.safetensors` split `count` ways."""
-    p = FsPath(target)
+    p = Path(target)
     stem, suffix = p.stem, p.suffix
     names = [
         str(p.with_name(f"{stem}-{i:05d}-of-{count:05d}{suffix}")) for i in range(1, count + 1)
@@ -108,7 +108,7 @@ def export_sharded(
             written.append(name)
             base += sub.data_bytes
         weight_map = {
-            it.name: FsPath(name).name for name, items in zip(names, parts, strict=True)
+            it.name: Path(name).name for name, items in zip(names, parts, strict=True)
             for it in items
         }  # fmt: skip
         body = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -116,7 +116,7 @@ def export_sharded(
     except BaseException as e:
         for name in written:
             with contextlib.suppress(OSError):
-                FsPath(name).unlink()
+                Path(name).unlink()
         if isinstance(e, OSError):
             raise ExportError(index, f"cannot write: {e.strerror or e}; nothing was kept") from None
         raise
@@ -124,15 +124,15 @@ def export_sharded(
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    folder = FsPath(path).parent
-    fd, tmp = temp_beside(FsPath(path), folder)
+    folder = Path(path).parent
+    fd, tmp = temp_beside(Path(path), folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        FsPath(tmp).replace(path)
+        Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
-            FsPath(tmp).unlink()
+            Path(tmp).unlink()
         raise

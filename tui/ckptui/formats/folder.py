@@ -37,11 +37,11 @@ import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Protocol
 
 from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
-from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
+from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, NodeKind, Severity, Storage, evolve
 from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
 from ckptui.formats.listing import MAX_FILES, folder_files
 from ckptui.formats.source import is_url, leads_outside
@@ -65,7 +65,7 @@ def check_folder(folder: str) -> None:
         NotReadable, NotACheckpoint.
     """
     try:
-        entries = list(FsPath(folder).iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError as e:
         raise NotReadable(folder, e.strerror or str(e)) from None
     for entry in entries:
@@ -136,20 +136,20 @@ class LocalFiles:
 
     def is_dir(self, path: str) -> bool:
         """`path` is a folder."""
-        return FsPath(path).is_dir()
+        return Path(path).is_dir()
 
     def split(self, path: str) -> tuple[str, str]:
         """(folder, name) of a file."""
-        return str(FsPath(path).parent), FsPath(path).name
+        return str(Path(path).parent), Path(path).name
 
     def join(self, folder: str, rel: str) -> str:
         """The path of `rel` inside `folder`."""
-        return str(FsPath(folder) / rel)
+        return str(Path(folder) / rel)
 
     def names(self, folder: str) -> list[str]:
         """The folder's top-level entries, sorted."""
         try:
-            return sorted(p.name for p in FsPath(folder).iterdir())
+            return sorted(p.name for p in Path(folder).iterdir())
         except OSError as e:
             raise NotReadable(folder, e.strerror or str(e)) from None
 
@@ -160,22 +160,22 @@ class LocalFiles:
     def read(self, path: str, limit: int) -> bytes:
         """A small file's bytes."""
         try:
-            st = FsPath(path).stat()
+            st = Path(path).stat()
             if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
                 raise NotReadable(path, "is not a regular file")
             if st.st_size > limit:
                 raise CorruptFile(path, "index file is implausibly large")
-            return FsPath(path).read_bytes()
+            return Path(path).read_bytes()
         except OSError as e:
             raise NotReadable(path, e.strerror or str(e)) from None
 
     def missing(self, path: str, error: CkptError) -> bool:
         """The file is not there (whatever the error said)."""
-        return not FsPath(path).exists()
+        return not Path(path).exists()
 
     def outside(self, folder: str, rel: str) -> str | None:
         """A symlink leading out of the folder, or a folder where a shard file should be."""
-        path = FsPath(folder) / rel
+        path = Path(folder) / rel
         why = leads_outside(folder, str(path))
         if why is None and path.is_dir():
             why = "a folder, not a file"
@@ -189,7 +189,7 @@ class LocalFiles:
 
     def absolute(self, folder: str) -> str:
         """The folder's absolute path."""
-        return str(FsPath(folder).absolute())
+        return str(Path(folder).absolute())
 
     def dcp(self, folder: str) -> Checkpoint | None:
         """`formats.dcp`'s reading of the folder, when it is one."""
@@ -483,7 +483,7 @@ def _files(folder: str, open_file: Any, access: Files) -> Checkpoint:
     # with `model.safetensors.`). Several files: one top-level node per file.
     single = len(read) == 1
     for rel, ckpt in read.items():
-        prefix: Path = () if single else (rel,)
+        prefix: KeyPath = () if single else (rel,)
         root = _rebased(ckpt, rel, prefix, storages)
         children.append(root if single else dataclasses.replace(root, key=rel))
         findings += [_in_file(f, rel, prefix) for f in ckpt.findings]
@@ -531,7 +531,7 @@ SKIP_SUFFIXES = (".json", ".py", ".txt", ".md", ".yaml", ".yml", ".log", ".model
 
 def _worth_trying(rel: str, size: int) -> bool:
     """Files that cannot be checkpoints (configs, code, tokenizers, `latest`) are not opened."""
-    name = FsPath(rel).name
+    name = Path(rel).name
     return size >= 16 and not name.startswith(".") and not name.endswith(SKIP_SUFFIXES)
 
 
@@ -547,7 +547,7 @@ def _naming_storages(open_file: Any, files: Files, folder: str, rels: Any) -> An
     return lambda path: open_file(path, storage_file=rel_of[path])
 
 
-def _rebased(ckpt: Checkpoint, file: str, prefix: Path, storages: dict[str, Storage]) -> Node:
+def _rebased(ckpt: Checkpoint, file: str, prefix: KeyPath, storages: dict[str, Storage]) -> Node:
     """`ckpt`'s tree with storage keys made unique (`file:key`) and refs moved under `prefix`,
     adding its storages (with `file` set) to `storages`."""
     if ckpt.info.get("storage_file") == file:
@@ -589,6 +589,6 @@ def _rebased(ckpt: Checkpoint, file: str, prefix: Path, storages: dict[str, Stor
     return rebuild(ckpt.root)
 
 
-def _in_file(f: Finding, file: str, prefix: Path) -> Finding:
+def _in_file(f: Finding, file: str, prefix: KeyPath) -> Finding:
     path = None if f.path is None else (*prefix, *f.path)
     return dataclasses.replace(f, message=f"{file}: {f.message}", path=path)

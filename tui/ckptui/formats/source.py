@@ -13,7 +13,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ckptui.core.errors import CkptError, CorruptFile
-from ckptui.core.tree import Checkpoint, Finding, Node, Path, Severity, Storage
+from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, Severity, Storage
 from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Limits, Malformed, classify_global
 from ckptui.unpickler.recorded import StorageRef
 from ckptui.unpickler.recorders import CONSTANTS, RECORDERS
@@ -134,7 +134,7 @@ class Source:
         self,
         kind: str,
         message: str,
-        path: Path | None = None,
+        path: KeyPath | None = None,
         severity: Severity = Severity.WARNING,
     ) -> None:
         """Add a finding."""

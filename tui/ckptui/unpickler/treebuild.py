@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from ckptui.core.dtypes import itemsize_of
-from ckptui.core.tree import Key, Node, NodeKind, Path, TensorInfo
+from ckptui.core.tree import Key, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.unpickler.inert import Blob, Global, PDict, PObject, PSet
 from ckptui.unpickler.recorded import (
     NumpyArray,
@@ -32,24 +32,24 @@ class TreeBuilder:
     """Builds nodes from unpickled objects; remembers where globals and modules were seen."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[Path, str]] = {}
+        self._seen: dict[int, tuple[KeyPath, str]] = {}
         """id of each compound object shown -> (its first path, its type name)."""
         self._keep: list[Any] = []  # keeps ids stable while building
-        self.global_paths: dict[str, Path] = {}
+        self.global_paths: dict[str, KeyPath] = {}
         """First path at which each global appears (called or as a value)."""
-        self.modules: list[tuple[Path, str]] = []
+        self.modules: list[tuple[KeyPath, str]] = []
         """Top-most placeholder nn.Modules: (path, class name)."""
-        self.too_deep: Path | None = None
+        self.too_deep: KeyPath | None = None
         self._names: dict[int, str] = {}
         """id of each tensor of a whole-module pickle -> its first state-dict name."""
-        self._path_names: dict[Path, str] = {}
+        self._path_names: dict[KeyPath, str] = {}
         """Tree path of each such tensor -> its state-dict name: a tied weight has several."""
 
-    def build(self, obj: Any, key: Key = None, path: Path = ()) -> Node:
+    def build(self, obj: Any, key: Key = None, path: KeyPath = ()) -> Node:
         """Convert `obj` found at `path` (its key in the parent is `key`)."""
         return self._node(obj, key, path, 0)
 
-    def _node(self, obj: Any, key: Key, path: Path, depth: int) -> Node:
+    def _node(self, obj: Any, key: Key, path: KeyPath, depth: int) -> Node:
         # Refs first: a pickle may hold a million of them, and ids of the objects in `_seen`
         # (kept alive by `_keep`) cannot be reused by any other live object.
         first = self._seen.get(id(obj))
@@ -181,14 +181,14 @@ class TreeBuilder:
             )
         return Node.make(NodeKind.VALUE, type(obj).__name__, key, text=f"<{type(obj).__name__}>")
 
-    def _items(self, items: list[list[Any]], path: Path, depth: int) -> tuple[Node, ...]:
+    def _items(self, items: list[list[Any]], path: KeyPath, depth: int) -> tuple[Node, ...]:
         out = []
         for k, v in items:
             key = _key(k)
             out.append(self._node(v, key, (*path, key), depth + 1))
         return tuple(out)
 
-    def _tensor(self, t: TensorRec, key: Key, path: Path, depth: int) -> Node:
+    def _tensor(self, t: TensorRec, key: Key, path: KeyPath, depth: int) -> Node:
         st = t.storage
         info = TensorInfo(
             shape=t.shape,
@@ -206,7 +206,7 @@ class TreeBuilder:
         children = tuple(self._node(v, name, (*path, name), depth + 1) for name, v in t.parts)
         return Node.make(NodeKind.TENSOR, t.type, key, children, tensor=info)
 
-    def _object(self, obj: PObject, key: Key, path: Path, depth: int) -> Node:
+    def _object(self, obj: PObject, key: Key, path: KeyPath, depth: int) -> Node:
         if isinstance(obj.cls, Global):
             self._note_global(obj.cls, path)
         state = obj.state
@@ -240,14 +240,14 @@ class TreeBuilder:
             safety=_safety(obj.cls) if isinstance(obj.cls, Global) else "unknown",
         )
 
-    def _note_global(self, g: Global, path: Path) -> None:
+    def _note_global(self, g: Global, path: KeyPath) -> None:
         self.global_paths.setdefault(g.full, path)
 
     # -- whole-module pickles ---------------------------------------------------------------
     def _names_covers(self, module: PObject) -> bool:
         return id(module) in self._module_ids if hasattr(self, "_module_ids") else False
 
-    def _name_module(self, module: PObject, prefix: str, visiting: set[int], path: Path) -> None:
+    def _name_module(self, module: PObject, prefix: str, visiting: set[int], path: KeyPath) -> None:
         """Name parameters and persistent buffers as `module.state_dict()` would.
 
         `path` is where the module's node will be: its state's keys become its children, so a

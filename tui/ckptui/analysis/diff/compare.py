@@ -29,7 +29,7 @@ from ckptui.analysis.diff.values import Progress, iter_values
 from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of
 from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo, walk
 
 __all__ = ["Diff", "diff_checkpoints"]
 
@@ -42,24 +42,24 @@ class Diff:
     b: str
     mode: str
     """`whole` (whole trees compared) or `weights` (the detected weights subtrees)."""
-    a_root: Path
+    a_root: KeyPath
     """The subtree of A that was compared (`()` is the whole file); paths are relative to it."""
-    b_root: Path
+    b_root: KeyPath
     prefix_a: str = ""
     """The prefix stripped from A's weights keys (`module.`), or ''."""
     prefix_b: str = ""
-    only_a: list[Path] = field(default_factory=list)
-    only_b: list[Path] = field(default_factory=list)
-    shape_mismatch: list[tuple[Path, tuple[int, ...], tuple[int, ...]]] = field(
+    only_a: list[KeyPath] = field(default_factory=list)
+    only_b: list[KeyPath] = field(default_factory=list)
+    shape_mismatch: list[tuple[KeyPath, tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=list
     )
-    dtype_mismatch: list[tuple[Path, str, str]] = field(default_factory=list)
+    dtype_mismatch: list[tuple[KeyPath, str, str]] = field(default_factory=list)
     """Listed whether or not the shapes match too."""
-    value_diff: list[tuple[Path, float]] = field(default_factory=list)
+    value_diff: list[tuple[KeyPath, float]] = field(default_factory=list)
     """Every tensor whose values were compared, with max |a - b| (0.0 when identical)."""
-    not_compared: list[tuple[Path, str]] = field(default_factory=list)
+    not_compared: list[tuple[KeyPath, str]] = field(default_factory=list)
     """Same-shaped tensors whose values could not be read, and why (only with values)."""
-    other_diff: list[tuple[Path, str | None, str | None]] = field(default_factory=list)
+    other_diff: list[tuple[KeyPath, str | None, str | None]] = field(default_factory=list)
     """Plain values outside the weights (epoch, lr) that differ or are on one side only (whole
     mode only); informative, not counted in `differs`."""
     equal: int = 0
@@ -67,17 +67,17 @@ class Diff:
     values: bool = False
     """True when values were compared."""
     formats: tuple[str, str] = ("", "")
-    tensors_a: dict[Path, TensorInfo] = field(default_factory=dict, repr=False)
+    tensors_a: dict[KeyPath, TensorInfo] = field(default_factory=dict, repr=False)
     """Every compared tensor of A by its normalised path: what a merged tree shows."""
-    tensors_b: dict[Path, TensorInfo] = field(default_factory=dict, repr=False)
-    origin_a: dict[Path, Path] = field(default_factory=dict, repr=False)
+    tensors_b: dict[KeyPath, TensorInfo] = field(default_factory=dict, repr=False)
+    origin_a: dict[KeyPath, KeyPath] = field(default_factory=dict, repr=False)
     """Each normalised tensor path of A -> where that tensor lies in A's own tree."""
-    origin_b: dict[Path, Path] = field(default_factory=dict, repr=False)
-    plain_a: dict[Path, str] = field(default_factory=dict, repr=False)
+    origin_b: dict[KeyPath, KeyPath] = field(default_factory=dict, repr=False)
+    plain_a: dict[KeyPath, str] = field(default_factory=dict, repr=False)
     """Plain values outside the weights (whole mode), as short text, by path."""
-    plain_b: dict[Path, str] = field(default_factory=dict, repr=False)
+    plain_b: dict[KeyPath, str] = field(default_factory=dict, repr=False)
 
-    def comparable(self) -> list[tuple[Path, TensorInfo, TensorInfo]]:
+    def comparable(self) -> list[tuple[KeyPath, TensorInfo, TensorInfo]]:
         """(path, A's tensor, B's tensor) for every tensor on both sides with the same shape:
         those whose values can be compared, in A's order."""
         out = []
@@ -88,7 +88,7 @@ class Diff:
         return out
 
     @property
-    def changed_values(self) -> list[tuple[Path, float]]:
+    def changed_values(self) -> list[tuple[KeyPath, float]]:
         """`value_diff` entries that are not 0."""
         return [(p, m) for p, m in self.value_diff if m != 0]
 
@@ -107,11 +107,11 @@ class Diff:
 
 @dataclass
 class _Side:
-    root: Path
+    root: KeyPath
     prefix: str
-    tensors: dict[Path, TensorInfo]
-    plain: dict[Path, str]
-    origin: dict[Path, Path]
+    tensors: dict[KeyPath, TensorInfo]
+    plain: dict[KeyPath, str]
+    origin: dict[KeyPath, KeyPath]
 
 
 def diff_checkpoints(
@@ -154,7 +154,7 @@ def diff_checkpoints(
     d.plain_a, d.plain_b = sa.plain, sb.plain
     d.only_a = [p for p in sa.tensors if p not in sb.tensors]
     d.only_b = [p for p in sb.tensors if p not in sa.tensors]
-    pairs: list[tuple[Path, TensorInfo, TensorInfo]] = []
+    pairs: list[tuple[KeyPath, TensorInfo, TensorInfo]] = []
     for p, ta in sa.tensors.items():
         tb = sb.tensors.get(p)
         if tb is None:
@@ -175,14 +175,14 @@ def diff_checkpoints(
     return d
 
 
-def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
+def _side(ckpt: Checkpoint, weights: KeyPath | None, mode: str) -> _Side:
     """The tensors (and, comparing whole trees, plain values outside the weights) of one side.
 
     A side without detected weights has all its tensors compared, whatever the mode.
     """
-    root: Path = weights if mode == "weights" and weights is not None else ()
-    tensors: dict[Path, TensorInfo] = {}
-    origin: dict[Path, Path] = {}
+    root: KeyPath = weights if mode == "weights" and weights is not None else ()
+    tensors: dict[KeyPath, TensorInfo] = {}
+    origin: dict[KeyPath, KeyPath] = {}
     node = ckpt.find(weights) if weights is not None else None
     if weights is not None and node is not None:
         for path, t in tensors_of(node, weights):
@@ -191,7 +191,7 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
                 tensors[key[len(root) :]] = t
                 origin[key[len(root) :]] = path
 
-    def outside(p: Path) -> bool:
+    def outside(p: KeyPath) -> bool:
         return weights is None or p[: len(weights)] != weights
 
     if mode == "whole" or weights is None:
@@ -199,7 +199,7 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
             if outside(path) and path not in tensors:
                 tensors[path] = t
                 origin[path] = path
-    plain: dict[Path, str] = {}
+    plain: dict[KeyPath, str] = {}
     if mode == "whole":
         for path, n in walk(ckpt.root):
             if n.kind is NodeKind.VALUE and outside(path) and path[:1] != ("__metadata__",):
@@ -210,17 +210,17 @@ def _side(ckpt: Checkpoint, weights: Path | None, mode: str) -> _Side:
     return _Side(root, common_prefix(names) if names else "", tensors, plain, origin)
 
 
-def _under(rel: Path, weights: Path | None, root: Path) -> bool:
+def _under(rel: KeyPath, weights: KeyPath | None, root: KeyPath) -> bool:
     return weights is not None and (*root, *rel)[: len(weights)] == weights
 
 
-def _strip(side: _Side, weights: Path | None) -> None:
+def _strip(side: _Side, weights: KeyPath | None) -> None:
     """Remove the side's prefix from the key just below its weights path."""
     if not side.prefix or weights is None:
         return
     at, n = len(weights) - len(side.root), len(side.prefix)
-    out: dict[Path, TensorInfo] = {}
-    origin: dict[Path, Path] = {}
+    out: dict[KeyPath, TensorInfo] = {}
+    origin: dict[KeyPath, KeyPath] = {}
     for p, t in side.tensors.items():
         was = side.origin[p]
         if _under(p, weights, side.root) and len(p) > at:
@@ -234,7 +234,7 @@ def _compare_values(
     d: Diff,
     a: Checkpoint,
     b: Checkpoint,
-    pairs: list[tuple[Path, TensorInfo, TensorInfo]],
+    pairs: list[tuple[KeyPath, TensorInfo, TensorInfo]],
     progress: Progress | None,
     cancelled: Callable[[], bool] | None,
 ) -> None:
@@ -275,11 +275,11 @@ def _order(m: float) -> float:
 def _parts(
     a: Checkpoint,
     b: Checkpoint,
-    pa: Path | None,
-    pb: Path | None,
+    pa: KeyPath | None,
+    pb: KeyPath | None,
     ta: TensorInfo,
     tb: TensorInfo,
-) -> list[tuple[Path, TensorInfo, TensorInfo]] | None:
+) -> list[tuple[KeyPath, TensorInfo, TensorInfo]] | None:
     """Pairs of the dense tensors inside a non-dense pair (a sparse tensor's indices and
     values, a quantized one's scales), matched by path; None for a dense pair, or when the
     two are not made of the same parts."""
@@ -289,7 +289,7 @@ def _parts(
     if na is None or nb is None or not na.children:
         return None
 
-    def dense_below(node: Node) -> dict[Path, TensorInfo]:
+    def dense_below(node: Node) -> dict[KeyPath, TensorInfo]:
         out = {
             rel: n.value
             for rel, n in walk(node)
@@ -300,7 +300,7 @@ def _parts(
             out[()] = replace(t, layout="strided", dtype=_QUANTIZED[t.dtype])
         return out
 
-    def values_below(node: Node) -> dict[Path, Any]:
+    def values_below(node: Node) -> dict[KeyPath, Any]:
         return {rel: (n.value, n.text) for rel, n in walk(node) if n.kind is NodeKind.VALUE}
 
     xa, xb = dense_below(na), dense_below(nb)

@@ -19,7 +19,7 @@ from typing import Any
 from ckptui.analysis.state_dict import unexportable
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.tensors.reader import Piece, SourceBytes
 from ckptui.tensors.values import Cancelled, ValuesUnavailable, element_type
 
@@ -31,14 +31,14 @@ Progress = Callable[[int, int], None]
 PIECE = 1 << 20
 """Elements cast to float64 at a time when two chunks differ (bounds the working memory)."""
 
-ValueResult = tuple[Path, float | None, str | None]
+ValueResult = tuple[KeyPath, float | None, str | None]
 """(path, max |a - b|, None) for a compared tensor, (path, None, why) for one that could not be."""
 
 
 def iter_values(
     a: Checkpoint,
     b: Checkpoint,
-    pairs: list[tuple[Path, TensorInfo, TensorInfo]],
+    pairs: list[tuple[KeyPath, TensorInfo, TensorInfo]],
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[ValueResult]:
@@ -100,7 +100,7 @@ def _reading(ckpt: Checkpoint) -> Iterator[Any]:
         raise CkptError(ckpt.path, f"cannot read tensor data ({e.strerror or e})") from e
 
 
-def _elements(ckpt: Checkpoint, src: Any, path: Path, t: TensorInfo) -> Iterator[Any]:
+def _elements(ckpt: Checkpoint, src: Any, path: KeyPath, t: TensorInfo) -> Iterator[Any]:
     """The tensor's elements (complex: interleaved components) as flat numpy arrays."""
     import numpy as np
 

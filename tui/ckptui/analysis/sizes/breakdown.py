@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ckptui.analysis.roles import ROLE_LABELS, Role, optimizers_of, role_groups, weights_path
 from ckptui.analysis.sizes.findings import LONG_SEQUENCE, SizeFinding, size_findings
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Part, Path, Region, TensorInfo, walk
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, Part, Region, TensorInfo, walk
 from ckptui.core.units import size
 
 WeightsSize = Callable[[Checkpoint], int | None]
@@ -34,7 +34,7 @@ exact number (`ckptui why`, the browser) hand it in; without it the size is esti
 class Group:
     """A subtree and the file bytes it owns."""
 
-    path: Path
+    path: KeyPath
     role: Role
     bytes: int
 
@@ -47,7 +47,7 @@ class Prefix:
     bytes: int = 0
     tensors: int = 0
     children: dict[str, Prefix] = field(default_factory=dict)
-    first: Path | None = None
+    first: KeyPath | None = None
     """Path of the first tensor below, in file order (where a jump to this prefix lands)."""
 
     def sorted_children(self) -> list[Prefix]:
@@ -59,7 +59,7 @@ class Prefix:
 class Largest:
     """One of the largest tensors: its path, metadata, and the file bytes it owns."""
 
-    path: Path
+    path: KeyPath
     tensor: TensorInfo
     bytes: int
 
@@ -77,28 +77,28 @@ class Breakdown:
     """Metadata bytes by what they are (format records, JSON header, TorchScript code)."""
     storage_bytes: dict[str, int]
     """File bytes each storage holds."""
-    owner: dict[str, Path]
+    owner: dict[str, KeyPath]
     """Storage key -> the path of the tensor its bytes are attributed to."""
-    path_bytes: dict[Path, int]
+    path_bytes: dict[KeyPath, int]
     """File bytes owned at each path: tensors owning a storage, inline values."""
     groups: list[Group]
-    top_level: list[tuple[Path, int]]
+    top_level: list[tuple[KeyPath, int]]
     """Root children with the bytes they own, largest first."""
     roles: dict[Role, int]
     modules: Prefix
     dtypes: dict[str, int]
     largest: list[Largest]
     findings: list[SizeFinding]
-    weights_path: Path | None
+    weights_path: KeyPath | None
     weights_only_bytes: int
     optimizer_kind: str | None = None
-    shared: list[tuple[Path, Path]] = field(default_factory=list)
+    shared: list[tuple[KeyPath, KeyPath]] = field(default_factory=list)
     """(tensor, owner) for tensors whose storage's bytes are counted at an earlier tensor."""
     weights_parts: tuple[int, int, int, int] = (0, 0, 0, 0)
     """What `weights_only_bytes` is estimated from: (data bytes, storages, tensors, name
     bytes); kept so that shards' estimates can be merged into one file's."""
 
-    def bytes_below(self, path: Path) -> int:
+    def bytes_below(self, path: KeyPath) -> int:
         """File bytes owned at `path` or below it."""
         n = len(path)
         return sum(b for p, b in self.path_bytes.items() if p[:n] == path)
@@ -148,12 +148,12 @@ def breakdown(
             if d is not None:
                 d[region.name] = d.get(region.name, 0) + n
 
-    owner: dict[str, Path] = {}
-    path_bytes: dict[Path, int] = {}
-    tensors: list[tuple[Path, TensorInfo]] = []
-    long_seqs: list[tuple[Path, Node]] = []
-    shared: list[tuple[Path, Path]] = []
-    inline: list[tuple[Path, Node]] = []
+    owner: dict[str, KeyPath] = {}
+    path_bytes: dict[KeyPath, int] = {}
+    tensors: list[tuple[KeyPath, TensorInfo]] = []
+    long_seqs: list[tuple[KeyPath, Node]] = []
+    shared: list[tuple[KeyPath, KeyPath]] = []
+    inline: list[tuple[KeyPath, Node]] = []
     root = ckpt.root
     for path, node in itertools.chain([((), root)], walk(root)):
         kind = node.kind
@@ -180,7 +180,7 @@ def breakdown(
     weights = weights_path(ckpt)
     groups_roles = role_groups(ckpt, weights)
     group_of = {p: r for p, r in groups_roles}
-    group_bytes: dict[Path, int] = dict.fromkeys(group_of, 0)
+    group_bytes: dict[KeyPath, int] = dict.fromkeys(group_of, 0)
     roles: dict[Role, int] = {}
     for path, b in path_bytes.items():
         g = _group_for(path, group_of)
@@ -190,7 +190,7 @@ def breakdown(
     for g in groups:
         roles[g.role] = roles.get(g.role, 0) + g.bytes
 
-    top: dict[Path, int] = {}
+    top: dict[KeyPath, int] = {}
     for c in root.children:
         if c.kind is not NodeKind.REF:
             top[(c.key,)] = 0
@@ -297,14 +297,14 @@ def _largest_first(d: dict[str, int]) -> dict[str, int]:
     return dict(sorted(d.items(), key=lambda kv: -kv[1]))
 
 
-def _group_for(path: Path, group_of: dict[Path, Role]) -> Path | None:
+def _group_for(path: KeyPath, group_of: dict[KeyPath, Role]) -> KeyPath | None:
     for n in range(len(path), -1, -1):
         if path[:n] in group_of:
             return path[:n]
     return None
 
 
-def _add_prefix(root: Prefix, name: str, nbytes: int, path: Path) -> None:
+def _add_prefix(root: Prefix, name: str, nbytes: int, path: KeyPath) -> None:
     node = root
     node.bytes += nbytes
     node.tensors += 1
@@ -320,7 +320,7 @@ def _add_prefix(root: Prefix, name: str, nbytes: int, path: Path) -> None:
 
 
 def _weights_parts(
-    ckpt: Checkpoint, weights: Path | None, tensors: list[tuple[Path, TensorInfo]]
+    ckpt: Checkpoint, weights: KeyPath | None, tensors: list[tuple[KeyPath, TensorInfo]]
 ) -> tuple[int, int, int, int]:
     """(data bytes, storages, tensors, name bytes) of the weights, storages as they are."""
     if weights is None:

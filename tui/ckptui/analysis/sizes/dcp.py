@@ -31,12 +31,12 @@ from __future__ import annotations
 import struct
 from contextlib import suppress
 from dataclasses import replace
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 from ckptui.analysis.sizes.breakdown import Breakdown, WeightsSize, breakdown
 from ckptui.core.errors import CkptError, CorruptFile
-from ckptui.core.tree import Checkpoint, Node, Part, Path, Region, Storage, walk
+from ckptui.core.tree import Checkpoint, KeyPath, Node, Part, Region, Storage, walk
 from ckptui.formats.dcp.interpretation import DcpMetadata
 from ckptui.formats.dcp.items import Item, ZipCache, parse_zip
 from ckptui.formats.dcp.metadata import METADATA, gc_paused, load_metadata
@@ -72,14 +72,14 @@ def breakdown_dcp(ckpt: Checkpoint, weights_size: WeightsSize | None = None) -> 
         at += n
     for name, n in files.items():
         try:
-            now = (FsPath(folder) / name).stat().st_size
+            now = (Path(folder) / name).stat().st_size
         except OSError:
             now = -1
         if now != n:
-            raise CorruptFile(str(FsPath(folder) / name), "the file changed since it was opened")
+            raise CorruptFile(str(Path(folder) / name), "the file changed since it was opened")
     with gc_paused():
         view, chunk_owner = _virtual(ckpt)
-        msrc = Source.open(str(FsPath(folder) / METADATA))
+        msrc = Source.open(str(Path(folder) / METADATA))
         try:
             md = load_metadata(msrc)
         finally:
@@ -101,7 +101,7 @@ def _virtual(ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, str]]:
     """
     storages = dict(ckpt.storages)
     owner: dict[str, str] = {}
-    targets: dict[Path, Node] = {}
+    targets: dict[KeyPath, Node] = {}
     for path, node in walk(ckpt.root):
         t = node.tensor
         if t is None or t.layout != "chunked":
@@ -120,7 +120,7 @@ def _virtual(ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, str]]:
     return replace(ckpt, root=_rebuilt(ckpt.root, targets), storages=storages), owner
 
 
-def _rebuilt(root: Node, targets: dict[Path, Node]) -> Node:
+def _rebuilt(root: Node, targets: dict[KeyPath, Node]) -> Node:
     """`root` with the nodes at `targets`' paths replaced, rebuilding only their ancestors."""
     trie: dict[Any, Any] = {}
     for path, node in targets.items():
@@ -177,7 +177,7 @@ def _regions(
                 continue
             src = sources.get(rel)
             if src is None:
-                src = sources[rel] = Source.open(str(FsPath(folder) / rel))
+                src = sources[rel] = Source.open(str(Path(folder) / rel))
             with suppress(CkptError, Malformed, struct.error):  # else its bytes stay unaccounted
                 regions.extend(_item_regions(src, base[rel], at, n, located, rel, zips))
     except OSError as e:
@@ -231,7 +231,7 @@ def _per_file(
     md: DcpMetadata,
     b: Breakdown,
     chunk_owner: dict[str, str],
-) -> list[tuple[Path, int]]:
+) -> list[tuple[KeyPath, int]]:
     """One `top_level` row per file: the bytes of owned tensor data and object items in it."""
     held = dict.fromkeys(files, 0)
     for st in view.storages.values():

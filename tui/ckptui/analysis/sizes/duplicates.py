@@ -15,13 +15,13 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.breakdown import Breakdown
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.core.keypath import describe_path
-from ckptui.core.tree import Checkpoint, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.core.units import size
 from ckptui.formats.source import is_url
 from ckptui.tensors.values import Cancelled
@@ -36,7 +36,7 @@ Progress = Callable[[int, int], None]
 """Called with (bytes hashed so far, bytes to hash in all): first for the edges of every
 candidate, then again from 0 for the whole tensors that still match (the last call's total)."""
 
-_Member = tuple[Path, TensorInfo, int]
+_Member = tuple[KeyPath, TensorInfo, int]
 """A candidate: its path, its tensor, and where its bytes start in the file."""
 
 _REPORT_EVERY = 0.05
@@ -111,7 +111,7 @@ def find_duplicates(
             progress(0, 0)
         return []
     report = _Reporter(progress)
-    fd = os.open(FsPath(ckpt.path), os.O_RDONLY)
+    fd = os.open(Path(ckpt.path), os.O_RDONLY)
     try:
         # Stage 1: the edges, in file order. A tensor of at most two edges is read whole here,
         # and that digest is final: it is never read a second time.

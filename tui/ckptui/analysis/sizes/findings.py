@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ckptui.analysis.roles import Role
 from ckptui.core.keypath import describe_path
-from ckptui.core.tree import Checkpoint, Node, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, Node, TensorInfo
 from ckptui.core.units import size
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class SizeFinding:
     `inline_data`, `whole_module`."""
     bytes: int
     saving_bytes: int
-    paths: tuple[Path, ...]
+    paths: tuple[KeyPath, ...]
     message: str
 
 
@@ -53,9 +53,9 @@ def size_findings(
     ckpt: Checkpoint,
     b: Breakdown,
     optimizers: list,
-    tensors: list[tuple[Path, TensorInfo]],
-    inline: list[tuple[Path, Node]],
-    long_seqs: list[tuple[Path, Node]],
+    tensors: list[tuple[KeyPath, TensorInfo]],
+    inline: list[tuple[KeyPath, Node]],
+    long_seqs: list[tuple[KeyPath, Node]],
 ) -> list[SizeFinding]:
     """The findings of a fresh breakdown, unsorted (`Breakdown.add_findings` sorts them).
 
@@ -126,7 +126,7 @@ def _role_findings(b: Breakdown, optimizers: list) -> list[SizeFinding]:
 
 
 def _view_findings(
-    ckpt: Checkpoint, tensors: list[tuple[Path, TensorInfo]], storage_bytes: dict[str, int]
+    ckpt: Checkpoint, tensors: list[tuple[KeyPath, TensorInfo]], storage_bytes: dict[str, int]
 ) -> list[SizeFinding]:
     """Storages whose views use much less than the storage holds.
 
@@ -137,7 +137,7 @@ def _view_findings(
     """
     runs: dict[str, list[tuple[int, int]]] = {}
     rough: dict[str, int] = {}
-    paths: dict[str, list[Path]] = {}
+    paths: dict[str, list[KeyPath]] = {}
     whole: set[str] = set()
     budget = RUNS_MAX
     for path, t in tensors:
@@ -220,7 +220,7 @@ def _runs(t: TensorInfo, budget: int) -> list[tuple[int, int]] | None:
     return sorted((s * size_, (s + run) * size_) for s in starts)
 
 
-def _float_findings(b: Breakdown, tensors: list[tuple[Path, TensorInfo]]) -> list[SizeFinding]:
+def _float_findings(b: Breakdown, tensors: list[tuple[KeyPath, TensorInfo]]) -> list[SizeFinding]:
     if b.weights_path is None:
         return []
     n = len(b.weights_path)
@@ -251,7 +251,7 @@ def _float_findings(b: Breakdown, tensors: list[tuple[Path, TensorInfo]]) -> lis
 
 
 def _inline_findings(
-    inline: list[tuple[Path, Node]], long_seqs: list[tuple[Path, Node]]
+    inline: list[tuple[KeyPath, Node]], long_seqs: list[tuple[KeyPath, Node]]
 ) -> list[SizeFinding]:
     out = [
         SizeFinding(

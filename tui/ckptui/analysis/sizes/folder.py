@@ -11,7 +11,7 @@ checkpoints but cannot be read count as `unaccounted` and get a finding.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.breakdown import (
@@ -25,7 +25,7 @@ from ckptui.analysis.sizes.breakdown import (
 )
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.core.errors import CkptError, NotACheckpoint
-from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.formats import open_checkpoint
 from ckptui.formats.folder import is_index_file
 from ckptui.formats.layout import read_layout
@@ -62,7 +62,7 @@ def _breakdown_files(
         if is_index_file(name):
             other[name] = nbytes  # an index opens as the whole sharded model: not a part
             continue
-        path = f"{folder}/{name}" if is_url(folder) else str(FsPath(folder) / name)
+        path = f"{folder}/{name}" if is_url(folder) else str(Path(folder) / name)
         try:
             ckpt = open_checkpoint(path)
         except NotACheckpoint:
@@ -114,7 +114,7 @@ def breakdown_of(
     return b
 
 
-def tree_path(ckpt: Checkpoint, path: Path) -> Path:
+def tree_path(ckpt: Checkpoint, path: KeyPath) -> KeyPath:
     """A breakdown path as a path of `ckpt`'s tree: a sharded model's breakdown is keyed by
     shard first, while its tree is one state dict (the shard's own row maps to the root); a
     DCP folder's per-file rows map to the root too, and so do those of a folder holding one
@@ -151,7 +151,7 @@ def merge(parts: list[tuple[str, Breakdown]], other_files: dict[str, int]) -> Br
         weights_path=None,
         weights_only_bytes=0,
     )
-    weights: list[Path] = []
+    weights: list[KeyPath] = []
     for name, b in parts:
         out.file_bytes += b.file_bytes
         _add(categories, b.categories)

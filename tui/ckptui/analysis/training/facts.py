@@ -16,7 +16,7 @@ from typing import Any
 from ckptui.analysis.training.optim_map import map_optimizers
 from ckptui.analysis.training.resume import resume_card
 from ckptui.analysis.training.weights_only import weights_only_report
-from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.tree import Checkpoint, KeyPath
 
 
 @dataclass
@@ -29,11 +29,11 @@ class TrainingFacts:
     """`resume.ResumeCard`, or None when it could not be made."""
     weights_only: Any = None
     """`weights_only.WeightsOnlyReport`, or None when it could not be made."""
-    entry_at: dict[Path, Any] = field(default_factory=dict)
+    entry_at: dict[KeyPath, Any] = field(default_factory=dict)
     """Tree path of each optimizer entry (`.../state/<key>` and `.../params/<i>`) -> its Entry."""
     errors: list[str] = field(default_factory=list)
 
-    def param_of(self, path: Path) -> Any:
+    def param_of(self, path: KeyPath) -> Any:
         """The optimizer entry `path` lies in (the entry's row or any tensor below it)."""
         for n in range(len(path), 0, -1):
             entry = self.entry_at.get(path[:n])
@@ -41,7 +41,7 @@ class TrainingFacts:
                 return entry
         return None
 
-    def labels(self) -> dict[Path, str]:
+    def labels(self) -> dict[KeyPath, str]:
         """Row labels naming each entry's parameter (`conv1.weight`, `? ambiguous`)."""
         out = {}
         for path, e in self.entry_at.items():
@@ -77,10 +77,10 @@ def training_facts(ckpt: Checkpoint) -> TrainingFacts:
     return facts
 
 
-def _params_rows(ckpt: Checkpoint, opt: Path) -> dict[tuple[Any, Any], Path]:
+def _params_rows(ckpt: Checkpoint, opt: KeyPath) -> dict[tuple[Any, Any], KeyPath]:
     """(group, key) -> the tree path of that key's row in `param_groups[group]["params"]`."""
     groups = ckpt.find((*opt, "param_groups"))
-    out: dict[tuple[Any, Any], Path] = {}
+    out: dict[tuple[Any, Any], KeyPath] = {}
     for g in groups.children if groups is not None else ():
         params = g.child("params")
         for i, item in enumerate(params.children if params is not None else ()):

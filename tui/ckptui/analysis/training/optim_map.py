@@ -45,7 +45,7 @@ from ckptui.analysis.roles import is_module, optimizers_of, weights_path
 from ckptui.analysis.training.optim_align import Shape, align_groups, align_shapes, describe_break
 from ckptui.core.dtypes import DTYPES
 from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
 from ckptui.core.units import json_number
 
 Confidence = Literal["exact", "by-shape", "ambiguous"]
@@ -93,8 +93,8 @@ class GroupLine:
 class OptimizerMapping:
     """What `map_optimizers` found for one optimizer state dict."""
 
-    optimizer_path: Path
-    weights_path: Path | None
+    optimizer_path: KeyPath
+    weights_path: KeyPath | None
     kind: str
     """`Adam-style`, `SGD with momentum`, ... as `roles.optimizer_info` names it."""
     step: int | float | None
@@ -142,7 +142,7 @@ def map_optimizers(ckpt: Checkpoint) -> list[OptimizerMapping]:
 
 
 def _parameters(
-    ckpt: Checkpoint, wpath: Path | None
+    ckpt: Checkpoint, wpath: KeyPath | None
 ) -> tuple[list[tuple[str, Shape]], Literal["module", "convention", "none"], tuple[str, ...]]:
     """(name, shape) of each parameter in registration order, how buffers were told, notes."""
     if wpath is None:
@@ -190,9 +190,9 @@ def _parameters(
 
 def _map_one(
     ckpt: Checkpoint,
-    opath: Path,
+    opath: KeyPath,
     kind: str,
-    wpath: Path | None,
+    wpath: KeyPath | None,
     params: list[tuple[str, Shape]],
     source: Literal["module", "convention", "none"],
     notes: tuple[str, ...],

@@ -35,7 +35,7 @@ from ckptui.analysis.index import bytes_below
 from ckptui.analysis.roles import is_module, is_optimizer, is_scheduler, optimizers_of, weights_path
 from ckptui.analysis.training.optim_map import scalar_value
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
 
 COUNTER_NAMES = {
     "epoch": "epoch", "epochs": "epoch", "cur_epoch": "epoch", "current_epoch": "epoch",
@@ -79,7 +79,7 @@ _SKIP_DEPTH = 4
 class Found:
     """One thing the card found: where it is, what it is, and a value worth showing."""
 
-    path: Path
+    path: KeyPath
     kind: str
     value: Any = None
 
@@ -142,7 +142,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     wpath = weights_path(ckpt)
     weights = _weights(ckpt, wpath)
     optimizers = []
-    opt_paths: list[Path] = []
+    opt_paths: list[KeyPath] = []
     for info in optimizers_of(ckpt):
         node = ckpt.find(info.path)
         groups = node.child("param_groups") if node is not None else None
@@ -187,7 +187,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     )  # fmt: skip
 
 
-def _weights(ckpt: Checkpoint, wpath: Path | None) -> dict[str, Any] | None:
+def _weights(ckpt: Checkpoint, wpath: KeyPath | None) -> dict[str, Any] | None:
     if wpath is None:
         return None
     node = ckpt.find(wpath)
@@ -249,11 +249,11 @@ def _version(node: Node) -> str | int | None:
 
 
 def _shallow(
-    root: Node, depth: int, skip: set[Path], want: Callable[[Any], Any]
-) -> list[tuple[Path, Node]]:
+    root: Node, depth: int, skip: set[KeyPath], want: Callable[[Any], Any]
+) -> list[tuple[KeyPath, Node]]:
     """(path, node) down to `depth` whose key is `want`ed, not entering `skip`ped subtrees."""
-    out: list[tuple[Path, Node]] = []
-    stack: list[tuple[Path, Node]] = [((), root)]
+    out: list[tuple[KeyPath, Node]] = []
+    stack: list[tuple[KeyPath, Node]] = [((), root)]
     while stack:
         path, node = stack.pop()
         deeper = len(path) + 1 < depth
@@ -275,7 +275,7 @@ def _shallow(
 
 def _counters(root: Node) -> tuple[Found, ...]:
     """Loop counters at the top level, in a `COUNTER_HOMES` container, and Lightning's loops."""
-    places: list[tuple[Path, Node]] = [((), root)]
+    places: list[tuple[KeyPath, Node]] = [((), root)]
     places += [
         ((c.key,), c)
         for c in root.children
@@ -299,12 +299,14 @@ def _counters(root: Node) -> tuple[Found, ...]:
     return tuple(out)
 
 
-def _scan(root: Node, skip: set[Path]) -> tuple[tuple[Found, ...], Found | None, tuple[Found, ...]]:
+def _scan(
+    root: Node, skip: set[KeyPath]
+) -> tuple[tuple[Found, ...], Found | None, tuple[Found, ...]]:
     """Schedulers, the grad scaler and RNG states, outside the weights and optimizers."""
     schedulers: list[Found] = []
     scaler: Found | None = None
     rng: list[Found] = []
-    stack: list[tuple[Path, Node]] = [((), root)]
+    stack: list[tuple[KeyPath, Node]] = [((), root)]
     while stack:
         path, node = stack.pop()
         name = str(path[-1]).lower() if path else ""
@@ -354,7 +356,7 @@ def _is_scaler(name: str, node: Node) -> bool:
     )
 
 
-def _rng_kind(path: Path, node: Node) -> str | None:
+def _rng_kind(path: KeyPath, node: Node) -> str | None:
     """python / numpy / torch / cuda, from the RNG state's own shape (names only break ties)."""
     kind = node.kind
     if kind is NodeKind.VALUE or (kind is NodeKind.TENSOR and not _byte_tensor(node)):
@@ -389,7 +391,7 @@ def _warnings(
     schedulers: tuple[Found, ...],
     counters: tuple[Found, ...],
     optimizers: list[dict[str, Any]],
-    opt_paths: list[Path],
+    opt_paths: list[KeyPath],
 ) -> list[str]:
     out: list[str] = []
     marks = [(c.kind, c.value) for c in counters]
@@ -418,7 +420,7 @@ def _warnings(
     return out
 
 
-def _scheduler_vs_optimizer(ckpt: Checkpoint, spath: Path, opath: Path) -> list[str]:
+def _scheduler_vs_optimizer(ckpt: Checkpoint, spath: KeyPath, opath: KeyPath) -> list[str]:
     """A scheduler and the optimizer it drives must have one LR per param group, the same."""
     sched, groups = ckpt.find(spath), ckpt.find((*opath, "param_groups"))
     if sched is None or groups is None:

@@ -29,7 +29,7 @@ from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.core import units
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr
-from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
 from ckptui.tensors.values import Cancelled, interruptible
@@ -45,7 +45,7 @@ LIVE_ROWS = 2000
 """Matches shown while typing (the count is exact up to 10,000); enter shows them all."""
 
 
-def _model_params(ckpt: Checkpoint) -> tuple[Path, Any] | None:
+def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
     """(path, `params.Params`) of the model's weights (`roles.weights_path`), or None."""
     path = weights_path(ckpt)
     params = params_at(ckpt.root, path)
@@ -184,7 +184,7 @@ class BrowseScreen(Screen[None]):
         self.find_training_facts(ckpt)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
-    def find_modules(self, ckpt: Checkpoint, path: Path) -> tuple[Any, Any]:
+    def find_modules(self, ckpt: Checkpoint, path: KeyPath) -> tuple[Any, Any]:
         """The module view's rows for the weights, made before `m` asks for them (grouping a
         100,000-key dict takes most of a second here)."""
         # deferred: the module view's grouping loads in this worker, after first paint
@@ -272,7 +272,7 @@ class BrowseScreen(Screen[None]):
         self._search(self.ckpt.root, query)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="search")
-    def _search(self, root: Any, query: str) -> tuple[str, list[Path] | str]:
+    def _search(self, root: Any, query: str) -> tuple[str, list[KeyPath] | str]:
         """Search the keys off the UI thread: 100,000 paths take longer than a keystroke."""
         try:
             return query, search(root, query)
@@ -403,7 +403,7 @@ class BrowseScreen(Screen[None]):
             text += f" · {n} marked for export (x)"
         self.query_one("#header", Static).update(text)
 
-    def _jump_to(self, path: Path | None) -> None:
+    def _jump_to(self, path: KeyPath | None) -> None:
         if path is None:
             return
         tree = self.query_one(CkptTree)

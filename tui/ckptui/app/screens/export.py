@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path as FsPath
+from pathlib import Path
 
 from rich.markup import escape
 from textual import on, work
@@ -34,7 +34,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from ckptui.core import units
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.export import (
     ExportError,
     Plan,
@@ -86,7 +86,7 @@ class ExportScreen(ModalScreen[None]):
         Binding("enter", "enter", "Export", priority=True),
     ]
 
-    def __init__(self, ckpt: Checkpoint, marks: list[Path]) -> None:
+    def __init__(self, ckpt: Checkpoint, marks: list[KeyPath]) -> None:
         super().__init__()
         self.ckpt = ckpt
         self.marks = marks
@@ -154,7 +154,7 @@ class ExportScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
     def _plan(
-        self, keep: list[Path] | None, strip: str, dtype: str, fmt: str, first: bool
+        self, keep: list[KeyPath] | None, strip: str, dtype: str, fmt: str, first: bool
     ) -> tuple[Plan, int, bool, int]:
         worker = get_current_worker()  # on a thread `q` abandons, as every long worker
 
@@ -256,7 +256,7 @@ class ExportScreen(ModalScreen[None]):
         value = self.query_one("#export-target", Input).value.strip()
         if not value:
             return "[$error]name the file to write[/]"
-        target = value if is_url(value) else str(FsPath(value).expanduser())
+        target = value if is_url(value) else str(Path(value).expanduser())
         problem = check_target(target, self.ckpt)
         if problem is None:
             return None
@@ -295,8 +295,8 @@ class ExportScreen(ModalScreen[None]):
     def _go(self) -> None:
         if self._writing or self.plan is None or self.query_one("#export-go", Button).disabled:
             return
-        target = str(FsPath(self.query_one("#export-target", Input).value.strip()).expanduser())
-        exists = FsPath(target).exists()
+        target = str(Path(self.query_one("#export-target", Input).value.strip()).expanduser())
+        exists = Path(target).exists()
         if exists and self._replace != target:
             self._replace = target  # ask first: the second press replaces
             self._check_target()
@@ -393,8 +393,8 @@ class ExportDoneScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         r = self.result
-        path = str(FsPath(r.output).absolute())
-        name = FsPath(r.output).name
+        path = str(Path(r.output).absolute())
+        name = Path(r.output).name
         if r.output.endswith(".safetensors"):
             load = f"safetensors.torch.load_file({name!r})"
         else:
@@ -426,7 +426,7 @@ class ExportDoneScreen(ModalScreen[None]):
 
     def action_copy_path(self) -> None:
         """y: copy the written file's path."""
-        path = str(FsPath(self.result.output).absolute())
+        path = str(Path(self.result.output).absolute())
         self.app.copy_to_clipboard(path)
         self.notify(f"copied {path}", timeout=3)
 

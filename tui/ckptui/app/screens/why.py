@@ -28,7 +28,7 @@ from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.core.keypath import show_path
-from ckptui.core.tree import Checkpoint, Path
+from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import printable, size
 from ckptui.export.size import exported_size
 from ckptui.report.why import bar, rest_rows
@@ -42,7 +42,7 @@ MAX_PREFIX_CHILDREN = 200
 PROGRESS_INTERVAL = 0.1
 
 
-class BarTree(Tree[Path | None]):
+class BarTree(Tree[KeyPath | None]):
     """The groupings: a tree of bar rows, with the browser's vim keys."""
 
     BINDINGS = [
@@ -90,7 +90,7 @@ class WhyCache:
         self.duplicates_done = False
 
 
-class WhyScreen(Screen[Path | None]):
+class WhyScreen(Screen[KeyPath | None]):
     """The size breakdown: headline, groupings as bars, findings."""
 
     BINDINGS = [
@@ -214,7 +214,7 @@ class WhyScreen(Screen[Path | None]):
         self.query_one("#why-groups", Tree).focus()
 
     def _fill_groups(self, b: Breakdown) -> None:
-        tree: Tree[Path | None] = self.query_one("#why-groups", Tree)
+        tree: Tree[KeyPath | None] = self.query_one("#why-groups", Tree)
         tree.clear()
         width = max(50, tree.scrollable_content_region.width or 80)
         rows = _Rows(width, b.file_bytes)
@@ -365,7 +365,7 @@ class _Rows:
         return node
 
     def add(
-        self, parent: TreeNode, name: str, nbytes: int, path: Path | None, leaf: bool = False
+        self, parent: TreeNode, name: str, nbytes: int, path: KeyPath | None, leaf: bool = False
     ) -> TreeNode:
         depth = 0
         p = parent

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path as FilePath
+from pathlib import Path
 from typing import Any
 
 from rich.style import Style
@@ -30,7 +30,7 @@ from ckptui.analysis.index import summary
 from ckptui.analysis.roles import is_module
 from ckptui.app.widgets.tree_order import FOOTER, LABELS, ORDERS, Sorter, next_order
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, walk
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, walk
 from ckptui.core.units import printable, size
 
 GROUP = 1000
@@ -44,7 +44,7 @@ class Entry:
     """What a tree row stands for: a checkpoint node, or a group of a node's children."""
 
     node: Node
-    path: Path
+    path: KeyPath
     group: tuple[int, int] | None = None
     """For a group row: the child index range [start, end) of `node`."""
     loaded: bool = False
@@ -91,7 +91,7 @@ class CkptTree(Tree[Entry]):
     class MarksChanged(Message):
         """The set of subtrees marked for export changed."""
 
-        def __init__(self, marks: list[Path]) -> None:
+        def __init__(self, marks: list[KeyPath]) -> None:
             super().__init__()
             self.marks = marks
 
@@ -101,15 +101,15 @@ class CkptTree(Tree[Entry]):
         self.guide_depth = 2
         self.auto_expand = False
         self.ckpt: Checkpoint | None = None
-        self.matches: list[Path] = []
+        self.matches: list[KeyPath] = []
         """Paths matching the active filter, in display order."""
         self.filtered = False
-        self.marks: dict[Path, None] = {}
+        self.marks: dict[KeyPath, None] = {}
         """Subtrees marked for export, in the order they were marked (a dict as ordered set)."""
         self._fg_styles: dict[str, Style] = {}
-        self.parts: dict[Path, str] = {}
+        self.parts: dict[KeyPath, str] = {}
         """Labels of the parts of a recognised framework's file (`state_dict`: model weights)."""
-        self.params: dict[Path, Any] = {}
+        self.params: dict[KeyPath, Any] = {}
         """Parameter counts (`params.Params`) of the model's weights, by path: shown on its row
         (and the root's), counted once in the screen's open worker."""
         self.module_view = False
@@ -204,7 +204,7 @@ class CkptTree(Tree[Entry]):
             text.append(f" — {printable(part)}", summary_style + Style(italic=True))
         return text
 
-    def _mark_of(self, path: Path) -> str:
+    def _mark_of(self, path: KeyPath) -> str:
         if not self.marks:
             return ""
         if path in self.marks:
@@ -216,13 +216,13 @@ class CkptTree(Tree[Entry]):
         return f"[{child.key}]" if parent.kind is NodeKind.SEQUENCE else str(child.key)
 
     def _row_label(
-        self, node: Node, path: Path, owner: Node | None, name: str | None = None
+        self, node: Node, path: KeyPath, owner: Node | None, name: str | None = None
     ) -> Text:
         if name is not None:
             key_text = name
         elif owner is None:  # the root row is named after the file
             assert self.ckpt is not None
-            key_text = FilePath(self.ckpt.path).name
+            key_text = Path(self.ckpt.path).name
         else:
             key_text = self._key_text(node, owner)
         part = self.parts.get(path, "") if self.parts else ""
@@ -230,14 +230,14 @@ class CkptTree(Tree[Entry]):
         more = f" · {params.text()}" if params is not None and node.children else ""
         return self._label(node, key_text, path in self._match_set, self._mark_of(path), part, more)
 
-    def _add(self, parent: TreeNode[Entry], node: Node, path: Path, owner: Node) -> TreeNode:
+    def _add(self, parent: TreeNode[Entry], node: Node, path: KeyPath, owner: Node) -> TreeNode:
         label = self._row_label(node, path, owner)
         if node.children and node.kind is not NodeKind.REF:
             return parent.add(label, Entry(node, path))
         return parent.add_leaf(label, Entry(node, path, loaded=True))
 
     @property
-    def _match_set(self) -> set[Path]:
+    def _match_set(self) -> set[KeyPath]:
         if not hasattr(self, "_matches_cache") or self._matches_cache[0] is not self.matches:
             self._matches_cache = (self.matches, set(self.matches))
         return self._matches_cache[1]
@@ -407,7 +407,7 @@ class CkptTree(Tree[Entry]):
             self._open(node)
 
     # -- navigation --------------------------------------------------------------------------
-    def reveal(self, path: Path) -> TreeNode[Entry] | None:
+    def reveal(self, path: KeyPath) -> TreeNode[Entry] | None:
         """Expand the way to `path` and return its row (None if it is not in the tree)."""
         if self.module_view:
             return self._reveal_in_modules(path)
@@ -441,7 +441,7 @@ class CkptTree(Tree[Entry]):
             current = nxt
         return current
 
-    def _reveal_in_modules(self, path: Path) -> TreeNode[Entry] | None:
+    def _reveal_in_modules(self, path: KeyPath) -> TreeNode[Entry] | None:
         """`reveal` in the module view: at each level, the row whose subtree holds `path`."""
         current = self.root
         for _ in range(4 * len(path) + 64):  # module rows add levels; a bound, not a guess
@@ -467,7 +467,7 @@ class CkptTree(Tree[Entry]):
             current = nxt
         return None
 
-    def select_path(self, path: Path) -> bool:
+    def select_path(self, path: KeyPath) -> bool:
         """Reveal `path` and put the cursor on it."""
         row = self.reveal(path)
         if row is None:
@@ -539,7 +539,7 @@ class CkptTree(Tree[Entry]):
             node.expand()  # keep the top-level keys in view
         self.move_cursor(node)
 
-    def add_parts(self, labels: dict[Path, str]) -> None:
+    def add_parts(self, labels: dict[KeyPath, str]) -> None:
         """Label more rows (optimizer entries naming their parameter) and redraw loaded ones."""
         if not labels:
             return
@@ -599,7 +599,7 @@ class CkptTree(Tree[Entry]):
         self.post_message(self.MarksChanged([]))
 
     @staticmethod
-    def _node_at(path: Path, entry: Entry) -> Node:
+    def _node_at(path: KeyPath, entry: Entry) -> Node:
         if path == entry.path:
             return entry.node
         child = entry.node.child(path[-1])
@@ -622,14 +622,14 @@ class CkptTree(Tree[Entry]):
             r.set_label(self._row_label(e.node, e.path, owner, e.name))
 
     # -- filtering ---------------------------------------------------------------------------
-    def show_matches(self, matches: list[Path]) -> None:
+    def show_matches(self, matches: list[KeyPath]) -> None:
         """Show only `matches` and their ancestors, all opened."""
         assert self.ckpt is not None
         self.matches = matches
         self.filtered = True
         self._reset()
         self.root.data.loaded = True  # type: ignore[union-attr]
-        rows: dict[Path, TreeNode[Entry]] = {(): self.root}
+        rows: dict[KeyPath, TreeNode[Entry]] = {(): self.root}
         for path in matches:
             for depth in range(1, len(path) + 1):
                 sub = path[:depth]
@@ -657,7 +657,7 @@ class CkptTree(Tree[Entry]):
         assert self.ckpt is not None
         where: dict[int, dict[object, int]] = {}
 
-        def position(path: Path) -> tuple[int, ...]:
+        def position(path: KeyPath) -> tuple[int, ...]:
             node, out = self.ckpt.root, []  # type: ignore[union-attr]
             for key in path:
                 index = where.get(id(node))
@@ -684,7 +684,7 @@ class CkptTree(Tree[Entry]):
         if keep:
             self.select_path(keep)
 
-    def jump_match(self, step: int) -> Path | None:
+    def jump_match(self, step: int) -> KeyPath | None:
         """n/N: move to the next (step 1) or previous (-1) match after the cursor."""
         if not self.matches:
             return None
@@ -704,7 +704,7 @@ class CkptTree(Tree[Entry]):
         return path_text(entry.path) if entry else ""
 
 
-def _holds(entry: Entry | None, path: Path, kids: Callable[[Node], Sequence[Node]]) -> bool:
+def _holds(entry: Entry | None, path: KeyPath, kids: Callable[[Node], Sequence[Node]]) -> bool:
     """True when the row of `entry` has `path` at or below it (`kids`: children in the order
     the tree shows them, which a group row's range indexes)."""
     if entry is None:

@@ -36,7 +36,7 @@ from ckptui.app.widgets.ckpt_tree import Entry
 from ckptui.core import units
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr, path_text
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.report.text.training import (
     optimizer_card,
     parameter_line,
@@ -161,7 +161,7 @@ class DetailPanel(VerticalScroll):
         self._sizes: _Sizes | None = None
         self.training: Any = None
         """`training.TrainingFacts`, once the screen's worker has found them."""
-        self.params: tuple[Path, Any] | None = None
+        self.params: tuple[KeyPath, Any] | None = None
         """(path, `params.Params`) of the model's weights, for the root card and that row."""
 
     def compose(self) -> ComposeResult:
@@ -232,7 +232,7 @@ class DetailPanel(VerticalScroll):
             self._sizes = _Sizes(self.ckpt.root)
         return self._sizes
 
-    def _facts(self, node: Node, path: Path) -> Group:
+    def _facts(self, node: Node, path: KeyPath) -> Group:
         title = Text(units.printable(path_expr(path) or "<root>"), style="bold")
         t = _table()
         t.add_row("type", _plain(node.type))
@@ -302,7 +302,7 @@ class DetailPanel(VerticalScroll):
             parts += [Text(""), Text("largest", style="bold"), big]
         return Group(*parts)
 
-    def _optimizer_card(self, node: Node, path: Path) -> RenderableType | None:
+    def _optimizer_card(self, node: Node, path: KeyPath) -> RenderableType | None:
         """The optimizer card, when `path` is an optimizer state dict the roles found."""
         if self.training is None or self.ckpt is None:
             return None
@@ -330,7 +330,7 @@ class DetailPanel(VerticalScroll):
         _param_rows(t, module.params)
         return Group(title, t)
 
-    def _tensor_rows(self, t: Table, info: TensorInfo, path: Path) -> None:
+    def _tensor_rows(self, t: Table, info: TensorInfo, path: KeyPath) -> None:
         assert self.ckpt is not None
         t.add_row("shape", units.shape(info.shape))
         t.add_row("dtype", info.dtype)
@@ -371,7 +371,7 @@ class DetailPanel(VerticalScroll):
             more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
             t.add_row("shared with", _plain(", ".join(path_text(p) for p in shared[:5]) + more))
 
-    def _warning(self, node: Node, path: Path) -> Text | None:
+    def _warning(self, node: Node, path: KeyPath) -> Text | None:
         if node.safety == "danger":
             return _plain(
                 f"⚠ torch.load(weights_only=False) would call {node.type} here; ckptui did not."
@@ -440,7 +440,7 @@ class DetailPanel(VerticalScroll):
         self._values(self.ckpt, info, entry.path, fetching)
 
     @work(thread=True, exclusive=True, group="values", exit_on_error=False)
-    def _values(self, ckpt: Checkpoint, info: TensorInfo, path: Path, fetching: int) -> None:
+    def _values(self, ckpt: Checkpoint, info: TensorInfo, path: KeyPath, fetching: int) -> None:
         """Stats off the UI thread; moving on cancels it (between blocks of a remote read)."""
         worker = get_current_worker()
         shown = [0.0]
@@ -462,11 +462,11 @@ class DetailPanel(VerticalScroll):
             return
         self.app.call_from_thread(self._show_values, path, stats, None)
 
-    def _progress(self, path: Path, fetching: int, fraction: float) -> None:
+    def _progress(self, path: KeyPath, fetching: int, fraction: float) -> None:
         if self.entry is not None and self.entry.path == path:
             self._reading(fetching, fraction)
 
-    def _show_values(self, path: Path, stats: Any, error: str | None) -> None:
+    def _show_values(self, path: KeyPath, stats: Any, error: str | None) -> None:
         if self.entry is None or self.entry.path != path:
             return  # the cursor moved on
         if error is not None:

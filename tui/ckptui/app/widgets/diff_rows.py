@@ -15,10 +15,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from pathlib import Path as FilePath
+from pathlib import Path
 
 from ckptui.analysis.diff.compare import Diff
-from ckptui.core.tree import Key, Path, TensorInfo
+from ckptui.core.tree import Key, KeyPath, TensorInfo
 from ckptui.core.units import shape as show_shape
 from ckptui.core.units import size
 
@@ -83,7 +83,7 @@ class Row:
     parent: Row | None = None
     children: dict[tuple[str, bool], Row] = field(default_factory=dict)
     """By (key, is a leaf): a leaf and a module may share a name."""
-    path: Path | None = None
+    path: KeyPath | None = None
     """For leaves: the compared path (after prefix normalisation)."""
     kind: Kind = Kind.EQUAL
     a: TensorInfo | str | None = None
@@ -93,11 +93,11 @@ class Row:
     """max |a - b| once the values were compared."""
     why: str | None = None
     """Why the values could not be compared."""
-    tied_a: Path | None = None
+    tied_a: KeyPath | None = None
     """When A's tensor is the same bytes as an earlier entry of A (tied weights, as
     `save_pretrained` writes `lm_head.weight` beside `wte.weight`): that entry's path. Its bytes
     are counted there, once."""
-    tied_b: Path | None = None
+    tied_b: KeyPath | None = None
     counts: Tally = field(default_factory=lambda: Tally())
     """For containers: leaves below by kind."""
     bytes_a: int = 0
@@ -106,7 +106,7 @@ class Row:
     in_a: int = 0
     """Leaves below (or this leaf) that A has."""
     in_b: int = 0
-    by_path: dict[Path, Row] | None = field(default=None, repr=False)
+    by_path: dict[KeyPath, Row] | None = field(default=None, repr=False)
     """On the root, once `find` was called: every leaf by its compared path."""
 
     def __repr__(self) -> str:
@@ -183,7 +183,9 @@ def _kind(a: TensorInfo | str | None, b: TensorInfo | str | None) -> Kind:
 def merge(d: Diff, name_a: str = "A", name_b: str = "B") -> Row:
     """The merged tree of a comparison: A's entries in A's order, then those only in B."""
     root = Row(f"{name_a} ⇄ {name_b}")
-    entries: dict[Path, None] = dict.fromkeys([*d.tensors_a, *d.plain_a, *d.tensors_b, *d.plain_b])
+    entries: dict[KeyPath, None] = dict.fromkeys(
+        [*d.tensors_a, *d.plain_a, *d.tensors_b, *d.plain_b]
+    )
     for path in entries:
         a = d.tensors_a.get(path) or d.plain_a.get(path)
         b = d.tensors_b.get(path) or d.plain_b.get(path)
@@ -220,7 +222,7 @@ def _tie(root: Row, d: Diff) -> None:
     """Point each leaf whose tensor repeats an earlier entry's view (same storage, offset, shape,
     strides) at that entry, on each side."""
     for side, tensors in (("a", d.tensors_a), ("b", d.tensors_b)):
-        first: dict[tuple, Path] = {}
+        first: dict[tuple, KeyPath] = {}
         for path, t in tensors.items():
             view = _view(t)
             if view is None:
@@ -303,7 +305,7 @@ def leaves(root: Row) -> list[Row]:
     return out
 
 
-def find(root: Row, path: Path) -> Row | None:
+def find(root: Row, path: KeyPath) -> Row | None:
     """The leaf for a compared path, or None."""
     if root.by_path is None:
         root.by_path = {r.path: r for r in leaves(root) if r.path is not None}
@@ -365,4 +367,4 @@ def describe(row: Row) -> str:
 
 def file_name(path: str) -> str:
     """The last part of a path, for the root row."""
-    return FilePath(path).name or path
+    return Path(path).name or path

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ckptui.core.tree import Finding, Path, Severity
+from ckptui.core.tree import Finding, KeyPath, Severity
 
 
 @dataclass
@@ -74,7 +74,7 @@ _WHAT: dict[str, tuple[str, Severity, str]] = {
 """Problem kind -> (finding kind, severity, message after the file name)."""
 
 
-def problem_findings(problems: Problems, path_of: Callable[[str], Path]) -> list[Finding]:
+def problem_findings(problems: Problems, path_of: Callable[[str], KeyPath]) -> list[Finding]:
     """One finding per (file, kind) noted, in the order first noted.
 
     Args:

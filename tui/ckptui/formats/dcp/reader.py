@@ -31,7 +31,7 @@ No torch here: opening must not pay torch's start-up.
 from __future__ import annotations
 
 import os
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 from ckptui.core.dtypes import itemsize_of
@@ -39,9 +39,9 @@ from ckptui.core.errors import CkptError, CorruptFile, NotReadable
 from ckptui.core.tree import (
     Checkpoint,
     Finding,
+    KeyPath,
     Node,
     NodeKind,
-    Path,
     Severity,
     Storage,
     TensorInfo,
@@ -65,13 +65,13 @@ MAX_OBJECT_BYTES = 16 << 20
 def looks_like_dcp(folder: str) -> bool:
     """A `.metadata` pickle beside at least one `*.distcp` file (one listdir, one 2-byte read)."""
     try:
-        names = [p.name for p in FsPath(folder).iterdir()]
+        names = [p.name for p in Path(folder).iterdir()]
         if METADATA not in names or not any(n.endswith(SUFFIX) for n in names):
             return False
-        meta = FsPath(folder) / METADATA
+        meta = Path(folder) / METADATA
         if leads_outside(folder, str(meta)) is not None or not meta.is_file():
             return True  # not read here (a FIFO would block): `read_dcp` refuses it by name
-        with (FsPath(folder) / METADATA).open("rb") as f:
+        with (Path(folder) / METADATA).open("rb") as f:
             return f.read(2)[:1] == b"\x80"
     except OSError:
         return False
@@ -100,10 +100,10 @@ def read_dcp(folder: str) -> Checkpoint:
 def _read(folder: str) -> Checkpoint:
     outside: dict[str, str] = {}
     files = _list_files(folder, outside)
-    meta_path = str(FsPath(folder) / METADATA)
+    meta_path = str(Path(folder) / METADATA)
     if METADATA in outside:
         raise NotReadable(meta_path, outside[METADATA])
-    if METADATA not in files and FsPath(meta_path).exists():
+    if METADATA not in files and Path(meta_path).exists():
         # a folder, or a FIFO: opening one for reading would wait for a writer forever
         raise NotReadable(meta_path, "is not a regular file")
     try:
@@ -175,7 +175,7 @@ class _Reader:
             src = None
             if rel in self.files:
                 try:
-                    src = Source.open(str(FsPath(self.folder) / rel))
+                    src = Source.open(str(Path(self.folder) / rel))
                 except OSError:
                     src = None
                 else:
@@ -201,7 +201,7 @@ class _Reader:
         order = {"danger": 0, "warning": 1, "info": 2}
         findings.sort(key=lambda f: order[f.severity.value])
         info: dict[str, Any] = {
-            "folder": str(FsPath(self.folder).absolute()),
+            "folder": str(Path(self.folder).absolute()),
             "files": dict(self.files),
             **md.info,
             "metadata_bytes": self.meta_bytes,
@@ -221,7 +221,7 @@ class _Reader:
             info,
         )
 
-    def global_finding(self, g: Global, where: Path | None, in_metadata: bool) -> None:
+    def global_finding(self, g: Global, where: KeyPath | None, in_metadata: bool) -> None:
         verdict = classify_global(g)
         if verdict is None:
             return
@@ -359,7 +359,7 @@ class _Reader:
         return self.builder.build(obj, key, path)
 
     # -- the tree -------------------------------------------------------------------------------
-    def path_of(self, fqn: str) -> Path:
+    def path_of(self, fqn: str) -> KeyPath:
         planner = self.md.planner
         if planner is not None and fqn in planner:
             return planner[fqn]

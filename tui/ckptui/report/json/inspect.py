@@ -15,7 +15,7 @@ from typing import Any
 
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.training.facts import training_facts
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.report.json.training import training_json
 
 _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
@@ -130,7 +130,7 @@ def framework_json(ckpt: Checkpoint) -> dict[str, Any] | None:
     }
 
 
-def tensor_json(ckpt: Checkpoint, path: Path, t: TensorInfo) -> dict[str, Any]:
+def tensor_json(ckpt: Checkpoint, path: KeyPath, t: TensorInfo) -> dict[str, Any]:
     """One entry of `tensors`."""
     st = ckpt.storages.get(t.storage_key) if t.storage_key is not None else None
     out: dict[str, Any] = {

@@ -14,7 +14,7 @@ from rich.tree import Tree
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import summary
 from ckptui.core import units
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
 
 _SEVERITY_STYLE = {"danger": "bold red", "warning": "yellow", "info": "cyan"}
 _NO_WRAP_WIDTH = 100_000
@@ -58,7 +58,7 @@ def build_tree(ckpt: Checkpoint, max_children: int | None, depth: int | None) ->
     framework = detect(ckpt)
     parts = {p.path: p.label for p in framework.parts} if framework else {}
     root = Tree(_label(ckpt.root, ckpt.path), guide_style="dim")
-    stack: list[tuple[Node, Tree, int, Path]] = [(ckpt.root, root, 0, ())]
+    stack: list[tuple[Node, Tree, int, KeyPath]] = [(ckpt.root, root, 0, ())]
     while stack:
         node, branch, level, path = stack.pop()
         if depth is not None and level >= depth:
