@@ -16,8 +16,9 @@ findings), so the result is the inert loop's in every case. Why it is safe and e
    - EXT1/2/4: the C unpickler serves them from the process-wide copyreg cache without asking
      `find_class`; INST/OBJ/NEWOBJ_EX: calls the rewrite cannot mark; POP/POP_MARK/DUP and a
      PROTO past the first byte: they could leave a MARK with nothing above it, and the C
-     unpickler skips an empty APPENDS/SETITEMS where the inert loop checks its target (for the
-     same reason a MARK followed by APPENDS, SETITEMS or FRAME, or ending a frame, declines);
+     unpickler skips an empty APPENDS/SETITEMS where the inert loop checks its target (a MARK
+     right before APPENDS/SETITEMS is rewritten into that check, below; a MARK before a FRAME
+     or ending a frame declines);
    - DICT/LIST/EMPTY_SET/ADDITEMS/FROZENSET/BYTEARRAY8: real dicts and sets hash their keys in C
      without a depth guard (a million-deep tuple key crashes the interpreter); bytes over 64
      bytes and strings over `Limits.inline_text` (the inert loop makes `Blob`s of them);
@@ -31,7 +32,9 @@ findings), so the result is the inert loop's in every case. Why it is safe and e
    and EMPTY_LIST of `_List()` (a list whose `__setitem__` refuses, so SETITEM on a list fails
    as in the inert loop); REDUCE becomes `func((args, REDUCE_MARK))` and NEWOBJ
    `cls((args, NEWOBJ_MARK))`, so a call reaches `Global.__call__` with the args tuple itself
-   and how it was made; BUILD passes `(state, BUILD_MARK)` to `__setstate__`.
+   and how it was made; BUILD passes `(state, BUILD_MARK)` to `__setstate__`; `MARK SETITEMS`
+   and `MARK APPENDS` with nothing between (the C pickler writes one after a dict or list of a
+   multiple of 1,000 items) become a BUILD that only checks the target's type.
 3. What the remaining opcodes can reach: every object on the stack is a str/bytes/int/float/
    bool/None/tuple, a `_List`, or what `find_class` and `persistent_load` return, which are
    the inert loop's own `_global` and `_persistent` (a `Global`, a dtype constant, a storage
@@ -366,7 +369,8 @@ class ConfinedUnpickler(InertUnpickler):
             raise Decline("a call the rewrite did not make")
         if type(args) is not tuple:
             raise Decline("arguments are not a tuple")
-        got = self._call(func, args, how)
+        rec = self.recorders.get(func.full)  # what `_call` does first, one call sooner
+        got = rec(self, args) if rec is not None else self._call(func, args, how)
         if type(got) is PObject:
             self.exact = False  # the replay would judge the placeholder's class
         return got
