@@ -208,6 +208,13 @@ def test_memo_bomb_never_reaches_the_c_unpickler(tmp_path: Path) -> None:
     assert confined.rewrite(b"\x80\x02" + body, 0, len(body) + 2, 1 << 20) is None
 
 
+def test_a_pickle_of_rewritten_opcodes_only_is_declined() -> None:
+    data = b"\x80\x02]" + b"}a" * 100_000 + b"."  # a list of 100,000 empty dicts
+    assert confined.rewrite(data, 0, len(data), 1 << 20) is None
+    small = b"\x80\x02]" + b"}a" * 10 + b"."
+    assert confined.rewrite(small, 0, len(small), 1 << 20) is not None
+
+
 def test_a_frame_crossing_opcode_is_declined() -> None:
     # FRAME of 3 bytes, then a 5-byte BINUNICODE straddling its end
     data = b"\x80\x04\x95\x03\x00\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00a."

@@ -197,6 +197,9 @@ def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
     run = replayed.match
     exact = True
     pieces = [bytes(buf[pos : pos + 2])]
+    # Each rewritten opcode grows by ~22 bytes: a pickle made of little else would make a
+    # stream many times its size, so growth past 4x (a torch.save pickle grows ~0.4x) declines.
+    room = 4 * (end - pos) + 4096
     pos += 2
     limit = end
     """Where the current frame (or the buffer) ends: no opcode may cross it."""
@@ -216,10 +219,14 @@ def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
         if seq is not None:
             pieces.append(seq)
             pos += 1
+            room -= len(seq)
+            if room < 0:
+                return None
         elif op == 0x28 and pos + 1 < limit and buf[pos + 1] in (0x65, 0x75):
             mark = b"E" if buf[pos + 1] == 0x65 else b"U"  # MARK APPENDS / MARK SETITEMS
             pieces.append(_marker(nonce, mark) + b"b")
             pos += 2
+            room -= 25
         elif op == 0x2E:  # STOP
             pieces.append(b".")
             stream = b"".join(pieces)
