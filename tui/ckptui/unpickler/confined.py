@@ -145,17 +145,32 @@ _MORE = (
 
 
 @lru_cache(maxsize=8)
-def _runs(bits: int) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-    """(replayed-only, all) regexes of a run of plain opcodes, LONG_BINPUT below 2**bits."""
+def _run(bits: int, more: bool) -> re.Pattern[bytes]:
+    """Regex of a run of plain opcodes (`_MORE` too when `more`), LONG_BINPUT below 2**bits.
+    Compiling one costs tens of milliseconds, so `bits` comes in a few tiers and the protocol
+    3-5 one is compiled only for a pickle that needs it."""
     full, rest = divmod(bits, 8)
     put = b"r" + b".{%d}" % full
     if rest:
         put += b"[\\x00-" + re.escape(bytes([(1 << rest) - 1])) + b"]"
         full += 1
     put += b"\\x00" * (4 - full)
-    replayed = rb"(?s)(?:" + _REPLAYED + b"|" + put + rb")*+"
-    every = rb"(?s)(?:" + _REPLAYED + b"|" + put + b"|" + _MORE + rb")*+"
-    return re.compile(replayed), re.compile(every)
+    return re.compile(
+        rb"(?s)(?:" + _REPLAYED + b"|" + put + (b"|" + _MORE if more else b"") + rb")*+"
+    )
+
+
+_TIERS = (12, 16, 20, 24)
+
+
+def _memo_bits(n: int) -> int:
+    """The LONG_BINPUT bound for a pickle of up to `n` bytes: indices below a quarter of its
+    bytes (each memoized object costs an opcode and a 5-byte LONG_BINPUT), rounded up to a
+    tier, and below 2**24 whatever follows the pickle (a legacy file's storages): the C memo is
+    then at most 1 MiB for a pickle under 64 KiB, and never over 256 MiB, what the inert loop's
+    own memo costs for that many objects."""
+    need = (n // 4).bit_length()
+    return next((t for t in _TIERS if t >= need), _TIERS[-1])
 
 
 def _marker(nonce: bytes, name: bytes) -> bytes:
@@ -190,11 +205,8 @@ def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
         0x7D: _marker(nonce, b"D") + b")R",  # EMPTY_DICT -> PDict()
         0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
     }
-    # Memo indices below a quarter of the bytes (each memoized object costs an opcode and a
-    # 5-byte LONG_BINPUT), and below 2**24 whatever follows the pickle (a legacy file's
-    # storages): the C memo is then at most 256 MiB, what the inert loop's own memo costs.
-    replayed, every = _runs(min(24, max(8, ((end - pos) // 4).bit_length())))
-    run = replayed.match
+    bits = _memo_bits(end - pos)
+    run = _run(bits, False).match
     exact = True
     pieces = [bytes(buf[pos : pos + 2])]
     # Each rewritten opcode grows by ~22 bytes: a pickle made of little else would make a
@@ -239,7 +251,7 @@ def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
             if not 0 < n <= end - pos:
                 return None
             framed, limit = True, pos + n
-            run, exact = every.match, False  # torch's weights-only loop does not read FRAME
+            run, exact = _run(bits, True).match, False  # the weights-only loop has no FRAME
         elif op == 0x58:  # BINUNICODE too long for the regex: checked here
             if pos + 5 > limit:
                 return None
@@ -249,7 +261,7 @@ def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
             pieces.append(buf[pos : pos + 5 + n])
             pos += 5 + n
         elif exact:  # maybe a protocol 3-5 opcode: go on with all of them
-            run = every.match
+            run = _run(bits, True).match
             exact = False
             if run(buf, pos, limit).end() == pos:
                 return None
