@@ -14,6 +14,7 @@ from typing import Any
 
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, Severity, Storage
+from ckptui.unpickler.confined import ConfinedUnpickler
 from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Limits, Malformed, classify_global
 from ckptui.unpickler.recorded import StorageRef
 from ckptui.unpickler.recorders import CONSTANTS, RECORDERS
@@ -77,6 +78,9 @@ class Source:
     nested: int = 0
     kind: str = "pickle"
     """The format the file is being read as (`Checkpoint.format`), once the reader knows it."""
+    replay_exact: bool | None = None
+    """Every pickle read so far went through the confined C path, which found nothing torch's
+    weights-only unpickler would refuse (`confined.py`): its replay can be skipped."""
 
     @classmethod
     def open(cls, path: str) -> Source:
@@ -150,14 +154,32 @@ class Source:
             base: absolute file offset of `buf[0]`, or None when `buf` is not the file's bytes
                 (a decompressed record), so blobs inside cannot be located in the file.
         """
-        u = InertUnpickler(
+        u = ConfinedUnpickler(
             buf, self.path, persistent_load, RECORDERS, CONSTANTS, self.limits, nest, part
         )
         u.globals = self.globals
         u.extra["base"] = base
         u.extra["load_nested"] = self._load_nested
         u.extra["warn"] = self.warn
+        u.extra["save_state"] = self._save_state
+        u.extra["exact"] = self._note_exact
         return u
+
+    def _save_state(self) -> Any:
+        """A function undoing what a declined confined attempt added (storages, findings,
+        the nested count); it only ever adds, so lengths suffice."""
+        n_storages, n_findings, nested = len(self.storages), len(self.findings), self.nested
+
+        def restore() -> None:
+            for key in list(self.storages)[n_storages:]:
+                del self.storages[key]
+            del self.findings[n_findings:]
+            self.nested = nested
+
+        return restore
+
+    def _note_exact(self, exact: bool) -> None:
+        self.replay_exact = exact and self.replay_exact is not False
 
     def _load_nested(self, u: InertUnpickler, blob: Blob | bytes) -> Any:
         """Read the checkpoint embedded by `torch.storage._load_from_bytes(blob)`."""
@@ -245,7 +267,10 @@ def assemble(
     findings.extend(_tensor_findings(ckpt))
     order = {"danger": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.severity.value])
-    return Checkpoint(src.path, fmt, src.size, root, dict(src.storages), tuple(findings), info)
+    ckpt = Checkpoint(src.path, fmt, src.size, root, dict(src.storages), tuple(findings), info)
+    if src.replay_exact:  # the weights-only verdict needs no second pass (`confined.py`)
+        ckpt.memo("weights_only_replay_free", lambda: True)
+    return ckpt
 
 
 def _retype(node: Node, type_name: str) -> Node:

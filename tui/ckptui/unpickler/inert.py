@@ -10,6 +10,11 @@ any malformation into one `CorruptFile`, as torch's weights-only unpickler does.
 Large inline payloads (bytes, long strings) are not copied: a `Blob` records where they lie, so a
 pickle that embeds whole checkpoints (`torch.storage._load_from_bytes`) or numpy arrays costs
 metadata only.
+
+The objects also answer the few protocol hooks CPython's C unpickler calls (`__call__` on a
+`Global`, `__setitem__`, `extend`, `__setstate__`): `confined.py` runs the same loop at C speed
+over a checked, rewritten copy of the pickle, and every hook routes back into this loop's own
+`_call`/`_build` through `CONFINED`, so both paths make the same objects the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import codecs
 import contextlib
 import re
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +54,24 @@ class Limits:
     """How deep embedded checkpoints may nest inside one another."""
 
 
+class _Confined(threading.local):
+    """The unpickler on whose behalf `confined.py`'s C unpickler runs on this thread, if any."""
+
+    u: Any = None
+
+
+CONFINED = _Confined()
+
+
+def confined_build(inst: Any, state: Any) -> None:
+    """`__setstate__` of the objects BUILD may target: `confined.py`'s rewritten BUILD, which
+    runs the inert loop's `_build`."""
+    u = CONFINED.u
+    if u is None:
+        raise TypeError("only ckptui's confined unpickler builds this object")
+    u.confined_build(inst, state)
+
+
 class Global:
     """A GLOBAL named by the pickle; never imported."""
 
@@ -65,6 +89,15 @@ class Global:
 
     def __repr__(self) -> str:
         return self.full
+
+    def __call__(self, args: Any, mark: Any) -> Any:
+        """REDUCE or NEWOBJ as `confined.py` rewrites them: the inert loop's `_call`."""
+        u = CONFINED.u
+        if u is None:
+            raise TypeError("only ckptui's confined unpickler calls a Global")
+        return u.confined_call(self, args, mark)
+
+    __setstate__ = confined_build
 
 
 class PDict:
@@ -97,6 +130,9 @@ class PDict:
         """Return the value for a (hashable) key, or `default`."""
         pos = self.index.get(key)
         return default if pos is None else self.items[pos][1]
+
+    __setitem__ = set  # SETITEM(S) in the C unpickler, as `_setitems` does
+    __setstate__ = confined_build
 
 
 MAX_KEY_DEPTH = 64
@@ -140,6 +176,16 @@ class PObject:
     def name(self) -> str:
         """The callable's qualified name."""
         return self.cls.full if isinstance(self.cls, Global) else f"<call of {_kind(self.cls)}>"
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """SETITEM(S) in the C unpickler, as `_setitems` does."""
+        self.dictitems.append([key, value])
+
+    def extend(self, items: list[Any]) -> None:
+        """APPEND(S) in the C unpickler, as `_appends` does."""
+        self.items.extend(items)
+
+    __setstate__ = confined_build
 
 
 class Blob:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ckptui.core.dtypes import NUMPY_KINDS, itemsize_of
 from ckptui.core.tree import Storage
-from ckptui.unpickler.inert import Malformed, PDict
+from ckptui.unpickler.inert import Malformed, PDict, confined_build
 
 MAX_DIMS = 64
 MAX_DIM = 1 << 62
@@ -105,6 +105,8 @@ class TensorRec:
         if isinstance(state, PDict):
             self.parts.extend((f"{k}", v) for k, v in state.items)
 
+    __setstate__ = confined_build  # BUILD in the C unpickler (`confined.py`)
+
 
 class NumpyArray:
     """A numpy array pickled inline; its bytes are part of the pickle."""
@@ -132,6 +134,8 @@ class NumpyArray:
             n *= d
         self.nbytes = n * itemsize
 
+    __setstate__ = confined_build  # BUILD in the C unpickler (`confined.py`)
+
 
 class NumpyDtype:
     """`numpy.dtype(...)` as metadata."""
@@ -150,6 +154,8 @@ class NumpyDtype:
                 self.byteorder = state[1]
             if isinstance(state[5], int) and state[5] > 0:
                 self.itemsize = state[5]
+
+    __setstate__ = confined_build  # BUILD in the C unpickler (`confined.py`)
 
 
 class NumpyScalar:

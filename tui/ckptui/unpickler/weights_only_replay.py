@@ -97,6 +97,10 @@ class Replay:
             self._block(f"the pickle is malformed where torch would read it ({e!r})")
             return end
 
+    def name_global(self, module: str, name: str) -> None:
+        """Note a GLOBAL the pickle names, as the loop does (refused unless allowed)."""
+        self._global(module, name)
+
     def _global(self, module: str, name: str) -> _G:
         if (module, name) in wo.NAME_MAPPING:
             module, name = wo.NAME_MAPPING[(module, name)]

@@ -115,7 +115,8 @@ _DAMAGE = {"missing_storage", "short_storage", "out_of_bounds", "truncated"}
 def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
     """Judge whether `torch.load(ckpt.path, weights_only=True)` would load the checkpoint.
 
-    Reads the file's pickle(s) again (metadata only; nothing is imported or run).
+    Reads the file's pickle(s) again (metadata only; nothing is imported or run), unless the
+    open found in the same pass that the replay would record nothing.
 
     Args:
         ckpt: an opened checkpoint (`open_checkpoint`).
@@ -149,13 +150,16 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
             False, blockers=(_OTHER_ARCHIVES[ckpt.format],), export_command=export
         )
     sim = Replay()
-    try:
-        buf, count = _pickles(ckpt)
-    except (OSError, CkptError) as e:  # changed or removed since it was opened
-        return WeightsOnlyReport(False, blockers=(f"cannot read the file again: {e}",))
-    pos = 0
-    for _ in range(count):
-        pos = sim.run(buf, pos, len(buf))
+    # The open already went through every pickle at C speed and found nothing the replay could
+    # record (`unpickler/confined.py`): the replay would come back empty, so it is not run.
+    if not ckpt.memo("weights_only_replay_free", lambda: False):
+        try:
+            buf, count = _pickles(ckpt)
+        except (OSError, CkptError) as e:  # changed or removed since it was opened
+            return WeightsOnlyReport(False, blockers=(f"cannot read the file again: {e}",))
+        pos = 0
+        for _ in range(count):
+            pos = sim.run(buf, pos, len(buf))
     blockers = list(sim.blockers)
     if ckpt.format == "pickle":
         blockers.insert(

@@ -3,7 +3,9 @@ reach anything but ckptui's own record classes below.
 
 A 10,000-tensor checkpoint writes a 2 MiB `.metadata` pickle of about a million opcodes: ckptui's
 pure-Python inert loop (`unpickle.py`) needs ~0.8 s for it, so `dcp_metadata` first tries this
-path. Separate from `dcp_metadata` (which chooses the path) and `dcp_interpretation` (which turns
+path (the same confinement `unpickler/confined.py` gives every other pickle, here with
+DCP's own record classes and a stricter opcode set; the opcode regex pieces are shared).
+Separate from `dcp_metadata` (which chooses the path) and `dcp_interpretation` (which turns
 what either path unpickled into `DcpMetadata`) because its safety argument is self-contained and
 must be read whole: the C unpickler must never import or call anything from the file; this is
 how:
@@ -67,6 +69,7 @@ import re
 from typing import Any, ClassVar, Self
 
 from ckptui.core.dtypes import DTYPES
+from ckptui.unpickler.confined import counted
 from ckptui.unpickler.recorded import TorchDtype
 
 MD_PREFIX = "torch.distributed.checkpoint.metadata."
@@ -189,22 +192,13 @@ class FastUnpickler(pickle.Unpickler):
 
 
 # -- the fast path: the opcode walk ---------------------------------------------------------
-def _counted(op: bytes, most: int) -> bytes:
-    """`op`, a 1-byte length n <= most, then n bytes: one alternative per length, so the regex
-    engine picks the branch by the length byte (it skips branches whose first literal differs)."""
-    bodies = b"|".join(
-        re.escape(bytes([n])) + (b".{%d}" % n if n else b"") for n in range(most + 1)
-    )
-    return re.escape(op) + b"(?:" + bodies + b")"
-
-
 _TOKEN = (
     rb"(?:[\x94()\x85\x86\x87t\]aesu\x81bR\x93\x88\x89N]"  # 1 byte, no argument
     rb"|[hK].|M.{2}|[Jj].{4}"  # BINGET, BININT1; BININT2; BININT, LONG_BINGET
     + b"|"
-    + _counted(b"\x8c", 255)  # SHORT_BINUNICODE
+    + counted(b"\x8c", 255)  # SHORT_BINUNICODE
     + b"|"
-    + _counted(b"\x8a", 8)  # LONG1
+    + counted(b"\x8a", 8)  # LONG1
     + b")"
 )
 _SEGMENT = re.compile(b"(?s)(" + _TOKEN + rb"*+)(?:(\})|\x95.{8})")

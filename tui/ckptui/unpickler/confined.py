@@ -1,0 +1,412 @@
+"""Provides the confined fast path of the inert unpickler: CPython's C `pickle.Unpickler` run over
+a checked, rewritten copy of the pickle, so that it makes exactly the objects the inert loop
+(`inert.py`) makes, at C speed, and never imports or calls anything the file names.
+
+The inert loop costs ~7 s of CPU per 100,000 tensors; the C unpickler walks the same opcodes in a
+fraction of that. `ConfinedUnpickler.load` tries this path first and falls back to the inert loop
+for the whole pickle whenever it cannot decide, undoing what the attempt did (globals, storages,
+findings), so the result is the inert loop's in every case. Why it is safe and exact:
+
+1. Opcode allow-list, checked before the C unpickler sees a byte. `rewrite` walks the pickle
+   from its PROTO to its STOP with one anchored regex of plain opcodes (MARK, the TUPLE opcodes,
+   EMPTY_TUPLE, NONE/NEWTRUE/NEWFALSE, BININT*, LONG1 up to 32 bytes, BINFLOAT, BINUNICODE and
+   SHORT_BINUNICODE, SHORT_BINBYTES/BINBYTES up to 64 bytes, GLOBAL, STACK_GLOBAL, BINPERSID,
+   BINGET/LONG_BINGET, BINPUT/MEMOIZE, LONG_BINPUT below a bound set by the pickle's size,
+   APPEND(S), SETITEM(S)) and a few it rewrites (below). Anything else declines the file:
+   - EXT1/2/4: the C unpickler serves them from the process-wide copyreg cache without asking
+     `find_class`; INST/OBJ/NEWOBJ_EX: calls the rewrite cannot mark; POP/POP_MARK/DUP and a
+     PROTO past the first byte: they could leave a MARK with nothing above it, and the C
+     unpickler skips an empty APPENDS/SETITEMS where the inert loop checks its target (a MARK
+     right before APPENDS/SETITEMS is rewritten into that check, below; a MARK before a FRAME
+     or ending a frame declines);
+   - DICT/LIST/EMPTY_SET/ADDITEMS/FROZENSET/BYTEARRAY8: real dicts and sets hash their keys in C
+     without a depth guard (a million-deep tuple key crashes the interpreter); bytes over 64
+     bytes and strings over `Limits.inline_text` (the inert loop makes `Blob`s of them);
+     protocol 0/1 text opcodes and BINSTRING (their decoding differs in corners);
+   - a LONG_BINPUT index of 2**28 would make the C unpickler allocate and zero a 4 GiB memo,
+     so the index must stay below a bound no real pickle reaches (a quarter of its bytes).
+   FRAMEs are dropped (framing only groups reads) after checking that every opcode lies wholly
+   inside its frame: a crossing opcode is read two ways by CPython (`inert.load`), declined.
+2. Rewrites, each spliced in as opcodes that push a marker by a STACK_GLOBAL of a random nonce
+   module (fresh per load, so a file cannot name it): EMPTY_DICT becomes a call of `PDict()`
+   and EMPTY_LIST of `_List()` (a list whose `__setitem__` refuses, so SETITEM on a list fails
+   as in the inert loop); REDUCE becomes `func((args, REDUCE_MARK))` and NEWOBJ
+   `cls((args, NEWOBJ_MARK))`, so a call reaches `Global.__call__` with the args tuple itself
+   and how it was made; BUILD passes `(state, BUILD_MARK)` to `__setstate__`; `MARK SETITEMS`
+   and `MARK APPENDS` with nothing between (the C pickler writes one after a dict or list of a
+   multiple of 1,000 items) become a BUILD that only checks the target's type.
+3. What the remaining opcodes can reach: every object on the stack is a str/bytes/int/float/
+   bool/None/tuple, a `_List`, or what `find_class` and `persistent_load` return, which are
+   the inert loop's own `_global` and `_persistent` (a `Global`, a dtype constant, a storage
+   reference), and what calls of those return (the recorders' records, `PObject`s).
+   - REDUCE/NEWOBJ call only a `Global` (`Global.__call__` -> the inert loop's `_call`: a
+     recorder or a placeholder, never the named object); nothing else on the stack is callable.
+   - BUILD finds `__setstate__` only on the classes the inert loop's `_build` accepts (it runs
+     `_build`); on any other object pickle's default BUILD fails on the marked state.
+   - SETITEM(S) call `__setitem__` of `PDict` (the inert loop's `PDict.set`, key checks
+     included) or `PObject`; `_List` refuses; nothing else has one. APPEND(S) extend a `_List`
+     or call `PObject.extend`; nothing else has `extend` or `append`.
+   - An embedded checkpoint (`torch.storage._load_from_bytes`) declines before it is read.
+   Any exception at all declines the file. Memory stays bounded by the pickle's size.
+
+In the same pass it notes whether torch's weights-only unpickler, replayed on the file
+(`weights_only_replay`), could record anything: only the opcodes that replay supports, every
+global allowed, persistent ids that are storages, no placeholder made, BUILD only on an
+OrderedDict. When so (`exact`), the weights-only verdict skips reading and replaying the pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+import re
+import struct
+from functools import lru_cache
+from typing import Any
+
+from ckptui.unpickler.inert import CONFINED, InertUnpickler, PDict, PObject
+from ckptui.unpickler.weights_only_replay import Replay
+
+ENABLED = True
+"""Try the C path first (tests turn it off to compare with the inert loop alone)."""
+
+
+class Decline(Exception):
+    """The confined path declines the pickle; the inert loop reads it instead."""
+
+
+class _Mark:
+    """A marker the rewrite pushes (module docstring, point 2); unreachable by the file."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+REDUCE_MARK = _Mark("REDUCE")
+"""REDUCE becomes `func((args, REDUCE_MARK))`: the args tuple arrives as itself (a Python
+`__call__(*args)` would get a copy, losing its identity for the tree's refs)."""
+NEWOBJ_MARK = _Mark("NEWOBJ")
+"""NEWOBJ becomes `cls((args, NEWOBJ_MARK))` (NEWOBJ itself insists on a type)."""
+BUILD_MARK = _Mark("BUILD")
+"""BUILD's state becomes `(state, BUILD_MARK)`: on an object without `__setstate__`, pickle's
+default BUILD then refuses the slot state (not a dict) instead of skipping a None state."""
+EMPTY_SETITEMS = _Mark("MARK SETITEMS")
+"""`MARK SETITEMS` with nothing between (the C pickler writes one after a dict of a multiple of
+1,000 items) becomes BUILD with this state: the C unpickler would skip it without looking at
+the target, which the inert loop checks."""
+EMPTY_APPENDS = _Mark("MARK APPENDS")
+"""The same for `MARK APPENDS`."""
+
+
+class _List(list):  # type: ignore[type-arg]
+    """Every list of the confined path: SETITEM(S) on it fails, as the inert loop's check does."""
+
+    __slots__ = ()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        raise Decline("SETITEM on a list")
+
+    def __setstate__(self, state: Any) -> None:
+        if state is not EMPTY_APPENDS:  # BUILD on a list fails in the inert loop
+            raise Decline("BUILD on a list")
+
+
+_List.__name__ = _List.__qualname__ = "list"  # the tree names a node by its object's type
+
+
+def counted(op: bytes, most: int, pad: bytes = b"") -> bytes:
+    """Regex for `op`, a length byte n <= most (then `pad`), then n bytes: one alternative per
+    length, so the regex engine picks the branch by the length byte (it skips branches whose
+    first literal differs)."""
+    bodies = b"|".join(
+        re.escape(bytes([n]) + pad) + (b".{%d}" % n if n else b"") for n in range(most + 1)
+    )
+    return re.escape(op) + b"(?:" + bodies + b")"
+
+
+_MARK = rb"\((?![eu\x95])(?!\Z)"
+"""MARK not followed by APPENDS/SETITEMS (rewritten) or FRAME, nor ending a frame (declined)."""
+_REPLAYED = (
+    rb"[)t\x85\x86\x87N\x88\x89Qsuae]|[Khq].|[Jj].{4}|M.{2}|G.{8}|" + _MARK
+    + b"|" + counted(b"X", 255, b"\x00\x00\x00")
+    + b"|" + counted(b"\x8a", 32)
+    + rb"|c[^\n]*\n[^\n]*\n"
+)  # fmt: skip
+"""Plain opcodes that torch's weights-only unpickler also reads (its protocol-2 loop)."""
+_MORE = (
+    rb"[\x94\x93]|" + counted(b"\x8c", 255) + b"|" + counted(b"C", 64)
+    + b"|" + counted(b"B", 64, b"\x00\x00\x00")
+)  # fmt: skip
+"""Plain protocol 3-5 opcodes: MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE, short bytes."""
+
+
+@lru_cache(maxsize=8)
+def _run(bits: int, more: bool) -> re.Pattern[bytes]:
+    """Regex of a run of plain opcodes (`_MORE` too when `more`), LONG_BINPUT below 2**bits.
+    Compiling one costs tens of milliseconds, so `bits` comes in a few tiers and the protocol
+    3-5 one is compiled only for a pickle that needs it."""
+    full, rest = divmod(bits, 8)
+    put = b"r" + b".{%d}" % full
+    if rest:
+        put += b"[\\x00-" + re.escape(bytes([(1 << rest) - 1])) + b"]"
+        full += 1
+    put += b"\\x00" * (4 - full)
+    return re.compile(
+        rb"(?s)(?:" + _REPLAYED + b"|" + put + (b"|" + _MORE if more else b"") + rb")*+"
+    )
+
+
+_TIERS = (12, 16, 20, 24)
+
+
+def _memo_bits(n: int) -> int:
+    """The LONG_BINPUT bound for a pickle of up to `n` bytes: indices below a quarter of its
+    bytes (each memoized object costs an opcode and a 5-byte LONG_BINPUT), rounded up to a
+    tier, and below 2**24 whatever follows the pickle (a legacy file's storages): the C memo is
+    then at most 1 MiB for a pickle under 64 KiB, and never over 256 MiB, what the inert loop's
+    own memo costs for that many objects."""
+    need = (n // 4).bit_length()
+    return next((t for t in _TIERS if t >= need), _TIERS[-1])
+
+
+def _marker(nonce: bytes, name: bytes) -> bytes:
+    """Opcodes pushing the marker `name`: STACK_GLOBAL(nonce, name)."""
+    return b"\x8c" + bytes([len(nonce)]) + nonce + b"\x8c" + bytes([len(name)]) + name + b"\x93"
+
+
+class Rewritten:
+    """A pickle made ready for the C unpickler."""
+
+    __slots__ = ("exact", "nonce", "stop", "stream")
+
+    def __init__(self, stream: bytes, stop: int, nonce: str, exact: bool) -> None:
+        self.stream = stream
+        self.stop = stop
+        """Position just after the pickle's STOP in the original buffer."""
+        self.nonce = nonce
+        self.exact = exact
+        """Only opcodes torch's weights-only unpickler reads (module docstring)."""
+
+
+def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
+    """The pickle at `buf[pos:end]` checked and rewritten (module docstring, points 1-2), or
+    None when the confined path declines it."""
+    if end - pos < 2 or buf[pos] != 0x80 or buf[pos + 1] > 5:
+        return None  # protocol 0/1 (text opcodes), or no PROTO: the inert loop reads those
+    nonce = os.urandom(12).hex().encode()
+    seqs = {
+        0x52: _marker(nonce, b"R") + b"\x86R",  # REDUCE -> func((args, REDUCE_MARK))
+        0x81: _marker(nonce, b"N") + b"\x86R",  # NEWOBJ -> cls((args, NEWOBJ_MARK))
+        0x62: _marker(nonce, b"B") + b"\x86b",  # BUILD -> (state, BUILD_MARK)
+        0x7D: _marker(nonce, b"D") + b")R",  # EMPTY_DICT -> PDict()
+        0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
+    }
+    bits = _memo_bits(end - pos)
+    run = _run(bits, False).match
+    exact = True
+    pieces = [bytes(buf[pos : pos + 2])]
+    # Each rewritten opcode grows by ~22 bytes: a pickle made of little else would make a
+    # stream many times its size, so growth past 4x (a torch.save pickle grows ~0.4x) declines.
+    room = 4 * (end - pos) + 4096
+    pos += 2
+    limit = end
+    """Where the current frame (or the buffer) ends: no opcode may cross it."""
+    framed = False
+    while True:
+        start = pos
+        pos = run(buf, pos, limit).end()
+        if pos > start:
+            pieces.append(buf[start:pos])
+        if pos == limit:
+            if not framed:
+                return None  # no STOP before the end
+            framed, limit = False, end
+            continue
+        op = buf[pos]
+        seq = seqs.get(op)
+        if seq is not None:
+            pieces.append(seq)
+            pos += 1
+            room -= len(seq)
+            if room < 0:
+                return None
+        elif op == 0x28 and pos + 1 < limit and buf[pos + 1] in (0x65, 0x75):
+            mark = b"E" if buf[pos + 1] == 0x65 else b"U"  # MARK APPENDS / MARK SETITEMS
+            pieces.append(_marker(nonce, mark) + b"b")
+            pos += 2
+            room -= 25
+        elif op == 0x2E:  # STOP
+            pieces.append(b".")
+            stream = b"".join(pieces)
+            return Rewritten(stream, pos + 1, nonce.decode(), exact)
+        elif op == 0x95 and not framed:  # FRAME: dropped; its opcodes must not cross its end
+            if pos + 9 > limit:
+                return None
+            (n,) = struct.unpack_from("<Q", buf, pos + 1)
+            pos += 9
+            if not 0 < n <= end - pos:
+                return None
+            framed, limit = True, pos + n
+            run, exact = _run(bits, True).match, False  # the weights-only loop has no FRAME
+        elif op == 0x58:  # BINUNICODE too long for the regex: checked here
+            if pos + 5 > limit:
+                return None
+            (n,) = struct.unpack_from("<I", buf, pos + 1)
+            if n > inline_text or pos + 5 + n > limit:
+                return None
+            pieces.append(buf[pos : pos + 5 + n])
+            pos += 5 + n
+        elif exact:  # maybe a protocol 3-5 opcode: go on with all of them
+            run = _run(bits, True).match
+            exact = False
+            if run(buf, pos, limit).end() == pos:
+                return None
+        else:
+            return None
+
+
+class _CUnpickler(pickle.Unpickler):
+    """The C unpickler, resolving globals and persistent ids through the inert loop only."""
+
+    def __init__(self, stream: bytes, u: ConfinedUnpickler, nonce: str) -> None:
+        super().__init__(io.BytesIO(stream), encoding="utf-8")
+        self.u = u
+        self.nonce = nonce
+        self.names: list[tuple[str, str]] = []
+        """Every (module, name) the file's GLOBALs name, as written (for the replay check)."""
+
+    def find_class(self, module: str, name: str) -> Any:  # never super(): nothing is imported
+        if module == self.nonce:
+            return _MARKERS[name]
+        self.names.append((module, name))
+        return self.u.named(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (type(pid) is int or (type(pid) is tuple and pid and pid[0] == "storage")):
+            self.u.exact = False  # the replay blocks on it
+        return self.u.persistent(pid)
+
+
+def _no_nested(u: InertUnpickler, blob: Any) -> Any:
+    raise Decline("embedded checkpoint")  # read by the inert loop, with its own limits
+
+
+_MARKERS: dict[str, Any] = {
+    "R": REDUCE_MARK,
+    "N": NEWOBJ_MARK,
+    "B": BUILD_MARK,
+    "U": EMPTY_SETITEMS,
+    "E": EMPTY_APPENDS,
+    "D": PDict,
+    "L": _List,
+}
+_BUFFERS = (bytes, bytearray, memoryview, mmap.mmap)
+
+
+class ConfinedUnpickler(InertUnpickler):
+    """The inert unpickler, tried first through the confined C unpickler (module docstring).
+
+    `extra["save_state"]`, when set, returns a function undoing what a declined attempt did to
+    the reader's own state (storages, findings); `extra["exact"]` hears, after each load, whether
+    the weights-only replay of this pickle could record anything (False when it could).
+    """
+
+    exact = False
+
+    def load(self, pos: int, end: int) -> tuple[Any, int]:
+        """As `InertUnpickler.load`, at C speed when the confined path accepts the pickle."""
+        got = self._confined(pos, end) if ENABLED else None
+        if got is None:
+            self.exact = False
+            got = super().load(pos, end)
+        note = self.extra.get("exact")
+        if note is not None:
+            note(self.exact)
+        return got
+
+    def _confined(self, pos: int, end: int) -> tuple[Any, int] | None:
+        limits = self.limits
+        if not isinstance(self.buf, _BUFFERS) or limits.inline_bytes < 64:
+            return None
+        if limits.inline_text < 255:
+            return None
+        plan = rewrite(self.buf, pos, end, limits.inline_text)
+        if plan is None:
+            return None
+        saved = {k: (g.verdict, g.called, g.call_args) for k, g in self.globals.items()}
+        save_state = self.extra.get("save_state")
+        restore = save_state() if save_state is not None else None
+        nested = self.extra.get("load_nested")
+        self.extra["load_nested"] = _no_nested
+        previous = CONFINED.u
+        CONFINED.u = self
+        self.exact = plan.exact
+        c = _CUnpickler(plan.stream, self, plan.nonce)
+        try:
+            root = c.load()
+        except Exception:  # noqa: BLE001  # any failure at all: the inert loop decides
+            for k in [k for k in self.globals if k not in saved]:
+                del self.globals[k]
+            for k, (verdict, called, call_args) in saved.items():
+                g = self.globals[k]
+                g.verdict, g.called, g.call_args = verdict, called, call_args
+            if restore is not None:
+                restore()
+            return None
+        finally:
+            CONFINED.u = previous
+            if nested is None:
+                del self.extra["load_nested"]
+            else:
+                self.extra["load_nested"] = nested
+        if self.exact:
+            replay = Replay()
+            for module, name in c.names:
+                replay.name_global(module, name)
+            self.exact = not replay.refused
+        return root, plan.stop
+
+    def named(self, module: str, name: str) -> Any:
+        """A GLOBAL (`find_class`): the inert loop's `_global`."""
+        return self._global(module, name)
+
+    def persistent(self, pid: Any) -> Any:
+        """BINPERSID (`persistent_load`): the inert loop's `_persistent`."""
+        return self._persistent(pid)
+
+    def confined_call(self, func: Any, args: Any, mark: Any) -> Any:
+        """REDUCE/NEWOBJ of a `Global` (`Global.__call__`): the inert loop's `_call`."""
+        if mark is REDUCE_MARK:
+            how = "reduce"
+        elif mark is NEWOBJ_MARK:
+            how = "newobj"
+        else:
+            raise Decline("a call the rewrite did not make")
+        if type(args) is not tuple:
+            raise Decline("arguments are not a tuple")
+        rec = self.recorders.get(func.full)  # what `_call` does first, one call sooner
+        got = rec(self, args) if rec is not None else self._call(func, args, how)
+        if type(got) is PObject:
+            self.exact = False  # the replay would judge the placeholder's class
+        return got
+
+    def confined_build(self, inst: Any, wrapped: Any) -> None:
+        """BUILD (`__setstate__` of the inert loop's objects): its `_build`, or the check of an
+        empty SETITEMS/APPENDS's target."""
+        if wrapped is EMPTY_SETITEMS or wrapped is EMPTY_APPENDS:
+            # as `_setitems`/`_appends` with no items: only the target's type is checked
+            if type(inst) is PObject or (type(inst) is PDict and wrapped is EMPTY_SETITEMS):
+                return
+            raise Decline(f"{wrapped.what} on {type(inst).__name__}")
+        if type(wrapped) is not tuple or len(wrapped) != 2 or wrapped[1] is not BUILD_MARK:
+            raise Decline("a BUILD the rewrite did not make")
+        if not (type(inst) is PDict and inst.type == "collections.OrderedDict"):
+            self.exact = False  # the replay may need the type allowed
+        self._build(inst, wrapped[0])
+
+
+__all__ = ["ENABLED", "ConfinedUnpickler", "Decline", "Rewritten", "counted", "rewrite"]
