@@ -44,6 +44,13 @@ from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadab
 from ckptui.core.tree import Checkpoint, Finding, Node, NodeKind, Path, Severity, Storage, evolve
 from ckptui.formats.source import is_url, leads_outside
 
+try:  # parses a 90,000-name index 2x faster; optional, json gives the same values
+    import orjson
+
+    _orjson_loads: Any = orjson.loads
+except ImportError:  # pragma: no cover - orjson is installed with ckptui
+    _orjson_loads = None
+
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
 MAX_FILES = 10_000
@@ -286,10 +293,12 @@ def open_sharded(
     if problem is not None:
         raise NotReadable(index_path, problem)
     raw = files.read(index_path, MAX_INDEX)
-    try:
-        index = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CorruptFile(index_path, f"not valid JSON ({e})") from None
+    index = _parse_index(raw)
+    if index is None:
+        try:
+            index = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CorruptFile(index_path, f"not valid JSON ({e})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -398,6 +407,22 @@ def open_sharded(
         tuple(findings),
         info,
     )
+
+
+def _parse_index(raw: bytes) -> Any:
+    """The index by orjson (a 90,000-name weight map: 2x faster than json), or None for json
+    to decide: when orjson refuses it, or when `total_size` came out a float (orjson reads an
+    integer beyond 64 bits as one, json as an int; no other number of an index is used)."""
+    if _orjson_loads is None:
+        return None
+    try:
+        index = _orjson_loads(raw)
+    except ValueError:  # orjson.JSONDecodeError
+        return None
+    meta = index.get("metadata") if isinstance(index, dict) else None
+    if isinstance(meta, dict) and type(meta.get("total_size")) is float:
+        return None
+    return index
 
 
 _SEPARATORS = re.compile(r"[/\\]")
