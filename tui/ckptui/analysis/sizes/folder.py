@@ -25,6 +25,7 @@ from ckptui.analysis.sizes.breakdown import (
     torch_zip_size,
 )
 from ckptui.analysis.sizes.findings import SizeFinding
+from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, NotACheckpoint, NotReadable
 from ckptui.core.tree import Checkpoint, Path
 from ckptui.formats import open_checkpoint
@@ -143,6 +144,11 @@ def breakdown_of(ckpt: Checkpoint, each: FileHook | None = None) -> Breakdown:
     A folder at a URL is not listed again: its files are the ones the open recorded
     (`info["files"]`, their sizes as opened), plus the index and any other files it saw.
     """
+    with gc_paused():  # millions of small objects, no cycles (see core.bulk)
+        return _breakdown_of(ckpt, each)
+
+
+def _breakdown_of(ckpt: Checkpoint, each: FileHook | None) -> Breakdown:
     folder = ckpt.info.get("folder")
     if folder is None:
         return breakdown(ckpt, read_layout(ckpt))
