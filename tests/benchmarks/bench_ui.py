@@ -34,6 +34,11 @@ each, and prints min / median against the targets:
    flat keys; and in the filter bar, each typed key to the frame echoing it (target <= 100 ms),
    and the last key to the frame showing the match count (debounced, searched in a worker).
    Run alone with `--only modules`.
+6. The browser at 100,000 keys (issue 16), on the same state dict: first paint in-process
+   (target <= 1 s), collapsing and expanding the 100,000-key root (target <= 0.3 s), then `w`
+   and `x`, each timed to its screen's first frame and, until its workers are done, the worst
+   stall of the UI thread (the longest a 5 ms timer on the event loop came late; target
+   <= 100 ms). Run alone with `--only scale`.
 Read the pilot figures with their floor: `Pilot.press` itself sleeps in two
 `textual._wait.wait_for_idle(0)` calls per key, each at least 20 ms, so no app can press
 faster than ~40 ms that way. The floor is measured by pressing an unbound key, and the
@@ -71,6 +76,7 @@ WIDE_KEYS = 50_000
 GROUP_ROWS = WIDE_KEYS // 1000
 PAINT_TARGET_S, EXPAND_TARGET_S, MOVE_TARGET_MS, PANEL_TARGET_MS = 0.8, 0.3, 20.0, 100.0
 MODULE_KEYS, TOGGLE_TARGET_S, KEYSTROKE_TARGET_MS = 100_000, 0.3, 100.0
+SCALE_PAINT_TARGET_S, STALL_TARGET_MS = 1.0, 100.0  # issue 16's browser at 100,000 keys
 MODULES_CODE = (
     "import sys, torch\n"
     "sd = {f'transformer.h.{i // 100}.p{i % 100}.weight': torch.zeros(1)"
@@ -168,6 +174,109 @@ async def run_modules(path: Path, cold: bool) -> dict[str, float]:
         fut = frames.watch(lambda: "match" in str(count.render()) and tree.filtered)
         out["filtered_ms"] = 1000 * (await within(fut, "filter result") - last)
     return out
+
+
+class Stalls:
+    """The longest the event loop (the UI thread) went without running a 5 ms timer: a frame
+    or a key cannot be handled sooner than that, whatever the workers do."""
+
+    TICK = 0.005
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(self.TICK)
+            now = time.perf_counter()
+            self.worst = max(self.worst, now - last - self.TICK)
+            last = now
+
+    def start(self) -> None:
+        self.worst = 0.0
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> float:
+        """The worst stall since `start`, in seconds."""
+        assert self._task is not None
+        self._task.cancel()
+        return self.worst
+
+
+async def run_scale(path: Path) -> dict[str, float]:
+    """Section 6 on the 100,000-key state dict: first paint, collapsing and expanding the
+    100,000-key root, then `w` and `x` until their workers are done, each with the worst stall
+    of the UI thread meanwhile."""
+    from ckptui.app.app import CkptApp
+    from ckptui.app.screens.browse import BrowseScreen
+    from ckptui.app.screens.export import ExportScreen
+    from ckptui.app.screens.why import WhyScreen
+    from ckptui.app.widgets.ckpt_tree import CkptTree
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    app = CkptApp(str(path))
+    frames = Frames(app)
+    stalls = Stalls()
+
+    def shown() -> bool:
+        screen = app.screen
+        return isinstance(screen, BrowseScreen) and screen.query_one(CkptTree).ckpt is not None
+
+    painted = frames.watch(shown)
+    async with app.run_test(size=SIZE) as pilot:
+        # opening 100,000 tensors takes seconds (more on a loaded machine)
+        out["first_paint"] = await within(painted, "first paint", PTY_TIMEOUT_S * 3) - t0
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        tree = app.screen.query_one(CkptTree)
+        rows = len(tree.root.children)
+        await press_direct(app, frames, "h", lambda: not tree.root.is_expanded)
+        stalls.start()
+        out["expand_root"] = await press_direct(
+            app, frames, "l", lambda: tree.root.is_expanded and len(tree.root.children) == rows
+        )
+        out["expand_stall"] = stalls.stop()
+        for key, screen_type, name in (("w", WhyScreen, "why"), ("x", ExportScreen, "export")):
+            stalls.start()
+            out[f"{name}_shown"] = await press_direct(
+                app, frames, key, lambda t=screen_type: isinstance(app.screen, t)
+            )
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            out[f"{name}_stall"] = stalls.stop()
+            await pilot.press("escape")
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+    return out
+
+
+def scale_section(workdir: Path, repeat: int) -> list[Row]:
+    """Section 6's rows."""
+    import bench_open
+
+    path = ensure_modules(workdir)
+    bench_open.warm(path)
+    log(f"first paint, expand, w and x on {MODULE_KEYS:,} keys ...")
+    asyncio.run(run_scale(path))  # warm-up: imports, CSS parse
+    runs = [asyncio.run(run_scale(path)) for _ in range(repeat)]
+    ms = 1000.0
+    return [
+        Row("100k keys: first paint, run_test App() -> tree", "s",
+            [r["first_paint"] for r in runs], SCALE_PAINT_TARGET_S),
+        Row("100k keys: expand the root: key -> frame", "s",
+            [r["expand_root"] for r in runs], EXPAND_TARGET_S),
+        Row("100k keys: expand, worst UI-thread stall", "ms",
+            [ms * r["expand_stall"] for r in runs]),
+        Row("100k keys: w -> why screen frame", "ms", [ms * r["why_shown"] for r in runs]),
+        Row("100k keys: w, worst UI-thread stall until done", "ms",
+            [ms * r["why_stall"] for r in runs], STALL_TARGET_MS),
+        Row("100k keys: x -> export dialog frame", "ms", [ms * r["export_shown"] for r in runs]),
+        Row("100k keys: x, worst UI-thread stall until done", "ms",
+            [ms * r["export_stall"] for r in runs], STALL_TARGET_MS),
+    ]  # fmt: skip
 
 
 # -- 1. first paint in a pseudo-terminal --------------------------------------------------------
@@ -284,11 +393,11 @@ class Frames:
         return fut
 
 
-async def within(fut: Awaitable[float], what: str) -> float:
+async def within(fut: Awaitable[float], what: str, timeout: float = FRAME_TIMEOUT_S) -> float:
     try:
-        return await asyncio.wait_for(fut, FRAME_TIMEOUT_S)
+        return await asyncio.wait_for(fut, timeout)
     except asyncio.TimeoutError:
-        raise RuntimeError(f"no frame within {FRAME_TIMEOUT_S} s: {what}") from None
+        raise RuntimeError(f"no frame within {timeout} s: {what}") from None
 
 
 def post_key(app: Any, key: str) -> None:
@@ -510,11 +619,19 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=default_dir, help="(default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     ap.add_argument("--moves", type=int, default=1000, help="cursor moves per run (default 1000)")
-    ap.add_argument("--only", choices=["all", "modules"], default="all", help="(default: all)")
+    ap.add_argument(
+        "--only", choices=["all", "modules", "scale"], default="all", help="(default: all)"
+    )
     a = ap.parse_args()
     if a.repeat < 1 or a.moves < 20:
         ap.error("--repeat must be >= 1 and --moves >= 20")
     a.workdir.mkdir(parents=True, exist_ok=True)
+    if a.only == "scale":
+        print(
+            f"{a.repeat} run(s) each; terminal {SIZE[0]}x{SIZE[1]}; python {sys.version.split()[0]}"
+        )
+        print_table(scale_section(a.workdir, a.repeat))
+        return
     module_rows = modules_section(a.workdir, a.repeat)
     if a.only == "modules":
         print(
@@ -522,6 +639,7 @@ def main() -> None:
         )
         print_table(module_rows)
         return
+    module_rows += scale_section(a.workdir, a.repeat)
 
     import bench_open  # a sibling script: its folder is on sys.path
 

@@ -297,3 +297,27 @@ def test_side_by_side_regions_are_attributed_as_the_heap_does(
     monkeypatch.setattr(sizes, "_disjoint", lambda spans: False)
     assert list(sizes.attribute(regions, c.file_bytes + 7)) == fast
     assert sum(n for _, n in fast) == c.file_bytes + 7
+
+
+def test_integers_past_64_bits_are_refused_as_json_reads_them(tmp_path: Path) -> None:
+    from ckptui.core.errors import CorruptFile
+
+    # orjson reads these as floats; the messages name json's ints
+    p = tmp_path / "x.safetensors"
+    header = f'{{"a": {{"dtype": "F32", "shape": [{2**64}], "data_offsets": [0, 16]}}}}'
+    p.write_bytes(_safetensors_bytes(header, 16))
+    with pytest.raises(CorruptFile, match="torch holds at most"):
+        open_checkpoint(p)
+    header = f'{{"a": {{"dtype": "F32", "shape": [4], "data_offsets": [{-(2**63) - 1}, 16]}}}}'
+    p.write_bytes(_safetensors_bytes(header, 16))
+    with pytest.raises(CorruptFile, match=str(-(2**63) - 1)):
+        open_checkpoint(p)
+
+
+def test_an_index_total_size_past_64_bits_is_kept(tmp_path: Path) -> None:
+    folder = _shard_folder(tmp_path)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["metadata"]["total_size"] = 2**64 + 1
+    index_path.write_text(json.dumps(index))
+    assert open_checkpoint(folder).info["index_total_size"] == 2**64 + 1

@@ -31,20 +31,25 @@ file system, and a local path never imports anything remote.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import re
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, NodeKind, Severity, Storage, evolve
 from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
 from ckptui.formats.listing import MAX_FILES, folder_files
 from ckptui.formats.source import is_url, leads_outside
+
+try:  # parses a 90,000-name index 2x faster; optional, json gives the same values
+    import orjson
+
+    _orjson_loads: Any = orjson.loads
+except ImportError:  # pragma: no cover - orjson is installed with ckptui
+    _orjson_loads = None
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """Index files of sharded Hugging Face models, the safetensors one preferred when both exist."""
@@ -221,25 +226,11 @@ def open_folder(path: str, open_file: Any, files: Files = LOCAL) -> Checkpoint:
         CkptError: an unreadable folder or index, or a folder holding no checkpoint.
     """
     try:
-        with _gc_paused():
+        with gc_paused():  # trees of 90,000 tensors hold no cycles: 0.4 s of 1.3 s
             return _open_folder(path, open_file, files)
     except OSError as e:  # a file vanishing or turning unreadable between listing and reading
         where = e.filename if isinstance(e.filename, str) else path
         raise NotReadable(where, e.strerror or str(e)) from None
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a folder's trees are built: they hold no cycles,
-    and each collection walks every object built so far (a 160-shard folder's 90,000 tensors:
-    0.4 s of 1.3 s). Process-wide, for the second or so an open takes; restored after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _open_folder(path: str, open_file: Any, files: Files) -> Checkpoint:
@@ -281,10 +272,12 @@ def open_sharded(
     if problem is not None:
         raise NotReadable(index_path, problem)
     raw = files.read(index_path, MAX_INDEX)
-    try:
-        index = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CorruptFile(index_path, f"not valid JSON ({e})") from None
+    index = _parse_index(raw)
+    if index is None:
+        try:
+            index = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CorruptFile(index_path, f"not valid JSON ({e})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -393,6 +386,22 @@ def open_sharded(
         tuple(findings),
         info,
     )
+
+
+def _parse_index(raw: bytes) -> Any:
+    """The index by orjson (a 90,000-name weight map: 2x faster than json), or None for json
+    to decide: when orjson refuses it, or when `total_size` came out a float (orjson reads an
+    integer beyond 64 bits as one, json as an int; no other number of an index is used)."""
+    if _orjson_loads is None:
+        return None
+    try:
+        index = _orjson_loads(raw)
+    except ValueError:  # orjson.JSONDecodeError
+        return None
+    meta = index.get("metadata") if isinstance(index, dict) else None
+    if isinstance(meta, dict) and type(meta.get("total_size")) is float:
+        return None
+    return index
 
 
 _SEPARATORS = re.compile(r"[/\\]")

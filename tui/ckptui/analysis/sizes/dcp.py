@@ -40,7 +40,7 @@ from ckptui.core.tree import Checkpoint, KeyPath, Node, Part, Region, Storage, w
 from ckptui.formats.dcp.interpretation import DcpMetadata
 from ckptui.formats.dcp.items import Item, ZipCache, parse_zip
 from ckptui.formats.dcp.metadata import METADATA, gc_paused, load_metadata
-from ckptui.formats.dcp.reader import SUFFIX
+from ckptui.formats.dcp.reader import METADATA_MEMO, SUFFIX
 from ckptui.formats.source import Source
 from ckptui.unpickler.inert import Malformed
 
@@ -79,11 +79,16 @@ def breakdown_dcp(ckpt: Checkpoint, weights_size: WeightsSize | None = None) -> 
             raise CorruptFile(str(Path(folder) / name), "the file changed since it was opened")
     with gc_paused():
         view, chunk_owner = _virtual(ckpt)
-        msrc = Source.open(str(Path(folder) / METADATA))
-        try:
-            md = load_metadata(msrc)
-        finally:
-            msrc.close()
+
+        def load() -> DcpMetadata:
+            msrc = Source.open(str(Path(folder) / METADATA))
+            try:
+                return load_metadata(msrc)
+            finally:
+                msrc.close()
+
+        # the metadata read at open (sizes checked unchanged above), else read again
+        md = ckpt.memo(METADATA_MEMO, load)
         regions = _regions(folder, files, base, view, md, chunk_owner)
         b = breakdown(view, regions, weights_size)
     other = sum(n for name, n in files.items() if name != METADATA and not name.endswith(SUFFIX))

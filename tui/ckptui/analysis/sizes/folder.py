@@ -24,6 +24,7 @@ from ckptui.analysis.sizes.breakdown import (
     torch_zip_size,
 )
 from ckptui.analysis.sizes.findings import SizeFinding
+from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, NotACheckpoint
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.formats import open_checkpoint
@@ -95,6 +96,13 @@ def breakdown_of(
     A folder at a URL is not listed again: its files are the ones the open recorded
     (`info["files"]`, their sizes as opened), plus the index and any other files it saw.
     """
+    with gc_paused():  # millions of small objects, no cycles (see core.bulk)
+        return _breakdown_of(ckpt, each, weights_size)
+
+
+def _breakdown_of(
+    ckpt: Checkpoint, each: FileHook | None, weights_size: WeightsSize | None
+) -> Breakdown:
     folder = ckpt.info.get("folder")
     if folder is None:
         return breakdown(ckpt, read_layout(ckpt), weights_size)

@@ -105,6 +105,8 @@ class WhyScreen(Screen[KeyPath | None]):
         self.cache = cache
         self._findings: list[SizeFinding] = []
         self._progress_at = 0.0
+        self._later: dict[Any, tuple[_Rows, Prefix, int]] = {}
+        """Module-prefix rows not made yet: tree node id -> (builder, prefix, depth)."""
 
     def compose(self) -> ComposeResult:
         # markup=False: the headline and the duplicates line quote the file's name
@@ -216,6 +218,7 @@ class WhyScreen(Screen[KeyPath | None]):
     def _fill_groups(self, b: Breakdown) -> None:
         tree: Tree[KeyPath | None] = self.query_one("#why-groups", Tree)
         tree.clear()
+        self._later = {}
         width = max(50, tree.scrollable_content_region.width or 80)
         rows = _Rows(width, b.file_bytes)
 
@@ -240,9 +243,9 @@ class WhyScreen(Screen[KeyPath | None]):
         if b.modules.children:
             title = f"Weights by module prefix ({show_path(b.weights_path or ())})"
             mods = rows.section(tree.root, title, b.modules.bytes, of=b.modules.bytes)
-            rows.of = b.modules.bytes
-            self._add_prefixes(rows, mods, b.modules, depth=0)
-            rows.of = b.file_bytes
+            # its own builder: rows made later (`_expanded`) share its percentages' base
+            prefix_rows = _Rows(width, b.modules.bytes)
+            self._add_prefixes(prefix_rows, mods, b.modules, depth=0)
 
         dtypes = rows.section(tree.root, "By dtype", b.categories["tensor_data"], expand=False)
         for dtype, nbytes in b.dtypes.items():
@@ -276,10 +279,15 @@ class WhyScreen(Screen[KeyPath | None]):
         children = prefix.sorted_children()
         for p in children[:MAX_PREFIX_CHILDREN]:
             node = rows.add(parent, f"{p.name} ({p.tensors:,})", p.bytes, p.first, not p.children)
-            if p.children:
+            if not p.children:
+                continue
+            if depth == 0 and len(children) <= 8:
                 self._add_prefixes(rows, node, p, depth + 1)
-                if depth == 0 and len(children) <= 8:
-                    node.expand()
+                node.expand()
+            else:
+                # Collapsed: its rows are made when it is opened. A 100,000-key state dict
+                # has 20,000 of them, and making them all held the UI thread for seconds.
+                self._later[node.id] = (rows, p, depth + 1)
         if len(children) > MAX_PREFIX_CHILDREN:
             rest = children[MAX_PREFIX_CHILDREN:]
             rows.add(parent, f"… {len(rest):,} more", sum(p.bytes for p in rest), None, True)
@@ -327,6 +335,13 @@ class WhyScreen(Screen[KeyPath | None]):
             self.dismiss(tree_path(self.ckpt, node.data))
         elif node.allow_expand:
             node.toggle()
+
+    @on(Tree.NodeExpanded, "#why-groups")
+    def _expanded(self, event: Tree.NodeExpanded) -> None:
+        later = self._later.pop(event.node.id, None)
+        if later is not None:
+            rows, prefix, depth = later
+            self._add_prefixes(rows, event.node, prefix, depth)
 
     @on(Tree.NodeSelected, "#why-groups")
     def _group_selected(self, event: Tree.NodeSelected) -> None:

@@ -132,17 +132,20 @@ def framework_json(ckpt: Checkpoint) -> dict[str, Any] | None:
 
 def tensor_json(ckpt: Checkpoint, path: KeyPath, t: TensorInfo) -> dict[str, Any]:
     """One entry of `tensors`."""
-    st = ckpt.storages.get(t.storage_key) if t.storage_key is not None else None
+    key = t.storage_key
+    st = ckpt.storages.get(key) if key is not None else None
+    # Tuples, not lists: both encoders write them as arrays, and a 100,000-tensor file made
+    # three lists per entry here (issue 16).
     out: dict[str, Any] = {
-        "path": list(path),
-        "shape": list(t.shape),
+        "path": path,
+        "shape": t.shape,
         "dtype": t.dtype,
         "device": t.device,
         "nbytes": t.nbytes,
-        "storage_key": t.storage_key,
+        "storage_key": key,
         "storage_nbytes": st.nbytes if st else 0,
         "storage_offset": t.storage_offset,
-        "stride": list(t.stride),
+        "stride": t.stride,
         "type": t.type,
         "layout": t.layout,
         "requires_grad": t.requires_grad,
