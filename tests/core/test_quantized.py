@@ -278,3 +278,9 @@ def _walk(node, path=()):
     yield path, node
     for c in node.children:
         yield from _walk(c, (*path, c.key))
+
+
+def test_why_offers_no_cast_of_a_quantized_models_scales(files) -> None:
+    """Its float tensors are biases and (per-channel) scales, which `--dtype` leaves alone."""
+    doc = json.loads(run_cli("why", str(files["static_sd"]), "--json").stdout)
+    assert "float_weights" not in {f["kind"] for f in doc["findings"]}

@@ -65,6 +65,9 @@ def gather(ckpt: Checkpoint, keep: list[Path], kept: Kept) -> Gathered:
     inside: list[tuple[Path, str]] = []
     modules: list[Path] = []
     """Kept whole modules holding quantized ones: their entries are rebuilt here."""
+    # A state dict's tuples, dtypes and C++ objects matter only beside quantized tensors (a
+    # `_packed_params` pair always holds one); a plain one is not walked again.
+    quantized = any(t.layout == "quantized" for _, _, t in kept)
     for base in keep:
         node = ckpt.find(base)
         if node is None or node.kind is NodeKind.TENSOR:
@@ -73,8 +76,10 @@ def gather(ckpt: Checkpoint, keep: list[Path], kept: Kept) -> Gathered:
         if is_module(node):
             if _from_module(ckpt, node, base, prefix, out):
                 modules.append(base)
-        else:
+        elif quantized:
             _from_state_dict(node, base, prefix, out, inside)
+    if not quantized and not modules:  # a plain export: one pass over the kept tensors
+        return Gathered(kept)
     for name, path, t in kept:
         if any(path[: len(p)] == p for p, _ in inside):
             continue
