@@ -73,7 +73,9 @@ def main() -> None:
         theirs = t if theirs is None else {k: min(theirs[k], t[k]) for k in t}
     assert ours is not None and theirs is not None
     for k in ours:
-        print(f"{k:5} this {ours[k]:.3f} s · other {theirs[k]:.3f} s CPU · {ours[k] / theirs[k]:.2f}x")
+        print(
+            f"{k:5} this {ours[k]:.3f} s · other {theirs[k]:.3f} s CPU · {ours[k] / theirs[k]:.2f}x"
+        )
 
 
 if __name__ == "__main__":
