@@ -118,6 +118,8 @@ def _from_state_dict(
                         out.slots[(*path, i)] = i
         elif c.kind is NodeKind.VALUE and c.type == "torch.dtype" and c.text:
             out.values.append((name, c.text.removeprefix("torch.")))
+        elif c.kind is NodeKind.VALUE and c.type == "NoneType":
+            out.values.append((name, None))  # a quantized conv without bias saves `bias: None`
         elif c.kind is NodeKind.OBJECT and c.type.startswith("torch.classes."):
             inside.append((path, c.type))
             out.skipped.append((path, _LSTM_REASON.format(cls=c.type)))
