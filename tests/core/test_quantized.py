@@ -318,3 +318,44 @@ def test_why_offers_no_cast_of_a_quantized_models_scales(files) -> None:
     """Its float tensors are biases and (per-channel) scales, which `--dtype` leaves alone."""
     doc = json.loads(run_cli("why", str(files["static_sd"]), "--json").stdout)
     assert "float_weights" not in {f["kind"] for f in doc["findings"]}
+
+
+class Emb(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+
+
+def embedding_model(seed: int = 0) -> nn.Module:
+    """A weight-only quantized Embedding (quint8, per-channel float qparams)."""
+    from torch.ao.quantization import convert, float_qparams_weight_only_qconfig, prepare
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = Emb().eval()
+        m.emb.qconfig = float_qparams_weight_only_qconfig
+        return convert(prepare(m))
+
+
+def test_a_quantized_embedding_state_dict_exports_and_its_whole_module_is_refused(
+    tmp_path,
+) -> None:
+    m = embedding_model()
+    sd, whole = tmp_path / "e_sd.pth", tmp_path / "e_whole.pth"
+    torch.save(m.state_dict(), sd)
+    torch.save(m, whole)
+    out = tmp_path / "o.pth"
+    r = run_cli("export", str(sd), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    got = torch.load(out, weights_only=True)
+    w = got["emb._packed_params._packed_weight"]
+    assert w.qscheme() == torch.per_channel_affine_float_qparams
+    fresh = embedding_model(seed=1)
+    fresh.load_state_dict(got, strict=True)
+    ids = torch.tensor([1, 2, 3])
+    assert torch.equal(fresh.emb(ids), m.emb(ids))
+    # a whole module keeps them packed by C++ (EmbeddingPackedParamsBase): refused by name
+    r = run_cli("export", str(whole), "-o", str(tmp_path / "w.pth"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "EmbeddingPackedParamsBase" in r.stderr and "state_dict()" in r.stderr

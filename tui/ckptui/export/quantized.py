@@ -27,6 +27,14 @@ _LSTM_REASON = (
     "a {cls} object (a dynamic quantized LSTM's packed weights): torch.load(weights_only=True) "
     "refuses torch.ScriptObject, even in torch's own state dict of such a model"
 )
+_PACKED_REASON = (
+    "a {cls} object (weights packed by torch's C++, which state_dict() unpacks): ckptui does "
+    "not unpack it; torch.save(model.state_dict()) gives a file that exports"
+)
+
+
+def _refusal(cls: str) -> str:
+    return (_LSTM_REASON if ".rnn." in cls else _PACKED_REASON).format(cls=cls)
 
 
 @dataclass
@@ -98,7 +106,7 @@ def gather(ckpt: Checkpoint, keep: list[Path], kept: Kept) -> Gathered:
             )
         else:
             out.schemes[path] = scheme
-    if not out.any:  # nothing quantized: the plain export, unchanged
+    if not (out.any or out.skipped or modules):  # nothing quantized: the plain export
         return Gathered(kept)
     return out
 
@@ -122,7 +130,7 @@ def _from_state_dict(
             out.values.append((name, None))  # a quantized conv without bias saves `bias: None`
         elif c.kind is NodeKind.OBJECT and c.type.startswith("torch.classes."):
             inside.append((path, c.type))
-            out.skipped.append((path, _LSTM_REASON.format(cls=c.type)))
+            out.skipped.append((path, _refusal(c.type)))
     out.versions.update(
         {_join(prefix.removesuffix("."), k): v for k, v in state_dict_versions(node).items()}
     )
@@ -162,7 +170,7 @@ def _from_module(ckpt: Checkpoint, node: Node, base: Path, prefix: str, out: Gat
                 continue
             out.synthetic.append((name, "float32" if e.kind == "float" else "int64", raw))
         elif e.kind == "refuse":
-            out.skipped.append((path, _LSTM_REASON.format(cls=e.value)))
+            out.skipped.append((path, _refusal(e.value)))
     out.versions.update({_join(prefix.removesuffix("."), k): v for k, v in versions.items()})
     return True
 
