@@ -53,6 +53,27 @@ class ConvNet(nn.Module):
         return self.dequant(self.fc(x.flatten(1)))
 
 
+class Wide(nn.Module):
+    """The other statically quantized modules: a conv without bias, BatchNorm, ConvTranspose,
+    FloatFunctional (QFunctional once converted) and a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.up = nn.ConvTranspose2d(4, 2, 2)
+        self.add = nn.quantized.FloatFunctional()
+        self.fc = nn.Linear(5, 3)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.bn(self.conv(self.quant(x))))
+        return self.dequant(self.fc(self.add.add(y, y)))
+
+
 class Mlp(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -70,18 +91,25 @@ class WithLstm(nn.Module):
         self.lstm = nn.LSTM(4, 3)
 
 
-def static_model(seed: int = 0) -> nn.Module:
-    """ConvNet through `prepare` (calibrated on random data) and `convert`, fbgemm qconfig."""
-    from torch.ao.quantization import convert, get_default_qconfig, prepare
+def static_model(seed: int = 0, cls: type[nn.Module] = ConvNet) -> nn.Module:
+    """`cls` through `prepare` (calibrated on random data) and `convert`, fbgemm qconfig (per
+    tensor for ConvTranspose, which has no per-channel observer)."""
+    from torch.ao.quantization import convert, default_qconfig, get_default_qconfig, prepare
 
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = ConvNet().eval()
+        m = cls().eval()
         m.qconfig = get_default_qconfig("fbgemm")
+        if isinstance(m, Wide):
+            m.up.qconfig = default_qconfig
         p = prepare(m)
-        p(torch.randn(4, 3, 8, 8))
+        p(torch.randn(4, 3, 8, 8) if cls is ConvNet else torch.randn(4, 3, 6, 6))
         return convert(p)
+
+
+def wide_model(seed: int = 0) -> nn.Module:
+    return static_model(seed, Wide)
 
 
 def dynamic_model(cls: type[nn.Module] = Mlp, seed: int = 0) -> nn.Module:
@@ -97,11 +125,13 @@ def dynamic_model(cls: type[nn.Module] = Mlp, seed: int = 0) -> nn.Module:
 def files(tmp_path_factory) -> dict[str, Path]:
     """Each producer's file: state dicts and whole modules, static and dynamic."""
     d = tmp_path_factory.mktemp("quantized")
-    s, dyn, lstm = static_model(), dynamic_model(), dynamic_model(WithLstm)
+    s, dyn, lstm, wide = static_model(), dynamic_model(), dynamic_model(WithLstm), wide_model()
     out = {}
     for name, obj in {
         "static_sd": s.state_dict(),
         "static_whole": s,
+        "wide_sd": wide.state_dict(),
+        "wide_whole": wide,
         "dynamic_sd": dyn.state_dict(),
         "dynamic_whole": dyn,
         "lstm_sd": lstm.state_dict(),
@@ -181,6 +211,8 @@ def test_benign_quantized_files_pass_fail_on_unsafe(files, name) -> None:
         ("static_whole", static_model),
         ("dynamic_sd", dynamic_model),
         ("dynamic_whole", dynamic_model),
+        ("wide_sd", wide_model),
+        ("wide_whole", wide_model),
     ],
 )
 def test_export_loads_strictly_into_a_freshly_quantized_model(files, tmp_path, name, make) -> None:
@@ -195,7 +227,9 @@ def test_export_loads_strictly_into_a_freshly_quantized_model(files, tmp_path, n
         assert _same(got[k], v), k
     fresh = make(seed=1)  # other weights, same architecture
     fresh.load_state_dict(got, strict=True)
-    x = torch.randn(2, 3, 8, 8) if name.startswith("static") else torch.randn(2, 8)
+    x = {"static": torch.randn(2, 3, 8, 8), "wide": torch.randn(2, 3, 6, 6)}.get(
+        name.split("_")[0], torch.randn(2, 8)
+    )
     assert torch.equal(fresh(x), make()(x))
     # "weights alone would be" is the export's exact size
     why = run_cli("why", str(files[name]), "--json")
@@ -278,3 +312,50 @@ def _walk(node, path=()):
     yield path, node
     for c in node.children:
         yield from _walk(c, (*path, c.key))
+
+
+def test_why_offers_no_cast_of_a_quantized_models_scales(files) -> None:
+    """Its float tensors are biases and (per-channel) scales, which `--dtype` leaves alone."""
+    doc = json.loads(run_cli("why", str(files["static_sd"]), "--json").stdout)
+    assert "float_weights" not in {f["kind"] for f in doc["findings"]}
+
+
+class Emb(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+
+
+def embedding_model(seed: int = 0) -> nn.Module:
+    """A weight-only quantized Embedding (quint8, per-channel float qparams)."""
+    from torch.ao.quantization import convert, float_qparams_weight_only_qconfig, prepare
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = Emb().eval()
+        m.emb.qconfig = float_qparams_weight_only_qconfig
+        return convert(prepare(m))
+
+
+def test_a_quantized_embedding_state_dict_exports_and_its_whole_module_is_refused(
+    tmp_path,
+) -> None:
+    m = embedding_model()
+    sd, whole = tmp_path / "e_sd.pth", tmp_path / "e_whole.pth"
+    torch.save(m.state_dict(), sd)
+    torch.save(m, whole)
+    out = tmp_path / "o.pth"
+    r = run_cli("export", str(sd), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    got = torch.load(out, weights_only=True)
+    w = got["emb._packed_params._packed_weight"]
+    assert w.qscheme() == torch.per_channel_affine_float_qparams
+    fresh = embedding_model(seed=1)
+    fresh.load_state_dict(got, strict=True)
+    ids = torch.tensor([1, 2, 3])
+    assert torch.equal(fresh.emb(ids), m.emb(ids))
+    # a whole module keeps them packed by C++ (EmbeddingPackedParamsBase): refused by name
+    r = run_cli("export", str(whole), "-o", str(tmp_path / "w.pth"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "EmbeddingPackedParamsBase" in r.stderr and "state_dict()" in r.stderr

@@ -133,3 +133,45 @@ def test_a_package_shipping_code_says_so(package) -> None:
     found = [f for f in json.loads(r.stdout)["findings"] if f["kind"] == "package_code"]
     assert len(found) == 1 and "ckptui_pkg_net.py" in found[0]["message"]
     assert "did not run it" in found[0]["message"]
+
+
+def _pt2_zip(path: Path, config: bytes, weight: bytes = b"\0" * 8) -> Path:
+    """A hand-built .pt2: `archive_format`, a weights config and one weight record."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("m/archive_format", "pt2")
+        z.writestr("m/data/weights/model_weights_config.json", config)
+        z.writestr("m/data/weights/weight_0", weight)
+    return path
+
+
+_META = (
+    '{"config": {"w": {"path_name": "weight_0", "is_param": true, "use_pickle": false, '
+    '"tensor_meta": {"dtype": 7, "sizes": [%s], "strides": [{"as_int": 1}], '
+    '"storage_offset": {"as_int": 0}, "device": {"type": "cpu", "index": null}}}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "what"),
+    [
+        (b"{not json", "is not JSON"),
+        (b"[" * 200_000 + b"]" * 200_000, "nests too deep"),
+        (b'{"config": []}', "no config mapping"),
+        ((_META % '{"as_int": -1}').encode(), "malformed tensor_meta"),
+        ((_META % '{"as_int": 1}, {"as_int": 2}').encode(), "sizes and strides differ"),
+    ],
+    ids=["not-json", "deep", "no-mapping", "negative-size", "rank-mismatch"],  # short env
+)
+def test_a_damaged_pt2_is_one_line(tmp_path, config: bytes, what: str) -> None:
+    path = _pt2_zip(tmp_path / "bad.pt2", config)
+    r = run_cli("inspect", str(path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert what in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_a_pt2_weight_larger_than_its_record_is_not_exported(tmp_path) -> None:
+    path = _pt2_zip(tmp_path / "short.pt2", (_META % '{"as_int": 4}').encode())  # 16 B in 8
+    r = run_cli("export", str(path), "-o", str(tmp_path / "o.pth"))
+    assert r.returncode == 2 and "runs past its storage" in r.stderr

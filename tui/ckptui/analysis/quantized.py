@@ -178,7 +178,7 @@ def _own_entries(mod: Node, cls: str, path: KeyPath, prefix: str) -> list[QEntry
     if leaf == "PackedParameter" or leaf == "EmbeddingPackedParams":
         # C++ objects whose state dict entry is the object itself (a dynamic LSTM's cell
         # params) or a weight torch unpacks in C++: named, so an export can refuse them
-        packed = mod.child("param") or mod.child("_packed_params")
+        packed = mod.child("param") or mod.child("_packed_weight")
         if packed is not None:
             entry = "param" if leaf == "PackedParameter" else "_packed_weight"
             out.append(QEntry(f"{prefix}{entry}", "refuse", (*path, packed.key), packed.type))

@@ -10,6 +10,7 @@ for the empty backward-hooks argument, and torch dtypes; for a quantized model's
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ _CLASSIC = {
 """dtype -> storage class name in module `torch` (`float32` -> `FloatStorage`)."""
 
 
+@functools.cache
 def _global(module: str, name: str) -> bytes:
     return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
 
@@ -122,12 +124,12 @@ def state_dict_pickle(
     od = _global("collections", "OrderedDict")
     out = [b"\x80\x02" + (memo(od) + b")R" if versions else b"}") + b"("]  # PROTO 2, a dict
     for entry in entries:
-        if len(entry) == 5:
+        if len(entry) == 5:  # a plain tensor: no record made, as 100,000 of them are common
             name, dtype, key, elements, shape = entry  # type: ignore[misc]
-            value: Value = TensorOut(dtype, key, elements, shape)
+            out.append(_str(name) + _tensor_of(memo, dtype, key, elements, shape))
         else:
             name, value = entry  # type: ignore[misc]
-        out.append(_str(name) + _value(memo, value))
+            out.append(_str(name) + _value(memo, value))
     out.append(b"u")  # SETITEMS
     if versions:
         # BUILD with {'_metadata': OrderedDict(prefix -> {'version': n})}: weights_only allows
@@ -169,29 +171,40 @@ def _njt(memo: _Memo, nt: NjtOut) -> bytes:
 
 
 def _tensor(memo: _Memo, t: TensorOut) -> bytes:
+    return _tensor_of(memo, t.dtype, t.key, t.elements, t.shape, t if t.qscheme else None)
+
+
+def _tensor_of(
+    memo: _Memo,
+    dtype: str,
+    key: str,
+    elements: int,
+    shape: tuple[int, ...],
+    t: TensorOut | None = None,
+) -> bytes:
+    """The rebuild call of a contiguous tensor; `t` gives a quantized one's scheme."""
     stride: list[int] = []
     acc = 1
-    for d in reversed(t.shape):
+    for d in reversed(shape):
         stride.insert(0, acc)
         acc *= d
-    dtype = t.dtype
     classic = dtype in _CLASSIC
     # Newer dtypes (float8, float4, uint16...) are counted in bytes of an untyped storage,
     # named as torch.save names it: weights_only refuses the `torch.UntypedStorage` alias.
     storage_cls = memo(
         _global("torch", _CLASSIC[dtype]) if classic else _global("torch.storage", "UntypedStorage")
     )
-    count = t.elements if classic else t.elements * _itemsize(dtype)
-    pid = [memo(_str("storage")), storage_cls, _str(t.key), memo(_str("cpu")), _int(count)]
+    count = elements if classic else elements * _itemsize(dtype)
+    pid = [memo(_str("storage")), storage_cls, _str(key), memo(_str("cpu")), _int(count)]
     # a new, empty OrderedDict per tensor (its backward hooks): only the class is shared
     hooks = memo(_global("collections", "OrderedDict")) + b")R"
     args = [
         _tuple(pid) + b"Q",
         _int(0),
-        _tuple([_int(d) for d in t.shape]),
+        _tuple([_int(d) for d in shape]),
         _tuple([_int(s) for s in stride]),
     ]
-    if t.qscheme is not None:
+    if t is not None and t.qscheme is not None:
         # _rebuild_qtensor(storage, offset, size, stride, quantizer_params, grad, hooks)
         scheme = memo(_global("torch", t.qscheme))
         if t.channel is not None:

@@ -27,6 +27,14 @@ _LSTM_REASON = (
     "a {cls} object (a dynamic quantized LSTM's packed weights): torch.load(weights_only=True) "
     "refuses torch.ScriptObject, even in torch's own state dict of such a model"
 )
+_PACKED_REASON = (
+    "a {cls} object (weights packed by torch's C++, which state_dict() unpacks): ckptui does "
+    "not unpack it; torch.save(model.state_dict()) gives a file that exports"
+)
+
+
+def _refusal(cls: str) -> str:
+    return (_LSTM_REASON if ".rnn." in cls else _PACKED_REASON).format(cls=cls)
 
 
 @dataclass
@@ -65,6 +73,9 @@ def gather(ckpt: Checkpoint, keep: list[KeyPath], kept: Kept) -> Gathered:
     inside: list[tuple[KeyPath, str]] = []
     modules: list[KeyPath] = []
     """Kept whole modules holding quantized ones: their entries are rebuilt here."""
+    # A state dict's tuples, dtypes and C++ objects matter only beside quantized tensors (a
+    # `_packed_params` pair always holds one); a plain one is not walked again.
+    quantized = any(t.layout == "quantized" for _, _, t in kept)
     for base in keep:
         node = ckpt.find(base)
         if node is None or node.kind is NodeKind.TENSOR:
@@ -73,8 +84,10 @@ def gather(ckpt: Checkpoint, keep: list[KeyPath], kept: Kept) -> Gathered:
         if is_module(node):
             if _from_module(ckpt, node, base, prefix, out):
                 modules.append(base)
-        else:
+        elif quantized:
             _from_state_dict(node, base, prefix, out, inside)
+    if not quantized and not modules:  # a plain export: one pass over the kept tensors
+        return Gathered(kept)
     for name, path, t in kept:
         if any(path[: len(p)] == p for p, _ in inside):
             continue
@@ -93,7 +106,7 @@ def gather(ckpt: Checkpoint, keep: list[KeyPath], kept: Kept) -> Gathered:
             )
         else:
             out.schemes[path] = scheme
-    if not out.any:  # nothing quantized: the plain export, unchanged
+    if not (out.any or out.skipped or modules):  # nothing quantized: the plain export
         return Gathered(kept)
     return out
 
@@ -113,9 +126,11 @@ def _from_state_dict(
                         out.slots[(*path, i)] = i
         elif c.kind is NodeKind.VALUE and c.type == "torch.dtype" and c.text:
             out.values.append((name, c.text.removeprefix("torch.")))
+        elif c.kind is NodeKind.VALUE and c.type == "NoneType":
+            out.values.append((name, None))  # a quantized conv without bias saves `bias: None`
         elif c.kind is NodeKind.OBJECT and c.type.startswith("torch.classes."):
             inside.append((path, c.type))
-            out.skipped.append((path, _LSTM_REASON.format(cls=c.type)))
+            out.skipped.append((path, _refusal(c.type)))
     out.versions.update(
         {_join(prefix.removesuffix("."), k): v for k, v in state_dict_versions(node).items()}
     )
@@ -155,7 +170,7 @@ def _from_module(ckpt: Checkpoint, node: Node, base: KeyPath, prefix: str, out: 
                 continue
             out.synthetic.append((name, "float32" if e.kind == "float" else "int64", raw))
         elif e.kind == "refuse":
-            out.skipped.append((path, _LSTM_REASON.format(cls=e.value)))
+            out.skipped.append((path, _refusal(e.value)))
     out.versions.update({_join(prefix.removesuffix("."), k): v for k, v in versions.items()})
     return True
 

@@ -199,6 +199,8 @@ def _json(z: Any, name: str) -> Any:
         return json.loads(_text(z, zi, MAX_CONFIG_BYTES))
     except ValueError as e:
         raise corrupt(z.src.path, f"{name} is not JSON ({e})") from None
+    except RecursionError:  # `[[[[...` nested past Python's stack
+        raise corrupt(z.src.path, f"{name} nests too deep to be a weights config") from None
 
 
 def _text(z: Any, zi: Any, limit: int) -> str:

@@ -227,6 +227,8 @@ def _float_findings(b: Breakdown, tensors: list[tuple[KeyPath, TensorInfo]]) -> 
     by_dtype: dict[str, int] = {}
     counts: dict[str, int] = {}
     for path, t in tensors:
+        if path[:n] == b.weights_path and t.layout == "quantized":
+            return []  # its float tensors are biases and scales, which an export keeps as they are
         if path[:n] != b.weights_path or t.dtype not in FLOAT_HALVES:
             continue
         if b.owner.get(t.storage_key or "") != path:
