@@ -13,8 +13,8 @@ the same run.
 
 `--refs N` (issue 21) writes `{"shared": d, "refs": [d] * N}` by hand (one BINPUT, then N 2-byte
 BINGETs: 2 MB of file for N = 10^6) and runs, each in its own child process, `inspect --json`,
-`inspect`, `why --json`, `why`, and the browser (App.run_test 100x30: open, expand `refs`, open
-its first group, select a reference, then `w`), printing seconds and peak RSS of each (from
+`inspect`, `why --json`, `why`, and the browser (App.run_test 100x30: open, the background
+analyses, expand `refs`, open its first group, select a reference, then `w`), printing seconds and peak RSS of each (from
 `wait4`), and their ratio to the `--src` tree when given. The same file through
 `pickle.load` is the floor.
 """
@@ -73,6 +73,11 @@ async def main(path):
         await app.workers.wait_for_complete()
         await pilot.pause()
         marks["open"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        while len(app.workers):  # the analyses started once the tree shows (training facts)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+        marks["background analyses"] = time.perf_counter() - t
         for keys, what in ((["j", "j", "l"], "expand refs"), (["j", "l", "j"], "select a ref")):
             t = time.perf_counter()
             for k in keys:
