@@ -98,9 +98,10 @@ asyncio.run(main(sys.argv[1]))
 PICKLE_LOAD = "import pickle, sys\nwith open(sys.argv[1], 'rb') as f:\n    pickle.load(f)"
 
 
-def _measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in bytes, last stdout line) of one child process, reaped with
-    `wait4` so that its own peak RSS comes with it."""
+def _measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds, peak RSS in bytes, last stdout line) of one child process,
+    reaped with `wait4` so that its own CPU time and peak RSS come with it (CPU time is the
+    figure to compare on a loaded machine, where wall time mostly measures the others)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
@@ -112,7 +113,8 @@ def _measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
         if proc.returncode not in (0, 1):
             raise SystemExit(f"{cmd}: exit {proc.returncode}: {err.read().decode()[-2000:]}")
         lines = out.read().decode(errors="replace").strip().splitlines()
-    return wall, usage.ru_maxrss * 1024, lines[-1][:200] if lines else ""  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss * 1024, lines[-1][:200] if lines else ""  # KiB on Linux
 
 
 def bench_refs(n: int, trees: dict[str, str], repeat: int) -> None:
@@ -121,8 +123,10 @@ def bench_refs(n: int, trees: dict[str, str], repeat: int) -> None:
         path = Path(d) / "refs.pkl"
         subprocess.run([sys.executable, "-c", MAKE_REFS, str(path), str(n)], check=True)
         print(f"{path.name}: one dict referenced {n:,} times, {path.stat().st_size:,} bytes")
-        wall, rss, _ = _measured([sys.executable, "-c", PICKLE_LOAD, str(path)], dict(os.environ))
-        print(f"  pickle.load (floor): {wall:.2f} s, {rss / 2**20:.0f} MiB")
+        wall, cpu, rss, _ = _measured(
+            [sys.executable, "-c", PICKLE_LOAD, str(path)], dict(os.environ)
+        )
+        print(f"  pickle.load (floor): {wall:.2f} s, CPU {cpu:.2f} s, {rss / 2**20:.0f} MiB")
         surfaces = {
             "inspect --json": ["-m", "ckptui", "inspect", "--json", str(path)],
             "inspect": ["-m", "ckptui", "inspect", str(path)],
@@ -131,23 +135,29 @@ def bench_refs(n: int, trees: dict[str, str], repeat: int) -> None:
             "browser": ["-c", BROWSE, str(path)],
         }
         for what, argv in surfaces.items():
-            got: dict[str, list[tuple[float, int]]] = {k: [] for k in trees}
+            got: dict[str, list[tuple[float, float, int]]] = {k: [] for k in trees}
             notes = ""
             for _ in range(repeat):
                 for name, tree in trees.items():
                     env = {**os.environ, "PYTHONPATH": tree}
-                    wall, rss, last = _measured([sys.executable, *argv], env)
-                    got[name].append((wall, rss))
+                    wall, cpu, rss, last = _measured([sys.executable, *argv], env)
+                    got[name].append((wall, cpu, rss))
                     if what == "browser" and name == "ckptui":
                         notes = f" ({last})"
             med = {
-                k: (statistics.median(w for w, _ in v), max(r for _, r in v))
+                k: (
+                    statistics.median(x[0] for x in v),
+                    statistics.median(x[1] for x in v),
+                    max(x[2] for x in v),
+                )
                 for k, v in got.items()
             }
-            line = ", ".join(f"{k} {w:.2f} s {r / 2**20:.0f} MiB" for k, (w, r) in med.items())
+            line = ", ".join(
+                f"{k} {w:.2f} s (CPU {c:.2f} s) {r / 2**20:.0f} MiB" for k, (w, c, r) in med.items()
+            )
             if "base" in med:
-                (w1, r1), (w0, r0) = med["ckptui"], med["base"]
-                line += f"; ckptui/base time {w1 / w0:.2f}, RSS {r1 / r0:.2f}"
+                (w1, c1, r1), (w0, c0, r0) = med["ckptui"], med["base"]
+                line += f"; ckptui/base wall {w1 / w0:.2f}, CPU {c1 / c0:.2f}, RSS {r1 / r0:.2f}"
             print(f"  {what}: {line}{notes}")
 
 
