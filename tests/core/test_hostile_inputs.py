@@ -305,3 +305,62 @@ def test_sigquit_during_an_export_leaves_no_temp_file(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err, err
     assert list(out.iterdir()) == []
+
+
+# --- one object referenced many times ----------------------------------------------------------
+
+
+def shared_dict_pickle(n: int) -> bytes:
+    """`{"shared": d, "refs": [d] * n}` by hand: `d` is memoised once (BINPUT 1) and each list
+    item is a 2-byte BINGET of it, so n references cost 2n bytes of file."""
+
+    def text(s: str) -> bytes:
+        b = s.encode()
+        return b"X" + struct.pack("<I", len(b)) + b  # BINUNICODE
+
+    return b"".join(
+        [
+            b"\x80\x02}q\x00(",  # PROTO 2, the root dict (memo 0), MARK
+            text("shared"),
+            b"}q\x01(" + text("lr") + b"G" + struct.pack(">d", 0.1),  # d (memo 1) = {lr: 0.1,
+            text("name") + text("shared") + b"u",  # name: "shared"}, SETITEMS
+            text("refs") + b"]q\x02(",  # the list (memo 2), MARK
+            b"h\x01" * n,  # BINGET 1, n times
+            b"eu.",  # APPENDS, SETITEMS, STOP
+        ]
+    )
+
+
+def test_a_dict_referenced_100k_times_is_written_as_references(tmp_path: Path) -> None:
+    """Each later occurrence is `{"key", "kind": "ref", "type", "target"}` naming the first
+    path, never a copy of the dict; `inspect`, `why` and `--json` all finish under the 1 GB
+    cap (tests/benchmarks/bench_safety.py --refs measures time and memory at 10^6)."""
+    n = 100_000
+    path = tmp_path / "refs.pkl"
+    path.write_bytes(shared_dict_pickle(n))
+    p = run_cli("inspect", "--json", str(path), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    shared, refs = doc["tree"]["children"]
+    assert shared == {
+        "key": "shared",
+        "kind": "mapping",
+        "type": "dict",
+        "children": [
+            {"key": "lr", "kind": "value", "type": "float", "value": 0.1},
+            {"key": "name", "kind": "value", "type": "str", "value": "shared"},
+        ],
+    }
+    assert refs["key"] == "refs" and len(refs["children"]) == n
+    assert refs["children"] == [
+        {"key": i, "kind": "ref", "type": "dict", "target": ["shared"]} for i in range(n)
+    ]
+    assert '{"key": 99999, "kind": "ref", "type": "dict", "target": ["shared"]}]}' in p.stdout
+    assert len(p.stdout) < 70 * n  # one short entry per reference
+    text = run_cli("inspect", str(path), timeout=300)
+    assert text.returncode == 0, text.stderr[-2000:]
+    assert "[0]  → same object as shared" in text.stdout
+    assert len(text.stdout.splitlines()) < 100  # 50 children shown, then a count of the rest
+    why = run_cli("why", "--json", str(path), timeout=300)
+    assert why.returncode == 0, why.stderr[-2000:]
+    assert json.loads(why.stdout)["file_bytes"] == path.stat().st_size

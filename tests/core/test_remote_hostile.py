@@ -204,6 +204,25 @@ def _range_len(get_line: str) -> int:
     return 0 if m is None else int(m[2]) - int(m[1]) + 1
 
 
+def test_the_three_timeouts_are_told_apart() -> None:
+    import asyncio
+
+    import aiohttp
+
+    from ckptui.core.errors import TimedOut
+    from ckptui.formats.remote.fs import translate
+
+    e = translate("u", asyncio.TimeoutError(), 16 * MB)  # aiohttp's total
+    assert isinstance(e, TimedOut)
+    assert e.message == "the server did not finish answering one request in 376 s"
+    assert translate("u", aiohttp.SocketTimeoutError()).message == (
+        "the server sent nothing for 60 s"
+    )
+    assert translate("u", aiohttp.ConnectionTimeoutError()).message == (
+        "cannot reach the server (no connection in 10 s)"
+    )
+
+
 def test_the_shipped_deadline_grows_with_the_answer() -> None:
     assert remote_fs.deadline(0) == remote_fs.REQUEST_DEADLINE == 120.0
     assert remote_fs.deadline(16 * MB) == 120.0 + 256.0  # 16 MiB at the slowest rate allowed

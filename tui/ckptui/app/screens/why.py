@@ -178,7 +178,7 @@ class WhyScreen(Screen[KeyPath | None]):
                 label.update(_dup_summary(found))
             elif event.state is WorkerState.ERROR and not isinstance(event.worker.error, Cancelled):
                 self.query_one("#why-progress").display = False
-                label.update(f"could not compare tensors: {_reason(event.worker.error)}")
+                label.update(printable(f"could not compare tensors: {_reason(event.worker.error)}"))
 
     def _progress(self, done: int, total: int) -> None:
         now = time.monotonic()

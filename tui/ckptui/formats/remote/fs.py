@@ -234,9 +234,11 @@ def translate(url: str, e: BaseException, nbytes: int = 0) -> CkptError:
         return Unsupported(url, RANGE_HELP)
     if name == "ConnectionTimeoutError":  # aiohttp's sock_connect
         return NotReadable(url, f"cannot reach the server (no connection in {CONNECT_TIMEOUT:g} s)")
-    if isinstance(e, TimeoutError) and name in ("ServerTimeoutError", "SocketTimeoutError"):
+    # asyncio.TimeoutError is no builtin TimeoutError before Python 3.11: matched by name too
+    timed_out = isinstance(e, TimeoutError) or name == "TimeoutError"
+    if timed_out and name in ("ServerTimeoutError", "SocketTimeoutError"):
         return NotReadable(url, f"the server sent nothing for {READ_TIMEOUT:g} s")
-    if isinstance(e, TimeoutError):  # aiohttp's total: the request's deadline passed
+    if timed_out:  # aiohttp's total: the request's deadline passed
         return TimedOut(
             url, f"the server did not finish answering one request in {deadline(nbytes):g} s"
         )

@@ -4,7 +4,8 @@ The document is written as a stream of text pieces (`iter_json`), so a checkpoin
 nodes never exists twice in memory (once as nodes, once as dicts); `checkpoint_json` parses the
 same stream for callers that want dicts, so there is one definition of the contract. Paths are
 lists of keys from the root (ints for sequence indexes), so keys containing dots stay
-unambiguous.
+unambiguous. An object the pickle holds several times is written once; each later occurrence is
+a `ref` entry naming the path of the first (README, "inspect --json").
 """
 
 from __future__ import annotations
@@ -159,11 +160,22 @@ def tensor_json(ckpt: Checkpoint, path: KeyPath, t: TensorInfo) -> dict[str, Any
 
 def _node(node: Node) -> Iterator[str]:
     """One node and its children (nesting is bounded by the tree builder)."""
-    head = f'{{"key": {_enc(node.key)}, "kind": "{node.kind.value}", "type": {_enc(node.type)}'
+    if node.children or node.kind in _CONTAINERS:
+        yield from _compound(node, {})
+    else:
+        yield _leaf(node, {})
+
+
+_CONTAINERS = (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT)
+"""Kinds written with a `children` list even when empty."""
+_REF_CACHE = 4096
+"""Reference targets whose encoded text is kept at once (`_leaf`)."""
+
+
+def _fields(node: Node) -> str:
+    """`"key": ..., "kind": ..., "type": ...` and the kind's own fields, without braces."""
+    head = f'"key": {_enc(node.key)}, "kind": "{node.kind.value}", "type": {_enc(node.type)}'
     kind = node.kind
-    if kind is NodeKind.REF:
-        yield f'{head}, "target": {_enc(list(node.value or ()))}}}'
-        return
     fields: dict[str, Any] = {}
     if kind is NodeKind.VALUE:
         fields["value"] = node.value
@@ -182,36 +194,74 @@ def _node(node: Node) -> Iterator[str]:
         fields["safety"] = node.safety
     for name, value in fields.items():
         head += f', "{name}": {_enc(value)}'
-    if not node.children and kind not in (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT):
-        yield head + "}"
+    return head
+
+
+def _leaf(node: Node, refs: dict[int, tuple[Any, str, str]]) -> str:
+    """A node written without children. A REF is `{"key", "kind": "ref", "type", "target"}`:
+    the path of the object's first occurrence, never the object again; its text after the key
+    is the same for every reference to one object, so it is encoded once (`refs`): one dict
+    referenced a million times took 42 s and wrote 60 MB (issue 21)."""
+    if node.kind is NodeKind.REF:
+        # by the target's identity: every ref to one object shares its path tuple, and keys
+        # equal as values may differ as JSON (True and 1)
+        cached = refs.get(id(node.value))
+        if cached is not None and cached[0] is node.value and cached[1] == node.type:
+            tail = cached[2]
+        else:
+            target = _enc(list(node.value or ()))
+            tail = f', "kind": "ref", "type": {_enc(node.type)}, "target": {target}}}'
+            if len(refs) >= _REF_CACHE:  # many distinct targets: bounded, not one per node
+                refs.clear()
+            refs[id(node.value)] = (node.value, node.type, tail)
+        key = node.key
+        return ('{"key": ' + (str(key) if key.__class__ is int else _enc(key))) + tail
+    return "{" + _fields(node) + "}"
+
+
+def _compound(node: Node, refs: dict[int, tuple[Any, str, str]]) -> Iterator[str]:
+    """A node with its `children` list; runs of leaf children are joined into one piece, so a
+    list of a million references is a few thousand pieces, not two million."""
+    if node.kind is NodeKind.REF:
+        yield _leaf(node, refs)
         return
-    yield head + ', "children": ['
+    yield "{" + _fields(node) + ', "children": ['
+    run: list[str] = []
+    leaves: list[dict[str, Any]] = []  # plain tensor rows, encoded together (`_tensor_leaf`)
     first = True
-    leaves: list[dict[str, Any]] = []
     for child in node.children:
         if child.kind is NodeKind.TENSOR and not child.children:
-            # a plain tensor row, encoded with its neighbours in one call: a 100,000-tensor
-            # state dict cost six encoder calls per row (issue 16)
             leaves.append(_tensor_leaf(child))
             if len(leaves) < _BATCH:
                 continue
         if leaves:
-            yield ("" if first else ", ") + _dumps(leaves)[1:-1]
-            first = False
-            leaves = []
+            run.append(("" if first else ", ") + _dumps(leaves)[1:-1])
+            first, leaves = False, []
             if child.kind is NodeKind.TENSOR and not child.children:
                 continue
         if not first:
-            yield ", "
+            run.append(", ")
         first = False
-        yield from _node(child)
+        if child.children or child.kind in _CONTAINERS:
+            if run:
+                yield "".join(run)
+                run = []
+            yield from _compound(child, refs)
+            continue
+        run.append(_leaf(child, refs))
+        if len(run) >= _BATCH:
+            yield "".join(run)
+            run = []
     if leaves:
-        yield ("" if first else ", ") + _dumps(leaves)[1:-1]
+        run.append(("" if first else ", ") + _dumps(leaves)[1:-1])
+    if run:
+        yield "".join(run)
     yield "]}"
 
 
 def _tensor_leaf(node: Node) -> dict[str, Any]:
-    """A tensor node without children as `_node` writes it."""
+    """A tensor node without children as `_fields` writes it, as a dict: a 100,000-tensor state
+    dict cost six encoder calls per row, a batch of these costs one (issue 16)."""
     t = node.value
     out = {
         "key": node.key,
