@@ -28,9 +28,10 @@ from ckptui.analysis import modules as mv
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import summary
 from ckptui.analysis.roles import is_module
+from ckptui.app.widgets.row_columns import GAP, KEY_MIN, fit, tensor_columns
 from ckptui.app.widgets.tree_order import FOOTER, LABELS, ORDERS, Sorter, next_order
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, walk
+from ckptui.core.tree import Checkpoint, Node, NodeKind, Path, TensorInfo, walk
 from ckptui.core.units import printable, size
 
 GROUP = 1000
@@ -184,6 +185,13 @@ class CkptTree(Tree[Entry]):
         else:
             key_style = Style()
         summary_style = self._fg("ckpt-tree--summary")
+        if node.kind is NodeKind.TENSOR and node.tensor is not None and not more:
+            # shape | dtype | size are columns at the row's right edge (`render_label`)
+            bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
+            text = Text.assemble(bullet, (printable(key_text), key_style))
+            if part:
+                text.append(f" — {printable(part)}", summary_style + Style(italic=True))
+            return text
         if len(node.children) > GROUP:
             # its bytes are a walk of every node below: a 100,000-key root's label is made
             # again on every rebuild (m, esc), 0.3-1 s each time; the model is frozen
@@ -203,6 +211,48 @@ class CkptTree(Tree[Entry]):
         if part:
             text.append(f" — {printable(part)}", summary_style + Style(italic=True))
         return text
+
+    def render_label(self, node: TreeNode[Entry], base_style: Style, style: Style) -> Text:
+        """The label, and for a tensor row its shape | dtype | size columns, right-aligned at
+        the tree's edge (`row_columns`); Textual caches the drawn line per width."""
+        text = super().render_label(node, base_style, style)
+        t = self._tensor_row(node)
+        if t is None:
+            return text
+        columns = Text(tensor_columns(t), style=self._fg("ckpt-tree--summary"))
+        columns.stylize(style)
+        fitted = fit(text, columns, self._room(node), style)
+        if fitted is not None:
+            return fitted
+        text.append("  ")  # no room for columns: one run of text, as other rows
+        text.append(" ".join(columns.plain.split()), columns.style)
+        return text
+
+    def get_label_width(self, node: TreeNode[Entry]) -> int:
+        """A tensor row fills the line (`render_label`), known without drawing it: Textual asks
+        for every row's width each time rows open (1000 of them in a group)."""
+        t = self._tensor_row(node)
+        if t is not None:
+            room = self._room(node)
+            if room - len(tensor_columns(t)) - GAP >= KEY_MIN:
+                return room
+        return super().get_label_width(node)
+
+    @staticmethod
+    def _tensor_row(node: TreeNode[Entry]) -> TensorInfo | None:
+        """The tensor a row shows in columns, or None (a container, a group, the compare
+        screen's rows: DiffEntry, with their own summaries)."""
+        entry = node.data
+        if not isinstance(entry, Entry) or entry.group or entry.module or entry.raw:
+            return None
+        return entry.node.tensor if entry.node.kind is NodeKind.TENSOR else None
+
+    def _room(self, node: TreeNode[Entry]) -> int:
+        """Cells from the end of a row's guides to the tree's right edge."""
+        depth, up = 0, node.parent
+        while up is not None:
+            depth, up = depth + 1, up.parent
+        return self.scrollable_content_region.width - depth * self.guide_depth
 
     def _mark_of(self, path: Path) -> str:
         if not self.marks:
