@@ -388,6 +388,10 @@ class BrowseScreen(Screen[None]):
         marks = list(self.query_one(CkptTree).marks)
         self.app.push_screen(ExportScreen(self.ckpt, marks))
 
+    @on(DetailPanel.NonFinite)
+    def _non_finite(self, event: DetailPanel.NonFinite) -> None:
+        self.query_one(CkptTree).set_badge(event.path, event.badge)
+
     @on(CkptTree.MarksChanged)
     def _marks_changed(self, event: CkptTree.MarksChanged) -> None:
         n = len(event.marks)

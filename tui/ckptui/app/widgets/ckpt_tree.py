@@ -115,6 +115,8 @@ class CkptTree(Tree[Entry]):
         (and the root's), counted once in the screen's open worker."""
         self.module_view = False
         """`m`: state dicts grouped into modules, placeholder nn.Modules shown as layers."""
+        self.badges: dict[Path, str] = {}
+        """`NaN`, `Inf`: tensors whose values the panel found non-finite, shown on their row."""
         self.order = "file"
         """`s`: the order of every container's rows (`tree_order.ORDERS`); kept across files."""
         self._sorter: Sorter | None = None
@@ -133,6 +135,7 @@ class CkptTree(Tree[Entry]):
             self._module_rows = {}
             self._summaries = {}
             self._sorter = Sorter(ckpt.root)
+            self.badges = {}
             # a whole-module pickle opens on its layers: its raw fields are nn.Module internals
             self.module_view = is_module(ckpt.root)
         self.ckpt = ckpt
@@ -173,6 +176,7 @@ class CkptTree(Tree[Entry]):
         mark: str = "",
         part: str = "",
         more: str = "",
+        badge: str = "",
     ) -> Text:
         """A row's text; `mark` is `self` for a marked row, `below` for a row under one; `part`
         is what a framework's part is for, shown dim and slanted after the summary."""
@@ -189,6 +193,8 @@ class CkptTree(Tree[Entry]):
             # shape | dtype | size are columns at the row's right edge (`render_label`)
             bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
             text = Text.assemble(bullet, (printable(key_text), key_style))
+            if badge:  # words, not only colour: NO_COLOR shows it too
+                text.append(f" ⚠ {badge}", self._fg("ckpt-tree--danger"))
             if part:
                 text.append(f" — {printable(part)}", summary_style + Style(italic=True))
             return text
@@ -278,7 +284,10 @@ class CkptTree(Tree[Entry]):
         part = self.parts.get(path, "") if self.parts else ""
         params = self.params.get(path) if self.params else None
         more = f" · {params.text()}" if params is not None and node.children else ""
-        return self._label(node, key_text, path in self._match_set, self._mark_of(path), part, more)
+        badge = self.badges.get(path, "") if self.badges else ""
+        return self._label(
+            node, key_text, path in self._match_set, self._mark_of(path), part, more, badge
+        )
 
     def _add(self, parent: TreeNode[Entry], node: Node, path: Path, owner: Node) -> TreeNode:
         label = self._row_label(node, path, owner)
@@ -595,6 +604,19 @@ class CkptTree(Tree[Entry]):
             return
         self.parts = {**self.parts, **labels}
         self._relabel(self.root)
+
+    def set_badge(self, path: Path, badge: str) -> None:
+        """Show `badge` (`NaN`, `Inf`) on the row of the tensor at `path`, wherever it is
+        loaded (the stored view and the module view share rows' paths)."""
+        if self.badges.get(path) == badge:
+            return
+        self.badges[path] = badge
+        stack = [self.root]
+        while stack:
+            row = stack.pop()
+            stack.extend(row.children)
+            if row.data is not None and row.data.path == path and row.data.module is None:
+                self._relabel(row)
 
     # -- marks -------------------------------------------------------------------------------
     def action_toggle_mark(self) -> None:
