@@ -75,3 +75,16 @@ def test_fit_cuts_the_middle_of_a_long_key() -> None:
     assert fit(Text("x" * 40), columns, columns.cell_len + KEY_MIN - 1) is None
     wide = fit(Text("重み" * 20), columns, 50)  # wide characters: still exactly 50 cells
     assert wide is not None and wide.cell_len <= 50 and wide.plain.endswith("32 B")
+
+
+async def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    """`1 key`, `1 item`, `1 tensor`: a one-entry container is not `1 keys`."""
+    p = tmp_path / "one.pth"
+    torch.save({"model": {"w": torch.zeros(3)}, "groups": [{"lr": 0.1}]}, p)
+    app = CkptApp(str(p))
+    async with app.run_test(size=(100, 30)) as pilot:
+        tree = await opened(pilot)
+        rows = [tree.render_label(c, Style(), Style()).plain for c in tree.root.children]
+        assert "dict · 1 key ·" in rows[0] and "list · 1 item" in rows[1]
+        header = app.screen.query_one("#header").render()
+        assert "· 1 tensor ·" in str(header) or str(header).rstrip().endswith("1 tensor")

@@ -163,7 +163,8 @@ class BrowseScreen(Screen[None]):
         fetched = ckpt.info.get("bytes_read")
         if fetched is not None:  # a URL: what opening it cost, before the line is cut at 80
             header += f"{units.size(fetched)} read · "
-        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
+        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensor"
+        header += "" if index.tensor_count == 1 else "s"  # `1 tensor`
         if params is not None:  # the model's, not the optimizer's: what a user sizes it by
             header += f" · {params[1].text()}"
         if dangers:
