@@ -127,14 +127,15 @@ async def test_defaults_bf16_and_safetensors_follow_the_choices(dp_ckpt, tmp_pat
         screen.query_one("#export-format", RadioSet).query("RadioButton")[1].value = True
         await finish(pilot)
         target = screen.query_one("#export-target", Input)
-        assert target.value.endswith("train.slim.safetensors")
+        # the detected weights: named as the root panel's export command names them (issue 18)
+        assert target.value.endswith("train.weights.safetensors")
         assert screen.plan.format == "safetensors"
         size_text = shown(app, "#export-size")
         assert units.size(screen.plan.predicted_bytes) in size_text
         await pilot.click("#export-go")
         await finish(pilot)
         assert isinstance(app.screen, ExportDoneScreen)
-    out = tmp_path / "train.slim.safetensors"
+    out = tmp_path / "train.weights.safetensors"
     loaded = load_file(out)
     for k, v in ck["model"].items():
         got = loaded[k.removeprefix("module.")]
@@ -146,7 +147,7 @@ async def test_defaults_bf16_and_safetensors_follow_the_choices(dp_ckpt, tmp_pat
 
 async def test_an_existing_target_is_replaced_only_after_asking(dp_ckpt, tmp_path) -> None:
     src, _ = dp_ckpt
-    out = tmp_path / "train.slim.pth"
+    out = tmp_path / "train.weights.pth"
     out.write_bytes(b"precious")
     app = CkptApp(str(src))
     async with app.run_test(size=(100, 32)) as pilot:

@@ -34,7 +34,7 @@ async def test_enter_on_the_dtype_choice_writes_the_export(dp_ckpt, tmp_path) ->
         await pilot.press("enter")
         await finish(pilot)
         assert isinstance(app.screen, ExportDoneScreen), "enter did not write from the radio set"
-    out = tmp_path / "train.slim.pth"
+    out = tmp_path / "train.weights.pth"
     sd = torch.load(out, weights_only=True)
     assert sd["conv1.weight"].dtype is torch.bfloat16
     assert torch.equal(sd["conv1.weight"], ck["model"]["module.conv1.weight"].bfloat16())
@@ -50,7 +50,7 @@ async def test_enter_in_the_strip_checkbox_writes_too(dp_ckpt, tmp_path) -> None
         await pilot.press("enter")
         await finish(pilot)
         assert isinstance(app.screen, ExportDoneScreen)
-    assert (tmp_path / "train.slim.pth").exists()
+    assert (tmp_path / "train.weights.pth").exists()
 
 
 async def test_the_chosen_radio_button_shows_without_colour(dp_ckpt) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from rich.style import Style
 
 from ckptui.analysis.modules import INTERNALS
 from ckptui.analysis.params import count
@@ -93,7 +94,8 @@ async def test_m_groups_a_state_dict_and_m_again_restores_it(dp_ckpt) -> None:
 
 def cursor_node_label(tree: CkptTree) -> str:
     assert tree.cursor_node is not None
-    return tree.cursor_node.label.plain
+    # as drawn: a tensor row's shape | dtype | size columns are added when it is rendered
+    return tree.render_label(tree.cursor_node, Style(), Style()).plain
 
 
 async def test_a_100000_key_state_dict_becomes_a_few_rows(tmp_path: Path) -> None:

@@ -200,8 +200,10 @@ def summary(node: Node) -> str:
             return f"{short_type(node.type)} {node.text} · same object as {target}"
         return f"→ same object as {target}"
     count = len(node.children)
-    noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items", NodeKind.OBJECT: "fields"}
-    parts = [short_type(node.type), f"{count:,} {noun.get(node.kind, 'children')}"]
+    noun = {NodeKind.MAPPING: "key", NodeKind.SEQUENCE: "item", NodeKind.OBJECT: "field"}
+    word = noun.get(node.kind, "child")
+    word = word if count == 1 else "children" if word == "child" else f"{word}s"
+    parts = [short_type(node.type), f"{count:,} {word}"]  # `1 key`, `2 keys`
     nbytes = bytes_below(node)
     if nbytes:
         parts.append(size(nbytes))

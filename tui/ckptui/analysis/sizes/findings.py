@@ -29,6 +29,13 @@ VIEW_WASTE_MIN = 64 << 10
 INLINE_MIN = 64 << 10
 """Non-tensor values (numpy arrays, bytes) at least this large are reported."""
 
+OVERHEAD_SHARE = 0.5
+"""Format overhead (zip headers, padding, format records) above this share of the file is a
+finding: a file of many tiny tensors is mostly framing."""
+
+OVERHEAD_MIN = 1 << 20
+"""...and only from this many bytes of it: any file of one small tensor is mostly framing."""
+
 LONG_SEQUENCE = 10_000
 """Lists/tuples with at least this many items are reported."""
 
@@ -42,7 +49,7 @@ class SizeFinding:
 
     kind: str
     """`optimizer_state`, `weights_copy`, `view_waste`, `duplicate`, `float_weights`,
-    `inline_data`, `whole_module`."""
+    `inline_data`, `whole_module`, `format_overhead`."""
     bytes: int
     saving_bytes: int
     paths: tuple[KeyPath, ...]
@@ -69,6 +76,7 @@ def size_findings(
     found += _view_findings(ckpt, tensors, b.storage_bytes)
     found += _float_findings(b, tensors)
     found += _inline_findings(inline, long_seqs)
+    found += _overhead_findings(b)
     found += [
         SizeFinding(
             "whole_module",
@@ -239,7 +247,7 @@ def _float_findings(b: Breakdown, tensors: list[tuple[KeyPath, TensorInfo]]) -> 
     if not total:
         return []
     saving = sum(v - v // FLOAT_HALVES[d] for d, v in by_dtype.items())
-    what = ", ".join(f"{counts[d]} {d} ({size(v)})" for d, v in by_dtype.items())
+    what = ", ".join(f"{counts[d]:,} {d} ({size(v)})" for d, v in by_dtype.items())
     return [
         SizeFinding(
             "float_weights",
@@ -280,3 +288,31 @@ def _inline_findings(
             )
         )
     return out
+
+
+def _overhead_findings(b: Breakdown) -> list[SizeFinding]:
+    """Most of the file is the format's framing, not tensors (100,000 tiny tensors in a zip:
+    a local header, a central directory entry and padding each). No saving is claimed: what a
+    remedy saves depends on which one (fewer, larger tensors; one safetensors header)."""
+    framing = b.categories.get("overhead", 0) + b.categories.get("metadata", 0)
+    if not b.file_bytes or framing < OVERHEAD_MIN or framing / b.file_bytes <= OVERHEAD_SHARE:
+        return []
+    parts = {**b.overhead_detail, **b.metadata_detail}
+    what = ", ".join(name for name, _ in sorted(parts.items(), key=lambda kv: -kv[1])[:3])
+    storages = len(b.storage_bytes)
+    data = b.categories.get("tensor_data", 0)
+    per = (
+        f" around {storages:,} storages of {size(data // storages)} on average" if storages else ""
+    )
+    return [
+        SizeFinding(
+            "format_overhead",
+            framing,
+            0,
+            (),
+            f"format overhead is {100 * framing / b.file_bytes:.0f} % of the file "
+            f"({size(framing)}: {what}){per}; tensor data is "
+            f"{100 * data / b.file_bytes:.0f} %. Fewer, larger tensors (stack them) or one "
+            "safetensors header would shrink it",
+        )
+    ]

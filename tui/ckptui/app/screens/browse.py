@@ -163,7 +163,8 @@ class BrowseScreen(Screen[None]):
         fetched = ckpt.info.get("bytes_read")
         if fetched is not None:  # a URL: what opening it cost, before the line is cut at 80
             header += f"{units.size(fetched)} read · "
-        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensors"
+        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensor"
+        header += "" if index.tensor_count == 1 else "s"  # `1 tensor`
         if params is not None:  # the model's, not the optimizer's: what a user sizes it by
             header += f" · {params[1].text()}"
         if dangers:
@@ -394,6 +395,10 @@ class BrowseScreen(Screen[None]):
 
         marks = list(self.query_one(CkptTree).marks)
         self.app.push_screen(ExportScreen(self.ckpt, marks))
+
+    @on(DetailPanel.NonFinite)
+    def _non_finite(self, event: DetailPanel.NonFinite) -> None:
+        self.query_one(CkptTree).set_badge(event.path, event.badge)
 
     @on(CkptTree.MarksChanged)
     def _marks_changed(self, event: CkptTree.MarksChanged) -> None:

@@ -45,6 +45,7 @@ from ckptui.export import (
     make_plan,
 )
 from ckptui.export.dcp import stitched_bytes
+from ckptui.export.plan import output_stem
 from ckptui.formats.source import is_url
 from ckptui.tensors.values import Cancelled as ReadCancelled
 from ckptui.tensors.values import interruptible
@@ -116,12 +117,13 @@ class ExportScreen(ModalScreen[None]):
                     yield _Choice("fp16")
             with Horizontal(classes="export-row"):
                 yield Label("Format", classes="export-label")
+                fmt = default_format(self.ckpt)
                 with RadioSet(id="export-format"):
-                    yield _Choice(".pth", value=True)
-                    yield _Choice(".safetensors")
+                    yield _Choice(".pth", value=fmt == "pth")
+                    yield _Choice(".safetensors", value=fmt == "safetensors")
             with Horizontal(classes="export-row"):
                 yield Label("Write to", classes="export-label")
-                yield Input(default_target(_source_name(self.ckpt), "pth"), id="export-target")
+                yield Input(self._default_target(fmt), id="export-target")
             with Horizontal(classes="export-row", id="export-size-row"):
                 yield Label("Size", classes="export-label")
                 yield Static(id="export-size")
@@ -130,6 +132,9 @@ class ExportScreen(ModalScreen[None]):
             with Horizontal(id="export-buttons"):
                 yield Button("Export", id="export-go", variant="primary")
                 yield Button("Cancel", id="export-cancel")
+
+    def _default_target(self, fmt: str) -> str:
+        return _named_target(self.ckpt, self.marks, fmt)
 
     def on_mount(self) -> None:
         self.query_one(ProgressBar).display = False
@@ -429,6 +434,23 @@ class ExportDoneScreen(ModalScreen[None]):
         path = str(Path(self.result.output).absolute())
         self.app.copy_to_clipboard(path)
         self.notify(f"copied {path}", timeout=3)
+
+
+def _named_target(ckpt: Checkpoint, marks: list[Path], fmt: str) -> str:
+    """`run/ckpt.weights.pth` for the detected weights (the name the root panel's export
+    command suggests too), `run/ckpt.slim.pth` for marked subtrees."""
+    if marks:
+        return default_target(_source_name(ckpt), fmt)
+    return f"{output_stem(_source_name(ckpt))}.weights.{fmt}"
+
+
+def default_format(ckpt: Checkpoint) -> str:
+    """`safetensors` for a safetensors file or a folder of safetensors shards (what its users
+    load it with), else `pth`."""
+    if ckpt.format == "safetensors":
+        return "safetensors"
+    shards = ckpt.info.get("shard_formats")
+    return "safetensors" if shards and set(shards) == {"safetensors"} else "pth"
 
 
 def _source_name(ckpt: Checkpoint) -> str:

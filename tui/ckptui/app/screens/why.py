@@ -303,7 +303,7 @@ class WhyScreen(Screen[KeyPath | None]):
             text = Text()
             saving = f"saves {size(f.saving_bytes)}" if f.saving_bytes else "no size saving"
             text.append(saving, style="bold")
-            text.append(f"  {f.kind}\n", style="dim")
+            text.append(f"  {f.kind.replace('_', ' ')}\n", style="dim")  # words, not an id
             text.append(f.message)
             if i < len(self._findings) - 1:
                 text.append("\n")  # a blank line between findings

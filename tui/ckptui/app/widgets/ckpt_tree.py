@@ -28,9 +28,10 @@ from ckptui.analysis import modules as mv
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import summary
 from ckptui.analysis.roles import is_module
+from ckptui.app.widgets.row_columns import GAP, KEY_MIN, fit, tensor_columns
 from ckptui.app.widgets.tree_order import FOOTER, LABELS, ORDERS, Sorter, next_order
 from ckptui.core.keypath import path_text
-from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, walk
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo, walk
 from ckptui.core.units import printable, size
 
 GROUP = 1000
@@ -114,6 +115,8 @@ class CkptTree(Tree[Entry]):
         (and the root's), counted once in the screen's open worker."""
         self.module_view = False
         """`m`: state dicts grouped into modules, placeholder nn.Modules shown as layers."""
+        self.badges: dict[KeyPath, str] = {}
+        """`NaN`, `Inf`: tensors whose values the panel found non-finite, shown on their row."""
         self.order = "file"
         """`s`: the order of every container's rows (`tree_order.ORDERS`); kept across files."""
         self._sorter: Sorter | None = None
@@ -132,6 +135,7 @@ class CkptTree(Tree[Entry]):
             self._module_rows = {}
             self._summaries = {}
             self._sorter = Sorter(ckpt.root)
+            self.badges = {}
             # a whole-module pickle opens on its layers: its raw fields are nn.Module internals
             self.module_view = is_module(ckpt.root)
         self.ckpt = ckpt
@@ -172,6 +176,7 @@ class CkptTree(Tree[Entry]):
         mark: str = "",
         part: str = "",
         more: str = "",
+        badge: str = "",
     ) -> Text:
         """A row's text; `mark` is `self` for a marked row, `below` for a row under one; `part`
         is what a framework's part is for, shown dim and slanted after the summary."""
@@ -184,6 +189,15 @@ class CkptTree(Tree[Entry]):
         else:
             key_style = Style()
         summary_style = self._fg("ckpt-tree--summary")
+        if node.kind is NodeKind.TENSOR and node.tensor is not None and not more:
+            # shape | dtype | size are columns at the row's right edge (`render_label`)
+            bullet = ("● ", self._fg("ckpt-tree--marked")) if mark == "self" else ""
+            text = Text.assemble(bullet, (printable(key_text), key_style))
+            if badge:  # words, not only colour: NO_COLOR shows it too
+                text.append(f" ⚠ {badge}", self._fg("ckpt-tree--danger"))
+            if part:
+                text.append(f" — {printable(part)}", summary_style + Style(italic=True))
+            return text
         if len(node.children) > GROUP:
             # its bytes are a walk of every node below: a 100,000-key root's label is made
             # again on every rebuild (m, esc), 0.3-1 s each time; the model is frozen
@@ -203,6 +217,48 @@ class CkptTree(Tree[Entry]):
         if part:
             text.append(f" — {printable(part)}", summary_style + Style(italic=True))
         return text
+
+    def render_label(self, node: TreeNode[Entry], base_style: Style, style: Style) -> Text:
+        """The label, and for a tensor row its shape | dtype | size columns, right-aligned at
+        the tree's edge (`row_columns`); Textual caches the drawn line per width."""
+        text = super().render_label(node, base_style, style)
+        t = self._tensor_row(node)
+        if t is None:
+            return text
+        columns = Text(tensor_columns(t), style=self._fg("ckpt-tree--summary"))
+        columns.stylize(style)
+        fitted = fit(text, columns, self._room(node), style)
+        if fitted is not None:
+            return fitted
+        text.append("  ")  # no room for columns: one run of text, as other rows
+        text.append(" ".join(columns.plain.split()), columns.style)
+        return text
+
+    def get_label_width(self, node: TreeNode[Entry]) -> int:
+        """A tensor row fills the line (`render_label`), known without drawing it: Textual asks
+        for every row's width each time rows open (1000 of them in a group)."""
+        t = self._tensor_row(node)
+        if t is not None:
+            room = self._room(node)
+            if room - len(tensor_columns(t)) - GAP >= KEY_MIN:
+                return room
+        return super().get_label_width(node)
+
+    @staticmethod
+    def _tensor_row(node: TreeNode[Entry]) -> TensorInfo | None:
+        """The tensor a row shows in columns, or None (a container, a group, the compare
+        screen's rows: DiffEntry, with their own summaries)."""
+        entry = node.data
+        if not isinstance(entry, Entry) or entry.group or entry.module or entry.raw:
+            return None
+        return entry.node.tensor if entry.node.kind is NodeKind.TENSOR else None
+
+    def _room(self, node: TreeNode[Entry]) -> int:
+        """Cells from the end of a row's guides to the tree's right edge."""
+        depth, up = 0, node.parent
+        while up is not None:
+            depth, up = depth + 1, up.parent
+        return self.scrollable_content_region.width - depth * self.guide_depth
 
     def _mark_of(self, path: KeyPath) -> str:
         if not self.marks:
@@ -228,7 +284,10 @@ class CkptTree(Tree[Entry]):
         part = self.parts.get(path, "") if self.parts else ""
         params = self.params.get(path) if self.params else None
         more = f" · {params.text()}" if params is not None and node.children else ""
-        return self._label(node, key_text, path in self._match_set, self._mark_of(path), part, more)
+        badge = self.badges.get(path, "") if self.badges else ""
+        return self._label(
+            node, key_text, path in self._match_set, self._mark_of(path), part, more, badge
+        )
 
     def _add(self, parent: TreeNode[Entry], node: Node, path: KeyPath, owner: Node) -> TreeNode:
         label = self._row_label(node, path, owner)
@@ -545,6 +604,19 @@ class CkptTree(Tree[Entry]):
             return
         self.parts = {**self.parts, **labels}
         self._relabel(self.root)
+
+    def set_badge(self, path: KeyPath, badge: str) -> None:
+        """Show `badge` (`NaN`, `Inf`) on the row of the tensor at `path`, wherever it is
+        loaded (the stored view and the module view share rows' paths)."""
+        if self.badges.get(path) == badge:
+            return
+        self.badges[path] = badge
+        stack = [self.root]
+        while stack:
+            row = stack.pop()
+            stack.extend(row.children)
+            if row.data is not None and row.data.path == path and row.data.module is None:
+                self._relabel(row)
 
     # -- marks -------------------------------------------------------------------------------
     def action_toggle_mark(self) -> None:

@@ -17,6 +17,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import ProgressBar, Static
 
 from ckptui.analysis.diff.compare import Diff
+from ckptui.analysis.params import count
 from ckptui.app.widgets.diff_rows import MARK, NAME, Kind, Row, file_name, number
 from ckptui.core import units
 from ckptui.core.keypath import path_expr, path_text
@@ -49,6 +50,9 @@ class ComparePanel(VerticalScroll):
         self.diff: Diff | None = None
         self.busy: Row | None = None
         """The row whose values `v` is comparing."""
+        self._elements: dict[tuple[int, int], tuple[int, int]] = {}
+        """`_elements` of container rows, by (id(diff), id(row)): a 100,000-leaf root is
+        walked once, not on every cursor move onto it."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="cmp-facts")
@@ -123,6 +127,10 @@ class ComparePanel(VerticalScroll):
         t = _grid("A", "B")
         t.add_row("entries", f"{row.in_a:,}", f"{row.in_b:,}")
         t.add_row("tensor bytes", units.size(row.bytes_a), units.size(row.bytes_b))
+        key = (id(self.diff), id(row))
+        if key not in self._elements:
+            self._elements[key] = _elements(row)
+        t.add_row("parameters", *(count(n) for n in self._elements[key]))
         kinds = _grid()
         for kind in Kind:
             n = row.counts[kind]
@@ -163,3 +171,20 @@ def _file_of(t: TensorInfo, ckpt: Checkpoint) -> str:
     if st is not None and st.file:
         return st.file
     return file_name(ckpt.path)
+
+
+def _elements(row: Row) -> tuple[int, int]:
+    """Tensor elements below `row` in A and in B, a tied entry counted once (at the entry it
+    is tied to), as `model.parameters()` counts them."""
+    a = b = 0
+    stack = [row]
+    while stack:
+        r = stack.pop()
+        if not r.leaf:
+            stack.extend(r.children.values())
+            continue
+        if isinstance(r.a, TensorInfo) and r.tied_a is None:
+            a += r.a.numel
+        if isinstance(r.b, TensorInfo) and r.tied_b is None:
+            b += r.b.numel
+    return a, b

@@ -25,6 +25,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.visual import visualize
 from textual.widgets import Sparkline, Static
 from textual.worker import get_current_worker
@@ -152,6 +153,14 @@ def _show(widget: Any, on: bool) -> None:
 
 class DetailPanel(VerticalScroll):
     """The right-hand (or, when narrow, lower) panel."""
+
+    class NonFinite(Message):
+        """The values of the tensor at `path` hold NaN or Inf (`badge`: `NaN`, `NaN Inf`)."""
+
+        def __init__(self, path: KeyPath, badge: str) -> None:
+            super().__init__()
+            self.path = path
+            self.badge = badge
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -483,6 +492,10 @@ class DetailPanel(VerticalScroll):
             if n
         ]
         t.add_row("non-finite", ", ".join(bad) if bad else "none")
+        if bad:  # the tree marks the row: seen once, the tensor stays flagged while browsing
+            inf = stats.posinf or stats.neginf
+            badge = " ".join(w for w, n in (("NaN", stats.nan), ("Inf", inf)) if n)
+            self.post_message(self.NonFinite(path, badge))
         t.add_row("zeros", f"{stats.zeros:,} of {stats.count:,}")
         head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in stats.head)
         t.add_row("first", head + (" …" if stats.count > len(stats.head) else ""))

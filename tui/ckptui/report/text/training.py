@@ -64,7 +64,9 @@ def resume_card(card: Any) -> RenderableType:
     w = j["weights"]
     t.add_row(
         "weights",
-        _plain(f"{_where(w['path'])} · {w['tensors']:,} tensors · {units.size(w['bytes'])}")
+        _plain(
+            f"{_where(w['path'])} · {w['tensors']:,} tensor{'' if w['tensors'] == 1 else 's'} · {units.size(w['bytes'])}"
+        )
         if w
         else "none",
     )
