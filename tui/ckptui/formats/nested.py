@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckptui.formats.legacy import read_legacy_at
 from ckptui.formats.source import MAGIC_NUMBER, Source
+from ckptui.formats.torchzip import ZipCheckpoint
 from ckptui.unpickler.inert import Blob, InertUnpickler, Malformed
 
 
 def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
     """Return the root object of the checkpoint in `blob` (usually a storage)."""
-    # deferred: the readers import source, which reads embedded checkpoints through this module
-    from ckptui.formats.legacy import read_legacy_at
-    from ckptui.formats.torchzip import ZipCheckpoint
-
     base = u.extra.get("base")
     if isinstance(blob, Blob) and base is not None:
         inner = src
@@ -56,3 +54,7 @@ def read_nested(src: Source, u: InertUnpickler, blob: Blob | bytes) -> Any:
             src.storages[key] = replace(st, data_offset=None, record="embedded copy")
         src.findings.extend(inner.findings)
     return obj
+
+
+# See Source.read_nested: the readers that find embedded checkpoints live above source.
+Source.read_nested = staticmethod(read_nested)

@@ -8,9 +8,10 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Any, ClassVar
 
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, Severity, Storage
@@ -50,6 +51,10 @@ def leads_outside(folder: str, path: str) -> str | None:
     return f"a symlink leading outside the folder (to {real}): not read"
 
 
+NestedReader = Callable[["Source", InertUnpickler, "Blob | bytes"], Any]
+"""Reads an embedded checkpoint: (the outer source, its unpickler, the bytes) -> the root object."""
+
+
 @dataclass
 class Source:
     """An open file plus what the readers learn about it.
@@ -78,6 +83,11 @@ class Source:
     nested: int = 0
     kind: str = "pickle"
     """The format the file is being read as (`Checkpoint.format`), once the reader knows it."""
+    read_nested: ClassVar[NestedReader | None] = None
+    """Reads a checkpoint embedded in a pickle (`nested.read_nested`). The readers that find
+    embedded checkpoints (zip, legacy) are the ones that read them, and they import this module:
+    `formats.nested` sets this when it loads (importing any of `formats` loads it), so this
+    module imports none of them."""
     replay_exact: bool | None = None
     """Every pickle read so far went through the confined C path, which found nothing torch's
     weights-only unpickler would refuse (`confined.py`): its replay can be skipped."""
@@ -183,16 +193,14 @@ class Source:
 
     def _load_nested(self, u: InertUnpickler, blob: Blob | bytes) -> Any:
         """Read the checkpoint embedded by `torch.storage._load_from_bytes(blob)`."""
-        from ckptui.formats.nested import (
-            read_nested,  # local: nested imports the readers, which import us
-        )
-
+        if self.read_nested is None:  # only a Source made without the readers loaded
+            raise Malformed("embedded checkpoints are not read here")
         if u.nest + 1 > self.limits.max_nesting:
             raise Malformed("embedded checkpoints nest too deep")
         self.nested += 1
         if self.nested > self.limits.max_nested_checkpoints:
             raise Malformed("too many embedded checkpoints")
-        return read_nested(self, u, blob)
+        return self.read_nested(self, u, blob)
 
 
 def storage_ref(
