@@ -16,6 +16,7 @@ from ckptui.export.dcp import chunked_kept
 from ckptui.export.shards import export_sharded, parse_size
 from ckptui.formats import open_checkpoint
 from ckptui.formats.source import is_url
+from ckptui.report.json.export import export_json, shards_json
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,19 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
     if args.json:
-        json.dump(
-            {
-                "output": result.output,
-                "bytes": result.bytes,
-                "tensors": result.tensors,
-                "predicted_bytes": result.predicted_bytes,
-                "verified": result.verified,
-                "kept_paths": [list(p) for p in result.kept_paths],
-                "bytes_read": result.bytes_read,
-                "missing": [list(p) for p, _ in plan.missing],
-            },
-            sys.stdout,
-        )
+        json.dump(export_json(result, plan), sys.stdout)
         sys.stdout.write("\n")
     else:
         stripped = f", stripped {plan.strip_prefix!r}" if plan.strip_prefix else ""
@@ -182,18 +171,7 @@ def _export_shards(args: argparse.Namespace, ckpt: Any, plan: Any) -> int:
             )
     written = sum(r.bytes for r in results)
     if args.json:
-        json.dump(
-            {
-                "output": index,
-                "bytes": written,
-                "tensors": sum(r.tensors for r in results),
-                "predicted_bytes": sum(r.predicted_bytes for r in results),
-                "verified": all(r.verified for r in results),
-                "kept_paths": [list(p) for p in plan.keep],
-                "shards": [r.output for r in results],
-            },
-            sys.stdout,
-        )
+        json.dump(shards_json(results, index, plan), sys.stdout)
         sys.stdout.write("\n")
     else:
         print(

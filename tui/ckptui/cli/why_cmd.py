@@ -8,8 +8,7 @@ import json
 import sys
 from typing import Any
 
-from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
-from ckptui.analysis.sizes.findings import SizeFinding
+from ckptui.analysis.sizes.duplicates import duplicates_per_file, find_duplicates, skip_reason
 from ckptui.analysis.sizes.folder import breakdown_of
 from ckptui.cli.args import PATH_HELP
 from ckptui.core.errors import CkptError
@@ -47,12 +46,8 @@ def run(args: argparse.Namespace) -> int:
         files: list[tuple[str, Any, Any]] = []
         b = breakdown_of(ckpt, lambda name, c, fb: files.append((name, c, fb)), exported_size)
         if not args.no_duplicates:
-            found = []
-            for name, c, fb in files:
-                found += [
-                    _prefixed(f, name) for f in _duplicates(c, fb, show_progress=show_progress)
-                ]
-            b.add_findings(found)
+            search = lambda c, fb: _duplicates(c, fb, show_progress)
+            b.add_findings(duplicates_per_file(files, search))
     else:
         b = breakdown_of(ckpt, weights_size=exported_size)
         if not args.no_duplicates and folder is None:
@@ -63,11 +58,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         render_breakdown(ckpt, b, top=max(1, args.top), depth=max(1, args.depth))
     return 0
-
-
-def _prefixed(f: Any, name: str) -> Any:
-    paths = tuple((name, *p) for p in f.paths)
-    return SizeFinding(f.kind, f.bytes, f.saving_bytes, paths, f"{name}: {f.message}")
 
 
 def _duplicates(ckpt: Any, b: Any, show_progress: bool) -> list[Any]:

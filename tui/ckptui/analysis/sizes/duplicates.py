@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ckptui.analysis.roles import Role
@@ -191,3 +191,19 @@ def _edge_hash(fd: int, offset: int, nbytes: int) -> bytes:
     if nbytes > 2 * _EDGE:
         h.update(os.pread(fd, _EDGE, offset + nbytes - _EDGE))
     return h.digest()
+
+
+def under_file(f: SizeFinding, name: str) -> SizeFinding:
+    """A finding of one checkpoint file of a folder, as the folder's: its paths and message
+    under the file's relative name (the folder's breakdown keys each file's tree by it)."""
+    paths = tuple((name, *p) for p in f.paths)
+    return SizeFinding(f.kind, f.bytes, f.saving_bytes, paths, f"{name}: {f.message}")
+
+
+def duplicates_per_file(
+    files: Iterable[tuple[str, Checkpoint, Breakdown]],
+    search: Callable[[Checkpoint, Breakdown], list[SizeFinding]],
+) -> list[SizeFinding]:
+    """The duplicate search of a folder: each checkpoint file searched on its own (`search`,
+    e.g. `find_duplicates` with a progress bar), its findings named under the file."""
+    return [under_file(f, name) for name, ckpt, b in files for f in search(ckpt, b)]
