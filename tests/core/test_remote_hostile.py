@@ -358,7 +358,15 @@ def test_a_redirect_on_the_same_server_is_followed(
         ("https://h/a", "http://h/a", "plain http"),
         ("http://h/a", "file:///etc/passwd", "a URL that is not http(s)"),
         ("http://h/a", "http://h:99999999/a", "another port"),
-        ("https://huggingface.co/m/resolve/main/w", "https://cdn-lfs.hf.co/x", "another host"),
+        # the Hub's resolve/ URLs redirect to its own CDN: followed (a user passes the Hub URL)
+        ("https://huggingface.co/m/resolve/main/w", "https://cdn-lfs.hf.co/x", None),
+        ("https://huggingface.co/m/resolve/main/w", "https://cas-bridge.xethub.hf.co/x", None),
+        ("https://huggingface.co/m/resolve/main/w", "http://cdn-lfs.hf.co/x", "plain http"),
+        ("https://huggingface.co/m/resolve/main/w", "https://evil.example/x", "another host"),
+        ("https://huggingface.co/m/resolve/main/w", "https://nothf.co/x", "another host"),
+        ("https://h.example/a", "https://cdn.h.example/a", None),  # a subdomain: same owner
+        ("https://h.example/a", "https://evilh.example/a", "another host"),  # not a subdomain
+        ("https://cdn.h.example/a", "https://h.example/a", "another host"),  # not upward
     ],
 )
 def test_which_redirects_stay_on_the_server(here: str, there: str, why: str | None) -> None:

@@ -110,14 +110,26 @@ def _server(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
+_SAME_OWNER = {"huggingface.co": ("huggingface.co", "hf.co")}
+"""Hosts whose files live on their owner's other domains: the Hub's `resolve/` URLs redirect
+every weights file to its CDN (`cdn-lfs.hf.co`, `cas-bridge.xethub.hf.co`)."""
+
+
+def _same_owner(named: str, target: str) -> bool:
+    """`target` is `named`, a subdomain of it, or one of its owner's domains (`_SAME_OWNER`)."""
+    roots = _SAME_OWNER.get(named, (named,))
+    return any(target == r or target.endswith("." + r) for r in roots)
+
+
 def refused_redirect(here: str, there: str) -> str | None:
-    """Why a redirect from `here` to `there` is refused, or None when it stays on the server:
-    same host and port, or http to https on the default ports. Another host would have ckptui
-    read a file from a server the user never named (and send it the URL's query)."""
+    """Why a redirect from `here` to `there` is refused, or None when it stays with the server's
+    owner: the same host (or a subdomain of it, or for the Hugging Face Hub its CDN domains)
+    and port, or http to https on the default ports. Another host would have ckptui read a file
+    from a server the user never named (and send it the URL's query)."""
     (s1, h1, p1), (s2, h2, p2) = _server(here), _server(there)
     if s2 not in ("http", "https"):
         return "a URL that is not http(s)"
-    if h2 != h1:
+    if not _same_owner(h1, h2):
         return "another host"
     if s1 == "https" and s2 == "http":
         return "plain http"
