@@ -61,3 +61,23 @@ def test_zero_size_dimensions_diff_and_values(tmp_path: Path) -> None:
     ckpt = open_checkpoint(a)
     for path, t in ckpt.tensors():
         assert tensor_stats(ckpt, t).count == truth[path[0]].numel()
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (2, 0), (0, 3), (2, 0, 3), (4, 1, 0, 5), (3, 4, 5)])
+def test_contiguous_strides_are_torchs(shape: tuple[int, ...]) -> None:
+    """One rule for a new tensor's strides (issue 15): a zero-size dimension counts as 1, as
+    torch counts it; the safetensors reader and the export used to disagree on it."""
+    from ckptui.core.dtypes import contiguous_strides
+
+    assert contiguous_strides(shape) == torch.empty(shape).stride()
+
+
+def test_safetensors_empty_tensor_has_torchs_strides(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ckptui.formats import open_checkpoint
+
+    p = tmp_path / "e.safetensors"
+    save_file({"e": torch.empty(2, 0, 3)}, str(p))
+    (t,) = [n.tensor for n in open_checkpoint(p).root.children]
+    assert t.stride == torch.empty(2, 0, 3).stride() == (3, 3, 1)

@@ -101,3 +101,14 @@ def is_floating(name: str) -> bool:
     """True for floating-point dtypes."""
     d = DTYPES.get(name)
     return bool(d and d.floating)
+
+
+def contiguous_strides(shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The row-major strides torch gives a new tensor of `shape`: a zero-size dimension counts
+    as 1 (`torch.empty(2, 0, 3).stride()` is `(3, 3, 1)`), as do the dimensions after it."""
+    out = [0] * len(shape)
+    acc = 1
+    for i in range(len(shape) - 1, -1, -1):  # filled from the end: linear in the dims
+        out[i] = acc
+        acc *= max(shape[i], 1)
+    return tuple(out)

@@ -14,7 +14,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
-from ckptui.core.dtypes import DTYPES, STORAGE_DTYPES
+from ckptui.core.dtypes import DTYPES, STORAGE_DTYPES, contiguous_strides
 
 _CLASSIC = {
     dtype: name.split(".", 1)[1]
@@ -183,11 +183,7 @@ def _tensor_of(
     t: TensorOut | None = None,
 ) -> bytes:
     """The rebuild call of a contiguous tensor; `t` gives a quantized one's scheme."""
-    stride: list[int] = []
-    acc = 1
-    for d in reversed(shape):
-        stride.insert(0, acc)
-        acc *= d
+    stride = contiguous_strides(shape)
     classic = dtype in _CLASSIC
     # Newer dtypes (float8, float4, uint16...) are counted in bytes of an untyped storage,
     # named as torch.save names it: weights_only refuses the `torch.UntypedStorage` alias.

@@ -11,7 +11,7 @@ import json
 import struct
 from typing import Any
 
-from ckptui.core.dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES
+from ckptui.core.dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES, contiguous_strides
 from ckptui.core.errors import CorruptFile
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Storage, TensorInfo
 from ckptui.formats.source import Source, corrupt
@@ -215,10 +215,5 @@ def _tensor(path: str, name: str, entry: Any, data_len: int) -> TensorInfo:
         # No torch dtype holds these as they are stored (F6; F4 with an odd last dimension):
         # the header's shape, and a name whose bytes count by bits (see dtypes.SUB_BYTE_BITS).
         dtype = SUB_BYTE_NAMES[code]
-    stride: list[int] = []
-    acc = 1
-    for d in reversed(shape):  # appended then reversed: linear, where insert(0) was quadratic
-        stride.append(acc)
-        acc *= d
-    stride.reverse()
-    return TensorInfo(tuple(shape), dtype, tuple(stride), name, 0, itemsize, "cpu")
+    stride = contiguous_strides(shape)
+    return TensorInfo(tuple(shape), dtype, stride, name, 0, itemsize, "cpu")

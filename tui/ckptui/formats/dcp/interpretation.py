@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ckptui.core.dtypes import itemsize_of
+from ckptui.core.dtypes import contiguous_strides, itemsize_of
 from ckptui.core.tree import TensorInfo
 from ckptui.formats.dcp.fast_unpickler import MD_PREFIX, Call, Dict, Record, Size
 from ckptui.unpickler.inert import Global, Malformed, PDict, PObject
@@ -192,7 +192,7 @@ def _tensor_entry(
     if info is None:
         name = dtype.name
         info = TensorInfo(
-            shape, name, _contiguous(shape), None, 0, itemsize_of(name), "cpu", requires_grad
+            shape, name, contiguous_strides(shape), None, 0, itemsize_of(name), "cpu", requires_grad
         )
         infos[ident] = info
     return info, chunks
@@ -237,12 +237,3 @@ def _storage_data(sd: Any) -> dict[StorageIndex, tuple[str, int, int, bool]]:
             inside.add(rel)
         out[(fqn, offsets)] = (rel, at, n, bool(vs.get("transform_descriptors")))
     return out
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    stride: list[int] = []
-    acc = 1
-    for d in reversed(shape):
-        stride.append(acc)
-        acc *= max(d, 1)
-    return tuple(reversed(stride))

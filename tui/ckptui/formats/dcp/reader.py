@@ -30,6 +30,7 @@ No torch here: opening must not pay torch's start-up.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,7 @@ class _Reader:
                 info.itemsize, "cpu", info.requires_grad,
             )  # fmt: skip
             return Node.make(NodeKind.TENSOR, "torch.Tensor", key, tensor=t)
-        if sum(_numel(c.sizes) for c in chunks) < info.numel:
+        if sum(math.prod(c.sizes) for c in chunks) < info.numel:
             self.problems.add("", "uncovered", fqn)
         t = TensorInfo(
             info.shape, info.dtype, info.stride, None, 0, info.itemsize, "cpu",
@@ -280,7 +281,7 @@ class _Reader:
 
     def chunk(self, c: Chunk, info: TensorInfo) -> None:
         """Locate a chunk's raw bytes; sets `c.rec` when they can be read in place."""
-        nbytes = _numel(c.sizes) * info.itemsize
+        nbytes = math.prod(c.sizes) * info.itemsize
         loc = self.md.storage.get((c.fqn, c.offsets))
         if loc is None:
             self.problems.add("", "no_storage_data", c.fqn)
@@ -403,13 +404,6 @@ class _Reader:
             return Node.make(NodeKind.MAPPING, "dict", key, children)
 
         return build(None, tree)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _span(rec: TensorRec) -> int:
