@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptui.analysis.training.optim_map import Entry, OptimizerMapping, map_optimizers
+from ckptui.analysis.training.optim_map import OptimizerEntry, OptimizerMapping, map_optimizers
 from ckptui.formats import open_checkpoint
 from ckptui.report.json.training import optimizer_params_json, param_groups_json
 from tests.conftest import TinyNet
@@ -340,7 +340,7 @@ def test_json_forms(tmp_path: Path) -> None:
     assert len(rows) == 10
     (g,) = param_groups_json(ms)
     assert g["kind"] == "Adam-style" and g["step"] == 1 and g["weights_path"] == ["model"]
-    assert isinstance(ms[0].entries[0], Entry)
+    assert isinstance(ms[0].entries[0], OptimizerEntry)
 
 
 class GAN(torch.nn.Module):

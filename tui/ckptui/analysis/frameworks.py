@@ -24,7 +24,7 @@ list of optimizer state dicts, a list of scheduler state dicts, or other framewo
 
 
 @dataclass(frozen=True, slots=True)
-class Part:
+class FrameworkPart:
     """One labelled part of a framework's checkpoint."""
 
     path: KeyPath
@@ -43,7 +43,7 @@ class Framework:
     """Human name: `Lightning`."""
     version: str | None
     """The framework's version recorded in the file, when it records one."""
-    parts: tuple[Part, ...]
+    parts: tuple[FrameworkPart, ...]
     """Labelled parts, in tree order."""
     optimizers: tuple[KeyPath, ...] = ()
     """Each optimizer state dict the framework saved (entries of Lightning's `optimizer_states`)."""
@@ -123,7 +123,7 @@ def _detect_lightning(root: Node) -> Framework | None:
     if version_node is None:
         return None
     version = version_node.value if isinstance(version_node.value, str) else version_node.text
-    parts: list[Part] = []
+    parts: list[FrameworkPart] = []
     optimizers: tuple[KeyPath, ...] = ()
     progress: list[tuple[str, int]] = []
     for c in root.children:
@@ -133,20 +133,20 @@ def _detect_lightning(root: Node) -> Framework | None:
         path = (key,)
         known = _LIGHTNING_LABELS.get(key)
         if key == "callbacks" and c.children:
-            parts.append(Part(path, _callbacks_label(c)))
+            parts.append(FrameworkPart(path, _callbacks_label(c)))
         elif key == "callbacks":
-            parts.append(Part(path, "callback states"))
+            parts.append(FrameworkPart(path, "callback states"))
         elif key == "state_dict" and c.kind not in (NodeKind.MAPPING, NodeKind.OBJECT):
             continue  # not a module's state dict: leave it unlabelled
         elif known is not None:
-            parts.append(Part(path, *known))
+            parts.append(FrameworkPart(path, *known))
             if known[1] == "optimizers" and c.kind is NodeKind.SEQUENCE:
                 optimizers = tuple((key, e.key) for e in c.children if e.kind is NodeKind.MAPPING)
         elif key.endswith("Precision") and c.kind is NodeKind.MAPPING:
             # Lightning 2 keys the precision plugin's state by its class name (`MixedPrecision`).
             scaler = c.child("scale") is not None
             parts.append(
-                Part(path, "AMP grad scaler state" if scaler else "precision plugin state")
+                FrameworkPart(path, "AMP grad scaler state" if scaler else "precision plugin state")
             )
         if key in ("epoch", "global_step") and type(c.value) is int:
             progress.append(("epoch" if key == "epoch" else "step", c.value))

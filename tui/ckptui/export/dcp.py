@@ -32,6 +32,7 @@ from typing import Any
 from ckptui.core.dtypes import SAFETENSORS_CODE, itemsize_of
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path
+from ckptui.core.progress import NamedProgress
 from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.export.atomic import check_target, fsync_dir, temp_beside
 from ckptui.export.plan import (
@@ -43,7 +44,6 @@ from ckptui.export.plan import (
     kept_tensors,
     output_names,
 )
-from ckptui.export.writers import Progress
 
 BATCH_BYTES = 1 << 30
 """Tensor bytes requested from DCP per load call: progress is reported after each batch."""
@@ -80,7 +80,7 @@ def export_dcp_plan(
     plan: Plan,
     out: str | os.PathLike[str],
     force: bool = False,
-    progress: Progress | None = None,
+    progress: NamedProgress | None = None,
 ) -> Result:
     """`export_dcp` with the choices of a plan made by `make_plan` on the same checkpoint."""
     return export_dcp(
@@ -103,7 +103,7 @@ def export_dcp(
     dtype: str = "keep",
     fmt: str = "pth",
     force: bool = False,
-    progress: Progress | None = None,
+    progress: NamedProgress | None = None,
 ) -> Result:
     """Write the tensors under `keep` of a DCP checkpoint (opened by `formats.dcp.read_dcp`)
     to one file, via a verified temporary file.
@@ -273,7 +273,7 @@ def _safe_reader(folder: str) -> Any:
     return SafeReader(folder)
 
 
-def _load(ckpt: Checkpoint, items: list[_Item], progress: Progress | None, total: int) -> Any:
+def _load(ckpt: Checkpoint, items: list[_Item], progress: NamedProgress | None, total: int) -> Any:
     """The kept tensors, by output name, loaded (and cast) by torch's DCP reader."""
     import pickle
     import warnings

@@ -22,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ckptui.core.errors import ExportError
+from ckptui.core.progress import NamedProgress
 from ckptui.export.atomic import check_target, fsync_dir, temp_beside
 from ckptui.export.dcp import chunked_kept, export_dcp_plan
 from ckptui.export.plan import Plan, Result
 from ckptui.export.quantized import written_differences
-from ckptui.export.writers import Progress, predicted_size, write
+from ckptui.export.writers import predicted_size, write
 from ckptui.formats import open_checkpoint
 from ckptui.tensors.reader import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
 
@@ -35,8 +36,8 @@ def export(
     plan: Plan,
     out: str | os.PathLike[str],
     force: bool = False,
-    progress: Progress | None = None,
-    verify_progress: Progress | None = None,
+    progress: NamedProgress | None = None,
+    verify_progress: NamedProgress | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Result:
     """Write `plan` to `out` via a verified temporary file.
@@ -90,7 +91,7 @@ def export(
 
 
 def _verify(
-    plan: Plan, written: str, progress: Progress | None, digests: Digests | None = None
+    plan: Plan, written: str, progress: NamedProgress | None, digests: Digests | None = None
 ) -> None:
     """Reopen the output and compare every tensor with the source's bytes, bit for bit; or, for
     a tensor in `digests` (remote sources), with the digest taken while it was written."""

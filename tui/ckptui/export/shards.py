@@ -18,10 +18,10 @@ import re
 from pathlib import Path
 
 from ckptui.core.errors import ExportError
+from ckptui.core.progress import NamedProgress
 from ckptui.export.atomic import check_target, temp_beside
 from ckptui.export.plan import Item, Plan, Result
 from ckptui.export.run import export
-from ckptui.export.writers import Progress
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -76,7 +76,7 @@ def export_sharded(
     target: str,
     max_bytes: int,
     force: bool = False,
-    progress: Progress | None = None,
+    progress: NamedProgress | None = None,
 ) -> tuple[list[Result], str]:
     """Write `plan` as shards of at most `max_bytes` of tensor data and an index beside them.
 

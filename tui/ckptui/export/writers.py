@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckptui.core.dtypes import SAFETENSORS_CODE
+from ckptui.core.progress import NamedProgress
 from ckptui.export.pickle_out import DtypeOut, NjtOut, TensorOut, Value, state_dict_pickle
 from ckptui.export.zipwriter import ZipWriter, size_of
 from ckptui.tensors.reader import SourceBytes
@@ -21,8 +22,6 @@ from ckptui.tensors.reader import SourceBytes
 if TYPE_CHECKING:  # the plan imports the writers (its exact size); they only read its type
     from ckptui.export.plan import Item, Plan
 
-Progress = Callable[[int, int, str], None]
-"""Called with (bytes written, bytes in all, name of the tensor being written)."""
 
 _SMALL_RECORDS = [
     (".format_version", b"1"),
@@ -134,7 +133,7 @@ def predicted_size(plan: Plan) -> int:
 def write(
     plan: Plan,
     f: BinaryIO,
-    progress: Progress | None = None,
+    progress: NamedProgress | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> int | None:
     """Write the output of `plan` to `f` (a seekable binary file at offset 0). `cancelled` is
@@ -148,7 +147,7 @@ def write(
         return src.bytes_read if src.is_remote else None
 
 
-def _write(plan: Plan, f: BinaryIO, progress: Progress | None, src: SourceBytes) -> None:
+def _write(plan: Plan, f: BinaryIO, progress: NamedProgress | None, src: SourceBytes) -> None:
     total = plan.data_bytes
     done = 0
     src.plan(plan.items)

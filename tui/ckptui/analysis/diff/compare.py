@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ckptui.analysis.diff.values import Progress, iter_values
+from ckptui.analysis.diff.values import iter_values
 from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of
 from ckptui.core.errors import CkptError
+from ckptui.core.progress import Progress
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo, walk
 
 __all__ = ["Diff", "diff_checkpoints"]

@@ -19,14 +19,13 @@ from typing import Any
 from ckptui.analysis.state_dict import unexportable
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
+from ckptui.core.progress import Progress
 from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.tensors.reader import Piece, SourceBytes
 from ckptui.tensors.values import Cancelled, ValuesUnavailable, element_type
 
 __all__ = ["PIECE", "Progress", "ValueResult", "iter_values"]
 
-Progress = Callable[[int, int], None]
-"""Called with (tensor bytes read so far, bytes to read in all), both files together."""
 
 PIECE = 1 << 20
 """Elements cast to float64 at a time when two chunks differ (bounds the working memory)."""

@@ -21,6 +21,7 @@ from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.breakdown import Breakdown
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.core.keypath import describe_path
+from ckptui.core.progress import Progress
 from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.core.units import size
 from ckptui.formats.source import is_url
@@ -32,9 +33,6 @@ DUPLICATE_MIN = 64 << 10
 _EDGE = 64 << 10
 _CHUNK = 4 << 20
 
-Progress = Callable[[int, int], None]
-"""Called with (bytes hashed so far, bytes to hash in all): first for the edges of every
-candidate, then again from 0 for the whole tensors that still match (the last call's total)."""
 
 _Member = tuple[KeyPath, TensorInfo, int]
 """A candidate: its path, its tensor, and where its bytes start in the file."""

@@ -63,7 +63,7 @@ _SCALAR_KEYS = frozenset({"step", "eta", "mu"})
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class OptimizerEntry:
     """One optimizer entry (a `params` item and/or a `state` key) and the parameter it names."""
 
     index: int
@@ -102,7 +102,7 @@ class OptimizerMapping:
     params_from: Literal["module", "names", "convention", "none"]
     """How parameters were told from buffers: the module's `_parameters`, the state's own FQN
     keys, naming/dtype convention, or no weights to name them at all."""
-    entries: tuple[Entry, ...] = ()
+    entries: tuple[OptimizerEntry, ...] = ()
     groups: tuple[GroupLine, ...] = ()
     notes: tuple[str, ...] = ()
     """Facts about the whole mapping (tied weights counted once)."""
@@ -214,7 +214,7 @@ def _map_one(
         source = "names"  # type: ignore[assignment]
         known = {p for p, _ in params}
         entries = [
-            Entry(i, k, gi, str(k), "exact",
+            OptimizerEntry(i, k, gi, str(k), "exact",
                   None if not known or k in known else "named by the file; not among the weights")
             for i, (gi, k) in enumerate(listed)
         ]  # fmt: skip
@@ -224,7 +224,7 @@ def _map_one(
     base = len(entries)
     for j, k in enumerate(orphans):
         why = "in `state` but in no param group's `params`"
-        entries.append(Entry(base + j, k, None, None, "ambiguous", why))
+        entries.append(OptimizerEntry(base + j, k, None, None, "ambiguous", why))
     names = [e.param for e in entries]
     lines = _group_lines(ckpt, groups_node, [len(k) for k in group_keys], names)
     step = _first_step(ckpt, state)
@@ -251,7 +251,7 @@ def _align_entries(
     shapes: list[Shape | None],
     params: list[tuple[str, Shape]],
     source: str,
-) -> list[Entry]:
+) -> list[OptimizerEntry]:
     """Entries placed on `params` by order, checked by shape (see the module docstring)."""
     m, n = len(listed), len(params)
     if not params:
@@ -276,7 +276,7 @@ def _align_entries(
         if len(opts) == 1:
             j = opts[0]
             why = None if shapes[i] is not None else "no state to check its shape; placed by order"
-            out.append(Entry(i, k, g, params[j][0], "by-shape", why))
+            out.append(OptimizerEntry(i, k, g, params[j][0], "by-shape", why))
         else:
             fits = " or ".join(params[j][0] for j in opts[:2]) + (
                 " or ..." if len(opts) > 2 else ""
@@ -284,12 +284,12 @@ def _align_entries(
             what = "no state to check" if shapes[i] is None else f"state shape {list(shapes[i])}"
             why = (f"index {k}: {what}, fits {fits}; several order-preserving placements of "
                    f"{m} entries on {n} {where}")  # fmt: skip
-            out.append(Entry(i, k, g, None, "ambiguous", why))
+            out.append(OptimizerEntry(i, k, g, None, "ambiguous", why))
     return out
 
 
-def _unknown(listed: list[tuple[int, int | str]], why: str) -> list[Entry]:
-    return [Entry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
+def _unknown(listed: list[tuple[int, int | str]], why: str) -> list[OptimizerEntry]:
+    return [OptimizerEntry(i, k, g, None, "ambiguous", why) for i, (g, k) in enumerate(listed)]
 
 
 # -- groups and step --------------------------------------------------------------------------

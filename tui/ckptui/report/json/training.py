@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from ckptui.analysis.training.facts import TrainingFacts
-from ckptui.analysis.training.optim_map import Entry, OptimizerMapping
+from ckptui.analysis.training.optim_map import OptimizerEntry, OptimizerMapping
 from ckptui.core.units import json_number
 
 
 def optimizer_params_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
     """The `optimizer_params` list: every entry of every optimizer, flat."""
-    fields = Entry.__slots__  # index, key, group, param, confidence, why
+    fields = OptimizerEntry.__slots__  # index, key, group, param, confidence, why
     return [
         {"optimizer_path": list(m.optimizer_path), **{f: getattr(e, f) for f in fields}}
         for m in mappings
