@@ -225,13 +225,18 @@ class CkptTree(Tree[Entry]):
         t = self._tensor_row(node)
         if t is None:
             return text
-        columns = Text(tensor_columns(t), style=self._fg("ckpt-tree--summary"))
+        room = self._room(node)
+        full = tensor_columns(t)
+        if text.cell_len + GAP + len(full) > room:
+            # the key comes first: a shape the panel shows anyway gives way before it is cut
+            full = tensor_columns(t, shape=False)
+        columns = Text(full, style=self._fg("ckpt-tree--summary"))
         columns.stylize(style)
-        fitted = fit(text, columns, self._room(node), style)
+        fitted = fit(text, columns, room, style)
         if fitted is not None:
             return fitted
-        text.append("  ")  # no room for columns: one run of text, as other rows
-        text.append(" ".join(columns.plain.split()), columns.style)
+        text.append("  ")  # no room for columns: one run of text, as other rows, shape kept
+        text.append(" ".join(tensor_columns(t).split()), columns.style)
         return text
 
     def get_label_width(self, node: TreeNode[Entry]) -> int:
@@ -240,7 +245,7 @@ class CkptTree(Tree[Entry]):
         t = self._tensor_row(node)
         if t is not None:
             room = self._room(node)
-            if room - len(tensor_columns(t)) - GAP >= KEY_MIN:
+            if room - len(tensor_columns(t, shape=False)) - GAP >= KEY_MIN:
                 return room
         return super().get_label_width(node)
 

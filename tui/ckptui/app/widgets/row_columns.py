@@ -4,7 +4,8 @@ At 80 columns a tensor row used to read `module.layer1.0.conv1.weight  torch.Ten
 float32 · 2.2 KiB`, and the size, the part a user scans for, was the part cut off. Rows now put
 the key on the left and the three facts in fixed columns on the right, so they line up from row
 to row at any depth and survive 80 columns: a key too long for the line loses its middle
-(`module.layer3.0.dow…1.running_mean`), never the numbers. Only rich here, no Textual.
+(`module.layer3.0.dow…1.running_mean`), never the numbers; before it is cut, the
+shape gives way (the panel shows it). Only rich here, no Textual.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from rich.style import Style
 from rich.text import Text
 
 from ckptui.core.tree import TensorInfo
-from ckptui.core.units import shape, short_type, size
+from ckptui.core.units import shape as shape_text
+from ckptui.core.units import short_type, size
 
 DTYPE_WIDTH = 8
 """Cells of the dtype column (`bfloat16`)."""
@@ -25,11 +27,12 @@ GAP = 2
 """Cells between the key and the columns."""
 
 
-def tensor_columns(t: TensorInfo) -> str:
+def tensor_columns(t: TensorInfo, shape: bool = True) -> str:
     """`  [8, 8, 3, 3] float32     2.2 KiB`: the shape right-aligned, the dtype (with a device
     other than the CPU, a layout other than strided) left-aligned, the size right-aligned. A
     type other than a plain tensor (`Parameter`, a subclass) comes first: it is rare, and says
-    something."""
+    something. Without `shape`, the dtype and size only: what a row keeps when its key needs
+    the room (the panel shows the shape)."""
     kind = short_type(t.type)
     lead = "" if kind in ("torch.Tensor", "Tensor") else f"{kind} "
     dtype = t.dtype
@@ -39,7 +42,8 @@ def tensor_columns(t: TensorInfo) -> str:
         dtype += f" {t.layout}"
     # The shape is not padded: right-aligned against the dtype, a long one grows to the left,
     # and the key keeps every cell the shape does not need.
-    return f"{lead}{shape(t.shape)} {dtype:<{DTYPE_WIDTH}} {size(t.nbytes):>{SIZE_WIDTH}}"
+    dims = f"{shape_text(t.shape)} " if shape else ""
+    return f"{lead}{dims}{dtype:<{DTYPE_WIDTH}} {size(t.nbytes):>{SIZE_WIDTH}}"
 
 
 def fit(key: Text, columns: Text, width: int, style: Style | str = "") -> Text | None:
