@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from ckptui.analysis.modules import INTERNALS, Entry, Module, describe, module_rows
+from ckptui.analysis.modules import INTERNALS, Module, ModuleEntry, describe, module_rows
 from ckptui.analysis.params import count, count_params, params_at
 from ckptui.analysis.roles import weights_path
 from ckptui.formats import open_checkpoint
@@ -110,7 +110,12 @@ def test_a_whole_module_pickle_shows_its_layers_titled_as_torch_builds_them(resn
     # parameters and buffers are the leaves, the internals one row away
     conv = by_name(top["conv1"].rows())
     assert list(conv) == ["weight", INTERNALS]
-    assert isinstance(conv["weight"], Entry) and conv["weight"].node.tensor.shape == (8, 3, 7, 7)
+    assert isinstance(conv["weight"], ModuleEntry) and conv["weight"].node.tensor.shape == (
+        8,
+        3,
+        7,
+        7,
+    )
     assert conv[INTERNALS].internals and conv[INTERNALS].node.child("_backward_hooks") is not None
     bn = by_name(top["bn1"].rows())
     assert list(bn) == [

@@ -71,7 +71,7 @@ def warm(rows: list[Row] | None, levels: int = 1) -> None:
 
 
 @dataclass(eq=False)
-class Entry:
+class ModuleEntry:
     """A leaf of the module view: one tensor (or value) of the checkpoint, under its name."""
 
     name: str
@@ -82,7 +82,7 @@ class Entry:
     """True for the row that shows a placeholder module's raw fields."""
 
 
-Row = Module | Entry
+Row = Module | ModuleEntry
 
 
 def has_modules(node: Node) -> bool:
@@ -111,7 +111,7 @@ def module_rows(node: Node, path: KeyPath) -> list[Row] | None:
         if c.kind is tensor and isinstance(c.key, str):
             members.append((c.key, c))
         else:  # plain values, nested mappings, refs: shown as they are, after the modules
-            rest.append(Entry(str(c.key), (*path, c.key), c))
+            rest.append(ModuleEntry(str(c.key), (*path, c.key), c))
     return _group(members, path, "") + rest
 
 
@@ -139,7 +139,7 @@ def _group(members: list[tuple[str, Node]], path: KeyPath, prefix: str) -> list[
     for is_leaf, name in order:
         if is_leaf:
             node = leaves[name]
-            rows.append(Entry(name, (*path, node.key), node))
+            rows.append(ModuleEntry(name, (*path, node.key), node))
             continue
         g = groups[name]
         sub = f"{prefix}.{name}" if prefix else name
@@ -161,7 +161,7 @@ def _module_rows(node: Node, path: KeyPath, prefix: str) -> list[Row]:
             if is_module(c):
                 rows.append(Module(name, sub, child_path, count_params(c), c, describe(c)))
             elif c.kind is not NodeKind.VALUE or c.value is not None:  # `downsample = None`
-                rows.append(Entry(name, child_path, c))
+                rows.append(ModuleEntry(name, child_path, c))
     for holder in ("_parameters", "_buffers"):
         tensors = fields.get(holder)
         if tensors is None:
@@ -169,8 +169,8 @@ def _module_rows(node: Node, path: KeyPath, prefix: str) -> list[Row]:
         for c in tensors.children:
             if c.kind is NodeKind.VALUE and c.value is None:  # `bias=False` leaves a None
                 continue
-            rows.append(Entry(str(c.key), (*path, holder, c.key), c))
-    rows.append(Entry(INTERNALS, path, node, internals=True))
+            rows.append(ModuleEntry(str(c.key), (*path, holder, c.key), c))
+    rows.append(ModuleEntry(INTERNALS, path, node, internals=True))
     return rows
 
 

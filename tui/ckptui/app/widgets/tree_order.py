@@ -92,8 +92,8 @@ class Sorter:
         """Module-view rows in `order`; a placeholder module's internals row stays last."""
         if order == "file" or len(rows) < 2:
             return rows
-        inner = [r for r in rows if isinstance(r, mv.Entry) and r.internals]
-        rest = [r for r in rows if not (isinstance(r, mv.Entry) and r.internals)]
+        inner = [r for r in rows if isinstance(r, mv.ModuleEntry) and r.internals]
+        rest = [r for r in rows if not (isinstance(r, mv.ModuleEntry) and r.internals)]
         if order == "name":
             rest.sort(key=lambda r: natural_key(r.name))
         elif order == "size":
