@@ -776,7 +776,8 @@ async def test_the_export_dialog_writes_a_remote_checkpoint_locally(
     async with app.run_test(size=(110, 32)) as pilot:
         await opened(pilot)
         screen = await open_dialog(pilot)
-        assert screen.query_one("#export-target", Input).value == "train.slim.pth"
+        # with no marks the dialog suggests the root panel's name (issue 18): <stem>.weights.pth
+        assert screen.query_one("#export-target", Input).value == "train.weights.pth"
         await pilot.press("enter")
         await finish(pilot)
         done = app.screen
@@ -787,7 +788,7 @@ async def test_the_export_dialog_writes_a_remote_checkpoint_locally(
         assert f"Fetched {fetched} of the {units.size(training_zip.stat().st_size)}" in said
     local = tmp_path / "local.pth"
     assert main(["export", str(training_zip), "-o", str(local)]) == 0
-    assert (tmp_path / "train.slim.pth").read_bytes() == local.read_bytes()
+    assert (tmp_path / "train.weights.pth").read_bytes() == local.read_bytes()
 
 
 def test_a_remote_export_stops_at_once_while_the_server_stalls(
