@@ -26,7 +26,6 @@ from ckptui.formats.naming import output_stem
 CAST_TARGETS = {"keep": None, "bf16": "bfloat16", "fp16": "float16"}
 CASTABLE = {"float32", "float64", "float16", "bfloat16"}
 """Floating dtypes a cast applies to; integer and bool buffers (and float8) are left alone."""
-"""Prefixes DataParallel/DDP and torch.compile add to every key, offered for stripping."""
 
 
 @dataclass(frozen=True, slots=True)

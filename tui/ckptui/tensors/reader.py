@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from ckptui.core.errors import CkptError, ExportError
-from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
+from ckptui.core.tree import Checkpoint, TensorInfo
 from ckptui.formats.source import is_url
 from ckptui.tensors.values import chunks_of, element_type, interruptible, strided_view
 
@@ -53,7 +53,6 @@ class Piece:
     """A tensor to read as it is stored (value comparison; the export uses its plan's items)."""
 
     name: str
-    source: KeyPath
     tensor: TensorInfo
     dtype: str
     data: bytes | None = None

@@ -105,7 +105,7 @@ def _elements(ckpt: Checkpoint, src: Any, path: KeyPath, t: TensorInfo) -> Itera
 
     dtype, _, _ = element_type(ckpt.path, t, False)
     try:
-        for chunk in src.chunks(Piece(path_text(path), path, t, t.dtype)):
+        for chunk in src.chunks(Piece(path_text(path), t, t.dtype)):
             yield np.frombuffer(chunk, dtype)
     except OSError as e:
         raise CkptError(ckpt.path, f"cannot read tensor data ({e.strerror or e})") from e

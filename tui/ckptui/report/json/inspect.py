@@ -186,10 +186,7 @@ def _fields(node: Node) -> str:
         if node.safety == "danger":
             fields["safety"] = "danger"
     elif kind is NodeKind.TENSOR:
-        t = node.value
-        fields.update(shape=list(t.shape), dtype=t.dtype, device=t.device, nbytes=t.nbytes)
-        if t.state_dict_key is not None:
-            fields["state_dict_key"] = t.state_dict_key
+        fields = _tensor_fields(node.value)
     elif kind is NodeKind.OBJECT:
         fields["safety"] = node.safety
     for name, value in fields.items():
@@ -262,11 +259,12 @@ def _compound(node: Node, refs: dict[int, tuple[Any, str, str]]) -> Iterator[str
 def _tensor_leaf(node: Node) -> dict[str, Any]:
     """A tensor node without children as `_fields` writes it, as a dict: a 100,000-tensor state
     dict cost six encoder calls per row, a batch of these costs one (issue 16)."""
-    t = node.value
-    out = {
-        "key": node.key,
-        "kind": "tensor",
-        "type": node.type,
+    return {"key": node.key, "kind": "tensor", "type": node.type, **_tensor_fields(node.value)}
+
+
+def _tensor_fields(t: TensorInfo) -> dict[str, Any]:
+    """A tensor node's own fields in the tree: shape, dtype, device, nbytes (state_dict_key)."""
+    out: dict[str, Any] = {
         "shape": list(t.shape),
         "dtype": t.dtype,
         "device": t.device,
