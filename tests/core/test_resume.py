@@ -17,6 +17,7 @@ import torch
 
 from ckptui.analysis.training.resume import resume_card
 from ckptui.formats import open_checkpoint
+from ckptui.report.json.training import resume_json
 from tests.conftest import TinyNet, training_checkpoint
 
 
@@ -39,7 +40,7 @@ def seed_style(iterations: int = 5):
 
 def card_json(path: Path) -> dict:
     card = resume_card(open_checkpoint(str(path)))
-    out = card.to_json()
+    out = resume_json(card)
     assert json.loads(json.dumps(out, allow_nan=False)) == out  # the JSON contract is plain
     return out
 

@@ -27,6 +27,7 @@ from torch import _weights_only_unpickler as wou
 from ckptui.analysis.training.weights_only import weights_only_report
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats import open_checkpoint
+from ckptui.report.json.training import weights_only_json
 from tests.conftest import ROOT, TinyNet, run_cli, training_checkpoint
 
 
@@ -149,7 +150,7 @@ def test_plain_state_dict_loads(tmp_path: Path) -> None:
     r = _report(p)
     assert _torch_loads(p)
     assert (r.loads, r.refused_globals, r.fix, r.export_command) == (True, (), None, None)
-    j = r.to_json()
+    j = weights_only_json(r)
     assert j["loads"] is True and j["refused_globals"] == [] and j["fix"] is None
 
 
@@ -173,7 +174,7 @@ def test_namespace_is_benign_and_the_fix_loads_it(tmp_path: Path) -> None:
     assert "safe_globals([argparse.Namespace])" in r.fix
     check = "ck['args'].lr == 0.1 and ck['args'].name == 'run42' and 'fc.weight' in ck['model']"
     assert _run_fix(r.fix, check, tmp_path) == "LOADED"
-    assert r.to_json()["refused_globals"][0]["global"] == "argparse.Namespace"
+    assert weights_only_json(r)["refused_globals"][0]["global"] == "argparse.Namespace"
 
 
 def test_numpy_scalars_and_arrays_need_their_dtype_classes_too(tmp_path: Path) -> None:

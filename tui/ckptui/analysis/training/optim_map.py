@@ -20,19 +20,7 @@ the optimizer. Nothing in the file names them, so the names come from the detect
   not claim another's parameter.
 - FQN-keyed state (`get_state_dict`, DCP) names its parameters itself: `exact`.
 
-JSON shapes (for `inspect --json`), from `optimizer_params_json` and `param_groups_json`:
-    "optimizer_params": [{"optimizer_path": [...], "index": int, "key": int|str, "group": int|null,
-        "param": str|null, "confidence": "exact"|"by-shape"|"ambiguous", "why": str|null}]
-      `index` is the entry's position across all groups' `params` (equal to `key` in modern files);
-      `key` is the entry's key in `state`/`params` as in the file (tree path: optimizer_path +
-      ["state", key]); entries in `state` but in no group come last with `group` null.
-    "param_groups": [{"optimizer_path": [...], "kind": str, "step": int|float|null,
-        "weights_path": [...]|null, "params_from": "module"|"names"|"convention"|"none",
-        "notes": [str],
-        "lines": [{"groups": [int, ...], "hyper": {name: value}, "params": [str|null, ...]}]}]
-      Each line is one set of hyper-parameters (everything but `params`); `groups` lists the
-      param-group indexes sharing it (len > 1 when groups differ only in their parameters) and
-      `params` the names they hold, in order (null where not named).
+Its JSON forms are in `report.json.training`.
 """
 
 from __future__ import annotations
@@ -106,21 +94,6 @@ class OptimizerMapping:
     groups: tuple[GroupLine, ...] = ()
     notes: tuple[str, ...] = ()
     """Facts about the whole mapping (tied weights counted once)."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The `param_groups` item for this optimizer (see the module docstring)."""
-        return {
-            "optimizer_path": list(self.optimizer_path),
-            "kind": self.kind,
-            "step": self.step,
-            "weights_path": None if self.weights_path is None else list(self.weights_path),
-            "params_from": self.params_from,
-            "notes": list(self.notes),
-            "lines": [
-                {"groups": list(g.groups), "hyper": g.hyper, "params": list(g.params)}
-                for g in self.groups
-            ],
-        }
 
 
 def map_optimizers(ckpt: Checkpoint) -> list[OptimizerMapping]:

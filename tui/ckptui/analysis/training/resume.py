@@ -9,17 +9,7 @@ The card then cross-checks what it found: above all a scheduler whose `last_epoc
 the stored counters (epoch, iteration, global step, the optimizer's step, each +-1) -- the classic
 sign of a scheduler re-created on resume without its state.
 
-JSON shape (`ResumeCard.to_json`, for `inspect --json` as `"resume"`):
-    {"resumable": bool, "reason": str,
-     "weights": {"path": [...], "kind": "state_dict"|"module"|"tensor", "tensors": int,
-                 "bytes": int} | null,
-     "optimizers": [{"path": [...], "kind": str, "step": int|float|null, "param_groups": int}],
-     "schedulers": [{"path": [...], "kind": str, "last_epoch": int|null}],
-     "counters": [{"name": str, "path": [...], "value": int}],
-     "scaler": {"path": [...], "scale": float|null, "empty": bool} | null,
-     "rng": [{"kind": "python"|"numpy"|"torch"|"cuda", "path": [...]}],
-     "versions": [{"name": str, "path": [...], "value": str}],
-     "warnings": [str]}
+Its JSON form is `report.json.training.resume_json`.
 """
 
 from __future__ import annotations
@@ -102,34 +92,6 @@ class ResumeCard:
     versions: tuple[Found, ...]
     """`kind` is the key (`pytorch-lightning_version`), `value` the version string."""
     warnings: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """The `resume` object of `inspect --json` (see the module docstring)."""
-        return {
-            "resumable": self.resumable,
-            "reason": self.reason,
-            "weights": self.weights,
-            "optimizers": list(self.optimizers),
-            "schedulers": [
-                {"path": list(s.path), "kind": s.kind, "last_epoch": s.value}
-                for s in self.schedulers
-            ],
-            "counters": [
-                {"name": c.kind, "path": list(c.path), "value": c.value} for c in self.counters
-            ],
-            "scaler": None
-            if self.scaler is None
-            else {
-                "path": list(self.scaler.path),
-                "scale": self.scaler.value,
-                "empty": self.scaler.kind == "empty",
-            },
-            "rng": [{"kind": r.kind, "path": list(r.path)} for r in self.rng],
-            "versions": [
-                {"name": v.kind, "path": list(v.path), "value": v.value} for v in self.versions
-            ],
-            "warnings": list(self.warnings),
-        }
 
 
 def resume_card(ckpt: Checkpoint) -> ResumeCard:

@@ -53,15 +53,6 @@ class RefusedGlobal:
     where: tuple[Any, ...] | None = None
     """The first tree path holding an object of this type, when one is shown."""
 
-    def to_json(self) -> dict[str, Any]:
-        """The stable JSON shape (`global`, `benign`, plus details)."""
-        return {
-            "global": self.name,
-            "benign": self.benign,
-            "kind": self.kind,
-            "why": self.why,
-            "where": list(self.where) if self.where is not None else None,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,19 +73,6 @@ class WeightsOnlyReport:
     notes: tuple[str, ...] = ()
     allow_list: str = f"torch {wo.TORCH_VERSION}"
 
-    def to_json(self) -> dict[str, Any]:
-        """`{"loads", "refused_globals": [{"global", "benign", ...}], "fix", ...}`."""
-        return {
-            "loads": self.loads,
-            "refused_globals": [g.to_json() for g in self.refused_globals],
-            "also_needed": [g.to_json() for g in self.also_needed],
-            "blockers": list(self.blockers),
-            "fix": self.fix,
-            "fix_if_trusted": self.fix_if_trusted,
-            "export_command": self.export_command,
-            "notes": list(self.notes),
-            "allow_list": self.allow_list,
-        }
 
 
 _MULTI_FILE = {
@@ -122,7 +100,7 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
         ckpt: an opened checkpoint (`open_checkpoint`).
 
     Returns:
-        The report; `to_json()` gives the `inspect --json` field.
+        The report; `report.json.training.weights_only_json` gives the `inspect --json` field.
     """
     export = _export_command(ckpt)
     if ckpt.format in _MULTI_FILE:

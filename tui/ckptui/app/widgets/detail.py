@@ -38,6 +38,7 @@ from ckptui.core import units
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
+from ckptui.report.json.training import param_group_json
 from ckptui.report.text.training import (
     optimizer_card,
     parameter_line,
@@ -322,7 +323,7 @@ class DetailPanel(VerticalScroll):
         state = node.child("state")
         info = next((o for o in optimizers_of(self.ckpt) if o.path == path), None)
         return optimizer_card(
-            mapping.to_json(),
+            param_group_json(mapping),
             named,
             self._bytes.below(state) if state is not None else 0,
             info.state_keys if info is not None else (),

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from ckptui.core import units
 from ckptui.core.keypath import describe_path
+from ckptui.report.json.training import resume_json, weights_only_json
 
 
 def _table() -> Table:
@@ -54,7 +55,7 @@ def parameter_line(entry: Any) -> tuple[str, Text]:
 
 def resume_card(card: Any) -> RenderableType:
     """Can training resume from this file, and does its state agree."""
-    j = card.to_json()
+    j = resume_json(card)
     t = _table()
     verdict = "yes" if j["resumable"] else "no"
     t.add_row(
@@ -94,7 +95,7 @@ def resume_card(card: Any) -> RenderableType:
 
 def weights_only_verdict(report: Any) -> RenderableType:
     """Would `torch.load(weights_only=True)` take the file, and if not, what to do."""
-    j = report.to_json()
+    j = weights_only_json(report)
     head = Group(Text(""), Text("torch.load(weights_only=True)", style="bold underline"))
     if j["loads"]:
         return Group(head, Text("loads: nothing it would refuse"))
@@ -156,7 +157,7 @@ def optimizer_card(
     for and how many bytes that state takes, and each param group's hyper-parameters.
 
     Args:
-        mapping: an `optim_map.OptimizerMapping.to_json()` (the `param_groups` item).
+        mapping: a `report.json.training.param_group_json` (the `param_groups` item).
         named: how many of its entries the mapping named surely (not `ambiguous`).
         state_bytes: tensor bytes below its `state`.
         state_keys: the per-parameter state entries seen (`exp_avg`, `step`, ...).
