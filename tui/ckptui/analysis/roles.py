@@ -180,6 +180,17 @@ def is_scheduler(node: Node) -> bool:
     )
 
 
+def is_scheduler_state(name: str, node: Node) -> bool:
+    """A scheduler state to read a position from: `is_scheduler`'s structure, or a key naming a
+    scheduler (`lr_sched`, `scheduler`) that holds a `last_epoch`, as custom schedulers keep it.
+
+    `role_of` is looser on purpose: a key naming a scheduler labels its bytes even when it holds
+    no `last_epoch` (a scheduler's config), but the resume card needs a position to check."""
+    return is_scheduler(node) or (
+        _SCHED_NAME.search(name) is not None and node.child("last_epoch") is not None
+    )
+
+
 def optimizer_info(path: KeyPath, node: Node) -> OptimizerInfo:
     """Name the optimizer kind from its per-parameter state keys."""
     keys: list[str] = []

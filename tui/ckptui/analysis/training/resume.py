@@ -22,7 +22,13 @@ from typing import Any
 
 from ckptui.analysis.frameworks import detect_root
 from ckptui.analysis.index import bytes_below
-from ckptui.analysis.roles import is_module, is_optimizer, is_scheduler, optimizers_of, weights_path
+from ckptui.analysis.roles import (
+    is_module,
+    is_optimizer,
+    is_scheduler_state,
+    optimizers_of,
+    weights_path,
+)
 from ckptui.analysis.training.optim_map import scalar_value
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
@@ -272,7 +278,7 @@ def _scan(
     while stack:
         path, node = stack.pop()
         name = str(path[-1]).lower() if path else ""
-        if path and (is_scheduler(node) or ("sched" in name and node.child("last_epoch"))):
+        if path and is_scheduler_state(name, node):
             last = node.child("last_epoch")
             value = last.value if last is not None and type(last.value) is int else None
             schedulers.append(Found(path, _scheduler_kind(node), value))
