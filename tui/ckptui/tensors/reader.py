@@ -1,4 +1,5 @@
-"""Provides `SourceBytes`: the one reader of a tensor's bytes for export and value comparison, from
+"""Provides `SourceBytes`: the one reader of a tensor's bytes for export, value comparison and the
+duplicate search, from
 the memory-mapped source file or, for a URL, by range requests.
 
 A contiguous tensor is read with pread in blocks of CHUNK bytes (cast with numpy when asked);
@@ -248,6 +249,25 @@ class SourceBytes:
             return
         assert mm is not None
         yield from self._strided(item, mm, start)
+
+    def read(self, item: Item, offset: int, n: int) -> bytes:
+        """`n` stored bytes of a contiguous `item`, from `offset` bytes into it: the duplicate
+        search hashes a tensor's first and last bytes before it reads the whole of it.
+
+        Raises:
+            OSError: when the file ends first.
+        """
+        if self.remote is not None or self._url_folder:
+            t = item.tensor
+            st = self.ckpt.storages[t.storage_key or ""]
+            assert st.data_offset is not None
+            start = st.data_offset + t.storage_offset * t.itemsize
+            return self._read_remote(self._remote_of(item), start + offset, n)
+        fd, _, start = self._source(item)
+        data = os.pread(fd, n, start + offset)
+        if len(data) != n:
+            raise OSError(f"{self.ckpt.path}: file ended while reading {item.name}")
+        return data
 
     def _remote_chunks(self, item: Item) -> Iterator[Any]:
         """`chunks` from a URL, hashing the output when `recorded_digests` is active."""

@@ -5,17 +5,16 @@ in the app, after the breakdown is shown) and streams: candidates are tensors of
 shape and size in different storages (found from the storage table by (dtype, nbytes) first, so
 a file of 100,000 small tensors costs one pass over its metadata); a hash of their first and last
 64 KiB, read in file order, drops most of them cheaply (and is the whole hash of a tensor that
-small), and only what still matches is hashed whole, 4 MiB at a time, reporting progress at most
-every 50 ms and checking for cancellation between reads.
+small), and only what still matches is hashed whole, in the large sequential blocks of the one
+tensor reader (`tensors.reader`), reporting progress at most every 50 ms and checking for
+cancellation between reads.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.breakdown import Breakdown
@@ -25,13 +24,13 @@ from ckptui.core.progress import Progress
 from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.core.units import size
 from ckptui.formats.source import is_url
+from ckptui.tensors.reader import Piece, SourceBytes
 from ckptui.tensors.values import Cancelled
 
 DUPLICATE_MIN = 64 << 10
 """Tensors smaller than this are not compared: the saving would not matter."""
 
 _EDGE = 64 << 10
-_CHUNK = 4 << 20
 
 
 _Member = tuple[KeyPath, TensorInfo, int]
@@ -109,8 +108,11 @@ def find_duplicates(
             progress(0, 0)
         return []
     report = _Reporter(progress)
-    fd = os.open(Path(ckpt.path), os.O_RDONLY)
-    try:
+    with SourceBytes(ckpt, cancelled) as src:
+
+        def piece(m: _Member) -> Piece:
+            return Piece(describe_path(m[0]), m[1], m[1].dtype)
+
         # Stage 1: the edges, in file order. A tensor of at most two edges is read whole here,
         # and that digest is final: it is never read a second time.
         edge_total = sum(min(m[1].nbytes, 2 * _EDGE) for g in candidates for m in g)
@@ -121,7 +123,7 @@ def find_duplicates(
             group.sort(key=lambda m: m[2])
             if cancelled and cancelled():
                 raise Cancelled
-            narrowed += _split(group, lambda m: _edge_hash(fd, m[2], m[1].nbytes))
+            narrowed += _split(group, lambda m: _edge_hash(src, piece(m)))
             edge_done += sum(min(m[1].nbytes, 2 * _EDGE) for m in group)
             report(edge_done, edge_total)
         same = [g for g in narrowed if g[0][1].nbytes <= 2 * _EDGE]
@@ -133,15 +135,10 @@ def find_duplicates(
         def full(m: _Member) -> bytes:
             nonlocal done
             h = hashlib.blake2b(digest_size=16)
-            pos, end = m[2], m[2] + m[1].nbytes
-            while pos < end:
+            for data in src.chunks(piece(m)):  # large sequential reads
                 if cancelled and cancelled():
                     raise Cancelled
-                data = os.pread(fd, min(_CHUNK, end - pos), pos)
-                if not data:
-                    break
                 h.update(data)
-                pos += len(data)
                 done += len(data)
                 report(done, total)
             return h.digest()
@@ -149,8 +146,6 @@ def find_duplicates(
         for group in narrowed:
             same += _split(group, full)
         report(done, total, force=True)
-    finally:
-        os.close(fd)
     out = []
     for group in same:
         if len(group) < 2:
@@ -180,14 +175,14 @@ def _split(group: list, key: Callable) -> list[list]:
     return [g for g in by.values() if len(g) > 1]
 
 
-def _edge_hash(fd: int, offset: int, nbytes: int) -> bytes:
+def _edge_hash(src: SourceBytes, p: Piece) -> bytes:
     h = hashlib.blake2b(digest_size=16)
+    nbytes = p.tensor.nbytes
     if nbytes <= 2 * _EDGE:  # the whole tensor: this digest is final (see find_duplicates)
-        h.update(os.pread(fd, nbytes, offset))
+        h.update(src.read(p, 0, nbytes))
         return h.digest()
-    h.update(os.pread(fd, _EDGE, offset))
-    if nbytes > 2 * _EDGE:
-        h.update(os.pread(fd, _EDGE, offset + nbytes - _EDGE))
+    h.update(src.read(p, 0, _EDGE))
+    h.update(src.read(p, nbytes - _EDGE, _EDGE))
     return h.digest()
 
 
