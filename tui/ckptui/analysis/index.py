@@ -1,6 +1,7 @@
 """Provides the per-node facts the browser shows, computed from the model (no Textual here).
 
-Which tensors share a storage, how many bytes lie below a node and in its largest children, where
+Which tensors share a storage, how many bytes lie below a node and in its largest children (the
+one home of that count: `bytes_below`, `SubtreeSizes`), where
 findings point, key paths as Python expressions, and searching key paths by substring or regex.
 The browser calls these; keeping them here lets them be tested without a UI.
 """
@@ -115,12 +116,51 @@ def _below_all(root: Node, own_of: Callable[[Node], int]) -> dict[int, int]:
     return below
 
 
-def largest_children(node: Node, n: int = 5) -> list[tuple[Node, int]]:
-    """The `n` children holding the most tensor bytes, largest first (ties keep order)."""
-    sized = [(c, bytes_below(c)) for c in node.children if c.kind is not NodeKind.REF]
-    sized = [(c, b) for c, b in sized if b]
-    sized.sort(key=lambda cb: -cb[1])
-    return sized[:n]
+class SubtreeSizes:
+    """Tensor bytes and elements below every node of one tree, and each node's largest children:
+    the one home of "how much lies below this node" for views that ask node by node (the detail
+    panel on every highlight, the sort by size or parameters).
+
+    Each total is summed for the whole tree in one pass on first use (`bytes_below_all`,
+    `elements_below_all`): walking the subtree per call (`bytes_below`) took ~0.3 s on a
+    50,000-tensor state dict each time the cursor rested on it. Get the checkpoint's own with
+    `subtree_sizes`, so every view shares one pass."""
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self._bytes: dict[int, int] | None = None
+        self._elements: dict[int, int] | None = None
+        self._largest: dict[int, list[tuple[Node, int]]] = {}
+
+    def bytes(self, node: Node) -> int:
+        """Bytes of the tensors at or below `node`, each tied view once (`bytes_below`)."""
+        if self._bytes is None:
+            self._bytes = bytes_below_all(self.root)
+        got = self._bytes.get(id(node))
+        return bytes_below(node) if got is None else got  # None: not a node of this tree
+
+    def elements(self, node: Node) -> int:
+        """Tensor elements at or below `node`, counted as `bytes` counts bytes."""
+        if self._elements is None:
+            self._elements = elements_below_all(self.root)
+        got = self._elements.get(id(node))
+        return elements_below_all(node)[id(node)] if got is None else got
+
+    def largest(self, node: Node, n: int = 5) -> list[tuple[Node, int]]:
+        """The `n` children holding the most tensor bytes, largest first (ties keep order)."""
+        key = id(node)
+        if key not in self._largest:
+            sized = [(c, self.bytes(c)) for c in node.children if c.kind is not NodeKind.REF]
+            sized = [(c, b) for c, b in sized if b]
+            sized.sort(key=lambda cb: -cb[1])
+            self._largest[key] = sized[:n]
+        return self._largest[key][:n]
+
+
+def subtree_sizes(ckpt: Checkpoint) -> SubtreeSizes:
+    """The `SubtreeSizes` of `ckpt`'s tree, made once per checkpoint and shared by every view."""
+    sizes: SubtreeSizes = ckpt.memo("subtree_sizes", lambda: SubtreeSizes(ckpt.root))
+    return sizes
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A PyTorch user sizes a model by its parameter count (`11.7 M params`), not its bytes, so the
 browser shows one wherever it shows a model: the header, the root card, state-dict and module rows,
 and the compare panel. Counted from metadata alone (each tensor's shape), with a view saved under
-two names (tied weights: `lm_head.weight` and `wte.weight`) counted once, as `facts.bytes_below`
+two names (tied weights: `lm_head.weight` and `wte.weight`) counted once, as `index.bytes_below`
 counts its bytes once.
 
 Weights and buffers are told apart by where a whole-module pickle keeps them (`_parameters`,

@@ -98,11 +98,6 @@ class Breakdown:
     """What `weights_only_bytes` is estimated from: (data bytes, storages, tensors, name
     bytes); kept so that shards' estimates can be merged into one file's."""
 
-    def bytes_below(self, path: KeyPath) -> int:
-        """File bytes owned at `path` or below it."""
-        n = len(path)
-        return sum(b for p, b in self.path_bytes.items() if p[:n] == path)
-
     @property
     def headline(self) -> str:
         """`2.41 GiB · 66 % optimizer state (Adam-style) · weights alone would be 812 MiB`."""

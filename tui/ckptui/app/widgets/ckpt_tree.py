@@ -26,7 +26,7 @@ from textual.widgets.tree import TreeNode
 
 from ckptui.analysis import modules as mv
 from ckptui.analysis.frameworks import detect
-from ckptui.analysis.index import summary
+from ckptui.analysis.index import subtree_sizes, summary
 from ckptui.analysis.roles import is_module
 from ckptui.app.widgets.row_columns import GAP, KEY_MIN, fit, tensor_columns
 from ckptui.app.widgets.tree_order import FOOTER, LABELS, ORDERS, Sorter, next_order
@@ -134,7 +134,7 @@ class CkptTree(Tree[Entry]):
             self.parts = {p.path: p.label for p in framework.parts} if framework else {}
             self._module_rows = {}
             self._summaries = {}
-            self._sorter = Sorter(ckpt.root)
+            self._sorter = Sorter(subtree_sizes(ckpt))
             self.badges = {}
             # a whole-module pickle opens on its layers: its raw fields are nn.Module internals
             self.module_view = is_module(ckpt.root)

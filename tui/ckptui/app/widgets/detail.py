@@ -8,7 +8,8 @@ An update must stay cheap because it runs while the cursor moves. A part whose h
 asks for a layout, which reflows the whole screen and repaints the tree's scroll bars (~15 ms
 at 100x30); so a part whose height stays the same only repaints, a table is laid out once per
 width (`_Laid`), and the values keep their place (blank) while the next ones are read. Bytes
-below a node are summed once for the whole checkpoint (`_Sizes`), not walked per highlight.
+below a node are summed once for the whole checkpoint (`index.subtree_sizes`), not walked per
+highlight.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from textual.visual import visualize
 from textual.widgets import Sparkline, Static
 from textual.worker import get_current_worker
 
-from ckptui.analysis.index import Index, bytes_below_all
+from ckptui.analysis.index import Index, SubtreeSizes, subtree_sizes
 from ckptui.analysis.params import count
 from ckptui.analysis.roles import optimizers_of
 from ckptui.app.widgets.ckpt_tree import Entry
@@ -94,35 +95,6 @@ class _Laid:
         return Measurement.get(console, options, self.renderable)
 
 
-class _Sizes:
-    """Tensor bytes below every node of one checkpoint, summed in one pass on first use.
-
-    Equal to `facts.bytes_below` / `facts.largest_children` node by node, which walk the whole
-    subtree per call: ~0.3 s on a 50,000-tensor state dict, each time the cursor rests on it."""
-
-    def __init__(self, root: Node) -> None:
-        self.root = root
-        self._below: dict[int, int] | None = None
-        self._largest: dict[int, list[tuple[Node, int]]] = {}
-
-    def below(self, node: Node) -> int:
-        """Bytes of the tensors below `node` (itself included)."""
-        if self._below is None:
-            self._below = bytes_below_all(self.root)
-        if id(node) not in self._below:  # not from this checkpoint
-            return bytes_below_all(node)[id(node)]
-        return self._below[id(node)]
-
-    def largest(self, node: Node, n: int = 5) -> list[tuple[Node, int]]:
-        """The `n` children holding the most tensor bytes, largest first (ties keep order)."""
-        if id(node) not in self._largest:
-            sized = [(c, self.below(c)) for c in node.children if c.kind is not NodeKind.REF]
-            sized = [(c, b) for c, b in sized if b]
-            sized.sort(key=lambda cb: -cb[1])
-            self._largest[id(node)] = sized[:n]
-        return self._largest[id(node)]
-
-
 def _param_rows(t: Table, p: Any) -> None:
     """Rows for a `params.Params`: the count, weights vs buffers, bytes and the dtype mix."""
     # parameters as `sum(p.numel() for p in model.parameters())` counts them: buffers apart
@@ -168,7 +140,6 @@ class DetailPanel(VerticalScroll):
         self.ckpt: Checkpoint | None = None
         self.index: Index | None = None
         self.entry: Entry | None = None
-        self._sizes: _Sizes | None = None
         self.training: Any = None
         """`training.TrainingFacts`, once the screen's worker has found them."""
         self.params: tuple[KeyPath, Any] | None = None
@@ -236,11 +207,9 @@ class DetailPanel(VerticalScroll):
 
     # -- facts -----------------------------------------------------------------------------
     @property
-    def _bytes(self) -> _Sizes:
+    def _bytes(self) -> SubtreeSizes:
         assert self.ckpt is not None
-        if self._sizes is None or self._sizes.root is not self.ckpt.root:
-            self._sizes = _Sizes(self.ckpt.root)
-        return self._sizes
+        return subtree_sizes(self.ckpt)
 
     def _facts(self, node: Node, path: KeyPath) -> Group:
         title = Text(units.printable(path_expr(path) or "<root>"), style="bold")
@@ -259,7 +228,7 @@ class DetailPanel(VerticalScroll):
         else:
             noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items"}.get(node.kind, "fields")
             t.add_row(noun, f"{len(node.children):,}")
-            total = self._bytes.below(node)
+            total = self._bytes.bytes(node)
             t.add_row("tensor bytes", units.size(total) if total else "none")
             if node.kind is NodeKind.OBJECT:
                 t.add_row(
@@ -302,7 +271,7 @@ class DetailPanel(VerticalScroll):
         if largest:
             # Size first, name last: long keys (transformer.h.0.mlp.c_fc.weight) then wrap
             # instead of squeezing the numbers out of a two-column table.
-            total = self._bytes.below(node)
+            total = self._bytes.bytes(node)
             big = Table.grid(padding=(0, 1))
             big.add_column(justify="right", no_wrap=True)
             big.add_column(justify="right", no_wrap=True)
@@ -325,7 +294,7 @@ class DetailPanel(VerticalScroll):
         return optimizer_card(
             param_group_json(mapping),
             named,
-            self._bytes.below(state) if state is not None else 0,
+            self._bytes.bytes(state) if state is not None else 0,
             info.state_keys if info is not None else (),
         )
 

@@ -3,7 +3,7 @@ parameters.
 
 The stored order is the file's (a state dict's registration order, which is usually what a user
 wants), so it comes first; the others answer "which of these 300 keys is the big one". Sizes and
-parameter counts below every node are summed once per checkpoint (`index.bytes_below_all`), so
+parameter counts below every node are summed once per checkpoint (`index.subtree_sizes`), so
 sorting a 100,000-key container costs one pass, not one walk per child. Plain Python over the
 model: no Textual here.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ckptui.analysis import modules as mv
-from ckptui.analysis.index import bytes_below_all, elements_below_all
+from ckptui.analysis.index import SubtreeSizes
 from ckptui.core.tree import Node
 
 ORDERS = ("file", "name", "size", "params")
@@ -51,23 +51,9 @@ def natural_key(key: object) -> tuple[Any, ...]:
 class Sorter:
     """Children of one checkpoint's nodes in an order, each order made once per node."""
 
-    def __init__(self, root: Node) -> None:
-        self.root = root
-        self._bytes: dict[int, int] | None = None
-        self._elements: dict[int, int] | None = None
+    def __init__(self, sizes: SubtreeSizes) -> None:
+        self.sizes = sizes
         self._sorted: dict[tuple[int, str], list[Node]] = {}
-
-    def bytes_of(self, node: Node) -> int:
-        """Tensor bytes at or below `node` (a node of this checkpoint)."""
-        if self._bytes is None:
-            self._bytes = bytes_below_all(self.root)
-        return self._bytes.get(id(node), 0)
-
-    def elements_of(self, node: Node) -> int:
-        """Tensor elements at or below `node`."""
-        if self._elements is None:
-            self._elements = elements_below_all(self.root)
-        return self._elements.get(id(node), 0)
 
     def children(self, node: Node, order: str) -> Sequence[Node]:
         """`node.children` in `order` (the list itself for the stored order)."""
@@ -83,9 +69,9 @@ class Sorter:
         if order == "name":
             nodes.sort(key=lambda n: natural_key(n.key))
         elif order == "size":
-            nodes.sort(key=lambda n: -self.bytes_of(n))  # stable: ties keep the file's order
+            nodes.sort(key=lambda n: -self.sizes.bytes(n))  # stable: ties keep the file's order
         else:
-            nodes.sort(key=lambda n: -self.elements_of(n))
+            nodes.sort(key=lambda n: -self.sizes.elements(n))
         return nodes
 
     def rows(self, rows: list[mv.Row], order: str) -> list[mv.Row]:
@@ -105,4 +91,4 @@ class Sorter:
     def _row_measure(self, row: mv.Row, *, bytes_: bool) -> int:
         if isinstance(row, mv.Module):
             return row.params.nbytes if bytes_ else row.params.total
-        return self.bytes_of(row.node) if bytes_ else self.elements_of(row.node)
+        return self.sizes.bytes(row.node) if bytes_ else self.sizes.elements(row.node)
