@@ -621,7 +621,8 @@ async def test_the_browser_fetches_remote_values_in_a_worker_with_progress(
 def test_a_stalled_remote_read_gives_way_when_cancelled(httpserver, big_zip: Path) -> None:
     """A server that stops sending must not hold a worker (and so the app's exit) for the
     whole read timeout: cancelling returns at once."""
-    from ckptui.tensors.values import Cancelled, tensor_stats
+    from ckptui.core.cancel import Cancelled
+    from ckptui.tensors.values import tensor_stats
 
     with _stalling(httpserver, "stall.pth", big_zip.read_bytes()) as url:
         ckpt = open_checkpoint(url)
@@ -796,8 +797,8 @@ def test_a_remote_export_stops_at_once_while_the_server_stalls(
 ) -> None:
     """The app's esc (`cancelled`) stops an export whose read is waiting on a stalled server,
     without waiting for the read timeout, and nothing is left behind."""
+    from ckptui.core.cancel import Cancelled
     from ckptui.export import export, make_plan
-    from ckptui.tensors.values import Cancelled
 
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "model.pth"

@@ -13,10 +13,10 @@ import torch
 
 from ckptui.analysis.sizes.breakdown import breakdown
 from ckptui.analysis.sizes.duplicates import find_duplicates
+from ckptui.core.cancel import Cancelled
 from ckptui.core.tree import Node, NodeKind
 from ckptui.formats import open_checkpoint
 from ckptui.formats.layout import read_layout
-from ckptui.tensors.values import Cancelled
 
 
 def _mapping(keys: list) -> Node:

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 
+from ckptui.core.cancel import Cancelled
 from ckptui.core.tree import Checkpoint, TensorInfo
 from ckptui.formats import open_checkpoint
-from ckptui.tensors.values import BINS, Cancelled, TensorStats, ValuesUnavailable, tensor_stats
+from ckptui.tensors.values import BINS, TensorStats, ValuesUnavailable, tensor_stats
 from tests.conftest import ROOT
 
 FLOATS = [

@@ -16,9 +16,9 @@ from textual.message import Message
 
 from ckptui.analysis.diff.values import ValueResult, iter_values
 from ckptui.app.widgets.diff_rows import Row
+from ckptui.core.cancel import Cancelled
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint
-from ckptui.tensors.values import Cancelled
 
 FLUSH_EVERY = 0.1
 """Seconds between batches of value results (and progress) sent to the UI."""

@@ -137,7 +137,7 @@ def write(
     cancelled: Callable[[], bool] | None = None,
 ) -> int | None:
     """Write the output of `plan` to `f` (a seekable binary file at offset 0). `cancelled` is
-    polled while a read from a URL waits (`values.Cancelled` is raised when it says so).
+    polled while a read from a URL waits (`core.cancel.Cancelled` is raised when it says so).
 
     Returns:
         Bytes fetched from the server for a source at a URL; None for a local one.

@@ -28,10 +28,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from ckptui.core.cancel import interruptible
 from ckptui.core.errors import CkptError, ExportError
 from ckptui.core.tree import Checkpoint, TensorInfo
 from ckptui.formats.source import is_url
-from ckptui.tensors.values import chunks_of, element_type, interruptible, strided_view
+from ckptui.tensors.values import chunks_of, element_type, strided_view
 
 
 class Item(Protocol):

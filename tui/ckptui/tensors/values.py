@@ -15,27 +15,24 @@ import math
 import mmap
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
+from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Storage, TensorInfo
 from ckptui.formats.source import is_url
 
 __all__ = [
     "BINS",
-    "Cancelled",
     "TensorStats",
     "ValuesUnavailable",
     "fetched_bytes",
-    "interruptible",
     "tensor_stats",
 ]
 
-T = TypeVar("T")
 BINS, HEAD = 24, 8  # histogram bins; leading values kept in `TensorStats.head`
 REMOTE_BLOCK = 4 << 20
 """Bytes per range request when a remote tensor's bytes are fetched: small enough that a
@@ -49,10 +46,6 @@ _QUANTIZED = {"quint8": "uint8", "qint8": "int8", "qint32": "int32"}
 
 class ValuesUnavailable(CkptError):
     """A tensor's values cannot be read from the file: missing bytes, layout, dtype or bounds."""
-
-
-class Cancelled(Exception):
-    """`tensor_stats` stopped because its `cancelled` callback returned True."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,36 +142,6 @@ def tensor_stats(
     finally:
         with contextlib.suppress(BufferError):  # a traceback may still hold an array over it
             mm.close()
-
-
-def interruptible(fn: Callable[[], T], cancelled: Callable[[], bool] | None) -> T:
-    """`fn()`, run on a daemon thread while this one polls `cancelled()` every 0.1 s.
-
-    A network read can stall for up to the back-end's timeout, and a worker blocked in one
-    would hold the app open after `q` (the executor joins its threads at exit). Cancelled, this
-    returns at once by raising `Cancelled`; the abandoned read finishes, or dies with the
-    process, on its own thread, whose result is dropped.
-    """
-    if cancelled is None:
-        return fn()
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed back to the waiting thread
-            box["error"] = e
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="ckptui-read", daemon=True).start()
-    while not done.wait(0.1):
-        if cancelled():
-            raise Cancelled("cancelled")
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["value"])
 
 
 def fetched_bytes(ckpt: Checkpoint, tensor: TensorInfo) -> int:

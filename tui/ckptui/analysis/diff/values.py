@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from ckptui.analysis.state_dict import unexportable
+from ckptui.core.cancel import Cancelled
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
 from ckptui.core.progress import Progress
 from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.tensors.reader import Piece, SourceBytes
-from ckptui.tensors.values import Cancelled, ValuesUnavailable, element_type
+from ckptui.tensors.values import ValuesUnavailable, element_type
 
 __all__ = ["PIECE", "Progress", "ValueResult", "iter_values"]
 

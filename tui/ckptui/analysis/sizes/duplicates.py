@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterable
 from ckptui.analysis.roles import Role
 from ckptui.analysis.sizes.breakdown import Breakdown
 from ckptui.analysis.sizes.findings import SizeFinding
+from ckptui.core.cancel import Cancelled
 from ckptui.core.keypath import describe_path
 from ckptui.core.progress import Progress
 from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.core.units import size
 from ckptui.formats.source import is_url
 from ckptui.tensors.reader import Piece, SourceBytes
-from ckptui.tensors.values import Cancelled
 
 DUPLICATE_MIN = 64 << 10
 """Tensors smaller than this are not compared: the saving would not matter."""

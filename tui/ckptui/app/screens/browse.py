@@ -27,12 +27,12 @@ from ckptui.app.widgets.ckpt_tree import CkptTree, Entry
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.core import units
+from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
-from ckptui.tensors.values import Cancelled, interruptible
 
 PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""

@@ -29,13 +29,13 @@ from ckptui.app.widgets.compare_panel import ComparePanel
 from ckptui.app.widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
 from ckptui.app.widgets.diff_tree import DiffTree
 from ckptui.app.widgets.filter_bar import FilterBar
+from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint
 from ckptui.core.units import printable
 from ckptui.formats import open_checkpoint
 from ckptui.formats.source import is_url
-from ckptui.tensors.values import Cancelled, interruptible
 
 SHORT = {
     Kind.ONLY_A: "only A",

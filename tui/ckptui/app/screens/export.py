@@ -32,6 +32,8 @@ from textual.widgets import (
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.core import units
+from ckptui.core.cancel import Cancelled as ReadCancelled
+from ckptui.core.cancel import interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -47,8 +49,6 @@ from ckptui.export import (
 from ckptui.export.dcp import stitched_bytes
 from ckptui.export.plan import output_stem
 from ckptui.formats.source import is_url
-from ckptui.tensors.values import Cancelled as ReadCancelled
-from ckptui.tensors.values import interruptible
 
 DTYPES = ("keep", "bf16", "fp16")
 FORMATS = ("pth", "safetensors")

@@ -27,12 +27,12 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.keypath import show_path
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import printable, size
 from ckptui.export.size import exported_size
 from ckptui.report.why import bar, rest_rows
-from ckptui.tensors.values import Cancelled, interruptible
 
 BAR = 24
 """Cells of a full bar, at most (a quarter of the tree's width)."""

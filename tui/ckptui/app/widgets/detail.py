@@ -36,6 +36,7 @@ from ckptui.analysis.params import count
 from ckptui.analysis.roles import optimizers_of
 from ckptui.app.widgets.ckpt_tree import Entry
 from ckptui.core import units
+from ckptui.core.cancel import Cancelled
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr, path_text
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
@@ -46,7 +47,7 @@ from ckptui.report.text.training import (
     resume_card,
     weights_only_verdict,
 )
-from ckptui.tensors.values import Cancelled, fetched_bytes, tensor_stats
+from ckptui.tensors.values import fetched_bytes, tensor_stats
 
 AUTO_STATS_BYTES = 64 << 20
 """Tensors up to this size get their values computed as soon as they are selected."""
