@@ -32,8 +32,7 @@ from textual.widgets import (
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.core import units
-from ckptui.core.cancel import Cancelled as ReadCancelled
-from ckptui.core.cancel import interruptible
+from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -54,10 +53,6 @@ DTYPES = ("keep", "bf16", "fp16")
 FORMATS = ("pth", "safetensors")
 PROGRESS_EVERY = 0.05
 """Seconds between progress updates sent from the writing thread to the screen."""
-
-
-class Cancelled(Exception):
-    """Raised inside the writer when the user presses esc; `export` cleans up after it."""
 
 
 class _Choice(RadioButton):
@@ -175,7 +170,7 @@ class ExportScreen(ModalScreen[None]):
             return
         if event.state is WorkerState.ERROR:
             error = event.worker.error
-            if isinstance(error, ReadCancelled):
+            if isinstance(error, Cancelled):
                 return  # a newer plan replaced it, or the dialog closed
             reason = error.message if isinstance(error, CkptError) else repr(error)
             self._show_size(f"[b $error]{escape(reason)}[/]")
@@ -338,7 +333,7 @@ class ExportScreen(ModalScreen[None]):
 
         def report(done: int, total: int, name: str) -> None:
             nonlocal last
-            if self._cancel.is_set():
+            if self._cancel.is_set():  # esc: `export` cleans up after it
                 raise Cancelled
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY or done >= total:
@@ -366,7 +361,7 @@ class ExportScreen(ModalScreen[None]):
             self.app.push_screen(ExportDoneScreen(result, self.ckpt.file_bytes, self.plan))
             return
         error = event.worker.error
-        if isinstance(error, Cancelled | ReadCancelled):
+        if isinstance(error, Cancelled):
             message = "[$warning]stopped: nothing was written[/]"
         elif isinstance(error, ExportError | CkptError):
             message = f"[b $error]{escape(error.message)}: nothing was written[/]"
