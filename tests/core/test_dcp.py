@@ -38,8 +38,9 @@ from ckptui.export.dcp import export_dcp
 from ckptui.formats.dcp import metadata as dcp_metadata
 from ckptui.formats.dcp.fast_unpickler import FAST_GLOBALS
 from ckptui.formats.dcp.interpretation import DcpMetadata
+from ckptui.formats.dcp.listing import looks_like_dcp
 from ckptui.formats.dcp.metadata import load_fast, load_inert
-from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
+from ckptui.formats.dcp.reader import read_dcp
 from ckptui.formats.source import Source
 from ckptui.tensors.values import tensor_stats
 from ckptui.unpickler.inert import Global, classify_global

@@ -40,7 +40,8 @@ from typing import Any, Protocol
 from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadable
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, NodeKind, Severity, Storage, evolve
-from ckptui.formats.dcp.reader import looks_like_dcp, read_dcp
+from ckptui.formats.dcp.listing import looks_like_dcp
+from ckptui.formats.dcp.reader import read_dcp
 from ckptui.formats.listing import MAX_FILES, folder_files
 from ckptui.formats.source import is_url, leads_outside
 

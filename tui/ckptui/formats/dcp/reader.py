@@ -50,13 +50,13 @@ from ckptui.core.tree import (
 from ckptui.formats.dcp.findings import Problems, problem_findings
 from ckptui.formats.dcp.interpretation import Chunk, DcpMetadata
 from ckptui.formats.dcp.items import Ref, ZipCache, read_item
+from ckptui.formats.dcp.listing import list_files
 from ckptui.formats.dcp.metadata import DCP_GLOBALS, METADATA, gc_paused, load_metadata
-from ckptui.formats.source import Source, leads_outside
+from ckptui.formats.source import Source
 from ckptui.unpickler.inert import Global, Malformed, classify_global
 from ckptui.unpickler.recorded import TensorRec
 from ckptui.unpickler.treebuild import TreeBuilder
 
-SUFFIX = ".distcp"
 MAX_OBJECT_ITEMS = 20_000
 """Pickled-object items read for their content; beyond this they are shown by size only."""
 MAX_OBJECT_BYTES = 16 << 20
@@ -65,21 +65,6 @@ MAX_OBJECT_BYTES = 16 << 20
 
 METADATA_MEMO = "dcp_metadata"
 """`Checkpoint.memo` name of the `.metadata` the folder was opened with."""
-
-
-def looks_like_dcp(folder: str) -> bool:
-    """A `.metadata` pickle beside at least one `*.distcp` file (one listdir, one 2-byte read)."""
-    try:
-        names = [p.name for p in Path(folder).iterdir()]
-        if METADATA not in names or not any(n.endswith(SUFFIX) for n in names):
-            return False
-        meta = Path(folder) / METADATA
-        if leads_outside(folder, str(meta)) is not None or not meta.is_file():
-            return True  # not read here (a FIFO would block): `read_dcp` refuses it by name
-        with (Path(folder) / METADATA).open("rb") as f:
-            return f.read(2)[:1] == b"\x80"
-    except OSError:
-        return False
 
 
 def read_dcp(folder: str) -> Checkpoint:
@@ -104,7 +89,7 @@ def read_dcp(folder: str) -> Checkpoint:
 
 def _read(folder: str) -> Checkpoint:
     outside: dict[str, str] = {}
-    files = _list_files(folder, outside)
+    files = list_files(folder, outside)
     meta_path = str(Path(folder) / METADATA)
     if METADATA in outside:
         raise NotReadable(meta_path, outside[METADATA])
@@ -133,25 +118,6 @@ def _read(folder: str) -> Checkpoint:
         ) from None
     finally:
         reader.close()
-
-
-def _list_files(folder: str, outside: dict[str, str]) -> dict[str, int]:
-    """The folder's files and sizes; a symlink leading out of the folder is left out and put in
-    `outside` with the reason instead (its items are reported, never read)."""
-    out: dict[str, int] = {}
-    try:
-        with os.scandir(folder) as it:
-            for e in it:
-                if e.is_symlink():
-                    why = leads_outside(folder, e.path)
-                    if why is not None:
-                        outside[e.name] = why
-                        continue
-                if e.is_file():
-                    out[e.name] = e.stat().st_size
-    except OSError as e:
-        raise NotReadable(folder, e.strerror or str(e)) from None
-    return dict(sorted(out.items()))
 
 
 # -- the items ------------------------------------------------------------------------------
