@@ -21,6 +21,7 @@ from textual.widgets._toast import Toast
 
 from ckptui.app.app import CkptApp
 from ckptui.app.screens.export import ExportDoneScreen, ExportScreen
+from ckptui.app.widgets.ckpt_tree import CkptTree
 from ckptui.core.units import printable
 from tests.app.test_browse import cursor_path, opened, settle, text_of
 from tests.app.test_export import finish, open_dialog
@@ -175,6 +176,10 @@ async def test_a_device_from_the_file_is_shown_literally_in_the_panel(tmp_path: 
         facts = text_of(app, "#facts")
         assert f"[/x]gpu{HOSTILE_SHOWN}  (opens on CPU here" in facts, facts
         assert "\x1b" not in facts and "\r" not in facts and RLO not in facts
+        tree = app.screen.query_one(CkptTree)  # the row's dtype column names the device too
+        rows = [tree.render_line(y).text for y in range(tree.size.height)]
+        assert any(f"[/x]gpu{HOSTILE_SHOWN}" in row for row in rows), rows
+        assert not any("\x1b" in row or "\r" in row or RLO in row for row in rows), rows
         assert app.return_code is None
 
 
