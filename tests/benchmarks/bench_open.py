@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import child_env, measure  # a sibling script: its folder is on sys.path
+
 LAYERS = 16  # 12 params per block + final LayerNorm + head = 196 params -> 784 tensors with Adam
 SIZES = {"small": 512, "big": 1624}  # hidden width; 1624**2 / 512**2 ~= 10x the bytes
 BIG_MIN_FREE = 15 * 2**30
@@ -127,29 +129,6 @@ def warm(path: Path) -> None:
     with path.open("rb", buffering=0) as f:
         while f.readinto(buf):
             pass
-
-
-def child_env() -> dict[str, str]:
-    """Make `-m ckptui` importable from the source tree even when the package is not installed."""
-    env = dict(os.environ)
-    src = str(ROOT / "tui")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run cmd; return (wall seconds, peak RSS KiB) of that child alone, via os.wait4."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            tail = err.read().decode(errors="replace")[-2000:]
-            sys.exit(f"command failed ({proc.returncode}): {cmd}\n{tail}")
-    return wall, usage.ru_maxrss
 
 
 def interleaved(

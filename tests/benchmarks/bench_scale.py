@@ -29,8 +29,8 @@ The parent never imports torch, so its own RSS (a child's ru_maxrss floor after 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import common  # a sibling script: its folder is on sys.path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -190,25 +192,12 @@ SRC = ROOT / "tui"
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(SRC)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
+    """common.child_env of SRC, read at call time (main() rebinds SRC for --src)."""
+    return common.child_env(SRC)
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run cmd; return (wall seconds, peak RSS KiB) of that child alone, via os.wait4."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        code = os.waitstatus_to_exitcode(status)
-        if code not in (0, 1):  # 1 = ran and reported a problem (e.g. findings): still timed
-            err.seek(0)
-            tail = err.read().decode(errors="replace")[-2000:]
-            sys.exit(f"command failed ({code}): {cmd}\n{tail}")
-    return wall, usage.ru_maxrss
+# 1 = ran and reported a problem (e.g. findings): still timed
+measure = functools.partial(common.measure, ok=(0, 1))
 
 
 def pair(

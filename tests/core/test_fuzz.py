@@ -24,10 +24,8 @@ import pickle
 import pickletools
 import random
 import re
-import resource
 import signal
 import struct
-import subprocess
 import sys
 import time
 import traceback
@@ -38,6 +36,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # run as a script (the worker): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,6 +47,7 @@ from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint
 from ckptui.formats import open_checkpoint
 from ckptui.report.json.inspect import checkpoint_json
+from tests.tools.child import run_in_child
 
 BASE_SEED = int(os.environ.get("CKPTUI_FUZZ_SEED", "1729"))
 N_MUTANTS = int(os.environ.get("CKPTUI_FUZZ_N", "600"))
@@ -473,21 +475,6 @@ def run_worker(
     return report
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-
-
-def run_in_child(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        preexec_fn=_limit_address_space,
-    )
-
-
 # -- tests ---------------------------------------------------------------------------------------
 
 
@@ -517,8 +504,10 @@ def test_mutants_open_or_fail_cleanly(seed_dir: Path, tmp_path: Path, fmt: str) 
     out = tmp_path / "out"
     started = time.monotonic()
     r = run_in_child(
+        Path(__file__),
         ["--worker", str(seed_dir), fmt, str(N_MUTANTS), str(BASE_SEED), str(out)],
         timeout=N_MUTANTS * TIME_LIMIT_S + 60,
+        address_space=ADDRESS_SPACE_LIMIT,
     )
     if r.returncode != 0:
         current = out / "current.json"

@@ -42,7 +42,6 @@ import re
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -56,6 +55,7 @@ import pytest
 
 from ckptui.cli.main import main as cli_main
 from tests.core.test_fuzz import FuzzTimeout, all_fields, mutate
+from tests.tools.child import run_in_child
 
 BASE_SEED = int(os.environ.get("CKPTUI_FUZZ_SEED", "1729"))
 N_MUTANTS = int(os.environ.get("CKPTUI_FOLDER_FUZZ_N", "200"))
@@ -453,22 +453,6 @@ def run_worker(
     return report
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-
-
-def run_in_child(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """This file as a worker process under the address-space cap."""
-    return subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        preexec_fn=_limit_address_space,
-    )
-
-
 # -- tests ---------------------------------------------------------------------------------------
 
 
@@ -496,8 +480,10 @@ def test_seed_folders_open(seed_dir: Path, kind: str) -> None:
 def test_folder_mutants_open_or_fail_in_one_line(seed_dir: Path, tmp_path: Path, kind: str) -> None:
     out = tmp_path / "out"
     r = run_in_child(
+        Path(__file__),
         ["--worker", str(seed_dir), kind, str(N_MUTANTS), str(BASE_SEED), str(out)],
         timeout=N_MUTANTS * 3 * TIME_LIMIT_S + 60,
+        address_space=ADDRESS_SPACE_LIMIT,
     )
     if r.returncode != 0:
         current = out / "current.json"

@@ -316,7 +316,7 @@ class BrowseScreen(Screen[None]):
         if matches is None:
             return
         if not matches:
-            self.notify(f"no key matches {query!r}", severity="warning")
+            self.notify(f"no key matches {query!r}", severity="warning", markup=False)  # typed
             return
         tree = self.query_one(CkptTree)
         tree.show_matches(matches)
@@ -325,7 +325,9 @@ class BrowseScreen(Screen[None]):
         more = " (first 10,000 shown)" if len(matches) >= 10_000 else ""
         noun = "match" if len(matches) == 1 else "matches"
         self.notify(
-            f"{len(matches):,} {noun} for {query!r}{more} · n/N to step · esc clears", timeout=4
+            f"{len(matches):,} {noun} for {query!r}{more} · n/N to step · esc clears",
+            timeout=4,
+            markup=False,  # the query is typed text: `[/x]` raised MarkupError
         )
 
     def action_clear_filter(self) -> None:

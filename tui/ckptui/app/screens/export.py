@@ -173,7 +173,7 @@ class ExportScreen(ModalScreen[None]):
             if isinstance(error, Cancelled):
                 return  # a newer plan replaced it, or the dialog closed
             reason = error.message if isinstance(error, CkptError) else repr(error)
-            self._show_size(f"[b $error]{escape(reason)}[/]")
+            self._show_size(f"[b $error]{escape(units.printable(reason))}[/]")
             self.query_one("#export-keep", Static).update(self._keep_text(None))
             if isinstance(error, CkptError):
                 self.query_one("#export-strip", Checkbox).label = "strip a prefix (nothing to keep)"
@@ -207,9 +207,8 @@ class ExportScreen(ModalScreen[None]):
             )
         elif plan.skipped:
             more = ", …" if len(plan.skipped) > 1 else ""
-            text += (
-                f"\n[$warning]{len(plan.skipped):,} skipped ({escape(plan.skipped[0][1])}{more})[/]"
-            )
+            why = escape(units.printable(plan.skipped[0][1]))  # it may quote a key
+            text += f"\n[$warning]{len(plan.skipped):,} skipped ({why}{more})[/]"
         self._show_size(text)
         self._update_button()
         if first:  # x, then enter, exports the defaults
@@ -219,10 +218,11 @@ class ExportScreen(ModalScreen[None]):
         if self.marks:
             names = ", ".join(path_text(p) or "the whole file" for p in self.marks[:3])
             more = f" and {len(self.marks) - 3} more" if len(self.marks) > 3 else ""
-            return f"{len(self.marks)} marked: [b]{escape(names)}[/]{more}"
+            return f"{len(self.marks)} marked: [b]{escape(units.printable(names))}[/]{more}"
         if plan is None:
             return "the detected weights (none found: mark subtrees with space)"
         where = path_text(plan.keep[0]) or "the whole file"
+        where = units.printable(where)  # keys from the file: control characters shown
         return f"the detected weights: [b]{escape(where)}[/]  [dim](space marks others)[/]"
 
     def _show_size(self, text: str) -> None:
@@ -261,6 +261,7 @@ class ExportScreen(ModalScreen[None]):
         if problem is None:
             return None
         level, reason = problem
+        value, reason = units.printable(value), units.printable(reason)  # typed, or from the file
         if level == "error":
             return f"[b $error]{escape(value)} {escape(reason)}[/]"
         if self._replace == target:
@@ -345,7 +346,8 @@ class ExportScreen(ModalScreen[None]):
     def _progress(self, phase: str, done: int, name: str) -> None:
         self.query_one(ProgressBar).update(progress=done)
         if not self._cancel.is_set():
-            self.query_one("#export-note", Static).update(f"{phase} [b]{escape(name)}[/]")
+            shown = escape(units.printable(name))  # a tensor name from the file
+            self.query_one("#export-note", Static).update(f"{phase} [b]{shown}[/]")
 
     @on(Worker.StateChanged)
     def _finished(self, event: Worker.StateChanged) -> None:
@@ -364,7 +366,7 @@ class ExportScreen(ModalScreen[None]):
         if isinstance(error, Cancelled):
             message = "[$warning]stopped: nothing was written[/]"
         elif isinstance(error, ExportError | CkptError):
-            message = f"[b $error]{escape(error.message)}: nothing was written[/]"
+            message = f"[b $error]{escape(units.printable(error.message))}: nothing was written[/]"
         else:
             message = f"[b $error]unexpected error: {escape(repr(error))}; nothing was written[/]"
         self.query_one(ProgressBar).display = False
@@ -401,7 +403,7 @@ class ExportDoneScreen(ModalScreen[None]):
             load = f"torch.load({name!r}, weights_only=True)"
         change = units.size_change(self.source_bytes, r.bytes)
         rows = [
-            ("Wrote", f"[b]{escape(path)}[/]"),
+            ("Wrote", f"[b]{escape(units.printable(path))}[/]"),
             ("Size", f"{units.size(r.bytes)} · {r.tensors:,} tensors ({change})"),
             (
                 "Verified",
@@ -428,7 +430,7 @@ class ExportDoneScreen(ModalScreen[None]):
         """y: copy the written file's path."""
         path = str(Path(self.result.output).absolute())
         self.app.copy_to_clipboard(path)
-        self.notify(f"copied {path}", timeout=3)
+        self.notify(f"copied {units.printable(path)}", timeout=3, markup=False)  # not markup
 
 
 def _named_target(ckpt: Checkpoint, marks: list[Path], fmt: str) -> str:

@@ -304,7 +304,7 @@ class WhyScreen(Screen[KeyPath | None]):
             saving = f"saves {size(f.saving_bytes)}" if f.saving_bytes else "no size saving"
             text.append(saving, style="bold")
             text.append(f"  {f.kind.replace('_', ' ')}\n", style="dim")  # words, not an id
-            text.append(f.message)
+            text.append(printable(f.message))  # it quotes keys and names from the file
             if i < len(self._findings) - 1:
                 text.append("\n")  # a blank line between findings
             lst.add_option(Option(text, id=str(i)))
@@ -389,6 +389,7 @@ class _Rows:
             p = p.parent
         width = self.name_width - self.GUIDE * (depth - 1) + (self.ARROW if leaf else 0)
         width = max(6, width)
+        name = printable(name)  # keys from the file: control characters shown as escapes
         shown = name if len(name) <= width else name[: width - 1] + "…"
         label = Text(shown.ljust(width), style="bold" if path is not None else "")
         label.append(f"{size(nbytes):>10}", style="")

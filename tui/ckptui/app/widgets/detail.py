@@ -313,15 +313,15 @@ class DetailPanel(VerticalScroll):
     def _tensor_rows(self, t: Table, info: TensorInfo, path: KeyPath) -> None:
         assert self.ckpt is not None
         t.add_row("shape", units.shape(info.shape))
-        t.add_row("dtype", info.dtype)
+        t.add_row("dtype", _plain(info.dtype))  # strings from the file: never markup
         device = info.device
         if device not in ("cpu", "meta"):
             device += "  (opens on CPU here: ckptui never needs a GPU)"
-        t.add_row("device", device)
+        t.add_row("device", _plain(device))  # a location `[/x]` raised MarkupError
         t.add_row("elements", f"{info.numel:,}")
         t.add_row("bytes", units.size(info.nbytes))
         if info.layout != "strided":
-            t.add_row("layout", info.layout)
+            t.add_row("layout", _plain(info.layout))
         if info.state_dict_key:
             t.add_row("state_dict key", _plain(info.state_dict_key))
         if info.stride:

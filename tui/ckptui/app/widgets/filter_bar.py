@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from textual.widgets import Input
 
+from ckptui.core.units import printable
+
 T = TypeVar("T")
 
 PLACEHOLDER = "filter keys: substring or regex · enter to apply · esc to clear"
@@ -57,5 +59,5 @@ class FilterBar(Input):
         try:
             return parse(query)
         except ValueError as e:
-            self.notify(str(e), severity="error")
+            self.notify(printable(str(e)), severity="error", markup=False)  # quotes the query
             return None

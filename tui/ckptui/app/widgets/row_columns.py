@@ -14,8 +14,8 @@ from rich.style import Style
 from rich.text import Text
 
 from ckptui.core.tree import TensorInfo
+from ckptui.core.units import printable, short_type, size
 from ckptui.core.units import shape as shape_text
-from ckptui.core.units import short_type, size
 
 DTYPE_WIDTH = 8
 """Cells of the dtype column (`bfloat16`)."""
@@ -33,13 +33,13 @@ def tensor_columns(t: TensorInfo, shape: bool = True) -> str:
     type other than a plain tensor (`Parameter`, a subclass) comes first: it is rare, and says
     something. Without `shape`, the dtype and size only: what a row keeps when its key needs
     the room (the panel shows the shape)."""
-    kind = short_type(t.type)
+    kind = printable(short_type(t.type))  # type, device and layout: strings from the file
     lead = "" if kind in ("torch.Tensor", "Tensor") else f"{kind} "
     dtype = t.dtype
     if t.device != "cpu":
-        dtype += f" {t.device}"
+        dtype += f" {printable(t.device)}"
     if t.layout not in ("strided", "storage"):
-        dtype += f" {t.layout}"
+        dtype += f" {printable(t.layout)}"
     # The shape is not padded: right-aligned against the dtype, a long one grows to the left,
     # and the key keeps every cell the shape does not need.
     dims = f"{shape_text(t.shape)} " if shape else ""

@@ -31,7 +31,7 @@ from ckptui.core.errors import (
 from ckptui.core.tree import Checkpoint
 from ckptui.formats.folder import INDEX_NAMES, MAX_INDEX, is_index_file, open_folder, open_sharded
 from ckptui.formats.listing import MAX_FILES
-from ckptui.formats.remote.fs import is_http
+from ckptui.formats.remote.fs import bounded, is_http
 from ckptui.formats.remote.reader import RemoteSource, filesystem, translate
 
 OpenOne = Callable[[str], Checkpoint]
@@ -128,7 +128,7 @@ class RemoteFiles:
         """Whether `url` is a folder (prefix) on a back-end that lists (S3, GCS, ...)."""
         try:
             fs, fpath = filesystem(url)
-            return bool(fs.isdir(fpath))
+            return bool(bounded(fs, "isdir", fpath))  # a trickling server: not forever
         except Exception:  # noqa: BLE001 - not listable: the caller re-raises its NotFound
             return False
 
@@ -154,7 +154,8 @@ class RemoteFiles:
             raise Unsupported(folder, "a folder cannot be listed over HTTP: pass the index's URL")
         try:
             fs, fpath = filesystem(folder)
-            found = fs.find(fpath.rstrip("/"), detail=True)
+            # one deadline for the whole listing (a few pages for a model's folder)
+            found = bounded(fs, "find", fpath.rstrip("/"), detail=True)
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
             raise translate(folder, e) from None
         base = fpath.rstrip("/") + "/"

@@ -1,7 +1,8 @@
 """Provides what reading a URL needs besides the bytes themselves: the fsspec filesystem with
-bounded timeouts and a total deadline per request (`filesystem`, `set_deadline`), the refusal of
-a redirect to another server, one-line errors for whatever a back-end raises (`translate`), and
-the cache of metadata already fetched (`remembered` / `remember`).
+bounded timeouts and a total deadline per request (`filesystem`, `set_deadline`, `bounded`,
+`fetch_range`), the refusal of a redirect to another server, one-line errors for whatever a
+back-end raises (`translate`), and the cache of metadata already fetched (`remembered` /
+`remember`).
 
 fsspec and its back-ends are imported here only when a URL is opened: local files never pay.
 """
@@ -21,9 +22,9 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 """Seconds a read may wait for the next bytes from the server (HTTP)."""
 REQUEST_DEADLINE = 120.0
-"""Seconds one HTTP request may take in all, from connecting to the last byte of the answer:
-READ_TIMEOUT bounds only the wait between two bytes, so a server trickling its headers or body
-a byte a minute held a read forever (issue 21)."""
+"""Seconds one request (HTTP, S3, ...) may take in all, from connecting to the last byte of the
+answer: READ_TIMEOUT bounds only the wait between two bytes, so a server trickling its headers
+or body a byte a minute held a read forever (issue 21)."""
 MIN_RATE = 64 << 10
 """Bytes per second a large answer must average: its deadline grows by its size over this rate
 (a 16 MiB read of tensor data may take REQUEST_DEADLINE + 256 s)."""
@@ -97,6 +98,50 @@ def set_deadline(file: Any, nbytes: int) -> None:
     kwargs = getattr(file, "kwargs", None)
     if isinstance(kwargs, dict) and "timeout" in kwargs:
         kwargs["timeout"] = _timeout(nbytes)
+
+
+def needs_deadline(fs: Any) -> bool:
+    """Whether requests of `fs` need the wall-clock deadline of `bounded`: an async back-end
+    other than HTTP. S3's client (botocore) bounds only the wait between two bytes and takes no
+    total timeout, so a server trickling a byte every 50 s held a read forever (issue 21); HTTP
+    has aiohttp's total timeout per request instead (`set_deadline`), which `bounded` leaves
+    alone. Synchronous back-ends (`memory://`, ...) have no event loop to bound."""
+    if not getattr(fs, "async_impl", False) or getattr(fs, "loop", None) is None:
+        return False
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return not {"http", "https"} & set(protocols)
+
+
+def bounded(fs: Any, method: str, *args: Any, nbytes: int = 0, **kwargs: Any) -> Any:
+    """`fs.<method>(*args, **kwargs)` (`info`, `cat_file`, `find`, ...), ended by its deadline
+    (`deadline(nbytes)`) where the back-end has none of its own (`needs_deadline`): the method's
+    coroutine runs on fsspec's event loop under `asyncio.wait_for`, which cancels it (closing
+    its connection, s3fs's own retries included) and raises fsspec's `FSTimeoutError`, which
+    `translate` turns into `TimedOut`."""
+    if not needs_deadline(fs):
+        return getattr(fs, method)(*args, **kwargs)
+    # fsspec is imported only once a URL is opened (local files never pay for it)
+    from fsspec.asyn import sync
+
+    # the coroutine itself (fsspec's async API is the method's name with "_"), not the sync
+    # wrapper, which a back-end may override with one that takes no timeout
+    coro = getattr(fs, "_" + method)
+    return sync(fs.loop, coro, *args, timeout=deadline(nbytes), **kwargs)
+
+
+def fetch_range(file: Any, offset: int, n: int) -> bytes:
+    """The bytes [offset, offset + n) of the open fsspec `file`, in one request that ends by
+    its deadline (`deadline(n)`): over HTTP the file's own request with aiohttp's total timeout
+    (`set_deadline`); on S3 and other async back-ends one `cat_file` range under `bounded`
+    (the file's read would call the back-end with no deadline at all)."""
+    fs = getattr(file, "fs", None)
+    if n > 0 and needs_deadline(fs):
+        version = getattr(file, "version_id", None)  # a versioned S3 object: that version
+        kw = {"version_id": version} if version else {}
+        return bounded(fs, "cat_file", file.path, start=offset, end=offset + n, nbytes=n, **kw)
+    set_deadline(file, n)  # a large answer may take longer, a trickle not forever
+    file.seek(offset)
+    return file.read(n)
 
 
 def _server(url: str) -> tuple[str, str, int | None]:
@@ -240,6 +285,8 @@ def translate(url: str, e: BaseException, nbytes: int = 0) -> CkptError:
         return NotReadable(url, f"the server answered HTTP {status} {getattr(e, 'message', '')}")
     if name in ("ClientPayloadError", "ServerDisconnectedError"):  # aiohttp
         return NotReadable(url, f"the connection dropped mid-transfer ({name})")
+    if name == "ReadTimeoutError":  # botocore's read_timeout, the S3 twin of aiohttp's sock_read
+        return NotReadable(url, f"the server sent nothing for {READ_TIMEOUT:g} s")
     if name in ("EndpointConnectionError", "ConnectTimeoutError"):  # botocore
         return NotReadable(url, f"cannot reach the server ({e})")
     if isinstance(e, ValueError) and "range" in str(e).lower():
@@ -247,10 +294,11 @@ def translate(url: str, e: BaseException, nbytes: int = 0) -> CkptError:
     if name == "ConnectionTimeoutError":  # aiohttp's sock_connect
         return NotReadable(url, f"cannot reach the server (no connection in {CONNECT_TIMEOUT:g} s)")
     # asyncio.TimeoutError is no builtin TimeoutError before Python 3.11: matched by name too
-    timed_out = isinstance(e, TimeoutError) or name == "TimeoutError"
+    # (and fsspec's FSTimeoutError, `bounded`'s deadline, subclasses it)
+    timed_out = isinstance(e, TimeoutError) or name in ("TimeoutError", "FSTimeoutError")
     if timed_out and name in ("ServerTimeoutError", "SocketTimeoutError"):
         return NotReadable(url, f"the server sent nothing for {READ_TIMEOUT:g} s")
-    if timed_out:  # aiohttp's total: the request's deadline passed
+    if timed_out:  # aiohttp's total or `bounded`'s: the request's deadline passed
         return TimedOut(
             url, f"the server did not finish answering one request in {deadline(nbytes):g} s"
         )

@@ -41,10 +41,11 @@ from ckptui.formats.remote.fs import (
     CONNECT_TIMEOUT,
     RANGE_HELP,
     READ_TIMEOUT,
+    bounded,
+    fetch_range,
     filesystem,
     remember,
     remembered,
-    set_deadline,
     translate,
     version_of,
 )
@@ -120,7 +121,7 @@ class RemoteSource(Source):
         try:
             # One HEAD (or the back-end's stat) for the size and the version tag (ETag), which
             # fsspec's HTTP file would otherwise drop.
-            info = fs.info(fpath)
+            info = bounded(fs, "info", fpath)
             if info.get("partial") is False:  # HTTP "Accept-Ranges: none"
                 raise Unsupported(path, RANGE_HELP)
             kw = {"size": info["size"]} if isinstance(info.get("size"), int) else {}
@@ -444,9 +445,7 @@ class RemoteSource(Source):
         if self.file is None:
             raise NotReadable(self.path, "the remote file is closed")
         try:
-            set_deadline(self.file, n)  # a large answer may take longer, a trickle not forever
-            self.file.seek(offset)
-            data = self.file.read(n)
+            data = fetch_range(self.file, offset, n)  # ended by its deadline on every back-end
         except Exception as e:  # noqa: BLE001 - any back-end's error becomes one CkptError line
             raise translate(self.path, e, n) from None
         self.bytes_read += len(data)
