@@ -132,3 +132,22 @@ def test_card_without_weights_or_step_says_so() -> None:
     text = " ".join(console.export_text().split())
     assert "kind unknown optimizer" in text and "step" not in text
     assert "parameters 2 in 1 group state no tensors group 0 lr 0.5" in text
+
+
+async def test_a_weights_key_that_looks_like_markup_is_shown_literally(tmp_path: Path) -> None:
+    # The card's parameters line quotes the weights path; given to the table as a str it was
+    # read as markup, and a key `[/x]` killed the browser with a MarkupError (issue 21).
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    stepped(opt, net)
+    p = tmp_path / "odd.pth"
+    torch.save({"[/x]": net.state_dict(), "optimizer": opt.state_dict()}, p)
+    n_params = len(list(net.parameters()))
+    app = CkptApp(str(p))
+    async with app.run_test(size=(110, 40)) as pilot:
+        tree = await opened(pilot)
+        await settle(pilot)
+        tree.select_path(("optimizer",))
+        await settle(pilot)
+        assert f"{n_params} named from [/x]" in card_of(app)

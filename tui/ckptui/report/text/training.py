@@ -172,7 +172,7 @@ def optimizer_card(
     text = f"{params:,} in {groups:,} {'group' if groups == 1 else 'groups'}"
     if params and mapping["weights_path"] is not None:
         text += f" · {named:,} named from {_where(mapping['weights_path'])}"
-    t.add_row("parameters", text)
+    t.add_row("parameters", _plain(text))  # it quotes the weights path
     keys = [k for k in state_keys if k != "step"]
     state = units.size(state_bytes) if state_bytes else "no tensors"
     t.add_row("state", _plain(state + (f" · {', '.join(keys)}" if keys else "")))
