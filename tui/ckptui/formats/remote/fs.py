@@ -18,9 +18,9 @@ from urllib.parse import urljoin, urlsplit
 from ckptui.core.errors import CkptError, NotFound, NotReadable, Redirected, TimedOut, Unsupported
 
 CONNECT_TIMEOUT = 10.0
-"""Seconds to connect to a server (HTTP)."""
+"""Seconds to connect to a server (HTTP, and S3 through botocore)."""
 READ_TIMEOUT = 60.0
-"""Seconds a read may wait for the next bytes from the server (HTTP)."""
+"""Seconds a read may wait for the next bytes from the server (HTTP, and S3 through botocore)."""
 REQUEST_DEADLINE = 120.0
 """Seconds one request (HTTP, S3, ...) may take in all, from connecting to the last byte of the
 answer: READ_TIMEOUT bounds only the wait between two bytes, so a server trickling its headers
