@@ -15,7 +15,7 @@ from textual.widgets.tree import TreeNode
 from ckptui.analysis import modules as mv
 from ckptui.app.widgets.tree_entry import Entry, holds
 from ckptui.core.tree import KeyPath, Node, NodeKind
-from ckptui.core.units import printable
+from ckptui.core.units import plural, printable
 
 
 class ModuleView:
@@ -46,7 +46,7 @@ class ModuleView:
             label = Text.assemble(
                 (printable(row.name), self._fg("ckpt-tree--group")),
                 "  ",
-                (f"{n} fields as recorded", self._fg("ckpt-tree--summary")),
+                (f"{plural(n, 'field')} as recorded", self._fg("ckpt-tree--summary")),
             )
             return parent.add(label, Entry(row.node, row.path, raw=True))
         label = self._row_label(row.node, row.path, None, row.name)
