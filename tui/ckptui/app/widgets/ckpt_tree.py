@@ -140,11 +140,25 @@ class CkptTree(RowLabels, ModuleView, Sorting, Filtering, Marks, Tree[Entry]):
         return parent.add_leaf(label, Entry(node, path, loaded=True))
 
     def _load(self, tree_node: TreeNode[Entry]) -> None:
-        """Create a row's children (once)."""
+        """Create a row's children (once); the root's end with the folder's text files."""
         entry = tree_node.data
         if entry is None or entry.loaded:
             return
         entry.loaded = True
+        self._load_children(tree_node, entry)
+        if tree_node is self.root:
+            self._add_text_files(tree_node)
+
+    def _add_text_files(self, root: TreeNode[Entry]) -> None:
+        """`config.json` and the folder's other small text files (`formats.folder_text`), after
+        the checkpoint's own rows: not keys of the checkpoint, so nothing counts or exports
+        them, but what a user looks for beside the weights."""
+        files = self.ckpt.info.get("text_files") if self.ckpt is not None else None
+        if isinstance(files, Node):
+            for child in files.children:
+                self._add(root, child, (child.key,), files)
+
+    def _load_children(self, tree_node: TreeNode[Entry], entry: Entry) -> None:
         node = entry.node
         if self.module_view and not entry.raw and entry.group is None:
             rows = entry.module.rows() if entry.module is not None else self.modules_of(entry)

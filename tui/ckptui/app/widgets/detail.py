@@ -241,10 +241,25 @@ class DetailPanel(VerticalScroll):
             self._sizes = _Sizes(self.ckpt.root)
         return self._sizes
 
+    def _text_file(self, path: KeyPath) -> str | None:
+        """`a text file (1.1 KiB)` when `path` lies in one of the folder's text files (the
+        tree's rows after the checkpoint's own, `formats.folder_text`), else None."""
+        files = self.ckpt.info.get("text_files") if self.ckpt is not None and path else None
+        if not isinstance(files, Node) or files.child(path[0]) is None:
+            return None
+        assert self.ckpt is not None
+        if self.ckpt.root.child(path[0]) is not None:
+            return None  # a key of the checkpoint itself
+        n = self.ckpt.info.get("other_files", {}).get(path[0])
+        return "a text file" + (f" ({units.size(n)})" if n is not None else "")
+
     def _facts(self, node: Node, path: KeyPath) -> Group:
         title = Text(units.printable(path_expr(path) or "<root>"), style="bold")
         t = _table()
         t.add_row("type", _plain(node.type))
+        text_file = self._text_file(path)
+        if text_file is not None:  # `formats.folder_text`: beside the checkpoint, not in it
+            t.add_row("file", f"{text_file} of the folder, not in the checkpoint: never exported")
         if node.kind is NodeKind.TENSOR and node.tensor is not None:
             self._tensor_rows(t, node.tensor, path)
         elif node.kind is NodeKind.REF:
@@ -258,8 +273,9 @@ class DetailPanel(VerticalScroll):
         else:
             noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items"}.get(node.kind, "fields")
             t.add_row(noun, f"{len(node.children):,}")
-            total = self._bytes.below(node)
-            t.add_row("tensor bytes", units.size(total) if total else "none")
+            total = self._bytes.below(node) if text_file is None else 0
+            if text_file is None:
+                t.add_row("tensor bytes", units.size(total) if total else "none")
             if node.kind is NodeKind.OBJECT:
                 t.add_row(
                     "class",
