@@ -102,6 +102,8 @@ class CkptTree(RowLabels, ModuleView, Sorting, Filtering, Marks, Tree[Entry]):
         """`s`: the order of every container's rows (`tree_order.ORDERS`); kept across files."""
         self._sorter: Sorter | None = None
         self._module_rows: dict[int, list[mv.Row] | None] = {}
+        self._grouping: set[int] = set()
+        self._waiting: dict[int, KeyPath] = {}
         self._summaries: dict[int, str] = {}
         """Summaries of rows with over GROUP children, by node id (see `_label`)."""
         """The module view's first rows below a node (by id), made once."""
@@ -114,6 +116,7 @@ class CkptTree(RowLabels, ModuleView, Sorting, Filtering, Marks, Tree[Entry]):
             framework = detect(ckpt)
             self.parts = {p.path: p.label for p in framework.parts} if framework else {}
             self._module_rows = {}
+            self._grouping, self._waiting = set(), {}
             self._summaries = {}
             self._sorter = Sorter(ckpt.root)
             self.badges = {}
@@ -161,6 +164,8 @@ class CkptTree(RowLabels, ModuleView, Sorting, Filtering, Marks, Tree[Entry]):
     def _load_children(self, tree_node: TreeNode[Entry], entry: Entry) -> None:
         node = entry.node
         if self.module_view and not entry.raw and entry.group is None:
+            if entry.module is None and self.group_later(tree_node, entry):
+                return
             rows = entry.module.rows() if entry.module is not None else self.modules_of(entry)
             if rows is not None:
                 if self._sorter is not None:
