@@ -148,6 +148,10 @@ def test_json_nested_100000_deep_is_refused_quickly(tmp_path: Path) -> None:
     assert "nests too deep" in f.message
     r = run_cli("inspect", str(folder))
     assert r.returncode == 0 and "Traceback" not in r.stderr
+    # 200,000 levels opened and never closed (200 KB: under the cap, so parsed)
+    (folder / "config.json").write_text("[" * 200_000)
+    (f,) = [f for f in open_checkpoint(str(folder)).findings if f.kind == "damaged_text_file"]
+    assert "nests too deep" in f.message or "not valid JSON" in f.message
 
 
 def test_nesting_is_bounded_by_the_unpicklers_depth(tmp_path: Path) -> None:
