@@ -164,7 +164,8 @@ class ComparePanel(VerticalScroll):
         if row.max_abs is not None:
             if row.max_abs == 0:
                 return Text(f"values identical: max |a-b| = 0{cast}")
-            rel = "" if row.max_rel is None else f" · relative {number(row.max_rel)} (of max |a|)"
+            # max |a-b| / max |a| (max |b| where A is all zeros: `diff.values.relative`)
+            rel = "" if row.max_rel is None else f" · relative {number(row.max_rel)}"
             return Text.assemble(("max |a-b| ", "bold"), number(row.max_abs), rel, cast)
         n = units.size(row.a.nbytes + row.b.nbytes)
         return Text(f"values: press v to compare ({n} to read) · a compares all")
