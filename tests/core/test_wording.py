@@ -97,3 +97,11 @@ def test_plural_and_kind_words() -> None:
     assert plural(100_000, "key") == "100,000 keys"
     assert plural(2, "entry", "entries") == "2 entries"
     assert kind_words("optimizer_state") == "optimizer state"
+
+
+def test_export_says_one_tensor(tmp_path: Path) -> None:
+    src, out = tmp_path / "one.pth", tmp_path / "out.safetensors"
+    torch.save({"w": torch.zeros(3)}, src)
+    r = run_cli("export", str(src), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert ": 1 tensor, " in r.stdout and "1 tensors" not in r.stdout
