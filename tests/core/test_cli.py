@@ -75,7 +75,7 @@ def test_human_tree_and_total(tmp_path: Path) -> None:
     assert "conv.weight" in r.stdout
     assert "[64, 3, 7, 7] float32" in r.stdout and "cuda:1" in r.stdout
     assert "36.8 KiB" in r.stdout
-    assert "1 tensors in 1 storages" in r.stdout
+    assert "1 tensor in 1 storage" in r.stdout
 
 
 def test_large_mapping_is_elided_by_default(tmp_path: Path) -> None:

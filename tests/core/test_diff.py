@@ -468,7 +468,7 @@ def test_human_output_fits_80_columns_and_truncates(tmp_path: Path, capsys, monk
     out = capsys.readouterr().out
     assert code == 1
     assert all(len(line) <= 80 for line in out.splitlines())
-    assert f"differ: {len(sd) - 2} equal · 30 only in A · 1 shape · 1 values differ" in out
+    assert f"differ: {len(sd) - 2} equal · 30 only in A · 1 shape · 1 value differs" in out
     assert "… and 25 more" in out
     assert "[4, 8]" in out and "[5, 8]" in out
     assert f"{max_abs(sd['conv1.bias'], other['conv1.bias']):.4g}" in out

@@ -56,7 +56,7 @@ def test_zero_size_dimensions_diff_and_values(tmp_path: Path) -> None:
     changed = run_cli("diff", str(a), str(b), "--values", "--json")
     assert changed.returncode == 1, changed.stderr
     doc = json.loads(changed.stdout)
-    assert doc["value_diff"] == [{"path": ["w"], "max_abs": 9.0}]
+    assert doc["value_diff"] == [{"path": ["w"], "max_abs": 9.0, "max_rel": 9.0 / 11.0}]
     assert doc["values_equal"] == len(truth) - 1 and doc["not_compared"] == []
     ckpt = open_checkpoint(a)
     for path, t in ckpt.tensors():

@@ -132,6 +132,11 @@ class SubtreeSizes:
         self._elements: dict[int, int] | None = None
         self._largest: dict[int, list[tuple[Node, int]]] = {}
 
+    def summed(self, what: str) -> bool:
+        """Whether the totals `what` (`"bytes"` or `"elements"`) are summed already, so that asking
+        for them costs no pass (the browser sorts in a worker until they are)."""
+        return (self._bytes if what == "bytes" else self._elements) is not None
+
     def bytes(self, node: Node) -> int:
         """Bytes of the tensors at or below `node`, each tied view once (`bytes_below`)."""
         if self._bytes is None:

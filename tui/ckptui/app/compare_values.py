@@ -30,7 +30,7 @@ class ValuesArrived(Message):
     def __init__(
         self,
         group: str,
-        results: list[tuple[Row, float | None, str | None]],
+        results: list[tuple[Row, float | None, str | None, float | None]],
         done: int,
         total: int,
         finished: bool = False,
@@ -68,7 +68,7 @@ def stream_values(
     """
     by_path = {r.path: r for r in rows}
     pairs = [(r.path, r.a, r.b) for r in rows]
-    pending: list[tuple[Row, float | None, str | None]] = []
+    pending: list[tuple[Row, float | None, str | None, float | None]] = []
     state = {"done": 0, "total": 0, "at": 0.0}
 
     def flush(force: bool = False, **extra: Any) -> None:
@@ -87,8 +87,8 @@ def stream_values(
     try:
         result: ValueResult
         for result in iter_values(a, b, pairs, progress, cancelled):
-            p, m, why = result
-            pending.append((by_path[p], m, why))
+            p, m, why, rel = result
+            pending.append((by_path[p], m, why, rel))
             flush()
     except Cancelled:
         flush(True, finished=True)

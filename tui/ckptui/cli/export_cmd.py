@@ -10,7 +10,7 @@ from typing import Any
 
 from ckptui.cli.args import PATH_HELP
 from ckptui.core.errors import CkptError
-from ckptui.core.units import printable, size, size_change
+from ckptui.core.units import plural, printable, size, size_change
 from ckptui.export import export, make_plan, resolve_path
 from ckptui.export.dcp import chunked_kept
 from ckptui.export.shards import export_sharded, parse_size
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         stripped = f", stripped {plan.strip_prefix!r}" if plan.strip_prefix else ""
         print(
-            f"wrote {result.output}: {result.tensors:,} tensors, {size(result.bytes)} "
+            f"wrote {result.output}: {plural(result.tensors, 'tensor')}, {size(result.bytes)} "
             f"({size_change(ckpt.file_bytes, result.bytes)}){stripped}; "
             + (
                 f"fetched {size(result.bytes_read)} from the server; "
@@ -136,7 +136,8 @@ def _check_missing(args: argparse.Namespace, plan: Any) -> None:
     if not args.allow_missing:
         raise CkptError(
             plan.ckpt.path,
-            f"{n:,} tensors are {'; '.join(where)}; pass --allow-missing to export the "
+            f"{plural(n, 'tensor')} {'is' if n == 1 else 'are'} {'; '.join(where)}; "
+            "pass --allow-missing to export the "
             f"{present:,} present without them",
         )
     for path, why in plan.missing[:20]:
@@ -175,8 +176,9 @@ def _export_shards(args: argparse.Namespace, ckpt: Any, plan: Any) -> int:
         sys.stdout.write("\n")
     else:
         print(
-            f"wrote {len(results)} shards and {index}: {sum(r.tensors for r in results):,} "
-            f"tensors, {size(written)} ({size_change(ckpt.file_bytes, written)}); "
+            f"wrote {plural(len(results), 'shard')} and {index}: "
+            f"{plural(sum(r.tensors for r in results), 'tensor')}, {size(written)} "
+            f"({size_change(ckpt.file_bytes, written)}); "
             "each verified against the source"
         )
     return 0

@@ -69,3 +69,39 @@ def json_number(x: float) -> float | str:
     """A float as JSON can hold it: JSON has no NaN or infinity, so those become the strings
     `"nan"`, `"inf"` and `"-inf"` (what `str` gives)."""
     return x if math.isfinite(x) else str(x)
+
+
+DIGITS = 4
+"""Significant digits of every measured number the app and the text reports print (values,
+statistics, differences): one precision, so the panel's min/max and its histogram's bounds
+read alike."""
+
+
+def number(x: float, digits: int = DIGITS) -> str:
+    """`0.1235`, `1.235e-05`, `2048`, `0`, `nan`, `inf`: a measured float, `digits`
+    significant digits."""
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return "0" if x == 0 else f"{x:.{digits}g}"
+
+
+def percent(part: float, whole: float = 1.0) -> str:
+    """`66 %`, `4.2 %`, `0.31 %`, `0 %`: `part` of `whole` with two significant digits (whole
+    percents from 10 % up), the one way sizes' shares are written. `whole` 0 gives `0 %`."""
+    p = 100 * part / whole if whole else 0.0
+    if p == 0 or not math.isfinite(p):
+        return "0 %" if p == 0 else f"{p} %"
+    return f"{p:.0f} %" if abs(p) >= 9.95 else f"{p:.2g} %"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 tensor`, `2 tensors`, `1,000 storages`, `1 entry` / `2 entries` (`many` given)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+def kind_words(kind: str) -> str:
+    """A finding's kind as words (`optimizer_state` -> `optimizer state`): the browser's `w`
+    screen and the CLI's `why` table say it alike."""
+    return kind.replace("_", " ")

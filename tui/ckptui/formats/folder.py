@@ -42,6 +42,7 @@ from ckptui.core.errors import CkptError, CorruptFile, NotACheckpoint, NotReadab
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, NodeKind, Severity, Storage, evolve
 from ckptui.formats.dcp.listing import looks_like_dcp
 from ckptui.formats.dcp.reader import read_dcp
+from ckptui.formats.folder_text import with_text_files
 from ckptui.formats.listing import MAX_FILES, folder_files
 from ckptui.formats.source import is_url, leads_outside
 
@@ -228,7 +229,10 @@ def open_folder(path: str, open_file: Any, files: Files = LOCAL) -> Checkpoint:
     """
     try:
         with gc_paused():  # trees of 90,000 tensors hold no cycles: 0.4 s of 1.3 s
-            return _open_folder(path, open_file, files)
+            ckpt = _open_folder(path, open_file, files)
+        if isinstance(files, LocalFiles):  # config.json & co. beside the weights (folder_text)
+            ckpt = _with_text(ckpt, path, files)
+        return ckpt
     except OSError as e:  # a file vanishing or turning unreadable between listing and reading
         where = e.filename if isinstance(e.filename, str) else path
         raise NotReadable(where, e.strerror or str(e)) from None
@@ -250,6 +254,18 @@ def _open_folder(path: str, open_file: Any, files: Files) -> Checkpoint:
     if len(indexes) == 1:
         return open_sharded(path, indexes[0], path, open_file, files)
     return _files(path, open_file, files)
+
+
+def _with_text(ckpt: Checkpoint, path: str, files: LocalFiles) -> Checkpoint:
+    """The folder's small text files as nodes (`folder_text`): a folder of checkpoint files
+    lists them in `other_files` already; a sharded model's folder is listed for them."""
+    folder = path if files.is_dir(path) else files.split(path)[0]
+    sizes = ckpt.info.get("other_files")
+    if sizes is None and ckpt.format == "hf-sharded":
+        sizes = files.sizes(folder)
+    if not sizes:
+        return ckpt
+    return with_text_files(ckpt, sizes, lambda rel, cap: files.read(files.join(folder, rel), cap))
 
 
 # -- Hugging Face shards ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 from ckptui.analysis.diff.compare import Diff
 from ckptui.core.keypath import path_text, show_path
-from ckptui.core.units import json_number
+from ckptui.core.units import json_number, number
 from ckptui.core.units import shape as show_shape
 
 __all__ = ["diff_json", "render_diff"]
@@ -29,7 +29,11 @@ def diff_json(d: Diff) -> dict[str, Any]:
         ],
         "dtype_mismatch": [{"path": list(p), "a": x, "b": y} for p, x, y in d.dtype_mismatch],
         # Only the tensors whose values differ; the equal ones are counted (issue 17).
-        "value_diff": [{"path": list(p), "max_abs": json_number(m)} for p, m in d.changed_values],
+        # max_rel = max |a-b| / max |a| (max |b| where A is all zeros): `diff.values.relative`
+        "value_diff": [
+            {"path": list(p), "max_abs": json_number(m), "max_rel": json_number(rel(d, p))}
+            for p, m in d.changed_values
+        ],
         "values_equal": len(d.value_diff) - len(d.changed_values),
         "equal": d.equal,
         "mode": d.mode,
@@ -39,6 +43,11 @@ def diff_json(d: Diff) -> dict[str, Any]:
         "not_compared": [{"path": list(p), "reason": r} for p, r in d.not_compared],
         "other_diff": [{"path": list(p), "a": x, "b": y} for p, x, y in d.other_diff],
     }
+
+
+def rel(d: Diff, path: tuple[object, ...]) -> float:
+    """A compared tensor's relative difference (NaN if it was not recorded)."""
+    return d.value_rel.get(path, math.nan)
 
 
 def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
@@ -70,7 +79,8 @@ def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
         (len(d.dtype_mismatch), "dtype"),
     ]
     if d.values:
-        counts += [(len(changed), "values differ"), (len(d.not_compared), "not compared")]
+        differ = "value differs" if len(changed) == 1 else "values differ"  # `1 value differs`
+        counts += [(len(changed), differ), (len(d.not_compared), "not compared")]
     verdict = "[bold red]differ[/]" if d.differs else "[bold green]match[/]"
     shown = " · ".join(f"{n:,} {what}" for n, what in counts if n or what == "equal")
     console.print(f"{verdict}: {shown}")
@@ -101,9 +111,9 @@ def render_diff(d: Diff, console: Any = None, top: int = 20) -> None:
     rows = [(show_path(p), x, y) for p, x, y in d.dtype_mismatch]
     section(f"Dtype mismatch ({len(rows):,})", rows, ("path", "A", "B"))
     order = sorted(changed, key=lambda e: math.inf if math.isnan(e[1]) else e[1], reverse=True)
-    rows = [(show_path(p), f"{m:.4g}") for p, m in order]
+    rows = [(show_path(p), number(m), number(rel(d, p))) for p, m in order]
     title = f"Value differences ({len(rows):,} of {len(d.value_diff):,} compared, largest first)"
-    section(title, rows, ("path", "max |A-B|"))
+    section(title, rows, ("path", "max |A-B|", "relative"))
     rows = [(show_path(p), r) for p, r in d.not_compared]
     section(f"Values not compared ({len(rows):,})", rows, ("path", "why"), wrap=True)
     rows = [(show_path(p), x or "-", y or "-") for p, x, y in d.other_diff]

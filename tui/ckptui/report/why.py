@@ -13,7 +13,7 @@ from ckptui.analysis.roles import ROLE_LABELS
 from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.core.keypath import show_path
 from ckptui.core.tree import Checkpoint
-from ckptui.core.units import size
+from ckptui.core.units import kind_words, percent, plural, size
 
 BAR = 24
 
@@ -84,7 +84,7 @@ def render_breakdown(
         t.add_column("%", justify="right", no_wrap=True)
         t.add_column("bar", no_wrap=True, style="cyan")
         for label, n in rows:
-            t.add_row(escape(label), size(n), f"{100 * n / max(1, of):.1f}", bar(n / max(1, of)))
+            t.add_row(escape(label), size(n), percent(n, max(1, of)), bar(n / max(1, of)))
         console.print()
         console.print(f"[italic]{escape(title)}[/]")  # not a table title: those wrap
         console.print(t)
@@ -115,13 +115,14 @@ def render_breakdown(
             shape = "[" + ", ".join(str(d) for d in item.tensor.shape) + "]"
             t.add_row(escape(show_path(item.path)), shape, item.tensor.dtype, size(item.bytes))
         console.print()
-        console.print(f"[italic]Largest {len(b.largest)} tensors[/]")
+        console.print(f"[italic]Largest {plural(len(b.largest), 'tensor')}[/]")
         console.print(t)
     if b.shared:
         console.print()
         console.print(
-            f"[bold]Shared storages[/] ({len(b.shared):,} tensors view a storage counted at an "
-            "earlier tensor, so their bytes are not counted again)"
+            f"[bold]Shared storages[/] ({plural(len(b.shared), 'tensor')} "
+            f"{'views' if len(b.shared) == 1 else 'view'} a storage counted at an earlier tensor, "
+            "so their bytes are not counted again)"
         )
         for a, o in b.shared[:top]:
             console.print(f"  {escape(show_path(a))} [dim]→ counted at[/] {escape(show_path(o))}")
@@ -137,7 +138,8 @@ def render_breakdown(
     t.add_column("kind", no_wrap=True, style="yellow")
     t.add_column("what to do", overflow="fold")
     for f in b.findings:
-        t.add_row(size(f.saving_bytes) if f.saving_bytes else "-", f.kind, escape(f.message))
+        saves = size(f.saving_bytes) if f.saving_bytes else "-"
+        t.add_row(saves, kind_words(f.kind), escape(f.message))  # words, as the `w` screen
     console.print(t)
 
 

@@ -13,9 +13,10 @@ Prefixes: when the weights' keys of one side all start with `module.`/`_orig_mod
 stripped before comparing and reported; when both share it, nothing is stripped.
 
 Values (`values=True`) are compared by `diff_values.iter_values` (streamed, bounded memory; its
-docstring has the NaN and inf rules). Every compared tensor is listed with its `max_abs`; a
-tensor counts as equal only when it is 0. `diff_render` turns a `Diff` into JSON or text. This
-module reads no tensor data itself and imports neither numpy, rich, torch nor Textual.
+docstring has the NaN and inf rules). Every compared tensor is listed with its `max_abs` (and
+its relative difference in `value_rel`); a tensor counts as equal only when it is 0.
+`diff_render` turns a `Diff` into JSON or text. This module reads no tensor data itself and
+imports neither numpy, rich, torch nor Textual.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class Diff:
     """Listed whether or not the shapes match too."""
     value_diff: list[tuple[KeyPath, float]] = field(default_factory=list)
     """Every tensor whose values were compared, with max |a - b| (0.0 when identical)."""
+    value_rel: dict[KeyPath, float] = field(default_factory=dict)
+    """The same tensors' relative difference, max |a - b| / max |a| (`diff.values.relative`:
+    max |b| where A is all zeros)."""
     not_compared: list[tuple[KeyPath, str]] = field(default_factory=list)
     """Same-shaped tensors whose values could not be read, and why (only with values)."""
     other_diff: list[tuple[KeyPath, str | None, str | None]] = field(default_factory=list)
@@ -249,22 +253,24 @@ def _compare_values(
         # A sparse/nested/quantized/wrapper tensor: its parts are plain tensors. The same
         # parts are the same tensor; parts that differ say it differs, not by how much.
         results = list(iter_values(a, b, parts, None, cancelled))
-        why = next((f"{sub[-1]}: {w}" for sub, _, w in results if w is not None), None)
-        worst = max((m for _, m, _ in results if m is not None), default=0.0, key=_order)
+        why = next((f"{sub[-1]}: {w}" for sub, _, w, _ in results if w is not None), None)
+        worst = max((m for _, m, _, _ in results if m is not None), default=0.0, key=_order)
         if why is None and worst == 0:
             d.value_diff.append((p, 0.0))
+            d.value_rel[p] = 0.0
             continue
         d.not_compared.append(
             (p, why or f"a {ta.layout} tensor whose parts differ; its values are not compared")
         )
         d.equal -= same_dtype[p]
-    for p, worst, why in iter_values(a, b, dense, progress, cancelled):
+    for p, worst, why, rel in iter_values(a, b, dense, progress, cancelled):
         if why is not None:
             d.not_compared.append((p, why))
             d.equal -= same_dtype[p]
             continue
-        assert worst is not None
+        assert worst is not None and rel is not None
         d.value_diff.append((p, worst))
+        d.value_rel[p] = rel
         if worst != 0 and same_dtype[p]:
             d.equal -= 1
 

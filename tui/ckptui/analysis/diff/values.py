@@ -7,6 +7,12 @@ infinities count as equal; a NaN facing a number makes `max_abs` NaN, inf facing
 value makes it inf (JSON writes them as the strings "nan" and "inf"). numpy is imported only
 when values are compared; torch and Textual never. Which tensors are paired, and how the
 results count, is `diff.diff_checkpoints`'s business.
+
+Beside max |a - b| comes the relative difference `max_rel` = max |a - b| / max |a|, so that
+`0.01` says whether it is noise on weights of 100 or a change of weights of 0.01. Where A is
+all zeros (max |a| = 0, a fresh bias) the scale is max |b| instead; where both are all zeros
+the values are equal and `max_rel` is 0. max |a| ignores NaN; a NaN difference makes `max_rel`
+NaN too.
 """
 
 from __future__ import annotations
@@ -25,14 +31,15 @@ from ckptui.core.tree import Checkpoint, KeyPath, TensorInfo
 from ckptui.tensors.reader import Piece, SourceBytes
 from ckptui.tensors.values import ValuesUnavailable, element_type
 
-__all__ = ["PIECE", "Progress", "ValueResult", "iter_values"]
+__all__ = ["PIECE", "Progress", "ValueResult", "iter_values", "relative"]
 
 
 PIECE = 1 << 20
 """Elements cast to float64 at a time when two chunks differ (bounds the working memory)."""
 
-ValueResult = tuple[KeyPath, float | None, str | None]
-"""(path, max |a - b|, None) for a compared tensor, (path, None, why) for one that could not be."""
+ValueResult = tuple[KeyPath, float | None, str | None, float | None]
+"""(path, max |a - b|, None, max_rel) for a compared tensor, (path, None, why, None) for one
+that could not be (`max_rel`: the module docstring)."""
 
 
 def iter_values(
@@ -60,22 +67,33 @@ def iter_values(
         if why is None:
             readable.append((p, ta, tb))
         else:
-            yield p, None, why
+            yield p, None, why, None
     total = sum(ta.nbytes + tb.nbytes for _, ta, tb in readable)
     done = 0
     if progress:
         progress(0, total)
     with _reading(a) as ra, _reading(b) as rb:
         for p, ta, tb in readable:
-            worst = 0.0
+            complex_ = ta.dtype.startswith("complex")
+            worst = scale_a = scale_b = 0.0
+            skipped = False
             for xa, xb in _aligned(_elements(a, ra, p, ta), _elements(b, rb, p, tb)):
                 if cancelled and cancelled():
                     raise Cancelled("cancelled")
-                worst = _worse(worst, _max_abs(xa, xb, ta.dtype.startswith("complex")))
+                m, sa, sb = _max_abs(xa, xb, complex_)
+                worst = _worse(worst, m)
+                if sa is None or sb is None:
+                    skipped = True
+                else:
+                    scale_a, scale_b = max(scale_a, sa), max(scale_b, sb)
                 done += xa.nbytes + xb.nbytes
                 if progress:
                     progress(done, total)
-            yield p, worst, None
+            if skipped and worst != 0 and not math.isnan(worst):
+                # identical pieces were passed over unmeasured: their max |a| counts too
+                scale_a = _scale(a, ra, p, ta, complex_)
+                scale_b = scale_b if scale_a else _scale(b, rb, p, tb, complex_)
+            yield p, worst, None, relative(worst, scale_a, scale_b)
     if progress:
         progress(total, total)
 
@@ -127,17 +145,38 @@ def _aligned(xs: Iterator[Any], ys: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
         x, y = x[n:], y[n:]
 
 
-def _max_abs(x: Any, y: Any, complex_: bool) -> float:
-    """max |x - y| of two equal-length pieces, by the module's NaN rules."""
+def relative(max_abs: float, scale_a: float, scale_b: float) -> float:
+    """max |a - b| relative to max |a| (to max |b| where A is all zeros; 0 where both are)."""
+    if math.isnan(max_abs):
+        return math.nan
+    if max_abs == 0:
+        return 0.0
+    scale = scale_a or scale_b
+    if scale == 0:  # unreachable with real values: all zeros on both sides differ by 0
+        return math.inf
+    return max_abs / scale  # inf / inf is nan: an infinite change of infinite values
+
+
+def _scale(ckpt: Checkpoint, src: Any, path: KeyPath, t: TensorInfo, complex_: bool) -> float:
+    """max |x| over a whole tensor, read again."""
+    import numpy as np
+
+    return max((_abs_max(np, x, complex_) for x in _elements(ckpt, src, path, t)), default=0.0)
+
+
+def _max_abs(x: Any, y: Any, complex_: bool) -> tuple[float, float | None, float | None]:
+    """(max |x - y|, max |x|, max |y|) of two equal-length pieces, by the module's NaN rules;
+    identical bytes are not measured (None, None): most tensors compared are equal, and their
+    scale is never needed."""
     import numpy as np
 
     if x.dtype == y.dtype:
         u = f"u{x.dtype.itemsize}" if x.dtype.itemsize in (1, 2, 4, 8) else None
         if u and np.array_equal(x.view(u), y.view(u)):
-            return 0.0
+            return 0.0, None, None
     if not complex_ and x.dtype.kind in "iub" and y.dtype.kind in "iub":
-        return _int_max_abs(np, x, y)
-    worst = 0.0
+        return _int_max_abs(np, x, y), _abs_max(np, x, False), _abs_max(np, y, False)
+    worst = scale_x = scale_y = 0.0
     for s in range(0, len(x), PIECE):
         a, b = x[s : s + PIECE].astype(np.float64), y[s : s + PIECE].astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -147,7 +186,23 @@ def _max_abs(x: Any, y: Any, complex_: bool) -> float:
             diff = np.hypot(diff[0::2], diff[1::2])
         if len(diff):
             worst = _worse(worst, float(diff.max()))
-    return worst
+            scale_x = max(scale_x, _abs_max(np, a, complex_))
+            scale_y = max(scale_y, _abs_max(np, b, complex_))
+    return worst, scale_x, scale_y
+
+
+def _abs_max(np: Any, x: Any, complex_: bool) -> float:
+    """max |x| of a piece, NaN ignored (0 for an empty or all-NaN piece); complex: of |z|."""
+    if not len(x):
+        return 0.0
+    if x.dtype.kind in "iub":  # min and max in the integers: abs(-128) overflows int8
+        return float(max(abs(int(x.min())), abs(int(x.max()))))
+    if complex_:
+        x = np.hypot(x[0::2].astype(np.float64), x[1::2].astype(np.float64))
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.fmin.reduce(x), np.fmax.reduce(x)  # fmin/fmax skip NaN, warn never
+    m = max(abs(float(lo)), abs(float(hi)))
+    return 0.0 if math.isnan(m) else m
 
 
 def _int_max_abs(np: Any, x: Any, y: Any) -> float:

@@ -54,7 +54,6 @@ class RefusedGlobal:
     """The first tree path holding an object of this type, when one is shown."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class WeightsOnlyReport:
     """The verdict for one checkpoint."""
@@ -72,7 +71,6 @@ class WeightsOnlyReport:
     export_command: str | None = None
     notes: tuple[str, ...] = ()
     allow_list: str = f"torch {wo.TORCH_VERSION}"
-
 
 
 _MULTI_FILE = {

@@ -181,6 +181,9 @@ class BrowseScreen(Screen[None]):
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
         if params is not None:  # first: `m` is a key away, the training facts a panel away
+            weights = ckpt.find(params[0])
+            if weights is not None:  # `m` meanwhile waits for these rows (tree_modules)
+                tree.expect_modules(weights)
             self.find_modules(ckpt, params[0])
         self.find_training_facts(ckpt)
 
@@ -209,10 +212,18 @@ class BrowseScreen(Screen[None]):
 
     @on(Worker.StateChanged)
     def _modules_found(self, event: Worker.StateChanged) -> None:
-        if event.worker.group == "modules" and event.state is WorkerState.SUCCESS:
+        if event.worker.group != "modules":
+            return
+        if event.state is WorkerState.SUCCESS:
             node, rows = event.worker.result
             if node is not None:
                 self.query_one(CkptTree).preload_modules(node, rows)
+        elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED) and self.ckpt is not None:
+            tree = self.query_one(CkptTree)
+            weights = tree.params and next(iter(tree.params))
+            node = self.ckpt.find(weights) if isinstance(weights, tuple) else None
+            if node is not None:  # a row waiting for those rows groups them itself
+                tree.modules_lost(node)
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:

@@ -31,9 +31,9 @@ from ckptui.app.widgets.diff_tree import DiffTree
 from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
-from ckptui.core.keypath import path_expr, path_text
+from ckptui.core.keypath import describe_path, path_expr
 from ckptui.core.tree import Checkpoint
-from ckptui.core.units import printable
+from ckptui.core.units import plural, printable
 from ckptui.formats import open_checkpoint
 from ckptui.formats.source import is_url
 
@@ -167,14 +167,8 @@ class CompareScreen(Screen[None]):
         if d.mode == "whole":
             what = "whole files"
         else:
-            what = (
-                f"weights: A {path_text(d.a_root) or '(root)'}, B {path_text(d.b_root) or '(root)'}"
-            )
-        a, b, what = printable(d.a), printable(d.b), printable(what)  # names from the files
-        first = Text.assemble(("A ", "bold"), a, "  ", ("B ", "bold"), b, f" · {what}")
-        for side, prefix in (("A", d.prefix_a), ("B", d.prefix_b)):
-            if prefix:
-                first.append(f" · {side} has {prefix!r}; stripped")
+            # `the root`, as the CLI's diff says it: `(root)` is the merged tree's row name
+            what = f"weights: A {describe_path(d.a_root)}, B {describe_path(d.b_root)}"
         kinds = [k for k in Kind if k is not Kind.EQUAL and root.counts[k]]
         if root.changed:
             parts = ["differ"]
@@ -191,10 +185,17 @@ class CompareScreen(Screen[None]):
             parts.append(f"values all {total:,} compared")
         if self.query_one(DiffTree).only_changes:
             parts.append("only differences shown (d)")
-        second = Text(" · ".join(parts))
-        lines = [first, second]
+        # One line (issue 18): the verdict and counts first, as the 80th column cuts the rest;
+        # the files come after (the tree's root row names them too).
+        line = Text(" · ".join(parts), no_wrap=True, overflow="ellipsis")
+        a, b, what = printable(d.a), printable(d.b), printable(what)  # names from the files
+        line.append(" · ")
+        line.append_text(Text.assemble(("A ", "bold"), a, " ", ("B ", "bold"), b, f" · {what}"))
+        for side, prefix in (("A", d.prefix_a), ("B", d.prefix_b)):
+            if prefix:
+                line.append(printable(f" · {side} has {prefix!r}; stripped"))
         head = self.query_one("#header", Static)
-        head.update(Text("\n").join(lines))
+        head.update(line)
         head.set_class(bool(root.changed), "differ")
 
     def _value_counts(self) -> tuple[int, int]:
@@ -245,7 +246,7 @@ class CompareScreen(Screen[None]):
         bar = self.query_one("#cmp-all-progress", ProgressBar)
         bar.update(total=None, progress=0)
         self.query_one("#cmp-progress-label", Static).update(
-            f"comparing the values of {len(rows):,} tensors · esc cancels"
+            f"comparing the values of {plural(len(rows), 'tensor')} · esc cancels"
         )
         self.compare_all(rows)
 
@@ -278,8 +279,8 @@ class CompareScreen(Screen[None]):
     def on_values_arrived(self, message: ValuesArrived) -> None:
         changed = False
         rows = []
-        for row, m, why in message.results:
-            changed |= row.set_values(m, why)
+        for row, m, why, rel in message.results:
+            changed |= row.set_values(m, why, rel)
             rows.append(row)
         tree = self.query_one(DiffTree)
         tree.relabel(rows)

@@ -138,11 +138,14 @@ class ComparePanel(VerticalScroll):
                 kinds.add_row(f"{MARK[kind]} {n:,}", NAME[kind])
         pending = row.counts[Kind.PENDING]
         if row.changed:
-            verdict = f"{row.changed:,} of {row.leaves:,} entries differ"
+            entries = units.plural(row.leaves, "entry", "entries")
+            verdict = f"{row.changed:,} of {entries} {'differs' if row.changed == 1 else 'differ'}"
         elif pending:  # never "equal" for values nobody read
             verdict = f"no difference yet: {pending:,} of {row.leaves:,} not compared (v, a)"
         else:
-            verdict = f"all {row.leaves:,} entries equal"
+            verdict = (
+                "the entry is equal" if row.leaves == 1 else f"all {row.leaves:,} entries equal"
+            )
         return Group(self._title(row), Text(verdict, style="bold"), t, Text(""), kinds)
 
     def _values(self, row: Row) -> Text:
@@ -161,7 +164,9 @@ class ComparePanel(VerticalScroll):
         if row.max_abs is not None:
             if row.max_abs == 0:
                 return Text(f"values identical: max |a-b| = 0{cast}")
-            return Text.assemble(("max |a-b| ", "bold"), number(row.max_abs), cast)
+            # max |a-b| / max |a| (max |b| where A is all zeros: `diff.values.relative`)
+            rel = "" if row.max_rel is None else f" · relative {number(row.max_rel)}"
+            return Text.assemble(("max |a-b| ", "bold"), number(row.max_abs), rel, cast)
         n = units.size(row.a.nbytes + row.b.nbytes)
         return Text(f"values: press v to compare ({n} to read) · a compares all")
 

@@ -212,10 +212,25 @@ class DetailPanel(VerticalScroll):
         assert self.ckpt is not None
         return subtree_sizes(self.ckpt)
 
+    def _text_file(self, path: KeyPath) -> str | None:
+        """`a text file (1.1 KiB)` when `path` lies in one of the folder's text files (the
+        tree's rows after the checkpoint's own, `formats.folder_text`), else None."""
+        files = self.ckpt.info.get("text_files") if self.ckpt is not None and path else None
+        if not isinstance(files, Node) or files.child(path[0]) is None:
+            return None
+        assert self.ckpt is not None
+        if self.ckpt.root.child(path[0]) is not None:
+            return None  # a key of the checkpoint itself
+        n = self.ckpt.info.get("other_files", {}).get(path[0])
+        return "a text file" + (f" ({units.size(n)})" if n is not None else "")
+
     def _facts(self, node: Node, path: KeyPath) -> Group:
         title = Text(units.printable(path_expr(path) or "<root>"), style="bold")
         t = _table()
         t.add_row("type", _plain(node.type))
+        text_file = self._text_file(path)
+        if text_file is not None:  # `formats.folder_text`: beside the checkpoint, not in it
+            t.add_row("file", f"{text_file} of the folder, not in the checkpoint: never exported")
         if node.kind is NodeKind.TENSOR and node.tensor is not None:
             self._tensor_rows(t, node.tensor, path)
         elif node.kind is NodeKind.REF:
@@ -229,8 +244,9 @@ class DetailPanel(VerticalScroll):
         else:
             noun = {NodeKind.MAPPING: "keys", NodeKind.SEQUENCE: "items"}.get(node.kind, "fields")
             t.add_row(noun, f"{len(node.children):,}")
-            total = self._bytes.bytes(node)
-            t.add_row("tensor bytes", units.size(total) if total else "none")
+            total = self._bytes.bytes(node) if text_file is None else 0
+            if text_file is None:
+                t.add_row("tensor bytes", units.size(total) if total else "none")
             if node.kind is NodeKind.OBJECT:
                 t.add_row(
                     "class",
@@ -278,7 +294,7 @@ class DetailPanel(VerticalScroll):
             big.add_column(justify="right", no_wrap=True)
             big.add_column(overflow="fold")
             for child, nbytes in largest:
-                big.add_row(units.size(nbytes), f"{100 * nbytes / total:.0f} %", _plain(child.key))
+                big.add_row(units.size(nbytes), units.percent(nbytes, total), _plain(child.key))
             parts += [Text(""), Text("largest", style="bold"), big]
         return Group(*parts)
 
@@ -341,10 +357,10 @@ class DetailPanel(VerticalScroll):
                 ),
             )
             if st.nbytes > info.nbytes * 2 and st.nbytes > 4096:
-                pct = 100 * info.nbytes / st.nbytes
+                pct = units.percent(info.nbytes, st.nbytes)
                 t.add_row(
                     "view",
-                    f"only {pct:.1f} % of its storage: saving it saves all {units.size(st.nbytes)}",
+                    f"only {pct} of its storage: saving it saves all {units.size(st.nbytes)}",
                 )
         shared = self.index.sharing(path, info) if self.index else []
         if shared:
@@ -374,7 +390,7 @@ class DetailPanel(VerticalScroll):
         if stats is not None and stats.histogram and any(stats.histogram):
             spark.data = list(stats.histogram)
             lo, hi = stats.hist_range
-            _put(rng, Text(f"histogram {lo:.4g} … {hi:.4g}"))
+            _put(rng, Text(f"histogram {units.number(lo)} … {units.number(hi)}"))
             _show(spark, True)
             _show(rng, True)
         else:
@@ -454,9 +470,10 @@ class DetailPanel(VerticalScroll):
             return
         t = _table()
         if stats.min is not None:
-            t.add_row("min / max", f"{stats.min:.6g} / {stats.max:.6g}")
+            # one precision (`units.number`) for every number of the card and the histogram
+            t.add_row("min / max", f"{_num(stats.min)} / {_num(stats.max)}")
         if stats.mean is not None:
-            t.add_row("mean / std", f"{stats.mean:.6g} / {stats.std:.6g}")
+            t.add_row("mean / std", f"{_num(stats.mean)} / {_num(stats.std)}")
         bad = [
             f"{n} {what}"
             for n, what in ((stats.nan, "NaN"), (stats.posinf, "+Inf"), (stats.neginf, "-Inf"))
@@ -468,8 +485,14 @@ class DetailPanel(VerticalScroll):
             badge = " ".join(w for w, n in (("NaN", stats.nan), ("Inf", inf)) if n)
             self.post_message(self.NonFinite(path, badge))
         t.add_row("zeros", f"{stats.zeros:,} of {stats.count:,}")
-        head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in stats.head)
+        head = ", ".join(_num(v) for v in stats.head)
         t.add_row("first", head + (" …" if stats.count > len(stats.head) else ""))
         if stats.note:
             t.add_row("note", stats.note)
         self._show_stats(_Laid(Group(Text("values", style="bold"), t)), stats)
+
+
+def _num(v: object) -> str:
+    """A value of the card: a float with the app's precision (`units.number`), an integer
+    (an int tensor's min, a count) whole."""
+    return units.number(v) if isinstance(v, float) else str(v)

@@ -13,12 +13,12 @@ tree all read the rows, and none of this needs Textual.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptui.analysis.diff.compare import Diff
 from ckptui.core.tree import Key, KeyPath, TensorInfo
+from ckptui.core.units import number as units_number
 from ckptui.core.units import shape as show_shape
 from ckptui.core.units import size
 
@@ -91,6 +91,8 @@ class Row:
     b: TensorInfo | str | None = None
     max_abs: float | None = None
     """max |a - b| once the values were compared."""
+    max_rel: float | None = None
+    """max |a - b| / max |a| with it (`diff.values.relative`: max |b| where A is all zeros)."""
     why: str | None = None
     """Why the values could not be compared."""
     tied_a: KeyPath | None = None
@@ -146,9 +148,11 @@ class Row:
             r = r.parent
         return out[::-1]
 
-    def set_values(self, max_abs: float | None, why: str | None) -> bool:
+    def set_values(
+        self, max_abs: float | None, why: str | None, max_rel: float | None = None
+    ) -> bool:
         """Record a value result; returns True when the row's kind changed."""
-        self.max_abs, self.why = max_abs, why
+        self.max_abs, self.why, self.max_rel = max_abs, why, max_rel
         old = self.kind
         new = old  # a dtype mismatch stays one; its max |a-b| is shown with it
         if old in (Kind.EQUAL, Kind.VALUES, Kind.UNREAD, Kind.PENDING):
@@ -204,7 +208,7 @@ def merge(d: Diff, name_a: str = "A", name_b: str = "B") -> Row:
     for p, m in d.value_diff:
         row = find(root, p)
         if row is not None:
-            row.set_values(m, None)
+            row.set_values(m, None, d.value_rel.get(p))
     for p, why in d.not_compared:
         row = find(root, p)
         if row is not None:
@@ -313,10 +317,16 @@ def find(root: Row, path: KeyPath) -> Row | None:
 
 
 def number(x: float) -> str:
-    """A max |a-b| as short text."""
-    if math.isnan(x):
-        return "nan"
-    return "0" if x == 0 else f"{x:.4g}"
+    """A max |a-b| as short text (`units.number`: the one precision)."""
+    return units_number(x)
+
+
+def difference(row: Row) -> str:
+    """`max |a-b| 0.125 (rel 0.002083)`: a compared row's difference, absolute and relative."""
+    if row.max_abs is None:
+        return ""
+    rel = f" (rel {units_number(row.max_rel)})" if row.max_rel is not None and row.max_abs else ""
+    return f"max |a-b| {number(row.max_abs)}{rel}"
 
 
 def _tensor(t: TensorInfo) -> str:
@@ -351,7 +361,7 @@ def describe(row: Row) -> str:
         if kind is Kind.SHAPE:
             text = f"{show_shape(a.shape)} → {show_shape(b.shape)}"
             return text + (f" · {a.dtype} → {b.dtype}" if a.dtype != b.dtype else f" {a.dtype}")
-        delta = f"max |a-b| {number(row.max_abs)} · " if row.max_abs else ""
+        delta = f"{difference(row)} · " if row.max_abs else ""
         if kind is Kind.DTYPE:
             return f"{delta}{a.dtype} → {b.dtype} · {show_shape(a.shape)}"
         if kind is Kind.UNREAD:

@@ -69,8 +69,7 @@ def param_group_json(m: OptimizerMapping) -> dict[str, Any]:
         "params_from": m.params_from,
         "notes": list(m.notes),
         "lines": [
-            {"groups": list(g.groups), "hyper": g.hyper, "params": list(g.params)}
-            for g in m.groups
+            {"groups": list(g.groups), "hyper": g.hyper, "params": list(g.params)} for g in m.groups
         ],
     }
 
@@ -91,12 +90,16 @@ def resume_json(card: ResumeCard) -> dict[str, Any]:
         "schedulers": [
             {"path": list(s.path), "kind": s.kind, "last_epoch": s.value} for s in card.schedulers
         ],
-        "counters": [{"name": c.kind, "path": list(c.path), "value": c.value} for c in card.counters],
+        "counters": [
+            {"name": c.kind, "path": list(c.path), "value": c.value} for c in card.counters
+        ],
         "scaler": None
         if scaler is None
         else {"path": list(scaler.path), "scale": scaler.value, "empty": scaler.kind == "empty"},
         "rng": [{"kind": r.kind, "path": list(r.path)} for r in card.rng],
-        "versions": [{"name": v.kind, "path": list(v.path), "value": v.value} for v in card.versions],
+        "versions": [
+            {"name": v.kind, "path": list(v.path), "value": v.value} for v in card.versions
+        ],
         "warnings": list(card.warnings),
     }
 

@@ -37,9 +37,27 @@ def stdout_console() -> Console:
     return Console(highlight=False, width=_NO_WRAP_WIDTH)
 
 
+def _summary(node: Node) -> str:
+    """A row's summary; a tensor's as the browser's row reads it, `[64, 3, 7, 7] float32 ·
+    36.8 KiB` (shape, dtype, size), its type named only when it is not a plain tensor
+    (`Parameter`): `torch.Tensor` on every row said nothing and pushed the size off the line."""
+    t = node.tensor
+    if node.kind is not NodeKind.TENSOR or t is None:
+        return summary(node)
+    kind = units.short_type(t.type)
+    lead = "" if kind in ("torch.Tensor", "Tensor") else f"{kind} "
+    parts = [f"{lead}{units.shape(t.shape)} {t.dtype}"]
+    if t.device != "cpu":
+        parts.append(t.device)
+    if t.layout not in ("strided", "storage"):
+        parts.append(t.layout)
+    parts.append(units.size(t.nbytes))
+    return " · ".join(parts)
+
+
 def _label(node: Node, key_text: str, part: str | None = None) -> str:
     style = "bold red" if node.safety == "danger" else "bold"
-    text = f"[{style}]{escape(key_text)}[/]  [dim]{escape(summary(node))}[/]"
+    text = f"[{style}]{escape(key_text)}[/]  [dim]{escape(_summary(node))}[/]"
     return text + (f" [dim italic]— {escape(part)}[/]" if part else "")
 
 
@@ -106,9 +124,10 @@ def render_checkpoint(
         f"[bold]{escape(ckpt.format)}[/] · "
         + (f"[bold]{escape(framework.heading())}[/] · " if framework else "")
         + f"{units.size(ckpt.file_bytes)} file · "
-        f"{len(tensors):,} tensors in {len(unique):,} storages · {units.size(data)} tensor data"
+        f"{units.plural(len(tensors), 'tensor')} in {units.plural(len(unique), 'storage')} · "
+        f"{units.size(data)} tensor data"
         + (f" · {units.size(fetched)} read from the server" if fetched is not None else "")
-        + (f" · [bold red]{dangers} dangerous call(s)[/]" if dangers else "")
+        + (f" · [bold red]{units.plural(dangers, 'dangerous call')}[/]" if dangers else "")
     )
 
 

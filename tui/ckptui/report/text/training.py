@@ -133,11 +133,11 @@ FLAGS = ("nesterov", "amsgrad", "maximize", "decoupled_weight_decay")
 
 
 def _number(v: Any) -> str:
-    """`0.001`, `1e-08`, `0.9, 0.999`: four significant digits, as `:g` writes them."""
+    """`0.001`, `1e-08`, `0.9, 0.999`: the app's precision (`units.number`)."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int | float):
-        return f"{v:.4g}"
+        return units.number(float(v))
     if isinstance(v, list | tuple):
         return ", ".join(_number(x) for x in v)
     return units.printable(str(v))
