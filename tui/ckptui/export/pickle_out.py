@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ckptui.core.dtypes import DTYPES, STORAGE_DTYPES, contiguous_strides
@@ -138,6 +139,38 @@ def state_dict_pickle(
         out.append(b"}" + _str("_metadata") + memo(od) + b")R(" + b"".join(meta) + b"usb")
     out.append(b".")  # STOP
     return b"".join(out)
+
+
+def plain_pickle_size(entries: Iterable[tuple[str, str, str, int, tuple[int, ...]]]) -> int:
+    """The exact length of `state_dict_pickle(entries)` for plain entries (name, dtype, storage
+    key, storage elements, shape), without building it: `exported_size` asks for it on every
+    `why`, and the pickle of 100,000 tensors took 1.3 s to build only to be measured.
+
+    A tensor's rebuild call is the same bytes for every tensor of one (dtype, elements, shape)
+    but for its storage key, once the memo holds every global and string it names (later
+    memo entries never renumber earlier ones, so a fetch stays the same length). So each such
+    signature's call is built for real until it adds nothing to the memo, and from then on
+    its length is reused, plus the key's. The size is the real pickle's by construction:
+    every byte counted is one `_tensor_of` writes with the same memo.
+    """
+    memo = _Memo()
+    size = 4 + 2  # PROTO 2 + EMPTY_DICT + MARK ... SETITEMS + STOP
+    warm: dict[tuple[str, int, tuple[int, ...]], int] = {}
+    for name, dtype, key, elements, shape in entries:
+        # X + 4-byte length + the UTF-8 name (surrogatepass, as `_str` encodes it)
+        size += 5 + (len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass")))
+        key_len = 5 + (len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass")))
+        sig = (dtype, elements, shape)
+        known = warm.get(sig)
+        if known is None:
+            before = len(memo.slots)
+            n = len(_tensor_of(memo, dtype, key, elements, shape))
+            if len(memo.slots) == before:  # a warm memo: the same bytes for every such tensor
+                warm[sig] = n - key_len
+            size += n
+        else:
+            size += known + key_len
+    return size
 
 
 def _value(memo: _Memo, value: Value) -> bytes:
