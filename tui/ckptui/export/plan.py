@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ckptui.analysis.quantized import QScheme
 from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
+from ckptui.core.bulk import gc_paused
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path, path_text
@@ -60,7 +61,7 @@ class Item:
         return self.tensor.numel * DTYPES[self.dtype].itemsize
 
 
-@dataclass
+@dataclass(repr=False)
 class Plan:
     """A complete description of one export."""
 
@@ -91,6 +92,11 @@ class Plan:
     versions: dict[str, int] = field(default_factory=dict)
     """`state_dict()`'s `_metadata` (module prefix -> version), written when not empty:
     quantized modules need it to load (`load_state_dict` picks their layout by it)."""
+
+    def __repr__(self) -> str:
+        # Short on purpose: Textual reprs a worker's arguments on the UI thread (the export
+        # dialog's writer takes the plan), and the default repr lists every item.
+        return f"Plan({self.format}, {len(self.items):,} items of {len(self.keep)} kept paths)"
 
     @property
     def storages(self) -> list[Item]:
@@ -134,6 +140,13 @@ def make_plan(
     Raises:
         ExportError: nothing to keep, an unknown path, option or duplicate output name.
     """
+    with gc_paused():  # an item and a few tuples per tensor, no cycles (see core.bulk)
+        return _make_plan(ckpt, keep, strip_prefix, dtype, fmt)
+
+
+def _make_plan(
+    ckpt: Checkpoint, keep: list[KeyPath] | None, strip_prefix: str, dtype: str, fmt: str
+) -> Plan:
     if dtype not in CAST_TARGETS:
         raise ExportError(ckpt.path, f"unknown --dtype {dtype!r} (keep, bf16 or fp16)")
     if fmt not in ("pth", "safetensors"):
