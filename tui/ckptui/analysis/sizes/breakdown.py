@@ -214,7 +214,7 @@ def breakdown(
         b = storage_bytes.get(key, 0)
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + b
         if weights is not None and path[: len(weights)] == weights:
-            name = t.state_dict_key or ".".join(str(k) for k in path[len(weights) :])
+            name = t.state_dict_key or _name_below(path, len(weights))
             _add_prefix(modules, name, b, path)
     owned = [(p, t, storage_bytes.get(t.storage_key or "", 0)) for p, t in tensors]
     owned = [x for x in owned if x[2] and owner.get(x[1].storage_key or "") == x[0]]
@@ -310,6 +310,14 @@ def _group_for(path: KeyPath, group_of: dict[KeyPath, Role]) -> KeyPath | None:
     return None
 
 
+def _name_below(path: KeyPath, n: int) -> str:
+    """The dotted name of `path` below its first `n` keys; one str key (a flat state dict's
+    every tensor) is its own name, without a join per tensor."""
+    if len(path) == n + 1 and type(path[n]) is str:
+        return path[n]
+    return ".".join(str(k) for k in path[n:])
+
+
 def _add_prefix(root: Prefix, name: str, nbytes: int, path: KeyPath) -> None:
     node = root
     node.bytes += nbytes
@@ -339,7 +347,7 @@ def _weights_parts(
         if path[:n] != weights:
             continue
         count += 1
-        names += len(t.state_dict_key or ".".join(str(k) for k in path[n:]))
+        names += len(t.state_dict_key or _name_below(path, n))
         if t.storage_key is not None:
             keys.add(t.storage_key)
     data = sum(ckpt.storages[k].nbytes for k in keys if k in ckpt.storages)
