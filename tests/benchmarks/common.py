@@ -25,6 +25,11 @@ def child_env(src: Path = SRC) -> dict[str, str]:
     tree even when the package is not installed (or another tree is, for before/after runs)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
+    # Bytecode cached as an installed package has it (pip compiles at install; torch's is):
+    # with PYTHONDONTWRITEBYTECODE set, every ckptui child compiled its ~150 modules again,
+    # 0.3-0.5 s that the baseline never paid. The untimed warm-up run writes the cache.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "ckptui-bench-pycache")
     return env
 
 

@@ -27,7 +27,7 @@ def tensors_of(node: Node, base: KeyPath) -> list[tuple[KeyPath, TensorInfo]]:
     tensor_at: dict[KeyPath, TensorInfo] = {}
     inside: KeyPath | None = None
     for rel, n in walk(node):
-        path = (*base, *rel)
+        path = (*base, *rel) if base else rel
         if inside is not None and path[: len(inside)] == inside:
             continue  # a part of a sparse/nested/quantized/wrapper tensor: not a tensor of its own
         inside = None
@@ -104,7 +104,14 @@ def unexportable(ckpt: Checkpoint, t: TensorInfo, fmt: str, quantized: bool = Fa
         return f"{t.dtype} tensors are not exported"
     if ckpt.info.get("byteorder") == "big":
         return "big-endian storages are not exported"
-    span = t.span_elements() * t.itemsize
-    if any(s < 0 for s in t.stride) or span > min(st.nbytes, st.record_nbytes or 0):
+    # This runs once per exported tensor: a 1-d view's span inline (what `span_elements`
+    # computes), and min() rather than any() over a generator.
+    shape, stride = t.shape, t.stride
+    if len(shape) == 1 and len(stride) == 1:
+        elements = t.storage_offset + (shape[0] - 1) * stride[0] + 1 if shape[0] else 0
+    else:
+        elements = t.span_elements()
+    span = elements * t.itemsize
+    if (stride and min(stride) < 0) or span > min(st.nbytes, st.record_nbytes or 0):
         return "the view runs past its storage"
     return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ckptui.analysis.quantized import QScheme
 from ckptui.analysis.roles import weights_path
 from ckptui.analysis.state_dict import common_prefix, tensors_of, unexportable
+from ckptui.core.bulk import gc_paused
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path, path_text
@@ -60,7 +61,7 @@ class Item:
         return self.tensor.numel * DTYPES[self.dtype].itemsize
 
 
-@dataclass
+@dataclass(repr=False)
 class Plan:
     """A complete description of one export."""
 
@@ -91,6 +92,11 @@ class Plan:
     versions: dict[str, int] = field(default_factory=dict)
     """`state_dict()`'s `_metadata` (module prefix -> version), written when not empty:
     quantized modules need it to load (`load_state_dict` picks their layout by it)."""
+
+    def __repr__(self) -> str:
+        # Short on purpose: Textual reprs a worker's arguments on the UI thread (the export
+        # dialog's writer takes the plan), and the default repr lists every item.
+        return f"Plan({self.format}, {len(self.items):,} items of {len(self.keep)} kept paths)"
 
     @property
     def storages(self) -> list[Item]:
@@ -134,6 +140,13 @@ def make_plan(
     Raises:
         ExportError: nothing to keep, an unknown path, option or duplicate output name.
     """
+    with gc_paused():  # an item and a few tuples per tensor, no cycles (see core.bulk)
+        return _make_plan(ckpt, keep, strip_prefix, dtype, fmt)
+
+
+def _make_plan(
+    ckpt: Checkpoint, keep: list[KeyPath] | None, strip_prefix: str, dtype: str, fmt: str
+) -> Plan:
     if dtype not in CAST_TARGETS:
         raise ExportError(ckpt.path, f"unknown --dtype {dtype!r} (keep, bf16 or fp16)")
     if fmt not in ("pth", "safetensors"):
@@ -164,8 +177,12 @@ def make_plan(
     qmods = {n.rpartition(".")[0] for n, p, _ in found if p in q.schemes}
     groups: dict[tuple, int] = {}
     items: list[Item] = []
+    target = CAST_TARGETS[dtype]
+    plain = not q.any  # no quantized entries: no scheme, slot or kept-float rule to look up
     for name, (_, path, t) in zip(names, found, strict=True):
-        out_dtype = cast_dtype(t.dtype, dtype) if _castable(q, qmods, path, name) else t.dtype
+        # `cast_dtype` where `_castable`, inlined: this loop runs once per tensor
+        cast = target and t.dtype in CASTABLE and (plain or _castable(q, qmods, path, name))
+        out_dtype = target if cast else t.dtype
         if fmt == "safetensors" and out_dtype not in SAFETENSORS_CODE:
             skipped.append((path, f"{out_dtype} has no safetensors code"))
             continue
@@ -180,6 +197,9 @@ def make_plan(
             jagged = ragged.value if ragged is not None and type(ragged.value) is int else 1
             items.append(Item(name, path, t, t.dtype, group, jagged=jagged))
             items += _parts(ckpt, name, path, groups, ("values", "offsets"), ("lengths",))
+            continue
+        if plain:
+            items.append(Item(name, path, t, out_dtype, group))
             continue
         scheme = q.schemes.get(path)
         items.append(Item(name, path, t, out_dtype, group, q.slots.get(path), qscheme=scheme))
@@ -338,8 +358,15 @@ def kept_tensors(
         if node is None:
             raise ExportError(ckpt.path, f"no {describe_path(base)} in the checkpoint")
         prefix = path_text(base[-1:]) + "." if len(keep) > 1 and base else ""
+        cut = len(base)
         for path, t in tensors_of(node, base):
-            rel = t.state_dict_key or path_text(path[len(base) :])
+            rel = t.state_dict_key
+            if not rel:
+                # one str key below the kept path (a flat state dict's every name) is its own
+                # text: path_text's join, skipped 100,000 times
+                below = path[cut:]
+                one = len(below) == 1 and type(below[0]) is str
+                rel = below[0] if one else path_text(below)
             # a kept path that is itself a tensor is named by its own key (not `key.`)
             out.append((prefix + rel if rel else path_text(base[-1:]) or "tensor", path, t))
     return list(keep), out

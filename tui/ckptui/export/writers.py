@@ -9,14 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckptui.core.dtypes import SAFETENSORS_CODE
 from ckptui.core.progress import NamedProgress
-from ckptui.export.pickle_out import DtypeOut, NjtOut, TensorOut, Value, state_dict_pickle
-from ckptui.export.zipwriter import ZipWriter, size_of
+from ckptui.export.pickle_out import (
+    DtypeOut,
+    NjtOut,
+    TensorOut,
+    Value,
+    plain_pickle_size,
+    state_dict_pickle,
+)
+from ckptui.export.zipwriter import ZipWriter, size_of_lengths
 from ckptui.tensors.reader import SourceBytes
 
 if TYPE_CHECKING:  # the plan imports the writers (its exact size); they only read its type
@@ -35,24 +42,49 @@ def archive_name(plan: Plan) -> str:
     return "archive"
 
 
-def _pth_records(plan: Plan) -> tuple[bytes, list[tuple[str, int]]]:
-    """(data.pkl bytes, [(record name, size)] in write order)."""
-    keys = {it.group: str(i) for i, it in enumerate(plan.storages)}
+def _storage_keys(storages: list[Item]) -> dict[int, str]:
+    """Output storage group -> its record key (`data/<key>`), numbered in write order."""
+    return {it.group: str(i) for i, it in enumerate(storages)}
+
+
+def _is_rich(plan: Plan) -> bool:
+    """The state dict holds more than plain tensors (a torch.ao quantized model's tuples,
+    dtypes and versions, a jagged tensor): `_entries` gathers them."""
     rich = any(it.qscheme or it.jagged is not None for it in plan.items)
-    if plan.tuples or plan.values or plan.versions or rich:
-        pkl = state_dict_pickle(_entries(plan, keys), plan.versions)
-    else:
-        entries = [
-            (it.name, it.dtype, keys[it.group], it.tensor.numel, it.tensor.shape)
-            for it in plan.items
-        ]
-        pkl = state_dict_pickle(entries)
+    return bool(plan.tuples or plan.values or plan.versions or rich)
+
+
+def _plain_entries(plan: Plan, keys: dict[int, str]) -> Iterator[tuple[str, str, str, int, tuple]]:
+    """(name, dtype, storage key, storage elements, shape) of each tensor: `state_dict_pickle`'s
+    plain entries (each tensor contiguous at offset 0 of its own or its tied storage)."""
+    return (
+        (it.name, it.dtype, keys[it.group], it.tensor.numel, it.tensor.shape) for it in plan.items
+    )
+
+
+def _pickle(plan: Plan, keys: dict[int, str]) -> bytes:
+    """The export's `data.pkl`."""
+    if _is_rich(plan):
+        return state_dict_pickle(_entries(plan, keys), plan.versions)
+    return state_dict_pickle(_plain_entries(plan, keys))
+
+
+def _pth_records(
+    plan: Plan, storages: list[Item], keys: dict[int, str], pkl_len: int
+) -> list[tuple[str, int]]:
+    """[(record name, size)] in write order, for a `data.pkl` of `pkl_len` bytes."""
     a = archive_name(plan)
-    records = [(f"{a}/data.pkl", len(pkl))]
+    named = [(f"{a}/data/{keys[it.group]}", it.nbytes) for it in storages]
+    return _pth_records_of(a, pkl_len, named)
+
+
+def _pth_records_of(a: str, pkl_len: int, storages: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The records of archive `a`: data.pkl and the small ones, the storages, the last two."""
+    records = [(f"{a}/data.pkl", pkl_len)]
     records += [(f"{a}/{n}", len(b)) for n, b in _SMALL_RECORDS]
-    records += [(f"{a}/data/{keys[it.group]}", it.nbytes) for it in plan.storages]
+    records += storages
     records += [(f"{a}/version", 2), (f"{a}/.data/serialization_id", 40)]
-    return pkl, records
+    return records
 
 
 def _entries(plan: Plan, keys: dict[int, str]) -> list[tuple[str, Value]]:
@@ -123,11 +155,30 @@ def _safetensors_header(plan: Plan) -> bytes:
 
 
 def predicted_size(plan: Plan) -> int:
-    """The exact size of the file `write` produces for `plan`."""
+    """The exact size of the file `write` produces for `plan`, computed without writing it:
+    the safetensors header is made (it is JSON of the plan), the `.pth` pickle is not
+    (`plain_pickle_size`), nor its record names (`size_of_lengths`).
+
+    A quantized or jagged export's pickle is built to be measured: its tuples, per-channel
+    scales and nested rebuilds have no short arithmetic form worth a second copy of their
+    writer, and such models hold hundreds of entries, not 100,000 (milliseconds to build).
+    """
     if plan.format == "safetensors":
         return 8 + len(_safetensors_header(plan)) + plan.data_bytes
-    _, records = _pth_records(plan)
-    return size_of(records)
+    storages = plan.storages
+    keys = _storage_keys(storages)
+    if _is_rich(plan):
+        pkl_len = len(_pickle(plan, keys))
+    else:
+        pkl_len = plain_pickle_size(_plain_entries(plan, keys))
+    # `_pth_records`'s names, by their lengths: `<archive>/data/<key>` for each storage
+    a = archive_name(plan)
+    few = _pth_records_of(a, pkl_len, [])
+    data = len(f"{a}/data/".encode())
+    records = [(len(n.encode()), size) for n, size in few[:4]]
+    records += [(data + len(keys[it.group]), it.nbytes) for it in storages]
+    records += [(len(n.encode()), size) for n, size in few[4:]]
+    return size_of_lengths(records)
 
 
 def write(
@@ -166,12 +217,15 @@ def _write(plan: Plan, f: BinaryIO, progress: NamedProgress | None, src: SourceB
         for it in plan.items:
             f.writelines(stream(it))
         return
-    pkl, records = _pth_records(plan)
+    storages = plan.storages
+    keys = _storage_keys(storages)
+    pkl = _pickle(plan, keys)
+    records = _pth_records(plan, storages, keys, len(pkl))
     z = ZipWriter(f)
     z.write_record(records[0][0], [pkl], len(pkl))
     for (name, _), (_, data) in zip(records[1:4], _SMALL_RECORDS, strict=True):
         z.write_record(name, [data], len(data))
-    for (name, size), it in zip(records[4:-2], plan.storages, strict=True):
+    for (name, size), it in zip(records[4:-2], storages, strict=True):
         z.write_record(name, stream(it), size)
     z.write_record(records[-2][0], [b"3\n"], 2)
     # torch writes random digits; these are derived from the pickle, so exports repeat

@@ -64,7 +64,7 @@ class Largest:
     bytes: int
 
 
-@dataclass
+@dataclass(repr=False)
 class Breakdown:
     """The size breakdown of one checkpoint."""
 
@@ -97,6 +97,12 @@ class Breakdown:
     weights_parts: tuple[int, int, int, int] = (0, 0, 0, 0)
     """What `weights_only_bytes` is estimated from: (data bytes, storages, tensors, name
     bytes); kept so that shards' estimates can be merged into one file's."""
+
+    def __repr__(self) -> str:
+        # Short on purpose: Textual reprs a worker's arguments on the UI thread, and the
+        # default repr of a 100,000-tensor breakdown (its dicts of every storage) held the
+        # browser for about 0.3 s at each `w` (issue 16).
+        return f"Breakdown({self.file_bytes:,} bytes, {len(self.storage_bytes):,} storages)"
 
     @property
     def headline(self) -> str:
@@ -203,7 +209,7 @@ def breakdown(
         b = storage_bytes.get(key, 0)
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + b
         if weights is not None and path[: len(weights)] == weights:
-            name = t.state_dict_key or ".".join(str(k) for k in path[len(weights) :])
+            name = t.state_dict_key or _name_below(path, len(weights))
             _add_prefix(modules, name, b, path)
     owned = [(p, t, storage_bytes.get(t.storage_key or "", 0)) for p, t in tensors]
     owned = [x for x in owned if x[2] and owner.get(x[1].storage_key or "") == x[0]]
@@ -299,6 +305,14 @@ def _group_for(path: KeyPath, group_of: dict[KeyPath, Role]) -> KeyPath | None:
     return None
 
 
+def _name_below(path: KeyPath, n: int) -> str:
+    """The dotted name of `path` below its first `n` keys; one str key (a flat state dict's
+    every tensor) is its own name, without a join per tensor."""
+    if len(path) == n + 1 and type(path[n]) is str:
+        return path[n]
+    return ".".join(str(k) for k in path[n:])
+
+
 def _add_prefix(root: Prefix, name: str, nbytes: int, path: KeyPath) -> None:
     node = root
     node.bytes += nbytes
@@ -328,7 +342,7 @@ def _weights_parts(
         if path[:n] != weights:
             continue
         count += 1
-        names += len(t.state_dict_key or ".".join(str(k) for k in path[n:]))
+        names += len(t.state_dict_key or _name_below(path, n))
         if t.storage_key is not None:
             keys.add(t.storage_key)
     data = sum(ckpt.storages[k].nbytes for k in keys if k in ckpt.storages)

@@ -133,8 +133,12 @@ class ExportScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         self.query_one(ProgressBar).display = False
-        self._replan(first=True)
         self._check_target()
+        # The default plan after the dialog's first frame: planning 100,000 tensors is a
+        # second of Python on a worker thread, which would compete for the GIL with composing
+        # and painting the dialog.
+        self._show_size("[dim]computing …[/]")
+        self.call_after_refresh(self.call_after_refresh, self._replan, True)
 
     # -- choices -> plan ---------------------------------------------------------------------
     def _choices(self) -> tuple[str, str, str]:
@@ -144,8 +148,8 @@ class ExportScreen(ModalScreen[None]):
         return strip, dtype, fmt
 
     def _replan(self, first: bool = False) -> None:
-        # Planning a 50,000-tensor export takes about a second (data.pkl is built to know its
-        # exact size): a worker keeps the dialog responsive, and Export waits for the answer.
+        # Planning a 100,000-tensor export takes about a second: a worker keeps the dialog
+        # responsive, and Export waits for the answer.
         strip, dtype, fmt = self._choices()
         self.plan = None
         self._update_button()

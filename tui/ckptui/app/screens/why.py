@@ -130,7 +130,9 @@ class WhyScreen(Screen[KeyPath | None]):
             self._show(self.cache.breakdown)
         else:
             self.query_one("#why-main").loading = True
-            self.compute()
+            # After the screen's first frame: the worker's thread would compete for the GIL
+            # with composing and painting it (a 100,000-tensor breakdown is seconds of Python)
+            self.call_after_refresh(self.compute)
 
     # -- workers ---------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="why")
