@@ -279,7 +279,9 @@ def _weights_path(ckpt: Checkpoint) -> KeyPath | None:
                 best = (size, path)
             continue
         if node.kind is not NodeKind.TENSOR and len(path) < 6 and not is_optimizer(node):
-            stack.extend(((*path, c.key), c) for c in node.children)
+            # a childless node (a tensor, a value, one of a million refs, issue 21) is neither
+            # a state dict nor a module and holds none: not stacked, no path made
+            stack.extend(((*path, c.key), c) for c in node.children if c.children)
     return best[1] if best else None
 
 

@@ -45,10 +45,19 @@ class ZipLookup:
         counts = Counter(self._names)
         self._dups = {n: c for n, c in counts.items() if c > 1}
         self._unique = {n: i for i, n in enumerate(self._names)} if not self._dups else None
+        self._ascii: dict[str, int] | None = None
+        """The same as `_unique` keyed by str, when every name is ASCII (torch's are): a
+        storage's lookup, once per tensor, then skips encoding its name."""
+        if self._unique is not None and all(map(bytes.isascii, raw)):
+            self._ascii = {n.decode("ascii"): i for n, i in self._unique.items()}
         self._sorted: list[int] | None = None
 
     def locate(self, name: str) -> int | None:
         """Index of the record torch reads for `name`, or None."""
+        if self._ascii is not None and name.isascii():
+            # str.lower() folds only A-Z on ASCII text, as bytes.lower() does; a non-ASCII
+            # name is not folded this way ('\u212a'.lower() is 'k') and takes the path below.
+            return self._ascii.get(name.lower())
         key = _lower(name.encode("utf-8", "surrogateescape"))
         if self._unique is not None:
             return self._unique.get(key)

@@ -66,6 +66,7 @@ import struct
 from functools import lru_cache
 from typing import Any
 
+from ckptui.core.gcpause import paused_gc
 from ckptui.unpickler.inert import CONFINED, InertUnpickler, PDict, PObject
 from ckptui.unpickler.weights_only_replay import Replay
 
@@ -288,7 +289,10 @@ class _CUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if not (type(pid) is int or (type(pid) is tuple and pid and pid[0] == "storage")):
             self.u.exact = False  # the replay blocks on it
-        return self.u.persistent(pid)
+        load = self.u.persistent_load  # `u.persistent`, two calls sooner (once per storage)
+        if load is None:
+            return self.u.persistent(pid)  # raises the inert loop's own error
+        return load(pid)
 
 
 def _no_nested(u: InertUnpickler, blob: Any) -> Any:
@@ -319,10 +323,11 @@ class ConfinedUnpickler(InertUnpickler):
 
     def load(self, pos: int, end: int) -> tuple[Any, int]:
         """As `InertUnpickler.load`, at C speed when the confined path accepts the pickle."""
-        got = self._confined(pos, end) if ENABLED else None
-        if got is None:
-            self.exact = False
-            got = super().load(pos, end)
+        with paused_gc():  # a million objects made, none in a cycle (`core.gcpause`)
+            got = self._confined(pos, end) if ENABLED else None
+            if got is None:
+                self.exact = False
+                got = super().load(pos, end)
         note = self.extra.get("exact")
         if note is not None:
             note(self.exact)

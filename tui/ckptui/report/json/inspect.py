@@ -16,6 +16,7 @@ from typing import Any
 
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.training.facts import training_facts
+from ckptui.core.gcpause import paused_gc
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.report.json.training import training_json
 
@@ -67,6 +68,11 @@ def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
 
 def iter_json(ckpt: Checkpoint) -> Iterator[str]:
     """The contract as JSON text, in pieces."""
+    with paused_gc():  # a dict per tensor row, none in a cycle (`core.gcpause`)
+        yield from _iter_json(ckpt)
+
+
+def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
     yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
     yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
     yield from _node(ckpt.root)
