@@ -49,6 +49,12 @@ class TreeBuilder:
         """Convert `obj` found at `path` (its key in the parent is `key`)."""
         return self._node(obj, key, path, 0)
 
+    def forget(self) -> None:
+        """Drop what `build` remembers of the objects shown, once nothing more will be built
+        (the globals' paths and the modules stay): a path and an entry per object."""
+        self._seen = {}
+        self._keep = []
+
     def _node(self, obj: Any, key: Key, path: KeyPath, depth: int) -> Node:
         # Refs first: a pickle may hold a million of them, and ids of the objects in `_seen`
         # (kept alive by `_keep`) cannot be reused by any other live object.
@@ -191,7 +197,7 @@ class TreeBuilder:
         out = []
         seen = self._seen
         for k, v in items:
-            key = _key(k)
+            key = k if type(k) is str else _key(k)
             first = None if self._path_names or type(v) is tuple else seen.get(id(v))
             if first is not None:  # `_node`'s plain ref, without making this child's path
                 out.append(Node(NodeKind.REF, first[1], key, (), first[0]))
@@ -228,7 +234,7 @@ class TreeBuilder:
             t.layout,
             self._names.get(id(t)) if self._names else None,
         )
-        if not t.parts:  # what `Node.make` would build, without its keyword handling
+        if not t.has_parts:  # what `Node.make` would build, without its keyword handling
             return Node(NodeKind.TENSOR, t.type, key, (), info, None)
         children = tuple(self._node(v, name, (*path, name), depth + 1) for name, v in t.parts)
         return Node.make(NodeKind.TENSOR, t.type, key, children, tensor=info)
