@@ -265,19 +265,7 @@ def _compound(node: Node, refs: dict[int, tuple[Any, str, str]]) -> Iterator[str
 def _tensor_leaf(node: Node) -> dict[str, Any]:
     """A tensor node without children as `_fields` writes it, as a dict: a 100,000-tensor state
     dict cost six encoder calls per row, a batch of these costs one (issue 16)."""
-    t = node.value
-    out: dict[str, Any] = {  # `_tensor_fields` inlined: one dict per row, not two
-        "key": node.key,
-        "kind": "tensor",
-        "type": node.type,
-        "shape": list(t.shape),
-        "dtype": t.dtype,
-        "device": t.device,
-        "nbytes": t.nbytes,
-    }
-    if t.state_dict_key is not None:
-        out["state_dict_key"] = t.state_dict_key
-    return out
+    return {"key": node.key, "kind": "tensor", "type": node.type, **_tensor_fields(node.value)}
 
 
 def _tensor_fields(t: TensorInfo) -> dict[str, Any]:
