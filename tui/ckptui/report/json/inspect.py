@@ -251,7 +251,13 @@ def _compound(node: Node, refs: dict[int, tuple[Any, str, str]]) -> Iterator[str
                 run = []
             yield from _compound(child, refs)
             continue
-        run.append(_leaf(child, refs))
+        cached = refs.get(id(child.value)) if child.kind is NodeKind.REF else None
+        if cached is not None and cached[0] is child.value and cached[1] == child.type:
+            # `_leaf`'s cache hit inline: a list of a million refs to one object (issue 21)
+            key = child.key
+            run.append('{"key": ' + (str(key) if key.__class__ is int else _enc(key)) + cached[2])
+        else:
+            run.append(_leaf(child, refs))
         if len(run) >= _BATCH:
             yield "".join(run)
             run = []
