@@ -257,6 +257,9 @@ def weights_path(ckpt: Checkpoint) -> KeyPath | None:
     return ckpt.memo("weights_path", lambda: _weights_path(ckpt))
 
 
+_WEIGHT_KEY_MAX = max(map(len, WEIGHT_KEYS))
+
+
 def _weights_path(ckpt: Checkpoint) -> KeyPath | None:
     root = ckpt.root
     if root.kind is NodeKind.TENSOR or is_module(root):
@@ -270,7 +273,13 @@ def _weights_path(ckpt: Checkpoint) -> KeyPath | None:
         node = _at(root, framework.weights)
         if node is not None and _has_tensors(node):
             return framework.weights
-    by_name = {c.key.lower(): c for c in root.children if isinstance(c.key, str)}
+    # only names as short as the longest of WEIGHT_KEYS are looked up: not lower-casing a
+    # state dict's 100,000 long keys (the last child of a name still wins)
+    by_name = {
+        c.key.lower(): c
+        for c in root.children
+        if isinstance(c.key, str) and len(c.key) <= _WEIGHT_KEY_MAX
+    }
     for name in WEIGHT_KEYS:
         c = by_name.get(name)
         if c is not None and (is_module(c) or is_state_dict(c)):
@@ -290,7 +299,9 @@ def _weights_path(ckpt: Checkpoint) -> KeyPath | None:
                 best = (size, path)
             continue
         if node.kind is not NodeKind.TENSOR and len(path) < 6 and not is_optimizer(node):
-            stack.extend(((*path, c.key), c) for c in node.children)
+            # a childless node (a tensor, a value, one of a million refs, issue 21) is neither
+            # a state dict nor a module and holds none: not stacked, no path made
+            stack.extend(((*path, c.key), c) for c in node.children if c.children)
     return best[1] if best else None
 
 

@@ -39,16 +39,33 @@ class ZipLookup:
 
     def __init__(self, names: list[str], raw: list[bytes] | None = None) -> None:
         """`raw`: the same names as bytes when the caller has them (saves encoding each)."""
+        self._ascii: dict[str, int] | None = None
+        """Lower-cased name -> index when every name is ASCII and unique (torch's are): then
+        miniz's search finds the one record of a name, and nothing else is kept (the bytes
+        lists and their dict were 25 MB on a 100,000-record zip, issue 16)."""
+        self._names: list[bytes] = []
+        self._dups: dict[bytes, int] = {}
+        self._unique: dict[bytes, int] | None = None
+        self._sorted: list[int] | None = None
+        if all(map(str.isascii, names)):
+            # str.lower() folds only A-Z on ASCII text, as bytes.lower() does
+            by_name = {n.lower(): i for i, n in enumerate(names)}
+            if len(by_name) == len(names):
+                self._ascii = by_name
+                return
         if raw is None:
             raw = [n.encode("utf-8", "surrogateescape") for n in names]
         self._names = [_lower(n) for n in raw]
         counts = Counter(self._names)
         self._dups = {n: c for n, c in counts.items() if c > 1}
         self._unique = {n: i for i, n in enumerate(self._names)} if not self._dups else None
-        self._sorted: list[int] | None = None
 
     def locate(self, name: str) -> int | None:
         """Index of the record torch reads for `name`, or None."""
+        if self._ascii is not None:
+            # a non-ASCII name matches no ASCII one (its UTF-8 bytes are all >= 0x80), and is
+            # not folded here ('\u212a'.lower() is 'k')
+            return self._ascii.get(name.lower()) if name.isascii() else None
         key = _lower(name.encode("utf-8", "surrogateescape"))
         if self._unique is not None:
             return self._unique.get(key)

@@ -57,24 +57,26 @@ OrderedDict. When so (`exact`), the weights-only verdict skips reading and repla
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import pickle
-import re
-import struct
-from functools import lru_cache
 from typing import Any
 
+from ckptui.core.gcpause import paused_gc
 from ckptui.unpickler.inert import CONFINED, InertUnpickler, PDict, PObject
+from ckptui.unpickler.rewrite import (
+    Decline,
+    PieceReader,
+    Progress,
+    Rewritten,
+    counted,
+    pieces,
+    rewrite,
+)
 from ckptui.unpickler.weights_only_replay import Replay
 
 ENABLED = True
 """Try the C path first (tests turn it off to compare with the inert loop alone)."""
-
-
-class Decline(Exception):
-    """The confined path declines the pickle; the inert loop reads it instead."""
 
 
 class _Mark:
@@ -118,162 +120,11 @@ class _List(list):  # type: ignore[type-arg]
 _List.__name__ = _List.__qualname__ = "list"  # the tree names a node by its object's type
 
 
-def counted(op: bytes, most: int, pad: bytes = b"") -> bytes:
-    """Regex for `op`, a length byte n <= most (then `pad`), then n bytes: one alternative per
-    length, so the regex engine picks the branch by the length byte (it skips branches whose
-    first literal differs)."""
-    bodies = b"|".join(
-        re.escape(bytes([n]) + pad) + (b".{%d}" % n if n else b"") for n in range(most + 1)
-    )
-    return re.escape(op) + b"(?:" + bodies + b")"
-
-
-_MARK = rb"\((?![eu\x95])(?!\Z)"
-"""MARK not followed by APPENDS/SETITEMS (rewritten) or FRAME, nor ending a frame (declined)."""
-_REPLAYED = (
-    rb"[)t\x85\x86\x87N\x88\x89Qsuae]|[Khq].|[Jj].{4}|M.{2}|G.{8}|" + _MARK
-    + b"|" + counted(b"X", 255, b"\x00\x00\x00")
-    + b"|" + counted(b"\x8a", 32)
-    + rb"|c[^\n]*\n[^\n]*\n"
-)  # fmt: skip
-"""Plain opcodes that torch's weights-only unpickler also reads (its protocol-2 loop)."""
-_MORE = (
-    rb"[\x94\x93]|" + counted(b"\x8c", 255) + b"|" + counted(b"C", 64)
-    + b"|" + counted(b"B", 64, b"\x00\x00\x00")
-)  # fmt: skip
-"""Plain protocol 3-5 opcodes: MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE, short bytes."""
-
-
-@lru_cache(maxsize=8)
-def _run(bits: int, more: bool) -> re.Pattern[bytes]:
-    """Regex of a run of plain opcodes (`_MORE` too when `more`), LONG_BINPUT below 2**bits.
-    Compiling one costs tens of milliseconds, so `bits` comes in a few tiers and the protocol
-    3-5 one is compiled only for a pickle that needs it."""
-    full, rest = divmod(bits, 8)
-    put = b"r" + b".{%d}" % full
-    if rest:
-        put += b"[\\x00-" + re.escape(bytes([(1 << rest) - 1])) + b"]"
-        full += 1
-    put += b"\\x00" * (4 - full)
-    return re.compile(
-        rb"(?s)(?:" + _REPLAYED + b"|" + put + (b"|" + _MORE if more else b"") + rb")*+"
-    )
-
-
-_TIERS = (12, 16, 20, 24)
-
-
-def _memo_bits(n: int) -> int:
-    """The LONG_BINPUT bound for a pickle of up to `n` bytes: indices below a quarter of its
-    bytes (each memoized object costs an opcode and a 5-byte LONG_BINPUT), rounded up to a
-    tier, and below 2**24 whatever follows the pickle (a legacy file's storages): the C memo is
-    then at most 1 MiB for a pickle under 64 KiB, and never over 256 MiB, what the inert loop's
-    own memo costs for that many objects."""
-    need = (n // 4).bit_length()
-    return next((t for t in _TIERS if t >= need), _TIERS[-1])
-
-
-def _marker(nonce: bytes, name: bytes) -> bytes:
-    """Opcodes pushing the marker `name`: STACK_GLOBAL(nonce, name)."""
-    return b"\x8c" + bytes([len(nonce)]) + nonce + b"\x8c" + bytes([len(name)]) + name + b"\x93"
-
-
-class Rewritten:
-    """A pickle made ready for the C unpickler."""
-
-    __slots__ = ("exact", "nonce", "stop", "stream")
-
-    def __init__(self, stream: bytes, stop: int, nonce: str, exact: bool) -> None:
-        self.stream = stream
-        self.stop = stop
-        """Position just after the pickle's STOP in the original buffer."""
-        self.nonce = nonce
-        self.exact = exact
-        """Only opcodes torch's weights-only unpickler reads (module docstring)."""
-
-
-def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
-    """The pickle at `buf[pos:end]` checked and rewritten (module docstring, points 1-2), or
-    None when the confined path declines it."""
-    if end - pos < 2 or buf[pos] != 0x80 or buf[pos + 1] > 5:
-        return None  # protocol 0/1 (text opcodes), or no PROTO: the inert loop reads those
-    nonce = os.urandom(12).hex().encode()
-    seqs = {
-        0x52: _marker(nonce, b"R") + b"\x86R",  # REDUCE -> func((args, REDUCE_MARK))
-        0x81: _marker(nonce, b"N") + b"\x86R",  # NEWOBJ -> cls((args, NEWOBJ_MARK))
-        0x62: _marker(nonce, b"B") + b"\x86b",  # BUILD -> (state, BUILD_MARK)
-        0x7D: _marker(nonce, b"D") + b")R",  # EMPTY_DICT -> PDict()
-        0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
-    }
-    bits = _memo_bits(end - pos)
-    run = _run(bits, False).match
-    exact = True
-    pieces = [bytes(buf[pos : pos + 2])]
-    # Each rewritten opcode grows by ~22 bytes: a pickle made of little else would make a
-    # stream many times its size, so growth past 4x (a torch.save pickle grows ~0.4x) declines.
-    room = 4 * (end - pos) + 4096
-    pos += 2
-    limit = end
-    """Where the current frame (or the buffer) ends: no opcode may cross it."""
-    framed = False
-    while True:
-        start = pos
-        pos = run(buf, pos, limit).end()
-        if pos > start:
-            pieces.append(buf[start:pos])
-        if pos == limit:
-            if not framed:
-                return None  # no STOP before the end
-            framed, limit = False, end
-            continue
-        op = buf[pos]
-        seq = seqs.get(op)
-        if seq is not None:
-            pieces.append(seq)
-            pos += 1
-            room -= len(seq)
-            if room < 0:
-                return None
-        elif op == 0x28 and pos + 1 < limit and buf[pos + 1] in (0x65, 0x75):
-            mark = b"E" if buf[pos + 1] == 0x65 else b"U"  # MARK APPENDS / MARK SETITEMS
-            pieces.append(_marker(nonce, mark) + b"b")
-            pos += 2
-            room -= 25
-        elif op == 0x2E:  # STOP
-            pieces.append(b".")
-            stream = b"".join(pieces)
-            return Rewritten(stream, pos + 1, nonce.decode(), exact)
-        elif op == 0x95 and not framed:  # FRAME: dropped; its opcodes must not cross its end
-            if pos + 9 > limit:
-                return None
-            (n,) = struct.unpack_from("<Q", buf, pos + 1)
-            pos += 9
-            if not 0 < n <= end - pos:
-                return None
-            framed, limit = True, pos + n
-            run, exact = _run(bits, True).match, False  # the weights-only loop has no FRAME
-        elif op == 0x58:  # BINUNICODE too long for the regex: checked here
-            if pos + 5 > limit:
-                return None
-            (n,) = struct.unpack_from("<I", buf, pos + 1)
-            if n > inline_text or pos + 5 + n > limit:
-                return None
-            pieces.append(buf[pos : pos + 5 + n])
-            pos += 5 + n
-        elif exact:  # maybe a protocol 3-5 opcode: go on with all of them
-            run = _run(bits, True).match
-            exact = False
-            if run(buf, pos, limit).end() == pos:
-                return None
-        else:
-            return None
-
-
 class _CUnpickler(pickle.Unpickler):
     """The C unpickler, resolving globals and persistent ids through the inert loop only."""
 
-    def __init__(self, stream: bytes, u: ConfinedUnpickler, nonce: str) -> None:
-        super().__init__(io.BytesIO(stream), encoding="utf-8")
+    def __init__(self, stream: PieceReader, u: ConfinedUnpickler, nonce: str) -> None:
+        super().__init__(stream, encoding="utf-8")
         self.u = u
         self.nonce = nonce
         self.names: list[tuple[str, str]] = []
@@ -288,7 +139,10 @@ class _CUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if not (type(pid) is int or (type(pid) is tuple and pid and pid[0] == "storage")):
             self.u.exact = False  # the replay blocks on it
-        return self.u.persistent(pid)
+        load = self.u.persistent_load  # `u.persistent`, two calls sooner (once per storage)
+        if load is None:
+            return self.u.persistent(pid)  # raises the inert loop's own error
+        return load(pid)
 
 
 def _no_nested(u: InertUnpickler, blob: Any) -> Any:
@@ -319,10 +173,11 @@ class ConfinedUnpickler(InertUnpickler):
 
     def load(self, pos: int, end: int) -> tuple[Any, int]:
         """As `InertUnpickler.load`, at C speed when the confined path accepts the pickle."""
-        got = self._confined(pos, end) if ENABLED else None
-        if got is None:
-            self.exact = False
-            got = super().load(pos, end)
+        with paused_gc():  # a million objects made, none in a cycle (`core.gcpause`)
+            got = self._confined(pos, end) if ENABLED else None
+            if got is None:
+                self.exact = False
+                got = super().load(pos, end)
         note = self.extra.get("exact")
         if note is not None:
             note(self.exact)
@@ -334,9 +189,14 @@ class ConfinedUnpickler(InertUnpickler):
             return None
         if limits.inline_text < 255:
             return None
-        plan = rewrite(self.buf, pos, end, limits.inline_text)
-        if plan is None:
-            return None
+        buf = self.buf
+        if end - pos < 2 or buf[pos] != 0x80 or buf[pos + 1] > 5:
+            return None  # protocol 0/1 (text opcodes), or no PROTO: the inert loop reads those
+        nonce = os.urandom(12).hex().encode()
+        done = Progress()
+        # Streamed: the C unpickler reads each piece only after `pieces` has checked it, and
+        # a decline further on raises out of `load`, undone below like any other failure.
+        stream = PieceReader(pieces(buf, pos, end, limits.inline_text, nonce, done))
         saved = {k: (g.verdict, g.called, g.call_args) for k, g in self.globals.items()}
         save_state = self.extra.get("save_state")
         restore = save_state() if save_state is not None else None
@@ -344,10 +204,12 @@ class ConfinedUnpickler(InertUnpickler):
         self.extra["load_nested"] = _no_nested
         previous = CONFINED.u
         CONFINED.u = self
-        self.exact = plan.exact
-        c = _CUnpickler(plan.stream, self, plan.nonce)
+        self.exact = True  # and the rewrite's verdict, at the end
+        c = _CUnpickler(stream, self, nonce.decode())
         try:
             root = c.load()
+            if done.stop is None:
+                raise Decline("the C unpickler stopped before the rewrite's STOP")
         except Exception:  # noqa: BLE001  # any failure at all: the inert loop decides
             for k in [k for k in self.globals if k not in saved]:
                 del self.globals[k]
@@ -363,12 +225,13 @@ class ConfinedUnpickler(InertUnpickler):
                 del self.extra["load_nested"]
             else:
                 self.extra["load_nested"] = nested
+        self.exact = self.exact and done.exact
         if self.exact:
             replay = Replay()
             for module, name in c.names:
                 replay.name_global(module, name)
             self.exact = not replay.refused
-        return root, plan.stop
+        return root, done.stop
 
     def named(self, module: str, name: str) -> Any:
         """A GLOBAL (`find_class`): the inert loop's `_global`."""

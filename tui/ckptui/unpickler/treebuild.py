@@ -49,6 +49,12 @@ class TreeBuilder:
         """Convert `obj` found at `path` (its key in the parent is `key`)."""
         return self._node(obj, key, path, 0)
 
+    def forget(self) -> None:
+        """Drop what `build` remembers of the objects shown, once nothing more will be built
+        (the globals' paths and the modules stay): a path and an entry per object."""
+        self._seen = {}
+        self._keep = []
+
     def _node(self, obj: Any, key: Key, path: KeyPath, depth: int) -> Node:
         # Refs first: a pickle may hold a million of them, and ids of the objects in `_seen`
         # (kept alive by `_keep`) cannot be reused by any other live object.
@@ -64,6 +70,11 @@ class TreeBuilder:
                 # the row shows its value, not only where it was first seen.
                 return Node.make(NodeKind.REF, first[1], key, target=first[0], text=_short(obj))
             return Node(NodeKind.REF, first[1], key, (), first[0])
+        if type(obj) is TensorRec and depth < MAX_DEPTH:
+            # Most nodes of a big state dict: straight here, past the type tests below.
+            self._seen[id(obj)] = (path, obj.type)
+            self._keep.append(obj)
+            return self._tensor(obj, key, path, depth)
         if obj is None or isinstance(obj, bool | str):
             return Node.make(NodeKind.VALUE, type(obj).__name__, key, value=obj)
         if isinstance(obj, int):
@@ -143,8 +154,9 @@ class TreeBuilder:
                 attrs=(("shape", obj.shape), ("dtype", obj.dtype)),
             )
         if isinstance(obj, list | tuple):
-            children = tuple(self._node(v, i, (*path, i), depth + 1) for i, v in enumerate(obj))
-            return Node.make(NodeKind.SEQUENCE, type(obj).__name__, key, children)
+            return Node.make(
+                NodeKind.SEQUENCE, type(obj).__name__, key, self._seq(obj, path, depth)
+            )
         if isinstance(obj, PSet):
             children = tuple(
                 self._node(v, i, (*path, i), depth + 1) for i, v in enumerate(obj.items)
@@ -183,26 +195,47 @@ class TreeBuilder:
 
     def _items(self, items: list[list[Any]], path: KeyPath, depth: int) -> tuple[Node, ...]:
         out = []
+        seen = self._seen
         for k, v in items:
-            key = _key(k)
-            out.append(self._node(v, key, (*path, key), depth + 1))
+            key = k if type(k) is str else _key(k)
+            first = None if self._path_names or type(v) is tuple else seen.get(id(v))
+            if first is not None:  # `_node`'s plain ref, without making this child's path
+                out.append(Node(NodeKind.REF, first[1], key, (), first[0]))
+            else:
+                out.append(self._node(v, key, (*path, key), depth + 1))
+        return tuple(out)
+
+    def _seq(self, obj: list[Any] | tuple[Any, ...], path: KeyPath, depth: int) -> tuple[Node, ...]:
+        """A list's or tuple's children; as `_items`, a plain ref is made here directly, since
+        one list can hold a million references to one object (issue 21)."""
+        out = []
+        seen = self._seen
+        for i, v in enumerate(obj):
+            first = None if self._path_names or type(v) is tuple else seen.get(id(v))
+            if first is not None:
+                out.append(Node(NodeKind.REF, first[1], i, (), first[0]))
+            else:
+                out.append(self._node(v, i, (*path, i), depth + 1))
         return tuple(out)
 
     def _tensor(self, t: TensorRec, key: Key, path: KeyPath, depth: int) -> Node:
         st = t.storage
+        # Positional: keywords cost half of this call, made once per tensor (issue 16).
         info = TensorInfo(
-            shape=t.shape,
-            dtype=t.dtype,
-            stride=t.stride,
-            storage_key=st.key if st else None,
-            storage_offset=t.offset,
-            itemsize=itemsize_of(t.dtype),
-            device=st.location if st else ("meta" if t.layout == "meta" else "cpu"),
-            requires_grad=t.requires_grad,
-            type=t.type,
-            layout=t.layout,
-            state_dict_key=self._names.get(id(t)),
+            t.shape,
+            t.dtype,
+            t.stride,
+            st.key if st else None,
+            t.offset,
+            itemsize_of(t.dtype),
+            st.location if st else ("meta" if t.layout == "meta" else "cpu"),
+            t.requires_grad,
+            t.type,
+            t.layout,
+            self._names.get(id(t)) if self._names else None,
         )
+        if not t.has_parts:  # what `Node.make` would build, without its keyword handling
+            return Node(NodeKind.TENSOR, t.type, key, (), info, None)
         children = tuple(self._node(v, name, (*path, name), depth + 1) for name, v in t.parts)
         return Node.make(NodeKind.TENSOR, t.type, key, children, tensor=info)
 

@@ -297,8 +297,12 @@ def _scan(
             for c in reversed(node.children):
                 # A childless value or non-byte tensor is none of the three and holds nothing:
                 # left out before its path is made (a 100,000-tensor state dict, issue 16).
+                # A childless REF (issue 21: a list of a million) is none of them either: a
+                # scheduler or scaler is a mapping or object, an RNG state a sequence or tensor.
                 if not c.children and (
-                    c.kind is NodeKind.VALUE or (c.kind is NodeKind.TENSOR and not _byte_tensor(c))
+                    c.kind is NodeKind.VALUE
+                    or c.kind is NodeKind.REF
+                    or (c.kind is NodeKind.TENSOR and not _byte_tensor(c))
                 ):
                     continue
                 p = (*path, c.key)

@@ -248,7 +248,8 @@ def _verdict(name: str) -> tuple[bool, str, str]:
 def _where(ckpt: Checkpoint) -> dict[str, tuple[Any, ...]]:
     """First tree path of each placeholder type (`argparse.Namespace`, `numpy.ndarray`)."""
     out: dict[str, tuple[Any, ...]] = {}
-    for path, node in walk(ckpt.root):
+    # refs left out: each names an earlier node of its own type, so setdefault keeps that one
+    for path, node in walk(ckpt.root, refs=False):
         if node.kind is NodeKind.OBJECT or node.type == "numpy.ndarray":
             out.setdefault(node.type, path)
     return out

@@ -16,6 +16,7 @@ from typing import Any
 
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.training.facts import training_facts
+from ckptui.core.gcpause import paused_gc
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.report.json.training import training_json
 
@@ -67,6 +68,11 @@ def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
 
 def iter_json(ckpt: Checkpoint) -> Iterator[str]:
     """The contract as JSON text, in pieces."""
+    with paused_gc():  # a dict per tensor row, none in a cycle (`core.gcpause`)
+        yield from _iter_json(ckpt)
+
+
+def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
     yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
     yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
     yield from _node(ckpt.root)
@@ -245,7 +251,13 @@ def _compound(node: Node, refs: dict[int, tuple[Any, str, str]]) -> Iterator[str
                 run = []
             yield from _compound(child, refs)
             continue
-        run.append(_leaf(child, refs))
+        cached = refs.get(id(child.value)) if child.kind is NodeKind.REF else None
+        if cached is not None and cached[0] is child.value and cached[1] == child.type:
+            # `_leaf`'s cache hit inline: a list of a million refs to one object (issue 21)
+            key = child.key
+            run.append('{"key": ' + (str(key) if key.__class__ is int else _enc(key)) + cached[2])
+        else:
+            run.append(_leaf(child, refs))
         if len(run) >= _BATCH:
             yield "".join(run)
             run = []

@@ -38,7 +38,7 @@ def dict_like(type_name: str) -> Recorder:
         d = PDict(type_name)
         if type_name == "collections.defaultdict":
             if args:
-                d.attrs["default_factory"] = args[0]
+                d.set_attr("default_factory", args[0])
         elif args:
             _fill_pairs(d, args[0])
         return d

@@ -1,0 +1,252 @@
+"""Provides the rewrite behind the confined C unpickler (`confined.py`): the pickle checked
+against an opcode allow-list and rewritten so that every call, BUILD and container the C
+unpickler makes goes through ckptui's markers, streamed piece by piece.
+
+Why each opcode is allowed, declined or rewritten is `confined.py`'s docstring (points 1-2);
+this module holds the regexes and the walk, and `PieceReader`, which hands the pieces to the
+C unpickler as a file so the rewritten copy is never held whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+
+class Decline(Exception):
+    """The confined path declines the pickle; the inert loop reads it instead."""
+
+
+def counted(op: bytes, most: int, pad: bytes = b"") -> bytes:
+    """Regex for `op`, a length byte n <= most (then `pad`), then n bytes: one alternative per
+    length, so the regex engine picks the branch by the length byte (it skips branches whose
+    first literal differs)."""
+    bodies = b"|".join(
+        re.escape(bytes([n]) + pad) + (b".{%d}" % n if n else b"") for n in range(most + 1)
+    )
+    return re.escape(op) + b"(?:" + bodies + b")"
+
+
+_MARK = rb"\((?![eu\x95])(?!\Z)"
+"""MARK not followed by APPENDS/SETITEMS (rewritten) or FRAME, nor ending a frame (declined)."""
+_REPLAYED = (
+    rb"[)t\x85\x86\x87N\x88\x89Qsuae]|[Khq].|[Jj].{4}|M.{2}|G.{8}|" + _MARK
+    + b"|" + counted(b"X", 255, b"\x00\x00\x00")
+    + b"|" + counted(b"\x8a", 32)
+    + rb"|c[^\n]*\n[^\n]*\n"
+)  # fmt: skip
+"""Plain opcodes that torch's weights-only unpickler also reads (its protocol-2 loop)."""
+_MORE = (
+    rb"[\x94\x93]|" + counted(b"\x8c", 255) + b"|" + counted(b"C", 64)
+    + b"|" + counted(b"B", 64, b"\x00\x00\x00")
+)  # fmt: skip
+"""Plain protocol 3-5 opcodes: MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE, short bytes."""
+
+
+@lru_cache(maxsize=8)
+def _run(bits: int, more: bool) -> re.Pattern[bytes]:
+    """Regex of a run of plain opcodes (`_MORE` too when `more`), LONG_BINPUT below 2**bits.
+    Compiling one costs tens of milliseconds, so `bits` comes in a few tiers and the protocol
+    3-5 one is compiled only for a pickle that needs it."""
+    full, rest = divmod(bits, 8)
+    put = b"r" + b".{%d}" % full
+    if rest:
+        put += b"[\\x00-" + re.escape(bytes([(1 << rest) - 1])) + b"]"
+        full += 1
+    put += b"\\x00" * (4 - full)
+    return re.compile(
+        rb"(?s)(?:" + _REPLAYED + b"|" + put + (b"|" + _MORE if more else b"") + rb")*+"
+    )
+
+
+_TIERS = (12, 16, 20, 24)
+
+
+def _memo_bits(n: int) -> int:
+    """The LONG_BINPUT bound for a pickle of up to `n` bytes: indices below a quarter of its
+    bytes (each memoized object costs an opcode and a 5-byte LONG_BINPUT), rounded up to a
+    tier, and below 2**24 whatever follows the pickle (a legacy file's storages): the C memo is
+    then at most 1 MiB for a pickle under 64 KiB, and never over 256 MiB, what the inert loop's
+    own memo costs for that many objects."""
+    need = (n // 4).bit_length()
+    return next((t for t in _TIERS if t >= need), _TIERS[-1])
+
+
+def _marker(nonce: bytes, name: bytes) -> bytes:
+    """Opcodes pushing the marker `name`: STACK_GLOBAL(nonce, name)."""
+    return b"\x8c" + bytes([len(nonce)]) + nonce + b"\x8c" + bytes([len(name)]) + name + b"\x93"
+
+
+class Progress:
+    """What `pieces` learns by the end: where the pickle stops, and whether it is exact."""
+
+    __slots__ = ("exact", "stop")
+
+    def __init__(self) -> None:
+        self.stop: int | None = None
+        """Position just after the pickle's STOP in the original buffer, once reached."""
+        self.exact = False
+        """Only opcodes torch's weights-only unpickler reads (`confined.py`'s docstring)."""
+
+
+class Rewritten:
+    """A pickle made ready for the C unpickler, whole."""
+
+    __slots__ = ("exact", "nonce", "stop", "stream")
+
+    def __init__(self, stream: bytes, stop: int, nonce: str, exact: bool) -> None:
+        self.stream = stream
+        self.stop = stop
+        """Position just after the pickle's STOP in the original buffer."""
+        self.nonce = nonce
+        self.exact = exact
+        """Only opcodes torch's weights-only unpickler reads (module docstring)."""
+
+
+def pieces(
+    buf: Any, pos: int, end: int, inline_text: int, nonce: bytes, done: Progress
+) -> Iterator[bytes]:
+    """The pickle at `buf[pos:end]` checked and rewritten (`confined.py`'s docstring, points
+    1-2), piece by piece; raises `Decline` where the confined path declines it. `done` is
+    filled in before the last piece (the STOP) is yielded."""
+    if end - pos < 2 or buf[pos] != 0x80 or buf[pos + 1] > 5:
+        raise Decline("protocol 0/1 (text opcodes), or no PROTO: the inert loop reads those")
+    seqs = {
+        0x52: _marker(nonce, b"R") + b"\x86R",  # REDUCE -> func((args, REDUCE_MARK))
+        0x81: _marker(nonce, b"N") + b"\x86R",  # NEWOBJ -> cls((args, NEWOBJ_MARK))
+        0x62: _marker(nonce, b"B") + b"\x86b",  # BUILD -> (state, BUILD_MARK)
+        0x7D: _marker(nonce, b"D") + b")R",  # EMPTY_DICT -> PDict()
+        0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
+    }
+    bits = _memo_bits(end - pos)
+    run = _run(bits, False).match
+    exact = True
+    yield bytes(buf[pos : pos + 2])
+    # Each rewritten opcode grows by ~22 bytes: a pickle made of little else would make a
+    # stream many times its size, so growth past 4x (a torch.save pickle grows ~0.4x) declines.
+    room = 4 * (end - pos) + 4096
+    pos += 2
+    limit = end
+    """Where the current frame (or the buffer) ends: no opcode may cross it."""
+    framed = False
+    while True:
+        start = pos
+        pos = run(buf, pos, limit).end()
+        if pos > start:
+            yield buf[start:pos]
+        if pos == limit:
+            if not framed:
+                raise Decline("no STOP before the end")
+            framed, limit = False, end
+            continue
+        op = buf[pos]
+        seq = seqs.get(op)
+        if seq is not None:
+            yield seq
+            pos += 1
+            room -= len(seq)
+            if room < 0:
+                raise Decline("the rewrite grows past 4x")
+        elif op == 0x28 and pos + 1 < limit and buf[pos + 1] in (0x65, 0x75):
+            mark = b"E" if buf[pos + 1] == 0x65 else b"U"  # MARK APPENDS / MARK SETITEMS
+            yield _marker(nonce, mark) + b"b"
+            pos += 2
+            room -= 25
+        elif op == 0x2E:  # STOP
+            done.stop, done.exact = pos + 1, exact
+            yield b"."
+            return
+        elif op == 0x95 and not framed:  # FRAME: dropped; its opcodes must not cross its end
+            if pos + 9 > limit:
+                raise Decline("FRAME cut short")
+            (n,) = struct.unpack_from("<Q", buf, pos + 1)
+            pos += 9
+            if not 0 < n <= end - pos:
+                raise Decline("FRAME length out of range")
+            framed, limit = True, pos + n
+            run, exact = _run(bits, True).match, False  # the weights-only loop has no FRAME
+        elif op == 0x58:  # BINUNICODE too long for the regex: checked here
+            if pos + 5 > limit:
+                raise Decline("BINUNICODE cut short")
+            (n,) = struct.unpack_from("<I", buf, pos + 1)
+            if n > inline_text or pos + 5 + n > limit:
+                raise Decline("BINUNICODE too long or cut short")
+            yield buf[pos : pos + 5 + n]
+            pos += 5 + n
+        elif exact:  # maybe a protocol 3-5 opcode: go on with all of them
+            run = _run(bits, True).match
+            exact = False
+            if run(buf, pos, limit).end() == pos:
+                raise Decline(f"opcode {op:#04x}")
+        else:
+            raise Decline(f"opcode {op:#04x}")
+
+
+def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:
+    """The whole rewritten stream of the pickle at `buf[pos:end]` (for tests and tools), or
+    None when the confined path declines it."""
+    nonce = os.urandom(12).hex().encode()
+    done = Progress()
+    try:
+        stream = b"".join(pieces(buf, pos, end, inline_text, nonce, done))
+    except Decline:
+        return None
+    assert done.stop is not None  # the generator ends only at a STOP
+    return Rewritten(stream, done.stop, nonce.decode(), done.exact)
+
+
+class PieceReader:
+    """A read-only file over `pieces`, for the C unpickler: it prefetches 128 KiB at a time
+    with `peek`, so the rewritten stream never exists whole (on a 100,000-tensor `data.pkl`
+    it was 18 MB held beside the file's own 12 MB, issue 16). `Decline` raised by the pieces
+    comes out of the unpickler's `load`."""
+
+    def __init__(self, parts: Iterator[bytes]) -> None:
+        self._parts = parts
+        self._buf = b""
+        self._pos = 0
+
+    def _fill(self, n: int) -> None:
+        """Hold at least `n` unread bytes, or all that are left."""
+        have = len(self._buf) - self._pos
+        if have >= n:
+            return
+        got = [self._buf[self._pos :]]
+        for part in self._parts:
+            got.append(part)
+            have += len(part)
+            if have >= n:
+                break
+        self._buf, self._pos = b"".join(got), 0
+
+    def peek(self, n: int = 1) -> bytes:
+        self._fill(max(n, 1))
+        return self._buf[self._pos : self._pos + max(n, 1)]
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            self._fill(1 << 62)
+            n = len(self._buf) - self._pos
+        self._fill(n)
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self) -> bytes:
+        while True:
+            at = self._buf.find(b"\n", self._pos)
+            if at >= 0:
+                return self.read(at + 1 - self._pos)
+            before = len(self._buf) - self._pos
+            self._fill(before + 4096)
+            if len(self._buf) - self._pos == before:  # the end: no newline left
+                return self.read()
