@@ -20,7 +20,7 @@ import torch
 
 from ckptui.analysis import roles
 from ckptui.analysis.training import resume
-from ckptui.core.gcpause import paused_gc
+from ckptui.core.bulk import gc_paused
 from ckptui.core.tree import NodeKind, walk
 from ckptui.formats import open_checkpoint
 from ckptui.formats.source import Source
@@ -125,15 +125,15 @@ def test_empty_pdict_containers_are_shared_and_read_only() -> None:
 
 def test_paused_gc_restores_what_it_found() -> None:
     assert gc.isenabled()
-    with paused_gc():
+    with gc_paused():
         assert not gc.isenabled()
-        with paused_gc():
+        with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # the inner pause found it off: leaves it off
     assert gc.isenabled()
     gc.disable()
     try:
-        with paused_gc():
+        with gc_paused():
             pass
         assert not gc.isenabled()
     finally:
