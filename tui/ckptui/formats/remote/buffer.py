@@ -76,8 +76,8 @@ class PickleBuffer:
     def _span(self, i: int) -> None:
         """Make the cached span holding byte `i` current, fetching from `i` on a miss."""
         src = self._src
-        spans = src._spans
-        k = src.span_index(i)
+        spans = src.spans.items
+        k = src.spans.index(i)
         if k >= 0 and i < spans[k][0] + len(spans[k][1]):
             self._lo, self._data = spans[k]
             return
@@ -87,7 +87,7 @@ class PickleBuffer:
         n = min(ahead, src.size - i)
         if k + 1 < len(spans):
             n = min(n, spans[k + 1][0] - i)  # up to the next cached span, which it then joins
-        src._add_span(i, src._fetch(i, n))
+        src.spans.add(i, src.fetch(i, n))
         self._span(i)
 
     def _cover(self, start: int, stop: int) -> None:
@@ -96,9 +96,9 @@ class PickleBuffer:
         while self._lo + len(self._data) < stop:
             at = self._lo + len(self._data)
             src = self._src
-            k = src.span_index(at) + 1  # the next span after `at`, if any
-            upto = stop if k >= len(src._spans) else min(stop, src._spans[k][0])
-            src._add_span(at, src._fetch(at, max(1, upto - at)))
+            k = src.spans.index(at) + 1  # the next span after `at`, if any
+            upto = stop if k >= len(src.spans.items) else min(stop, src.spans.items[k][0])
+            src.spans.add(at, src.fetch(at, max(1, upto - at)))
             self._span(start)
 
 

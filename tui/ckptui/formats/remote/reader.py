@@ -1,18 +1,19 @@
 """Provides `RemoteSource`: a checkpoint at a URL (`http(s)://`, `s3://`, any fsspec URL), read
 by range requests so that opening fetches metadata only, never tensor data.
 
-fsspec is the one I/O layer (HTTP through its aiohttp-based HTTPFileSystem), imported (`remote_io`)
+fsspec is the one I/O layer (HTTP through its aiohttp-based HTTPFileSystem), imported (`fs`)
 only when a URL is opened, so local files never pay for it. Each `read_at` that misses the cache is
 one exact range request; nothing is read ahead, because any read-ahead past a record would pull
 tensor bytes.
 
 Zip checkpoints would otherwise cost one request per storage, to read its local header: each is
-predicted from the central directory instead (`remote_zip`) and checked against the real bytes
-when that record's data is first read, in the same request (values, export); a mismatch is a
-`CorruptFile`. Legacy storage counts are predicted from the pickle the same way. Records that are
-not storages (`data.pkl`, `byteorder`, `version`, ...) are fetched in a few coalesced requests,
-since they lie next to each other. Pickle streams are parsed through `remote_buffer`; timeouts,
-errors and the metadata cache are in `remote_io`.
+predicted from the central directory instead (`zip_index`, kept in `predictions`) and checked
+against the real bytes when that record's data is first read, in the same request (values,
+export); a mismatch is a `CorruptFile`. Legacy storage counts are predicted from the pickle the
+same way. Records that are not storages (`data.pkl`, `byteorder`, `version`, ...) are fetched in
+a few coalesced requests, since they lie next to each other. Pickle streams are parsed through
+`buffer`; what was fetched is kept in `spans`; timeouts, errors and the metadata cache are in
+`fs`.
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ from ckptui.formats.remote.fs import (
     translate,
     version_of,
 )
+from ckptui.formats.remote.predictions import Expected, Predictions
+from ckptui.formats.remote.spans import Spans
 from ckptui.formats.remote.zip_index import (
     LOCAL,
     STORAGE_RECORD,
     TAIL,
     Record,
     find_directory,
+    header_ends,
     parse_directory,
     predicted_header,
 )
@@ -78,19 +82,6 @@ HEADER_SLACK = 4 + 28 + 64
 
 
 @dataclass
-class _Expect:
-    """Bytes predicted at `at` without a request, to be checked on the first read of the
-    record they describe, which ends at `end`."""
-
-    at: int
-    want: bytes
-    end: int
-    what: str
-    record: Record | None
-    """The zip record whose local header this is; None for a legacy storage count."""
-
-
-@dataclass
 class RemoteSource(Source):
     """A `Source` whose bytes come from range requests; counts what it fetched."""
 
@@ -98,11 +89,11 @@ class RemoteSource(Source):
     """The open fsspec file (no cache: every miss is one exact range request)."""
     bytes_read: int = 0
     """Bytes received from the server (cache hits and predicted headers cost nothing)."""
-    _spans: list[tuple[int, bytes]] = field(default_factory=list)
-    _predicted: dict[int, _Expect] = field(default_factory=dict)
+    spans: Spans = field(default_factory=Spans)
+    """What was fetched so far (metadata; tensor data only inside a planned window)."""
+    predicted: Predictions = field(default_factory=Predictions)
     """Offset -> bytes predicted there (a zip local header, a legacy storage count), until
     checked against the real bytes."""
-    _pred_starts: list[int] = field(default_factory=list)
     _extras: dict[int, bytes] = field(default_factory=dict)
     """Offset -> a storage record's predicted extra field: torch's padding field ('FB', then
     'Z's), whose length the gap between records fixes (zip64 records are not predicted)."""
@@ -137,7 +128,7 @@ class RemoteSource(Source):
             raise Unsupported(path, RANGE_HELP)
         src = cls(path, None, size, file=f)
         src._version = version_of(path, size, {**info, **(getattr(f, "details", None) or {})})
-        src._spans = remembered(src._version)
+        src.spans = Spans(remembered(src._version))
         return src
 
     @property
@@ -153,7 +144,7 @@ class RemoteSource(Source):
         """A legacy storage's 8-byte element count at `pos`, taken to be `count` (what the
         pickle declares) without a request; checked when bytes up to `end` (the storage's end)
         are first read. Returns `count`."""
-        self._expect(_Expect(pos, struct.pack("<q", count), end, "storage count", None))
+        self.predicted.add(Expected(pos, struct.pack("<q", count), end, "storage count", None))
         return count
 
     def read_at(self, offset: int, n: int) -> bytes:
@@ -161,21 +152,21 @@ class RemoteSource(Source):
         if offset < 0 or n <= 0 or offset >= self.size:
             return b""
         n = min(n, self.size - offset)
-        pred = self._predicted.get(offset)
+        pred = self.predicted.at(offset)
         if pred is not None and pred.record is not None and n <= LOCAL.size:
             return pred.want[:n]  # a zip reader reading the header it predicted: no request
         extra = self._extras.get(offset)
         if extra is not None and n <= len(extra):
             return extra[:n]  # the size breakdown measuring a record's padding
-        if self._predicted:
+        if self.predicted:
             self._check_predictions(offset, offset + n)
-        hit = self._cached(offset, n)
+        hit = self.spans.get(offset, n)
         if hit is not None:
             return hit
-        head = self._cached_prefix(offset)  # e.g. the sniffed first bytes of a header
-        data = head + self._fetch(offset + len(head), n - len(head))
+        head = self.spans.prefix(offset)  # e.g. the sniffed first bytes of a header
+        data = head + self.fetch(offset + len(head), n - len(head))
         if n <= MAX_CACHED_READ:
-            self._add_span(offset, data)
+            self.spans.add(offset, data)
         return data
 
     def read_range(self, offset: int, n: int) -> bytes:
@@ -231,12 +222,12 @@ class RemoteSource(Source):
 
     def _fetch_checked(self, offset: int, stop: int) -> bytes:
         """[offset, stop) in one request (retried), checking the predictions it touches."""
-        checks = self._touching(offset, stop)
+        checks = self.predicted.touching(offset, stop)
         lo = min([offset, *(e.at for e in checks if offset - e.at <= MERGE_BACK)])
         n = stop - offset
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                data = self._fetch(lo, offset + n - lo)
+                data = self.fetch(lo, offset + n - lo)
                 break
             except (NotFound, Unsupported, TimedOut, Redirected):
                 # the file is gone, the server changed, trickles or sends us elsewhere: trying
@@ -265,7 +256,7 @@ class RemoteSource(Source):
         name = record.encode()
         for extra in (HEADER_SLACK, 0xFFFF):
             lo = max(0, data_offset - LOCAL.size - len(name) - extra)
-            if _header_ends(self.read_range(lo, data_offset - lo), name):
+            if header_ends(self.read_range(lo, data_offset - lo), name):
                 return
             if lo == 0:
                 break
@@ -281,21 +272,21 @@ class RemoteSource(Source):
             self.check_local_header(record, data_offset)
             return self.read_range(start, n)
         data = self.read_range(lo, start + n - lo)
-        if not _header_ends(data[: data_offset - lo], name):
+        if not header_ends(data[: data_offset - lo], name):
             self.check_local_header(record, data_offset)
         return data[start - lo :]
 
     def close(self) -> None:
         """Close the remote file, keeping what it fetched for the next opening of the same
         version of the file (`_METADATA`)."""
-        if self._spans and self._version is not None:
-            remember(self._version, self._spans)
+        if self.spans.items and self._version is not None:
+            remember(self._version, self.spans.items)
         if self.file is not None:
             try:
                 self.file.close()
             finally:
                 self.file = None
-        self._spans.clear()
+        self.spans.clear()
         self._buffer = None
         self._window = (0, b"")
 
@@ -304,14 +295,14 @@ class RemoteSource(Source):
         storage's local header so that no request per storage is needed."""
         tail_at = max(0, self.size - TAIL)
         self._fetch_span(tail_at, self.size)
-        located = find_directory(self._cached(tail_at, self.size - tail_at) or b"", tail_at)
+        located = find_directory(self.spans.get(tail_at, self.size - tail_at) or b"", tail_at)
         if located is None:
             return  # not a plain torch zip end: let zipfile find its way with exact reads
         cd_at, cd_size = located
         if not 0 <= cd_at <= tail_at or cd_at + cd_size > self.size:
             return
         self._fetch_span(cd_at, tail_at)
-        records = parse_directory(self._cached(cd_at, cd_size) or b"", cd_size)
+        records = parse_directory(self.spans.get(cd_at, cd_size) or b"", cd_size)
         if records is None:
             return
         records.sort(key=lambda r: r.header)
@@ -336,39 +327,21 @@ class RemoteSource(Source):
         if got is None:
             return  # not torch's layout: the reader fetches the real header
         header, extra = got
-        self._expect(_Expect(rec.header, header, rec.end, "local header", rec))
+        self.predicted.add(Expected(rec.header, header, rec.end, "local header", rec))
         if extra is not None:
             self._extras[rec.header + LOCAL.size + rec.name_len] = extra
 
-    def _expect(self, e: _Expect) -> None:
-        if e.at not in self._predicted:
-            bisect.insort(self._pred_starts, e.at)
-        self._predicted[e.at] = e
-
-    def _touching(self, start: int, stop: int) -> list[_Expect]:
-        """The unchecked predictions whose record overlaps [start, stop)."""
-        if not self._predicted:
-            return []
-        out = []
-        i = max(0, bisect.bisect_right(self._pred_starts, start) - 1)
-        while i < len(self._pred_starts) and self._pred_starts[i] < stop:
-            e = self._predicted.get(self._pred_starts[i])
-            if e is not None and e.end > start:
-                out.append(e)
-            i += 1
-        return out
-
     def _check_predictions(self, start: int, stop: int) -> None:
         """Check every prediction whose record [start, stop) touches, one request each."""
-        for e in self._touching(start, stop):
+        for e in self.predicted.touching(start, stop):
             self._check(e, None)
 
-    def _check(self, e: _Expect, real: bytes | None) -> None:
+    def _check(self, e: Expected, real: bytes | None) -> None:
         """Compare a prediction with the real bytes (fetched now when not given), once."""
-        if self._predicted.pop(e.at, None) is None:
+        if not self.predicted.pop(e):
             return
         if real is None:
-            real = self._fetch(e.at, len(e.want))
+            real = self.fetch(e.at, len(e.want))
         if e.record is not None:  # a zip local header: signature, name and extra lengths
             got, want = LOCAL.unpack(real), LOCAL.unpack(e.want)
             if (got[0], got[9], got[10]) != (want[0], want[9], want[10]):
@@ -390,57 +363,20 @@ class RemoteSource(Source):
         """`.storage_alignment` when present (torch >= 2.5 lets it be configured), else 64."""
         for rec in records:
             if rec.name.endswith("/.storage_alignment") and rec.method == 0:
-                head = self._cached(rec.header, LOCAL.size)
+                head = self.spans.get(rec.header, LOCAL.size)
                 if head is None:
                     break
                 fields = LOCAL.unpack(head)
-                data = self._cached(rec.header + LOCAL.size + fields[9] + fields[10], rec.csize)
+                data = self.spans.get(rec.header + LOCAL.size + fields[9] + fields[10], rec.csize)
                 if data is not None and data.strip().isdigit() and 0 < int(data) <= 1 << 20:
                     return int(data)
         return 64
 
     def _fetch_span(self, start: int, stop: int) -> None:
-        if stop > start and self._cached(start, stop - start) is None:
-            self._add_span(start, self._fetch(start, stop - start))
+        if stop > start and self.spans.get(start, stop - start) is None:
+            self.spans.add(start, self.fetch(start, stop - start))
 
-    def span_index(self, offset: int) -> int:
-        """Index in `_spans` of the last cached span starting at or before `offset`, or -1."""
-        return bisect.bisect_right(self._spans, offset, key=lambda s: s[0]) - 1
-
-    def _cached(self, offset: int, n: int) -> bytes | None:
-        i = self.span_index(offset)
-        if i >= 0:
-            at, data = self._spans[i]
-            if offset + n <= at + len(data):
-                return data[offset - at : offset - at + n]
-        return None
-
-    def _cached_prefix(self, offset: int) -> bytes:
-        """The cached bytes from `offset` up to the end of the span holding it (maybe none)."""
-        i = self.span_index(offset)
-        if i < 0:
-            return b""
-        at, data = self._spans[i]
-        return data[offset - at :]
-
-    def _add_span(self, start: int, data: bytes) -> None:
-        """Keep `data`, merged with the spans it touches, so a read across both is a hit."""
-        stop = start + len(data)
-        keep: list[tuple[int, bytes]] = []
-        for at, old in self._spans:
-            if at + len(old) < start or at > stop:
-                keep.append((at, old))
-                continue
-            lo, hi = min(at, start), max(at + len(old), stop)
-            merged = bytearray(hi - lo)
-            merged[at - lo : at - lo + len(old)] = old
-            merged[start - lo : start - lo + len(data)] = data
-            start, stop, data = lo, hi, bytes(merged)
-        keep.append((start, data))
-        keep.sort(key=lambda s: s[0])
-        self._spans = keep
-
-    def _fetch(self, offset: int, n: int) -> bytes:
+    def fetch(self, offset: int, n: int) -> bytes:
         """One range request for exactly [offset, offset + n)."""
         if self.file is None:
             raise NotReadable(self.path, "the remote file is closed")
@@ -455,17 +391,3 @@ class RemoteSource(Source):
                 f"the server returned {len(data):,} bytes for a {n:,}-byte range at {offset:,}",
             )
         return data
-
-
-def _header_ends(window: bytes, name: bytes) -> bool:
-    """Whether `window` ends exactly where a local header for record `name` puts its data."""
-    at = window.rfind(b"PK\x03\x04")
-    while at >= 0:
-        fields = LOCAL.unpack_from(window, at) if at + LOCAL.size <= len(window) else None
-        if fields is not None and (
-            at + LOCAL.size + fields[9] + fields[10] == len(window)
-            and window[at + LOCAL.size : at + LOCAL.size + fields[9]] == name
-        ):
-            return True
-        at = window.rfind(b"PK\x03\x04", 0, at)
-    return False

@@ -125,3 +125,17 @@ def parse_directory(cd: bytes, cd_size: int) -> list[Record] | None:
         out.append(Record(name, header, nlen, method, flags, crc, csize, usize))
         pos += CENTRAL.size + nlen + xlen + clen
     return out
+
+
+def header_ends(window: bytes, name: bytes) -> bool:
+    """Whether `window` ends exactly where a local header for record `name` puts its data."""
+    at = window.rfind(b"PK\x03\x04")
+    while at >= 0:
+        fields = LOCAL.unpack_from(window, at) if at + LOCAL.size <= len(window) else None
+        if fields is not None and (
+            at + LOCAL.size + fields[9] + fields[10] == len(window)
+            and window[at + LOCAL.size : at + LOCAL.size + fields[9]] == name
+        ):
+            return True
+        at = window.rfind(b"PK\x03\x04", 0, at)
+    return False
