@@ -177,3 +177,12 @@ def test_text_files_show_as_lines(tmp_path: Path) -> None:
     assert [f.message for f in ckpt.findings if f.kind == "damaged_text_file"] == [
         "notes.txt is not UTF-8 text"
     ]
+
+
+def test_inspect_lists_the_text_files_after_the_tree(hf_folder: Path) -> None:
+    r = run_cli("inspect", str(hf_folder))
+    assert r.returncode == 0, r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("text files")]
+    n = len(json.loads((hf_folder / "config.json").read_text()))
+    assert f"config.json (JSON · {n} keys)" in line
+    assert "tokenizer.json (file " in line and "not read" in line

@@ -168,7 +168,7 @@ class BrowseScreen(Screen[None]):
         if params is not None:  # the model's, not the optimizer's: what a user sizes it by
             header += f" · {params[1].text()}"
         if dangers:
-            header += f" · ⚠ {dangers} dangerous call(s): torch.load would run code"
+            header += f" · ⚠ {units.plural(dangers, 'dangerous call')}: torch.load would run code"
         self._header = header = printable(header)  # text from the file: escaped
         head = self.query_one("#header", Static)
         head.update(header)

@@ -113,6 +113,7 @@ def render_checkpoint(
             f"[{style}]{f.severity.value:>7}[/] {escape(f.kind)} [dim]{escape(where)}[/]"
             f": {escape(f.message)}"
         )
+    _text_files(ckpt, console)
     _training_sections(ckpt, console)
     tensors = list(ckpt.tensors())
     unique = {t.storage_key for _, t in tensors if t.storage_key is not None}
@@ -129,6 +130,16 @@ def render_checkpoint(
         + (f" · {units.size(fetched)} read from the server" if fetched is not None else "")
         + (f" · [bold red]{units.plural(dangers, 'dangerous call')}[/]" if dangers else "")
     )
+
+
+def _text_files(ckpt: Checkpoint, console: Console) -> None:
+    """The folder's small text files (`formats.folder_text`), one line: what the browser shows
+    as rows after the weights (`config.json  JSON · 30 keys`). Not part of the tree above."""
+    files = ckpt.info.get("text_files")
+    if not isinstance(files, Node) or not files.children:
+        return
+    shown = [f"{escape(str(n.key))} [dim]({escape(summary(n))})[/]" for n in files.children]
+    console.print(f"[bold]text files[/] (not in the checkpoint): {', '.join(shown)}")
 
 
 def _training_sections(ckpt: Checkpoint, console: Console) -> None:
