@@ -121,18 +121,14 @@ def test_terminal_output_keeps_the_danger_line(
 
 def test_training_text_escapes_file_names() -> None:
     """The weights_only verdict names globals from the file: shown escaped, never as markup."""
+    from ckptui.analysis.training.weights_only import RefusedGlobal, WeightsOnlyReport
     from ckptui.report.text.training import weights_only_verdict
 
-    class Report:
-        def to_json(self) -> dict:
-            return {
-                "loads": False,
-                "refused_globals": [{"global": f"evil.[bold]{WIPE}", "benign": False}],
-            }
-
+    refused = RefusedGlobal(f"evil.[bold]{WIPE}", benign=False, kind="user", why="")
+    report = WeightsOnlyReport(loads=False, refused_globals=(refused,))
     out = io.StringIO()
     Console(file=out, force_terminal=True, width=200, color_system=None).print(
-        weights_only_verdict(Report())
+        weights_only_verdict(report)
     )
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text
