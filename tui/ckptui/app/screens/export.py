@@ -9,6 +9,7 @@ ExportDoneScreen then says where the file is, how big, and that it was verified.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from textual.widgets import (
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.core import units
+from ckptui.core.bulk import gc_paused
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
@@ -163,8 +165,9 @@ class ExportScreen(ModalScreen[None]):
         worker = get_current_worker()  # on a thread `q` abandons, as every long worker
 
         def run() -> tuple[Plan, int, bool, int]:
-            plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
-            return plan, plan.predicted_bytes, first, stitched_bytes(plan)
+            with gc_paused():  # the size's allocations too: see `_planned`
+                plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
+                return plan, plan.predicted_bytes, first, stitched_bytes(plan)
 
         return interruptible(run, lambda: worker.is_cancelled)
 
@@ -185,6 +188,10 @@ class ExportScreen(ModalScreen[None]):
         if event.state is not WorkerState.SUCCESS:
             return
         plan, predicted, first, stitched = event.worker.result
+        # The plan (an item per tensor) lives while the dialog is open: out of the collector's
+        # generations, or the next full collection walks its 100,000 items holding the GIL
+        # for a second, whichever thread triggers it (as the browser does with the tree)
+        gc.freeze()
         if first:
             self._prefix = plan.detected_prefix
             box = self.query_one("#export-strip", Checkbox)

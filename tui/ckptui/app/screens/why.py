@@ -8,6 +8,7 @@ that names a subtree closes the screen with that path, and the browser puts its 
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -163,6 +164,9 @@ class WhyScreen(Screen[KeyPath | None]):
         if group == "why":
             if event.state is WorkerState.SUCCESS:
                 self.cache.breakdown = event.worker.result
+                # Kept while the browser is open: out of the collector's generations, or each
+                # full collection walks its dicts of every storage holding the GIL
+                gc.freeze()
                 self._show(event.worker.result)
             elif event.state is WorkerState.ERROR and not isinstance(event.worker.error, Cancelled):
                 self.query_one("#why-main").loading = False
