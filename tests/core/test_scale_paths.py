@@ -2,7 +2,7 @@
 
 A streamed rewrite that declines late is undone as a whole; the ASCII record lookup agrees with
 miniz's byte rule; the central directory's `sizes` agree with its records; the shared empty
-`PDict` containers cannot be written behind `set`; the collector pause restores what it found;
+`PDict` containers cannot be written behind `set`; the collector pause nests;
 walks over a list of references neither make a path per reference nor miss a tensor reached
 through one.
 """
@@ -22,7 +22,7 @@ import torch
 
 from ckptui.analysis import roles
 from ckptui.analysis.training import resume
-from ckptui.core.gcpause import paused_gc
+from ckptui.core.bulk import gc_paused
 from ckptui.core.slotinit import fast_init
 from ckptui.core.tree import Node, NodeKind, TensorInfo, walk
 from ckptui.formats import open_checkpoint
@@ -126,17 +126,17 @@ def test_empty_pdict_containers_are_shared_and_read_only() -> None:
     assert b.get("k") is None and not b.attrs and not b.index
 
 
-def test_paused_gc_restores_what_it_found() -> None:
+def test_gc_paused_restores_what_it_found() -> None:
     assert gc.isenabled()
-    with paused_gc():
+    with gc_paused():
         assert not gc.isenabled()
-        with paused_gc():
+        with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # the inner pause found it off: leaves it off
     assert gc.isenabled()
     gc.disable()
     try:
-        with paused_gc():
+        with gc_paused():
             pass
         assert not gc.isenabled()
     finally:

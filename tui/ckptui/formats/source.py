@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, ClassVar
 
+from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, CorruptFile
-from ckptui.core.gcpause import paused_gc
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, Severity, Storage
 from ckptui.unpickler.confined import ConfinedUnpickler
 from ckptui.unpickler.inert import Blob, Global, InertUnpickler, Limits, Malformed, classify_global
@@ -232,7 +232,7 @@ def assemble(
     Findings come from the globals the pickle named (dangerous callables, unknown classes),
     whole-module pickles, tensors that do not fit their storage, and missing storages.
     """
-    with paused_gc():  # a node per object, none in a cycle (`core.gcpause`)
+    with gc_paused():  # a node per object, none in a cycle (`core.bulk`)
         return _assemble(src, fmt, root_obj, info, root_type)
 
 

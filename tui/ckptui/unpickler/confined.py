@@ -62,7 +62,7 @@ import os
 import pickle
 from typing import Any
 
-from ckptui.core.gcpause import paused_gc
+from ckptui.core.bulk import gc_paused
 from ckptui.unpickler.inert import CONFINED, InertUnpickler, PDict, PObject
 from ckptui.unpickler.rewrite import (
     Decline,
@@ -173,7 +173,7 @@ class ConfinedUnpickler(InertUnpickler):
 
     def load(self, pos: int, end: int) -> tuple[Any, int]:
         """As `InertUnpickler.load`, at C speed when the confined path accepts the pickle."""
-        with paused_gc():  # a million objects made, none in a cycle (`core.gcpause`)
+        with gc_paused():  # a million objects made, none in a cycle (`core.bulk`)
             got = self._confined(pos, end) if ENABLED else None
             if got is None:
                 self.exact = False

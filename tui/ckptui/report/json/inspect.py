@@ -16,7 +16,7 @@ from typing import Any
 
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.training.facts import training_facts
-from ckptui.core.gcpause import paused_gc
+from ckptui.core.bulk import gc_paused
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.report.json.training import training_json
 
@@ -68,7 +68,7 @@ def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
 
 def iter_json(ckpt: Checkpoint) -> Iterator[str]:
     """The contract as JSON text, in pieces."""
-    with paused_gc():  # a dict per tensor row, none in a cycle (`core.gcpause`)
+    with gc_paused():  # a dict per tensor row, none in a cycle (`core.bulk`)
         yield from _iter_json(ckpt)
 
 
