@@ -2,14 +2,16 @@
 
 A streamed rewrite that declines late is undone as a whole; the ASCII record lookup agrees with
 miniz's byte rule; the central directory's `sizes` agree with its records; the shared empty
-`PDict` containers cannot be written behind `set`; the collector pause restores what it found;
+`PDict` containers cannot be written behind `set`; the collector pause nests;
 walks over a list of references neither make a path per reference nor miss a tensor reached
 through one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import inspect
 import struct
 import zipfile
 from pathlib import Path
@@ -21,7 +23,8 @@ import torch
 from ckptui.analysis import roles
 from ckptui.analysis.training import resume
 from ckptui.core.bulk import gc_paused
-from ckptui.core.tree import NodeKind, walk
+from ckptui.core.slotinit import fast_init
+from ckptui.core.tree import Node, NodeKind, TensorInfo, walk
 from ckptui.formats import open_checkpoint
 from ckptui.formats.source import Source
 from ckptui.formats.torchzip import ZipCheckpoint
@@ -123,7 +126,7 @@ def test_empty_pdict_containers_are_shared_and_read_only() -> None:
     assert b.get("k") is None and not b.attrs and not b.index
 
 
-def test_paused_gc_restores_what_it_found() -> None:
+def test_gc_paused_restores_what_it_found() -> None:
     assert gc.isenabled()
     with gc_paused():
         assert not gc.isenabled()
@@ -186,3 +189,45 @@ def test_walks_skip_refs_without_losing_a_tensor(
     assert card.weights is not None and card.weights["path"] == ["backbone_weights"]
     assert card.weights["tensors"] == 1
     assert calls["state_dict"] < 50 and calls["rng"] < 50
+
+
+def test_fast_init_builds_what_the_dataclass_init_builds() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Plain:
+        a: int
+        b: str = "x"
+        c: tuple[int, ...] = ()
+        d: Any = dataclasses.field(default=None, init=False, compare=False)
+
+    @fast_init
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Fast:
+        a: int
+        b: str = "x"
+        c: tuple[int, ...] = ()
+        d: Any = dataclasses.field(default=None, init=False, compare=False)
+
+    def params(cls: type) -> list[tuple[str, Any]]:
+        return [(p.name, p.default) for p in inspect.signature(cls.__init__).parameters.values()]
+
+    assert params(Fast) == params(Plain)
+    for args, kwargs in (((1,), {}), ((1, "y"), {"c": (2,)}), ((), {"a": 3, "b": "z"})):
+        plain, fast = Plain(*args, **kwargs), Fast(*args, **kwargs)
+        assert dataclasses.astuple(plain) == dataclasses.astuple(fast) and fast.d is None
+    f = Fast(1)
+    assert dataclasses.replace(f, b="q") == Fast(1, "q") and hash(f) == hash(Fast(1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.a = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Fast()  # type: ignore[call-arg]
+    # the model's classes: positional and keyword calls give equal objects
+    t = TensorInfo((3,), "float32", (1,), "0", itemsize=4)
+    assert t == TensorInfo(shape=(3,), dtype="float32", stride=(1,), storage_key="0")
+    assert Node(NodeKind.REF, "dict", 1, (), ("a",))._index is None
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Factory:
+        a: list[int] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError):
+        fast_init(Factory)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ckptui.core.dtypes import SUB_BYTE_BITS
+from ckptui.core.slotinit import fast_init
 
 Key = str | int | None
 """A key in a parent: str for mapping keys, int for sequence indexes (and int mapping keys)."""
@@ -45,6 +46,7 @@ class Severity(str, enum.Enum):
     DANGER = "danger"
 
 
+@fast_init  # one per tensor (and per reference): `core.slotinit`
 @dataclass(frozen=True, slots=True)
 class Storage:
     """One storage: a contiguous run of bytes that tensors view."""
@@ -76,6 +78,7 @@ class Storage:
         return self.data_offset is None and self.record_nbytes is None
 
 
+@fast_init  # one per tensor (and per reference): `core.slotinit`
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
     """Metadata of one tensor, as recorded in the file; values are never read to make it."""
@@ -149,6 +152,7 @@ class NodeExtra:
     attrs: tuple[tuple[str, Any], ...] = ()
 
 
+@fast_init  # one per tensor (and per reference): `core.slotinit`
 @dataclass(frozen=True, slots=True, repr=False)
 class Node:
     """One node of the checkpoint tree. Build nodes with `Node.make`."""

@@ -107,7 +107,7 @@ def read_legacy_at(
             truncated = True
             src.storages[ref.key] = ref.entry()
             continue
-        declared = ref.nbytes // itemsize_of(ref.dtype)
+        declared = ref.nbytes // ref.itemsize
         count = src.expect_count(pos, declared, pos + 8 + ref.nbytes)
         if count != declared:
             raise corrupt(
@@ -122,8 +122,10 @@ def read_legacy_at(
         else:
             src.storages[ref.key] = ref.entry(data_offset=data, record_nbytes=ref.nbytes)
         pos = data + ref.nbytes
+    storages = src.storages
     for key, ref in refs.items():
-        src.storages.setdefault(key, ref.entry())
+        if key not in storages:  # not setdefault: it made an entry per storage to drop it
+            storages[key] = ref.entry()
     if truncated:
         src.warn("truncated", "the file ends before all storages: it was cut short")
     facts: dict[str, Any] = {"storages": len(keys), "data_end": pos}

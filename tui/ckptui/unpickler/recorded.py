@@ -37,15 +37,11 @@ class StorageRef:
     ) -> Storage:
         """The storage-table entry for this storage, located where the reader found its bytes
         (no `data_offset`: the bytes are missing)."""
+        # positional: once per storage, and keywords cost a third of the call
         return Storage(
-            self.key,
-            self.dtype,
-            self.nbytes,
-            self.location,
-            record=record,
-            data_offset=data_offset,
-            record_nbytes=record_nbytes,
-        )
+            self.key, self.dtype, self.nbytes, self.location, None, record, data_offset,
+            record_nbytes,
+        )  # fmt: skip
 
 
 class TensorRec:

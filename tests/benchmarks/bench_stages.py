@@ -1,0 +1,77 @@
+"""CPU seconds per stage of `ckptui inspect --json` on one file, in this process, no profiler.
+
+Usage: python tests/benchmarks/bench_stages.py FILE [--repeat N]
+
+cProfile triples the cost of the small per-tensor calls it counts, so it misleads on where a
+100,000-tensor open spends its time (issue 16); this wraps the stage functions instead and sums
+their CPU time (`time.process_time`, steadier than wall time on a loaded machine). Nested stages
+are included in their parents (the unpickle holds `persistent_load`; `assemble` holds the tree).
+Run on demand, e.g. on the `zip100k.pt` that `bench_scale.py` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import time
+from typing import Any
+
+import ckptui.report.json.inspect as inspect_json
+from ckptui.analysis.training import facts
+from ckptui.formats import open_checkpoint, source, torchzip
+from ckptui.unpickler import confined, treebuild
+
+STAGES: list[tuple[Any, str, str]] = [
+    (torchzip.ZipCheckpoint, "__init__", "zip central directory"),
+    (confined.ConfinedUnpickler, "load", "unpickle (with persistent_load)"),
+    (treebuild.TreeBuilder, "build", "tree build"),
+    (source, "_tensor_findings", "tensor findings"),
+    (torchzip, "assemble", "assemble (tree, findings)"),
+    (inspect_json, "training_facts", "training facts"),
+    (facts, "map_optimizers", "  optimizer map"),
+    (facts, "resume_card", "  resume card"),
+    (facts, "weights_only_report", "  weights_only verdict"),
+]
+
+
+def _wrap(owner: Any, name: str, label: str, spent: dict[str, float]) -> None:
+    real = getattr(owner, name)
+
+    @functools.wraps(real)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t = time.process_time()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.process_time() - t
+
+    setattr(owner, name, timed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("path")
+    ap.add_argument("--repeat", type=int, default=1, help="runs; the minimum of each is shown")
+    a = ap.parse_args()
+    best: dict[str, float] = {}
+    for _ in range(a.repeat):
+        spent: dict[str, float] = {}
+        for owner, name, label in STAGES:
+            _wrap(owner, name, label, spent)
+        t0 = time.process_time()
+        ckpt = open_checkpoint(a.path)
+        t1 = time.process_time()
+        io.StringIO().writelines(inspect_json.iter_json(ckpt))
+        t2 = time.process_time()
+        spent.update({"open (all)": t1 - t0, "JSON (all)": t2 - t1, "total": t2 - t0})
+        for owner, name, _ in STAGES:  # unwrap for the next run
+            setattr(owner, name, getattr(owner, name).__wrapped__)
+        for k, v in spent.items():
+            best[k] = min(best.get(k, v), v)
+    for k, v in best.items():
+        print(f"{k:34s} {v:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
