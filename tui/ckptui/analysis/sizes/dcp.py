@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from ckptui.analysis.sizes.breakdown import Breakdown, WeightsSize, breakdown
+from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, KeyPath, Node, Part, Region, Storage, walk
 from ckptui.formats.dcp.interpretation import DcpMetadata
 from ckptui.formats.dcp.items import Item, ZipCache, parse_zip
 from ckptui.formats.dcp.listing import SUFFIX
-from ckptui.formats.dcp.metadata import METADATA, gc_paused, load_metadata
+from ckptui.formats.dcp.metadata import METADATA, load_metadata
 from ckptui.formats.dcp.reader import METADATA_MEMO
 from ckptui.formats.source import Source
 from ckptui.unpickler.inert import Malformed

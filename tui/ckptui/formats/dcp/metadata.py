@@ -23,10 +23,7 @@ No torch here: opening must not pay torch's start-up.
 
 from __future__ import annotations
 
-import gc
 import io
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ckptui.core.errors import CorruptFile
 from ckptui.formats.dcp.fast_unpickler import MD_PREFIX, FastUnpickler, Record, rewrite
@@ -96,21 +93,6 @@ def _danger(src: Source) -> str:
     if not ran:
         return ""
     return f"; pickle.load (and torch's reader) would run {', '.join(ran[:3])}: ckptui did not"
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic collector while a reader builds its many small objects: each collection
-    walks every object made so far (measured on 10,000 tensors: the C unpickler's 1 M opcodes
-    and the interpretation take 2-3x longer with it on). Nothing is freed late: the objects
-    live on after the read anyway, and collection resumes as it was."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 # -- the fast path ---------------------------------------------------------------------------

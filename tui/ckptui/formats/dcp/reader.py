@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ckptui.core.bulk import gc_paused
 from ckptui.core.dtypes import itemsize_of
 from ckptui.core.errors import CkptError, CorruptFile, NotReadable
 from ckptui.core.tree import (
@@ -51,7 +52,7 @@ from ckptui.formats.dcp.findings import Problems, problem_findings
 from ckptui.formats.dcp.interpretation import Chunk, DcpMetadata
 from ckptui.formats.dcp.items import Ref, ZipCache, read_item
 from ckptui.formats.dcp.listing import list_files
-from ckptui.formats.dcp.metadata import DCP_GLOBALS, METADATA, gc_paused, load_metadata
+from ckptui.formats.dcp.metadata import DCP_GLOBALS, METADATA, load_metadata
 from ckptui.formats.source import Source
 from ckptui.unpickler.inert import Global, Malformed, classify_global
 from ckptui.unpickler.recorded import TensorRec
