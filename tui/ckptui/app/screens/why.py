@@ -29,9 +29,9 @@ from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.core.cancel import Cancelled, interruptible
-from ckptui.core.keypath import show_path
+from ckptui.core.keypath import path_text, show_path
 from ckptui.core.tree import Checkpoint, KeyPath
-from ckptui.core.units import printable, size
+from ckptui.core.units import kind_words, printable, size
 from ckptui.export.size import exported_size
 from ckptui.report.why import bar, rest_rows
 
@@ -247,7 +247,8 @@ class WhyScreen(Screen[KeyPath | None]):
             rows.add(keys, f"… {len(rest):,} more keys", sum(n for _, n in rest), None, True)
 
         if b.modules.children:
-            title = f"Weights by module prefix ({show_path(b.weights_path or ())})"
+            under = path_text(b.weights_path or ())  # the root needs no name: "(root)" once
+            title = "Weights by module prefix" + (f" (under {under})" if under else "")
             mods = rows.section(tree.root, title, b.modules.bytes, of=b.modules.bytes)
             # its own builder: rows made later (`_expanded`) share its percentages' base
             prefix_rows = _Rows(width, b.modules.bytes)
@@ -309,7 +310,7 @@ class WhyScreen(Screen[KeyPath | None]):
             text = Text()
             saving = f"saves {size(f.saving_bytes)}" if f.saving_bytes else "no size saving"
             text.append(saving, style="bold")
-            text.append(f"  {f.kind.replace('_', ' ')}\n", style="dim")  # words, not an id
+            text.append(f"  {kind_words(f.kind)}\n", style="dim")
             text.append(printable(f.message))  # it quotes keys and names from the file
             if i < len(self._findings) - 1:
                 text.append("\n")  # a blank line between findings
