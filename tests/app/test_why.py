@@ -119,3 +119,25 @@ async def test_breakdown_of_a_file_changed_meanwhile_says_so(tmp_path: Path) -> 
         await pilot.pause()
         assert "changed size since it was opened" in text_of(app, "#why-headline")
         assert app.screen.query_one("#why-dup-label", Static) is not None
+
+
+async def test_a_folder_of_checkpoints_is_searched_for_duplicates_file_by_file(
+    tmp_path: Path,
+) -> None:
+    """`w` on a folder searches each checkpoint file as `ckptui why` does (it used to search the
+    folder as one file and find nothing); the finding is named under its file."""
+    torch.manual_seed(0)
+    emb = torch.randn(256, 256)  # 256 KiB: above the search's 64 KiB minimum
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({"embed.weight": emb, "head.weight": emb.clone()}, folder / "last.pth")
+    torch.save({"w": torch.randn(8)}, folder / "first.pth")
+    app = CkptApp(str(folder))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_why(pilot)
+        dups = [f for f in screen._findings if f.kind == "duplicate"]
+        assert [f.paths for f in dups] == [
+            (("last.pth", "embed.weight"), ("last.pth", "head.weight"))
+        ]
+        assert dups[0].message.startswith("last.pth: 2 identical float32 [256, 256] tensors")
+        assert "1 group(s) of identical tensors" in text_of(app, "#why-dup-label")

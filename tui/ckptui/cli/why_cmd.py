@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from ckptui.analysis.sizes.duplicates import duplicates_per_file, find_duplicates, skip_reason
+from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.folder import breakdown_of
 from ckptui.cli.args import PATH_HELP
 from ckptui.core.errors import CkptError
@@ -40,18 +40,12 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     show_progress = not args.json and sys.stderr.isatty()
     ckpt = open_checkpoint(args.path)
-    folder = ckpt.info.get("folder")
-    if folder is not None and ckpt.format != "dcp":
-        # each checkpoint file broken down on its own, and searched for duplicates on its own
-        files: list[tuple[str, Any, Any]] = []
-        b = breakdown_of(ckpt, lambda name, c, fb: files.append((name, c, fb)), exported_size)
-        if not args.no_duplicates:
-            search = lambda c, fb: _duplicates(c, fb, show_progress)
-            b.add_findings(duplicates_per_file(files, search))
-    else:
-        b = breakdown_of(ckpt, weights_size=exported_size)
-        if not args.no_duplicates and folder is None:
-            b.add_findings(_duplicates(ckpt, b, show_progress=show_progress))
+    # a folder's checkpoint files are broken down, and searched for duplicates, each on its own
+    files: list[tuple[str, Any, Any]] = []
+    b = breakdown_of(ckpt, lambda name, c, fb: files.append((name, c, fb)), exported_size)
+    if not args.no_duplicates:
+        search = lambda c, fb: _duplicates(c, fb, show_progress)
+        b.add_findings(duplicates_of(ckpt, b, files, search))
     if args.json:
         json.dump(breakdown_json(b), sys.stdout)
         sys.stdout.write("\n")

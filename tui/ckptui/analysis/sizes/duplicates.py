@@ -200,3 +200,26 @@ def duplicates_per_file(
     """The duplicate search of a folder: each checkpoint file searched on its own (`search`,
     e.g. `find_duplicates` with a progress bar), its findings named under the file."""
     return [under_file(f, name) for name, ckpt, b in files for f in search(ckpt, b)]
+
+
+def duplicates_of(
+    ckpt: Checkpoint,
+    b: Breakdown,
+    files: Iterable[tuple[str, Checkpoint, Breakdown]],
+    search: Callable[[Checkpoint, Breakdown], list[SizeFinding]],
+) -> list[SizeFinding]:
+    """The duplicate search of an opened checkpoint, for the CLI's `why` and the app's `w` alike.
+
+    A single file is searched whole; a folder of checkpoint files (shards, a run's checkpoints)
+    file by file, from the `(name, checkpoint, breakdown)` of each that `breakdown_of`'s hook
+    collected (`duplicates_per_file`); a DCP folder's `.distcp` files are items, not
+    checkpoints, so it is not searched.
+
+    Args:
+        search: `find_duplicates` with the caller's progress and cancellation.
+    """
+    if ckpt.info.get("folder") is None:
+        return search(ckpt, b)
+    if ckpt.format == "dcp":
+        return []
+    return duplicates_per_file(files, search)

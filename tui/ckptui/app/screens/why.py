@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.analysis.roles import ROLE_LABELS
 from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
-from ckptui.analysis.sizes.duplicates import find_duplicates, skip_reason
+from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.core.cancel import Cancelled, interruptible
@@ -88,6 +88,8 @@ class WhyCache:
 
     def __init__(self) -> None:
         self.breakdown: Breakdown | None = None
+        self.files: list[tuple[str, Checkpoint, Breakdown]] = []
+        """A folder's checkpoint files with their own breakdowns, searched one by one."""
         self.duplicates_done = False
 
 
@@ -143,20 +145,31 @@ class WhyScreen(Screen[KeyPath | None]):
         Run on a daemon thread that `q` abandons: the breakdown has no cancellation points, and
         a worker thread still in it would hold the process open after the screen is gone."""
         worker = get_current_worker()
-        return interruptible(
-            lambda: breakdown_of(self.ckpt, weights_size=exported_size), lambda: worker.is_cancelled
+        files: list[tuple[str, Checkpoint, Breakdown]] = []
+
+        def each(name: str, ckpt: Checkpoint, b: Breakdown) -> None:
+            files.append((name, ckpt, b))
+
+        b = interruptible(
+            lambda: breakdown_of(self.ckpt, each, exported_size), lambda: worker.is_cancelled
         )
+        self.cache.files = files
+        return b
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="duplicates")
     def compare(self, b: Breakdown) -> list[SizeFinding]:
-        """Hash same-shaped tensors to find values stored twice."""
+        """Hash same-shaped tensors to find values stored twice (a folder: file by file)."""
         worker = get_current_worker()
-        return find_duplicates(
-            self.ckpt,
-            b,
-            lambda done, total: self.app.call_from_thread(self._progress, done, total),
-            lambda: worker.is_cancelled,
-        )
+
+        def search(ckpt: Checkpoint, fb: Breakdown) -> list[SizeFinding]:
+            return find_duplicates(
+                ckpt,
+                fb,
+                lambda done, total: self.app.call_from_thread(self._progress, done, total),
+                lambda: worker.is_cancelled,
+            )
+
+        return duplicates_of(self.ckpt, b, self.cache.files, search)
 
     @on(Worker.StateChanged)
     def _worker_done(self, event: Worker.StateChanged) -> None:
