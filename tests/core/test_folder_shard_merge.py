@@ -1,4 +1,4 @@
-"""How a sharded folder's shards merge into one tree (`formats.folder.open_sharded`), on real
+"""How a sharded folder's shards merge into one tree (`formats.sharded.open_sharded`), on real
 `safetensors.torch.save_file` shards: the usual shard (every tensor new and listed) takes a
 fast path of set operations (issue 16); a tensor in two shards, a tensor the index does not
 list and safetensors' `__metadata__` take the checked loop, with the same findings and order."""

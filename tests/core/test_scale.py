@@ -178,12 +178,12 @@ def _shard_folder(tmp_path: Path) -> Path:
 def test_shards_keyed_by_their_reader_match_the_renamed_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ckptui.formats import folder as folder_mod
+    from ckptui.formats import sharded as sharded_mod
     from ckptui.report.json.inspect import checkpoint_json
 
     path = _shard_folder(tmp_path)
     one_pass = open_checkpoint(path)
-    monkeypatch.setattr(folder_mod, "_naming_storages", lambda open_file, *_: open_file)
+    monkeypatch.setattr(sharded_mod, "naming_storages", lambda open_file, *_: open_file)
     renamed = open_checkpoint(path)
     assert one_pass.storages == renamed.storages
     assert one_pass.root == renamed.root

@@ -29,11 +29,12 @@ from ckptui.core.errors import (
     NotReadable,
 )
 from ckptui.core.tree import Checkpoint
-from ckptui.formats.folder import check_folder, is_index_file, open_folder
+from ckptui.formats.folder import check_folder, open_folder
 from ckptui.formats.legacy import may_pass_ne_check, read_legacy
 from ckptui.formats.legacy_tar import open_tar, read_legacy_tar
 from ckptui.formats.nested import read_nested  # noqa: F401  (it registers Source.read_nested)
 from ckptui.formats.safetensors import looks_like_safetensors, read_safetensors
+from ckptui.formats.sharded import is_index_file
 from ckptui.formats.source import MAGIC_NUMBER, Source, assemble, attach_partial, is_url
 from ckptui.formats.torchzip import read_zip
 

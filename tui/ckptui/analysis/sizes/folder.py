@@ -28,9 +28,9 @@ from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CkptError, NotACheckpoint
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.formats import open_checkpoint
-from ckptui.formats.folder import is_index_file
 from ckptui.formats.layout import read_layout
 from ckptui.formats.listing import folder_files
+from ckptui.formats.sharded import is_index_file
 from ckptui.formats.source import is_url
 
 FileHook = Callable[[str, object, Breakdown], None]

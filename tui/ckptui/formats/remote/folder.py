@@ -8,7 +8,7 @@
   then `pytorch_model.bin.index.json`).
 - Anything else is one file (`formats._open_remote`).
 
-`RemoteFiles` is `folder.Files` over fsspec, so the sharded and many-file logic is the local
+`RemoteFiles` is `folder_files.Files` over fsspec, so the sharded and many-file logic is the local
 one. Opening reads the index and each shard's header (or zip directory and pickle), never tensor
 data; `info["bytes_read"]` is the sum over all of them.
 """
@@ -29,10 +29,11 @@ from ckptui.core.errors import (
     Unsupported,
 )
 from ckptui.core.tree import Checkpoint
-from ckptui.formats.folder import INDEX_NAMES, MAX_INDEX, is_index_file, open_folder, open_sharded
+from ckptui.formats.folder import open_folder
 from ckptui.formats.listing import MAX_FILES
 from ckptui.formats.remote.fs import bounded, is_http
 from ckptui.formats.remote.reader import RemoteSource, filesystem, translate
+from ckptui.formats.sharded import INDEX_NAMES, MAX_INDEX, is_index_file, open_sharded
 
 OpenOne = Callable[[str], Checkpoint]
 OPEN_THREADS = 8
@@ -89,7 +90,7 @@ def _open_dir(shown: str, folder: str, open_one: OpenOne, files: RemoteFiles) ->
 
 
 class RemoteFiles:
-    """`folder.Files` for URLs: listing through fsspec, small files by range requests."""
+    """`folder_files.Files` for URLs: listing through fsspec, small files by range requests."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
