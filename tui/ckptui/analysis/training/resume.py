@@ -7,14 +7,13 @@ optimizer's `state` + `param_groups`, a scheduler's `last_epoch`, a GradScaler's
 `growth_factor`, `random.getstate()`'s 625-int tuple) and by a short list of common names second.
 The card then cross-checks what it found: above all a scheduler whose `last_epoch` matches none of
 the stored counters (epoch, iteration, global step, the optimizer's step, each +-1) -- the classic
-sign of a scheduler re-created on resume without its state.
+sign of a scheduler re-created on resume without its state (`resume_checks`).
 
 Its JSON form is `report.json.training.resume_json`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from ckptui.analysis.roles import (
     weights_path,
 )
 from ckptui.analysis.training.optim_map import scalar_value
-from ckptui.core.keypath import path_text
+from ckptui.analysis.training.resume_checks import disagreements
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
 
 COUNTER_NAMES = {
@@ -133,7 +132,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
         for p, n in _shallow(root, 2, skip, _version_key)
         if (v := _version(n)) is not None
     )
-    warnings = _warnings(ckpt, schedulers, counters, optimizers, opt_paths)
+    warnings = disagreements(ckpt, schedulers, counters, optimizers, opt_paths)
     if weights is None:
         resumable, reason = False, "no model weights found"
     elif not optimizers:
@@ -356,67 +355,3 @@ def _rng_kind(path: KeyPath, node: Node) -> str | None:
 def _byte_tensor(node: Node) -> bool:
     t = node.tensor
     return t is not None and t.dtype == "uint8" and len(t.shape) == 1
-
-
-def _warnings(
-    ckpt: Checkpoint,
-    schedulers: tuple[Found, ...],
-    counters: tuple[Found, ...],
-    optimizers: list[dict[str, Any]],
-    opt_paths: list[KeyPath],
-) -> list[str]:
-    out: list[str] = []
-    marks = [(c.kind, c.value) for c in counters]
-    marks += [(f"{o['kind']} step", o["step"]) for o in optimizers if type(o["step"]) is int]
-    for s in schedulers:
-        if s.value is None or not marks:
-            continue
-        if any(abs(s.value - v) <= 1 for _, v in marks):
-            continue
-        seen = ", ".join(f"{k} {v}" for k, v in marks)
-        out.append(
-            f"scheduler at `{path_text(s.path)}` has last_epoch {s.value}, which matches none of "
-            f"{seen} (nor +-1): it was likely re-created on a resume without loading its state "
-            "or setting last_epoch (the classic mistake), so its LR schedule restarted there"
-        )
-    if len(schedulers) == 1 and len(opt_paths) == 1:
-        out += _scheduler_vs_optimizer(ckpt, schedulers[0].path, opt_paths[0])
-    if not schedulers:
-        for p in opt_paths:
-            groups = ckpt.find((*p, "param_groups"))
-            if groups is not None and any(g.child("initial_lr") for g in groups.children):
-                out.append(
-                    f"optimizer at `{path_text(p)}` has initial_lr in its param groups "
-                    "(a scheduler was attached) but no scheduler state is saved"
-                )
-    return out
-
-
-def _scheduler_vs_optimizer(ckpt: Checkpoint, spath: KeyPath, opath: KeyPath) -> list[str]:
-    """A scheduler and the optimizer it drives must have one LR per param group, the same."""
-    sched, groups = ckpt.find(spath), ckpt.find((*opath, "param_groups"))
-    if sched is None or groups is None:
-        return []
-    base = sched.child("base_lrs")
-    last = sched.child("_last_lr")
-    n = len(groups.children)
-    if base is not None and base.kind is NodeKind.SEQUENCE and len(base.children) != n:
-        why = (
-            f"scheduler at `{path_text(spath)}` has {len(base.children)} base_lrs but "
-            f"optimizer at `{path_text(opath)}` has {n} param groups: they come from "
-            "different setups"
-        )
-        return [why]
-    if last is None or len(last.children) != n or sched.child("_schedulers") is not None:
-        return []
-    for i, (lr_node, g) in enumerate(zip(last.children, groups.children, strict=True)):
-        lr = g.child("lr")
-        a, b = lr_node.value, lr.value if lr is not None else None
-        numbers = isinstance(a, float | int) and isinstance(b, float | int)
-        if numbers and not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12):
-            why = (
-                f"scheduler at `{path_text(spath)}` last set lr {a} but param group {i} of "
-                f"`{path_text(opath)}` has lr {b}: saved at different moments?"
-            )
-            return [why]
-    return []
