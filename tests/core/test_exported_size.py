@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from ckptui.core.dtypes import DTYPES
 from ckptui.export import export, make_plan
@@ -18,7 +17,7 @@ from ckptui.export.pickle_out import plain_pickle_size, state_dict_pickle
 from ckptui.export.zipwriter import size_of, size_of_lengths
 from ckptui.formats import open_checkpoint
 
-from ..conftest import TinyNet, training_checkpoint
+from .test_weights_estimate import SOURCES
 
 
 def _mixed(p: Path) -> Path:
@@ -42,50 +41,6 @@ def _mixed(p: Path) -> Path:
     return p / "mixed.pth"
 
 
-def _training(p: Path) -> Path:
-    torch.save(training_checkpoint(), p / "train.pth")
-    return p / "train.pth"
-
-
-def _legacy(p: Path) -> Path:
-    torch.save(training_checkpoint(), p / "old.pth", _use_new_zipfile_serialization=False)
-    return p / "old.pth"
-
-
-def _module(p: Path) -> Path:
-    torch.save(TinyNet(), p / "module.pt")
-    return p / "module.pt"
-
-
-def _safetensors(p: Path) -> Path:
-    save_file(TinyNet().state_dict(), p / "model.safetensors")
-    return p / "model.safetensors"
-
-
-def _ddp(p: Path) -> Path:
-    torch.save(training_checkpoint(parallel=True), p / "ddp.pth")
-    return p / "ddp.pth"
-
-
-def _sharded(p: Path) -> Path:
-    from .test_folders import tiny_gpt2
-
-    tiny_gpt2().save_pretrained(p / "gpt2", max_shard_size="100KB")
-    return p / "gpt2"
-
-
-def _dcp(p: Path) -> Path:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemWriter
-
-    dcp.save(
-        {"model": TinyNet().state_dict()},
-        storage_writer=FileSystemWriter(p / "dcp", thread_count=2),
-        no_dist=True,
-    )
-    return p / "dcp"
-
-
 def _quantized(p: Path) -> Path:
     from torch.ao.quantization import quantize_dynamic
 
@@ -94,7 +49,7 @@ def _quantized(p: Path) -> Path:
     return p / "q.pt"
 
 
-MAKERS = [_mixed, _training, _legacy, _module, _safetensors, _ddp, _sharded, _dcp, _quantized]
+MAKERS = [_mixed, *SOURCES, _quantized]
 OPTIONS = [("pth", "keep"), ("pth", "bf16"), ("safetensors", "keep"), ("safetensors", "fp16")]
 
 

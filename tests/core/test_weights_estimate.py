@@ -62,11 +62,12 @@ def _dcp(p: Path) -> Path:
     return p / "dcp"
 
 
-@pytest.mark.parametrize(
-    "make",
-    [_training, _legacy, _module, _safetensors, _ddp, _sharded, _dcp],
-    ids=lambda f: f.__name__,
-)
+SOURCES = [_training, _legacy, _module, _safetensors, _ddp, _sharded, _dcp]
+"""A real checkpoint of every kind of source, each made in a tmp folder (`test_exported_size`
+uses them too)."""
+
+
+@pytest.mark.parametrize("make", SOURCES, ids=lambda f: f.__name__)
 def test_weights_alone_is_the_exported_size(tmp_path: Path, make) -> None:
     torch.manual_seed(0)
     src = make(tmp_path)
