@@ -29,6 +29,15 @@ def card_of(app: CkptApp) -> str:
     return " ".join(text_of(app, "#facts").split())
 
 
+async def card_at(pilot, path: tuple) -> str:
+    """The panel's text once the tree is open, settled, and its cursor on `path`."""
+    tree = await opened(pilot)
+    await settle(pilot)
+    tree.select_path(path)
+    await settle(pilot)
+    return card_of(pilot.app)
+
+
 async def test_adam_card_names_kind_step_hyper_parameters_and_state_bytes(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = TinyNet()
@@ -45,11 +54,7 @@ async def test_adam_card_names_kind_step_hyper_parameters_and_state_bytes(tmp_pa
     )
     app = CkptApp(str(p))
     async with app.run_test(size=(110, 40)) as pilot:
-        tree = await opened(pilot)
-        await settle(pilot)
-        tree.select_path(("optimizer",))
-        await settle(pilot)
-        card = card_of(app)
+        card = await card_at(pilot, ("optimizer",))
         assert "kind Adam-style" in card
         assert "step 3" in card
         assert f"parameters {n_params} in 1 group · {n_params} named from model" in card
@@ -57,9 +62,8 @@ async def test_adam_card_names_kind_step_hyper_parameters_and_state_bytes(tmp_pa
         assert f"state {kib} · exp_avg, exp_avg_sq" in card
         assert "group 0 lr 0.0003 · betas 0.9, 0.95 · eps 1e-08 · weight decay 0.05" in card
         assert "decoupled weight decay" in card  # AdamW's flag, on
-        tree.select_path(("model",))  # not an optimizer: no card
-        await settle(pilot)
-        assert "kind Adam-style" not in card_of(app)
+        # not an optimizer: no card
+        assert "kind Adam-style" not in await card_at(pilot, ("model",))
 
 
 async def test_sgd_card_lists_each_param_group(tmp_path: Path) -> None:
@@ -78,11 +82,7 @@ async def test_sgd_card_lists_each_param_group(tmp_path: Path) -> None:
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 1}, p)
     app = CkptApp(str(p))
     async with app.run_test(size=(110, 40)) as pilot:
-        tree = await opened(pilot)
-        await settle(pilot)
-        tree.select_path(("optimizer",))
-        await settle(pilot)
-        card = card_of(app)
+        card = await card_at(pilot, ("optimizer",))
         assert "kind SGD with momentum" in card
         assert "in 2 groups" in card
         assert "group 0 lr 0.1 · momentum 0.9 · weight decay 0.0001 · nesterov" in card
@@ -146,8 +146,4 @@ async def test_a_weights_key_that_looks_like_markup_is_shown_literally(tmp_path:
     n_params = len(list(net.parameters()))
     app = CkptApp(str(p))
     async with app.run_test(size=(110, 40)) as pilot:
-        tree = await opened(pilot)
-        await settle(pilot)
-        tree.select_path(("optimizer",))
-        await settle(pilot)
-        assert f"{n_params} named from [/x]" in card_of(app)
+        assert f"{n_params} named from [/x]" in await card_at(pilot, ("optimizer",))
