@@ -45,7 +45,7 @@ def _outcome(path: Path, enabled: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
         return "error", str(e)
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+def spy_confined(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Record, per pickle, whether the confined path read it."""
     seen: list[bool] = []
     real = confined.ConfinedUnpickler._confined
@@ -60,7 +60,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 def _both(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[bool]]:
-    seen = _spy(monkeypatch)
+    seen = spy_confined(monkeypatch)
     fast = _outcome(path, True, monkeypatch)
     used = list(seen)
     slow = _outcome(path, False, monkeypatch)

@@ -34,6 +34,7 @@ from ckptui.report.json.inspect import checkpoint_json
 from ckptui.unpickler import confined
 from ckptui.unpickler.inert import PDict
 from ckptui.unpickler.rewrite import PieceReader, Progress, pieces
+from tests.core.test_confined import spy_confined
 
 
 def _text(s: str) -> bytes:
@@ -49,15 +50,7 @@ def test_a_decline_past_the_first_chunk_is_undone(
     body = b"](" + _text("x" * 10) * 20_000 + b"cos\nsystem\n" + b"e(K\x01K\x02da."
     path = tmp_path / "late.pkl"
     path.write_bytes(b"\x80\x02" + body)
-    seen: list[bool] = []
-    real = confined.ConfinedUnpickler._confined
-
-    def spy(self: Any, pos: int, end: int) -> Any:
-        got = real(self, pos, end)
-        seen.append(got is not None)
-        return got
-
-    monkeypatch.setattr(confined.ConfinedUnpickler, "_confined", spy)
+    seen = spy_confined(monkeypatch)
     fast = checkpoint_json(open_checkpoint(str(path)))
     assert seen == [False]  # it really declined, after the C unpickler had started
     monkeypatch.setattr(confined, "ENABLED", False)
