@@ -236,6 +236,8 @@ class ZipCheckpoint:
                 storages[full_key] = self._storage(ref, f"{tensor_dir}{key}")
             return ref
 
+        # It raises on every id but a storage tuple: the confined path calls it directly.
+        persistent_load.storage_pids_only = True  # type: ignore[attr-defined]
         part = f"{self.archive}/{name}" + (
             f" ({self.where})" if self.where != self.src.path else ""
         )

@@ -121,8 +121,11 @@ def pieces(
     if end - pos < 2 or buf[pos] != 0x80 or buf[pos + 1] > 5:
         raise Decline("protocol 0/1 (text opcodes), or no PROTO: the inert loop reads those")
     seqs = {
-        0x52: _marker(nonce, b"R") + b"\x86R",  # REDUCE -> func((args, REDUCE_MARK))
-        0x81: _marker(nonce, b"N") + b"\x86R",  # NEWOBJ -> cls((args, NEWOBJ_MARK))
+        # No marker for the calls: a marker is a `find_class` call in Python, and a torch.save
+        # file makes two calls per tensor (issue 16). The shape of what the call gets tells
+        # them apart, and only these opcodes make a call (`confined.py`, point 2).
+        0x52: b"\x85\x85R",  # REDUCE -> func((args,)): TUPLE1 TUPLE1 REDUCE
+        0x81: b"N\x86\x85R",  # NEWOBJ -> cls((args, None)): NONE TUPLE2 TUPLE1 REDUCE
         0x62: _marker(nonce, b"B") + b"\x86b",  # BUILD -> (state, BUILD_MARK)
         0x7D: _marker(nonce, b"D") + b")R",  # EMPTY_DICT -> PDict()
         0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
