@@ -39,6 +39,8 @@ MAX_INFLATED_PICKLE_BYTES = 256 << 20
 only a hand-made zip compresses one, and a 4 MB zip can claim 4 GB (a decompression bomb)."""
 _INFLATE_CHUNK = 1 << 20
 """A data.pkl larger than this is refused; no real checkpoint comes close."""
+_STORAGE_ITEMS = {cls: (dtype, itemsize_of(dtype)) for cls, dtype in STORAGE_DTYPES.items()}
+"""Storage class -> (dtype, bytes per element), looked up once per storage."""
 _WINDOW = 64 << 10
 """Bytes read at once for the local headers of small storages (`ZipCheckpoint._header`)."""
 _SMALL_RECORD = 16 << 10
@@ -218,18 +220,18 @@ class ZipCheckpoint:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
                 raise Malformed(f"unexpected persistent id {type(pid).__name__}")
             _, cls, key, location, count = pid
-            if not isinstance(cls, Global) or cls.full not in STORAGE_DTYPES:
+            if not isinstance(cls, Global) or cls.full not in _STORAGE_ITEMS:
                 raise Malformed(f"unknown storage class {cls!r}")
             if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
                 raise Malformed("malformed storage persistent id")
-            dtype = STORAGE_DTYPES[cls.full]
-            nbytes = count * itemsize_of(dtype)
+            dtype, itemsize = _STORAGE_ITEMS[cls.full]
+            nbytes = count * itemsize
             full_key = prefix + key
             if not isinstance(location, str) or len(location) > 100:
                 parse_pid_location(location)  # raises its message
             ref = refs.get(full_key)
             if ref is None:
-                ref = refs[full_key] = StorageRef(full_key, dtype, nbytes, location)
+                ref = refs[full_key] = StorageRef(full_key, dtype, nbytes, location, itemsize)
             elif ref.nbytes != nbytes:
                 raise Malformed(f"storage {full_key} declared with two sizes")
             if full_key not in storages:  # not `ref is None`: a declined attempt undoes these
@@ -257,7 +259,17 @@ class ZipCheckpoint:
                 f"storage record {record} is compressed; its bytes cannot be memory-mapped",
             )
             return ref.entry(record, record_nbytes=file_size)
-        off = self._data_at(header_offset, self.infos.names[idx], file_size)
+        at = self.start + header_offset
+        rel = at - self._window_at
+        window = self._window
+        if 0 <= rel <= len(window) - 30:  # `_data_at` inlined: once per storage
+            sig, n, e = _LOCAL_LENGTHS.unpack_from(window, rel)
+        else:
+            sig = n = e = 0
+        if sig == 0x04034B50:
+            off = at + 30 + n + e
+        else:  # not in the window, or no header there: `_data_at` reads it, or raises
+            off = self._data_at(header_offset, self.infos.names[idx], file_size)
         have = max(0, min(file_size, self.end - off))
         if have < ref.nbytes:
             self.src.warn(
