@@ -66,7 +66,9 @@ import pickle
 from typing import Any
 
 from ckptui.core.bulk import gc_paused
-from ckptui.unpickler.inert import CONFINED, InertUnpickler, PDict, PObject
+from ckptui.unpickler.inert import CONFINED, Global, InertUnpickler, PDict, PObject
+from ckptui.unpickler.recorders.builtin import ordered_dict
+from ckptui.unpickler.recorders.torch_types import rebuild_tensor_v2
 from ckptui.unpickler.rewrite import (
     Decline,
     PieceReader,
@@ -264,6 +266,27 @@ class ConfinedUnpickler(InertUnpickler):
         if type(got) is PObject:
             self.exact = False  # the replay would judge the placeholder's class
         return got
+
+    def confined_fused(self, func: Global, args: Any) -> Any:
+        """A tensor `fast_pattern` fused: `func(storage, offset, size, stride, requires_grad,
+        OrderedDict())`'s two REDUCEs, in their order, through the same functions the C
+        unpickler would have called (the storage is its BINPERSID's, left as it was)."""
+        if type(args) is not tuple or len(args) != 7:
+            raise Decline("a fused call the rewrite did not make")
+        storage, offset, size, stride, grad, hooks_type, empty = args
+        if type(hooks_type) is not Global:
+            raise Decline("the hooks are not a call")  # the C unpickler's TypeError
+        if (
+            func.full == "torch._utils._rebuild_tensor_v2"
+            and hooks_type.full == "collections.OrderedDict"
+            and self.recorders.get(func.full) is rebuild_tensor_v2
+            and self.recorders.get(hooks_type.full) is ordered_dict
+        ):
+            # The recorder ignores the hooks, and `OrderedDict()` only makes an empty PDict:
+            # not made (its memo slot was left out, `fast_pattern`).
+            return rebuild_tensor_v2(self, (storage, offset, size, stride, grad, None))
+        hooks = hooks_type((empty,))  # REDUCE, as the rewrite makes it
+        return func(((storage, offset, size, stride, grad, hooks),))
 
     def confined_build(self, inst: Any, wrapped: Any) -> None:
         """BUILD (`__setstate__` of the inert loop's objects): its `_build`, or the check of an

@@ -106,6 +106,8 @@ class Global:
                 if type(got) is PObject:
                     u.exact = False  # the replay would judge the placeholder's class
                 return got
+        if type(wrapped) is tuple and len(wrapped) == 3:  # a fused tensor (`fast_pattern`)
+            return u.confined_fused(self, wrapped[0])
         return u.confined_call(self, wrapped)
 
     __setstate__ = confined_build
