@@ -1,12 +1,13 @@
 """CPU seconds per stage of `ckptui inspect --json` on one file, in this process, no profiler.
 
-Usage: python tests/benchmarks/bench_stages.py FILE [--repeat N]
+Usage: python tests/benchmarks/bench_stages.py FILE [--repeat N] [--no-fuse]
 
 cProfile triples the cost of the small per-tensor calls it counts, so it misleads on where a
 100,000-tensor open spends its time (issue 16); this wraps the stage functions instead and sums
 their CPU time (`time.process_time`, steadier than wall time on a loaded machine). Nested stages
 are included in their parents (the unpickle holds `persistent_load`; `assemble` holds the tree).
-Run on demand, e.g. on the `zip100k.pt` that `bench_scale.py` writes.
+Run on demand, e.g. on the `zip100k.pt` that `bench_scale.py` writes. `--no-fuse` reads
+torch.save's tensors without `unpickler.fast_pattern`, to compare the two in one session.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import ckptui.report.json.inspect as inspect_json
 from ckptui.analysis.training import facts
 from ckptui.formats import open_checkpoint, source, torchzip
-from ckptui.unpickler import confined, treebuild
+from ckptui.unpickler import confined, rewrite, treebuild
 
 STAGES: list[tuple[Any, str, str]] = [
     (torchzip.ZipCheckpoint, "__init__", "zip central directory"),
@@ -53,7 +54,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path")
     ap.add_argument("--repeat", type=int, default=1, help="runs; the minimum of each is shown")
+    ap.add_argument("--no-fuse", action="store_true", help="do not fuse torch.save's tensors")
     a = ap.parse_args()
+    rewrite.FUSE = not a.no_fuse
     best: dict[str, float] = {}
     for _ in range(a.repeat):
         spent: dict[str, float] = {}

@@ -27,12 +27,15 @@ findings), so the result is the inert loop's in every case. Why it is safe and e
      so the index must stay below a bound no real pickle reaches (a quarter of its bytes).
    FRAMEs are dropped (framing only groups reads) after checking that every opcode lies wholly
    inside its frame: a crossing opcode is read two ways by CPython (`inert.load`), declined.
-2. Rewrites, each spliced in as opcodes that push a marker by a STACK_GLOBAL of a random nonce
+2. Rewrites, spliced in as opcodes, most pushing a marker by a STACK_GLOBAL of a random nonce
    module (fresh per load, so a file cannot name it): EMPTY_DICT becomes a call of `PDict()`
    and EMPTY_LIST of `_List()` (a list whose `__setitem__` refuses, so SETITEM on a list fails
-   as in the inert loop); REDUCE becomes `func((args, REDUCE_MARK))` and NEWOBJ
-   `cls((args, NEWOBJ_MARK))`, so a call reaches `Global.__call__` with the args tuple itself
-   and how it was made; BUILD passes `(state, BUILD_MARK)` to `__setstate__`; `MARK SETITEMS`
+   as in the inert loop); REDUCE becomes `func((args,))` and NEWOBJ `cls((args, None))` (the
+   args wrapped by TUPLE opcodes, no marker: a marker costs a `find_class` call, two per
+   tensor), so a call reaches `Global.__call__` with the args tuple itself (a Python
+   `__call__(*args)` would get a copy, losing its identity for the tree's refs) and how it
+   was made. Every REDUCE and NEWOBJ of the file is rewritten so, and no opcode left makes any
+   other call, so the file cannot hand a call another shape; BUILD passes `(state, BUILD_MARK)` to `__setstate__`; `MARK SETITEMS`
    and `MARK APPENDS` with nothing between (the C pickler writes one after a dict or list of a
    multiple of 1,000 items) become a BUILD that only checks the target's type.
 3. What the remaining opcodes can reach: every object on the stack is a str/bytes/int/float/
@@ -63,7 +66,9 @@ import pickle
 from typing import Any
 
 from ckptui.core.bulk import gc_paused
-from ckptui.unpickler.inert import CONFINED, InertUnpickler, PDict, PObject
+from ckptui.unpickler.inert import CONFINED, Global, InertUnpickler, PDict, PObject
+from ckptui.unpickler.recorders.builtin import ordered_dict
+from ckptui.unpickler.recorders.torch_types import rebuild_tensor_v2
 from ckptui.unpickler.rewrite import (
     Decline,
     PieceReader,
@@ -88,11 +93,6 @@ class _Mark:
         self.what = what
 
 
-REDUCE_MARK = _Mark("REDUCE")
-"""REDUCE becomes `func((args, REDUCE_MARK))`: the args tuple arrives as itself (a Python
-`__call__(*args)` would get a copy, losing its identity for the tree's refs)."""
-NEWOBJ_MARK = _Mark("NEWOBJ")
-"""NEWOBJ becomes `cls((args, NEWOBJ_MARK))` (NEWOBJ itself insists on a type)."""
 BUILD_MARK = _Mark("BUILD")
 """BUILD's state becomes `(state, BUILD_MARK)`: on an object without `__setstate__`, pickle's
 default BUILD then refuses the slot state (not a dict) instead of skipping a None state."""
@@ -124,6 +124,13 @@ class _CUnpickler(pickle.Unpickler):
     """The C unpickler, resolving globals and persistent ids through the inert loop only."""
 
     def __init__(self, stream: PieceReader, u: ConfinedUnpickler, nonce: str) -> None:
+        # Set before `__init__`, where the C unpickler takes its persistent_load once. A
+        # reader's function that raises on every id but a storage tuple (`storage_pids_only`,
+        # torchzip's) is called directly: the check in `checked_persistent_load` could never
+        # clear `exact` for it, and it runs once per tensor (issue 16).
+        load = u.persistent_load
+        direct = load is not None and getattr(load, "storage_pids_only", False)
+        self.persistent_load = load if direct else self.checked_persistent_load
         super().__init__(stream, encoding="utf-8")
         self.u = u
         self.nonce = nonce
@@ -136,7 +143,8 @@ class _CUnpickler(pickle.Unpickler):
         self.names.append((module, name))
         return self.u.named(module, name)
 
-    def persistent_load(self, pid: Any) -> Any:
+    def checked_persistent_load(self, pid: Any) -> Any:
+        """BINPERSID: the reader's own persistent_load, noting ids the replay blocks on."""
         if not (type(pid) is int or (type(pid) is tuple and pid and pid[0] == "storage")):
             self.u.exact = False  # the replay blocks on it
         load = self.u.persistent_load  # `u.persistent`, two calls sooner (once per storage)
@@ -150,8 +158,6 @@ def _no_nested(u: InertUnpickler, blob: Any) -> Any:
 
 
 _MARKERS: dict[str, Any] = {
-    "R": REDUCE_MARK,
-    "N": NEWOBJ_MARK,
     "B": BUILD_MARK,
     "U": EMPTY_SETITEMS,
     "E": EMPTY_APPENDS,
@@ -241,14 +247,18 @@ class ConfinedUnpickler(InertUnpickler):
         """BINPERSID (`persistent_load`): the inert loop's `_persistent`."""
         return self._persistent(pid)
 
-    def confined_call(self, func: Any, args: Any, mark: Any) -> Any:
-        """REDUCE/NEWOBJ of a `Global` (`Global.__call__`): the inert loop's `_call`."""
-        if mark is REDUCE_MARK:
+    def confined_call(self, func: Any, wrapped: Any) -> Any:
+        """REDUCE/NEWOBJ of a `Global` (`Global.__call__`): the inert loop's `_call`.
+        `wrapped` is `(args,)` for REDUCE and `(args, None)` for NEWOBJ (the rewrite's)."""
+        if type(wrapped) is not tuple:
+            raise Decline("a call the rewrite did not make")
+        if len(wrapped) == 1:
             how = "reduce"
-        elif mark is NEWOBJ_MARK:
+        elif len(wrapped) == 2 and wrapped[1] is None:
             how = "newobj"
         else:
             raise Decline("a call the rewrite did not make")
+        args = wrapped[0]
         if type(args) is not tuple:
             raise Decline("arguments are not a tuple")
         rec = self.recorders.get(func.full)  # what `_call` does first, one call sooner
@@ -256,6 +266,27 @@ class ConfinedUnpickler(InertUnpickler):
         if type(got) is PObject:
             self.exact = False  # the replay would judge the placeholder's class
         return got
+
+    def confined_fused(self, func: Global, args: Any) -> Any:
+        """A tensor `fast_pattern` fused: `func(storage, offset, size, stride, requires_grad,
+        OrderedDict())`'s two REDUCEs, in their order, through the same functions the C
+        unpickler would have called (the storage is its BINPERSID's, left as it was)."""
+        if type(args) is not tuple or len(args) != 7:
+            raise Decline("a fused call the rewrite did not make")
+        storage, offset, size, stride, grad, hooks_type, empty = args
+        if type(hooks_type) is not Global:
+            raise Decline("the hooks are not a call")  # the C unpickler's TypeError
+        if (
+            func.full == "torch._utils._rebuild_tensor_v2"
+            and hooks_type.full == "collections.OrderedDict"
+            and self.recorders.get(func.full) is rebuild_tensor_v2
+            and self.recorders.get(hooks_type.full) is ordered_dict
+        ):
+            # The recorder ignores the hooks, and `OrderedDict()` only makes an empty PDict:
+            # not made (its memo slot was left out, `fast_pattern`).
+            return rebuild_tensor_v2(self, (storage, offset, size, stride, grad, None))
+        hooks = hooks_type((empty,))  # REDUCE, as the rewrite makes it
+        return func(((storage, offset, size, stride, grad, hooks),))
 
     def confined_build(self, inst: Any, wrapped: Any) -> None:
         """BUILD (`__setstate__` of the inert loop's objects): its `_build`, or the check of an

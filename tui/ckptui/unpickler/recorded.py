@@ -22,10 +22,11 @@ class StorageRef:
 
     __slots__ = ("dtype", "itemsize", "key", "location", "nbytes")
 
-    def __init__(self, key: str, dtype: str, nbytes: int, location: str) -> None:
+    def __init__(self, key: str, dtype: str, nbytes: int, location: str, itemsize: int = 0) -> None:
+        """`itemsize`: `itemsize_of(dtype)`, when the caller has it (once per storage)."""
         self.key = key
         self.dtype = dtype
-        self.itemsize = itemsize_of(dtype)
+        self.itemsize = itemsize or itemsize_of(dtype)
         self.nbytes = nbytes
         self.location = location
 

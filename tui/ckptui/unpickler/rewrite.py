@@ -16,19 +16,11 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from ckptui.unpickler.fast_pattern import FUSED_CALL, LONG_GET, counted, tensor_run
+
 
 class Decline(Exception):
     """The confined path declines the pickle; the inert loop reads it instead."""
-
-
-def counted(op: bytes, most: int, pad: bytes = b"") -> bytes:
-    """Regex for `op`, a length byte n <= most (then `pad`), then n bytes: one alternative per
-    length, so the regex engine picks the branch by the length byte (it skips branches whose
-    first literal differs)."""
-    bodies = b"|".join(
-        re.escape(bytes([n]) + pad) + (b".{%d}" % n if n else b"") for n in range(most + 1)
-    )
-    return re.escape(op) + b"(?:" + bodies + b")"
 
 
 _MARK = rb"\((?![eu\x95])(?!\Z)"
@@ -47,20 +39,30 @@ _MORE = (
 """Plain protocol 3-5 opcodes: MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE, short bytes."""
 
 
-@lru_cache(maxsize=8)
-def _run(bits: int, more: bool) -> re.Pattern[bytes]:
-    """Regex of a run of plain opcodes (`_MORE` too when `more`), LONG_BINPUT below 2**bits.
-    Compiling one costs tens of milliseconds, so `bits` comes in a few tiers and the protocol
-    3-5 one is compiled only for a pickle that needs it."""
+def _long_put(bits: int) -> bytes:
+    """Regex of a LONG_BINPUT below 2**bits."""
     full, rest = divmod(bits, 8)
     put = b"r" + b".{%d}" % full
     if rest:
         put += b"[\\x00-" + re.escape(bytes([(1 << rest) - 1])) + b"]"
         full += 1
-    put += b"\\x00" * (4 - full)
+    return put + b"\\x00" * (4 - full)
+
+
+@lru_cache(maxsize=8)
+def _run(bits: int, more: bool) -> re.Pattern[bytes]:
+    """Regex of a run of plain opcodes (`_MORE` too when `more`), LONG_BINPUT below 2**bits.
+    Compiling one costs tens of milliseconds, so `bits` comes in a few tiers and the protocol
+    3-5 one is compiled only for a pickle that needs it."""
+    put = _long_put(bits)
     return re.compile(
         rb"(?s)(?:" + _REPLAYED + b"|" + put + (b"|" + _MORE if more else b"") + rb")*+"
     )
+
+
+def _tensor_run(bits: int, chained: bool) -> re.Pattern[bytes]:
+    """`fast_pattern.tensor_run` with this pickle's PUTs."""
+    return tensor_run(b"q.|" + _long_put(bits), chained)
 
 
 _TIERS = (12, 16, 20, 24)
@@ -81,6 +83,9 @@ def _marker(nonce: bytes, name: bytes) -> bytes:
     return b"\x8c" + bytes([len(nonce)]) + nonce + b"\x8c" + bytes([len(name)]) + name + b"\x93"
 
 
+FUSE = True
+"""Fuse torch.save's tensors (`fast_pattern`); tests turn it off to compare with the unfused
+confined path."""
 _BATCH = 2048
 """Pieces joined into one chunk for the reader: a few tens of KiB of a torch.save pickle."""
 
@@ -121,8 +126,11 @@ def pieces(
     if end - pos < 2 or buf[pos] != 0x80 or buf[pos + 1] > 5:
         raise Decline("protocol 0/1 (text opcodes), or no PROTO: the inert loop reads those")
     seqs = {
-        0x52: _marker(nonce, b"R") + b"\x86R",  # REDUCE -> func((args, REDUCE_MARK))
-        0x81: _marker(nonce, b"N") + b"\x86R",  # NEWOBJ -> cls((args, NEWOBJ_MARK))
+        # No marker for the calls: a marker is a `find_class` call in Python, and a torch.save
+        # file makes two calls per tensor (issue 16). The shape of what the call gets tells
+        # them apart, and only these opcodes make a call (`confined.py`, point 2).
+        0x52: b"\x85\x85R",  # REDUCE -> func((args,)): TUPLE1 TUPLE1 REDUCE
+        0x81: b"N\x86\x85R",  # NEWOBJ -> cls((args, None)): NONE TUPLE2 TUPLE1 REDUCE
         0x62: _marker(nonce, b"B") + b"\x86b",  # BUILD -> (state, BUILD_MARK)
         0x7D: _marker(nonce, b"D") + b")R",  # EMPTY_DICT -> PDict()
         0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
@@ -130,6 +138,14 @@ def pieces(
     bits = _memo_bits(end - pos)
     run = _run(bits, False).match
     exact = True
+    first = pos
+    # torch.save's tensors, fused (`fast_pattern`): `span_at` is where the next one starts
+    # (`limit` when none is left), `slots` the 4 index bytes of the PUTs each left out.
+    fused = _tensor_run(bits, False) if FUSE else None
+    chained = _tensor_run(bits, True).match
+    span_at = -1
+    found = None
+    slots: list[tuple[bytes | None, bytes | None]] = []
     out = [bytes(buf[pos : pos + 2])]
     put = out.append  # pieces go out joined, `_BATCH` at a time (a yield each cost 2x)
     # Each rewritten opcode grows by ~22 bytes: a pickle made of little else would make a
@@ -144,6 +160,30 @@ def pieces(
             yield b"".join(out)
             out.clear()
         start = pos
+        if fused is not None:
+            m = None
+            if span_at == pos:  # right after a fused tensor: the next, if torch.save's way
+                m = chained(buf, pos, limit)
+                span_at = -1  # else search on from here
+            if m is None:
+                if span_at < pos:
+                    found = fused.search(buf, pos, limit)
+                    span_at = limit if found is None else found.start()
+                if span_at < limit and run(buf, pos, span_at).end() == span_at:
+                    m = found  # the walk reaches it, so it starts on an opcode
+            if m is not None:
+                # The fused tensors that follow one another, in a loop of their own: ~1 us a
+                # tensor here is most of what fusing saves in the C unpickler.
+                while m is not None:
+                    put(buf[start : m.end("tail")])  # up to the hooks' REDUCE
+                    put(FUSED_CALL)
+                    slots.append(m.group("d", "e"))
+                    start = m.end()
+                    if len(out) >= _BATCH:
+                        break
+                    m = chained(buf, start, limit)
+                pos = span_at = start
+                continue
         pos = run(buf, pos, limit).end()
         if pos > start:
             put(buf[start:pos])
@@ -166,6 +206,9 @@ def pieces(
             pos += 2
             room -= 25
         elif op == 0x2E:  # STOP
+            dropped = {index for pair in slots for index in pair if index is not None}
+            if dropped and not dropped.isdisjoint(LONG_GET.findall(buf, first, pos)):
+                raise Decline("a LONG_BINGET may read a PUT the fused tensors left out")
             done.stop, done.exact = pos + 1, exact
             put(b".")
             yield b"".join(out)
@@ -179,6 +222,7 @@ def pieces(
                 raise Decline("FRAME length out of range")
             framed, limit = True, pos + n
             run, exact = _run(bits, True).match, False  # the weights-only loop has no FRAME
+            fused = _no_more_fusing(slots)
         elif op == 0x58:  # BINUNICODE too long for the regex: checked here
             if pos + 5 > limit:
                 raise Decline("BINUNICODE cut short")
@@ -190,10 +234,18 @@ def pieces(
         elif exact:  # maybe a protocol 3-5 opcode: go on with all of them
             run = _run(bits, True).match
             exact = False
+            fused = _no_more_fusing(slots)
             if run(buf, pos, limit).end() == pos:
                 raise Decline(f"opcode {op:#04x}")
         else:
             raise Decline(f"opcode {op:#04x}")
+
+
+def _no_more_fusing(slots: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Protocol 3-5 opcodes ahead (MEMOIZE numbers its slot by how many are filled): no more
+    fusing, and a pickle that already fused a tensor declines (`fast_pattern`)."""
+    if slots:
+        raise Decline("protocol 3-5 opcodes after fused tensors")
 
 
 def rewrite(buf: Any, pos: int, end: int, inline_text: int) -> Rewritten | None:

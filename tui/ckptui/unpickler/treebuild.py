@@ -194,13 +194,17 @@ class TreeBuilder:
         return Node.make(NodeKind.VALUE, type(obj).__name__, key, text=f"<{type(obj).__name__}>")
 
     def _items(self, items: list[list[Any]], path: KeyPath, depth: int) -> tuple[Node, ...]:
-        out = []
-        seen = self._seen
+        out, seen = [], self._seen
+        plain, tensors = not self._path_names, depth + 1 < MAX_DEPTH
         for k, v in items:
             key = k if type(k) is str else _key(k)
-            first = None if self._path_names or type(v) is tuple else seen.get(id(v))
+            first = seen.get(id(v)) if plain and type(v) is not tuple else None
             if first is not None:  # `_node`'s plain ref, without making this child's path
                 out.append(Node(NodeKind.REF, first[1], key, (), first[0]))
+            elif plain and type(v) is TensorRec and tensors:  # `_node`'s tensor, a call sooner
+                seen[id(v)] = (child := (*path, key), v.type)
+                self._keep.append(v)
+                out.append(self._tensor(v, key, child, depth + 1))
             else:
                 out.append(self._node(v, key, (*path, key), depth + 1))
         return tuple(out)
@@ -227,7 +231,8 @@ class TreeBuilder:
             t.stride,
             st.key if st else None,
             t.offset,
-            itemsize_of(t.dtype),
+            # the storage's when the dtypes agree (`_rebuild_tensor_v2`'s): one call fewer
+            st.itemsize if st is not None and st.dtype == t.dtype else itemsize_of(t.dtype),
             st.location if st else ("meta" if t.layout == "meta" else "cpu"),
             t.requires_grad,
             t.type,

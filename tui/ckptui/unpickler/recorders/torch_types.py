@@ -73,7 +73,24 @@ def rebuild_tensor_v2(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
     """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])`."""
     if len(args) not in (6, 7):
         raise Malformed("_rebuild_tensor_v2 takes 6 or 7 arguments")
-    return _tensor(args[0], args[1], args[2], args[3], None, args[4])
+    storage, offset, size, stride = args[0], args[1], args[2], args[3]
+    # `_tensor`'s checks for the commonest call, a 1-D tensor on a storage, inlined (one call
+    # fewer per tensor, issue 16); anything else goes through `_tensor` itself.
+    if (
+        type(storage) is StorageRef
+        and type(size) is tuple
+        and len(size) == 1
+        and type(stride) is tuple
+        and len(stride) == 1
+        and type(size[0]) is int
+        and type(stride[0]) is int
+        and -MAX_DIM < size[0] < MAX_DIM
+        and -MAX_DIM < stride[0] < MAX_DIM
+        and type(offset) is int
+        and 0 <= offset < MAX_DIM
+    ):
+        return TensorRec(storage, offset, size, stride, storage.dtype, bool(args[4]))
+    return _tensor(storage, offset, size, stride, None, args[4])
 
 
 def rebuild_tensor_v3(u: InertUnpickler, args: tuple[Any, ...]) -> TensorRec:
