@@ -115,9 +115,13 @@ def is_state_dict(node: Node) -> bool:
     if is_optimizer(node) or is_scheduler(node):
         return False
     tensors = others = missing = 0
+    tensor, ref = NodeKind.TENSOR, NodeKind.REF  # locals: this runs per child of 100,000
     for c in node.children:
-        if c.kind is NodeKind.TENSOR or c.kind is NodeKind.REF:
-            tensors += c.kind is NodeKind.TENSOR
+        kind = c.kind
+        if kind is tensor:
+            tensors += 1
+        elif kind is ref:
+            continue
         elif c.key == "__metadata__" or c.type == "torch.dtype":
             continue  # safetensors' string metadata; a quantized Linear's `_packed_params.dtype`
         elif is_packed_params(c):
