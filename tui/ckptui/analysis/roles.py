@@ -40,21 +40,9 @@ ROLE_LABELS = {
 }
 
 WEIGHT_KEYS = (
-    "state_dict",
-    "model_state_dict",
-    "model_state",
-    "model",
-    "module",
-    "net",
-    "network",
-    "weights",
-    "params",
-    "generator",
-    "model_ema",
-    "state_dict_ema",
-    "ema_model",
-    "ema",
-)
+    "state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
+    "weights", "params", "generator", "model_ema", "state_dict_ema", "ema_model", "ema",
+)  # fmt: skip
 """Keys that hold a model's weights, most likely first; EMA copies only when nothing else is."""
 
 _COPY_NAME = re.compile(
@@ -118,10 +106,8 @@ def is_state_dict(node: Node) -> bool:
     tensor, ref = NodeKind.TENSOR, NodeKind.REF  # locals: this runs per child of 100,000
     for c in node.children:
         kind = c.kind
-        if kind is tensor:
-            tensors += 1
-        elif kind is ref:
-            continue
+        if kind is tensor or kind is ref:
+            tensors += kind is tensor
         elif c.key == "__metadata__" or c.type == "torch.dtype":
             continue  # safetensors' string metadata; a quantized Linear's `_packed_params.dtype`
         elif is_packed_params(c):
