@@ -307,6 +307,8 @@ def _node(node: Node) -> Iterator[str]:
 
 _CONTAINERS = (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT)
 """Kinds written with a `children` list even when empty."""
+_KIND = {kind: f'"kind": "{kind.value}"' for kind in NodeKind}
+"""The `kind` field of each kind (an enum's `.value` is a property: read once, not per node)."""
 _REF_CACHE = 4096
 """Reference targets whose encoded text is kept at once (`_leaf`)."""
 
@@ -314,7 +316,7 @@ _REF_CACHE = 4096
 def _fields(node: Node) -> str:
     """`"key": ..., "kind": ..., "type": ...` and the kind's own fields, without braces."""
     kind = node.kind
-    head = f'"key": {_scalar(node.key)}, "kind": "{kind.value}", "type": {_type(node.type)}'
+    head = f'"key": {_scalar(node.key)}, {_KIND[kind]}, "type": {_type(node.type)}'
     if kind is NodeKind.VALUE:
         head += f', "value": {_scalar(node.value)}'
         extra = node.extra
