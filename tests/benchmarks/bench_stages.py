@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import io
 import time
 from typing import Any
@@ -33,11 +34,17 @@ STAGES: list[tuple[Any, str, str]] = [
     (facts, "map_optimizers", "  optimizer map"),
     (facts, "resume_card", "  resume card"),
     (facts, "weights_only_report", "  weights_only verdict"),
+    # the JSON's own parts (generators: timed while each piece is made, `_wrap` below)
+    (inspect_json, "_node", "  JSON tree"),
+    (inspect_json, "_array", "  JSON tensor and storage rows"),
 ]
 
 
 def _wrap(owner: Any, name: str, label: str, spent: dict[str, float]) -> None:
     real = getattr(owner, name)
+    if inspect.isgeneratorfunction(real):
+        _wrap_generator(owner, name, label, spent)
+        return
 
     @functools.wraps(real)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -46,6 +53,27 @@ def _wrap(owner: Any, name: str, label: str, spent: dict[str, float]) -> None:
             return real(*args, **kwargs)
         finally:
             spent[label] = spent.get(label, 0.0) + time.process_time() - t
+
+    setattr(owner, name, timed)
+
+
+def _wrap_generator(owner: Any, name: str, label: str, spent: dict[str, float]) -> None:
+    """`_wrap` for a generator function: the time spent making each of its pieces (what a
+    consumer does with a piece between two is not counted)."""
+    real = getattr(owner, name)
+
+    @functools.wraps(real)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        pieces = real(*args, **kwargs)
+        while True:
+            t = time.process_time()
+            try:
+                piece = next(pieces)
+            except StopIteration:
+                return
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.process_time() - t
+            yield piece
 
     setattr(owner, name, timed)
 

@@ -40,21 +40,9 @@ ROLE_LABELS = {
 }
 
 WEIGHT_KEYS = (
-    "state_dict",
-    "model_state_dict",
-    "model_state",
-    "model",
-    "module",
-    "net",
-    "network",
-    "weights",
-    "params",
-    "generator",
-    "model_ema",
-    "state_dict_ema",
-    "ema_model",
-    "ema",
-)
+    "state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
+    "weights", "params", "generator", "model_ema", "state_dict_ema", "ema_model", "ema",
+)  # fmt: skip
 """Keys that hold a model's weights, most likely first; EMA copies only when nothing else is."""
 
 _COPY_NAME = re.compile(
@@ -115,9 +103,11 @@ def is_state_dict(node: Node) -> bool:
     if is_optimizer(node) or is_scheduler(node):
         return False
     tensors = others = missing = 0
+    tensor, ref = NodeKind.TENSOR, NodeKind.REF  # locals: this runs per child of 100,000
     for c in node.children:
-        if c.kind is NodeKind.TENSOR or c.kind is NodeKind.REF:
-            tensors += c.kind is NodeKind.TENSOR
+        kind = c.kind
+        if kind is tensor or kind is ref:
+            tensors += kind is tensor
         elif c.key == "__metadata__" or c.type == "torch.dtype":
             continue  # safetensors' string metadata; a quantized Linear's `_packed_params.dtype`
         elif is_packed_params(c):

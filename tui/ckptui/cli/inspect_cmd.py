@@ -10,7 +10,6 @@ from ckptui.cli.args import PATH_HELP
 from ckptui.core.errors import CorruptFile
 from ckptui.formats import open_checkpoint
 from ckptui.report.json.inspect import iter_json
-from ckptui.report.text.inspect import render_checkpoint
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.writelines(iter_json(ckpt))
         sys.stdout.write("\n")
     else:
+        from ckptui.report.text.inspect import render_checkpoint  # rich: not for --json
+
         render_checkpoint(
             ckpt, max_children=None if args.all else max(1, args.max_children), depth=args.depth
         )

@@ -30,6 +30,10 @@ def align_shapes(seq: list[Shape | None], cands: list[Shape]) -> tuple[int, list
         return 1, []
     if m * width > ALIGN_BUDGET:
         return None
+    if width == 1:  # the tables below, one wide: every entry fits its position, or none is placed
+        if all(s is None or s == c for s, c in zip(seq, cands, strict=True)):
+            return 1, [[i] for i in range(m)]
+        return 0, [[] for _ in range(m)]
 
     def fits(i: int, j: int) -> bool:
         return seq[i] is None or seq[i] == cands[j]

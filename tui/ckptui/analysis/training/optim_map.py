@@ -26,15 +26,19 @@ Its JSON forms are in `report.json.training`.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ckptui.analysis.index import tensors_below
 from ckptui.analysis.roles import is_module, optimizers_of, weights_path
 from ckptui.analysis.training.optim_align import Shape, align_groups, align_shapes, describe_break
 from ckptui.core.dtypes import DTYPES
 from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind
+from ckptui.core.slotinit import fast_init
+from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.core.units import json_number
+from ckptui.formats.source import is_url
 
 Confidence = Literal["exact", "by-shape", "ambiguous"]
 
@@ -50,6 +54,7 @@ are scalars whatever the parameter)."""
 _SCALAR_KEYS = frozenset({"step", "eta", "mu"})
 
 
+@fast_init  # one per optimizer entry: 30,000 in a training checkpoint (`core.slotinit`)
 @dataclass(frozen=True, slots=True)
 class OptimizerEntry:
     """One optimizer entry (a `params` item and/or a `state` key) and the parameter it names."""
@@ -127,9 +132,7 @@ def _parameters(
     seen_obj: set[object] = set()
     seen_view: dict[tuple, str] = {}
     tied: list[str] = []
-    for path, t in ckpt.tensors():
-        if path[:n] != wpath or len(path) == n:
-            continue
+    for path, t in tensors_below(ckpt, wpath):
         if module:
             # The module says it: a Parameter lives in some `_parameters`, a buffer in `_buffers`.
             # A REF to an already-seen Parameter is a tied one: listed once (its TensorInfo
@@ -324,14 +327,53 @@ def scalar_value(ckpt: Checkpoint, node: Node) -> int | float | None:
     t = node.tensor
     if t is None or t.numel != 1:
         return None
-    try:
-        from ckptui.tensors.values import (
-            tensor_stats,  # the lazy corner: numpy only when a tensor is read
-        )
+    v = _plain_scalar(ckpt, t)
+    if v is None:
+        try:
+            from ckptui.tensors.values import (
+                tensor_stats,  # the lazy corner: numpy only when a tensor is read
+            )
 
-        v = tensor_stats(ckpt, t).head[0]
-    except (CkptError, ImportError, ValueError, TypeError):  # no bytes, no numpy: not shown
-        return None
+            v = tensor_stats(ckpt, t).head[0]
+        except (CkptError, ImportError, ValueError, TypeError):  # no bytes, no numpy: not shown
+            return None
     if isinstance(v, float) and v.is_integer():
         return int(v)  # Adam keeps its step as a float tensor; it counts whole steps
     return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+_STRUCT_CODES = {"float32": "f", "float64": "d", "int64": "q", "int32": "i"}
+"""dtypes whose one element `_plain_scalar` reads with `struct`: it gives what `tensor_stats`'
+head does (the float widened to float64, the integer itself)."""
+
+
+def _plain_scalar(ckpt: Checkpoint, t: TensorInfo) -> int | float | None:
+    """A one-element tensor's value read with `struct`, or None when it is not the plain case
+    (a local little-endian file, a strided view inside its storage and its file, one of
+    `_STRUCT_CODES`): `tensor_stats` then decides. Adam's `step` is such a tensor, and reading
+    it through numpy cost the import of numpy, 0.2 s of every `inspect` of a training
+    checkpoint (issue 16)."""
+    code = _STRUCT_CODES.get(t.dtype)
+    st = ckpt.storages.get(t.storage_key or "")
+    if code is None or st is None or st.data_offset is None or t.layout != "strided":
+        return None
+    shape, stride, offset = t.shape, t.stride, t.storage_offset
+    if len(stride) != len(shape) or min((*shape, *stride, offset), default=0) < 0:
+        return None  # tensor_stats' malformed view
+    size = struct.calcsize(code)
+    have = st.nbytes if st.record_nbytes is None else min(st.nbytes, st.record_nbytes)
+    if t.itemsize != size or t.span_elements() * size > have:
+        return None
+    file_size = ckpt.file_bytes if st.file is None else ckpt.info.get("files", {}).get(st.file)
+    big = ckpt.info.get("byteorder") == "big"
+    if big or is_url(ckpt.file_of(st)) or file_size is None or st.data_offset + have > file_size:
+        return None
+    from ckptui.tensors.reader import Piece, SourceBytes  # the reader: only when a value is read
+
+    try:  # SourceBytes checks the file still has the size it had when opened
+        with SourceBytes(ckpt) as src:
+            data = src.read(Piece(str(st.key), t, t.dtype), 0, size)
+    except (OSError, CkptError):
+        return None
+    value: int | float = struct.unpack("<" + code, data)[0]
+    return value

@@ -15,12 +15,11 @@ Its JSON form is `report.json.training.resume_json`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ckptui.analysis.frameworks import detect_root
-from ckptui.analysis.index import bytes_below
+from ckptui.analysis.index import tensor_totals
 from ckptui.analysis.roles import (
     is_module,
     is_optimizer,
@@ -129,7 +128,7 @@ def resume_card(ckpt: Checkpoint) -> ResumeCard:
     counters = _counters(root)
     versions = tuple(
         Found(p, p[-1], v)
-        for p, n in _shallow(root, 2, skip, _version_key)
+        for p, n in _version_keys(root, 2, skip)
         if (v := _version(n)) is not None
     )
     warnings = disagreements(ckpt, schedulers, counters, optimizers, opt_paths)
@@ -160,49 +159,20 @@ def _weights(ckpt: Checkpoint, wpath: KeyPath | None) -> dict[str, Any] | None:
     node = ckpt.find(wpath)
     if node is None:
         return None
-    count, gone = _tensors_below(ckpt, node)
+    nbytes, count, gone = tensor_totals(ckpt, node)
     kind = (
         "module" if is_module(node) else "tensor" if node.kind is NodeKind.TENSOR else "state_dict"
     )
-    out = {"path": list(wpath), "kind": kind, "tensors": count, "bytes": bytes_below(node)}
+    out = {"path": list(wpath), "kind": kind, "tensors": count, "bytes": nbytes}
     if gone:  # a deleted shard's tensors: the weights are still the weights, less these
         out["missing"] = gone
     return out
 
 
-def _tensors_below(ckpt: Checkpoint, node: Node) -> tuple[int, int]:
-    """How many (path, tensor) pairs `ckpt.tensors()` yields at or below `node`, without
-    walking the rest of the tree: a REF counts when its target is a tensor node (the walk
-    yields exactly those, refs only pointing back), a tensor root counts once. And how many
-    `missing` values (a deleted shard's tensors) lie below, in the same walk."""
-    if node.kind is NodeKind.TENSOR:
-        return 1, 0
-    count = gone = 0
-    tensor, ref, value = NodeKind.TENSOR, NodeKind.REF, NodeKind.VALUE
-    stack = list(node.children)  # no paths: only counts are wanted (walk() makes each one)
-    while stack:
-        n = stack.pop()
-        kind = n.kind
-        if kind is tensor:
-            count += 1
-        elif kind is ref and n.value:
-            target = ckpt.find(n.value)
-            count += target is not None and target.kind is tensor
-        elif kind is value and n.type == "missing":
-            gone += 1
-        if n.children:
-            stack.extend(n.children)
-    return count, gone
-
-
-def _version_key(key: Any) -> bool:
-    """A key naming a version (`_VERSION`). Its last character is tried first, for the
-    100,000 keys of a flat state dict: `n`, `N` (no other character matches them ignoring
-    case) or the newline `$` may stand before."""
-    return isinstance(key, str) and key[-1:] in _VERSION_ENDS and bool(_VERSION.search(key))
-
-
 _VERSION_ENDS = frozenset("nN\n")
+"""The last characters a `_VERSION` key can have: `n`, `N` (no other character matches them
+ignoring case) or the newline `$` may stand before. Asked before the regex, for the 100,000
+keys of a flat state dict."""
 
 
 def _version(node: Node) -> str | int | None:
@@ -215,21 +185,24 @@ def _version(node: Node) -> str | int | None:
     return v if isinstance(v, str | int) and not isinstance(v, bool) else None
 
 
-def _shallow(
-    root: Node, depth: int, skip: set[KeyPath], want: Callable[[Any], Any]
-) -> list[tuple[KeyPath, Node]]:
-    """(path, node) down to `depth` whose key is `want`ed, not entering `skip`ped subtrees."""
+def _version_keys(root: Node, depth: int, skip: set[KeyPath]) -> list[tuple[KeyPath, Node]]:
+    """(path, node) down to `depth` whose key names a version (`_VERSION`), not entering
+    `skip`ped subtrees."""
     out: list[tuple[KeyPath, Node]] = []
     stack: list[tuple[KeyPath, Node]] = [((), root)]
+    mapping, obj = NodeKind.MAPPING, NodeKind.OBJECT
+    ends, search = _VERSION_ENDS, _VERSION.search
     while stack:
         path, node = stack.pop()
         deeper = len(path) + 1 < depth
         for c in reversed(node.children):
-            enter = deeper and c.kind in (NodeKind.MAPPING, NodeKind.OBJECT)
-            wanted = want(c.key)  # asked first: a 100,000-key root keeps only a few
+            key = c.key
+            # the key is asked first, inline: a 100,000-key root keeps only a few
+            wanted = isinstance(key, str) and key[-1:] in ends and search(key) is not None
+            enter = deeper and (c.kind is mapping or c.kind is obj)
             if not (wanted or enter):
                 continue
-            p = (*path, c.key)
+            p = (*path, key)
             if p in skip:
                 continue
             if wanted:
@@ -256,9 +229,10 @@ def _counters(root: Node) -> tuple[Found, ...]:
         if node is not None:
             places.append((loop, node))
     out = []
+    value = NodeKind.VALUE
     for base, node in places:
         for c in node.children:
-            if c.kind is not NodeKind.VALUE or type(c.value) is not int:
+            if c.kind is not value or type(c.value) is not int:
                 continue  # asked first: a state dict's 100,000 tensors are not counters
             name = COUNTER_NAMES.get(c.key.lower()) if isinstance(c.key, str) else None
             if name:
@@ -274,6 +248,7 @@ def _scan(
     scaler: Found | None = None
     rng: list[Found] = []
     stack: list[tuple[KeyPath, Node]] = [((), root)]
+    value, ref, tensor = NodeKind.VALUE, NodeKind.REF, NodeKind.TENSOR
     while stack:
         path, node = stack.pop()
         name = str(path[-1]).lower() if path else ""
@@ -298,10 +273,12 @@ def _scan(
                 # left out before its path is made (a 100,000-tensor state dict, issue 16).
                 # A childless REF (issue 21: a list of a million) is none of them either: a
                 # scheduler or scaler is a mapping or object, an RNG state a sequence or tensor.
+                # (`_byte_tensor` inlined: this runs per child of a 100,000-key root.)
+                kind, t = c.kind, c.value
                 if not c.children and (
-                    c.kind is NodeKind.VALUE
-                    or c.kind is NodeKind.REF
-                    or (c.kind is NodeKind.TENSOR and not _byte_tensor(c))
+                    kind is value
+                    or kind is ref
+                    or (kind is tensor and (t is None or t.dtype != "uint8" or len(t.shape) != 1))
                 ):
                     continue
                 p = (*path, c.key)

@@ -26,11 +26,12 @@ that needs nothing allowed.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, NodeKind, walk
+from ckptui.core.tree import Checkpoint, Node, NodeKind
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats.naming import output_stem
 from ckptui.formats.opening import open_source
@@ -148,7 +149,8 @@ def weights_only_report(ckpt: Checkpoint) -> WeightsOnlyReport:
         blockers.append(
             f"the file is damaged ({', '.join(damage)}): torch.load fails whatever is allowed"
         )
-    where = _where(ckpt)
+    # where each refused type first appears: a walk of the whole tree, only when one is
+    where = _where(ckpt) if sim.refused or sim.also_needed else {}
     refused = tuple(_judge(n, where.get(n)) for n in sim.refused)
     also = tuple(_judge(n, where.get(n)) for n in sim.also_needed if n not in sim.refused)
     notes = list(sim.notes)
@@ -248,10 +250,24 @@ def _verdict(name: str) -> tuple[bool, str, str]:
 def _where(ckpt: Checkpoint) -> dict[str, tuple[Any, ...]]:
     """First tree path of each placeholder type (`argparse.Namespace`, `numpy.ndarray`)."""
     out: dict[str, tuple[Any, ...]] = {}
-    # refs left out: each names an earlier node of its own type, so setdefault keeps that one
-    for path, node in walk(ckpt.root, refs=False):
-        if node.kind is NodeKind.OBJECT or node.type == "numpy.ndarray":
-            out.setdefault(node.type, path)
+    obj, ref = NodeKind.OBJECT, NodeKind.REF
+    # `walk(refs=False)` inlined, making a path only for a node kept or entered: most of a big
+    # tree is childless tensors. Refs are left out: each names an earlier node of its own
+    # type, so setdefault keeps that one.
+    stack: list[tuple[tuple[Any, ...], Iterator[Node]]] = [((), iter(ckpt.root.children))]
+    while stack:
+        parent, it = stack[-1]
+        node = next(it, None)
+        if node is None:
+            stack.pop()
+            continue
+        kind = node.kind
+        if kind is ref and not node.children:
+            continue
+        if kind is obj or node.type == "numpy.ndarray":
+            out.setdefault(node.type, (*parent, node.key))
+        if node.children:
+            stack.append(((*parent, node.key), iter(node.children)))
     return out
 
 

@@ -11,7 +11,9 @@ a `ref` entry naming the path of the first (README, "inspect --json").
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from ckptui.analysis.frameworks import detect
@@ -21,6 +23,33 @@ from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, TensorInfo
 from ckptui.report.json.training import training_json
 
 _enc = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
+def _scalar(v: Any) -> str:
+    """`_enc(v)`, without the encoder's call chain for the keys and values a tree is made of:
+    for a `str` its `encode` is `encode_basestring_ascii`, for an exact int `int.__repr__`."""
+    cls = v.__class__
+    if cls is str:
+        return encode_basestring_ascii(v)
+    if cls is int:
+        return int.__repr__(v)
+    if v is None:
+        return "null"
+    return _enc(v)
+
+
+_TYPES: dict[str, str] = {}
+"""`_enc` of each node type met: a tree has a few types and 100,000 nodes."""
+
+
+def _type(name: str) -> str:
+    text = _TYPES.get(name)
+    if text is None:
+        text = _scalar(name)
+        if len(_TYPES) < 4096:  # a crafted pickle's thousands of class names: not all kept
+            _TYPES[name] = text
+    return text
+
 
 try:  # a C encoder ten times faster on lists of dicts; optional, json gives the same document
     import orjson
@@ -77,7 +106,7 @@ def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
     yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
     yield from _node(ckpt.root)
     yield ', "tensors": '
-    yield from _array(tensor_json(ckpt, path, t) for path, t in ckpt.tensors())
+    yield from _array(_tensor_rows(ckpt))
     yield ', "findings": '
     yield _enc(
         [
@@ -99,7 +128,7 @@ def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
             "location": s.location,
             "record": s.record,
             "data_offset": s.data_offset,
-            "missing": s.missing,
+            "missing": s.data_offset is None and s.record_nbytes is None,  # `Storage.missing`
             "file": s.file,
         }
         for s in ckpt.storages.values()
@@ -164,39 +193,145 @@ def tensor_json(ckpt: Checkpoint, path: KeyPath, t: TensorInfo) -> dict[str, Any
     return out
 
 
+def _tensor_rows(ckpt: Checkpoint) -> Iterator[dict[str, Any]]:
+    """`tensor_json` of every tensor, inlined: at 100,000 tensors the call and the properties
+    it reads (`nbytes`, `Storage.missing`) cost more than encoding the row (issue 16)."""
+    get = ckpt.storages.get
+    prod = math.prod
+    for path, t in ckpt.tensors():
+        key = t.storage_key
+        st = get(key) if key is not None else None
+        item = t.itemsize
+        out = {
+            "path": path,
+            "shape": t.shape,
+            "dtype": t.dtype,
+            "device": t.device,
+            "nbytes": prod(t.shape) * item if item != 1 else t.nbytes,  # 1: maybe sub-byte
+            "storage_key": key,
+            "storage_nbytes": 0 if st is None else st.nbytes,
+            "storage_offset": t.storage_offset,
+            "stride": t.stride,
+            "type": t.type,
+            "layout": t.layout,
+            "requires_grad": t.requires_grad,
+            "missing": st is not None and st.data_offset is None and st.record_nbytes is None,
+            "file": None if st is None else st.file,
+        }
+        if t.state_dict_key is not None:
+            out["state_dict_key"] = t.state_dict_key
+        yield out
+
+
 def _node(node: Node) -> Iterator[str]:
-    """One node and its children (nesting is bounded by the tree builder)."""
-    if node.children or node.kind in _CONTAINERS:
-        yield from _compound(node, {})
-    else:
-        yield _leaf(node, {})
+    """One node and its children, as pieces of text.
+
+    One loop over an explicit stack rather than a generator per container: a training
+    checkpoint's optimizer state is 30,000 small mappings, and the generator made, resumed and
+    closed for each cost more than writing it (issue 16). The text is the same as ever:
+
+    - a run of childless tensor children is one batch of `_BATCH` rows at most, encoded
+      together (`_tensor_leaf`'s dicts, compact when orjson writes them);
+    - every other separator is `", "`; a container is `{fields, "children": [...]}`.
+    """
+    refs: dict[int, tuple[Any, str, str]] = {}
+    if node.kind is NodeKind.REF or not (node.children or node.kind in _CONTAINERS):
+        yield _leaf(node, refs)
+        return
+    tensor, ref, containers = NodeKind.TENSOR, NodeKind.REF, _CONTAINERS
+    prod = math.prod
+    run: list[str] = ["{" + _fields(node) + ', "children": [']
+    # per open container: its children still to write, and whether none is written yet
+    stack: list[list[Any]] = [[iter(node.children), True]]
+    leaves: list[dict[str, Any]] = []  # the current run of childless tensors, not yet encoded
+    while stack:
+        frame = stack[-1]
+        descended = False
+        for child in frame[0]:
+            kind = child.kind
+            if kind is tensor and not child.children:
+                t = child.value  # `_tensor_leaf` inlined: one per tensor of the file
+                item = t.itemsize
+                row = {
+                    "key": child.key,
+                    "kind": "tensor",
+                    "type": child.type,
+                    "shape": t.shape,
+                    "dtype": t.dtype,
+                    "device": t.device,
+                    "nbytes": prod(t.shape) * item if item != 1 else t.nbytes,
+                }
+                if t.state_dict_key is not None:
+                    row["state_dict_key"] = t.state_dict_key
+                leaves.append(row)
+                if len(leaves) == _BATCH:
+                    run.append(("" if frame[1] else ", ") + _dumps(leaves)[1:-1])
+                    frame[1], leaves = False, []
+                continue
+            if leaves:
+                run.append(("" if frame[1] else ", ") + _dumps(leaves)[1:-1])
+                frame[1], leaves = False, []
+            if not frame[1]:
+                run.append(", ")
+            frame[1] = False
+            if kind is ref:
+                cached = refs.get(id(child.value))
+                if cached is not None and cached[0] is child.value and cached[1] == child.type:
+                    # `_leaf`'s cache hit inline: a list of a million refs to one object
+                    key = child.key
+                    run.append('{"key": ' + _scalar(key) + cached[2])
+                else:
+                    run.append(_leaf(child, refs))
+            elif child.children or kind in containers:
+                run.append("{" + _fields(child) + ', "children": [')
+                stack.append([iter(child.children), True])
+                descended = True
+                break
+            else:
+                run.append("{" + _fields(child) + "}")
+            if len(run) >= _BATCH:
+                yield "".join(run)
+                run = []
+        if descended:
+            continue
+        if leaves:  # the container's last children
+            run.append(("" if frame[1] else ", ") + _dumps(leaves)[1:-1])
+            leaves = []
+        run.append("]}")
+        stack.pop()
+        if len(run) >= _BATCH:
+            yield "".join(run)
+            run = []
+    yield "".join(run)
 
 
 _CONTAINERS = (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT)
 """Kinds written with a `children` list even when empty."""
+_KIND = {kind: f'"kind": "{kind.value}"' for kind in NodeKind}
+"""The `kind` field of each kind (an enum's `.value` is a property: read once, not per node)."""
 _REF_CACHE = 4096
 """Reference targets whose encoded text is kept at once (`_leaf`)."""
 
 
 def _fields(node: Node) -> str:
     """`"key": ..., "kind": ..., "type": ...` and the kind's own fields, without braces."""
-    head = f'"key": {_enc(node.key)}, "kind": "{node.kind.value}", "type": {_enc(node.type)}'
     kind = node.kind
-    fields: dict[str, Any] = {}
+    head = f'"key": {_scalar(node.key)}, {_KIND[kind]}, "type": {_type(node.type)}'
     if kind is NodeKind.VALUE:
-        fields["value"] = node.value
-        if node.text is not None:
-            fields["text"] = node.text
-        if node.nbytes:
-            fields["nbytes"] = node.nbytes
-        if node.safety == "danger":
-            fields["safety"] = "danger"
+        head += f', "value": {_scalar(node.value)}'
+        extra = node.extra
+        if extra is not None:
+            if extra.text is not None:
+                head += f', "text": {_scalar(extra.text)}'
+            if extra.nbytes:
+                head += f', "nbytes": {_scalar(extra.nbytes)}'
+            if extra.safety == "danger":
+                head += ', "safety": "danger"'
     elif kind is NodeKind.TENSOR:
-        fields = _tensor_fields(node.value)
+        for name, value in _tensor_fields(node.value).items():
+            head += f', "{name}": {_enc(value)}'
     elif kind is NodeKind.OBJECT:
-        fields["safety"] = node.safety
-    for name, value in fields.items():
-        head += f', "{name}": {_enc(value)}'
+        head += f', "safety": {_scalar(node.safety)}'
     return head
 
 
@@ -217,60 +352,14 @@ def _leaf(node: Node, refs: dict[int, tuple[Any, str, str]]) -> str:
             if len(refs) >= _REF_CACHE:  # many distinct targets: bounded, not one per node
                 refs.clear()
             refs[id(node.value)] = (node.value, node.type, tail)
-        key = node.key
-        return ('{"key": ' + (str(key) if key.__class__ is int else _enc(key))) + tail
+        return '{"key": ' + _scalar(node.key) + tail
     return "{" + _fields(node) + "}"
-
-
-def _compound(node: Node, refs: dict[int, tuple[Any, str, str]]) -> Iterator[str]:
-    """A node with its `children` list; runs of leaf children are joined into one piece, so a
-    list of a million references is a few thousand pieces, not two million."""
-    if node.kind is NodeKind.REF:
-        yield _leaf(node, refs)
-        return
-    yield "{" + _fields(node) + ', "children": ['
-    run: list[str] = []
-    leaves: list[dict[str, Any]] = []  # plain tensor rows, encoded together (`_tensor_leaf`)
-    first = True
-    for child in node.children:
-        if child.kind is NodeKind.TENSOR and not child.children:
-            leaves.append(_tensor_leaf(child))
-            if len(leaves) < _BATCH:
-                continue
-        if leaves:
-            run.append(("" if first else ", ") + _dumps(leaves)[1:-1])
-            first, leaves = False, []
-            if child.kind is NodeKind.TENSOR and not child.children:
-                continue
-        if not first:
-            run.append(", ")
-        first = False
-        if child.children or child.kind in _CONTAINERS:
-            if run:
-                yield "".join(run)
-                run = []
-            yield from _compound(child, refs)
-            continue
-        cached = refs.get(id(child.value)) if child.kind is NodeKind.REF else None
-        if cached is not None and cached[0] is child.value and cached[1] == child.type:
-            # `_leaf`'s cache hit inline: a list of a million refs to one object (issue 21)
-            key = child.key
-            run.append('{"key": ' + (str(key) if key.__class__ is int else _enc(key)) + cached[2])
-        else:
-            run.append(_leaf(child, refs))
-        if len(run) >= _BATCH:
-            yield "".join(run)
-            run = []
-    if leaves:
-        run.append(("" if first else ", ") + _dumps(leaves)[1:-1])
-    if run:
-        yield "".join(run)
-    yield "]}"
 
 
 def _tensor_leaf(node: Node) -> dict[str, Any]:
     """A tensor node without children as `_fields` writes it, as a dict: a 100,000-tensor state
-    dict cost six encoder calls per row, a batch of these costs one (issue 16)."""
+    dict cost six encoder calls per row, a batch of these costs one (issue 16). `_node` has it
+    inline; this is its definition, for tests."""
     return {"key": node.key, "kind": "tensor", "type": node.type, **_tensor_fields(node.value)}
 
 

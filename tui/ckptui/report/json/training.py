@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckptui.analysis.training.facts import TrainingFacts
-from ckptui.analysis.training.optim_map import OptimizerEntry, OptimizerMapping
+from ckptui.analysis.training.optim_map import OptimizerMapping
 from ckptui.analysis.training.resume import ResumeCard
 from ckptui.analysis.training.weights_only import RefusedGlobal, WeightsOnlyReport
 from ckptui.core.units import json_number
@@ -51,12 +51,23 @@ from ckptui.core.units import json_number
 
 def optimizer_params_json(mappings: list[OptimizerMapping]) -> list[dict[str, Any]]:
     """The `optimizer_params` list: every entry of every optimizer, flat."""
-    fields = OptimizerEntry.__slots__  # index, key, group, param, confidence, why
-    return [
-        {"optimizer_path": list(m.optimizer_path), **{f: getattr(e, f) for f in fields}}
-        for m in mappings
-        for e in m.entries
-    ]
+    out = []
+    for m in mappings:
+        # one list per optimizer, shared by its entries (30,000 in a training checkpoint)
+        path = _finite(list(m.optimizer_path))
+        out += [
+            {
+                "optimizer_path": path,
+                "index": e.index,
+                "key": e.key,
+                "group": e.group,
+                "param": e.param,
+                "confidence": e.confidence,
+                "why": e.why,
+            }  # `OptimizerEntry`'s fields in order
+            for e in m.entries
+        ]
+    return out
 
 
 def param_group_json(m: OptimizerMapping) -> dict[str, Any]:
@@ -133,7 +144,6 @@ def weights_only_json(report: WeightsOnlyReport) -> dict[str, Any]:
 def training_json(facts: TrainingFacts) -> dict[str, Any]:
     """The `inspect --json` fields, with non-finite floats as strings (JSON has none)."""
     out: dict[str, Any] = {
-        "optimizer_params": optimizer_params_json(facts.mappings),
         "param_groups": param_groups_json(facts.mappings),
         "resume": resume_json(facts.resume) if facts.resume is not None else None,
         "weights_only": weights_only_json(facts.weights_only)
@@ -142,7 +152,8 @@ def training_json(facts: TrainingFacts) -> dict[str, Any]:
     }
     if facts.errors:
         out["training_errors"] = list(facts.errors)
-    return _finite(out)
+    # `optimizer_params` holds no float but in its paths (made finite there): not walked again
+    return {"optimizer_params": optimizer_params_json(facts.mappings), **_finite(out)}
 
 
 def _finite(v: Any) -> Any:

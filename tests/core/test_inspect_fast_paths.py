@@ -1,0 +1,242 @@
+"""The short cuts `inspect --json` takes at 100,000 tensors (issue 16) give what the long way
+gives: the JSON text (batch boundaries included), the weights' totals and tensors, a scalar
+tensor's value without numpy, the one-wide alignment, and a start-up without rich or numpy.
+
+Every checkpoint is a real `torch.save` in tmp_path."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckptui.analysis.index import bytes_below, tensor_totals, tensors_below
+from ckptui.analysis.training.optim_align import align_shapes
+from ckptui.analysis.training.optim_map import map_optimizers, scalar_value
+from ckptui.core.tree import Checkpoint, NodeKind, walk
+from ckptui.formats import open_checkpoint
+from ckptui.report.json import inspect as jsonview
+from ckptui.report.json.training import optimizer_params_json
+from ckptui.tensors.values import tensor_stats
+from tests.conftest import ROOT, TinyNet, training_checkpoint
+
+
+def _mixed(tmp_path: Path) -> Checkpoint:
+    """Tied weights, a view and a second view of one storage, a sparse tensor (a tensor row
+    with parts), nested containers, values and a whole module."""
+    w = torch.randn(5, 4)
+    sd = {
+        "a.weight": w,
+        "b.weight": w,  # the same tensor: a REF
+        "view": w[1:3],  # another view of w's storage
+        "view2": w[1:3].clone()[0:1],
+        "sparse": torch.eye(3).to_sparse(),
+        "nested": {"x": torch.ones(2), "n": 3, "l": [torch.zeros(1), {"y": w}]},
+        "net": TinyNet(),
+        "epoch": 4,
+        "ünï": torch.zeros(2, dtype=torch.float16),
+    }
+    p = tmp_path / "mixed.pt"
+    torch.save(sd, p)
+    return open_checkpoint(p)
+
+
+def test_weights_totals_are_the_walks_they_replace(tmp_path: Path) -> None:
+    ckpt = _mixed(tmp_path)
+    for path, node in [((), ckpt.root), *walk(ckpt.root)]:
+        below = [p for p, _ in ckpt.tensors() if p[: len(path)] == path and p != path]
+        nbytes, count, missing = tensor_totals(ckpt, node)
+        assert nbytes == bytes_below(node)
+        if node.kind is NodeKind.TENSOR:
+            assert count == 1
+        else:
+            assert count == len(below), path
+        assert missing == 0
+    # the tied pair and the repeated view are counted once: w, w[1:3], the clone, the rest
+    top = tensor_totals(ckpt, ckpt.root)[0]
+    again = sum(t.nbytes for p, t in ckpt.tensors() if p not in (("b.weight",),))
+    assert top < again
+
+
+def test_tensors_below_is_the_whole_walk_cut_to_the_subtree(tmp_path: Path) -> None:
+    ckpt = _mixed(tmp_path)
+    every = list(ckpt.tensors())
+    for path, node in [((), ckpt.root), *walk(ckpt.root)]:
+        if not node.children:
+            continue
+        want = [(p, t) for p, t in every if p[: len(path)] == path and len(p) > len(path)]
+        assert list(tensors_below(ckpt, path)) == want, path
+    # a REF inside the subtree to a tensor saved before it, outside: still yielded
+    assert [p for p, _ in tensors_below(ckpt, ("nested",))] == [
+        ("nested", "x"),
+        ("nested", "l", 0),
+        ("nested", "l", 1, "y"),
+    ]
+    assert list(tensors_below(ckpt, ("no such key",))) == []
+
+
+def test_tensor_rows_are_tensor_json(tmp_path: Path) -> None:
+    ckpt = _mixed(tmp_path)
+    rows = list(jsonview._tensor_rows(ckpt))
+    assert rows == [jsonview.tensor_json(ckpt, p, t) for p, t in ckpt.tensors()]
+    assert any("state_dict_key" in r for r in rows)  # the whole module's tensors
+
+
+def _reference_children(children: list, batch: int) -> str:
+    """How `inspect --json` has always joined a container's children: a run of childless
+    tensors in batches of `batch`, compact inside a batch (orjson), `", "` everywhere else."""
+    out, run, first = [], [], True
+
+    def flush() -> None:
+        nonlocal first, run
+        if run:
+            out.append(("" if first else ", ") + ",".join(run))
+            first, run = False, []
+
+    for text, is_leaf in children:
+        if is_leaf:
+            run.append(text)
+            if len(run) == batch:
+                flush()
+            continue
+        flush()
+        out.append(("" if first else ", ") + text)
+        first = False
+    flush()
+    return "".join(out)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 2000])
+def test_tree_text_keeps_its_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    sd: dict = {f"t{i}": torch.zeros(i % 3 + 1) for i in range(5)}
+    sd["v"] = 1
+    sd.update({f"u{i}": torch.zeros(1) for i in range(4)})
+    sd["empty"] = {}
+    sd["state"] = {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2)}}
+    p = tmp_path / "runs.pt"
+    torch.save(sd, p)
+    ckpt = open_checkpoint(p)
+    monkeypatch.setattr(jsonview, "_BATCH", batch)
+
+    def leaf(key: str, shape: list[int], nbytes: int) -> str:
+        return (
+            f'{{"key":"{key}","kind":"tensor","type":"torch.Tensor","shape":{json.dumps(shape)},'
+            f'"dtype":"float32","device":"cpu","nbytes":{nbytes}}}'.replace(" ", "")
+        )
+
+    kids = [(leaf(f"t{i}", [i % 3 + 1], 4 * (i % 3 + 1)), True) for i in range(5)]
+    kids.append(('{"key": "v", "kind": "value", "type": "int", "value": 1}', False))
+    kids += [(leaf(f"u{i}", [1], 4), True) for i in range(4)]
+    kids.append(('{"key": "empty", "kind": "mapping", "type": "dict", "children": []}', False))
+    entry = _reference_children(
+        [(leaf("step", [], 4), True), (leaf("exp_avg", [2], 8), True)], batch
+    )
+    state = '{"key": 0, "kind": "mapping", "type": "dict", "children": [' + entry + "]}"
+    kids.append(
+        ('{"key": "state", "kind": "mapping", "type": "dict", "children": [' + state + "]}", False)
+    )
+    want = '{"key": null, "kind": "mapping", "type": "dict", "children": ['
+    want += _reference_children(kids, batch) + "]}"
+    assert "".join(jsonview._node(ckpt.root)) == want
+
+
+def test_optimizer_params_rows_are_the_entries_fields(tmp_path: Path) -> None:
+    p = tmp_path / "train.pt"
+    torch.save(training_checkpoint(), p)
+    mappings = map_optimizers(open_checkpoint(p))
+    rows = optimizer_params_json(mappings)
+    fields = ("index", "key", "group", "param", "confidence", "why")
+    assert rows == [
+        {"optimizer_path": list(m.optimizer_path), **{f: getattr(e, f) for f in fields}}
+        for m in mappings
+        for e in m.entries
+    ]
+    assert len(rows) == 6 and all(r["confidence"] == "by-shape" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.int64, torch.int32, torch.bfloat16, torch.uint8]
+)
+def test_a_scalar_tensor_reads_as_tensor_stats_reads_it(tmp_path: Path, dtype: torch.dtype) -> None:
+    big = torch.arange(10, dtype=torch.float64).mul(1.7).to(dtype)
+    sd = {"zero_d": big[3].clone(), "one": big[4:5].clone(), "view": big[6:7], "big": big}
+    p = tmp_path / "scalars.pt"
+    torch.save(sd, p)
+    ckpt = open_checkpoint(p)
+    for key in ("zero_d", "one", "view"):
+        node = ckpt.find((key,))
+        assert node is not None
+        head = tensor_stats(ckpt, node.value).head[0]
+        head = int(head) if isinstance(head, float) and head.is_integer() else head
+        assert scalar_value(ckpt, node) == head == sd[key].item(), key
+
+
+def test_a_scalar_past_its_file_is_not_read(tmp_path: Path) -> None:
+    p = tmp_path / "step.pt"
+    torch.save({"step": torch.tensor(7.0)}, p)
+    ckpt = open_checkpoint(p)
+    node = ckpt.find(("step",))
+    assert node is not None and scalar_value(ckpt, node) == 7
+    st = ckpt.storages[node.value.storage_key]
+    assert st.data_offset is not None
+    p.write_bytes(p.read_bytes()[: st.data_offset + 2])  # cut inside the value since opened
+    assert scalar_value(ckpt, node) is None
+
+
+def test_inspect_json_of_a_training_checkpoint_imports_no_numpy_or_rich(tmp_path: Path) -> None:
+    p = tmp_path / "train.pt"
+    torch.save(training_checkpoint(), p)
+    code = (
+        "import io, sys, contextlib\n"
+        "from ckptui.cli.main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    assert main(['inspect', '--json', {str(p)!r}]) == 0\n"
+        "bad = [m for m in ('numpy', 'rich', 'textual', 'torch') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print(out.getvalue())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["param_groups"][0]["step"] == 1  # Adam's step tensor, read without numpy
+    assert doc["resume"]["optimizers"][0]["step"] == 1
+
+
+def _placements(seq: list, cands: list) -> list[tuple[int, ...]]:
+    """Every order-preserving placement of `seq` on `cands`, by brute force."""
+    return [
+        pos
+        for pos in itertools.combinations(range(len(cands)), len(seq))
+        if all(s is None or s == cands[j] for s, j in zip(seq, pos, strict=True))
+    ]
+
+
+def test_alignment_counts_what_brute_force_counts() -> None:
+    shapes = [(2,), (3,), None]
+    for n in range(5):
+        for cands in itertools.product([(2,), (3,)], repeat=n):
+            for m in range(n + 1):
+                for seq in itertools.product(shapes, repeat=m):
+                    got = align_shapes(list(seq), list(cands))
+                    assert got is not None
+                    found = _placements(list(seq), list(cands))
+                    assert got[0] == min(2, len(found)), (seq, cands)
+                    used = [sorted({pos[i] for pos in found})[:3] for i in range(m)]
+                    assert got[1] == used, (seq, cands)
