@@ -153,6 +153,80 @@ def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> 
     return Checkpoint(path, "safetensors", src.size, root, dict(storages), (), info)
 
 
+Row = tuple[tuple[int, ...], str, int]
+"""(shape, dtype, file offset of its first byte) of one tensor as the reader reads it."""
+
+
+def header_rows(path: str, header: Any, data_len: int, data_start: int) -> dict[str, Row]:
+    """name -> `Row` of every tensor of a parsed header, checked by the reader's own rules
+    (`_describe` for each entry, `__metadata__` strings, no holes or overlaps, the data's
+    end), without building the tree: what an export's verification needs of the file it has
+    just written (`export.run`), whose 100,000 tensors the reader would build objects for.
+
+    Raises:
+        CorruptFile: what `read_safetensors` would raise for the same header.
+    """
+    if not isinstance(header, dict):
+        raise corrupt(path, "safetensors header is not a JSON object")
+    metadata = header.get("__metadata__")
+    if metadata is not None and (
+        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise corrupt(path, "safetensors __metadata__ must map strings to strings")
+    rows: dict[str, Row] = {}
+    seen: dict[tuple[str, str], _Described] = {}
+    expected = 0
+    ordered = True
+    for name, entry in header.items():  # `_read_header`'s loop, making a row, not objects
+        if name == "__metadata__":
+            continue
+        described = None
+        if type(entry) is dict:
+            code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+            if type(code) is str and type(shape) is list:
+                described = seen.get((code, repr(shape)))
+        if (
+            described is None
+            or type(offsets) is not list
+            or len(offsets) != 2
+            or type(begin := offsets[0]) is not int
+            or type(end := offsets[1]) is not int
+            or not 0 <= begin <= end <= data_len
+            or end - begin != described[4]
+        ):
+            described = _describe(path, name, entry, data_len)
+            seen[entry["dtype"], repr(entry["shape"])] = described
+            begin, end = entry["data_offsets"]
+        if begin != expected:
+            ordered = False
+        expected = end
+        rows[name] = (described[0], described[1], data_start + begin)
+    if not ordered:
+        expected = _check_spans(path, {k: v for k, v in header.items() if k != "__metadata__"})
+    if expected != data_len:
+        raise corrupt(
+            path,
+            f"tensor data ends at {expected:,} but the file holds {data_len:,} "
+            "bytes after the header",
+        )
+    return rows
+
+
+def parse_header(path: str, raw: bytes) -> Any:
+    """The JSON header as `read_safetensors` parses it: orjson, or json where orjson refuses
+    it. (A header that only json reads right, integers beyond 64 bits, passes neither's checks.)
+
+    Raises:
+        CorruptFile: not valid JSON.
+    """
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:  # orjson.JSONDecodeError: json decides
+            pass
+    return _parse_header(path, raw)
+
+
 def _check_spans(path: str, header: dict[str, Any]) -> int:
     """Where the data of `header`'s entries (all checked) ends, sorted by offset, raising at
     the first hole or overlap; for a header whose entries are not in data order."""
