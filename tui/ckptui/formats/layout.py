@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Iterator
 
 from ckptui.core.errors import CkptError, CorruptFile
+from ckptui.core.slotmake import maker
 from ckptui.core.tree import Checkpoint, Part, Region
 from ckptui.formats.opening import open_source
 from ckptui.formats.source import Source
@@ -34,6 +35,10 @@ _WINDOW = 1 << 20
 """Bytes one read of local headers may span (`_zip_regions`)."""
 _WINDOW_RECORDS = 4096
 """Records one such read may span (bounds the look-ahead)."""
+
+
+_region = maker(Region)
+"""`Region(...)` at half the cost (`core.slotmake`): a 100,000-storage zip has 300,000 regions."""
 
 
 def read_layout(ckpt: Checkpoint) -> list[Region]:
@@ -74,7 +79,7 @@ def read_layout(ckpt: Checkpoint) -> list[Region]:
 def _storage_regions(ckpt: Checkpoint) -> Iterator[Region]:
     for st in ckpt.storages.values():
         if st.file is None and st.data_offset is not None and st.record_nbytes:
-            yield Region(st.data_offset, st.record_nbytes, Part.STORAGE, st.key)
+            yield _region(st.data_offset, st.record_nbytes, Part.STORAGE, st.key)
 
 
 def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
@@ -126,9 +131,9 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
                 padding = paddings[extra] = _padding_bytes(extra)
         else:
             padding = _padding_bytes(src.read_at(at + 30 + name_len, extra_len))
-        yield Region(at, 30 + name_len + extra_len - padding, Part.OVERHEAD, "zip local headers")
+        yield _region(at, 30 + name_len + extra_len - padding, Part.OVERHEAD, "zip local headers")
         if padding:
-            yield Region(
+            yield _region(
                 at + 30 + name_len + extra_len - padding,
                 padding,
                 Part.OVERHEAD,
@@ -139,7 +144,7 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
         if zi.flag_bits & 0x08 and 0 < next_start - end <= 24:
             # A data descriptor follows the data (torch's writer sets the flag); 12 to 24
             # bytes depending on its signature and zip64 sizes, so measured to the next record.
-            yield Region(end, next_start - end, Part.OVERHEAD, "zip local headers")
+            yield _region(end, next_start - end, Part.OVERHEAD, "zip local headers")
         if zi.filename in storage_records:
             continue  # its bytes are the storage's region
         rel = zi.filename[len(archive) + 1 :] if zi.filename.startswith(archive + "/") else ""
@@ -152,8 +157,8 @@ def _zip_regions(src: Source, ckpt: Checkpoint) -> Iterator[Region]:
             name = "TorchScript code"
         else:
             name = "format records"
-        yield Region(data, zi.compress_size, part, name)
-    yield Region(cd.start_dir, src.size - cd.start_dir, Part.OVERHEAD, "zip central directory")
+        yield _region(data, zi.compress_size, part, name)
+    yield _region(cd.start_dir, src.size - cd.start_dir, Part.OVERHEAD, "zip central directory")
 
 
 def _padding_bytes(extra: bytes) -> int:
@@ -179,4 +184,4 @@ def _legacy_regions(ckpt: Checkpoint) -> Iterator[Region]:
     pickles_end = outer[0] if outer else int(ckpt.info.get("data_end", ckpt.file_bytes))
     yield Region(0, pickles_end, Part.PICKLE, "pickles")
     for s in outer:
-        yield Region(s, 8, Part.OVERHEAD, "storage headers")
+        yield _region(s, 8, Part.OVERHEAD, "storage headers")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckptui.core.dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES, contiguous_strides
 from ckptui.core.errors import CorruptFile
+from ckptui.core.slotmake import maker
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Storage, TensorInfo
 from ckptui.formats.source import Source, corrupt
 from ckptui.unpickler.recorded import MAX_DIM, MAX_DIMS
@@ -47,10 +48,15 @@ def read_safetensors(src: Source, storage_file: str | None = None) -> Checkpoint
             and then renaming them (issue 16). None: keyed by tensor name, as a file alone.
     """
     path = src.path
-    (n,) = struct.unpack("<Q", src.read_at(0, 8))
+    # A local file's header in one pread with its length (a shard of ~600 tensors has a
+    # 60 KB header); a URL reads the 8 bytes first, as a range request past them is waste
+    first = src.read_at(0, FIRST_READ if src.fd is not None else 8)
+    (n,) = struct.unpack_from("<Q", first, 0)
     if n > MAX_HEADER or n > src.size - 8:
         raise corrupt(path, f"safetensors header length {n:,} is larger than the file allows")
-    raw = src.read_at(8, n)
+    raw = first[8 : 8 + n]
+    if len(raw) < n:
+        raw += src.read_at(8 + len(raw), n - len(raw))
     if _orjson_loads is not None:
         try:
             header = _orjson_loads(raw)
@@ -68,6 +74,10 @@ def read_safetensors(src: Source, storage_file: str | None = None) -> Checkpoint
     return _read_header(src, n, _parse_header(path, raw), storage_file)
 
 
+FIRST_READ = 256 << 10
+"""Bytes a local file's first read takes: its header's length and, mostly, the header."""
+
+
 def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> Checkpoint:
     """`read_safetensors` once the `n`-byte header is parsed."""
     path = src.path
@@ -81,22 +91,25 @@ def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> 
     ):
         raise corrupt(path, "safetensors __metadata__ must map strings to strings")
     children: list[Node] = []
-    spans: list[tuple[int, int, str]] = []
     storages = src.storages
     prefix = "" if storage_file is None else f"{storage_file}:"
     tensor_kind = NodeKind.TENSOR
-    # (dtype code, shape) -> what `_describe` made of them: an MoE shard holds hundreds of
-    # tensors of a few shapes, and each costs a dict lookup instead of a validation (issue 16)
-    seen: dict[tuple[str, tuple[int, ...]], _Described] = {}
+    # (dtype code, repr of the shape) -> what `_describe` made of them: an MoE shard holds
+    # hundreds of tensors of a few shapes, and each costs a dict lookup instead of a validation
+    # (issue 16). The repr, not a tuple: JSON's 4.0 and true equal 4 and 1 as keys do, and the
+    # full check refuses them, while a repr is the same only for the same list of ints.
+    seen: dict[tuple[str, str], _Described] = {}
+    # The writers put the data in header order, so holes and overlaps are checked as the
+    # entries go by: `expected` is where the next one must begin. An entry out of order
+    # leaves the check to the sort after the loop, which gives the same answer for any order.
+    expected = 0
+    ordered = True
     for name, entry in header.items():
-        key = None
+        described = None
         if type(entry) is dict:
             code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-            # only str codes and int dims make a key: JSON's 4.0 and true equal 4 and 1 as
-            # keys do, and the full check refuses them
-            if type(code) is str and type(shape) is list and set(map(type, shape)) <= _INT:
-                key = (code, tuple(shape))
-        described = seen.get(key) if key is not None else None
+            if type(code) is str and type(shape) is list:
+                described = seen.get((code, repr(shape)))
         if (
             described is None
             or type(offsets) is not list
@@ -107,28 +120,21 @@ def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> 
             or end - begin != described[4]
         ):  # inline, not a helper: it runs per tensor
             described = _describe(path, name, entry, data_len)  # raises the exact problem
-            if key is not None:
-                seen[key] = described
-            begin, end = offsets
+            seen[entry["dtype"], repr(entry["shape"])] = described
+            begin, end = entry["data_offsets"]
+        if begin != expected:
+            ordered = False
+        expected = end
         shape_t, dtype, stride, itemsize, nbytes = described
         skey = prefix + name if prefix else name
-        spans.append((begin, end, name))
-        storages[skey] = Storage(
+        storages[skey] = _storage(
             skey, dtype, nbytes, "cpu", storage_file, None, data_start + begin, nbytes
         )
-        info = TensorInfo(shape_t, dtype, stride, skey, 0, itemsize, "cpu")
-        # Node's constructor: what Node.make does for a tensor without rare fields, 2x faster
-        children.append(Node(tensor_kind, "torch.Tensor", name, (), info, None))
-    spans.sort()
-    expected = 0
-    for begin, end, name in spans:
-        if begin != expected:
-            raise corrupt(
-                path,
-                f"tensor {name!r}: data does not start where the previous ends "
-                "(holes or overlaps are invalid)",
-            )
-        expected = end
+        info = _tensor_info(shape_t, dtype, stride, skey, 0, itemsize, "cpu")
+        # what Node.make does for a tensor without rare fields, without its checks
+        children.append(_node(tensor_kind, "torch.Tensor", name, (), info, None))
+    if not ordered:
+        expected = _check_spans(path, header)
     if expected != data_len:
         raise corrupt(
             path,
@@ -147,7 +153,100 @@ def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> 
     return Checkpoint(path, "safetensors", src.size, root, dict(storages), (), info)
 
 
-_INT = {int}
+Row = tuple[tuple[int, ...], str, int]
+"""(shape, dtype, file offset of its first byte) of one tensor as the reader reads it."""
+
+
+def header_rows(path: str, header: Any, data_len: int, data_start: int) -> dict[str, Row]:
+    """name -> `Row` of every tensor of a parsed header, checked by the reader's own rules
+    (`_describe` for each entry, `__metadata__` strings, no holes or overlaps, the data's
+    end), without building the tree: what an export's verification needs of the file it has
+    just written (`export.run`), whose 100,000 tensors the reader would build objects for.
+
+    Raises:
+        CorruptFile: what `read_safetensors` would raise for the same header.
+    """
+    if not isinstance(header, dict):
+        raise corrupt(path, "safetensors header is not a JSON object")
+    metadata = header.get("__metadata__")
+    if metadata is not None and (
+        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise corrupt(path, "safetensors __metadata__ must map strings to strings")
+    rows: dict[str, Row] = {}
+    seen: dict[tuple[str, str], _Described] = {}
+    expected = 0
+    ordered = True
+    for name, entry in header.items():  # `_read_header`'s loop, making a row, not objects
+        if name == "__metadata__":
+            continue
+        described = None
+        if type(entry) is dict:
+            code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+            if type(code) is str and type(shape) is list:
+                described = seen.get((code, repr(shape)))
+        if (
+            described is None
+            or type(offsets) is not list
+            or len(offsets) != 2
+            or type(begin := offsets[0]) is not int
+            or type(end := offsets[1]) is not int
+            or not 0 <= begin <= end <= data_len
+            or end - begin != described[4]
+        ):
+            described = _describe(path, name, entry, data_len)
+            seen[entry["dtype"], repr(entry["shape"])] = described
+            begin, end = entry["data_offsets"]
+        if begin != expected:
+            ordered = False
+        expected = end
+        rows[name] = (described[0], described[1], data_start + begin)
+    if not ordered:
+        expected = _check_spans(path, {k: v for k, v in header.items() if k != "__metadata__"})
+    if expected != data_len:
+        raise corrupt(
+            path,
+            f"tensor data ends at {expected:,} but the file holds {data_len:,} "
+            "bytes after the header",
+        )
+    return rows
+
+
+def parse_header(path: str, raw: bytes) -> Any:
+    """The JSON header as `read_safetensors` parses it: orjson, or json where orjson refuses
+    it. (A header that only json reads right, integers beyond 64 bits, passes neither's checks.)
+
+    Raises:
+        CorruptFile: not valid JSON.
+    """
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:  # orjson.JSONDecodeError: json decides
+            pass
+    return _parse_header(path, raw)
+
+
+def _check_spans(path: str, header: dict[str, Any]) -> int:
+    """Where the data of `header`'s entries (all checked) ends, sorted by offset, raising at
+    the first hole or overlap; for a header whose entries are not in data order."""
+    spans = sorted((*entry["data_offsets"], name) for name, entry in header.items())
+    expected = 0
+    for begin, end, name in spans:
+        if begin != expected:
+            raise corrupt(
+                path,
+                f"tensor {name!r}: data does not start where the previous ends "
+                "(holes or overlaps are invalid)",
+            )
+        expected = end
+    return expected
+
+
+# the objects of every tensor, built at half a constructor call's cost (`core.slotmake`)
+_storage = maker(Storage)
+_tensor_info = maker(TensorInfo)
+_node = maker(Node)
 
 _Described = tuple[tuple[int, ...], str, tuple[int, ...], int, int]
 """(shape, dtype, stride, itemsize, nbytes) of a header entry, as the TensorInfo takes them."""

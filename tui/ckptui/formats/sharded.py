@@ -11,6 +11,7 @@ nothing outside the folder is read.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from typing import Any
 
@@ -74,12 +75,10 @@ def open_sharded(
         or not set(map(type, weight_map.values())) <= _STR
     ):
         raise CorruptFile(index_path, "no weight_map of tensor name -> shard file")
-    shards: dict[str, list[str]] = {}
-    for name, shard in weight_map.items():
-        names = shards.get(shard)
-        if names is None:
-            names = shards[shard] = []
-        names.append(name)
+    # The shard files in the order the index first names them, at C speed; which names each
+    # holds is asked of `weight_map` itself (a shard's keys -> their shards, one `map`), and
+    # grouped by shard in Python only for a shard that cannot be read (issue 16: 90,000 names)
+    shards = dict.fromkeys(weight_map.values())
     if len(shards) > MAX_FILES:  # each costs a stat and an open: 100,000 took 35 s
         raise CorruptFile(index_path, f"names more than {MAX_FILES:,} shard files")
     for shard in shards:
@@ -97,6 +96,7 @@ def open_sharded(
     formats: set[str] = set()
     seen: set[str] = set()
     metadata: Node | None = None
+    names_of: dict[str, list[str]] | None = None  # shard -> its names, once one is unreadable
     opened = files.open_each(
         [files.join(folder, shard) for shard in sorted(shards)],
         naming_storages(open_file, files, folder, shards),
@@ -106,33 +106,39 @@ def open_sharded(
         ckpt = opened[full]
         if isinstance(ckpt, CkptError):
             e = ckpt
+            if names_of is None:
+                names_of = _names_by_shard(weight_map)
             missing = files.missing(full, e)
             what = "is missing" if missing else f"cannot be read ({e.message})"
             findings.append(
                 Finding(
                     "missing_shard",
                     Severity.WARNING,
-                    f"shard {shard} {what}: its {len(shards[shard]):,} tensors are unavailable",
+                    f"shard {shard} {what}: its {len(names_of[shard]):,} tensors are unavailable",
                     None,
                 )
             )
             text = f"in {'missing' if missing else 'unreadable'} shard {shard}"
             children += [
                 Node.make(NodeKind.VALUE, "missing", name, text=text)
-                for name in shards[shard]
+                for name in names_of[shard]
                 if name not in seen
             ]
-            seen.update(shards[shard])
+            seen.update(names_of[shard])
             continue
         sizes[shard] = ckpt.file_bytes
         formats.add(ckpt.format)
         root = rebased(ckpt, shard, (), storages)
-        listed = set(shards[shard])
-        kids, keys = root.children, [child.key for child in root.children]
+        kids = root.children
+        keys = list(map(_KEY, kids))
         last = kids[-1] if kids and keys[-1] == "__metadata__" else None  # safetensors' place
         if last is not None:
             kids, keys = kids[:-1], keys[:-1]
-        if "__metadata__" not in keys and seen.isdisjoint(keys) and listed.issuperset(keys):
+        if (
+            "__metadata__" not in keys
+            and seen.isdisjoint(keys)
+            and (not keys or set(map(weight_map.get, keys)) == {shard})
+        ):
             # The usual shard, every tensor new and listed: the loop below as set operations
             # (90,000 tensors: a few C passes instead of four checks per tensor in Python)
             metadata = metadata or last
@@ -156,7 +162,7 @@ def open_sharded(
                 continue
             seen.add(child.key)  # type: ignore[arg-type]
             children.append(child)
-            if child.key not in listed:
+            if weight_map.get(child.key) != shard:  # the index does not list it here
                 findings.append(
                     Finding(
                         "unlisted_tensor",
@@ -192,6 +198,20 @@ def open_sharded(
         tuple(findings),
         info,
     )
+
+
+_KEY = operator.attrgetter("key")
+
+
+def _names_by_shard(weight_map: dict[str, str]) -> dict[str, list[str]]:
+    """shard file -> the tensor names the index puts there, in the index's order."""
+    out: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        names = out.get(shard)
+        if names is None:
+            names = out[shard] = []
+        names.append(name)
+    return out
 
 
 def parse_index(raw: bytes) -> Any:
