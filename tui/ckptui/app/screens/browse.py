@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static, Tree
+from textual.widgets import Input, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.analysis.frameworks import detect
@@ -26,6 +26,7 @@ from ckptui.analysis.roles import weights_path
 from ckptui.app.widgets.ckpt_tree import CkptTree, Entry
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
+from ckptui.app.widgets.keys_footer import KeysFooter
 from ckptui.core import units
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
@@ -91,7 +92,7 @@ class BrowseScreen(Screen[None]):
         with Horizontal(id="filter-row"):
             yield FilterBar()
             yield Static(id="filter-count")
-        yield Footer(compact=True)
+        yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#main").loading = True

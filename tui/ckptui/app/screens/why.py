@@ -18,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, ProgressBar, Static, Tree
+from textual.widgets import OptionList, ProgressBar, Static, Tree
 from textual.widgets.option_list import Option
 from textual.widgets.tree import TreeNode
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -28,6 +28,7 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.app.widgets.keys_footer import KeysFooter
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.keypath import path_text, show_path
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -125,7 +126,7 @@ class WhyScreen(Screen[KeyPath | None]):
                 yield FindingList(id="why-findings")
                 yield Static("", id="why-dup-label", markup=False)
                 yield ProgressBar(id="why-progress", show_eta=False)
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#why-progress").display = False
