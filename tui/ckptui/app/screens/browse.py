@@ -16,23 +16,26 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static, Tree
+from textual.widgets import Input, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.analysis.frameworks import detect
-from ckptui.analysis.index import Index, search
+from ckptui.analysis.index import Index, search, subtree_sizes
 from ckptui.analysis.params import params_at
 from ckptui.analysis.roles import weights_path
+from ckptui.app.open_progress import OpenProgress
 from ckptui.app.widgets.ckpt_tree import CkptTree, Entry
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
+from ckptui.app.widgets.keys_footer import KeysFooter
+from ckptui.app.widgets.tree_labels import big_summaries
 from ckptui.core import units
+from ckptui.core.bulk import gc_paused
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import printable
-from ckptui.formats import open_checkpoint
 
 PANEL_REST = 0.05
 """Seconds without a cursor move after which the panel describes the cursor's row."""
@@ -80,32 +83,52 @@ class BrowseScreen(Screen[None]):
         self._header = ""
         self._why: Any = None
         """The size breakdown's WhyCache, made on the first `w` (its module loads then)."""
+        self._opening = OpenProgress(path)
+        """What the header says while the file opens (stage, files read, seconds)."""
+        self._opening_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         # markup=False: the header quotes the file's name and framework version, and a name
         # such as `best[val=0.3].pth` lost its brackets, `run[/tmp].pth` raised MarkupError
-        yield Static(printable(f"ckptui · opening {self.path} …"), id="header", markup=False)
+        yield Static(printable(self._opening.text()), id="header", markup=False)
         with Horizontal(id="main"):
             yield CkptTree(id="tree")
             yield DetailPanel(id="detail")
         with Horizontal(id="filter-row"):
             yield FilterBar()
             yield Static(id="filter-count")
-        yield Footer(compact=True)
+        yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#main").loading = True
         self.query_one("#filter-row").display = False
         self._filter_timer: Timer | None = None
+        self._opening_timer = self.set_interval(0.5, self._show_opening)
         self.open_file()
 
+    def _show_opening(self) -> None:
+        self.query_one("#header", Static).update(printable(self._opening.text()))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="open")
-    def open_file(self) -> tuple[Checkpoint, Index, Any]:
+    def open_file(self) -> tuple[Checkpoint, Index, Any, dict[int, str]]:
         """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
         app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
         worker = get_current_worker()
-        ckpt = interruptible(lambda: open_checkpoint(self.path), lambda: worker.is_cancelled)
-        return ckpt, Index.build(ckpt), _model_params(ckpt)
+        opening = self._opening
+        ckpt = interruptible(opening.open, lambda: worker.is_cancelled)
+        # A full collection in this thread holds the GIL for 0.1-0.2 s at 100,000 tensors,
+        # stalling the UI thread; what is built here forms no cycles (`gc_paused`)
+        with gc_paused():
+            opening.stage = "indexing"
+            index = Index.build(ckpt)
+            opening.stage = "finding the weights"
+            params = _model_params(ckpt)
+            # What showing the tree needs that walks every node (0.8 s on the UI thread at
+            # 100,000 keys, issue 16): the root card's sizes and the big rows' summaries
+            opening.stage = "summing sizes"
+            subtree_sizes(ckpt).largest(ckpt.root)
+            summaries = big_summaries(ckpt.root)
+        return ckpt, index, params, summaries
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def find_training_facts(self, ckpt: Checkpoint) -> Any:
@@ -132,6 +155,8 @@ class BrowseScreen(Screen[None]):
     def _opened(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "open":
             return
+        if event.state in (WorkerState.ERROR, WorkerState.SUCCESS) and self._opening_timer:
+            self._opening_timer.stop()
         if event.state is WorkerState.ERROR:
             error = event.worker.error
             if isinstance(error, Cancelled):
@@ -145,10 +170,11 @@ class BrowseScreen(Screen[None]):
             self.app.error_message = message  # type: ignore[attr-defined]
             self.app.exit(return_code=2)
         elif event.state is WorkerState.SUCCESS:
-            ckpt, index, params = event.worker.result
-            self._show(ckpt, index, params)
+            self._show(*event.worker.result)
 
-    def _show(self, ckpt: Checkpoint, index: Index, params: Any = None) -> None:
+    def _show(
+        self, ckpt: Checkpoint, index: Index, params: Any = None, summaries: Any = None
+    ) -> None:
         self.ckpt = ckpt
         # The checkpoint's nodes live as long as the app: moving them out of the collector's
         # generations stops full collections over a million nodes from stalling cursor moves
@@ -177,7 +203,7 @@ class BrowseScreen(Screen[None]):
         panel.ckpt, panel.index, panel.params = ckpt, index, params
         tree = self.query_one(CkptTree)
         tree.params = {params[0]: params[1]} if params is not None else {}
-        tree.show_checkpoint(ckpt)
+        tree.show_checkpoint(ckpt, summaries)
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
         tree.focus()
         if params is not None:  # first: `m` is a key away, the training facts a panel away

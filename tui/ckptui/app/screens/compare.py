@@ -19,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Input, ProgressBar, Static, Tree
+from textual.widgets import Input, ProgressBar, Static, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptui.analysis.diff.compare import Diff, diff_checkpoints
@@ -29,6 +29,7 @@ from ckptui.app.widgets.compare_panel import ComparePanel
 from ckptui.app.widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leaves, merge
 from ckptui.app.widgets.diff_tree import DiffTree
 from ckptui.app.widgets.filter_bar import FilterBar
+from ckptui.app.widgets.keys_footer import KeysFooter
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import describe_path, path_expr
@@ -90,7 +91,7 @@ class CompareScreen(Screen[None]):
             yield Static("comparing values", id="cmp-progress-label")
             yield ProgressBar(id="cmp-all-progress", show_eta=False)
         yield FilterBar()
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#cmp-progress").display = False

@@ -77,6 +77,9 @@ class _Tick(Checkbox):
 class ExportScreen(ModalScreen[None]):
     """The export dialog, prefilled with the marks or else the detected weights."""
 
+    # None of the dialog's rules depends on the app's -narrow/-wide classes: without them its
+    # first resize does not restyle every widget of it once more (issue 16: the dialog's open)
+    HORIZONTAL_BREAKPOINTS = []  # type: ignore[assignment]
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         # Priority: a focused radio set, checkbox or input would take enter for itself, and a
@@ -125,7 +128,7 @@ class ExportScreen(ModalScreen[None]):
                 yield Label("Size", classes="export-label")
                 yield Static(id="export-size")
             yield Static(id="export-note")
-            yield ProgressBar(id="export-progress", show_eta=True)
+            # (the progress bar is mounted here when writing starts: `_progress_bar`)
             with Horizontal(id="export-buttons"):
                 yield Button("Export", id="export-go", variant="primary")
                 yield Button("Cancel", id="export-cancel")
@@ -134,7 +137,6 @@ class ExportScreen(ModalScreen[None]):
         return _named_target(self.ckpt, self.marks, fmt)
 
     def on_mount(self) -> None:
-        self.query_one(ProgressBar).display = False
         self._check_target()
         # The default plan after the dialog's first frame: planning 100,000 tensors is a
         # second of Python on a worker thread, which would compete for the GIL with composing
@@ -320,10 +322,21 @@ class ExportScreen(ModalScreen[None]):
             widget.disabled = True
         self._update_button()
         self.query_one("#export-cancel", Button).focus()
-        bar = self.query_one(ProgressBar)
-        bar.display = True
-        bar.update(total=max(1, 2 * self.plan.data_bytes), progress=0)
+        self._progress_bar(max(1, 2 * self.plan.data_bytes))
         self._write(self.plan, target, exists)
+
+    def _progress_bar(self, total: int) -> None:
+        """Show the progress bar at 0 of `total`, mounting it on the first export: a hidden
+        ProgressBar still costs its four widgets' styling and layout in every pass while the
+        dialog opens, and its clock ticks every second."""
+        bars = self.query(ProgressBar)
+        if bars:
+            bar = bars.first()
+            bar.display = True
+            bar.update(total=total, progress=0)
+        else:
+            bar = ProgressBar(total=total, id="export-progress", show_eta=True)
+            self.query_one("#export").mount(bar, before="#export-buttons")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export")
     def _write(self, plan: Plan, target: str, force: bool) -> Result:

@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, ProgressBar, Static, Tree
+from textual.widgets import OptionList, ProgressBar, Static, Tree
 from textual.widgets.option_list import Option
 from textual.widgets.tree import TreeNode
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -28,6 +29,7 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.app.widgets.keys_footer import KeysFooter
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.keypath import path_text, show_path
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -46,6 +48,10 @@ PROGRESS_INTERVAL = 0.1
 class BarTree(Tree[KeyPath | None]):
     """The groupings: a tree of bar rows, with the browser's vim keys."""
 
+    class Resized(Message):
+        """The tree's size changed (a scrollbar came or went, the layout changed): its bars,
+        sized to its width, may need making again."""
+
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
@@ -54,6 +60,9 @@ class BarTree(Tree[KeyPath | None]):
         Binding("g,home", "scroll_home", "Top", show=False),
         Binding("G,end", "scroll_end", "Bottom", show=False),
     ]
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.post_message(self.Resized())
 
     def action_collapse(self) -> None:
         """h: close the row, or go to its parent."""
@@ -109,6 +118,8 @@ class WhyScreen(Screen[KeyPath | None]):
         self._findings: list[SizeFinding] = []
         self._progress_at = 0.0
         self._later: dict[Any, tuple[_Rows, Prefix, int]] = {}
+        self._bars: tuple[Breakdown, int, Any] | None = None
+        """The breakdown the bars show and the width they were made for (`_refit`)."""
         """Module-prefix rows not made yet: tree node id -> (builder, prefix, depth)."""
 
     def compose(self) -> ComposeResult:
@@ -125,7 +136,7 @@ class WhyScreen(Screen[KeyPath | None]):
                 yield FindingList(id="why-findings")
                 yield Static("", id="why-dup-label", markup=False)
                 yield ProgressBar(id="why-progress", show_eta=False)
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#why-progress").display = False
@@ -294,6 +305,21 @@ class WhyScreen(Screen[KeyPath | None]):
             for k, v in details.items():
                 rows.add(node, k, v, None, leaf=True)
         tree.cursor_line = 0
+        self._bars = (b, width, _state(tree))
+
+    @on(BarTree.Resized)
+    def _refit(self) -> None:
+        """Bars made for another width (the rows brought the tree its scrollbar, one column
+        narrower; or the layout changed after they were made) are made again: which of those
+        came first depended on timing."""
+        if self._bars is None:
+            return
+        b, width, state = self._bars
+        tree = self.query_one("#why-groups", Tree)
+        if max(50, tree.scrollable_content_region.width or 80) == width:
+            return
+        if _state(tree) == state:  # not once the user has moved or opened rows: kept as they are
+            self._fill_groups(b)
 
     def _add_prefixes(self, rows: _Rows, parent: TreeNode, prefix: Prefix, depth: int) -> None:
         children = prefix.sorted_children()
@@ -371,6 +397,17 @@ class WhyScreen(Screen[KeyPath | None]):
     @on(OptionList.OptionSelected, "#why-findings")
     def _finding_selected(self, event: OptionList.OptionSelected) -> None:
         self.action_jump()
+
+
+def _state(tree: Tree[Any]) -> tuple[int, tuple[bool, ...]]:
+    """The cursor's line and which rows are open: what a refill (`_refit`) would lose."""
+    opened: list[bool] = []
+    stack = list(tree.root.children)
+    while stack:
+        node = stack.pop()
+        opened.append(node.is_expanded)
+        stack.extend(node.children)
+    return tree.cursor_line, tuple(opened)
 
 
 class _Rows:

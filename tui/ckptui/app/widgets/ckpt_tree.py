@@ -110,15 +110,16 @@ class CkptTree(RowLabels, ModuleView, Sorting, Filtering, Marks, Tree[Entry]):
         """The module view's first rows below a node (by id), made once."""
 
     # -- building ---------------------------------------------------------------------------
-    def show_checkpoint(self, ckpt: Checkpoint) -> None:
-        """Show a freshly opened checkpoint, root expanded."""
+    def show_checkpoint(self, ckpt: Checkpoint, summaries: dict[int, str] | None = None) -> None:
+        """Show a freshly opened checkpoint, root expanded; `summaries` are rows' summaries
+        made ahead off the UI thread (`tree_labels.big_summaries`)."""
         if ckpt is not self.ckpt:
             self.marks = {}
             framework = detect(ckpt)
             self.parts = {p.path: p.label for p in framework.parts} if framework else {}
             self._module_rows = {}
             self._grouping, self._waiting = set(), {}
-            self._summaries = {}
+            self._summaries = dict(summaries or {})
             self._sorter = Sorter(subtree_sizes(ckpt))
             self.badges = {}
             # a whole-module pickle opens on its layers: its raw fields are nn.Module internals
