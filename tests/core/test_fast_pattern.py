@@ -32,9 +32,12 @@ def _json(path: Path) -> Any:
         return "error", str(e)
 
 
-def _three_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, int, list[bool]]:
+def _three_ways(
+    path: Path, monkeypatch: pytest.MonkeyPatch, small: bool = True
+) -> tuple[Any, int, list[bool]]:
     """(the JSON, fused tensors, whether the confined path read each pickle), after checking
-    that fused, unfused and the inert loop agree."""
+    that fused, unfused and the inert loop agree; `small`: fuse from the first tensor on,
+    not after `FUSE_AFTER` calls."""
     calls = [0]
     real = confined.ConfinedUnpickler.confined_fused
 
@@ -43,6 +46,7 @@ def _three_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, int, 
         return real(self, func, args)
 
     monkeypatch.setattr(confined.ConfinedUnpickler, "confined_fused", counting)
+    monkeypatch.setattr(rewrite, "FUSE_AFTER", 0 if small else rewrite.FUSE_AFTER)
     seen = spy_confined(monkeypatch)
     fused = _json(path)
     used = list(seen)
@@ -142,9 +146,17 @@ def test_the_whole_module_pickle_reads_the_same(
 def test_a_big_file_is_fused_nearly_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.pt"
     torch.save(_many(5000), path)
-    _, fused, used = _three_ways(path, monkeypatch)
+    _, fused, used = _three_ways(path, monkeypatch, small=False)
     assert used == [True]
-    assert fused > 4900  # all but the first tensors, whose memo slots are 1-byte BINPUTs
+    assert fused == 4000  # all after the first 1,000 (`FUSE_AFTER` calls)
+
+
+def test_a_small_file_is_not_fused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Compiling the patterns costs more than fusing a few hundred tensors saves.
+    path = tmp_path / "small.pt"
+    torch.save(_many(900), path)
+    _, fused, used = _three_ways(path, monkeypatch, small=False)
+    assert (fused, used) == (0, [True])
 
 
 # -- hand-made near misses ---------------------------------------------------------------------
@@ -222,6 +234,7 @@ def test_the_read_back_check_is_what_keeps_it_exact(
     body = _globals() + _text("old") + _put(300) + _span(0, 1, 2, 300, 301) + _get(300)
     path = _zip_with(tmp_path, body)
     inert = _json(path)
+    monkeypatch.setattr(rewrite, "FUSE_AFTER", 0)
     monkeypatch.setattr(rewrite, "LONG_GET", fast_pattern.re.compile(rb"(?!)(.)"))
     assert _json(path) != inert
 

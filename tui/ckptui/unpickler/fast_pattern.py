@@ -62,8 +62,11 @@ def counted(op: bytes, most: int, pad: bytes = b"") -> bytes:
 
 _GET = rb"(?:h.|j.{4})"
 _INT = rb"(?:K.|M.{2}|J.{4})"
-_TEXT = b"(?:" + _GET + b"|" + counted(b"X", 255, b"\x00\x00\x00") + b")"
-"""A string or a memo GET; the GET first, or the engine tries 256 lengths before it."""
+_TEXT = b"(?:" + _GET + b"|" + counted(b"X", 63, b"\x00\x00\x00") + b")"
+"""A short string (the storage's tag, key and location) or a memo GET; the GET first, or the
+engine tries every length before it. Each length is a branch, so few: compiling costs."""
+_KEY = b"(?:" + _GET + b"|" + counted(b"X", 127, b"\x00\x00\x00") + b")"
+"""A state dict's key (a longer one sends that tensor the unfused way)."""
 _NAME = rb"(?:c[^\n]*\n[^\n]*\n|" + _GET + b")"
 _TUPLE = b"(?:\\)|" + _INT + b"(?:\\x85|" + _INT + b"(?:\\x86|" + _INT + b"\\x87)))"
 """A size or stride: (), or one to three ints and TUPLE1-3 (torch.save writes plain tuples)."""
@@ -87,7 +90,7 @@ def tensor_run(put: bytes, chained: bool = False) -> re.Pattern[bytes]:
     opt = b"(?:" + put + b")?"
     between = b""
     if chained:
-        between = opt + b"(?:u\\()?(?:" + _TEXT + opt + b")?" + _NAME + opt
+        between = opt + b"(?:u\\()?(?:" + _KEY + opt + b")?" + _NAME + opt
     return re.compile(
         b"(?s)" + between + b"(?P<head>\\(\\(" + _TEXT + opt + _NAME + opt + _TEXT + opt + _TEXT
         + opt + _INT + b"N?t" + opt + b")Q"

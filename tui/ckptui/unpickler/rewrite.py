@@ -86,6 +86,9 @@ def _marker(nonce: bytes, name: bytes) -> bytes:
 FUSE = True
 """Fuse torch.save's tensors (`fast_pattern`); tests turn it off to compare with the unfused
 confined path."""
+FUSE_AFTER = 2000
+"""REDUCEs seen before fusing starts: a torch.save state dict of 1,000 tensors (tests lower
+it to fuse small files)."""
 _BATCH = 2048
 """Pieces joined into one chunk for the reader: a few tens of KiB of a torch.save pickle."""
 
@@ -136,13 +139,18 @@ def pieces(
         0x5D: _marker(nonce, b"L") + b")R",  # EMPTY_LIST -> _List()
     }
     bits = _memo_bits(end - pos)
-    run = _run(bits, False).match
+    run = run2 = _run(bits, False).match
     exact = True
     first = pos
-    # torch.save's tensors, fused (`fast_pattern`): `span_at` is where the next one starts
-    # (`limit` when none is left), `slots` the 4 index bytes of the PUTs each left out.
-    fused = _tensor_run(bits, False) if FUSE else None
-    chained = _tensor_run(bits, True).match
+    # torch.save's tensors, fused (`fast_pattern`) once `FUSE_AFTER` REDUCEs show a big state
+    # dict (compiling the patterns costs more than fusing a few hundred tensors saves):
+    # `span_at` is where the next one starts (`limit` when none is left), `slots` the index
+    # bytes of the PUTs each left out.
+    fused: re.Pattern[bytes] | None = None
+    chained: Any = None
+    calls = 0 if FUSE else -1
+    if FUSE and FUSE_AFTER <= 0:
+        fused, chained = _tensor_run(bits, False), _tensor_run(bits, True).match
     span_at = -1
     found = None
     slots: list[tuple[bytes | None, bytes | None]] = []
@@ -197,6 +205,10 @@ def pieces(
         if seq is not None:
             put(seq)
             pos += 1
+            if calls >= 0 and op == 0x52:
+                calls += 1
+                if calls == FUSE_AFTER and run is run2:
+                    fused, chained = _tensor_run(bits, False), _tensor_run(bits, True).match
             room -= len(seq)
             if room < 0:
                 raise Decline("the rewrite grows past 4x")
@@ -222,7 +234,7 @@ def pieces(
                 raise Decline("FRAME length out of range")
             framed, limit = True, pos + n
             run, exact = _run(bits, True).match, False  # the weights-only loop has no FRAME
-            fused = _no_more_fusing(slots)
+            fused, calls = _no_more_fusing(slots), -1
         elif op == 0x58:  # BINUNICODE too long for the regex: checked here
             if pos + 5 > limit:
                 raise Decline("BINUNICODE cut short")
@@ -234,7 +246,7 @@ def pieces(
         elif exact:  # maybe a protocol 3-5 opcode: go on with all of them
             run = _run(bits, True).match
             exact = False
-            fused = _no_more_fusing(slots)
+            fused, calls = _no_more_fusing(slots), -1
             if run(buf, pos, limit).end() == pos:
                 raise Decline(f"opcode {op:#04x}")
         else:
