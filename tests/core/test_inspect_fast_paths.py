@@ -86,6 +86,21 @@ def test_tensor_rows_are_tensor_json(tmp_path: Path) -> None:
     rows = list(jsonview._tensor_rows(ckpt))
     assert rows == [jsonview.tensor_json(ckpt, p, t) for p, t in ckpt.tensors()]
     assert any("state_dict_key" in r for r in rows)  # the whole module's tensors
+    # the tree's childless tensor rows are `_tensor_leaf`'s
+    tree = jsonview.checkpoint_json(ckpt)["tree"]
+    written = {}
+    stack = [((), tree)]
+    while stack:
+        path, entry = stack.pop()
+        for child in entry.get("children", ()):
+            stack.append(((*path, child["key"]), child))
+            if child["kind"] == "tensor" and "children" not in child:
+                written[(*path, child["key"])] = child
+    leaves = [(p, n) for p, n in walk(ckpt.root) if n.kind is NodeKind.TENSOR and not n.children]
+    assert len(written) == len(leaves) > 15
+    for path, node in leaves:
+        want = jsonview._tensor_leaf(node)
+        assert written[path] == {**want, "shape": list(want["shape"])}, path
 
 
 def _reference_children(children: list, batch: int) -> str:

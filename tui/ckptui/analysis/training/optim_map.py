@@ -212,9 +212,11 @@ def _state_shape(ckpt: Checkpoint, entry: Node | None) -> Shape | None:
     if entry is None:
         return None
     tensors: dict[Any, Shape] = {}
+    ref, tensor = NodeKind.REF, NodeKind.TENSOR  # locals: this runs per optimizer entry
     for c in entry.children:
-        node = ckpt.find(c.target) if c.kind is NodeKind.REF and c.target is not None else c
-        if node is not None and node.kind is NodeKind.TENSOR:
+        # a REF's value is its target (`Node.target`, without the property's call)
+        node = ckpt.find(c.value) if c.kind is ref and c.value is not None else c
+        if node is not None and node.kind is tensor:
             tensors[c.key] = node.value.shape
     for k in PER_PARAM_KEYS:
         if k in tensors:
