@@ -137,15 +137,21 @@ def breakdown(
     categories = {p.value: 0 for p in Part} | {"unaccounted": 0}
     detail: dict[Part, dict[str, int]] = {Part.OVERHEAD: {}, Part.METADATA: {}}
     storage_bytes: dict[str, int] = {}
+    # a dict, not `part.value`: an enum member's value is a property call, and a 100,000-tensor
+    # zip has 300,000 regions (issue 16)
+    value_of = {p: p.value for p in Part}
+    storage = Part.STORAGE
     for region, n in attribute(regions, ckpt.file_bytes):
         if region is None:
             categories["unaccounted"] += n
             continue
-        categories[region.part.value] += n
-        if region.part is Part.STORAGE:
-            storage_bytes[region.name] = storage_bytes.get(region.name, 0) + n
+        part = region.part
+        categories[value_of[part]] += n
+        if part is storage:
+            name = region.name
+            storage_bytes[name] = storage_bytes.get(name, 0) + n
         else:
-            d = detail.get(region.part)
+            d = detail.get(part)
             if d is not None:
                 d[region.name] = d.get(region.name, 0) + n
 
@@ -251,11 +257,14 @@ def attribute(regions: list[Region], total: int) -> Iterator[tuple[Region | None
     Regions are clipped to the file. Among the regions covering a byte, the one starting last
     wins (the shorter on a tie): for nested regions, the innermost.
     """
-    spans = sorted(
-        (max(0, r.offset), -min(total, r.offset + r.nbytes), i)
+    # a list, and the clipping as conditionals: 300,000 regions, 2 builtin calls each saved;
+    # the offset needs no max(0, ...) once 0 <= offset is a condition
+    spans = [
+        (r.offset, -(end if (end := r.offset + r.nbytes) < total else total), i)
         for i, r in enumerate(regions)
         if r.nbytes > 0 and 0 <= r.offset < total
-    )
+    ]
+    spans.sort()
     if _disjoint(spans):
         # the usual case (a torch zip: headers, records, storages side by side): in start
         # order with the gaps between, what the heap below yields, without a sorted set of
