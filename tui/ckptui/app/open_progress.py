@@ -51,8 +51,11 @@ class OpenProgress:
         the readers to keep in step with them).
         """
         path = self.path
-        if not is_url(path) and (Path(path).is_dir() or is_index_file(path)):
-            return open_folder(check_openable(path), self._open_file)
+        if is_url(path):
+            return open_checkpoint(path)
+        check_openable(path)  # first, as open_checkpoint: an unreadable path is its one line
+        if Path(path).is_dir() or is_index_file(path):
+            return open_folder(path, self._open_file)
         return open_checkpoint(path)
 
     def _open_file(self, path: str, **kwargs: Any) -> Checkpoint:

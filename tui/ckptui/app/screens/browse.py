@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -46,6 +47,7 @@ FILTER_DEBOUNCE = 0.12
 `layer2` searches once, not six times."""
 LIVE_ROWS = 2000
 """Matches shown while typing (the count is exact up to 10,000); enter shows them all."""
+T = TypeVar("T")
 
 
 def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
@@ -53,6 +55,18 @@ def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
     path = weights_path(ckpt)
     params = params_at(ckpt.root, path)
     return (path, params) if path is not None and params is not None else None
+
+
+def _gc_paused(fn: Callable[[], T]) -> Callable[[], T]:
+    """`fn` run with the cyclic GC paused: the workers after the open build a result per
+    tensor, and a full collection they trigger holds the GIL for 50-100 ms at 100,000 keys,
+    a stall of the UI thread (the tree itself is frozen out of the collector by `_show`)."""
+
+    def run() -> T:
+        with gc_paused():
+            return fn()
+
+    return run
 
 
 class BrowseScreen(Screen[None]):
@@ -139,7 +153,7 @@ class BrowseScreen(Screen[None]):
 
         # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
         worker = get_current_worker()
-        return interruptible(lambda: training_facts(ckpt), lambda: worker.is_cancelled)
+        return interruptible(_gc_paused(lambda: training_facts(ckpt)), lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _training_found(self, event: Worker.StateChanged) -> None:
@@ -230,7 +244,7 @@ class BrowseScreen(Screen[None]):
             return node, rows
 
         worker = get_current_worker()  # on a thread q abandons (see open_file)
-        return interruptible(run, lambda: worker.is_cancelled)
+        return interruptible(_gc_paused(run), lambda: worker.is_cancelled)
 
     def _preload_modules(self, node: Any, rows: Any) -> None:
         if node is not None and self.ckpt is not None:

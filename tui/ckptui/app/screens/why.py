@@ -13,11 +13,10 @@ import time
 from typing import Any
 
 from rich.text import Text
-from textual import events, on, work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import OptionList, ProgressBar, Static, Tree
 from textual.widgets.option_list import Option
@@ -29,56 +28,19 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.app.widgets.bar_tree import BarRows, BarTree, opened_state
 from ckptui.app.widgets.keys_footer import KeysFooter
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.keypath import path_text, show_path
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import kind_words, printable, size
 from ckptui.export.size import exported_size
-from ckptui.report.why import bar, rest_rows
+from ckptui.report.why import rest_rows
 
-BAR = 24
-"""Cells of a full bar, at most (a quarter of the tree's width)."""
 TOP_KEYS = 50
 """Top-level keys listed before `… N more`."""
 MAX_PREFIX_CHILDREN = 200
 PROGRESS_INTERVAL = 0.1
-
-
-class BarTree(Tree[KeyPath | None]):
-    """The groupings: a tree of bar rows, with the browser's vim keys."""
-
-    class Resized(Message):
-        """The tree's size changed (a scrollbar came or went, the layout changed): its bars,
-        sized to its width, may need making again."""
-
-    BINDINGS = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-        Binding("h,left", "collapse", "Collapse", show=False),
-        Binding("l,right", "expand", "Expand", show=False),
-        Binding("g,home", "scroll_home", "Top", show=False),
-        Binding("G,end", "scroll_end", "Bottom", show=False),
-    ]
-
-    def on_resize(self, event: events.Resize) -> None:
-        self.post_message(self.Resized())
-
-    def action_collapse(self) -> None:
-        """h: close the row, or go to its parent."""
-        node = self.cursor_node
-        if node is None:
-            return
-        if node.is_expanded:
-            node.collapse()
-        elif node.parent is not None and node.parent is not self.root:
-            self.move_cursor(node.parent)
-
-    def action_expand(self) -> None:
-        """l: open the row."""
-        node = self.cursor_node
-        if node is not None and node.allow_expand:
-            node.expand()
 
 
 class FindingList(OptionList):
@@ -117,7 +79,7 @@ class WhyScreen(Screen[KeyPath | None]):
         self.cache = cache
         self._findings: list[SizeFinding] = []
         self._progress_at = 0.0
-        self._later: dict[Any, tuple[_Rows, Prefix, int]] = {}
+        self._later: dict[Any, tuple[BarRows, Prefix, int]] = {}
         self._bars: tuple[Breakdown, int, Any] | None = None
         """The breakdown the bars show and the width they were made for (`_refit`)."""
         """Module-prefix rows not made yet: tree node id -> (builder, prefix, depth)."""
@@ -250,7 +212,7 @@ class WhyScreen(Screen[KeyPath | None]):
         tree.clear()
         self._later = {}
         width = max(50, tree.scrollable_content_region.width or 80)
-        rows = _Rows(width, b.file_bytes)
+        rows = BarRows(width, b.file_bytes)
 
         roles = rows.section(tree.root, "By role", b.file_bytes)
         for role, nbytes in b.roles.items():
@@ -275,7 +237,7 @@ class WhyScreen(Screen[KeyPath | None]):
             title = "Weights by module prefix" + (f" (under {under})" if under else "")
             mods = rows.section(tree.root, title, b.modules.bytes, of=b.modules.bytes)
             # its own builder: rows made later (`_expanded`) share its percentages' base
-            prefix_rows = _Rows(width, b.modules.bytes)
+            prefix_rows = BarRows(width, b.modules.bytes)
             self._add_prefixes(prefix_rows, mods, b.modules, depth=0)
 
         dtypes = rows.section(tree.root, "By dtype", b.categories["tensor_data"], expand=False)
@@ -305,7 +267,7 @@ class WhyScreen(Screen[KeyPath | None]):
             for k, v in details.items():
                 rows.add(node, k, v, None, leaf=True)
         tree.cursor_line = 0
-        self._bars = (b, width, _state(tree))
+        self._bars = (b, width, opened_state(tree))
 
     @on(BarTree.Resized)
     def _refit(self) -> None:
@@ -318,10 +280,12 @@ class WhyScreen(Screen[KeyPath | None]):
         tree = self.query_one("#why-groups", Tree)
         if max(50, tree.scrollable_content_region.width or 80) == width:
             return
-        if _state(tree) == state:  # not once the user has moved or opened rows: kept as they are
+        if (
+            opened_state(tree) == state
+        ):  # not once the user has moved or opened rows: kept as they are
             self._fill_groups(b)
 
-    def _add_prefixes(self, rows: _Rows, parent: TreeNode, prefix: Prefix, depth: int) -> None:
+    def _add_prefixes(self, rows: BarRows, parent: TreeNode, prefix: Prefix, depth: int) -> None:
         children = prefix.sorted_children()
         for p in children[:MAX_PREFIX_CHILDREN]:
             node = rows.add(parent, f"{p.name} ({p.tensors:,})", p.bytes, p.first, not p.children)
@@ -397,65 +361,6 @@ class WhyScreen(Screen[KeyPath | None]):
     @on(OptionList.OptionSelected, "#why-findings")
     def _finding_selected(self, event: OptionList.OptionSelected) -> None:
         self.action_jump()
-
-
-def _state(tree: Tree[Any]) -> tuple[int, tuple[bool, ...]]:
-    """The cursor's line and which rows are open: what a refill (`_refit`) would lose."""
-    opened: list[bool] = []
-    stack = list(tree.root.children)
-    while stack:
-        node = stack.pop()
-        opened.append(node.is_expanded)
-        stack.extend(node.children)
-    return tree.cursor_line, tuple(opened)
-
-
-class _Rows:
-    """Builds bar rows whose size and bar columns line up at every tree depth."""
-
-    GUIDE = 4  # cells each tree level indents by (Tree.guide_depth)
-    ARROW = 2  # the expand/collapse arrow before a branch's label
-
-    def __init__(self, width: int, of: int) -> None:
-        # A row: guides, arrow, name, size (10), percent (8), bar.
-        self.bar = max(8, min(BAR, width // 4))
-        self.name_width = max(12, width - self.GUIDE - self.ARROW - 10 - 8 - self.bar - 1)
-        self.of = of
-
-    def section(
-        self,
-        root: TreeNode,
-        title: str,
-        nbytes: int | None,
-        of: int | None = None,
-        expand: bool = True,
-    ) -> TreeNode:
-        label = Text(title, style="bold")
-        if nbytes is not None:
-            label.append(f"  {size(nbytes)}", style="dim")
-        node = root.add(label, data=None, expand=expand)
-        return node
-
-    def add(
-        self, parent: TreeNode, name: str, nbytes: int, path: KeyPath | None, leaf: bool = False
-    ) -> TreeNode:
-        depth = 0
-        p = parent
-        while p.parent is not None:
-            depth += 1
-            p = p.parent
-        width = self.name_width - self.GUIDE * (depth - 1) + (self.ARROW if leaf else 0)
-        width = max(6, width)
-        name = printable(name)  # keys from the file: control characters shown as escapes
-        shown = name if len(name) <= width else name[: width - 1] + "…"
-        label = Text(shown.ljust(width), style="bold" if path is not None else "")
-        label.append(f"{size(nbytes):>10}", style="")
-        pct = 100 * nbytes / self.of if self.of else 0.0
-        label.append(f"{pct:6.1f}% ", style="dim")
-        label.append(bar(nbytes / self.of if self.of else 0.0, self.bar), style="cyan")
-        if leaf:
-            return parent.add_leaf(label, data=path)
-        return parent.add(label, data=path)
 
 
 def _dup_summary(found: list[SizeFinding]) -> str:
