@@ -19,6 +19,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ckptui.core.errors import (
@@ -75,7 +76,12 @@ def check_openable(path: str | os.PathLike[str]) -> str:
     return path
 
 
-def open_checkpoint(path: str | os.PathLike[str], *, storage_file: str | None = None) -> Checkpoint:
+def open_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    storage_file: str | None = None,
+    on_file: Callable[[], None] | None = None,
+) -> Checkpoint:
     """Open a checkpoint as metadata, never executing its pickle or reading tensor data.
 
     Args:
@@ -83,6 +89,8 @@ def open_checkpoint(path: str | os.PathLike[str], *, storage_file: str | None = 
             folder of checkpoint files) or a shard index (`*.index.json`), opened as one tree.
         storage_file: for a file of a folder (`formats.folder`), its name there: a safetensors
             reader keys its storages as the folder does (`read_safetensors`); others ignore it.
+        on_file: called after each file of a local folder is read (the browser's progress
+            while 160 shards open); a single file or a URL never calls it.
 
     Returns:
         The checkpoint's tree, storage table and findings.
@@ -98,7 +106,7 @@ def open_checkpoint(path: str | os.PathLike[str], *, storage_file: str | None = 
         return open_url(os.fspath(path), _open_remote)
     path = check_openable(path)
     if Path(path).is_dir() or is_index_file(path):
-        return open_folder(path, open_checkpoint)
+        return open_folder(path, open_checkpoint if on_file is None else _counted(on_file))
     try:
         src = Source.open(path)
     except PermissionError:
@@ -110,11 +118,20 @@ def open_checkpoint(path: str | os.PathLike[str], *, storage_file: str | None = 
     return _read_closing(src, storage_file=storage_file)
 
 
+def _counted(on_file: Callable[[], None]) -> Callable[..., Checkpoint]:
+    """`open_checkpoint` for the files of a folder, calling `on_file` after each."""
+
+    def open_file(path: str, **kwargs: object) -> Checkpoint:
+        ckpt = open_checkpoint(path, **kwargs)  # type: ignore[arg-type]
+        on_file()
+        return ckpt
+
+    return open_file
+
+
 def _open_remote(url: str) -> Checkpoint:
     """Open a checkpoint at a URL, fetching only its metadata; `info["bytes_read"]` says how many
     bytes that took."""
-    from dataclasses import replace
-
     # deferred: a local path never loads the remote modules (nor fsspec)
     from ckptui.formats.remote.reader import RemoteSource, translate
 

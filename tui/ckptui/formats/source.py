@@ -9,7 +9,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Any, ClassVar
 
@@ -292,7 +292,6 @@ def _assemble(
 
 
 def _retype(node: Node, type_name: str) -> Node:
-    from dataclasses import replace
 
     return replace(node, type=type_name)
 
