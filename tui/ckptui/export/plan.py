@@ -19,7 +19,7 @@ from ckptui.core.bulk import gc_paused
 from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path, path_text
-from ckptui.core.slotmake import maker
+from ckptui.core.slotinit import maker
 from ckptui.core.tree import Checkpoint, KeyPath, NodeKind, TensorInfo
 from ckptui.export.quantized import Gathered, gather
 from ckptui.export.writers import predicted_size
@@ -230,7 +230,7 @@ def _make_plan(
 
 
 _item = maker(Item)
-"""`Item(...)` at half the cost (`core.slotmake`): one per exported tensor."""
+"""`Item(...)` at half the cost (`core.slotinit`): one per exported tensor."""
 
 
 def _no_safetensors(q: Gathered) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ckptui.core.slotmake import maker
+from ckptui.core.slotinit import maker
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, NodeKind, Storage, evolve
 from ckptui.formats.folder_files import Files, LocalFiles
 
@@ -70,7 +70,7 @@ def rebased(ckpt: Checkpoint, file: str, prefix: KeyPath, storages: dict[str, St
 
 _storage = maker(Storage)
 _node = maker(Node)
-"""`Storage(...)` and `Node(...)` at half the cost (`core.slotmake`)."""
+"""`Storage(...)` and `Node(...)` at half the cost (`core.slotinit`)."""
 
 
 def in_file(f: Finding, file: str, prefix: KeyPath) -> Finding:

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterator
 
 from ckptui.core.errors import CkptError, CorruptFile
-from ckptui.core.slotmake import maker
+from ckptui.core.slotinit import maker
 from ckptui.core.tree import Checkpoint, Part, Region
 from ckptui.formats.opening import open_source
 from ckptui.formats.source import Source
@@ -38,7 +38,7 @@ _WINDOW_RECORDS = 4096
 
 
 _region = maker(Region)
-"""`Region(...)` at half the cost (`core.slotmake`): a 100,000-storage zip has 300,000 regions."""
+"""`Region(...)` at half the cost (`core.slotinit`): a 100,000-storage zip has 300,000 regions."""
 
 
 def read_layout(ckpt: Checkpoint) -> list[Region]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ckptui.core.dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES, contiguous_strides
 from ckptui.core.errors import CorruptFile
-from ckptui.core.slotmake import maker
+from ckptui.core.slotinit import maker
 from ckptui.core.tree import Checkpoint, Node, NodeKind, Storage, TensorInfo
 from ckptui.formats.source import Source, corrupt
 from ckptui.unpickler.recorded import MAX_DIM, MAX_DIMS
@@ -243,7 +243,7 @@ def _check_spans(path: str, header: dict[str, Any]) -> int:
     return expected
 
 
-# the objects of every tensor, built at half a constructor call's cost (`core.slotmake`)
+# the objects of every tensor, built at half a constructor call's cost (`core.slotinit`)
 _storage = maker(Storage)
 _tensor_info = maker(TensorInfo)
 _node = maker(Node)

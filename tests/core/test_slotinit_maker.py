@@ -1,4 +1,4 @@
-"""`core.slotmake.maker` builds the very objects the tree's classes build, at half the cost.
+"""`core.slotinit.maker` builds the very objects the tree's classes build, at half the cost.
 
 Readers make a `Node`, a `TensorInfo` and a `Storage` per tensor through makers (issue 16), so
 everything else sees them: equality, hashing, repr, `replace`, freezing and the defaults must be
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ckptui.core.slotmake import maker
+from ckptui.core.slotinit import maker
 from ckptui.core.tree import Node, NodeKind, Storage, TensorInfo
 
 
