@@ -60,11 +60,17 @@ def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
 def _gc_paused(fn: Callable[[], T]) -> Callable[[], T]:
     """`fn` run with the cyclic GC paused: the workers after the open build a result per
     tensor, and a full collection they trigger holds the GIL for 50-100 ms at 100,000 keys,
-    a stall of the UI thread (the tree itself is frozen out of the collector by `_show`)."""
+    a stall of the UI thread (the tree itself is frozen out of the collector by `_show`).
+
+    What it built is frozen before the collector resumes: the results live as long as the
+    screen, and left young they made the first collection after it (on whichever thread
+    allocates next, often the UI thread) walk all of them at once."""
 
     def run() -> T:
         with gc_paused():
-            return fn()
+            out = fn()
+            gc.freeze()
+            return out
 
     return run
 
@@ -142,6 +148,7 @@ class BrowseScreen(Screen[None]):
             opening.stage = "summing sizes"
             subtree_sizes(ckpt).largest(ckpt.root)
             summaries = big_summaries(ckpt.root)
+            gc.freeze()  # as `_gc_paused` says; `_show` freezes what the UI adds to it
         return ckpt, index, params, summaries
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
