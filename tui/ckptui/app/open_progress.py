@@ -13,13 +13,10 @@ from __future__ import annotations
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
 from ckptui.core import units
 from ckptui.core.tree import Checkpoint
-from ckptui.formats import check_openable, open_checkpoint
-from ckptui.formats.folder import open_folder
-from ckptui.formats.sharded import is_index_file
+from ckptui.formats import open_checkpoint
 from ckptui.formats.source import is_url
 
 
@@ -44,24 +41,11 @@ class OpenProgress:
                 self.size = st.st_size
 
     def open(self) -> Checkpoint:
-        """`open_checkpoint(path)`, counting the files of a folder as they are read.
+        """`open_checkpoint(path)`, counting the files of a local folder as they are read."""
+        return open_checkpoint(self.path, on_file=self._file_read)
 
-        A local folder or shard index goes to `open_folder` as `open_checkpoint` itself sends
-        it, with an opener that counts each file it opens (so there is no progress hook inside
-        the readers to keep in step with them).
-        """
-        path = self.path
-        if is_url(path):
-            return open_checkpoint(path)
-        check_openable(path)  # first, as open_checkpoint: an unreadable path is its one line
-        if Path(path).is_dir() or is_index_file(path):
-            return open_folder(path, self._open_file)
-        return open_checkpoint(path)
-
-    def _open_file(self, path: str, **kwargs: Any) -> Checkpoint:
-        ckpt = open_checkpoint(path, **kwargs)
+    def _file_read(self) -> None:
         self.files += 1
-        return ckpt
 
     def text(self) -> str:
         """The header line while opening (plain text: it quotes the path)."""
