@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptui.analysis.index import bytes_below, tensor_totals, tensors_below
+from ckptui.analysis.index import bytes_below, tensor_totals
 from ckptui.analysis.training.optim_align import align_shapes
 from ckptui.analysis.training.optim_map import map_optimizers, scalar_value
 from ckptui.core.tree import Checkpoint, NodeKind, walk
@@ -64,21 +64,21 @@ def test_weights_totals_are_the_walks_they_replace(tmp_path: Path) -> None:
     assert top < again
 
 
-def test_tensors_below_is_the_whole_walk_cut_to_the_subtree(tmp_path: Path) -> None:
+def test_tensors_below_a_path_is_the_whole_walk_cut_to_the_subtree(tmp_path: Path) -> None:
     ckpt = _mixed(tmp_path)
     every = list(ckpt.tensors())
     for path, node in [((), ckpt.root), *walk(ckpt.root)]:
         if not node.children:
             continue
         want = [(p, t) for p, t in every if p[: len(path)] == path and len(p) > len(path)]
-        assert list(tensors_below(ckpt, path)) == want, path
+        assert list(ckpt.tensors(below=path)) == want, path
     # a REF inside the subtree to a tensor saved before it, outside: still yielded
-    assert [p for p, _ in tensors_below(ckpt, ("nested",))] == [
+    assert [p for p, _ in ckpt.tensors(below=("nested",))] == [
         ("nested", "x"),
         ("nested", "l", 0),
         ("nested", "l", 1, "y"),
     ]
-    assert list(tensors_below(ckpt, ("no such key",))) == []
+    assert list(ckpt.tensors(below=("no such key",))) == []
 
 
 def test_tensor_rows_are_tensor_json(tmp_path: Path) -> None:

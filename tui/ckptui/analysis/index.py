@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ckptui.core.keypath import path_text
@@ -21,7 +21,6 @@ from ckptui.core.tree import (
     Node,
     NodeKind,
     TensorInfo,
-    ref_tensor,
     walk,
 )
 from ckptui.core.units import shape, short_type, size
@@ -117,44 +116,6 @@ def _totals(node: Node, find: Callable[[KeyPath], Node | None] | None) -> tuple[
             stack.extend(n.children)
     # the walk's own root is not one of the pairs below it (a tensor root is `tensor_totals`')
     return total, count - (node.kind is tensor), gone
-
-
-def tensors_below(ckpt: Checkpoint, base: KeyPath) -> Iterator[tuple[KeyPath, TensorInfo]]:
-    """The (path, tensor) pairs `ckpt.tensors()` yields strictly below `base`, in its order,
-    walking only that subtree: the optimizer map wants the weights' tensors, and walking the
-    whole tree for them also walked the optimizer state (90,000 of train30k's 120,000 tensors).
-
-    A REF yields when its target is a tensor node, as in `tensors()`: one seen in this walk,
-    else the target `ckpt.find`s (a tensor first saved outside the subtree; of repeated keys,
-    which only a crafted pickle has, the first)."""
-    node = ckpt.find(base)
-    if node is None:
-        return
-    tensor_at: dict[KeyPath, TensorInfo] = {}
-    tensor, ref = NodeKind.TENSOR, NodeKind.REF
-    # `Checkpoint.tensors`' walk: a path made only for what is yielded or entered
-    stack: list[tuple[KeyPath, Iterator[Node]]] = [(base, iter(node.children))]
-    while stack:
-        parent, it = stack[-1]
-        n = next(it, None)
-        if n is None:
-            stack.pop()
-            continue
-        kind = n.kind
-        if kind is ref:
-            if n.value:
-                t = tensor_at.get(n.value)
-                if t is None:
-                    target = ckpt.find(n.value)
-                    t = target.value if target is not None and target.kind is tensor else None
-                if t is not None:
-                    yield (*parent, n.key), ref_tensor(n, t)
-        elif kind is tensor:
-            path = (*parent, n.key)
-            tensor_at[path] = n.value
-            yield path, n.value
-        if n.children:
-            stack.append(((*parent, n.key), iter(n.children)))
 
 
 def bytes_below_all(root: Node) -> dict[int, int]:

@@ -30,7 +30,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ckptui.analysis.index import tensors_below
 from ckptui.analysis.roles import is_module, optimizers_of, weights_path
 from ckptui.analysis.training.optim_align import Shape, align_groups, align_shapes, describe_break
 from ckptui.core.dtypes import DTYPES
@@ -132,7 +131,7 @@ def _parameters(
     seen_obj: set[object] = set()
     seen_view: dict[tuple, str] = {}
     tied: list[str] = []
-    for path, t in tensors_below(ckpt, wpath):
+    for path, t in ckpt.tensors(below=wpath):
         if module:
             # The module says it: a Parameter lives in some `_parameters`, a buffer in `_buffers`.
             # A REF to an already-seen Parameter is a tied one: listed once (its TensorInfo
