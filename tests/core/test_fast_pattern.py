@@ -251,13 +251,29 @@ def test_a_slot_a_binget_can_name_is_never_dropped(
     assert got["tree"]["children"][-1]["type"] == "collections.OrderedDict"
 
 
-def test_a_false_alarm_in_a_string_only_declines(
+def test_a_false_alarm_in_a_string_is_told_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # `j` and a dropped slot's bytes inside a string (or among an optimizer's parameter
+    # indices) read nothing: the slot is PUT only where it was dropped, so the file stays on
+    # the confined path (it once declined, sending a 30,000-parameter training file to the
+    # inert loop at 4x the cost).
     body = _globals() + _span(0, 1, 2, 300, 301) + _text("j" + "\x2d\x01\x00\x00")
     path = _zip_with(tmp_path, body)
-    (status, _), _, used = _three_ways(path, monkeypatch)
+    (status, _), fused, used = _three_ways(path, monkeypatch)
+    assert (status, fused, used) == ("ok", 1, [True])
+
+
+def test_a_real_read_of_a_slot_put_once_goes_to_the_inert_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real LONG_BINGET of the dropped hooks slot, never PUT elsewhere: the rewritten stream
+    # never fills it, the C unpickler raises, and the inert loop reads the file (exactly).
+    body = _globals() + _span(0, 1, 2, 300, 301) + _get(300)
+    path = _zip_with(tmp_path, body)
+    (status, got), _, used = _three_ways(path, monkeypatch)
     assert (status, used) == ("ok", [False])
+    assert got["tree"]["children"][-1]["type"] == "collections.OrderedDict"
 
 
 @pytest.mark.parametrize("f", ["os\nsystem", "torch._utils\n_rebuild_parameter", "builtins\neval"])

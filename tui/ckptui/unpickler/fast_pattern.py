@@ -31,10 +31,11 @@ Why the rewritten run reads the same as the original (everything else is left to
   tuple, the storage and the size and stride tuples keep their PUTs. What no longer exists
   are the hooks dict and the args tuple, whose PUTs d and e are dropped. A memo slot can be
   read back only by a BINGET or LONG_BINGET naming it, so the pattern takes there only
-  LONG_BINPUTs of an index of 256 or more (which no BINGET can name) or none, and `pieces`
-  declines the pickle when any `j` followed by the four bytes of a dropped index appears
-  anywhere in it (a byte in a string counts too: a false alarm only sends the file to the
-  inert loop). MEMOIZE numbers its slot by how many are filled, which dropping PUTs changes,
+  LONG_BINPUTs of an index of 256 or more (which no BINGET can name) or none. A slot filled
+  only by its dropped PUT is never filled in the rewritten stream, so a LONG_BINGET of it
+  raises in the C unpickler and the inert loop reads the file. `pieces` declines the pickle
+  when a `j` followed by the four bytes of a dropped index appears anywhere in it (a byte in a
+  string counts too) and that index may be PUT somewhere else as well (`_put_elsewhere`). MEMOIZE numbers its slot by how many are filled, which dropping PUTs changes,
   so a pickle using protocol 3-5 opcodes is declined once a run has been fused.
 - The fused call is unforgeable: every REDUCE of the file becomes `func((args,))` and every
   NEWOBJ `cls((args, None))` (`confined.py`), so only this rewrite makes a call of three.
