@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from ckptui.core.dtypes import SAFETENSORS_DTYPES, SUB_BYTE_NAMES, contiguous_strides
@@ -86,45 +87,12 @@ def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> 
     data_start = 8 + n
     data_len = src.size - data_start
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and (
-        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
-    ):
-        raise corrupt(path, "safetensors __metadata__ must map strings to strings")
+    _check_metadata(path, metadata)
     children: list[Node] = []
     storages = src.storages
     prefix = "" if storage_file is None else f"{storage_file}:"
     tensor_kind = NodeKind.TENSOR
-    # (dtype code, repr of the shape) -> what `_describe` made of them: an MoE shard holds
-    # hundreds of tensors of a few shapes, and each costs a dict lookup instead of a validation
-    # (issue 16). The repr, not a tuple: JSON's 4.0 and true equal 4 and 1 as keys do, and the
-    # full check refuses them, while a repr is the same only for the same list of ints.
-    seen: dict[tuple[str, str], _Described] = {}
-    # The writers put the data in header order, so holes and overlaps are checked as the
-    # entries go by: `expected` is where the next one must begin. An entry out of order
-    # leaves the check to the sort after the loop, which gives the same answer for any order.
-    expected = 0
-    ordered = True
-    for name, entry in header.items():
-        described = None
-        if type(entry) is dict:
-            code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-            if type(code) is str and type(shape) is list:
-                described = seen.get((code, repr(shape)))
-        if (
-            described is None
-            or type(offsets) is not list
-            or len(offsets) != 2
-            or type(begin := offsets[0]) is not int
-            or type(end := offsets[1]) is not int
-            or not 0 <= begin <= end <= data_len
-            or end - begin != described[4]
-        ):  # inline, not a helper: it runs per tensor
-            described = _describe(path, name, entry, data_len)  # raises the exact problem
-            seen[entry["dtype"], repr(entry["shape"])] = described
-            begin, end = entry["data_offsets"]
-        if begin != expected:
-            ordered = False
-        expected = end
+    for name, described, begin in _entries(path, header, data_len):
         shape_t, dtype, stride, itemsize, nbytes = described
         skey = prefix + name if prefix else name
         storages[skey] = _storage(
@@ -133,14 +101,6 @@ def _read_header(src: Source, n: int, header: Any, storage_file: str | None) -> 
         info = _tensor_info(shape_t, dtype, stride, skey, 0, itemsize, "cpu")
         # what Node.make does for a tensor without rare fields, without its checks
         children.append(_node(tensor_kind, "torch.Tensor", name, (), info, None))
-    if not ordered:
-        expected = _check_spans(path, header)
-    if expected != data_len:
-        raise corrupt(
-            path,
-            f"tensor data ends at {expected:,} but the file holds {data_len:,} "
-            "bytes after the header",
-        )
     if metadata:
         meta_nodes = tuple(
             Node.make(NodeKind.VALUE, "str", k, value=v) for k, v in metadata.items()
@@ -168,16 +128,43 @@ def header_rows(path: str, header: Any, data_len: int, data_start: int) -> dict[
     """
     if not isinstance(header, dict):
         raise corrupt(path, "safetensors header is not a JSON object")
-    metadata = header.get("__metadata__")
+    _check_metadata(path, header.get("__metadata__"))
+    return {
+        name: (described[0], described[1], data_start + begin)
+        for name, described, begin in _entries(path, header, data_len)
+    }
+
+
+def _check_metadata(path: str, metadata: Any) -> None:
+    """`__metadata__`, when present, must map strings to strings (as safetensors insists)."""
     if metadata is not None and (
         not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
     ):
         raise corrupt(path, "safetensors __metadata__ must map strings to strings")
-    rows: dict[str, Row] = {}
+
+
+def _entries(
+    path: str, header: dict[str, Any], data_len: int
+) -> Iterator[tuple[str, _Described, int]]:
+    """(name, what `_describe` makes of it, offset of its data after the header) of each
+    tensor entry of `header` (`__metadata__` skipped), each checked as it goes by; after the
+    last, that the data has no holes or overlaps and ends where the file does. The reader and
+    an export's verification (`header_rows`) check a header by these same rules.
+
+    Raises:
+        CorruptFile: at the first entry, hole, overlap or end that is wrong.
+    """
+    # (dtype code, repr of the shape) -> what `_describe` made of them: an MoE shard holds
+    # hundreds of tensors of a few shapes, and each costs a dict lookup instead of a validation
+    # (issue 16). The repr, not a tuple: JSON's 4.0 and true equal 4 and 1 as keys do, and the
+    # full check refuses them, while a repr is the same only for the same list of ints.
     seen: dict[tuple[str, str], _Described] = {}
+    # The writers put the data in header order, so holes and overlaps are checked as the
+    # entries go by: `expected` is where the next one must begin. An entry out of order
+    # leaves the check to the sort after the loop, which gives the same answer for any order.
     expected = 0
     ordered = True
-    for name, entry in header.items():  # `_read_header`'s loop, making a row, not objects
+    for name, entry in header.items():
         if name == "__metadata__":
             continue
         described = None
@@ -193,14 +180,14 @@ def header_rows(path: str, header: Any, data_len: int, data_start: int) -> dict[
             or type(end := offsets[1]) is not int
             or not 0 <= begin <= end <= data_len
             or end - begin != described[4]
-        ):
-            described = _describe(path, name, entry, data_len)
+        ):  # inline, not a helper: it runs per tensor
+            described = _describe(path, name, entry, data_len)  # raises the exact problem
             seen[entry["dtype"], repr(entry["shape"])] = described
             begin, end = entry["data_offsets"]
         if begin != expected:
             ordered = False
         expected = end
-        rows[name] = (described[0], described[1], data_start + begin)
+        yield name, described, begin
     if not ordered:
         expected = _check_spans(path, {k: v for k, v in header.items() if k != "__metadata__"})
     if expected != data_len:
@@ -209,7 +196,6 @@ def header_rows(path: str, header: Any, data_len: int, data_start: int) -> dict[
             f"tensor data ends at {expected:,} but the file holds {data_len:,} "
             "bytes after the header",
         )
-    return rows
 
 
 def parse_header(path: str, raw: bytes) -> Any:
