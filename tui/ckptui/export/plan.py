@@ -20,7 +20,7 @@ from ckptui.core.dtypes import DTYPES, SAFETENSORS_CODE
 from ckptui.core.errors import ExportError
 from ckptui.core.keypath import describe_path, path_text
 from ckptui.core.slotinit import maker
-from ckptui.core.tree import Checkpoint, KeyPath, NodeKind, TensorInfo
+from ckptui.core.tree import Checkpoint, KeyPath, NodeKind, TensorInfo, walk_matching
 from ckptui.export.quantized import Gathered, gather
 from ckptui.export.writers import predicted_size
 from ckptui.formats.naming import output_stem
@@ -303,18 +303,8 @@ def missing_entries(ckpt: Checkpoint, keep: list[KeyPath]) -> list[tuple[KeyPath
         node = ckpt.find(base)
         if node is None or node.kind is NodeKind.TENSOR:
             continue
-        # `walk`, making a path only for a missing row: 100,000 tensors are 100,000 tuples
-        stack = [(base, iter(node.children))]
-        while stack:
-            parent, it = stack[-1]
-            n = next(it, None)
-            if n is None:
-                stack.pop()
-                continue
-            if n.kind is value and n.type == "missing":
-                out.append(((*parent, n.key), n.text or "missing"))
-            if n.children:
-                stack.append(((*parent, n.key), iter(n.children)))
+        for path, n in walk_matching(node, lambda n: n.kind is value and n.type == "missing", base):
+            out.append((path, n.text or "missing"))
     return out
 
 

@@ -26,12 +26,11 @@ that needs nothing allowed.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, Node, NodeKind
+from ckptui.core.tree import Checkpoint, NodeKind, walk_matching
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats.naming import output_stem
 from ckptui.formats.opening import open_source
@@ -250,24 +249,13 @@ def _verdict(name: str) -> tuple[bool, str, str]:
 def _where(ckpt: Checkpoint) -> dict[str, tuple[Any, ...]]:
     """First tree path of each placeholder type (`argparse.Namespace`, `numpy.ndarray`)."""
     out: dict[str, tuple[Any, ...]] = {}
-    obj, ref = NodeKind.OBJECT, NodeKind.REF
-    # `walk(refs=False)` inlined, making a path only for a node kept or entered: most of a big
-    # tree is childless tensors. Refs are left out: each names an earlier node of its own
-    # type, so setdefault keeps that one.
-    stack: list[tuple[tuple[Any, ...], Iterator[Node]]] = [((), iter(ckpt.root.children))]
-    while stack:
-        parent, it = stack[-1]
-        node = next(it, None)
-        if node is None:
-            stack.pop()
-            continue
-        kind = node.kind
-        if kind is ref and not node.children:
-            continue
-        if kind is obj or node.type == "numpy.ndarray":
-            out.setdefault(node.type, (*parent, node.key))
-        if node.children:
-            stack.append(((*parent, node.key), iter(node.children)))
+    obj = NodeKind.OBJECT
+    # Refs are left out (`walk_matching`): each names an earlier node of its own type, so
+    # setdefault keeps that one.
+    for path, node in walk_matching(
+        ckpt.root, lambda n: n.kind is obj or n.type == "numpy.ndarray"
+    ):
+        out.setdefault(node.type, path)
     return out
 
 
