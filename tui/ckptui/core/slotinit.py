@@ -37,20 +37,12 @@ def fast_init(cls: type) -> type:
     `__post_init__`) by one setting the slots through their descriptors; returns `cls`."""
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__: fast_init would skip it")
-    ns: dict[str, Any] = {}
-    params: list[str] = []
-    body: list[str] = []
-    for f in fields(cls):
-        if f.default_factory is not MISSING:
-            raise TypeError(f"{cls.__name__}.{f.name} has a default factory")
-        ns[f"set_{f.name}"] = cls.__dict__[f.name].__set__
-        if f.default is not MISSING:
-            ns[f"default_{f.name}"] = f.default
-        if not f.init:
-            body.append(f"    set_{f.name}(self, default_{f.name})")
-            continue
-        params.append(f.name if f.default is MISSING else f"{f.name}=default_{f.name}")
-        body.append(f"    set_{f.name}(self, {f.name})")
+    ns: dict[str, Any] = {f"set_{f.name}": cls.__dict__[f.name].__set__ for f in fields(cls)}
+    code = _fields_code(cls, ns, lambda name, value: f"set_{name}(self, {value})")
+    if code is None:
+        name = next(f.name for f in fields(cls) if f.default_factory is not MISSING)
+        raise TypeError(f"{cls.__name__}.{name} has a default factory")
+    params, body = code
     src = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body) + "\n"
     exec(src, ns)  # noqa: S102  # our own field names, as dataclasses itself does
     init = ns["__init__"]
@@ -58,6 +50,28 @@ def fast_init(cls: type) -> type:
     init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init  # type: ignore[misc]
     return cls
+
+
+def _fields_code(
+    cls: type, ns: dict[str, Any], store: Callable[[str, str], str]
+) -> tuple[list[str], list[str]] | None:
+    """(parameters, body lines) of a function setting each of `cls`'s fields, as the
+    dataclass's own `__init__` takes them (names, order, defaults, `init=False` fields set to
+    their default), `store(name, value)` writing one line's statement; the defaults go into
+    `ns`. None when a field has a default factory (neither function supports one)."""
+    params: list[str] = []
+    body: list[str] = []
+    for f in fields(cls):
+        if f.default_factory is not MISSING:
+            return None
+        if f.default is not MISSING:
+            ns[f"default_{f.name}"] = f.default
+        if not f.init:
+            body.append("    " + store(f.name, f"default_{f.name}"))
+            continue
+        params.append(f.name if f.default is MISSING else f"{f.name}=default_{f.name}")
+        body.append("    " + store(f.name, f.name))
+    return params, body
 
 
 def maker(cls: type) -> Callable[..., Any]:
@@ -85,19 +99,16 @@ def maker(cls: type) -> Callable[..., Any]:
     except TypeError:  # pragma: no cover - layouts differ on some other interpreter
         return cls
     ns: dict[str, Any] = {"_sm_new": object.__new__, "_sm_twin": twin, "_sm_cls": cls}
-    params: list[str] = []
-    body = ["    self = _sm_new(_sm_twin)"]
-    for f in fields(cls):
-        if f.default_factory is not MISSING:
-            return cls
-        if f.default is not MISSING:
-            ns[f"default_{f.name}"] = f.default
-        if not f.init:
-            body.append(f"    self.{f.name} = default_{f.name}")
-            continue
-        params.append(f.name if f.default is MISSING else f"{f.name}=default_{f.name}")
-        body.append(f"    self.{f.name} = {f.name}")
-    body += ["    self.__class__ = _sm_cls", "    return self"]
+    code = _fields_code(cls, ns, lambda name, value: f"self.{name} = {value}")
+    if code is None:
+        return cls
+    params, stores = code
+    body = [
+        "    self = _sm_new(_sm_twin)",
+        *stores,
+        "    self.__class__ = _sm_cls",
+        "    return self",
+    ]
     src = f"def make({', '.join(params)}):\n" + "\n".join(body) + "\n"
     exec(src, ns)  # noqa: S102  # our own field names, as dataclasses itself does
     make = ns["make"]
