@@ -23,6 +23,22 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if "ckptui-tmp" in p.name]
 
 
+def flip_a_chunk(monkeypatch, n: int) -> None:
+    """The writer's `n`-th chunk of source bytes (from 1) gets its first byte flipped."""
+    real = writers_mod.SourceBytes.chunks
+    state = {"n": 0}
+
+    def corrupt(self, item):
+        for chunk in real(self, item):
+            state["n"] += 1
+            data = bytes(chunk)
+            if state["n"] == n:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            yield data
+
+    monkeypatch.setattr(writers_mod.SourceBytes, "chunks", corrupt)
+
+
 def test_pth_of_a_dataparallel_checkpoint_loads_strictly(dp_ckpt, tmp_path: Path) -> None:
     src, ck = dp_ckpt
     before = digest(src)
@@ -154,18 +170,7 @@ def test_interrupted_or_full_disk_leaves_nothing(dp_ckpt, tmp_path: Path, error)
 def test_failed_verification_leaves_nothing(dp_ckpt, tmp_path, monkeypatch) -> None:
     src, _ = dp_ckpt
     plan = make_plan(open_checkpoint(src))
-    real = writers_mod.SourceBytes.chunks
-    state = {"n": 0}
-
-    def corrupt(self, item):
-        for chunk in real(self, item):
-            state["n"] += 1
-            data = bytes(chunk)
-            if state["n"] == 2:  # the writer's second chunk gets one flipped byte
-                data = bytes([data[0] ^ 1]) + data[1:]
-            yield data
-
-    monkeypatch.setattr(writers_mod.SourceBytes, "chunks", corrupt)
+    flip_a_chunk(monkeypatch, 2)  # the writer's second chunk gets one flipped byte
     out = tmp_path / "w.pth"
     with pytest.raises(ExportError, match="verification failed"):
         export(plan, out)

@@ -18,9 +18,7 @@ from ckptui.export import run as run_mod
 from ckptui.export import writers as writers_mod
 from ckptui.formats import open_checkpoint
 
-
-def _leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if "ckptui-tmp" in p.name]
+from .test_export import flip_a_chunk, leftovers
 
 
 @pytest.fixture
@@ -40,27 +38,16 @@ def test_a_good_export_verifies_and_loads(plan, tmp_path: Path) -> None:
     assert result.verified and out.stat().st_size == result.predicted_bytes
     got = load_file(str(out))
     assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
-    assert _leftovers(out.parent) == []
+    assert leftovers(out.parent) == []
 
 
 def test_a_flipped_data_byte_fails(plan, tmp_path: Path, monkeypatch) -> None:
     p, _ = plan
-    real = writers_mod.SourceBytes.chunks
-    seen = {"n": 0}
-
-    def flipped(self, item):
-        for chunk in real(self, item):
-            seen["n"] += 1
-            data = bytes(chunk)
-            if seen["n"] == 3:
-                data = bytes([data[0] ^ 1]) + data[1:]
-            yield data
-
-    monkeypatch.setattr(writers_mod.SourceBytes, "chunks", flipped)
+    flip_a_chunk(monkeypatch, 3)
     out = tmp_path / "w.safetensors"
     with pytest.raises(ExportError, match=r"verification failed: .* differs from the source"):
         export(p, out)
-    assert not out.exists() and _leftovers(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_a_header_not_matching_the_plan_fails(plan, tmp_path: Path, monkeypatch) -> None:
@@ -78,7 +65,7 @@ def test_a_header_not_matching_the_plan_fails(plan, tmp_path: Path, monkeypatch)
     out = tmp_path / "w.safetensors"
     with pytest.raises(ExportError, match=r"layer\.2\.weight was not written as planned"):
         export(p, out)
-    assert not out.exists() and _leftovers(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_a_truncated_file_fails(plan, tmp_path: Path, monkeypatch) -> None:
@@ -94,7 +81,7 @@ def test_a_truncated_file_fails(plan, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "w.safetensors"
     with pytest.raises(CkptError, match="are outside the data"):
         export(p, out)
-    assert not out.exists() and _leftovers(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_a_damaged_header_length_fails(plan, tmp_path: Path, monkeypatch) -> None:
@@ -112,4 +99,4 @@ def test_a_damaged_header_length_fails(plan, tmp_path: Path, monkeypatch) -> Non
     out = tmp_path / "w.safetensors"
     with pytest.raises(CkptError, match="larger than the file allows"):
         export(p, out)
-    assert not out.exists() and _leftovers(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == []
