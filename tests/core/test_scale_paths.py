@@ -2,7 +2,8 @@
 
 A streamed rewrite that declines late is undone as a whole; the ASCII record lookup agrees with
 miniz's byte rule; the central directory's `sizes` agree with its records; the shared empty
-`PDict` containers cannot be written behind `set`; the collector pause nests;
+`PDict` containers cannot be written behind `set`; the collector pause nests and leaves what
+it made to the full collections;
 walks over a list of references neither make a path per reference nor miss a tensor reached
 through one.
 """
@@ -13,6 +14,7 @@ import dataclasses
 import gc
 import inspect
 import struct
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,30 @@ def test_gc_paused_restores_what_it_found() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_gc_paused_leaves_its_objects_to_the_full_collections() -> None:
+    """What the block made goes to the oldest generation, so no young collection walks it
+    right after, and a cycle made there is still collected (by a full collection)."""
+    with gc_paused():
+        made = [[] for _ in range(10_000)]
+    assert gc.get_count()[0] < 100  # the block's allocations no longer count as young
+    young = {id(o) for o in gc.get_objects(generation=0)}
+    assert id(made) not in young and id(made[0]) not in young
+    assert any(o is made for o in gc.get_objects(generation=2))
+    gone: list[Any] = []
+
+    class Box(list):  # type: ignore[type-arg]
+        pass
+
+    with gc_paused():
+        box = Box()
+        box.append(box)
+        ref = weakref.ref(box, gone.append)
+    del box
+    assert ref() is not None  # a cycle: reference counting alone cannot free it
+    gc.collect()
+    assert ref() is None and gone
 
 
 def _refs_pickle(path: Path, n: int) -> None:

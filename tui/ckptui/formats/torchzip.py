@@ -16,7 +16,7 @@ from typing import Any
 
 from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.core.errors import CkptError
-from ckptui.core.tree import Checkpoint, Storage
+from ckptui.core.tree import Checkpoint, Storage, new_storage
 from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location
 from ckptui.formats.torch_archives import archive_kind, read_package, read_pt2
 from ckptui.formats.torchscript_code import scan_code
@@ -278,7 +278,7 @@ class ZipCheckpoint:
                 f"the pickle declares {ref.nbytes:,}: torch.load would fail",
             )
         # positional: `ref.entry`'s keywords cost a third of this per-storage call
-        return Storage(ref.key, ref.dtype, ref.nbytes, ref.location, None, record, off, have)
+        return new_storage(ref.key, ref.dtype, ref.nbytes, ref.location, None, record, off, have)
 
     def facts(self) -> dict[str, Any]:
         """Format facts for `Checkpoint.info`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckptui.core.dtypes import NUMPY_KINDS, itemsize_of
-from ckptui.core.tree import Storage
+from ckptui.core.tree import Storage, new_storage
 from ckptui.unpickler.inert import Malformed, PDict, confined_build
 
 MAX_DIMS = 64
@@ -39,7 +39,7 @@ class StorageRef:
         """The storage-table entry for this storage, located where the reader found its bytes
         (no `data_offset`: the bytes are missing)."""
         # positional: once per storage, and keywords cost a third of the call
-        return Storage(
+        return new_storage(
             self.key, self.dtype, self.nbytes, self.location, None, record, data_offset,
             record_nbytes,
         )  # fmt: skip

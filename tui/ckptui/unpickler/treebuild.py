@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from ckptui.core.dtypes import itemsize_of
-from ckptui.core.tree import Key, KeyPath, Node, NodeKind, TensorInfo
+from ckptui.core.tree import Key, KeyPath, Node, NodeKind, TensorInfo, new_node, new_tensor_info
 from ckptui.unpickler.inert import Blob, Global, PDict, PObject, PSet
 from ckptui.unpickler.recorded import (
     NumpyArray,
@@ -69,7 +69,7 @@ class TreeBuilder:
                 # A small tuple shared through the memo (two param groups given one `betas`):
                 # the row shows its value, not only where it was first seen.
                 return Node.make(NodeKind.REF, first[1], key, target=first[0], text=_short(obj))
-            return Node(NodeKind.REF, first[1], key, (), first[0])
+            return new_node(NodeKind.REF, first[1], key, (), first[0])
         if type(obj) is TensorRec and depth < MAX_DEPTH:
             # Most nodes of a big state dict: straight here, past the type tests below.
             self._seen[id(obj)] = (path, obj.type)
@@ -200,7 +200,7 @@ class TreeBuilder:
             key = k if type(k) is str else _key(k)
             first = seen.get(id(v)) if plain and type(v) is not tuple else None
             if first is not None:  # `_node`'s plain ref, without making this child's path
-                out.append(Node(NodeKind.REF, first[1], key, (), first[0]))
+                out.append(new_node(NodeKind.REF, first[1], key, (), first[0]))
             elif plain and type(v) is TensorRec and tensors:  # `_node`'s tensor, a call sooner
                 seen[id(v)] = (child := (*path, key), v.type)
                 self._keep.append(v)
@@ -217,7 +217,7 @@ class TreeBuilder:
         for i, v in enumerate(obj):
             first = None if self._path_names or type(v) is tuple else seen.get(id(v))
             if first is not None:
-                out.append(Node(NodeKind.REF, first[1], i, (), first[0]))
+                out.append(new_node(NodeKind.REF, first[1], i, (), first[0]))
             else:
                 out.append(self._node(v, i, (*path, i), depth + 1))
         return tuple(out)
@@ -225,7 +225,7 @@ class TreeBuilder:
     def _tensor(self, t: TensorRec, key: Key, path: KeyPath, depth: int) -> Node:
         st = t.storage
         # Positional: keywords cost half of this call, made once per tensor (issue 16).
-        info = TensorInfo(
+        info = new_tensor_info(
             t.shape,
             t.dtype,
             t.stride,
@@ -240,7 +240,7 @@ class TreeBuilder:
             self._names.get(id(t)) if self._names else None,
         )
         if not t.has_parts:  # what `Node.make` would build, without its keyword handling
-            return Node(NodeKind.TENSOR, t.type, key, (), info, None)
+            return new_node(NodeKind.TENSOR, t.type, key, (), info, None)
         children = tuple(self._node(v, name, (*path, name), depth + 1) for name, v in t.parts)
         return Node.make(NodeKind.TENSOR, t.type, key, children, tensor=info)
 
