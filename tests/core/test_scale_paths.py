@@ -5,7 +5,7 @@ miniz's byte rule; the central directory's `sizes` agree with its records; the s
 `PDict` containers cannot be written behind `set`; the collector pause nests and leaves what
 it made to the full collections;
 walks over a list of references neither make a path per reference nor miss a tensor reached
-through one.
+through one; a legacy file's storage counts read from the mapping are what a `pread` each reads.
 """
 
 from __future__ import annotations
@@ -250,3 +250,50 @@ def test_fast_init_builds_what_the_dataclass_init_builds() -> None:
 
     with pytest.raises(TypeError):
         fast_init(Factory)
+
+
+def _pread_count(src: Source, pos: int, count: int, end: int) -> int:
+    """`Source.expect_count` as it was: one `pread` of the 8 bytes."""
+    raw = src.read_at(pos, 8)
+    return struct.unpack("<q", raw)[0] if len(raw) == 8 else -1
+
+
+@pytest.mark.parametrize("cut", [0, 3, 8, 20, 47, 48])
+def test_legacy_counts_from_the_mapping_are_the_preads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: int
+) -> None:
+    """The legacy reader's storage table, from the mapped counts, is what a `pread` per
+    count gives, whole or cut anywhere in its storages, and a count that disagrees with the
+    pickle is refused the same way."""
+    path = tmp_path / "legacy.pt"
+    sd = {"a": torch.arange(4.0), "b": torch.ones(2, dtype=torch.int64), "c": torch.zeros(3)}
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    tail = 8 * 3 + 16 + 16 + 12  # the three counts and their bytes end the file
+    variants = {"cut": data[: len(data) - cut]}
+    bad = bytearray(data)
+    bad[len(data) - tail : len(data) - tail + 8] = struct.pack("<q", 5)  # a wrong first count
+    variants["bad"] = bytes(bad)
+    for name, blob in variants.items():
+        p = tmp_path / f"{name}.pt"
+        p.write_bytes(blob)
+
+        def table(path: Path = p) -> Any:
+            try:
+                ckpt = open_checkpoint(str(path))
+            except Exception as e:  # noqa: BLE001  # the message is what is compared
+                return type(e).__name__, str(e)
+            kinds = [f.kind for f in ckpt.findings]
+            return dict(ckpt.storages), kinds
+
+        mapped = table()
+        with monkeypatch.context() as m:
+            m.setattr(Source, "expect_count", _pread_count)
+            assert table() == mapped
+        if name == "bad":
+            assert mapped[0] == "CorruptFile" and "holds 5 elements" in mapped[1]
+        elif cut:
+            assert "truncated" in mapped[1]
+            assert any(s.data_offset is None for s in mapped[0].values())
+        else:
+            assert all(s.data_offset is not None for s in mapped[0].values())

@@ -14,6 +14,7 @@ from pathlib import PurePath
 from typing import Any, ClassVar
 
 from ckptui.core.bulk import gc_paused
+from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, Finding, KeyPath, Node, Severity, Storage
 from ckptui.unpickler.confined import ConfinedUnpickler
@@ -26,6 +27,11 @@ from ckptui.unpickler.treebuild import MAX_DEPTH, TreeBuilder
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 """First pickle of the legacy format (torch/serialization.py)."""
 
+STORAGE_ITEMS = {cls: (dtype, itemsize_of(dtype)) for cls, dtype in STORAGE_DTYPES.items()}
+"""Storage class -> (dtype, bytes per element), looked up once per storage by the readers of
+torch's persistent ids (zip and legacy)."""
+_COUNT = struct.Struct("<q")
+"""A legacy storage's element count (`Source.expect_count`)."""
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -128,9 +134,13 @@ class Source:
     def expect_count(self, pos: int, count: int, end: int) -> int:
         """The 8-byte element count of a legacy storage at `pos`, or -1 past the file's end.
         (`count`, what the pickle declares, and `end`, where the storage ends, let a remote
-        source predict it instead of asking: see `RemoteSource.expect_count`.)"""
-        raw = self.read_at(pos, 8)
-        return struct.unpack("<q", raw)[0] if len(raw) == 8 else -1
+        source predict it instead of asking: see `RemoteSource.expect_count`.)
+
+        Read from the mapping (`buf`), not by `read_at`: a `pread` per storage was a fifth of
+        a 100,000-tensor legacy file's open (issue 16); the bytes are the same."""
+        if pos < 0 or pos + 8 > self.size:
+            return -1  # what `read_at` gives there: fewer than 8 bytes
+        return _COUNT.unpack_from(self.buf, pos)[0]  # type: ignore[no-any-return]
 
     def prefetch_zip(self) -> None:
         """Get ready to read the file as a zip. A local file reads its directory and headers

@@ -14,10 +14,15 @@ import zipfile
 import zlib
 from typing import Any
 
-from ckptui.core.dtypes import STORAGE_DTYPES, itemsize_of
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, Storage, new_storage
-from ckptui.formats.source import Source, assemble, corrupt, parse_pid_location
+from ckptui.formats.source import (
+    STORAGE_ITEMS,
+    Source,
+    assemble,
+    corrupt,
+    parse_pid_location,
+)
 from ckptui.formats.torch_archives import archive_kind, read_package, read_pt2
 from ckptui.formats.torchscript_code import scan_code
 from ckptui.formats.zipdir import (
@@ -39,8 +44,6 @@ MAX_INFLATED_PICKLE_BYTES = 256 << 20
 only a hand-made zip compresses one, and a 4 MB zip can claim 4 GB (a decompression bomb)."""
 _INFLATE_CHUNK = 1 << 20
 """A data.pkl larger than this is refused; no real checkpoint comes close."""
-_STORAGE_ITEMS = {cls: (dtype, itemsize_of(dtype)) for cls, dtype in STORAGE_DTYPES.items()}
-"""Storage class -> (dtype, bytes per element), looked up once per storage."""
 _WINDOW = 64 << 10
 """Bytes read at once for the local headers of small storages (`ZipCheckpoint._header`)."""
 _SMALL_RECORD = 16 << 10
@@ -220,11 +223,11 @@ class ZipCheckpoint:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
                 raise Malformed(f"unexpected persistent id {type(pid).__name__}")
             _, cls, key, location, count = pid
-            if not isinstance(cls, Global) or cls.full not in _STORAGE_ITEMS:
+            if not isinstance(cls, Global) or cls.full not in STORAGE_ITEMS:
                 raise Malformed(f"unknown storage class {cls!r}")
             if not isinstance(key, str) or type(count) is not int or not 0 <= count < 1 << 62:
                 raise Malformed("malformed storage persistent id")
-            dtype, itemsize = _STORAGE_ITEMS[cls.full]
+            dtype, itemsize = STORAGE_ITEMS[cls.full]
             nbytes = count * itemsize
             full_key = prefix + key
             if not isinstance(location, str) or len(location) > 100:
