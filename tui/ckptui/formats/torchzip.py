@@ -216,6 +216,7 @@ class ZipCheckpoint:
         refs: dict[str, StorageRef] = {}
         storages = self.src.storages
         prefix = self.key_prefix + key_prefix
+        records = f"{self.archive}/{tensor_dir}"  # each storage's record: this and its key
 
         # Runs once per storage (100,000 times for a MoE state dict, issue 16): the checks of
         # `storage_ref` and `parse_pid_location` inlined, in the same order, same messages.
@@ -238,7 +239,7 @@ class ZipCheckpoint:
             elif ref.nbytes != nbytes:
                 raise Malformed(f"storage {full_key} declared with two sizes")
             if full_key not in storages:  # not `ref is None`: a declined attempt undoes these
-                storages[full_key] = self._storage(ref, f"{tensor_dir}{key}")
+                storages[full_key] = self._storage(ref, f"{records}{key}")
             return ref
 
         # It raises on every id but a storage tuple: the confined path calls it directly.
@@ -250,8 +251,8 @@ class ZipCheckpoint:
         obj, _ = u.load(0, end)
         return obj
 
-    def _storage(self, ref: StorageRef, name: str) -> Storage:
-        record = f"{self.archive}/{name}"
+    def _storage(self, ref: StorageRef, record: str) -> Storage:
+        """The storage-table entry of `ref`, whose bytes are record `record` (its full name)."""
         idx = self.lookup.locate(record)  # `info` without its `ZipRecord`: once per storage
         if idx is None:
             return ref.entry(record)
@@ -273,7 +274,11 @@ class ZipCheckpoint:
             off = at + 30 + n + e
         else:  # not in the window, or no header there: `_data_at` reads it, or raises
             off = self._data_at(header_offset, self.infos.names[idx], file_size)
-        have = max(0, min(file_size, self.end - off))
+        have = self.end - off  # `max(0, min(file_size, ...))`, two calls fewer
+        if have > file_size:
+            have = file_size
+        elif have < 0:
+            have = 0
         if have < ref.nbytes:
             self.src.warn(
                 "short_storage",
@@ -325,7 +330,7 @@ class ZipCheckpoint:
     def storage_entry(self, ref: StorageRef, name: str) -> Storage:
         """The storage-table entry of archive record `name` holding `ref`'s bytes (for the
         readers of torch's other archives, `formats.torch_archives`)."""
-        return self._storage(ref, name)
+        return self._storage(ref, f"{self.archive}/{name}")
 
     def small_text(self, zi: Any, limit: int) -> str:
         """A small record's text, read as `zipfile` would read it (at most `limit` bytes)."""
