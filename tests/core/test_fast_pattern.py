@@ -302,6 +302,22 @@ def test_other_hooks_take_the_general_call(tmp_path: Path, monkeypatch: pytest.M
     assert any("os.system" in x["message"] for x in got["findings"])
 
 
+def test_a_plain_tensor_first_does_not_let_other_names_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain pair is remembered (`confined_fused`): a later tensor naming other hooks or
+    another F, with the same storage class, still takes the general calls and is reported."""
+    body = (
+        _globals() + b"cos\nsystem\n" + _put(3) + b"cbuiltins\neval\n" + _put(4)
+        + _span(0, 1, 2, 300, 301) + _span(0, 1, 3, 302, 303) + _span(4, 1, 2, 304, 305)
+    )  # fmt: skip
+    path = _zip_with(tmp_path, body)
+    (status, got), fused, _ = _three_ways(path, monkeypatch)
+    assert (status, fused) == ("ok", 3)
+    messages = " ".join(x["message"] for x in got["findings"])
+    assert "os.system" in messages and "builtins.eval" in messages
+
+
 def test_a_protocol_4_opcode_after_a_fused_tensor_declines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -176,6 +176,9 @@ class ConfinedUnpickler(InertUnpickler):
     """
 
     exact = False
+    _plain_pair: tuple[Any, Any] = (None, None)
+    """(F, hooks global) of the last fused tensor found to be torch.save's plain one
+    (`confined_fused`): the 100,000 tensors of a state dict name the same two Globals."""
 
     def load(self, pos: int, end: int) -> tuple[Any, int]:
         """As `InertUnpickler.load`, at C speed when the confined path accepts the pickle."""
@@ -273,6 +276,10 @@ class ConfinedUnpickler(InertUnpickler):
         unpickler would have called (the storage is its BINPERSID's, left as it was)."""
         if type(args) is not tuple or len(args) != 7:
             raise Decline("a fused call the rewrite did not make")
+        hooks_type = args[5]
+        if func is self._plain_pair[0] and hooks_type is self._plain_pair[1]:
+            # the pair checked below, again (a Global's name and the recorders never change)
+            return rebuild_tensor_v2(self, args)
         storage, offset, size, stride, grad, hooks_type, empty = args
         if type(hooks_type) is not Global:
             raise Decline("the hooks are not a call")  # the C unpickler's TypeError
@@ -282,9 +289,12 @@ class ConfinedUnpickler(InertUnpickler):
             and self.recorders.get(func.full) is rebuild_tensor_v2
             and self.recorders.get(hooks_type.full) is ordered_dict
         ):
-            # The recorder ignores the hooks, and `OrderedDict()` only makes an empty PDict:
-            # not made (its memo slot was left out, `fast_pattern`).
-            return rebuild_tensor_v2(self, (storage, offset, size, stride, grad, None))
+            # The recorder reads only its first five arguments (the hooks and the metadata it
+            # ignores), and `OrderedDict()` only makes an empty PDict: not made (its memo slot
+            # was left out, `fast_pattern`). The seven values are passed as they are: a
+            # 7-tuple is `_rebuild_tensor_v2`'s call with metadata, read the same way.
+            self._plain_pair = (func, hooks_type)
+            return rebuild_tensor_v2(self, args)
         hooks = hooks_type((empty,))  # REDUCE, as the rewrite makes it
         return func(((storage, offset, size, stride, grad, hooks),))
 

@@ -22,7 +22,9 @@ two REDUCEs would have done (the BINPERSID is left as it was): `OrderedDict()` a
 through the same `Global.__call__` the C unpickler would reach. Only when F is
 `torch._utils._rebuild_tensor_v2` and the hooks global is `collections.OrderedDict`, both
 served by their recorders, is the hooks dict skipped: the recorder ignores that argument and
-making an empty `PDict` has no other effect.
+making an empty `PDict` has no other effect. That check is made once per pair of `Global`
+objects (the unpickler keeps the last pair that passed; a Global's name and the recorders
+never change), so the next tensors naming the same two go straight to the recorder.
 
 Why the rewritten run reads the same as the original (everything else is left to `pieces`):
 - Every opcode is matched whole, so the run starts on an opcode boundary (`pieces` checks that

@@ -99,15 +99,17 @@ class Global:
         u = CONFINED.u
         if u is None:
             raise TypeError("only ckptui's confined unpickler calls a Global")
-        if type(wrapped) is tuple and len(wrapped) == 1 and type(wrapped[0]) is tuple:
-            rec = u.recorders.get(self.full)
-            if rec is not None:
-                got = rec(u, wrapped[0])
-                if type(got) is PObject:
-                    u.exact = False  # the replay would judge the placeholder's class
-                return got
-        if type(wrapped) is tuple and len(wrapped) == 3:  # a fused tensor (`fast_pattern`)
-            return u.confined_fused(self, wrapped[0])
+        if type(wrapped) is tuple:
+            n = len(wrapped)
+            if n == 3:  # a fused tensor (`fast_pattern`), the commonest call of a big file
+                return u.confined_fused(self, wrapped[0])
+            if n == 1 and type(wrapped[0]) is tuple:
+                rec = u.recorders.get(self.full)
+                if rec is not None:
+                    got = rec(u, wrapped[0])
+                    if type(got) is PObject:
+                        u.exact = False  # the replay would judge the placeholder's class
+                    return got
         return u.confined_call(self, wrapped)
 
     __setstate__ = confined_build
