@@ -21,7 +21,7 @@ from typing import Any
 
 import ckptui.report.json.inspect as inspect_json
 from ckptui.analysis.training import facts
-from ckptui.formats import open_checkpoint, source, torchzip
+from ckptui.formats import legacy, open_checkpoint, source, torchzip
 from ckptui.unpickler import confined, rewrite, treebuild
 
 STAGES: list[tuple[Any, str, str]] = [
@@ -30,6 +30,9 @@ STAGES: list[tuple[Any, str, str]] = [
     (treebuild.TreeBuilder, "build", "tree build"),
     (source, "_tensor_findings", "tensor findings"),
     (torchzip, "assemble", "assemble (tree, findings)"),
+    # a legacy file (`legacy100k.pt`): its pickles and storage counts, then the same assemble
+    (legacy, "read_legacy_at", "legacy pickles and storages"),
+    (legacy, "assemble", "assemble (tree, findings)"),
     (inspect_json, "training_facts", "training facts"),
     (facts, "map_optimizers", "  optimizer map"),
     (facts, "resume_card", "  resume card"),
