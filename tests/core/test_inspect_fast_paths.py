@@ -64,6 +64,44 @@ def test_weights_totals_are_the_walks_they_replace(tmp_path: Path) -> None:
     assert top < again
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # every leaf on its own storage: counted in bulk
+        {"tied": "w0"},  # a leaf saved twice (a REF): the walk takes the ref
+        {"nested": {"deep": "w1"}},  # a storage of a leaf viewed again deeper down
+        {"view": "w2[1:]"},  # two leaves viewing one storage: not bulk, the walk decides
+        {"meta": "meta"},  # a meta leaf: not bulk
+        {"empty": "empty", "empty2": "empty"},  # zero-byte leaves claim no storage
+    ],
+)
+def test_bulk_leaf_totals_are_the_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict
+) -> None:
+    """`_totals` counts a big mapping's childless tensors in bulk; every total is the walk's."""
+    from ckptui.analysis import index
+
+    sd: dict = {f"w{i}": torch.randn(3, i % 5 + 1) for i in range(index._BULK + 10)}
+    make = {
+        "w0": lambda: sd["w0"],
+        "w1": lambda: sd["w1"][1:],
+        "w2[1:]": lambda: sd["w2"][1:],
+        "meta": lambda: torch.empty(4, 4, device="meta"),
+        "empty": lambda: torch.zeros(0),
+    }
+    for key, what in extra.items():
+        sd[key] = (
+            {k: make[v]() for k, v in what.items()} if isinstance(what, dict) else make[what]()
+        )
+    p = tmp_path / "flat.pt"
+    torch.save(sd, p)
+    ckpt = open_checkpoint(p)
+    bulk = tensor_totals(ckpt, ckpt.root), bytes_below(ckpt.root)
+    monkeypatch.setattr(index, "_BULK", 10**9)
+    assert (tensor_totals(ckpt, ckpt.root), bytes_below(ckpt.root)) == bulk
+    assert bulk[0][1] == len(list(ckpt.tensors()))
+
+
 def test_tensors_below_a_path_is_the_whole_walk_cut_to_the_subtree(tmp_path: Path) -> None:
     ckpt = _mixed(tmp_path)
     every = list(ckpt.tensors())
