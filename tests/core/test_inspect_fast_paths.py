@@ -102,6 +102,32 @@ def test_bulk_leaf_totals_are_the_walks(
     assert bulk[0][1] == len(list(ckpt.tensors()))
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # a flat state dict: its children, without the walk
+        {"meta": {"epoch": 3, "names": ["a", "b"]}},  # containers of no tensor beside it
+        {"tied": "w0"},  # a REF: the walk
+        {"nested": {"x": "w1"}},  # a tensor deeper down: the walk
+        {"sparse": "sparse"},  # a tensor with parts: the walk
+    ],
+)
+def test_json_tensor_pairs_are_the_walks(tmp_path: Path, extra: dict) -> None:
+    sd: dict = {f"w{i}": torch.randn(2, i % 3 + 1) for i in range(jsonview._FLAT + 5)}
+    make = {"w0": lambda: sd["w0"], "w1": lambda: torch.ones(4), "sparse": torch.eye(2).to_sparse}
+    for key, what in extra.items():
+        if isinstance(what, dict):
+            sd[key] = {k: make[v]() if isinstance(v, str) else v for k, v in what.items()}
+        else:
+            sd[key] = make[what]()
+    p = tmp_path / "flat.pt"
+    torch.save(sd, p)
+    ckpt = open_checkpoint(p)
+    assert list(jsonview._tensor_pairs(ckpt)) == list(ckpt.tensors())
+    rows = jsonview.checkpoint_json(ckpt)["tensors"]
+    assert [r["path"] for r in rows] == [list(p) for p, _ in ckpt.tensors()]
+
+
 def test_tensors_below_a_path_is_the_whole_walk_cut_to_the_subtree(tmp_path: Path) -> None:
     ckpt = _mixed(tmp_path)
     every = list(ckpt.tensors())
