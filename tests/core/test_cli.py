@@ -235,3 +235,39 @@ def test_browser_with_bad_path_exits_2_before_starting(tmp_path: Path, case: str
     assert r.stderr.strip() == f"ckptui: {path}: {expect}" or expect in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert "\x1b[" not in r.stdout  # the full-screen app never started
+
+
+def test_inspect_runs_without_a_collection_and_leaves_gc_on(
+    train_ckpt: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inspect` keeps the cyclic collector off for the whole command (each bulk stage that
+    turned it back on was followed by a collection of everything it had made), and as it found
+    it after."""
+    import gc
+
+    from ckptui.cli import inspect_cmd
+
+    args = inspect_cmd.parser().parse_args(["--json", str(train_ckpt)])
+    starts: list[int] = []
+    seen: list[tuple[int, bool]] = []  # (collections, collector on) as the command ends
+    real = inspect_cmd._run
+
+    def run(a: object) -> int:
+        code = real(a)
+        seen.append((len(starts), gc.isenabled()))
+        return code
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            starts.append(info["generation"])
+
+    monkeypatch.setattr(inspect_cmd, "_run", run)
+    assert gc.isenabled()
+    gc.callbacks.append(count)
+    try:
+        assert inspect_cmd.run(args) == 0
+    finally:
+        gc.callbacks.remove(count)
+    assert seen == [(0, False)]
+    assert gc.isenabled()
+    assert json.loads(capsys.readouterr().out)["format"] == "torch-zip"

@@ -64,6 +64,70 @@ def test_weights_totals_are_the_walks_they_replace(tmp_path: Path) -> None:
     assert top < again
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # every leaf on its own storage: counted in bulk
+        {"tied": "w0"},  # a leaf saved twice (a REF): the walk takes the ref
+        {"nested": {"deep": "w1"}},  # a storage of a leaf viewed again deeper down
+        {"view": "w2[1:]"},  # two leaves viewing one storage: not bulk, the walk decides
+        {"meta": "meta"},  # a meta leaf: not bulk
+        {"empty": "empty", "empty2": "empty"},  # zero-byte leaves claim no storage
+    ],
+)
+def test_bulk_leaf_totals_are_the_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict
+) -> None:
+    """`_totals` counts a big mapping's childless tensors in bulk; every total is the walk's."""
+    from ckptui.analysis import index
+
+    sd: dict = {f"w{i}": torch.randn(3, i % 5 + 1) for i in range(index._BULK + 10)}
+    make = {
+        "w0": lambda: sd["w0"],
+        "w1": lambda: sd["w1"][1:],
+        "w2[1:]": lambda: sd["w2"][1:],
+        "meta": lambda: torch.empty(4, 4, device="meta"),
+        "empty": lambda: torch.zeros(0),
+    }
+    for key, what in extra.items():
+        sd[key] = (
+            {k: make[v]() for k, v in what.items()} if isinstance(what, dict) else make[what]()
+        )
+    p = tmp_path / "flat.pt"
+    torch.save(sd, p)
+    ckpt = open_checkpoint(p)
+    bulk = tensor_totals(ckpt, ckpt.root), bytes_below(ckpt.root)
+    monkeypatch.setattr(index, "_BULK", 10**9)
+    assert (tensor_totals(ckpt, ckpt.root), bytes_below(ckpt.root)) == bulk
+    assert bulk[0][1] == len(list(ckpt.tensors()))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # a flat state dict: its children, without the walk
+        {"meta": {"epoch": 3, "names": ["a", "b"]}},  # containers of no tensor beside it
+        {"tied": "w0"},  # a REF: the walk
+        {"nested": {"x": "w1"}},  # a tensor deeper down: the walk
+        {"sparse": "sparse"},  # a tensor with parts: the walk
+    ],
+)
+def test_json_tensor_pairs_are_the_walks(tmp_path: Path, extra: dict) -> None:
+    sd: dict = {f"w{i}": torch.randn(2, i % 3 + 1) for i in range(jsonview._FLAT + 5)}
+    make = {"w0": lambda: sd["w0"], "w1": lambda: torch.ones(4), "sparse": torch.eye(2).to_sparse}
+    for key, what in extra.items():
+        if isinstance(what, dict):
+            sd[key] = {k: make[v]() if isinstance(v, str) else v for k, v in what.items()}
+        else:
+            sd[key] = make[what]()
+    p = tmp_path / "flat.pt"
+    torch.save(sd, p)
+    ckpt = open_checkpoint(p)
+    assert list(jsonview._tensor_pairs(ckpt)) == list(ckpt.tensors())
+    rows = jsonview.checkpoint_json(ckpt)["tensors"]
+    assert [r["path"] for r in rows] == [list(p) for p, _ in ckpt.tensors()]
+
+
 def test_tensors_below_a_path_is_the_whole_walk_cut_to_the_subtree(tmp_path: Path) -> None:
     ckpt = _mixed(tmp_path)
     every = list(ckpt.tensors())

@@ -6,7 +6,10 @@ read is read whole."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,43 @@ def test_a_header_longer_than_the_first_read(tmp_path: Path) -> None:
     st = ckpt.storages[f"layer.{n - 1}.weight"]
     raw = path.read_bytes()
     assert struct.unpack_from("<f", raw, st.data_offset)[0] == float(n - 1)
+
+
+def test_a_safetensors_folder_loads_no_pickle_reader(tmp_path: Path) -> None:
+    """`inspect --json` of a sharded safetensors folder never imports the zip, legacy, tar or DCP
+    readers (nor zipfile, tarfile): they load when a file needs them (issue 16, start-up)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"a": torch.zeros(2)}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.ones(3)}, str(folder / "model-00002-of-00002.safetensors"))
+    index = {
+        "metadata": {"total_size": 20},
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        },
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    code = (
+        "import io, sys, contextlib, json\n"
+        "from ckptui.cli.main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    assert main(['inspect', '--json', {str(folder)!r}]) == 0\n"
+        "names = ('ckptui.formats.torchzip', 'ckptui.formats.legacy', 'ckptui.formats.nested',\n"
+        "         'ckptui.formats.legacy_tar', 'ckptui.formats.dcp.reader', 'zipfile', 'tarfile')\n"
+        "bad = [m for m in names if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print(len(json.loads(out.getvalue())['tensors']))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "tui"))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2"

@@ -76,6 +76,10 @@ def _totals(node: Node, find: Callable[[KeyPath], Node | None] | None) -> tuple[
     tensor, ref, value = NodeKind.TENSOR, NodeKind.REF, NodeKind.VALUE
     prod = math.prod
     stack = [node]
+    if node.kind is not tensor and len(node.children) >= _BULK:
+        bulk = _leaf_totals(node.children)
+        if bulk is not None:  # the leaves are counted; the walk below takes the other children
+            total, count, first, stack = bulk
     while stack:
         n = stack.pop()
         kind = n.kind
@@ -116,6 +120,41 @@ def _totals(node: Node, find: Callable[[KeyPath], Node | None] | None) -> tuple[
             stack.extend(n.children)
     # the walk's own root is not one of the pairs below it (a tensor root is `tensor_totals`')
     return total, count - (node.kind is tensor), gone
+
+
+_BULK = 256
+"""Children from which `_totals` counts a mapping's childless tensors in bulk (`_leaf_totals`)."""
+
+
+def _leaf_totals(children: tuple[Node, ...]) -> tuple[int, int, dict[str, object], list] | None:
+    """`_totals`' bytes and count of the childless tensors among `children`, with its `first`
+    table of their storage keys and the other children, still to walk; None when the bulk rule
+    does not hold (a meta tensor, a storage two of them view, one without a storage), which
+    the walk then decides. A flat state dict of 100,000 tensors is counted by comprehensions,
+    a third of the walk's time (issue 16, the resume card of `inspect --json`)."""
+    tensor = NodeKind.TENSOR
+    infos = [c.value for c in children if c.kind is tensor and not c.children and c.value]
+    if "meta" in [t.layout for t in infos]:  # a list scanned in C: cheaper than any() here
+        return None
+    # each storage key once (zero-byte tensors too: sharing one is left to the walk)
+    keys = {t.storage_key for t in infos}
+    if None in keys or len(keys) != len(infos):
+        return None
+    prod = math.prod
+    owns = [prod(t.shape) * t.itemsize if t.itemsize != 1 else t.nbytes for t in infos]
+    rest = [c for c in children if not (c.kind is tensor and not c.children and c.value)]
+    first: dict[str, object] = {}
+    # The walk needs `first` only if it meets a tensor below the other children (a shard
+    # folder's `__metadata__` beside its tensors holds none)
+    stack = list(rest)
+    while stack:
+        n = stack.pop()
+        if n.kind is tensor:
+            # only a tensor of some bytes claims its storage key, as in the walk
+            first = {t.storage_key: t for t, own in zip(infos, owns, strict=True) if own}
+            break
+        stack.extend(n.children)
+    return sum(owns), len(infos), first, rest
 
 
 def bytes_below_all(root: Node) -> dict[int, int]:

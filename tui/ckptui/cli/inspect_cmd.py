@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ckptui.cli.args import PATH_HELP
+from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CorruptFile
 from ckptui.formats import open_checkpoint
 from ckptui.report.json.inspect import iter_json
@@ -37,6 +38,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the checkpoint; returns the exit code.
+
+    The cyclic collector stays off for the whole command, not only inside each bulk stage
+    (`core.bulk`): every time a stage turned it back on, the next allocation collected the
+    young generation, which held every object the stage had made (0.05 s of a 160-shard
+    folder's 0.97 s, 0.11 s of a 100,000-tensor zip's, 0.16 s of a training checkpoint's).
+    The checkpoint is freed with `_run`'s frame, by reference counting, before it resumes.
+    """
+    with gc_paused():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     damaged: CorruptFile | None = None
     try:
         ckpt = open_checkpoint(args.path)

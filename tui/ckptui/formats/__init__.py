@@ -21,6 +21,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ckptui.core.errors import (
     CkptError,
@@ -31,13 +32,24 @@ from ckptui.core.errors import (
 )
 from ckptui.core.tree import Checkpoint
 from ckptui.formats.folder import check_folder, open_folder
-from ckptui.formats.legacy import may_pass_ne_check, read_legacy
-from ckptui.formats.legacy_tar import open_tar, read_legacy_tar
-from ckptui.formats.nested import read_nested  # noqa: F401  (it registers Source.read_nested)
 from ckptui.formats.safetensors import looks_like_safetensors, read_safetensors
 from ckptui.formats.sharded import is_index_file
 from ckptui.formats.source import MAGIC_NUMBER, Source, assemble, attach_partial, is_url
-from ckptui.formats.torchzip import read_zip
+
+# The pickle readers (zip, legacy, legacy tar, embedded checkpoints) are imported when a file
+# needs them (`_read`): a folder of 160 safetensors shards never does, and their modules (with
+# tarfile and zipfile) were a third of its start-up imports (issue 16).
+
+
+def _read_nested(src: Source, u: Any, blob: Any) -> Any:
+    """`nested.read_nested`, imported when a pickle first embeds a checkpoint (a DCP item's
+    pickle may too, so this is set here for every reader, not only `_read`'s)."""
+    from ckptui.formats.nested import read_nested  # its import replaces this stand-in
+
+    return read_nested(src, u, blob)
+
+
+Source.read_nested = staticmethod(_read_nested)
 
 __all__ = ["check_openable", "open_checkpoint"]
 
@@ -170,12 +182,21 @@ def _read(src: Source, storage_file: str | None = None) -> Checkpoint:
     if src.size == 0:
         raise NotACheckpoint(src.path, "empty file")
     head = src.read_at(0, 16)
+    if looks_like_safetensors(head) and not head.startswith(b"PK\x03\x04"):  # zip goes first
+        return read_safetensors(src, storage_file)
+    return _read_pickled(src, head)
+
+
+def _read_pickled(src: Source, head: bytes) -> Checkpoint:
+    """`_read` of anything but safetensors: zip, legacy tar, legacy and plain pickles."""
+    from ckptui.formats.legacy import may_pass_ne_check, read_legacy
+    from ckptui.formats.legacy_tar import open_tar, read_legacy_tar
+    from ckptui.formats.torchzip import read_zip
+
     if head.startswith(b"PK\x03\x04"):
         src.kind = "torch-zip"
         src.prefetch_zip()
         return read_zip(src)
-    if looks_like_safetensors(head):
-        return read_safetensors(src, storage_file)
     if src.fd is not None:  # torch.load tries a tar first (a local file at offset 0 only)
         tar = open_tar(src)
         if tar is not None:
@@ -202,6 +223,8 @@ def _read_past_odd_magic(src: Source, first: object, end: int) -> Checkpoint:
     (`unittest.mock.ANY`): torch.load goes on reading as the legacy format, so ckptui does too,
     and judges every pickle torch would reach. With nothing after it (a plain pickle of an
     object), torch.load just fails at the next read."""
+    from ckptui.formats.legacy import read_legacy
+
     plain = assemble(src, "pickle", first, {"pickle_bytes": end})
     if src.read_at(end, 1) == b"":
         return plain

@@ -14,8 +14,6 @@ from typing import Any, Protocol
 
 from ckptui.core.errors import CkptError, CorruptFile, NotReadable
 from ckptui.core.tree import Checkpoint
-from ckptui.formats.dcp.listing import looks_like_dcp
-from ckptui.formats.dcp.reader import read_dcp
 from ckptui.formats.listing import folder_files
 from ckptui.formats.source import leads_outside
 
@@ -136,6 +134,11 @@ class LocalFiles:
 
     def dcp(self, folder: str) -> Checkpoint | None:
         """`formats.dcp`'s reading of the folder, when it is one."""
+        # deferred: the DCP reader and its confined unpickler are ~a tenth of the start-up
+        # imports, and only a folder with `.metadata` and `*.distcp` files gets here
+        from ckptui.formats.dcp.listing import looks_like_dcp
+        from ckptui.formats.dcp.reader import read_dcp
+
         return read_dcp(folder) if looks_like_dcp(folder) else None
 
     def open_each(self, paths: list[str], open_file: Any) -> dict[str, Checkpoint | CkptError]:

@@ -195,13 +195,18 @@ def _version_keys(root: Node, depth: int, skip: set[KeyPath]) -> list[tuple[KeyP
     while stack:
         path, node = stack.pop()
         deeper = len(path) + 1 < depth
-        for c in reversed(node.children):
+        # the children worth a look, by a comprehension: a 100,000-key root keeps only a few
+        # (the test below, asked again of those; the key first)
+        few = [
+            c
+            for c in node.children
+            if (isinstance(c.key, str) and c.key[-1:] in ends and search(c.key) is not None)
+            or (deeper and (c.kind is mapping or c.kind is obj))
+        ]
+        for c in reversed(few):
             key = c.key
-            # the key is asked first, inline: a 100,000-key root keeps only a few
             wanted = isinstance(key, str) and key[-1:] in ends and search(key) is not None
             enter = deeper and (c.kind is mapping or c.kind is obj)
-            if not (wanted or enter):
-                continue
             p = (*path, key)
             if p in skip:
                 continue

@@ -34,7 +34,6 @@ from ckptui.core.tree import Checkpoint, NodeKind, walk_matching
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats.naming import output_stem
 from ckptui.formats.opening import open_source
-from ckptui.formats.torchzip import ZipCheckpoint
 from ckptui.unpickler.safety import Safety, judge, looks_like_class
 from ckptui.unpickler.weights_only_replay import Replay
 
@@ -198,6 +197,9 @@ def _pickles(ckpt: Checkpoint) -> tuple[bytes, int]:
             off, n = ckpt.memo("data_pkl_span", lambda: (None, 0))
             if off is not None and src.size == ckpt.file_bytes:  # as found when opened
                 return src.read_at(off, n), 1
+            # deferred: a safetensors folder's inspect never loads the zip reader
+            from ckptui.formats.torchzip import ZipCheckpoint
+
             return bytes(ZipCheckpoint(src).read_pickle("data.pkl")[0]), 1
         if ckpt.format == "torch-legacy":
             # magic, protocol, sys_info, the object, storage keys; then each storage's bytes
