@@ -175,8 +175,10 @@ def breakdown(
     group_of = {p: r for p, r in groups_roles}
     group_bytes: dict[KeyPath, int] = dict.fromkeys(group_of, 0)
     roles: dict[Role, int] = {}
+    # the group lengths there are, longest first: a few, where every path length was tried
+    lengths = sorted({len(p) for p in group_of}, reverse=True)
     for path, b in path_bytes.items():
-        g = _group_for(path, group_of)
+        g = _group_for(path, group_of, lengths)
         if g is not None:
             group_bytes[g] += b
     groups = [Group(p, r, group_bytes[p]) for p, r in groups_roles]
@@ -358,10 +360,12 @@ def _largest_first(d: dict[str, int]) -> dict[str, int]:
     return dict(sorted(d.items(), key=lambda kv: -kv[1]))
 
 
-def _group_for(path: KeyPath, group_of: dict[KeyPath, Role]) -> KeyPath | None:
-    for n in range(len(path), -1, -1):
-        if path[:n] in group_of:
-            return path[:n]
+def _group_for(path: KeyPath, group_of: dict[KeyPath, Role], lengths: list[int]) -> KeyPath | None:
+    """The innermost group holding `path`; `lengths`: the groups' path lengths, descending."""
+    size = len(path)
+    for n in lengths:
+        if n <= size and (head := path[:n]) in group_of:
+            return head
     return None
 
 
