@@ -100,6 +100,8 @@ class SourceBytes:
         self.cancelled = cancelled
         """Polled while a remote read waits, so that stopping never waits on the network."""
         self._open: dict[str, tuple[int, mmap.mmap | None]] = {}
+        self._own: tuple[int, mmap.mmap | None] | None = None
+        """The checkpoint's own file in `_open`, once opened (`_source`)."""
         self.remote: Any = None
         """The `RemoteSource` of a one-file URL checkpoint, while open."""
         self._remotes: dict[str, Any] = {}
@@ -206,6 +208,7 @@ class SourceBytes:
                     mm.close()
             os.close(fd)
         self._open = {}
+        self._own = None
 
     def _file(self, path: str, expected: int | None) -> tuple[int, mmap.mmap | None]:
         got = self._open.get(path)
@@ -228,10 +231,14 @@ class SourceBytes:
         st = self.ckpt.storages[t.storage_key or ""]
         assert st.data_offset is not None
         if st.file is None:
-            expected: int | None = self.ckpt.file_bytes
+            # the checkpoint's own file, opened once: 100,000 tensors asked for it by name
+            own = self._own
+            if own is None:
+                own = self._own = self._file(self.ckpt.path, self.ckpt.file_bytes)
+            fd, mm = own
         else:
             expected = self.ckpt.info.get("files", {}).get(st.file)
-        fd, mm = self._file(self.ckpt.file_of(st), expected)
+            fd, mm = self._file(self.ckpt.file_of(st), expected)
         return fd, mm, st.data_offset + t.storage_offset * t.itemsize
 
     def chunks(self, item: Item) -> Iterable[Any]:
