@@ -202,9 +202,10 @@ def breakdown(
         if weights is not None and path[:n] == weights:
             named.append((t.state_dict_key or _name_below(path, n), b, path))
     modules = prefix_tree(named)
-    # the 20 largest, ties in walk order: what a stable sort by size, largest first, keeps
-    top20 = heapq.nlargest(20, (x for x in owned if x[2]), key=_third)
-    largest = [Largest(p, t, b) for p, t, b in top20]
+    # the 20 largest, ties in walk order: what a stable sort by size, largest first, keeps;
+    # tensors of no bytes rank last, so they are dropped after, not filtered before
+    top20 = heapq.nlargest(20, owned, key=_third)
+    largest = [Largest(p, t, b) for p, t, b in top20 if b]
 
     weights_parts = _weights_parts(ckpt, weights, tensors)
     optimizers = optimizers_of(ckpt)
