@@ -1,6 +1,7 @@
 """Benchmark the size breakdown: `w` in the app, `ckptui why`, against a torch.load script.
 
 Usage: python tests/benchmarks/bench_why.py [--repeat N] [--workdir DIR]
+       python tests/benchmarks/bench_why.py --stages FILE [--repeat N]
 
 Run on demand, not under pytest; figures go into issue notes. On the ~600 MB training
 checkpoint that bench_open.py writes (784 tensors, Adam state; built with its code if missing):
@@ -12,6 +13,11 @@ checkpoint that bench_open.py writes (784 tensors, Adam state; built with its co
    `ckptui why --json --no-duplicates`, `ckptui why --json`, and the baseline a user would write
    without ckptui: `torch.load(mmap=True)` then summing `nbytes` per top-level key. The ratios
    ours / baseline are printed.
+
+`--stages FILE` instead splits `ckptui why --json` and the default `ckptui export` of FILE (e.g.
+the `zip100k.pt` that bench_scale.py writes) into CPU seconds per stage, in this process, with
+no profiler (cProfile triples the cost of the per-tensor calls, issue 16): the best of
+`--repeat` runs of each stage, on a loaded machine steadier than wall time.
 """
 
 from __future__ import annotations
@@ -93,12 +99,70 @@ def core_times(path: Path) -> tuple[float, float, int]:
     return t1 - t0, t2 - t1, len(found)
 
 
+def stage_times(path: Path, repeat: int) -> None:
+    """Print the best CPU seconds of each stage of `why --json` and of the default export."""
+    import gc
+    import json
+
+    from ckptui.analysis.sizes import breakdown as bd
+    from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates
+    from ckptui.analysis.sizes.folder import breakdown_of
+    from ckptui.core.bulk import gc_paused
+    from ckptui.export import make_plan, run, writers
+    from ckptui.export.size import exported_size
+    from ckptui.formats import open_checkpoint
+    from ckptui.formats.layout import read_layout
+    from ckptui.report.why import breakdown_json
+
+    best: dict[str, float] = {}
+
+    def timed(label: str, fn, *args):
+        t = time.process_time()
+        out = fn(*args)
+        spent = time.process_time() - t
+        best[label] = min(best.get(label, spent), spent)
+        return out
+
+    out = Path(tempfile.gettempdir()) / f"bench-why-{path.stem}.pth"
+    for _ in range(repeat):
+        ckpt = timed("open", open_checkpoint, str(path))
+        with gc_paused():  # as breakdown_of runs its parts
+            regions = timed("  read_layout", read_layout, ckpt)
+            timed("  breakdown, estimated size", bd.breakdown, ckpt, regions)
+            plan = timed("  make_plan", make_plan, ckpt)
+            timed("  predicted size", writers.predicted_size, plan)
+        files: list = []
+        b = timed(
+            "why: breakdown_of (all)",
+            breakdown_of,
+            ckpt,
+            lambda name, c, fb, files=files: files.append((name, c, fb)),
+            exported_size,
+        )
+        found = timed(
+            "why: duplicates", duplicates_of, ckpt, b, files, lambda c, fb: find_duplicates(c, fb)
+        )
+        b.add_findings(found)
+        timed("why: JSON", lambda b=b: json.dumps(breakdown_json(b)))
+        plan = timed("export: make_plan", make_plan, ckpt)
+        timed("export: write + verify", run.export, plan, str(out), True)
+        gc.collect()
+    out.unlink(missing_ok=True)
+    print(f"{path.name}: best of {repeat} runs, CPU seconds (process_time)")
+    for label, spent in best.items():
+        print(f"{label:34} {spent:8.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     default_dir = Path(tempfile.gettempdir()) / "ckptui-bench"
     ap.add_argument("--workdir", type=Path, default=default_dir)
+    ap.add_argument("--stages", type=Path, metavar="FILE", help="CPU seconds per stage of FILE")
     a = ap.parse_args()
+    if a.stages is not None:
+        stage_times(a.stages, a.repeat)
+        return
     import bench_open  # a sibling script: its folder is on sys.path
     import bench_ui
 

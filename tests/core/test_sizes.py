@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from ckptui.analysis.roles import Role
-from ckptui.analysis.sizes.breakdown import Breakdown, attribute, breakdown
+from ckptui.analysis.sizes.breakdown import Breakdown, attribute, breakdown, prefix_tree
 from ckptui.analysis.sizes.duplicates import find_duplicates
 from ckptui.core.tree import Part, Region
 from ckptui.export import make_plan
@@ -314,6 +314,43 @@ def test_weights_only_estimate_is_the_export_size(tmp_path: Path) -> None:
     assert b.weights_only_bytes == make_plan(open_checkpoint(p)).predicted_bytes
     assert 0.8 * real < b.weights_only_bytes <= real
     assert "weights alone would be" in b.headline
+
+
+def test_prefix_tree_counts_every_prefix_in_first_seen_order() -> None:
+    """Names with empty parts, a leading dot, no dot, and prefixes that are also parents: each
+    prefix counts the bytes and tensors below it, first met (and ordered) at its first tensor."""
+    named = [
+        ("b.x.w", 1, ("b.x.w",)),
+        ("a.y.w", 2, ("a.y.w",)),
+        ("a.w", 4, ("a.w",)),
+        ("a.x.z.w", 8, ("a.x.z.w",)),
+        ("top", 16, ("top",)),
+        ("a..w", 32, ("a..w",)),
+        (".lead", 64, (".lead",)),
+        ("b.x.v", 128, ("b.x.v",)),
+    ]
+    root = prefix_tree(named)
+
+    def shape(node) -> list:
+        return [(c.name, c.bytes, c.tensors, c.first, shape(c)) for c in node.children.values()]
+
+    assert (root.bytes, root.tensors, root.first) == (255, 8, ("b.x.w",))
+    assert shape(root) == [
+        ("b", 129, 2, ("b.x.w",), [("x", 129, 2, ("b.x.w",), [])]),
+        (
+            "a",
+            46,
+            4,
+            ("a.y.w",),
+            [
+                ("y", 2, 1, ("a.y.w",), []),
+                ("x", 8, 1, ("a.x.z.w",), [("z", 8, 1, ("a.x.z.w",), [])]),
+                ("", 32, 1, ("a..w",), []),
+            ],
+        ),
+        ("", 64, 1, (".lead",), []),
+    ]
+    assert prefix_tree([]).children == {} and prefix_tree([]).first is None
 
 
 def test_module_prefixes_and_dtypes(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ safetensors cannot share bytes, so there a tied tensor is written once per name.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -99,9 +100,11 @@ class Plan:
         # dialog's writer takes the plan), and the default repr lists every item.
         return f"Plan({self.format}, {len(self.items):,} items of {len(self.keep)} kept paths)"
 
-    @property
+    @functools.cached_property
     def storages(self) -> list[Item]:
-        """The first item of each output storage, in order."""
+        """The first item of each output storage, in order (made once: the size, the writer and
+        the verification each ask, 100,000 items a time; a plan's items never change after
+        `make_plan`, and `dataclasses.replace` makes a plan of its own)."""
         seen: set[int] = set()
         out = []
         for it in self.items:
@@ -112,7 +115,7 @@ class Plan:
                 out.append(it)
         return out
 
-    @property
+    @functools.cached_property
     def data_bytes(self) -> int:
         """Tensor bytes the output holds."""
         return sum(it.nbytes for it in self.storages)
@@ -158,12 +161,20 @@ def _make_plan(
         raise ExportError(ckpt.path, _no_safetensors(q))
     found: list[tuple[str, KeyPath, TensorInfo]] = []
     skipped: list[tuple[KeyPath, str]] = list(q.skipped)
-    for name, path, t in q.kept:
-        reason = q.unknown.get(path) or unexportable(ckpt, t, fmt, path in q.schemes)
-        if reason:
-            skipped.append((path, reason))
-        else:
-            found.append((name, path, t))
+    if q.unknown or q.schemes:
+        for name, path, t in q.kept:
+            reason = q.unknown.get(path) or unexportable(ckpt, t, fmt, path in q.schemes)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                found.append((name, path, t))
+    else:  # nothing quantized: no lookup of each path (a tuple hashed anew each time)
+        for name, path, t in q.kept:
+            reason = unexportable(ckpt, t, fmt)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                found.append((name, path, t))
     if not found:
         why = f" ({describe_path(skipped[0][0])} is {skipped[0][1]})" if skipped else ""
         more = f" and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
@@ -175,7 +186,7 @@ def _make_plan(
     detected_prefix = common_prefix([n for n, _, _ in found] + others)
     strip, names = output_names(ckpt, [n for n, _, _ in found] + others, strip_prefix)
     names, other_names = names[: len(found)], names[len(found) :]
-    qmods = {n.rpartition(".")[0] for n, p, _ in found if p in q.schemes}
+    qmods = {n.rpartition(".")[0] for n, p, _ in found if p in q.schemes} if q.schemes else set()
     groups: dict[tuple, int] = {}
     items: list[Item] = []
     target = CAST_TARGETS[dtype]

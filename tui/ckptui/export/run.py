@@ -31,7 +31,7 @@ from ckptui.export.atomic import check_target, fsync_dir, temp_beside
 from ckptui.export.dcp import chunked_kept, export_dcp_plan
 from ckptui.export.plan import Plan, Result
 from ckptui.export.quantized import written_differences
-from ckptui.export.writers import predicted_size, safetensors_header, write
+from ckptui.export.writers import predicted_size, pth_pickle, safetensors_header, write
 from ckptui.formats import open_checkpoint
 from ckptui.formats.safetensors import MAX_HEADER, header_rows, parse_header
 from ckptui.tensors.reader import CHUNK, Digests, SourceBytes, digest_key, recorded_digests
@@ -61,8 +61,9 @@ def export(
     if problem is not None and (problem[0] != "exists" or not force):
         raise ExportError(os.fspath(out), problem[1])
     folder = target.parent if str(target.parent) else Path()
-    # a safetensors header is made once, for the size and the file (100,000 entries: 0.4 s)
-    header = safetensors_header(plan) if plan.format == "safetensors" else None
+    # a safetensors header or a .pth's pickle is made once, for the size and the file
+    # (100,000 entries: 0.4 s and 0.2 s)
+    header = safetensors_header(plan) if plan.format == "safetensors" else pth_pickle(plan)
     predicted = predicted_size(plan, header)
     fd, tmp = temp_beside(target, folder)
     try:

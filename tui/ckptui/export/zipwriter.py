@@ -26,6 +26,8 @@ _DOS_DATE = (1980 - 1980) << 9 | 1 << 5 | 1  # 1980-01-01: fixed, so outputs are
 _FLAGS = 0x0800  # names are UTF-8
 _SMALL = 1 << 20
 """Records up to this size are gathered in memory and written at once, CRC included."""
+_PADDING: dict[int, bytes] = {}
+"""Padding extra field by its length (4 + 0..63 bytes): made once each (`_write_small`)."""
 
 
 def _local_len(name: bytes, offset: int, size: int) -> tuple[int, int]:
@@ -80,6 +82,9 @@ class ZipWriter:
         """Write one record of exactly `size` bytes given as chunks (CRC patched in after)."""
         raw = name.encode()
         header_len, pad = _local_len(raw, self.offset, size)
+        if size <= _SMALL:
+            self._write_small(name, raw, chunks, size, header_len, pad)
+            return
         zip64 = size >= _MAX32
         extra = b""
         if zip64:
@@ -92,17 +97,6 @@ class ZipWriter:
             len(raw), len(extra),
         )  # fmt: skip
         assert len(head) + len(raw) + len(extra) == header_len
-        if size <= _SMALL:
-            # Gathered first, so the header carries its CRC and the record is one write: a
-            # 100,000-tensor export made two seeks and three writes per record (issue 16)
-            data = b"".join(chunks)
-            if len(data) != size:
-                raise ValueError(f"record {name}: wrote {len(data)} bytes, expected {size}")
-            crc = zlib.crc32(data)
-            self.f.write(head[:14] + struct.pack("<I", crc) + head[18:] + raw + extra + data)
-            self.offset = start + header_len + size
-            self._entries.append((raw, start, size, crc))
-            return
         self.f.write(head + raw + extra)
         crc = 0
         written = 0
@@ -117,6 +111,33 @@ class ZipWriter:
         self.f.write(struct.pack("<I", crc))
         self.f.seek(end)
         self.offset = end
+        self._entries.append((raw, start, size, crc))
+
+    def _write_small(
+        self,
+        name: str,
+        raw: bytes,
+        chunks: Iterable[bytes | memoryview],
+        size: int,
+        header_len: int,
+        pad: int,
+    ) -> None:
+        """A record of at most `_SMALL` bytes (never zip64): gathered first, so the header
+        carries its CRC and the record is one write (a 100,000-tensor export made two seeks and
+        three writes per record, issue 16); the padding field is made once per length."""
+        data = chunks[0] if type(chunks) is tuple and len(chunks) == 1 else b"".join(chunks)
+        if len(data) != size:
+            raise ValueError(f"record {name}: wrote {len(data)} bytes, expected {size}")
+        crc = zlib.crc32(data)
+        extra = _PADDING.get(pad)
+        if extra is None:
+            extra = _PADDING[pad] = struct.pack("<HH", 0x4246, pad - 4) + b"Z" * (pad - 4)
+        head = _LOCAL.pack(
+            0x04034B50, 20, _FLAGS, 0, 0, _DOS_DATE, crc, size, size, len(raw), len(extra)
+        )
+        start = self.offset
+        self.f.write(b"".join((head, raw, extra, data)))
+        self.offset = start + header_len + size
         self._entries.append((raw, start, size, crc))
 
     def close(self) -> None:

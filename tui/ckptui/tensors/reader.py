@@ -100,6 +100,8 @@ class SourceBytes:
         self.cancelled = cancelled
         """Polled while a remote read waits, so that stopping never waits on the network."""
         self._open: dict[str, tuple[int, mmap.mmap | None]] = {}
+        self._own: tuple[int, mmap.mmap | None] | None = None
+        """The checkpoint's own file in `_open`, once opened (`_source`)."""
         self.remote: Any = None
         """The `RemoteSource` of a one-file URL checkpoint, while open."""
         self._remotes: dict[str, Any] = {}
@@ -206,6 +208,7 @@ class SourceBytes:
                     mm.close()
             os.close(fd)
         self._open = {}
+        self._own = None
 
     def _file(self, path: str, expected: int | None) -> tuple[int, mmap.mmap | None]:
         got = self._open.get(path)
@@ -228,28 +231,38 @@ class SourceBytes:
         st = self.ckpt.storages[t.storage_key or ""]
         assert st.data_offset is not None
         if st.file is None:
-            expected: int | None = self.ckpt.file_bytes
+            # the checkpoint's own file, opened once: 100,000 tensors asked for it by name
+            own = self._own
+            if own is None:
+                own = self._own = self._file(self.ckpt.path, self.ckpt.file_bytes)
+            fd, mm = own
         else:
             expected = self.ckpt.info.get("files", {}).get(st.file)
-        fd, mm = self._file(self.ckpt.file_of(st), expected)
+            fd, mm = self._file(self.ckpt.file_of(st), expected)
         return fd, mm, st.data_offset + t.storage_offset * t.itemsize
 
-    def chunks(self, item: Item) -> Iterator[Any]:
+    def chunks(self, item: Item) -> Iterable[Any]:
         """The output bytes of `item`, in order, in blocks of at most about CHUNK bytes."""
         if item.data is not None:  # made by the export (a quantized module's 0-d scale)
-            yield item.data
-            return
+            return (item.data,)
         if self.remote is not None or self._url_folder:
-            yield from self._remote_chunks(item)
-            return
+            return self._remote_chunks(item)
         fd, mm, start = self._source(item)
-        if item.tensor.is_contiguous:
+        t = item.tensor
+        if t.is_contiguous:
+            n = t.nbytes
+            if 0 < n <= CHUNK and item.dtype == t.dtype:
+                # One block, read now: two generators per tensor were most of a 100,000-tensor
+                # export's write and of its verification (issue 16).
+                data = os.pread(fd, n, start)
+                if len(data) != n:
+                    raise OSError(f"{self.ckpt.path}: file ended while reading {item.name}")
+                return (data,)
             # pread, not the map: pages touched through a map count in the process's RSS
             # until unmapped (a 200 MB export peaked at 225 MiB that way).
-            yield from self._contiguous(item, fd, start)
-            return
+            return self._contiguous(item, fd, start)
         assert mm is not None
-        yield from self._strided(item, mm, start)
+        return self._strided(item, mm, start)
 
     def read(self, item: Item, offset: int, n: int) -> bytes:
         """`n` stored bytes of a contiguous `item`, from `offset` bytes into it: the duplicate
