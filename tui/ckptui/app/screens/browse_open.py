@@ -10,8 +10,7 @@ what the browser shows later: the module view's rows and the training facts.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from textual import on, work
 from textual.screen import Screen
@@ -23,18 +22,16 @@ from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import Index, subtree_sizes
 from ckptui.analysis.params import params_at
 from ckptui.analysis.roles import weights_path
+from ckptui.app.collector import collector_paused, paused
 from ckptui.app.open_progress import OpenProgress
 from ckptui.app.widgets.ckpt_tree import CkptTree
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.tree_labels import big_summaries
 from ckptui.core import units
-from ckptui.core.bulk import gc_paused
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, KeyPath
 from ckptui.core.units import printable
-
-T = TypeVar("T")
 
 
 def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
@@ -42,24 +39,6 @@ def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
     path = weights_path(ckpt)
     params = params_at(ckpt.root, path)
     return (path, params) if path is not None and params is not None else None
-
-
-def _gc_paused(fn: Callable[[], T]) -> Callable[[], T]:
-    """`fn` run with the cyclic GC paused: the workers after the open build a result per
-    tensor, and a full collection they trigger holds the GIL for 50-100 ms at 100,000 keys,
-    a stall of the UI thread (the tree itself is frozen out of the collector by `_show`).
-
-    What it built is frozen before the collector resumes: the results live as long as the
-    screen, and left young they made the first collection after it (on whichever thread
-    allocates next, often the UI thread) walk all of them at once."""
-
-    def run() -> T:
-        with gc_paused():
-            out = fn()
-            gc.freeze()
-            return out
-
-    return run
 
 
 class OpeningScreen(Screen[None]):
@@ -89,10 +68,10 @@ class OpeningScreen(Screen[None]):
         app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
         worker = get_current_worker()
         opening = self._opening
-        ckpt = interruptible(opening.open, lambda: worker.is_cancelled)
-        # A full collection in this thread holds the GIL for 0.1-0.2 s at 100,000 tensors,
-        # stalling the UI thread; what is built here forms no cycles (`gc_paused`)
-        with gc_paused():
+        # A collection in this thread holds the GIL for 0.1-0.3 s at 100,000 tensors, stalling
+        # the UI thread; what is built here forms no cycles (`collector_paused`)
+        with collector_paused():
+            ckpt = interruptible(opening.open, lambda: worker.is_cancelled)
             opening.stage = "indexing"
             index = Index.build(ckpt)
             opening.stage = "finding the weights"
@@ -102,7 +81,6 @@ class OpeningScreen(Screen[None]):
             opening.stage = "summing sizes"
             subtree_sizes(ckpt).largest(ckpt.root)
             summaries = big_summaries(ckpt.root)
-            gc.freeze()  # as `_gc_paused` says; `_show` freezes what the UI adds to it
         return ckpt, index, params, summaries
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
@@ -114,7 +92,7 @@ class OpeningScreen(Screen[None]):
 
         # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
         worker = get_current_worker()
-        return interruptible(_gc_paused(lambda: training_facts(ckpt)), lambda: worker.is_cancelled)
+        return interruptible(paused(lambda: training_facts(ckpt)), lambda: worker.is_cancelled)
 
     @on(Worker.StateChanged)
     def _training_found(self, event: Worker.StateChanged) -> None:
@@ -205,7 +183,7 @@ class OpeningScreen(Screen[None]):
             return node, rows
 
         worker = get_current_worker()  # on a thread q abandons (see open_file)
-        return interruptible(_gc_paused(run), lambda: worker.is_cancelled)
+        return interruptible(paused(run), lambda: worker.is_cancelled)
 
     def _preload_modules(self, node: Any, rows: Any) -> None:
         if node is not None and self.ckpt is not None:
