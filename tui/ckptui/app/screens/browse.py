@@ -128,7 +128,10 @@ class BrowseScreen(OpeningScreen):
         bar = self.query_one(FilterBar)
         query = bar.value.strip()
         count = self.query_one("#filter-count", Static)
-        if self.ckpt is None or not bar.display:
+        if not bar.display:
+            return
+        if self.ckpt is None:  # typed while the file opens: searched once it is shown
+            count.update("opening …" if query else "")
             return
         if not query:
             count.update("")
@@ -175,6 +178,14 @@ class BrowseScreen(OpeningScreen):
             self._filter_timer = None
         self.workers.cancel_group(self, "search")
         query = event.value.strip()
+        if query and self.ckpt is None:  # the bar stays open with it; applied once open
+            bar = self.query_one(FilterBar)
+            self.when_open("the filter applies", lambda: self._filter_by(bar.value.strip()))
+            return
+        self._filter_by(query)
+
+    def _filter_by(self, query: str) -> None:
+        """enter in the filter bar: the tree shows only the keys matching `query`."""
         if not query or self.ckpt is None:
             self.action_clear_filter()
             return
@@ -197,9 +208,18 @@ class BrowseScreen(OpeningScreen):
             markup=False,  # the query is typed text: `[/x]` raised MarkupError
         )
 
+    def _shown(self) -> None:
+        """The tree is shown: a filter typed meanwhile is searched now (a submitted one is
+        applied by the action waiting for the open)."""
+        bar = self.query_one(FilterBar)
+        if bar.display and bar.value.strip():
+            self._live_filter()
+        super()._shown()
+
     def action_clear_filter(self) -> None:
         """esc: show the whole tree again (n/N still step through the matches); esc again
-        forgets the matches."""
+        forgets the matches. While the file opens: what a key asked for meanwhile."""
+        self.forget_after_open()
         self.query_one(FilterBar).close()
         tree = self.query_one(CkptTree)
         if tree.filtered:
@@ -219,6 +239,9 @@ class BrowseScreen(OpeningScreen):
     # -- other actions ---------------------------------------------------------------------
     def action_copy_path(self) -> None:
         """y: copy the key path as Python indexing (OSC 52 works over SSH)."""
+        if self.ckpt is None:
+            self.when_open("nothing to copy yet")
+            return
         node = self.query_one(CkptTree).cursor_node
         if node is None or node.data is None:
             return
@@ -239,11 +262,15 @@ class BrowseScreen(OpeningScreen):
 
     def action_values(self) -> None:
         """v: compute the selected tensor's values."""
+        if self.ckpt is None:
+            self.when_open("no tensor to read yet")
+            return
         self.query_one(DetailPanel).compute_values()
 
     def action_why(self) -> None:
         """w: the size breakdown; enter there comes back with the cursor on that subtree."""
         if self.ckpt is None:
+            self.when_open("the size breakdown shows", self.action_why)
             return
         from ckptui.app.screens.why import (  # not needed to browse: kept off the start-up path
             WhyCache,
@@ -257,6 +284,7 @@ class BrowseScreen(OpeningScreen):
     def action_export(self) -> None:
         """x: the export dialog, keeping the marked subtrees (or else the detected weights)."""
         if self.ckpt is None:
+            self.when_open("the export dialog opens", self.action_export)
             return
         from ckptui.app.screens.export import (
             ExportScreen,  # not needed to browse: kept off the start-up path

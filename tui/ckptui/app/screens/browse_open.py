@@ -10,6 +10,7 @@ what the browser shows later: the module view's rows and the training facts.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from typing import Any
 
 from textual import on, work
@@ -26,6 +27,7 @@ from ckptui.app.collector import collector_paused, paused
 from ckptui.app.open_progress import OpenProgress
 from ckptui.app.widgets.ckpt_tree import CkptTree
 from ckptui.app.widgets.detail import DetailPanel
+from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.app.widgets.tree_labels import big_summaries
 from ckptui.core import units
 from ckptui.core.cancel import Cancelled, interruptible
@@ -52,12 +54,55 @@ class OpeningScreen(Screen[None]):
         self._opening = OpenProgress(path)
         """What the header says while the file opens (stage, files read, seconds)."""
         self._opening_timer: Timer | None = None
+        self._after_open: dict[str, Callable[[], None]] = {}
+        """What the keys pressed while the file opened asked for, by what each said it would
+        do, run in that order once the tree is shown (a key pressed twice runs once)."""
 
     def _start_opening(self) -> None:
         """Show the loading view and open the file (from the subclass's `on_mount`)."""
         self.query_one("#main").loading = True
         self._opening_timer = self.set_interval(0.5, self._show_opening)
         self.open_file()
+
+    def when_open(self, what: str, run: Callable[[], None] | None = None) -> None:
+        """`run` now if the file is open; else say that it is still opening and run it once
+        the tree is shown (esc forgets it): a key pressed during a 100,000-tensor open is
+        neither lost nor silent.
+
+        Args:
+            what: What happens once it is open (`the export dialog opens`), or why nothing
+                can (`nothing to copy yet`, with no `run`).
+            run: The action.
+        """
+        if self.ckpt is not None:
+            if run is not None:
+                run()
+            return
+        if run is not None:
+            self._after_open[what] = run
+        self.notify(
+            f"still opening {self.path} · {what}"
+            + (" once it is open (esc: forget it)" if run is not None else ""),
+            timeout=4,
+            markup=False,  # the path is the file's name, not markup
+        )
+
+    def forget_after_open(self) -> None:
+        """esc while the file opens: what the keys asked for will not run."""
+        if self.ckpt is None and self._after_open:
+            self._after_open = {}
+            self.notify("never mind: nothing runs once it is open", timeout=3)
+
+    @on(CkptTree.NotOpen)
+    def _tree_not_open(self, event: CkptTree.NotOpen) -> None:
+        self.when_open(event.what, event.again)
+
+    def _shown(self) -> None:
+        """The tree is shown: run what the keys asked for meanwhile (BrowseScreen adds the
+        filter typed meanwhile)."""
+        runs, self._after_open = self._after_open, {}
+        for run in runs.values():
+            run()
 
     def _show_opening(self) -> None:
         self.query_one("#header", Static).update(printable(self._opening.text()))
@@ -158,13 +203,15 @@ class OpeningScreen(Screen[None]):
         tree.params = {params[0]: params[1]} if params is not None else {}
         tree.show_checkpoint(ckpt, summaries)
         panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
-        tree.focus()
+        if not self.query_one(FilterBar).display:  # typing a filter meanwhile: typed on there
+            tree.focus()
         if params is not None:  # first: `m` is a key away, the training facts a panel away
             weights = ckpt.find(params[0])
             if weights is not None:  # `m` meanwhile waits for these rows (tree_modules)
                 tree.expect_modules(weights)
             self.find_modules(ckpt, params[0])
         self.find_training_facts(ckpt)
+        self._shown()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
     def find_modules(self, ckpt: Checkpoint, path: KeyPath) -> tuple[Any, Any]:

@@ -15,7 +15,7 @@ from textual.worker import get_current_worker
 
 from ckptui.analysis import modules as mv
 from ckptui.app.collector import collector_paused
-from ckptui.app.widgets.tree_entry import Entry, holds
+from ckptui.app.widgets.tree_entry import Entry, NotOpen, holds
 from ckptui.core.tree import KeyPath, Node, NodeKind
 from ckptui.core.units import plural, printable
 
@@ -130,7 +130,8 @@ class ModuleView:
     def action_toggle_modules(self) -> None:
         """m: group dotted state-dict names into modules (and whole-module pickles into their
         layers), or show the keys as they are stored; the cursor stays on its key."""
-        if self.ckpt is None:
+        if self.ckpt is None:  # pressed while the file opens: once it is open
+            self.post_message(NotOpen("the module view shows", self.action_toggle_modules))
             return
         entry = self.cursor_node.data if self.cursor_node else None
         keep = entry.path if entry is not None else None

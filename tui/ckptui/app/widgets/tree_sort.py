@@ -13,6 +13,7 @@ from typing import Any
 from textual.worker import get_current_worker
 
 from ckptui.app.collector import collector_paused
+from ckptui.app.widgets.tree_entry import NotOpen
 from ckptui.app.widgets.tree_order import LABELS, ORDERS, Sorter, next_order
 from ckptui.core.tree import Node
 
@@ -52,7 +53,10 @@ class Sorting:
 
         On a large checkpoint the first sort in an order runs in a worker (`_sort_ahead`) and
         this action runs again when it is done: the UI thread never waits on it."""
-        if self.ckpt is None or order not in ORDERS:
+        if order not in ORDERS:
+            return
+        if self.ckpt is None:  # pressed while the file opens: once it is open
+            self.post_message(NotOpen(f"rows {LABELS[order]}", lambda: self.action_sort_by(order)))
             return
         if not self._sort_ahead(order):
             self._apply_sort(order)
