@@ -52,3 +52,24 @@ async def test_default_name_matches_the_panel_and_safetensors_folders_export_saf
         assert screen.query_one("#export-format", RadioSet).pressed_index == 1
         await finish(pilot)
         assert screen.plan.format == "safetensors"
+
+
+async def test_a_source_named_with_a_terminal_escape_suggests_a_printable_target(
+    tmp_path: Path,
+) -> None:
+    """A source named `run\\x1b[31m.pth`: the target Input showed the raw ESC (an Input shows
+    its value as it is), which painted the dialog red; it suggests the escaped form, as the
+    rest of the app shows such names, and the export writes a file of that printable name."""
+    src = tmp_path / "run\x1b[31m.pth"
+    torch.save({"model": TinyNet().state_dict()}, src)
+    app = CkptApp(str(src))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await opened(pilot)
+        screen = await open_dialog(pilot)
+        target = screen.query_one("#export-target", Input).value
+        assert target == f"{tmp_path}/run\\x1b[31m.weights.pth"
+        assert "\x1b" not in target
+        await pilot.press("enter")
+        await finish(pilot)
+    assert torch.load(target, weights_only=True).keys() == TinyNet().state_dict().keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name, "run\\x1b[31m.weights.pth"]

@@ -97,7 +97,11 @@ class ExportScreen(ExportWriting):
                 yield Button("Cancel", id="export-cancel")
 
     def _default_target(self, fmt: str) -> str:
-        return _named_target(self.ckpt, self.marks, fmt)
+        # The name comes from the file's: an Input shows its value raw, so a source named with
+        # `\x1b[31m` painted the dialog red. The suggestion is made printable (as every name
+        # from the file is shown), which also keeps control characters out of the new file's
+        # name; a folder that holds them is then not found, and the note says so.
+        return units.printable(_named_target(self.ckpt, self.marks, fmt))
 
     def on_mount(self) -> None:
         self._check_target()
