@@ -145,7 +145,9 @@ class WhyScreen(Screen[KeyPath | None]):
                 lambda: worker.is_cancelled,
             )
 
-        return paused(lambda: duplicates_of(self.ckpt, b, self.cache.files, search))()
+        # not paused: reading and hashing can take minutes, and the UI's own garbage of all
+        # that time would be frozen with it; its collections walk little (no result per tensor)
+        return duplicates_of(self.ckpt, b, self.cache.files, search)
 
     @on(Worker.StateChanged)
     def _worker_done(self, event: Worker.StateChanged) -> None:
