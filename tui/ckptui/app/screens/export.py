@@ -22,6 +22,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from ckptui.app.collector import collector_paused
 from ckptui.app.screens.export_write import ExportDoneScreen, ExportWriting
 from ckptui.app.widgets.choices import Choice, Tick
+from ckptui.app.widgets.shown_input import ShownInput
 from ckptui.core import units
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
@@ -86,7 +87,8 @@ class ExportScreen(ExportWriting):
                     yield Choice(".safetensors", value=fmt == "safetensors")
             with Horizontal(classes="export-row"):
                 yield Label("Write to", classes="export-label")
-                yield Input(self._default_target(fmt), id="export-target")
+                # the name is the source's: its control characters drawn as symbols, kept
+                yield ShownInput(self._default_target(fmt), id="export-target")
             with Horizontal(classes="export-row", id="export-size-row"):
                 yield Label("Size", classes="export-label")
                 yield Static(id="export-size")
@@ -97,11 +99,7 @@ class ExportScreen(ExportWriting):
                 yield Button("Cancel", id="export-cancel")
 
     def _default_target(self, fmt: str) -> str:
-        # The name comes from the file's: an Input shows its value raw, so a source named with
-        # `\x1b[31m` painted the dialog red. The suggestion is made printable (as every name
-        # from the file is shown), which also keeps control characters out of the new file's
-        # name; a folder that holds them is then not found, and the note says so.
-        return units.printable(_named_target(self.ckpt, self.marks, fmt))
+        return _named_target(self.ckpt, self.marks, fmt)
 
     def on_mount(self) -> None:
         self._check_target()
