@@ -220,10 +220,13 @@ class Stalls:
     callback has run for over PROBE_AFTER, and the callback is named by its samples' most
     common handler (the outermost ckptui frame: what Textual dispatched to) and innermost
     ckptui frame, plus the cyclic GC's time inside it (a collection is paid by whichever
-    callback allocates when it falls due)."""
+    callback allocates when it falls due). `gc_worst` and `gc_long`: the longest collection
+    on any thread, and how many took GC_LONG or more (a worker's holds the GIL, the UI thread
+    waits through it)."""
 
     TICK = 0.005
     PROBE_AFTER = 0.02
+    GC_LONG = 0.01
     SAMPLE = True
     """False: no sampling thread (to check that it does not change what it measures)."""
 
@@ -236,7 +239,11 @@ class Stalls:
         self._running: tuple[int, float] | None = None  # (callback number, perf_counter start)
         self._samples: list[tuple[int, list[tuple[str, str]]]] = []
         self._gc_s = 0.0
-        self._gc_t0 = 0.0
+        self._gc_started: dict[int, float] = {}
+        self.gc_worst = 0.0
+        """The longest collection of the cyclic GC meanwhile, on any thread (seconds)."""
+        self.gc_long = 0
+        """Collections meanwhile, on any thread, of GC_LONG or more."""
         self._gc_text = ""
         self._sampler: threading.Thread | None = None
         self._stop_sampler = threading.Event()
@@ -263,12 +270,16 @@ class Stalls:
             self._samples.append((running[0], stack[::-1]))  # root first
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
-        if threading.get_ident() != threading.main_thread().ident or self._running is None:
-            return
+        ident = threading.get_ident()
         if phase == "start":
-            self._gc_t0 = time.perf_counter()
+            self._gc_started[ident] = time.perf_counter()
             return
-        took = time.perf_counter() - self._gc_t0
+        took = time.perf_counter() - self._gc_started.pop(ident, time.perf_counter())
+        # any thread's collection holds the GIL, so the UI thread waits through it too
+        self.gc_worst = max(self.gc_worst, took)
+        self.gc_long += took >= self.GC_LONG
+        if ident != threading.main_thread().ident or self._running is None:
+            return
         self._gc_s += took
         if took >= self.PROBE_AFTER:  # which allocation paid for it, and what it walked
             frame = sys._getframe(1)
@@ -301,8 +312,9 @@ class Stalls:
         return "; ".join(f"{k} ({n}/{len(stacks)} samples)" for k, n in top) + gc_ms
 
     def start(self) -> None:
-        self.worst = self.worst_cpu = 0.0
+        self.worst = self.worst_cpu = self.gc_worst = 0.0
         self.worst_where = ""
+        self.gc_long = 0
         self._task = asyncio.get_running_loop().create_task(self._watch())
         run = self._run = asyncio.events.Handle._run
         counter = iter(range(1 << 62))
@@ -373,6 +385,7 @@ async def run_scale(path: Path, where: dict[str, str]) -> dict[str, float]:
         await pilot.pause()
         out["open_stall"] = stalls.stop()
         out["open_stall_cpu"] = stalls.worst_cpu
+        out["open_gc"], out["open_gc_long"] = stalls.gc_worst, stalls.gc_long
         where["open"] = stalls.worst_where
         tree = app.screen.query_one(CkptTree)
         rows = len(tree.root.children)
@@ -393,6 +406,7 @@ async def run_scale(path: Path, where: dict[str, str]) -> dict[str, float]:
             await pilot.pause()
             out[f"{name}_stall"] = stalls.stop()
             out[f"{name}_stall_cpu"] = stalls.worst_cpu
+            out[f"{name}_gc"], out[f"{name}_gc_long"] = stalls.gc_worst, stalls.gc_long
             where[name] = stalls.worst_where
             await pilot.press("escape")
             await pilot.pause()
@@ -443,6 +457,8 @@ def scale_section(workdir: Path, repeat: int) -> list[Row]:
             [ms * r["open_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
             [ms * r["open_stall_cpu"] for r in runs], STALL_TARGET_MS),
+        Row("  same, longest GC collection (any thread)", "ms", [ms * r["open_gc"] for r in runs]),
+        Row("  same, GC collections of 10 ms or more", "n", [r["open_gc_long"] for r in runs]),
         Row("100k keys: expand the root: key -> frame", "s",
             [r["expand_root"] for r in runs], EXPAND_TARGET_S),
         Row("100k keys: expand, worst UI-thread stall", "ms",
@@ -454,11 +470,16 @@ def scale_section(workdir: Path, repeat: int) -> list[Row]:
             [ms * r["why_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
             [ms * r["why_stall_cpu"] for r in runs], STALL_TARGET_MS),
+        Row("  same, longest GC collection (any thread)", "ms", [ms * r["why_gc"] for r in runs]),
+        Row("  same, GC collections of 10 ms or more", "n", [r["why_gc_long"] for r in runs]),
         Row("100k keys: x -> export dialog frame", "ms", [ms * r["export_shown"] for r in runs]),
         Row("100k keys: x, worst UI-thread stall until done", "ms",
             [ms * r["export_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
             [ms * r["export_stall_cpu"] for r in runs], STALL_TARGET_MS),
+        Row("  same, longest GC collection (any thread)", "ms",
+            [ms * r["export_gc"] for r in runs]),
+        Row("  same, GC collections of 10 ms or more", "n", [r["export_gc_long"] for r in runs]),
         Row(f"100k keys: w again, median of {AGAIN} stalls", "ms",
             [ms * r["why_again_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
