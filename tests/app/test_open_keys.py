@@ -164,3 +164,25 @@ async def test_keys_with_nothing_to_act_on_say_why(ckpt: Path, held: threading.E
         held.set()
         tree = await opened(pilot)
         assert tree.marks == {} and len(notices(app)) == 3
+
+
+async def test_the_notice_escapes_a_hostile_file_name(
+    tmp_path: Path, held: threading.Event
+) -> None:
+    path = tmp_path / "run\x1b[31m[b].pth"
+    torch.save({"w": torch.zeros(2)}, path)
+    app = CkptApp(str(path))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.1)
+        await pilot.press("w")
+        await pilot.pause()
+        note = list(app._notifications)[-1]
+        assert note.message.startswith(f"still opening {tmp_path}/run\\x1b[31m[b].pth · ")
+        assert "\x1b" not in note.message and note.markup is False
+        held.set()
+        for _ in range(50):
+            await app.workers.wait_for_complete()
+            await pilot.pause(0.05)
+            if isinstance(app.screen, WhyScreen):
+                break
+        assert isinstance(app.screen, WhyScreen)

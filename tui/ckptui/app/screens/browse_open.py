@@ -81,10 +81,10 @@ class OpeningScreen(Screen[None]):
         if run is not None:
             self._after_open[what] = run
         self.notify(
-            f"still opening {self.path} · {what}"
+            f"still opening {printable(self.path)} · {what}"
             + (" once it is open (esc: forget it)" if run is not None else ""),
             timeout=4,
-            markup=False,  # the path is the file's name, not markup
+            markup=False,  # the file's name: not markup, its control characters escaped
         )
 
     def forget_after_open(self) -> None:
