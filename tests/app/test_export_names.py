@@ -52,3 +52,30 @@ async def test_default_name_matches_the_panel_and_safetensors_folders_export_saf
         assert screen.query_one("#export-format", RadioSet).pressed_index == 1
         await finish(pilot)
         assert screen.plan.format == "safetensors"
+
+
+async def test_a_source_named_with_a_terminal_escape_shows_it_as_a_symbol(
+    tmp_path: Path,
+) -> None:
+    """A source named `run\x1b[31m.pth`: the target Input drew the raw ESC (the dialog turned
+    red); it draws a control picture in its place, its value stays the real name, and the
+    export writes that name."""
+    src = tmp_path / "run\x1b[31m.pth"
+    torch.save({"model": TinyNet().state_dict()}, src)
+    app = CkptApp(str(src))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await opened(pilot)
+        screen = await open_dialog(pilot)
+        box = screen.query_one("#export-target", Input)
+        assert box.value == f"{tmp_path}/run\x1b[31m.weights.pth"  # the real name
+        drawn = box.render_line(0).text
+        assert "\x1b" not in drawn
+        assert "run␛[31m" in drawn, drawn  # (the box is narrower than the path)
+        assert f"{tmp_path}/run␛[31m.weights.pth".startswith(drawn.strip())
+        box.focus()
+        await pilot.press("end", "left", "left", "left", "left")  # on the `.` of `.pth`
+        assert box._cursor_offset == len(f"{tmp_path}/run␛[31m.weights")
+        await pilot.press("enter")
+        await finish(pilot)
+    assert torch.load(box.value, weights_only=True).keys() == TinyNet().state_dict().keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name, "run\x1b[31m.weights.pth"]

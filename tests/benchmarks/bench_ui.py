@@ -59,6 +59,7 @@ import argparse
 import asyncio
 import codecs
 import fcntl
+import gc
 import os
 import re
 import select
@@ -69,6 +70,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -140,7 +142,9 @@ def ensure_modules(workdir: Path) -> Path:
     return path
 
 
-async def run_modules(path: Path, cold: bool) -> dict[str, float]:
+async def run_modules(
+    path: Path, cold: bool, where: dict[str, str] | None = None
+) -> dict[str, float]:
     """Section 5: m on, m off, then typing `h.7.p3` into the filter bar, all direct keys."""
     from ckptui.app.app import CkptApp
     from ckptui.app.widgets.ckpt_tree import CkptTree
@@ -192,6 +196,7 @@ async def run_modules(path: Path, cold: bool) -> dict[str, float]:
         echoes = []
         typed = ""
         last = time.perf_counter()
+        stalls.start()
         for ch in "h.7.p3":
             typed += ch
             text = typed
@@ -199,6 +204,10 @@ async def run_modules(path: Path, cold: bool) -> dict[str, float]:
             echoes.append(await press_direct(app, frames, ch, lambda t=text: bar.value == t))
         out["keystroke_ms"] = 1000 * statistics.mean(echoes)
         out["keystroke_max_ms"] = 1000 * max(echoes)
+        out["keystroke_stall"] = stalls.stop()
+        out["keystroke_stall_cpu"] = stalls.worst_cpu
+        if where is not None:
+            where["typing"] = stalls.worst_where
         fut = frames.watch(lambda: "match" in str(count.render()) and tree.filtered)
         out["filtered_ms"] = 1000 * (await within(fut, "filter result") - last)
     return out
@@ -211,15 +220,40 @@ class Stalls:
     Also `worst_cpu`: the most UI-thread CPU time (`time.thread_time`) one event-loop callback
     took meanwhile. On a loaded machine the wall-clock stall includes the time the OS gave
     other processes; the CPU figure does not (nor the GIL waits on the app's own workers,
-    which the wall figure does include). Read the two together."""
+    which the wall figure does include). Read the two together.
+
+    And `worst_where`, which callback that was: the loop's callback names only Textual's
+    message-pump task, so a sampling thread grabs the UI thread's stack every 5 ms while one
+    callback has run for over PROBE_AFTER, and the callback is named by its samples' most
+    common handler (the outermost ckptui frame: what Textual dispatched to) and innermost
+    ckptui frame, plus the cyclic GC's time inside it (a collection is paid by whichever
+    callback allocates when it falls due). `gc_worst` and `gc_long`: the longest collection
+    on any thread, and how many took GC_LONG or more (a worker's holds the GIL, the UI thread
+    waits through it)."""
 
     TICK = 0.005
+    PROBE_AFTER = 0.02
+    GC_LONG = 0.01
+    SAMPLE = True
+    """False: no sampling thread (to check that it does not change what it measures)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
         self.worst_cpu = 0.0
+        self.worst_where = ""
         self._task: asyncio.Task[None] | None = None
         self._run: Callable[..., Any] | None = None
+        self._running: tuple[int, float] | None = None  # (callback number, perf_counter start)
+        self._samples: list[tuple[int, list[tuple[str, str]]]] = []
+        self._gc_s = 0.0
+        self._gc_started: dict[int, float] = {}
+        self.gc_worst = 0.0
+        """The longest collection of the cyclic GC meanwhile, on any thread (seconds)."""
+        self.gc_long = 0
+        """Collections meanwhile, on any thread, of GC_LONG or more."""
+        self._gc_text = ""
+        self._sampler: threading.Thread | None = None
+        self._stop_sampler = threading.Event()
 
     async def _watch(self) -> None:
         last = time.perf_counter()
@@ -229,32 +263,108 @@ class Stalls:
             self.worst = max(self.worst, now - last - self.TICK)
             last = now
 
+    def _sample(self, ui_thread: int) -> None:
+        """Thread: the UI thread's stack, while one callback runs long."""
+        while self.SAMPLE and not self._stop_sampler.wait(self.TICK):
+            running = self._running
+            if running is None or time.perf_counter() - running[1] < self.PROBE_AFTER:
+                continue
+            frame = sys._current_frames().get(ui_thread)
+            stack = []
+            while frame is not None:
+                stack.append((frame.f_code.co_filename, frame.f_code.co_qualname))
+                frame = frame.f_back
+            self._samples.append((running[0], stack[::-1]))  # root first
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        ident = threading.get_ident()
+        if phase == "start":
+            self._gc_started[ident] = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started.pop(ident, time.perf_counter())
+        # any thread's collection holds the GIL, so the UI thread waits through it too
+        self.gc_worst = max(self.gc_worst, took)
+        self.gc_long += took >= self.GC_LONG
+        if ident != threading.main_thread().ident or self._running is None:
+            return
+        self._gc_s += took
+        if took >= self.PROBE_AFTER:  # which allocation paid for it, and what it walked
+            frame = sys._getframe(1)
+            mine = []
+            while frame is not None:
+                if "ckptui" in frame.f_code.co_filename and "bench" not in frame.f_code.co_filename:
+                    mine.append(frame.f_code.co_qualname)
+                frame = frame.f_back
+            where = mine[0] if mine else "Textual"
+            self._gc_text = (
+                f"gen{info['generation']} {1000 * took:.0f} ms in {where}"
+                f" ({gc.get_stats()[info['generation']]['collections']} so far)"
+            )
+
+    def _describe(self, number: int, handle: asyncio.Handle) -> str:
+        stacks = [stack for n, stack in self._samples if n == number]
+        gc_ms = f", of which gc {1000 * self._gc_s:.0f} ms" if self._gc_s >= 0.001 else ""
+        if self._gc_text:
+            gc_ms += f" ({self._gc_text})"
+        if not stacks:  # too short to sample: the loop's own name for it
+            return f"{getattr(handle, '_callback', handle)!r}{gc_ms}"[:160]
+        handlers: dict[str, int] = {}
+        for stack in stacks:
+            mine = [q for f, q in stack if "ckptui" in f and "benchmarks" not in f]
+            key = f"{mine[0]} ... {mine[-1]}" if mine else f"(no ckptui frame) {stack[-1][1]}"
+            if mine and stack[-1][1] != mine[-1]:
+                key += f" -> {Path(stack[-1][0]).stem}:{stack[-1][1]}"
+            handlers[key] = handlers.get(key, 0) + 1
+        top = sorted(handlers.items(), key=lambda kv: -kv[1])[:2]
+        return "; ".join(f"{k} ({n}/{len(stacks)} samples)" for k, n in top) + gc_ms
+
     def start(self) -> None:
-        self.worst = self.worst_cpu = 0.0
+        self.worst = self.worst_cpu = self.gc_worst = 0.0
+        self.worst_where = ""
+        self.gc_long = 0
         self._task = asyncio.get_running_loop().create_task(self._watch())
         run = self._run = asyncio.events.Handle._run
+        counter = iter(range(1 << 62))
 
         def timed(handle: asyncio.Handle) -> None:  # every callback the loop runs
+            number = next(counter)
+            self._gc_s, self._gc_text = 0.0, ""
             cpu = time.thread_time()
+            self._running = (number, time.perf_counter())
             try:
                 run(handle)
             finally:
-                self.worst_cpu = max(self.worst_cpu, time.thread_time() - cpu)
+                self._running = None
+                took = time.thread_time() - cpu
+                if took > self.worst_cpu:
+                    self.worst_cpu = took
+                    self.worst_where = f"{1000 * took:.0f} ms: {self._describe(number, handle)}"
+                self._samples = [s for s in self._samples if s[0] > number]
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        gc.callbacks.append(self._gc)
+        self._stop_sampler.clear()
+        self._sampler = threading.Thread(
+            target=self._sample, args=(threading.get_ident(),), daemon=True
+        )
+        self._sampler.start()
 
     def stop(self) -> float:
         """The worst stall since `start`, in seconds."""
-        assert self._task is not None and self._run is not None
+        assert self._task is not None and self._run is not None and self._sampler is not None
         self._task.cancel()
         asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
+        gc.callbacks.remove(self._gc)
+        self._stop_sampler.set()
+        self._sampler.join()
         return self.worst
 
 
-async def run_scale(path: Path) -> dict[str, float]:
+async def run_scale(path: Path, where: dict[str, str]) -> dict[str, float]:
     """Section 6 on the 100,000-key state dict: first paint, collapsing and expanding the
     100,000-key root, then `w` and `x` until their workers are done, each with the worst stall
-    of the UI thread meanwhile."""
+    of the UI thread meanwhile. `where` gets, for each stage, the slowest callback's name
+    (`Stalls.worst_where`)."""
     from ckptui.app.app import CkptApp
     from ckptui.app.screens.browse import BrowseScreen
     from ckptui.app.screens.export import ExportScreen
@@ -282,6 +392,8 @@ async def run_scale(path: Path) -> dict[str, float]:
         await pilot.pause()
         out["open_stall"] = stalls.stop()
         out["open_stall_cpu"] = stalls.worst_cpu
+        out["open_gc"], out["open_gc_long"] = stalls.gc_worst, stalls.gc_long
+        where["open"] = stalls.worst_where
         tree = app.screen.query_one(CkptTree)
         rows = len(tree.root.children)
         await press_direct(app, frames, "h", lambda: not tree.root.is_expanded)
@@ -290,6 +402,8 @@ async def run_scale(path: Path) -> dict[str, float]:
             app, frames, "l", lambda: tree.root.is_expanded and len(tree.root.children) == rows
         )
         out["expand_stall"] = stalls.stop()
+        out["expand_stall_cpu"] = stalls.worst_cpu
+        where["expand"] = stalls.worst_where
         for key, screen_type, name in (("w", WhyScreen, "why"), ("x", ExportScreen, "export")):
             stalls.start()
             out[f"{name}_shown"] = await press_direct(
@@ -299,6 +413,8 @@ async def run_scale(path: Path) -> dict[str, float]:
             await pilot.pause()
             out[f"{name}_stall"] = stalls.stop()
             out[f"{name}_stall_cpu"] = stalls.worst_cpu
+            out[f"{name}_gc"], out[f"{name}_gc_long"] = stalls.gc_worst, stalls.gc_long
+            where[name] = stalls.worst_where
             await pilot.press("escape")
             await pilot.pause()
             await app.workers.wait_for_complete()
@@ -315,6 +431,7 @@ async def run_scale(path: Path) -> dict[str, float]:
                 await pilot.pause()
                 again.append(stalls.stop())
                 again_cpu.append(stalls.worst_cpu)
+                where[f"{name} again"] = stalls.worst_where
                 await pilot.press("escape")
                 await pilot.pause()
                 await app.workers.wait_for_complete()
@@ -330,8 +447,13 @@ def scale_section(workdir: Path, repeat: int) -> list[Row]:
     path = ensure_modules(workdir)
     bench_open.warm(path)
     log(f"first paint, expand, w and x on {MODULE_KEYS:,} keys ...")
-    asyncio.run(run_scale(path))  # warm-up: imports, CSS parse
-    runs = [asyncio.run(run_scale(path)) for _ in range(repeat)]
+    asyncio.run(run_scale(path, {}))  # warm-up: imports, CSS parse
+    wheres: list[dict[str, str]] = [{} for _ in range(repeat)]
+    runs = [asyncio.run(run_scale(path, where)) for where in wheres]
+    for i, where in enumerate(wheres, 1):
+        print(f"run {i}: the callback with the most UI-thread CPU, per stage")
+        for stage, text in where.items():
+            print(f"  {stage}: {text}")
     ms = 1000.0
     return [
         Row("100k keys: window painted (header, loading view)", "s",
@@ -342,20 +464,29 @@ def scale_section(workdir: Path, repeat: int) -> list[Row]:
             [ms * r["open_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
             [ms * r["open_stall_cpu"] for r in runs], STALL_TARGET_MS),
+        Row("  same, longest GC collection (any thread)", "ms", [ms * r["open_gc"] for r in runs]),
+        Row("  same, GC collections of 10 ms or more", "n", [r["open_gc_long"] for r in runs]),
         Row("100k keys: expand the root: key -> frame", "s",
             [r["expand_root"] for r in runs], EXPAND_TARGET_S),
         Row("100k keys: expand, worst UI-thread stall", "ms",
             [ms * r["expand_stall"] for r in runs]),
+        Row("  same, most UI-thread CPU in one callback", "ms",
+            [ms * r["expand_stall_cpu"] for r in runs]),
         Row("100k keys: w -> why screen frame", "ms", [ms * r["why_shown"] for r in runs]),
         Row("100k keys: w, worst UI-thread stall until done", "ms",
             [ms * r["why_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
             [ms * r["why_stall_cpu"] for r in runs], STALL_TARGET_MS),
+        Row("  same, longest GC collection (any thread)", "ms", [ms * r["why_gc"] for r in runs]),
+        Row("  same, GC collections of 10 ms or more", "n", [r["why_gc_long"] for r in runs]),
         Row("100k keys: x -> export dialog frame", "ms", [ms * r["export_shown"] for r in runs]),
         Row("100k keys: x, worst UI-thread stall until done", "ms",
             [ms * r["export_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
             [ms * r["export_stall_cpu"] for r in runs], STALL_TARGET_MS),
+        Row("  same, longest GC collection (any thread)", "ms",
+            [ms * r["export_gc"] for r in runs]),
+        Row("  same, GC collections of 10 ms or more", "n", [r["export_gc_long"] for r in runs]),
         Row(f"100k keys: w again, median of {AGAIN} stalls", "ms",
             [ms * r["why_again_stall"] for r in runs], STALL_TARGET_MS),
         Row("  same, most UI-thread CPU in one callback", "ms",
@@ -712,6 +843,10 @@ def modules_section(workdir: Path, repeat: int) -> list[Row]:
             [r["keystroke_max_ms"] for r in warm + cold], KEYSTROKE_TARGET_MS),
         Row("filter, 100k keys: last key -> count + rows frame", "ms",
             [r["filtered_ms"] for r in warm + cold]),
+        Row("filter, 100k keys: worst UI-thread stall while typing", "ms",
+            [1000 * r["keystroke_stall"] for r in warm + cold], STALL_TARGET_MS),
+        Row("  same, most UI-thread CPU in one callback", "ms",
+            [1000 * r["keystroke_stall_cpu"] for r in warm + cold], STALL_TARGET_MS),
     ]  # fmt: skip
 
 

@@ -1,41 +1,30 @@
 """Provides BrowseScreen: header line, checkpoint tree, details panel, filter bar, footer.
 
-The file is opened in a thread worker (the window appears at once, with a loading indicator);
-a file that cannot be opened ends the app with exit code 2 and the one-line reason.
+Opening the file and showing it is OpeningScreen's, its base (browse_open.py); this screen
+adds what the keys do: the panel following the cursor, the filter bar, `w`, `x`, `y`, `z`.
 """
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Input, Static, Tree
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
-from ckptui.analysis.frameworks import detect
-from ckptui.analysis.index import Index, search, subtree_sizes
-from ckptui.analysis.params import params_at
-from ckptui.analysis.roles import weights_path
-from ckptui.app.open_progress import OpenProgress
+from ckptui.analysis.index import search
+from ckptui.app.screens.browse_open import OpeningScreen
 from ckptui.app.widgets.ckpt_tree import CkptTree, Entry
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.app.widgets.keys_footer import KeysFooter
-from ckptui.app.widgets.tree_labels import big_summaries
-from ckptui.core import units
-from ckptui.core.bulk import gc_paused
-from ckptui.core.cancel import Cancelled, interruptible
-from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_expr
-from ckptui.core.tree import Checkpoint, KeyPath
+from ckptui.core.tree import KeyPath
 from ckptui.core.units import printable
 
 PANEL_REST = 0.05
@@ -47,35 +36,9 @@ FILTER_DEBOUNCE = 0.12
 `layer2` searches once, not six times."""
 LIVE_ROWS = 2000
 """Matches shown while typing (the count is exact up to 10,000); enter shows them all."""
-T = TypeVar("T")
 
 
-def _model_params(ckpt: Checkpoint) -> tuple[KeyPath, Any] | None:
-    """(path, `params.Params`) of the model's weights (`roles.weights_path`), or None."""
-    path = weights_path(ckpt)
-    params = params_at(ckpt.root, path)
-    return (path, params) if path is not None and params is not None else None
-
-
-def _gc_paused(fn: Callable[[], T]) -> Callable[[], T]:
-    """`fn` run with the cyclic GC paused: the workers after the open build a result per
-    tensor, and a full collection they trigger holds the GIL for 50-100 ms at 100,000 keys,
-    a stall of the UI thread (the tree itself is frozen out of the collector by `_show`).
-
-    What it built is frozen before the collector resumes: the results live as long as the
-    screen, and left young they made the first collection after it (on whichever thread
-    allocates next, often the UI thread) walk all of them at once."""
-
-    def run() -> T:
-        with gc_paused():
-            out = fn()
-            gc.freeze()
-            return out
-
-    return run
-
-
-class BrowseScreen(Screen[None]):
+class BrowseScreen(OpeningScreen):
     """The main screen."""
 
     BINDINGS = [
@@ -93,19 +56,13 @@ class BrowseScreen(Screen[None]):
     ]
 
     def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-        self.ckpt: Checkpoint | None = None
+        super().__init__(path)
         self._pending: Entry | None = None
         self._panel_timer: Timer | None = None
         self._panel_at = 0.0
         self._moved_at = 0.0
-        self._header = ""
         self._why: Any = None
         """The size breakdown's WhyCache, made on the first `w` (its module loads then)."""
-        self._opening = OpenProgress(path)
-        """What the header says while the file opens (stage, files read, seconds)."""
-        self._opening_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         # markup=False: the header quotes the file's name and framework version, and a name
@@ -120,157 +77,9 @@ class BrowseScreen(Screen[None]):
         yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#main").loading = True
         self.query_one("#filter-row").display = False
         self._filter_timer: Timer | None = None
-        self._opening_timer = self.set_interval(0.5, self._show_opening)
-        self.open_file()
-
-    def _show_opening(self) -> None:
-        self.query_one("#header", Static).update(printable(self._opening.text()))
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="open")
-    def open_file(self) -> tuple[Checkpoint, Index, Any, dict[int, str]]:
-        """Read the checkpoint's metadata off the UI thread (a URL's reads give way when the
-        app quits: the worker is cancelled, and a stalled server must not hold the app open)."""
-        worker = get_current_worker()
-        opening = self._opening
-        ckpt = interruptible(opening.open, lambda: worker.is_cancelled)
-        # A full collection in this thread holds the GIL for 0.1-0.2 s at 100,000 tensors,
-        # stalling the UI thread; what is built here forms no cycles (`gc_paused`)
-        with gc_paused():
-            opening.stage = "indexing"
-            index = Index.build(ckpt)
-            opening.stage = "finding the weights"
-            params = _model_params(ckpt)
-            # What showing the tree needs that walks every node (0.8 s on the UI thread at
-            # 100,000 keys, issue 16): the root card's sizes and the big rows' summaries
-            opening.stage = "summing sizes"
-            subtree_sizes(ckpt).largest(ckpt.root)
-            summaries = big_summaries(ckpt.root)
-            gc.freeze()  # as `_gc_paused` says; `_show` freezes what the UI adds to it
-        return ckpt, index, params, summaries
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="training")
-    def find_training_facts(self, ckpt: Checkpoint) -> Any:
-        """Name optimizer entries' parameters, make the resume card and the weights_only
-        report, after the tree is shown (aligning a huge optimizer can take a second)."""
-        # deferred: the training analysis runs in this worker after first paint, and loads here
-        from ckptui.analysis.training.facts import training_facts
-
-        # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
-        worker = get_current_worker()
-        return interruptible(_gc_paused(lambda: training_facts(ckpt)), lambda: worker.is_cancelled)
-
-    @on(Worker.StateChanged)
-    def _training_found(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "training" or event.state is not WorkerState.SUCCESS:
-            return
-        facts = event.worker.result
-        self.query_one(CkptTree).add_parts(facts.labels())
-        panel = self.query_one(DetailPanel)
-        panel.training = facts
-        panel.show(panel.entry)
-
-    @on(Worker.StateChanged)
-    def _opened(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "open":
-            return
-        if event.state in (WorkerState.ERROR, WorkerState.SUCCESS) and self._opening_timer:
-            self._opening_timer.stop()
-        if event.state is WorkerState.ERROR:
-            error = event.worker.error
-            if isinstance(error, Cancelled):
-                return  # the app is quitting
-            if isinstance(error, CkptError):
-                message = f"ckptui: {error.path}: {error.message}"
-            else:
-                message = f"ckptui: {self.path}: unexpected error: {error!r}"
-            # Printed plainly by the CLI after the terminal is restored (rich would wrap it and
-            # read brackets in file names as markup).
-            self.app.error_message = message  # type: ignore[attr-defined]
-            self.app.exit(return_code=2)
-        elif event.state is WorkerState.SUCCESS:
-            self._show(*event.worker.result)
-
-    def _show(
-        self, ckpt: Checkpoint, index: Index, params: Any = None, summaries: Any = None
-    ) -> None:
-        self.ckpt = ckpt
-        # The checkpoint's nodes live as long as the app: moving them out of the collector's
-        # generations stops full collections over a million nodes from stalling cursor moves
-        # (100-200 ms each on a 50,000-key state dict).
-        gc.freeze()
-        self.query_one("#main").loading = False
-        dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
-        framework = detect(ckpt)
-        # The framework comes right after the name: the rest of the line is cut first at 80
-        # columns, and "Lightning 2.6.6 · epoch 3" says more than the container format.
-        header = f"{ckpt.path} · " + (f"{framework.heading()} · " if framework else "")
-        fetched = ckpt.info.get("bytes_read")
-        if fetched is not None:  # a URL: what opening it cost, before the line is cut at 80
-            header += f"{units.size(fetched)} read · "
-        header += f"{ckpt.format} · {units.size(ckpt.file_bytes)} · {index.tensor_count:,} tensor"
-        header += "" if index.tensor_count == 1 else "s"  # `1 tensor`
-        if params is not None:  # the model's, not the optimizer's: what a user sizes it by
-            header += f" · {params[1].text()}"
-        if dangers:
-            header += f" · ⚠ {units.plural(dangers, 'dangerous call')}: torch.load would run code"
-        self._header = header = printable(header)  # text from the file: escaped
-        head = self.query_one("#header", Static)
-        head.update(header)
-        head.set_class(bool(dangers), "danger")
-        panel = self.query_one(DetailPanel)
-        panel.ckpt, panel.index, panel.params = ckpt, index, params
-        tree = self.query_one(CkptTree)
-        tree.params = {params[0]: params[1]} if params is not None else {}
-        tree.show_checkpoint(ckpt, summaries)
-        panel.show(tree.root.data)  # the cursor starts on the root: no highlight event comes
-        tree.focus()
-        if params is not None:  # first: `m` is a key away, the training facts a panel away
-            weights = ckpt.find(params[0])
-            if weights is not None:  # `m` meanwhile waits for these rows (tree_modules)
-                tree.expect_modules(weights)
-            self.find_modules(ckpt, params[0])
-        self.find_training_facts(ckpt)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
-    def find_modules(self, ckpt: Checkpoint, path: KeyPath) -> tuple[Any, Any]:
-        """The module view's rows for the weights, made before `m` asks for them (grouping a
-        100,000-key dict takes most of a second here)."""
-        # deferred: the module view's grouping loads in this worker, after first paint
-        from ckptui.analysis import modules
-
-        def run() -> tuple[Any, Any]:
-            node = ckpt.find(path)
-            rows = modules.module_rows(node, path) if node is not None else None
-            # handed over before the next two levels are made: `m` pressed meanwhile shows
-            # these rows instead of grouping 100,000 names again on the UI thread
-            self.app.call_from_thread(self._preload_modules, node, rows)
-            modules.warm(rows, levels=2)
-            return node, rows
-
-        worker = get_current_worker()  # on a thread q abandons (see open_file)
-        return interruptible(_gc_paused(run), lambda: worker.is_cancelled)
-
-    def _preload_modules(self, node: Any, rows: Any) -> None:
-        if node is not None and self.ckpt is not None:
-            self.query_one(CkptTree).preload_modules(node, rows)
-
-    @on(Worker.StateChanged)
-    def _modules_found(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "modules":
-            return
-        if event.state is WorkerState.SUCCESS:
-            node, rows = event.worker.result
-            if node is not None:
-                self.query_one(CkptTree).preload_modules(node, rows)
-        elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED) and self.ckpt is not None:
-            tree = self.query_one(CkptTree)
-            weights = tree.params and next(iter(tree.params))
-            node = self.ckpt.find(weights) if isinstance(weights, tuple) else None
-            if node is not None:  # a row waiting for those rows groups them itself
-                tree.modules_lost(node)
+        self._start_opening()
 
     @on(Tree.NodeHighlighted)
     def _highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
@@ -319,7 +128,10 @@ class BrowseScreen(Screen[None]):
         bar = self.query_one(FilterBar)
         query = bar.value.strip()
         count = self.query_one("#filter-count", Static)
-        if self.ckpt is None or not bar.display:
+        if not bar.display:
+            return
+        if self.ckpt is None:  # typed while the file opens: searched once it is shown
+            count.update("opening …" if query else "")
             return
         if not query:
             count.update("")
@@ -366,6 +178,14 @@ class BrowseScreen(Screen[None]):
             self._filter_timer = None
         self.workers.cancel_group(self, "search")
         query = event.value.strip()
+        if query and self.ckpt is None:  # the bar stays open with it; applied once open
+            bar = self.query_one(FilterBar)
+            self.when_open("the filter applies", lambda: self._filter_by(bar.value.strip()))
+            return
+        self._filter_by(query)
+
+    def _filter_by(self, query: str) -> None:
+        """enter in the filter bar: the tree shows only the keys matching `query`."""
         if not query or self.ckpt is None:
             self.action_clear_filter()
             return
@@ -388,9 +208,18 @@ class BrowseScreen(Screen[None]):
             markup=False,  # the query is typed text: `[/x]` raised MarkupError
         )
 
+    def _shown(self) -> None:
+        """The tree is shown: a filter typed meanwhile is searched now (a submitted one is
+        applied by the action waiting for the open)."""
+        bar = self.query_one(FilterBar)
+        if bar.display and bar.value.strip():
+            self._live_filter()
+        super()._shown()
+
     def action_clear_filter(self) -> None:
         """esc: show the whole tree again (n/N still step through the matches); esc again
-        forgets the matches."""
+        forgets the matches. While the file opens: what a key asked for meanwhile."""
+        self.forget_after_open()
         self.query_one(FilterBar).close()
         tree = self.query_one(CkptTree)
         if tree.filtered:
@@ -410,6 +239,9 @@ class BrowseScreen(Screen[None]):
     # -- other actions ---------------------------------------------------------------------
     def action_copy_path(self) -> None:
         """y: copy the key path as Python indexing (OSC 52 works over SSH)."""
+        if self.ckpt is None:
+            self.when_open("nothing to copy yet")
+            return
         node = self.query_one(CkptTree).cursor_node
         if node is None or node.data is None:
             return
@@ -430,11 +262,15 @@ class BrowseScreen(Screen[None]):
 
     def action_values(self) -> None:
         """v: compute the selected tensor's values."""
+        if self.ckpt is None:
+            self.when_open("no tensor to read yet")
+            return
         self.query_one(DetailPanel).compute_values()
 
     def action_why(self) -> None:
         """w: the size breakdown; enter there comes back with the cursor on that subtree."""
         if self.ckpt is None:
+            self.when_open("the size breakdown shows", self.action_why)
             return
         from ckptui.app.screens.why import (  # not needed to browse: kept off the start-up path
             WhyCache,
@@ -448,6 +284,7 @@ class BrowseScreen(Screen[None]):
     def action_export(self) -> None:
         """x: the export dialog, keeping the marked subtrees (or else the detected weights)."""
         if self.ckpt is None:
+            self.when_open("the export dialog opens", self.action_export)
             return
         from ckptui.app.screens.export import (
             ExportScreen,  # not needed to browse: kept off the start-up path

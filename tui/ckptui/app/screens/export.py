@@ -2,16 +2,13 @@
 
 The dialog only gathers choices and shows the core's answers: `make_plan` says what the output
 holds and exactly how big it is (recomputed on every change), and `export` writes it through a
-verified temporary file in a thread worker, reporting progress here. Esc while writing stops
-the export at the next block; `export` then removes its temporary file, so nothing is left.
-ExportDoneScreen then says where the file is, how big, and that it was verified.
+verified temporary file in a thread worker, reporting progress (ExportWriting, this screen's
+base in export_write.py, with ExportDoneScreen, which says what was written).
 """
 
 from __future__ import annotations
 
 import gc
-import threading
-import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -19,62 +16,31 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import (
-    Button,
-    Checkbox,
-    Input,
-    Label,
-    ProgressBar,
-    RadioButton,
-    RadioSet,
-    Static,
-)
+from textual.widgets import Button, Checkbox, Input, Label, RadioSet, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from ckptui.app.collector import collector_paused
+from ckptui.app.screens.export_write import ExportDoneScreen, ExportWriting
+from ckptui.app.widgets.choices import Choice, Tick
+from ckptui.app.widgets.shown_input import ShownInput
 from ckptui.core import units
-from ckptui.core.bulk import gc_paused
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import Checkpoint, KeyPath
-from ckptui.export import (
-    ExportError,
-    Plan,
-    Result,
-    check_target,
-    default_target,
-    export,
-    make_plan,
-)
+from ckptui.export import Plan, check_target, default_target, make_plan
 from ckptui.export.dcp import stitched_bytes
 from ckptui.export.plan import output_stem
 from ckptui.formats.source import is_url
 
+__all__ = ["ExportDoneScreen", "ExportScreen", "default_format"]
+"""ExportDoneScreen is ExportWriting's: imported from here by the tests, as it always was."""
+
 DTYPES = ("keep", "bf16", "fp16")
 FORMATS = ("pth", "safetensors")
-PROGRESS_EVERY = 0.05
-"""Seconds between progress updates sent from the writing thread to the screen."""
 
 
-class _Choice(RadioButton):
-    """A radio button whose dot is there only when chosen: Textual's shows a dot in both states
-    and tells them apart by colour alone, which NO_COLOR (and a monochrome terminal) removes."""
-
-    @property  # type: ignore[override]
-    def BUTTON_INNER(self) -> str:
-        return "●" if self.value else " "
-
-
-class _Tick(Checkbox):
-    """A checkbox whose X is there only when ticked (see _Choice)."""
-
-    @property  # type: ignore[override]
-    def BUTTON_INNER(self) -> str:
-        return "X" if self.value else " "
-
-
-class ExportScreen(ModalScreen[None]):
+class ExportScreen(ExportWriting):
     """The export dialog, prefilled with the marks or else the detected weights."""
 
     # None of the dialog's rules depends on the app's -narrow/-wide classes: without them its
@@ -96,8 +62,6 @@ class ExportScreen(ModalScreen[None]):
         """The prefix every kept name shares (`module.`): offered for stripping."""
         self._replace: str | None = None
         """The existing target the user agreed to replace (by pressing Export twice)."""
-        self._cancel = threading.Event()
-        self._writing = False
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -108,22 +72,23 @@ class ExportScreen(ModalScreen[None]):
                 yield Static(id="export-keep")
             with Horizontal(classes="export-row"):
                 yield Label("Names", classes="export-label")
-                yield _Tick("strip the prefix", id="export-strip")
+                yield Tick("strip the prefix", id="export-strip")
             with Horizontal(classes="export-row"):
                 yield Label("Floats", classes="export-label")
                 with RadioSet(id="export-dtype"):
-                    yield _Choice("keep dtype", value=True)
-                    yield _Choice("bf16")
-                    yield _Choice("fp16")
+                    yield Choice("keep dtype", value=True)
+                    yield Choice("bf16")
+                    yield Choice("fp16")
             with Horizontal(classes="export-row"):
                 yield Label("Format", classes="export-label")
                 fmt = default_format(self.ckpt)
                 with RadioSet(id="export-format"):
-                    yield _Choice(".pth", value=fmt == "pth")
-                    yield _Choice(".safetensors", value=fmt == "safetensors")
+                    yield Choice(".pth", value=fmt == "pth")
+                    yield Choice(".safetensors", value=fmt == "safetensors")
             with Horizontal(classes="export-row"):
                 yield Label("Write to", classes="export-label")
-                yield Input(self._default_target(fmt), id="export-target")
+                # the name is the source's: its control characters drawn as symbols, kept
+                yield ShownInput(self._default_target(fmt), id="export-target")
             with Horizontal(classes="export-row", id="export-size-row"):
                 yield Label("Size", classes="export-label")
                 yield Static(id="export-size")
@@ -167,7 +132,7 @@ class ExportScreen(ModalScreen[None]):
         worker = get_current_worker()  # on a thread `q` abandons, as every long worker
 
         def run() -> tuple[Plan, int, bool, int]:
-            with gc_paused():  # the size's allocations too: see `_planned`
+            with collector_paused():  # the size's allocations too: see `_planned`
                 plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
                 return plan, plan.predicted_bytes, first, stitched_bytes(plan)
 
@@ -286,175 +251,6 @@ class ExportScreen(ModalScreen[None]):
         problem = self._target_problem() or ""
         button.disabled = self._writing or self.plan is None or "$error" in problem
         button.label = "Replace" if self._replace else "Export"
-
-    # -- writing -----------------------------------------------------------------------------
-    @on(Button.Pressed, "#export-cancel")
-    def action_cancel(self) -> None:
-        """esc: close the dialog, or stop a running export (nothing is left behind)."""
-        if self._writing:
-            self._cancel.set()
-            self.query_one("#export-note", Static).update("stopping …")
-        else:
-            self.dismiss(None)
-
-    def action_enter(self) -> None:
-        """enter: write the export from anywhere in the dialog (on Cancel: cancel)."""
-        if self.focused is not None and self.focused.id == "export-cancel":
-            self.action_cancel()
-        else:
-            self._go()
-
-    @on(Button.Pressed, "#export-go")
-    @on(Input.Submitted, "#export-target")
-    def _go(self) -> None:
-        if self._writing or self.plan is None or self.query_one("#export-go", Button).disabled:
-            return
-        target = str(Path(self.query_one("#export-target", Input).value.strip()).expanduser())
-        exists = Path(target).exists()
-        if exists and self._replace != target:
-            self._replace = target  # ask first: the second press replaces
-            self._check_target()
-            self.query_one("#export-go", Button).focus()
-            return
-        self._writing = True
-        self._cancel.clear()
-        for widget in self.query("Checkbox, RadioSet, Input"):
-            widget.disabled = True
-        self._update_button()
-        self.query_one("#export-cancel", Button).focus()
-        self._progress_bar(max(1, 2 * self.plan.data_bytes))
-        self._write(self.plan, target, exists)
-
-    def _progress_bar(self, total: int) -> None:
-        """Show the progress bar at 0 of `total`, mounting it on the first export: a hidden
-        ProgressBar still costs its four widgets' styling and layout in every pass while the
-        dialog opens, and its clock ticks every second."""
-        bars = self.query(ProgressBar)
-        if bars:
-            bar = bars.first()
-            bar.display = True
-            bar.update(total=total, progress=0)
-        else:
-            bar = ProgressBar(total=total, id="export-progress", show_eta=True)
-            self.query_one("#export").mount(bar, before="#export-buttons")
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="export")
-    def _write(self, plan: Plan, target: str, force: bool) -> Result:
-        total = plan.data_bytes
-        worker = get_current_worker()
-        return export(
-            plan,
-            target,
-            force=force,
-            progress=self._reporter("writing", 0),
-            verify_progress=self._reporter("verifying", total),
-            # esc, or quitting (the worker is cancelled), stops a read from a URL mid-wait
-            cancelled=lambda: self._cancel.is_set() or worker.is_cancelled,
-        )
-
-    def _reporter(self, phase: str, base: int):
-        """A progress callback for the writing thread: checks for esc, posts throttled updates."""
-        last = 0.0
-
-        def report(done: int, total: int, name: str) -> None:
-            nonlocal last
-            if self._cancel.is_set():  # esc: `export` cleans up after it
-                raise Cancelled
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY or done >= total:
-                last = now
-                self.app.call_from_thread(self._progress, phase, base + done, name)
-
-        return report
-
-    def _progress(self, phase: str, done: int, name: str) -> None:
-        self.query_one(ProgressBar).update(progress=done)
-        if not self._cancel.is_set():
-            shown = escape(units.printable(name))  # a tensor name from the file
-            self.query_one("#export-note", Static).update(f"{phase} [b]{shown}[/]")
-
-    @on(Worker.StateChanged)
-    def _finished(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "export" or event.state not in (
-            WorkerState.SUCCESS,
-            WorkerState.ERROR,
-        ):
-            return
-        self._writing = False
-        if event.state is WorkerState.SUCCESS:
-            result: Result = event.worker.result
-            self.app.pop_screen()
-            self.app.push_screen(ExportDoneScreen(result, self.ckpt.file_bytes, self.plan))
-            return
-        error = event.worker.error
-        if isinstance(error, Cancelled):
-            message = "[$warning]stopped: nothing was written[/]"
-        elif isinstance(error, ExportError | CkptError):
-            message = f"[b $error]{escape(units.printable(error.message))}: nothing was written[/]"
-        else:
-            message = f"[b $error]unexpected error: {escape(repr(error))}; nothing was written[/]"
-        self.query_one(ProgressBar).display = False
-        for widget in self.query("Checkbox, RadioSet, Input"):
-            widget.disabled = False
-        self.query_one("#export-strip", Checkbox).disabled = not self._prefix
-        self._replace = None
-        self._update_button()
-        self.query_one("#export-note", Static).update(message)
-        self.query_one("#export-go", Button).focus()
-
-
-class ExportDoneScreen(ModalScreen[None]):
-    """What was written: path, size, tensor count, and that it was verified."""
-
-    BINDINGS = [
-        Binding("escape,enter,q", "dismiss", "Close"),
-        Binding("y", "copy_path", "Copy path"),
-    ]
-
-    def __init__(self, result: Result, source_bytes: int, plan: Plan | None) -> None:
-        super().__init__()
-        self.result = result
-        self.source_bytes = source_bytes
-        self.plan = plan
-
-    def compose(self) -> ComposeResult:
-        r = self.result
-        path = str(Path(r.output).absolute())
-        name = Path(r.output).name
-        if r.output.endswith(".safetensors"):
-            load = f"safetensors.torch.load_file({name!r})"
-        else:
-            load = f"torch.load({name!r}, weights_only=True)"
-        change = units.size_change(self.source_bytes, r.bytes)
-        rows = [
-            ("Wrote", f"[b]{escape(units.printable(path))}[/]"),
-            ("Size", f"{units.size(r.bytes)} · {r.tensors:,} tensors ({change})"),
-            (
-                "Verified",
-                "every tensor was read back from the new file and matched the source bit for bit"
-                if r.verified
-                else "[$error]not verified[/]",
-            ),
-            ("Load it", escape(load)),
-        ]
-        if self.plan is not None and self.plan.strip_prefix:
-            rows.insert(2, ("Names", f"stripped {escape(repr(self.plan.strip_prefix))}"))
-        if r.bytes_read is not None:  # a source at a URL: what crossed the network
-            fetched = f"{units.size(r.bytes_read)} of the {units.size(self.source_bytes)} source"
-            rows.insert(2, ("Fetched", fetched))
-        with Vertical(id="export-done") as box:
-            box.border_title = "✓ Exported"
-            for i, (label, text) in enumerate(rows):
-                with Horizontal(classes="export-row", id="export-first" if i == 0 else None):
-                    yield Label(label, classes="export-label")
-                    yield Static(text)
-            yield Static("enter closes · y copies the path", id="export-done-keys")
-
-    def action_copy_path(self) -> None:
-        """y: copy the written file's path."""
-        path = str(Path(self.result.output).absolute())
-        self.app.copy_to_clipboard(path)
-        self.notify(f"copied {units.printable(path)}", timeout=3, markup=False)  # not markup
 
 
 def _named_target(ckpt: Checkpoint, marks: list[Path], fmt: str) -> str:

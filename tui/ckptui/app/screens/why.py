@@ -28,6 +28,7 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
+from ckptui.app.collector import paused
 from ckptui.app.widgets.bar_tree import BarRows, BarTree, opened_state
 from ckptui.app.widgets.keys_footer import KeysFooter
 from ckptui.core.cancel import Cancelled, interruptible
@@ -123,8 +124,10 @@ class WhyScreen(Screen[KeyPath | None]):
         def each(name: str, ckpt: Checkpoint, b: Breakdown) -> None:
             files.append((name, ckpt, b))
 
+        # paused: its collections held the GIL 0.1-0.3 s at 100,000 tensors (`collector`)
         b = interruptible(
-            lambda: breakdown_of(self.ckpt, each, exported_size), lambda: worker.is_cancelled
+            paused(lambda: breakdown_of(self.ckpt, each, exported_size)),
+            lambda: worker.is_cancelled,
         )
         self.cache.files = files
         return b
@@ -142,6 +145,8 @@ class WhyScreen(Screen[KeyPath | None]):
                 lambda: worker.is_cancelled,
             )
 
+        # not paused: reading and hashing can take minutes, and the UI's own garbage of all
+        # that time would be frozen with it; its collections walk little (no result per tensor)
         return duplicates_of(self.ckpt, b, self.cache.files, search)
 
     @on(Worker.StateChanged)

@@ -29,7 +29,7 @@ from ckptui.analysis import modules as mv
 from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import subtree_sizes
 from ckptui.analysis.roles import is_module
-from ckptui.app.widgets.tree_entry import EXPAND_BUDGET, GROUP, Entry
+from ckptui.app.widgets.tree_entry import EXPAND_BUDGET, GROUP, Entry, NotOpen
 from ckptui.app.widgets.tree_filter import Filtering
 from ckptui.app.widgets.tree_labels import RowLabels
 from ckptui.app.widgets.tree_marks import Marks
@@ -70,6 +70,9 @@ class CkptTree(RowLabels, ModuleView, Sorting, Filtering, Marks, Tree[Entry]):
         "ckpt-tree--group",
         "ckpt-tree--marked",
     }
+
+    NotOpen = NotOpen
+    """Posted by a key that needs the checkpoint while it is still opening (tree_entry)."""
 
     class MarksChanged(Message):
         """The set of subtrees marked for export changed."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from textual.message import Message
+
 from ckptui.analysis import modules as mv
 from ckptui.core.tree import KeyPath, Node, NodeKind, walk
 
@@ -16,6 +18,17 @@ GROUP = 1000
 """Children shown per group row in large containers."""
 EXPAND_BUDGET = 5000
 """Tree rows `e` (expand all below) may create at once."""
+
+
+class NotOpen(Message):
+    """A key that needs the checkpoint (`m`, `s`, space) was pressed while it is still
+    opening: the screen says so, and runs `again` (if any) once the tree is shown."""
+
+    def __init__(self, what: str, again: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.what = what
+        """What happens once it is open (`the module view shows`), or why nothing can."""
+        self.again = again
 
 
 @dataclass

@@ -6,7 +6,9 @@ A mixin of CkptTree, split from it by concept; the row colours are drawn by `tre
 
 from __future__ import annotations
 
-from ckptui.app.widgets.tree_entry import Entry, has_tensors
+from typing import Any
+
+from ckptui.app.widgets.tree_entry import Entry, NotOpen, has_tensors
 from ckptui.core.keypath import path_text
 from ckptui.core.tree import KeyPath, Node
 from ckptui.core.units import printable
@@ -16,11 +18,15 @@ class Marks:
     """Export marks of CkptTree (a mixin: `self` is the tree)."""
 
     marks: dict[KeyPath, None]
+    ckpt: Any
 
     def action_toggle_mark(self) -> None:
         """space: mark the cursor's subtree for export, or unmark it."""
         row = self.cursor_node
         entry = row.data if row else None
+        if self.ckpt is None:
+            self.post_message(NotOpen("nothing to mark yet"))
+            return
         if row is None or entry is None:
             return
         if entry.group is not None:  # a group row stands for its children

@@ -14,8 +14,8 @@ from textual.widgets.tree import TreeNode
 from textual.worker import get_current_worker
 
 from ckptui.analysis import modules as mv
-from ckptui.app.widgets.tree_entry import Entry, holds
-from ckptui.core.bulk import gc_paused
+from ckptui.app.collector import collector_paused
+from ckptui.app.widgets.tree_entry import Entry, NotOpen, holds
 from ckptui.core.tree import KeyPath, Node, NodeKind
 from ckptui.core.units import plural, printable
 
@@ -87,7 +87,7 @@ class ModuleView:
 
         def run() -> None:
             worker = get_current_worker()
-            with gc_paused():  # a full collection in this thread would hold the UI thread too
+            with collector_paused():  # a collection in this thread holds the UI thread too
                 rows = mv.module_rows(node, path)
                 mv.warm(rows, levels=1)  # the first expand then costs nothing either
             if not worker.is_cancelled:
@@ -130,7 +130,8 @@ class ModuleView:
     def action_toggle_modules(self) -> None:
         """m: group dotted state-dict names into modules (and whole-module pickles into their
         layers), or show the keys as they are stored; the cursor stays on its key."""
-        if self.ckpt is None:
+        if self.ckpt is None:  # pressed while the file opens: once it is open
+            self.post_message(NotOpen("the module view shows", self.action_toggle_modules))
             return
         entry = self.cursor_node.data if self.cursor_node else None
         keep = entry.path if entry is not None else None

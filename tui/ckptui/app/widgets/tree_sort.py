@@ -12,8 +12,9 @@ from typing import Any
 
 from textual.worker import get_current_worker
 
+from ckptui.app.collector import collector_paused
+from ckptui.app.widgets.tree_entry import NotOpen
 from ckptui.app.widgets.tree_order import LABELS, ORDERS, Sorter, next_order
-from ckptui.core.bulk import gc_paused
 from ckptui.core.tree import Node
 
 SORT_INLINE = 20_000
@@ -52,7 +53,10 @@ class Sorting:
 
         On a large checkpoint the first sort in an order runs in a worker (`_sort_ahead`) and
         this action runs again when it is done: the UI thread never waits on it."""
-        if self.ckpt is None or order not in ORDERS:
+        if order not in ORDERS:
+            return
+        if self.ckpt is None:  # pressed while the file opens: once it is open
+            self.post_message(NotOpen(f"rows {LABELS[order]}", lambda: self.action_sort_by(order)))
             return
         if not self._sort_ahead(order):
             self._apply_sort(order)
@@ -91,7 +95,7 @@ class Sorting:
             try:
                 # the collector paused: a full collection over what the sort makes holds the
                 # GIL, so the UI thread stalled 135 ms on a 100,000-key sort without it
-                with gc_paused():
+                with collector_paused():
                     sorter.prepare(nodes, order, lambda: worker.is_cancelled)
             finally:  # failed too: the rows are sorted as they are asked for, and `s` works on
                 if not worker.is_cancelled:
