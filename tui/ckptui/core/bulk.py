@@ -6,30 +6,72 @@ their cost grows with the work done so far, and a full one runs on whichever thr
 holding the GIL: the browser's UI thread stalled for seconds while a worker broke down such a
 file (issue 16). Reference counting still frees everything at once; collection resumes after.
 
-On the way out the block's objects are moved to the oldest generation (`gc.freeze` then
-`gc.unfreeze`, two list splices): re-enabled as they were, the first allocation after the block
-ran a young collection over every object the block made (0.09 s after opening a 100,000-tensor
-zip, 0.05 s after building its tree), and another when they moved up a generation. In the oldest
-generation they are still collected, by the full collections, which stay as rare as before.
+The pause is process-wide, so blocks are counted across threads: the collector is off from the
+first block's start to the last one's end. Counted per block, two overlapping on two threads
+(the browser's module rows and training facts start together once a file is open) undid each
+other: the first to end turned the collector back on while the other still built, and the
+collections that followed walked what it was building, 0.1-0.3 s each while holding the GIL.
+
+On the last block's way out, what was built is handed to the collector's permanent or oldest
+generation (`gc.freeze`, then `gc.unfreeze` unless a block asked to `keep_frozen`): re-enabled
+as they were, the first allocation after the block ran a young collection over every object the
+block made (0.09 s after opening a 100,000-tensor zip, 0.05 s after building its tree). In the
+oldest generation they are still collected by the full collections, which stay as rare as
+before; that suits a command that ends. The browser runs for hours, and one full collection
+walking a 100,000-key tree was its UI thread's longest stall (157-184 ms, `bench_ui.py --only
+scale`): its workers keep what they built frozen, for good. What it built is freed by
+reference counting when it goes; a cycle made then is never collected, which is why only the
+app asks for it, for work that builds trees.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_running = 0
+"""Blocks running now, on any thread."""
+_resume = False
+"""Whether the collector was on when the first of them started."""
+_keep = False
+"""Whether a block running since then asked to keep what was built frozen."""
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic collector off inside the block, as it was after (process-wide: a thread's
-    block pauses it for every thread, for as long as the block takes)."""
-    enabled = gc.isenabled()
-    gc.disable()
+def gc_paused(keep_frozen: bool = False) -> Iterator[None]:
+    """The cyclic collector off until every block started meanwhile (on any thread) is done,
+    then back as the first found it; a collector found off stays off (module docstring)."""
+    global _running, _resume, _keep
+    with _lock:
+        if _running == 0:
+            _resume = gc.isenabled()
+            _keep = False
+            gc.disable()
+        _running += 1
+        _keep = _keep or keep_frozen
     try:
         yield
     finally:
-        if enabled:
-            gc.freeze()  # every tracked object to the permanent generation, young counts zeroed
-            gc.unfreeze()  # ... and from there to the oldest one, where full collections see it
-            gc.enable()
+        with _lock:
+            _running -= 1
+            if _running == 0 and _resume:
+                gc.freeze()  # every tracked object to the permanent generation, counts zeroed
+                if not _keep:
+                    gc.unfreeze()  # ... and from there to the oldest one
+                gc.enable()
+
+
+def gc_paused_call(fn: Callable[[], T], keep_frozen: bool = False) -> Callable[[], T]:
+    """`fn`, run inside `gc_paused(keep_frozen)` (for a worker's thread)."""
+
+    def run() -> T:
+        with gc_paused(keep_frozen):
+            return fn()
+
+    return run

@@ -23,13 +23,13 @@ from ckptui.analysis.frameworks import detect
 from ckptui.analysis.index import Index, subtree_sizes
 from ckptui.analysis.params import params_at
 from ckptui.analysis.roles import weights_path
-from ckptui.app.collector import collector_paused, paused
 from ckptui.app.open_progress import OpenProgress
 from ckptui.app.widgets.ckpt_tree import CkptTree
 from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.app.widgets.tree_labels import big_summaries
 from ckptui.core import units
+from ckptui.core.bulk import gc_paused, gc_paused_call
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -114,8 +114,8 @@ class OpeningScreen(Screen[None]):
         worker = get_current_worker()
         opening = self._opening
         # A collection in this thread holds the GIL for 0.1-0.3 s at 100,000 tensors, stalling
-        # the UI thread; what is built here forms no cycles (`collector_paused`)
-        with collector_paused():
+        # the UI thread; what is built here forms no cycles (`core.bulk.gc_paused`)
+        with gc_paused(keep_frozen=True):
             ckpt = interruptible(opening.open, lambda: worker.is_cancelled)
             opening.stage = "indexing"
             index = Index.build(ckpt)
@@ -137,7 +137,10 @@ class OpeningScreen(Screen[None]):
 
         # On a thread `q` can abandon: the alignment has no cancellation points (see open_file).
         worker = get_current_worker()
-        return interruptible(paused(lambda: training_facts(ckpt)), lambda: worker.is_cancelled)
+        return interruptible(
+            gc_paused_call(lambda: training_facts(ckpt), keep_frozen=True),
+            lambda: worker.is_cancelled,
+        )
 
     @on(Worker.StateChanged)
     def _training_found(self, event: Worker.StateChanged) -> None:
@@ -230,7 +233,7 @@ class OpeningScreen(Screen[None]):
             return node, rows
 
         worker = get_current_worker()  # on a thread q abandons (see open_file)
-        return interruptible(paused(run), lambda: worker.is_cancelled)
+        return interruptible(gc_paused_call(run, keep_frozen=True), lambda: worker.is_cancelled)
 
     def _preload_modules(self, node: Any, rows: Any) -> None:
         if node is not None and self.ckpt is not None:

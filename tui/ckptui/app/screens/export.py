@@ -19,11 +19,11 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, RadioSet, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ckptui.app.collector import collector_paused
 from ckptui.app.screens.export_write import ExportDoneScreen, ExportWriting
 from ckptui.app.widgets.choices import Choice, Tick
 from ckptui.app.widgets.shown_input import ShownInput
 from ckptui.core import units
+from ckptui.core.bulk import gc_paused
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
@@ -132,7 +132,7 @@ class ExportScreen(ExportWriting):
         worker = get_current_worker()  # on a thread `q` abandons, as every long worker
 
         def run() -> tuple[Plan, int, bool, int]:
-            with collector_paused():  # the size's allocations too: see `_planned`
+            with gc_paused(keep_frozen=True):  # the size's allocations too: see `_planned`
                 plan = make_plan(self.ckpt, keep, strip, dtype, fmt)
                 return plan, plan.predicted_bytes, first, stitched_bytes(plan)
 

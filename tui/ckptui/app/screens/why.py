@@ -28,9 +28,9 @@ from ckptui.analysis.sizes.breakdown import Breakdown, Prefix
 from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
-from ckptui.app.collector import paused
 from ckptui.app.widgets.bar_tree import BarRows, BarTree, opened_state
 from ckptui.app.widgets.keys_footer import KeysFooter
+from ckptui.core.bulk import gc_paused_call
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.keypath import path_text, show_path
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -126,7 +126,7 @@ class WhyScreen(Screen[KeyPath | None]):
 
         # paused: its collections held the GIL 0.1-0.3 s at 100,000 tensors (`collector`)
         b = interruptible(
-            paused(lambda: breakdown_of(self.ckpt, each, exported_size)),
+            gc_paused_call(lambda: breakdown_of(self.ckpt, each, exported_size), keep_frozen=True),
             lambda: worker.is_cancelled,
         )
         self.cache.files = files

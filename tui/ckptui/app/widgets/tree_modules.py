@@ -14,8 +14,8 @@ from textual.widgets.tree import TreeNode
 from textual.worker import get_current_worker
 
 from ckptui.analysis import modules as mv
-from ckptui.app.collector import collector_paused
 from ckptui.app.widgets.tree_entry import Entry, NotOpen, holds
+from ckptui.core.bulk import gc_paused
 from ckptui.core.tree import KeyPath, Node, NodeKind
 from ckptui.core.units import plural, printable
 
@@ -87,7 +87,7 @@ class ModuleView:
 
         def run() -> None:
             worker = get_current_worker()
-            with collector_paused():  # a collection in this thread holds the UI thread too
+            with gc_paused(keep_frozen=True):  # a collection in this thread holds the UI thread too
                 rows = mv.module_rows(node, path)
                 mv.warm(rows, levels=1)  # the first expand then costs nothing either
             if not worker.is_cancelled:

@@ -12,9 +12,9 @@ from typing import Any
 
 from textual.worker import get_current_worker
 
-from ckptui.app.collector import collector_paused
 from ckptui.app.widgets.tree_entry import NotOpen
 from ckptui.app.widgets.tree_order import LABELS, ORDERS, Sorter, next_order
+from ckptui.core.bulk import gc_paused
 from ckptui.core.tree import Node
 
 SORT_INLINE = 20_000
@@ -95,7 +95,7 @@ class Sorting:
             try:
                 # the collector paused: a full collection over what the sort makes holds the
                 # GIL, so the UI thread stalled 135 ms on a 100,000-key sort without it
-                with collector_paused():
+                with gc_paused(keep_frozen=True):
                     sorter.prepare(nodes, order, lambda: worker.is_cancelled)
             finally:  # failed too: the rows are sorted as they are asked for, and `s` works on
                 if not worker.is_cancelled:

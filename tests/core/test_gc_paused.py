@@ -1,5 +1,5 @@
-"""The app's workers pause the cyclic collector together (`app.collector`): one ending while
-another still builds leaves it off, and the last one freezes what they built."""
+"""The collector pauses are counted across threads (`core.bulk`): one ending while another still
+builds leaves it off, and the last one freezes what they built (for good when a block asks)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckptui.app.collector import collector_paused, paused
-from ckptui.core.bulk import gc_paused
+from ckptui.core.bulk import gc_paused, gc_paused_call
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +18,9 @@ def collector_on() -> Iterator[None]:
     gc.enable()
     yield
     gc.unfreeze()  # what the blocks froze goes back to the collector
-    if not was:
+    if was:
+        gc.enable()  # a test turned it off
+    else:
         gc.disable()
 
 
@@ -27,16 +28,16 @@ def test_overlapping_blocks_on_two_threads_keep_it_off_until_the_last_ends() -> 
     started, first_done, seen = threading.Event(), threading.Event(), []
 
     def other() -> None:
-        with collector_paused():
+        with gc_paused(keep_frozen=True):
             started.set()
             first_done.wait(5)
             seen.append(gc.isenabled())  # the first block has ended meanwhile
-            with gc_paused():  # the core's own block inside finds it off, leaves it off
+            with gc_paused():  # a block inside finds it off, leaves it off
                 pass
             seen.append(gc.isenabled())
 
     thread = threading.Thread(target=other)
-    with collector_paused():
+    with gc_paused():
         thread.start()
         assert started.wait(5)
     assert not gc.isenabled()  # the other thread's block still runs
@@ -48,19 +49,27 @@ def test_overlapping_blocks_on_two_threads_keep_it_off_until_the_last_ends() -> 
 
 def test_the_last_block_freezes_what_was_built_and_resumes() -> None:
     before = gc.get_freeze_count()
-    built = paused(lambda: [[i] for i in range(1000)])()
+    built = gc_paused_call(lambda: [[i] for i in range(1000)], keep_frozen=True)()
     assert len(built) == 1000 and gc.isenabled()
     assert gc.get_freeze_count() >= before + 1000
 
 
 def test_a_collector_that_was_off_stays_off() -> None:
     gc.disable()
-    with collector_paused():
+    with gc_paused():
         pass
     assert not gc.isenabled()
 
 
 def test_an_error_inside_still_resumes_it() -> None:
-    with pytest.raises(ValueError), collector_paused():
+    with pytest.raises(ValueError), gc_paused():
         raise ValueError("worker failed")
     assert gc.isenabled()
+
+
+def test_a_plain_block_leaves_nothing_frozen() -> None:
+    before = gc.get_freeze_count()
+    with gc_paused():
+        made = [[i] for i in range(1000)]
+    assert len(made) == 1000 and gc.isenabled()
+    assert gc.get_freeze_count() == before
