@@ -189,6 +189,7 @@ def _read(src: Source, storage_file: str | None = None) -> Checkpoint:
 
 def _read_pickled(src: Source, head: bytes) -> Checkpoint:
     """`_read` of anything but safetensors: zip, legacy tar, legacy and plain pickles."""
+    # deferred: a safetensors file or folder never needs these readers (see the imports above)
     from ckptui.formats.legacy import may_pass_ne_check, read_legacy
     from ckptui.formats.legacy_tar import open_tar, read_legacy_tar
     from ckptui.formats.torchzip import read_zip
@@ -223,7 +224,7 @@ def _read_past_odd_magic(src: Source, first: object, end: int) -> Checkpoint:
     (`unittest.mock.ANY`): torch.load goes on reading as the legacy format, so ckptui does too,
     and judges every pickle torch would reach. With nothing after it (a plain pickle of an
     object), torch.load just fails at the next read."""
-    from ckptui.formats.legacy import read_legacy
+    from ckptui.formats.legacy import read_legacy  # deferred, as in `_read_pickled`
 
     plain = assemble(src, "pickle", first, {"pickle_bytes": end})
     if src.read_at(end, 1) == b"":
