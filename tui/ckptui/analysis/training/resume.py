@@ -259,8 +259,8 @@ def _scan(
         name = str(path[-1]).lower() if path else ""
         if path and is_scheduler_state(name, node):
             last = node.child("last_epoch")
-            value = last.value if last is not None and type(last.value) is int else None
-            schedulers.append(Found(path, _scheduler_kind(node), value))
+            epoch = last.value if last is not None and type(last.value) is int else None
+            schedulers.append(Found(path, _scheduler_kind(node), epoch))
             continue
         if path and scaler is None and _is_scaler(name, node):
             scale = node.child("scale") or node.child("loss_scale")
