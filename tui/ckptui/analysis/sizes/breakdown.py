@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ckptui.analysis.roles import ROLE_LABELS, Role, optimizers_of, role_groups, weights_path
 from ckptui.analysis.sizes.findings import LONG_SEQUENCE, SizeFinding, size_findings
+from ckptui.analysis.sizes.prefixes import Prefix, prefix_tree
 from ckptui.core.tree import Checkpoint, KeyPath, Node, NodeKind, Part, Region, TensorInfo, walk
 from ckptui.core.units import size
 
@@ -38,22 +39,6 @@ class Group:
     path: KeyPath
     role: Role
     bytes: int
-
-
-@dataclass(slots=True)
-class Prefix:
-    """A module prefix (`backbone.body.layer3`) and the weight bytes below it."""
-
-    name: str
-    bytes: int = 0
-    tensors: int = 0
-    children: dict[str, Prefix] = field(default_factory=dict)
-    first: KeyPath | None = None
-    """Path of the first tensor below, in file order (where a jump to this prefix lands)."""
-
-    def sorted_children(self) -> list[Prefix]:
-        """Children, largest first."""
-        return sorted(self.children.values(), key=lambda p: -p.bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,44 +361,6 @@ def _name_below(path: KeyPath, n: int) -> str:
     if len(path) == n + 1 and type(path[n]) is str:
         return path[n]
     return ".".join(str(k) for k in path[n:])
-
-
-def prefix_tree(named: list[tuple[str, int, KeyPath]]) -> Prefix:
-    """The module prefixes of (dotted name, bytes, path) tensors, in order: each prefix of a
-    name (`a`, `a.b` of `a.b.weight`) counts the tensor's bytes, and is first met, and
-    ordered among its siblings, where its first tensor is.
-
-    Each tensor's bytes go to its own innermost prefix, found by its dotted text; prefixes are
-    made once, then summed into their parents, children first. Walking every name's parts
-    instead was half a microsecond a level per tensor (100,000 tensors, issue 16)."""
-    root = Prefix("")
-    nodes: dict[str, Prefix] = {}
-    made: list[tuple[Prefix, Prefix]] = []  # (prefix, its parent) in the order they are made
-
-    def node_for(dotted: str, path: KeyPath) -> Prefix:
-        node = nodes.get(dotted)
-        if node is None:
-            head, dot, last = dotted.rpartition(".")
-            parent = (nodes.get(head) or node_for(head, path)) if dot else root
-            node = nodes[dotted] = parent.children[last] = Prefix(last, first=path)
-            made.append((node, parent))
-        return node
-
-    for name, nbytes, path in named:
-        cut = name.rfind(".")
-        if cut < 0:
-            node = root
-        else:
-            dotted = name[:cut]
-            node = nodes.get(dotted) or node_for(dotted, path)
-        node.bytes += nbytes
-        node.tensors += 1
-    if named:
-        root.first = named[0][2]
-    for node, parent in reversed(made):  # a prefix is made after its parent
-        parent.bytes += node.bytes
-        parent.tensors += node.tensors
-    return root
 
 
 def _weights_parts(
