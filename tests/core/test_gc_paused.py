@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckptui.core.bulk import gc_paused, gc_paused_call
+from ckptui.core.bulk import gc_paused, gc_paused_call, gc_resume
 
 
 @pytest.fixture(autouse=True)
@@ -73,3 +73,24 @@ def test_a_plain_block_leaves_nothing_frozen() -> None:
         made = [[i] for i in range(1000)]
     assert len(made) == 1000 and gc.isenabled()
     assert gc.get_freeze_count() == before
+
+
+def test_a_block_left_running_by_a_closed_app_no_longer_holds_it_off() -> None:
+    release = threading.Event()
+
+    def abandoned() -> None:  # a worker thread `q` left behind, still in its block
+        with gc_paused(keep_frozen=True):
+            release.wait(5)
+
+    thread = threading.Thread(target=abandoned)
+    thread.start()
+    while gc.isenabled():
+        release.wait(0.01)
+    gc_resume()  # CkptApp.on_unmount
+    assert gc.isenabled()
+    with gc_paused():  # a new app's workers count afresh
+        assert not gc.isenabled()
+        release.set()
+        thread.join(5)  # the old block ends: it no longer counts
+        assert not gc.isenabled()
+    assert gc.isenabled()

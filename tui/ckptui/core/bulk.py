@@ -41,6 +41,8 @@ _resume = False
 """Whether the collector was on when the first of them started."""
 _keep = False
 """Whether a block running since then asked to keep what was built frozen."""
+_epoch = 0
+"""Bumped by `gc_resume`: blocks started before it no longer count when they end."""
 
 
 @contextmanager
@@ -55,15 +57,30 @@ def gc_paused(keep_frozen: bool = False) -> Iterator[None]:
             gc.disable()
         _running += 1
         _keep = _keep or keep_frozen
+        epoch = _epoch
     try:
         yield
     finally:
         with _lock:
-            _running -= 1
-            if _running == 0 and _resume:
-                gc.freeze()  # every tracked object to the permanent generation, counts zeroed
-                if not _keep:
-                    gc.unfreeze()  # ... and from there to the oldest one
+            if epoch == _epoch:
+                _running -= 1
+                if _running == 0 and _resume:
+                    gc.freeze()  # every tracked object to the permanent generation
+                    if not _keep:
+                        gc.unfreeze()  # ... and from there to the oldest one
+                    gc.enable()
+
+
+def gc_resume() -> None:
+    """The collector back as the first block found it, now: blocks still running (on threads a
+    closing app abandoned: `q` during a long analysis) no longer count when they end, so they
+    cannot keep it off for the rest of the process."""
+    global _running, _epoch
+    with _lock:
+        if _running:
+            _running = 0
+            _epoch += 1
+            if _resume:
                 gc.enable()
 
 
