@@ -94,3 +94,12 @@ def test_a_block_left_running_by_a_closed_app_no_longer_holds_it_off() -> None:
         thread.join(5)  # the old block ends: it no longer counts
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def test_a_plain_block_after_a_kept_one_does_not_thaw_it() -> None:
+    kept = gc_paused_call(lambda: [[i] for i in range(1000)], keep_frozen=True)()
+    frozen = gc.get_freeze_count()
+    with gc_paused():  # e.g. a core block the app runs outside its own
+        made = [[i] for i in range(1000)]
+    assert len(kept) == len(made) == 1000
+    assert gc.get_freeze_count() >= frozen + 1000  # the app's still frozen, and these too

@@ -21,7 +21,8 @@ before; that suits a command that ends. The browser runs for hours, and one full
 walking a 100,000-key tree was its UI thread's longest stall (157-184 ms, `bench_ui.py --only
 scale`): its workers keep what they built frozen, for good. What it built is freed by
 reference counting when it goes; a cycle made then is never collected, which is why only the
-app asks for it, for work that builds trees.
+app asks for it, for work that builds trees. Once something is frozen, every later group keeps
+what it built frozen too: `gc.unfreeze` would thaw it all, the app's trees with the rest.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def gc_paused(keep_frozen: bool = False) -> Iterator[None]:
     with _lock:
         if _running == 0:
             _resume = gc.isenabled()
-            _keep = False
+            # `gc.unfreeze` thaws everything frozen, not only this group's: what the app froze
+            # before (its tree, its breakdown) must stay so, so this group keeps its own too
+            _keep = gc.get_freeze_count() > 0
             gc.disable()
         _running += 1
         _keep = _keep or keep_frozen
