@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckptui.app.collector import collector_paused, paused
+from ckptui.app.collector import collector_paused, paused, resume_collector
 from ckptui.core.bulk import gc_paused
 
 
@@ -63,4 +63,25 @@ def test_a_collector_that_was_off_stays_off() -> None:
 def test_an_error_inside_still_resumes_it() -> None:
     with pytest.raises(ValueError), collector_paused():
         raise ValueError("worker failed")
+    assert gc.isenabled()
+
+
+def test_a_block_left_running_by_a_closed_app_no_longer_holds_it_off() -> None:
+    release = threading.Event()
+
+    def abandoned() -> None:  # a worker thread `q` left behind, still in its block
+        with collector_paused():
+            release.wait(5)
+
+    thread = threading.Thread(target=abandoned)
+    thread.start()
+    while gc.isenabled():
+        release.wait(0.01)
+    resume_collector()  # CkptApp.on_unmount
+    assert gc.isenabled()
+    with collector_paused():  # a new app's workers count afresh
+        assert not gc.isenabled()
+        release.set()
+        thread.join(5)  # the old block ends: it no longer counts
+        assert not gc.isenabled()
     assert gc.isenabled()

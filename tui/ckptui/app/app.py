@@ -9,6 +9,7 @@ from __future__ import annotations
 from textual.app import App
 from textual.binding import Binding
 
+from ckptui.app.collector import resume_collector
 from ckptui.app.commands import CkptCommands
 from ckptui.app.screens.browse import BrowseScreen
 from ckptui.app.screens.help import HelpScreen
@@ -44,6 +45,9 @@ class CkptApp(App[None]):
             self.push_screen(CompareScreen(self.path, self.other))
         else:
             self.push_screen(BrowseScreen(self.path))
+
+    def on_unmount(self) -> None:
+        resume_collector()  # a worker thread left running must not keep the GC off after us
 
     def action_help(self) -> None:
         """?: the key list (of the compare screen when comparing)."""

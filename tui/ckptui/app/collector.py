@@ -29,6 +29,8 @@ _running = 0
 """Blocks running now, on any thread."""
 _resume = False
 """Whether the collector was on when the first of them started."""
+_epoch = 0
+"""Bumped by `resume_collector`: blocks started before it no longer count when they end."""
 
 
 @contextmanager
@@ -41,15 +43,29 @@ def collector_paused() -> Iterator[None]:
             _resume = gc.isenabled()
             gc.disable()
         _running += 1
+        epoch = _epoch
     try:
         yield
     finally:
         with _lock:
-            _running -= 1
-            if _running == 0:
-                gc.freeze()
-                if _resume:
-                    gc.enable()
+            if epoch == _epoch:
+                _running -= 1
+                if _running == 0:
+                    gc.freeze()
+                    if _resume:
+                        gc.enable()
+
+
+def resume_collector() -> None:
+    """The app is closing: blocks still running on threads it abandoned (`q` during a long
+    analysis, `interruptible`) no longer keep the collector off for the rest of the process."""
+    global _running, _epoch
+    with _lock:
+        if _running:
+            _running = 0
+            _epoch += 1
+            if _resume:
+                gc.enable()
 
 
 def paused(fn: Callable[[], T]) -> Callable[[], T]:
