@@ -18,8 +18,9 @@ def collector_on() -> Iterator[None]:
     was = gc.isenabled()
     gc.enable()
     yield
-    gc.unfreeze()  # what the blocks froze goes back to the collector
-    if not was:
+    if was:  # as it was, whatever the test left (one of them turns it off)
+        gc.enable()
+    else:
         gc.disable()
 
 
