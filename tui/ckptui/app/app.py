@@ -14,6 +14,7 @@ from ckptui.app.screens.browse import BrowseScreen
 from ckptui.app.screens.help import HelpScreen
 from ckptui.app.widgets.ckpt_tree import CkptTree
 from ckptui.app.widgets.tree_order import next_order
+from ckptui.core.bulk import gc_resume
 
 
 class CkptApp(App[None]):
@@ -44,6 +45,9 @@ class CkptApp(App[None]):
             self.push_screen(CompareScreen(self.path, self.other))
         else:
             self.push_screen(BrowseScreen(self.path))
+
+    def on_unmount(self) -> None:
+        gc_resume()  # a worker thread left running must not keep the GC off after us
 
     def action_help(self) -> None:
         """?: the key list (of the compare screen when comparing)."""

@@ -225,15 +225,18 @@ class OpeningScreen(Screen[None]):
 
         def run() -> tuple[Any, Any]:
             node = ckpt.find(path)
-            rows = modules.module_rows(node, path) if node is not None else None
+            with gc_paused(keep_frozen=True):
+                rows = modules.module_rows(node, path) if node is not None else None
             # handed over before the next two levels are made: `m` pressed meanwhile shows
-            # these rows instead of grouping 100,000 names again on the UI thread
+            # these rows instead of grouping 100,000 names again on the UI thread (outside
+            # the pause: a quitting app may never answer, and the pause would never end)
             self.app.call_from_thread(self._preload_modules, node, rows)
-            modules.warm(rows, levels=2)
+            with gc_paused(keep_frozen=True):
+                modules.warm(rows, levels=2)
             return node, rows
 
         worker = get_current_worker()  # on a thread q abandons (see open_file)
-        return interruptible(gc_paused_call(run, keep_frozen=True), lambda: worker.is_cancelled)
+        return interruptible(run, lambda: worker.is_cancelled)
 
     def _preload_modules(self, node: Any, rows: Any) -> None:
         if node is not None and self.ckpt is not None:

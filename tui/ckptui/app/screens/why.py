@@ -124,7 +124,7 @@ class WhyScreen(Screen[KeyPath | None]):
         def each(name: str, ckpt: Checkpoint, b: Breakdown) -> None:
             files.append((name, ckpt, b))
 
-        # paused: its collections held the GIL 0.1-0.3 s at 100,000 tensors (`collector`)
+        # paused: its collections held the GIL 0.1-0.3 s at 100,000 tensors (`core.bulk`)
         b = interruptible(
             gc_paused_call(lambda: breakdown_of(self.ckpt, each, exported_size), keep_frozen=True),
             lambda: worker.is_cancelled,
