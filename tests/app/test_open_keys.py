@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -53,6 +54,16 @@ def notices(app: CkptApp) -> list[str]:
     return [n.message for n in app._notifications]
 
 
+async def until_why_screen(app: CkptApp, pilot: Any) -> None:
+    """Wait (5 s at most) for the size breakdown a key pressed during the open asked for."""
+    for _ in range(50):
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.05)
+        if isinstance(app.screen, WhyScreen):
+            break
+    assert isinstance(app.screen, WhyScreen)
+
+
 async def test_x_while_opening_says_so_then_opens_the_dialog(
     ckpt: Path, held: threading.Event
 ) -> None:
@@ -85,12 +96,7 @@ async def test_keys_pressed_twice_run_once_in_the_order_pressed(
         assert "the module view shows once it is open" in notices(app)[0]
         assert "the size breakdown shows once it is open" in notices(app)[2]
         held.set()
-        for _ in range(50):
-            await app.workers.wait_for_complete()
-            await pilot.pause(0.05)
-            if isinstance(app.screen, WhyScreen):
-                break
-        assert isinstance(app.screen, WhyScreen)
+        await until_why_screen(app, pilot)
         await pilot.press("escape")
         await pilot.pause()
         tree = app.screen.query_one(CkptTree)
@@ -180,9 +186,4 @@ async def test_the_notice_escapes_a_hostile_file_name(
         assert note.message.startswith(f"still opening {tmp_path}/run\\x1b[31m[b].pth · ")
         assert "\x1b" not in note.message and note.markup is False
         held.set()
-        for _ in range(50):
-            await app.workers.wait_for_complete()
-            await pilot.pause(0.05)
-            if isinstance(app.screen, WhyScreen):
-                break
-        assert isinstance(app.screen, WhyScreen)
+        await until_why_screen(app, pilot)
