@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckptui.core.bulk import gc_paused, gc_paused_call, gc_resume
+from ckptui.core.bulk import gc_keep, gc_paused, gc_paused_call, gc_resume
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +17,7 @@ def collector_on() -> Iterator[None]:
     was = gc.isenabled()
     gc.enable()
     yield
-    gc.unfreeze()  # what the blocks froze goes back to the collector
+    gc_resume()  # what the blocks froze goes back to the collector
     if was:
         gc.enable()  # a test turned it off
     else:
@@ -103,3 +103,16 @@ def test_a_plain_block_after_a_kept_one_does_not_thaw_it() -> None:
         made = [[i] for i in range(1000)]
     assert len(kept) == len(made) == 1000
     assert gc.get_freeze_count() >= frozen + 1000  # the app's still frozen, and these too
+
+
+def test_what_the_app_keeps_stays_frozen_until_it_closes() -> None:
+    kept = [[i] for i in range(1000)]
+    gc_keep()  # a screen keeping its results
+    with gc_paused():
+        pass
+    assert gc.get_freeze_count() >= len(kept)
+    gc_resume()  # CkptApp.on_unmount
+    assert gc.get_freeze_count() == 0
+    with gc_paused():  # and later blocks leave nothing frozen again
+        made = [[i] for i in range(1000)]
+    assert len(made) == 1000 and gc.get_freeze_count() == 0

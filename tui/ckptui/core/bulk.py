@@ -21,8 +21,10 @@ before; that suits a command that ends. The browser runs for hours, and one full
 walking a 100,000-key tree was its UI thread's longest stall (157-184 ms, `bench_ui.py --only
 scale`): its workers keep what they built frozen, for good. What it built is freed by
 reference counting when it goes; a cycle made then is never collected, which is why only the
-app asks for it, for work that builds trees. Once something is frozen, every later group keeps
-what it built frozen too: `gc.unfreeze` would thaw it all, the app's trees with the rest.
+app asks for it, for work that builds trees (and `gc_keep` for the results its screens keep).
+Once something is frozen for good, every later group keeps what it built frozen too:
+`gc.unfreeze` would thaw it all, the app's trees with the rest. `gc_resume`, when the app
+closes, hands everything back to the collector.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ _keep = False
 """Whether a block running since then asked to keep what was built frozen."""
 _epoch = 0
 """Bumped by `gc_resume`: blocks started before it no longer count when they end."""
+_kept = False
+"""Whether something was frozen for good (`keep_frozen`, `gc_keep`) since the last `gc_resume`.
+A flag, not `gc.get_freeze_count()`, which walks the whole permanent generation per call."""
 
 
 @contextmanager
@@ -56,7 +61,7 @@ def gc_paused(keep_frozen: bool = False) -> Iterator[None]:
             _resume = gc.isenabled()
             # `gc.unfreeze` thaws everything frozen, not only this group's: what the app froze
             # before (its tree, its breakdown) must stay so, so this group keeps its own too
-            _keep = gc.get_freeze_count() > 0
+            _keep = _kept
             gc.disable()
         _running += 1
         _keep = _keep or keep_frozen
@@ -68,18 +73,35 @@ def gc_paused(keep_frozen: bool = False) -> Iterator[None]:
             if epoch == _epoch:
                 _running -= 1
                 if _running == 0 and _resume:
-                    gc.freeze()  # every tracked object to the permanent generation
-                    if not _keep:
-                        gc.unfreeze()  # ... and from there to the oldest one
+                    _freeze(_keep)
                     gc.enable()
 
 
-def gc_resume() -> None:
-    """The collector back as the first block found it, now: blocks still running (on threads a
-    closing app abandoned: `q` during a long analysis) no longer count when they end, so they
-    cannot keep it off for the rest of the process."""
-    global _running, _epoch
+def _freeze(for_good: bool) -> None:
+    global _kept
+    gc.freeze()  # every tracked object to the permanent generation
+    if for_good:
+        _kept = True
+    else:
+        gc.unfreeze()  # ... and from there to the oldest one
+
+
+def gc_keep() -> None:
+    """Freeze every object alive now for good (the app, for results it keeps while it runs:
+    out of the collector's generations, no full collection walks them holding the GIL)."""
     with _lock:
+        _freeze(True)
+
+
+def gc_resume() -> None:
+    """The app is closing: what it froze for good goes back to the collector, and blocks still
+    running (on threads it abandoned: `q` during a long analysis) no longer count when they
+    end, so they cannot keep the collector off for the rest of the process."""
+    global _running, _epoch, _kept
+    with _lock:
+        if _kept:
+            gc.unfreeze()
+            _kept = False
         if _running:
             _running = 0
             _epoch += 1

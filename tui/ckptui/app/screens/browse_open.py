@@ -9,7 +9,6 @@ what the browser shows later: the module view's rows and the training facts.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ from ckptui.app.widgets.detail import DetailPanel
 from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.app.widgets.tree_labels import big_summaries
 from ckptui.core import units
-from ckptui.core.bulk import gc_paused, gc_paused_call
+from ckptui.core.bulk import gc_keep, gc_paused, gc_paused_call
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -180,7 +179,7 @@ class OpeningScreen(Screen[None]):
         # The checkpoint's nodes live as long as the app: moving them out of the collector's
         # generations stops full collections over a million nodes from stalling cursor moves
         # (100-200 ms each on a 50,000-key state dict).
-        gc.freeze()
+        gc_keep()
         self.query_one("#main").loading = False
         dangers = sum(1 for f in ckpt.findings if f.severity.value == "danger")
         framework = detect(ckpt)

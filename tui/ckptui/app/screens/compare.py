@@ -10,7 +10,6 @@ the header's counts change as results arrive.
 
 from __future__ import annotations
 
-import gc
 import time
 
 from rich.text import Text
@@ -30,6 +29,7 @@ from ckptui.app.widgets.diff_rows import MARK, NAME, Kind, Row, file_name, leave
 from ckptui.app.widgets.diff_tree import DiffTree
 from ckptui.app.widgets.filter_bar import FilterBar
 from ckptui.app.widgets.keys_footer import KeysFooter
+from ckptui.core.bulk import gc_keep
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import describe_path, path_expr
@@ -141,7 +141,7 @@ class CompareScreen(Screen[None]):
         self.a, self.b, self.diff, self.merged = a, b, d, root
         # Both trees and the merged rows live as long as the app: out of the collector's
         # generations, full collections stop stalling cursor moves (as BrowseScreen does).
-        gc.freeze()
+        gc_keep()
         self.query_one("#main").loading = False
         panel = self.query_one(ComparePanel)
         panel.a, panel.b, panel.diff = a, b, d

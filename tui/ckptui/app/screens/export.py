@@ -8,7 +8,6 @@ base in export_write.py, with ExportDoneScreen, which says what was written).
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 from rich.markup import escape
@@ -23,7 +22,7 @@ from ckptui.app.screens.export_write import ExportDoneScreen, ExportWriting
 from ckptui.app.widgets.choices import Choice, Tick
 from ckptui.app.widgets.shown_input import ShownInput
 from ckptui.core import units
-from ckptui.core.bulk import gc_paused
+from ckptui.core.bulk import gc_keep, gc_paused
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.errors import CkptError
 from ckptui.core.keypath import path_text
@@ -158,7 +157,7 @@ class ExportScreen(ExportWriting):
         # The plan (an item per tensor) lives while the dialog is open: out of the collector's
         # generations, or the next full collection walks its 100,000 items holding the GIL
         # for a second, whichever thread triggers it (as the browser does with the tree)
-        gc.freeze()
+        gc_keep()
         if first:
             self._prefix = plan.detected_prefix
             box = self.query_one("#export-strip", Checkbox)

@@ -8,7 +8,6 @@ that names a subtree closes the screen with that path, and the browser puts its 
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Any
 
@@ -30,7 +29,7 @@ from ckptui.analysis.sizes.findings import SizeFinding
 from ckptui.analysis.sizes.folder import breakdown_of, tree_path
 from ckptui.app.widgets.bar_tree import BarRows, BarTree, opened_state
 from ckptui.app.widgets.keys_footer import KeysFooter
-from ckptui.core.bulk import gc_paused_call
+from ckptui.core.bulk import gc_keep, gc_paused_call
 from ckptui.core.cancel import Cancelled, interruptible
 from ckptui.core.keypath import path_text, show_path
 from ckptui.core.tree import Checkpoint, KeyPath
@@ -157,7 +156,7 @@ class WhyScreen(Screen[KeyPath | None]):
                 self.cache.breakdown = event.worker.result
                 # Kept while the browser is open: out of the collector's generations, or each
                 # full collection walks its dicts of every storage holding the GIL
-                gc.freeze()
+                gc_keep()
                 self._show(event.worker.result)
             elif event.state is WorkerState.ERROR and not isinstance(event.worker.error, Cancelled):
                 self.query_one("#why-main").loading = False
