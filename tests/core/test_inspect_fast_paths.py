@@ -19,6 +19,7 @@ import torch
 from ckptui.analysis.index import bytes_below, tensor_totals
 from ckptui.analysis.training.optim_align import align_shapes
 from ckptui.analysis.training.optim_map import map_optimizers, scalar_value
+from ckptui.core import tree
 from ckptui.core.tree import Checkpoint, NodeKind, walk
 from ckptui.formats import open_checkpoint
 from ckptui.report.json import inspect as jsonview
@@ -113,7 +114,7 @@ def test_bulk_leaf_totals_are_the_walks(
     ],
 )
 def test_json_tensor_pairs_are_the_walks(tmp_path: Path, extra: dict) -> None:
-    sd: dict = {f"w{i}": torch.randn(2, i % 3 + 1) for i in range(jsonview._FLAT + 5)}
+    sd: dict = {f"w{i}": torch.randn(2, i % 3 + 1) for i in range(tree._FLAT + 5)}
     make = {"w0": lambda: sd["w0"], "w1": lambda: torch.ones(4), "sparse": torch.eye(2).to_sparse}
     for key, what in extra.items():
         if isinstance(what, dict):
@@ -123,7 +124,7 @@ def test_json_tensor_pairs_are_the_walks(tmp_path: Path, extra: dict) -> None:
     p = tmp_path / "flat.pt"
     torch.save(sd, p)
     ckpt = open_checkpoint(p)
-    assert list(jsonview._tensor_pairs(ckpt)) == list(ckpt.tensors())
+    assert list(ckpt.tensors()) == list(ckpt._walk_tensors(None))
     rows = jsonview.checkpoint_json(ckpt)["tensors"]
     assert [r["path"] for r in rows] == [list(p) for p, _ in ckpt.tensors()]
 

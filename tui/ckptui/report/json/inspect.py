@@ -198,7 +198,7 @@ def _tensor_rows(ckpt: Checkpoint) -> Iterator[dict[str, Any]]:
     it reads (`nbytes`, `Storage.missing`) cost more than encoding the row (issue 16)."""
     get = ckpt.storages.get
     prod = math.prod
-    for path, t in _tensor_pairs(ckpt):
+    for path, t in ckpt.tensors():
         key = t.storage_key
         st = get(key) if key is not None else None
         item = t.itemsize
@@ -221,30 +221,6 @@ def _tensor_rows(ckpt: Checkpoint) -> Iterator[dict[str, Any]]:
         if t.state_dict_key is not None:
             out["state_dict_key"] = t.state_dict_key
         yield out
-
-
-_FLAT = 256
-"""Children from which `_tensor_pairs` asks whether the root is a flat state dict."""
-
-
-def _tensor_pairs(ckpt: Checkpoint) -> Iterator[tuple[KeyPath, TensorInfo]]:
-    """`ckpt.tensors()`. When every tensor of the file is a childless child of the root (a flat
-    state dict, or a folder's shards with their `__metadata__` beside), those children in
-    order are exactly what the walk yields, and a comprehension makes them at a third of its
-    cost (issue 16); a tensor or REF anywhere else sends it to the walk."""
-    root = ckpt.root
-    tensor, ref = NodeKind.TENSOR, NodeKind.REF
-    if root.kind is not tensor and len(root.children) >= _FLAT:
-        others = [c for c in root.children if c.kind is not tensor or c.children]
-        if len(others) <= 16:  # a few containers beside the tensors: each walked once
-            stack = list(others)
-            while stack:
-                n = stack.pop()
-                if n.kind is tensor or n.kind is ref:
-                    return ckpt.tensors()
-                stack.extend(n.children)
-            return iter([((c.key,), c.value) for c in root.children if c.kind is tensor])
-    return ckpt.tensors()
 
 
 def _node(node: Node) -> Iterator[str]:
