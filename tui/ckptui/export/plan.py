@@ -161,20 +161,16 @@ def _make_plan(
         raise ExportError(ckpt.path, _no_safetensors(q))
     found: list[tuple[str, KeyPath, TensorInfo]] = []
     skipped: list[tuple[KeyPath, str]] = list(q.skipped)
-    if q.unknown or q.schemes:
-        for name, path, t in q.kept:
+    quantized = bool(q.unknown or q.schemes)  # if not, no lookup of each path (a tuple hashed)
+    for name, path, t in q.kept:
+        if quantized:
             reason = q.unknown.get(path) or unexportable(ckpt, t, fmt, path in q.schemes)
-            if reason:
-                skipped.append((path, reason))
-            else:
-                found.append((name, path, t))
-    else:  # nothing quantized: no lookup of each path (a tuple hashed anew each time)
-        for name, path, t in q.kept:
+        else:
             reason = unexportable(ckpt, t, fmt)
-            if reason:
-                skipped.append((path, reason))
-            else:
-                found.append((name, path, t))
+        if reason:
+            skipped.append((path, reason))
+        else:
+            found.append((name, path, t))
     if not found:
         why = f" ({describe_path(skipped[0][0])} is {skipped[0][1]})" if skipped else ""
         more = f" and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
