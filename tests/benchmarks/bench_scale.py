@@ -225,6 +225,9 @@ def pair(
         out[f"{name}_wall"] = statistics.median(w for w, _ in runs)
         out[f"{name}_rss_mib"] = statistics.median(r for _, r in runs) / 1024
     out["wall_ratio"] = out["ours_wall"] / out["base_wall"]
+    # the fastest run of each: on a shared machine the least disturbed, so the steadiest ratio
+    # (the median stays the headline, as the targets are read)
+    out["min_ratio"] = min(w for w, _ in samples["ours"]) / min(w for w, _ in samples["base"])
     out["rss_ratio"] = out["ours_rss_mib"] / out["base_rss_mib"]
     return out
 
@@ -350,13 +353,18 @@ def main() -> None:
     if a.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{a.repeat} interleaved runs each, medians; wall and peak RSS of each child process")
-    print(f"{'case':<42} {'ours s':>7} {'base s':>7} {'ratio':>6} {'target':>6} {'RSS':>6}")
+    print(
+        f"{a.repeat} interleaved runs each, medians (min: fastest ÷ fastest); wall and peak RSS "
+        "of each child process"
+    )
+    print(
+        f"{'case':<42} {'ours s':>7} {'base s':>7} {'ratio':>6} {'min':>6} {'target':>6} {'RSS':>6}"
+    )
     for label, r in results.items():
         ok = "OK" if r["wall_ratio"] <= r["target"] else "MISS"
         print(
             f"{label:<42} {r['ours_wall']:>7.2f} {r['base_wall']:>7.2f} {r['wall_ratio']:>5.2f}x"
-            f" {r['target']:>5.1f}x {r['rss_ratio']:>5.2f}x {ok}"
+            f" {r['min_ratio']:>5.2f}x {r['target']:>5.1f}x {r['rss_ratio']:>5.2f}x {ok}"
         )
 
 
