@@ -1,5 +1,5 @@
 """Run the CLI with `python -m ckptui`."""
 
-from ckptui.cli.main import main
+from ckptui.cli.main import console
 
-raise SystemExit(main())
+console()

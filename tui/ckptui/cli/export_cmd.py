@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from ckptui.cli.args import PATH_HELP
+from ckptui.cli.ending import keep_for_exit
 from ckptui.core.errors import CkptError
 from ckptui.core.units import plural, printable, size, size_change
 from ckptui.export import export, make_plan, resolve_path
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             + "verified against the source"
             + (f"; {len(plan.missing):,} missing tensors not exported" if plan.missing else "")
         )
+    keep_for_exit(ckpt, plan)
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ckptui.cli.args import PATH_HELP
+from ckptui.cli.ending import keep_for_exit
 from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CorruptFile
 from ckptui.formats import open_checkpoint
@@ -76,4 +77,5 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if damaged is not None:
         raise damaged
+    keep_for_exit(ckpt)
     return 0

@@ -17,7 +17,15 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ckptui.cli import ending
 from ckptui.core.errors import CkptError
+
+
+def console() -> None:
+    """The `ckptui` console script (and `python -m ckptui`): `main`, then the quick ending of
+    `cli.ending` for a command that kept its checkpoint for the exit."""
+    ending.arm()
+    ending.end(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

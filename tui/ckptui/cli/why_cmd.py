@@ -11,6 +11,7 @@ from typing import Any
 from ckptui.analysis.sizes.duplicates import duplicates_of, find_duplicates, skip_reason
 from ckptui.analysis.sizes.folder import breakdown_of
 from ckptui.cli.args import PATH_HELP
+from ckptui.cli.ending import keep_for_exit
 from ckptui.core.errors import CkptError
 from ckptui.core.units import printable
 from ckptui.export.size import exported_size
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         render_breakdown(ckpt, b, top=max(1, args.top), depth=max(1, args.depth))
+    keep_for_exit(ckpt, b, files)
     return 0
 
 
