@@ -97,18 +97,49 @@ def digest(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m ckptui ARGS` in a subprocess, as a user would."""
+def child_env(*first: Path) -> dict[str, str]:
+    """This process's environment with this checkout's `tui/` (after `first`, when given) at
+    the front of PYTHONPATH: what a child needs to import the ckptui under test."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "tui") + os.pathsep + env.get("PYTHONPATH", "")
+    paths = [str(p) for p in (*first, ROOT / "tui")]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m ckptui ARGS` in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "ckptui", *args],
         capture_output=True,
         check=False,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=cwd,
-        env=env,
+        env=child_env(),
+    )
+
+
+def run_python(
+    code: str,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    flags: tuple[str, ...] = (),
+    first: tuple[Path, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run `python [FLAGS] -c CODE ARGS` in a fresh interpreter that imports this checkout's
+    ckptui (what a test of imports, exit codes or a clean process needs; `first`: folders put
+    before it on PYTHONPATH), output captured as text, the exit code not checked."""
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code, *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=child_env(*first),
     )
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli, save_with_location
+from tests.conftest import run_cli, run_python, save_with_location
 
 
 def test_json_contract(train_ckpt: Path) -> None:
@@ -198,7 +197,6 @@ def test_core_imports_no_ui_or_torch() -> None:
     """The headless layers never import textual, rich, torch or numpy at import time (STYLE.md:
     prove it in a subprocess). The modules are found by walking the packages, so a new module is
     checked without being listed here."""
-    import subprocess
 
     code = (
         "import importlib, pkgutil, sys\n"
@@ -215,15 +213,8 @@ def test_core_imports_no_ui_or_torch() -> None:
         "assert not bad, bad\n"
         "print(len(names))\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        env=env,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    )
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 60
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -16,7 +15,7 @@ import torch
 
 from ckptui.cli import ending
 from ckptui.cli.main import main
-from tests.conftest import ROOT, run_cli
+from tests.conftest import child_env, run_cli
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ def test_output_through_the_console_is_main_s_whole_output(flat: Path) -> None:
 
 def test_output_redirected_to_a_file_is_complete(flat: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tui")}
+    env = child_env()
     with out.open("w") as f:
         code = subprocess.run(
             [sys.executable, "-m", "ckptui", "inspect", str(flat), "--json"],
@@ -54,7 +53,7 @@ def test_output_redirected_to_a_file_is_complete(flat: Path, tmp_path: Path) -> 
 
 
 def test_a_closed_pipe_ends_quietly_with_exit_0(flat: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tui")}
+    env = child_env()
     p = subprocess.Popen(
         [sys.executable, "-m", "ckptui", "inspect", str(flat), "--json"],
         stdout=subprocess.PIPE,

@@ -14,8 +14,6 @@ import pickle
 import pickletools
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +44,7 @@ from ckptui.tensors.values import tensor_stats
 from ckptui.unpickler.inert import Global, classify_global
 from ckptui.unpickler.recorders import CONSTANTS, RECORDERS
 from ckptui.unpickler.safety import judge
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, run_python
 from tests.core.test_values import expect
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -288,10 +286,7 @@ def test_read_dcp_never_imports_torch(gloo_dcp: tuple[Path, dict]) -> None:
         f"c = read_dcp({str(folder)!r}); assert len(c.storages) > 10; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tui")}
-    r = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
-    )
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
 
 
@@ -628,10 +623,7 @@ def test_fast_path_bounds_memory_and_depth() -> None:
         "deep = b'\\x80\\x04}' + b'K\\x01' + b'\\x85' * 1_000_000 + b'K\\x02s.'; "
         "assert load_fast(deep) is None; print('declined')"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tui")}
-    r = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
-    )
+    r = run_python(code)
     assert r.returncode == 0 and r.stdout.strip() == "declined", (r.returncode, r.stderr)
 
 

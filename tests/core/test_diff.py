@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,9 @@ from ckptui.cli.main import main
 from ckptui.formats import open_checkpoint
 from ckptui.report.diff import diff_json, render_diff
 from ckptui.tensors import reader as source_mod
+from tests.conftest import run_python
 
-from ..conftest import ROOT, TinyNet, holed_checkpoint, run_cli, training_checkpoint
+from ..conftest import TinyNet, holed_checkpoint, run_cli, training_checkpoint
 
 REQUIRED = {
     "a",
@@ -486,8 +484,8 @@ def test_the_core_imports_neither_torch_nor_rich(tmp_path: Path) -> None:
         "bad = [m for m in ('torch', 'numpy', 'textual', 'rich') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
 
 
 def test_value_diff_lists_only_the_differing_tensors(tmp_path: Path, capsys) -> None:

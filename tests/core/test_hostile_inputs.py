@@ -25,8 +25,8 @@ from ckptui.cli.main import main
 from ckptui.formats import open_checkpoint
 from ckptui.formats.torchzip import MAX_INFLATED_PICKLE_BYTES
 from ckptui.unpickler.recorded import MAX_DIMS
+from tests.conftest import child_env
 
-_ROOT = Path(__file__).resolve().parents[2]
 _MEM_LIMIT = 1 << 30  # far above what ckptui needs to refuse, far below an inflated bomb
 
 
@@ -41,14 +41,13 @@ def run_cli(
         if limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    env = {**os.environ, "PYTHONPATH": str(_ROOT / "tui")}
     return subprocess.run(
         [sys.executable, "-m", "ckptui", *args],
         check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=child_env(),
         preexec_fn=cap,
     )
 
@@ -290,7 +289,7 @@ def test_sigquit_during_an_export_leaves_no_temp_file(tmp_path: Path) -> None:
         "from ckptui.cli.main import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(_ROOT / "tui")}
+    env = child_env()
     argv = [sys.executable, "-c", script, "export", str(src), "-o", str(out / "m.pth")]
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

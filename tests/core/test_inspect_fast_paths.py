@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ from ckptui.formats import open_checkpoint
 from ckptui.report.json import inspect as jsonview
 from ckptui.report.json.training import optimizer_params_json
 from ckptui.tensors.values import tensor_stats
-from tests.conftest import ROOT, TinyNet, training_checkpoint
+from tests.conftest import TinyNet, run_python, training_checkpoint
 
 
 def _mixed(tmp_path: Path) -> Checkpoint:
@@ -284,15 +281,7 @@ def test_inspect_json_of_a_training_checkpoint_imports_no_numpy_or_rich(tmp_path
         "assert not bad, bad\n"
         "print(out.getvalue())\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        timeout=120,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["param_groups"][0]["step"] == 1  # Adam's step tensor, read without numpy

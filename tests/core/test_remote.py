@@ -35,6 +35,7 @@ from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.formats import open_checkpoint
 from ckptui.formats.remote.reader import RemoteSource
 from ckptui.formats.torchzip import read_zip
+from tests.conftest import child_env, run_python
 
 MB = 1 << 20
 
@@ -331,15 +332,7 @@ def test_local_path_does_not_import_fsspec(big_zip: Path) -> None:
         "print('IMPORTED', bad, file=sys.stderr)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "tui")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = run_python(code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "IMPORTED []" in done.stderr
 
@@ -821,7 +814,7 @@ def test_a_terminated_export_leaves_no_temp_file(
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "tui")}
+    env = child_env()
     with _stalling(httpserver, "stall.pth", training_zip.read_bytes()) as url:
         argv = [sys.executable, "-m", "ckptui", "export", url, "-o", str(out_dir / "model.pth")]
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)

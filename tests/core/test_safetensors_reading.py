@@ -6,10 +6,7 @@ read is read whole."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from safetensors.torch import save_file
 from ckptui.core.errors import CorruptFile
 from ckptui.formats import open_checkpoint
 from ckptui.formats.safetensors import FIRST_READ
+from tests.conftest import run_python
 
 from ..conftest import run_cli
 
@@ -138,14 +136,6 @@ def test_a_safetensors_folder_loads_no_pickle_reader(tmp_path: Path) -> None:
         "assert not bad, bad\n"
         "print(len(json.loads(out.getvalue())['tensors']))\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "tui"))
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        timeout=120,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2"

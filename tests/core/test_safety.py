@@ -35,6 +35,7 @@ import pytest
 from ckptui.core.errors import CkptError, CorruptFile
 from ckptui.core.tree import Checkpoint, NodeKind, Severity
 from ckptui.formats import open_checkpoint
+from tests.conftest import run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -721,19 +722,6 @@ def test_torch_save_of_reduce_object(tmp_path: Path, zip_format: bool) -> None:
 
 
 # -- the CLI -----------------------------------------------------------------------------------
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "tui") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "ckptui", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
 
 
 @pytest.mark.parametrize("container", ["plain", "zip", "legacy", "nested-legacy"])

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pickle
-import subprocess
-import sys
 import tracemalloc
 import zipfile
 from fractions import Fraction
@@ -26,7 +23,7 @@ from ckptui.core.cancel import Cancelled
 from ckptui.core.tree import Checkpoint, TensorInfo
 from ckptui.formats import open_checkpoint
 from ckptui.tensors.values import BINS, TensorStats, ValuesUnavailable, tensor_stats
-from tests.conftest import ROOT
+from tests.conftest import run_python
 
 FLOATS = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
@@ -380,11 +377,7 @@ def test_import_is_lazy() -> None:
         "assert 'torch' not in sys.modules, 'torch'\n"
         "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes'\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "tui")
-    r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
-    )
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
 
 

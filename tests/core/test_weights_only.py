@@ -28,7 +28,7 @@ from ckptui.analysis.training.weights_only import weights_only_report
 from ckptui.data import weights_only_allowlist as wo
 from ckptui.formats import open_checkpoint
 from ckptui.report.json.training import weights_only_json
-from tests.conftest import ROOT, TinyNet, run_cli, training_checkpoint
+from tests.conftest import ROOT, TinyNet, run_cli, run_python, training_checkpoint
 
 
 class RunConfig:
@@ -79,11 +79,7 @@ def _torch_unsafe(path: Path) -> set[str]:
 def _run_fix(fix: str, check: str, cwd: Path) -> str:
     """Run the suggested lines in a fresh interpreter, then `check` on `ck`; return stdout."""
     code = f"{fix}\nassert {check}, ck\nprint('LOADED')"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "tui"))
-    r = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False,
-    )  # fmt: skip
+    r = run_python(code, cwd=cwd, flags=("-W", "ignore"), first=(ROOT,))
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout.strip()
 
@@ -309,8 +305,8 @@ def test_core_module_imports_neither_torch_nor_numpy() -> None:
         "bad = [m for m in ('torch', 'numpy', 'textual', 'rich') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tui"))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
 
 
 # -- helpers that ask torch ----------------------------------------------------------------------
