@@ -283,7 +283,7 @@ def test_tree_json_is_the_same_whatever_the_leaf_batch(
 def test_side_by_side_regions_are_attributed_as_the_heap_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ckptui.analysis.sizes import breakdown as sizes
+    from ckptui.analysis.sizes import regions as sizes
 
     p = tmp_path / "sd.pt"
     torch.save({f"w{i}": torch.zeros(i + 1) for i in range(300)}, p)

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from ckptui.analysis.roles import Role
-from ckptui.analysis.sizes.breakdown import Breakdown, attribute, breakdown
+from ckptui.analysis.sizes.breakdown import Breakdown, breakdown
 from ckptui.analysis.sizes.duplicates import find_duplicates
 from ckptui.analysis.sizes.prefixes import prefix_tree
+from ckptui.analysis.sizes.regions import attribute
 from ckptui.core.tree import Part, Region
 from ckptui.export import make_plan
 from ckptui.export.size import exported_size
