@@ -100,3 +100,17 @@ def test_end_without_anything_kept_is_a_plain_exit(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit) as e:
         ending.end(3)
     assert e.value.code == 3
+
+
+def test_the_browser_leaves_its_app_to_the_exit(
+    flat: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # after `q` the terminal is back; freeing the tree and the widgets is left to os._exit
+    from ckptui.app.app import CkptApp
+
+    ran: list[CkptApp] = []
+    monkeypatch.setattr(CkptApp, "run", lambda self: ran.append(self))
+    monkeypatch.setattr(ending, "_armed", True)
+    monkeypatch.setattr(ending, "_kept", [])
+    assert main([str(flat)]) == 0
+    assert ran and ending._kept == ran

@@ -10,6 +10,7 @@ from pathlib import Path
 from ckptui import __version__
 from ckptui.cli.args import PATH_HELP, SUBCOMMAND_HELP, SUBCOMMANDS
 from ckptui.cli.demo import write_demo
+from ckptui.cli.ending import keep_for_exit
 from ckptui.core.errors import CkptError
 from ckptui.core.units import printable
 from ckptui.formats import check_openable
@@ -63,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     app.run()
     if app.error_message:
         print(printable(app.error_message), file=sys.stderr)
+    # The terminal is back and asyncio.run has joined the workers' executor: what is left is
+    # freeing the tree and its widgets and the interpreter's final collection of them, which
+    # kept a 100,000-tensor file's `q` waiting for about a second (`cli.ending`)
+    keep_for_exit(app)
     return app.return_code or 0
 
 
