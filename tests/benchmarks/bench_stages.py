@@ -96,7 +96,7 @@ def main() -> None:
         t0 = time.process_time()
         ckpt = open_checkpoint(a.path)
         t1 = time.process_time()
-        io.StringIO().writelines(inspect_json.iter_json(ckpt))
+        io.BytesIO().writelines(inspect_json.iter_json(ckpt))
         t2 = time.process_time()
         spent.update({"open (all)": t1 - t0, "JSON (all)": t2 - t1, "total": t2 - t0})
         for owner, name, _ in STAGES:  # unwrap for the next run

@@ -222,7 +222,7 @@ def test_tree_text_keeps_its_batches(
     )
     want = '{"key": null, "kind": "mapping", "type": "dict", "children": ['
     want += _reference_children(kids, batch) + "]}"
-    assert "".join(jsonview._node(ckpt.root)) == want
+    assert b"".join(jsonview._node(ckpt.root)).decode() == want
 
 
 def test_optimizer_params_rows_are_the_entries_fields(tmp_path: Path) -> None:

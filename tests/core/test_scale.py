@@ -148,9 +148,9 @@ def test_inspect_json_is_the_same_document_with_or_without_orjson(
     sd["big"] = torch.zeros(1)
     torch.save(sd, p)
     c = open_checkpoint(p)
-    fast = json.loads("".join(jsonview.iter_json(c)))
+    fast = json.loads(b"".join(jsonview.iter_json(c)))
     monkeypatch.setattr(jsonview, "_orjson_dumps", None)
-    slow = json.loads("".join(jsonview.iter_json(c)))
+    slow = json.loads(b"".join(jsonview.iter_json(c)))
     assert fast == slow
     assert len(fast["tensors"]) == 2501 and len(fast["storages"]) == 2501
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
 from ckptui.cli.args import PATH_HELP
 from ckptui.cli.ending import keep_for_exit
@@ -12,6 +13,19 @@ from ckptui.core.bulk import gc_paused
 from ckptui.core.errors import CorruptFile
 from ckptui.formats import open_checkpoint
 from ckptui.report.json.inspect import iter_json
+
+
+def write_json(pieces: Iterable[bytes | memoryview]) -> None:
+    """The UTF-8 pieces and a newline to stdout's bytes, past its text layer (JSON is UTF-8
+    whatever the terminal's encoding); a stdout without one (a test's) gets the text."""
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        sys.stdout.write(b"".join(pieces).decode() + "\n")
+        return
+    sys.stdout.flush()
+    out.writelines(pieces)
+    out.write(b"\n")
+    out.flush()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,8 +77,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
         ckpt, damaged = e.partial, e
     if args.json:
-        sys.stdout.writelines(iter_json(ckpt))
-        sys.stdout.write("\n")
+        write_json(iter_json(ckpt))
     else:
         from ckptui.report.text.inspect import render_checkpoint  # rich: not for --json
 

@@ -63,51 +63,65 @@ _BATCH = 2000
 100,000-tensor file, one call for all would hold every entry's dict at once."""
 
 
-def _dumps(value: Any) -> str:
-    """`value` as JSON text: orjson when it can (it refuses ints beyond 64 bits and lone
-    surrogates, which the stdlib encoder writes), else the stdlib encoder."""
+def _dumps(value: Any) -> bytes:
+    """`value` as UTF-8 JSON: orjson when it can (it refuses ints beyond 64 bits and lone
+    surrogates, which the stdlib encoder writes, as ASCII), else the stdlib encoder."""
     if _orjson_dumps is not None:
         try:
-            return _orjson_dumps(value).decode()
+            return _orjson_dumps(value)
         except TypeError:  # orjson.JSONEncodeError is a TypeError
             pass
-    return _enc(value)
+    return _enc(value).encode()
 
 
-def _array(items: Iterator[Any]) -> Iterator[str]:
+def _items(value: Any) -> memoryview:
+    """The items of a list `value` as JSON, without its brackets: a view of `_dumps`'s bytes,
+    not a copy (a 100,000-tensor file's rows are 40 MB of them)."""
+    return memoryview(_dumps(value))[1:-1]
+
+
+def _array(items: Iterator[Any]) -> Iterator[bytes | memoryview]:
     """A JSON array of `items`, encoded `_BATCH` at a time."""
-    yield "["
+    yield b"["
     batch: list[Any] = []
     first = True
     for item in items:
         batch.append(item)
         if len(batch) == _BATCH:
-            yield ("" if first else ", ") + _dumps(batch)[1:-1]
+            if not first:
+                yield b", "
+            yield _items(batch)
             first = False
             batch = []
     if batch:
-        yield ("" if first else ", ") + _dumps(batch)[1:-1]
-    yield "]"
+        if not first:
+            yield b", "
+        yield _items(batch)
+    yield b"]"
 
 
 def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
     """The whole contract as dicts: path, format, file_bytes, bytes_read, tree, tensors, ..."""
-    return json.loads("".join(iter_json(ckpt)))
+    return json.loads(b"".join(iter_json(ckpt)))
 
 
-def iter_json(ckpt: Checkpoint) -> Iterator[str]:
-    """The contract as JSON text, in pieces."""
+def iter_json(ckpt: Checkpoint) -> Iterator[bytes | memoryview]:
+    """The contract as UTF-8 JSON, in pieces (bytes, or views of them: write them as they
+    come). Bytes, not text: the rows come from orjson as UTF-8, and decoding 70 MB of them
+    for stdout to encode again cost two copies of the document (issue 16)."""
     with gc_paused():  # a dict per tensor row, none in a cycle (`core.bulk`)
         yield from _iter_json(ckpt)
 
 
-def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
-    yield f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
-    yield f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
+def _iter_json(ckpt: Checkpoint) -> Iterator[bytes | memoryview]:
+    yield (
+        f'{{"path": {_enc(ckpt.path)}, "format": {_enc(ckpt.format)}, '
+        f'"file_bytes": {ckpt.file_bytes}, "bytes_read": {_enc(bytes_read(ckpt))}, "tree": '
+    ).encode()
     yield from _node(ckpt.root)
-    yield ', "tensors": '
+    yield b', "tensors": '
     yield from _array(_tensor_rows(ckpt))
-    yield ', "findings": '
+    yield b', "findings": '
     yield _enc(
         [
             {
@@ -118,8 +132,8 @@ def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
             }
             for f in ckpt.findings
         ]
-    )
-    yield ', "storages": '
+    ).encode()
+    yield b', "storages": '
     yield from _array(
         {
             "key": s.key,
@@ -134,10 +148,13 @@ def _iter_json(ckpt: Checkpoint) -> Iterator[str]:
         for s in ckpt.storages.values()
     )
     info = {k: v for k, v in ckpt.info.items() if _jsonable(v) and k != "bytes_read"}
-    yield f', "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}'
-    for key, value in training_json(training_facts(ckpt)).items():
-        yield f", {_enc(key)}: {_enc(value)}"
-    yield "}"
+    tail = [f', "info": {_enc(info)}, "framework": {_enc(framework_json(ckpt))}']
+    tail += [
+        f", {_enc(key)}: {_enc(value)}"
+        for key, value in training_json(training_facts(ckpt)).items()
+    ]
+    tail.append("}")
+    yield "".join(tail).encode()
 
 
 def bytes_read(ckpt: Checkpoint) -> int | None:
@@ -223,8 +240,8 @@ def _tensor_rows(ckpt: Checkpoint) -> Iterator[dict[str, Any]]:
         yield out
 
 
-def _node(node: Node) -> Iterator[str]:
-    """One node and its children, as pieces of text.
+def _node(node: Node) -> Iterator[bytes | memoryview]:
+    """One node and its children, as pieces of UTF-8 JSON.
 
     One loop over an explicit stack rather than a generator per container: a training
     checkpoint's optimizer state is 30,000 small mappings, and the generator made, resumed and
@@ -236,11 +253,12 @@ def _node(node: Node) -> Iterator[str]:
     """
     refs: dict[int, tuple[Any, str, str]] = {}
     if node.kind is NodeKind.REF or not (node.children or node.kind in _CONTAINERS):
-        yield _leaf(node, refs)
+        yield _leaf(node, refs).encode()
         return
     tensor, ref, containers = NodeKind.TENSOR, NodeKind.REF, _CONTAINERS
     prod = math.prod
-    run: list[str] = ["{" + _fields(node) + ', "children": [']
+    # pieces not yet yielded: bytes, and views of orjson's bytes for a container's last leaves
+    run: list[bytes | memoryview] = [("{" + _fields(node) + ', "children": [').encode()]
     # per open container: its children still to write, and whether none is written yet
     stack: list[list[Any]] = [[iter(node.children), True]]
     leaves: list[dict[str, Any]] = []  # the current run of childless tensors, not yet encoded
@@ -264,45 +282,52 @@ def _node(node: Node) -> Iterator[str]:
                 if t.state_dict_key is not None:
                     row["state_dict_key"] = t.state_dict_key
                 leaves.append(row)
-                if len(leaves) == _BATCH:
-                    run.append(("" if frame[1] else ", ") + _dumps(leaves)[1:-1])
-                    frame[1], leaves = False, []
+                if len(leaves) == _BATCH:  # yielded as they are: not copied into a join
+                    if not frame[1]:
+                        run.append(b", ")
+                    yield b"".join(run)
+                    yield _items(leaves)
+                    frame[1], leaves, run = False, [], []
                 continue
             if leaves:
-                run.append(("" if frame[1] else ", ") + _dumps(leaves)[1:-1])
+                if not frame[1]:
+                    run.append(b", ")
+                run.append(_items(leaves))
                 frame[1], leaves = False, []
             if not frame[1]:
-                run.append(", ")
+                run.append(b", ")
             frame[1] = False
             if kind is ref:
                 cached = refs.get(id(child.value))
                 if cached is not None and cached[0] is child.value and cached[1] == child.type:
                     # `_leaf`'s cache hit inline: a list of a million refs to one object
                     key = child.key
-                    run.append('{"key": ' + _scalar(key) + cached[2])
+                    run.append(('{"key": ' + _scalar(key) + cached[2]).encode())
                 else:
-                    run.append(_leaf(child, refs))
+                    run.append(_leaf(child, refs).encode())
             elif child.children or kind in containers:
-                run.append("{" + _fields(child) + ', "children": [')
+                run.append(("{" + _fields(child) + ', "children": [').encode())
                 stack.append([iter(child.children), True])
                 descended = True
                 break
             else:
-                run.append("{" + _fields(child) + "}")
+                run.append(("{" + _fields(child) + "}").encode())
             if len(run) >= _BATCH:
-                yield "".join(run)
+                yield b"".join(run)
                 run = []
         if descended:
             continue
         if leaves:  # the container's last children
-            run.append(("" if frame[1] else ", ") + _dumps(leaves)[1:-1])
+            if not frame[1]:
+                run.append(b", ")
+            run.append(_items(leaves))
             leaves = []
-        run.append("]}")
+        run.append(b"]}")
         stack.pop()
         if len(run) >= _BATCH:
-            yield "".join(run)
+            yield b"".join(run)
             run = []
-    yield "".join(run)
+    yield b"".join(run)
 
 
 _CONTAINERS = (NodeKind.MAPPING, NodeKind.SEQUENCE, NodeKind.OBJECT)
