@@ -13,7 +13,6 @@ import contextlib
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args_list)
     except CkptError as e:
         if debug:
+            import traceback  # deferred: only --debug prints one (6 ms of every start)
+
             traceback.print_exc()
         print(f"ckptui: {e.path}: {e.message}", file=sys.stderr)
         return 2
