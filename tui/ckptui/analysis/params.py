@@ -179,7 +179,8 @@ def tally_nodes(nodes: Iterable[Node]) -> Params:
         else:
             weights += n
         if t.layout != "meta":
-            nbytes += n * t.itemsize
+            item = t.itemsize
+            nbytes += n * item if item != 1 else t.nbytes  # 1: maybe sub-byte (F4, F6)
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + n
     mix = tuple(sorted(dtypes.items(), key=lambda dn: -dn[1]))
     return Params(weights, buffers, nbytes, tensors, mix)
@@ -214,7 +215,19 @@ def tensors_below(node: Node) -> Iterable[tuple[str, TensorInfo, bool | None]]:
 
 def count_params(node: Node) -> Params:
     """The parameters below `node` (itself, for a tensor)."""
+    kids = node.children
+    if node.kind is NodeKind.MAPPING and len(kids) >= _FLAT:
+        tensor = NodeKind.TENSOR
+        if all(c.kind is tensor and c.value is not None and type(c.key) is str for c in kids):
+            # A state dict of named tensors: `tensors_below` would name each `key` and
+            # `tally` count it as `tally_nodes` does, 3x slower (0.3 s of the browser's
+            # open at 100,000 keys, issue 16)
+            return tally_nodes(kids)
     return tally(tensors_below(node))
+
+
+_FLAT = 256
+"""Children from which `count_params` asks whether a mapping is a flat state dict."""
 
 
 def params_at(root: Node, path: KeyPath | None) -> Params | None:
