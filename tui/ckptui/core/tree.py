@@ -332,6 +332,17 @@ class Checkpoint:
             memo[name] = make()
         return memo[name]
 
+    def with_findings(self, findings: tuple[Finding, ...]) -> Checkpoint:
+        """This checkpoint with `findings` instead of its own. The tree, storages and info are
+        the same objects, so what was kept of them (`memo`, the `tensors()` pairs) is kept:
+        a reader that checks the tensors and then adds what it found does not walk them again
+        (a training checkpoint's 120,000 pairs: 0.09 s, issue 16)."""
+        out = Checkpoint(
+            self.path, self.format, self.file_bytes, self.root, self.storages, findings, self.info
+        )
+        out._memo.update(self._memo)
+        return out
+
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.storages)} storages)"
 
