@@ -211,8 +211,9 @@ class OpeningScreen(Screen[None]):
             weights = ckpt.find(params[0])
             if weights is not None:  # `m` meanwhile waits for these rows (tree_modules)
                 tree.expect_modules(weights)
-            self.find_modules(ckpt, params[0])
-        self.find_training_facts(ckpt)
+            self.find_modules(ckpt, params[0])  # the training facts follow (`_modules_found`)
+        else:
+            self.find_training_facts(ckpt)
         self._shown()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="modules")
@@ -245,6 +246,12 @@ class OpeningScreen(Screen[None]):
     def _modules_found(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "modules":
             return
+        quitting = event.state is WorkerState.ERROR and isinstance(event.worker.error, Cancelled)
+        if event.state in (WorkerState.SUCCESS, WorkerState.ERROR) and not quitting and self.ckpt:
+            # One analysis thread at a time: with two beside the UI thread, the GIL went to
+            # the other one as often as to the UI, which then waited 80-140 ms for it (100,000
+            # keys, issue 16); one after the other they take as long, the GIL being one
+            self.find_training_facts(self.ckpt)
         if event.state is WorkerState.SUCCESS:
             node, rows = event.worker.result
             if node is not None:
